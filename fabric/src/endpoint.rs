@@ -1,0 +1,721 @@
+//! An RDM endpoint with its own completion queue and address vector, and the domain
+//! under it. Everything advances by polling: manual progress, no threads, no waits.
+//!
+//! Handles are neither Send nor Sync: the domain is opened with FI_THREAD_DOMAIN, so
+//! one thread (one engine core) owns an endpoint and everything registered through it.
+//! Close order is fixed by ownership: endpoint, then AV and CQ, then the registrations
+//! that in-flight operations still held, then the domain and fabric (last `Rc`).
+
+use std::collections::VecDeque;
+use std::ffi::{c_void, CStr};
+use std::ptr;
+use std::rc::Rc;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::time::{Duration, Instant};
+
+use nacre_sys as sys;
+
+use crate::error::{call_error, check, strerror, CompletionError, Error, Result};
+use crate::info::{mr_mode_names, Info, ProviderSummary};
+use crate::memory::{Access, LocalSlice, Memory, MemoryRegion, MrInner, RemoteRegion};
+use crate::slots::{Slot, Slots};
+
+const EAGAIN: isize = sys::FI_EAGAIN as isize;
+const EAVAIL: isize = sys::FI_EAVAIL as isize;
+/// Completions read per fi_cq_read call.
+const CQ_BATCH: usize = 32;
+/// Largest peer name we accept (libfabric names are at most a few dozen bytes).
+const MAX_NAME: usize = 256;
+
+/// What kind of operation a completion belongs to.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum OpKind {
+    Send,
+    Recv,
+    Read,
+    Write,
+}
+
+/// A successful completion.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Completion {
+    /// The context the caller gave when posting.
+    pub context: u64,
+    pub kind: OpKind,
+    /// Bytes received (receives); the posted length otherwise.
+    pub len: usize,
+}
+
+/// A peer inserted in this endpoint's address vector.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub struct PeerAddr(u32);
+
+/// Sizes of an endpoint's queues, fixed when it opens.
+#[derive(Debug, Clone)]
+pub struct EndpointConfig {
+    /// Transmit-side operations (send, read, write) in flight at most.
+    pub max_tx: usize,
+    /// Receives posted at most.
+    pub max_rx: usize,
+    /// Peers the address vector is sized for (it may grow).
+    pub av_size: usize,
+    /// How long a post may keep meeting FI_EAGAIN (while progressing) before giving up.
+    pub post_timeout: Duration,
+}
+
+impl Default for EndpointConfig {
+    fn default() -> Self {
+        EndpointConfig {
+            max_tx: 256,
+            max_rx: 256,
+            av_size: 64,
+            post_timeout: Duration::from_secs(30),
+        }
+    }
+}
+
+/// Fabric and domain; closed when the last endpoint or registration using them goes.
+pub(crate) struct Domain {
+    fabric: *mut sys::fid_fabric,
+    domain: *mut sys::fid_domain,
+    mr_mode: u64,
+}
+
+impl Domain {
+    fn open(info: &Info) -> Result<Rc<Domain>> {
+        let mut d = Domain {
+            fabric: ptr::null_mut(),
+            domain: ptr::null_mut(),
+            mr_mode: info.mr_mode(),
+        };
+        // SAFETY: info is a valid fi_info; the out-pointers receive objects we close in Drop.
+        unsafe {
+            check(
+                "fi_fabric",
+                sys::fi_fabric((*info.raw()).fabric_attr, &mut d.fabric, ptr::null_mut()) as isize,
+            )?;
+            check(
+                "fi_domain",
+                sys::fi_domain(d.fabric, info.raw(), &mut d.domain, ptr::null_mut()) as isize,
+            )?;
+        }
+        Ok(Rc::new(d))
+    }
+}
+
+impl Drop for Domain {
+    fn drop(&mut self) {
+        close("domain", self.domain as *mut sys::fid);
+        close("fabric", self.fabric as *mut sys::fid);
+    }
+}
+
+/// Keys for providers that do not pick their own (no FI_MR_PROV_KEY): unique per process.
+static NEXT_KEY: AtomicU64 = AtomicU64::new(1);
+
+/// An RDM endpoint, its CQ and AV, and the bookkeeping of its operations in flight.
+pub struct Endpoint {
+    ep: *mut sys::fid_ep,
+    cq: *mut sys::fid_cq,
+    av: *mut sys::fid_av,
+    name: Vec<u8>,
+    peers: Vec<sys::fi_addr_t>,
+    backlog: VecDeque<Result<Completion, Box<CompletionError>>>,
+    inject_size: usize,
+    max_msg_size: usize,
+    post_timeout: Duration,
+    info: Info,
+    // Dropped after the endpoint is closed (Drop runs first): registrations held by
+    // operations in flight, then the domain.
+    slots: Slots,
+    domain: Rc<Domain>,
+}
+
+impl Endpoint {
+    /// Opens fabric, domain, CQ, AV and an enabled RDM endpoint for `info`.
+    pub fn open(info: Info, cfg: &EndpointConfig) -> Result<Endpoint> {
+        let domain = Domain::open(&info)?;
+        let cap = |want: usize, offered: usize| if offered > 0 { want.min(offered) } else { want };
+        let max_tx = cap(cfg.max_tx, info.tx_size()).max(1);
+        let max_rx = cap(cfg.max_rx, info.rx_size()).max(1);
+        let mut ep = Endpoint {
+            ep: ptr::null_mut(),
+            cq: ptr::null_mut(),
+            av: ptr::null_mut(),
+            name: Vec::new(),
+            peers: Vec::with_capacity(cfg.av_size),
+            backlog: VecDeque::with_capacity(max_tx + max_rx),
+            inject_size: info.inject_size(),
+            max_msg_size: info.max_msg_size(),
+            post_timeout: cfg.post_timeout,
+            info,
+            slots: Slots::new(max_tx, max_rx),
+            domain,
+        };
+        ep.open_queues(max_tx + max_rx, cfg.av_size)?;
+        ep.name = ep.read_name()?;
+        Ok(ep)
+    }
+
+    fn open_queues(&mut self, cq_size: usize, av_size: usize) -> Result<()> {
+        let mut cq_attr = sys::fi_cq_attr {
+            size: cq_size,
+            format: sys::fi_cq_format_FI_CQ_FORMAT_TAGGED,
+            wait_obj: sys::fi_wait_obj_FI_WAIT_NONE,
+            ..Default::default()
+        };
+        let mut av_attr = sys::fi_av_attr {
+            type_: sys::fi_av_type_FI_AV_TABLE,
+            count: av_size,
+            ..Default::default()
+        };
+        let d = self.domain.domain;
+        // SAFETY: d is an open domain; attrs are valid for the calls; every object created is
+        // stored in self and closed by Drop, also when a later step fails.
+        unsafe {
+            check(
+                "fi_cq_open",
+                sys::fi_cq_open(d, &mut cq_attr, &mut self.cq, ptr::null_mut()) as isize,
+            )?;
+            check(
+                "fi_av_open",
+                sys::fi_av_open(d, &mut av_attr, &mut self.av, ptr::null_mut()) as isize,
+            )?;
+            check(
+                "fi_endpoint",
+                sys::fi_endpoint(d, self.info.raw(), &mut self.ep, ptr::null_mut()) as isize,
+            )?;
+            check(
+                "fi_ep_bind(cq)",
+                sys::fi_ep_bind(
+                    self.ep,
+                    self.cq as *mut sys::fid,
+                    sys::FI_TRANSMIT | sys::FI_RECV,
+                ) as isize,
+            )?;
+            check(
+                "fi_ep_bind(av)",
+                sys::fi_ep_bind(self.ep, self.av as *mut sys::fid, 0) as isize,
+            )?;
+            check("fi_enable", sys::fi_enable(self.ep) as isize)?;
+        }
+        Ok(())
+    }
+
+    fn read_name(&self) -> Result<Vec<u8>> {
+        let mut buf = vec![0u8; MAX_NAME];
+        let mut len = buf.len();
+        // SAFETY: the endpoint is enabled; buf has `len` writable bytes.
+        let rc = unsafe {
+            sys::fi_getname(
+                self.ep as *mut sys::fid,
+                buf.as_mut_ptr() as *mut c_void,
+                &mut len,
+            )
+        };
+        check("fi_getname", rc as isize)?;
+        buf.truncate(len);
+        Ok(buf)
+    }
+
+    /// This endpoint's fabric address, to hand to peers out of band.
+    pub fn name(&self) -> &[u8] {
+        &self.name
+    }
+
+    pub fn summary(&self) -> ProviderSummary {
+        self.info.summary()
+    }
+
+    /// Largest message sent with [`Endpoint::inject`] (no completion, buffer reusable at once).
+    pub fn inject_size(&self) -> usize {
+        self.inject_size
+    }
+
+    pub fn max_msg_size(&self) -> usize {
+        self.max_msg_size
+    }
+
+    /// Operations posted and not yet completed (and read).
+    pub fn in_flight(&self) -> usize {
+        self.slots.in_flight()
+    }
+
+    /// Inserts a peer's name (from its [`Endpoint::name`]) into the address vector.
+    pub fn insert_peer(&mut self, name: &[u8]) -> Result<PeerAddr> {
+        if name.is_empty() || name.len() > MAX_NAME {
+            return Err(Error::BadPeerName {
+                len: name.len(),
+                text: format!("a fabric name is 1 to {MAX_NAME} bytes"),
+            });
+        }
+        // fi_av_insert reads as many bytes as the provider's address format says, and string
+        // formats up to a NUL: pad a copy with zeros so a short name cannot be over-read.
+        let mut padded = [0u8; MAX_NAME + 1];
+        padded[..name.len()].copy_from_slice(name);
+        let mut addr: sys::fi_addr_t = sys::FI_ADDR_UNSPEC;
+        // SAFETY: av is open; padded is readable for any length the provider reads; addr
+        // receives one fi_addr_t.
+        let rc = unsafe {
+            sys::fi_av_insert(
+                self.av,
+                padded.as_ptr() as *const c_void,
+                1,
+                &mut addr,
+                0,
+                ptr::null_mut(),
+            )
+        };
+        if rc != 1 || addr == sys::FI_ADDR_UNSPEC {
+            let text = if rc < 0 {
+                strerror(rc)
+            } else {
+                "the provider did not accept it".into()
+            };
+            return Err(Error::BadPeerName {
+                len: name.len(),
+                text,
+            });
+        }
+        self.peers.push(addr);
+        Ok(PeerAddr((self.peers.len() - 1) as u32))
+    }
+
+    fn fi_addr(&self, peer: PeerAddr) -> Result<sys::fi_addr_t> {
+        self.peers
+            .get(peer.0 as usize)
+            .copied()
+            .ok_or(Error::UnknownPeer(peer.0 as u64))
+    }
+
+    /// Registers `memory` for local use and, with `Access::ALL`, for peers' RMA. Obeys the
+    /// provider's mr_mode: its key with FI_MR_PROV_KEY (else a unique one of ours), virtual
+    /// addresses with FI_MR_VIRT_ADDR (else offsets), binding with FI_MR_ENDPOINT.
+    pub fn register(&mut self, memory: Memory, access: Access) -> Result<MemoryRegion> {
+        let mode = self.domain.mr_mode;
+        let requested_key = NEXT_KEY.fetch_add(1, Ordering::Relaxed);
+        let mut mr: *mut sys::fid_mr = ptr::null_mut();
+        let ptr = memory.as_ptr();
+        // SAFETY: ptr/len describe `memory`, which the registration will own and outlive;
+        // the domain is open; mr receives the new registration.
+        let rc = unsafe {
+            sys::fi_mr_reg(
+                self.domain.domain,
+                ptr as *const c_void,
+                memory.len(),
+                access.0,
+                0,
+                requested_key,
+                0,
+                &mut mr,
+                ptr::null_mut(),
+            )
+        };
+        check("fi_mr_reg", rc as isize)?;
+        // SAFETY: mr is a live registration.
+        let key = if mode & sys::FI_MR_PROV_KEY != 0 {
+            unsafe { sys::fi_mr_key(mr) }
+        } else {
+            requested_key
+        };
+        let inner = MrInner::new(
+            mr,
+            key,
+            mode & sys::FI_MR_VIRT_ADDR != 0,
+            memory,
+            access,
+            self.domain.clone(),
+        );
+        if mode & sys::FI_MR_ENDPOINT != 0 {
+            // SAFETY: both objects are live; the MR is bound before first use.
+            unsafe {
+                check(
+                    "fi_mr_bind",
+                    sys::fi_mr_bind(mr, self.ep as *mut sys::fid, 0) as isize,
+                )?;
+                check("fi_mr_enable", sys::fi_mr_enable(mr) as isize)?;
+            }
+        }
+        tracing::debug!(
+            len = inner.len,
+            key,
+            mr_mode = %mr_mode_names(mode),
+            "registered memory"
+        );
+        Ok(MemoryRegion {
+            inner: Rc::new(inner),
+        })
+    }
+
+    /// Sends `src` to `to`; a Send completion with `context` follows.
+    pub fn post_send(&mut self, src: LocalSlice<'_>, to: PeerAddr, context: u64) -> Result<()> {
+        self.check_msg(src.len)?;
+        let dest = self.fi_addr(to)?;
+        let (ep, buf, len, desc) = (self.ep, src.ptr(), src.len, self.desc(&src)?);
+        self.post(OpKind::Send, context, &src, "fi_send", |ctx| {
+            // SAFETY: buf/len lie in a live registration (held by the op's slot until its
+            // completion is read), desc is its descriptor, dest is in our AV.
+            unsafe { sys::fi_send(ep, buf, len, desc, dest, ctx) }
+        })
+    }
+
+    /// Posts a receive into `dst` (from any peer); a Recv completion with `context` follows.
+    pub fn post_recv(&mut self, dst: LocalSlice<'_>, context: u64) -> Result<()> {
+        self.check_msg(dst.len)?;
+        let (ep, buf, len, desc) = (self.ep, dst.ptr(), dst.len, self.desc(&dst)?);
+        self.post(OpKind::Recv, context, &dst, "fi_recv", |ctx| {
+            // SAFETY: as in post_send; the buffer is written only by the provider until the
+            // completion is read.
+            unsafe { sys::fi_recv(ep, buf, len, desc, sys::FI_ADDR_UNSPEC, ctx) }
+        })
+    }
+
+    /// Reads `dst.len()` bytes at `offset` of the peer's region into `dst`.
+    pub fn post_read(
+        &mut self,
+        dst: LocalSlice<'_>,
+        from: PeerAddr,
+        src: &RemoteRegion,
+        offset: u64,
+        context: u64,
+    ) -> Result<()> {
+        self.check_msg(dst.len)?;
+        let peer = self.fi_addr(from)?;
+        let addr = src.target(offset, dst.len)?;
+        let key = src.key();
+        let (ep, buf, len, desc) = (self.ep, dst.ptr(), dst.len, self.desc(&dst)?);
+        self.post(OpKind::Read, context, &dst, "fi_read", |ctx| {
+            // SAFETY: local side as in post_recv; the remote range was bounds-checked against
+            // the peer's descriptor.
+            unsafe { sys::fi_read(ep, buf, len, desc, peer, addr, key, ctx) }
+        })
+    }
+
+    /// Writes `src` to `offset` of the peer's region.
+    pub fn post_write(
+        &mut self,
+        src: LocalSlice<'_>,
+        to: PeerAddr,
+        dst: &RemoteRegion,
+        offset: u64,
+        context: u64,
+    ) -> Result<()> {
+        self.check_msg(src.len)?;
+        let peer = self.fi_addr(to)?;
+        let addr = dst.target(offset, src.len)?;
+        let key = dst.key();
+        let (ep, buf, len, desc) = (self.ep, src.ptr(), src.len, self.desc(&src)?);
+        self.post(OpKind::Write, context, &src, "fi_write", |ctx| {
+            // SAFETY: as in post_read.
+            unsafe { sys::fi_write(ep, buf, len, desc, peer, addr, key, ctx) }
+        })
+    }
+
+    /// Sends a small message that libfabric copies at once: no completion, no registration
+    /// needed. At most [`Endpoint::inject_size`] bytes.
+    pub fn inject(&mut self, data: &[u8], to: PeerAddr) -> Result<()> {
+        if data.len() > self.inject_size {
+            return Err(Error::TooLarge {
+                len: data.len(),
+                max: self.inject_size,
+            });
+        }
+        let dest = self.fi_addr(to)?;
+        let (ep, buf, len) = (self.ep, data.as_ptr() as *const c_void, data.len());
+        self.retry("fi_inject", || {
+            // SAFETY: the provider copies `len` bytes of `buf` before returning.
+            unsafe { sys::fi_inject(ep, buf, len, dest) }
+        })
+    }
+
+    /// Reads available completions into `out`, oldest first. An error completion is
+    /// returned as `Err(Error::Completion)` once every earlier success has been returned.
+    pub fn poll(&mut self, out: &mut [Completion]) -> Result<usize> {
+        if !self.backlog.is_empty() {
+            return self.drain_backlog(out);
+        }
+        let mut raw = [sys::fi_cq_tagged_entry::default(); CQ_BATCH];
+        let want = out.len().min(CQ_BATCH);
+        if want == 0 {
+            return Ok(0);
+        }
+        // SAFETY: cq is open; raw holds `want` entries of the format the CQ was opened with.
+        let rc = unsafe { sys::fi_cq_read(self.cq, raw.as_mut_ptr() as *mut c_void, want) };
+        match rc {
+            n if n > 0 => {
+                for (slot, entry) in out.iter_mut().zip(&raw[..n as usize]) {
+                    *slot = self.finish(entry);
+                }
+                Ok(n as usize)
+            }
+            n if n == -EAGAIN => Ok(0),
+            n if n == -EAVAIL => Err(Error::Completion(self.read_error())),
+            n => Err(call_error("fi_cq_read", n)),
+        }
+    }
+
+    /// Polls until one completion (or error completion) arrives or `timeout` passes.
+    pub fn wait(&mut self, timeout: Duration) -> Result<Completion> {
+        let start = Instant::now();
+        let mut out = [Completion {
+            context: 0,
+            kind: OpKind::Send,
+            len: 0,
+        }];
+        let mut spins = 0u32;
+        loop {
+            if self.poll(&mut out)? == 1 {
+                return Ok(out[0]);
+            }
+            spins = spins.wrapping_add(1);
+            if spins % 1024 == 0 && start.elapsed() > timeout {
+                return Err(Error::Timeout {
+                    what: "waiting for a completion",
+                    secs: start.elapsed().as_secs_f64(),
+                });
+            }
+        }
+    }
+
+    /// Drives the provider (manual progress) and keeps what completes for the next poll.
+    /// A target of RMA must call this (or poll) for the initiator's operations to advance.
+    pub fn progress(&mut self) -> Result<()> {
+        let mut raw = [sys::fi_cq_tagged_entry::default(); CQ_BATCH];
+        // SAFETY: as in poll.
+        let rc = unsafe { sys::fi_cq_read(self.cq, raw.as_mut_ptr() as *mut c_void, CQ_BATCH) };
+        match rc {
+            n if n > 0 => {
+                for entry in &raw[..n as usize] {
+                    let done = self.finish(entry);
+                    self.backlog.push_back(Ok(done));
+                }
+                Ok(())
+            }
+            n if n == -EAGAIN => Ok(()),
+            n if n == -EAVAIL => {
+                let err = self.read_error();
+                self.backlog.push_back(Err(err));
+                Ok(())
+            }
+            n => Err(call_error("fi_cq_read", n)),
+        }
+    }
+
+    fn drain_backlog(&mut self, out: &mut [Completion]) -> Result<usize> {
+        let mut n = 0;
+        while n < out.len() {
+            match self.backlog.front() {
+                Some(Ok(c)) => {
+                    out[n] = *c;
+                    self.backlog.pop_front();
+                    n += 1;
+                }
+                Some(Err(_)) if n == 0 => {
+                    let Some(Err(e)) = self.backlog.pop_front() else {
+                        unreachable!("front was an error")
+                    };
+                    return Err(Error::Completion(e));
+                }
+                _ => break,
+            }
+        }
+        Ok(n)
+    }
+
+    /// Turns a CQ entry into a Completion and frees its slot (dropping the registration ref).
+    fn finish(&mut self, entry: &sys::fi_cq_tagged_entry) -> Completion {
+        match self.slots.release(entry.op_context as usize) {
+            Some(slot) => Completion {
+                context: slot.context,
+                kind: slot.kind,
+                len: entry.len,
+            },
+            None => {
+                tracing::error!(
+                    context = entry.op_context as usize,
+                    flags = entry.flags,
+                    "completion for an operation that is not in flight"
+                );
+                Completion {
+                    context: u64::MAX,
+                    kind: kind_of_flags(entry.flags),
+                    len: entry.len,
+                }
+            }
+        }
+    }
+
+    fn read_error(&mut self) -> Box<CompletionError> {
+        let mut e = sys::fi_cq_err_entry::default();
+        // SAFETY: cq is open; e is a valid, zeroed error entry (err_data_size 0: the provider
+        // points err_data at its own buffer, valid until the next CQ call).
+        let rc = unsafe { sys::fi_cq_readerr(self.cq, &mut e, 0) };
+        if rc < 0 {
+            return Box::new(CompletionError {
+                context: u64::MAX,
+                kind: OpKind::Send,
+                code: rc.unsigned_abs() as i32,
+                text: format!("fi_cq_readerr failed: {}", strerror(rc as i32)),
+                provider_errno: 0,
+                provider_text: String::new(),
+            });
+        }
+        let mut buf = [0 as libc::c_char; 256];
+        // SAFETY: cq is open; err_data comes from the entry just read; buf is writable.
+        let provider_text = unsafe {
+            let p = sys::fi_cq_strerror(self.cq, e.prov_errno, e.err_data, buf.as_mut_ptr(), buf.len());
+            if p.is_null() {
+                String::new()
+            } else {
+                CStr::from_ptr(p).to_string_lossy().into_owned()
+            }
+        };
+        let (context, kind) = match self.slots.release(e.op_context as usize) {
+            Some(slot) => (slot.context, slot.kind),
+            None => (u64::MAX, kind_of_flags(e.flags)),
+        };
+        Box::new(CompletionError {
+            context,
+            kind,
+            code: e.err,
+            text: strerror(e.err),
+            provider_errno: e.prov_errno,
+            provider_text,
+        })
+    }
+
+    /// The descriptor of a local slice, after checking it was registered in our domain.
+    fn desc(&self, slice: &LocalSlice<'_>) -> Result<*mut c_void> {
+        let inner = &slice.region.inner;
+        if !Rc::ptr_eq(&inner.domain, &self.domain) {
+            return Err(Error::ForeignRegion);
+        }
+        // EFA's rule, checked here because tcp and sockets would forgive a null descriptor
+        // for memory they cannot see: a FI_MR_LOCAL provider must get a real descriptor.
+        debug_assert!(
+            self.domain.mr_mode & sys::FI_MR_LOCAL == 0 || !inner.desc.is_null(),
+            "FI_MR_LOCAL provider returned a null descriptor"
+        );
+        Ok(inner.desc)
+    }
+
+    fn check_msg(&self, len: usize) -> Result<()> {
+        if len > self.max_msg_size {
+            Err(Error::TooLarge {
+                len,
+                max: self.max_msg_size,
+            })
+        } else {
+            Ok(())
+        }
+    }
+
+    /// Takes a slot for the operation, posts it (progressing on FI_EAGAIN), and gives the
+    /// slot back if the post fails.
+    fn post(
+        &mut self,
+        kind: OpKind,
+        context: u64,
+        slice: &LocalSlice<'_>,
+        call: &'static str,
+        mut op: impl FnMut(*mut c_void) -> isize,
+    ) -> Result<()> {
+        self.make_room(kind)?;
+        let slot = Slot {
+            context,
+            kind,
+            _region: Some(slice.region.inner.clone()),
+        };
+        let token = self
+            .slots
+            .take(slot)
+            .ok_or(Error::QueueFull(self.slots.limit(kind)))?;
+        let result = self.retry(call, || op(token as *mut c_void));
+        if result.is_err() {
+            self.slots.release(token);
+        }
+        result
+    }
+
+    /// Transmit operations wait (progressing) for a free slot; receives do not, since
+    /// posted receives only drain when peers send.
+    fn make_room(&mut self, kind: OpKind) -> Result<()> {
+        if self.slots.has_room(kind) {
+            return Ok(());
+        }
+        if kind == OpKind::Recv {
+            return Err(Error::QueueFull(self.slots.limit(kind)));
+        }
+        let start = Instant::now();
+        while !self.slots.has_room(kind) {
+            self.progress()?;
+            if start.elapsed() > self.post_timeout {
+                return Err(Error::Timeout {
+                    what: "waiting for a free transmit slot",
+                    secs: start.elapsed().as_secs_f64(),
+                });
+            }
+        }
+        Ok(())
+    }
+
+    /// Calls `op` until it stops returning FI_EAGAIN, progressing the CQ in between.
+    fn retry(&mut self, call: &'static str, mut op: impl FnMut() -> isize) -> Result<()> {
+        let mut start: Option<Instant> = None;
+        let mut tries = 0u32;
+        loop {
+            let rc = op();
+            if rc == 0 {
+                return Ok(());
+            }
+            if rc != -EAGAIN {
+                return Err(call_error(call, rc));
+            }
+            self.progress()?;
+            tries = tries.wrapping_add(1);
+            if tries % 256 == 0 {
+                let began = *start.get_or_insert_with(Instant::now);
+                if began.elapsed() > self.post_timeout {
+                    return Err(Error::Timeout {
+                        what: call,
+                        secs: began.elapsed().as_secs_f64(),
+                    });
+                }
+            }
+        }
+    }
+}
+
+impl Drop for Endpoint {
+    fn drop(&mut self) {
+        // The endpoint first: after it is closed no operation touches its buffers, so the
+        // registrations held by in-flight slots may be released (fields drop after this).
+        close("endpoint", self.ep as *mut sys::fid);
+        close("av", self.av as *mut sys::fid);
+        close("cq", self.cq as *mut sys::fid);
+    }
+}
+
+fn close(what: &str, fid: *mut sys::fid) {
+    if fid.is_null() {
+        return;
+    }
+    // SAFETY: fid is a live libfabric object owned by the caller and closed exactly once;
+    // `struct fid` is the first member of every fid_* type.
+    let rc = unsafe { sys::fi_close(fid) };
+    if rc != 0 {
+        tracing::warn!("fi_close({what}) failed: {}", strerror(rc));
+    }
+}
+
+fn kind_of_flags(flags: u64) -> OpKind {
+    if flags & sys::FI_RECV != 0 {
+        OpKind::Recv
+    } else if flags & sys::FI_READ != 0 {
+        OpKind::Read
+    } else if flags & sys::FI_WRITE != 0 {
+        OpKind::Write
+    } else {
+        OpKind::Send
+    }
+}

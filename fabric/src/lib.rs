@@ -1,0 +1,26 @@
+//! nacre-fabric: safe libfabric for nacre's data path.
+//!
+//! Provider discovery ([`Info`]), RDM endpoints with their own completion queue and
+//! address vector ([`Endpoint`]), memory registration ([`MemoryRegion`]), messages and
+//! RMA read/write. Progress is manual: nothing moves unless the owner polls.
+//!
+//! EFA's memory-registration rules are this layer's rules on every provider: data calls
+//! only take registered memory and always pass its descriptor; remote addresses and
+//! keys come only from a peer's registration descriptor and are bounds-checked.
+//! It knows nothing of files, and must never block or allocate per operation.
+
+mod endpoint;
+mod error;
+mod info;
+mod memory;
+mod slots;
+
+pub use endpoint::{Completion, Endpoint, EndpointConfig, OpKind, PeerAddr};
+pub use error::{strerror, CompletionError, Error, Result};
+pub use info::{list_providers, mr_mode_names, provider_query, Info, ProviderSummary, Selection};
+pub use memory::{Access, LocalSlice, Memory, MemoryRegion, RemoteRegion};
+
+/// Opens an endpoint on the first provider that matches `sel`.
+pub fn open(sel: &Selection, cfg: &EndpointConfig) -> Result<Endpoint> {
+    Endpoint::open(Info::find(sel)?, cfg)
+}

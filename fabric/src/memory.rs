@@ -1,0 +1,363 @@
+//! Registered memory: the only memory the data calls accept.
+//!
+//! Every data call takes a [`LocalSlice`] of a [`MemoryRegion`], so a descriptor is
+//! always passed and the buffer always lies inside a live registration (EFA's
+//! FI_MR_LOCAL rule holds by construction). Remote ranges come as [`RemoteRegion`]s:
+//! the descriptor a peer's registration produced, decoded from its bytes, checked for
+//! bounds before any RMA is posted.
+
+use std::ffi::c_void;
+use std::rc::Rc;
+
+use memmap2::{MmapMut, MmapOptions};
+
+use crate::endpoint::Domain;
+use crate::error::{Error, Result};
+
+/// Page-aligned anonymous memory to be registered (FI_MR_ALLOCATED: it is backed).
+pub struct Memory {
+    map: MmapMut,
+    huge: bool,
+}
+
+impl Memory {
+    /// `len` bytes of prefaulted, zeroed, page-aligned memory.
+    pub fn anonymous(len: usize) -> Result<Memory> {
+        let map = MmapOptions::new()
+            .len(len.max(1))
+            .populate()
+            .map_anon()
+            .map_err(|source| Error::Map { len, source })?;
+        Ok(Memory { map, huge: false })
+    }
+
+    /// Like [`Memory::anonymous`], on 2 MiB huge pages when the system has them
+    /// (`vm.nr_hugepages`), else on normal pages. [`Memory::is_huge`] says which.
+    pub fn anonymous_huge(len: usize) -> Result<Memory> {
+        const HUGE: usize = 2 << 20;
+        let rounded = len.max(1).div_ceil(HUGE) * HUGE;
+        match MmapOptions::new()
+            .len(rounded)
+            .huge(Some(21))
+            .populate()
+            .map_anon()
+        {
+            Ok(map) => Ok(Memory { map, huge: true }),
+            Err(_) => Memory::anonymous(len),
+        }
+    }
+
+    pub fn len(&self) -> usize {
+        self.map.len()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.map.is_empty()
+    }
+
+    pub fn is_huge(&self) -> bool {
+        self.huge
+    }
+
+    pub(crate) fn as_ptr(&self) -> *const u8 {
+        self.map.as_ptr()
+    }
+
+    fn as_mut_ptr(&mut self) -> *mut u8 {
+        self.map.as_mut_ptr()
+    }
+}
+
+/// How a registration may be used.
+#[derive(Debug, Clone, Copy)]
+pub struct Access(pub(crate) u64);
+
+impl Access {
+    /// Local send/recv, local RMA source/target, and remote read and write by peers.
+    pub const ALL: Access = Access(
+        nacre_sys::FI_SEND
+            | nacre_sys::FI_RECV
+            | nacre_sys::FI_READ
+            | nacre_sys::FI_WRITE
+            | nacre_sys::FI_REMOTE_READ
+            | nacre_sys::FI_REMOTE_WRITE,
+    );
+    /// Local use only (messages and RMA initiated here); peers cannot touch it.
+    pub const LOCAL: Access = Access(
+        nacre_sys::FI_SEND | nacre_sys::FI_RECV | nacre_sys::FI_READ | nacre_sys::FI_WRITE,
+    );
+}
+
+pub(crate) struct MrInner {
+    pub(crate) mr: *mut nacre_sys::fid_mr,
+    pub(crate) desc: *mut c_void,
+    pub(crate) key: u64,
+    /// Base that peers add offsets to: the virtual address with FI_MR_VIRT_ADDR, else 0.
+    pub(crate) remote_base: u64,
+    pub(crate) ptr: *mut u8,
+    pub(crate) len: usize,
+    pub(crate) access: Access,
+    // Dropped after `mr` is closed (see Drop): the registration never outlives them.
+    _memory: Memory,
+    pub(crate) domain: Rc<Domain>,
+}
+
+impl MrInner {
+    pub(crate) fn new(
+        mr: *mut nacre_sys::fid_mr,
+        key: u64,
+        virt_addr: bool,
+        mut memory: Memory,
+        access: Access,
+        domain: Rc<Domain>,
+    ) -> MrInner {
+        let ptr = memory.as_mut_ptr();
+        // SAFETY: mr is a live registration returned by fi_mr_reg.
+        let desc = unsafe { nacre_sys::fi_mr_desc(mr) };
+        MrInner {
+            mr,
+            desc,
+            key,
+            remote_base: if virt_addr { ptr as u64 } else { 0 },
+            ptr,
+            len: memory.len(),
+            access,
+            _memory: memory,
+            domain,
+        }
+    }
+}
+
+impl Drop for MrInner {
+    fn drop(&mut self) {
+        // SAFETY: mr is live and closed exactly once; no operation can still use it, because
+        // in-flight operations hold an Rc to this MrInner until their completion is read.
+        let rc = unsafe { nacre_sys::fi_close(self.mr as *mut nacre_sys::fid) };
+        if rc != 0 {
+            tracing::warn!("fi_close(mr) failed: {}", crate::error::strerror(rc));
+        }
+    }
+}
+
+/// A registered buffer. Cheap to clone (shared); lives while any clone or any operation
+/// posted on it lives.
+#[derive(Clone)]
+pub struct MemoryRegion {
+    pub(crate) inner: Rc<MrInner>,
+}
+
+impl MemoryRegion {
+    pub fn len(&self) -> usize {
+        self.inner.len
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.inner.len == 0
+    }
+
+    /// The key peers use for RMA on this registration (the provider's with FI_MR_PROV_KEY).
+    pub fn key(&self) -> u64 {
+        self.inner.key
+    }
+
+    /// Start of the registered memory, for I/O engines (io_uring) that share the buffer.
+    /// Writing through it while the fabric transfers into the same bytes is a data race.
+    pub fn as_ptr(&self) -> *mut u8 {
+        self.inner.ptr
+    }
+
+    /// The descriptor to hand a peer so it can read or write `[offset, offset+len)`.
+    pub fn remote(&self, offset: usize, len: usize) -> Result<RemoteRegion> {
+        self.check("remote", offset, len)?;
+        if self.inner.access.0 & (nacre_sys::FI_REMOTE_READ | nacre_sys::FI_REMOTE_WRITE) == 0 {
+            return Err(Error::BadDescriptor(
+                "registration was made without remote access",
+            ));
+        }
+        Ok(RemoteRegion {
+            addr: self.inner.remote_base + offset as u64,
+            len: len as u64,
+            key: self.inner.key,
+        })
+    }
+
+    /// The whole registration as a remote descriptor.
+    pub fn remote_all(&self) -> Result<RemoteRegion> {
+        self.remote(0, self.len())
+    }
+
+    /// `[offset, offset+len)` of this registration, for a data call.
+    pub fn slice(&self, offset: usize, len: usize) -> Result<LocalSlice<'_>> {
+        self.check("local", offset, len)?;
+        Ok(LocalSlice {
+            region: self,
+            offset,
+            len,
+        })
+    }
+
+    /// Copies `data` into the registration at `offset`.
+    pub fn copy_in(&self, offset: usize, data: &[u8]) -> Result<()> {
+        self.check("local", offset, data.len())?;
+        // SAFETY: the range is inside the mapping (checked); src and dst cannot overlap
+        // because `data` is a Rust slice and the mapping is only reached through raw ptrs.
+        unsafe {
+            std::ptr::copy_nonoverlapping(data.as_ptr(), self.inner.ptr.add(offset), data.len())
+        };
+        Ok(())
+    }
+
+    /// Copies `[offset, offset+out.len())` of the registration into `out`.
+    pub fn copy_out(&self, offset: usize, out: &mut [u8]) -> Result<()> {
+        self.check("local", offset, out.len())?;
+        // SAFETY: as in copy_in, with the direction reversed.
+        unsafe {
+            std::ptr::copy_nonoverlapping(self.inner.ptr.add(offset), out.as_mut_ptr(), out.len())
+        };
+        Ok(())
+    }
+
+    /// Sets `[offset, offset+len)` to `byte`.
+    pub fn fill(&self, offset: usize, len: usize, byte: u8) -> Result<()> {
+        self.check("local", offset, len)?;
+        // SAFETY: the range is inside the mapping (checked).
+        unsafe { std::ptr::write_bytes(self.inner.ptr.add(offset), byte, len) };
+        Ok(())
+    }
+
+    fn check(&self, what: &'static str, offset: usize, len: usize) -> Result<()> {
+        match offset.checked_add(len) {
+            Some(end) if end <= self.inner.len => Ok(()),
+            _ => Err(Error::OutOfBounds {
+                what,
+                offset: offset as u64,
+                len: len as u64,
+                size: self.inner.len as u64,
+            }),
+        }
+    }
+}
+
+/// A range of a local registration, ready for a data call.
+#[derive(Clone, Copy)]
+pub struct LocalSlice<'a> {
+    pub(crate) region: &'a MemoryRegion,
+    pub(crate) offset: usize,
+    pub(crate) len: usize,
+}
+
+impl LocalSlice<'_> {
+    pub(crate) fn ptr(&self) -> *mut c_void {
+        // SAFETY: offset <= len of the mapping (checked when the slice was made).
+        unsafe { self.region.inner.ptr.add(self.offset) as *mut c_void }
+    }
+
+    pub fn len(&self) -> usize {
+        self.len
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.len == 0
+    }
+}
+
+/// A peer's registration as it described it: where its bytes are and the key to reach
+/// them. Built by [`MemoryRegion::remote`] on the owner and [`RemoteRegion::decode`] here.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct RemoteRegion {
+    addr: u64,
+    len: u64,
+    key: u64,
+}
+
+impl RemoteRegion {
+    /// Size of the wire form: addr, len, key as little-endian u64.
+    pub const ENCODED_LEN: usize = 24;
+
+    pub fn encode(&self) -> [u8; Self::ENCODED_LEN] {
+        let mut out = [0u8; Self::ENCODED_LEN];
+        out[0..8].copy_from_slice(&self.addr.to_le_bytes());
+        out[8..16].copy_from_slice(&self.len.to_le_bytes());
+        out[16..24].copy_from_slice(&self.key.to_le_bytes());
+        out
+    }
+
+    pub fn decode(bytes: &[u8]) -> Result<RemoteRegion> {
+        if bytes.len() != Self::ENCODED_LEN {
+            return Err(Error::BadDescriptor("expected exactly 24 bytes"));
+        }
+        let word = |i: usize| u64::from_le_bytes(bytes[i..i + 8].try_into().expect("8 bytes"));
+        let region = RemoteRegion {
+            addr: word(0),
+            len: word(8),
+            key: word(16),
+        };
+        if region.addr.checked_add(region.len).is_none() {
+            return Err(Error::BadDescriptor("address + length overflows"));
+        }
+        Ok(region)
+    }
+
+    pub fn len(&self) -> u64 {
+        self.len
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.len == 0
+    }
+
+    pub fn key(&self) -> u64 {
+        self.key
+    }
+
+    /// The target address of `[offset, offset+len)`, after a bounds check.
+    pub(crate) fn target(&self, offset: u64, len: usize) -> Result<u64> {
+        match offset.checked_add(len as u64) {
+            Some(end) if end <= self.len => Ok(self.addr + offset),
+            _ => Err(Error::OutOfBounds {
+                what: "remote",
+                offset,
+                len: len as u64,
+                size: self.len,
+            }),
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn remote_region_round_trips_and_rejects_bad_bytes() {
+        let r = RemoteRegion {
+            addr: 0x7f00_0000_1000,
+            len: 1 << 20,
+            key: 42,
+        };
+        assert_eq!(RemoteRegion::decode(&r.encode()).unwrap(), r);
+        assert!(RemoteRegion::decode(&r.encode()[..23]).is_err());
+        let mut overflow = r.encode();
+        overflow[0..8].copy_from_slice(&u64::MAX.to_le_bytes());
+        assert!(RemoteRegion::decode(&overflow).is_err());
+    }
+
+    #[test]
+    fn remote_target_is_bounds_checked() {
+        let r = RemoteRegion {
+            addr: 4096,
+            len: 8192,
+            key: 1,
+        };
+        assert_eq!(r.target(0, 8192).unwrap(), 4096);
+        assert_eq!(r.target(4096, 4096).unwrap(), 8192);
+        assert!(r.target(4097, 4096).is_err());
+        assert!(r.target(u64::MAX, 1).is_err());
+    }
+
+    #[test]
+    fn huge_falls_back_to_normal_pages() {
+        let m = Memory::anonymous_huge(4096).unwrap();
+        assert!(m.len() >= 4096);
+    }
+}

@@ -1,0 +1,81 @@
+//! Shared helpers of the fabric tests: provider availability (skip with a printed
+//! reason), deterministic patterns, and waiting with a deadline.
+
+#![allow(dead_code)]
+
+use std::time::Duration;
+
+use nacre_fabric::{Completion, Endpoint, EndpointConfig, Info, Selection};
+
+/// The providers every test runs on; the ones missing here are skipped, loudly.
+pub const PROVIDERS: [&str; 3] = ["tcp", "sockets", "shm"];
+
+pub const WAIT: Duration = Duration::from_secs(30);
+
+/// The selection tests use: provider on loopback.
+pub fn selection(provider: &str) -> Selection {
+    let mut sel = Selection::provider(provider);
+    if provider == "shm" {
+        sel.node = None; // shm names are not IP addresses
+    }
+    sel
+}
+
+/// Some(info) when the provider exists here, else prints why it is skipped.
+pub fn available(provider: &str, test: &str) -> Option<Info> {
+    match Info::find(&selection(provider)) {
+        Ok(info) => Some(info),
+        Err(e) => {
+            println!("SKIP {test} on provider {provider}: not available on this machine: {e}");
+            eprintln!("SKIP {test} on provider {provider}: not available on this machine: {e}");
+            None
+        }
+    }
+}
+
+pub fn open(provider: &str, cfg: &EndpointConfig) -> Endpoint {
+    nacre_fabric::open(&selection(provider), cfg)
+        .unwrap_or_else(|e| panic!("open endpoint on {provider}: {e}"))
+}
+
+/// A byte pattern that differs per seed and per position (catches shifted or stale data).
+pub fn pattern(seed: u64, len: usize) -> Vec<u8> {
+    let mut x = seed.wrapping_mul(0x9E37_79B9_7F4A_7C15) | 1;
+    (0..len)
+        .map(|_| {
+            x ^= x << 13;
+            x ^= x >> 7;
+            x ^= x << 17;
+            x as u8
+        })
+        .collect()
+}
+
+/// Waits for the completion with `context`, failing on anything else or on timeout.
+pub fn wait_for(ep: &mut Endpoint, context: u64) -> Completion {
+    let c = ep
+        .wait(WAIT)
+        .unwrap_or_else(|e| panic!("waiting for context {context}: {e}"));
+    assert_eq!(c.context, context, "unexpected completion {c:?}");
+    c
+}
+
+/// Waits for `n` completions on `ep` while also progressing `other` (a same-thread peer).
+pub fn wait_n_progressing(ep: &mut Endpoint, other: &mut Endpoint, n: usize) -> Vec<Completion> {
+    let mut got = Vec::with_capacity(n);
+    let mut buf = [Completion {
+        context: 0,
+        kind: nacre_fabric::OpKind::Send,
+        len: 0,
+    }; 16];
+    let start = std::time::Instant::now();
+    while got.len() < n {
+        let k = ep.poll(&mut buf).unwrap_or_else(|e| panic!("poll: {e}"));
+        got.extend_from_slice(&buf[..k]);
+        other.progress().unwrap_or_else(|e| panic!("peer progress: {e}"));
+        assert!(start.elapsed() < WAIT, "only {} of {n} completions", got.len());
+    }
+    got
+}
+pub mod peer;
+pub mod checks;
