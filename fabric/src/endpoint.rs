@@ -468,7 +468,7 @@ impl Endpoint {
                 return Ok(out[0]);
             }
             spins = spins.wrapping_add(1);
-            if spins % 1024 == 0 && start.elapsed() > timeout {
+            if spins.is_multiple_of(1024) && start.elapsed() > timeout {
                 return Err(Error::Timeout {
                     what: "waiting for a completion",
                     secs: start.elapsed().as_secs_f64(),
@@ -552,7 +552,7 @@ impl Endpoint {
         let rc = unsafe { sys::fi_cq_readerr(self.cq, &mut e, 0) };
         if rc < 0 {
             return Box::new(CompletionError {
-                context: u64::MAX,
+                context: None,
                 kind: OpKind::Send,
                 code: rc.unsigned_abs() as i32,
                 text: format!("fi_cq_readerr failed: {}", strerror(rc as i32)),
@@ -563,7 +563,13 @@ impl Endpoint {
         let mut buf = [0 as libc::c_char; 256];
         // SAFETY: cq is open; err_data comes from the entry just read; buf is writable.
         let provider_text = unsafe {
-            let p = sys::fi_cq_strerror(self.cq, e.prov_errno, e.err_data, buf.as_mut_ptr(), buf.len());
+            let p = sys::fi_cq_strerror(
+                self.cq,
+                e.prov_errno,
+                e.err_data,
+                buf.as_mut_ptr(),
+                buf.len(),
+            );
             if p.is_null() {
                 String::new()
             } else {
@@ -571,13 +577,13 @@ impl Endpoint {
             }
         };
         let (context, kind) = match self.slots.release(e.op_context as usize) {
-            Some(slot) => (slot.context, slot.kind),
-            None => (u64::MAX, kind_of_flags(e.flags)),
+            Some(slot) => (Some(slot.context), slot.kind),
+            None => (None, kind_of_flags(e.flags)),
         };
         Box::new(CompletionError {
             context,
             kind,
-            code: e.err,
+            code: e.err.abs(), // shm reports some errors negative
             text: strerror(e.err),
             provider_errno: e.prov_errno,
             provider_text,
@@ -673,7 +679,7 @@ impl Endpoint {
             }
             self.progress()?;
             tries = tries.wrapping_add(1);
-            if tries % 256 == 0 {
+            if tries.is_multiple_of(256) {
                 let began = *start.get_or_insert_with(Instant::now);
                 if began.elapsed() > self.post_timeout {
                     return Err(Error::Timeout {

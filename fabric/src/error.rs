@@ -61,9 +61,12 @@ pub enum Error {
 
 /// An error completion: which operation, libfabric's error and the provider's text.
 #[derive(Debug, Clone, thiserror::Error)]
-#[error("{kind:?} (context {context}) completed with error: {text} (-{code}; provider: {provider_text} [{provider_errno}])")]
+#[error("{kind:?} ({}) completed with error: {text} (-{code}; provider: {provider_text} [{provider_errno}])",
+    context.map_or("not one of ours".to_string(), |c| format!("context {c}")))]
 pub struct CompletionError {
-    pub context: u64,
+    /// The context of the failed operation; None when the provider reports an error that
+    /// belongs to no operation we posted (seen on sockets and shm when a peer dies).
+    pub context: Option<u64>,
     pub kind: OpKind,
     pub code: i32,
     pub text: String,

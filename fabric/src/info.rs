@@ -310,7 +310,10 @@ pub fn list_providers(node: Option<&str>) -> Result<Vec<ProviderSummary>> {
     };
     let list = InfoList::query(&sel, None)?;
     // SAFETY: each pointer is a live entry of `list`.
-    Ok(list.iter().map(|i| ProviderSummary::of(unsafe { &*i })).collect())
+    Ok(list
+        .iter()
+        .map(|i| ProviderSummary::of(unsafe { &*i }))
+        .collect())
 }
 
 fn describe(sel: &Selection, provider: Option<&str>) -> String {

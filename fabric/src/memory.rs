@@ -83,9 +83,8 @@ impl Access {
             | nacre_sys::FI_REMOTE_WRITE,
     );
     /// Local use only (messages and RMA initiated here); peers cannot touch it.
-    pub const LOCAL: Access = Access(
-        nacre_sys::FI_SEND | nacre_sys::FI_RECV | nacre_sys::FI_READ | nacre_sys::FI_WRITE,
-    );
+    pub const LOCAL: Access =
+        Access(nacre_sys::FI_SEND | nacre_sys::FI_RECV | nacre_sys::FI_READ | nacre_sys::FI_WRITE);
 }
 
 pub(crate) struct MrInner {

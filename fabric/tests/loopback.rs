@@ -8,12 +8,19 @@ use common::peer::spawn_thread;
 use common::*;
 use nacre_fabric::{Access, EndpointConfig, Error, Memory};
 
-fn with_thread_peer(test: &str, body: impl Fn(&str, &mut nacre_fabric::Endpoint, nacre_fabric::PeerAddr, &common::peer::PeerInfo)) {
+fn with_thread_peer(
+    test: &str,
+    body: impl Fn(&str, &mut nacre_fabric::Endpoint, nacre_fabric::PeerAddr, &common::peer::PeerInfo),
+) {
     for provider in PROVIDERS {
         if available(provider, test).is_none() {
             continue;
         }
-        let cfg = EndpointConfig { max_tx: 512, max_rx: 512, ..Default::default() };
+        let cfg = EndpointConfig {
+            max_tx: 512,
+            max_rx: 512,
+            ..Default::default()
+        };
         let mut ep = open(provider, &cfg);
         let peer = spawn_thread(provider);
         peer.connect(ep.name());
@@ -24,24 +31,30 @@ fn with_thread_peer(test: &str, body: impl Fn(&str, &mut nacre_fabric::Endpoint,
 
 #[test]
 fn messages_rma_and_many_in_flight_with_a_thread_peer() {
-    with_thread_peer("messages_rma_and_many_in_flight_with_a_thread_peer", |p, ep, addr, info| {
-        messages_echo(ep, addr, p);
-        rma_read_write(ep, addr, info, p);
-        many_in_flight(ep, addr, info, p);
-    });
+    with_thread_peer(
+        "messages_rma_and_many_in_flight_with_a_thread_peer",
+        |p, ep, addr, info| {
+            messages_echo(ep, addr, p);
+            rma_read_write(ep, addr, info, p);
+            many_in_flight(ep, addr, info, p);
+        },
+    );
 }
 
 #[test]
 fn bad_rma_key_gives_an_error_completion() {
-    with_thread_peer("bad_rma_key_gives_an_error_completion", |p, ep, addr, info| {
-        bad_key(ep, addr, info, p)
-    });
+    with_thread_peer(
+        "bad_rma_key_gives_an_error_completion",
+        |p, ep, addr, info| bad_key(ep, addr, info, p),
+    );
 }
 
 #[test]
 fn small_messages_by_inject() {
     with_thread_peer("small_messages_by_inject", |provider, ep, addr, _| {
-        let rx = ep.register(Memory::anonymous(4096).unwrap(), Access::LOCAL).unwrap();
+        let rx = ep
+            .register(Memory::anonymous(4096).unwrap(), Access::LOCAL)
+            .unwrap();
         let n = ep.inject_size().min(64);
         let data = pattern(3, n);
         ep.post_recv(rx.slice(0, 4096).unwrap(), 1).unwrap();
@@ -52,7 +65,10 @@ fn small_messages_by_inject() {
         rx.copy_out(0, &mut got).unwrap();
         assert_eq!(got, data, "{provider}: injected bytes echoed");
         let too_big = vec![0u8; ep.inject_size() + 1];
-        assert!(matches!(ep.inject(&too_big, addr), Err(Error::TooLarge { .. })));
+        assert!(matches!(
+            ep.inject(&too_big, addr),
+            Err(Error::TooLarge { .. })
+        ));
     });
 }
 
@@ -66,25 +82,37 @@ fn local_errors_are_caught_before_posting() {
         let mut a = open(provider, &cfg);
         let mut b = open(provider, &cfg);
         let mut c = open(provider, &cfg);
-        let b_at_a = a.insert_peer(&b.name().to_vec()).unwrap();
-        let ma = a.register(Memory::anonymous(8192).unwrap(), Access::ALL).unwrap();
-        let mb = b.register(Memory::anonymous(8192).unwrap(), Access::ALL).unwrap();
+        let b_at_a = a.insert_peer(b.name()).unwrap();
+        let ma = a
+            .register(Memory::anonymous(8192).unwrap(), Access::ALL)
+            .unwrap();
+        let mb = b
+            .register(Memory::anonymous(8192).unwrap(), Access::ALL)
+            .unwrap();
         let remote_b = mb.remote(0, 4096).unwrap();
 
         // A range outside the local registration.
-        assert!(matches!(ma.slice(4096, 8192), Err(Error::OutOfBounds { .. })));
+        assert!(matches!(
+            ma.slice(4096, 8192),
+            Err(Error::OutOfBounds { .. })
+        ));
         // A remote range outside what the peer described.
         let err = a
             .post_read(ma.slice(0, 4096).unwrap(), b_at_a, &remote_b, 1, 1)
             .unwrap_err();
-        assert!(matches!(err, Error::OutOfBounds { what: "remote", .. }), "{err}");
+        assert!(
+            matches!(err, Error::OutOfBounds { what: "remote", .. }),
+            "{err}"
+        );
         // A peer address from another endpoint's address vector.
         let err = c.post_send(ma.slice(0, 1).unwrap(), b_at_a, 2).unwrap_err();
         assert!(
             matches!(err, Error::UnknownPeer(_) | Error::ForeignRegion),
             "{err}"
         );
-        let mc = c.register(Memory::anonymous(4096).unwrap(), Access::ALL).unwrap();
+        let mc = c
+            .register(Memory::anonymous(4096).unwrap(), Access::ALL)
+            .unwrap();
         let err = c.post_send(mc.slice(0, 1).unwrap(), b_at_a, 3).unwrap_err();
         assert!(matches!(err, Error::UnknownPeer(0)), "{err}");
         // Memory registered in another domain.
@@ -92,8 +120,10 @@ fn local_errors_are_caught_before_posting() {
         assert!(matches!(err, Error::ForeignRegion), "{err}");
         // Names that are no fabric address.
         assert!(matches!(c.insert_peer(&[]), Err(Error::BadPeerName { .. })));
-        assert!(matches!(c.insert_peer(&[0u8; 300]), Err(Error::BadPeerName { .. })));
+        assert!(matches!(
+            c.insert_peer(&[0u8; 300]),
+            Err(Error::BadPeerName { .. })
+        ));
         assert_eq!(a.in_flight(), 0, "failed posts must not leak slots");
     }
 }
-

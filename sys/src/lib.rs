@@ -32,7 +32,11 @@ mod tests {
     fn links_against_the_system_library() {
         // SAFETY: fi_version takes no arguments and only returns a constant.
         let v = unsafe { fi_version() };
-        assert!(v >= NACRE_FI_VERSION, "libfabric {:#x} is older than 1.17", v);
+        assert!(
+            v >= NACRE_FI_VERSION,
+            "libfabric {:#x} is older than 1.17",
+            v
+        );
     }
 
     #[test]

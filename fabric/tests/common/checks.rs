@@ -8,7 +8,11 @@ use nacre_fabric::{Access, Completion, Endpoint, Error, Memory, OpKind, PeerAddr
 use super::peer::{PeerInfo, MAX_MSG, REGION_SEED};
 use super::{pattern, WAIT};
 
-const EMPTY: Completion = Completion { context: 0, kind: OpKind::Send, len: 0 };
+const EMPTY: Completion = Completion {
+    context: 0,
+    kind: OpKind::Send,
+    len: 0,
+};
 
 /// Collects `n` completions, panicking on an error completion or on timeout.
 pub fn collect(ep: &mut Endpoint, n: usize) -> Vec<Completion> {
@@ -18,16 +22,37 @@ pub fn collect(ep: &mut Endpoint, n: usize) -> Vec<Completion> {
     while got.len() < n {
         let k = ep.poll(&mut buf).unwrap_or_else(|e| panic!("poll: {e}"));
         got.extend_from_slice(&buf[..k]);
-        assert!(start.elapsed() < WAIT, "only {} of {n} completions", got.len());
+        assert!(
+            start.elapsed() < WAIT,
+            "only {} of {n} completions",
+            got.len()
+        );
     }
     got
 }
 
 /// Messages of 0 B to 8 MiB sent to the echoing peer come back byte for byte.
 pub fn messages_echo(ep: &mut Endpoint, peer: PeerAddr, provider: &str) {
-    let tx = ep.register(Memory::anonymous(MAX_MSG).unwrap(), Access::LOCAL).unwrap();
-    let rx = ep.register(Memory::anonymous(MAX_MSG).unwrap(), Access::LOCAL).unwrap();
-    let sizes = [0, 1, 63, 64, 65, 255, 4095, 4096, 65536, 1 << 20, 3 << 20, MAX_MSG];
+    let tx = ep
+        .register(Memory::anonymous(MAX_MSG).unwrap(), Access::LOCAL)
+        .unwrap();
+    let rx = ep
+        .register(Memory::anonymous(MAX_MSG).unwrap(), Access::LOCAL)
+        .unwrap();
+    let sizes = [
+        0,
+        1,
+        63,
+        64,
+        65,
+        255,
+        4095,
+        4096,
+        65536,
+        1 << 20,
+        3 << 20,
+        MAX_MSG,
+    ];
     for (i, &size) in sizes.iter().enumerate() {
         let data = pattern(i as u64 + 1, size);
         tx.copy_in(0, &data).unwrap();
@@ -35,8 +60,14 @@ pub fn messages_echo(ep: &mut Endpoint, peer: PeerAddr, provider: &str) {
         ep.post_recv(rx.slice(0, MAX_MSG).unwrap(), 1).unwrap();
         ep.post_send(tx.slice(0, size).unwrap(), peer, 2).unwrap();
         let done = collect(ep, 2);
-        let recv = done.iter().find(|c| c.kind == OpKind::Recv).expect("echo arrived");
-        assert_eq!(recv.len, size, "{provider}: echo of {size} B has the wrong length");
+        let recv = done
+            .iter()
+            .find(|c| c.kind == OpKind::Recv)
+            .expect("echo arrived");
+        assert_eq!(
+            recv.len, size,
+            "{provider}: echo of {size} B has the wrong length"
+        );
         let mut got = vec![0; size];
         rx.copy_out(0, &mut got).unwrap();
         assert!(got == data, "{provider}: echo of {size} B differs");
@@ -46,24 +77,31 @@ pub fn messages_echo(ep: &mut Endpoint, peer: PeerAddr, provider: &str) {
 
 /// RMA read and write of 4 KiB to 16 MiB against the peer's region.
 pub fn rma_read_write(ep: &mut Endpoint, peer: PeerAddr, info: &PeerInfo, provider: &str) {
-    let local = ep.register(Memory::anonymous(16 << 20).unwrap(), Access::LOCAL).unwrap();
+    let local = ep
+        .register(Memory::anonymous(16 << 20).unwrap(), Access::LOCAL)
+        .unwrap();
     // What the peer's region holds: its initial pattern, then whatever we wrote.
     let mut model = pattern(REGION_SEED, info.region.len() as usize);
     let mut size = 4096;
     let mut offset = 0u64;
     while size <= 16 << 20 {
         local.fill(0, size, 0).unwrap();
-        ep.post_read(local.slice(0, size).unwrap(), peer, &info.region, offset, 3).unwrap();
+        ep.post_read(local.slice(0, size).unwrap(), peer, &info.region, offset, 3)
+            .unwrap();
         assert_eq!(collect(ep, 1)[0].kind, OpKind::Read);
         let mut got = vec![0; size];
         local.copy_out(0, &mut got).unwrap();
         let range = offset as usize..offset as usize + size;
-        assert!(got == model[range.clone()], "{provider}: read of {size} B at {offset} differs");
+        assert!(
+            got == model[range.clone()],
+            "{provider}: read of {size} B at {offset} differs"
+        );
 
         // Write a fresh pattern to the same place, then read it back.
         let fresh = pattern(size as u64, size);
         local.copy_in(0, &fresh).unwrap();
-        ep.post_write(local.slice(0, size).unwrap(), peer, &info.region, offset, 4).unwrap();
+        ep.post_write(local.slice(0, size).unwrap(), peer, &info.region, offset, 4)
+            .unwrap();
         assert_eq!(collect(ep, 1)[0].kind, OpKind::Write);
         read_back_until(ep, peer, &info.region, offset, &fresh, provider);
         model[range].copy_from_slice(&fresh);
@@ -83,17 +121,24 @@ fn read_back_until(
     want: &[u8],
     provider: &str,
 ) {
-    let local = ep.register(Memory::anonymous(want.len()).unwrap(), Access::LOCAL).unwrap();
+    let local = ep
+        .register(Memory::anonymous(want.len()).unwrap(), Access::LOCAL)
+        .unwrap();
     let start = Instant::now();
     loop {
-        ep.post_read(local.slice(0, want.len()).unwrap(), peer, region, offset, 5).unwrap();
+        ep.post_read(local.slice(0, want.len()).unwrap(), peer, region, offset, 5)
+            .unwrap();
         collect(ep, 1);
         let mut got = vec![0; want.len()];
         local.copy_out(0, &mut got).unwrap();
         if got == want {
             return;
         }
-        assert!(start.elapsed() < WAIT, "{provider}: write of {} B never landed", want.len());
+        assert!(
+            start.elapsed() < WAIT,
+            "{provider}: write of {} B never landed",
+            want.len()
+        );
     }
 }
 
@@ -103,31 +148,47 @@ pub fn many_in_flight(ep: &mut Endpoint, peer: PeerAddr, info: &PeerInfo, provid
     const CHUNK: usize = 16384;
     // Above what rma_read_write overwrites, so the peer's initial pattern is still there.
     const BASE: usize = 17 << 20;
-    let local = ep.register(Memory::anonymous(READS * CHUNK).unwrap(), Access::LOCAL).unwrap();
+    let local = ep
+        .register(Memory::anonymous(READS * CHUNK).unwrap(), Access::LOCAL)
+        .unwrap();
     for i in 0..READS {
         let dst = local.slice(i * CHUNK, CHUNK).unwrap();
-        ep.post_read(dst, peer, &info.region, (BASE + i * CHUNK) as u64, i as u64).unwrap();
+        ep.post_read(dst, peer, &info.region, (BASE + i * CHUNK) as u64, i as u64)
+            .unwrap();
     }
     let done = collect(ep, READS);
     let contexts: HashSet<u64> = done.iter().map(|c| c.context).collect();
-    assert_eq!(contexts.len(), READS, "{provider}: every read completes once");
+    assert_eq!(
+        contexts.len(),
+        READS,
+        "{provider}: every read completes once"
+    );
     let initial = pattern(REGION_SEED, BASE + READS * CHUNK);
     let mut got = vec![0; READS * CHUNK];
     local.copy_out(0, &mut got).unwrap();
-    assert!(got == initial[BASE..], "{provider}: in-flight reads landed wrong bytes");
+    assert!(
+        got == initial[BASE..],
+        "{provider}: in-flight reads landed wrong bytes"
+    );
 
     const MSGS: usize = 200;
     const LEN: usize = 4096;
-    let tx = ep.register(Memory::anonymous(MSGS * LEN).unwrap(), Access::LOCAL).unwrap();
-    let rx = ep.register(Memory::anonymous(MSGS * LEN).unwrap(), Access::LOCAL).unwrap();
+    let tx = ep
+        .register(Memory::anonymous(MSGS * LEN).unwrap(), Access::LOCAL)
+        .unwrap();
+    let rx = ep
+        .register(Memory::anonymous(MSGS * LEN).unwrap(), Access::LOCAL)
+        .unwrap();
     for i in 0..MSGS {
         let mut msg = pattern(1000 + i as u64, LEN);
         msg[..8].copy_from_slice(&(i as u64).to_le_bytes());
         tx.copy_in(i * LEN, &msg).unwrap();
-        ep.post_recv(rx.slice(i * LEN, LEN).unwrap(), 1 << 40 | i as u64).unwrap();
+        ep.post_recv(rx.slice(i * LEN, LEN).unwrap(), 1 << 40 | i as u64)
+            .unwrap();
     }
     for i in 0..MSGS {
-        ep.post_send(tx.slice(i * LEN, LEN).unwrap(), peer, i as u64).unwrap();
+        ep.post_send(tx.slice(i * LEN, LEN).unwrap(), peer, i as u64)
+            .unwrap();
     }
     let done = collect(ep, 2 * MSGS);
     let mut seen = HashSet::new();
@@ -148,12 +209,15 @@ pub fn many_in_flight(ep: &mut Endpoint, peer: PeerAddr, info: &PeerInfo, provid
 
 /// A forged key: the read is posted, and fails with an error completion that says why.
 pub fn bad_key(ep: &mut Endpoint, peer: PeerAddr, info: &PeerInfo, provider: &str) {
-    let local = ep.register(Memory::anonymous(4096).unwrap(), Access::LOCAL).unwrap();
+    let local = ep
+        .register(Memory::anonymous(4096).unwrap(), Access::LOCAL)
+        .unwrap();
     local.fill(0, 4096, 0xee).unwrap();
     let mut wire = info.region.encode();
     wire[16] ^= 0x5a;
     let forged = RemoteRegion::decode(&wire).unwrap();
-    ep.post_read(local.slice(0, 4096).unwrap(), peer, &forged, 0, 77).unwrap();
+    ep.post_read(local.slice(0, 4096).unwrap(), peer, &forged, 0, 77)
+        .unwrap();
     let start = Instant::now();
     let mut out = [EMPTY; 4];
     let err = loop {
@@ -173,15 +237,21 @@ pub fn bad_key(ep: &mut Endpoint, peer: PeerAddr, info: &PeerInfo, provider: &st
                 );
                 return;
             }
-            Ok(n) => panic!("{provider}: a read with a bad key completed: {:?}", &out[..n]),
+            Ok(n) => panic!(
+                "{provider}: a read with a bad key completed: {:?}",
+                &out[..n]
+            ),
             Err(e) => break e,
         }
-        assert!(start.elapsed() < WAIT, "{provider}: no error completion for a bad key");
+        assert!(
+            start.elapsed() < WAIT,
+            "{provider}: no error completion for a bad key"
+        );
     };
     let Error::Completion(c) = &err else {
         panic!("{provider}: expected an error completion, got {err}")
     };
-    assert_eq!((c.context, c.kind), (77, OpKind::Read));
+    assert_eq!((c.context, c.kind), (Some(77), OpKind::Read));
     assert!(!c.text.is_empty());
     assert_eq!(ep.in_flight(), 0, "the failed read gave its slot back");
     println!("{provider}: bad key -> {err}");

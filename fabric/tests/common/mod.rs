@@ -5,7 +5,7 @@
 
 use std::time::Duration;
 
-use nacre_fabric::{Completion, Endpoint, EndpointConfig, Info, Selection};
+use nacre_fabric::{Endpoint, EndpointConfig, Info, Selection};
 
 /// The providers every test runs on; the ones missing here are skipped, loudly.
 pub const PROVIDERS: [&str; 3] = ["tcp", "sockets", "shm"];
@@ -51,31 +51,5 @@ pub fn pattern(seed: u64, len: usize) -> Vec<u8> {
         .collect()
 }
 
-/// Waits for the completion with `context`, failing on anything else or on timeout.
-pub fn wait_for(ep: &mut Endpoint, context: u64) -> Completion {
-    let c = ep
-        .wait(WAIT)
-        .unwrap_or_else(|e| panic!("waiting for context {context}: {e}"));
-    assert_eq!(c.context, context, "unexpected completion {c:?}");
-    c
-}
-
-/// Waits for `n` completions on `ep` while also progressing `other` (a same-thread peer).
-pub fn wait_n_progressing(ep: &mut Endpoint, other: &mut Endpoint, n: usize) -> Vec<Completion> {
-    let mut got = Vec::with_capacity(n);
-    let mut buf = [Completion {
-        context: 0,
-        kind: nacre_fabric::OpKind::Send,
-        len: 0,
-    }; 16];
-    let start = std::time::Instant::now();
-    while got.len() < n {
-        let k = ep.poll(&mut buf).unwrap_or_else(|e| panic!("poll: {e}"));
-        got.extend_from_slice(&buf[..k]);
-        other.progress().unwrap_or_else(|e| panic!("peer progress: {e}"));
-        assert!(start.elapsed() < WAIT, "only {} of {n} completions", got.len());
-    }
-    got
-}
-pub mod peer;
 pub mod checks;
+pub mod peer;

@@ -35,24 +35,39 @@ pub fn run(provider: &str, input: Receiver<String>, output: Sender<String>) {
         ..Default::default()
     };
     let mut ep = open(provider, &cfg);
-    let region = ep.register(Memory::anonymous(REGION_LEN).unwrap(), Access::ALL).unwrap();
-    region.copy_in(0, &pattern(REGION_SEED, REGION_LEN)).unwrap();
+    let region = ep
+        .register(Memory::anonymous(REGION_LEN).unwrap(), Access::ALL)
+        .unwrap();
+    region
+        .copy_in(0, &pattern(REGION_SEED, REGION_LEN))
+        .unwrap();
     let recv = ep
-        .register(Memory::anonymous(RECV_SLOTS * MAX_MSG).unwrap(), Access::LOCAL)
+        .register(
+            Memory::anonymous(RECV_SLOTS * MAX_MSG).unwrap(),
+            Access::LOCAL,
+        )
         .unwrap();
     let _ = output.send(format!("name {}", hex(ep.name())));
-    let _ = output.send(format!("region {}", hex(&region.remote_all().unwrap().encode())));
+    let _ = output.send(format!(
+        "region {}",
+        hex(&region.remote_all().unwrap().encode())
+    ));
 
     let mut sender = None;
     for slot in 0..RECV_SLOTS {
-        ep.post_recv(recv.slice(slot * MAX_MSG, MAX_MSG).unwrap(), slot as u64).unwrap();
+        ep.post_recv(recv.slice(slot * MAX_MSG, MAX_MSG).unwrap(), slot as u64)
+            .unwrap();
     }
     let start = Instant::now();
-    let mut out = [Completion { context: 0, kind: OpKind::Send, len: 0 }; 16];
+    let mut out = [Completion {
+        context: 0,
+        kind: OpKind::Send,
+        len: 0,
+    }; 16];
     let mut spins = 0u32;
     loop {
         spins = spins.wrapping_add(1);
-        if spins % 512 == 0 {
+        if spins.is_multiple_of(512) {
             match input.try_recv() {
                 Ok(line) if line.starts_with("peer ") => {
                     sender = Some(ep.insert_peer(&unhex(&line[5..])).unwrap());
@@ -104,7 +119,11 @@ pub fn spawn_thread(provider: &str) -> ThreadPeer {
     let provider = provider.to_string();
     let thread = std::thread::spawn(move || run(&provider, input, output));
     let info = read_info(|| from_peer.recv_timeout(Duration::from_secs(30)).ok());
-    ThreadPeer { info, input: to_peer, thread: Some(thread) }
+    ThreadPeer {
+        info,
+        input: to_peer,
+        thread: Some(thread),
+    }
 }
 
 impl ThreadPeer {
@@ -132,7 +151,12 @@ pub struct ProcessPeer {
 pub fn spawn_process(provider: &str) -> ProcessPeer {
     let exe = std::env::current_exe().unwrap();
     let mut child = Command::new(exe)
-        .args(["--exact", "peer_process_main", "--nocapture", "--test-threads=1"])
+        .args([
+            "--exact",
+            "peer_process_main",
+            "--nocapture",
+            "--test-threads=1",
+        ])
         .env(ENV, provider)
         .stdin(Stdio::piped())
         .stdout(Stdio::piped())
@@ -142,11 +166,16 @@ pub fn spawn_process(provider: &str) -> ProcessPeer {
     let mut lines = BufReader::new(child.stdout.take().unwrap()).lines();
     let info = read_info(|| loop {
         match lines.next()? {
-            Ok(l) if l.starts_with("NACRE ") => return Some(l[6..].to_string()),
+            // The harness may have printed "test peer_process_main ... " on the same line.
+            Ok(l) if l.contains("NACRE ") => {
+                return Some(l[l.find("NACRE ").unwrap() + 6..].to_string())
+            }
             Ok(_) => continue, // the test harness's own lines
             Err(_) => return None,
         }
     });
+    // Keep draining the child's stdout so its last lines never meet a closed pipe.
+    std::thread::spawn(move || lines.for_each(drop));
     ProcessPeer { info, child, stdin }
 }
 

@@ -1,0 +1,178 @@
+//! The out-of-band side of a bench run: a TCP control connection (server listens on
+//! `-B`, client connects to `-P`), exchange of fabric names, and small sync messages.
+//! Fabric addresses are opaque (EFA), so they travel here, not over the fabric.
+
+use std::io::{self, Read, Write};
+use std::net::{IpAddr, SocketAddr, TcpListener, TcpStream};
+use std::time::Duration;
+
+use nacre_fabric::{Endpoint, EndpointConfig, PeerAddr, Selection};
+
+pub const DEFAULT_PORT: u16 = 47592;
+
+/// Who we are in the run, from the command line.
+pub struct Role {
+    /// The server's address; None: we are the server.
+    pub server: Option<String>,
+    /// Control port the server binds (`-B`).
+    pub src_port: Option<u16>,
+    /// Control port the client connects to (`-P`).
+    pub dst_port: Option<u16>,
+    /// Address the server binds and serves the fabric from (`-s`).
+    pub src_addr: String,
+}
+
+pub struct Control {
+    stream: TcpStream,
+    pub is_server: bool,
+}
+
+impl Control {
+    pub fn establish(role: &Role) -> io::Result<Control> {
+        match &role.server {
+            None => {
+                let port = role.src_port.unwrap_or(DEFAULT_PORT);
+                let ip: IpAddr = role.src_addr.parse().map_err(|_| {
+                    io::Error::new(io::ErrorKind::InvalidInput, "-s takes an IP address")
+                })?;
+                let listener = TcpListener::bind(SocketAddr::new(ip, port))?;
+                let (stream, _) = listener.accept()?;
+                stream.set_nodelay(true)?;
+                Ok(Control {
+                    stream,
+                    is_server: true,
+                })
+            }
+            Some(host) => {
+                let port = role.dst_port.unwrap_or(DEFAULT_PORT);
+                let stream = connect_retrying(host, port)?;
+                stream.set_nodelay(true)?;
+                Ok(Control {
+                    stream,
+                    is_server: false,
+                })
+            }
+        }
+    }
+
+    /// The local IP of the control connection: the client serves its fabric endpoint from
+    /// the interface that reaches the server.
+    pub fn local_ip(&self) -> io::Result<IpAddr> {
+        Ok(self.stream.local_addr()?.ip())
+    }
+
+    pub fn send(&mut self, bytes: &[u8]) -> io::Result<()> {
+        self.stream.write_all(&(bytes.len() as u32).to_be_bytes())?;
+        self.stream.write_all(bytes)
+    }
+
+    pub fn recv(&mut self) -> io::Result<Vec<u8>> {
+        let mut len = [0u8; 4];
+        self.stream.read_exact(&mut len)?;
+        let len = u32::from_be_bytes(len) as usize;
+        if len > 1 << 16 {
+            return Err(io::Error::new(
+                io::ErrorKind::InvalidData,
+                "control message too long",
+            ));
+        }
+        let mut buf = vec![0; len];
+        self.stream.read_exact(&mut buf)?;
+        Ok(buf)
+    }
+
+    /// Both sides call this; it returns when both have reached it.
+    pub fn sync(&mut self) -> io::Result<()> {
+        if self.is_server {
+            expect(&self.recv()?, b"q")?;
+            self.send(b"a")
+        } else {
+            self.send(b"q")?;
+            expect(&self.recv()?, b"a")
+        }
+    }
+
+    /// Non-blocking check for a message (the server polls the fabric meanwhile).
+    pub fn try_recv(&mut self) -> io::Result<Option<Vec<u8>>> {
+        self.stream.set_nonblocking(true)?;
+        let mut probe = [0u8; 1];
+        let ready = match self.stream.peek(&mut probe) {
+            Ok(0) => Err(io::Error::new(
+                io::ErrorKind::UnexpectedEof,
+                "peer closed control",
+            )),
+            Ok(_) => Ok(true),
+            Err(e) if e.kind() == io::ErrorKind::WouldBlock => Ok(false),
+            Err(e) => Err(e),
+        };
+        self.stream.set_nonblocking(false)?;
+        if ready? {
+            self.recv().map(Some)
+        } else {
+            Ok(None)
+        }
+    }
+}
+
+fn expect(got: &[u8], want: &[u8]) -> io::Result<()> {
+    if got == want {
+        Ok(())
+    } else {
+        Err(io::Error::new(
+            io::ErrorKind::InvalidData,
+            "control: unexpected message",
+        ))
+    }
+}
+
+/// The server may still be starting: retry for a few seconds, as scripts start both at once.
+fn connect_retrying(host: &str, port: u16) -> io::Result<TcpStream> {
+    let mut last = None;
+    for _ in 0..100 {
+        match TcpStream::connect((host, port)) {
+            Ok(s) => return Ok(s),
+            Err(e) => last = Some(e),
+        }
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    Err(last.expect("at least one attempt"))
+}
+
+/// Opens our endpoint and exchanges names with the peer (server first, as fi_pingpong).
+pub fn connect_fabric(
+    provider: Option<&str>,
+    domain: Option<&str>,
+    ctl: &mut Control,
+    role: &Role,
+    cfg: &EndpointConfig,
+) -> Result<(Endpoint, PeerAddr), crate::BenchError> {
+    let node = if ctl.is_server {
+        role.src_addr.clone()
+    } else {
+        ctl.local_ip()?.to_string()
+    };
+    let wanted = Selection {
+        provider: provider.map(str::to_string),
+        ..Default::default()
+    }
+    .wanted_provider();
+    // shm addresses are not IP addresses; every other provider serves from `node`.
+    let node = (wanted.as_deref() != Some("shm")).then_some(node);
+    let sel = Selection {
+        provider: provider.map(str::to_string),
+        node,
+        service: None,
+        domain: domain.map(str::to_string),
+    };
+    let mut ep = nacre_fabric::open(&sel, cfg)?;
+    let peer_name = if ctl.is_server {
+        ctl.send(ep.name())?;
+        ctl.recv()?
+    } else {
+        let name = ctl.recv()?;
+        ctl.send(ep.name())?;
+        name
+    };
+    let peer = ep.insert_peer(&peer_name)?;
+    Ok((ep, peer))
+}

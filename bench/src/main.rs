@@ -1,0 +1,171 @@
+//! nacre-bench: benches that performance engineers hold against fabtests and fio.
+//!
+//! `pingpong` takes fi_pingpong's command line and prints its columns; `rma` measures the
+//! RMA bandwidth of the bulk data path; `info` lists the providers fi_getinfo offers.
+
+mod control;
+mod format;
+mod pingpong;
+mod rma;
+
+use clap::{Args, Parser, Subcommand};
+
+#[derive(Parser)]
+#[command(
+    name = "nacre-bench",
+    version,
+    about = "nacre's fabric and storage benches"
+)]
+struct Cli {
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Ping-pong messages, as fabtests' fi_pingpong (no address: server; an address: client).
+    Pingpong {
+        #[command(flatten)]
+        common: CommonArgs,
+        /// Verify the data of every message (slows the run, as with fi_pingpong -c).
+        #[arg(short = 'c')]
+        check: bool,
+    },
+    /// RMA read or write bandwidth with a window of operations in flight.
+    Rma {
+        #[command(flatten)]
+        common: CommonArgs,
+        /// Which RMA operation the client issues.
+        #[arg(long, value_enum, default_value = "read")]
+        op: rma::RmaOp,
+        /// Operations in flight.
+        #[arg(short = 'W', long, default_value_t = 16)]
+        window: usize,
+    },
+    /// List the RDM providers fi_getinfo offers for nacre's needs (FI_PROVIDER applies).
+    Info {
+        /// Local address to ask for (FI_SOURCE).
+        #[arg(short = 's', default_value = "127.0.0.1")]
+        node: String,
+    },
+}
+
+/// Options shared by the fabric benches; the letters are fi_pingpong's.
+#[derive(Args)]
+pub struct CommonArgs {
+    /// Provider: tcp (tcp;ofi_rxm), sockets, shm, udp (udp;ofi_rxd), efa, verbs; default FI_PROVIDER.
+    #[arg(short = 'p')]
+    provider: Option<String>,
+    /// Endpoint type; nacre's data path is RDM only.
+    #[arg(short = 'e', default_value = "rdm")]
+    ep_type: String,
+    /// Domain name.
+    #[arg(short = 'd')]
+    domain: Option<String>,
+    /// Iterations per size (pingpong: 10, as fi_pingpong; rma: 1000).
+    #[arg(short = 'I')]
+    iterations: Option<u64>,
+    /// Size in bytes, a comma-separated list, or `all`.
+    #[arg(short = 'S')]
+    sizes: Option<String>,
+    /// Control port the server binds (default 47592).
+    #[arg(short = 'B')]
+    src_port: Option<u16>,
+    /// Control port the client connects to (default 47592).
+    #[arg(short = 'P')]
+    dst_port: Option<u16>,
+    /// Address the server binds and serves from (default 127.0.0.1; 0.0.0.0 for all).
+    #[arg(short = 's', default_value = "127.0.0.1")]
+    src_addr: String,
+    /// Transmit mode: msg (tagged is not used by nacre).
+    #[arg(short = 'm', default_value = "msg")]
+    mode: String,
+    /// The server's address: run as client. Without it: run as server.
+    server: Option<String>,
+}
+
+impl CommonArgs {
+    fn role(&self) -> control::Role {
+        control::Role {
+            server: self.server.clone(),
+            src_port: self.src_port,
+            dst_port: self.dst_port,
+            src_addr: self.src_addr.clone(),
+        }
+    }
+
+    fn validate(&self) -> Result<(), BenchError> {
+        if !self.ep_type.eq_ignore_ascii_case("rdm") {
+            return Err(BenchError::msg(format!(
+                "endpoint type `{}` is not supported: nacre's data path uses rdm endpoints",
+                self.ep_type
+            )));
+        }
+        format::parse_sizes(self.sizes.as_deref(), u64::MAX).map_err(BenchError)?;
+        if self.mode != "msg" {
+            return Err(BenchError::msg(format!(
+                "transmit mode `{}` is not supported (msg only)",
+                self.mode
+            )));
+        }
+        Ok(())
+    }
+}
+
+/// Whatever stops a bench, printed as one line.
+#[derive(Debug)]
+pub struct BenchError(pub String);
+
+impl BenchError {
+    fn msg(s: impl Into<String>) -> Self {
+        BenchError(s.into())
+    }
+}
+
+impl<E: std::error::Error> From<E> for BenchError {
+    fn from(e: E) -> Self {
+        BenchError(e.to_string())
+    }
+}
+
+fn main() {
+    tracing_subscriber::fmt()
+        .with_env_filter(tracing_subscriber::EnvFilter::from_env("NACRE_LOG"))
+        .with_writer(std::io::stderr)
+        .init();
+    let cli = Cli::parse();
+    let result = match &cli.command {
+        Command::Pingpong { common, check } => common
+            .validate()
+            .and_then(|_| pingpong::run(common, *check)),
+        Command::Rma { common, op, window } => common
+            .validate()
+            .and_then(|_| rma::run(common, *op, *window)),
+        Command::Info { node } => info(node),
+    };
+    if let Err(e) = result {
+        eprintln!("nacre-bench: {}", e.0);
+        std::process::exit(1);
+    }
+}
+
+fn info(node: &str) -> Result<(), BenchError> {
+    let providers = nacre_fabric::list_providers(Some(node))?;
+    println!(
+        "{:<16} {:<24} {:<12} {:>8} {:>6} {:>6}  mr_mode",
+        "provider", "fabric", "domain", "inject", "tx", "rx"
+    );
+    for p in providers {
+        println!(
+            "{:<16} {:<24} {:<12} {:>8} {:>6} {:>6}  {}",
+            p.provider,
+            p.fabric,
+            p.domain,
+            p.inject_size,
+            p.tx_size,
+            p.rx_size,
+            p.mr_mode_names()
+        );
+    }
+    Ok(())
+}

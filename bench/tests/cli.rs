@@ -1,0 +1,183 @@
+//! nacre-bench as a user runs it: server and client processes on 127.0.0.1, on each
+//! provider, printing fi_pingpong's columns with every message acknowledged.
+
+use std::net::TcpListener;
+use std::process::{Command, Output, Stdio};
+use std::time::{Duration, Instant};
+
+const BIN: &str = env!("CARGO_BIN_EXE_nacre-bench");
+
+fn provider_available(provider: &str) -> bool {
+    let q = nacre_fabric::Selection::provider(provider);
+    let q = nacre_fabric::Selection {
+        node: (provider != "shm").then_some("127.0.0.1".into()),
+        ..q
+    };
+    match nacre_fabric::Info::find(&q) {
+        Ok(_) => true,
+        Err(e) => {
+            println!("SKIP nacre-bench on provider {provider}: not available on this machine: {e}");
+            false
+        }
+    }
+}
+
+fn free_port() -> u16 {
+    TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port()
+}
+
+/// Runs server and client with `args`; returns the client's output (server must succeed).
+fn run_pair(sub: &str, args: &[&str]) -> Output {
+    let port = free_port().to_string();
+    let mut server = Command::new(BIN)
+        .arg(sub)
+        .args(args)
+        .args(["-B", &port])
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let client = Command::new(BIN)
+        .arg(sub)
+        .args(args)
+        .args(["-P", &port, "127.0.0.1"])
+        .output()
+        .unwrap();
+    let start = Instant::now();
+    loop {
+        if let Some(status) = server.try_wait().unwrap() {
+            let out = server.wait_with_output().unwrap();
+            assert!(
+                status.success(),
+                "server failed: {}",
+                String::from_utf8_lossy(&out.stderr)
+            );
+            break;
+        }
+        if start.elapsed() > Duration::from_secs(60) {
+            server.kill().unwrap();
+            panic!("server did not finish");
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    assert!(
+        client.status.success(),
+        "client failed: {}",
+        String::from_utf8_lossy(&client.stderr)
+    );
+    client
+}
+
+fn rows(out: &Output) -> Vec<Vec<String>> {
+    String::from_utf8_lossy(&out.stdout)
+        .lines()
+        .filter(|l| !l.starts_with('#') && !l.starts_with("bytes"))
+        .map(|l| l.split_whitespace().map(str::to_string).collect())
+        .collect()
+}
+
+#[test]
+fn pingpong_prints_fi_pingpong_rows() {
+    for provider in ["tcp", "sockets", "shm"] {
+        if !provider_available(provider) {
+            continue;
+        }
+        let out = run_pair(
+            "pingpong",
+            &[
+                "-p",
+                provider,
+                "-e",
+                "rdm",
+                "-I",
+                "50",
+                "-S",
+                "0,64,4096,1048576",
+                "-c",
+            ],
+        );
+        let text = String::from_utf8_lossy(&out.stdout);
+        assert!(text.starts_with("bytes   #sent   #ack     total"), "{text}");
+        let rows = rows(&out);
+        assert_eq!(rows.len(), 4, "{text}");
+        for (row, size) in rows.iter().zip(["0", "64", "4k", "1m"]) {
+            assert_eq!(row.len(), 8, "{text}");
+            assert_eq!(row[0], size);
+            assert_eq!(row[2], "=50", "every ping acknowledged: {text}");
+        }
+        println!("{provider}:\n{text}");
+    }
+}
+
+#[test]
+fn rma_prints_bandwidth_rows() {
+    for provider in ["tcp", "sockets", "shm"] {
+        if !provider_available(provider) {
+            continue;
+        }
+        for op in ["read", "write"] {
+            let out = run_pair(
+                "rma",
+                &["-p", provider, "--op", op, "-I", "64", "-S", "4096,1048576"],
+            );
+            let rows = rows(&out);
+            assert_eq!(rows.len(), 2);
+            for row in &rows {
+                assert_eq!(row[2], "=64");
+                let mbs: f64 = row[5].parse().unwrap();
+                assert!(mbs > 0.0);
+            }
+        }
+    }
+}
+
+#[test]
+fn bad_arguments_fail_with_one_clear_line() {
+    let out = Command::new(BIN)
+        .args(["pingpong", "-e", "msg", "127.0.0.1"])
+        .output()
+        .unwrap();
+    assert!(!out.status.success());
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        err.contains("endpoint type `msg` is not supported"),
+        "{err}"
+    );
+
+    let out = Command::new(BIN)
+        .args(["pingpong", "-S", "12x", "127.0.0.1"])
+        .output()
+        .unwrap();
+    assert!(!out.status.success());
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(err.contains("Error parsing \"12x\""), "{err}");
+
+    // A provider that does not exist: both sides say so and exit, neither hangs.
+    let port = free_port().to_string();
+    let server = Command::new(BIN)
+        .args(["pingpong", "-p", "no-such-provider", "-B", &port])
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let client = Command::new(BIN)
+        .args([
+            "pingpong",
+            "-p",
+            "no-such-provider",
+            "-P",
+            &port,
+            "127.0.0.1",
+        ])
+        .output()
+        .unwrap();
+    let server = server.wait_with_output().unwrap();
+    for out in [&server, &client] {
+        assert!(!out.status.success());
+        let err = String::from_utf8_lossy(&out.stderr);
+        assert!(err.contains("no libfabric provider matches"), "{err}");
+    }
+}
