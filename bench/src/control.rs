@@ -81,14 +81,28 @@ impl Control {
         Ok(buf)
     }
 
-    /// Both sides call this; it returns when both have reached it.
-    pub fn sync(&mut self) -> io::Result<()> {
+    /// Both sides call this; it returns when both have reached it. The fabric keeps
+    /// progressing meanwhile: with manual progress, an injected message may still sit in
+    /// our provider until we poll again.
+    pub fn sync(&mut self, ep: &mut Endpoint) -> Result<(), crate::BenchError> {
         if self.is_server {
-            expect(&self.recv()?, b"q")?;
-            self.send(b"a")
+            expect(&self.recv_progressing(ep)?, b"q")?;
+            Ok(self.send(b"a")?)
         } else {
             self.send(b"q")?;
-            expect(&self.recv()?, b"a")
+            Ok(expect(&self.recv_progressing(ep)?, b"a")?)
+        }
+    }
+
+    /// Waits for a control message while driving the fabric.
+    pub fn recv_progressing(&mut self, ep: &mut Endpoint) -> Result<Vec<u8>, crate::BenchError> {
+        loop {
+            if let Some(msg) = self.try_recv()? {
+                return Ok(msg);
+            }
+            for _ in 0..256 {
+                ep.progress()?;
+            }
         }
     }
 

@@ -41,7 +41,7 @@ pub fn run(args: &CommonArgs, check: bool) -> Result<(), BenchError> {
     }
     println!("{HEADER}");
     for size in sizes {
-        ctl.sync()?;
+        ctl.sync(&mut pp.ep)?;
         let start = Instant::now();
         let acked = if ctl.is_server {
             pp.serve(size as usize, iterations)?
@@ -49,17 +49,17 @@ pub fn run(args: &CommonArgs, check: bool) -> Result<(), BenchError> {
             pp.ping(size as usize, iterations)?
         };
         let micros = start.elapsed().as_secs_f64() * 1e6;
-        let acked = exchange_counts(&mut ctl, acked)?;
+        let acked = exchange_counts(&mut ctl, &mut pp.ep, acked)?;
         println!("{}", row(size, iterations, acked, micros));
     }
-    ctl.sync()?; // neither side closes while the other may still be sending
+    ctl.sync(&mut pp.ep)?; // neither side closes while the other may still be sending
     Ok(())
 }
 
 /// The client's count of pongs is the one both sides print.
-fn exchange_counts(ctl: &mut Control, mine: u64) -> Result<u64, BenchError> {
+fn exchange_counts(ctl: &mut Control, ep: &mut Endpoint, mine: u64) -> Result<u64, BenchError> {
     if ctl.is_server {
-        let theirs = ctl.recv()?;
+        let theirs = ctl.recv_progressing(ep)?;
         let theirs: [u8; 8] = theirs
             .try_into()
             .map_err(|_| BenchError::msg("bad count"))?;
@@ -67,7 +67,7 @@ fn exchange_counts(ctl: &mut Control, mine: u64) -> Result<u64, BenchError> {
         Ok(u64::from_le_bytes(theirs))
     } else {
         ctl.send(&mine.to_le_bytes())?;
-        ctl.recv()?;
+        ctl.recv_progressing(ep)?;
         Ok(mine)
     }
 }
