@@ -41,6 +41,9 @@ enum Command {
         /// Operations in flight.
         #[arg(short = 'W', long, default_value_t = 16)]
         window: usize,
+        /// One local buffer per operation in flight (default: one shared buffer, as fi_rma_bw).
+        #[arg(long)]
+        distinct_buffers: bool,
     },
     /// List the RDM providers fi_getinfo offers for nacre's needs (FI_PROVIDER applies).
     Info {
@@ -138,9 +141,14 @@ fn main() {
         Command::Pingpong { common, check } => common
             .validate()
             .and_then(|_| pingpong::run(common, *check)),
-        Command::Rma { common, op, window } => common
+        Command::Rma {
+            common,
+            op,
+            window,
+            distinct_buffers,
+        } => common
             .validate()
-            .and_then(|_| rma::run(common, *op, *window)),
+            .and_then(|_| rma::run(common, *op, *window, *distinct_buffers)),
         Command::Info { node } => info(node),
     };
     if let Err(e) = result {

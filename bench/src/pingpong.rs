@@ -83,7 +83,7 @@ struct Pingpong {
     check: bool,
     fill_count: u64,
     check_count: u64,
-    done: [Completion; 8],
+    done: [Completion; 2],
     /// Completions seen and not yet waited for: [RX, TX].
     arrived: [u32; 2],
 }
@@ -107,7 +107,7 @@ impl Pingpong {
                 context: 0,
                 kind: OpKind::Send,
                 len: 0,
-            }; 8],
+            }; 2],
             arrived: [0; 2],
         };
         pp.post_rx()?;

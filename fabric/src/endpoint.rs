@@ -8,6 +8,7 @@
 
 use std::collections::VecDeque;
 use std::ffi::{c_void, CStr};
+use std::mem::MaybeUninit;
 use std::ptr;
 use std::rc::Rc;
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -160,7 +161,7 @@ impl Endpoint {
     fn open_queues(&mut self, cq_size: usize, av_size: usize) -> Result<()> {
         let mut cq_attr = sys::fi_cq_attr {
             size: cq_size,
-            format: sys::fi_cq_format_FI_CQ_FORMAT_TAGGED,
+            format: sys::fi_cq_format_FI_CQ_FORMAT_MSG, // context, flags, len: all we read
             wait_obj: sys::fi_wait_obj_FI_WAIT_NONE,
             ..Default::default()
         };
@@ -430,21 +431,21 @@ impl Endpoint {
 
     /// Reads available completions into `out`, oldest first. An error completion is
     /// returned as `Err(Error::Completion)` once every earlier success has been returned.
+    #[inline]
     pub fn poll(&mut self, out: &mut [Completion]) -> Result<usize> {
         if !self.backlog.is_empty() {
             return self.drain_backlog(out);
         }
-        let mut raw = [sys::fi_cq_tagged_entry::default(); CQ_BATCH];
         let want = out.len().min(CQ_BATCH);
         if want == 0 {
             return Ok(0);
         }
-        // SAFETY: cq is open; raw holds `want` entries of the format the CQ was opened with.
-        let rc = unsafe { sys::fi_cq_read(self.cq, raw.as_mut_ptr() as *mut c_void, want) };
-        match rc {
+        let mut raw = [MaybeUninit::<sys::fi_cq_msg_entry>::uninit(); CQ_BATCH];
+        match self.read_cq(&mut raw[..want]) {
             n if n > 0 => {
                 for (slot, entry) in out.iter_mut().zip(&raw[..n as usize]) {
-                    *slot = self.finish(entry);
+                    // SAFETY: fi_cq_read initialised the first n entries.
+                    *slot = self.finish(unsafe { entry.assume_init_ref() });
                 }
                 Ok(n as usize)
             }
@@ -452,6 +453,15 @@ impl Endpoint {
             n if n == -EAVAIL => Err(Error::Completion(self.read_error())),
             n => Err(call_error("fi_cq_read", n)),
         }
+    }
+
+    /// One fi_cq_read into an uninitialised batch (this runs on every spin of a poll
+    /// loop: zeroing the batch each time would cost more than the call).
+    #[inline]
+    fn read_cq(&self, raw: &mut [MaybeUninit<sys::fi_cq_msg_entry>]) -> isize {
+        // SAFETY: cq is open and was opened with FI_CQ_FORMAT_MSG; raw has room for
+        // raw.len() entries, of which the provider initialises as many as it returns.
+        unsafe { sys::fi_cq_read(self.cq, raw.as_mut_ptr() as *mut c_void, raw.len()) }
     }
 
     /// Polls until one completion (or error completion) arrives or `timeout` passes.
@@ -480,13 +490,12 @@ impl Endpoint {
     /// Drives the provider (manual progress) and keeps what completes for the next poll.
     /// A target of RMA must call this (or poll) for the initiator's operations to advance.
     pub fn progress(&mut self) -> Result<()> {
-        let mut raw = [sys::fi_cq_tagged_entry::default(); CQ_BATCH];
-        // SAFETY: as in poll.
-        let rc = unsafe { sys::fi_cq_read(self.cq, raw.as_mut_ptr() as *mut c_void, CQ_BATCH) };
-        match rc {
+        let mut raw = [MaybeUninit::<sys::fi_cq_msg_entry>::uninit(); CQ_BATCH];
+        match self.read_cq(&mut raw) {
             n if n > 0 => {
                 for entry in &raw[..n as usize] {
-                    let done = self.finish(entry);
+                    // SAFETY: fi_cq_read initialised the first n entries.
+                    let done = self.finish(unsafe { entry.assume_init_ref() });
                     self.backlog.push_back(Ok(done));
                 }
                 Ok(())
@@ -523,7 +532,7 @@ impl Endpoint {
     }
 
     /// Turns a CQ entry into a Completion and frees its slot (dropping the registration ref).
-    fn finish(&mut self, entry: &sys::fi_cq_tagged_entry) -> Completion {
+    fn finish(&mut self, entry: &sys::fi_cq_msg_entry) -> Completion {
         match self.slots.release(entry.op_context as usize) {
             Some(slot) => Completion {
                 context: slot.context,
