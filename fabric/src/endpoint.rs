@@ -16,7 +16,7 @@ use std::time::{Duration, Instant};
 
 use nacre_sys as sys;
 
-use crate::error::{call_error, check, strerror, CompletionError, Error, Result};
+use crate::error::{call_error, check, strerror, CompletionError, ErrorKind, Result};
 use crate::info::{mr_mode_names, Info, ProviderSummary};
 use crate::memory::{Access, LocalSlice, Memory, MemoryRegion, MrInner, RemoteRegion};
 use crate::slots::{Slot, Slots};
@@ -245,10 +245,11 @@ impl Endpoint {
     /// Inserts a peer's name (from its [`Endpoint::name`]) into the address vector.
     pub fn insert_peer(&mut self, name: &[u8]) -> Result<PeerAddr> {
         if name.is_empty() || name.len() > MAX_NAME {
-            return Err(Error::BadPeerName {
+            return Err(ErrorKind::BadPeerName {
                 len: name.len(),
                 text: format!("a fabric name is 1 to {MAX_NAME} bytes"),
-            });
+            }
+            .into());
         }
         // fi_av_insert reads as many bytes as the provider's address format says, and string
         // formats up to a NUL: pad a copy with zeros so a short name cannot be over-read.
@@ -273,10 +274,11 @@ impl Endpoint {
             } else {
                 "the provider did not accept it".into()
             };
-            return Err(Error::BadPeerName {
+            return Err(ErrorKind::BadPeerName {
                 len: name.len(),
                 text,
-            });
+            }
+            .into());
         }
         self.peers.push(addr);
         Ok(PeerAddr((self.peers.len() - 1) as u32))
@@ -286,7 +288,7 @@ impl Endpoint {
         self.peers
             .get(peer.0 as usize)
             .copied()
-            .ok_or(Error::UnknownPeer(peer.0 as u64))
+            .ok_or_else(|| ErrorKind::UnknownPeer(peer.0 as u64).into())
     }
 
     /// Registers `memory` for local use and, with `Access::ALL`, for peers' RMA. Obeys the
@@ -416,10 +418,11 @@ impl Endpoint {
     /// needed. At most [`Endpoint::inject_size`] bytes.
     pub fn inject(&mut self, data: &[u8], to: PeerAddr) -> Result<()> {
         if data.len() > self.inject_size {
-            return Err(Error::TooLarge {
+            return Err(ErrorKind::TooLarge {
                 len: data.len(),
                 max: self.inject_size,
-            });
+            }
+            .into());
         }
         let dest = self.fi_addr(to)?;
         let (ep, buf, len) = (self.ep, data.as_ptr() as *const c_void, data.len());
@@ -430,7 +433,7 @@ impl Endpoint {
     }
 
     /// Reads available completions into `out`, oldest first. An error completion is
-    /// returned as `Err(Error::Completion)` once every earlier success has been returned.
+    /// returned as `Err(ErrorKind::Completion.into())` once every earlier success has been returned.
     #[inline]
     pub fn poll(&mut self, out: &mut [Completion]) -> Result<usize> {
         if !self.backlog.is_empty() {
@@ -450,7 +453,7 @@ impl Endpoint {
                 Ok(n as usize)
             }
             n if n == -EAGAIN => Ok(0),
-            n if n == -EAVAIL => Err(Error::Completion(self.read_error())),
+            n if n == -EAVAIL => Err(ErrorKind::Completion(self.read_error()).into()),
             n => Err(call_error("fi_cq_read", n)),
         }
     }
@@ -479,10 +482,11 @@ impl Endpoint {
             }
             spins = spins.wrapping_add(1);
             if spins.is_multiple_of(1024) && start.elapsed() > timeout {
-                return Err(Error::Timeout {
+                return Err(ErrorKind::Timeout {
                     what: "waiting for a completion",
                     secs: start.elapsed().as_secs_f64(),
-                });
+                }
+                .into());
             }
         }
     }
@@ -523,7 +527,7 @@ impl Endpoint {
                     let Some(Err(e)) = self.backlog.pop_front() else {
                         unreachable!("front was an error")
                     };
-                    return Err(Error::Completion(e));
+                    return Err(ErrorKind::Completion(e).into());
                 }
                 _ => break,
             }
@@ -603,7 +607,7 @@ impl Endpoint {
     fn desc(&self, slice: &LocalSlice<'_>) -> Result<*mut c_void> {
         let inner = &slice.region.inner;
         if !Rc::ptr_eq(&inner.domain, &self.domain) {
-            return Err(Error::ForeignRegion);
+            return Err(ErrorKind::ForeignRegion.into());
         }
         // EFA's rule, checked here because tcp and sockets would forgive a null descriptor
         // for memory they cannot see: a FI_MR_LOCAL provider must get a real descriptor.
@@ -616,10 +620,11 @@ impl Endpoint {
 
     fn check_msg(&self, len: usize) -> Result<()> {
         if len > self.max_msg_size {
-            Err(Error::TooLarge {
+            Err(ErrorKind::TooLarge {
                 len,
                 max: self.max_msg_size,
-            })
+            }
+            .into())
         } else {
             Ok(())
         }
@@ -644,7 +649,7 @@ impl Endpoint {
         let token = self
             .slots
             .take(slot)
-            .ok_or(Error::QueueFull(self.slots.limit(kind)))?;
+            .ok_or_else(|| ErrorKind::QueueFull(self.slots.limit(kind)))?;
         let result = self.retry(call, || op(token as *mut c_void));
         if result.is_err() {
             self.slots.release(token);
@@ -654,31 +659,55 @@ impl Endpoint {
 
     /// Transmit operations wait (progressing) for a free slot; receives do not, since
     /// posted receives only drain when peers send.
+    #[inline]
     fn make_room(&mut self, kind: OpKind) -> Result<()> {
         if self.slots.has_room(kind) {
-            return Ok(());
+            Ok(())
+        } else {
+            self.wait_for_room(kind)
         }
+    }
+
+    #[cold]
+    fn wait_for_room(&mut self, kind: OpKind) -> Result<()> {
         if kind == OpKind::Recv {
-            return Err(Error::QueueFull(self.slots.limit(kind)));
+            return Err(ErrorKind::QueueFull(self.slots.limit(kind)).into());
         }
         let start = Instant::now();
         while !self.slots.has_room(kind) {
             self.progress()?;
             if start.elapsed() > self.post_timeout {
-                return Err(Error::Timeout {
+                return Err(ErrorKind::Timeout {
                     what: "waiting for a free transmit slot",
                     secs: start.elapsed().as_secs_f64(),
-                });
+                }
+                .into());
             }
         }
         Ok(())
     }
 
     /// Calls `op` until it stops returning FI_EAGAIN, progressing the CQ in between.
+    #[inline]
     fn retry(&mut self, call: &'static str, mut op: impl FnMut() -> isize) -> Result<()> {
-        let mut start: Option<Instant> = None;
+        match op() {
+            0 => Ok(()),
+            rc if rc == -EAGAIN => self.retry_after_eagain(call, op),
+            rc => Err(call_error(call, rc)),
+        }
+    }
+
+    #[cold]
+    #[inline(never)]
+    fn retry_after_eagain(
+        &mut self,
+        call: &'static str,
+        mut op: impl FnMut() -> isize,
+    ) -> Result<()> {
+        let start = Instant::now();
         let mut tries = 0u32;
         loop {
+            self.progress()?;
             let rc = op();
             if rc == 0 {
                 return Ok(());
@@ -686,16 +715,13 @@ impl Endpoint {
             if rc != -EAGAIN {
                 return Err(call_error(call, rc));
             }
-            self.progress()?;
             tries = tries.wrapping_add(1);
-            if tries.is_multiple_of(256) {
-                let began = *start.get_or_insert_with(Instant::now);
-                if began.elapsed() > self.post_timeout {
-                    return Err(Error::Timeout {
-                        what: call,
-                        secs: began.elapsed().as_secs_f64(),
-                    });
+            if tries.is_multiple_of(256) && start.elapsed() > self.post_timeout {
+                return Err(ErrorKind::Timeout {
+                    what: call,
+                    secs: start.elapsed().as_secs_f64(),
                 }
+                .into());
             }
         }
     }

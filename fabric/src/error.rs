@@ -5,9 +5,37 @@ use std::ffi::CStr;
 
 use crate::endpoint::OpKind;
 
+/// An error of the fabric layer: one pointer wide, so that `Result<()>` on the hot path
+/// costs no more than a return code. [`Error::kind`] says what went wrong.
+#[derive(Debug, thiserror::Error)]
+#[error(transparent)]
+pub struct Error(Box<ErrorKind>);
+
+impl Error {
+    pub fn kind(&self) -> &ErrorKind {
+        &self.0
+    }
+
+    /// The error code libfabric gave, for callers that map to errno.
+    pub fn code(&self) -> Option<i32> {
+        match self.kind() {
+            ErrorKind::Call { code, .. } => Some(*code),
+            ErrorKind::Completion(c) => Some(c.code),
+            _ => None,
+        }
+    }
+}
+
+impl From<ErrorKind> for Error {
+    #[cold]
+    fn from(kind: ErrorKind) -> Self {
+        Error(Box::new(kind))
+    }
+}
+
 /// What went wrong in the fabric layer.
 #[derive(Debug, thiserror::Error)]
-pub enum Error {
+pub enum ErrorKind {
     /// A libfabric call returned an error code.
     #[error("{call} failed: {text} (-{code})")]
     Call {
@@ -94,20 +122,10 @@ pub(crate) fn check(call: &'static str, rc: isize) -> Result<()> {
 
 pub(crate) fn call_error(call: &'static str, rc: isize) -> Error {
     let code = i32::try_from(rc.unsigned_abs()).unwrap_or(i32::MAX);
-    Error::Call {
+    ErrorKind::Call {
         call,
         code,
         text: strerror(code),
     }
-}
-
-impl Error {
-    /// The error code libfabric gave, for callers that map to errno.
-    pub fn code(&self) -> Option<i32> {
-        match self {
-            Error::Call { code, .. } => Some(*code),
-            Error::Completion(c) => Some(c.code),
-            _ => None,
-        }
-    }
+    .into()
 }

@@ -10,7 +10,7 @@ use std::ptr;
 
 use nacre_sys as sys;
 
-use crate::error::{call_error, Error, Result};
+use crate::error::{call_error, ErrorKind, Result};
 
 /// The memory-registration modes nacre can honour; EFA asks for the first four.
 pub const MR_MODE_SUPPORTED: u64 = sys::FI_MR_LOCAL
@@ -80,7 +80,7 @@ impl Info {
     pub fn find(sel: &Selection) -> Result<Info> {
         let wanted = sel.wanted_provider();
         let list = InfoList::query(sel, wanted.as_deref())?;
-        let first = list.iter().next().ok_or_else(|| Error::NoProvider {
+        let first = list.iter().next().ok_or_else(|| ErrorKind::NoProvider {
             wanted: describe(sel, wanted.as_deref()),
             reason: "fi_getinfo returned an empty list".into(),
         })?;
@@ -168,10 +168,11 @@ impl InfoList {
         };
         if rc != 0 {
             let err = call_error("fi_getinfo", rc as isize);
-            return Err(Error::NoProvider {
+            return Err(ErrorKind::NoProvider {
                 wanted: describe(sel, provider),
                 reason: err.to_string(),
-            });
+            }
+            .into());
         }
         Ok(InfoList { head })
     }
@@ -327,9 +328,12 @@ fn describe(sel: &Selection, provider: Option<&str>) -> String {
 }
 
 fn cstring(s: &str) -> Result<CString> {
-    CString::new(s).map_err(|_| Error::NoProvider {
-        wanted: s.replace('\0', "\\0"),
-        reason: "name contains a NUL byte".into(),
+    CString::new(s).map_err(|_| {
+        ErrorKind::NoProvider {
+            wanted: s.replace('\0', "\\0"),
+            reason: "name contains a NUL byte".into(),
+        }
+        .into()
     })
 }
 

@@ -16,7 +16,7 @@ mod memory;
 mod slots;
 
 pub use endpoint::{Completion, Endpoint, EndpointConfig, OpKind, PeerAddr};
-pub use error::{strerror, CompletionError, Error, Result};
+pub use error::{strerror, CompletionError, Error, ErrorKind, Result};
 pub use info::{list_providers, mr_mode_names, provider_query, Info, ProviderSummary, Selection};
 pub use memory::{Access, LocalSlice, Memory, MemoryRegion, RemoteRegion};
 

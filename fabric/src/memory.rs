@@ -12,7 +12,7 @@ use std::rc::Rc;
 use memmap2::{MmapMut, MmapOptions};
 
 use crate::endpoint::Domain;
-use crate::error::{Error, Result};
+use crate::error::{ErrorKind, Result};
 
 /// Page-aligned anonymous memory to be registered (FI_MR_ALLOCATED: it is backed).
 pub struct Memory {
@@ -27,7 +27,7 @@ impl Memory {
             .len(len.max(1))
             .populate()
             .map_anon()
-            .map_err(|source| Error::Map { len, source })?;
+            .map_err(|source| ErrorKind::Map { len, source })?;
         Ok(Memory { map, huge: false })
     }
 
@@ -169,9 +169,9 @@ impl MemoryRegion {
     pub fn remote(&self, offset: usize, len: usize) -> Result<RemoteRegion> {
         self.check("remote", offset, len)?;
         if self.inner.access.0 & (nacre_sys::FI_REMOTE_READ | nacre_sys::FI_REMOTE_WRITE) == 0 {
-            return Err(Error::BadDescriptor(
-                "registration was made without remote access",
-            ));
+            return Err(
+                ErrorKind::BadDescriptor("registration was made without remote access").into(),
+            );
         }
         Ok(RemoteRegion {
             addr: self.inner.remote_base + offset as u64,
@@ -227,12 +227,13 @@ impl MemoryRegion {
     fn check(&self, what: &'static str, offset: usize, len: usize) -> Result<()> {
         match offset.checked_add(len) {
             Some(end) if end <= self.inner.len => Ok(()),
-            _ => Err(Error::OutOfBounds {
+            _ => Err(ErrorKind::OutOfBounds {
                 what,
                 offset: offset as u64,
                 len: len as u64,
                 size: self.inner.len as u64,
-            }),
+            }
+            .into()),
         }
     }
 }
@@ -283,7 +284,7 @@ impl RemoteRegion {
 
     pub fn decode(bytes: &[u8]) -> Result<RemoteRegion> {
         if bytes.len() != Self::ENCODED_LEN {
-            return Err(Error::BadDescriptor("expected exactly 24 bytes"));
+            return Err(ErrorKind::BadDescriptor("expected exactly 24 bytes").into());
         }
         let word = |i: usize| u64::from_le_bytes(bytes[i..i + 8].try_into().expect("8 bytes"));
         let region = RemoteRegion {
@@ -292,7 +293,7 @@ impl RemoteRegion {
             key: word(16),
         };
         if region.addr.checked_add(region.len).is_none() {
-            return Err(Error::BadDescriptor("address + length overflows"));
+            return Err(ErrorKind::BadDescriptor("address + length overflows").into());
         }
         Ok(region)
     }
@@ -313,12 +314,13 @@ impl RemoteRegion {
     pub(crate) fn target(&self, offset: u64, len: usize) -> Result<u64> {
         match offset.checked_add(len as u64) {
             Some(end) if end <= self.len => Ok(self.addr + offset),
-            _ => Err(Error::OutOfBounds {
+            _ => Err(ErrorKind::OutOfBounds {
                 what: "remote",
                 offset,
                 len: len as u64,
                 size: self.len,
-            }),
+            }
+            .into()),
         }
     }
 }

@@ -40,6 +40,7 @@ impl Slots {
         }
     }
 
+    #[inline]
     pub(crate) fn has_room(&self, kind: OpKind) -> bool {
         if kind == OpKind::Recv {
             self.rx_used < self.rx_limit
@@ -57,6 +58,7 @@ impl Slots {
     }
 
     /// Takes a slot; the returned token is never 0 (0 means "no context").
+    #[inline]
     pub(crate) fn take(&mut self, slot: Slot) -> Option<usize> {
         if !self.has_room(slot.kind) {
             return None;
@@ -68,6 +70,7 @@ impl Slots {
     }
 
     /// Gives the slot behind `token` back; None for a token that is not in flight.
+    #[inline]
     pub(crate) fn release(&mut self, token: usize) -> Option<Slot> {
         let index = token.checked_sub(1)?;
         let slot = self.slots.get_mut(index)?.take()?;
@@ -80,6 +83,7 @@ impl Slots {
         self.tx_used + self.rx_used
     }
 
+    #[inline]
     fn count(&mut self, kind: OpKind, up: bool) {
         let n = if kind == OpKind::Recv {
             &mut self.rx_used

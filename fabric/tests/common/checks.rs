@@ -3,7 +3,9 @@
 use std::collections::HashSet;
 use std::time::Instant;
 
-use nacre_fabric::{Access, Completion, Endpoint, Error, Memory, OpKind, PeerAddr, RemoteRegion};
+use nacre_fabric::{
+    Access, Completion, Endpoint, ErrorKind, Memory, OpKind, PeerAddr, RemoteRegion,
+};
 
 use super::peer::{PeerInfo, MAX_MSG, REGION_SEED};
 use super::{pattern, WAIT};
@@ -248,7 +250,7 @@ pub fn bad_key(ep: &mut Endpoint, peer: PeerAddr, info: &PeerInfo, provider: &st
             "{provider}: no error completion for a bad key"
         );
     };
-    let Error::Completion(c) = &err else {
+    let ErrorKind::Completion(c) = err.kind() else {
         panic!("{provider}: expected an error completion, got {err}")
     };
     assert_eq!((c.context, c.kind), (Some(77), OpKind::Read));
