@@ -71,6 +71,7 @@ pub fn run(provider: &str, input: Receiver<String>, output: Sender<String>) {
             match input.try_recv() {
                 Ok(line) if line.starts_with("peer ") => {
                     sender = Some(ep.insert_peer(&unhex(&line[5..])).unwrap());
+                    let _ = output.send("ready".into());
                 }
                 Ok(line) if line == "quit" => return,
                 Ok(_) | Err(TryRecvError::Empty) => {}
@@ -110,6 +111,7 @@ pub fn run(provider: &str, input: Receiver<String>, output: Sender<String>) {
 pub struct ThreadPeer {
     pub info: PeerInfo,
     input: Sender<String>,
+    output: Receiver<String>,
     thread: Option<std::thread::JoinHandle<()>>,
 }
 
@@ -122,13 +124,21 @@ pub fn spawn_thread(provider: &str) -> ThreadPeer {
     ThreadPeer {
         info,
         input: to_peer,
+        output: from_peer,
         thread: Some(thread),
     }
 }
 
 impl ThreadPeer {
+    /// Gives the peer our name and returns once it can answer us.
     pub fn connect(&self, my_name: &[u8]) {
         self.input.send(format!("peer {}", hex(my_name))).unwrap();
+        let ready = self.output.recv_timeout(Duration::from_secs(30));
+        assert_eq!(
+            ready.as_deref(),
+            Ok("ready"),
+            "peer thread did not take our name"
+        );
     }
 }
 
@@ -146,6 +156,7 @@ pub struct ProcessPeer {
     pub info: PeerInfo,
     pub child: Child,
     stdin: ChildStdin,
+    lines: Receiver<String>,
 }
 
 pub fn spawn_process(provider: &str) -> ProcessPeer {
@@ -174,14 +185,34 @@ pub fn spawn_process(provider: &str) -> ProcessPeer {
             Err(_) => return None,
         }
     });
-    // Keep draining the child's stdout so its last lines never meet a closed pipe.
-    std::thread::spawn(move || lines.for_each(drop));
-    ProcessPeer { info, child, stdin }
+    // Keep draining the child's stdout (its last lines must never meet a closed pipe),
+    // passing on what it says.
+    let (tx, rx) = channel();
+    std::thread::spawn(move || {
+        for line in lines.map_while(Result::ok) {
+            if let Some(at) = line.find("NACRE ") {
+                let _ = tx.send(line[at + 6..].to_string());
+            }
+        }
+    });
+    ProcessPeer {
+        info,
+        child,
+        stdin,
+        lines: rx,
+    }
 }
 
 impl ProcessPeer {
+    /// Gives the peer our name and returns once it can answer us.
     pub fn connect(&mut self, my_name: &[u8]) {
         writeln!(self.stdin, "peer {}", hex(my_name)).unwrap();
+        let ready = self.lines.recv_timeout(Duration::from_secs(30));
+        assert_eq!(
+            ready.as_deref(),
+            Ok("ready"),
+            "peer process did not take our name"
+        );
     }
 }
 
