@@ -1,0 +1,15 @@
+//! nacre-proto: the RPC framing every nacre server and client speaks.
+//!
+//! Pure code: bytes in, typed frames out, and the reverse; no I/O, no clock of its own
+//! (callers pass the time). Every decode is bounds-checked against explicit limits; a
+//! malformed, truncated or oversized message is an error value, never a panic.
+//! It must stay free of fabric, engine and file-system dependencies so the client can
+//! use it without the server engine.
+
+mod body;
+mod frame;
+mod pending;
+
+pub use body::{BodyError, BodyReader, BodyWriter, BulkDesc};
+pub use frame::{DecodeError, Flags, Frame, Header, Limits, Opcode, HEADER_LEN, MAGIC, VERSION};
+pub use pending::{Pending, PendingError};
