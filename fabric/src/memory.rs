@@ -63,7 +63,9 @@ impl Memory {
         self.map.as_ptr()
     }
 
-    fn as_mut_ptr(&mut self) -> *mut u8 {
+    /// Start of the mapping; stays valid while the Memory (or the registration that owns
+    /// it) lives, wherever the value is moved.
+    pub fn as_mut_ptr(&mut self) -> *mut u8 {
         self.map.as_mut_ptr()
     }
 }

@@ -1,0 +1,251 @@
+//! The io_uring backend: fixed files, the pool's arena as fixed buffer 0, SQEs queued as
+//! requests arrive and handed to the kernel together by `flush` (one io_uring_enter).
+
+use std::fs::File;
+use std::io;
+use std::os::fd::AsRawFd;
+
+use io_uring::{cqueue, opcode, squeue, types, IoUring};
+
+use super::{FileId, Files, IoCompletion, IoKind, Op, StorageConfig, StorageError};
+use crate::pool::BufferPool;
+
+pub(crate) struct UringStorage {
+    ring: IoUring,
+    files: Files,
+    /// Operations in flight, indexed by the SQE's user_data.
+    ops: Vec<Option<Op>>,
+    free: Vec<u32>,
+    /// SQEs pushed since the last submit.
+    queued: usize,
+    /// The registered fixed buffer (index 0): start and length.
+    fixed: Option<(usize, usize)>,
+    /// Completions read from the CQ, processed after the CQ borrow ends.
+    scratch: Vec<(u64, i32)>,
+}
+
+impl UringStorage {
+    pub(crate) fn new(cfg: &StorageConfig, pool: Option<&BufferPool>) -> io::Result<UringStorage> {
+        let depth = cfg.queue_depth.max(1);
+        let ring = IoUring::new(depth.next_power_of_two())?;
+        ring.submitter().register_files_sparse(cfg.max_files)?;
+        let fixed = match pool {
+            Some(pool) => {
+                let (ptr, len) = pool.arena();
+                let iov = libc::iovec {
+                    iov_base: ptr as *mut libc::c_void,
+                    iov_len: len,
+                };
+                // SAFETY: the arena stays mapped while any PoolBuf or the pool lives, and the
+                // ring is dropped before the engine drops its pool; a slab is only handed to
+                // the kernel inside an operation that owns it.
+                unsafe { ring.submitter().register_buffers(&[iov]) }.map_err(|e| {
+                    io::Error::new(
+                        e.kind(),
+                        format!(
+                            "registering {len} bytes of buffers with io_uring: {e} \
+                             (non-root users need RLIMIT_MEMLOCK, `ulimit -l`, at least that)"
+                        ),
+                    )
+                })?;
+                Some((ptr as usize, len))
+            }
+            None => None,
+        };
+        Ok(UringStorage {
+            ring,
+            files: Files::new(cfg.max_files),
+            ops: (0..depth).map(|_| None).collect(),
+            free: (0..depth).rev().collect(),
+            queued: 0,
+            fixed,
+            scratch: Vec::with_capacity(depth as usize),
+        })
+    }
+
+    pub(crate) fn add_file(&mut self, file: File) -> Result<FileId, StorageError> {
+        let fd = file.as_raw_fd();
+        let id = self.files.add(file)?;
+        self.ring
+            .submitter()
+            .register_files_update(id, &[fd])
+            .map_err(StorageError::Ring)?;
+        Ok(FileId(id))
+    }
+
+    pub(crate) fn remove_file(&mut self, id: u32) -> Result<(), StorageError> {
+        self.files.remove(id)?;
+        self.ring
+            .submitter()
+            .register_files_update(id, &[-1])
+            .map_err(StorageError::Ring)?;
+        Ok(())
+    }
+
+    pub(crate) fn file(&self, id: u32) -> Option<&File> {
+        self.files.get(id)
+    }
+
+    pub(crate) fn push(&mut self, op: Op) -> Result<(), (StorageError, Op)> {
+        if self.files.get(op.file).is_none() {
+            return Err((StorageError::BadFile(op.file), op));
+        }
+        let Some(slot) = self.free.pop() else {
+            return Err((StorageError::QueueFull(self.ops.len()), op));
+        };
+        self.ops[slot as usize] = Some(op);
+        if let Err(e) = self.queue(slot) {
+            let op = self.ops[slot as usize].take().expect("just stored");
+            self.free.push(slot);
+            return Err((e, op));
+        }
+        Ok(())
+    }
+
+    /// Builds the SQE for what is left of operation `slot` and queues it.
+    fn queue(&mut self, slot: u32) -> Result<(), StorageError> {
+        let op = self.ops[slot as usize].as_ref().expect("in flight");
+        let sqe = self.sqe(op).user_data(slot as u64);
+        // SAFETY: the SQE points into the slab owned by the op (kept in self.ops until its
+        // completion is reaped) and at a registered file slot.
+        if unsafe { self.ring.submission().push(&sqe) }.is_err() {
+            // Submission queue full: hand it to the kernel and try once more.
+            self.submit()?;
+            // SAFETY: as above.
+            unsafe { self.ring.submission().push(&sqe) }
+                .map_err(|_| StorageError::QueueFull(self.ops.len()))?;
+        }
+        self.queued += 1;
+        Ok(())
+    }
+
+    fn sqe(&self, op: &Op) -> squeue::Entry {
+        let file = types::Fixed(op.file);
+        match op.kind {
+            IoKind::Fsync => opcode::Fsync::new(file).build(),
+            IoKind::Fdatasync => opcode::Fsync::new(file)
+                .flags(types::FsyncFlags::DATASYNC)
+                .build(),
+            IoKind::Read | IoKind::Write => {
+                let buf = op.buf.as_ref().expect("reads and writes carry a buffer");
+                // SAFETY: done < len <= capacity, so the pointer stays inside the slab.
+                let ptr = unsafe { buf.as_ptr().add(op.done) };
+                let len = (op.len - op.done) as u32;
+                let offset = op.offset + op.done as u64;
+                let fixed = self.fixed.filter(|&(base, size)| {
+                    (ptr as usize) >= base && (ptr as usize) + len as usize <= base + size
+                });
+                match (op.kind, fixed) {
+                    (IoKind::Read, Some(_)) => opcode::ReadFixed::new(file, ptr, len, 0)
+                        .offset(offset)
+                        .build(),
+                    (IoKind::Read, None) => {
+                        opcode::Read::new(file, ptr, len).offset(offset).build()
+                    }
+                    (_, Some(_)) => opcode::WriteFixed::new(file, ptr, len, 0)
+                        .offset(offset)
+                        .build(),
+                    (_, None) => opcode::Write::new(file, ptr, len).offset(offset).build(),
+                }
+            }
+        }
+    }
+
+    fn submit(&mut self) -> Result<(), StorageError> {
+        loop {
+            match self.ring.submit() {
+                Ok(_) => {
+                    self.queued = 0;
+                    return Ok(());
+                }
+                Err(e) if e.raw_os_error() == Some(libc::EINTR) => continue,
+                // The kernel is short of resources or the CQ is full: reap, then retry.
+                Err(e)
+                    if e.raw_os_error() == Some(libc::EBUSY)
+                        || e.raw_os_error() == Some(libc::EAGAIN) =>
+                {
+                    return Ok(());
+                }
+                Err(e) => return Err(StorageError::Ring(e)),
+            }
+        }
+    }
+
+    pub(crate) fn flush(&mut self) -> Result<(), StorageError> {
+        if self.queued > 0 {
+            self.submit()?;
+        }
+        Ok(())
+    }
+
+    pub(crate) fn reap(&mut self, out: &mut Vec<IoCompletion>) -> Result<usize, StorageError> {
+        self.scratch.clear();
+        self.scratch.extend(
+            self.ring
+                .completion()
+                .map(|c: cqueue::Entry| (c.user_data(), c.result())),
+        );
+        let mut n = 0;
+        for i in 0..self.scratch.len() {
+            let (slot, res) = self.scratch[i];
+            if let Some(done) = self.complete(slot as u32, res)? {
+                out.push(done);
+                n += 1;
+            }
+        }
+        Ok(n)
+    }
+
+    /// Applies one CQE: finishes the op, or queues the rest of a short transfer, or
+    /// retries after EINTR/EAGAIN.
+    fn complete(&mut self, slot: u32, res: i32) -> Result<Option<IoCompletion>, StorageError> {
+        let op = self.ops[slot as usize]
+            .as_mut()
+            .expect("completion for an op in flight");
+        let result = match (op.kind, res) {
+            (_, r) if r == -libc::EINTR || r == -libc::EAGAIN => {
+                self.queue(slot)?;
+                return Ok(None);
+            }
+            (_, r) if r < 0 => Err(-r),
+            (IoKind::Fsync | IoKind::Fdatasync, _) => Ok(0),
+            (IoKind::Read, 0) => Ok(op.done), // end of file
+            (IoKind::Write, 0) => Err(libc::EIO),
+            (_, r) => {
+                op.done += r as usize;
+                if op.done < op.len {
+                    self.queue(slot)?;
+                    return Ok(None);
+                }
+                Ok(op.done)
+            }
+        };
+        let op = self.ops[slot as usize].take().expect("in flight");
+        self.free.push(slot);
+        Ok(Some(IoCompletion {
+            user_data: op.user_data,
+            kind: op.kind,
+            result,
+            buf: op.buf,
+        }))
+    }
+
+    pub(crate) fn wait(&mut self, out: &mut Vec<IoCompletion>) -> Result<usize, StorageError> {
+        loop {
+            self.flush()?;
+            let n = self.reap(out)?;
+            if n > 0 || self.in_flight() == 0 {
+                return Ok(n);
+            }
+            match self.ring.submit_and_wait(1) {
+                Ok(_) => self.queued = 0,
+                Err(e) if e.raw_os_error() == Some(libc::EINTR) => {}
+                Err(e) => return Err(StorageError::Ring(e)),
+            }
+        }
+    }
+
+    pub(crate) fn in_flight(&self) -> usize {
+        self.ops.len() - self.free.len()
+    }
+}
