@@ -4,6 +4,7 @@
 //! RMA bandwidth of the bulk data path; `info` lists the providers fi_getinfo offers.
 
 mod control;
+mod disk;
 mod format;
 mod pingpong;
 mod rma;
@@ -45,6 +46,8 @@ enum Command {
         #[arg(long)]
         distinct_buffers: bool,
     },
+    /// The engine's storage path with fio's parameters; last line `bw_mib_s=... iops=...`.
+    Disk(disk::DiskArgs),
     /// List the RDM providers fi_getinfo offers for nacre's needs (FI_PROVIDER applies).
     Info {
         /// Local address to ask for (FI_SOURCE).
@@ -149,6 +152,7 @@ fn main() {
         } => common
             .validate()
             .and_then(|_| rma::run(common, *op, *window, *distinct_buffers)),
+        Command::Disk(args) => disk::run(args),
         Command::Info { node } => info(node),
     };
     if let Err(e) = result {

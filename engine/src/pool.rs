@@ -171,9 +171,9 @@ impl BufferPool {
         let huge = memory.is_huge();
         tracing::info!(
             bytes = total,
-            huge_pages = huge,
-            "buffer pool mapped on {} pages",
-            if huge { "2 MiB huge" } else { "normal 4 KiB" }
+            pages = ?memory.pages(),
+            "buffer pool mapped ({:?} pages)",
+            memory.pages()
         );
         let arena = match ep {
             Some(ep) => Arena::Registered(ep.register(memory, Access::ALL)?),

@@ -18,7 +18,7 @@ mod slots;
 pub use endpoint::{Completion, Endpoint, EndpointConfig, OpKind, PeerAddr};
 pub use error::{strerror, CompletionError, Error, ErrorKind, Result};
 pub use info::{list_providers, mr_mode_names, provider_query, Info, ProviderSummary, Selection};
-pub use memory::{Access, LocalSlice, Memory, MemoryRegion, RemoteRegion};
+pub use memory::{Access, LocalSlice, Memory, MemoryRegion, Pages, RemoteRegion};
 
 /// Opens an endpoint on the first provider that matches `sel`.
 pub fn open(sel: &Selection, cfg: &EndpointConfig) -> Result<Endpoint> {

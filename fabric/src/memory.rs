@@ -17,7 +17,23 @@ use crate::error::{ErrorKind, Result};
 /// Page-aligned anonymous memory to be registered (FI_MR_ALLOCATED: it is backed).
 pub struct Memory {
     map: MmapMut,
-    huge: bool,
+    huge: Pages,
+}
+
+/// What backs a [`Memory`].
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Pages {
+    Normal,
+    /// Reserved huge pages (hugetlbfs, MAP_HUGETLB).
+    HugeTlb,
+    /// Transparent huge pages, asked for with madvise(MADV_HUGEPAGE).
+    Transparent,
+}
+
+/// THP is usable unless the administrator set it to `never`.
+fn thp_enabled() -> bool {
+    std::fs::read_to_string("/sys/kernel/mm/transparent_hugepage/enabled")
+        .is_ok_and(|s| !s.contains("[never]"))
 }
 
 impl Memory {
@@ -28,23 +44,46 @@ impl Memory {
             .populate()
             .map_anon()
             .map_err(|source| ErrorKind::Map { len, source })?;
-        Ok(Memory { map, huge: false })
+        Ok(Memory {
+            map,
+            huge: Pages::Normal,
+        })
     }
 
-    /// Like [`Memory::anonymous`], on 2 MiB huge pages when the system has them
-    /// (`vm.nr_hugepages`), else on normal pages. [`Memory::is_huge`] says which.
+    /// Like [`Memory::anonymous`], on 2 MiB huge pages: hugetlbfs pages when the system
+    /// reserved some (`vm.nr_hugepages`), else transparent huge pages asked for with
+    /// madvise, else normal pages. [`Memory::pages`] says which. Huge pages matter: the
+    /// kernel maps a registered buffer for DMA in far fewer pieces.
     pub fn anonymous_huge(len: usize) -> Result<Memory> {
         const HUGE: usize = 2 << 20;
         let rounded = len.max(1).div_ceil(HUGE) * HUGE;
-        match MmapOptions::new()
+        if let Ok(map) = MmapOptions::new()
             .len(rounded)
             .huge(Some(21))
             .populate()
             .map_anon()
         {
-            Ok(map) => Ok(Memory { map, huge: true }),
-            Err(_) => Memory::anonymous(len),
+            return Ok(Memory {
+                map,
+                huge: Pages::HugeTlb,
+            });
         }
+        let mut map = MmapOptions::new()
+            .len(rounded)
+            .map_anon()
+            .map_err(|source| ErrorKind::Map { len, source })?;
+        let thp = map.advise(memmap2::Advice::HugePage).is_ok();
+        // Fault every page in now (after the advice, so they come as huge pages): the
+        // data path must never take a page fault.
+        for page in map.chunks_mut(4096) {
+            page[0] = 0;
+        }
+        let huge = if thp && thp_enabled() {
+            Pages::Transparent
+        } else {
+            Pages::Normal
+        };
+        Ok(Memory { map, huge })
     }
 
     pub fn len(&self) -> usize {
@@ -55,7 +94,12 @@ impl Memory {
         self.map.is_empty()
     }
 
+    /// True on huge pages of either kind.
     pub fn is_huge(&self) -> bool {
+        self.huge != Pages::Normal
+    }
+
+    pub fn pages(&self) -> Pages {
         self.huge
     }
 

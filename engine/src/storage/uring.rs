@@ -27,7 +27,7 @@ pub(crate) struct UringStorage {
 impl UringStorage {
     pub(crate) fn new(cfg: &StorageConfig, pool: Option<&BufferPool>) -> io::Result<UringStorage> {
         let depth = cfg.queue_depth.max(1);
-        let ring = IoUring::new(depth.next_power_of_two())?;
+        let ring = new_ring(depth.next_power_of_two())?;
         ring.submitter().register_files_sparse(cfg.max_files)?;
         let fixed = match pool {
             Some(pool) => {
@@ -230,11 +230,13 @@ impl UringStorage {
         }))
     }
 
+    /// Reaps what is done (and submits what is queued); if nothing is done, submits and
+    /// waits for one completion in the same io_uring_enter.
     pub(crate) fn wait(&mut self, out: &mut Vec<IoCompletion>) -> Result<usize, StorageError> {
         loop {
-            self.flush()?;
             let n = self.reap(out)?;
             if n > 0 || self.in_flight() == 0 {
+                self.flush()?;
                 return Ok(n);
             }
             match self.ring.submit_and_wait(1) {
@@ -248,4 +250,15 @@ impl UringStorage {
     pub(crate) fn in_flight(&self) -> usize {
         self.ops.len() - self.free.len()
     }
+}
+
+/// A ring for one thread: only this thread submits (SINGLE_ISSUER). Not COOP_TASKRUN:
+/// it defers posting completions to the next system call, and a core that polls its
+/// rings from user space (shm fabric, idle storage) may make none for a while. Kernels
+/// older than 6.0 lack the flag; a plain ring is as correct there.
+fn new_ring(entries: u32) -> io::Result<IoUring> {
+    IoUring::builder()
+        .setup_single_issuer()
+        .build(entries)
+        .or_else(|_| IoUring::new(entries))
 }
