@@ -52,7 +52,7 @@ pub struct DiskArgs {
 pub fn run(args: &DiskArgs) -> Result<(), BenchError> {
     let bs = parse_size(&args.bs).map_err(BenchError)? as usize;
     let size = parse_size(&args.size).map_err(BenchError)?;
-    if bs == 0 || bs % 4096 != 0 || size < bs as u64 {
+    if bs == 0 || !bs.is_multiple_of(4096) || size < bs as u64 {
         return Err(BenchError::msg(
             "--bs must be a multiple of 4096 and at most --size",
         ));
