@@ -8,6 +8,7 @@ mod disk;
 mod format;
 mod pingpong;
 mod rma;
+mod wire;
 
 use clap::{Args, Parser, Subcommand};
 
@@ -48,6 +49,9 @@ enum Command {
     },
     /// The engine's storage path with fio's parameters; last line `bw_mib_s=... iops=...`.
     Disk(disk::DiskArgs),
+    /// The data path end to end: a client hands blocks by RMA descriptor, one engine core
+    /// pulls them into registered buffers and writes them O_DIRECT to a file.
+    WireToDisk(wire::WireArgs),
     /// List the RDM providers fi_getinfo offers for nacre's needs (FI_PROVIDER applies).
     Info {
         /// Local address to ask for (FI_SOURCE).
@@ -153,6 +157,7 @@ fn main() {
             .validate()
             .and_then(|_| rma::run(common, *op, *window, *distinct_buffers)),
         Command::Disk(args) => disk::run(args),
+        Command::WireToDisk(args) => wire::run(args),
         Command::Info { node } => info(node),
     };
     if let Err(e) = result {

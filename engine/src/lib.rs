@@ -7,10 +7,17 @@
 //! between the fabric, buffers and block-aligned file offsets. Nothing here may block or
 //! allocate per request on the hot path.
 
+pub mod engine;
 pub mod pool;
+pub mod reactor;
 pub mod storage;
+pub mod topology;
 
+pub use engine::{CoreHandle, Engine, EngineConfig, EngineError};
 pub use pool::{BufferPool, PoolBuf, PoolConfig, PoolError, SizeClass};
+pub use reactor::{
+    Core, CoreMetrics, CoreMsg, IdlePolicy, Reactor, ReactorConfig, Request, Service, INTERNAL,
+};
 pub use storage::{
     Backend, FileId, IoCompletion, IoKind, Storage, StorageConfig, StorageError, ALIGN, DISABLE_ENV,
 };

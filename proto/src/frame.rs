@@ -12,7 +12,7 @@
 //! | 12  | 4    | status: 0 or a negative errno (replies) |
 //! | 16  | 8    | request id                              |
 //! | 24  | 4    | body length                             |
-//! | 28  | 4    | reserved, zero                          |
+//! | 28  | 4    | session: the id HELLO gave the sender   |
 //!
 //! One fabric message carries exactly one frame: trailing bytes are an error.
 
@@ -32,6 +32,9 @@ impl Opcode {
     pub const BULK_WRITE: Opcode = Opcode(2);
     /// Fill the bulk buffer the client describes (the server pushes it with RMA write).
     pub const BULK_READ: Opcode = Opcode(3);
+    /// First message of a client to a server core: the body is the client's fabric
+    /// name; the reply's body is the session id (u32) to put in every later header.
+    pub const HELLO: Opcode = Opcode(4);
 }
 
 /// Frame flags.
@@ -63,6 +66,8 @@ pub struct Header {
     pub status: i32,
     pub request_id: u64,
     pub body_len: u32,
+    /// Who sends: 0 before HELLO, then the id the server core assigned.
+    pub session: u32,
 }
 
 /// Size limits a receiver enforces before it looks at a body.
@@ -146,6 +151,7 @@ impl Header {
             status: 0,
             request_id,
             body_len,
+            session: 0,
         }
     }
 
@@ -157,6 +163,7 @@ impl Header {
             status,
             request_id: self.request_id,
             body_len,
+            session: self.session,
         }
     }
 
@@ -178,7 +185,7 @@ impl Header {
         if version != VERSION {
             return Err(DecodeError::UnsupportedVersion(version));
         }
-        if u16_at(10) != 0 || u32_at(28) != 0 {
+        if u16_at(10) != 0 {
             return Err(DecodeError::Reserved);
         }
         let flags = u16_at(8);
@@ -198,6 +205,7 @@ impl Header {
             status: u32_at(12) as i32,
             request_id: u64::from_le_bytes(h[16..24].try_into().expect("8 bytes")),
             body_len,
+            session: u32_at(28),
         })
     }
 
@@ -211,7 +219,7 @@ impl Header {
         out[12..16].copy_from_slice(&self.status.to_le_bytes());
         out[16..24].copy_from_slice(&self.request_id.to_le_bytes());
         out[24..28].copy_from_slice(&self.body_len.to_le_bytes());
-        out[28..32].fill(0);
+        out[28..32].copy_from_slice(&self.session.to_le_bytes());
     }
 
     /// Encodes header and body into `out`; returns the frame length, or None if `out` is
@@ -274,7 +282,7 @@ mod tests {
             Err(DecodeError::UnsupportedVersion(9))
         );
         let mut bad = good.clone();
-        bad[28] = 1;
+        bad[10] = 1;
         assert_eq!(Frame::decode(&bad, &limits), Err(DecodeError::Reserved));
         let mut bad = good.clone();
         bad[9] = 0x80;

@@ -1,0 +1,421 @@
+//! `nacre-bench wire-to-disk`: the data path end to end. A client hands the server 1 MiB
+//! blocks by RMA descriptor (BULK_WRITE); one engine core pulls each block with fi_read
+//! into a registered pool buffer and writes that same buffer to a file with O_DIRECT
+//! through io_uring, then replies. Last line: `bw_mib_s=<float> iops=<float>`.
+
+use std::collections::VecDeque;
+use std::path::PathBuf;
+use std::time::{Duration, Instant};
+
+use nacre_engine::{
+    Core, Engine, EngineConfig, FileId, IoCompletion, PoolBuf, PoolConfig, ReactorConfig, Request,
+    Service, SizeClass, StorageConfig,
+};
+use nacre_fabric::{
+    Access, Completion, CompletionError, EndpointConfig, Memory, OpKind, PeerAddr, RemoteRegion,
+};
+use nacre_proto::{BodyReader, BulkDesc, Frame, Header, Limits, Opcode, HEADER_LEN};
+
+use crate::control::{Control, Role};
+use crate::format::parse_size;
+use crate::{BenchError, CommonArgs};
+
+#[derive(clap::Args)]
+pub struct WireArgs {
+    #[command(flatten)]
+    common: CommonArgs,
+    /// Server: the file the blocks are written to (on a real file system).
+    #[arg(long, default_value = "target/bench-disk/wire-to-disk.dat")]
+    file: PathBuf,
+    /// Client: block size handed per request.
+    #[arg(long, default_value = "1m")]
+    bs: String,
+    /// Client: bytes to send in all.
+    #[arg(long, default_value = "1g")]
+    size: String,
+    /// Requests in flight (client); pool buffers of the server core (server).
+    #[arg(long, default_value_t = 16)]
+    iodepth: usize,
+}
+
+pub fn run(args: &WireArgs) -> Result<(), BenchError> {
+    args.common.validate()?;
+    let role = args.common.role();
+    let mut ctl = Control::establish(&role)?;
+    let bs = parse_size(&args.bs).map_err(BenchError)? as usize;
+    if ctl.is_server {
+        serve(args, &role, &mut ctl, bs)
+    } else {
+        let size = parse_size(&args.size).map_err(BenchError)?;
+        send(args, &mut ctl, bs, size)
+    }
+}
+
+// ---------------------------------------------------------------- server side
+
+fn serve(args: &WireArgs, role: &Role, ctl: &mut Control, bs: usize) -> Result<(), BenchError> {
+    let provider = args.common.provider.clone();
+    let cfg = EngineConfig {
+        cores: 1,
+        fabric: nacre_fabric::Selection {
+            provider: provider.clone(),
+            node: (provider.as_deref() != Some("shm")).then(|| role.src_addr.clone()),
+            ..Default::default()
+        },
+        endpoint: EndpointConfig::default(),
+        pool: PoolConfig {
+            classes: vec![SizeClass {
+                size: bs.div_ceil(4096) * 4096,
+                count: args.iodepth.max(1),
+            }],
+            huge_pages: true,
+        },
+        storage: StorageConfig {
+            queue_depth: args.iodepth.max(1) as u32 * 2,
+            require_io_uring: true,
+            ..Default::default()
+        },
+        reactor: ReactorConfig::default(),
+        ..Default::default()
+    };
+    if let Some(dir) = args.file.parent() {
+        std::fs::create_dir_all(dir)?;
+    }
+    let path = args.file.clone();
+    let engine = Engine::start(&cfg, move |_, core| BulkWrite::new(core, &path))?;
+    ctl.send(&engine.cores()[0].fabric_name)?;
+    ctl.recv()?; // the client says when it is done
+    let metrics = engine.stop();
+    eprintln!("server core: {:?}", metrics.first());
+    Ok(())
+}
+
+/// A BULK_WRITE on its way: pulled from the client, then written, then answered.
+struct Pending {
+    peer: PeerAddr,
+    header: Header,
+    offset: u64,
+    remote: RemoteRegion,
+    buf: Option<PoolBuf>,
+}
+
+/// The service: BULK_WRITE { file offset u64, bulk descriptor } -> fi_read -> O_DIRECT write.
+struct BulkWrite {
+    file: Option<FileId>,
+    waiting: VecDeque<Pending>,
+    active: Vec<Option<Pending>>,
+    free: Vec<usize>,
+}
+
+impl BulkWrite {
+    fn new(core: &mut Core, path: &std::path::Path) -> BulkWrite {
+        let file = core
+            .storage
+            .open(path, true)
+            .map_err(|e| tracing::error!("{e}"))
+            .ok();
+        BulkWrite {
+            file,
+            waiting: VecDeque::new(),
+            active: Vec::new(),
+            free: Vec::new(),
+        }
+    }
+
+    /// Starts waiting requests while the pool has buffers (back-pressure otherwise).
+    fn start_waiting(&mut self, core: &mut Core) -> bool {
+        let mut moved = false;
+        while let Some(p) = self.waiting.front() {
+            let len = p.remote.len() as usize;
+            let Some(buf) = core.pool.get(len) else { break };
+            let mut p = self.waiting.pop_front().expect("front exists");
+            let id = self.free.pop().unwrap_or_else(|| {
+                self.active.push(None);
+                self.active.len() - 1
+            });
+            let posted = match buf.fabric_slice(len) {
+                Some(dst) => core.ep.post_read(dst, p.peer, &p.remote, 0, id as u64),
+                None => Err(nacre_fabric::ErrorKind::ForeignRegion.into()),
+            };
+            if let Err(e) = posted {
+                tracing::warn!("pulling a bulk buffer: {e}");
+                core.reply(p.peer, &p.header, -libc_eio(), &[]);
+                let _ = core.pool.put(buf);
+                self.free.push(id);
+                continue;
+            }
+            p.buf = Some(buf);
+            self.active[id] = Some(p);
+            moved = true;
+        }
+        moved
+    }
+
+    fn finish(&mut self, core: &mut Core, id: usize, status: i32, buf: Option<PoolBuf>) {
+        let Some(p) = self.active.get_mut(id).and_then(Option::take) else {
+            return;
+        };
+        self.free.push(id);
+        if let Some(b) = buf.or(p.buf) {
+            let _ = core.pool.put(b);
+        }
+        core.reply(p.peer, &p.header, status, &[]);
+    }
+}
+
+impl Service for BulkWrite {
+    fn on_request(&mut self, core: &mut Core, req: Request<'_>) {
+        if req.header.opcode != Opcode::BULK_WRITE || self.file.is_none() {
+            return core.reply(req.peer, &req.header, -38, &[]); // ENOSYS
+        }
+        let mut r = BodyReader::new(req.body);
+        let parsed = r.u64().and_then(|offset| Ok((offset, r.bulk()?)));
+        let Ok((offset, desc)) = parsed else {
+            return core.reply(req.peer, &req.header, -74, &[]); // EBADMSG
+        };
+        let Ok(remote) = RemoteRegion::decode(&desc.to_bytes()) else {
+            return core.reply(req.peer, &req.header, -74, &[]);
+        };
+        if core.pool.available(remote.len() as usize) == 0
+            && core
+                .pool
+                .usage()
+                .iter()
+                .all(|&(s, _, _)| s < remote.len() as usize)
+        {
+            return core.reply(req.peer, &req.header, -90, &[]); // EMSGSIZE: no class that large
+        }
+        self.waiting.push_back(Pending {
+            peer: req.peer,
+            header: req.header,
+            offset,
+            remote,
+            buf: None,
+        });
+        self.start_waiting(core);
+    }
+
+    fn on_fabric(&mut self, core: &mut Core, done: Result<Completion, Box<CompletionError>>) {
+        let (id, failed) = match done {
+            Ok(c) => (c.context as usize, None),
+            Err(e) => (e.context.unwrap_or(u64::MAX) as usize, Some(e)),
+        };
+        if let Some(e) = failed {
+            tracing::warn!("bulk pull failed: {e}");
+            return self.finish(core, id, -libc_eio(), None);
+        }
+        let Some(p) = self.active.get_mut(id).and_then(Option::as_mut) else {
+            return;
+        };
+        let buf = p.buf.take().expect("pulled into a buffer");
+        let len = p.remote.len() as usize;
+        let file = self.file.expect("checked at request time");
+        if let Err((e, buf)) = core.storage.write(file, buf, len, p.offset, id as u64) {
+            tracing::warn!("bulk write refused: {e}");
+            self.finish(core, id, -22, Some(buf)); // EINVAL (alignment)
+        }
+    }
+
+    fn on_storage(&mut self, core: &mut Core, done: IoCompletion) {
+        let status = match done.result {
+            Ok(_) => 0,
+            Err(errno) => -errno,
+        };
+        self.finish(core, done.user_data as usize, status, done.buf);
+        self.start_waiting(core);
+    }
+
+    fn on_turn(&mut self, core: &mut Core) -> bool {
+        self.start_waiting(core)
+    }
+}
+
+fn libc_eio() -> i32 {
+    5
+}
+
+// ---------------------------------------------------------------- client side
+
+fn send(args: &WireArgs, ctl: &mut Control, bs: usize, size: u64) -> Result<(), BenchError> {
+    let server_name = ctl.recv()?;
+    let provider = args.common.provider.clone();
+    let sel = nacre_fabric::Selection {
+        provider: provider.clone(),
+        node: (provider.as_deref() != Some("shm")).then(|| "127.0.0.1".to_string()),
+        ..Default::default()
+    };
+    let depth = args.iodepth.max(1);
+    let mut client = RpcClient::open(&sel, &server_name, depth)?;
+    let data = client
+        .ep
+        .register(Memory::anonymous_huge(depth * bs)?, Access::ALL)?;
+    data.fill(0, depth * bs, 0xa5)?;
+
+    let blocks = size / bs as u64;
+    let start = Instant::now();
+    let (mut issued, mut done) = (0u64, 0u64);
+    let mut free: Vec<usize> = (0..depth).rev().collect();
+    let mut owner = vec![0usize; depth];
+    let mut in_use: Vec<u64> = vec![u64::MAX; depth];
+    while done < blocks {
+        while issued < blocks {
+            let Some(buf) = free.pop() else { break };
+            let mut body = [0u8; 8 + BulkDesc::LEN];
+            body[..8].copy_from_slice(&(issued * bs as u64).to_le_bytes());
+            body[8..].copy_from_slice(&data.remote(buf * bs, bs)?.encode());
+            let slot = (0..depth)
+                .find(|&i| in_use[i] == u64::MAX)
+                .expect("a free slot per free buffer");
+            in_use[slot] = issued + 1;
+            owner[slot] = buf;
+            client.call(Opcode::BULK_WRITE, issued + 1, &body)?;
+            issued += 1;
+        }
+        let (header, _) = client.next_reply()?;
+        if header.status != 0 {
+            return Err(BenchError::msg(format!(
+                "server failed block {}: errno {}",
+                header.request_id - 1,
+                -header.status
+            )));
+        }
+        let slot = in_use
+            .iter()
+            .position(|&id| id == header.request_id)
+            .ok_or_else(|| BenchError::msg("reply to a request we did not send"))?;
+        in_use[slot] = u64::MAX;
+        free.push(owner[slot]);
+        done += 1;
+    }
+    let secs = start.elapsed().as_secs_f64();
+    ctl.send(b"done")?;
+    println!(
+        "nacre-bench wire-to-disk: {} blocks of {} B in {:.2} s, {} in flight",
+        done, bs, secs, depth
+    );
+    println!(
+        "bw_mib_s={:.2} iops={:.2}",
+        (done * bs as u64) as f64 / secs / (1 << 20) as f64,
+        done as f64 / secs
+    );
+    Ok(())
+}
+
+const RECV: u64 = 1 << 40;
+const SEND: u64 = 1 << 41;
+const MSG: usize = 4096;
+
+/// The client end of nacre's RPC, as small as the bench needs: HELLO, then requests with
+/// inline bodies and their replies, matched by request id.
+struct RpcClient {
+    ep: nacre_fabric::Endpoint,
+    server: PeerAddr,
+    session: u32,
+    msgs: nacre_fabric::MemoryRegion,
+    slots: usize,
+    tx_free: Vec<usize>,
+    replies: VecDeque<(Header, Vec<u8>)>,
+    frame: Vec<u8>,
+}
+
+impl RpcClient {
+    fn open(
+        sel: &nacre_fabric::Selection,
+        server_name: &[u8],
+        depth: usize,
+    ) -> Result<RpcClient, BenchError> {
+        let mut ep = nacre_fabric::open(sel, &EndpointConfig::default())?;
+        let server = ep.insert_peer(server_name)?;
+        let slots = depth + 1;
+        let msgs = ep.register(Memory::anonymous(2 * slots * MSG)?, Access::LOCAL)?;
+        for slot in 0..slots {
+            ep.post_recv(msgs.slice(slot * MSG, MSG)?, RECV | slot as u64)?;
+        }
+        let mut c = RpcClient {
+            ep,
+            server,
+            session: 0,
+            msgs,
+            slots,
+            tx_free: (0..slots).collect(),
+            replies: VecDeque::new(),
+            frame: vec![0; MSG],
+        };
+        let name = c.ep.name().to_vec();
+        c.call(Opcode::HELLO, 0, &name)?;
+        let (h, body) = c.next_reply()?;
+        let session: [u8; 4] = body
+            .get(..4)
+            .and_then(|b| b.try_into().ok())
+            .ok_or_else(|| BenchError::msg(format!("bad HELLO reply (status {})", h.status)))?;
+        c.session = u32::from_le_bytes(session);
+        Ok(c)
+    }
+
+    /// Sends a request (inject when it fits, else from a registered transmit slot).
+    fn call(&mut self, op: Opcode, id: u64, body: &[u8]) -> Result<(), BenchError> {
+        let mut h = Header::request(op, id, 0);
+        h.session = self.session;
+        let n = h
+            .encode_frame(body, &mut self.frame)
+            .ok_or_else(|| BenchError::msg("request body too large"))?;
+        if n <= self.ep.inject_size() {
+            return Ok(self.ep.inject(&self.frame[..n], self.server)?);
+        }
+        let start = Instant::now();
+        while self.tx_free.is_empty() {
+            self.pump()?;
+            if start.elapsed() > Duration::from_secs(60) {
+                return Err(BenchError::msg("no transmit slot freed in 60 s"));
+            }
+        }
+        let slot = self.tx_free.pop().expect("checked");
+        let at = (self.slots + slot) * MSG;
+        self.msgs.copy_in(at, &self.frame[..n])?;
+        self.ep
+            .post_send(self.msgs.slice(at, n)?, self.server, SEND | slot as u64)?;
+        Ok(())
+    }
+
+    /// One poll: replies are decoded and kept, transmit slots freed.
+    fn pump(&mut self) -> Result<(), BenchError> {
+        let mut done = [Completion {
+            context: 0,
+            kind: OpKind::Send,
+            len: 0,
+        }; 16];
+        let n = self.ep.poll(&mut done)?;
+        for c in &done[..n] {
+            let slot = (c.context & 0xffff) as usize;
+            if c.context & SEND != 0 {
+                self.tx_free.push(slot);
+                continue;
+            }
+            let mut bytes = vec![0; c.len.min(MSG)];
+            self.msgs.copy_out(slot * MSG, &mut bytes)?;
+            self.ep
+                .post_recv(self.msgs.slice(slot * MSG, MSG)?, RECV | slot as u64)?;
+            let frame = Frame::decode(
+                &bytes,
+                &Limits {
+                    max_body: (MSG - HEADER_LEN) as u32,
+                },
+            )?;
+            self.replies.push_back((frame.header, frame.body.to_vec()));
+        }
+        Ok(())
+    }
+
+    fn next_reply(&mut self) -> Result<(Header, Vec<u8>), BenchError> {
+        let start = Instant::now();
+        loop {
+            if let Some(r) = self.replies.pop_front() {
+                return Ok(r);
+            }
+            self.pump()?;
+            if start.elapsed() > Duration::from_secs(60) {
+                return Err(BenchError::msg("no reply from the server in 60 s"));
+            }
+        }
+    }
+}
