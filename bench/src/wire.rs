@@ -5,16 +5,17 @@
 
 use std::collections::VecDeque;
 use std::path::PathBuf;
-use std::time::{Duration, Instant};
+use std::time::Instant;
 
+use nacre_client::{RpcClient, RpcConfig};
 use nacre_engine::{
     Core, Engine, EngineConfig, FileId, IoCompletion, PoolBuf, PoolConfig, ReactorConfig, Request,
     Service, SizeClass, StorageConfig,
 };
 use nacre_fabric::{
-    Access, Completion, CompletionError, EndpointConfig, Memory, OpKind, PeerAddr, RemoteRegion,
+    Access, Completion, CompletionError, EndpointConfig, Memory, PeerAddr, RemoteRegion,
 };
-use nacre_proto::{BodyReader, BulkDesc, Frame, Header, Limits, Opcode, HEADER_LEN};
+use nacre_proto::{BodyReader, BulkDesc, Header, Opcode};
 
 use crate::control::{Control, Role};
 use crate::format::parse_size;
@@ -245,46 +246,46 @@ fn send(args: &WireArgs, ctl: &mut Control, bs: usize, size: u64) -> Result<(), 
         ..Default::default()
     };
     let depth = args.iodepth.max(1);
-    let mut client = RpcClient::open(&sel, &server_name, depth)?;
+    let rpc = RpcConfig {
+        depth,
+        ..Default::default()
+    };
+    let mut client = RpcClient::connect(&sel, &server_name, rpc)?;
     let data = client
-        .ep
+        .endpoint()
         .register(Memory::anonymous_huge(depth * bs)?, Access::ALL)?;
     data.fill(0, depth * bs, 0xa5)?;
 
     let blocks = size / bs as u64;
     let start = Instant::now();
     let (mut issued, mut done) = (0u64, 0u64);
+    // Which block buffer each request in flight uses: request id -> buffer.
     let mut free: Vec<usize> = (0..depth).rev().collect();
-    let mut owner = vec![0usize; depth];
-    let mut in_use: Vec<u64> = vec![u64::MAX; depth];
+    let mut in_flight: Vec<(u64, usize)> = Vec::with_capacity(depth);
     while done < blocks {
         while issued < blocks {
             let Some(buf) = free.pop() else { break };
             let mut body = [0u8; 8 + BulkDesc::LEN];
             body[..8].copy_from_slice(&(issued * bs as u64).to_le_bytes());
             body[8..].copy_from_slice(&data.remote(buf * bs, bs)?.encode());
-            let slot = (0..depth)
-                .find(|&i| in_use[i] == u64::MAX)
-                .expect("a free slot per free buffer");
-            in_use[slot] = issued + 1;
-            owner[slot] = buf;
-            client.call(Opcode::BULK_WRITE, issued + 1, &body)?;
             issued += 1;
+            in_flight.push((issued, buf));
+            client.send(Opcode::BULK_WRITE, issued, &body)?;
         }
-        let (header, _) = client.next_reply()?;
-        if header.status != 0 {
+        let reply = client.next_reply()?;
+        let h = reply.header;
+        if h.status != 0 {
             return Err(BenchError::msg(format!(
                 "server failed block {}: errno {}",
-                header.request_id - 1,
-                -header.status
+                h.request_id - 1,
+                -h.status
             )));
         }
-        let slot = in_use
+        let at = in_flight
             .iter()
-            .position(|&id| id == header.request_id)
+            .position(|&(id, _)| id == h.request_id)
             .ok_or_else(|| BenchError::msg("reply to a request we did not send"))?;
-        in_use[slot] = u64::MAX;
-        free.push(owner[slot]);
+        free.push(in_flight.swap_remove(at).1);
         done += 1;
     }
     let secs = start.elapsed().as_secs_f64();
@@ -299,123 +300,4 @@ fn send(args: &WireArgs, ctl: &mut Control, bs: usize, size: u64) -> Result<(), 
         done as f64 / secs
     );
     Ok(())
-}
-
-const RECV: u64 = 1 << 40;
-const SEND: u64 = 1 << 41;
-const MSG: usize = 4096;
-
-/// The client end of nacre's RPC, as small as the bench needs: HELLO, then requests with
-/// inline bodies and their replies, matched by request id.
-struct RpcClient {
-    ep: nacre_fabric::Endpoint,
-    server: PeerAddr,
-    session: u32,
-    msgs: nacre_fabric::MemoryRegion,
-    slots: usize,
-    tx_free: Vec<usize>,
-    replies: VecDeque<(Header, Vec<u8>)>,
-    frame: Vec<u8>,
-}
-
-impl RpcClient {
-    fn open(
-        sel: &nacre_fabric::Selection,
-        server_name: &[u8],
-        depth: usize,
-    ) -> Result<RpcClient, BenchError> {
-        let mut ep = nacre_fabric::open(sel, &EndpointConfig::default())?;
-        let server = ep.insert_peer(server_name)?;
-        let slots = depth + 1;
-        let msgs = ep.register(Memory::anonymous(2 * slots * MSG)?, Access::LOCAL)?;
-        for slot in 0..slots {
-            ep.post_recv(msgs.slice(slot * MSG, MSG)?, RECV | slot as u64)?;
-        }
-        let mut c = RpcClient {
-            ep,
-            server,
-            session: 0,
-            msgs,
-            slots,
-            tx_free: (0..slots).collect(),
-            replies: VecDeque::new(),
-            frame: vec![0; MSG],
-        };
-        let name = c.ep.name().to_vec();
-        c.call(Opcode::HELLO, 0, &name)?;
-        let (h, body) = c.next_reply()?;
-        let session: [u8; 4] = body
-            .get(..4)
-            .and_then(|b| b.try_into().ok())
-            .ok_or_else(|| BenchError::msg(format!("bad HELLO reply (status {})", h.status)))?;
-        c.session = u32::from_le_bytes(session);
-        Ok(c)
-    }
-
-    /// Sends a request (inject when it fits, else from a registered transmit slot).
-    fn call(&mut self, op: Opcode, id: u64, body: &[u8]) -> Result<(), BenchError> {
-        let mut h = Header::request(op, id, 0);
-        h.session = self.session;
-        let n = h
-            .encode_frame(body, &mut self.frame)
-            .ok_or_else(|| BenchError::msg("request body too large"))?;
-        if n <= self.ep.inject_size() {
-            return Ok(self.ep.inject(&self.frame[..n], self.server)?);
-        }
-        let start = Instant::now();
-        while self.tx_free.is_empty() {
-            self.pump()?;
-            if start.elapsed() > Duration::from_secs(60) {
-                return Err(BenchError::msg("no transmit slot freed in 60 s"));
-            }
-        }
-        let slot = self.tx_free.pop().expect("checked");
-        let at = (self.slots + slot) * MSG;
-        self.msgs.copy_in(at, &self.frame[..n])?;
-        self.ep
-            .post_send(self.msgs.slice(at, n)?, self.server, SEND | slot as u64)?;
-        Ok(())
-    }
-
-    /// One poll: replies are decoded and kept, transmit slots freed.
-    fn pump(&mut self) -> Result<(), BenchError> {
-        let mut done = [Completion {
-            context: 0,
-            kind: OpKind::Send,
-            len: 0,
-        }; 16];
-        let n = self.ep.poll(&mut done)?;
-        for c in &done[..n] {
-            let slot = (c.context & 0xffff) as usize;
-            if c.context & SEND != 0 {
-                self.tx_free.push(slot);
-                continue;
-            }
-            let mut bytes = vec![0; c.len.min(MSG)];
-            self.msgs.copy_out(slot * MSG, &mut bytes)?;
-            self.ep
-                .post_recv(self.msgs.slice(slot * MSG, MSG)?, RECV | slot as u64)?;
-            let frame = Frame::decode(
-                &bytes,
-                &Limits {
-                    max_body: (MSG - HEADER_LEN) as u32,
-                },
-            )?;
-            self.replies.push_back((frame.header, frame.body.to_vec()));
-        }
-        Ok(())
-    }
-
-    fn next_reply(&mut self) -> Result<(Header, Vec<u8>), BenchError> {
-        let start = Instant::now();
-        loop {
-            if let Some(r) = self.replies.pop_front() {
-                return Ok(r);
-            }
-            self.pump()?;
-            if start.elapsed() > Duration::from_secs(60) {
-                return Err(BenchError::msg("no reply from the server in 60 s"));
-            }
-        }
-    }
 }

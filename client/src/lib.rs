@@ -1,0 +1,9 @@
+//! nacre-client: what a process that talks to nacre servers links.
+//!
+//! For now the RPC layer: a session with one engine core (HELLO, then requests with
+//! inline bodies and bulk descriptors, replies matched by request id), over nacre-fabric.
+//! It must never depend on the server engine.
+
+mod rpc;
+
+pub use rpc::{ClientError, Reply, RpcClient, RpcConfig};

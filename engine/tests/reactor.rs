@@ -1,0 +1,208 @@
+//! The engine as a server: pinned cores over the tcp provider on loopback, a client per
+//! core, cross-core calls, malformed messages, and back-pressure when the pool is empty.
+
+use std::collections::VecDeque;
+use std::sync::mpsc;
+use std::time::Duration;
+
+use nacre_client::{RpcClient, RpcConfig};
+use nacre_engine::{
+    Core, CoreMetrics, Engine, EngineConfig, PoolBuf, PoolConfig, Request, Service, SizeClass,
+};
+use nacre_fabric::{PeerAddr, Selection};
+use nacre_proto::{Header, Opcode, HEADER_LEN};
+
+const HOLD: Opcode = Opcode(100);
+const RELEASE: Opcode = Opcode(101);
+
+/// Takes a pool buffer per HOLD and answers once it has one; RELEASE gives them back.
+#[derive(Default)]
+struct Holder {
+    held: Vec<PoolBuf>,
+    waiting: VecDeque<(PeerAddr, Header)>,
+}
+
+impl Holder {
+    fn serve_waiting(&mut self, core: &mut Core) -> bool {
+        let mut moved = false;
+        while let Some(&(peer, header)) = self.waiting.front() {
+            let Some(buf) = core.pool.get(4096) else {
+                break;
+            };
+            self.held.push(buf);
+            self.waiting.pop_front();
+            core.reply(peer, &header, 0, &[]);
+            moved = true;
+        }
+        moved
+    }
+}
+
+impl Service for Holder {
+    fn on_request(&mut self, core: &mut Core, req: Request<'_>) {
+        match req.header.opcode {
+            HOLD => {
+                self.waiting.push_back((req.peer, req.header));
+                self.serve_waiting(core);
+            }
+            RELEASE => {
+                for b in self.held.drain(..) {
+                    let _ = core.pool.put(b);
+                }
+                core.reply(req.peer, &req.header, 0, &[]);
+            }
+            _ => core.reply(req.peer, &req.header, -38, &[]),
+        }
+    }
+
+    fn on_turn(&mut self, core: &mut Core) -> bool {
+        self.serve_waiting(core)
+    }
+}
+
+fn engine(cores: usize) -> Option<Engine> {
+    let fabric = Selection::provider("tcp");
+    if let Err(e) = nacre_fabric::Info::find(&fabric) {
+        println!("SKIP engine tests: tcp provider not available: {e}");
+        return None;
+    }
+    let cfg = EngineConfig {
+        cores,
+        fabric,
+        pool: PoolConfig {
+            classes: vec![SizeClass {
+                size: 4096,
+                count: 2,
+            }],
+            huge_pages: false,
+        },
+        ..Default::default()
+    };
+    Some(Engine::start(&cfg, |_, _| Holder::default()).expect("engine starts"))
+}
+
+fn client(engine: &Engine, core: usize) -> RpcClient {
+    let cfg = RpcConfig {
+        timeout: Duration::from_secs(20),
+        ..Default::default()
+    };
+    RpcClient::connect(
+        &Selection::provider("tcp"),
+        &engine.cores()[core].fabric_name,
+        cfg,
+    )
+    .expect("HELLO")
+}
+
+fn metrics(engine: &Engine, core: usize) -> CoreMetrics {
+    let (tx, rx) = mpsc::channel();
+    assert!(engine.call(core, move |c| tx.send(c.metrics.clone()).unwrap()));
+    rx.recv_timeout(Duration::from_secs(10))
+        .expect("the core answers")
+}
+
+#[test]
+fn pinned_cores_serve_their_own_clients_and_take_cross_core_calls() {
+    let Some(engine) = engine(2) else { return };
+    for core in 0..2 {
+        let mut c = client(&engine, core);
+        let reply = c.request(Opcode::PING, b"hello core").unwrap();
+        assert_eq!(
+            (reply.header.status, &reply.body[..]),
+            (0, &b"hello core"[..])
+        );
+        assert!(reply.header.flags.contains(nacre_proto::Flags::REPLY));
+        // The core runs where the plan put it, and only there.
+        let want = engine.cores()[core].cpu.expect("pinned");
+        let (tx, rx) = mpsc::channel();
+        engine.call(core, move |_| {
+            tx.send(nacre_engine::topology::allowed_cpus()).unwrap()
+        });
+        assert_eq!(
+            rx.recv_timeout(Duration::from_secs(10)).unwrap(),
+            vec![want]
+        );
+        assert_eq!(metrics(&engine, core).requests, 1);
+    }
+    assert_ne!(
+        engine.cores()[0].cpu,
+        engine.cores()[1].cpu,
+        "one core per CPU"
+    );
+    let all = engine.stop();
+    assert_eq!(all.len(), 2);
+    assert!(all.iter().all(|m| m.requests == 1 && m.turns > 0));
+}
+
+#[test]
+fn malformed_messages_are_answered_or_dropped_and_the_core_keeps_serving() {
+    let Some(engine) = engine(1) else { return };
+    let mut c = client(&engine, 0);
+    let session = c.session();
+    let frame = |f: &dyn Fn(&mut [u8])| {
+        let mut b = vec![0u8; HEADER_LEN + 4];
+        let mut h = Header::request(Opcode::PING, 77, 0);
+        h.session = session;
+        h.encode_frame(b"abcd", &mut b).unwrap();
+        f(&mut b);
+        b
+    };
+    // Not a frame at all, and a frame of another protocol version: dropped.
+    c.send_raw(b"garbage!").unwrap();
+    c.send_raw(&frame(&|b| b[4] = 9)).unwrap();
+    // A body longer than the limit and a truncated body: answered with an errno.
+    c.send_raw(&frame(&|b| {
+        b[24..28].copy_from_slice(&(1u32 << 20).to_le_bytes())
+    }))
+    .unwrap();
+    c.send_raw(&frame(&|b| b[24..28].copy_from_slice(&64u32.to_le_bytes())))
+        .unwrap();
+    // A valid frame from a session nobody opened: dropped.
+    c.send_raw(&frame(&|b| {
+        b[28..32].copy_from_slice(&999u32.to_le_bytes())
+    }))
+    .unwrap();
+    let mut statuses = vec![
+        c.next_reply().unwrap().header.status,
+        c.next_reply().unwrap().header.status,
+    ];
+    statuses.sort();
+    assert_eq!(statuses, vec![-90, -74], "EMSGSIZE and EBADMSG");
+    // And the core still serves.
+    assert_eq!(c.request(Opcode::PING, b"ok").unwrap().body, b"ok");
+    let m = metrics(&engine, 0);
+    assert_eq!((m.malformed, m.unknown_session), (4, 1), "{m:?}");
+    assert_eq!(
+        c.poll_for(Duration::from_millis(200)).unwrap(),
+        0,
+        "nothing else answered"
+    );
+}
+
+#[test]
+fn an_empty_pool_makes_requests_wait_not_fail() {
+    let Some(engine) = engine(1) else { return };
+    let mut c = client(&engine, 0);
+    for id in 1..=3 {
+        c.send(HOLD, id, &[]).unwrap();
+    }
+    let mut got: Vec<u64> = (0..2)
+        .map(|_| c.next_reply().unwrap().header.request_id)
+        .collect();
+    got.sort();
+    assert_eq!(got, vec![1, 2], "two buffers, two holds served");
+    assert_eq!(
+        c.poll_for(Duration::from_millis(300)).unwrap(),
+        0,
+        "the third waits"
+    );
+    let r = c.request(RELEASE, &[]).unwrap();
+    assert_eq!(r.header.status, 0);
+    let third = c.next_reply().unwrap();
+    assert_eq!((third.header.request_id, third.header.status), (3, 0));
+    let unknown = c.request(Opcode(999), &[]).unwrap();
+    assert_eq!(
+        unknown.header.status, -38,
+        "ENOSYS for an opcode nobody serves"
+    );
+}
