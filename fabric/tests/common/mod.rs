@@ -26,8 +26,9 @@ pub fn available(provider: &str, test: &str) -> Option<Info> {
     match Info::find(&selection(provider)) {
         Ok(info) => Some(info),
         Err(e) => {
-            println!("SKIP {test} on provider {provider}: not available on this machine: {e}");
-            eprintln!("SKIP {test} on provider {provider}: not available on this machine: {e}");
+            skip(&format!(
+                "{test} on provider {provider}: not available on this machine: {e}"
+            ));
             None
         }
     }
@@ -53,3 +54,18 @@ pub fn pattern(seed: u64, len: usize) -> Vec<u8> {
 
 pub mod checks;
 pub mod peer;
+
+/// Says why something is skipped where scripts/test shows it: libtest captures the output
+/// of passing tests, so the reason also goes to target/tmp/skips.log.
+pub fn skip(why: &str) {
+    println!("SKIP {why}");
+    let log = std::path::Path::new(env!("CARGO_TARGET_TMPDIR")).join("skips.log");
+    if let Ok(mut f) = std::fs::OpenOptions::new()
+        .create(true)
+        .append(true)
+        .open(log)
+    {
+        use std::io::Write;
+        let _ = writeln!(f, "SKIP {why}");
+    }
+}
