@@ -6,7 +6,7 @@ use std::time::{Duration, Instant};
 use nacre_fabric::{
     Access, Completion, Endpoint, EndpointConfig, Memory, MemoryRegion, OpKind, PeerAddr, Selection,
 };
-use nacre_proto::{DecodeError, Frame, Header, Limits, Opcode, HEADER_LEN};
+use nacre_proto::{DecodeError, Frame, Header, Limits, Opcode, Pending, HEADER_LEN};
 
 const RECV: u64 = 1 << 40;
 const SEND: u64 = 1 << 41;
@@ -19,6 +19,8 @@ pub enum ClientError {
     Decode(#[from] DecodeError),
     #[error("no reply within {0:?}")]
     Timeout(Duration),
+    #[error("request {id} got no reply within {after:?}")]
+    Expired { id: u64, after: Duration },
     #[error("{0}")]
     Protocol(String),
 }
@@ -57,6 +59,8 @@ pub struct RpcClient {
     cfg: RpcConfig,
     tx_free: Vec<usize>,
     replies: VecDeque<Reply>,
+    /// Requests sent and not answered, with their deadlines.
+    pending: Pending<Opcode>,
     frame: Vec<u8>,
     next_id: u64,
 }
@@ -85,6 +89,7 @@ impl RpcClient {
             msgs,
             tx_free: (0..slots).collect(),
             replies: VecDeque::new(),
+            pending: Pending::with_capacity(slots * 4),
             frame: vec![0; cfg.msg_size],
             cfg,
             next_id: 1,
@@ -123,25 +128,44 @@ impl RpcClient {
             }
             self.pump()?;
             if start.elapsed() > self.cfg.timeout {
-                return Err(ClientError::Timeout(self.cfg.timeout));
+                self.pending.complete(id);
+                return Err(ClientError::Expired {
+                    id,
+                    after: self.cfg.timeout,
+                });
             }
         }
     }
 
     /// Sends a request without waiting (inject when it fits, else from a transmit slot).
+    /// Its reply must come within the configured timeout, or [`RpcClient::next_reply`]
+    /// reports it expired.
     pub fn send(&mut self, op: Opcode, id: u64, body: &[u8]) -> Result<(), ClientError> {
         let mut h = Header::request(op, id, 0);
         h.session = self.session;
         let n = h
             .encode_frame(body, &mut self.frame)
             .ok_or_else(|| ClientError::Protocol("request body larger than a message".into()))?;
-        self.send_raw_len(n)
+        self.pending
+            .insert(id, Instant::now(), self.cfg.timeout, op)
+            .map_err(|e| ClientError::Protocol(e.to_string()))?;
+        if let Err(e) = self.send_raw_len(n) {
+            self.pending.complete(id);
+            return Err(e);
+        }
+        Ok(())
     }
 
-    /// Sends arbitrary bytes as one message (tests of the server's decoder).
-    pub fn send_raw(&mut self, bytes: &[u8]) -> Result<(), ClientError> {
+    /// Sends arbitrary bytes as one message (tests of the server's decoder); a reply with
+    /// request id `expect` is awaited, any other is dropped.
+    pub fn send_raw(&mut self, bytes: &[u8], expect: Option<u64>) -> Result<(), ClientError> {
         if bytes.len() > self.frame.len() {
             return Err(ClientError::Protocol("message too large".into()));
+        }
+        if let Some(id) = expect {
+            self.pending
+                .insert(id, Instant::now(), self.cfg.timeout, Opcode(0))
+                .map_err(|e| ClientError::Protocol(e.to_string()))?;
         }
         self.frame[..bytes.len()].copy_from_slice(bytes);
         self.send_raw_len(bytes.len())
@@ -166,7 +190,8 @@ impl RpcClient {
         Ok(())
     }
 
-    /// Waits for the next reply, whatever its request.
+    /// Waits for the next reply, whatever its request; fails when a request outlives its
+    /// deadline (the server is gone or dropped it), or after the timeout with nothing sent.
     pub fn next_reply(&mut self) -> Result<Reply, ClientError> {
         let start = Instant::now();
         loop {
@@ -174,7 +199,13 @@ impl RpcClient {
                 return Ok(r);
             }
             self.pump()?;
-            if start.elapsed() > self.cfg.timeout {
+            if let Some((id, _)) = self.pending.expire(Instant::now()).into_iter().next() {
+                return Err(ClientError::Expired {
+                    id,
+                    after: self.cfg.timeout,
+                });
+            }
+            if self.pending.is_empty() && start.elapsed() > self.cfg.timeout {
                 return Err(ClientError::Timeout(self.cfg.timeout));
             }
         }
@@ -212,6 +243,10 @@ impl RpcClient {
                 max_body: (size - HEADER_LEN) as u32,
             };
             let frame = Frame::decode(&bytes, &limits)?;
+            // A reply to nothing we are waiting for (late, duplicate, forged) is dropped.
+            if self.pending.complete(frame.header.request_id).is_none() {
+                continue;
+            }
             self.replies.push_back(Reply {
                 header: frame.header,
                 body: frame.body.to_vec(),

@@ -22,8 +22,8 @@ use crate::pool::BufferPool;
 use crate::storage::{IoCompletion, Storage};
 
 /// Fabric contexts with this bit set belong to the reactor; services use the others.
-pub const INTERNAL: u64 = 1 << 63;
-const RECV: u64 = INTERNAL | 1 << 62;
+pub const INTERNAL: u64 = 1 << 59;
+const RECV: u64 = INTERNAL | 1 << 58;
 const REPLY: u64 = INTERNAL;
 
 /// What an idle core does: spin this many empty turns, then sleep between turns.

@@ -139,35 +139,34 @@ fn malformed_messages_are_answered_or_dropped_and_the_core_keeps_serving() {
     let Some(engine) = engine(1) else { return };
     let mut c = client(&engine, 0);
     let session = c.session();
-    let frame = |f: &dyn Fn(&mut [u8])| {
+    let frame = |id: u64, f: &dyn Fn(&mut [u8])| {
         let mut b = vec![0u8; HEADER_LEN + 4];
-        let mut h = Header::request(Opcode::PING, 77, 0);
+        let mut h = Header::request(Opcode::PING, id, 0);
         h.session = session;
         h.encode_frame(b"abcd", &mut b).unwrap();
         f(&mut b);
         b
     };
+    // Every raw frame below may be answered (ids 72..75); only two must be.
     // Not a frame at all, and a frame of another protocol version: dropped.
-    c.send_raw(b"garbage!").unwrap();
-    c.send_raw(&frame(&|b| b[4] = 9)).unwrap();
+    c.send_raw(b"garbage!", None).unwrap();
+    c.send_raw(&frame(72, &|b| b[4] = 9), Some(72)).unwrap();
     // A body longer than the limit and a truncated body: answered with an errno.
-    c.send_raw(&frame(&|b| {
+    let too_long = frame(73, &|b| {
         b[24..28].copy_from_slice(&(1u32 << 20).to_le_bytes())
-    }))
-    .unwrap();
-    c.send_raw(&frame(&|b| b[24..28].copy_from_slice(&64u32.to_le_bytes())))
-        .unwrap();
+    });
+    c.send_raw(&too_long, Some(73)).unwrap();
+    let truncated = frame(74, &|b| b[24..28].copy_from_slice(&64u32.to_le_bytes()));
+    c.send_raw(&truncated, Some(74)).unwrap();
     // A valid frame from a session nobody opened: dropped.
-    c.send_raw(&frame(&|b| {
-        b[28..32].copy_from_slice(&999u32.to_le_bytes())
-    }))
-    .unwrap();
-    let mut statuses = vec![
-        c.next_reply().unwrap().header.status,
-        c.next_reply().unwrap().header.status,
-    ];
-    statuses.sort();
-    assert_eq!(statuses, vec![-90, -74], "EMSGSIZE and EBADMSG");
+    let stranger = frame(75, &|b| b[28..32].copy_from_slice(&999u32.to_le_bytes()));
+    c.send_raw(&stranger, Some(75)).unwrap();
+    let mut answered: Vec<(u64, i32)> = (0..2)
+        .map(|_| c.next_reply().unwrap().header)
+        .map(|h| (h.request_id, h.status))
+        .collect();
+    answered.sort();
+    assert_eq!(answered, vec![(73, -90), (74, -74)], "EMSGSIZE and EBADMSG");
     // And the core still serves.
     assert_eq!(c.request(Opcode::PING, b"ok").unwrap().body, b"ok");
     let m = metrics(&engine, 0);

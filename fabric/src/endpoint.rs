@@ -4,7 +4,7 @@
 //! Handles are neither Send nor Sync: the domain is opened with FI_THREAD_DOMAIN, so
 //! one thread (one engine core) owns an endpoint and everything registered through it.
 //! Close order is fixed by ownership: endpoint, then AV and CQ, then the registrations
-//! that in-flight operations still held, then the domain and fabric (last `Rc`).
+//! that the endpoint retains (every one made through it), then the domain and fabric.
 
 use std::collections::VecDeque;
 use std::ffi::{c_void, CStr};
@@ -19,7 +19,6 @@ use nacre_sys as sys;
 use crate::error::{call_error, check, strerror, CompletionError, ErrorKind, Result};
 use crate::info::{mr_mode_names, Info, ProviderSummary};
 use crate::memory::{Access, LocalSlice, Memory, MemoryRegion, MrInner, RemoteRegion};
-use crate::slots::{Slot, Slots};
 
 const EAGAIN: isize = sys::FI_EAGAIN as isize;
 const EAVAIL: isize = sys::FI_EAVAIL as isize;
@@ -126,10 +125,44 @@ pub struct Endpoint {
     max_msg_size: usize,
     post_timeout: Duration,
     info: Info,
-    // Dropped after the endpoint is closed (Drop runs first): registrations held by
-    // operations in flight, then the domain.
-    slots: Slots,
+    /// Operations posted and not completed, per direction, and their limits.
+    tx_used: usize,
+    rx_used: usize,
+    max_tx: usize,
+    max_rx: usize,
+    // Dropped after the endpoint is closed (Drop runs first): every registration made
+    // through this endpoint (so no operation in flight can outlive its memory), then
+    // the domain.
+    registrations: Vec<Rc<MrInner>>,
     domain: Rc<Domain>,
+}
+
+/// Operation contexts carry the caller's context in their low 60 bits and the kind of
+/// operation above it: completions need no lookup table, and no provider needs
+/// FI_CONTEXT storage from us (hints carry mode = 0).
+const KIND_SHIFT: u32 = 60;
+/// The largest context a caller may give.
+pub const MAX_CONTEXT: u64 = (1 << KIND_SHIFT) - 1;
+
+fn encode_context(context: u64, kind: OpKind) -> *mut c_void {
+    let code = match kind {
+        OpKind::Send => 0u64,
+        OpKind::Recv => 1,
+        OpKind::Read => 2,
+        OpKind::Write => 3,
+    };
+    (context | code << KIND_SHIFT) as usize as *mut c_void
+}
+
+fn decode_context(raw: *mut c_void) -> (u64, OpKind) {
+    let raw = raw as usize as u64;
+    let kind = match raw >> KIND_SHIFT {
+        1 => OpKind::Recv,
+        2 => OpKind::Read,
+        3 => OpKind::Write,
+        _ => OpKind::Send,
+    };
+    (raw & MAX_CONTEXT, kind)
 }
 
 impl Endpoint {
@@ -150,7 +183,11 @@ impl Endpoint {
             max_msg_size: info.max_msg_size(),
             post_timeout: cfg.post_timeout,
             info,
-            slots: Slots::new(max_tx, max_rx),
+            tx_used: 0,
+            rx_used: 0,
+            max_tx,
+            max_rx,
+            registrations: Vec::new(),
             domain,
         };
         ep.open_queues(max_tx + max_rx, cfg.av_size)?;
@@ -239,7 +276,7 @@ impl Endpoint {
 
     /// Operations posted and not yet completed (and read).
     pub fn in_flight(&self) -> usize {
-        self.slots.in_flight()
+        self.tx_used + self.rx_used
     }
 
     /// Inserts a peer's name (from its [`Endpoint::name`]) into the address vector.
@@ -294,6 +331,8 @@ impl Endpoint {
     /// Registers `memory` for local use and, with `Access::ALL`, for peers' RMA. Obeys the
     /// provider's mr_mode: its key with FI_MR_PROV_KEY (else a unique one of ours), virtual
     /// addresses with FI_MR_VIRT_ADDR (else offsets), binding with FI_MR_ENDPOINT.
+    /// The registration lives as long as the endpoint (register at start-up, as the
+    /// engine's pool does): an operation in flight can never outlive its memory.
     pub fn register(&mut self, memory: Memory, access: Access) -> Result<MemoryRegion> {
         let mode = self.domain.mr_mode;
         let requested_key = NEXT_KEY.fetch_add(1, Ordering::Relaxed);
@@ -345,9 +384,9 @@ impl Endpoint {
             mr_mode = %mr_mode_names(mode),
             "registered memory"
         );
-        Ok(MemoryRegion {
-            inner: Rc::new(inner),
-        })
+        let inner = Rc::new(inner);
+        self.registrations.push(inner.clone());
+        Ok(MemoryRegion { inner })
     }
 
     /// Sends `src` to `to`; a Send completion with `context` follows.
@@ -355,7 +394,7 @@ impl Endpoint {
         self.check_msg(src.len)?;
         let dest = self.fi_addr(to)?;
         let (ep, buf, len, desc) = (self.ep, src.ptr(), src.len, self.desc(&src)?);
-        self.post(OpKind::Send, context, &src, "fi_send", |ctx| {
+        self.post(OpKind::Send, context, "fi_send", |ctx| {
             // SAFETY: buf/len lie in a live registration (held by the op's slot until its
             // completion is read), desc is its descriptor, dest is in our AV.
             unsafe { sys::fi_send(ep, buf, len, desc, dest, ctx) }
@@ -366,7 +405,7 @@ impl Endpoint {
     pub fn post_recv(&mut self, dst: LocalSlice<'_>, context: u64) -> Result<()> {
         self.check_msg(dst.len)?;
         let (ep, buf, len, desc) = (self.ep, dst.ptr(), dst.len, self.desc(&dst)?);
-        self.post(OpKind::Recv, context, &dst, "fi_recv", |ctx| {
+        self.post(OpKind::Recv, context, "fi_recv", |ctx| {
             // SAFETY: as in post_send; the buffer is written only by the provider until the
             // completion is read.
             unsafe { sys::fi_recv(ep, buf, len, desc, sys::FI_ADDR_UNSPEC, ctx) }
@@ -387,7 +426,7 @@ impl Endpoint {
         let addr = src.target(offset, dst.len)?;
         let key = src.key();
         let (ep, buf, len, desc) = (self.ep, dst.ptr(), dst.len, self.desc(&dst)?);
-        self.post(OpKind::Read, context, &dst, "fi_read", |ctx| {
+        self.post(OpKind::Read, context, "fi_read", |ctx| {
             // SAFETY: local side as in post_recv; the remote range was bounds-checked against
             // the peer's descriptor.
             unsafe { sys::fi_read(ep, buf, len, desc, peer, addr, key, ctx) }
@@ -408,7 +447,7 @@ impl Endpoint {
         let addr = dst.target(offset, src.len)?;
         let key = dst.key();
         let (ep, buf, len, desc) = (self.ep, src.ptr(), src.len, self.desc(&src)?);
-        self.post(OpKind::Write, context, &src, "fi_write", |ctx| {
+        self.post(OpKind::Write, context, "fi_write", |ctx| {
             // SAFETY: as in post_read.
             unsafe { sys::fi_write(ep, buf, len, desc, peer, addr, key, ctx) }
         })
@@ -535,27 +574,26 @@ impl Endpoint {
         Ok(n)
     }
 
-    /// Turns a CQ entry into a Completion and frees its slot (dropping the registration ref).
+    /// Turns a CQ entry into a Completion and counts the operation done.
+    #[inline]
     fn finish(&mut self, entry: &sys::fi_cq_msg_entry) -> Completion {
-        match self.slots.release(entry.op_context as usize) {
-            Some(slot) => Completion {
-                context: slot.context,
-                kind: slot.kind,
-                len: entry.len,
-            },
-            None => {
-                tracing::error!(
-                    context = entry.op_context as usize,
-                    flags = entry.flags,
-                    "completion for an operation that is not in flight"
-                );
-                Completion {
-                    context: u64::MAX,
-                    kind: kind_of_flags(entry.flags),
-                    len: entry.len,
-                }
-            }
+        let (context, kind) = decode_context(entry.op_context);
+        self.count_done(kind);
+        Completion {
+            context,
+            kind,
+            len: entry.len,
         }
+    }
+
+    #[inline]
+    fn count_done(&mut self, kind: OpKind) {
+        let used = if kind == OpKind::Recv {
+            &mut self.rx_used
+        } else {
+            &mut self.tx_used
+        };
+        *used = used.saturating_sub(1);
     }
 
     fn read_error(&mut self) -> Box<CompletionError> {
@@ -589,9 +627,12 @@ impl Endpoint {
                 CStr::from_ptr(p).to_string_lossy().into_owned()
             }
         };
-        let (context, kind) = match self.slots.release(e.op_context as usize) {
-            Some(slot) => (Some(slot.context), slot.kind),
-            None => (None, kind_of_flags(e.flags)),
+        let (context, kind) = if e.op_context.is_null() {
+            (None, kind_of_flags(e.flags))
+        } else {
+            let (context, kind) = decode_context(e.op_context);
+            self.count_done(kind);
+            (Some(context), kind)
         };
         Box::new(CompletionError {
             context,
@@ -630,38 +671,50 @@ impl Endpoint {
         }
     }
 
-    /// Takes a slot for the operation, posts it (progressing on FI_EAGAIN), and gives the
-    /// slot back if the post fails.
+    /// Posts an operation (progressing on FI_EAGAIN) within the per-direction limit.
+    #[inline]
     fn post(
         &mut self,
         kind: OpKind,
         context: u64,
-        slice: &LocalSlice<'_>,
         call: &'static str,
         mut op: impl FnMut(*mut c_void) -> isize,
     ) -> Result<()> {
-        self.make_room(kind)?;
-        let slot = Slot {
-            context,
-            kind,
-            _region: Some(slice.region.inner.clone()),
-        };
-        let token = self
-            .slots
-            .take(slot)
-            .ok_or_else(|| ErrorKind::QueueFull(self.slots.limit(kind)))?;
-        let result = self.retry(call, || op(token as *mut c_void));
-        if result.is_err() {
-            self.slots.release(token);
+        if context > MAX_CONTEXT {
+            return Err(ErrorKind::BadContext(context).into());
         }
-        result
+        self.make_room(kind)?;
+        let ctx = encode_context(context, kind);
+        self.retry(call, || op(ctx))?;
+        if kind == OpKind::Recv {
+            self.rx_used += 1;
+        } else {
+            self.tx_used += 1;
+        }
+        Ok(())
+    }
+
+    fn has_room(&self, kind: OpKind) -> bool {
+        if kind == OpKind::Recv {
+            self.rx_used < self.max_rx
+        } else {
+            self.tx_used < self.max_tx
+        }
+    }
+
+    fn limit(&self, kind: OpKind) -> usize {
+        if kind == OpKind::Recv {
+            self.max_rx
+        } else {
+            self.max_tx
+        }
     }
 
     /// Transmit operations wait (progressing) for a free slot; receives do not, since
     /// posted receives only drain when peers send.
     #[inline]
     fn make_room(&mut self, kind: OpKind) -> Result<()> {
-        if self.slots.has_room(kind) {
+        if self.has_room(kind) {
             Ok(())
         } else {
             self.wait_for_room(kind)
@@ -671,10 +724,10 @@ impl Endpoint {
     #[cold]
     fn wait_for_room(&mut self, kind: OpKind) -> Result<()> {
         if kind == OpKind::Recv {
-            return Err(ErrorKind::QueueFull(self.slots.limit(kind)).into());
+            return Err(ErrorKind::QueueFull(self.limit(kind)).into());
         }
         let start = Instant::now();
-        while !self.slots.has_room(kind) {
+        while !self.has_room(kind) {
             self.progress()?;
             if start.elapsed() > self.post_timeout {
                 return Err(ErrorKind::Timeout {
@@ -730,7 +783,7 @@ impl Endpoint {
 impl Drop for Endpoint {
     fn drop(&mut self) {
         // The endpoint first: after it is closed no operation touches its buffers, so the
-        // registrations held by in-flight slots may be released (fields drop after this).
+        // registrations it retains may be released (fields drop after this).
         close("endpoint", self.ep as *mut sys::fid);
         close("av", self.av as *mut sys::fid);
         close("cq", self.cq as *mut sys::fid);
@@ -758,5 +811,19 @@ fn kind_of_flags(flags: u64) -> OpKind {
         OpKind::Write
     } else {
         OpKind::Send
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn contexts_carry_the_kind_and_keep_60_bits() {
+        for kind in [OpKind::Send, OpKind::Recv, OpKind::Read, OpKind::Write] {
+            for ctx in [0, 1, 0xdead_beef, MAX_CONTEXT] {
+                assert_eq!(decode_context(encode_context(ctx, kind)), (ctx, kind));
+            }
+        }
     }
 }

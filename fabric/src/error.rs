@@ -69,6 +69,9 @@ pub enum ErrorKind {
     /// A message exceeds the provider's maximum message size.
     #[error("{len} bytes exceed the provider's max message size {max}")]
     TooLarge { len: usize, max: usize },
+    /// A caller's context does not fit the 60 bits the layer keeps for it.
+    #[error("operation context {0:#x} exceeds {MAX:#x}", MAX = crate::endpoint::MAX_CONTEXT)]
+    BadContext(u64),
     /// Too many operations of one kind are outstanding.
     #[error("{0} operations already outstanding on this endpoint (the queue is full)")]
     QueueFull(usize),

@@ -13,9 +13,8 @@ mod endpoint;
 mod error;
 mod info;
 mod memory;
-mod slots;
 
-pub use endpoint::{Completion, Endpoint, EndpointConfig, OpKind, PeerAddr};
+pub use endpoint::{Completion, Endpoint, EndpointConfig, OpKind, PeerAddr, MAX_CONTEXT};
 pub use error::{strerror, CompletionError, Error, ErrorKind, Result};
 pub use info::{list_providers, mr_mode_names, provider_query, Info, ProviderSummary, Selection};
 pub use memory::{Access, LocalSlice, Memory, MemoryRegion, Pages, RemoteRegion};

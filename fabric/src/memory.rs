@@ -175,8 +175,9 @@ impl MrInner {
 
 impl Drop for MrInner {
     fn drop(&mut self) {
-        // SAFETY: mr is live and closed exactly once; no operation can still use it, because
-        // in-flight operations hold an Rc to this MrInner until their completion is read.
+        // SAFETY: mr is live and closed exactly once; no operation can still use it: the
+        // endpoint retains every registration made through it until it has been closed,
+        // so the last reference goes only after the endpoint.
         let rc = unsafe { nacre_sys::fi_close(self.mr as *mut nacre_sys::fid) };
         if rc != 0 {
             tracing::warn!("fi_close(mr) failed: {}", crate::error::strerror(rc));
