@@ -397,7 +397,7 @@ impl Endpoint {
         self.post(OpKind::Send, context, "fi_send", |ctx| {
             // SAFETY: buf/len lie in a live registration (held by the op's slot until its
             // completion is read), desc is its descriptor, dest is in our AV.
-            unsafe { sys::fi_send(ep, buf, len, desc, dest, ctx) }
+            unsafe { sys::hot::send(ep, buf, len, desc, dest, ctx) }
         })
     }
 
@@ -408,7 +408,7 @@ impl Endpoint {
         self.post(OpKind::Recv, context, "fi_recv", |ctx| {
             // SAFETY: as in post_send; the buffer is written only by the provider until the
             // completion is read.
-            unsafe { sys::fi_recv(ep, buf, len, desc, sys::FI_ADDR_UNSPEC, ctx) }
+            unsafe { sys::hot::recv(ep, buf, len, desc, sys::FI_ADDR_UNSPEC, ctx) }
         })
     }
 
@@ -467,7 +467,7 @@ impl Endpoint {
         let (ep, buf, len) = (self.ep, data.as_ptr() as *const c_void, data.len());
         self.retry("fi_inject", || {
             // SAFETY: the provider copies `len` bytes of `buf` before returning.
-            unsafe { sys::fi_inject(ep, buf, len, dest) }
+            unsafe { sys::hot::inject(ep, buf, len, dest) }
         })
     }
 
@@ -503,7 +503,7 @@ impl Endpoint {
     fn read_cq(&self, raw: &mut [MaybeUninit<sys::fi_cq_msg_entry>]) -> isize {
         // SAFETY: cq is open and was opened with FI_CQ_FORMAT_MSG; raw has room for
         // raw.len() entries, of which the provider initialises as many as it returns.
-        unsafe { sys::fi_cq_read(self.cq, raw.as_mut_ptr() as *mut c_void, raw.len()) }
+        unsafe { sys::hot::cq_read(self.cq, raw.as_mut_ptr() as *mut c_void, raw.len()) }
     }
 
     /// Polls until one completion (or error completion) arrives or `timeout` passes.

@@ -10,6 +10,8 @@
 
 include!(concat!(env!("OUT_DIR"), "/bindings.rs"));
 
+pub mod hot;
+
 /// `FI_VERSION(major, minor)`: a function-like macro that bindgen cannot emit.
 pub const fn fi_version_of(major: u32, minor: u32) -> u32 {
     (major << 16) | minor
