@@ -16,7 +16,7 @@ fn provider_available(provider: &str) -> bool {
     match nacre_fabric::Info::find(&q) {
         Ok(_) => true,
         Err(e) => {
-            skip(&format!(
+            nacre_fabric::testing::skip(&format!(
                 "nacre-bench on provider {provider}: not available on this machine: {e}"
             ));
             false
@@ -181,20 +181,5 @@ fn bad_arguments_fail_with_one_clear_line() {
         assert!(!out.status.success());
         let err = String::from_utf8_lossy(&out.stderr);
         assert!(err.contains("no libfabric provider matches"), "{err}");
-    }
-}
-
-/// Says why something is skipped where scripts/test shows it: libtest captures the output
-/// of passing tests, so the reason also goes to target/tmp/skips.log.
-fn skip(why: &str) {
-    println!("SKIP {why}");
-    let log = std::path::Path::new(env!("CARGO_TARGET_TMPDIR")).join("skips.log");
-    if let Ok(mut f) = std::fs::OpenOptions::new()
-        .create(true)
-        .append(true)
-        .open(log)
-    {
-        use std::io::Write;
-        let _ = writeln!(f, "SKIP {why}");
     }
 }

@@ -63,7 +63,7 @@ impl Service for Holder {
 fn engine(cores: usize) -> Option<Engine> {
     let fabric = Selection::provider("tcp");
     if let Err(e) = nacre_fabric::Info::find(&fabric) {
-        skip(&format!("engine tests: tcp provider not available: {e}"));
+        nacre_fabric::testing::skip(&format!("engine tests: tcp provider not available: {e}"));
         return None;
     }
     let cfg = EngineConfig {
@@ -204,19 +204,4 @@ fn an_empty_pool_makes_requests_wait_not_fail() {
         unknown.header.status, -38,
         "ENOSYS for an opcode nobody serves"
     );
-}
-
-/// Says why something is skipped where scripts/test shows it: libtest captures the output
-/// of passing tests, so the reason also goes to target/tmp/skips.log.
-fn skip(why: &str) {
-    println!("SKIP {why}");
-    let log = std::path::Path::new(env!("CARGO_TARGET_TMPDIR")).join("skips.log");
-    if let Ok(mut f) = std::fs::OpenOptions::new()
-        .create(true)
-        .append(true)
-        .open(log)
-    {
-        use std::io::Write;
-        let _ = writeln!(f, "SKIP {why}");
-    }
 }

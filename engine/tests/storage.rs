@@ -165,7 +165,7 @@ fn the_pool_is_registered_with_the_fabric_and_io_uring_at_once() {
     let mut ep = match nacre_fabric::open(&sel, &Default::default()) {
         Ok(ep) => ep,
         Err(e) => {
-            skip(&format!("the_pool_is_registered_with_the_fabric_and_io_uring_at_once: tcp provider not available: {e}"));
+            nacre_fabric::testing::skip(&format!("the_pool_is_registered_with_the_fabric_and_io_uring_at_once: tcp provider not available: {e}"));
             return;
         }
     };
@@ -239,19 +239,4 @@ fn falls_back_when_io_uring_is_unavailable() {
         "{stdout}\n{}",
         String::from_utf8_lossy(&out.stderr)
     );
-}
-
-/// Says why something is skipped where scripts/test shows it: libtest captures the output
-/// of passing tests, so the reason also goes to target/tmp/skips.log.
-fn skip(why: &str) {
-    println!("SKIP {why}");
-    let log = std::path::Path::new(env!("CARGO_TARGET_TMPDIR")).join("skips.log");
-    if let Ok(mut f) = std::fs::OpenOptions::new()
-        .create(true)
-        .append(true)
-        .open(log)
-    {
-        use std::io::Write;
-        let _ = writeln!(f, "SKIP {why}");
-    }
 }

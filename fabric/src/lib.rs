@@ -13,6 +13,7 @@ mod endpoint;
 mod error;
 mod info;
 mod memory;
+pub mod testing;
 
 pub use endpoint::{Completion, Endpoint, EndpointConfig, OpKind, PeerAddr, MAX_CONTEXT};
 pub use error::{strerror, CompletionError, Error, ErrorKind, Result};

@@ -26,7 +26,7 @@ pub fn available(provider: &str, test: &str) -> Option<Info> {
     match Info::find(&selection(provider)) {
         Ok(info) => Some(info),
         Err(e) => {
-            skip(&format!(
+            nacre_fabric::testing::skip(&format!(
                 "{test} on provider {provider}: not available on this machine: {e}"
             ));
             None
@@ -54,18 +54,3 @@ pub fn pattern(seed: u64, len: usize) -> Vec<u8> {
 
 pub mod checks;
 pub mod peer;
-
-/// Says why something is skipped where scripts/test shows it: libtest captures the output
-/// of passing tests, so the reason also goes to target/tmp/skips.log.
-pub fn skip(why: &str) {
-    println!("SKIP {why}");
-    let log = std::path::Path::new(env!("CARGO_TARGET_TMPDIR")).join("skips.log");
-    if let Ok(mut f) = std::fs::OpenOptions::new()
-        .create(true)
-        .append(true)
-        .open(log)
-    {
-        use std::io::Write;
-        let _ = writeln!(f, "SKIP {why}");
-    }
-}
