@@ -57,6 +57,14 @@ pub fn run(args: &DiskArgs) -> Result<(), BenchError> {
             "--bs must be a multiple of 4096 and at most --size",
         ));
     }
+    if !(args.runtime.is_finite() && args.runtime > 0.0) {
+        return Err(BenchError::msg(
+            "--runtime must be a positive number of seconds",
+        ));
+    }
+    if let Some(dir) = args.file.parent().filter(|d| !d.as_os_str().is_empty()) {
+        std::fs::create_dir_all(dir)?;
+    }
     let depth = args.iodepth.max(1);
     let mut pool = BufferPool::new(
         &PoolConfig {

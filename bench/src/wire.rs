@@ -44,6 +44,11 @@ pub fn run(args: &WireArgs) -> Result<(), BenchError> {
     let role = args.common.role();
     let mut ctl = Control::establish(&role)?;
     let bs = parse_size(&args.bs).map_err(BenchError)? as usize;
+    if bs == 0 || !bs.is_multiple_of(4096) {
+        return Err(BenchError::msg(
+            "--bs must be a positive multiple of 4096 (O_DIRECT)",
+        ));
+    }
     if ctl.is_server {
         serve(args, &role, &mut ctl, bs)
     } else {
@@ -79,7 +84,7 @@ fn serve(args: &WireArgs, role: &Role, ctl: &mut Control, bs: usize) -> Result<(
         reactor: ReactorConfig::default(),
         ..Default::default()
     };
-    if let Some(dir) = args.file.parent() {
+    if let Some(dir) = args.file.parent().filter(|d| !d.as_os_str().is_empty()) {
         std::fs::create_dir_all(dir)?;
     }
     let path = args.file.clone();
@@ -240,9 +245,11 @@ fn libc_eio() -> i32 {
 fn send(args: &WireArgs, ctl: &mut Control, bs: usize, size: u64) -> Result<(), BenchError> {
     let server_name = ctl.recv()?;
     let provider = args.common.provider.clone();
+    // Serve our endpoint from the interface that reaches the server.
+    let local = ctl.local_ip()?.to_string();
     let sel = nacre_fabric::Selection {
         provider: provider.clone(),
-        node: (provider.as_deref() != Some("shm")).then(|| "127.0.0.1".to_string()),
+        node: (provider.as_deref() != Some("shm")).then_some(local),
         ..Default::default()
     };
     let depth = args.iodepth.max(1);

@@ -32,10 +32,11 @@ fn free_port() -> u16 {
         .port()
 }
 
-/// Runs server and client with `args`; returns the client's output (server must succeed).
+/// Runs server and client with `args`; returns the client's output (both must succeed
+/// within a minute: a hang is a failure, not a stuck test run).
 fn run_pair(sub: &str, args: &[&str]) -> Output {
     let port = free_port().to_string();
-    let mut server = Command::new(BIN)
+    let server = Command::new(BIN)
         .arg(sub)
         .args(args)
         .args(["-B", &port])
@@ -47,31 +48,33 @@ fn run_pair(sub: &str, args: &[&str]) -> Output {
         .arg(sub)
         .args(args)
         .args(["-P", &port, "127.0.0.1"])
-        .output()
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
         .unwrap();
+    let client = finish_within(client, "client");
+    let server = finish_within(server, "server");
+    for (who, out) in [("server", &server), ("client", &client)] {
+        assert!(
+            out.status.success(),
+            "{who} failed: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+    }
+    client
+}
+
+fn finish_within(mut child: std::process::Child, who: &str) -> Output {
     let start = Instant::now();
-    loop {
-        if let Some(status) = server.try_wait().unwrap() {
-            let out = server.wait_with_output().unwrap();
-            assert!(
-                status.success(),
-                "server failed: {}",
-                String::from_utf8_lossy(&out.stderr)
-            );
-            break;
-        }
+    while child.try_wait().unwrap().is_none() {
         if start.elapsed() > Duration::from_secs(60) {
-            server.kill().unwrap();
-            panic!("server did not finish");
+            child.kill().unwrap();
+            let out = child.wait_with_output().unwrap();
+            panic!("{who} hung: {}", String::from_utf8_lossy(&out.stderr));
         }
         std::thread::sleep(Duration::from_millis(20));
     }
-    assert!(
-        client.status.success(),
-        "client failed: {}",
-        String::from_utf8_lossy(&client.stderr)
-    );
-    client
+    child.wait_with_output().unwrap()
 }
 
 fn rows(out: &Output) -> Vec<Vec<String>> {

@@ -61,6 +61,9 @@ pub struct RpcClient {
     replies: VecDeque<Reply>,
     /// Requests sent and not answered, with their deadlines.
     pending: Pending<Opcode>,
+    /// Requests whose deadline passed, not reported yet.
+    expired: VecDeque<u64>,
+    dropped: u64,
     frame: Vec<u8>,
     next_id: u64,
 }
@@ -90,6 +93,8 @@ impl RpcClient {
             tx_free: (0..slots).collect(),
             replies: VecDeque::new(),
             pending: Pending::with_capacity(slots * 4),
+            expired: VecDeque::new(),
+            dropped: 0,
             frame: vec![0; cfg.msg_size],
             cfg,
             next_id: 1,
@@ -199,7 +204,10 @@ impl RpcClient {
                 return Ok(r);
             }
             self.pump()?;
-            if let Some((id, _)) = self.pending.expire(Instant::now()).into_iter().next() {
+            let now = Instant::now();
+            self.expired
+                .extend(self.pending.expire(now).into_iter().map(|(id, _)| id));
+            if let Some(id) = self.expired.pop_front() {
                 return Err(ClientError::Expired {
                     id,
                     after: self.cfg.timeout,
@@ -221,37 +229,77 @@ impl RpcClient {
     }
 
     /// One poll: replies are decoded and queued, transmit slots freed, receives reposted.
+    /// A bad or unexpected message is dropped on its own: the rest of the batch, and the
+    /// receive it arrived in, go on.
     fn pump(&mut self) -> Result<(), ClientError> {
         let mut done = [Completion {
             context: 0,
             kind: OpKind::Send,
             len: 0,
         }; 16];
-        let n = self.ep.poll(&mut done)?;
-        let size = self.cfg.msg_size;
+        let n = match self.ep.poll(&mut done) {
+            Ok(n) => n,
+            Err(e) => return self.failed_completion(e),
+        };
         for c in &done[..n] {
             let slot = (c.context & 0xffff) as usize;
             if c.context & SEND != 0 {
                 self.tx_free.push(slot);
-                continue;
+            } else {
+                self.take_reply(slot, c.len)?;
             }
-            let mut bytes = vec![0; c.len.min(size)];
-            self.msgs.copy_out(slot * size, &mut bytes)?;
-            self.ep
-                .post_recv(self.msgs.slice(slot * size, size)?, RECV | slot as u64)?;
-            let limits = Limits {
-                max_body: (size - HEADER_LEN) as u32,
-            };
-            let frame = Frame::decode(&bytes, &limits)?;
-            // A reply to nothing we are waiting for (late, duplicate, forged) is dropped.
-            if self.pending.complete(frame.header.request_id).is_none() {
-                continue;
-            }
-            self.replies.push_back(Reply {
-                header: frame.header,
-                body: frame.body.to_vec(),
-            });
         }
         Ok(())
+    }
+
+    /// An error completion: a failed send gives its slot back (its request will expire),
+    /// a failed receive is reposted; anything else is the caller's error.
+    fn failed_completion(&mut self, e: nacre_fabric::Error) -> Result<(), ClientError> {
+        let nacre_fabric::ErrorKind::Completion(c) = e.kind() else {
+            return Err(e.into());
+        };
+        match c.context {
+            Some(ctx) if ctx & SEND != 0 => self.tx_free.push((ctx & 0xffff) as usize),
+            Some(ctx) if ctx & RECV != 0 => self.repost((ctx & 0xffff) as usize)?,
+            _ => return Err(e.into()),
+        }
+        Ok(())
+    }
+
+    fn take_reply(&mut self, slot: usize, len: usize) -> Result<(), ClientError> {
+        let size = self.cfg.msg_size;
+        let mut bytes = vec![0; len.min(size)];
+        self.msgs.copy_out(slot * size, &mut bytes)?;
+        self.repost(slot)?;
+        let limits = Limits {
+            max_body: (size - HEADER_LEN) as u32,
+        };
+        // Dropped: a message that is no frame, and a reply to nothing we wait for (late,
+        // duplicate or forged).
+        let Ok(frame) = Frame::decode(&bytes, &limits) else {
+            self.dropped += 1;
+            return Ok(());
+        };
+        if self.pending.complete(frame.header.request_id).is_none() {
+            self.dropped += 1;
+            return Ok(());
+        }
+        self.replies.push_back(Reply {
+            header: frame.header,
+            body: frame.body.to_vec(),
+        });
+        Ok(())
+    }
+
+    fn repost(&mut self, slot: usize) -> Result<(), ClientError> {
+        let size = self.cfg.msg_size;
+        Ok(self
+            .ep
+            .post_recv(self.msgs.slice(slot * size, size)?, RECV | slot as u64)?)
+    }
+
+    /// Messages dropped because they were malformed or answered nothing pending.
+    pub fn dropped(&self) -> u64 {
+        self.dropped
     }
 }

@@ -145,9 +145,12 @@ impl BufferPool {
         if cfg.classes.is_empty() {
             return Err(PoolError::NoClasses);
         }
-        let mut classes = Vec::with_capacity(cfg.classes.len());
+        // Smallest first: `get` serves a size from the first class that fits.
+        let mut wanted = cfg.classes.clone();
+        wanted.sort_by_key(|c| c.size);
+        let mut classes = Vec::with_capacity(wanted.len());
         let mut total = 0usize;
-        for c in &cfg.classes {
+        for c in &wanted {
             if c.size == 0 || !c.size.is_multiple_of(4096) {
                 return Err(PoolError::BadClass(c.size));
             }

@@ -21,9 +21,16 @@ use nacre_proto::{DecodeError, Frame, Header, Limits, Opcode, HEADER_LEN};
 use crate::pool::BufferPool;
 use crate::storage::{IoCompletion, Storage};
 
+/// What the reactor logs once (then only counts): one bit per kind.
+const LOG_UNKNOWN_SESSION: u32 = 1;
+const LOG_BAD_NAME: u32 = 1 << 1;
+const LOG_SESSIONS: u32 = 1 << 2;
+/// Decode errors take the bits from here up, one per kind of error.
+const LOG_DECODE: u32 = 1 << 3;
+
 /// Fabric contexts with this bit set belong to the reactor; services use the others.
-pub const INTERNAL: u64 = 1 << 59;
-const RECV: u64 = INTERNAL | 1 << 58;
+pub const INTERNAL: u64 = 1 << 58;
+const RECV: u64 = INTERNAL | 1 << 57;
 const REPLY: u64 = INTERNAL;
 
 /// What an idle core does: spin this many empty turns, then sleep between turns.
@@ -52,6 +59,8 @@ pub struct ReactorConfig {
     pub tx_slots: usize,
     /// Largest message (header + inline body) in either direction.
     pub msg_size: usize,
+    /// Clients (HELLO sessions) one core serves at most.
+    pub max_sessions: usize,
     pub idle: IdlePolicy,
 }
 
@@ -61,6 +70,7 @@ impl Default for ReactorConfig {
             recv_slots: 64,
             tx_slots: 64,
             msg_size: 4096,
+            max_sessions: 4096,
             idle: IdlePolicy::default(),
         }
     }
@@ -91,11 +101,16 @@ pub struct Request<'a> {
 
 /// Everything a core owns, lent to the service on every call.
 pub struct Core {
-    pub ep: Endpoint,
-    pub pool: BufferPool,
+    // Drop order matters: storage first (it waits for I/O in flight on pool buffers),
+    // then the pool, then the endpoint that registered the pool's memory.
     pub storage: Storage,
+    pub pool: BufferPool,
+    pub ep: Endpoint,
     pub metrics: CoreMetrics,
     sessions: Vec<PeerAddr>,
+    /// The fabric name behind each session, so a repeated HELLO gets the same one.
+    session_names: Vec<Vec<u8>>,
+    max_sessions: usize,
     limits: Limits,
     tx: MemoryRegion,
     tx_free: Vec<u32>,
@@ -148,6 +163,8 @@ impl Core {
             storage,
             metrics: CoreMetrics::default(),
             sessions: Vec::new(),
+            session_names: Vec::new(),
+            max_sessions: cfg.max_sessions,
             limits: Limits {
                 max_body: (cfg.msg_size - HEADER_LEN) as u32,
             },
@@ -403,7 +420,7 @@ impl<S: Service> Reactor<S> {
         }
         let Some(peer) = self.core.peer(h.session) else {
             self.core.metrics.unknown_session += 1;
-            self.log_once(1, || {
+            self.log_once(LOG_UNKNOWN_SESSION, || {
                 format!("message from unknown session {}: dropped", h.session)
             });
             return;
@@ -420,11 +437,28 @@ impl<S: Service> Reactor<S> {
         self.service.on_request(&mut self.core, req);
     }
 
-    /// A client's first message: its fabric name. The session id is its index + 1.
+    /// A client's first message: its fabric name. The session id is its index + 1; a
+    /// client that says HELLO again (a retry) gets its session back.
     fn hello(&mut self, h: &Header, name: &[u8]) {
+        if let Some(i) = self.core.session_names.iter().position(|n| n == name) {
+            let session = i as u32 + 1;
+            let mut reply = *h;
+            reply.session = session;
+            let peer = self.core.sessions[i];
+            return self.core.reply(peer, &reply, 0, &session.to_le_bytes());
+        }
+        if self.core.sessions.len() >= self.core.max_sessions {
+            self.core.metrics.malformed += 1;
+            let max = self.core.max_sessions;
+            self.log_once(LOG_SESSIONS, || {
+                format!("HELLO refused: {max} sessions already")
+            });
+            return;
+        }
         match self.core.ep.insert_peer(name) {
             Ok(peer) => {
                 self.core.sessions.push(peer);
+                self.core.session_names.push(name.to_vec());
                 let session = self.core.sessions.len() as u32;
                 let mut reply = *h;
                 reply.session = session;
@@ -432,7 +466,9 @@ impl<S: Service> Reactor<S> {
             }
             Err(e) => {
                 self.core.metrics.malformed += 1;
-                self.log_once(2, || format!("HELLO with an unusable fabric name: {e}"));
+                self.log_once(LOG_BAD_NAME, || {
+                    format!("HELLO with an unusable fabric name: {e}")
+                });
             }
         }
     }
@@ -440,7 +476,8 @@ impl<S: Service> Reactor<S> {
     /// Answers a bad message with an errno when its sender is known, else drops it.
     fn malformed(&mut self, bytes: &[u8], e: DecodeError) {
         self.core.metrics.malformed += 1;
-        self.log_once(4 << (e.errno() % 8), || {
+        let bit = LOG_DECODE << e.kind_index();
+        self.log_once(bit, || {
             format!("malformed message ({} bytes): {e}", bytes.len())
         });
         let Ok(h) = Header::decode(bytes, &Limits { max_body: u32::MAX }) else {

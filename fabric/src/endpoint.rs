@@ -137,19 +137,21 @@ pub struct Endpoint {
     domain: Rc<Domain>,
 }
 
-/// Operation contexts carry the caller's context in their low 60 bits and the kind of
+/// Operation contexts carry the caller's context in their low 59 bits and the kind of
 /// operation above it: completions need no lookup table, and no provider needs
 /// FI_CONTEXT storage from us (hints carry mode = 0).
-const KIND_SHIFT: u32 = 60;
+const KIND_SHIFT: u32 = 59;
 /// The largest context a caller may give.
 pub const MAX_CONTEXT: u64 = (1 << KIND_SHIFT) - 1;
 
 fn encode_context(context: u64, kind: OpKind) -> *mut c_void {
+    // Codes start at 1 so that no context is ever NULL: a NULL context in an error
+    // completion means "no operation of ours".
     let code = match kind {
-        OpKind::Send => 0u64,
-        OpKind::Recv => 1,
-        OpKind::Read => 2,
-        OpKind::Write => 3,
+        OpKind::Send => 1u64,
+        OpKind::Recv => 2,
+        OpKind::Read => 3,
+        OpKind::Write => 4,
     };
     (context | code << KIND_SHIFT) as usize as *mut c_void
 }
@@ -157,9 +159,9 @@ fn encode_context(context: u64, kind: OpKind) -> *mut c_void {
 fn decode_context(raw: *mut c_void) -> (u64, OpKind) {
     let raw = raw as usize as u64;
     let kind = match raw >> KIND_SHIFT {
-        1 => OpKind::Recv,
-        2 => OpKind::Read,
-        3 => OpKind::Write,
+        2 => OpKind::Recv,
+        3 => OpKind::Read,
+        4 => OpKind::Write,
         _ => OpKind::Send,
     };
     (raw & MAX_CONTEXT, kind)
@@ -354,12 +356,34 @@ impl Endpoint {
             )
         };
         check("fi_mr_reg", rc as isize)?;
-        // SAFETY: mr is a live registration.
+        if mode & sys::FI_MR_ENDPOINT != 0 {
+            // Bound and enabled before its key and descriptor are read: a provider may
+            // only know them once the registration is enabled.
+            // SAFETY: both objects are live; the MR is not used before this.
+            let bound = unsafe {
+                check(
+                    "fi_mr_bind",
+                    sys::fi_mr_bind(mr, self.ep as *mut sys::fid, 0) as isize,
+                )
+                .and_then(|_| check("fi_mr_enable", sys::fi_mr_enable(mr) as isize))
+            };
+            if let Err(e) = bound {
+                // SAFETY: mr is live and never used again.
+                unsafe { sys::fi_close(mr as *mut sys::fid) };
+                return Err(e);
+            }
+        }
         let key = if mode & sys::FI_MR_PROV_KEY != 0 {
+            // SAFETY: mr is a live, enabled registration.
             unsafe { sys::fi_mr_key(mr) }
         } else {
             requested_key
         };
+        if key == sys::FI_KEY_NOTAVAIL {
+            // SAFETY: as above.
+            unsafe { sys::fi_close(mr as *mut sys::fid) };
+            return Err(call_error("fi_mr_key", -(sys::FI_ENOKEY as isize)));
+        }
         let inner = MrInner::new(
             mr,
             key,
@@ -368,16 +392,6 @@ impl Endpoint {
             access,
             self.domain.clone(),
         );
-        if mode & sys::FI_MR_ENDPOINT != 0 {
-            // SAFETY: both objects are live; the MR is bound before first use.
-            unsafe {
-                check(
-                    "fi_mr_bind",
-                    sys::fi_mr_bind(mr, self.ep as *mut sys::fid, 0) as isize,
-                )?;
-                check("fi_mr_enable", sys::fi_mr_enable(mr) as isize)?;
-            }
-        }
         tracing::debug!(
             len = inner.len,
             key,
@@ -387,6 +401,17 @@ impl Endpoint {
         let inner = Rc::new(inner);
         self.registrations.push(inner.clone());
         Ok(MemoryRegion { inner })
+    }
+
+    /// Gives up this endpoint's hold on a registration (it closes when the last
+    /// `MemoryRegion` handle goes). Refused while any operation is in flight, since the
+    /// layer does not track which registration each one uses.
+    pub fn deregister(&mut self, region: &MemoryRegion) -> Result<()> {
+        if self.in_flight() > 0 {
+            return Err(ErrorKind::Busy(self.in_flight()).into());
+        }
+        self.registrations.retain(|r| !Rc::ptr_eq(r, &region.inner));
+        Ok(())
     }
 
     /// Sends `src` to `to`; a Send completion with `context` follows.
@@ -819,9 +844,10 @@ mod tests {
     use super::*;
 
     #[test]
-    fn contexts_carry_the_kind_and_keep_60_bits() {
+    fn contexts_carry_the_kind_and_are_never_null() {
         for kind in [OpKind::Send, OpKind::Recv, OpKind::Read, OpKind::Write] {
             for ctx in [0, 1, 0xdead_beef, MAX_CONTEXT] {
+                assert!(!encode_context(ctx, kind).is_null());
                 assert_eq!(decode_context(encode_context(ctx, kind)), (ctx, kind));
             }
         }

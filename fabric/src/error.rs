@@ -69,7 +69,10 @@ pub enum ErrorKind {
     /// A message exceeds the provider's maximum message size.
     #[error("{len} bytes exceed the provider's max message size {max}")]
     TooLarge { len: usize, max: usize },
-    /// A caller's context does not fit the 60 bits the layer keeps for it.
+    /// A registration cannot be released while operations are in flight.
+    #[error("{0} operations are in flight: deregister when the endpoint is quiet")]
+    Busy(usize),
+    /// A caller's context does not fit the bits the layer keeps for it.
     #[error("operation context {0:#x} exceeds {MAX:#x}", MAX = crate::endpoint::MAX_CONTEXT)]
     BadContext(u64),
     /// Too many operations of one kind are outstanding.

@@ -122,6 +122,27 @@ fn local_errors_are_caught_before_posting() {
             let err = c.insert_peer(name).unwrap_err();
             assert!(matches!(err.kind(), ErrorKind::BadPeerName { .. }), "{err}");
         }
-        assert_eq!(a.in_flight(), 0, "failed posts must not leak slots");
+        assert_eq!(
+            a.in_flight(),
+            0,
+            "failed posts must not be counted in flight"
+        );
+        // A registration is released only when nothing is in flight.
+        let mr = a
+            .register(Memory::anonymous(4096).unwrap(), Access::LOCAL)
+            .unwrap();
+        a.post_recv(mr.slice(0, 4096).unwrap(), 9).unwrap();
+        let err = a.deregister(&mr).unwrap_err();
+        assert!(matches!(err.kind(), ErrorKind::Busy(1)), "{err}");
+        drop(a); // closing the endpoint cancels the receive; the memory outlives it
+        let err = c.post_send(mr.slice(0, 1).unwrap(), b_at_a, 5).unwrap_err();
+        assert!(matches!(
+            err.kind(),
+            ErrorKind::ForeignRegion | ErrorKind::UnknownPeer(_)
+        ));
+        let too_big = nacre_fabric::MAX_CONTEXT + 1;
+        let err = c.post_recv(mc.slice(0, 1).unwrap(), too_big).unwrap_err();
+        assert!(matches!(err.kind(), ErrorKind::BadContext(_)), "{err}");
+        c.deregister(&mc).unwrap();
     }
 }

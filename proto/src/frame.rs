@@ -105,6 +105,19 @@ pub enum DecodeError {
 }
 
 impl DecodeError {
+    /// A small number per kind of error (0..=6), e.g. for counting or logging by kind.
+    pub fn kind_index(&self) -> u32 {
+        match self {
+            DecodeError::Truncated { .. } => 0,
+            DecodeError::BadMagic(_) => 1,
+            DecodeError::UnsupportedVersion(_) => 2,
+            DecodeError::TooLarge { .. } => 3,
+            DecodeError::Trailing(_) => 4,
+            DecodeError::Reserved => 5,
+            DecodeError::UnknownFlags(_) => 6,
+        }
+    }
+
     /// The errno a reply to such a message carries.
     pub fn errno(&self) -> i32 {
         match self {

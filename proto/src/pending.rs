@@ -51,7 +51,11 @@ impl<T> Pending<T> {
         if self.by_id.contains_key(&id) {
             return Err(PendingError::Duplicate(id));
         }
-        let deadline = now + timeout;
+        // A timeout too large to add means "no deadline" in practice: a century.
+        let deadline = now
+            .checked_add(timeout)
+            .or_else(|| now.checked_add(Duration::from_secs(100 * 365 * 24 * 3600)))
+            .unwrap_or(now);
         self.by_id.insert(id, (deadline, token));
         self.by_deadline.insert((deadline, id));
         Ok(())

@@ -94,6 +94,8 @@ pub enum StorageError {
     QueueFull(usize),
     #[error("file id {0} is not open")]
     BadFile(u32),
+    #[error("file id {file} has {in_flight} operations in flight: close it when they finish")]
+    FileBusy { file: u32, in_flight: usize },
     #[error("all {0} file slots are in use")]
     TooManyFiles(u32),
     #[error("io_uring: {0}")]

@@ -36,9 +36,9 @@ impl UringStorage {
                     iov_base: ptr as *mut libc::c_void,
                     iov_len: len,
                 };
-                // SAFETY: the arena stays mapped while any PoolBuf or the pool lives, and the
-                // ring is dropped before the engine drops its pool; a slab is only handed to
-                // the kernel inside an operation that owns it.
+                // SAFETY: the arena stays mapped while any PoolBuf or the pool lives; the
+                // core drops its storage (which waits for operations in flight) before its
+                // pool; a slab is only handed to the kernel inside an operation that owns it.
                 unsafe { ring.submitter().register_buffers(&[iov]) }.map_err(|e| {
                     io::Error::new(
                         e.kind(),
@@ -74,6 +74,15 @@ impl UringStorage {
     }
 
     pub(crate) fn remove_file(&mut self, id: u32) -> Result<(), StorageError> {
+        // A retry of a short transfer goes to the slot number again: the slot must not be
+        // reused by another file while operations on this one are in flight.
+        let busy = self.ops.iter().flatten().filter(|op| op.file == id).count();
+        if busy > 0 {
+            return Err(StorageError::FileBusy {
+                file: id,
+                in_flight: busy,
+            });
+        }
         self.files.remove(id)?;
         self.ring
             .submitter()
@@ -188,7 +197,7 @@ impl UringStorage {
         let mut n = 0;
         for i in 0..self.scratch.len() {
             let (slot, res) = self.scratch[i];
-            if let Some(done) = self.complete(slot as u32, res)? {
+            if let Some(done) = self.complete(slot as u32, res) {
                 out.push(done);
                 n += 1;
             }
@@ -197,15 +206,13 @@ impl UringStorage {
     }
 
     /// Applies one CQE: finishes the op, or queues the rest of a short transfer, or
-    /// retries after EINTR/EAGAIN.
-    fn complete(&mut self, slot: u32, res: i32) -> Result<Option<IoCompletion>, StorageError> {
-        let op = self.ops[slot as usize]
-            .as_mut()
-            .expect("completion for an op in flight");
+    /// retries after EINTR/EAGAIN. A retry that cannot be queued finishes the op with EIO
+    /// (it is never lost).
+    fn complete(&mut self, slot: u32, res: i32) -> Option<IoCompletion> {
+        let op = self.ops[slot as usize].as_mut()?;
         let result = match (op.kind, res) {
             (_, r) if r == -libc::EINTR || r == -libc::EAGAIN => {
-                self.queue(slot)?;
-                return Ok(None);
+                return self.requeue(slot);
             }
             (_, r) if r < 0 => Err(-r),
             (IoKind::Fsync | IoKind::Fdatasync, _) => Ok(0),
@@ -214,20 +221,33 @@ impl UringStorage {
             (_, r) => {
                 op.done += r as usize;
                 if op.done < op.len {
-                    self.queue(slot)?;
-                    return Ok(None);
+                    return self.requeue(slot);
                 }
                 Ok(op.done)
             }
         };
+        Some(self.finish(slot, result))
+    }
+
+    fn requeue(&mut self, slot: u32) -> Option<IoCompletion> {
+        match self.queue(slot) {
+            Ok(()) => None,
+            Err(e) => {
+                tracing::warn!("cannot resubmit the rest of an I/O: {e}");
+                Some(self.finish(slot, Err(libc::EIO)))
+            }
+        }
+    }
+
+    fn finish(&mut self, slot: u32, result: Result<usize, i32>) -> IoCompletion {
         let op = self.ops[slot as usize].take().expect("in flight");
         self.free.push(slot);
-        Ok(Some(IoCompletion {
+        IoCompletion {
             user_data: op.user_data,
             kind: op.kind,
             result,
             buf: op.buf,
-        }))
+        }
     }
 
     /// Reaps what is done (and submits what is queued); if nothing is done, submits and
@@ -249,6 +269,21 @@ impl UringStorage {
 
     pub(crate) fn in_flight(&self) -> usize {
         self.ops.len() - self.free.len()
+    }
+}
+
+impl Drop for UringStorage {
+    /// Lets the kernel finish what it was given before the ring and the buffers the
+    /// operations own go away (bounded: a device that never answers is not waited for).
+    fn drop(&mut self) {
+        let start = std::time::Instant::now();
+        let mut sink = Vec::new();
+        while self.in_flight() > 0 && start.elapsed() < std::time::Duration::from_secs(10) {
+            sink.clear();
+            if self.wait(&mut sink).is_err() {
+                break;
+            }
+        }
     }
 }
 
