@@ -121,7 +121,10 @@ pub fn run(args: &DiskArgs) -> Result<(), BenchError> {
             stop = true;
         }
         out.clear();
-        storage.wait(&mut out)?;
+        // Polled, as an engine core runs: submit what is queued, reap what is done, and
+        // never sleep in the kernel waiting for a completion.
+        storage.flush()?;
+        storage.reap(&mut out)?;
         for c in out.drain(..) {
             let n = c.result.map_err(|errno| {
                 BenchError::msg(format!(
@@ -176,10 +179,12 @@ impl Job {
                 b
             }
             Rw::Randread | Rw::Randwrite => {
-                self.rng ^= self.rng << 13;
-                self.rng ^= self.rng >> 7;
-                self.rng ^= self.rng << 17;
-                self.rng % self.blocks
+                // splitmix64: every output bit well mixed.
+                self.rng = self.rng.wrapping_add(0x9E37_79B9_7F4A_7C15);
+                let mut z = self.rng;
+                z = (z ^ (z >> 30)).wrapping_mul(0xBF58_476D_1CE4_E5B9);
+                z = (z ^ (z >> 27)).wrapping_mul(0x94D0_49BB_1331_11EB);
+                (z ^ (z >> 31)) % self.blocks
             }
         };
         block * self.bs as u64
