@@ -47,6 +47,12 @@ pub struct DiskArgs {
     /// Storage backend (io_uring falls back to pread/pwrite only when asked to with sync).
     #[arg(long, value_enum, default_value = "io-uring")]
     backend: BackendArg,
+    /// CPU to pin to, as an engine core is pinned (default: the one the engine's plan
+    /// picks first); `--no-pin` runs unpinned.
+    #[arg(long)]
+    cpu: Option<usize>,
+    #[arg(long, conflicts_with = "cpu")]
+    no_pin: bool,
 }
 
 pub fn run(args: &DiskArgs) -> Result<(), BenchError> {
@@ -66,6 +72,9 @@ pub fn run(args: &DiskArgs) -> Result<(), BenchError> {
         std::fs::create_dir_all(dir)?;
     }
     let depth = args.iodepth.max(1);
+    if !args.no_pin {
+        pin(args.cpu)?;
+    }
     let mut pool = BufferPool::new(
         &PoolConfig {
             classes: vec![SizeClass {
@@ -227,4 +236,23 @@ fn lay_out(
     out.clear();
     storage.wait(&mut out)?;
     Ok(())
+}
+
+/// Pins this thread like an engine core: to `cpu`, or to the first CPU of the engine's plan.
+fn pin(cpu: Option<usize>) -> Result<(), BenchError> {
+    use nacre_engine::topology;
+    let cpu = match cpu {
+        Some(c) => c,
+        None => {
+            let allowed = topology::allowed_cpus();
+            let planned = topology::discover()
+                .ok()
+                .and_then(|m| topology::choose_cpus(&m, &allowed, None, None, 1).ok());
+            planned
+                .and_then(|c| c.first().copied())
+                .or_else(|| allowed.first().copied())
+                .ok_or_else(|| BenchError::msg("no CPU to run on"))?
+        }
+    };
+    Ok(topology::pin_current_thread(cpu)?)
 }
