@@ -152,8 +152,26 @@ fn connect_retrying(host: &str, port: u16) -> io::Result<TcpStream> {
     Err(last.expect("at least one attempt"))
 }
 
+/// The start of every fabric bench: the control connection, then our endpoint with the
+/// peer's address in it.
+pub fn connect(
+    args: &crate::CommonArgs,
+    cfg: &EndpointConfig,
+) -> Result<(Control, Endpoint, PeerAddr), crate::BenchError> {
+    let role = args.role();
+    let mut ctl = Control::establish(&role)?;
+    let (ep, peer) = connect_fabric(
+        args.provider.as_deref(),
+        args.domain.as_deref(),
+        &mut ctl,
+        &role,
+        cfg,
+    )?;
+    Ok((ctl, ep, peer))
+}
+
 /// Opens our endpoint and exchanges names with the peer (server first, as fi_pingpong).
-pub fn connect_fabric(
+fn connect_fabric(
     provider: Option<&str>,
     domain: Option<&str>,
     ctl: &mut Control,

@@ -9,7 +9,7 @@ use nacre_fabric::{
     Access, Completion, Endpoint, EndpointConfig, Memory, MemoryRegion, OpKind, PeerAddr,
 };
 
-use crate::control::{connect_fabric, Control};
+use crate::control::{connect, Control};
 use crate::format::{parse_sizes, row, HEADER};
 use crate::{BenchError, CommonArgs};
 
@@ -18,20 +18,12 @@ const TX: u64 = 2;
 const ALPHABET: &[u8] = b"0123456789abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ";
 
 pub fn run(args: &CommonArgs, check: bool) -> Result<(), BenchError> {
-    let role = args.role();
-    let mut ctl = Control::establish(&role)?;
     let cfg = EndpointConfig {
         max_tx: 16,
         max_rx: 16,
         ..Default::default()
     };
-    let (ep, peer) = connect_fabric(
-        args.provider.as_deref(),
-        args.domain.as_deref(),
-        &mut ctl,
-        &role,
-        &cfg,
-    )?;
+    let (mut ctl, ep, peer) = connect(args, &cfg)?;
     let sizes = parse_sizes(args.sizes.as_deref(), ep.max_msg_size() as u64).map_err(BenchError)?;
     let max = sizes.iter().copied().max().unwrap_or(0).max(64) as usize;
     let mut pp = Pingpong::new(ep, peer, max, check)?;

@@ -7,7 +7,7 @@ use std::time::Instant;
 
 use nacre_fabric::{Access, Completion, EndpointConfig, Memory, OpKind, RemoteRegion};
 
-use crate::control::{connect_fabric, Control};
+use crate::control::connect;
 use crate::format::{cnt_str, parse_sizes, size_str, HEADER};
 use crate::{BenchError, CommonArgs};
 
@@ -21,21 +21,13 @@ pub enum RmaOp {
 const DEFAULT_SIZES: &str = "65536,262144,1048576,4194304";
 
 pub fn run(args: &CommonArgs, op: RmaOp, window: usize, distinct: bool) -> Result<(), BenchError> {
-    let role = args.role();
-    let mut ctl = Control::establish(&role)?;
     let window = window.max(1);
     let cfg = EndpointConfig {
         max_tx: window,
         max_rx: 4,
         ..Default::default()
     };
-    let (mut ep, peer) = connect_fabric(
-        args.provider.as_deref(),
-        args.domain.as_deref(),
-        &mut ctl,
-        &role,
-        &cfg,
-    )?;
+    let (mut ctl, mut ep, peer) = connect(args, &cfg)?;
     let sizes = parse_sizes(
         Some(args.sizes.as_deref().unwrap_or(DEFAULT_SIZES)),
         ep.max_msg_size() as u64,
