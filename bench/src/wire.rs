@@ -91,8 +91,9 @@ fn serve(args: &WireArgs, role: &Role, ctl: &mut Control, bs: usize) -> Result<(
     let engine = Engine::start(&cfg, move |_, core| BulkWrite::new(core, &path))?;
     ctl.send(&engine.cores()[0].fabric_name)?;
     ctl.recv()?; // the client says when it is done
-    let metrics = engine.stop();
-    eprintln!("server core: {:?}", metrics.first());
+    for (core, m) in engine.stop().iter().enumerate() {
+        eprint!("{}", m.prometheus(core));
+    }
     Ok(())
 }
 

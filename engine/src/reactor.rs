@@ -92,6 +92,52 @@ pub struct CoreMetrics {
     pub replies_dropped: u64,
 }
 
+impl CoreMetrics {
+    /// The counters in Prometheus text exposition format, labelled with the core index,
+    /// for a server's metrics endpoint or the CLI.
+    pub fn prometheus(&self, core: usize) -> String {
+        let counters: [(&str, &str, u64); 10] = [
+            ("turns", "Turns of the core's loop", self.turns),
+            ("idle_turns", "Turns that found no work", self.idle_turns),
+            (
+                "backoff_sleeps",
+                "Idle turns that slept (back-off)",
+                self.backoff_sleeps,
+            ),
+            ("requests", "Requests from known sessions", self.requests),
+            ("replies", "Replies sent", self.replies),
+            ("malformed", "Messages that did not decode", self.malformed),
+            (
+                "unknown_session",
+                "Messages from unknown sessions",
+                self.unknown_session,
+            ),
+            (
+                "fabric_errors",
+                "Fabric error completions and call failures",
+                self.fabric_errors,
+            ),
+            (
+                "storage_completions",
+                "Storage operations completed",
+                self.storage_completions,
+            ),
+            (
+                "replies_dropped",
+                "Replies that could not be sent",
+                self.replies_dropped,
+            ),
+        ];
+        let mut out = String::new();
+        for (name, help, value) in counters {
+            out.push_str(&format!(
+                "# HELP nacre_core_{name}_total {help}.\n# TYPE nacre_core_{name}_total counter\nnacre_core_{name}_total{{core=\"{core}\"}} {value}\n"
+            ));
+        }
+        out
+    }
+}
+
 /// A request as a service sees it.
 pub struct Request<'a> {
     pub header: Header,
@@ -540,5 +586,24 @@ impl<S: Service> Reactor<S> {
             self.idle_step(worked);
         }
         false
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn metrics_render_as_prometheus_text() {
+        let m = CoreMetrics {
+            requests: 7,
+            backoff_sleeps: 2,
+            ..Default::default()
+        };
+        let text = m.prometheus(3);
+        assert!(text.contains("# TYPE nacre_core_requests_total counter\n"));
+        assert!(text.contains("nacre_core_requests_total{core=\"3\"} 7\n"));
+        assert!(text.contains("nacre_core_backoff_sleeps_total{core=\"3\"} 2\n"));
+        assert_eq!(text.lines().filter(|l| !l.starts_with('#')).count(), 10);
     }
 }
