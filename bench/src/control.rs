@@ -183,16 +183,9 @@ fn connect_fabric(
     } else {
         ctl.local_ip()?.to_string()
     };
-    let wanted = Selection {
-        provider: provider.map(str::to_string),
-        ..Default::default()
-    }
-    .wanted_provider();
-    // shm addresses are not IP addresses; every other provider serves from `node`.
-    let node = (wanted.as_deref() != Some("shm")).then_some(node);
     let sel = Selection {
         provider: provider.map(str::to_string),
-        node,
+        node: Some(node),
         service: None,
         domain: domain.map(str::to_string),
     };

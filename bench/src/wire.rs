@@ -60,12 +60,11 @@ pub fn run(args: &WireArgs) -> Result<(), BenchError> {
 // ---------------------------------------------------------------- server side
 
 fn serve(args: &WireArgs, role: &Role, ctl: &mut Control, bs: usize) -> Result<(), BenchError> {
-    let provider = args.common.provider.clone();
     let cfg = EngineConfig {
         cores: 1,
         fabric: nacre_fabric::Selection {
-            provider: provider.clone(),
-            node: (provider.as_deref() != Some("shm")).then(|| role.src_addr.clone()),
+            provider: args.common.provider.clone(),
+            node: Some(role.src_addr.clone()),
             ..Default::default()
         },
         endpoint: EndpointConfig::default(),
@@ -146,7 +145,7 @@ impl BulkWrite {
             };
             if let Err(e) = posted {
                 tracing::warn!("pulling a bulk buffer: {e}");
-                core.reply(p.peer, &p.header, -libc_eio(), &[]);
+                core.reply(p.peer, &p.header, -EIO, &[]);
                 let _ = core.pool.put(buf);
                 self.free.push(id);
                 continue;
@@ -173,24 +172,18 @@ impl BulkWrite {
 impl Service for BulkWrite {
     fn on_request(&mut self, core: &mut Core, req: Request<'_>) {
         if req.header.opcode != Opcode::BULK_WRITE || self.file.is_none() {
-            return core.reply(req.peer, &req.header, -38, &[]); // ENOSYS
+            return core.reply(req.peer, &req.header, -ENOSYS, &[]);
         }
         let mut r = BodyReader::new(req.body);
         let parsed = r.u64().and_then(|offset| Ok((offset, r.bulk()?)));
         let Ok((offset, desc)) = parsed else {
-            return core.reply(req.peer, &req.header, -74, &[]); // EBADMSG
+            return core.reply(req.peer, &req.header, -EBADMSG, &[]);
         };
         let Ok(remote) = RemoteRegion::decode(&desc.to_bytes()) else {
-            return core.reply(req.peer, &req.header, -74, &[]);
+            return core.reply(req.peer, &req.header, -EBADMSG, &[]);
         };
-        if core.pool.available(remote.len() as usize) == 0
-            && core
-                .pool
-                .usage()
-                .iter()
-                .all(|&(s, _, _)| s < remote.len() as usize)
-        {
-            return core.reply(req.peer, &req.header, -90, &[]); // EMSGSIZE: no class that large
+        if !core.pool.serves(remote.len() as usize) {
+            return core.reply(req.peer, &req.header, -EMSGSIZE, &[]); // no slab that large
         }
         self.waiting.push_back(Pending {
             peer: req.peer,
@@ -209,7 +202,7 @@ impl Service for BulkWrite {
         };
         if let Some(e) = failed {
             tracing::warn!("bulk pull failed: {e}");
-            return self.finish(core, id, -libc_eio(), None);
+            return self.finish(core, id, -EIO, None);
         }
         let Some(p) = self.active.get_mut(id).and_then(Option::as_mut) else {
             return;
@@ -219,7 +212,7 @@ impl Service for BulkWrite {
         let file = self.file.expect("checked at request time");
         if let Err((e, buf)) = core.storage.write(file, buf, len, p.offset, id as u64) {
             tracing::warn!("bulk write refused: {e}");
-            self.finish(core, id, -22, Some(buf)); // EINVAL (alignment)
+            self.finish(core, id, -EINVAL, Some(buf)); // misaligned
         }
     }
 
@@ -237,20 +230,21 @@ impl Service for BulkWrite {
     }
 }
 
-fn libc_eio() -> i32 {
-    5
-}
+/// The errnos the service answers with (negated in replies).
+const EIO: i32 = 5;
+const EINVAL: i32 = 22;
+const ENOSYS: i32 = 38;
+const EBADMSG: i32 = 74;
+const EMSGSIZE: i32 = 90;
 
 // ---------------------------------------------------------------- client side
 
 fn send(args: &WireArgs, ctl: &mut Control, bs: usize, size: u64) -> Result<(), BenchError> {
     let server_name = ctl.recv()?;
-    let provider = args.common.provider.clone();
     // Serve our endpoint from the interface that reaches the server.
-    let local = ctl.local_ip()?.to_string();
     let sel = nacre_fabric::Selection {
-        provider: provider.clone(),
-        node: (provider.as_deref() != Some("shm")).then_some(local),
+        provider: args.common.provider.clone(),
+        node: Some(ctl.local_ip()?.to_string()),
         ..Default::default()
     };
     let depth = args.iodepth.max(1);

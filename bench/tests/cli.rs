@@ -8,12 +8,7 @@ use std::time::{Duration, Instant};
 const BIN: &str = env!("CARGO_BIN_EXE_nacre-bench");
 
 fn provider_available(provider: &str) -> bool {
-    let q = nacre_fabric::Selection::provider(provider);
-    let q = nacre_fabric::Selection {
-        node: (provider != "shm").then_some("127.0.0.1".into()),
-        ..q
-    };
-    match nacre_fabric::Info::find(&q) {
+    match nacre_fabric::Info::find(&nacre_fabric::Selection::provider(provider)) {
         Ok(_) => true,
         Err(e) => {
             nacre_fabric::testing::skip(&format!(

@@ -219,6 +219,11 @@ impl BufferPool {
         Ok(())
     }
 
+    /// Whether any class holds slabs of at least `size` bytes (else `get` never will).
+    pub fn serves(&self, size: usize) -> bool {
+        self.classes.iter().any(|c| c.size >= size)
+    }
+
     /// Free slabs in the class that serves `size`.
     pub fn available(&self, size: usize) -> usize {
         self.classes

@@ -9,7 +9,7 @@
 //! transmit slot), one io_uring submission per turn, cross-core calls, and idle back-off.
 
 use std::collections::VecDeque;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use crossbeam_channel::{Receiver, TryRecvError};
 use nacre_fabric::{
@@ -161,6 +161,7 @@ pub struct Core {
     tx: MemoryRegion,
     tx_free: Vec<u32>,
     tx_backlog: VecDeque<(PeerAddr, Vec<u8>)>,
+    tx_backlog_limit: usize,
     msg_size: usize,
     encode: Vec<u8>,
 }
@@ -217,6 +218,7 @@ impl Core {
             tx,
             tx_free: (0..cfg.tx_slots as u32).rev().collect(),
             tx_backlog: VecDeque::with_capacity(cfg.tx_slots),
+            tx_backlog_limit: cfg.tx_slots,
             msg_size: cfg.msg_size,
             encode: vec![0; cfg.msg_size],
         })
@@ -253,7 +255,7 @@ impl Core {
             return;
         }
         let Some(slot) = self.tx_free.pop() else {
-            if self.tx_backlog.len() < self.tx_backlog.capacity() {
+            if self.tx_backlog.len() < self.tx_backlog_limit {
                 self.tx_backlog
                     .push_back((peer, self.encode[..len].to_vec()));
             } else {
@@ -569,23 +571,6 @@ impl<S: Service> Reactor<S> {
             }
             Err(TryRecvError::Empty) => false,
         }
-    }
-
-    /// Runs turns until `done` says so or `timeout` passes (tests and benches).
-    pub fn run_until(
-        &mut self,
-        timeout: Duration,
-        mut done: impl FnMut(&mut Self) -> bool,
-    ) -> bool {
-        let start = Instant::now();
-        while start.elapsed() < timeout {
-            if done(self) {
-                return true;
-            }
-            let worked = self.turn();
-            self.idle_step(worked);
-        }
-        false
     }
 }
 

@@ -503,77 +503,66 @@ impl Endpoint {
         if !self.backlog.is_empty() {
             return self.drain_backlog(out);
         }
-        let want = out.len().min(CQ_BATCH);
-        if want == 0 {
-            return Ok(0);
-        }
-        let mut raw = [MaybeUninit::<sys::fi_cq_msg_entry>::uninit(); CQ_BATCH];
-        match self.read_cq(&mut raw[..want]) {
-            n if n > 0 => {
-                for (slot, entry) in out.iter_mut().zip(&raw[..n as usize]) {
-                    // SAFETY: fi_cq_read initialised the first n entries.
-                    *slot = self.finish(unsafe { entry.assume_init_ref() });
-                }
-                Ok(n as usize)
-            }
-            n if n == -EAGAIN => Ok(0),
-            n if n == -EAVAIL => Err(ErrorKind::Completion(self.read_error()).into()),
-            n => Err(call_error("fi_cq_read", n)),
-        }
-    }
-
-    /// One fi_cq_read into an uninitialised batch (this runs on every spin of a poll
-    /// loop: zeroing the batch each time would cost more than the call).
-    #[inline]
-    fn read_cq(&self, raw: &mut [MaybeUninit<sys::fi_cq_msg_entry>]) -> isize {
-        // SAFETY: cq is open and was opened with FI_CQ_FORMAT_MSG; raw has room for
-        // raw.len() entries, of which the provider initialises as many as it returns.
-        unsafe { sys::hot::cq_read(self.cq, raw.as_mut_ptr() as *mut c_void, raw.len()) }
-    }
-
-    /// Polls until one completion (or error completion) arrives or `timeout` passes.
-    pub fn wait(&mut self, timeout: Duration) -> Result<Completion> {
-        let start = Instant::now();
-        let mut out = [Completion {
-            context: 0,
-            kind: OpKind::Send,
-            len: 0,
-        }];
-        let mut spins = 0u32;
-        loop {
-            if self.poll(&mut out)? == 1 {
-                return Ok(out[0]);
-            }
-            spins = spins.wrapping_add(1);
-            if spins.is_multiple_of(1024) && start.elapsed() > timeout {
-                return Err(ErrorKind::Timeout {
-                    what: "waiting for a completion",
-                    secs: start.elapsed().as_secs_f64(),
-                }
-                .into());
-            }
+        let mut n = 0;
+        match self.read_batch(out.len(), |i, c| {
+            out[i] = c;
+            n += 1;
+        })? {
+            Some(e) => Err(ErrorKind::Completion(e).into()),
+            None => Ok(n),
         }
     }
 
     /// Drives the provider (manual progress) and keeps what completes for the next poll.
     /// A target of RMA must call this (or poll) for the initiator's operations to advance.
     pub fn progress(&mut self) -> Result<()> {
+        let mut got = [Completion {
+            context: 0,
+            kind: OpKind::Send,
+            len: 0,
+        }; CQ_BATCH];
+        let mut n = 0;
+        let failed = self.read_batch(CQ_BATCH, |i, c| {
+            got[i] = c;
+            n += 1;
+        })?;
+        self.backlog.extend(got[..n].iter().copied().map(Ok));
+        if let Some(e) = failed {
+            self.backlog.push_back(Err(e));
+        }
+        Ok(())
+    }
+
+    /// One fi_cq_read of up to `want` entries: each success goes to `sink` (with its
+    /// index), and the error completion at the head of the queue, if that is what the
+    /// queue holds, is returned.
+    #[inline]
+    fn read_batch(
+        &mut self,
+        want: usize,
+        mut sink: impl FnMut(usize, Completion),
+    ) -> Result<Option<Box<CompletionError>>> {
+        let want = want.min(CQ_BATCH);
+        if want == 0 {
+            return Ok(None);
+        }
+        // Uninitialised: this runs on every spin of a poll loop, and zeroing the batch
+        // each time would cost more than the call.
         let mut raw = [MaybeUninit::<sys::fi_cq_msg_entry>::uninit(); CQ_BATCH];
-        match self.read_cq(&mut raw) {
+        // SAFETY: cq is open and was opened with FI_CQ_FORMAT_MSG; raw has room for
+        // `want` entries, of which the provider initialises as many as it returns.
+        let rc = unsafe { sys::hot::cq_read(self.cq, raw.as_mut_ptr() as *mut c_void, want) };
+        match rc {
             n if n > 0 => {
-                for entry in &raw[..n as usize] {
+                for (i, entry) in raw[..n as usize].iter().enumerate() {
                     // SAFETY: fi_cq_read initialised the first n entries.
                     let done = self.finish(unsafe { entry.assume_init_ref() });
-                    self.backlog.push_back(Ok(done));
+                    sink(i, done);
                 }
-                Ok(())
+                Ok(None)
             }
-            n if n == -EAGAIN => Ok(()),
-            n if n == -EAVAIL => {
-                let err = self.read_error();
-                self.backlog.push_back(Err(err));
-                Ok(())
-            }
+            n if n == -EAGAIN => Ok(None),
+            n if n == -EAVAIL => Ok(Some(self.read_error())),
             n => Err(call_error("fi_cq_read", n)),
         }
     }

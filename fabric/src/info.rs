@@ -146,8 +146,18 @@ struct InfoList {
 impl InfoList {
     fn query(sel: &Selection, provider: Option<&str>) -> Result<InfoList> {
         let hints = Hints::new(provider, sel.domain.as_deref())?;
-        let node = sel.node.as_deref().map(cstring).transpose()?;
-        let service = sel.service.as_deref().map(cstring).transpose()?;
+        // shm names its shared-memory region after the source node: given an IP address,
+        // every process on the host would claim the same region (fi_enable: EBUSY). Its
+        // addresses are local names, so the node the caller serves from does not apply.
+        let local_only = provider == Some("shm");
+        let node = match &sel.node {
+            Some(n) if !local_only => Some(cstring(n)?),
+            _ => None,
+        };
+        let service = match &sel.service {
+            Some(s) if !local_only => Some(cstring(s)?),
+            _ => None,
+        };
         let flags = if node.is_some() || service.is_some() {
             sys::FI_SOURCE
         } else {

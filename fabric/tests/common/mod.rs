@@ -14,11 +14,7 @@ pub const WAIT: Duration = Duration::from_secs(30);
 
 /// The selection tests use: provider on loopback.
 pub fn selection(provider: &str) -> Selection {
-    let mut sel = Selection::provider(provider);
-    if provider == "shm" {
-        sel.node = None; // shm names are not IP addresses
-    }
-    sel
+    Selection::provider(provider)
 }
 
 /// Some(info) when the provider exists here, else prints why it is skipped.
