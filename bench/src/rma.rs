@@ -5,7 +5,7 @@
 
 use std::time::Instant;
 
-use nacre_fabric::{Access, Completion, EndpointConfig, Memory, OpKind, RemoteRegion};
+use nacre_fabric::{Access, BulkDesc, Completion, EndpointConfig, Memory, OpKind};
 
 use crate::control::connect;
 use crate::format::{cnt_str, parse_sizes, size_str, HEADER};
@@ -40,7 +40,7 @@ pub fn run(args: &CommonArgs, op: RmaOp, window: usize, distinct: bool) -> Resul
         // The target: one region the client reads from or writes to; progress until done.
         let region = ep.register(Memory::anonymous(max)?, Access::ALL)?;
         region.fill(0, max, 0x5a)?;
-        ctl.send(&region.remote_all()?.encode())?;
+        ctl.send(&region.remote_all()?.to_bytes())?;
         let mut spins = 0u32;
         loop {
             ep.progress()?;
@@ -51,7 +51,7 @@ pub fn run(args: &CommonArgs, op: RmaOp, window: usize, distinct: bool) -> Resul
         }
     }
 
-    let remote = RemoteRegion::decode(&ctl.recv()?)?;
+    let remote = BulkDesc::from_bytes(&ctl.recv()?)?;
     // Like fabtests' fi_rma_bw, every operation of the window uses one local buffer unless
     // asked otherwise: the figure is the fabric's, not the CPU cache's.
     let buffers = if distinct { window } else { 1 };

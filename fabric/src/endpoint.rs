@@ -18,7 +18,8 @@ use nacre_sys as sys;
 
 use crate::error::{call_error, check, strerror, CompletionError, ErrorKind, Result};
 use crate::info::{mr_mode_names, Info, ProviderSummary};
-use crate::memory::{Access, LocalSlice, Memory, MemoryRegion, MrInner, RemoteRegion};
+use crate::memory::{remote_target, Access, LocalSlice, Memory, MemoryRegion, MrInner};
+use nacre_proto::BulkDesc;
 
 const EAGAIN: isize = sys::FI_EAGAIN as isize;
 const EAVAIL: isize = sys::FI_EAVAIL as isize;
@@ -59,7 +60,10 @@ pub struct EndpointConfig {
     pub max_rx: usize,
     /// Peers the address vector is sized for (it may grow).
     pub av_size: usize,
-    /// How long a post may keep meeting FI_EAGAIN (while progressing) before giving up.
+    /// How long a post may keep meeting FI_EAGAIN or a full queue (while progressing)
+    /// before giving up. Zero: never wait; such a post returns [`ErrorKind::Again`] at
+    /// once and the caller retries it later (what an engine core does, so that one slow
+    /// peer never stops its loop).
     pub post_timeout: Duration,
 }
 
@@ -121,6 +125,9 @@ pub struct Endpoint {
     name: Vec<u8>,
     peers: Vec<sys::fi_addr_t>,
     backlog: VecDeque<Result<Completion, Box<CompletionError>>>,
+    slots: OpSlots,
+    /// Flags of RMA writes: FI_DELIVERY_COMPLETE where the provider takes it.
+    write_flags: u64,
     inject_size: usize,
     max_msg_size: usize,
     post_timeout: Duration,
@@ -137,34 +144,80 @@ pub struct Endpoint {
     domain: Rc<Domain>,
 }
 
-/// Operation contexts carry the caller's context in their low 59 bits and the kind of
-/// operation above it: completions need no lookup table, and no provider needs
-/// FI_CONTEXT storage from us (hints carry mode = 0).
-const KIND_SHIFT: u32 = 59;
-/// The largest context a caller may give.
-pub const MAX_CONTEXT: u64 = (1 << KIND_SHIFT) - 1;
-
-fn encode_context(context: u64, kind: OpKind) -> *mut c_void {
-    // Codes start at 1 so that no context is ever NULL: a NULL context in an error
-    // completion means "no operation of ours".
-    let code = match kind {
-        OpKind::Send => 1u64,
-        OpKind::Recv => 2,
-        OpKind::Read => 3,
-        OpKind::Write => 4,
-    };
-    (context | code << KIND_SHIFT) as usize as *mut c_void
+/// Per-operation state, one slot per operation in flight: the caller's context, the
+/// kind of operation, and the registration it uses (held until the completion is read,
+/// so a registration is never released under an operation). `ctx` comes first: its
+/// address is the context libfabric carries, and it is the FI_CONTEXT / FI_CONTEXT2
+/// storage that providers asking for those modes write into.
+#[repr(C)]
+struct OpSlot {
+    ctx: sys::fi_context2,
+    context: u64,
+    kind: OpKind,
+    region: Option<Rc<MrInner>>,
 }
 
-fn decode_context(raw: *mut c_void) -> (u64, OpKind) {
-    let raw = raw as usize as u64;
-    let kind = match raw >> KIND_SHIFT {
-        2 => OpKind::Recv,
-        3 => OpKind::Read,
-        4 => OpKind::Write,
-        _ => OpKind::Send,
-    };
-    (raw & MAX_CONTEXT, kind)
+/// A bounded table of [`OpSlot`]s, allocated once: pointers into it stay valid for the
+/// endpoint's life. Sized for every transmit and receive the endpoint admits, so a post
+/// that passed the queue checks always finds a slot.
+struct OpSlots {
+    slots: Box<[OpSlot]>,
+    free: Vec<u32>,
+}
+
+impl OpSlots {
+    fn new(count: usize) -> OpSlots {
+        let slots = (0..count)
+            .map(|_| OpSlot {
+                ctx: sys::fi_context2::default(),
+                context: 0,
+                kind: OpKind::Send,
+                region: None,
+            })
+            .collect();
+        OpSlots {
+            slots,
+            free: (0..count as u32).rev().collect(),
+        }
+    }
+
+    /// Takes a slot for an operation; its address is the libfabric context.
+    #[inline]
+    fn take(&mut self, context: u64, kind: OpKind, region: &Rc<MrInner>) -> Option<u32> {
+        let i = self.free.pop()?;
+        let slot = &mut self.slots[i as usize];
+        slot.context = context;
+        slot.kind = kind;
+        region.busy.set(region.busy.get() + 1);
+        slot.region = Some(region.clone());
+        Some(i)
+    }
+
+    #[inline]
+    fn pointer(&mut self, i: u32) -> *mut c_void {
+        &mut self.slots[i as usize] as *mut OpSlot as *mut c_void
+    }
+
+    /// The slot a context pointer names, if it is one of ours.
+    #[inline]
+    fn index_of(&self, raw: *mut c_void) -> Option<u32> {
+        let base = self.slots.as_ptr() as usize;
+        let size = std::mem::size_of::<OpSlot>();
+        let off = (raw as usize).checked_sub(base)?;
+        (off % size == 0 && off / size < self.slots.len()).then_some((off / size) as u32)
+    }
+
+    /// Frees slot `i` (the operation is done): returns its context and kind, and lets go
+    /// of its registration.
+    #[inline]
+    fn release(&mut self, i: u32) -> (u64, OpKind) {
+        let slot = &mut self.slots[i as usize];
+        if let Some(r) = slot.region.take() {
+            r.busy.set(r.busy.get().saturating_sub(1));
+        }
+        self.free.push(i);
+        (slot.context, slot.kind)
+    }
 }
 
 impl Endpoint {
@@ -181,6 +234,8 @@ impl Endpoint {
             name: Vec::new(),
             peers: Vec::with_capacity(cfg.av_size),
             backlog: VecDeque::with_capacity(max_tx + max_rx),
+            slots: OpSlots::new(max_tx + max_rx),
+            write_flags: sys::FI_COMPLETION | sys::FI_DELIVERY_COMPLETE,
             inject_size: info.inject_size(),
             max_msg_size: info.max_msg_size(),
             post_timeout: cfg.post_timeout,
@@ -404,11 +459,13 @@ impl Endpoint {
     }
 
     /// Gives up this endpoint's hold on a registration (it closes when the last
-    /// `MemoryRegion` handle goes). Refused while any operation is in flight, since the
-    /// layer does not track which registration each one uses.
+    /// `MemoryRegion` handle goes). Refused while an operation posted on that
+    /// registration has not completed; operations on other registrations (posted
+    /// receives, say) do not matter.
     pub fn deregister(&mut self, region: &MemoryRegion) -> Result<()> {
-        if self.in_flight() > 0 {
-            return Err(ErrorKind::Busy(self.in_flight()).into());
+        let busy = region.busy();
+        if busy > 0 {
+            return Err(ErrorKind::Busy(busy as usize).into());
         }
         self.registrations.retain(|r| !Rc::ptr_eq(r, &region.inner));
         Ok(())
@@ -419,7 +476,7 @@ impl Endpoint {
         self.check_msg(src.len)?;
         let dest = self.fi_addr(to)?;
         let (ep, buf, len, desc) = (self.ep, src.ptr(), src.len, self.desc(&src)?);
-        self.post(OpKind::Send, context, "fi_send", |ctx| {
+        self.post(OpKind::Send, context, &src, "fi_send", |ctx| {
             // SAFETY: buf/len lie in a live registration (held by the op's slot until its
             // completion is read), desc is its descriptor, dest is in our AV.
             unsafe { sys::hot::send(ep, buf, len, desc, dest, ctx) }
@@ -430,7 +487,7 @@ impl Endpoint {
     pub fn post_recv(&mut self, dst: LocalSlice<'_>, context: u64) -> Result<()> {
         self.check_msg(dst.len)?;
         let (ep, buf, len, desc) = (self.ep, dst.ptr(), dst.len, self.desc(&dst)?);
-        self.post(OpKind::Recv, context, "fi_recv", |ctx| {
+        self.post(OpKind::Recv, context, &dst, "fi_recv", |ctx| {
             // SAFETY: as in post_send; the buffer is written only by the provider until the
             // completion is read.
             unsafe { sys::hot::recv(ep, buf, len, desc, sys::FI_ADDR_UNSPEC, ctx) }
@@ -442,39 +499,58 @@ impl Endpoint {
         &mut self,
         dst: LocalSlice<'_>,
         from: PeerAddr,
-        src: &RemoteRegion,
+        src: &BulkDesc,
         offset: u64,
         context: u64,
     ) -> Result<()> {
         self.check_msg(dst.len)?;
         let peer = self.fi_addr(from)?;
-        let addr = src.target(offset, dst.len)?;
-        let key = src.key();
+        let addr = remote_target(src, offset, dst.len)?;
+        let key = src.key;
         let (ep, buf, len, desc) = (self.ep, dst.ptr(), dst.len, self.desc(&dst)?);
-        self.post(OpKind::Read, context, "fi_read", |ctx| {
+        self.post(OpKind::Read, context, &dst, "fi_read", |ctx| {
             // SAFETY: local side as in post_recv; the remote range was bounds-checked against
             // the peer's descriptor.
             unsafe { sys::fi_read(ep, buf, len, desc, peer, addr, key, ctx) }
         })
     }
 
-    /// Writes `src` to `offset` of the peer's region.
+    /// Writes `src` to `offset` of the peer's region. Its completion means the bytes are
+    /// in the peer's memory (FI_DELIVERY_COMPLETE), not only sent: a message posted after
+    /// it (the reply of a read) can never be seen before the data, on any provider.
     pub fn post_write(
         &mut self,
         src: LocalSlice<'_>,
         to: PeerAddr,
-        dst: &RemoteRegion,
+        dst: &BulkDesc,
         offset: u64,
         context: u64,
     ) -> Result<()> {
         self.check_msg(src.len)?;
         let peer = self.fi_addr(to)?;
-        let addr = dst.target(offset, src.len)?;
-        let key = dst.key();
+        let addr = remote_target(dst, offset, src.len)?;
+        let (key, flags) = (dst.key, self.write_flags);
         let (ep, buf, len, desc) = (self.ep, src.ptr(), src.len, self.desc(&src)?);
-        self.post(OpKind::Write, context, "fi_write", |ctx| {
-            // SAFETY: as in post_read.
-            unsafe { sys::fi_write(ep, buf, len, desc, peer, addr, key, ctx) }
+        self.post(OpKind::Write, context, &src, "fi_writemsg", |ctx| {
+            let mut iov = libc::iovec {
+                iov_base: buf,
+                iov_len: len,
+            };
+            let mut desc = desc;
+            let rma = sys::fi_rma_iov { addr, len, key };
+            let msg = sys::fi_msg_rma {
+                msg_iov: &mut iov as *mut libc::iovec as *const _,
+                desc: &mut desc,
+                iov_count: 1,
+                addr: peer,
+                rma_iov: &rma,
+                rma_iov_count: 1,
+                context: ctx,
+                data: 0,
+            };
+            // SAFETY: as in post_read; msg and what it points to live across the call, and
+            // libfabric copies the message description before returning.
+            unsafe { sys::fi_writemsg(ep, &msg, flags) }
         })
     }
 
@@ -591,7 +667,14 @@ impl Endpoint {
     /// Turns a CQ entry into a Completion and counts the operation done.
     #[inline]
     fn finish(&mut self, entry: &sys::fi_cq_msg_entry) -> Completion {
-        let (context, kind) = decode_context(entry.op_context);
+        let (context, kind) = match self.slots.index_of(entry.op_context) {
+            Some(i) => self.slots.release(i),
+            None => {
+                // Not a context of ours: a provider bug; count nothing, surface it.
+                debug_assert!(false, "completion with a foreign context");
+                (u64::MAX, kind_of_flags(entry.flags))
+            }
+        };
         self.count_done(kind);
         Completion {
             context,
@@ -641,12 +724,14 @@ impl Endpoint {
                 CStr::from_ptr(p).to_string_lossy().into_owned()
             }
         };
-        let (context, kind) = if e.op_context.is_null() {
-            (None, kind_of_flags(e.flags))
-        } else {
-            let (context, kind) = decode_context(e.op_context);
-            self.count_done(kind);
-            (Some(context), kind)
+        // Some providers report a dead peer with an error that belongs to no operation.
+        let (context, kind) = match self.slots.index_of(e.op_context) {
+            Some(i) => {
+                let (context, kind) = self.slots.release(i);
+                self.count_done(kind);
+                (Some(context), kind)
+            }
+            None => (None, kind_of_flags(e.flags)),
         };
         Box::new(CompletionError {
             context,
@@ -685,27 +770,38 @@ impl Endpoint {
         }
     }
 
-    /// Posts an operation (progressing on FI_EAGAIN) within the per-direction limit.
+    /// Posts an operation within the per-direction limit, in a slot that holds its
+    /// context and registration until the completion is read.
     #[inline]
     fn post(
         &mut self,
         kind: OpKind,
         context: u64,
+        on: &LocalSlice<'_>,
         call: &'static str,
         mut op: impl FnMut(*mut c_void) -> isize,
     ) -> Result<()> {
-        if context > MAX_CONTEXT {
-            return Err(ErrorKind::BadContext(context).into());
-        }
         self.make_room(kind)?;
-        let ctx = encode_context(context, kind);
-        self.retry(call, || op(ctx))?;
+        let i = self
+            .slots
+            .take(context, kind, &on.region.inner)
+            .ok_or_else(|| ErrorKind::QueueFull(self.limit(kind)))?;
+        let ctx = self.slots.pointer(i);
+        if let Err(e) = self.retry(call, || op(ctx)) {
+            self.slots.release(i);
+            return Err(e);
+        }
         if kind == OpKind::Recv {
             self.rx_used += 1;
         } else {
             self.tx_used += 1;
         }
         Ok(())
+    }
+
+    /// Whether posts wait (progressing) for room, or return [`ErrorKind::Again`].
+    fn waits(&self) -> bool {
+        !self.post_timeout.is_zero()
     }
 
     fn has_room(&self, kind: OpKind) -> bool {
@@ -740,6 +836,13 @@ impl Endpoint {
         if kind == OpKind::Recv {
             return Err(ErrorKind::QueueFull(self.limit(kind)).into());
         }
+        if !self.waits() {
+            self.progress()?;
+            return match self.has_room(kind) {
+                true => Ok(()),
+                false => Err(ErrorKind::Again("the transmit queue is full").into()),
+            };
+        }
         let start = Instant::now();
         while !self.has_room(kind) {
             self.progress()?;
@@ -771,6 +874,14 @@ impl Endpoint {
         call: &'static str,
         mut op: impl FnMut() -> isize,
     ) -> Result<()> {
+        if !self.waits() {
+            self.progress()?;
+            return match op() {
+                0 => Ok(()),
+                rc if rc == -EAGAIN => Err(ErrorKind::Again(call).into()),
+                rc => Err(call_error(call, rc)),
+            };
+        }
         let start = Instant::now();
         let mut tries = 0u32;
         loop {
@@ -833,12 +944,15 @@ mod tests {
     use super::*;
 
     #[test]
-    fn contexts_carry_the_kind_and_are_never_null() {
-        for kind in [OpKind::Send, OpKind::Recv, OpKind::Read, OpKind::Write] {
-            for ctx in [0, 1, 0xdead_beef, MAX_CONTEXT] {
-                assert!(!encode_context(ctx, kind).is_null());
-                assert_eq!(decode_context(encode_context(ctx, kind)), (ctx, kind));
-            }
-        }
+    fn op_slots_name_only_their_own_addresses() {
+        let slots = OpSlots::new(4);
+        let base = slots.slots.as_ptr() as usize;
+        let size = std::mem::size_of::<OpSlot>();
+        assert_eq!(slots.index_of(base as *mut c_void), Some(0));
+        assert_eq!(slots.index_of((base + 3 * size) as *mut c_void), Some(3));
+        assert_eq!(slots.index_of((base + 4 * size) as *mut c_void), None);
+        assert_eq!(slots.index_of((base + 1) as *mut c_void), None);
+        assert_eq!(slots.index_of(ptr::null_mut()), None);
+        assert_eq!(slots.index_of((base - size) as *mut c_void), None);
     }
 }

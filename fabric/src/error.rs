@@ -72,9 +72,10 @@ pub enum ErrorKind {
     /// A registration cannot be released while operations are in flight.
     #[error("{0} operations are in flight: deregister when the endpoint is quiet")]
     Busy(usize),
-    /// A caller's context does not fit the bits the layer keeps for it.
-    #[error("operation context {0:#x} exceeds {MAX:#x}", MAX = crate::endpoint::MAX_CONTEXT)]
-    BadContext(u64),
+    /// The post would have to wait (FI_EAGAIN, or the queue is full) and the endpoint
+    /// does not wait: progress, then post it again later.
+    #[error("{0}: would block, try again after progress")]
+    Again(&'static str),
     /// Too many operations of one kind are outstanding.
     #[error("{0} operations already outstanding on this endpoint (the queue is full)")]
     QueueFull(usize),

@@ -44,10 +44,11 @@ pub struct Selection {
 }
 
 impl Selection {
+    /// `name` from its default source address (see [`default_node`]).
     pub fn provider(name: &str) -> Self {
         Selection {
             provider: Some(name.to_string()),
-            node: Some("127.0.0.1".to_string()),
+            node: default_node(name).map(str::to_string),
             ..Default::default()
         }
     }
@@ -57,6 +58,18 @@ impl Selection {
         self.provider
             .clone()
             .or_else(|| std::env::var("FI_PROVIDER").ok().filter(|s| !s.is_empty()))
+    }
+}
+
+/// Where an endpoint of `provider` serves from when nobody says: loopback for the
+/// providers addressed by IP (tcp, sockets, udp), so that a one-machine cluster stays off
+/// the network; none for the others (shm names itself, and on EFA or verbs the node is a
+/// device address that only the provider knows): the provider picks, and servers publish
+/// whatever fi_getname returns.
+pub fn default_node(provider: &str) -> Option<&'static str> {
+    match provider {
+        "tcp" | "tcp;ofi_rxm" | "sockets" | "udp" | "udp;ofi_rxd" => Some("127.0.0.1"),
+        _ => None,
     }
 }
 
@@ -228,7 +241,9 @@ impl Hints {
         unsafe {
             let h = &mut *raw;
             h.caps = CAPS;
-            h.mode = 0; // we supply no FI_CONTEXT storage: ask for providers that need none
+            // Every operation has a slot that starts with a struct fi_context2, so providers
+            // that need context storage (FI_CONTEXT, FI_CONTEXT2) match too.
+            h.mode = sys::FI_CONTEXT | sys::FI_CONTEXT2;
             (*h.ep_attr).type_ = sys::fi_ep_type_FI_EP_RDM;
             let d = &mut *h.domain_attr;
             d.mr_mode = MR_MODE_SUPPORTED as i32;

@@ -15,10 +15,13 @@ mod info;
 mod memory;
 pub mod testing;
 
-pub use endpoint::{Completion, Endpoint, EndpointConfig, OpKind, PeerAddr, MAX_CONTEXT};
+pub use endpoint::{Completion, Endpoint, EndpointConfig, OpKind, PeerAddr};
 pub use error::{strerror, CompletionError, Error, ErrorKind, Result};
-pub use info::{list_providers, mr_mode_names, provider_query, Info, ProviderSummary, Selection};
-pub use memory::{Access, LocalSlice, Memory, MemoryRegion, Pages, RemoteRegion};
+pub use info::{
+    default_node, list_providers, mr_mode_names, provider_query, Info, ProviderSummary, Selection,
+};
+pub use memory::{Access, LocalSlice, Memory, MemoryRegion, Pages};
+pub use nacre_proto::BulkDesc;
 
 /// Opens an endpoint on the first provider that matches `sel`.
 pub fn open(sel: &Selection, cfg: &EndpointConfig) -> Result<Endpoint> {

@@ -2,12 +2,15 @@
 //!
 //! Every data call takes a [`LocalSlice`] of a [`MemoryRegion`], so a descriptor is
 //! always passed and the buffer always lies inside a live registration (EFA's
-//! FI_MR_LOCAL rule holds by construction). Remote ranges come as [`RemoteRegion`]s:
-//! the descriptor a peer's registration produced, decoded from its bytes, checked for
-//! bounds before any RMA is posted.
+//! FI_MR_LOCAL rule holds by construction). Remote ranges come as [`BulkDesc`]s (the
+//! wire protocol's descriptor): what a peer's registration produced, checked for bounds
+//! before any RMA is posted.
 
+use std::cell::Cell;
 use std::ffi::c_void;
 use std::rc::Rc;
+
+use nacre_proto::BulkDesc;
 
 use memmap2::{MmapMut, MmapOptions};
 
@@ -142,6 +145,8 @@ pub(crate) struct MrInner {
     pub(crate) ptr: *mut u8,
     pub(crate) len: usize,
     pub(crate) access: Access,
+    /// Operations posted on this registration and not completed yet.
+    pub(crate) busy: Cell<u32>,
     // Dropped after `mr` is closed (see Drop): the registration never outlives them.
     _memory: Memory,
     pub(crate) domain: Rc<Domain>,
@@ -167,6 +172,7 @@ impl MrInner {
             ptr,
             len: memory.len(),
             access,
+            busy: Cell::new(0),
             _memory: memory,
             domain,
         }
@@ -206,6 +212,11 @@ impl MemoryRegion {
         self.inner.key
     }
 
+    /// Operations posted on this registration that have not completed yet.
+    pub fn busy(&self) -> u32 {
+        self.inner.busy.get()
+    }
+
     /// Start of the registered memory, for I/O engines (io_uring) that share the buffer.
     /// Writing through it while the fabric transfers into the same bytes is a data race.
     pub fn as_ptr(&self) -> *mut u8 {
@@ -213,14 +224,14 @@ impl MemoryRegion {
     }
 
     /// The descriptor to hand a peer so it can read or write `[offset, offset+len)`.
-    pub fn remote(&self, offset: usize, len: usize) -> Result<RemoteRegion> {
+    pub fn remote(&self, offset: usize, len: usize) -> Result<BulkDesc> {
         self.check("remote", offset, len)?;
         if self.inner.access.0 & (nacre_sys::FI_REMOTE_READ | nacre_sys::FI_REMOTE_WRITE) == 0 {
             return Err(
                 ErrorKind::BadDescriptor("registration was made without remote access").into(),
             );
         }
-        Ok(RemoteRegion {
+        Ok(BulkDesc {
             addr: self.inner.remote_base + offset as u64,
             len: len as u64,
             key: self.inner.key,
@@ -228,7 +239,7 @@ impl MemoryRegion {
     }
 
     /// The whole registration as a remote descriptor.
-    pub fn remote_all(&self) -> Result<RemoteRegion> {
+    pub fn remote_all(&self) -> Result<BulkDesc> {
         self.remote(0, self.len())
     }
 
@@ -308,67 +319,17 @@ impl LocalSlice<'_> {
     }
 }
 
-/// A peer's registration as it described it: where its bytes are and the key to reach
-/// them. Built by [`MemoryRegion::remote`] on the owner and [`RemoteRegion::decode`] here.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub struct RemoteRegion {
-    addr: u64,
-    len: u64,
-    key: u64,
-}
-
-impl RemoteRegion {
-    /// Size of the wire form: addr, len, key as little-endian u64.
-    pub const ENCODED_LEN: usize = 24;
-
-    pub fn encode(&self) -> [u8; Self::ENCODED_LEN] {
-        let mut out = [0u8; Self::ENCODED_LEN];
-        out[0..8].copy_from_slice(&self.addr.to_le_bytes());
-        out[8..16].copy_from_slice(&self.len.to_le_bytes());
-        out[16..24].copy_from_slice(&self.key.to_le_bytes());
-        out
-    }
-
-    pub fn decode(bytes: &[u8]) -> Result<RemoteRegion> {
-        if bytes.len() != Self::ENCODED_LEN {
-            return Err(ErrorKind::BadDescriptor("expected exactly 24 bytes").into());
+/// The address of `[offset, offset+len)` of a peer's region, after a bounds check.
+pub(crate) fn remote_target(region: &BulkDesc, offset: u64, len: usize) -> Result<u64> {
+    match region.sub(offset, len as u64) {
+        Some(sub) => Ok(sub.addr),
+        None => Err(ErrorKind::OutOfBounds {
+            what: "remote",
+            offset,
+            len: len as u64,
+            size: region.len,
         }
-        let word = |i: usize| u64::from_le_bytes(bytes[i..i + 8].try_into().expect("8 bytes"));
-        let region = RemoteRegion {
-            addr: word(0),
-            len: word(8),
-            key: word(16),
-        };
-        if region.addr.checked_add(region.len).is_none() {
-            return Err(ErrorKind::BadDescriptor("address + length overflows").into());
-        }
-        Ok(region)
-    }
-
-    pub fn len(&self) -> u64 {
-        self.len
-    }
-
-    pub fn is_empty(&self) -> bool {
-        self.len == 0
-    }
-
-    pub fn key(&self) -> u64 {
-        self.key
-    }
-
-    /// The target address of `[offset, offset+len)`, after a bounds check.
-    pub(crate) fn target(&self, offset: u64, len: usize) -> Result<u64> {
-        match offset.checked_add(len as u64) {
-            Some(end) if end <= self.len => Ok(self.addr + offset),
-            _ => Err(ErrorKind::OutOfBounds {
-                what: "remote",
-                offset,
-                len: len as u64,
-                size: self.len,
-            }
-            .into()),
-        }
+        .into()),
     }
 }
 
@@ -377,30 +338,16 @@ mod tests {
     use super::*;
 
     #[test]
-    fn remote_region_round_trips_and_rejects_bad_bytes() {
-        let r = RemoteRegion {
-            addr: 0x7f00_0000_1000,
-            len: 1 << 20,
-            key: 42,
-        };
-        assert_eq!(RemoteRegion::decode(&r.encode()).unwrap(), r);
-        assert!(RemoteRegion::decode(&r.encode()[..23]).is_err());
-        let mut overflow = r.encode();
-        overflow[0..8].copy_from_slice(&u64::MAX.to_le_bytes());
-        assert!(RemoteRegion::decode(&overflow).is_err());
-    }
-
-    #[test]
     fn remote_target_is_bounds_checked() {
-        let r = RemoteRegion {
+        let r = BulkDesc {
             addr: 4096,
             len: 8192,
             key: 1,
         };
-        assert_eq!(r.target(0, 8192).unwrap(), 4096);
-        assert_eq!(r.target(4096, 4096).unwrap(), 8192);
-        assert!(r.target(4097, 4096).is_err());
-        assert!(r.target(u64::MAX, 1).is_err());
+        assert_eq!(remote_target(&r, 0, 8192).unwrap(), 4096);
+        assert_eq!(remote_target(&r, 4096, 4096).unwrap(), 8192);
+        assert!(remote_target(&r, 4097, 4096).is_err());
+        assert!(remote_target(&r, u64::MAX, 1).is_err());
     }
 
     #[test]

@@ -1,7 +1,9 @@
 //! Bounds-checked readers and writers for frame bodies, and the bulk descriptor.
 
-/// A buffer the server reaches by RMA: where it is, how long, and the key. The same
-/// 24 bytes as nacre-fabric's `RemoteRegion` (addr, len, key; little-endian).
+/// A peer's registered memory as it describes it on the wire: where its bytes are (a
+/// virtual address or an offset, per the provider's mr_mode), how many, and the key to
+/// reach them by RMA. The one type for it: nacre-fabric posts RMA against it after a
+/// bounds check, and bodies carry it as 24 little-endian bytes (addr, len, key).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct BulkDesc {
     pub addr: u64,
@@ -11,6 +13,32 @@ pub struct BulkDesc {
 
 impl BulkDesc {
     pub const LEN: usize = 24;
+
+    /// Decodes exactly [`BulkDesc::LEN`] bytes; refuses a range that overflows.
+    pub fn from_bytes(bytes: &[u8]) -> Result<BulkDesc, BodyError> {
+        if bytes.len() != Self::LEN {
+            return Err(BodyError::Short {
+                at: 0,
+                want: Self::LEN,
+                left: bytes.len(),
+            });
+        }
+        BodyReader::new(bytes).bulk()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.len == 0
+    }
+
+    /// A sub-range `[offset, offset+len)` of this one, or None when it does not fit.
+    pub fn sub(&self, offset: u64, len: u64) -> Option<BulkDesc> {
+        let end = offset.checked_add(len)?;
+        (end <= self.len).then_some(BulkDesc {
+            addr: self.addr + offset,
+            len,
+            key: self.key,
+        })
+    }
 
     pub fn to_bytes(&self) -> [u8; Self::LEN] {
         let mut out = [0; Self::LEN];

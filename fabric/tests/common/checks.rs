@@ -3,9 +3,7 @@
 use std::collections::HashSet;
 use std::time::Instant;
 
-use nacre_fabric::{
-    Access, Completion, Endpoint, ErrorKind, Memory, OpKind, PeerAddr, RemoteRegion,
-};
+use nacre_fabric::{Access, BulkDesc, Completion, Endpoint, ErrorKind, Memory, OpKind, PeerAddr};
 
 use super::peer::{PeerInfo, MAX_MSG, REGION_SEED};
 use super::{pattern, WAIT};
@@ -83,7 +81,7 @@ pub fn rma_read_write(ep: &mut Endpoint, peer: PeerAddr, info: &PeerInfo, provid
         .register(Memory::anonymous(16 << 20).unwrap(), Access::LOCAL)
         .unwrap();
     // What the peer's region holds: its initial pattern, then whatever we wrote.
-    let mut model = pattern(REGION_SEED, info.region.len() as usize);
+    let mut model = pattern(REGION_SEED, info.region.len as usize);
     let mut size = 4096;
     let mut offset = 0u64;
     while size <= 16 << 20 {
@@ -118,7 +116,7 @@ pub fn rma_read_write(ep: &mut Endpoint, peer: PeerAddr, info: &PeerInfo, provid
 fn read_back_until(
     ep: &mut Endpoint,
     peer: PeerAddr,
-    region: &RemoteRegion,
+    region: &BulkDesc,
     offset: u64,
     want: &[u8],
     provider: &str,
@@ -215,9 +213,9 @@ pub fn bad_key(ep: &mut Endpoint, peer: PeerAddr, info: &PeerInfo, provider: &st
         .register(Memory::anonymous(4096).unwrap(), Access::LOCAL)
         .unwrap();
     local.fill(0, 4096, 0xee).unwrap();
-    let mut wire = info.region.encode();
+    let mut wire = info.region.to_bytes();
     wire[16] ^= 0x5a;
-    let forged = RemoteRegion::decode(&wire).unwrap();
+    let forged = BulkDesc::from_bytes(&wire).unwrap();
     ep.post_read(local.slice(0, 4096).unwrap(), peer, &forged, 0, 77)
         .unwrap();
     let start = Instant::now();

@@ -8,7 +8,7 @@ use std::process::{Child, ChildStdin, Command, Stdio};
 use std::sync::mpsc::{channel, Receiver, Sender, TryRecvError};
 use std::time::{Duration, Instant};
 
-use nacre_fabric::{Access, Completion, EndpointConfig, Memory, OpKind, RemoteRegion};
+use nacre_fabric::{Access, BulkDesc, Completion, EndpointConfig, Memory, OpKind};
 
 use super::{open, pattern};
 
@@ -24,7 +24,7 @@ const ENV: &str = "NACRE_TEST_PEER_PROVIDER";
 
 pub struct PeerInfo {
     pub name: Vec<u8>,
-    pub region: RemoteRegion,
+    pub region: BulkDesc,
 }
 
 /// Runs the peer until `input` closes or says `quit`; `output` gets its name and region.
@@ -50,7 +50,7 @@ pub fn run(provider: &str, input: Receiver<String>, output: Sender<String>) {
     let _ = output.send(format!("name {}", hex(ep.name())));
     let _ = output.send(format!(
         "region {}",
-        hex(&region.remote_all().unwrap().encode())
+        hex(&region.remote_all().unwrap().to_bytes())
     ));
 
     let mut sender = None;
@@ -259,7 +259,7 @@ fn read_info(mut next: impl FnMut() -> Option<String>) -> PeerInfo {
     let region = next().expect("peer's region");
     PeerInfo {
         name: unhex(name.strip_prefix("name ").expect("name line")),
-        region: RemoteRegion::decode(&unhex(region.strip_prefix("region ").expect("region line")))
+        region: BulkDesc::from_bytes(&unhex(region.strip_prefix("region ").expect("region line")))
             .unwrap(),
     }
 }
