@@ -3,18 +3,15 @@
 //! into a registered pool buffer and writes that same buffer to a file with O_DIRECT
 //! through io_uring, then replies. Last line: `bw_mib_s=<float> iops=<float>`.
 
-use std::collections::VecDeque;
 use std::path::PathBuf;
 use std::time::Instant;
 
 use nacre_client::{RpcClient, RpcConfig};
 use nacre_engine::{
-    Core, Engine, EngineConfig, FileId, IoCompletion, PoolBuf, PoolConfig, ReactorConfig, Request,
+    BulkDone, Core, Engine, EngineConfig, FileId, IoCompletion, PoolConfig, ReactorConfig, Request,
     Service, SizeClass, StorageConfig,
 };
-use nacre_fabric::{
-    Access, Completion, CompletionError, EndpointConfig, Memory, PeerAddr, RemoteRegion,
-};
+use nacre_fabric::{Access, EndpointConfig, Memory, PeerAddr};
 use nacre_proto::{BodyReader, BulkDesc, Header, Opcode};
 
 use crate::control::{Control, Role};
@@ -96,20 +93,21 @@ fn serve(args: &WireArgs, role: &Role, ctl: &mut Control, bs: usize) -> Result<(
     Ok(())
 }
 
-/// A BULK_WRITE on its way: pulled from the client, then written, then answered.
-struct Pending {
+/// A BULK_WRITE on its way: pulled by the engine, then written, then answered.
+struct InFlightWrite {
     peer: PeerAddr,
     header: Header,
     offset: u64,
-    remote: RemoteRegion,
-    buf: Option<PoolBuf>,
+    /// Slabs still to be written, and how many writes are out.
+    writes_left: usize,
+    status: i32,
 }
 
-/// The service: BULK_WRITE { file offset u64, bulk descriptor } -> fi_read -> O_DIRECT write.
+/// The service: BULK_WRITE { file offset u64, bulk descriptor } -> pull -> O_DIRECT write
+/// of the same slabs -> reply. The engine moves the bytes; this only says where they go.
 struct BulkWrite {
     file: Option<FileId>,
-    waiting: VecDeque<Pending>,
-    active: Vec<Option<Pending>>,
+    writes: Vec<Option<InFlightWrite>>,
     free: Vec<usize>,
 }
 
@@ -122,50 +120,24 @@ impl BulkWrite {
             .ok();
         BulkWrite {
             file,
-            waiting: VecDeque::new(),
-            active: Vec::new(),
+            writes: Vec::new(),
             free: Vec::new(),
         }
     }
 
-    /// Starts waiting requests while the pool has buffers (back-pressure otherwise).
-    fn start_waiting(&mut self, core: &mut Core) -> bool {
-        let mut moved = false;
-        while let Some(p) = self.waiting.front() {
-            let len = p.remote.len() as usize;
-            let Some(buf) = core.pool.get(len) else { break };
-            let mut p = self.waiting.pop_front().expect("front exists");
-            let id = self.free.pop().unwrap_or_else(|| {
-                self.active.push(None);
-                self.active.len() - 1
-            });
-            let posted = match buf.fabric_slice(len) {
-                Some(dst) => core.ep.post_read(dst, p.peer, &p.remote, 0, id as u64),
-                None => Err(nacre_fabric::ErrorKind::ForeignRegion.into()),
-            };
-            if let Err(e) = posted {
-                tracing::warn!("pulling a bulk buffer: {e}");
-                core.reply(p.peer, &p.header, -EIO, &[]);
-                let _ = core.pool.put(buf);
-                self.free.push(id);
-                continue;
-            }
-            p.buf = Some(buf);
-            self.active[id] = Some(p);
-            moved = true;
-        }
-        moved
-    }
-
-    fn finish(&mut self, core: &mut Core, id: usize, status: i32, buf: Option<PoolBuf>) {
-        let Some(p) = self.active.get_mut(id).and_then(Option::take) else {
+    fn finish_one(&mut self, core: &mut Core, id: usize, status: i32) {
+        let Some(w) = self.writes.get_mut(id).and_then(Option::as_mut) else {
             return;
         };
-        self.free.push(id);
-        if let Some(b) = buf.or(p.buf) {
-            let _ = core.pool.put(b);
+        w.writes_left -= 1;
+        if w.status == 0 {
+            w.status = status;
         }
-        core.reply(p.peer, &p.header, status, &[]);
+        if w.writes_left == 0 {
+            let w = self.writes[id].take().expect("checked");
+            self.free.push(id);
+            core.reply(w.peer, &w.header, w.status, &[]);
+        }
     }
 }
 
@@ -175,44 +147,51 @@ impl Service for BulkWrite {
             return core.reply(req.peer, &req.header, -ENOSYS, &[]);
         }
         let mut r = BodyReader::new(req.body);
-        let parsed = r.u64().and_then(|offset| Ok((offset, r.bulk()?)));
-        let Ok((offset, desc)) = parsed else {
+        let Ok((offset, desc)) = r.u64().and_then(|offset| Ok((offset, r.bulk()?))) else {
             return core.reply(req.peer, &req.header, -EBADMSG, &[]);
         };
-        let Ok(remote) = RemoteRegion::decode(&desc.to_bytes()) else {
-            return core.reply(req.peer, &req.header, -EBADMSG, &[]);
-        };
-        if !core.pool.serves(remote.len() as usize) {
-            return core.reply(req.peer, &req.header, -EMSGSIZE, &[]); // no slab that large
+        let id = self.free.pop().unwrap_or_else(|| {
+            self.writes.push(None);
+            self.writes.len() - 1
+        });
+        if let Err(e) = core.pull(req.peer, &desc, 0, desc.len as usize, id as u64) {
+            self.free.push(id);
+            return core.reply(req.peer, &req.header, -e.errno(), &[]);
         }
-        self.waiting.push_back(Pending {
+        self.writes[id] = Some(InFlightWrite {
             peer: req.peer,
             header: req.header,
             offset,
-            remote,
-            buf: None,
+            writes_left: 0,
+            status: 0,
         });
-        self.start_waiting(core);
     }
 
-    fn on_fabric(&mut self, core: &mut Core, done: Result<Completion, Box<CompletionError>>) {
-        let (id, failed) = match done {
-            Ok(c) => (c.context as usize, None),
-            Err(e) => (e.context.unwrap_or(u64::MAX) as usize, Some(e)),
-        };
-        if let Some(e) = failed {
-            tracing::warn!("bulk pull failed: {e}");
-            return self.finish(core, id, -EIO, None);
-        }
-        let Some(p) = self.active.get_mut(id).and_then(Option::as_mut) else {
+    fn on_bulk(&mut self, core: &mut Core, done: BulkDone) {
+        let id = done.tag as usize;
+        let Some(w) = self.writes.get_mut(id).and_then(Option::as_mut) else {
             return;
         };
-        let buf = p.buf.take().expect("pulled into a buffer");
-        let len = p.remote.len() as usize;
+        let len = match done.result {
+            Ok(len) => len,
+            Err(errno) => {
+                w.writes_left = 1;
+                return self.finish_one(core, id, -errno);
+            }
+        };
         let file = self.file.expect("checked at request time");
-        if let Err((e, buf)) = core.storage.write(file, buf, len, p.offset, id as u64) {
-            tracing::warn!("bulk write refused: {e}");
-            self.finish(core, id, -EINVAL, Some(buf)); // misaligned
+        let mut at = 0;
+        w.writes_left = done.bufs.len();
+        let offset = w.offset;
+        for buf in done.bufs {
+            let n = buf.capacity().min(len - at);
+            let pos = offset + at as u64;
+            at += n;
+            if let Err((e, buf)) = core.storage.write(file, buf, n, pos, id as u64) {
+                tracing::warn!("bulk write refused: {e}");
+                let _ = core.pool.put(buf);
+                self.finish_one(core, id, -EINVAL); // misaligned
+            }
         }
     }
 
@@ -221,21 +200,17 @@ impl Service for BulkWrite {
             Ok(_) => 0,
             Err(errno) => -errno,
         };
-        self.finish(core, done.user_data as usize, status, done.buf);
-        self.start_waiting(core);
-    }
-
-    fn on_turn(&mut self, core: &mut Core) -> bool {
-        self.start_waiting(core)
+        if let Some(b) = done.buf {
+            let _ = core.pool.put(b);
+        }
+        self.finish_one(core, done.user_data as usize, status);
     }
 }
 
 /// The errnos the service answers with (negated in replies).
-const EIO: i32 = 5;
 const EINVAL: i32 = 22;
 const ENOSYS: i32 = 38;
 const EBADMSG: i32 = 74;
-const EMSGSIZE: i32 = 90;
 
 // ---------------------------------------------------------------- client side
 
@@ -269,7 +244,7 @@ fn send(args: &WireArgs, ctl: &mut Control, bs: usize, size: u64) -> Result<(), 
             let Some(buf) = free.pop() else { break };
             let mut body = [0u8; 8 + BulkDesc::LEN];
             body[..8].copy_from_slice(&(issued * bs as u64).to_le_bytes());
-            body[8..].copy_from_slice(&data.remote(buf * bs, bs)?.encode());
+            body[8..].copy_from_slice(&data.remote(buf * bs, bs)?.to_bytes());
             issued += 1;
             in_flight.push((issued, buf));
             client.send(Opcode::BULK_WRITE, issued, &body)?;

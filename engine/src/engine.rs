@@ -8,8 +8,10 @@ use std::thread::JoinHandle;
 use crossbeam_channel::{bounded, Sender};
 use nacre_fabric::{EndpointConfig, Selection};
 
+use crate::core::Core;
+use crate::metrics::CoreMetrics;
 use crate::pool::{BufferPool, PoolConfig};
-use crate::reactor::{Core, CoreMetrics, CoreMsg, Reactor, ReactorConfig, Service};
+use crate::reactor::{CoreMsg, Reactor, ReactorConfig, Service};
 use crate::storage::{Storage, StorageConfig};
 use crate::topology;
 
@@ -174,7 +176,7 @@ where
             });
             match built {
                 Ok(mut reactor) => {
-                    let _ = ready_tx.send(Ok(reactor.core.ep.name().to_vec()));
+                    let _ = ready_tx.send(Ok(reactor.core.fabric_name().to_vec()));
                     reactor.run();
                     reactor.core.metrics.clone()
                 }
@@ -212,7 +214,13 @@ fn build_core(cfg: &EngineConfig, cpu: Option<usize>) -> Result<Core, String> {
     if let Some(cpu) = cpu {
         topology::pin_current_thread(cpu).map_err(|e| e.to_string())?;
     }
-    let mut ep = nacre_fabric::open(&cfg.fabric, &cfg.endpoint).map_err(|e| e.to_string())?;
+    // A core's posts never wait: one slow peer must not stop the loop that serves the
+    // others (a full queue defers the post to a later turn instead).
+    let endpoint = EndpointConfig {
+        post_timeout: std::time::Duration::ZERO,
+        ..cfg.endpoint.clone()
+    };
+    let mut ep = nacre_fabric::open(&cfg.fabric, &endpoint).map_err(|e| e.to_string())?;
     let pool = BufferPool::new(&cfg.pool, Some(&mut ep)).map_err(|e| e.to_string())?;
     let storage = Storage::new(&cfg.storage, Some(&pool)).map_err(|e| e.to_string())?;
     Core::new(ep, pool, storage, &cfg.reactor).map_err(|e| e.to_string())

@@ -7,17 +7,21 @@
 //! between the fabric, buffers and block-aligned file offsets. Nothing here may block or
 //! allocate per request on the hot path.
 
+pub mod bulk;
+mod core;
 pub mod engine;
+pub mod metrics;
 pub mod pool;
 pub mod reactor;
 pub mod storage;
 pub mod topology;
 
+pub use crate::core::Core;
+pub use bulk::{Bufs, BulkDir, BulkDone, BulkError, MAX_CHUNKS};
 pub use engine::{CoreHandle, Engine, EngineConfig, EngineError};
+pub use metrics::CoreMetrics;
 pub use pool::{BufferPool, PoolBuf, PoolConfig, PoolError, SizeClass};
-pub use reactor::{
-    Core, CoreMetrics, CoreMsg, IdlePolicy, Reactor, ReactorConfig, Request, Service, INTERNAL,
-};
+pub use reactor::{CoreMsg, IdlePolicy, Reactor, ReactorConfig, Request, Service};
 pub use storage::{
     Backend, FileId, IoCompletion, IoKind, Storage, StorageConfig, StorageError, ALIGN, DISABLE_ENV,
 };

@@ -108,8 +108,9 @@ impl PoolBuf {
         unsafe { self.arena.ptr().add(self.offset) }
     }
 
-    /// The slab as a fabric buffer, when the pool is registered with an endpoint.
-    pub fn fabric_slice(&self, len: usize) -> Option<LocalSlice<'_>> {
+    /// The slab as a fabric buffer, when the pool is registered with an endpoint. Only
+    /// the engine's bulk transfers post on slabs: they own the slab while the NIC uses it.
+    pub(crate) fn fabric_slice(&self, len: usize) -> Option<LocalSlice<'_>> {
         match &*self.arena {
             Arena::Registered(mr) => mr.slice(self.offset, len.min(self.size)).ok(),
             Arena::Plain { .. } => None,

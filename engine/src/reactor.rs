@@ -2,24 +2,24 @@
 //! storage queue, and turns their completions into calls on a [`Service`].
 //!
 //! Handlers are explicit state machines: a service keeps its requests' states and
-//! advances them from `on_request`, `on_fabric` and `on_storage`. The reactor handles
+//! advances them from `on_request`, `on_bulk` and `on_storage`. The reactor handles
 //! what every service needs: receives kept posted, frame decoding with limits (a bad
 //! message is answered with an errno or dropped, logged once per kind, and the core keeps
-//! serving), HELLO sessions, PING, replies (inline by inject, or from a registered
-//! transmit slot), one io_uring submission per turn, cross-core calls, and idle back-off.
+//! serving), HELLO sessions, PING, replies, bulk transfers (see [`crate::bulk`]), posts
+//! that met a full queue retried on later turns, back-pressure (a congested core leaves
+//! new messages in their receive slots until it catches up), one io_uring submission
+//! per turn, cross-core calls, and idle back-off.
 
 use std::collections::VecDeque;
 use std::time::Duration;
 
 use crossbeam_channel::{Receiver, TryRecvError};
-use nacre_fabric::{
-    Access, Completion, CompletionError, Endpoint, ErrorKind, Memory, MemoryRegion, OpKind,
-    PeerAddr,
-};
-use nacre_proto::{DecodeError, Frame, Header, Limits, Opcode, HEADER_LEN};
+use nacre_fabric::{Access, Completion, ErrorKind, Memory, MemoryRegion, OpKind, PeerAddr};
+use nacre_proto::{DecodeError, Frame, Header, Limits, Opcode};
 
-use crate::pool::BufferPool;
-use crate::storage::{IoCompletion, Storage};
+use crate::bulk::BulkDone;
+use crate::core::{Core, Route};
+use crate::storage::IoCompletion;
 
 /// What the reactor logs once (then only counts): one bit per kind.
 const LOG_UNKNOWN_SESSION: u32 = 1;
@@ -27,11 +27,6 @@ const LOG_BAD_NAME: u32 = 1 << 1;
 const LOG_SESSIONS: u32 = 1 << 2;
 /// Decode errors take the bits from here up, one per kind of error.
 const LOG_DECODE: u32 = 1 << 3;
-
-/// Fabric contexts with this bit set belong to the reactor; services use the others.
-pub const INTERNAL: u64 = 1 << 58;
-const RECV: u64 = INTERNAL | 1 << 57;
-const REPLY: u64 = INTERNAL;
 
 /// What an idle core does: spin this many empty turns, then sleep between turns.
 #[derive(Debug, Clone, Copy)]
@@ -61,6 +56,8 @@ pub struct ReactorConfig {
     pub msg_size: usize,
     /// Clients (HELLO sessions) one core serves at most.
     pub max_sessions: usize,
+    /// Bulk transfers in flight or waiting for slabs, at most.
+    pub bulk_ops: usize,
     pub idle: IdlePolicy,
 }
 
@@ -71,70 +68,9 @@ impl Default for ReactorConfig {
             tx_slots: 64,
             msg_size: 4096,
             max_sessions: 4096,
+            bulk_ops: 256,
             idle: IdlePolicy::default(),
         }
-    }
-}
-
-/// Counters of one core, readable from outside through a cross-core call.
-#[derive(Debug, Clone, Default, PartialEq, Eq)]
-pub struct CoreMetrics {
-    pub turns: u64,
-    pub idle_turns: u64,
-    /// Turns that slept because the core was idle (the back-off is visible here).
-    pub backoff_sleeps: u64,
-    pub requests: u64,
-    pub replies: u64,
-    pub malformed: u64,
-    pub unknown_session: u64,
-    pub fabric_errors: u64,
-    pub storage_completions: u64,
-    pub replies_dropped: u64,
-}
-
-impl CoreMetrics {
-    /// The counters in Prometheus text exposition format, labelled with the core index,
-    /// for a server's metrics endpoint or the CLI.
-    pub fn prometheus(&self, core: usize) -> String {
-        let counters: [(&str, &str, u64); 10] = [
-            ("turns", "Turns of the core's loop", self.turns),
-            ("idle_turns", "Turns that found no work", self.idle_turns),
-            (
-                "backoff_sleeps",
-                "Idle turns that slept (back-off)",
-                self.backoff_sleeps,
-            ),
-            ("requests", "Requests from known sessions", self.requests),
-            ("replies", "Replies sent", self.replies),
-            ("malformed", "Messages that did not decode", self.malformed),
-            (
-                "unknown_session",
-                "Messages from unknown sessions",
-                self.unknown_session,
-            ),
-            (
-                "fabric_errors",
-                "Fabric error completions and call failures",
-                self.fabric_errors,
-            ),
-            (
-                "storage_completions",
-                "Storage operations completed",
-                self.storage_completions,
-            ),
-            (
-                "replies_dropped",
-                "Replies that could not be sent",
-                self.replies_dropped,
-            ),
-        ];
-        let mut out = String::new();
-        for (name, help, value) in counters {
-            out.push_str(&format!(
-                "# HELP nacre_core_{name}_total {help}.\n# TYPE nacre_core_{name}_total counter\nnacre_core_{name}_total{{core=\"{core}\"}} {value}\n"
-            ));
-        }
-        out
     }
 }
 
@@ -145,34 +81,16 @@ pub struct Request<'a> {
     pub peer: PeerAddr,
 }
 
-/// Everything a core owns, lent to the service on every call.
-pub struct Core {
-    // Drop order matters: storage first (it waits for I/O in flight on pool buffers),
-    // then the pool, then the endpoint that registered the pool's memory.
-    pub storage: Storage,
-    pub pool: BufferPool,
-    pub ep: Endpoint,
-    pub metrics: CoreMetrics,
-    sessions: Vec<PeerAddr>,
-    /// The fabric name behind each session, so a repeated HELLO gets the same one.
-    session_names: Vec<Vec<u8>>,
-    max_sessions: usize,
-    limits: Limits,
-    tx: MemoryRegion,
-    tx_free: Vec<u32>,
-    tx_backlog: VecDeque<(PeerAddr, Vec<u8>)>,
-    tx_backlog_limit: usize,
-    msg_size: usize,
-    encode: Vec<u8>,
-}
-
 /// What the engine's loop calls.
 pub trait Service {
-    /// A decoded request from a known session (HELLO and PING are answered by the reactor).
+    /// A decoded request from a known session (HELLO and PING are answered by the
+    /// reactor). Every request gets exactly one [`Core::reply`], now or later.
     fn on_request(&mut self, core: &mut Core, req: Request<'_>);
-    /// A fabric operation the service posted (context without [`INTERNAL`]) completed.
-    fn on_fabric(&mut self, core: &mut Core, done: Result<Completion, Box<CompletionError>>) {
-        let _ = (core, done);
+    /// A bulk transfer the service started ([`Core::pull`], [`Core::push`]) finished.
+    fn on_bulk(&mut self, core: &mut Core, done: BulkDone) {
+        for b in done.bufs {
+            let _ = core.pool.put(b);
+        }
     }
     /// A storage operation the service submitted completed.
     fn on_storage(&mut self, core: &mut Core, done: IoCompletion) {
@@ -192,112 +110,6 @@ pub enum CoreMsg {
     Stop,
 }
 
-impl Core {
-    /// Sets up the reactor's own registrations next to the pool and storage.
-    pub fn new(
-        mut ep: Endpoint,
-        pool: BufferPool,
-        storage: Storage,
-        cfg: &ReactorConfig,
-    ) -> Result<Core, nacre_fabric::Error> {
-        let tx = ep.register(
-            Memory::anonymous(cfg.tx_slots * cfg.msg_size)?,
-            Access::LOCAL,
-        )?;
-        Ok(Core {
-            ep,
-            pool,
-            storage,
-            metrics: CoreMetrics::default(),
-            sessions: Vec::new(),
-            session_names: Vec::new(),
-            max_sessions: cfg.max_sessions,
-            limits: Limits {
-                max_body: (cfg.msg_size - HEADER_LEN) as u32,
-            },
-            tx,
-            tx_free: (0..cfg.tx_slots as u32).rev().collect(),
-            tx_backlog: VecDeque::with_capacity(cfg.tx_slots),
-            tx_backlog_limit: cfg.tx_slots,
-            msg_size: cfg.msg_size,
-            encode: vec![0; cfg.msg_size],
-        })
-    }
-
-    /// The peer behind a session id, if HELLO created it.
-    pub fn peer(&self, session: u32) -> Option<PeerAddr> {
-        self.sessions
-            .get((session as usize).checked_sub(1)?)
-            .copied()
-    }
-
-    /// Answers `to` with `status` (0 or -errno) and `body`. Small replies are injected;
-    /// larger ones go from a registered transmit slot, or wait for one (bounded).
-    pub fn reply(&mut self, peer: PeerAddr, to: &Header, status: i32, body: &[u8]) {
-        let header = to.reply(status, body.len() as u32);
-        let Some(len) = header.encode_frame(body, &mut self.encode) else {
-            tracing::warn!(
-                len = body.len(),
-                "reply body larger than a message: dropped"
-            );
-            self.metrics.replies_dropped += 1;
-            return;
-        };
-        self.send_frame(peer, len);
-    }
-
-    fn send_frame(&mut self, peer: PeerAddr, len: usize) {
-        if len <= self.ep.inject_size() {
-            match self.ep.inject(&self.encode[..len], peer) {
-                Ok(()) => self.metrics.replies += 1,
-                Err(e) => self.reply_failed(&e),
-            }
-            return;
-        }
-        let Some(slot) = self.tx_free.pop() else {
-            if self.tx_backlog.len() < self.tx_backlog_limit {
-                self.tx_backlog
-                    .push_back((peer, self.encode[..len].to_vec()));
-            } else {
-                self.metrics.replies_dropped += 1;
-            }
-            return;
-        };
-        let offset = slot as usize * self.msg_size;
-        let posted = self
-            .tx
-            .copy_in(offset, &self.encode[..len])
-            .and_then(|_| self.tx.slice(offset, len))
-            .and_then(|src| self.ep.post_send(src, peer, REPLY | slot as u64));
-        match posted {
-            Ok(()) => self.metrics.replies += 1,
-            Err(e) => {
-                self.tx_free.push(slot);
-                self.reply_failed(&e);
-            }
-        }
-    }
-
-    fn reply_failed(&mut self, e: &nacre_fabric::Error) {
-        self.metrics.replies_dropped += 1;
-        tracing::warn!("reply not sent: {e}");
-    }
-
-    /// Sends replies that waited for a transmit slot.
-    fn drain_tx_backlog(&mut self) -> bool {
-        let mut moved = false;
-        while !self.tx_free.is_empty() {
-            let Some((peer, frame)) = self.tx_backlog.pop_front() else {
-                break;
-            };
-            self.encode[..frame.len()].copy_from_slice(&frame);
-            self.send_frame(peer, frame.len());
-            moved = true;
-        }
-        moved
-    }
-}
-
 /// A core's loop.
 pub struct Reactor<S: Service> {
     pub core: Core,
@@ -305,6 +117,8 @@ pub struct Reactor<S: Service> {
     inbox: Receiver<CoreMsg>,
     rx: MemoryRegion,
     msg: Vec<u8>,
+    /// Messages left in their receive slots while the core was congested: (slot, len).
+    parked: VecDeque<(u32, usize)>,
     idle: IdlePolicy,
     empty_turns: u32,
     logged: u32,
@@ -327,7 +141,7 @@ impl<S: Service> Reactor<S> {
         for slot in 0..cfg.recv_slots {
             core.ep.post_recv(
                 rx.slice(slot * cfg.msg_size, cfg.msg_size)?,
-                RECV | slot as u64,
+                Route::Recv(slot as u32).encode(),
             )?;
         }
         Ok(Reactor {
@@ -336,6 +150,7 @@ impl<S: Service> Reactor<S> {
             inbox,
             rx,
             msg: vec![0; cfg.msg_size],
+            parked: VecDeque::with_capacity(cfg.recv_slots),
             idle: cfg.idle,
             empty_turns: 0,
             logged: 0,
@@ -364,9 +179,13 @@ impl<S: Service> Reactor<S> {
     pub fn turn(&mut self) -> bool {
         self.core.metrics.turns += 1;
         let mut worked = self.poll_fabric();
+        worked |= self.core.retry_deferred();
+        worked |= self.core.start_pulls();
+        worked |= self.deliver_bulk();
         worked |= self.poll_storage();
         worked |= self.service.on_turn(&mut self.core);
-        worked |= self.core.drain_tx_backlog();
+        worked |= self.deliver_bulk();
+        worked |= self.unpark();
         if let Err(e) = self.core.storage.flush() {
             tracing::error!("storage submission failed: {e}");
         }
@@ -399,12 +218,11 @@ impl<S: Service> Reactor<S> {
         };
         for i in 0..n {
             let c = self.fabric[i];
-            if c.context & INTERNAL == 0 {
-                self.service.on_fabric(&mut self.core, Ok(c));
-            } else if c.context & RECV == RECV {
-                self.on_message(c);
-            } else {
-                self.core.tx_free.push((c.context & !REPLY) as u32);
+            match Route::decode(c.context) {
+                Some(Route::Recv(slot)) => self.on_message(slot, c.len),
+                Some(Route::Reply(slot)) => self.core.reply_sent(slot),
+                Some(Route::Bulk { op, .. }) => self.core.chunk_done(op, None),
+                None => tracing::error!("completion with an unknown route {:#x}", c.context),
             }
         }
         n > 0
@@ -416,38 +234,74 @@ impl<S: Service> Reactor<S> {
             tracing::error!("fabric: {e}");
             return;
         };
-        match c.context {
-            Some(ctx) if ctx & RECV == RECV => {
+        match c.context.and_then(Route::decode) {
+            Some(Route::Recv(slot)) => {
                 tracing::warn!("receive failed: {c}; reposting");
-                self.repost((ctx & 0xffff_ffff) as usize);
+                self.repost(slot);
             }
-            Some(ctx) if ctx & INTERNAL != 0 => {
+            Some(Route::Reply(slot)) => {
                 tracing::warn!("reply failed: {c}");
-                self.core.tx_free.push((ctx & !REPLY) as u32);
+                self.core.reply_sent(slot);
             }
-            Some(_) => self.service.on_fabric(&mut self.core, Err(c.clone())),
+            Some(Route::Bulk { op, .. }) => {
+                tracing::warn!("bulk transfer failed: {c}");
+                self.core.chunk_done(op, Some(c.code.max(1)));
+            }
             None => tracing::warn!("fabric error not tied to an operation: {c}"),
         }
     }
 
-    fn repost(&mut self, slot: usize) {
+    /// Hands finished bulk transfers to the service.
+    fn deliver_bulk(&mut self) -> bool {
+        let mut moved = false;
+        while let Some(done) = self.core.bulk_done.pop_front() {
+            self.service.on_bulk(&mut self.core, done);
+            moved = true;
+        }
+        moved
+    }
+
+    fn repost(&mut self, slot: u32) {
         let size = self.msg.len();
         let posted = self
             .rx
-            .slice(slot * size, size)
-            .and_then(|dst| self.core.ep.post_recv(dst, RECV | slot as u64));
+            .slice(slot as usize * size, size)
+            .and_then(|dst| self.core.ep.post_recv(dst, Route::Recv(slot).encode()));
         if let Err(e) = posted {
             tracing::error!("cannot repost receive slot {slot}: {e}");
         }
     }
 
-    /// A message arrived in receive slot `c.context`: copy it out, repost, handle it.
-    fn on_message(&mut self, c: Completion) {
-        let slot = (c.context & 0xffff_ffff) as usize;
-        let len = c.len.min(self.msg.len());
+    /// A message arrived in receive slot `slot`: handled now, or left in its slot while
+    /// the core is congested (its sender waits; nothing is dropped).
+    fn on_message(&mut self, slot: u32, len: usize) {
+        if self.core.congested() || !self.parked.is_empty() {
+            self.core.metrics.parked_messages += 1;
+            self.parked.push_back((slot, len));
+            return;
+        }
+        self.take_message(slot, len);
+    }
+
+    /// Handles parked messages, oldest first, while the core is not congested.
+    fn unpark(&mut self) -> bool {
+        let mut moved = false;
+        while !self.core.congested() {
+            let Some((slot, len)) = self.parked.pop_front() else {
+                break;
+            };
+            self.take_message(slot, len);
+            moved = true;
+        }
+        moved
+    }
+
+    /// Copies the message out of its slot, reposts the slot, handles the message.
+    fn take_message(&mut self, slot: u32, len: usize) {
+        let len = len.min(self.msg.len());
         let copied = self
             .rx
-            .copy_out(slot * self.msg.len(), &mut self.msg[..len]);
+            .copy_out(slot as usize * self.msg.len(), &mut self.msg[..len]);
         self.repost(slot);
         if copied.is_err() {
             return;
@@ -571,24 +425,5 @@ impl<S: Service> Reactor<S> {
             }
             Err(TryRecvError::Empty) => false,
         }
-    }
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn metrics_render_as_prometheus_text() {
-        let m = CoreMetrics {
-            requests: 7,
-            backoff_sleeps: 2,
-            ..Default::default()
-        };
-        let text = m.prometheus(3);
-        assert!(text.contains("# TYPE nacre_core_requests_total counter\n"));
-        assert!(text.contains("nacre_core_requests_total{core=\"3\"} 7\n"));
-        assert!(text.contains("nacre_core_backoff_sleeps_total{core=\"3\"} 2\n"));
-        assert_eq!(text.lines().filter(|l| !l.starts_with('#')).count(), 10);
     }
 }

@@ -51,6 +51,18 @@ pub struct Completion {
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
 pub struct PeerAddr(u32);
 
+impl PeerAddr {
+    /// The peer at index `i` of an address vector (tables and tests). Safe to make up:
+    /// an index the endpoint's address vector does not hold is refused by every post.
+    pub fn from_index(i: u32) -> PeerAddr {
+        PeerAddr(i)
+    }
+
+    pub fn index(self) -> u32 {
+        self.0
+    }
+}
+
 /// Sizes of an endpoint's queues, fixed when it opens.
 #[derive(Debug, Clone)]
 pub struct EndpointConfig {

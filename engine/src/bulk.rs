@@ -1,0 +1,228 @@
+//! Bulk transfers as an engine primitive: the two moves every server makes with a
+//! client's registered memory. A *pull* reads a client's region into pool slabs
+//! (fi_read; the write path), a *push* writes slabs to a client's region (fi_write with
+//! delivery-complete; the read path).
+//!
+//! The operation owns its slabs from post to completion: the service hands them over
+//! (push) or receives them (pull) only in a [`BulkDone`], so safe code cannot give a slab
+//! back to the pool, or write into it, while the NIC still uses it. A region larger
+//! than one slab is split into slab-sized chunks, each its own RMA, and reassembled:
+//! the service sees one completion with every slab in order.
+//!
+//! This module is the bookkeeping (which op, which chunk, what is done); the core posts
+//! the chunks and feeds their completions back in.
+
+use std::collections::VecDeque;
+
+use nacre_fabric::PeerAddr;
+use nacre_proto::BulkDesc;
+use smallvec::SmallVec;
+
+use crate::pool::PoolBuf;
+
+/// The slabs of one bulk transfer, in region order. Inline up to four (4 MiB with 1 MiB
+/// slabs): no allocation for the common sizes.
+pub type Bufs = SmallVec<[PoolBuf; 4]>;
+
+/// Chunks one transfer may have at most.
+pub const MAX_CHUNKS: usize = 64;
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum BulkDir {
+    /// Client memory -> slabs (fi_read).
+    Pull,
+    /// Slabs -> client memory (fi_write, delivery-complete).
+    Push,
+}
+
+/// A finished transfer. On success `bufs` holds the slabs (filled, for a pull; as given,
+/// for a push) and the service owns them again. On failure the engine has already put
+/// the slabs back in the pool and `bufs` is empty; `result` holds the errno.
+#[derive(Debug)]
+pub struct BulkDone {
+    pub tag: u64,
+    pub dir: BulkDir,
+    pub peer: PeerAddr,
+    pub result: Result<usize, i32>,
+    pub bufs: Bufs,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum BulkError {
+    #[error("a transfer of {len} bytes needs {chunks} slabs of {chunk} bytes; at most {max} fit")]
+    TooLarge {
+        len: usize,
+        chunk: usize,
+        chunks: usize,
+        max: usize,
+    },
+    #[error("range {offset}+{len} lies outside the peer's region of {size} bytes")]
+    OutOfRange { offset: u64, len: u64, size: u64 },
+    #[error("push of {len} bytes from slabs that hold {have}")]
+    ShortBufs { len: usize, have: usize },
+    #[error("an empty transfer")]
+    Empty,
+    #[error("{0} bulk transfers are in flight already")]
+    Full(usize),
+}
+
+impl BulkError {
+    /// The errno a server answers with.
+    pub fn errno(&self) -> i32 {
+        match self {
+            BulkError::TooLarge { .. } => libc::EMSGSIZE,
+            BulkError::OutOfRange { .. } | BulkError::ShortBufs { .. } | BulkError::Empty => {
+                libc::EINVAL
+            }
+            BulkError::Full(_) => libc::EAGAIN,
+        }
+    }
+}
+
+/// One transfer in flight (or waiting for slabs, for a pull).
+pub(crate) struct BulkOp {
+    pub tag: u64,
+    pub dir: BulkDir,
+    pub peer: PeerAddr,
+    /// The client's range (already narrowed to what moves).
+    pub region: BulkDesc,
+    pub len: usize,
+    pub bufs: Bufs,
+    pub chunks: u16,
+    pub done: u16,
+    pub error: Option<i32>,
+}
+
+impl BulkOp {
+    /// Offset in the region and length of chunk `i`: every slab but the last is full.
+    pub fn chunk(&self, i: usize) -> (u64, usize) {
+        let offset: usize = self.bufs[..i].iter().map(PoolBuf::capacity).sum();
+        let len = self.bufs[i].capacity().min(self.len - offset);
+        (offset as u64, len)
+    }
+}
+
+/// Every transfer of one core: a bounded table (sized at start) and the FIFO of pulls
+/// waiting for slabs. FIFO, all slabs at once: no two pulls each hold half of what the
+/// other needs, and a large pull is not starved by small ones behind it.
+pub(crate) struct BulkTable {
+    ops: Vec<Option<BulkOp>>,
+    free: Vec<u32>,
+    pub waiting: VecDeque<u32>,
+}
+
+impl BulkTable {
+    pub fn new(capacity: usize) -> BulkTable {
+        BulkTable {
+            ops: (0..capacity).map(|_| None).collect(),
+            free: (0..capacity as u32).rev().collect(),
+            waiting: VecDeque::with_capacity(capacity),
+        }
+    }
+
+    pub fn free(&self) -> usize {
+        self.free.len()
+    }
+
+    pub fn insert(&mut self, op: BulkOp) -> Result<u32, BulkError> {
+        let id = self.free.pop().ok_or(BulkError::Full(self.ops.len()))?;
+        self.ops[id as usize] = Some(op);
+        Ok(id)
+    }
+
+    pub fn get_mut(&mut self, id: u32) -> Option<&mut BulkOp> {
+        self.ops.get_mut(id as usize)?.as_mut()
+    }
+
+    pub fn remove(&mut self, id: u32) -> Option<BulkOp> {
+        let op = self.ops.get_mut(id as usize)?.take()?;
+        self.free.push(id);
+        Some(op)
+    }
+
+    /// Records that chunk of op `id` finished (with `errno` on failure); returns the op
+    /// once all of its chunks have, so that no slab is released under a live chunk.
+    pub fn chunk_done(&mut self, id: u32, errno: Option<i32>) -> Option<BulkOp> {
+        let op = self.get_mut(id)?;
+        op.done += 1;
+        if op.error.is_none() {
+            op.error = errno;
+        }
+        if op.done < op.chunks {
+            return None;
+        }
+        self.remove(id)
+    }
+}
+
+/// How many chunks of at most `chunk` bytes carry `len` bytes.
+pub(crate) fn chunks_for(len: usize, chunk: usize) -> usize {
+    len.div_ceil(chunk.max(1))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::pool::{BufferPool, PoolConfig, SizeClass};
+
+    fn pool() -> BufferPool {
+        let cfg = PoolConfig {
+            classes: vec![SizeClass {
+                size: 8192,
+                count: 4,
+            }],
+            huge_pages: false,
+        };
+        BufferPool::new(&cfg, None).unwrap()
+    }
+
+    fn op(pool: &mut BufferPool, len: usize) -> BulkOp {
+        let n = chunks_for(len, 8192);
+        BulkOp {
+            tag: 7,
+            dir: BulkDir::Pull,
+            peer: PeerAddr::from_index(0),
+            region: BulkDesc {
+                addr: 0,
+                len: len as u64,
+                key: 1,
+            },
+            len,
+            bufs: (0..n).map(|_| pool.get(8192).unwrap()).collect(),
+            chunks: n as u16,
+            done: 0,
+            error: None,
+        }
+    }
+
+    #[test]
+    fn chunks_cover_the_range_in_order() {
+        let mut p = pool();
+        let o = op(&mut p, 20_000);
+        assert_eq!(o.chunks, 3);
+        assert_eq!(o.chunk(0), (0, 8192));
+        assert_eq!(o.chunk(1), (8192, 8192));
+        assert_eq!(o.chunk(2), (16384, 20_000 - 16384));
+    }
+
+    #[test]
+    fn an_op_finishes_after_its_last_chunk_and_keeps_the_first_error() {
+        let mut p = pool();
+        let mut t = BulkTable::new(2);
+        let id = t.insert(op(&mut p, 20_000)).unwrap();
+        assert!(t.chunk_done(id, None).is_none());
+        assert!(t.chunk_done(id, Some(5)).is_none());
+        let done = t.chunk_done(id, Some(104)).expect("all chunks done");
+        assert_eq!(done.error, Some(5));
+        assert_eq!(t.free(), 2);
+        assert!(t.chunk_done(id, None).is_none(), "a stale chunk is ignored");
+    }
+
+    #[test]
+    fn the_table_is_bounded() {
+        let mut p = pool();
+        let mut t = BulkTable::new(1);
+        t.insert(op(&mut p, 1)).unwrap();
+        assert_eq!(t.insert(op(&mut p, 1)).unwrap_err(), BulkError::Full(1));
+    }
+}

@@ -1,0 +1,498 @@
+//! What one engine core owns (its endpoint, pool, storage, sessions, transmit slots,
+//! bulk table) and the calls a service makes on it: replies and bulk transfers.
+//!
+//! Services never post on the endpoint themselves. Every fabric operation is posted
+//! here with a [`Route`] as its context, so each completion goes back to the part that
+//! posted it, and no service can forge a context that lands elsewhere.
+//!
+//! No post waits: the endpoint is opened so that a post meeting FI_EAGAIN or a full
+//! queue returns at once; the operation is then queued in a bounded per-core queue and
+//! retried on later turns while the loop keeps polling (see [`Core::retry_deferred`]).
+
+use std::collections::VecDeque;
+
+use nacre_fabric::{Access, Endpoint, ErrorKind, Memory, MemoryRegion, PeerAddr};
+use nacre_proto::{BulkDesc, Header, Limits, HEADER_LEN};
+
+use crate::bulk::{chunks_for, Bufs, BulkDir, BulkDone, BulkError, BulkOp, BulkTable, MAX_CHUNKS};
+use crate::metrics::CoreMetrics;
+use crate::pool::BufferPool;
+use crate::reactor::ReactorConfig;
+use crate::storage::Storage;
+
+/// Who a fabric completion belongs to. Encoded into the operation's context by
+/// [`Route::encode`] and nowhere else; decoding a context that is not a route is an
+/// error, never a guess.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Route {
+    /// A receive slot of the reactor.
+    Recv(u32),
+    /// A transmit slot carrying a reply.
+    Reply(u32),
+    /// Chunk `chunk` of bulk transfer `op`.
+    Bulk { op: u32, chunk: u16 },
+}
+
+impl Route {
+    const RECV: u64 = 1;
+    const REPLY: u64 = 2;
+    const BULK: u64 = 3;
+
+    pub fn encode(self) -> u64 {
+        match self {
+            Route::Recv(slot) => Self::RECV << 56 | slot as u64,
+            Route::Reply(slot) => Self::REPLY << 56 | slot as u64,
+            Route::Bulk { op, chunk } => Self::BULK << 56 | (chunk as u64) << 32 | op as u64,
+        }
+    }
+
+    pub fn decode(context: u64) -> Option<Route> {
+        let low = context as u32;
+        match context >> 56 {
+            Self::RECV => Some(Route::Recv(low)),
+            Self::REPLY => Some(Route::Reply(low)),
+            Self::BULK => Some(Route::Bulk {
+                op: low,
+                chunk: (context >> 32) as u16,
+            }),
+            _ => None,
+        }
+    }
+}
+
+/// A post that met a full queue, waiting for a later turn.
+#[derive(Debug, Clone, Copy)]
+enum Deferred {
+    Reply { slot: u32, peer: PeerAddr, len: u32 },
+    Chunk { op: u32, chunk: u16 },
+}
+
+/// Everything a core owns, lent to the service on every call.
+pub struct Core {
+    // Drop order matters: storage first (it waits for I/O in flight on pool buffers),
+    // then the pool, then the endpoint that registered the pool's memory.
+    pub storage: Storage,
+    pub pool: BufferPool,
+    pub(crate) ep: Endpoint,
+    pub metrics: CoreMetrics,
+    pub(crate) sessions: Vec<PeerAddr>,
+    /// The fabric name behind each session, so a repeated HELLO gets the same one.
+    pub(crate) session_names: Vec<Vec<u8>>,
+    pub(crate) max_sessions: usize,
+    pub(crate) limits: Limits,
+    tx: MemoryRegion,
+    tx_free: Vec<u32>,
+    msg_size: usize,
+    encode: Vec<u8>,
+    deferred: VecDeque<Deferred>,
+    deferred_limit: usize,
+    pub(crate) bulk: BulkTable,
+    /// Finished transfers, handed to the service by the reactor.
+    pub(crate) bulk_done: VecDeque<BulkDone>,
+    /// Largest slab, the chunk size of bulk transfers.
+    chunk: usize,
+}
+
+impl Core {
+    /// Sets up the core's transmit slots and bulk table next to the pool and storage.
+    pub fn new(
+        mut ep: Endpoint,
+        pool: BufferPool,
+        storage: Storage,
+        cfg: &ReactorConfig,
+    ) -> Result<Core, nacre_fabric::Error> {
+        let tx = ep.register(
+            Memory::anonymous(cfg.tx_slots * cfg.msg_size)?,
+            Access::LOCAL,
+        )?;
+        let slabs: usize = pool.usage().iter().map(|&(_, _, total)| total).sum();
+        let chunk = pool.usage().last().map_or(4096, |&(size, _, _)| size);
+        // Every deferred post holds a transmit slot or a slab: this bound is never hit.
+        let deferred_limit = cfg.tx_slots + slabs;
+        Ok(Core {
+            ep,
+            pool,
+            storage,
+            metrics: CoreMetrics::default(),
+            sessions: Vec::new(),
+            session_names: Vec::new(),
+            max_sessions: cfg.max_sessions,
+            limits: Limits {
+                max_body: (cfg.msg_size - HEADER_LEN) as u32,
+            },
+            tx,
+            tx_free: (0..cfg.tx_slots as u32).rev().collect(),
+            msg_size: cfg.msg_size,
+            encode: vec![0; cfg.msg_size],
+            deferred: VecDeque::with_capacity(deferred_limit),
+            deferred_limit,
+            bulk: BulkTable::new(cfg.bulk_ops),
+            bulk_done: VecDeque::with_capacity(cfg.bulk_ops),
+            chunk,
+        })
+    }
+
+    /// This core's fabric address, as fi_getname gave it: what clients are told.
+    pub fn fabric_name(&self) -> &[u8] {
+        self.ep.name()
+    }
+
+    /// The peer behind a session id, if HELLO created it.
+    pub fn peer(&self, session: u32) -> Option<PeerAddr> {
+        self.sessions
+            .get((session as usize).checked_sub(1)?)
+            .copied()
+    }
+
+    /// Whether new requests should wait in their receive slots: replies or transfers
+    /// are queued behind a full fabric queue, or the bulk table is nearly full.
+    pub(crate) fn congested(&self) -> bool {
+        self.tx_free.is_empty()
+            || self.deferred.len() * 2 >= self.deferred_limit
+            || self.bulk.free() < 2
+    }
+
+    // ------------------------------------------------------------------ replies
+
+    /// Answers `to` with `status` (0 or -errno) and `body`. Small replies are injected;
+    /// larger ones go from a registered transmit slot. A reply that meets a full queue
+    /// is queued and sent on a later turn, never dropped for that.
+    pub fn reply(&mut self, peer: PeerAddr, to: &Header, status: i32, body: &[u8]) {
+        let header = to.reply(status, body.len() as u32);
+        let Some(len) = header.encode_frame(body, &mut self.encode) else {
+            tracing::warn!(
+                len = body.len(),
+                "reply body larger than a message: dropped"
+            );
+            self.metrics.replies_dropped += 1;
+            return;
+        };
+        if len <= self.ep.inject_size() && self.deferred.is_empty() {
+            match self.ep.inject(&self.encode[..len], peer) {
+                Ok(()) => {
+                    self.metrics.replies += 1;
+                    return;
+                }
+                Err(e) if matches!(e.kind(), ErrorKind::Again(_)) => {} // from a slot, later
+                Err(e) => return self.reply_failed(&e),
+            }
+        }
+        let Some(slot) = self.tx_free.pop() else {
+            // Cannot happen while the reactor parks requests when no slot is free.
+            tracing::warn!("no transmit slot for a reply: dropped");
+            self.metrics.replies_dropped += 1;
+            return;
+        };
+        let offset = slot as usize * self.msg_size;
+        if let Err(e) = self.tx.copy_in(offset, &self.encode[..len]) {
+            self.tx_free.push(slot);
+            return self.reply_failed(&e);
+        }
+        if !self.send_slot(slot, peer, len) {
+            let len = len as u32;
+            self.defer(Deferred::Reply { slot, peer, len });
+        }
+    }
+
+    /// Posts the reply in transmit slot `slot`; false when the queue is full (try later).
+    fn send_slot(&mut self, slot: u32, peer: PeerAddr, len: usize) -> bool {
+        let offset = slot as usize * self.msg_size;
+        let posted = self
+            .tx
+            .slice(offset, len)
+            .and_then(|src| self.ep.post_send(src, peer, Route::Reply(slot).encode()));
+        match posted {
+            Ok(()) => self.metrics.replies += 1,
+            Err(e) if matches!(e.kind(), ErrorKind::Again(_)) => return false,
+            Err(e) => {
+                self.tx_free.push(slot);
+                self.reply_failed(&e);
+            }
+        }
+        true
+    }
+
+    fn reply_failed(&mut self, e: &nacre_fabric::Error) {
+        self.metrics.replies_dropped += 1;
+        tracing::warn!("reply not sent: {e}");
+    }
+
+    /// A reply's send finished (or failed): its slot is free again.
+    pub(crate) fn reply_sent(&mut self, slot: u32) {
+        self.tx_free.push(slot);
+    }
+
+    // ------------------------------------------------------------------ deferred posts
+
+    fn defer(&mut self, d: Deferred) {
+        self.metrics.deferred_posts += 1;
+        // The bound holds by construction (each entry holds a slot or a slab); were it
+        // ever hit, queueing past it still loses nothing.
+        debug_assert!(self.deferred.len() < self.deferred_limit);
+        self.deferred.push_back(d);
+    }
+
+    /// Retries posts that met a full queue, oldest first, until one meets it again.
+    pub(crate) fn retry_deferred(&mut self) -> bool {
+        let mut moved = false;
+        while let Some(&d) = self.deferred.front() {
+            let posted = match d {
+                Deferred::Reply { slot, peer, len } => self.send_slot(slot, peer, len as usize),
+                Deferred::Chunk { op, chunk } => self.post_chunk(op, chunk),
+            };
+            if !posted {
+                break; // still full: keep the order, try on a later turn
+            }
+            self.deferred.pop_front();
+            moved = true;
+        }
+        moved
+    }
+
+    // ------------------------------------------------------------------ bulk
+
+    /// Pulls `[offset, offset+len)` of the peer's region into pool slabs. The slabs come
+    /// in a [`BulkDone`] (through `Service::on_bulk`) once every byte has landed. When
+    /// the pool is short of slabs the pull waits for them (back-pressure, never an error).
+    pub fn pull(
+        &mut self,
+        peer: PeerAddr,
+        region: &BulkDesc,
+        offset: u64,
+        len: usize,
+        tag: u64,
+    ) -> Result<(), BulkError> {
+        let region = self.narrow(region, offset, len)?;
+        let chunks = self.check_chunks(len)?;
+        let id = self.bulk.insert(BulkOp {
+            tag,
+            dir: BulkDir::Pull,
+            peer,
+            region,
+            len,
+            bufs: Bufs::new(),
+            chunks: chunks as u16,
+            done: 0,
+            error: None,
+        })?;
+        self.bulk.waiting.push_back(id);
+        self.start_pulls();
+        Ok(())
+    }
+
+    /// Pushes the first `len` bytes held by `bufs` (in order) to `[offset, offset+len)`
+    /// of the peer's region. The slabs come back in a [`BulkDone`] once the bytes are in
+    /// the peer's memory (delivery-complete): a reply sent after it never overtakes them.
+    pub fn push(
+        &mut self,
+        peer: PeerAddr,
+        region: &BulkDesc,
+        offset: u64,
+        bufs: Bufs,
+        len: usize,
+        tag: u64,
+    ) -> Result<(), (BulkError, Bufs)> {
+        let have: usize = bufs.iter().map(|b| b.capacity()).sum();
+        let checked = self.narrow(region, offset, len).and_then(|r| {
+            match len <= have && bufs.len() <= MAX_CHUNKS {
+                true => Ok(r),
+                false => Err(BulkError::ShortBufs { len, have }),
+            }
+        });
+        let region = match checked {
+            Ok(r) => r,
+            Err(e) => return Err((e, bufs)),
+        };
+        // Only the slabs that carry bytes take part; the rest go back to the caller.
+        let mut bufs = bufs;
+        let mut carried = 0;
+        let used = bufs
+            .iter()
+            .take_while(|b| {
+                let take = carried < len;
+                carried += b.capacity();
+                take
+            })
+            .count();
+        let spare: Bufs = bufs.drain(used..).collect();
+        for b in spare {
+            let _ = self.pool.put(b);
+        }
+        let op = BulkOp {
+            tag,
+            dir: BulkDir::Push,
+            peer,
+            region,
+            len,
+            chunks: bufs.len() as u16,
+            bufs,
+            done: 0,
+            error: None,
+        };
+        let id = match self.bulk.insert(op) {
+            Ok(id) => id,
+            Err(e) => return Err((e, Bufs::new())),
+        };
+        self.post_chunks(id);
+        Ok(())
+    }
+
+    fn narrow(&self, region: &BulkDesc, offset: u64, len: usize) -> Result<BulkDesc, BulkError> {
+        if len == 0 {
+            return Err(BulkError::Empty);
+        }
+        region.sub(offset, len as u64).ok_or(BulkError::OutOfRange {
+            offset,
+            len: len as u64,
+            size: region.len,
+        })
+    }
+
+    /// Chunks a pull of `len` bytes needs, refused when the pool could never hold them.
+    fn check_chunks(&self, len: usize) -> Result<usize, BulkError> {
+        let chunks = chunks_for(len, self.chunk);
+        let slabs = self.pool.usage().last().map_or(0, |&(_, _, total)| total);
+        let max = MAX_CHUNKS.min(slabs);
+        if chunks > max {
+            return Err(BulkError::TooLarge {
+                len,
+                chunk: self.chunk,
+                chunks,
+                max,
+            });
+        }
+        Ok(chunks)
+    }
+
+    /// Starts waiting pulls, oldest first, while the pool has every slab the head needs.
+    pub(crate) fn start_pulls(&mut self) -> bool {
+        let mut moved = false;
+        while let Some(&id) = self.bulk.waiting.front() {
+            let Some(op) = self.bulk.get_mut(id) else {
+                self.bulk.waiting.pop_front();
+                continue;
+            };
+            let (len, chunks) = (op.len, op.chunks as usize);
+            let Some(bufs) = take_slabs(&mut self.pool, len, self.chunk, chunks) else {
+                break; // back-pressure: wait for slabs to come back
+            };
+            self.bulk.waiting.pop_front();
+            self.bulk.get_mut(id).expect("checked").bufs = bufs;
+            self.post_chunks(id);
+            moved = true;
+        }
+        moved
+    }
+
+    fn post_chunks(&mut self, id: u32) {
+        let chunks = self.bulk.get_mut(id).map_or(0, |op| op.chunks);
+        for chunk in 0..chunks {
+            // Behind deferred posts, a chunk waits its turn rather than overtaking them.
+            if !self.deferred.is_empty() || !self.post_chunk(id, chunk) {
+                self.defer(Deferred::Chunk { op: id, chunk });
+            }
+        }
+    }
+
+    /// Posts one chunk; false when the queue is full (try later). Any other failure
+    /// fails the chunk (and so the transfer).
+    fn post_chunk(&mut self, id: u32, chunk: u16) -> bool {
+        let Some(op) = self.bulk.get_mut(id) else {
+            return true;
+        };
+        let (offset, len) = op.chunk(chunk as usize);
+        let context = Route::Bulk { op: id, chunk }.encode();
+        let buf = &op.bufs[chunk as usize];
+        let posted = match buf.fabric_slice(len) {
+            None => Err(nacre_fabric::ErrorKind::ForeignRegion.into()),
+            Some(local) => match op.dir {
+                BulkDir::Pull => self
+                    .ep
+                    .post_read(local, op.peer, &op.region, offset, context),
+                BulkDir::Push => self
+                    .ep
+                    .post_write(local, op.peer, &op.region, offset, context),
+            },
+        };
+        match posted {
+            Ok(()) => true,
+            Err(e) if matches!(e.kind(), ErrorKind::Again(_)) => false,
+            Err(e) => {
+                tracing::warn!("bulk transfer chunk not posted: {e}");
+                self.chunk_done(id, Some(libc::EIO));
+                true
+            }
+        }
+    }
+
+    /// A chunk completed (errno on failure); the transfer finishes with its last chunk.
+    pub(crate) fn chunk_done(&mut self, id: u32, errno: Option<i32>) {
+        let Some(op) = self.bulk.chunk_done(id, errno) else {
+            return;
+        };
+        let mut bufs = op.bufs;
+        let result = match op.error {
+            None => {
+                self.metrics.bulk_ops += 1;
+                self.metrics.bulk_bytes += op.len as u64;
+                Ok(op.len)
+            }
+            Some(errno) => {
+                self.metrics.bulk_errors += 1;
+                for b in bufs.drain(..) {
+                    let _ = self.pool.put(b);
+                }
+                Err(errno)
+            }
+        };
+        self.bulk_done.push_back(BulkDone {
+            tag: op.tag,
+            dir: op.dir,
+            peer: op.peer,
+            result,
+            bufs,
+        });
+    }
+}
+
+/// `chunks` slabs for `len` bytes (full chunks, then the smallest slab that holds the
+/// rest), all or none.
+fn take_slabs(pool: &mut BufferPool, len: usize, chunk: usize, chunks: usize) -> Option<Bufs> {
+    let mut bufs = Bufs::new();
+    for i in 0..chunks {
+        let want = chunk.min(len - i * chunk);
+        match pool.get(want) {
+            Some(b) => bufs.push(b),
+            None => {
+                for b in bufs {
+                    let _ = pool.put(b);
+                }
+                return None;
+            }
+        }
+    }
+    Some(bufs)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn routes_round_trip_and_nothing_else_decodes() {
+        for r in [
+            Route::Recv(0),
+            Route::Recv(u32::MAX),
+            Route::Reply(7),
+            Route::Bulk { op: 3, chunk: 63 },
+            Route::Bulk {
+                op: u32::MAX,
+                chunk: u16::MAX,
+            },
+        ] {
+            assert_eq!(Route::decode(r.encode()), Some(r));
+        }
+        assert_eq!(Route::decode(0), None);
+        assert_eq!(Route::decode(0xff << 56), None);
+    }
+}
