@@ -283,6 +283,7 @@ impl Core {
     /// Pushes the first `len` bytes held by `bufs` (in order) to `[offset, offset+len)`
     /// of the peer's region. The slabs come back in a [`BulkDone`] once the bytes are in
     /// the peer's memory (delivery-complete): a reply sent after it never overtakes them.
+    /// A push refused here has put its slabs back in the pool, as a failed one does.
     pub fn push(
         &mut self,
         peer: PeerAddr,
@@ -291,7 +292,7 @@ impl Core {
         bufs: Bufs,
         len: usize,
         tag: u64,
-    ) -> Result<(), (BulkError, Bufs)> {
+    ) -> Result<(), BulkError> {
         let have: usize = bufs.iter().map(|b| b.capacity()).sum();
         let checked = self.narrow(region, offset, len).and_then(|r| {
             match len <= have && bufs.len() <= MAX_CHUNKS {
@@ -299,9 +300,20 @@ impl Core {
                 false => Err(BulkError::ShortBufs { len, have }),
             }
         });
+        let full = BulkError::Full(self.bulk.free());
+        let checked = checked.and_then(|r| {
+            if self.bulk.free() > 0 {
+                Ok(r)
+            } else {
+                Err(full)
+            }
+        });
         let region = match checked {
             Ok(r) => r,
-            Err(e) => return Err((e, bufs)),
+            Err(e) => {
+                self.put_back(bufs);
+                return Err(e);
+            }
         };
         // Only the slabs that carry bytes take part; the rest go back to the caller.
         let mut bufs = bufs;
@@ -315,9 +327,7 @@ impl Core {
             })
             .count();
         let spare: Bufs = bufs.drain(used..).collect();
-        for b in spare {
-            let _ = self.pool.put(b);
-        }
+        self.put_back(spare);
         let op = BulkOp {
             tag,
             dir: BulkDir::Push,
@@ -329,12 +339,15 @@ impl Core {
             done: 0,
             error: None,
         };
-        let id = match self.bulk.insert(op) {
-            Ok(id) => id,
-            Err(e) => return Err((e, Bufs::new())),
-        };
+        let id = self.bulk.insert(op).expect("a free entry was checked");
         self.post_chunks(id);
         Ok(())
+    }
+
+    fn put_back(&mut self, bufs: Bufs) {
+        for b in bufs {
+            let _ = self.pool.put(b);
+        }
     }
 
     fn narrow(&self, region: &BulkDesc, offset: u64, len: usize) -> Result<BulkDesc, BulkError> {
@@ -439,9 +452,7 @@ impl Core {
             }
             Some(errno) => {
                 self.metrics.bulk_errors += 1;
-                for b in bufs.drain(..) {
-                    let _ = self.pool.put(b);
-                }
+                self.put_back(std::mem::take(&mut bufs));
                 Err(errno)
             }
         };
