@@ -167,7 +167,9 @@ impl Core {
             self.metrics.replies_dropped += 1;
             return;
         };
-        if len <= self.ep.inject_size() && self.deferred.is_empty() {
+        // Injected even past deferred posts: replies to different requests need no
+        // order, and one stuck peer must not hold up the replies to the others.
+        if len <= self.ep.inject_size() {
             match self.ep.inject(&self.encode[..len], peer) {
                 Ok(()) => {
                     self.metrics.replies += 1;

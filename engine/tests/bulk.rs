@@ -1,0 +1,452 @@
+//! The data path closed end to end, on every provider here: a client's bytes pulled by
+//! RMA into pool slabs, written from those slabs with io_uring (O_DIRECT), read back
+//! into slabs and pushed by RMA into another client region; every byte compared, and
+//! the file read back with plain system calls too. Then a core whose transmit queue is
+//! full: the posts wait on later turns while the other clients keep getting replies.
+
+use std::collections::VecDeque;
+use std::path::{Path, PathBuf};
+use std::sync::mpsc;
+use std::time::{Duration, Instant};
+
+use nacre_client::{RpcClient, RpcConfig};
+use nacre_engine::{
+    Bufs, BulkDone, Core, CoreMetrics, Engine, EngineConfig, FileId, IoCompletion, PoolBuf,
+    PoolConfig, Request, Service, SizeClass, StorageConfig,
+};
+use nacre_fabric::{Access, BulkDesc, EndpointConfig, Memory, PeerAddr, Selection};
+use nacre_proto::{BodyReader, Header, Opcode};
+
+const WRITE: Opcode = Opcode::BULK_WRITE;
+const READ: Opcode = Opcode::BULK_READ;
+const MIB: usize = 1 << 20;
+
+/// One request on its way through pull/write or read/push.
+struct Op {
+    peer: PeerAddr,
+    header: Header,
+    desc: BulkDesc,
+    offset: u64,
+    len: usize,
+    /// Storage operations or slabs still out.
+    left: usize,
+    status: i32,
+    /// A read's slabs, in file order, as they complete.
+    slabs: Vec<Option<PoolBuf>>,
+}
+
+/// WRITE {offset, desc}: pull, write the slabs. READ {offset, len, desc}: read into slabs,
+/// push them. The reply goes only when everything finished.
+struct FileService {
+    file: FileId,
+    ops: Vec<Option<Op>>,
+    /// Reads waiting for slabs (back-pressure).
+    waiting: VecDeque<usize>,
+}
+
+impl FileService {
+    fn new(core: &mut Core, path: &Path) -> FileService {
+        let file = core.storage.open(path, true).expect("open the data file");
+        FileService {
+            file,
+            ops: Vec::new(),
+            waiting: VecDeque::new(),
+        }
+    }
+
+    fn add(&mut self, op: Op) -> usize {
+        self.ops.push(Some(op));
+        self.ops.len() - 1
+    }
+
+    fn fail(&mut self, core: &mut Core, id: usize, status: i32) {
+        if let Some(op) = self.ops[id].as_mut() {
+            if op.status == 0 {
+                op.status = status;
+            }
+        }
+        self.one_done(core, id);
+    }
+
+    /// One storage operation (or the push) finished; the last one answers.
+    fn one_done(&mut self, core: &mut Core, id: usize) {
+        let Some(op) = self.ops[id].as_mut() else {
+            return;
+        };
+        op.left -= 1;
+        if op.left > 0 {
+            return;
+        }
+        let slabs: Bufs = op.slabs.iter_mut().filter_map(Option::take).collect();
+        if op.header.opcode == READ && op.status == 0 && !slabs.is_empty() {
+            // The slabs are filled: push them; the reply follows the push's completion.
+            op.left = 1;
+            let (peer, desc, len) = (op.peer, op.desc, op.len);
+            if let Err(e) = core.push(peer, &desc, 0, slabs, len, id as u64) {
+                let op = self.ops[id].take().expect("checked");
+                core.reply(op.peer, &op.header, -e.errno(), &[]);
+            }
+            return;
+        }
+        for b in slabs {
+            let _ = core.pool.put(b);
+        }
+        let op = self.ops[id].take().expect("checked");
+        core.reply(op.peer, &op.header, op.status, &[]);
+    }
+
+    fn start_reads(&mut self, core: &mut Core) -> bool {
+        let mut moved = false;
+        while let Some(&id) = self.waiting.front() {
+            let len = self.ops[id].as_ref().expect("waiting op").len;
+            let slabs = len.div_ceil(MIB);
+            if core.pool.available(MIB) < slabs {
+                break;
+            }
+            self.waiting.pop_front();
+            let op = self.ops[id].as_mut().expect("waiting op");
+            op.left = slabs;
+            op.slabs = (0..slabs).map(|_| None).collect();
+            for i in 0..slabs {
+                let buf = core.pool.get(MIB).expect("counted");
+                let n = MIB.min(len - i * MIB).next_multiple_of(4096);
+                let at = op.offset + (i * MIB) as u64;
+                let tag = (id as u64) << 16 | i as u64;
+                match core.storage.read(self.file, buf, n, at, tag) {
+                    Ok(()) => {}
+                    Err((e, buf)) => panic!("read refused: {e} ({buf:?})"),
+                }
+            }
+            moved = true;
+        }
+        moved
+    }
+}
+
+impl Service for FileService {
+    fn on_request(&mut self, core: &mut Core, req: Request<'_>) {
+        let mut r = BodyReader::new(req.body);
+        let parsed = match req.header.opcode {
+            WRITE => r.u64().and_then(|o| Ok((o, 0, r.bulk()?))),
+            READ => r.u64().and_then(|o| Ok((o, r.u64()?, r.bulk()?))),
+            _ => return core.reply(req.peer, &req.header, -libc::ENOSYS, &[]),
+        };
+        let Ok((offset, len, desc)) = parsed else {
+            return core.reply(req.peer, &req.header, -libc::EBADMSG, &[]);
+        };
+        let len = if req.header.opcode == WRITE {
+            desc.len as usize
+        } else {
+            len as usize
+        };
+        let id = self.add(Op {
+            peer: req.peer,
+            header: req.header,
+            desc,
+            offset,
+            len,
+            left: 0,
+            status: 0,
+            slabs: Vec::new(),
+        });
+        if req.header.opcode == READ {
+            self.waiting.push_back(id);
+            self.start_reads(core);
+        } else if let Err(e) = core.pull(req.peer, &desc, 0, len, id as u64) {
+            self.ops[id] = None;
+            core.reply(req.peer, &req.header, -e.errno(), &[]);
+        }
+    }
+
+    fn on_bulk(&mut self, core: &mut Core, done: BulkDone) {
+        let id = done.tag as usize;
+        let len = match done.result {
+            Err(errno) => {
+                if let Some(op) = self.ops[id].as_mut() {
+                    op.left = 1;
+                }
+                return self.fail(core, id, -errno);
+            }
+            Ok(len) => len,
+        };
+        let Some(op) = self.ops[id].as_mut() else {
+            return;
+        };
+        if op.header.opcode == READ {
+            // Pushed: the slabs go back, and only now may the reply go.
+            for b in done.bufs {
+                let _ = core.pool.put(b);
+            }
+            let op = self.ops[id].take().expect("checked");
+            return core.reply(op.peer, &op.header, 0, &[]);
+        }
+        // Pulled: write every slab where it belongs, from the slab itself.
+        op.left = done.bufs.len();
+        let mut at = 0;
+        let base = op.offset;
+        for buf in done.bufs {
+            let n = buf.capacity().min(len - at);
+            let pos = base + at as u64;
+            at += n;
+            if let Err((e, buf)) = core
+                .storage
+                .write(self.file, buf, n, pos, (id as u64) << 16)
+            {
+                let _ = core.pool.put(buf);
+                panic!("write refused: {e}");
+            }
+        }
+    }
+
+    fn on_storage(&mut self, core: &mut Core, done: IoCompletion) {
+        let (id, chunk) = (
+            (done.user_data >> 16) as usize,
+            done.user_data as u16 as usize,
+        );
+        let buf = done.buf.expect("reads and writes carry their slab");
+        let Some(op) = self.ops[id].as_mut() else {
+            let _ = core.pool.put(buf);
+            return;
+        };
+        if op.header.opcode == READ {
+            op.slabs[chunk] = Some(buf); // reads complete in any order
+        } else {
+            let _ = core.pool.put(buf);
+        }
+        match done.result {
+            Ok(_) => self.one_done(core, id),
+            Err(errno) => self.fail(core, id, -errno),
+        }
+    }
+
+    fn on_turn(&mut self, core: &mut Core) -> bool {
+        self.start_reads(core)
+    }
+}
+
+fn data_dir(test: &str) -> PathBuf {
+    let d = PathBuf::from(env!("CARGO_TARGET_TMPDIR")).join(test);
+    std::fs::create_dir_all(&d).unwrap();
+    d
+}
+
+/// An engine core serving `path` over `provider`, or None (skipped, with a reason).
+fn serve(provider: &str, path: &Path, endpoint: EndpointConfig) -> Option<Engine> {
+    let fabric = Selection::provider(provider);
+    if let Err(e) = nacre_fabric::Info::find(&fabric) {
+        nacre_fabric::testing::skip(&format!("bulk tests on {provider}: not available: {e}"));
+        return None;
+    }
+    let cfg = EngineConfig {
+        cores: 1,
+        no_pin: true,
+        fabric,
+        endpoint,
+        pool: PoolConfig {
+            classes: vec![SizeClass {
+                size: MIB,
+                count: 8,
+            }],
+            huge_pages: false,
+        },
+        storage: StorageConfig {
+            queue_depth: 32,
+            ..Default::default()
+        },
+        ..Default::default()
+    };
+    let path = path.to_path_buf();
+    Some(Engine::start(&cfg, move |_, core| FileService::new(core, &path)).expect("engine"))
+}
+
+fn client(provider: &str, engine: &Engine) -> RpcClient {
+    let cfg = RpcConfig {
+        timeout: Duration::from_secs(20),
+        ..Default::default()
+    };
+    let sel = Selection::provider(provider);
+    RpcClient::connect(&sel, &engine.cores()[0].fabric_name, cfg).expect("HELLO")
+}
+
+fn pattern(seed: u64, len: usize) -> Vec<u8> {
+    let mut x = seed.wrapping_mul(0x9e37_79b9_7f4a_7c15) | 1;
+    (0..len)
+        .map(|_| {
+            x ^= x << 13;
+            x ^= x >> 7;
+            x ^= x << 17;
+            x as u8
+        })
+        .collect()
+}
+
+fn write_body(offset: u64, desc: &BulkDesc) -> Vec<u8> {
+    let mut b = offset.to_le_bytes().to_vec();
+    b.extend_from_slice(&desc.to_bytes());
+    b
+}
+
+fn read_body(offset: u64, len: u64, desc: &BulkDesc) -> Vec<u8> {
+    let mut b = offset.to_le_bytes().to_vec();
+    b.extend_from_slice(&len.to_le_bytes());
+    b.extend_from_slice(&desc.to_bytes());
+    b
+}
+
+fn metrics(engine: &Engine) -> CoreMetrics {
+    let (tx, rx) = mpsc::channel();
+    assert!(engine.call(0, move |c| tx.send(c.metrics.clone()).unwrap()));
+    rx.recv_timeout(Duration::from_secs(10)).expect("metrics")
+}
+
+fn pull_write_read_push(provider: &str) {
+    let dir = data_dir(&format!("bulk-{}", provider.replace(';', "_")));
+    let path = dir.join("data");
+    let _ = std::fs::remove_file(&path);
+    let Some(engine) = serve(provider, &path, EndpointConfig::default()) else {
+        return;
+    };
+    let mut c = client(provider, &engine);
+    // (file offset, length): one page, a slab, several slabs with a short last one.
+    let pieces = [
+        (0u64, 4096usize),
+        (MIB as u64, MIB),
+        (4 * MIB as u64, 3 * MIB + 8192),
+    ];
+    let total: usize = pieces.iter().map(|p| p.1).sum();
+    let src = c
+        .endpoint()
+        .register(Memory::anonymous(total).unwrap(), Access::ALL)
+        .unwrap();
+    let dst = c
+        .endpoint()
+        .register(Memory::anonymous(total).unwrap(), Access::ALL)
+        .unwrap();
+    let data = pattern(provider.len() as u64, total);
+    src.copy_in(0, &data).unwrap();
+    let mut at = 0;
+    for &(offset, len) in &pieces {
+        let desc = src.remote(at, len).unwrap();
+        let r = c.request(WRITE, &write_body(offset, &desc)).unwrap();
+        assert_eq!(r.header.status, 0, "write {offset}+{len} on {provider}");
+        at += len;
+    }
+    let mut at = 0;
+    for &(offset, len) in &pieces {
+        let desc = dst.remote(at, len).unwrap();
+        let r = c
+            .request(READ, &read_body(offset, len as u64, &desc))
+            .unwrap();
+        assert_eq!(r.header.status, 0, "read {offset}+{len} on {provider}");
+        at += len;
+    }
+    let mut back = vec![0u8; total];
+    dst.copy_out(0, &mut back).unwrap();
+    assert!(back == data, "bytes pushed back differ on {provider}");
+    // And on disk, through the page cache, exactly where they were written.
+    let file = std::fs::read(&path).unwrap();
+    let mut at = 0;
+    for &(offset, len) in &pieces {
+        let o = offset as usize;
+        assert!(file[o..o + len] == data[at..at + len], "file bytes at {o}");
+        at += len;
+    }
+    let m = metrics(&engine);
+    assert_eq!(m.bulk_ops, 2 * pieces.len() as u64);
+    assert_eq!(m.bulk_bytes, 2 * total as u64);
+    assert_eq!(m.bulk_errors, 0);
+    // A descriptor that runs past the client's region is an error reply, and the core
+    // goes on serving.
+    let bad = BulkDesc {
+        len: 64 * MIB as u64,
+        ..src.remote(0, 4096).unwrap()
+    };
+    let r = c.request(WRITE, &write_body(0, &bad)).unwrap();
+    assert_eq!(
+        r.header.status,
+        -libc::EMSGSIZE,
+        "larger than the pool holds"
+    );
+    assert_eq!(
+        c.request(Opcode::PING, b"still here")
+            .unwrap()
+            .header
+            .status,
+        0
+    );
+    engine.stop();
+}
+
+#[test]
+fn bytes_go_wire_to_slab_to_disk_and_back_on_tcp() {
+    pull_write_read_push("tcp");
+}
+
+#[test]
+fn bytes_go_wire_to_slab_to_disk_and_back_on_sockets() {
+    pull_write_read_push("sockets");
+}
+
+#[test]
+fn bytes_go_wire_to_slab_to_disk_and_back_on_shm() {
+    pull_write_read_push("shm");
+}
+
+/// One transmit credit on the server: pushes to a client that does not progress fill
+/// it, the posts behind wait in the core's queue, and another client's requests are
+/// answered all the while. When the first client progresses again, every read lands.
+#[test]
+fn a_full_transmit_queue_stalls_no_other_client() {
+    let path = data_dir("bulk-full-queue").join("data");
+    let one_credit = EndpointConfig {
+        max_tx: 1,
+        ..Default::default()
+    };
+    let Some(engine) = serve("tcp", &path, one_credit) else {
+        return;
+    };
+    let mut a = client("tcp", &engine);
+    let mut b = client("tcp", &engine);
+    let reads = 6;
+    let len = 256 << 10;
+    let src = a
+        .endpoint()
+        .register(Memory::anonymous(len).unwrap(), Access::ALL)
+        .unwrap();
+    let data = pattern(9, len);
+    src.copy_in(0, &data).unwrap();
+    let r = a
+        .request(WRITE, &write_body(0, &src.remote(0, len).unwrap()))
+        .unwrap();
+    assert_eq!(r.header.status, 0);
+    let dst = a
+        .endpoint()
+        .register(Memory::anonymous(reads * len).unwrap(), Access::ALL)
+        .unwrap();
+    for i in 0..reads {
+        let desc = dst.remote(i * len, len).unwrap();
+        a.send(READ, 100 + i as u64, &read_body(0, len as u64, &desc))
+            .unwrap();
+    }
+    // `a` now stops progressing. `b` is served regardless, while posts wait.
+    let start = Instant::now();
+    for i in 0..50u32 {
+        let r = b.request(Opcode::PING, &i.to_le_bytes()).unwrap();
+        assert_eq!(r.header.status, 0);
+    }
+    let pings = start.elapsed();
+    assert!(pings < Duration::from_secs(10), "pings took {pings:?}");
+    let m = metrics(&engine);
+    assert!(m.deferred_posts > 0, "the queue never filled: {m:?}");
+    // `a` progresses again: every read completes with the right bytes.
+    for _ in 0..reads {
+        let r = a.next_reply().unwrap();
+        assert_eq!(r.header.status, 0);
+    }
+    for i in 0..reads {
+        let mut back = vec![0u8; len];
+        dst.copy_out(i * len, &mut back).unwrap();
+        assert!(back == data, "read {i}");
+    }
+    engine.stop();
+}
