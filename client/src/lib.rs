@@ -6,4 +6,4 @@
 
 mod rpc;
 
-pub use rpc::{ClientError, Reply, RpcClient, RpcConfig};
+pub use rpc::{ClientEndpoint, ClientError, Reply, RpcClient, RpcConfig, SessionId};

@@ -1,4 +1,12 @@
-//! A session with one server core.
+//! The client's fabric side: one endpoint with sessions to any number of server cores.
+//!
+//! A [`ClientEndpoint`] owns one libfabric domain and RDM endpoint (the provider's
+//! resources are per endpoint: one per client, or one per client thread, not one per
+//! server). [`ClientEndpoint::connect`] says HELLO to a server core and returns the
+//! [`SessionId`] that requests are routed by. Request ids are unique per endpoint, so a
+//! reply names its request, and the request its session. Every request has a deadline;
+//! progress runs whenever the caller waits, so RMA that servers drive against our
+//! registrations advances while requests are outstanding.
 
 use std::collections::VecDeque;
 use std::time::{Duration, Instant};
@@ -6,10 +14,7 @@ use std::time::{Duration, Instant};
 use nacre_fabric::{
     Access, Completion, Endpoint, EndpointConfig, Memory, MemoryRegion, OpKind, PeerAddr, Selection,
 };
-use nacre_proto::{DecodeError, Frame, Header, Limits, Opcode, Pending, HEADER_LEN};
-
-const RECV: u64 = 1 << 40;
-const SEND: u64 = 1 << 41;
+use nacre_proto::{DecodeError, Frame, Header, Limits, Opcode, Outstanding, HEADER_LEN};
 
 #[derive(Debug, thiserror::Error)]
 pub enum ClientError {
@@ -21,16 +26,19 @@ pub enum ClientError {
     Timeout(Duration),
     #[error("request {id} got no reply within {after:?}")]
     Expired { id: u64, after: Duration },
+    #[error("unknown session {0:?}")]
+    UnknownSession(SessionId),
     #[error("{0}")]
     Protocol(String),
 }
 
 #[derive(Debug, Clone)]
 pub struct RpcConfig {
-    /// Requests in flight at most (receive and transmit slots).
+    /// Requests in flight at most, over all sessions (receive and transmit slots).
     pub depth: usize,
     /// Largest message in either direction (header + inline body).
     pub msg_size: usize,
+    /// Deadline of every request.
     pub timeout: Duration,
 }
 
@@ -44,6 +52,10 @@ impl Default for RpcConfig {
     }
 }
 
+/// A session with one server core, as [`ClientEndpoint::connect`] made it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub struct SessionId(u32);
+
 /// A reply: its header (status, request id) and inline body.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Reply {
@@ -51,134 +63,218 @@ pub struct Reply {
     pub body: Vec<u8>,
 }
 
-pub struct RpcClient {
+struct Session {
+    peer: PeerAddr,
+    /// The server's id for us (from its HELLO reply); 0 until then.
+    remote: u32,
+    name: Vec<u8>,
+}
+
+/// Receive slots first, transmit slots after them, in one registration.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Slot {
+    Recv(usize),
+    Send(usize),
+}
+
+impl Slot {
+    const SEND: u64 = 1 << 32;
+
+    fn context(self) -> u64 {
+        match self {
+            Slot::Recv(i) => i as u64,
+            Slot::Send(i) => Self::SEND | i as u64,
+        }
+    }
+
+    fn of(context: u64) -> Slot {
+        match context & Self::SEND {
+            0 => Slot::Recv(context as u32 as usize),
+            _ => Slot::Send(context as u32 as usize),
+        }
+    }
+}
+
+pub struct ClientEndpoint {
     ep: Endpoint,
-    server: PeerAddr,
-    session: u32,
+    sessions: Vec<Session>,
     msgs: MemoryRegion,
     cfg: RpcConfig,
+    slots: usize,
     tx_free: Vec<usize>,
-    replies: VecDeque<Reply>,
-    /// Requests sent and not answered, with their deadlines.
-    pending: Pending<Opcode>,
+    /// Replies that arrived, with their session.
+    replies: VecDeque<(SessionId, Reply)>,
+    /// Requests sent and not answered: id -> (deadline, session).
+    pending: Outstanding<SessionId>,
     /// Requests whose deadline passed, not reported yet.
     expired: VecDeque<u64>,
     dropped: u64,
     frame: Vec<u8>,
-    next_id: u64,
 }
 
-impl RpcClient {
-    /// Opens an endpoint, reaches the core at `server_name` and says HELLO.
-    pub fn connect(
-        sel: &Selection,
-        server_name: &[u8],
-        cfg: RpcConfig,
-    ) -> Result<RpcClient, ClientError> {
+impl ClientEndpoint {
+    /// Opens the endpoint and posts its receives; no session yet.
+    pub fn open(sel: &Selection, cfg: RpcConfig) -> Result<ClientEndpoint, ClientError> {
         let mut ep = nacre_fabric::open(sel, &EndpointConfig::default())?;
-        let server = ep.insert_peer(server_name)?;
         let slots = cfg.depth + 1;
         let msgs = ep.register(Memory::anonymous(2 * slots * cfg.msg_size)?, Access::LOCAL)?;
         for slot in 0..slots {
             ep.post_recv(
                 msgs.slice(slot * cfg.msg_size, cfg.msg_size)?,
-                RECV | slot as u64,
+                Slot::Recv(slot).context(),
             )?;
         }
-        let mut c = RpcClient {
+        Ok(ClientEndpoint {
             ep,
-            server,
-            session: 0,
+            sessions: Vec::new(),
             msgs,
             tx_free: (0..slots).collect(),
+            slots,
             replies: VecDeque::new(),
-            pending: Pending::with_capacity(slots * 4),
+            pending: Outstanding::with_capacity(slots * 4),
             expired: VecDeque::new(),
             dropped: 0,
             frame: vec![0; cfg.msg_size],
             cfg,
-            next_id: 1,
-        };
-        let name = c.ep.name().to_vec();
-        let reply = c.request(Opcode::HELLO, &name)?;
-        let session: [u8; 4] = reply
+        })
+    }
+
+    /// Reaches the server core at `server_name` (as it published it) and says HELLO.
+    pub fn connect(&mut self, server_name: &[u8]) -> Result<SessionId, ClientError> {
+        if let Some(i) = self.sessions.iter().position(|s| s.name == server_name) {
+            return Ok(SessionId(i as u32));
+        }
+        let peer = self.ep.insert_peer(server_name)?;
+        let sid = SessionId(self.sessions.len() as u32);
+        self.sessions.push(Session {
+            peer,
+            remote: 0,
+            name: server_name.to_vec(),
+        });
+        let name = self.ep.name().to_vec();
+        let reply = self.request(sid, Opcode::HELLO, &name)?;
+        let remote: [u8; 4] = reply
             .body
             .get(..4)
             .and_then(|b| b.try_into().ok())
+            .filter(|_| reply.header.status == 0)
             .ok_or_else(|| {
                 ClientError::Protocol(format!("bad HELLO reply (status {})", reply.header.status))
             })?;
-        c.session = u32::from_le_bytes(session);
-        Ok(c)
+        self.sessions[sid.0 as usize].remote = u32::from_le_bytes(remote);
+        Ok(sid)
     }
 
-    /// The endpoint, e.g. to register buffers the server reaches by RMA.
+    /// The endpoint, e.g. to register buffers servers reach by RMA.
     pub fn endpoint(&mut self) -> &mut Endpoint {
         &mut self.ep
     }
 
-    pub fn session(&self) -> u32 {
-        self.session
+    /// The server's id for this client on session `sid`.
+    pub fn remote_session(&self, sid: SessionId) -> Option<u32> {
+        self.sessions.get(sid.0 as usize).map(|s| s.remote)
     }
 
-    /// Sends a request and waits for its reply.
-    pub fn request(&mut self, op: Opcode, body: &[u8]) -> Result<Reply, ClientError> {
-        let id = self.next_id;
-        self.next_id += 1;
-        self.send(op, id, body)?;
-        let start = Instant::now();
+    /// Sends a request on `sid` and waits for its reply (progressing meanwhile).
+    pub fn request(
+        &mut self,
+        sid: SessionId,
+        op: Opcode,
+        body: &[u8],
+    ) -> Result<Reply, ClientError> {
+        let id = self.send(sid, op, body)?;
+        self.wait(id)
+    }
+
+    /// Waits for the reply to request `id` (its deadline was set when it was sent);
+    /// replies to other requests that arrive meanwhile are kept for their callers.
+    pub fn wait(&mut self, id: u64) -> Result<Reply, ClientError> {
         loop {
-            if let Some(at) = self.replies.iter().position(|r| r.header.request_id == id) {
-                return Ok(self.replies.remove(at).expect("found"));
+            if let Some(at) = self
+                .replies
+                .iter()
+                .position(|r| r.1.header.request_id == id)
+            {
+                return Ok(self.replies.remove(at).expect("found").1);
             }
-            self.pump()?;
-            if start.elapsed() > self.cfg.timeout {
-                self.pending.complete(id);
+            if !self.pending.contains(id) {
+                self.expired.retain(|&e| e != id);
                 return Err(ClientError::Expired {
                     id,
                     after: self.cfg.timeout,
                 });
             }
+            self.pump()?;
+            self.expire();
         }
     }
 
-    /// Sends a request without waiting (inject when it fits, else from a transmit slot).
-    /// Its reply must come within the configured timeout, or [`RpcClient::next_reply`]
-    /// reports it expired.
-    pub fn send(&mut self, op: Opcode, id: u64, body: &[u8]) -> Result<(), ClientError> {
+    /// Sends a request without waiting (inject when it fits, else from a transmit slot)
+    /// and returns its id. Its reply must come within the configured timeout, or
+    /// [`ClientEndpoint::next_reply`] reports it expired.
+    pub fn send(&mut self, sid: SessionId, op: Opcode, body: &[u8]) -> Result<u64, ClientError> {
+        let id = self.pending.next_id();
+        self.send_with_id(sid, op, id, body)?;
+        Ok(id)
+    }
+
+    /// [`ClientEndpoint::send`] with a request id of the caller's (unique among those
+    /// outstanding on this endpoint).
+    pub fn send_with_id(
+        &mut self,
+        sid: SessionId,
+        op: Opcode,
+        id: u64,
+        body: &[u8],
+    ) -> Result<(), ClientError> {
+        let session = self
+            .sessions
+            .get(sid.0 as usize)
+            .ok_or(ClientError::UnknownSession(sid))?;
+        let (peer, remote) = (session.peer, session.remote);
         let mut h = Header::request(op, id, 0);
-        h.session = self.session;
+        h.session = remote;
         let n = h
             .encode_frame(body, &mut self.frame)
             .ok_or_else(|| ClientError::Protocol("request body larger than a message".into()))?;
         self.pending
-            .insert(id, Instant::now(), self.cfg.timeout, op)
+            .insert(id, Instant::now(), self.cfg.timeout, sid)
             .map_err(|e| ClientError::Protocol(e.to_string()))?;
-        if let Err(e) = self.send_raw_len(n) {
+        if let Err(e) = self.send_frame(peer, n) {
             self.pending.complete(id);
             return Err(e);
         }
         Ok(())
     }
 
-    /// Sends arbitrary bytes as one message (tests of the server's decoder); a reply with
-    /// request id `expect` is awaited, any other is dropped.
-    pub fn send_raw(&mut self, bytes: &[u8], expect: Option<u64>) -> Result<(), ClientError> {
+    /// Sends arbitrary bytes as one message on `sid` (tests of the server's decoder); a
+    /// reply with request id `expect` is awaited, any other is dropped.
+    pub fn send_raw(
+        &mut self,
+        sid: SessionId,
+        bytes: &[u8],
+        expect: Option<u64>,
+    ) -> Result<(), ClientError> {
+        let peer = self
+            .sessions
+            .get(sid.0 as usize)
+            .ok_or(ClientError::UnknownSession(sid))?
+            .peer;
         if bytes.len() > self.frame.len() {
             return Err(ClientError::Protocol("message too large".into()));
         }
         if let Some(id) = expect {
             self.pending
-                .insert(id, Instant::now(), self.cfg.timeout, Opcode(0))
+                .insert(id, Instant::now(), self.cfg.timeout, sid)
                 .map_err(|e| ClientError::Protocol(e.to_string()))?;
         }
         self.frame[..bytes.len()].copy_from_slice(bytes);
-        self.send_raw_len(bytes.len())
+        self.send_frame(peer, bytes.len())
     }
 
-    fn send_raw_len(&mut self, n: usize) -> Result<(), ClientError> {
+    fn send_frame(&mut self, peer: PeerAddr, n: usize) -> Result<(), ClientError> {
         if n <= self.ep.inject_size() {
-            return Ok(self.ep.inject(&self.frame[..n], self.server)?);
+            return Ok(self.ep.inject(&self.frame[..n], peer)?);
         }
         let start = Instant::now();
         while self.tx_free.is_empty() {
@@ -188,25 +284,24 @@ impl RpcClient {
             }
         }
         let slot = self.tx_free.pop().expect("checked");
-        let at = (self.cfg.depth + 1 + slot) * self.cfg.msg_size;
+        let at = (self.slots + slot) * self.cfg.msg_size;
         self.msgs.copy_in(at, &self.frame[..n])?;
-        self.ep
-            .post_send(self.msgs.slice(at, n)?, self.server, SEND | slot as u64)?;
+        let src = self.msgs.slice(at, n)?;
+        self.ep.post_send(src, peer, Slot::Send(slot).context())?;
         Ok(())
     }
 
-    /// Waits for the next reply, whatever its request; fails when a request outlives its
-    /// deadline (the server is gone or dropped it), or after the timeout with nothing sent.
-    pub fn next_reply(&mut self) -> Result<Reply, ClientError> {
+    /// Waits for the next reply, whatever its request and session; fails when a request
+    /// outlives its deadline (the server is gone or dropped it), or after the timeout
+    /// with nothing outstanding.
+    pub fn next_reply(&mut self) -> Result<(SessionId, Reply), ClientError> {
         let start = Instant::now();
         loop {
             if let Some(r) = self.replies.pop_front() {
                 return Ok(r);
             }
             self.pump()?;
-            let now = Instant::now();
-            self.expired
-                .extend(self.pending.expire(now).into_iter().map(|(id, _)| id));
+            self.expire();
             if let Some(id) = self.expired.pop_front() {
                 return Err(ClientError::Expired {
                     id,
@@ -219,7 +314,13 @@ impl RpcClient {
         }
     }
 
-    /// Polls for replies for up to `wait`; returns how many are queued.
+    fn expire(&mut self) {
+        let now = Instant::now();
+        self.expired
+            .extend(self.pending.expire(now).into_iter().map(|(id, _)| id));
+    }
+
+    /// Progresses for up to `wait`; returns how many replies are queued.
     pub fn poll_for(&mut self, wait: Duration) -> Result<usize, ClientError> {
         let start = Instant::now();
         while start.elapsed() < wait {
@@ -242,11 +343,9 @@ impl RpcClient {
             Err(e) => return self.failed_completion(e),
         };
         for c in &done[..n] {
-            let slot = (c.context & 0xffff) as usize;
-            if c.context & SEND != 0 {
-                self.tx_free.push(slot);
-            } else {
-                self.take_reply(slot, c.len)?;
+            match Slot::of(c.context) {
+                Slot::Send(slot) => self.tx_free.push(slot),
+                Slot::Recv(slot) => self.take_reply(slot, c.len)?,
             }
         }
         Ok(())
@@ -258,10 +357,10 @@ impl RpcClient {
         let nacre_fabric::ErrorKind::Completion(c) = e.kind() else {
             return Err(e.into());
         };
-        match c.context {
-            Some(ctx) if ctx & SEND != 0 => self.tx_free.push((ctx & 0xffff) as usize),
-            Some(ctx) if ctx & RECV != 0 => self.repost((ctx & 0xffff) as usize)?,
-            _ => return Err(e.into()),
+        match c.context.map(Slot::of) {
+            Some(Slot::Send(slot)) => self.tx_free.push(slot),
+            Some(Slot::Recv(slot)) => self.repost(slot)?,
+            None => return Err(e.into()),
         }
         Ok(())
     }
@@ -280,26 +379,93 @@ impl RpcClient {
             self.dropped += 1;
             return Ok(());
         };
-        if self.pending.complete(frame.header.request_id).is_none() {
+        let Some(sid) = self.pending.complete(frame.header.request_id) else {
             self.dropped += 1;
             return Ok(());
-        }
-        self.replies.push_back(Reply {
-            header: frame.header,
-            body: frame.body.to_vec(),
-        });
+        };
+        self.replies.push_back((
+            sid,
+            Reply {
+                header: frame.header,
+                body: frame.body.to_vec(),
+            },
+        ));
         Ok(())
     }
 
     fn repost(&mut self, slot: usize) -> Result<(), ClientError> {
         let size = self.cfg.msg_size;
-        Ok(self
-            .ep
-            .post_recv(self.msgs.slice(slot * size, size)?, RECV | slot as u64)?)
+        let dst = self.msgs.slice(slot * size, size)?;
+        Ok(self.ep.post_recv(dst, Slot::Recv(slot).context())?)
     }
 
     /// Messages dropped because they were malformed or answered nothing pending.
     pub fn dropped(&self) -> u64 {
         self.dropped
+    }
+}
+
+/// A client endpoint with one session: the common case of tools and tests that talk to
+/// one server core.
+pub struct RpcClient {
+    inner: ClientEndpoint,
+    sid: SessionId,
+}
+
+impl RpcClient {
+    /// Opens an endpoint, reaches the core at `server_name` and says HELLO.
+    pub fn connect(
+        sel: &Selection,
+        server_name: &[u8],
+        cfg: RpcConfig,
+    ) -> Result<RpcClient, ClientError> {
+        let mut inner = ClientEndpoint::open(sel, cfg)?;
+        let sid = inner.connect(server_name)?;
+        Ok(RpcClient { inner, sid })
+    }
+
+    pub fn endpoint(&mut self) -> &mut Endpoint {
+        self.inner.endpoint()
+    }
+
+    /// The server's id for this client.
+    pub fn session(&self) -> u32 {
+        self.inner.remote_session(self.sid).unwrap_or(0)
+    }
+
+    pub fn request(&mut self, op: Opcode, body: &[u8]) -> Result<Reply, ClientError> {
+        self.inner.request(self.sid, op, body)
+    }
+
+    pub fn send(&mut self, op: Opcode, id: u64, body: &[u8]) -> Result<(), ClientError> {
+        self.inner.send_with_id(self.sid, op, id, body)
+    }
+
+    pub fn send_raw(&mut self, bytes: &[u8], expect: Option<u64>) -> Result<(), ClientError> {
+        self.inner.send_raw(self.sid, bytes, expect)
+    }
+
+    pub fn next_reply(&mut self) -> Result<Reply, ClientError> {
+        Ok(self.inner.next_reply()?.1)
+    }
+
+    pub fn poll_for(&mut self, wait: Duration) -> Result<usize, ClientError> {
+        self.inner.poll_for(wait)
+    }
+
+    pub fn dropped(&self) -> u64 {
+        self.inner.dropped()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn slots_round_trip_through_contexts() {
+        for s in [Slot::Recv(0), Slot::Recv(99), Slot::Send(0), Slot::Send(7)] {
+            assert_eq!(Slot::of(s.context()), s);
+        }
     }
 }

@@ -9,7 +9,7 @@ use std::path::{Path, PathBuf};
 use std::sync::mpsc;
 use std::time::{Duration, Instant};
 
-use nacre_client::{RpcClient, RpcConfig};
+use nacre_client::{ClientEndpoint, RpcClient, RpcConfig};
 use nacre_engine::{
     Bufs, BulkDone, Core, CoreMetrics, Engine, EngineConfig, FileId, IoCompletion, PoolBuf,
     PoolConfig, Request, Service, SizeClass, StorageConfig,
@@ -449,4 +449,60 @@ fn a_full_transmit_queue_stalls_no_other_client() {
         assert!(back == data, "read {i}");
     }
     engine.stop();
+}
+
+/// One client endpoint, sessions to two servers: requests interleave, every reply comes
+/// back on its own session, and bulk transfers to both land in one registration.
+#[test]
+fn one_client_endpoint_serves_sessions_to_many_servers() {
+    let dir = data_dir("bulk-many-servers");
+    let (Some(e1), Some(e2)) = (
+        serve("tcp", &dir.join("one"), EndpointConfig::default()),
+        serve("tcp", &dir.join("two"), EndpointConfig::default()),
+    ) else {
+        return;
+    };
+    let cfg = RpcConfig {
+        timeout: Duration::from_secs(20),
+        ..Default::default()
+    };
+    let mut c = ClientEndpoint::open(&Selection::provider("tcp"), cfg).unwrap();
+    let s1 = c.connect(&e1.cores()[0].fabric_name).unwrap();
+    let s2 = c.connect(&e2.cores()[0].fabric_name).unwrap();
+    assert_ne!(s1, s2);
+    assert_eq!(c.connect(&e1.cores()[0].fabric_name).unwrap(), s1, "reused");
+    let mut sent = Vec::new();
+    for i in 0..20u32 {
+        let sid = if i % 2 == 0 { s1 } else { s2 };
+        sent.push((c.send(sid, Opcode::PING, &i.to_le_bytes()).unwrap(), sid, i));
+    }
+    for _ in 0..sent.len() {
+        let (sid, r) = c.next_reply().unwrap();
+        let &(_, want_sid, i) = sent
+            .iter()
+            .find(|s| s.0 == r.header.request_id)
+            .expect("a reply to a request we sent");
+        assert_eq!(sid, want_sid);
+        assert_eq!(r.body, i.to_le_bytes());
+    }
+    let len = 64 << 10;
+    let mr = c
+        .endpoint()
+        .register(Memory::anonymous(2 * len).unwrap(), Access::ALL)
+        .unwrap();
+    mr.copy_in(0, &pattern(1, 2 * len)).unwrap();
+    let w1 = c
+        .send(s1, WRITE, &write_body(0, &mr.remote(0, len).unwrap()))
+        .unwrap();
+    let w2 = c
+        .send(s2, WRITE, &write_body(0, &mr.remote(len, len).unwrap()))
+        .unwrap();
+    assert_eq!(c.wait(w2).unwrap().header.status, 0);
+    assert_eq!(c.wait(w1).unwrap().header.status, 0);
+    let whole = pattern(1, 2 * len);
+    assert!(std::fs::read(dir.join("one")).unwrap()[..len] == whole[..len]);
+    assert!(std::fs::read(dir.join("two")).unwrap()[..len] == whole[len..]);
+    // Nothing uses the region any more: it can be released while receives stay posted.
+    assert_eq!(mr.busy(), 0);
+    c.endpoint().deregister(&mr).unwrap();
 }

@@ -8,8 +8,8 @@
 
 mod body;
 mod frame;
-mod pending;
+mod outstanding;
 
 pub use body::{BodyError, BodyReader, BodyWriter, BulkDesc};
 pub use frame::{DecodeError, Flags, Frame, Header, Limits, Opcode, HEADER_LEN, MAGIC, VERSION};
-pub use pending::{Pending, PendingError};
+pub use outstanding::{Outstanding, OutstandingError};

@@ -5,7 +5,7 @@ use std::collections::{BTreeSet, HashMap};
 use std::time::{Duration, Instant};
 
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
-pub enum PendingError {
+pub enum OutstandingError {
     #[error("{0} requests already outstanding")]
     Full(usize),
     #[error("request id {0} is already outstanding")]
@@ -14,16 +14,16 @@ pub enum PendingError {
 
 /// Outstanding requests: id -> (deadline, caller's token).
 #[derive(Debug)]
-pub struct Pending<T> {
+pub struct Outstanding<T> {
     by_id: HashMap<u64, (Instant, T)>,
     by_deadline: BTreeSet<(Instant, u64)>,
     capacity: usize,
     next_id: u64,
 }
 
-impl<T> Pending<T> {
+impl<T> Outstanding<T> {
     pub fn with_capacity(capacity: usize) -> Self {
-        Pending {
+        Outstanding {
             by_id: HashMap::with_capacity(capacity),
             by_deadline: BTreeSet::new(),
             capacity,
@@ -44,12 +44,12 @@ impl<T> Pending<T> {
         now: Instant,
         timeout: Duration,
         token: T,
-    ) -> Result<(), PendingError> {
+    ) -> Result<(), OutstandingError> {
         if self.by_id.len() >= self.capacity {
-            return Err(PendingError::Full(self.capacity));
+            return Err(OutstandingError::Full(self.capacity));
         }
         if self.by_id.contains_key(&id) {
-            return Err(PendingError::Duplicate(id));
+            return Err(OutstandingError::Duplicate(id));
         }
         // A timeout too large to add means "no deadline" in practice: a century.
         let deadline = now
@@ -89,6 +89,11 @@ impl<T> Pending<T> {
         self.by_deadline.first().map(|&(d, _)| d)
     }
 
+    /// Whether `id` is outstanding (sent, not answered, not expired).
+    pub fn contains(&self, id: u64) -> bool {
+        self.by_id.contains_key(&id)
+    }
+
     pub fn len(&self) -> usize {
         self.by_id.len()
     }
@@ -105,13 +110,13 @@ mod tests {
     #[test]
     fn matches_replies_and_expires_the_rest() {
         let t0 = Instant::now();
-        let mut p = Pending::with_capacity(2);
+        let mut p = Outstanding::with_capacity(2);
         let (a, b) = (p.next_id(), p.next_id());
         p.insert(a, t0, Duration::from_secs(1), "a").unwrap();
         p.insert(b, t0, Duration::from_secs(5), "b").unwrap();
         assert_eq!(
             p.insert(99, t0, Duration::ZERO, "c"),
-            Err(PendingError::Full(2))
+            Err(OutstandingError::Full(2))
         );
         assert_eq!(p.next_deadline(), Some(t0 + Duration::from_secs(1)));
         assert!(p.expire(t0).is_empty());
@@ -122,7 +127,7 @@ mod tests {
         p.insert(b, t0, Duration::ZERO, "b").unwrap();
         assert_eq!(
             p.insert(b, t0, Duration::ZERO, "b"),
-            Err(PendingError::Duplicate(b))
+            Err(OutstandingError::Duplicate(b))
         );
     }
 }
