@@ -77,6 +77,11 @@ pub struct EndpointConfig {
     /// once and the caller retries it later (what an engine core does, so that one slow
     /// peer never stops its loop).
     pub post_timeout: Duration,
+    /// mr_mode bits handled as if the provider had asked for them. Only the bits whose
+    /// handling is valid on any provider are taken (FI_MR_PROV_KEY: use the key the
+    /// provider reports; FI_MR_ENDPOINT: bind and enable each registration): tests use it
+    /// to run those branches on providers that ask for neither, as EFA and verbs do.
+    pub force_mr_mode: u64,
 }
 
 impl Default for EndpointConfig {
@@ -86,6 +91,7 @@ impl Default for EndpointConfig {
             max_rx: 256,
             av_size: 64,
             post_timeout: Duration::from_secs(30),
+            force_mr_mode: 0,
         }
     }
 }
@@ -98,11 +104,12 @@ pub(crate) struct Domain {
 }
 
 impl Domain {
-    fn open(info: &Info) -> Result<Rc<Domain>> {
+    fn open(info: &Info, force_mr_mode: u64) -> Result<Rc<Domain>> {
+        let forceable = sys::FI_MR_PROV_KEY | sys::FI_MR_ENDPOINT;
         let mut d = Domain {
             fabric: ptr::null_mut(),
             domain: ptr::null_mut(),
-            mr_mode: info.mr_mode(),
+            mr_mode: info.mr_mode() | (force_mr_mode & forceable),
         };
         // SAFETY: info is a valid fi_info; the out-pointers receive objects we close in Drop.
         unsafe {
@@ -235,7 +242,7 @@ impl OpSlots {
 impl Endpoint {
     /// Opens fabric, domain, CQ, AV and an enabled RDM endpoint for `info`.
     pub fn open(info: Info, cfg: &EndpointConfig) -> Result<Endpoint> {
-        let domain = Domain::open(&info)?;
+        let domain = Domain::open(&info, cfg.force_mr_mode)?;
         let cap = |want: usize, offered: usize| if offered > 0 { want.min(offered) } else { want };
         let max_tx = cap(cfg.max_tx, info.tx_size()).max(1);
         let max_rx = cap(cfg.max_rx, info.rx_size()).max(1);
@@ -328,6 +335,11 @@ impl Endpoint {
     /// This endpoint's fabric address, to hand to peers out of band.
     pub fn name(&self) -> &[u8] {
         &self.name
+    }
+
+    /// The mr_mode this endpoint obeys: the provider's, plus any forced bits.
+    pub fn mr_mode(&self) -> u64 {
+        self.domain.mr_mode
     }
 
     pub fn summary(&self) -> ProviderSummary {
