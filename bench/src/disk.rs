@@ -72,9 +72,10 @@ pub fn run(args: &DiskArgs) -> Result<(), BenchError> {
         std::fs::create_dir_all(dir)?;
     }
     let depth = args.iodepth.max(1);
-    if !args.no_pin {
-        pin(args.cpu)?;
-    }
+    let cpu = match args.no_pin {
+        true => None,
+        false => Some(pin(args.cpu, &args.file)?),
+    };
     let mut pool = BufferPool::new(
         &PoolConfig {
             classes: vec![SizeClass {
@@ -153,11 +154,12 @@ pub fn run(args: &DiskArgs) -> Result<(), BenchError> {
     }
     let secs = start.elapsed().as_secs_f64();
     println!(
-        "nacre-bench disk: {:?} bs={} iodepth={} backend={:?} file={}: {} ops, {} bytes in {:.2} s",
+        "nacre-bench disk: {:?} bs={} iodepth={} backend={:?} cpu={} file={}: {} ops, {} bytes in {:.2} s",
         args.rw,
         bs,
         depth,
         storage.backend(),
+        cpu.map_or("unpinned".to_string(), |c| c.to_string()),
         args.file.display(),
         done,
         bytes,
@@ -238,21 +240,30 @@ fn lay_out(
     Ok(())
 }
 
-/// Pins this thread like an engine core: to `cpu`, or to the first CPU of the engine's plan.
-fn pin(cpu: Option<usize>) -> Result<(), BenchError> {
+/// Pins this thread like an engine core: to `cpu`, or to the first CPU of the engine's
+/// plan for storage I/O on `file`.
+fn pin(cpu: Option<usize>, file: &std::path::Path) -> Result<usize, BenchError> {
     use nacre_engine::topology;
     let cpu = match cpu {
         Some(c) => c,
         None => {
             let allowed = topology::allowed_cpus();
-            let planned = topology::discover()
-                .ok()
-                .and_then(|m| topology::choose_cpus(&m, &allowed, None, None, 1).ok());
+            let dir = file.parent().unwrap_or(std::path::Path::new("."));
+            let dir = if dir.as_os_str().is_empty() {
+                std::path::Path::new(".")
+            } else {
+                dir
+            };
+            let planned = topology::discover().ok().and_then(|mut m| {
+                m.storage_irq_cpus = topology::storage_irq_cpus(&[dir.to_path_buf()]);
+                topology::choose_cpus(&m, &allowed, None, None, 1).ok()
+            });
             planned
                 .and_then(|c| c.first().copied())
                 .or_else(|| allowed.first().copied())
                 .ok_or_else(|| BenchError::msg("no CPU to run on"))?
         }
     };
-    Ok(topology::pin_current_thread(cpu)?)
+    topology::pin_current_thread(cpu)?;
+    Ok(cpu)
 }

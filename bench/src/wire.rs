@@ -78,6 +78,12 @@ fn serve(args: &WireArgs, role: &Role, ctl: &mut Control, bs: usize) -> Result<(
             ..Default::default()
         },
         reactor: ReactorConfig::default(),
+        storage_paths: args
+            .file
+            .parent()
+            .map(|d| d.to_path_buf())
+            .into_iter()
+            .collect(),
         ..Default::default()
     };
     if let Some(dir) = args.file.parent().filter(|d| !d.as_os_str().is_empty()) {

@@ -23,6 +23,9 @@ pub struct EngineConfig {
     pub cpus: Option<Vec<usize>>,
     /// The NIC whose NUMA node to prefer (e.g. "eth0"); None: the first one hwloc finds.
     pub nic: Option<String>,
+    /// Where the cores will do storage I/O (target directories): among CPUs equally
+    /// near the NIC, those that take these devices' completion interrupts come first.
+    pub storage_paths: Vec<std::path::PathBuf>,
     /// Do not pin (tests on shared machines); the plan is still logged.
     pub no_pin: bool,
     pub fabric: Selection,
@@ -117,7 +120,7 @@ impl Drop for Engine {
 fn plan(cfg: &EngineConfig) -> Result<Vec<Option<usize>>, EngineError> {
     let allowed = topology::allowed_cpus();
     let count = cfg.cpus.as_ref().map_or(cfg.cores.max(1), Vec::len);
-    let machine = match topology::discover() {
+    let mut machine = match topology::discover() {
         Ok(m) => m,
         Err(e) => {
             tracing::warn!(
@@ -133,9 +136,11 @@ fn plan(cfg: &EngineConfig) -> Result<Vec<Option<usize>>, EngineError> {
                     .collect(),
                 nics: Vec::new(),
                 numa_nodes: 0,
+                storage_irq_cpus: Vec::new(),
             }
         }
     };
+    machine.storage_irq_cpus = topology::storage_irq_cpus(&cfg.storage_paths);
     let chosen = topology::choose_cpus(
         &machine,
         &allowed,
