@@ -468,10 +468,11 @@ mod tests {
     fn among_equals_the_storage_interrupt_cpus_come_first() {
         let mut m = two_node_machine();
         m.storage_irq_cpus = vec![3, 1];
-        // NIC on node 0 (CPUs 0, 1): node 0 first, CPU 1 (takes interrupts) before 0.
+        // NIC on node 1 (CPUs 2, 3): node 1 first, CPU 3 (takes interrupts) before 2;
+        // then node 0, CPU 1 before 0.
         assert_eq!(
-            choose_cpus(&m, &[0, 1, 2, 3], None, Some("eth0"), 4).unwrap(),
-            vec![1, 0, 3, 2]
+            choose_cpus(&m, &[0, 1, 2, 3], None, Some("eth1"), 4).unwrap(),
+            vec![3, 2, 1, 0]
         );
         m.nics.clear();
         assert_eq!(
