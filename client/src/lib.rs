@@ -4,6 +4,8 @@
 //! inline bodies and bulk descriptors, replies matched by request id), over nacre-fabric.
 //! It must never depend on the server engine.
 
+mod regcache;
 mod rpc;
 
+pub use regcache::{RegCache, RegCacheConfig, RegCacheMode, RegCacheStats};
 pub use rpc::{ClientEndpoint, ClientError, Reply, RpcClient, RpcConfig, SessionId};

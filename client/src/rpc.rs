@@ -12,9 +12,12 @@ use std::collections::VecDeque;
 use std::time::{Duration, Instant};
 
 use nacre_fabric::{
-    Access, Completion, Endpoint, EndpointConfig, Memory, MemoryRegion, OpKind, PeerAddr, Selection,
+    Access, BulkDesc, Completion, Endpoint, EndpointConfig, Memory, MemoryRegion, OpKind, PeerAddr,
+    Selection,
 };
 use nacre_proto::{DecodeError, Frame, Header, Limits, Opcode, Outstanding, HEADER_LEN};
+
+use crate::regcache::{RegCache, RegCacheConfig};
 
 #[derive(Debug, thiserror::Error)]
 pub enum ClientError {
@@ -40,6 +43,8 @@ pub struct RpcConfig {
     pub msg_size: usize,
     /// Deadline of every request.
     pub timeout: Duration,
+    /// How the caller's buffers are registered for servers' RMA.
+    pub reg_cache: RegCacheConfig,
 }
 
 impl Default for RpcConfig {
@@ -48,6 +53,7 @@ impl Default for RpcConfig {
             depth: 16,
             msg_size: 4096,
             timeout: Duration::from_secs(30),
+            reg_cache: RegCacheConfig::default(),
         }
     }
 }
@@ -110,6 +116,7 @@ pub struct ClientEndpoint {
     expired: VecDeque<u64>,
     dropped: u64,
     frame: Vec<u8>,
+    cache: RegCache,
 }
 
 impl ClientEndpoint {
@@ -135,8 +142,56 @@ impl ClientEndpoint {
             expired: VecDeque::new(),
             dropped: 0,
             frame: vec![0; cfg.msg_size],
+            cache: RegCache::new(cfg.reg_cache.clone()),
             cfg,
         })
+    }
+
+    /// Runs `f` with a descriptor through which servers may read `buf` (the data of a
+    /// write). `f` sends the requests that carry it and waits for their replies.
+    pub fn with_buffer<R>(
+        &mut self,
+        buf: &[u8],
+        f: impl FnOnce(&mut Self, BulkDesc) -> Result<R, ClientError>,
+    ) -> Result<R, ClientError> {
+        let ptr = buf.as_ptr() as *mut u8;
+        self.with_range(ptr, buf.len(), Access::PEER_READ, f)
+    }
+
+    /// Runs `f` with a descriptor through which servers may write `buf` (a read's
+    /// destination) and read it.
+    pub fn with_buffer_mut<R>(
+        &mut self,
+        buf: &mut [u8],
+        f: impl FnOnce(&mut Self, BulkDesc) -> Result<R, ClientError>,
+    ) -> Result<R, ClientError> {
+        self.with_range(buf.as_mut_ptr(), buf.len(), Access::ALL, f)
+    }
+
+    fn with_range<R>(
+        &mut self,
+        ptr: *mut u8,
+        len: usize,
+        access: Access,
+        f: impl FnOnce(&mut Self, BulkDesc) -> Result<R, ClientError>,
+    ) -> Result<R, ClientError> {
+        // SAFETY: the caller's buffer is borrowed (shared for PEER_READ, exclusively for
+        // ALL) for this whole call; peers reach it only through the descriptor given to
+        // `f`, whose requests are answered before it returns Ok. When `f` fails, a server
+        // might still pull or push: the registration is closed (its key dies) before the
+        // borrow ends. The cache may keep it afterwards only on providers that resolve
+        // addresses at each operation (RegCache::keeps), where no stale pages exist.
+        let desc = unsafe { self.cache.descriptor(&mut self.ep, ptr, len, access)? };
+        let result = f(self, desc);
+        if result.is_err() || !self.cache.keeps(&self.ep) {
+            self.cache.forget(&mut self.ep, ptr, len);
+        }
+        result
+    }
+
+    /// The registration cache's counters.
+    pub fn reg_cache(&self) -> &RegCache {
+        &self.cache
     }
 
     /// Reaches the server core at `server_name` (as it published it) and says HELLO.

@@ -18,7 +18,9 @@ use nacre_sys as sys;
 
 use crate::error::{call_error, check, strerror, CompletionError, ErrorKind, Result};
 use crate::info::{mr_mode_names, Info, ProviderSummary};
-use crate::memory::{remote_target, Access, LocalSlice, Memory, MemoryRegion, MrInner};
+use crate::memory::{
+    remote_target, Access, ExternalRegion, LocalSlice, Memory, MemoryRegion, MrInner,
+};
 use nacre_proto::BulkDesc;
 
 const EAGAIN: isize = sys::FI_EAGAIN as isize;
@@ -342,6 +344,15 @@ impl Endpoint {
         self.domain.mr_mode
     }
 
+    /// Whether registrations pin physical pages (FI_MR_LOCAL or FI_MR_ALLOCATED: NICs
+    /// that DMA, such as EFA and verbs). A pinned registration goes stale when its
+    /// memory is unmapped and mapped again, so only a cache that watches the address
+    /// space (libfabric's own MR cache and its memory monitor) may keep one across
+    /// calls. Software providers (tcp, sockets, shm) resolve addresses at each operation.
+    pub fn pins_registrations(&self) -> bool {
+        self.domain.mr_mode & (sys::FI_MR_LOCAL | sys::FI_MR_ALLOCATED) != 0
+    }
+
     pub fn summary(&self) -> ProviderSummary {
         self.info.summary()
     }
@@ -414,18 +425,60 @@ impl Endpoint {
     /// addresses with FI_MR_VIRT_ADDR (else offsets), binding with FI_MR_ENDPOINT.
     /// The registration lives as long as the endpoint (register at start-up, as the
     /// engine's pool does): an operation in flight can never outlive its memory.
-    pub fn register(&mut self, memory: Memory, access: Access) -> Result<MemoryRegion> {
+    pub fn register(&mut self, mut memory: Memory, access: Access) -> Result<MemoryRegion> {
+        let (ptr, len) = (memory.as_mut_ptr(), memory.len());
+        let inner = self.register_range(ptr, len, Some(memory), access)?;
+        Ok(MemoryRegion { inner })
+    }
+
+    /// Registers memory the caller owns (a client's buffer) for data calls and peers'
+    /// RMA. Released with [`Endpoint::deregister_external`] or when the endpoint closes.
+    ///
+    /// # Safety
+    /// `[ptr, ptr+len)` must stay mapped, and not be used for anything else by a
+    /// provider's access, while any operation posted on the region is in flight and
+    /// while any peer holds a descriptor of it that it may still use: post on it, and
+    /// hand out its descriptors, only while the caller holds the memory, and deregister
+    /// it (closing the key) before the memory goes if a peer might still reach it.
+    pub unsafe fn register_external(
+        &mut self,
+        ptr: *mut u8,
+        len: usize,
+        access: Access,
+    ) -> Result<ExternalRegion> {
+        let inner = self.register_range(ptr, len, None, access)?;
+        Ok(ExternalRegion { inner })
+    }
+
+    /// Gives up an external registration; refused while an operation uses it. Once the
+    /// last handle goes, the registration closes and its key stops working for peers.
+    pub fn deregister_external(&mut self, region: ExternalRegion) -> Result<()> {
+        let busy = region.busy();
+        if busy > 0 {
+            return Err(ErrorKind::Busy(busy as usize).into());
+        }
+        self.registrations.retain(|r| !Rc::ptr_eq(r, &region.inner));
+        Ok(())
+    }
+
+    fn register_range(
+        &mut self,
+        ptr: *mut u8,
+        len: usize,
+        memory: Option<Memory>,
+        access: Access,
+    ) -> Result<Rc<MrInner>> {
         let mode = self.domain.mr_mode;
         let requested_key = NEXT_KEY.fetch_add(1, Ordering::Relaxed);
         let mut mr: *mut sys::fid_mr = ptr::null_mut();
-        let ptr = memory.as_ptr();
-        // SAFETY: ptr/len describe `memory`, which the registration will own and outlive;
-        // the domain is open; mr receives the new registration.
+        // SAFETY: ptr/len describe memory that `memory` owns (and the registration will
+        // outlive), or the caller's memory under register_external's contract; the
+        // domain is open; mr receives the new registration.
         let rc = unsafe {
             sys::fi_mr_reg(
                 self.domain.domain,
                 ptr as *const c_void,
-                memory.len(),
+                len,
                 access.0,
                 0,
                 requested_key,
@@ -467,6 +520,8 @@ impl Endpoint {
             mr,
             key,
             mode & sys::FI_MR_VIRT_ADDR != 0,
+            ptr,
+            len,
             memory,
             access,
             self.domain.clone(),
@@ -479,7 +534,7 @@ impl Endpoint {
         );
         let inner = Rc::new(inner);
         self.registrations.push(inner.clone());
-        Ok(MemoryRegion { inner })
+        Ok(inner)
     }
 
     /// Gives up this endpoint's hold on a registration (it closes when the last
@@ -769,7 +824,7 @@ impl Endpoint {
 
     /// The descriptor of a local slice, after checking it was registered in our domain.
     fn desc(&self, slice: &LocalSlice<'_>) -> Result<*mut c_void> {
-        let inner = &slice.region.inner;
+        let inner = slice.inner;
         if !Rc::ptr_eq(&inner.domain, &self.domain) {
             return Err(ErrorKind::ForeignRegion.into());
         }
@@ -808,7 +863,7 @@ impl Endpoint {
         self.make_room(kind)?;
         let i = self
             .slots
-            .take(context, kind, &on.region.inner)
+            .take(context, kind, on.inner)
             .ok_or_else(|| ErrorKind::QueueFull(self.limit(kind)))?;
         let ctx = self.slots.pointer(i);
         if let Err(e) = self.retry(call, || op(ctx)) {

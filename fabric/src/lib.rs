@@ -20,7 +20,7 @@ pub use error::{strerror, CompletionError, Error, ErrorKind, Result};
 pub use info::{
     default_node, list_providers, mr_mode_names, provider_query, Info, ProviderSummary, Selection,
 };
-pub use memory::{Access, LocalSlice, Memory, MemoryRegion, Pages};
+pub use memory::{Access, ExternalRegion, LocalSlice, Memory, MemoryRegion, Pages};
 pub use nacre_proto::BulkDesc;
 
 /// Opens an endpoint on the first provider that matches `sel`.

@@ -106,10 +106,6 @@ impl Memory {
         self.huge
     }
 
-    pub(crate) fn as_ptr(&self) -> *const u8 {
-        self.map.as_ptr()
-    }
-
     /// Start of the mapping; stays valid while the Memory (or the registration that owns
     /// it) lives, wherever the value is moved.
     pub fn as_mut_ptr(&mut self) -> *mut u8 {
@@ -134,6 +130,13 @@ impl Access {
     /// Local use only (messages and RMA initiated here); peers cannot touch it.
     pub const LOCAL: Access =
         Access(nacre_sys::FI_SEND | nacre_sys::FI_RECV | nacre_sys::FI_READ | nacre_sys::FI_WRITE);
+    /// Local use, and peers may read it (never write): what a write's data is lent as.
+    pub const PEER_READ: Access = Access(Access::LOCAL.0 | nacre_sys::FI_REMOTE_READ);
+
+    /// Whether a registration made with `self` allows everything `other` does.
+    pub fn covers(self, other: Access) -> bool {
+        self.0 & other.0 == other.0
+    }
 }
 
 pub(crate) struct MrInner {
@@ -148,20 +151,24 @@ pub(crate) struct MrInner {
     /// Operations posted on this registration and not completed yet.
     pub(crate) busy: Cell<u32>,
     // Dropped after `mr` is closed (see Drop): the registration never outlives them.
-    _memory: Memory,
+    // None for memory the caller owns (`ExternalRegion`).
+    _memory: Option<Memory>,
     pub(crate) domain: Rc<Domain>,
 }
 
 impl MrInner {
+    /// `ptr`/`len` is the registered range: `memory`'s mapping, or the caller's memory.
+    #[allow(clippy::too_many_arguments)]
     pub(crate) fn new(
         mr: *mut nacre_sys::fid_mr,
         key: u64,
         virt_addr: bool,
-        mut memory: Memory,
+        ptr: *mut u8,
+        len: usize,
+        memory: Option<Memory>,
         access: Access,
         domain: Rc<Domain>,
     ) -> MrInner {
-        let ptr = memory.as_mut_ptr();
         // SAFETY: mr is a live registration returned by fi_mr_reg.
         let desc = unsafe { nacre_sys::fi_mr_desc(mr) };
         MrInner {
@@ -170,12 +177,39 @@ impl MrInner {
             key,
             remote_base: if virt_addr { ptr as u64 } else { 0 },
             ptr,
-            len: memory.len(),
+            len,
             access,
             busy: Cell::new(0),
             _memory: memory,
             domain,
         }
+    }
+
+    fn check(&self, what: &'static str, offset: usize, len: usize) -> Result<()> {
+        match offset.checked_add(len) {
+            Some(end) if end <= self.len => Ok(()),
+            _ => Err(ErrorKind::OutOfBounds {
+                what,
+                offset: offset as u64,
+                len: len as u64,
+                size: self.len as u64,
+            }
+            .into()),
+        }
+    }
+
+    fn remote(&self, offset: usize, len: usize) -> Result<BulkDesc> {
+        self.check("remote", offset, len)?;
+        if self.access.0 & (nacre_sys::FI_REMOTE_READ | nacre_sys::FI_REMOTE_WRITE) == 0 {
+            return Err(
+                ErrorKind::BadDescriptor("registration was made without remote access").into(),
+            );
+        }
+        Ok(BulkDesc {
+            addr: self.remote_base + offset as u64,
+            len: len as u64,
+            key: self.key,
+        })
     }
 }
 
@@ -225,17 +259,7 @@ impl MemoryRegion {
 
     /// The descriptor to hand a peer so it can read or write `[offset, offset+len)`.
     pub fn remote(&self, offset: usize, len: usize) -> Result<BulkDesc> {
-        self.check("remote", offset, len)?;
-        if self.inner.access.0 & (nacre_sys::FI_REMOTE_READ | nacre_sys::FI_REMOTE_WRITE) == 0 {
-            return Err(
-                ErrorKind::BadDescriptor("registration was made without remote access").into(),
-            );
-        }
-        Ok(BulkDesc {
-            addr: self.inner.remote_base + offset as u64,
-            len: len as u64,
-            key: self.inner.key,
-        })
+        self.inner.remote(offset, len)
     }
 
     /// The whole registration as a remote descriptor.
@@ -247,7 +271,7 @@ impl MemoryRegion {
     pub fn slice(&self, offset: usize, len: usize) -> Result<LocalSlice<'_>> {
         self.check("local", offset, len)?;
         Ok(LocalSlice {
-            region: self,
+            inner: &self.inner,
             offset,
             len,
         })
@@ -283,23 +307,61 @@ impl MemoryRegion {
     }
 
     fn check(&self, what: &'static str, offset: usize, len: usize) -> Result<()> {
-        match offset.checked_add(len) {
-            Some(end) if end <= self.inner.len => Ok(()),
-            _ => Err(ErrorKind::OutOfBounds {
-                what,
-                offset: offset as u64,
-                len: len as u64,
-                size: self.inner.len as u64,
-            }
-            .into()),
-        }
+        self.inner.check(what, offset, len)
+    }
+}
+
+/// Memory the caller owns, registered for data calls and peers' RMA (a client's
+/// buffers, held by a registration cache). Unlike a [`MemoryRegion`] it offers no way to
+/// read or write the bytes: only slices for data calls and descriptors for peers, which
+/// [`crate::Endpoint::register_external`]'s contract keeps within the memory's life.
+pub struct ExternalRegion {
+    pub(crate) inner: Rc<MrInner>,
+}
+
+impl ExternalRegion {
+    pub fn access(&self) -> Access {
+        self.inner.access
+    }
+
+    /// Start of the registered range (the caller's address).
+    pub fn addr(&self) -> usize {
+        self.inner.ptr as usize
+    }
+
+    pub fn len(&self) -> usize {
+        self.inner.len
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.inner.len == 0
+    }
+
+    /// Operations posted on this registration that have not completed yet.
+    pub fn busy(&self) -> u32 {
+        self.inner.busy.get()
+    }
+
+    /// `[offset, offset+len)` for a data call.
+    pub fn slice(&self, offset: usize, len: usize) -> Result<LocalSlice<'_>> {
+        self.inner.check("local", offset, len)?;
+        Ok(LocalSlice {
+            inner: &self.inner,
+            offset,
+            len,
+        })
+    }
+
+    /// The descriptor to hand a peer so it can read or write `[offset, offset+len)`.
+    pub fn remote(&self, offset: usize, len: usize) -> Result<BulkDesc> {
+        self.inner.remote(offset, len)
     }
 }
 
 /// A range of a local registration, ready for a data call.
 #[derive(Clone, Copy)]
 pub struct LocalSlice<'a> {
-    pub(crate) region: &'a MemoryRegion,
+    pub(crate) inner: &'a Rc<MrInner>,
     pub(crate) offset: usize,
     pub(crate) len: usize,
 }
@@ -307,7 +369,7 @@ pub struct LocalSlice<'a> {
 impl LocalSlice<'_> {
     pub(crate) fn ptr(&self) -> *mut c_void {
         // SAFETY: offset <= len of the mapping (checked when the slice was made).
-        unsafe { self.region.inner.ptr.add(self.offset) as *mut c_void }
+        unsafe { self.inner.ptr.add(self.offset) as *mut c_void }
     }
 
     pub fn len(&self) -> usize {
