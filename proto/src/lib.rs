@@ -8,6 +8,7 @@
 
 mod body;
 mod frame;
+pub mod object;
 mod outstanding;
 
 pub use body::{BodyError, BodyReader, BodyWriter, BulkDesc};

@@ -1,0 +1,504 @@
+//! Object storage (OSS) request and reply bodies: object I/O addressed to one OST of one
+//! server core, with the fencing epoch the client believes in.
+//!
+//! Every request opens with the same 24 bytes ([`ObjTarget`]): the OST index, flags,
+//! the OSS role's epoch from the cluster map, and the object id. Data travels inline
+//! (small writes and reads: the bytes follow the fixed fields) or by a bulk descriptor
+//! (flag [`ObjFlags::BULK`]): the server pulls a write's data from it and pushes a
+//! read's data into it. With [`ObjFlags::CHECKSUM`] the sender puts a crc32c of the data
+//! in the request (writes) and the server puts one in the reply (reads).
+
+use crate::body::{BodyError, BodyReader, BodyWriter, BulkDesc};
+use crate::frame::Opcode;
+
+/// The object opcodes, 0x200..=0x207.
+impl Opcode {
+    pub const OBJ_WRITE: Opcode = Opcode(0x200);
+    pub const OBJ_READ: Opcode = Opcode(0x201);
+    pub const OBJ_PUNCH: Opcode = Opcode(0x202);
+    pub const OBJ_TRUNCATE: Opcode = Opcode(0x203);
+    pub const OBJ_GETATTR: Opcode = Opcode(0x204);
+    pub const OBJ_DESTROY: Opcode = Opcode(0x205);
+    pub const OBJ_SYNC: Opcode = Opcode(0x206);
+    pub const OBJ_STATFS: Opcode = Opcode(0x207);
+
+    /// Whether the opcode is in the object block.
+    pub fn is_object(self) -> bool {
+        (0x200..=0x207).contains(&self.0)
+    }
+}
+
+/// Request flags.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub struct ObjFlags(pub u32);
+
+impl ObjFlags {
+    /// The data moves by RMA through the bulk descriptor in the body.
+    pub const BULK: ObjFlags = ObjFlags(1);
+    /// A crc32c of the data travels with it and is checked by the receiver.
+    pub const CHECKSUM: ObjFlags = ObjFlags(2);
+    /// Make the write durable (size and allocation too) before answering.
+    pub const SYNC: ObjFlags = ObjFlags(4);
+    /// OBJ_SYNC: data only (fdatasync), not every attribute.
+    pub const DATASYNC: ObjFlags = ObjFlags(8);
+    const KNOWN: u32 = 15;
+
+    pub fn has(self, f: ObjFlags) -> bool {
+        self.0 & f.0 == f.0
+    }
+
+    pub fn with(self, f: ObjFlags) -> ObjFlags {
+        ObjFlags(self.0 | f.0)
+    }
+}
+
+/// Errors specific to object bodies.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum ObjError {
+    #[error(transparent)]
+    Body(#[from] BodyError),
+    #[error("unknown object request flags {0:#x}")]
+    Flags(u32),
+    #[error("{what} of {len} bytes exceeds the limit of {max}")]
+    TooLong {
+        what: &'static str,
+        len: u64,
+        max: u64,
+    },
+    #[error("{0} trailing bytes after the request")]
+    Trailing(usize),
+}
+
+/// The largest single object request (bulk); servers split it into slab-sized chunks.
+pub const MAX_IO: u64 = 64 << 20;
+
+/// What every object request addresses.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct ObjTarget {
+    pub ost: u32,
+    pub flags: ObjFlags,
+    /// The OSS role's epoch as the client's map says (fencing token).
+    pub epoch: u64,
+    pub object: u64,
+}
+
+impl ObjTarget {
+    pub const LEN: usize = 24;
+
+    fn write(&self, w: &mut BodyWriter<'_>) -> Result<(), BodyError> {
+        w.u32(self.ost)?
+            .u32(self.flags.0)?
+            .u64(self.epoch)?
+            .u64(self.object)?;
+        Ok(())
+    }
+
+    fn read(r: &mut BodyReader<'_>) -> Result<ObjTarget, ObjError> {
+        let ost = r.u32()?;
+        let flags = r.u32()?;
+        if flags & !ObjFlags::KNOWN != 0 {
+            return Err(ObjError::Flags(flags));
+        }
+        Ok(ObjTarget {
+            ost,
+            flags: ObjFlags(flags),
+            epoch: r.u64()?,
+            object: r.u64()?,
+        })
+    }
+}
+
+/// Where a request's data is.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Data<'a> {
+    Inline(&'a [u8]),
+    Bulk(BulkDesc),
+}
+
+/// OBJ_WRITE: `len` bytes at `offset` of the object.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct WriteReq<'a> {
+    pub target: ObjTarget,
+    pub offset: u64,
+    pub len: u64,
+    /// crc32c of the data when the CHECKSUM flag is set, else 0.
+    pub crc: u32,
+    pub data: Data<'a>,
+}
+
+/// OBJ_READ: up to `len` bytes at `offset` (short past the end of the object).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct ReadReq {
+    pub target: ObjTarget,
+    pub offset: u64,
+    pub len: u64,
+    /// Where to push the bytes (BULK), else they come inline in the reply.
+    pub bulk: Option<BulkDesc>,
+}
+
+/// OBJ_PUNCH (`len` bytes at `offset` become a hole) and OBJ_TRUNCATE (`offset` is the
+/// new size, `len` is 0).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct RangeReq {
+    pub target: ObjTarget,
+    pub offset: u64,
+    pub len: u64,
+}
+
+impl WriteReq<'_> {
+    pub fn encode(&self, out: &mut [u8]) -> Result<usize, BodyError> {
+        let mut w = BodyWriter::new(out);
+        self.target.write(&mut w)?;
+        w.u64(self.offset)?.u64(self.len)?.u32(self.crc)?.u32(0)?;
+        match self.data {
+            Data::Inline(bytes) => w.bytes(bytes)?,
+            Data::Bulk(d) => w.bulk(&d)?,
+        };
+        Ok(w.len())
+    }
+}
+
+impl<'a> WriteReq<'a> {
+    pub fn decode(body: &'a [u8]) -> Result<WriteReq<'a>, ObjError> {
+        let mut r = BodyReader::new(body);
+        let target = ObjTarget::read(&mut r)?;
+        let (offset, len, crc, _pad) = (r.u64()?, r.u64()?, r.u32()?, r.u32()?);
+        check_range("write", offset, len)?;
+        let data = if target.flags.has(ObjFlags::BULK) {
+            let d = r.bulk()?;
+            if d.len != len {
+                return Err(ObjError::TooLong {
+                    what: "bulk descriptor",
+                    len: d.len,
+                    max: len,
+                });
+            }
+            Data::Bulk(d)
+        } else {
+            let bytes = r.rest();
+            if bytes.len() as u64 != len {
+                return Err(BodyError::Short {
+                    at: body.len() - bytes.len(),
+                    want: len as usize,
+                    left: bytes.len(),
+                }
+                .into());
+            }
+            Data::Inline(bytes)
+        };
+        finish(&mut r)?;
+        Ok(WriteReq {
+            target,
+            offset,
+            len,
+            crc,
+            data,
+        })
+    }
+}
+
+impl ReadReq {
+    pub fn encode(&self, out: &mut [u8]) -> Result<usize, BodyError> {
+        let mut w = BodyWriter::new(out);
+        self.target.write(&mut w)?;
+        w.u64(self.offset)?.u64(self.len)?;
+        if let Some(d) = &self.bulk {
+            w.bulk(d)?;
+        }
+        Ok(w.len())
+    }
+
+    pub fn decode(body: &[u8]) -> Result<ReadReq, ObjError> {
+        let mut r = BodyReader::new(body);
+        let target = ObjTarget::read(&mut r)?;
+        let (offset, len) = (r.u64()?, r.u64()?);
+        check_range("read", offset, len)?;
+        let bulk = if target.flags.has(ObjFlags::BULK) {
+            let d = r.bulk()?;
+            if d.len < len {
+                return Err(BodyError::Short {
+                    at: 0,
+                    want: len as usize,
+                    left: d.len as usize,
+                }
+                .into());
+            }
+            Some(d)
+        } else {
+            None
+        };
+        finish(&mut r)?;
+        Ok(ReadReq {
+            target,
+            offset,
+            len,
+            bulk,
+        })
+    }
+}
+
+impl RangeReq {
+    pub fn encode(&self, out: &mut [u8]) -> Result<usize, BodyError> {
+        let mut w = BodyWriter::new(out);
+        self.target.write(&mut w)?;
+        w.u64(self.offset)?.u64(self.len)?;
+        Ok(w.len())
+    }
+
+    pub fn decode(body: &[u8]) -> Result<RangeReq, ObjError> {
+        let mut r = BodyReader::new(body);
+        let target = ObjTarget::read(&mut r)?;
+        let (offset, len) = (r.u64()?, r.u64()?);
+        if offset.checked_add(len).is_none() {
+            return Err(ObjError::TooLong {
+                what: "range",
+                len,
+                max: u64::MAX - offset,
+            });
+        }
+        finish(&mut r)?;
+        Ok(RangeReq {
+            target,
+            offset,
+            len,
+        })
+    }
+}
+
+/// OBJ_GETATTR, OBJ_DESTROY, OBJ_SYNC, OBJ_STATFS: the target alone.
+pub fn encode_target(t: &ObjTarget, out: &mut [u8]) -> Result<usize, BodyError> {
+    let mut w = BodyWriter::new(out);
+    t.write(&mut w)?;
+    Ok(w.len())
+}
+
+pub fn decode_target(body: &[u8]) -> Result<ObjTarget, ObjError> {
+    let mut r = BodyReader::new(body);
+    let t = ObjTarget::read(&mut r)?;
+    finish(&mut r)?;
+    Ok(t)
+}
+
+/// Reply of OBJ_WRITE and OBJ_READ: bytes moved (a read's may be short), the crc32c of
+/// a read's data when asked, and for an inline read the bytes after it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct IoReply<'a> {
+    pub len: u64,
+    pub crc: u32,
+    pub inline: &'a [u8],
+}
+
+impl<'a> IoReply<'a> {
+    pub fn encode(&self, out: &mut [u8]) -> Result<usize, BodyError> {
+        let mut w = BodyWriter::new(out);
+        w.u64(self.len)?.u32(self.crc)?.u32(0)?.bytes(self.inline)?;
+        Ok(w.len())
+    }
+
+    pub fn decode(body: &'a [u8]) -> Result<IoReply<'a>, ObjError> {
+        let mut r = BodyReader::new(body);
+        let (len, crc, _pad) = (r.u64()?, r.u32()?, r.u32()?);
+        Ok(IoReply {
+            len,
+            crc,
+            inline: r.rest(),
+        })
+    }
+}
+
+/// Reply of OBJ_GETATTR.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub struct AttrReply {
+    pub size: u64,
+    /// 512-byte blocks allocated, as stat(2) counts them.
+    pub blocks: u64,
+    pub mtime_ns: u64,
+}
+
+/// Reply of OBJ_STATFS, for one OST.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub struct StatfsReply {
+    pub capacity: u64,
+    pub free: u64,
+    pub files: u64,
+    pub files_free: u64,
+}
+
+macro_rules! fixed_u64s {
+    ($t:ident, $($f:ident),+) => {
+        impl $t {
+            pub fn encode(&self, out: &mut [u8]) -> Result<usize, BodyError> {
+                let mut w = BodyWriter::new(out);
+                $( w.u64(self.$f)?; )+
+                Ok(w.len())
+            }
+
+            pub fn decode(body: &[u8]) -> Result<$t, ObjError> {
+                let mut r = BodyReader::new(body);
+                let v = $t { $( $f: r.u64()?, )+ };
+                finish(&mut r)?;
+                Ok(v)
+            }
+        }
+    };
+}
+
+fixed_u64s!(AttrReply, size, blocks, mtime_ns);
+fixed_u64s!(StatfsReply, capacity, free, files, files_free);
+
+fn check_range(what: &'static str, offset: u64, len: u64) -> Result<(), ObjError> {
+    if len > MAX_IO {
+        return Err(ObjError::TooLong {
+            what,
+            len,
+            max: MAX_IO,
+        });
+    }
+    if offset.checked_add(len).is_none() {
+        return Err(ObjError::TooLong {
+            what,
+            len,
+            max: u64::MAX - offset,
+        });
+    }
+    Ok(())
+}
+
+fn finish(r: &mut BodyReader<'_>) -> Result<(), ObjError> {
+    match r.rest().len() {
+        0 => Ok(()),
+        n => Err(ObjError::Trailing(n)),
+    }
+}
+
+impl ObjError {
+    /// The errno a server answers with.
+    pub fn errno(&self) -> i32 {
+        match self {
+            ObjError::TooLong { .. } => 27, // EFBIG
+            _ => 74,                        // EBADMSG
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn target(flags: ObjFlags) -> ObjTarget {
+        ObjTarget {
+            ost: 3,
+            flags,
+            epoch: 7,
+            object: 0xabc,
+        }
+    }
+
+    #[test]
+    fn requests_round_trip() {
+        let mut buf = [0u8; 256];
+        let w = WriteReq {
+            target: target(ObjFlags::default()),
+            offset: 4095,
+            len: 5,
+            crc: 0,
+            data: Data::Inline(b"hello"),
+        };
+        let n = w.encode(&mut buf).unwrap();
+        assert_eq!(WriteReq::decode(&buf[..n]).unwrap(), w);
+        let d = BulkDesc {
+            addr: 1 << 30,
+            len: 1 << 20,
+            key: 5,
+        };
+        let w = WriteReq {
+            target: target(ObjFlags::BULK.with(ObjFlags::CHECKSUM)),
+            offset: 0,
+            len: 1 << 20,
+            crc: 0xdead_beef,
+            data: Data::Bulk(d),
+        };
+        let n = w.encode(&mut buf).unwrap();
+        assert_eq!(WriteReq::decode(&buf[..n]).unwrap(), w);
+        let r = ReadReq {
+            target: target(ObjFlags::BULK),
+            offset: 10,
+            len: 1 << 20,
+            bulk: Some(d),
+        };
+        let n = r.encode(&mut buf).unwrap();
+        assert_eq!(ReadReq::decode(&buf[..n]).unwrap(), r);
+        let p = RangeReq {
+            target: target(ObjFlags::default()),
+            offset: 1,
+            len: 2,
+        };
+        let n = p.encode(&mut buf).unwrap();
+        assert_eq!(RangeReq::decode(&buf[..n]).unwrap(), p);
+        let a = AttrReply {
+            size: 1,
+            blocks: 8,
+            mtime_ns: 9,
+        };
+        let n = a.encode(&mut buf).unwrap();
+        assert_eq!(AttrReply::decode(&buf[..n]).unwrap(), a);
+    }
+
+    #[test]
+    fn bad_requests_are_errors() {
+        let mut buf = [0u8; 256];
+        let w = WriteReq {
+            target: target(ObjFlags::default()),
+            offset: 0,
+            len: 5,
+            crc: 0,
+            data: Data::Inline(b"hello"),
+        };
+        let n = w.encode(&mut buf).unwrap();
+        // Inline data shorter or longer than the length says.
+        assert!(WriteReq::decode(&buf[..n - 1]).is_err());
+        assert!(WriteReq::decode(&buf[..n + 1]).is_err());
+        // Unknown flags, overflowing ranges, oversized requests.
+        let mut bad = buf;
+        bad[4] = 0x80;
+        assert_eq!(WriteReq::decode(&bad[..n]), Err(ObjError::Flags(0x80)));
+        let r = ReadReq {
+            target: target(ObjFlags::default()),
+            offset: u64::MAX,
+            len: 2,
+            bulk: None,
+        };
+        let n = r.encode(&mut buf).unwrap();
+        assert!(matches!(
+            ReadReq::decode(&buf[..n]),
+            Err(ObjError::TooLong { .. })
+        ));
+        let r = ReadReq {
+            len: MAX_IO + 1,
+            offset: 0,
+            ..r
+        };
+        let n = r.encode(&mut buf).unwrap();
+        assert_eq!(ReadReq::decode(&buf[..n]).unwrap_err().errno(), 27);
+        // A bulk read whose descriptor is smaller than the read.
+        let r = ReadReq {
+            target: target(ObjFlags::BULK),
+            offset: 0,
+            len: 4096,
+            bulk: Some(BulkDesc {
+                addr: 0,
+                len: 100,
+                key: 1,
+            }),
+        };
+        let n = r.encode(&mut buf).unwrap();
+        assert!(ReadReq::decode(&buf[..n]).is_err());
+        // Truncations never panic.
+        for cut in 0..n {
+            let _ = ReadReq::decode(&buf[..cut]);
+            let _ = WriteReq::decode(&buf[..cut]);
+            let _ = RangeReq::decode(&buf[..cut]);
+            let _ = decode_target(&buf[..cut]);
+        }
+    }
+}
