@@ -88,18 +88,43 @@ pub(crate) struct BulkOp {
     pub region: BulkDesc,
     pub len: usize,
     pub bufs: Bufs,
+    /// Where the data starts in the first slab (the rest follow from their start).
+    pub head: usize,
     pub chunks: u16,
     pub done: u16,
     pub error: Option<i32>,
 }
 
 impl BulkOp {
-    /// Offset in the region and length of chunk `i`: every slab but the last is full.
-    pub fn chunk(&self, i: usize) -> (u64, usize) {
-        let offset: usize = self.bufs[..i].iter().map(PoolBuf::capacity).sum();
-        let len = self.bufs[i].capacity().min(self.len - offset);
-        (offset as u64, len)
+    /// Chunk `i`: (offset in the region, offset in its slab, length). The first slab
+    /// carries data from `head` on, the others from their start; all but the last full.
+    pub fn chunk(&self, i: usize) -> (u64, usize, usize) {
+        let caps = self.bufs.iter().map(PoolBuf::capacity);
+        let before: usize = caps.take(i).sum();
+        let (remote, local) = match i {
+            0 => (0, self.head),
+            _ => (before - self.head, 0),
+        };
+        let len = (self.bufs[i].capacity() - local).min(self.len - remote);
+        (remote as u64, local, len)
     }
+}
+
+/// Slabs of `caps` capacities needed to carry `len` bytes starting `head` bytes into
+/// the first; None when they cannot.
+pub(crate) fn slabs_needed(
+    caps: impl Iterator<Item = usize>,
+    head: usize,
+    len: usize,
+) -> Option<usize> {
+    let mut room = 0usize;
+    for (i, cap) in caps.enumerate() {
+        room += if i == 0 { cap.checked_sub(head)? } else { cap };
+        if room >= len {
+            return Some(i + 1);
+        }
+    }
+    None
 }
 
 /// Every transfer of one core: a bounded table (sized at start) and the FIFO of pulls
@@ -118,6 +143,10 @@ impl BulkTable {
             free: (0..capacity as u32).rev().collect(),
             waiting: VecDeque::with_capacity(capacity),
         }
+    }
+
+    pub fn capacity(&self) -> usize {
+        self.ops.len()
     }
 
     pub fn free(&self) -> usize {
@@ -189,6 +218,7 @@ mod tests {
             },
             len,
             bufs: (0..n).map(|_| pool.get(8192).unwrap()).collect(),
+            head: 0,
             chunks: n as u16,
             done: 0,
             error: None,
@@ -200,9 +230,27 @@ mod tests {
         let mut p = pool();
         let o = op(&mut p, 20_000);
         assert_eq!(o.chunks, 3);
-        assert_eq!(o.chunk(0), (0, 8192));
-        assert_eq!(o.chunk(1), (8192, 8192));
-        assert_eq!(o.chunk(2), (16384, 20_000 - 16384));
+        assert_eq!(o.chunk(0), (0, 0, 8192));
+        assert_eq!(o.chunk(1), (8192, 0, 8192));
+        assert_eq!(o.chunk(2), (16384, 0, 20_000 - 16384));
+    }
+
+    #[test]
+    fn a_head_offset_shifts_the_first_chunk_only() {
+        let mut p = pool();
+        let mut o = op(&mut p, 8192 + 100);
+        o.head = 4000;
+        o.len = 8192 - 4000 + 8192;
+        o.chunks = 2;
+        assert_eq!(o.chunk(0), (0, 4000, 8192 - 4000));
+        assert_eq!(o.chunk(1), (8192 - 4000, 0, 8192));
+        assert_eq!(slabs_needed([8192, 8192].into_iter(), 4000, o.len), Some(2));
+        assert_eq!(
+            slabs_needed([8192, 8192].into_iter(), 4000, o.len + 1),
+            None
+        );
+        assert_eq!(slabs_needed([8192].into_iter(), 9000, 1), None);
+        assert_eq!(slabs_needed([8192, 8192].into_iter(), 0, 10), Some(1));
     }
 
     #[test]

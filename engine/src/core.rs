@@ -14,7 +14,9 @@ use std::collections::VecDeque;
 use nacre_fabric::{Access, Endpoint, ErrorKind, Memory, MemoryRegion, PeerAddr};
 use nacre_proto::{BulkDesc, Header, Limits, HEADER_LEN};
 
-use crate::bulk::{chunks_for, Bufs, BulkDir, BulkDone, BulkError, BulkOp, BulkTable, MAX_CHUNKS};
+use crate::bulk::{
+    chunks_for, slabs_needed, Bufs, BulkDir, BulkDone, BulkError, BulkOp, BulkTable, MAX_CHUNKS,
+};
 use crate::metrics::CoreMetrics;
 use crate::pool::BufferPool;
 use crate::reactor::ReactorConfig;
@@ -273,6 +275,7 @@ impl Core {
             region,
             len,
             bufs: Bufs::new(),
+            head: 0,
             chunks: chunks as u16,
             done: 0,
             error: None,
@@ -282,27 +285,69 @@ impl Core {
         Ok(())
     }
 
-    /// Pushes the first `len` bytes held by `bufs` (in order) to `[offset, offset+len)`
-    /// of the peer's region. The slabs come back in a [`BulkDone`] once the bytes are in
-    /// the peer's memory (delivery-complete): a reply sent after it never overtakes them.
-    /// A push refused here has put its slabs back in the pool, as a failed one does.
+    /// Pulls `[offset, offset+len)` of the peer's region into slabs the service laid out:
+    /// the data starts `head` bytes into the first and runs on through the others from
+    /// their start (so that each slab lands at a block-aligned file offset when the
+    /// request's offset is not). Slabs beyond what the data needs go back to the pool.
+    /// A refused pull has put its slabs back in the pool.
+    #[allow(clippy::too_many_arguments)]
+    pub fn pull_into(
+        &mut self,
+        peer: PeerAddr,
+        region: &BulkDesc,
+        offset: u64,
+        len: usize,
+        bufs: Bufs,
+        head: usize,
+        tag: u64,
+    ) -> Result<(), BulkError> {
+        self.start_with(BulkDir::Pull, peer, region, offset, len, bufs, head, tag)
+    }
+
+    /// Pushes `len` bytes held by `bufs` (from `head` in the first slab, then through
+    /// the others in order) to `[offset, offset+len)` of the peer's region. The slabs
+    /// come back in a [`BulkDone`] once the bytes are in the peer's memory
+    /// (delivery-complete): a reply sent after it never overtakes them. A refused push
+    /// has put its slabs back in the pool, as a failed one does.
+    #[allow(clippy::too_many_arguments)]
     pub fn push(
         &mut self,
         peer: PeerAddr,
         region: &BulkDesc,
         offset: u64,
         bufs: Bufs,
+        head: usize,
         len: usize,
         tag: u64,
     ) -> Result<(), BulkError> {
+        self.start_with(BulkDir::Push, peer, region, offset, len, bufs, head, tag)
+    }
+
+    /// Starts a transfer over slabs the caller gives.
+    #[allow(clippy::too_many_arguments)]
+    fn start_with(
+        &mut self,
+        dir: BulkDir,
+        peer: PeerAddr,
+        region: &BulkDesc,
+        offset: u64,
+        len: usize,
+        mut bufs: Bufs,
+        head: usize,
+        tag: u64,
+    ) -> Result<(), BulkError> {
         let have: usize = bufs.iter().map(|b| b.capacity()).sum();
-        let checked = self.narrow(region, offset, len).and_then(|r| {
-            match len <= have && bufs.len() <= MAX_CHUNKS {
-                true => Ok(r),
-                false => Err(BulkError::ShortBufs { len, have }),
-            }
+        let first = bufs.first().map_or(0, |b| b.capacity());
+        let needed =
+            slabs_needed(bufs.iter().map(|b| b.capacity()), head, len).filter(|_| head < first);
+        let checked = self.narrow(region, offset, len).and_then(|r| match needed {
+            Some(n) if n <= MAX_CHUNKS => Ok((r, n)),
+            _ => Err(BulkError::ShortBufs {
+                len,
+                have: have.saturating_sub(head),
+            }),
         });
-        let full = BulkError::Full(self.bulk.free());
+        let full = BulkError::Full(self.bulk.capacity());
         let checked = checked.and_then(|r| {
             if self.bulk.free() > 0 {
                 Ok(r)
@@ -310,34 +355,24 @@ impl Core {
                 Err(full)
             }
         });
-        let region = match checked {
+        let (region, used) = match checked {
             Ok(r) => r,
             Err(e) => {
                 self.put_back(bufs);
                 return Err(e);
             }
         };
-        // Only the slabs that carry bytes take part; the rest go back to the caller.
-        let mut bufs = bufs;
-        let mut carried = 0;
-        let used = bufs
-            .iter()
-            .take_while(|b| {
-                let take = carried < len;
-                carried += b.capacity();
-                take
-            })
-            .count();
         let spare: Bufs = bufs.drain(used..).collect();
         self.put_back(spare);
         let op = BulkOp {
             tag,
-            dir: BulkDir::Push,
+            dir,
             peer,
             region,
             len,
             chunks: bufs.len() as u16,
             bufs,
+            head,
             done: 0,
             error: None,
         };
@@ -415,10 +450,10 @@ impl Core {
         let Some(op) = self.bulk.get_mut(id) else {
             return true;
         };
-        let (offset, len) = op.chunk(chunk as usize);
+        let (offset, at, len) = op.chunk(chunk as usize);
         let context = Route::Bulk { op: id, chunk }.encode();
         let buf = &op.bufs[chunk as usize];
-        let posted = match buf.fabric_slice(len) {
+        let posted = match buf.fabric_slice(at, len) {
             None => Err(nacre_fabric::ErrorKind::ForeignRegion.into()),
             Some(local) => match op.dir {
                 BulkDir::Pull => self

@@ -110,9 +110,12 @@ impl PoolBuf {
 
     /// The slab as a fabric buffer, when the pool is registered with an endpoint. Only
     /// the engine's bulk transfers post on slabs: they own the slab while the NIC uses it.
-    pub(crate) fn fabric_slice(&self, len: usize) -> Option<LocalSlice<'_>> {
+    pub(crate) fn fabric_slice(&self, at: usize, len: usize) -> Option<LocalSlice<'_>> {
+        if at.checked_add(len)? > self.size {
+            return None;
+        }
         match &*self.arena {
-            Arena::Registered(mr) => mr.slice(self.offset, len.min(self.size)).ok(),
+            Arena::Registered(mr) => mr.slice(self.offset + at, len).ok(),
             Arena::Plain { .. } => None,
         }
     }
