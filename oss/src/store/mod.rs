@@ -205,7 +205,7 @@ impl ObjectStore {
 
     /// Operations not yet reaped.
     pub fn pending(&self) -> usize {
-        self.ops.len()
+        self.ops.len() + self.done.len()
     }
 
     /// Writes `len` bytes at `offset` from `bufs`, slabs the bulk pull filled: the first
@@ -871,7 +871,14 @@ impl ObjectStore {
                     }
                 }
             }
-            _ => self.finish_with(Some(io.pool), id, Ok(0)),
+            _ => {
+                // A sync: of its own, or the one ending a WriteMode::Sync write.
+                let n = match self.ops[&id].req {
+                    Req::Write { len, .. } => len,
+                    _ => 0,
+                };
+                self.finish_with(Some(io.pool), id, Ok(n))
+            }
         }
     }
 
@@ -1054,7 +1061,7 @@ fn take_slabs(pool: &mut BufferPool, sizes: &[usize]) -> Option<Vec<PoolBuf>> {
 }
 
 /// Copies `data` into the slab chain starting `head` bytes into the first slab.
-pub(crate) fn scatter(bufs: &mut [PoolBuf], mut head: usize, mut data: &[u8]) {
+pub fn scatter(bufs: &mut [PoolBuf], mut head: usize, mut data: &[u8]) {
     for b in bufs {
         let bytes = slab::bytes_mut(b);
         let n = (bytes.len() - head).min(data.len());
@@ -1065,7 +1072,7 @@ pub(crate) fn scatter(bufs: &mut [PoolBuf], mut head: usize, mut data: &[u8]) {
 }
 
 /// Copies from the slab chain (starting `head` bytes in) into `out`.
-pub(crate) fn gather(bufs: &[PoolBuf], mut head: usize, mut out: &mut [u8]) {
+pub fn gather(bufs: &[PoolBuf], mut head: usize, mut out: &mut [u8]) {
     for b in bufs {
         let bytes = slab::bytes(b);
         let n = (bytes.len() - head).min(out.len());
