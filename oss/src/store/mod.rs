@@ -348,6 +348,9 @@ impl ObjectStore {
     /// moved.
     pub fn progress(&mut self, io: &mut Io<'_>) -> bool {
         let mut moved = false;
+        // Trims first: a write that failed for space gives its blocks back before the
+        // next one is tried.
+        self.run_fixups(io.storage);
         loop {
             let mut turn = false;
             for _ in 0..self.waiting.len() {
