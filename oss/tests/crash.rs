@@ -58,7 +58,12 @@ fn kill_9_keeps_every_acknowledged_write() {
     let dir = target_dir("crash");
     format_target(&dir);
     let mut child = Command::new(std::env::current_exe().unwrap())
-        .args(["--exact", "crash_child_writer", "--nocapture", "--test-threads=1"])
+        .args([
+            "--exact",
+            "crash_child_writer",
+            "--nocapture",
+            "--test-threads=1",
+        ])
         .env(CHILD_ENV, &dir)
         .stdout(Stdio::piped())
         .spawn()
@@ -77,11 +82,18 @@ fn kill_9_keeps_every_acknowledged_write() {
     }
     child.kill().unwrap(); // SIGKILL, mid-stream: writes are in flight
     child.wait().unwrap();
-    assert!(acked.len() >= 300, "the child acknowledged only {}", acked.len());
+    assert!(
+        acked.len() >= 300,
+        "the child acknowledged only {}",
+        acked.len()
+    );
     let mut h = Harness::open(&dir, Backend::IoUring, 16);
     for &k in &acked {
         let (obj, off, len) = spec(k);
         let got = h.read(obj, off, len).unwrap();
-        assert!(got == pattern(k, len), "acknowledged write {k} lost or torn");
+        assert!(
+            got == pattern(k, len),
+            "acknowledged write {k} lost or torn"
+        );
     }
 }

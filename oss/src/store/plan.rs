@@ -86,7 +86,7 @@ pub fn plan(offset: u64, len: usize, caps: &[usize]) -> Option<Plan> {
             block: start,
             buf,
             pos,
-            keep: vec![0..head],
+            keep: std::iter::once(0..head).collect(),
         });
     }
     let tail = (end % BLOCK) as usize;
@@ -100,7 +100,7 @@ pub fn plan(offset: u64, len: usize, caps: &[usize]) -> Option<Plan> {
                     block,
                     buf,
                     pos,
-                    keep: vec![tail..ALIGN],
+                    keep: std::iter::once(tail..ALIGN).collect(),
                 });
             }
         }

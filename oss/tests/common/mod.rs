@@ -143,7 +143,7 @@ impl Harness {
         let mut data = vec![0; c.result.unwrap_or(0)];
         c.copy_to(&mut data);
         for b in c.bufs {
-            self.pool.put(b).ok().expect("our pool");
+            self.pool.put(b).expect("our pool");
         }
         (c.result, data)
     }
