@@ -279,3 +279,46 @@ fn an_empty_pool_is_back_pressure() {
     }
     h.assert_pool_full();
 }
+
+#[test]
+fn inline_writes_copy_once_and_wait_for_slabs() {
+    for b in BACKENDS {
+        let mut h = Harness::new(&name(b, "inline"), b);
+        let t = h.tag();
+        h.store.write_inline(
+            &mut h.pool,
+            5,
+            4090,
+            b"hello, world",
+            nacre_oss::WriteMode::Sync,
+            t,
+        );
+        assert_eq!(h.one(), Ok(12));
+        // No 4 KiB slab free: the payload waits (held in the request) and lands later.
+        let mut held = Vec::new();
+        while let Some(s) = h.pool.get(4096) {
+            held.push(s);
+        }
+        let t = h.tag();
+        h.store
+            .write_inline(&mut h.pool, 5, 1, b"abc", nacre_oss::WriteMode::Async, t);
+        let mut out = Vec::new();
+        let mut io = nacre_oss::Io {
+            storage: &mut h.storage,
+            pool: &mut h.pool,
+        };
+        h.store.progress(&mut io);
+        h.store.reap(&mut out);
+        assert!(out.is_empty());
+        for s in held {
+            h.pool.put(s).unwrap();
+        }
+        assert_eq!(h.one(), Ok(3));
+        let mut want = vec![0u8; 4102];
+        want[1..4].copy_from_slice(b"abc");
+        want[4090..].copy_from_slice(b"hello, world");
+        assert!(h.read(5, 0, 10_000).unwrap() == want);
+        assert_eq!(h.read(5, 5000, 10).unwrap().len(), 0);
+        h.assert_pool_full();
+    }
+}

@@ -1004,7 +1004,8 @@ impl ObjectStore {
             for b in op.scratch.drain(..).flatten() {
                 put(pool, b);
             }
-            if op.kind() == OpKind::Read && result.is_err() {
+            // A failed or empty read hands back no slabs.
+            if op.kind() == OpKind::Read && result.unwrap_or(0) == 0 {
                 for b in bufs.drain(..) {
                     put(pool, b);
                 }
