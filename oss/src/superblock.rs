@@ -53,6 +53,15 @@ pub enum TargetError {
         index: u32,
         label: String,
     },
+    #[error(
+        "{path}: the file system does not keep user extended attributes ({source}); \
+         objects store their size in one (ext4 and xfs do)"
+    )]
+    NoXattr {
+        path: PathBuf,
+        #[source]
+        source: std::io::Error,
+    },
     #[error("bad {what} {value:?}: {why}")]
     BadName {
         what: &'static str,
@@ -143,7 +152,19 @@ pub fn format(dir: &Path, req: &FormatRequest) -> Result<Formatted, TargetError>
             .map_or(0, |d| d.as_secs()),
     };
     write(dir, &sb)?;
+    probe_xattr(&dir.join(SUPERBLOCK_FILE))?;
     Ok(Formatted::New(sb))
+}
+
+/// Objects keep their logical size in a `user.` xattr: check the file system has them.
+fn probe_xattr(path: &Path) -> Result<(), TargetError> {
+    let name = "user.nacre.probe";
+    rustix::fs::setxattr(path, name, b"1", rustix::fs::XattrFlags::empty())
+        .and_then(|()| rustix::fs::removexattr(path, name))
+        .map_err(|e| TargetError::NoXattr {
+            path: path.to_path_buf(),
+            source: e.into(),
+        })
 }
 
 /// Reads and checks the superblock of `dir`.

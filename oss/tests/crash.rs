@@ -88,6 +88,20 @@ fn kill_9_keeps_every_acknowledged_write() {
         acked.len()
     );
     let mut h = Harness::open(&dir, Backend::IoUring, 16);
+    for obj in 1..=3 {
+        let end = acked
+            .iter()
+            .map(|&k| spec(k))
+            .filter(|s| s.0 == obj)
+            .map(|(_, off, len)| off + len as u64)
+            .max()
+            .unwrap();
+        let size = h.store.getattr(obj).unwrap().size;
+        assert!(
+            size >= end,
+            "object {obj}: size {size} < acknowledged end {end}"
+        );
+    }
     for &k in &acked {
         let (obj, off, len) = spec(k);
         let got = h.read(obj, off, len).unwrap();

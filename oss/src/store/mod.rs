@@ -57,10 +57,13 @@ fn untag(user_data: u64) -> (u32, u64, usize) {
 /// An open object.
 struct Obj {
     file: FileId,
-    /// Logical size. The file may be longer (whole blocks written past it) until
-    /// `fix_size` trims it, which happens whenever no write on the object is active.
+    /// Logical size, kept in the file's `user.nacre.size` xattr. The file itself ends
+    /// on the block boundary after it (O_DIRECT writes whole blocks).
     size: u64,
+    /// A failed write may have left blocks past `size`: trim when no write is active.
     size_dirty: bool,
+    /// The size xattr changed since the last fsync (fdatasync does not cover it).
+    meta_dirty: bool,
     writes_active: usize,
     /// Operations between open and completion: a referenced object is never closed.
     refs: usize,
@@ -113,6 +116,8 @@ struct Op {
     /// Holds a reference on the open object (and a lock request in its table).
     referenced: bool,
     write_active: bool,
+    /// Issued whole blocks past the object's size (a failure leaves them to trim).
+    extends: bool,
     in_flight: usize,
     error: Option<Errno>,
 }
@@ -317,7 +322,10 @@ impl ObjectStore {
             .map_err(|e| Errno::from_io(&e))?;
         use std::os::unix::fs::MetadataExt;
         Ok(ObjectAttr {
-            size: self.objects.get(&obj).map_or(md.len(), |o| o.size),
+            size: match self.objects.get(&obj) {
+                Some(o) => o.size,
+                None => stored_size_at(&layout::object_path(&self.root, obj), md.len())?,
+            },
             blocks: md.blocks(),
             mtime: md.modified().map_err(|e| Errno::from_io(&e))?,
         })
@@ -469,6 +477,7 @@ impl ObjectStore {
                 lock: None,
                 referenced: false,
                 write_active: false,
+                extends: false,
                 in_flight: 0,
                 error: None,
             },
@@ -589,9 +598,15 @@ impl ObjectStore {
                 return Err(Errno::EIO);
             }
         };
-        let size = match storage.file(file).map(|f| f.metadata()) {
-            Some(Ok(md)) => md.len(),
-            Some(Err(e)) => {
+        let size = match storage.file(file).map(|f| (f, f.metadata())) {
+            Some((f, Ok(md))) => match stored_size(f, md.len()) {
+                Ok(size) => size,
+                Err(e) => {
+                    let _ = storage.close(file);
+                    return Err(e);
+                }
+            },
+            Some((_, Err(e))) => {
                 let _ = storage.close(file);
                 return Err(Errno::from_io(&e));
             }
@@ -603,6 +618,7 @@ impl ObjectStore {
                 file,
                 size,
                 size_dirty: false,
+                meta_dirty: false,
                 writes_active: 0,
                 refs: 0,
                 locks: RangeLocks::new(),
@@ -736,9 +752,11 @@ impl ObjectStore {
                 self.finish_with(Some(io.pool), id, r.map(|()| 0));
             }
             Req::Truncate { size } => {
-                let r = set_len(io.storage, file, *size);
+                let r = set_len(io.storage, file, *size)
+                    .and_then(|()| set_stored_size(io.storage, file, *size));
                 if r.is_ok() {
                     o.size = *size;
+                    o.meta_dirty = true;
                 }
                 self.finish_with(Some(io.pool), id, r.map(|()| 0));
             }
@@ -747,12 +765,9 @@ impl ObjectStore {
                 self.finish_with(Some(io.pool), id, r.map(|()| 0));
             }
             Req::Sync { datasync } => {
-                let datasync = *datasync;
-                if o.writes_active == 0 && o.size_dirty {
-                    if let Err(e) = fix_size(io.storage, o) {
-                        return self.finish_with(Some(io.pool), id, Err(e));
-                    }
-                }
+                // fdatasync does not cover the size xattr: fsync when it changed.
+                let datasync = *datasync && !o.meta_dirty;
+                o.meta_dirty = false;
                 self.submit_sync(id, file, datasync);
             }
         }
@@ -766,7 +781,7 @@ impl ObjectStore {
         };
         for p in &plan.pieces {
             if p.file_off + p.len as u64 > o.size {
-                o.size_dirty = true;
+                op.extends = true;
             }
             op.in_flight += 1;
             self.submit_q.push_back(IoReq {
@@ -876,6 +891,12 @@ impl ObjectStore {
             }
             _ => {
                 // A sync: of its own, or the one ending a WriteMode::Sync write.
+                if c.result.is_err() {
+                    let op = &self.ops[&id];
+                    if let Some(o) = self.objects.get_mut(&op.obj) {
+                        o.meta_dirty = true;
+                    }
+                }
                 let n = match self.ops[&id].req {
                     Req::Write { len, .. } => len,
                     _ => 0,
@@ -922,23 +943,28 @@ impl ObjectStore {
         else {
             unreachable!("a write")
         };
+        let o = self.objects.get_mut(&op.obj).expect("referenced");
         if let Some(e) = op.error {
+            o.size_dirty |= op.extends;
             return self.finish_with(Some(io.pool), id, Err(e));
         }
-        let o = self.objects.get_mut(&op.obj).expect("referenced");
-        o.size = o.size.max(offset + len as u64);
+        let end = offset + len as u64;
+        if end > o.size {
+            // Completions are applied in order on this core: the stored size only grows.
+            if let Err(e) = set_stored_size(io.storage, o.file, end) {
+                o.size_dirty = true;
+                return self.finish_with(Some(io.pool), id, Err(e));
+            }
+            o.size = end;
+            o.meta_dirty = true;
+        }
         if mode == WriteMode::Async {
             return self.finish_with(Some(io.pool), id, Ok(len));
         }
-        // The sync covers the size too: trim it first if this is the only active write
-        // (else the trim waits for the others and the size is durable at the next sync).
-        if o.writes_active == 1 && o.size_dirty {
-            if let Err(e) = fix_size(io.storage, o) {
-                return self.finish_with(Some(io.pool), id, Err(e));
-            }
-        }
+        let datasync = !o.meta_dirty;
+        o.meta_dirty = false;
         let file = o.file;
-        self.submit_sync(id, file, true);
+        self.submit_sync(id, file, datasync);
     }
 
     fn destroy_now(&mut self, io: &mut Io<'_>, id: u32) -> Result<(), Errno> {
@@ -1094,7 +1120,52 @@ fn set_len(storage: &Storage, file: FileId, size: u64) -> Result<(), Errno> {
     rustix::fs::ftruncate(file_of(storage, file)?, size).map_err(|e| Errno(e.raw_os_error()))
 }
 
-/// Trims the file to the logical size (whole blocks written past it by O_DIRECT).
+/// The xattr holding an object's logical size (8 bytes, little-endian).
+pub const SIZE_XATTR: &str = "user.nacre.size";
+
+/// The logical size stored with an object (open file or path); `file_len` if it has
+/// none (no write to it ever completed).
+fn stored_size<F: rustix::fd::AsFd>(file: F, file_len: u64) -> Result<u64, Errno> {
+    let mut v = [0u8; 8];
+    parse_size(
+        rustix::fs::fgetxattr(file, SIZE_XATTR, &mut v[..]),
+        v,
+        file_len,
+    )
+}
+
+fn stored_size_at(path: &Path, file_len: u64) -> Result<u64, Errno> {
+    let mut v = [0u8; 8];
+    parse_size(
+        rustix::fs::getxattr(path, SIZE_XATTR, &mut v[..]),
+        v,
+        file_len,
+    )
+}
+
+fn parse_size(r: rustix::io::Result<usize>, v: [u8; 8], file_len: u64) -> Result<u64, Errno> {
+    match r {
+        Ok(8) => Ok(u64::from_le_bytes(v)),
+        Ok(n) => {
+            tracing::error!("size xattr of {n} bytes, not 8");
+            Err(Errno::EIO)
+        }
+        Err(rustix::io::Errno::NODATA) => Ok(file_len),
+        Err(e) => Err(Errno(e.raw_os_error())),
+    }
+}
+
+fn set_stored_size(storage: &Storage, file: FileId, size: u64) -> Result<(), Errno> {
+    rustix::fs::fsetxattr(
+        file_of(storage, file)?,
+        SIZE_XATTR,
+        &size.to_le_bytes(),
+        rustix::fs::XattrFlags::empty(),
+    )
+    .map_err(|e| Errno(e.raw_os_error()))
+}
+
+/// Trims blocks that failed writes left past the logical size.
 fn fix_size(storage: &Storage, o: &mut Obj) -> Result<(), Errno> {
     set_len(storage, o.file, o.size)?;
     o.size_dirty = false;
