@@ -12,8 +12,9 @@
 //! 2. open: the object's file (created by writes), from a bounded table of open objects.
 //! 3. lock: a block-range lock in the object's table, granted in arrival order.
 //! 4. I/O: edge reads, then one O_DIRECT write per slab from the slab's start; reads one
-//!    per slab; syncs through the ring. Open, unlink, ftruncate and fallocate (punch) are
-//!    metadata calls made synchronously on the core: they are off the per-byte path.
+//!    per slab; syncs through the ring. Open, close, unlink, fstat, ftruncate (truncate),
+//!    fallocate (punch) and fsetxattr (the logical size, once per size-extending write)
+//!    are metadata calls made synchronously on the core: they are off the per-byte path.
 
 pub mod plan;
 mod types;
