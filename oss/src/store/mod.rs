@@ -444,7 +444,9 @@ impl ObjectStore {
     }
 
     fn check(&self, obj: ObjectId, len: usize) -> Option<Errno> {
-        if obj == 0 {
+        if self.ops.len() >= self.cfg.max_ops {
+            Some(Errno(libc::EAGAIN))
+        } else if obj == 0 {
             Some(Errno::ENOENT)
         } else if len > self.cfg.max_request {
             Some(Errno::EINVAL)

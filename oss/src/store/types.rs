@@ -59,6 +59,9 @@ pub struct StoreConfig {
     pub max_open: usize,
     /// Largest read or write accepted, in bytes.
     pub max_request: usize,
+    /// Operations queued or running at most; more are refused with EAGAIN (the server
+    /// bounds what it accepts from clients well below this).
+    pub max_ops: usize,
 }
 
 impl Default for StoreConfig {
@@ -66,6 +69,7 @@ impl Default for StoreConfig {
         StoreConfig {
             max_open: 48,
             max_request: 16 << 20,
+            max_ops: 4096,
         }
     }
 }

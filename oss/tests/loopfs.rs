@@ -1,5 +1,7 @@
-//! A full file system fails the write that does not fit with ENOSPC, and the target goes
-//! on serving others. Needs root (a size-limited ext4 on a loop device).
+//! Failures of the file system under a target, on a small ext4 on a loop device (needs
+//! root, else SKIP): a full file system fails the write that does not fit with ENOSPC
+//! and the target goes on serving others; a file system error (ext4's own error path,
+//! triggered through sysfs) marks the target degraded.
 
 mod common;
 
@@ -17,7 +19,7 @@ struct LoopFs {
 }
 
 impl LoopFs {
-    fn make(base: &Path) -> Result<LoopFs, String> {
+    fn make(base: &Path, options: &str) -> Result<LoopFs, String> {
         std::fs::create_dir_all(base).map_err(|e| e.to_string())?;
         let img = base.join("img");
         let mnt = base.join("mnt");
@@ -40,7 +42,7 @@ impl LoopFs {
         run("truncate", &["-s", "64M", img_s])?;
         // No blocks reserved for root: what statfs calls available is all there is.
         run("mkfs.ext4", &["-q", "-F", "-m", "0", img_s])?;
-        run("mount", &["-o", "loop", img_s, mnt.to_str().unwrap()])?;
+        run("mount", &["-o", options, img_s, mnt.to_str().unwrap()])?;
         Ok(LoopFs {
             base: base.to_path_buf(),
             mnt,
@@ -70,20 +72,27 @@ impl Drop for LoopFs {
     }
 }
 
+/// The mounted file system, or None after printing why the test skips.
+fn mount(name: &str, options: &str) -> Option<LoopFs> {
+    if !rustix::process::geteuid().is_root() {
+        nacre_fabric::testing::skip(&format!("oss {name}: needs root to mount a small ext4"));
+        return None;
+    }
+    let base = target_dir(name);
+    match LoopFs::make(&base, options) {
+        Ok(fs) => Some(fs),
+        Err(e) => {
+            nacre_fabric::testing::skip(&format!("oss {name}: cannot mount a loop ext4: {e}"));
+            let _ = std::fs::remove_dir_all(&base);
+            None
+        }
+    }
+}
+
 #[test]
 fn enospc_fails_that_write_and_the_rest_goes_on() {
-    if !rustix::process::geteuid().is_root() {
-        nacre_fabric::testing::skip("oss enospc: needs root to mount a small ext4");
+    let Some(fs) = mount("enospc", "loop") else {
         return;
-    }
-    let base = target_dir("enospc");
-    let fs = match LoopFs::make(&base) {
-        Ok(fs) => fs,
-        Err(e) => {
-            nacre_fabric::testing::skip(&format!("oss enospc: cannot mount a loop ext4: {e}"));
-            let _ = std::fs::remove_dir_all(&base);
-            return;
-        }
     };
     let dir = fs.mnt.join("ost");
     format_target(&dir);
@@ -110,6 +119,40 @@ fn enospc_fails_that_write_and_the_rest_goes_on() {
     assert_eq!(h.write(2, 7, &small), Ok(5000));
     assert!(h.read(2, 7, 5000).unwrap() == small);
     assert!(h.read(1, fill - 10, 10).unwrap() == chunk[(fill % (4 << 20)) as usize - 10..][..10]);
+    h.assert_pool_full();
+    drop(h);
+    drop(fs);
+}
+
+#[test]
+fn a_file_system_error_degrades_the_target() {
+    let Some(fs) = mount("fserror", "loop,errors=remount-ro") else {
+        return;
+    };
+    let dir = fs.mnt.join("ost");
+    format_target(&dir);
+    let mut h = Harness::open(&dir, Backend::IoUring, 16);
+    let data = pattern(3, 10_000);
+    assert_eq!(h.write(1, 100, &data), Ok(10_000));
+    let dev = Command::new("findmnt")
+        .args(["-n", "-o", "SOURCE"])
+        .arg(&fs.mnt)
+        .output()
+        .unwrap();
+    let dev = String::from_utf8_lossy(&dev.stdout).trim().to_string();
+    let trigger = format!(
+        "/sys/fs/ext4/{}/trigger_fs_error",
+        dev.trim_start_matches("/dev/")
+    );
+    if std::fs::write(&trigger, "nacre test").is_err() {
+        nacre_fabric::testing::skip(&format!("oss fserror: cannot write {trigger}"));
+        return;
+    }
+    let r = h.write(1, 0, &pattern(4, 5000));
+    assert_eq!(r, Err(Errno::EROFS));
+    assert_eq!(h.store.state(), TargetState::Degraded(Errno::EROFS));
+    // What is on the device is still served.
+    assert!(h.read(1, 100, 10_000).unwrap() == data);
     h.assert_pool_full();
     drop(h);
     drop(fs);
