@@ -1076,6 +1076,14 @@ fn put(pool: &mut BufferPool, b: PoolBuf) {
     }
 }
 
+/// Slabs for a request of `len` bytes at `offset`, laid out as [`ObjectStore::write`]
+/// takes them and reads return them (data from `offset % ALIGN` in the first slab, the
+/// largest class, the last one smaller); all or none (None: back-pressure, retry later).
+pub fn slabs_for(pool: &mut BufferPool, offset: u64, len: usize) -> Option<Vec<PoolBuf>> {
+    let head = (offset % BLOCK) as usize;
+    take_slabs(pool, &plan::slab_sizes(head + len, largest_slab(pool)))
+}
+
 /// All of `sizes` from the pool, or none (the ones taken go back).
 fn take_slabs(pool: &mut BufferPool, sizes: &[usize]) -> Option<Vec<PoolBuf>> {
     let mut got = Vec::with_capacity(sizes.len());

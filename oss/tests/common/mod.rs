@@ -4,9 +4,10 @@
 use std::path::{Path, PathBuf};
 
 use nacre_engine::{Backend, BufferPool, PoolConfig, SizeClass, Storage, StorageConfig};
-use nacre_oss::store::plan::slab_sizes;
 use nacre_oss::superblock::{format, FormatRequest};
-use nacre_oss::{scatter, Errno, Io, ObjectCompletion, ObjectStore, StoreConfig, WriteMode};
+use nacre_oss::{
+    scatter, slabs_for, Errno, Io, ObjectCompletion, ObjectStore, StoreConfig, WriteMode,
+};
 
 pub const SLAB: usize = 1 << 20;
 
@@ -92,10 +93,7 @@ impl Harness {
     /// Slabs holding `data` laid out for a write at `offset` (what the bulk pull does).
     pub fn bulk(&mut self, offset: u64, data: &[u8]) -> Vec<nacre_engine::PoolBuf> {
         let head = (offset % 4096) as usize;
-        let mut bufs: Vec<_> = slab_sizes(head + data.len(), SLAB)
-            .into_iter()
-            .map(|s| self.pool.get(s).expect("test pool large enough"))
-            .collect();
+        let mut bufs = slabs_for(&mut self.pool, offset, data.len()).expect("pool large enough");
         scatter(&mut bufs, head, data);
         bufs
     }
