@@ -322,3 +322,57 @@ fn inline_writes_copy_once_and_wait_for_slabs() {
         h.assert_pool_full();
     }
 }
+
+/// Batches of overlapping writes, punches and truncates submitted together: the store
+/// orders conflicting operations by arrival and runs the rest in parallel, so the result
+/// equals applying each batch in submission order.
+#[test]
+fn concurrent_batches_equal_submission_order() {
+    for b in BACKENDS {
+        let mut h = Harness::new(&name(b, "batches"), b);
+        let mut rng = Rng(0xba7c_4000 + b as u64);
+        let mut models = vec![Model::default(); 2];
+        for round in 0..40u64 {
+            for i in 0..24u64 {
+                let o = rng.below(2) as usize;
+                let obj = o as u64 + 1;
+                let off = rng.below(96 << 10);
+                let max = if rng.below(3) == 0 { 40_000 } else { 3000 };
+                let len = 1 + rng.below(max) as usize;
+                let t = h.tag();
+                match rng.below(12) {
+                    0 if !models[o].0.is_empty() => {
+                        let size = rng.below(96 << 10);
+                        h.store.truncate(obj, size, t);
+                        models[o].truncate(size);
+                    }
+                    1 if !models[o].0.is_empty() => {
+                        h.store.punch(obj, off, len as u64, t);
+                        models[o].punch(off, len as u64);
+                    }
+                    _ => {
+                        let data = pattern(round * 100 + i, len);
+                        let bufs = h.bulk(off, &data);
+                        h.store
+                            .write(obj, off, len, bufs, nacre_oss::WriteMode::Async, t);
+                        models[o].write(off, &data);
+                    }
+                }
+            }
+            for c in h.drain() {
+                let kind = c.kind;
+                let (r, _) = h.give_back(c);
+                assert!(r.is_ok(), "round {round}: {kind:?} {r:?}");
+            }
+            for (o, m) in models.iter().enumerate() {
+                let obj = o as u64 + 1;
+                if m.0.is_empty() && h.store.getattr(obj).is_err() {
+                    continue;
+                }
+                let got = h.read(obj, 0, 1 << 20).unwrap();
+                assert!(got == m.0, "{b:?} round {round} object {obj} differs");
+            }
+        }
+        h.assert_pool_full();
+    }
+}

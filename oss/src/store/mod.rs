@@ -755,7 +755,7 @@ impl ObjectStore {
                 self.finish_with(Some(io.pool), id, r.map(|()| 0));
             }
             Req::Truncate { size } => {
-                let r = set_len(io.storage, file, *size)
+                let r = cut_to(io.storage, file, *size)
                     .and_then(|()| set_stored_size(io.storage, file, *size));
                 if r.is_ok() {
                     o.size = *size;
@@ -1178,8 +1178,21 @@ fn set_stored_size(storage: &Storage, file: FileId, size: u64) -> Result<(), Err
 
 /// Trims blocks that failed writes left past the logical size.
 fn fix_size(storage: &Storage, o: &mut Obj) -> Result<(), Errno> {
-    set_len(storage, o.file, o.size)?;
+    cut_to(storage, o.file, o.size)?;
     o.size_dirty = false;
+    Ok(())
+}
+
+/// Makes `size` the logical end on disk: the file ends on the block boundary after it
+/// and the rest of that block is zeroed. Files never end inside a block: an O_DIRECT
+/// read stopped short there would be resumed at an unaligned offset, which the kernel
+/// refuses (EINVAL) if a concurrent write has meanwhile extended the file.
+fn cut_to(storage: &Storage, file: FileId, size: u64) -> Result<(), Errno> {
+    let end = plan::align_up(size);
+    set_len(storage, file, end)?;
+    if end > size {
+        punch_hole(storage, file, size, end - size)?;
+    }
     Ok(())
 }
 

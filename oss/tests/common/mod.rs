@@ -26,7 +26,7 @@ pub fn pool_config(big: usize) -> PoolConfig {
             },
             SizeClass {
                 size: 64 << 10,
-                count: 16,
+                count: 64,
             },
             SizeClass {
                 size: SLAB,
