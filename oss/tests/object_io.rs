@@ -376,3 +376,57 @@ fn concurrent_batches_equal_submission_order() {
         h.assert_pool_full();
     }
 }
+
+#[test]
+fn destroy_fails_what_queued_behind_it_and_slots_are_shared() {
+    for b in BACKENDS {
+        let mut h = Harness::new(&name(b, "destroy"), b);
+        h.write(1, 0, &pattern(1, 9000)).unwrap();
+        let w = h.submit_write(1, 10, &pattern(2, 100));
+        let t = h.tag();
+        h.store.destroy(1, t);
+        let r = h.tag();
+        h.store.read(1, 0, 100, r);
+        let mut results = std::collections::HashMap::new();
+        for c in h.drain() {
+            let tag = c.tag;
+            let (res, _) = h.give_back(c);
+            results.insert(tag, res);
+        }
+        assert_eq!(results[&w], Ok(100), "queued before the destroy: done");
+        assert_eq!(results[&t], Ok(0));
+        assert_eq!(results[&r], Err(Errno::ENOENT), "queued behind the destroy");
+        h.assert_pool_full();
+
+        // Two open-file slots for 6 objects written at once: operations wait for a
+        // slot, none fails.
+        let dir = h.dir.clone();
+        drop(h);
+        let mut h = Harness::open(&dir, b, 16);
+        h.store = nacre_oss::ObjectStore::open(
+            &dir,
+            nacre_oss::StoreConfig {
+                max_open: 2,
+                ..Default::default()
+            },
+        )
+        .unwrap();
+        for round in 0..3u64 {
+            for obj in 10..16u64 {
+                h.submit_write(obj, round * 5000 + 1, &pattern(obj + round, 5000));
+            }
+        }
+        for c in h.drain() {
+            assert!(h.give_back(c).0.is_ok());
+        }
+        for obj in 10..16u64 {
+            let got = h.read(obj, 0, 20_000).unwrap();
+            assert_eq!(got.len(), 15_001);
+            for round in 0..3u64 {
+                let at = (round * 5000 + 1) as usize;
+                assert!(got[at..at + 5000] == pattern(obj + round, 5000)[..]);
+            }
+        }
+        h.assert_pool_full();
+    }
+}
