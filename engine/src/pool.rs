@@ -120,6 +120,20 @@ impl PoolBuf {
         }
     }
 
+    /// The whole slab as bytes. Holding the `PoolBuf` means no operation uses the slab
+    /// (storage and bulk transfers own it while they run), so the view is the only one.
+    pub fn bytes(&self) -> &[u8] {
+        // SAFETY: the slab is `size` bytes of mapped pool memory that stays mapped while
+        // this PoolBuf lives (it holds the arena); no I/O owns it while we are borrowed.
+        unsafe { std::slice::from_raw_parts(self.as_ptr(), self.size) }
+    }
+
+    /// The whole slab as mutable bytes; as [`PoolBuf::bytes`], exclusively.
+    pub fn bytes_mut(&mut self) -> &mut [u8] {
+        // SAFETY: as in `bytes`; the exclusive borrow makes this the only view.
+        unsafe { std::slice::from_raw_parts_mut(self.as_ptr(), self.size) }
+    }
+
     /// Copies `data` to the start of the slab (at most its capacity).
     pub fn copy_in(&mut self, data: &[u8]) {
         let n = data.len().min(self.size);

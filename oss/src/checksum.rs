@@ -17,7 +17,7 @@ pub fn crc32c_bufs(bufs: &[PoolBuf], head: usize, len: usize) -> u32 {
         let start = skip.min(b.capacity());
         skip -= start;
         let n = (b.capacity() - start).min(left);
-        crc = crc32c::crc32c_append(crc, &crate::slab::bytes(b)[start..start + n]);
+        crc = crc32c::crc32c_append(crc, &b.bytes()[start..start + n]);
         left -= n;
     }
     crc

@@ -11,7 +11,6 @@ pub mod config;
 pub mod errno;
 pub mod layout;
 pub mod rangelock;
-pub mod slab;
 pub mod store;
 pub mod superblock;
 

@@ -218,9 +218,14 @@ impl UringStorage {
             (IoKind::Fsync | IoKind::Fdatasync, _) => Ok(0),
             (IoKind::Read, 0) => Ok(op.done), // end of file
             (IoKind::Write, 0) => Err(libc::EIO),
-            (_, r) => {
+            (kind, r) => {
                 op.done += r as usize;
-                if op.done < op.len {
+                // A short O_DIRECT read that stops off a block boundary stopped at the end
+                // of the file: resuming there would be an unaligned read (EINVAL if the
+                // file grew meanwhile). A short write is resumed (it stays aligned or is
+                // the device's to finish).
+                let eof = kind == IoKind::Read && op.done % crate::storage::ALIGN != 0;
+                if op.done < op.len && !eof {
                     return self.requeue(slot);
                 }
                 Ok(op.done)

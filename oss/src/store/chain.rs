@@ -4,7 +4,6 @@
 use nacre_engine::{BufferPool, PoolBuf, ALIGN};
 
 use super::plan::{self, BLOCK};
-use crate::slab;
 
 pub(super) fn largest_slab(pool: &BufferPool) -> usize {
     pool.usage().iter().map(|u| u.0).max().unwrap_or(ALIGN)
@@ -44,7 +43,7 @@ pub(super) fn take_slabs(pool: &mut BufferPool, sizes: &[usize]) -> Option<Vec<P
 /// Copies `data` into the slab chain starting `head` bytes into the first slab.
 pub fn scatter(bufs: &mut [PoolBuf], mut head: usize, mut data: &[u8]) {
     for b in bufs {
-        let bytes = slab::bytes_mut(b);
+        let bytes = b.bytes_mut();
         let n = (bytes.len() - head).min(data.len());
         bytes[head..head + n].copy_from_slice(&data[..n]);
         data = &data[n..];
@@ -55,7 +54,7 @@ pub fn scatter(bufs: &mut [PoolBuf], mut head: usize, mut data: &[u8]) {
 /// Copies from the slab chain (starting `head` bytes in) into `out`.
 pub fn gather(bufs: &[PoolBuf], mut head: usize, mut out: &mut [u8]) {
     for b in bufs {
-        let bytes = slab::bytes(b);
+        let bytes = b.bytes();
         let n = (bytes.len() - head).min(out.len());
         out[..n].copy_from_slice(&bytes[head..head + n]);
         out = &mut out[n..];

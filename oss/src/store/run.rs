@@ -9,7 +9,7 @@ use super::plan;
 use super::{
     io_tag, untag, Io, IoReq, ObjectStore, Req, WriteMode, CLASS_DATA, CLASS_EDGE, CLASS_SYNC,
 };
-use crate::{slab, Errno};
+use crate::Errno;
 
 impl ObjectStore {
     /// Stage 3: the lock is held; issue the I/O (or do the metadata call).
@@ -41,7 +41,7 @@ impl ObjectStore {
                         // Past the end: the old bytes are zeros, no need to read them.
                         let buf = op.bufs[e.buf].as_mut().expect("ours");
                         for r in &e.keep {
-                            slab::bytes_mut(buf)[e.pos + r.start..e.pos + r.end].fill(0);
+                            buf.bytes_mut()[e.pos + r.start..e.pos + r.end].fill(0);
                         }
                         put(io.pool, scratch);
                     }
@@ -208,7 +208,7 @@ impl ObjectStore {
                 if let (Req::Read { .. }, Ok(got)) = (&op.req, c.result) {
                     // Past the file's end (never inside the logical size, which the file
                     // always covers) a read stops short: whatever is there reads as zero.
-                    slab::bytes_mut(&mut buf)[got..].fill(0);
+                    buf.bytes_mut()[got..].fill(0);
                 }
                 op.bufs[piece] = Some(buf);
                 if op.in_flight == 0 {
@@ -248,9 +248,9 @@ impl ObjectStore {
             let size = self.objects.get(&op.obj).map_or(0, |o| o.size);
             // Bytes past the logical end are zeros whatever the file holds there.
             let valid = (size.saturating_sub(e.block) as usize).min(got);
-            let old = slab::bytes_mut(&mut scratch);
+            let old = scratch.bytes_mut();
             old[valid..].fill(0);
-            let buf = slab::bytes_mut(op.bufs[e.buf].as_mut().expect("ours"));
+            let buf = op.bufs[e.buf].as_mut().expect("ours").bytes_mut();
             for r in &e.keep {
                 buf[e.pos + r.start..e.pos + r.end].copy_from_slice(&old[r.clone()]);
             }
