@@ -88,7 +88,10 @@ fn run(file: &File, op: &mut Op) -> Result<usize, i32> {
                     Ok(0) => return Err(libc::EIO),
                     // Off a block boundary a read stopped at the end of the file (see
                     // the io_uring backend).
-                    Ok(n) if op.kind == IoKind::Read && (op.done + n) % super::ALIGN != 0 => {
+                    Ok(n)
+                        if op.kind == IoKind::Read
+                            && !(op.done + n).is_multiple_of(super::ALIGN) =>
+                    {
                         op.done += n;
                         break;
                     }

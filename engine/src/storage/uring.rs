@@ -224,7 +224,7 @@ impl UringStorage {
                 // of the file: resuming there would be an unaligned read (EINVAL if the
                 // file grew meanwhile). A short write is resumed (it stays aligned or is
                 // the device's to finish).
-                let eof = kind == IoKind::Read && op.done % crate::storage::ALIGN != 0;
+                let eof = kind == IoKind::Read && !op.done.is_multiple_of(crate::storage::ALIGN);
                 if op.done < op.len && !eof {
                     return self.requeue(slot);
                 }
