@@ -31,6 +31,9 @@ pub enum ClientError {
     Expired { id: u64, after: Duration },
     #[error("unknown session {0:?}")]
     UnknownSession(SessionId),
+    /// The server answered with an error (a positive errno).
+    #[error("server error: {}", std::io::Error::from_raw_os_error(*.0))]
+    Status(i32),
     #[error("{0}")]
     Protocol(String),
 }
@@ -218,6 +221,11 @@ impl ClientEndpoint {
             })?;
         self.sessions[sid.0 as usize].remote = u32::from_le_bytes(remote);
         Ok(sid)
+    }
+
+    /// Largest message in either direction.
+    pub fn msg_size(&self) -> usize {
+        self.cfg.msg_size
     }
 
     /// The endpoint, e.g. to register buffers servers reach by RMA.

@@ -11,6 +11,8 @@ pub mod config;
 pub mod errno;
 pub mod layout;
 pub mod rangelock;
+pub mod server;
+pub mod service;
 pub mod store;
 pub mod superblock;
 

@@ -211,9 +211,19 @@ impl ObjectStore {
         self.state
     }
 
-    /// Whether `user_data` of a storage completion belongs to the store.
+    /// Whether `user_data` of a storage completion belongs to a store.
     pub fn owns(user_data: u64) -> bool {
         user_data & IO_TAG != 0
+    }
+
+    /// This store's `StoreConfig::id`.
+    pub fn id(&self) -> u8 {
+        self.cfg.id
+    }
+
+    /// Which store (its `StoreConfig::id`) a storage completion it owns belongs to.
+    pub fn store_of(user_data: u64) -> u8 {
+        ((user_data >> 56) & 0x7f) as u8
     }
 
     /// Operations not yet reaped.

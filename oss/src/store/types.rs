@@ -62,6 +62,9 @@ pub struct StoreConfig {
     /// Operations queued or running at most; more are refused with EAGAIN (the server
     /// bounds what it accepts from clients well below this).
     pub max_ops: usize,
+    /// Which of a core's stores this is (0..=127): carried in the user_data of its
+    /// storage operations, so a core serving several targets routes each completion.
+    pub id: u8,
 }
 
 impl Default for StoreConfig {
@@ -70,6 +73,7 @@ impl Default for StoreConfig {
             max_open: 48,
             max_request: 16 << 20,
             max_ops: 4096,
+            id: 0,
         }
     }
 }

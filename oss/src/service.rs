@@ -1,0 +1,518 @@
+//! The OSS's engine service: object requests from clients, on the core that owns the
+//! object, turned into bulk transfers and object-store operations.
+//!
+//! Each core holds one [`ObjectStore`] per OST its server serves (store id = position).
+//! A request names its OST and the epoch the client's map gives that OST's role; the
+//! core refuses an OST it does not serve (ENODEV), a stale or fenced epoch (ESTALE) and
+//! an object another core owns (EXDEV: the client's routing rule is `object % cores`).
+//!
+//! A bulk write: slabs laid out for the object offset -> pull (fi_read) into them ->
+//! checksum -> store write from the same slabs -> reply. A bulk read: store read into
+//! slabs -> checksum -> push (fi_write, delivery-complete) -> reply. Small payloads
+//! travel inline in the request or reply. An empty pool makes requests wait, in order.
+
+use std::collections::VecDeque;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Arc;
+
+use nacre_engine::{Bufs, BulkDone, Core, IoCompletion, Request, Service};
+use nacre_fabric::PeerAddr;
+use nacre_proto::object::{
+    decode_target, AttrReply, Data, IoReply, ObjFlags, ObjTarget, RangeReq, ReadReq, StatfsReply,
+    WriteReq,
+};
+use nacre_proto::{BulkDesc, Header, Opcode, HEADER_LEN};
+
+use crate::{crc32c_bufs, slabs_for, Errno, Io, ObjectCompletion, ObjectStore, OpKind, WriteMode};
+
+/// The epoch a core serves an OST under; 0 once the server stepped down (fenced).
+#[derive(Debug, Clone)]
+pub struct OstEpoch(Arc<AtomicU64>);
+
+impl OstEpoch {
+    pub fn new(epoch: u64) -> OstEpoch {
+        OstEpoch(Arc::new(AtomicU64::new(epoch)))
+    }
+
+    pub fn get(&self) -> u64 {
+        self.0.load(Ordering::Acquire)
+    }
+
+    /// Stops serving under this epoch: every later request is refused (ESTALE).
+    pub fn fence(&self) {
+        self.0.store(0, Ordering::Release);
+    }
+}
+
+/// One OST as a core serves it.
+pub struct ServedOst {
+    pub index: u32,
+    pub epoch: OstEpoch,
+    pub store: ObjectStore,
+}
+
+/// What a request is waiting for, between its steps.
+enum Step {
+    /// A bulk write waiting for slabs.
+    WaitSlabs,
+    /// A bulk write's pull in flight.
+    Pulling,
+    /// A store operation in flight.
+    Storing,
+    /// A read's push in flight.
+    Pushing { len: usize, crc: u32 },
+}
+
+struct InFlight {
+    peer: PeerAddr,
+    header: Header,
+    store: usize,
+    target: ObjTarget,
+    offset: u64,
+    len: usize,
+    crc: u32,
+    bulk: Option<BulkDesc>,
+    step: Step,
+}
+
+/// Errnos of the service's own refusals.
+const ENODEV: i32 = libc::ENODEV;
+const ESTALE: i32 = libc::ESTALE;
+const EXDEV: i32 = libc::EXDEV;
+const EILSEQ: i32 = libc::EILSEQ;
+
+pub struct OssService {
+    core: usize,
+    cores: usize,
+    osts: Vec<ServedOst>,
+    ops: Vec<Option<InFlight>>,
+    free: Vec<usize>,
+    /// Bulk writes waiting for slabs, oldest first.
+    waiting: VecDeque<usize>,
+    done: Vec<ObjectCompletion>,
+    /// Largest inline reply body, and the buffer inline replies are built in.
+    inline_max: usize,
+    scratch: Vec<u8>,
+}
+
+impl OssService {
+    /// `core` of `cores` serves `osts`; replies carry at most `msg_size` bytes.
+    pub fn new(core: usize, cores: usize, osts: Vec<ServedOst>, msg_size: usize) -> OssService {
+        OssService {
+            core,
+            cores: cores.max(1),
+            osts,
+            ops: Vec::new(),
+            free: Vec::new(),
+            waiting: VecDeque::new(),
+            done: Vec::new(),
+            inline_max: msg_size - HEADER_LEN - 16,
+            scratch: Vec::with_capacity(msg_size),
+        }
+    }
+
+    pub fn osts(&self) -> &[ServedOst] {
+        &self.osts
+    }
+
+    /// The store for `t`, after the checks every request passes.
+    fn admit(&self, t: &ObjTarget, needs_object: bool) -> Result<usize, i32> {
+        let store = self
+            .osts
+            .iter()
+            .position(|o| o.index == t.ost)
+            .ok_or(ENODEV)?;
+        let epoch = self.osts[store].epoch.get();
+        if epoch == 0 || t.epoch != epoch {
+            return Err(ESTALE);
+        }
+        if needs_object && (t.object % self.cores as u64) as usize != self.core {
+            return Err(EXDEV);
+        }
+        Ok(store)
+    }
+
+    fn add(&mut self, f: InFlight) -> usize {
+        match self.free.pop() {
+            Some(id) => {
+                self.ops[id] = Some(f);
+                id
+            }
+            None => {
+                self.ops.push(Some(f));
+                self.ops.len() - 1
+            }
+        }
+    }
+
+    fn take(&mut self, id: usize) -> Option<InFlight> {
+        let f = self.ops.get_mut(id)?.take()?;
+        self.free.push(id);
+        Some(f)
+    }
+
+    fn io<'a>(core: &'a mut Core) -> Io<'a> {
+        Io {
+            storage: &mut core.storage,
+            pool: &mut core.pool,
+        }
+    }
+
+    fn on_write(&mut self, core: &mut Core, peer: PeerAddr, h: Header, body: &[u8]) {
+        let req = match WriteReq::decode(body) {
+            Ok(r) => r,
+            Err(e) => return core.reply(peer, &h, -e.errno(), &[]),
+        };
+        let store = match self.admit(&req.target, true) {
+            Ok(s) => s,
+            Err(errno) => return core.reply(peer, &h, -errno, &[]),
+        };
+        let mode = write_mode(req.target.flags);
+        let f = InFlight {
+            peer,
+            header: h,
+            store,
+            target: req.target,
+            offset: req.offset,
+            len: req.len as usize,
+            crc: req.crc,
+            bulk: None,
+            step: Step::Storing,
+        };
+        match req.data {
+            Data::Inline(bytes) => {
+                if req.target.flags.has(ObjFlags::CHECKSUM) && crc32c::crc32c(bytes) != req.crc {
+                    return core.reply(peer, &h, -EILSEQ, &[]);
+                }
+                let id = self.add(f);
+                let (obj, offset) = (req.target.object, req.offset);
+                let st = &mut self.osts[store].store;
+                st.write_inline(&mut core.pool, obj, offset, bytes, mode, id as u64);
+            }
+            Data::Bulk(desc) => {
+                let id = self.add(InFlight {
+                    bulk: Some(desc),
+                    step: Step::WaitSlabs,
+                    ..f
+                });
+                self.waiting.push_back(id);
+                self.start_pulls(core);
+            }
+        }
+    }
+
+    /// Starts bulk writes, oldest first, while the pool has their slabs.
+    fn start_pulls(&mut self, core: &mut Core) -> bool {
+        let mut moved = false;
+        while let Some(&id) = self.waiting.front() {
+            let Some(f) = self.ops[id].as_ref() else {
+                self.waiting.pop_front();
+                continue;
+            };
+            let (offset, len, desc, peer) = (f.offset, f.len, f.bulk.expect("bulk"), f.peer);
+            let Some(bufs) = slabs_for(&mut core.pool, offset, len) else {
+                break; // back-pressure: slabs come back as other requests finish
+            };
+            self.waiting.pop_front();
+            let head = (offset % 4096) as usize;
+            let bufs: Bufs = bufs.into_iter().collect();
+            match core.pull_into(peer, &desc, 0, len, bufs, head, id as u64) {
+                Ok(()) => self.ops[id].as_mut().expect("live").step = Step::Pulling,
+                Err(e) => self.fail(core, id, e.errno()),
+            }
+            moved = true;
+        }
+        moved
+    }
+
+    fn on_read(&mut self, core: &mut Core, peer: PeerAddr, h: Header, body: &[u8]) {
+        let req = match ReadReq::decode(body) {
+            Ok(r) => r,
+            Err(e) => return core.reply(peer, &h, -e.errno(), &[]),
+        };
+        let store = match self.admit(&req.target, true) {
+            Ok(s) => s,
+            Err(errno) => return core.reply(peer, &h, -errno, &[]),
+        };
+        if req.bulk.is_none() && req.len as usize > self.inline_max {
+            return core.reply(peer, &h, -libc::EMSGSIZE, &[]);
+        }
+        let id = self.add(InFlight {
+            peer,
+            header: h,
+            store,
+            target: req.target,
+            offset: req.offset,
+            len: req.len as usize,
+            crc: 0,
+            bulk: req.bulk,
+            step: Step::Storing,
+        });
+        let (obj, offset, len) = (req.target.object, req.offset, req.len as usize);
+        self.osts[store].store.read(obj, offset, len, id as u64);
+    }
+
+    fn on_range(&mut self, core: &mut Core, peer: PeerAddr, h: Header, body: &[u8]) {
+        let req = match RangeReq::decode(body) {
+            Ok(r) => r,
+            Err(e) => return core.reply(peer, &h, -e.errno(), &[]),
+        };
+        let store = match self.admit(&req.target, true) {
+            Ok(s) => s,
+            Err(errno) => return core.reply(peer, &h, -errno, &[]),
+        };
+        let id = self.add(InFlight {
+            peer,
+            header: h,
+            store,
+            target: req.target,
+            offset: req.offset,
+            len: req.len as usize,
+            crc: 0,
+            bulk: None,
+            step: Step::Storing,
+        });
+        let (st, obj) = (&mut self.osts[store].store, req.target.object);
+        if h.opcode == Opcode::OBJ_PUNCH {
+            st.punch(obj, req.offset, req.len, id as u64);
+        } else {
+            st.truncate(obj, req.offset, id as u64);
+        }
+    }
+
+    /// GETATTR, STATFS (answered at once), DESTROY and SYNC (through the store).
+    fn on_target_only(&mut self, core: &mut Core, peer: PeerAddr, h: Header, body: &[u8]) {
+        let t = match decode_target(body) {
+            Ok(t) => t,
+            Err(e) => return core.reply(peer, &h, -e.errno(), &[]),
+        };
+        let needs_object = h.opcode != Opcode::OBJ_STATFS;
+        let store = match self.admit(&t, needs_object) {
+            Ok(s) => s,
+            Err(errno) => return core.reply(peer, &h, -errno, &[]),
+        };
+        let mut out = [0u8; 32];
+        let st = &mut self.osts[store].store;
+        let answered = match h.opcode {
+            Opcode::OBJ_GETATTR => st.getattr(t.object).map(|a| {
+                let mtime_ns = a
+                    .mtime
+                    .duration_since(std::time::UNIX_EPOCH)
+                    .map_or(0, |d| d.as_nanos() as u64);
+                let r = AttrReply {
+                    size: a.size,
+                    blocks: a.blocks,
+                    mtime_ns,
+                };
+                r.encode(&mut out).expect("fits")
+            }),
+            Opcode::OBJ_STATFS => st.statfs().map(|s| {
+                let r = StatfsReply {
+                    capacity: s.bytes_total,
+                    free: s.bytes_avail,
+                    files: s.objects_total,
+                    files_free: s.objects_free,
+                };
+                r.encode(&mut out).expect("fits")
+            }),
+            _ => {
+                let id = self.add(InFlight {
+                    peer,
+                    header: h,
+                    store,
+                    target: t,
+                    offset: 0,
+                    len: 0,
+                    crc: 0,
+                    bulk: None,
+                    step: Step::Storing,
+                });
+                let st = &mut self.osts[store].store;
+                if h.opcode == Opcode::OBJ_DESTROY {
+                    st.destroy(t.object, id as u64);
+                } else {
+                    st.sync(t.object, t.flags.has(ObjFlags::DATASYNC), id as u64);
+                }
+                return;
+            }
+        };
+        match answered {
+            Ok(n) => core.reply(peer, &h, 0, &out[..n]),
+            Err(Errno(e)) => core.reply(peer, &h, -e, &[]),
+        }
+    }
+
+    /// A store operation finished.
+    fn on_object(&mut self, core: &mut Core, c: ObjectCompletion) {
+        let id = c.tag as usize;
+        let Some(f) = self.ops.get(id).and_then(Option::as_ref) else {
+            put_all(core, c.bufs);
+            return;
+        };
+        let n = match c.result {
+            Ok(n) => n,
+            Err(Errno(e)) => {
+                put_all(core, c.bufs);
+                return self.fail(core, id, e);
+            }
+        };
+        if c.kind != OpKind::Read {
+            put_all(core, c.bufs);
+            let f = self.take(id).expect("live");
+            let mut out = [0u8; 16];
+            let len = IoReply {
+                len: n as u64,
+                crc: 0,
+                inline: &[],
+            }
+            .encode(&mut out)
+            .expect("fits");
+            let body = if c.kind == OpKind::Write {
+                &out[..len]
+            } else {
+                &[][..]
+            };
+            return core.reply(f.peer, &f.header, 0, body);
+        }
+        let crc = match f.target.flags.has(ObjFlags::CHECKSUM) {
+            true => crc32c_bufs(&c.bufs, c.head, n),
+            false => 0,
+        };
+        match f.bulk {
+            Some(desc) if n > 0 => {
+                let (peer, head) = (f.peer, c.head);
+                let bufs: Bufs = c.bufs.into_iter().collect();
+                self.ops[id].as_mut().expect("live").step = Step::Pushing { len: n, crc };
+                if let Err(e) = core.push(peer, &desc, 0, bufs, head, n, id as u64) {
+                    self.fail(core, id, e.errno());
+                }
+            }
+            _ => {
+                // Inline (or empty): the reply body is the 16-byte IoReply, then the data.
+                let inline = if f.bulk.is_none() { n } else { 0 };
+                let mut body = std::mem::take(&mut self.scratch);
+                body.resize(16 + inline, 0);
+                c.copy_to(&mut body[16..]);
+                let head = IoReply {
+                    len: n as u64,
+                    crc,
+                    inline: &[],
+                };
+                head.encode(&mut body[..16]).expect("16 bytes");
+                put_all(core, c.bufs);
+                let f = self.take(id).expect("live");
+                core.reply(f.peer, &f.header, 0, &body);
+                self.scratch = body;
+            }
+        }
+    }
+
+    fn fail(&mut self, core: &mut Core, id: usize, errno: i32) {
+        if let Some(f) = self.take(id) {
+            core.reply(f.peer, &f.header, -errno, &[]);
+        }
+    }
+}
+
+fn write_mode(flags: ObjFlags) -> WriteMode {
+    if flags.has(ObjFlags::SYNC) {
+        WriteMode::Sync
+    } else {
+        WriteMode::Async
+    }
+}
+
+fn put_all(core: &mut Core, bufs: impl IntoIterator<Item = nacre_engine::PoolBuf>) {
+    for b in bufs {
+        let _ = core.pool.put(b);
+    }
+}
+
+impl Service for OssService {
+    fn on_request(&mut self, core: &mut Core, req: Request<'_>) {
+        let (peer, h, body) = (req.peer, req.header, req.body);
+        match h.opcode {
+            Opcode::OBJ_WRITE => self.on_write(core, peer, h, body),
+            Opcode::OBJ_READ => self.on_read(core, peer, h, body),
+            Opcode::OBJ_PUNCH | Opcode::OBJ_TRUNCATE => self.on_range(core, peer, h, body),
+            Opcode::OBJ_GETATTR | Opcode::OBJ_STATFS | Opcode::OBJ_DESTROY | Opcode::OBJ_SYNC => {
+                self.on_target_only(core, peer, h, body)
+            }
+            _ => core.reply(peer, &h, -libc::ENOSYS, &[]),
+        }
+    }
+
+    fn on_bulk(&mut self, core: &mut Core, done: BulkDone) {
+        let id = done.tag as usize;
+        let Some(f) = self.ops.get_mut(id).and_then(Option::as_mut) else {
+            put_all(core, done.bufs);
+            return;
+        };
+        if let Err(errno) = done.result {
+            return self.fail(core, id, errno);
+        }
+        match f.step {
+            Step::Pulling => {
+                let head = (f.offset % 4096) as usize;
+                if f.target.flags.has(ObjFlags::CHECKSUM)
+                    && crc32c_bufs(&done.bufs, head, f.len) != f.crc
+                {
+                    put_all(core, done.bufs);
+                    return self.fail(core, id, EILSEQ);
+                }
+                f.step = Step::Storing;
+                let (obj, offset, len) = (f.target.object, f.offset, f.len);
+                let mode = write_mode(f.target.flags);
+                let st = &mut self.osts[f.store].store;
+                st.write(obj, offset, len, done.bufs.into_vec(), mode, id as u64);
+            }
+            Step::Pushing { len, crc } => {
+                put_all(core, done.bufs);
+                let f = self.take(id).expect("live");
+                let mut out = [0u8; 16];
+                let n = IoReply {
+                    len: len as u64,
+                    crc,
+                    inline: &[],
+                }
+                .encode(&mut out)
+                .expect("fits");
+                core.reply(f.peer, &f.header, 0, &out[..n]);
+            }
+            Step::WaitSlabs | Step::Storing => put_all(core, done.bufs),
+        }
+    }
+
+    fn on_storage(&mut self, core: &mut Core, done: IoCompletion) {
+        if !ObjectStore::owns(done.user_data) {
+            if let Some(b) = done.buf {
+                let _ = core.pool.put(b);
+            }
+            return;
+        }
+        let id = ObjectStore::store_of(done.user_data);
+        match self.osts.iter_mut().find(|o| o.store.id() == id) {
+            Some(o) => o.store.on_io(&mut Self::io(core), done),
+            None => {
+                if let Some(b) = done.buf {
+                    let _ = core.pool.put(b);
+                }
+            }
+        }
+    }
+
+    fn on_turn(&mut self, core: &mut Core) -> bool {
+        let mut moved = self.start_pulls(core);
+        for o in &mut self.osts {
+            moved |= o.store.progress(&mut Self::io(core));
+            o.store.reap(&mut self.done);
+        }
+        let mut done = std::mem::take(&mut self.done);
+        moved |= !done.is_empty();
+        for c in done.drain(..) {
+            self.on_object(core, c);
+        }
+        self.done = done;
+        moved
+    }
+}

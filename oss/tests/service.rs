@@ -1,0 +1,253 @@
+//! The object service end to end: an engine with two cores serving two OSTs, a client
+//! over tcp;ofi_rxm and shm doing object I/O at every alignment (inline and bulk, one
+//! request and many) against a model; attributes, punch, truncate, destroy, statfs; and
+//! the refusals: a stale epoch, an OST not served here, an object of another core, a
+//! corrupted checksum.
+
+use std::path::PathBuf;
+use std::time::Duration;
+
+use nacre_client::objects::{IoOptions, OstRoute};
+use nacre_client::{ClientEndpoint, ClientError, RpcConfig};
+use nacre_engine::{Engine, EngineConfig};
+use nacre_fabric::Selection;
+use nacre_oss::server::{self, OstSpec, MSG_SIZE};
+use nacre_oss::service::OstEpoch;
+use nacre_oss::superblock::{format, FormatRequest};
+use nacre_proto::object::{Data, ObjFlags, ObjTarget, WriteReq};
+use nacre_proto::Opcode;
+
+fn ost_dir(name: &str) -> PathBuf {
+    let d = PathBuf::from(env!("CARGO_TARGET_TMPDIR")).join(format!("svc-{name}"));
+    let _ = std::fs::remove_dir_all(&d);
+    d
+}
+
+struct Oss {
+    engine: Engine,
+    routes: Vec<OstRoute>,
+    epochs: Vec<OstEpoch>,
+}
+
+fn start(provider: &str, name: &str) -> Option<Oss> {
+    let fabric = Selection::provider(provider);
+    if let Err(e) = nacre_fabric::Info::find(&fabric) {
+        nacre_fabric::testing::skip(&format!("object service on {provider}: {e}"));
+        return None;
+    }
+    let mut specs = Vec::new();
+    for index in [3u32, 5] {
+        let dir = ost_dir(&format!("{name}-{index}"));
+        let req = FormatRequest {
+            fsid: "testfs".into(),
+            index,
+            label: None,
+            force: false,
+        };
+        format(&dir, &req).expect("format");
+        specs.push(OstSpec {
+            index,
+            dir,
+            epoch: OstEpoch::new(7 + index as u64),
+        });
+    }
+    let base = EngineConfig {
+        cores: 2,
+        no_pin: true,
+        fabric,
+        ..Default::default()
+    };
+    let cfg = server::engine_config(base, &specs);
+    let epochs = specs.iter().map(|s| s.epoch.clone()).collect();
+    let engine = server::start(&cfg, specs.clone()).expect("engine");
+    let cores: Vec<Vec<u8>> = engine
+        .cores()
+        .iter()
+        .map(|c| c.fabric_name.clone())
+        .collect();
+    let routes = specs
+        .iter()
+        .map(|s| OstRoute {
+            ost: s.index,
+            epoch: s.epoch.get(),
+            cores: cores.clone(),
+        })
+        .collect();
+    Some(Oss {
+        engine,
+        routes,
+        epochs,
+    })
+}
+
+fn client(provider: &str) -> ClientEndpoint {
+    let cfg = RpcConfig {
+        msg_size: MSG_SIZE,
+        timeout: Duration::from_secs(20),
+        ..Default::default()
+    };
+    ClientEndpoint::open(&Selection::provider(provider), cfg).expect("client")
+}
+
+fn pattern(seed: u64, len: usize) -> Vec<u8> {
+    let mut x = seed.wrapping_mul(0x9e37_79b9_7f4a_7c15) | 1;
+    (0..len)
+        .map(|_| {
+            x ^= x << 13;
+            x ^= x >> 7;
+            x ^= x << 17;
+            x as u8
+        })
+        .collect()
+}
+
+/// A tiny deterministic generator for offsets and lengths.
+struct Rng(u64);
+
+impl Rng {
+    fn below(&mut self, n: u64) -> u64 {
+        self.0 = self
+            .0
+            .wrapping_mul(6364136223846793005)
+            .wrapping_add(1442695040888963407);
+        (self.0 >> 33) % n.max(1)
+    }
+}
+
+fn io_against_a_model(provider: &str) {
+    let Some(oss) = start(provider, provider.split(';').next().unwrap()) else {
+        return;
+    };
+    let mut c = client(provider);
+    let opt = IoOptions::default();
+    // Every alignment class, inline and bulk, on objects of both cores and both OSTs.
+    let sizes = [
+        1usize,
+        511,
+        4095,
+        4096,
+        4097,
+        65_537,
+        (1 << 20) + 1,
+        5 << 20,
+    ];
+    let offsets = [0u64, 1, 511, 4095, 4096, 4097, (1 << 20) + 3];
+    let mut rng = Rng(provider.len() as u64);
+    for (i, &len) in sizes.iter().enumerate() {
+        let route = &oss.routes[i % 2];
+        let object = 100 + i as u64; // both parities: both cores
+        let off = offsets[i % offsets.len()];
+        let mut model = vec![0u8; off as usize + len];
+        let data = pattern(i as u64, len);
+        assert_eq!(c.obj_write(route, object, off, &data, opt).unwrap(), len);
+        model[off as usize..].copy_from_slice(&data);
+        // An overwrite inside, at a random place.
+        let at = rng.below(len as u64) as usize;
+        let n = 1 + rng.below((len - at) as u64) as usize;
+        let patch = pattern(1000 + i as u64, n);
+        c.obj_write(route, object, off + at as u64, &patch, opt)
+            .unwrap();
+        model[off as usize + at..off as usize + at + n].copy_from_slice(&patch);
+        // Read all of it, and past the end (short).
+        let mut back = vec![0xeeu8; model.len() + 100];
+        let got = c.obj_read(route, object, 0, &mut back, opt).unwrap();
+        assert_eq!(got, model.len(), "{provider} size {len} at {off}");
+        assert!(back[..got] == model[..], "{provider} size {len} at {off}");
+        let attr = c.obj_getattr(route, object).unwrap();
+        assert_eq!(attr.size, model.len() as u64);
+    }
+    // Punch makes a hole that reads as zeros; truncate cuts; destroy removes.
+    let route = &oss.routes[0];
+    let data = pattern(77, 3 << 20);
+    c.obj_write(route, 42, 0, &data, opt).unwrap();
+    c.obj_punch(route, 42, 4096, 1 << 20).unwrap();
+    let mut back = vec![0u8; data.len()];
+    c.obj_read(route, 42, 0, &mut back, opt).unwrap();
+    assert!(back[4096..4096 + (1 << 20)].iter().all(|&b| b == 0));
+    assert!(back[..4096] == data[..4096]);
+    c.obj_truncate(route, 42, 10_000).unwrap();
+    assert_eq!(c.obj_getattr(route, 42).unwrap().size, 10_000);
+    c.obj_sync(route, 42).unwrap();
+    c.obj_destroy(route, 42).unwrap();
+    let err = c.obj_getattr(route, 42).unwrap_err();
+    assert!(matches!(err, ClientError::Status(libc::ENOENT)), "{err}");
+    let fs = c.ost_statfs(route).unwrap();
+    assert!(fs.capacity > 0 && fs.free <= fs.capacity);
+    oss.engine.stop();
+}
+
+#[test]
+fn object_io_against_a_model_on_tcp() {
+    io_against_a_model("tcp");
+}
+
+#[test]
+fn object_io_against_a_model_on_shm() {
+    io_against_a_model("shm");
+}
+
+#[test]
+fn refusals_are_clear_errors_and_the_core_keeps_serving() {
+    let Some(oss) = start("tcp", "refusals") else {
+        return;
+    };
+    let mut c = client("tcp");
+    let opt = IoOptions::default();
+    let good = oss.routes[0].clone();
+    c.obj_write(&good, 2, 0, b"ok", opt).unwrap();
+    // A stale epoch (a map from before a takeover).
+    let stale = OstRoute {
+        epoch: good.epoch - 1,
+        ..good.clone()
+    };
+    let err = c.obj_write(&stale, 2, 0, b"x", opt).unwrap_err();
+    assert!(matches!(err, ClientError::Status(libc::ESTALE)), "{err}");
+    // An OST this server does not serve.
+    let other = OstRoute {
+        ost: 99,
+        ..good.clone()
+    };
+    let err = c.obj_read(&other, 2, 0, &mut [0u8; 8], opt).unwrap_err();
+    assert!(matches!(err, ClientError::Status(libc::ENODEV)), "{err}");
+    // An object sent to the core that does not own it, and a corrupted checksum.
+    let sid = c.connect(&good.cores[1]).unwrap(); // object 2 belongs to core 0
+    let target = ObjTarget {
+        ost: good.ost,
+        flags: ObjFlags::CHECKSUM,
+        epoch: good.epoch,
+        object: 2,
+    };
+    let write = |target: ObjTarget, crc: u32| {
+        let req = WriteReq {
+            target,
+            offset: 0,
+            len: 4,
+            crc,
+            data: Data::Inline(b"data"),
+        };
+        let mut body = [0u8; 128];
+        let n = req.encode(&mut body).unwrap();
+        body[..n].to_vec()
+    };
+    let r = c
+        .request(
+            sid,
+            Opcode::OBJ_WRITE,
+            &write(target, crc32c::crc32c(b"data")),
+        )
+        .unwrap();
+    assert_eq!(r.header.status, -libc::EXDEV);
+    let sid0 = c.connect(&good.cores[0]).unwrap();
+    let r = c
+        .request(sid0, Opcode::OBJ_WRITE, &write(target, 0xbad))
+        .unwrap();
+    assert_eq!(r.header.status, -libc::EILSEQ, "corrupted payload refused");
+    let mut back = [0u8; 2];
+    c.obj_read(&good, 2, 0, &mut back, opt).unwrap();
+    assert_eq!(&back, b"ok", "nothing of the refused writes landed");
+    // A fenced server refuses everything, even with the epoch it had.
+    oss.epochs[0].fence();
+    let err = c.obj_read(&good, 2, 0, &mut back, opt).unwrap_err();
+    assert!(matches!(err, ClientError::Status(libc::ESTALE)), "{err}");
+    oss.engine.stop();
+}
