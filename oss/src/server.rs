@@ -2,6 +2,8 @@
 //! served OST and the object service on top. `nacre-oss serve` and the tests use it.
 
 use std::path::PathBuf;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
 
 use nacre_engine::{Engine, EngineConfig, EngineError, PoolConfig, ReactorConfig, SizeClass};
 
@@ -47,35 +49,71 @@ pub fn engine_config(mut base: EngineConfig, osts: &[OstSpec]) -> EngineConfig {
     base
 }
 
-/// Starts the engine with the object service on every core.
-pub fn start(cfg: &EngineConfig, osts: Vec<OstSpec>) -> Result<Engine, EngineError> {
+/// The OSTs a server serves, shared by its cores. A server starts its engine first
+/// (a claim at the MGS carries the cores' fabric addresses), then adds each OST once its
+/// role is granted; every core opens its own store of it on its next turn (one atomic
+/// load per turn while nothing changes).
+#[derive(Clone, Default)]
+pub struct OstRegistry {
+    inner: Arc<(Mutex<Vec<OstSpec>>, AtomicU64)>,
+}
+
+impl OstRegistry {
+    pub fn new(osts: Vec<OstSpec>) -> OstRegistry {
+        let r = OstRegistry::default();
+        for o in osts {
+            r.add(o);
+        }
+        r
+    }
+
+    /// Serves one more OST (store id = its position; at most 128 per server).
+    pub fn add(&self, ost: OstSpec) {
+        let mut list = self.inner.0.lock().unwrap_or_else(|e| e.into_inner());
+        list.push(ost);
+        self.inner.1.fetch_add(1, Ordering::Release);
+    }
+
+    pub fn generation(&self) -> u64 {
+        self.inner.1.load(Ordering::Acquire)
+    }
+
+    /// The OSTs from position `from` on.
+    pub fn since(&self, from: usize) -> Vec<OstSpec> {
+        let list = self.inner.0.lock().unwrap_or_else(|e| e.into_inner());
+        list.get(from..)
+            .map(<[OstSpec]>::to_vec)
+            .unwrap_or_default()
+    }
+}
+
+/// Starts the engine with the object service on every core, serving what `osts` holds
+/// now and whatever is added to it later.
+pub fn start(cfg: &EngineConfig, osts: OstRegistry) -> Result<Engine, EngineError> {
     let cores = cfg.cpus.as_ref().map_or(cfg.cores.max(1), Vec::len);
-    let max_files = cfg.storage.max_files as usize;
-    let per_store = (max_files / osts.len().max(1)).max(1);
     let msg_size = cfg.reactor.msg_size;
+    let max_files = cfg.storage.max_files as usize;
     Engine::start(cfg, move |core, _| {
-        let served = osts
-            .iter()
-            .enumerate()
-            .filter_map(|(id, o)| {
-                let store_cfg = StoreConfig {
-                    max_open: per_store,
-                    id: id as u8,
-                    ..Default::default()
-                };
-                match ObjectStore::open(&o.dir, store_cfg) {
-                    Ok(store) => Some(ServedOst {
-                        index: o.index,
-                        epoch: o.epoch.clone(),
-                        store,
-                    }),
-                    Err(e) => {
-                        tracing::error!(dir = %o.dir.display(), "OST not served: {e}");
-                        None
-                    }
-                }
-            })
-            .collect();
-        OssService::new(core, cores, served, msg_size)
+        OssService::new(core, cores, osts.clone(), max_files, msg_size)
     })
+}
+
+/// Opens a core's store of `spec` (store id `id`), or says why not.
+pub(crate) fn open_store(spec: &OstSpec, id: usize, max_open: usize) -> Option<ServedOst> {
+    let cfg = StoreConfig {
+        max_open,
+        id: id as u8,
+        ..Default::default()
+    };
+    match ObjectStore::open(&spec.dir, cfg) {
+        Ok(store) => Some(ServedOst {
+            index: spec.index,
+            epoch: spec.epoch.clone(),
+            store,
+        }),
+        Err(e) => {
+            tracing::error!(dir = %spec.dir.display(), "OST not served: {e}");
+            None
+        }
+    }
 }

@@ -23,6 +23,7 @@ use nacre_proto::object::{
 };
 use nacre_proto::{BulkDesc, Header, Opcode, HEADER_LEN};
 
+use crate::server::{open_store, OstRegistry};
 use crate::{crc32c_bufs, slabs_for, Errno, Io, ObjectCompletion, ObjectStore, OpKind, WriteMode};
 
 /// The epoch a core serves an OST under; 0 once the server stepped down (fenced).
@@ -85,6 +86,10 @@ pub struct OssService {
     core: usize,
     cores: usize,
     osts: Vec<ServedOst>,
+    registry: OstRegistry,
+    /// The registry's generation and length this core has opened stores for.
+    seen: (u64, usize),
+    max_files: usize,
     ops: Vec<Option<InFlight>>,
     free: Vec<usize>,
     /// Bulk writes waiting for slabs, oldest first.
@@ -96,19 +101,50 @@ pub struct OssService {
 }
 
 impl OssService {
-    /// `core` of `cores` serves `osts`; replies carry at most `msg_size` bytes.
-    pub fn new(core: usize, cores: usize, osts: Vec<ServedOst>, msg_size: usize) -> OssService {
-        OssService {
+    /// `core` of `cores` serves what `registry` holds (now and later); its storage
+    /// has `max_files` file slots; replies carry at most `msg_size` bytes.
+    pub fn new(
+        core: usize,
+        cores: usize,
+        registry: OstRegistry,
+        max_files: usize,
+        msg_size: usize,
+    ) -> OssService {
+        let mut s = OssService {
             core,
             cores: cores.max(1),
-            osts,
+            osts: Vec::new(),
+            registry,
+            seen: (u64::MAX, 0),
+            max_files,
             ops: Vec::new(),
             free: Vec::new(),
             waiting: VecDeque::new(),
             done: Vec::new(),
             inline_max: msg_size - HEADER_LEN - 16,
             scratch: Vec::with_capacity(msg_size),
+        };
+        s.open_new_osts();
+        s
+    }
+
+    /// Opens this core's store of every OST added to the registry since the last look.
+    fn open_new_osts(&mut self) -> bool {
+        let generation = self.registry.generation();
+        if generation == self.seen.0 {
+            return false;
         }
+        let from = self.seen.1;
+        let added = self.registry.since(from);
+        // File slots are shared by the stores: each gets an equal part (at least 8).
+        let per_store = (self.max_files / (from + added.len()).max(1)).max(8);
+        for (i, spec) in added.iter().enumerate() {
+            if let Some(ost) = open_store(spec, from + i, per_store) {
+                self.osts.push(ost);
+            }
+        }
+        self.seen = (generation, from + added.len());
+        !added.is_empty()
     }
 
     pub fn osts(&self) -> &[ServedOst] {
@@ -502,7 +538,8 @@ impl Service for OssService {
     }
 
     fn on_turn(&mut self, core: &mut Core) -> bool {
-        let mut moved = self.start_pulls(core);
+        let mut moved = self.open_new_osts();
+        moved |= self.start_pulls(core);
         for o in &mut self.osts {
             moved |= o.store.progress(&mut Self::io(core));
             o.store.reap(&mut self.done);

@@ -11,7 +11,7 @@ use nacre_client::objects::{IoOptions, OstRoute};
 use nacre_client::{ClientEndpoint, ClientError, RpcConfig};
 use nacre_engine::{Engine, EngineConfig};
 use nacre_fabric::Selection;
-use nacre_oss::server::{self, OstSpec, MSG_SIZE};
+use nacre_oss::server::{self, OstRegistry, OstSpec, MSG_SIZE};
 use nacre_oss::service::OstEpoch;
 use nacre_oss::superblock::{format, FormatRequest};
 use nacre_proto::object::{Data, ObjFlags, ObjTarget, WriteReq};
@@ -59,7 +59,7 @@ fn start(provider: &str, name: &str) -> Option<Oss> {
     };
     let cfg = server::engine_config(base, &specs);
     let epochs = specs.iter().map(|s| s.epoch.clone()).collect();
-    let engine = server::start(&cfg, specs.clone()).expect("engine");
+    let engine = server::start(&cfg, OstRegistry::new(specs.clone())).expect("engine");
     let cores: Vec<Vec<u8>> = engine
         .cores()
         .iter()
