@@ -8,6 +8,8 @@
 
 mod body;
 mod frame;
+pub mod layout;
+pub mod meta;
 mod pending;
 
 pub use body::{BodyError, BodyReader, BodyWriter, BulkDesc};
