@@ -119,7 +119,7 @@ pub struct ObjectExtent {
 }
 
 fn check_stripe_size(size: u32) -> Result<(), LayoutError> {
-    if size == 0 || size % STRIPE_ALIGN != 0 {
+    if size == 0 || !size.is_multiple_of(STRIPE_ALIGN) {
         return Err(LayoutError::StripeSize(size));
     }
     Ok(())

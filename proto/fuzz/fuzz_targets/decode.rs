@@ -1,8 +1,11 @@
-//! Fuzz target: any bytes through the frame decoder and the body readers.
+//! Fuzz target: any bytes through the frame decoder, the body readers, the metadata
+//! request and reply decoders and the layout decoders.
 //! Run: `cd proto/fuzz && cargo +nightly fuzz run decode -- -max_total_time=60`
 #![no_main]
 
 use libfuzzer_sys::fuzz_target;
+use nacre_proto::layout::{StripeSpec, StripedLayout};
+use nacre_proto::meta::{Reply, Request};
 use nacre_proto::{BodyReader, Frame, Limits};
 
 fuzz_target!(|data: &[u8]| {
@@ -13,6 +16,15 @@ fuzz_target!(|data: &[u8]| {
             let _ = r.bulk();
             let _ = r.u64();
             let _ = r.rest();
+            // Metadata bodies: decoding a request must re-encode to the same bytes.
+            if let Ok((head, req)) = Request::decode(frame.header.opcode, frame.body) {
+                let mut again = Vec::new();
+                req.encode(&head, &mut again);
+                assert_eq!(again, frame.body);
+            }
+            let _ = Reply::decode(frame.body);
         }
     }
+    let _ = StripedLayout::decode(data);
+    let _ = StripeSpec::decode(data);
 });
