@@ -136,6 +136,8 @@ pub enum Admin {
 enum Op {
     Client(Head, Request),
     Admin(Admin),
+    /// Sent by [`Mdt`] when it is dropped: finish the queue before it, checkpoint, exit.
+    Stop,
 }
 
 struct Job {
@@ -242,7 +244,15 @@ impl Mdt {
     }
 
     fn stop(&mut self) -> Result<(), MdtError> {
-        self.jobs = None;
+        if let Some(jobs) = self.jobs.take() {
+            // Submitters may outlive the MDT: tell the committer to stop explicitly.
+            let (done, _) = mpsc::channel();
+            let _ = jobs.send(Job {
+                op: Op::Stop,
+                tag: 0,
+                done,
+            });
+        }
         match self.committer.take() {
             Some(h) => h.join().map_err(|_| MdtError::Stopped)?,
             None => Ok(()),
@@ -433,6 +443,10 @@ impl Committer {
                     Err(_) => break,
                 }
             }
+            let stop = matches!(batch.last(), Some(Job { op: Op::Stop, .. }));
+            if stop {
+                batch.pop();
+            }
             if let Err(e) = self.run_batch(&mut batch) {
                 // Fail-stop: the replies say EIO; the store and log are as of the last
                 // complete batch, which a restart recovers.
@@ -445,6 +459,9 @@ impl Committer {
                 }
                 return Err(e);
             }
+            if stop {
+                return self.checkpoint_now();
+            }
             if self.last_checkpoint.elapsed() >= self.interval {
                 self.checkpoint()?;
             }
@@ -452,6 +469,9 @@ impl Committer {
     }
 
     fn run_batch(&mut self, batch: &mut Vec<Job>) -> Result<(), MdtError> {
+        if batch.is_empty() {
+            return Ok(());
+        }
         let now = now_ns();
         let mut tx = self.db.begin_write().map_err(StoreError::from)?;
         tx.set_durability(Durability::None)
@@ -528,6 +548,7 @@ impl Committer {
                 }
                 r
             }
+            Op::Stop => Ok(Reply::Done),
             Op::Admin(Admin::Checkpoint) => {
                 self.ns.ids.raised = true; // makes this batch's commit durable
                 Ok(Reply::Done)
@@ -538,6 +559,11 @@ impl Committer {
             Err(Fail::Errno(e)) => Ok(Err(e)),
             Err(Fail::Store(e)) => Err(e.into()),
         }
+    }
+
+    fn checkpoint_now(&mut self) -> Result<(), MdtError> {
+        self.dirty = true;
+        self.checkpoint()
     }
 
     fn checkpoint(&mut self) -> Result<(), MdtError> {
