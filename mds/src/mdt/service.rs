@@ -176,12 +176,23 @@ impl Mdt {
         replay(&db, &mut log, &log_path)?;
         let (tx, rx) = mpsc::sync_channel(cfg.queue_depth.max(1));
         let stats = Arc::new(Stats::default());
+        let broken = Arc::new(std::sync::atomic::AtomicBool::new(false));
+        let syncer = match cfg.mode {
+            SyncMode::Default => None,
+            SyncMode::Sync => Some(Syncer::start(
+                &log,
+                &log_path,
+                broken.clone(),
+                stats.clone(),
+            )?),
+        };
         let committer = Committer {
+            syncer,
+            broken,
             db: db.clone(),
             ns: Namespace::new(cfg.osts.clone(), cfg.default_spec),
             log,
             log_path,
-            mode: cfg.mode,
             interval: cfg.commit_interval,
             max_batch: cfg.max_batch.max(1),
             jobs: rx,
@@ -408,12 +419,60 @@ fn replay(db: &Database, log: &mut OpLog, path: &Path) -> Result<(), MdtError> {
     log.truncate().map_err(io_err(path))
 }
 
+/// Replies of one batch, sent once the log holding the batch is on stable storage.
+type Replies = Vec<(Sender<Completion>, Completion)>;
+
+/// Sync mode's group commit, pipelined: the committer appends batch k+1 to the log while
+/// this thread fdatasyncs batches up to k; one fdatasync covers every batch appended
+/// before it started, and their replies go out after it.
+struct Syncer {
+    batches: SyncSender<Replies>,
+    thread: JoinHandle<()>,
+}
+
+impl Syncer {
+    fn start(
+        log: &OpLog,
+        path: &Path,
+        broken: Arc<std::sync::atomic::AtomicBool>,
+        stats: Arc<Stats>,
+    ) -> Result<Syncer, MdtError> {
+        let file = log.sync_handle().map_err(io_err(path))?;
+        let (batches, rx) = mpsc::sync_channel::<Replies>(64);
+        let thread = std::thread::Builder::new()
+            .name("mdt-syncer".into())
+            .spawn(move || {
+                while let Ok(first) = rx.recv() {
+                    let mut all = vec![first];
+                    all.extend(rx.try_iter());
+                    let synced = file.sync_data();
+                    stats.log_syncs.fetch_add(1, Ordering::Relaxed);
+                    if let Err(e) = &synced {
+                        tracing::error!("MDT log fdatasync: {e}");
+                        broken.store(true, Ordering::SeqCst);
+                    }
+                    for (done, mut c) in all.into_iter().flatten() {
+                        if synced.is_err() {
+                            c.result = Err(errno::EIO);
+                        }
+                        let _ = done.send(c);
+                    }
+                }
+            })
+            .map_err(io_err(path))?;
+        Ok(Syncer { batches, thread })
+    }
+}
+
 struct Committer {
+    /// Present in sync mode.
+    syncer: Option<Syncer>,
+    /// Set when the syncer failed: the committer stops (fail-stop).
+    broken: Arc<std::sync::atomic::AtomicBool>,
     db: Arc<Database>,
     ns: Namespace,
     log: OpLog,
     log_path: PathBuf,
-    mode: SyncMode,
     interval: Duration,
     max_batch: usize,
     jobs: Receiver<Job>,
@@ -425,6 +484,15 @@ struct Committer {
 
 impl Committer {
     fn run(mut self) -> Result<(), MdtError> {
+        let result = self.serve();
+        if let Some(s) = self.syncer.take() {
+            drop(s.batches);
+            let _ = s.thread.join();
+        }
+        result
+    }
+
+    fn serve(&mut self) -> Result<(), MdtError> {
         let mut batch = Vec::with_capacity(self.max_batch);
         loop {
             let wait = self.interval.saturating_sub(self.last_checkpoint.elapsed());
@@ -442,6 +510,9 @@ impl Committer {
                     Ok(job) => batch.push(job),
                     Err(_) => break,
                 }
+            }
+            if self.broken.load(Ordering::SeqCst) {
+                return Err(MdtError::Stopped);
             }
             let stop = matches!(batch.last(), Some(Job { op: Op::Stop, .. }));
             if stop {
@@ -498,21 +569,29 @@ impl Committer {
             self.log
                 .append(&redo.bytes)
                 .map_err(io_err(&self.log_path))?;
-            if self.mode == SyncMode::Sync {
-                self.log.sync().map_err(io_err(&self.log_path))?;
-                self.stats.log_syncs.fetch_add(1, Ordering::Relaxed);
-            }
             self.dirty = true;
         }
         self.stats.batches.fetch_add(1, Ordering::Relaxed);
         self.stats
             .ops
             .fetch_add(batch.len() as u64, Ordering::Relaxed);
-        for (job, result) in batch.drain(..).zip(results) {
-            let _ = job.done.send(Completion {
-                tag: job.tag,
-                result,
-            });
+        let replies = batch.drain(..).zip(results).map(|(job, result)| {
+            (
+                job.done,
+                Completion {
+                    tag: job.tag,
+                    result,
+                },
+            )
+        });
+        match &self.syncer {
+            // In sync mode every reply waits for an fdatasync started after its batch
+            // was appended (a durable store commit also covers it; one more is harmless).
+            Some(s) => s
+                .batches
+                .send(replies.collect())
+                .map_err(|_| MdtError::Stopped)?,
+            None => replies.for_each(|(done, c)| drop(done.send(c))),
         }
         Ok(())
     }
