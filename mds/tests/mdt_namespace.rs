@@ -581,3 +581,33 @@ fn state_survives_a_clean_reopen() {
     );
     assert!(matches!(t.call(Request::Statfs), Ok(Reply::Statfs(s)) if s.inodes_used == 4));
 }
+
+#[test]
+fn concurrent_size_reports_from_several_clients_keep_the_maximum() {
+    let t = T::new("size-concurrent");
+    let f = t.create(ROOT, "shared");
+    std::thread::scope(|s| {
+        for c in 0..8u64 {
+            let sub = t.mdt.submitter();
+            s.spawn(move || {
+                let head = Head {
+                    creds: Creds::root(),
+                    epoch: EPOCH,
+                };
+                // Client c writes stripes c, c+8, ... and reports each end, in a shuffled order.
+                for k in (0..50u64).rev().chain(0..50) {
+                    let end = (k * 8 + c + 1) * 4096;
+                    sub.call(
+                        &head,
+                        Request::ReportSize {
+                            ino: f.ino,
+                            size: end,
+                        },
+                    )
+                    .unwrap();
+                }
+            });
+        }
+    });
+    assert_eq!(t.getattr(f.ino).unwrap().size, (49 * 8 + 7 + 1) * 4096);
+}
