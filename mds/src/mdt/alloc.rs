@@ -60,15 +60,17 @@ pub struct IdRanges {
 
 impl IdRanges {
     fn range(&mut self, view: &impl View, space: IdSpace) -> Result<&mut Range, StoreError> {
-        if !self.ranges.contains_key(&space) {
-            // First use since open: restart at the durable high-water mark.
-            let hwm = view
-                .meta_value(&space.key())?
-                .unwrap_or(0)
-                .max(space.first());
-            self.ranges.insert(space, Range { next: hwm, hwm });
+        match self.ranges.entry(space) {
+            std::collections::hash_map::Entry::Occupied(e) => Ok(e.into_mut()),
+            std::collections::hash_map::Entry::Vacant(e) => {
+                // First use since open: restart at the durable high-water mark.
+                let hwm = view
+                    .meta_value(&space.key())?
+                    .unwrap_or(0)
+                    .max(space.first());
+                Ok(e.insert(Range { next: hwm, hwm }))
+            }
         }
-        Ok(self.ranges.get_mut(&space).expect("inserted above"))
     }
 
     pub fn take(&mut self, w: &mut WriteTables<'_>, space: IdSpace) -> Result<u64, StoreError> {

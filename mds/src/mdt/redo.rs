@@ -95,8 +95,7 @@ impl Redo {
         let mut r = nacre_proto::BodyReader::new(bytes);
         let mut out = Vec::new();
         let e = |_| "truncated redo record";
-        loop {
-            let Ok(tag) = r.bytes(1) else { break };
+        while let Ok(tag) = r.bytes(1) {
             let c = match tag[0] {
                 1 => {
                     let i = r.u64().map_err(e)?;

@@ -176,14 +176,17 @@ impl ReadTables {
     }
 }
 
+/// The namespace tables as opened in a write transaction.
+pub type WriteView<'t> = Tables<
+    redb::Table<'t, u64, &'static [u8]>,
+    redb::Table<'t, (u64, &'static [u8]), &'static [u8]>,
+    redb::Table<'t, (u64, u64), &'static [u8]>,
+    redb::Table<'t, &'static str, u64>,
+>;
+
 /// The writable tables of one write transaction; every change is also recorded as redo.
 pub struct WriteTables<'t> {
-    pub view: Tables<
-        redb::Table<'t, u64, &'static [u8]>,
-        redb::Table<'t, (u64, &'static [u8]), &'static [u8]>,
-        redb::Table<'t, (u64, u64), &'static [u8]>,
-        redb::Table<'t, &'static str, u64>,
-    >,
+    pub view: WriteView<'t>,
     orphans: redb::Table<'t, u64, ()>,
     destroy: redb::Table<'t, u64, &'static [u8]>,
     pub redo: Redo,
