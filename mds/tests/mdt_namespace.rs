@@ -46,6 +46,12 @@ fn create_lookup_getattr_and_exclusive_create() {
         Err(ENOENT)
     );
     assert_eq!(t.lookup(ROOT, "..").unwrap().ino, ROOT);
+    assert_eq!(t.create_as(&Creds::root(), ROOT, "a/b", 0o644), Err(EINVAL));
+    assert_eq!(
+        t.create_as(&Creds::root(), ROOT, &"n".repeat(256), 0o644),
+        Err(ENAMETOOLONG)
+    );
+    assert_eq!(t.lookup(ROOT, ""), Err(EINVAL));
     let wrong_epoch = Head {
         creds: Creds::root(),
         epoch: EPOCH + 1,

@@ -11,9 +11,9 @@ use super::redo::Change;
 use super::store::{StoreError, View, WriteTables};
 use nacre_proto::layout::StripeSpec;
 use nacre_proto::meta::{
-    dir_entry_wire_len, errno::*, set, Creds, DirEntry, FileKind, Reply, Request, SetAttr, Statfs,
-    CREATE_EXCL, NAME_MAX, O_ACCMODE, O_RDONLY, O_RDWR, O_TRUNC, O_WRONLY, READDIR_MAX_BYTES,
-    READDIR_MAX_ENTRIES, RENAME_NOREPLACE,
+    dir_entry_wire_len, errno::*, set, validate_name, validate_target, Creds, DirEntry, FileKind,
+    Reply, Request, SetAttr, Statfs, CREATE_EXCL, NAME_MAX, O_ACCMODE, O_RDONLY, O_RDWR, O_TRUNC,
+    O_WRONLY, READDIR_MAX_BYTES, READDIR_MAX_ENTRIES, RENAME_NOREPLACE,
 };
 use std::collections::HashMap;
 
@@ -61,6 +61,29 @@ fn get_dir(v: &impl View, ino: u64) -> Res<Inode> {
 
 fn is_dot(name: &[u8]) -> bool {
     name == b"." || name == b".."
+}
+
+/// Checks the names and targets of a request built in process (decoded requests were
+/// checked by the decoder already).
+pub fn validate(req: &Request) -> Result<(), i32> {
+    let name = |n: &[u8]| validate_name(n).map_err(|e| e.errno());
+    match req {
+        Request::Lookup { name: n, .. }
+        | Request::Create { name: n, .. }
+        | Request::Mkdir { name: n, .. }
+        | Request::Rmdir { name: n, .. }
+        | Request::Unlink { name: n, .. }
+        | Request::Link { new_name: n, .. } => name(n),
+        Request::Rename {
+            name: a,
+            new_name: b,
+            ..
+        } => name(a).and_then(|_| name(b)),
+        Request::Symlink {
+            name: n, target, ..
+        } => name(n).and_then(|_| validate_target(target).map_err(|e| e.errno())),
+        _ => Ok(()),
+    }
 }
 
 /// Who asks and when (the caller's clock, nanoseconds since the epoch).

@@ -293,6 +293,13 @@ impl Submitter {
     /// it is durable per the sync mode. Read-only requests are answered at once from a
     /// read transaction (readers never wait for the writer in redb).
     pub fn submit(&self, tag: u64, head: Head, req: Request) -> Result<(), SubmitError> {
+        if let Err(e) = ns::validate(&req) {
+            let _ = self.done.send(Completion {
+                tag,
+                result: Err(e),
+            });
+            return Ok(());
+        }
         if head.epoch != self.epoch || req.is_read_only() {
             let result = read_now(&self.db, self.epoch, &head, &req);
             let _ = self.done.send(Completion { tag, result });
@@ -330,7 +337,9 @@ impl Submitter {
         self.completions.recv_timeout(timeout).ok()
     }
 
-    /// Submits and waits for the result (blocking: for tools and tests, not engine cores).
+    /// Submits and waits for the result (blocking: for tools and tests, not engine cores;
+    /// use it on a submitter with nothing else in flight, or it may return another
+    /// request's completion).
     pub fn call(&self, head: &Head, req: Request) -> Result<Reply, i32> {
         self.submit(0, head.clone(), req).map_err(|_| errno::EIO)?;
         self.wait(Duration::from_secs(60))
@@ -348,6 +357,7 @@ fn read_now(db: &Database, epoch: u64, head: &Head, req: &Request) -> Result<Rep
     if head.epoch != epoch {
         return Err(errno::ESTALE);
     }
+    ns::validate(req)?;
     let run = || -> Result<Reply, Fail> {
         let tx = db.begin_read().map_err(StoreError::from)?;
         let view = ReadTables::open(&tx)?;
