@@ -132,9 +132,15 @@ fn main() {
                 st.log_syncs.load(Ordering::Relaxed)
             );
         }
-        let mdt = open(&format!("{label}-pipe"), mode);
-        let rate = pipelined_creates(&mdt, 64, n as u64);
-        println!("creates  {label:7} 1 submitter, 64 in flight: {rate:>9.0}/s");
+        for depth in [1, 16, 64] {
+            let mdt = open(&format!("{label}-pipe{depth}"), mode);
+            let rate = pipelined_creates(&mdt, depth, n as u64);
+            let st = mdt.stats();
+            println!(
+                "creates  {label:7} 1 submitter, {depth:2} in flight: {rate:>9.0}/s  ({} log fdatasyncs)",
+                st.log_syncs.load(Ordering::Relaxed)
+            );
+        }
     }
     let mdt = open("stat", SyncMode::Default);
     let sub = mdt.submitter();
