@@ -617,3 +617,53 @@ fn concurrent_size_reports_from_several_clients_keep_the_maximum() {
     });
     assert_eq!(t.getattr(f.ino).unwrap().size, (49 * 8 + 7 + 1) * 4096);
 }
+
+fn admin(t: &T, op: nacre_mds::mdt::Admin) {
+    t.sub.submit_admin(1, op).unwrap();
+    let c = t
+        .sub
+        .wait(std::time::Duration::from_secs(10))
+        .expect("admin completion");
+    assert_eq!(c.result, Ok(Reply::Done));
+}
+
+#[test]
+fn orphans_survive_a_restart_until_reclaimed_and_destroys_are_listed() {
+    use nacre_mds::mdt::Admin;
+    let dir = fresh_dir("reclaim");
+    let f = {
+        let t = T::open(config(&dir, nacre_mds::mdt::SyncMode::Default));
+        let f = t.create(ROOT, "f");
+        t.call(Request::Open {
+            ino: f.ino,
+            flags: O_RDONLY,
+        })
+        .unwrap();
+        t.call(Request::Unlink {
+            parent: ROOT,
+            name: "f".into(),
+        })
+        .unwrap();
+        f
+    };
+    let t = T::open(config(&dir, nacre_mds::mdt::SyncMode::Default));
+    assert_eq!(
+        t.getattr(f.ino).unwrap().nlink,
+        0,
+        "kept for a client that re-opens it"
+    );
+    assert!(t.mdt.pending_destroys(10).unwrap().is_empty());
+    admin(&t, Admin::ReclaimOrphans);
+    assert_eq!(t.getattr(f.ino), Err(ENOENT));
+    let destroys = t.mdt.pending_destroys(10).unwrap();
+    assert_eq!(destroys.len(), 1);
+    assert_eq!(destroys[0].0, f.ino);
+    admin(&t, Admin::ForgetDestroyed(vec![f.ino]));
+    assert!(t.mdt.pending_destroys(10).unwrap().is_empty());
+    // A new cluster map: new files go to the OSTs it names.
+    admin(&t, Admin::SetOsts(vec![9]));
+    let g = t.create(ROOT, "g");
+    assert_eq!(t.layout(g.ino).objects[0].ost, 9);
+    admin(&t, Admin::SetOsts(vec![]));
+    assert_eq!(t.create_as(&Creds::root(), ROOT, "h", 0o644), Err(ENOSPC));
+}

@@ -157,6 +157,44 @@ mod tests {
     use super::*;
 
     #[test]
+    fn ranges_refill_before_running_out_and_restart_above_the_mark() {
+        let dir = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../target/mdt-unit");
+        std::fs::create_dir_all(&dir).unwrap();
+        let path = dir.join("alloc.redb");
+        let _ = std::fs::remove_file(&path);
+        let db = redb::Database::create(&path).unwrap();
+        let tx = db.begin_write().unwrap();
+        let mut w = WriteTables::open(&tx).unwrap();
+        let mut ids = IdRanges::default();
+        let space = IdSpace::Ost(3);
+        assert_eq!(ids.take(&mut w, space).unwrap(), FIRST_OID);
+        assert!(
+            std::mem::take(&mut ids.raised),
+            "the first id raises the mark"
+        );
+        let mut last = FIRST_OID;
+        for _ in 0..RANGE {
+            let id = ids.take(&mut w, space).unwrap();
+            assert_eq!(id, last + 1);
+            last = id;
+            let hwm = w.view.meta_value(&space.key()).unwrap().unwrap();
+            assert!(
+                hwm - id >= LOW_WATER - 1,
+                "id {id} too close to the mark {hwm}"
+            );
+        }
+        assert!(ids.raised, "crossing the low-water mark raised it again");
+        // A restart (new counters) starts at the stored mark: above every id handed out.
+        let mut after = IdRanges::default();
+        let first = after.take(&mut w, space).unwrap();
+        assert!(first > last);
+        assert_eq!(
+            first,
+            w.view.meta_value(&space.key()).unwrap().unwrap() - RANGE
+        );
+    }
+
+    #[test]
     fn chooser_rotates_caps_and_refuses() {
         let mut c = OstChooser::new(vec![5, 1, 3]);
         let spec = |count, first| StripeSpec {
