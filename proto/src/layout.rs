@@ -46,6 +46,8 @@ pub enum LayoutError {
     StripeSize(u32),
     #[error("stripe count {0} out of range (1..={MAX_STRIPES}, or -1 for all OSTs)")]
     StripeCount(i64),
+    #[error("layout body of {0} bytes exceeds the limit of {MAX_LAYOUT_BYTES}")]
+    TooLong(usize),
     #[error("{0} trailing bytes after the layout")]
     Trailing(usize),
     #[error("range at {offset} of {len} bytes overflows the file offset space")]
@@ -393,7 +395,7 @@ fn read_header<'a>(r: &mut BodyReader<'a>, expected: u16) -> Result<&'a [u8], La
         _ => return Err(LayoutError::UnsupportedKind(kind, "unknown")),
     }
     if len > MAX_LAYOUT_BYTES {
-        return Err(LayoutError::StripeCount(len as i64));
+        return Err(LayoutError::TooLong(len));
     }
     Ok(r.bytes(len)?)
 }
