@@ -667,3 +667,14 @@ fn orphans_survive_a_restart_until_reclaimed_and_destroys_are_listed() {
     admin(&t, Admin::SetOsts(vec![]));
     assert_eq!(t.create_as(&Creds::root(), ROOT, "h", 0o644), Err(ENOSPC));
 }
+
+#[test]
+fn several_mdts_live_side_by_side_in_one_process() {
+    let a = T::new("side-a");
+    let b = T::new("side-b");
+    let fa = a.create(ROOT, "only-in-a");
+    b.mkdir(ROOT, "only-in-b");
+    assert_eq!(b.lookup(ROOT, "only-in-a"), Err(ENOENT));
+    assert_eq!(a.lookup(ROOT, "only-in-b"), Err(ENOENT));
+    assert_eq!(a.lookup(ROOT, "only-in-a").unwrap(), fa);
+}
