@@ -10,8 +10,7 @@
 //! (survives machine loss within the interval). In sync mode the log is fdatasync'd
 //! before the replies of each batch.
 
-use super::inode::Inode;
-use super::ns::{self, root_inode, Ctx, Fail, Namespace, ROOT_INO};
+use super::ns::{self, root_inode, Ctx, Fail, Namespace};
 use super::redo::{OpLog, Redo};
 use super::store::{ReadTables, StoreError, View, WriteTables, DESTROY};
 use nacre_proto::layout::{StripeSpec, StripedLayout};
@@ -390,11 +389,9 @@ fn format_if_new(db: &Database, spec: &StripeSpec) -> Result<(), MdtError> {
             Some(FORMAT_VERSION) => {}
             Some(v) => return Err(MdtError::Format(v)),
             None => {
-                let root: Inode = root_inode(now_ns(), spec);
-                w.put_inode(&root)?;
+                w.put_inode(&root_inode(now_ns(), spec))?;
                 w.put_meta("inodes", 1)?;
                 w.put_meta("format", FORMAT_VERSION)?;
-                debug_assert_eq!(root.ino, ROOT_INO);
             }
         }
     }
