@@ -37,6 +37,33 @@ impl Opcode {
     pub const HELLO: Opcode = Opcode(4);
 }
 
+/// The metadata (MDS) opcodes, 0x100..=0x111: bodies in [`crate::meta`].
+impl Opcode {
+    pub const MDS_LOOKUP: Opcode = Opcode(0x100);
+    pub const MDS_CREATE: Opcode = Opcode(0x101);
+    pub const MDS_OPEN: Opcode = Opcode(0x102);
+    pub const MDS_CLOSE: Opcode = Opcode(0x103);
+    pub const MDS_GETATTR: Opcode = Opcode(0x104);
+    pub const MDS_SETATTR: Opcode = Opcode(0x105);
+    pub const MDS_MKDIR: Opcode = Opcode(0x106);
+    pub const MDS_RMDIR: Opcode = Opcode(0x107);
+    pub const MDS_READDIR: Opcode = Opcode(0x108);
+    pub const MDS_UNLINK: Opcode = Opcode(0x109);
+    pub const MDS_RENAME: Opcode = Opcode(0x10a);
+    pub const MDS_SYMLINK: Opcode = Opcode(0x10b);
+    pub const MDS_READLINK: Opcode = Opcode(0x10c);
+    pub const MDS_LINK: Opcode = Opcode(0x10d);
+    pub const MDS_STATFS: Opcode = Opcode(0x10e);
+    pub const MDS_GET_LAYOUT: Opcode = Opcode(0x10f);
+    pub const MDS_SET_LAYOUT: Opcode = Opcode(0x110);
+    pub const MDS_REPORT_SIZE: Opcode = Opcode(0x111);
+
+    /// Whether the opcode is in the metadata block.
+    pub fn is_meta(self) -> bool {
+        (0x100..=0x111).contains(&self.0)
+    }
+}
+
 /// Frame flags.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
 pub struct Flags(pub u16);

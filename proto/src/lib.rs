@@ -1,4 +1,5 @@
-//! nacre-proto: the RPC framing every nacre server and client speaks.
+//! nacre-proto: the RPC framing every nacre server and client speaks, the file layouts
+//! ([`layout`]) and the metadata request and reply bodies ([`meta`]).
 //!
 //! Pure code: bytes in, typed frames out, and the reverse; no I/O, no clock of its own
 //! (callers pass the time). Every decode is bounds-checked against explicit limits; a
@@ -8,6 +9,8 @@
 
 mod body;
 mod frame;
+pub mod layout;
+pub mod meta;
 pub mod object;
 mod outstanding;
 

@@ -67,6 +67,8 @@ pub enum ObjError {
     },
     #[error("{0} trailing bytes after the request")]
     Trailing(usize),
+    #[error("reserved field set ({0:#x})")]
+    Reserved(u32),
 }
 
 /// The largest single object request (bulk); servers split it into slab-sized chunks.
@@ -162,7 +164,10 @@ impl<'a> WriteReq<'a> {
     pub fn decode(body: &'a [u8]) -> Result<WriteReq<'a>, ObjError> {
         let mut r = BodyReader::new(body);
         let target = ObjTarget::read(&mut r)?;
-        let (offset, len, crc, _pad) = (r.u64()?, r.u64()?, r.u32()?, r.u32()?);
+        let (offset, len, crc, pad) = (r.u64()?, r.u64()?, r.u32()?, r.u32()?);
+        if pad != 0 {
+            return Err(ObjError::Reserved(pad));
+        }
         check_range("write", offset, len)?;
         let data = if target.flags.has(ObjFlags::BULK) {
             let d = r.bulk()?;

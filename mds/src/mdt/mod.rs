@@ -1,0 +1,30 @@
+//! The metadata target (MDT): the namespace of one MDS shard, stored in redb in the MDT
+//! directory, with an operation log for durability and group commit.
+//!
+//! Pure library code: no network, no engine. [`Mdt`] is a value (one per MDT; several
+//! may live in one process); writes go through [`Submitter::submit`] and complete on the
+//! submitter's own queue, so an engine core never blocks on a commit.
+//!
+//! - `inode`: the inode and directory-entry records;
+//! - `store`: the redb tables and typed access that records redo;
+//! - `redo`: redo records and the operation log file;
+//! - `alloc`: inode numbers and per-OST object ids from pre-allocated ranges, OST choice;
+//! - `perm`: POSIX permission rules;
+//! - `ns`: the namespace operations;
+//! - `service`: the committer thread, durability modes, submit/complete.
+
+mod alloc;
+mod inode;
+mod ns;
+mod perm;
+mod redo;
+mod service;
+mod store;
+
+pub use alloc::{LOW_WATER, RANGE};
+pub use ns::{LINK_MAX, ROOT_INO};
+pub use service::{
+    Admin, Completion, Mdt, MdtConfig, MdtError, Stats, SubmitError, Submitter, SyncMode, DB_FILE,
+    FORMAT_VERSION, LOG_FILE,
+};
+pub use store::StoreError;

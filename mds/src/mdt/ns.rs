@@ -1,0 +1,802 @@
+//! The namespace operations: POSIX semantics over the store, errno results.
+//!
+//! Every writing operation checks everything it can fail on before its first change, so
+//! a refused operation leaves nothing behind in the batch it belongs to. Reads work on
+//! any [`View`] (a read transaction, or the batch's write transaction).
+
+use super::alloc::{resolve, IdRanges, IdSpace, OstChooser};
+use super::inode::{Dentry, Inode, ORPHAN, WRITTEN};
+use super::perm::{is_owner, may, sticky_allows, R, S_ISGID, S_ISUID, W, X};
+use super::redo::Change;
+use super::store::{StoreError, View, WriteTables};
+use nacre_proto::layout::StripeSpec;
+use nacre_proto::meta::{
+    dir_entry_wire_len, errno::*, set, validate_name, validate_target, Creds, DirEntry, FileKind,
+    Reply, Request, SetAttr, Statfs, CREATE_EXCL, NAME_MAX, O_ACCMODE, O_RDONLY, O_RDWR, O_TRUNC,
+    O_WRONLY, READDIR_MAX_BYTES, READDIR_MAX_ENTRIES, RENAME_NOREPLACE,
+};
+use std::collections::HashMap;
+
+pub const ROOT_INO: u64 = 1;
+/// Most hard links to one file.
+pub const LINK_MAX: u32 = 65000;
+/// Inode numbers reported as the MDT's capacity in statfs.
+const INODE_CAPACITY: u64 = 1 << 48;
+/// Deepest directory chain a rename walks when checking for a loop.
+const MAX_DEPTH: usize = 1 << 16;
+
+/// Why an operation did not complete: an errno for the caller, or a store failure that
+/// aborts the whole batch.
+#[derive(Debug)]
+pub enum Fail {
+    Errno(i32),
+    Store(StoreError),
+}
+
+impl From<StoreError> for Fail {
+    fn from(e: StoreError) -> Self {
+        Fail::Store(e)
+    }
+}
+
+type Res<T> = Result<T, Fail>;
+
+fn need(ok: bool, err: i32) -> Res<()> {
+    if ok {
+        Ok(())
+    } else {
+        Err(Fail::Errno(err))
+    }
+}
+
+fn get(v: &impl View, ino: u64) -> Res<Inode> {
+    v.inode(ino)?.ok_or(Fail::Errno(ENOENT))
+}
+
+fn get_dir(v: &impl View, ino: u64) -> Res<Inode> {
+    let i = get(v, ino)?;
+    need(i.is_dir(), ENOTDIR)?;
+    Ok(i)
+}
+
+fn is_dot(name: &[u8]) -> bool {
+    name == b"." || name == b".."
+}
+
+/// Checks the names and targets of a request built in process (decoded requests were
+/// checked by the decoder already).
+pub fn validate(req: &Request) -> Result<(), i32> {
+    let name = |n: &[u8]| validate_name(n).map_err(|e| e.errno());
+    match req {
+        Request::Lookup { name: n, .. }
+        | Request::Create { name: n, .. }
+        | Request::Mkdir { name: n, .. }
+        | Request::Rmdir { name: n, .. }
+        | Request::Unlink { name: n, .. }
+        | Request::Link { new_name: n, .. } => name(n),
+        Request::Rename {
+            name: a,
+            new_name: b,
+            ..
+        } => name(a).and_then(|_| name(b)),
+        Request::Symlink {
+            name: n, target, ..
+        } => name(n).and_then(|_| validate_target(target).map_err(|e| e.errno())),
+        _ => Ok(()),
+    }
+}
+
+/// Who asks and when (the caller's clock, nanoseconds since the epoch).
+pub struct Ctx<'a> {
+    pub creds: &'a Creds,
+    pub now: i64,
+}
+
+/// Answers a read-only request from `v`.
+pub fn read(v: &impl View, c: &Ctx<'_>, req: &Request) -> Res<Reply> {
+    match req {
+        Request::Lookup { parent, name } => Ok(Reply::Attr(lookup(v, c, *parent, name)?.attr())),
+        Request::Getattr { ino } => Ok(Reply::Attr(get(v, *ino)?.attr())),
+        Request::Readdir { dir, cookie, max } => readdir(v, c, *dir, *cookie, *max),
+        Request::Readlink { ino } => {
+            let i = get(v, *ino)?;
+            need(i.kind == FileKind::Symlink, EINVAL)?;
+            Ok(Reply::Target(i.target))
+        }
+        Request::Statfs => {
+            let used = v.meta_value("inodes")?.unwrap_or(0);
+            Ok(Reply::Statfs(Statfs {
+                inodes_used: used,
+                inodes_free: INODE_CAPACITY.saturating_sub(used),
+                name_max: NAME_MAX as u32,
+            }))
+        }
+        Request::GetLayout { ino } => {
+            let i = get(v, *ino)?;
+            match (i.striped(), i.default_spec()) {
+                (Some(l), _) => Ok(Reply::Layout(l)),
+                (None, Some(s)) => Ok(Reply::DefaultLayout(s)),
+                _ => Err(Fail::Errno(ENODATA)),
+            }
+        }
+        _ => Err(Fail::Errno(EINVAL)),
+    }
+}
+
+fn lookup(v: &impl View, c: &Ctx<'_>, parent: u64, name: &[u8]) -> Res<Inode> {
+    let p = get_dir(v, parent)?;
+    need(may(c.creds, &p, X), EACCES)?;
+    match name {
+        b"." => Ok(p),
+        b".." => get(v, p.parent),
+        _ => {
+            let d = v.dentry(parent, name)?.ok_or(Fail::Errno(ENOENT))?;
+            get(v, d.ino)
+        }
+    }
+}
+
+/// Entries after `cookie` (a sequence number; 0 starts), bounded by count and bytes.
+/// "." and ".." are not listed: the client adds them.
+fn readdir(v: &impl View, c: &Ctx<'_>, dir: u64, cookie: u64, max: u32) -> Res<Reply> {
+    let d = get_dir(v, dir)?;
+    need(may(c.creds, &d, R), EACCES)?;
+    let max = max.clamp(1, READDIR_MAX_ENTRIES) as usize;
+    let (rows, mut more) = v.entries_after(dir, cookie, max)?;
+    let mut entries = Vec::with_capacity(rows.len());
+    let mut bytes = 0;
+    for row in rows {
+        bytes += dir_entry_wire_len(&row.name);
+        if bytes > READDIR_MAX_BYTES {
+            more = true;
+            break;
+        }
+        entries.push(DirEntry {
+            name: row.name,
+            ino: row.ino,
+            kind: row.kind,
+            cookie: row.seq,
+        });
+    }
+    let next_cookie = entries.last().map_or(cookie, |e| e.cookie);
+    Ok(Reply::Dir {
+        entries,
+        next_cookie,
+        eof: !more,
+    })
+}
+
+/// Open files: handles are per MDS run (clients replay their opens after a restart).
+#[derive(Debug, Default)]
+pub struct Opens {
+    handles: HashMap<u64, u64>,
+    counts: HashMap<u64, u32>,
+    next: u64,
+}
+
+impl Opens {
+    pub fn is_open(&self, ino: u64) -> bool {
+        self.counts.contains_key(&ino)
+    }
+
+    fn open(&mut self, ino: u64) -> u64 {
+        self.next += 1;
+        self.handles.insert(self.next, ino);
+        *self.counts.entry(ino).or_default() += 1;
+        self.next
+    }
+
+    /// Forgets `handle`; true if it was the last open of `ino`.
+    fn close(&mut self, ino: u64, handle: u64) -> Res<bool> {
+        need(self.handles.get(&handle) == Some(&ino), EBADF)?;
+        self.handles.remove(&handle);
+        let n = self.counts.get_mut(&ino).expect("counted with its handle");
+        *n -= 1;
+        if *n == 0 {
+            self.counts.remove(&ino);
+            return Ok(true);
+        }
+        Ok(false)
+    }
+}
+
+/// The state writing operations need beyond the store: id ranges, OST choice, the
+/// default striping, open files. One value per MDT (no globals).
+#[derive(Debug)]
+pub struct Namespace {
+    pub ids: IdRanges,
+    pub osts: OstChooser,
+    pub default_spec: StripeSpec,
+    pub opens: Opens,
+}
+
+impl Namespace {
+    pub fn new(osts: Vec<u32>, default_spec: StripeSpec) -> Namespace {
+        Namespace {
+            ids: IdRanges::default(),
+            osts: OstChooser::new(osts),
+            default_spec,
+            opens: Opens::default(),
+        }
+    }
+
+    /// Executes one request in the batch's transaction.
+    pub fn write(&mut self, w: &mut WriteTables<'_>, c: &Ctx<'_>, req: &Request) -> Res<Reply> {
+        match req {
+            Request::Create {
+                parent,
+                name,
+                mode,
+                flags,
+                layout,
+            } => self.create(w, c, *parent, name, *mode, *flags, layout.as_ref()),
+            Request::Mkdir { parent, name, mode } => self.mkdir(w, c, *parent, name, *mode),
+            Request::Symlink {
+                parent,
+                name,
+                target,
+            } => self.symlink(w, c, *parent, name, target),
+            Request::Link {
+                ino,
+                new_parent,
+                new_name,
+            } => self.link(w, c, *ino, *new_parent, new_name),
+            Request::Unlink { parent, name } => self.unlink(w, c, *parent, name),
+            Request::Rmdir { parent, name } => self.rmdir(w, c, *parent, name),
+            Request::Rename {
+                parent,
+                name,
+                new_parent,
+                new_name,
+                flags,
+            } => self.rename(w, c, (*parent, name), (*new_parent, new_name), *flags),
+            Request::Open { ino, flags } => self.open(w, c, *ino, *flags),
+            Request::Close { ino, handle } => self.close(w, *ino, *handle),
+            Request::Setattr { ino, attr } => setattr(w, c, *ino, attr),
+            Request::SetLayout { ino, spec } => self.set_layout(w, c, *ino, spec),
+            Request::ReportSize { ino, size } => report_size(w, c, *ino, *size),
+            read_only => read(&w.view, c, read_only),
+        }
+    }
+
+    /// Checks that `name` may be added to `parent` by `c`; returns the parent.
+    fn new_entry_parent(
+        &self,
+        w: &WriteTables<'_>,
+        c: &Ctx<'_>,
+        parent: u64,
+        name: &[u8],
+    ) -> Res<Inode> {
+        let p = get_dir(&w.view, parent)?;
+        need(may(c.creds, &p, W | X), EACCES)?;
+        need(
+            !is_dot(name) && w.view.dentry(parent, name)?.is_none(),
+            EEXIST,
+        )?;
+        Ok(p)
+    }
+
+    fn new_inode(
+        &mut self,
+        w: &mut WriteTables<'_>,
+        c: &Ctx<'_>,
+        kind: FileKind,
+        mode: u32,
+        p: &Inode,
+    ) -> Res<Inode> {
+        let ino = self.ids.take(w, IdSpace::Inode)?;
+        let mut mode = mode & 0o7777;
+        let gid = if p.mode & S_ISGID != 0 {
+            p.gid
+        } else {
+            c.creds.gid
+        };
+        if kind == FileKind::Dir && p.mode & S_ISGID != 0 {
+            mode |= S_ISGID;
+        } else if c.creds.uid != 0 && !c.creds.in_group(gid) {
+            mode &= !S_ISGID;
+        }
+        let used = w.view.meta_value("inodes")?.unwrap_or(0);
+        w.put_meta("inodes", used + 1)?;
+        Ok(Inode {
+            ino,
+            kind,
+            flags: 0,
+            mode,
+            uid: c.creds.uid,
+            gid,
+            nlink: if kind == FileKind::Dir { 2 } else { 1 },
+            size: 0,
+            atime: c.now,
+            mtime: c.now,
+            ctime: c.now,
+            parent: if kind == FileKind::Dir { p.ino } else { 0 },
+            next_seq: 1,
+            layout: Vec::new(),
+            target: Vec::new(),
+        })
+    }
+
+    #[allow(clippy::too_many_arguments)]
+    fn create(
+        &mut self,
+        w: &mut WriteTables<'_>,
+        c: &Ctx<'_>,
+        parent: u64,
+        name: &[u8],
+        mode: u32,
+        flags: u32,
+        spec: Option<&StripeSpec>,
+    ) -> Res<Reply> {
+        let p = get_dir(&w.view, parent)?;
+        need(may(c.creds, &p, W | X), EACCES)?;
+        need(!is_dot(name), EEXIST)?;
+        if let Some(d) = w.view.dentry(parent, name)? {
+            need(flags & CREATE_EXCL == 0, EEXIST)?;
+            let i = get(&w.view, d.ino)?;
+            need(!i.is_dir(), EISDIR)?;
+            need(i.kind == FileKind::File, EEXIST)?;
+            return Ok(Reply::Opened {
+                attr: i.attr(),
+                layout: i.striped(),
+                handle: 0,
+            });
+        }
+        let spec = spec
+            .copied()
+            .or(p.default_spec())
+            .unwrap_or(self.default_spec);
+        spec.validate().map_err(|_| Fail::Errno(EINVAL))?;
+        let layout = resolve(w, &mut self.ids, &mut self.osts, &spec)?.map_err(Fail::Errno)?;
+        let mut i = self.new_inode(w, c, FileKind::File, mode, &p)?;
+        i.layout = layout.to_bytes();
+        w.put_inode(&i)?;
+        add_to_dir(w, c, parent, name, &i)?;
+        Ok(Reply::Opened {
+            attr: i.attr(),
+            layout: Some(layout),
+            handle: 0,
+        })
+    }
+
+    fn mkdir(
+        &mut self,
+        w: &mut WriteTables<'_>,
+        c: &Ctx<'_>,
+        parent: u64,
+        name: &[u8],
+        mode: u32,
+    ) -> Res<Reply> {
+        let p = self.new_entry_parent(w, c, parent, name)?;
+        let mut i = self.new_inode(w, c, FileKind::Dir, mode, &p)?;
+        i.layout = p.layout.clone(); // the default striping is inherited
+        w.put_inode(&i)?;
+        add_to_dir(w, c, parent, name, &i)?;
+        Ok(Reply::Attr(i.attr()))
+    }
+
+    fn symlink(
+        &mut self,
+        w: &mut WriteTables<'_>,
+        c: &Ctx<'_>,
+        parent: u64,
+        name: &[u8],
+        target: &[u8],
+    ) -> Res<Reply> {
+        let p = self.new_entry_parent(w, c, parent, name)?;
+        let mut i = self.new_inode(w, c, FileKind::Symlink, 0o777, &p)?;
+        i.target = target.to_vec();
+        i.size = target.len() as u64;
+        w.put_inode(&i)?;
+        add_to_dir(w, c, parent, name, &i)?;
+        Ok(Reply::Attr(i.attr()))
+    }
+
+    fn link(
+        &mut self,
+        w: &mut WriteTables<'_>,
+        c: &Ctx<'_>,
+        ino: u64,
+        new_parent: u64,
+        name: &[u8],
+    ) -> Res<Reply> {
+        let mut i = get(&w.view, ino)?;
+        need(!i.is_dir(), EPERM)?;
+        need(i.nlink > 0, ENOENT)?;
+        self.new_entry_parent(w, c, new_parent, name)?;
+        need(i.nlink < LINK_MAX, EMLINK)?;
+        i.nlink += 1;
+        i.ctime = c.now;
+        w.put_inode(&i)?;
+        add_to_dir(w, c, new_parent, name, &i)?;
+        Ok(Reply::Attr(i.attr()))
+    }
+
+    fn unlink(
+        &mut self,
+        w: &mut WriteTables<'_>,
+        c: &Ctx<'_>,
+        parent: u64,
+        name: &[u8],
+    ) -> Res<Reply> {
+        let p = get_dir(&w.view, parent)?;
+        need(may(c.creds, &p, W | X), EACCES)?;
+        need(!is_dot(name), EISDIR)?;
+        let d = w.view.dentry(parent, name)?.ok_or(Fail::Errno(ENOENT))?;
+        let victim = get(&w.view, d.ino)?;
+        need(!victim.is_dir(), EISDIR)?;
+        need(sticky_allows(c.creds, &p, &victim), EPERM)?;
+        w.remove_entry(parent, name, d.seq)?;
+        touch_dir(w, c, parent, 0)?;
+        self.drop_link(w, c, victim)?;
+        Ok(Reply::Done)
+    }
+
+    fn rmdir(
+        &mut self,
+        w: &mut WriteTables<'_>,
+        c: &Ctx<'_>,
+        parent: u64,
+        name: &[u8],
+    ) -> Res<Reply> {
+        let p = get_dir(&w.view, parent)?;
+        need(may(c.creds, &p, W | X), EACCES)?;
+        need(name != b".", EINVAL)?;
+        need(name != b"..", ENOTEMPTY)?;
+        let d = w.view.dentry(parent, name)?.ok_or(Fail::Errno(ENOENT))?;
+        let victim = get(&w.view, d.ino)?;
+        need(victim.is_dir(), ENOTDIR)?;
+        need(is_empty_dir(&w.view, victim.ino)?, ENOTEMPTY)?;
+        need(sticky_allows(c.creds, &p, &victim), EPERM)?;
+        w.remove_entry(parent, name, d.seq)?;
+        touch_dir(w, c, parent, -1)?;
+        destroy(w, &victim)?;
+        Ok(Reply::Done)
+    }
+
+    fn rename(
+        &mut self,
+        w: &mut WriteTables<'_>,
+        c: &Ctx<'_>,
+        (parent, name): (u64, &[u8]),
+        (new_parent, new_name): (u64, &[u8]),
+        flags: u32,
+    ) -> Res<Reply> {
+        need(flags & !RENAME_NOREPLACE == 0, EINVAL)?;
+        need(!is_dot(name) && !is_dot(new_name), EINVAL)?;
+        let sp = get_dir(&w.view, parent)?;
+        let dp = get_dir(&w.view, new_parent)?;
+        need(may(c.creds, &sp, W | X) && may(c.creds, &dp, W | X), EACCES)?;
+        let sd = w.view.dentry(parent, name)?.ok_or(Fail::Errno(ENOENT))?;
+        let src = get(&w.view, sd.ino)?;
+        need(sticky_allows(c.creds, &sp, &src), EPERM)?;
+        if parent == new_parent && name == new_name {
+            return Ok(Reply::Done);
+        }
+        if src.is_dir() && parent != new_parent {
+            need(may(c.creds, &src, W), EACCES)?; // its ".." changes
+            need(!is_ancestor_or_self(&w.view, src.ino, new_parent)?, EINVAL)?;
+        }
+        let replaced = match w.view.dentry(new_parent, new_name)? {
+            None => None,
+            Some(dd) => {
+                need(flags & RENAME_NOREPLACE == 0, EEXIST)?;
+                if dd.ino == src.ino {
+                    return Ok(Reply::Done); // two links to one file: POSIX says do nothing
+                }
+                let dst = get(&w.view, dd.ino)?;
+                need(!src.is_dir() || dst.is_dir(), ENOTDIR)?;
+                need(src.is_dir() || !dst.is_dir(), EISDIR)?;
+                need(!dst.is_dir() || is_empty_dir(&w.view, dst.ino)?, ENOTEMPTY)?;
+                need(sticky_allows(c.creds, &dp, &dst), EPERM)?;
+                Some((dd, dst))
+            }
+        };
+        // All checks passed: change things.
+        if let Some((dd, dst)) = replaced {
+            w.remove_entry(new_parent, new_name, dd.seq)?;
+            if dst.is_dir() {
+                touch_dir(w, c, new_parent, -1)?;
+                destroy(w, &dst)?;
+            } else {
+                self.drop_link(w, c, dst)?;
+            }
+        }
+        let moved_dir = i64::from(src.is_dir() && parent != new_parent);
+        w.remove_entry(parent, name, sd.seq)?;
+        touch_dir(w, c, parent, -moved_dir)?;
+        let mut src = get(&w.view, src.ino)?;
+        src.ctime = c.now;
+        if src.is_dir() {
+            src.parent = new_parent;
+        }
+        w.put_inode(&src)?;
+        add_to_dir(w, c, new_parent, new_name, &src)?;
+        if moved_dir == 0 && src.is_dir() {
+            touch_dir(w, c, new_parent, -1)?; // add_to_dir counted a new subdirectory
+        }
+        Ok(Reply::Done)
+    }
+
+    /// Removes one link of a non-directory; the last one destroys it unless it is open.
+    fn drop_link(&mut self, w: &mut WriteTables<'_>, c: &Ctx<'_>, mut i: Inode) -> Res<()> {
+        i.nlink -= 1;
+        i.ctime = c.now;
+        if i.nlink > 0 {
+            w.put_inode(&i)?;
+        } else if self.opens.is_open(i.ino) {
+            i.flags |= ORPHAN;
+            w.put_inode(&i)?;
+            w.apply(Change::PutOrphan(i.ino))?;
+        } else {
+            destroy(w, &i)?;
+        }
+        Ok(())
+    }
+
+    fn open(&mut self, w: &mut WriteTables<'_>, c: &Ctx<'_>, ino: u64, flags: u32) -> Res<Reply> {
+        let mut i = get(&w.view, ino)?;
+        let acc = flags & O_ACCMODE;
+        need(acc != O_ACCMODE, EINVAL)?;
+        need(i.kind != FileKind::Symlink, EINVAL)?;
+        let writing = acc != O_RDONLY || flags & O_TRUNC != 0;
+        need(!(i.is_dir() && writing), EISDIR)?;
+        let mut want = if acc == O_RDONLY || acc == O_RDWR {
+            R
+        } else {
+            0
+        };
+        if writing || acc == O_WRONLY {
+            want |= W;
+        }
+        need(may(c.creds, &i, want), EACCES)?;
+        let truncate = flags & O_TRUNC != 0 && i.size != 0;
+        if (writing && i.flags & WRITTEN == 0) || truncate {
+            i.flags |= WRITTEN;
+            if truncate {
+                i.size = 0;
+                i.mtime = c.now;
+                i.ctime = c.now;
+            }
+            w.put_inode(&i)?;
+        }
+        let handle = self.opens.open(ino);
+        Ok(Reply::Opened {
+            attr: i.attr(),
+            layout: i.striped(),
+            handle,
+        })
+    }
+
+    fn close(&mut self, w: &mut WriteTables<'_>, ino: u64, handle: u64) -> Res<Reply> {
+        if self.opens.close(ino, handle)? {
+            if let Some(i) = w.view.inode(ino)? {
+                if i.flags & ORPHAN != 0 {
+                    w.apply(Change::DelOrphan(ino))?;
+                    destroy(w, &i)?;
+                }
+            }
+        }
+        Ok(Reply::Done)
+    }
+
+    fn set_layout(
+        &mut self,
+        w: &mut WriteTables<'_>,
+        c: &Ctx<'_>,
+        ino: u64,
+        spec: &StripeSpec,
+    ) -> Res<Reply> {
+        let mut i = get(&w.view, ino)?;
+        need(is_owner(c.creds, &i), EPERM)?;
+        spec.validate().map_err(|_| Fail::Errno(EINVAL))?;
+        i.ctime = c.now;
+        match i.kind {
+            FileKind::Symlink => Err(Fail::Errno(EINVAL)),
+            FileKind::Dir => {
+                let mut bytes = Vec::new();
+                spec.encode(&mut bytes);
+                i.layout = bytes;
+                w.put_inode(&i)?;
+                Ok(Reply::DefaultLayout(*spec))
+            }
+            FileKind::File => {
+                // Only before the first write: then no object holds data yet.
+                need(i.size == 0 && i.flags & WRITTEN == 0, EBUSY)?;
+                let layout =
+                    resolve(w, &mut self.ids, &mut self.osts, spec)?.map_err(Fail::Errno)?;
+                i.layout = layout.to_bytes();
+                w.put_inode(&i)?;
+                Ok(Reply::Layout(layout))
+            }
+        }
+    }
+
+    /// Destroys orphans no client holds open (after the recovery window at start).
+    pub fn reclaim_orphans(&mut self, w: &mut WriteTables<'_>) -> Res<usize> {
+        let mut n = 0;
+        for ino in w.orphans()? {
+            if !self.opens.is_open(ino) {
+                w.apply(Change::DelOrphan(ino))?;
+                if let Some(i) = w.view.inode(ino)? {
+                    destroy(w, &i)?;
+                }
+                n += 1;
+            }
+        }
+        Ok(n)
+    }
+}
+
+/// Adds `name -> i` to `dir` with the directory's next sequence number, updating the
+/// directory's times and (for a subdirectory) its link count.
+fn add_to_dir(w: &mut WriteTables<'_>, c: &Ctx<'_>, dir: u64, name: &[u8], i: &Inode) -> Res<()> {
+    let mut p = get(&w.view, dir)?;
+    let seq = p.next_seq;
+    p.next_seq += 1;
+    p.mtime = c.now;
+    p.ctime = c.now;
+    if i.is_dir() {
+        p.nlink += 1;
+    }
+    w.put_inode(&p)?;
+    w.add_entry(
+        dir,
+        name,
+        Dentry {
+            ino: i.ino,
+            seq,
+            kind: i.kind,
+        },
+    )?;
+    Ok(())
+}
+
+/// Updates a directory's times and adds `links` to its link count.
+fn touch_dir(w: &mut WriteTables<'_>, c: &Ctx<'_>, dir: u64, links: i64) -> Res<()> {
+    let mut p = get(&w.view, dir)?;
+    p.mtime = c.now;
+    p.ctime = c.now;
+    p.nlink = (i64::from(p.nlink) + links).max(0) as u32;
+    w.put_inode(&p)?;
+    Ok(())
+}
+
+fn is_empty_dir(v: &impl View, dir: u64) -> Res<bool> {
+    Ok(v.entries_after(dir, 0, 1)?.0.is_empty())
+}
+
+/// Whether `dir` is `ancestor` or lies below it (walks up the parent pointers).
+fn is_ancestor_or_self(v: &impl View, ancestor: u64, dir: u64) -> Res<bool> {
+    let mut at = dir;
+    for _ in 0..MAX_DEPTH {
+        if at == ancestor {
+            return Ok(true);
+        }
+        if at == ROOT_INO {
+            return Ok(false);
+        }
+        at = get(v, at)?.parent;
+    }
+    Err(Fail::Errno(EIO))
+}
+
+/// Removes an inode whose last link is gone; a file's objects go to the destroy list
+/// the OSTs are cleaned from.
+fn destroy(w: &mut WriteTables<'_>, i: &Inode) -> Res<()> {
+    w.del_inode(i.ino)?;
+    if i.kind == FileKind::File && !i.layout.is_empty() {
+        w.apply(Change::PutDestroy(i.ino, i.layout.clone()))?;
+    }
+    let used = w.view.meta_value("inodes")?.unwrap_or(1);
+    w.put_meta("inodes", used.saturating_sub(1))?;
+    Ok(())
+}
+
+fn setattr(w: &mut WriteTables<'_>, c: &Ctx<'_>, ino: u64, a: &SetAttr) -> Res<Reply> {
+    let mut i = get(&w.view, ino)?;
+    let cr = c.creds;
+    let owner = is_owner(cr, &i);
+    let has = |bit| a.mask & bit != 0;
+    // Checks first.
+    need(!has(set::MODE) || owner, EPERM)?;
+    need(!has(set::UID) || a.uid == i.uid || cr.uid == 0, EPERM)?;
+    let gid_ok = cr.uid == 0 || (cr.uid == i.uid && cr.in_group(a.gid));
+    need(!has(set::GID) || a.gid == i.gid || gid_ok, EPERM)?;
+    if has(set::SIZE) {
+        need(!i.is_dir(), EISDIR)?;
+        need(i.kind == FileKind::File, EINVAL)?;
+        need(a.size <= i64::MAX as u64, EFBIG)?;
+        need(may(cr, &i, W), EACCES)?;
+    }
+    need(
+        !(has(set::ATIME) || has(set::MTIME) || has(set::CTIME)) || owner,
+        EPERM,
+    )?;
+    let now_ok = owner || may(cr, &i, W);
+    need(
+        !(has(set::ATIME_NOW) || has(set::MTIME_NOW)) || now_ok,
+        EACCES,
+    )?;
+    // Then changes.
+    if has(set::MODE) {
+        i.mode = a.mode & 0o7777;
+        if cr.uid != 0 && !cr.in_group(i.gid) {
+            i.mode &= !S_ISGID;
+        }
+    }
+    let chown = (has(set::UID) && a.uid != i.uid) || (has(set::GID) && a.gid != i.gid);
+    if has(set::UID) {
+        i.uid = a.uid;
+    }
+    if has(set::GID) {
+        i.gid = a.gid;
+    }
+    if chown && !i.is_dir() {
+        // As Linux: chown drops setuid, and setgid when it means "group executable".
+        i.mode &= !S_ISUID;
+        if i.mode & 0o010 != 0 {
+            i.mode &= !S_ISGID;
+        }
+    }
+    if has(set::SIZE) {
+        i.size = a.size;
+        i.mtime = c.now;
+        if a.size > 0 {
+            i.flags |= WRITTEN;
+        }
+    }
+    if has(set::ATIME_NOW) {
+        i.atime = c.now;
+    } else if has(set::ATIME) {
+        i.atime = a.atime;
+    }
+    if has(set::MTIME_NOW) {
+        i.mtime = c.now;
+    } else if has(set::MTIME) {
+        i.mtime = a.mtime;
+    }
+    i.ctime = if has(set::CTIME) { a.ctime } else { c.now };
+    w.put_inode(&i)?;
+    Ok(Reply::Attr(i.attr()))
+}
+
+/// A client reports where its writes ended: the size becomes the larger of the two.
+fn report_size(w: &mut WriteTables<'_>, c: &Ctx<'_>, ino: u64, size: u64) -> Res<Reply> {
+    let mut i = get(&w.view, ino)?;
+    need(!i.is_dir(), EISDIR)?;
+    need(i.kind == FileKind::File, EINVAL)?;
+    need(is_owner(c.creds, &i) || may(c.creds, &i, W), EACCES)?;
+    need(size <= i64::MAX as u64, EFBIG)?;
+    if size > i.size || i.flags & WRITTEN == 0 {
+        i.size = i.size.max(size);
+        i.flags |= WRITTEN;
+        i.mtime = c.now;
+        i.ctime = c.now;
+        w.put_inode(&i)?;
+    }
+    Ok(Reply::Attr(i.attr()))
+}
+
+/// The root directory of a new MDT: owned by root, 0755, its own parent.
+pub fn root_inode(now: i64, default_spec: &StripeSpec) -> Inode {
+    let mut layout = Vec::new();
+    default_spec.encode(&mut layout);
+    Inode {
+        ino: ROOT_INO,
+        kind: FileKind::Dir,
+        flags: 0,
+        mode: 0o755,
+        uid: 0,
+        gid: 0,
+        nlink: 2,
+        size: 0,
+        atime: now,
+        mtime: now,
+        ctime: now,
+        parent: ROOT_INO,
+        next_seq: 1,
+        layout,
+        target: Vec::new(),
+    }
+}

@@ -1,0 +1,668 @@
+//! The MDT service: one committer thread per MDT that batches submitted operations into
+//! one store transaction and one log append (and, in sync mode, one fdatasync), and
+//! per-caller completion queues so an engine core submits without blocking and polls
+//! for results.
+//!
+//! Durability (see docs/mds.md): redb rolls back to its last durable commit when the
+//! process dies, so batches are committed to redb without fsync and their redo record is
+//! appended to the operation log with write(2) before any reply (survives kill -9);
+//! every commit interval a durable redb commit checkpoints and the log is truncated
+//! (survives machine loss within the interval). In sync mode the log is fdatasync'd
+//! before the replies of each batch.
+
+use super::ns::{self, root_inode, Ctx, Fail, Namespace};
+use super::redo::{OpLog, Redo};
+use super::store::{ReadTables, StoreError, View, WriteTables, DESTROY};
+use nacre_proto::layout::{StripeSpec, StripedLayout};
+use nacre_proto::meta::{errno, Head, Reply, Request};
+use redb::{Database, Durability, ReadableDatabase, ReadableTable};
+use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::mpsc::{self, Receiver, RecvTimeoutError, Sender, SyncSender, TrySendError};
+use std::sync::Arc;
+use std::thread::JoinHandle;
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+
+/// The on-disk format version in the `meta` table.
+pub const FORMAT_VERSION: u64 = 1;
+pub const DB_FILE: &str = "mdt.redb";
+pub const LOG_FILE: &str = "mdt.log";
+
+/// When a reply may be sent.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum SyncMode {
+    /// After the operation is in the kernel's hands (log written, not fsync'd): survives
+    /// the MDS process dying; a machine loss loses at most one commit interval.
+    Default,
+    /// After the log record is on stable storage (group commit: one fdatasync per batch).
+    Sync,
+}
+
+#[derive(Debug, Clone)]
+pub struct MdtConfig {
+    /// The MDT directory (holds `mdt.redb` and `mdt.log`).
+    pub dir: PathBuf,
+    /// The epoch this MDS serves under; requests carrying another get ESTALE.
+    pub epoch: u64,
+    /// OST indices of the cluster map that new files may use.
+    pub osts: Vec<u32>,
+    /// Striping of new files where no directory sets one.
+    pub default_spec: StripeSpec,
+    pub mode: SyncMode,
+    /// Most time between durable store commits (default mode's loss window).
+    pub commit_interval: Duration,
+    /// Most operations in one transaction.
+    pub max_batch: usize,
+    /// Bound of the submission queue (submit answers Busy beyond it).
+    pub queue_depth: usize,
+}
+
+impl MdtConfig {
+    pub fn new(dir: impl Into<PathBuf>) -> MdtConfig {
+        MdtConfig {
+            dir: dir.into(),
+            epoch: 1,
+            osts: vec![0],
+            default_spec: StripeSpec::default(),
+            mode: SyncMode::Default,
+            commit_interval: Duration::from_secs(1),
+            max_batch: 1024,
+            queue_depth: 8192,
+        }
+    }
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum MdtError {
+    #[error("MDT I/O on {path}: {source}")]
+    Io {
+        path: PathBuf,
+        source: std::io::Error,
+    },
+    #[error(transparent)]
+    Store(#[from] StoreError),
+    #[error("MDT format version {0} is not supported (this build reads {FORMAT_VERSION})")]
+    Format(u64),
+    #[error("operation log record {index} is corrupt: {why}")]
+    Log { index: usize, why: &'static str },
+    #[error("the committer stopped")]
+    Stopped,
+}
+
+impl From<redb::DatabaseError> for MdtError {
+    fn from(e: redb::DatabaseError) -> Self {
+        MdtError::Store(e.into())
+    }
+}
+
+fn io_err(path: &Path) -> impl FnOnce(std::io::Error) -> MdtError + '_ {
+    move |source| MdtError::Io {
+        path: path.to_path_buf(),
+        source,
+    }
+}
+
+/// The result of one submitted operation.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Completion {
+    /// The caller's tag from submit.
+    pub tag: u64,
+    /// The reply, or a positive errno.
+    pub result: Result<Reply, i32>,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]
+pub enum SubmitError {
+    #[error("the MDT submission queue is full")]
+    Busy,
+    #[error("the MDT committer has stopped")]
+    Closed,
+}
+
+/// Operations that come from the server itself rather than from a client.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Admin {
+    /// The cluster map changed: new files use these OSTs.
+    SetOsts(Vec<u32>),
+    /// After the recovery window: destroy unlinked files that nobody re-opened.
+    ReclaimOrphans,
+    /// The OSTs removed these files' objects: forget them.
+    ForgetDestroyed(Vec<u64>),
+    /// Make everything so far durable now.
+    Checkpoint,
+}
+
+enum Op {
+    Client(Head, Request),
+    Admin(Admin),
+    /// Sent by [`Mdt`] when it is dropped: finish the queue before it, checkpoint, exit.
+    Stop,
+}
+
+struct Job {
+    op: Op,
+    tag: u64,
+    done: Sender<Completion>,
+}
+
+/// Counters of the committer.
+#[derive(Debug, Default)]
+pub struct Stats {
+    pub batches: AtomicU64,
+    pub ops: AtomicU64,
+    pub log_syncs: AtomicU64,
+    pub checkpoints: AtomicU64,
+}
+
+/// An open MDT: reads from any thread, writes through [`Submitter`]s.
+pub struct Mdt {
+    db: Arc<Database>,
+    epoch: u64,
+    jobs: Option<SyncSender<Job>>,
+    committer: Option<JoinHandle<Result<(), MdtError>>>,
+    stats: Arc<Stats>,
+}
+
+impl Mdt {
+    /// Opens (formatting if new) the MDT in `cfg.dir`, replays its operation log, and
+    /// starts the committer thread.
+    pub fn open(cfg: MdtConfig) -> Result<Mdt, MdtError> {
+        std::fs::create_dir_all(&cfg.dir).map_err(io_err(&cfg.dir))?;
+        let db = Arc::new(Database::create(cfg.dir.join(DB_FILE))?);
+        format_if_new(&db, &cfg.default_spec)?;
+        let log_path = cfg.dir.join(LOG_FILE);
+        let mut log = OpLog::open(&log_path).map_err(io_err(&log_path))?;
+        replay(&db, &mut log, &log_path)?;
+        let (tx, rx) = mpsc::sync_channel(cfg.queue_depth.max(1));
+        let stats = Arc::new(Stats::default());
+        let broken = Arc::new(std::sync::atomic::AtomicBool::new(false));
+        let syncer = match cfg.mode {
+            SyncMode::Default => None,
+            SyncMode::Sync => Some(Syncer::start(
+                &log,
+                &log_path,
+                broken.clone(),
+                stats.clone(),
+            )?),
+        };
+        let committer = Committer {
+            syncer,
+            broken,
+            db: db.clone(),
+            ns: Namespace::new(cfg.osts.clone(), cfg.default_spec),
+            log,
+            log_path,
+            interval: cfg.commit_interval,
+            max_batch: cfg.max_batch.max(1),
+            jobs: rx,
+            dirty: false,
+            last_checkpoint: Instant::now(),
+            stats: stats.clone(),
+        };
+        let handle = std::thread::Builder::new()
+            .name("mdt-committer".into())
+            .spawn(move || committer.run())
+            .map_err(io_err(&cfg.dir))?;
+        tracing::info!(dir = %cfg.dir.display(), mode = ?cfg.mode, "MDT open");
+        Ok(Mdt {
+            db,
+            epoch: cfg.epoch,
+            jobs: Some(tx),
+            committer: Some(handle),
+            stats,
+        })
+    }
+
+    /// A submitter with its own completion queue (one per engine core or caller).
+    pub fn submitter(&self) -> Submitter {
+        let (done, completions) = mpsc::channel();
+        Submitter {
+            jobs: self.jobs.clone().expect("present until shutdown"),
+            done,
+            completions,
+            db: self.db.clone(),
+            epoch: self.epoch,
+        }
+    }
+
+    /// Answers a read-only request on the calling thread.
+    pub fn read(&self, head: &Head, req: &Request) -> Result<Reply, i32> {
+        read_now(&self.db, self.epoch, head, req)
+    }
+
+    /// Files whose objects the OSTs should remove: (ino, layout), at most `max`.
+    pub fn pending_destroys(&self, max: usize) -> Result<Vec<(u64, StripedLayout)>, MdtError> {
+        let tx = self.db.begin_read().map_err(StoreError::from)?;
+        let t = tx.open_table(DESTROY).map_err(StoreError::from)?;
+        let mut out = Vec::new();
+        for row in t.iter().map_err(StoreError::from)?.take(max) {
+            let (k, v) = row.map_err(StoreError::from)?;
+            let layout = StripedLayout::decode(v.value())
+                .map_err(|_| StoreError::CorruptRecord("destroy row"))?;
+            out.push((k.value(), layout));
+        }
+        Ok(out)
+    }
+
+    pub fn stats(&self) -> &Stats {
+        &self.stats
+    }
+
+    /// Stops the committer after a final checkpoint.
+    pub fn shutdown(mut self) -> Result<(), MdtError> {
+        self.stop()
+    }
+
+    fn stop(&mut self) -> Result<(), MdtError> {
+        if let Some(jobs) = self.jobs.take() {
+            // Submitters may outlive the MDT: tell the committer to stop explicitly.
+            let (done, _) = mpsc::channel();
+            let _ = jobs.send(Job {
+                op: Op::Stop,
+                tag: 0,
+                done,
+            });
+        }
+        match self.committer.take() {
+            Some(h) => h.join().map_err(|_| MdtError::Stopped)?,
+            None => Ok(()),
+        }
+    }
+}
+
+impl Drop for Mdt {
+    fn drop(&mut self) {
+        if let Err(e) = self.stop() {
+            tracing::error!("MDT committer: {e}");
+        }
+    }
+}
+
+/// Submits operations and collects their completions without blocking.
+pub struct Submitter {
+    jobs: SyncSender<Job>,
+    done: Sender<Completion>,
+    completions: Receiver<Completion>,
+    db: Arc<Database>,
+    epoch: u64,
+}
+
+impl Submitter {
+    /// Queues `req`; its completion (with `tag`) arrives on this submitter's queue once
+    /// it is durable per the sync mode. Read-only requests are answered at once from a
+    /// read transaction (readers never wait for the writer in redb).
+    pub fn submit(&self, tag: u64, head: Head, req: Request) -> Result<(), SubmitError> {
+        if let Err(e) = ns::validate(&req) {
+            let _ = self.done.send(Completion {
+                tag,
+                result: Err(e),
+            });
+            return Ok(());
+        }
+        if head.epoch != self.epoch || req.is_read_only() {
+            let result = read_now(&self.db, self.epoch, &head, &req);
+            let _ = self.done.send(Completion { tag, result });
+            return Ok(());
+        }
+        self.send(Job {
+            op: Op::Client(head, req),
+            tag,
+            done: self.done.clone(),
+        })
+    }
+
+    pub fn submit_admin(&self, tag: u64, op: Admin) -> Result<(), SubmitError> {
+        self.send(Job {
+            op: Op::Admin(op),
+            tag,
+            done: self.done.clone(),
+        })
+    }
+
+    fn send(&self, job: Job) -> Result<(), SubmitError> {
+        self.jobs.try_send(job).map_err(|e| match e {
+            TrySendError::Full(_) => SubmitError::Busy,
+            TrySendError::Disconnected(_) => SubmitError::Closed,
+        })
+    }
+
+    /// A completion if one is ready.
+    pub fn poll(&self) -> Option<Completion> {
+        self.completions.try_recv().ok()
+    }
+
+    /// Waits up to `timeout` for a completion.
+    pub fn wait(&self, timeout: Duration) -> Option<Completion> {
+        self.completions.recv_timeout(timeout).ok()
+    }
+
+    /// Submits and waits for the result (blocking: for tools and tests, not engine cores;
+    /// use it on a submitter with nothing else in flight, or it may return another
+    /// request's completion).
+    pub fn call(&self, head: &Head, req: Request) -> Result<Reply, i32> {
+        self.submit(0, head.clone(), req).map_err(|_| errno::EIO)?;
+        self.wait(Duration::from_secs(60))
+            .map_or(Err(errno::EIO), |c| c.result)
+    }
+}
+
+fn now_ns() -> i64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map_or(0, |d| d.as_nanos() as i64)
+}
+
+fn read_now(db: &Database, epoch: u64, head: &Head, req: &Request) -> Result<Reply, i32> {
+    if head.epoch != epoch {
+        return Err(errno::ESTALE);
+    }
+    ns::validate(req)?;
+    let run = || -> Result<Reply, Fail> {
+        let tx = db.begin_read().map_err(StoreError::from)?;
+        let view = ReadTables::open(&tx)?;
+        ns::read(
+            &view,
+            &Ctx {
+                creds: &head.creds,
+                now: now_ns(),
+            },
+            req,
+        )
+    };
+    run().map_err(|f| match f {
+        Fail::Errno(e) => e,
+        Fail::Store(e) => {
+            tracing::error!("MDT read: {e}");
+            errno::EIO
+        }
+    })
+}
+
+/// Creates the tables and the root inode of a new MDT; checks the format of an old one.
+fn format_if_new(db: &Database, spec: &StripeSpec) -> Result<(), MdtError> {
+    let mut tx = db.begin_write().map_err(StoreError::from)?;
+    tx.set_durability(Durability::Immediate)
+        .map_err(StoreError::from)?;
+    {
+        let mut w = WriteTables::open(&tx)?;
+        match w.view.meta_value("format")? {
+            Some(FORMAT_VERSION) => {}
+            Some(v) => return Err(MdtError::Format(v)),
+            None => {
+                w.put_inode(&root_inode(now_ns(), spec))?;
+                w.put_meta("inodes", 1)?;
+                w.put_meta("format", FORMAT_VERSION)?;
+            }
+        }
+    }
+    tx.commit().map_err(StoreError::from)?;
+    Ok(())
+}
+
+/// Applies the log's records to the store, commits durably, empties the log.
+fn replay(db: &Database, log: &mut OpLog, path: &Path) -> Result<(), MdtError> {
+    let (records, torn) = log.records().map_err(io_err(path))?;
+    if torn > 0 {
+        tracing::warn!(
+            bytes = torn,
+            "MDT log: torn tail ignored (never acknowledged as durable)"
+        );
+    }
+    if !records.is_empty() {
+        let mut tx = db.begin_write().map_err(StoreError::from)?;
+        tx.set_durability(Durability::Immediate)
+            .map_err(StoreError::from)?;
+        {
+            let mut w = WriteTables::open(&tx)?;
+            for (index, rec) in records.iter().enumerate() {
+                for change in Redo::decode(rec).map_err(|why| MdtError::Log { index, why })? {
+                    w.apply(change)?;
+                }
+            }
+        }
+        tx.commit().map_err(StoreError::from)?;
+        tracing::info!(records = records.len(), "MDT log replayed");
+    }
+    log.truncate().map_err(io_err(path))
+}
+
+/// Replies of one batch, sent once the log holding the batch is on stable storage.
+type Replies = Vec<(Sender<Completion>, Completion)>;
+
+/// Sync mode's group commit, pipelined: the committer appends batch k+1 to the log while
+/// this thread fdatasyncs batches up to k; one fdatasync covers every batch appended
+/// before it started, and their replies go out after it.
+struct Syncer {
+    batches: SyncSender<Replies>,
+    thread: JoinHandle<()>,
+}
+
+impl Syncer {
+    fn start(
+        log: &OpLog,
+        path: &Path,
+        broken: Arc<std::sync::atomic::AtomicBool>,
+        stats: Arc<Stats>,
+    ) -> Result<Syncer, MdtError> {
+        let file = log.sync_handle().map_err(io_err(path))?;
+        let (batches, rx) = mpsc::sync_channel::<Replies>(64);
+        let thread = std::thread::Builder::new()
+            .name("mdt-syncer".into())
+            .spawn(move || {
+                while let Ok(first) = rx.recv() {
+                    let mut all = vec![first];
+                    all.extend(rx.try_iter());
+                    let synced = file.sync_data();
+                    stats.log_syncs.fetch_add(1, Ordering::Relaxed);
+                    if let Err(e) = &synced {
+                        tracing::error!("MDT log fdatasync: {e}");
+                        broken.store(true, Ordering::SeqCst);
+                    }
+                    for (done, mut c) in all.into_iter().flatten() {
+                        if synced.is_err() {
+                            c.result = Err(errno::EIO);
+                        }
+                        let _ = done.send(c);
+                    }
+                }
+            })
+            .map_err(io_err(path))?;
+        Ok(Syncer { batches, thread })
+    }
+}
+
+struct Committer {
+    /// Present in sync mode.
+    syncer: Option<Syncer>,
+    /// Set when the syncer failed: the committer stops (fail-stop).
+    broken: Arc<std::sync::atomic::AtomicBool>,
+    db: Arc<Database>,
+    ns: Namespace,
+    log: OpLog,
+    log_path: PathBuf,
+    interval: Duration,
+    max_batch: usize,
+    jobs: Receiver<Job>,
+    /// Commits since the last durable one.
+    dirty: bool,
+    last_checkpoint: Instant,
+    stats: Arc<Stats>,
+}
+
+impl Committer {
+    fn run(mut self) -> Result<(), MdtError> {
+        let result = self.serve();
+        if let Some(s) = self.syncer.take() {
+            drop(s.batches);
+            let _ = s.thread.join();
+        }
+        result
+    }
+
+    fn serve(&mut self) -> Result<(), MdtError> {
+        let mut batch = Vec::with_capacity(self.max_batch);
+        loop {
+            let wait = self.interval.saturating_sub(self.last_checkpoint.elapsed());
+            match self.jobs.recv_timeout(wait) {
+                Ok(job) => batch.push(job),
+                Err(RecvTimeoutError::Timeout) => {
+                    self.checkpoint()?;
+                    continue;
+                }
+                Err(RecvTimeoutError::Disconnected) => return self.checkpoint(),
+            }
+            // Group commit: everything queued meanwhile rides in the same transaction.
+            while batch.len() < self.max_batch {
+                match self.jobs.try_recv() {
+                    Ok(job) => batch.push(job),
+                    Err(_) => break,
+                }
+            }
+            if self.broken.load(Ordering::SeqCst) {
+                return Err(MdtError::Stopped);
+            }
+            let stop = matches!(batch.last(), Some(Job { op: Op::Stop, .. }));
+            if stop {
+                batch.pop();
+            }
+            if let Err(e) = self.run_batch(&mut batch) {
+                // Fail-stop: the replies say EIO; the store and log are as of the last
+                // complete batch, which a restart recovers.
+                tracing::error!("MDT batch failed, committer stops: {e}");
+                for job in batch.drain(..) {
+                    let _ = job.done.send(Completion {
+                        tag: job.tag,
+                        result: Err(errno::EIO),
+                    });
+                }
+                return Err(e);
+            }
+            if stop {
+                return self.checkpoint_now();
+            }
+            if self.last_checkpoint.elapsed() >= self.interval {
+                self.checkpoint()?;
+            }
+        }
+    }
+
+    fn run_batch(&mut self, batch: &mut Vec<Job>) -> Result<(), MdtError> {
+        if batch.is_empty() {
+            return Ok(());
+        }
+        let now = now_ns();
+        let mut tx = self.db.begin_write().map_err(StoreError::from)?;
+        tx.set_durability(Durability::None)
+            .map_err(StoreError::from)?;
+        let mut results = Vec::with_capacity(batch.len());
+        let redo = {
+            let mut w = WriteTables::open(&tx)?;
+            for job in batch.iter() {
+                results.push(self.execute(&mut w, job, now)?);
+            }
+            std::mem::take(&mut w.redo)
+        };
+        // A raised id range must be durable before any id from it is shown.
+        let durable = std::mem::take(&mut self.ns.ids.raised);
+        if durable {
+            tx.set_durability(Durability::Immediate)
+                .map_err(StoreError::from)?;
+        }
+        tx.commit().map_err(StoreError::from)?;
+        if durable {
+            self.log.truncate().map_err(io_err(&self.log_path))?;
+            self.dirty = false;
+        } else if !redo.is_empty() {
+            self.log
+                .append(&redo.bytes)
+                .map_err(io_err(&self.log_path))?;
+            self.dirty = true;
+        }
+        self.stats.batches.fetch_add(1, Ordering::Relaxed);
+        self.stats
+            .ops
+            .fetch_add(batch.len() as u64, Ordering::Relaxed);
+        let replies = batch.drain(..).zip(results).map(|(job, result)| {
+            (
+                job.done,
+                Completion {
+                    tag: job.tag,
+                    result,
+                },
+            )
+        });
+        match &self.syncer {
+            // In sync mode every reply waits for an fdatasync started after its batch
+            // was appended (a durable store commit also covers it; one more is harmless).
+            Some(s) => s
+                .batches
+                .send(replies.collect())
+                .map_err(|_| MdtError::Stopped)?,
+            None => replies.for_each(|(done, c)| drop(done.send(c))),
+        }
+        Ok(())
+    }
+
+    /// One operation; an errno is its result, a store error fails the batch.
+    fn execute(
+        &mut self,
+        w: &mut WriteTables<'_>,
+        job: &Job,
+        now: i64,
+    ) -> Result<Result<Reply, i32>, MdtError> {
+        let outcome = match &job.op {
+            Op::Client(head, req) => self.ns.write(
+                w,
+                &Ctx {
+                    creds: &head.creds,
+                    now,
+                },
+                req,
+            ),
+            Op::Admin(Admin::SetOsts(osts)) => {
+                self.ns.osts = super::alloc::OstChooser::new(osts.clone());
+                Ok(Reply::Done)
+            }
+            Op::Admin(Admin::ReclaimOrphans) => self.ns.reclaim_orphans(w).map(|_| Reply::Done),
+            Op::Admin(Admin::ForgetDestroyed(inos)) => {
+                let mut r = Ok(Reply::Done);
+                for ino in inos {
+                    if let Err(e) = w.apply(super::redo::Change::DelDestroy(*ino)) {
+                        r = Err(Fail::Store(e));
+                        break;
+                    }
+                }
+                r
+            }
+            Op::Stop => Ok(Reply::Done),
+            Op::Admin(Admin::Checkpoint) => {
+                self.ns.ids.raised = true; // makes this batch's commit durable
+                Ok(Reply::Done)
+            }
+        };
+        match outcome {
+            Ok(reply) => Ok(Ok(reply)),
+            Err(Fail::Errno(e)) => Ok(Err(e)),
+            Err(Fail::Store(e)) => Err(e.into()),
+        }
+    }
+
+    fn checkpoint_now(&mut self) -> Result<(), MdtError> {
+        self.dirty = true;
+        self.checkpoint()
+    }
+
+    fn checkpoint(&mut self) -> Result<(), MdtError> {
+        if self.dirty {
+            let mut tx = self.db.begin_write().map_err(StoreError::from)?;
+            tx.set_durability(Durability::Immediate)
+                .map_err(StoreError::from)?;
+            tx.commit().map_err(StoreError::from)?;
+            self.log.truncate().map_err(io_err(&self.log_path))?;
+            self.dirty = false;
+            self.stats.checkpoints.fetch_add(1, Ordering::Relaxed);
+        }
+        self.last_checkpoint = Instant::now();
+        Ok(())
+    }
+}

@@ -1,0 +1,680 @@
+//! POSIX semantics of the MDT namespace through the core API.
+
+mod common;
+use common::*;
+use nacre_proto::layout::{FirstOst, StripeCount, StripeSpec};
+use nacre_proto::meta::{
+    errno::*, set, Creds, FileKind, Head, Reply, Request, SetAttr, CREATE_EXCL, O_RDONLY, O_RDWR,
+    O_TRUNC, RENAME_NOREPLACE,
+};
+
+fn rename(p: u64, n: &str, np: u64, nn: &str) -> Request {
+    Request::Rename {
+        parent: p,
+        name: n.into(),
+        new_parent: np,
+        new_name: nn.into(),
+        flags: 0,
+    }
+}
+
+#[test]
+fn create_lookup_getattr_and_exclusive_create() {
+    let t = T::new("create");
+    let f = t.create(ROOT, "a");
+    assert_eq!(f.kind, FileKind::File);
+    assert_eq!((f.mode, f.nlink, f.size), (0o644, 1, 0));
+    assert_eq!(t.lookup(ROOT, "a").unwrap(), f);
+    assert_eq!(t.getattr(f.ino).unwrap(), f);
+    assert_eq!(t.lookup(ROOT, "b"), Err(ENOENT));
+    let excl = Request::Create {
+        parent: ROOT,
+        name: "a".into(),
+        mode: 0o600,
+        flags: CREATE_EXCL,
+        layout: None,
+    };
+    assert_eq!(t.call(excl), Err(EEXIST));
+    assert_eq!(
+        t.create(ROOT, "a").ino,
+        f.ino,
+        "create without EXCL returns the file"
+    );
+    assert_eq!(t.create_as(&Creds::root(), f.ino, "x", 0o644), Err(ENOTDIR));
+    assert_eq!(
+        t.create_as(&Creds::root(), 999_999, "x", 0o644),
+        Err(ENOENT)
+    );
+    assert_eq!(t.lookup(ROOT, "..").unwrap().ino, ROOT);
+    assert_eq!(t.create_as(&Creds::root(), ROOT, "a/b", 0o644), Err(EINVAL));
+    assert_eq!(
+        t.create_as(&Creds::root(), ROOT, &"n".repeat(256), 0o644),
+        Err(ENAMETOOLONG)
+    );
+    assert_eq!(t.lookup(ROOT, ""), Err(EINVAL));
+    let wrong_epoch = Head {
+        creds: Creds::root(),
+        epoch: EPOCH + 1,
+    };
+    assert_eq!(
+        t.sub.call(&wrong_epoch, Request::Getattr { ino: ROOT }),
+        Err(ESTALE)
+    );
+    assert_eq!(
+        t.sub.call(&wrong_epoch, create(ROOT, "z", 0o644)),
+        Err(ESTALE)
+    );
+}
+
+#[test]
+fn mkdir_rmdir_unlink_and_link_counts() {
+    let t = T::new("dirs");
+    let root0 = t.getattr(ROOT).unwrap().nlink;
+    let d = t.mkdir(ROOT, "d");
+    assert_eq!(d.nlink, 2);
+    assert_eq!(t.getattr(ROOT).unwrap().nlink, root0 + 1);
+    assert_eq!(t.mkdir_as(&Creds::root(), ROOT, "d", 0o755), Err(EEXIST));
+    let f = t.create(d.ino, "f");
+    assert_eq!(
+        t.call(Request::Rmdir {
+            parent: ROOT,
+            name: "d".into()
+        }),
+        Err(ENOTEMPTY)
+    );
+    assert_eq!(
+        t.call(Request::Rmdir {
+            parent: d.ino,
+            name: "f".into()
+        }),
+        Err(ENOTDIR)
+    );
+    assert_eq!(
+        t.call(Request::Unlink {
+            parent: ROOT,
+            name: "d".into()
+        }),
+        Err(EISDIR)
+    );
+    assert_eq!(
+        t.call(Request::Unlink {
+            parent: d.ino,
+            name: "f".into()
+        }),
+        Ok(Reply::Done)
+    );
+    assert_eq!(t.getattr(f.ino), Err(ENOENT));
+    assert_eq!(
+        t.mdt.pending_destroys(10).unwrap().len(),
+        1,
+        "the file's objects are queued"
+    );
+    assert_eq!(
+        t.call(Request::Rmdir {
+            parent: ROOT,
+            name: "d".into()
+        }),
+        Ok(Reply::Done)
+    );
+    assert_eq!(t.getattr(ROOT).unwrap().nlink, root0);
+    assert_eq!(t.lookup(ROOT, "d"), Err(ENOENT));
+    assert_eq!(
+        t.call(Request::Rmdir {
+            parent: ROOT,
+            name: ".".into()
+        }),
+        Err(EINVAL)
+    );
+}
+
+#[test]
+fn hard_links_and_symlinks() {
+    let t = T::new("links");
+    let f = t.create(ROOT, "f");
+    let d = t.mkdir(ROOT, "d");
+    let l = t
+        .attr_as(
+            &Creds::root(),
+            Request::Link {
+                ino: f.ino,
+                new_parent: d.ino,
+                new_name: "g".into(),
+            },
+        )
+        .unwrap();
+    assert_eq!((l.ino, l.nlink), (f.ino, 2));
+    assert_eq!(
+        t.call(Request::Link {
+            ino: d.ino,
+            new_parent: ROOT,
+            new_name: "dd".into()
+        }),
+        Err(EPERM)
+    );
+    assert_eq!(
+        t.call(Request::Link {
+            ino: f.ino,
+            new_parent: ROOT,
+            new_name: "f".into()
+        }),
+        Err(EEXIST)
+    );
+    t.call(Request::Unlink {
+        parent: ROOT,
+        name: "f".into(),
+    })
+    .unwrap();
+    assert_eq!(t.lookup(d.ino, "g").unwrap().nlink, 1);
+    let s = t
+        .attr_as(
+            &Creds::root(),
+            Request::Symlink {
+                parent: ROOT,
+                name: "s".into(),
+                target: "d/g".into(),
+            },
+        )
+        .unwrap();
+    assert_eq!((s.kind, s.size), (FileKind::Symlink, 3));
+    assert_eq!(
+        t.call(Request::Readlink { ino: s.ino }),
+        Ok(Reply::Target(b"d/g".to_vec()))
+    );
+    assert_eq!(t.call(Request::Readlink { ino: d.ino }), Err(EINVAL));
+}
+
+#[test]
+fn rename_cases() {
+    let t = T::new("rename");
+    let a = t.mkdir(ROOT, "a");
+    let b = t.mkdir(ROOT, "b");
+    let f = t.create(a.ino, "f");
+    let g = t.create(b.ino, "g");
+    // Within a directory, then across directories replacing a file.
+    t.call(rename(a.ino, "f", a.ino, "f2")).unwrap();
+    assert_eq!(t.lookup(a.ino, "f2").unwrap().ino, f.ino);
+    assert_eq!(t.lookup(a.ino, "f"), Err(ENOENT));
+    t.call(rename(a.ino, "f2", b.ino, "g")).unwrap();
+    assert_eq!(t.lookup(b.ino, "g").unwrap().ino, f.ino);
+    assert_eq!(t.getattr(g.ino), Err(ENOENT), "the replaced file is gone");
+    // NOREPLACE.
+    t.create(a.ino, "h");
+    let noreplace = Request::Rename {
+        parent: a.ino,
+        name: "h".into(),
+        new_parent: b.ino,
+        new_name: "g".into(),
+        flags: RENAME_NOREPLACE,
+    };
+    assert_eq!(t.call(noreplace), Err(EEXIST));
+    // Type mismatches.
+    let e = t.mkdir(ROOT, "e");
+    assert_eq!(t.call(rename(a.ino, "h", ROOT, "e")), Err(EISDIR));
+    assert_eq!(t.call(rename(ROOT, "e", a.ino, "h")), Err(ENOTDIR));
+    // Directory over an empty directory, over a non-empty one, across parents.
+    let sub = t.mkdir(a.ino, "sub");
+    let root_links = t.getattr(ROOT).unwrap().nlink;
+    let (a_links, e_links) = (
+        t.getattr(a.ino).unwrap().nlink,
+        t.getattr(e.ino).unwrap().nlink,
+    );
+    t.mkdir(e.ino, "target");
+    assert_eq!(
+        t.call(rename(a.ino, "sub", e.ino, "target")),
+        Ok(Reply::Done)
+    );
+    assert_eq!(t.lookup(e.ino, "target").unwrap().ino, sub.ino);
+    assert_eq!(t.getattr(a.ino).unwrap().nlink, a_links - 1);
+    assert_eq!(t.getattr(e.ino).unwrap().nlink, e_links + 1);
+    assert_eq!(
+        t.lookup(sub.ino, "..").unwrap().ino,
+        e.ino,
+        "'..' follows the move"
+    );
+    t.create(b.ino, "x");
+    assert_eq!(t.call(rename(ROOT, "e", ROOT, "b")), Err(ENOTEMPTY));
+    // Into its own subtree.
+    assert_eq!(t.call(rename(ROOT, "e", sub.ino, "loop")), Err(EINVAL));
+    assert_eq!(t.call(rename(ROOT, "e", e.ino, "self")), Err(EINVAL));
+    // Within one parent a directory keeps the parent's link count.
+    t.call(rename(ROOT, "e", ROOT, "e2")).unwrap();
+    assert_eq!(t.getattr(ROOT).unwrap().nlink, root_links);
+    assert_eq!(t.call(rename(ROOT, "nope", ROOT, "x")), Err(ENOENT));
+    // Renaming a link onto another link of the same file does nothing.
+    t.call(Request::Link {
+        ino: f.ino,
+        new_parent: ROOT,
+        new_name: "f-link".into(),
+    })
+    .unwrap();
+    t.call(rename(ROOT, "f-link", b.ino, "g")).unwrap();
+    assert_eq!(t.getattr(f.ino).unwrap().nlink, 2);
+}
+
+#[test]
+fn permissions_search_write_sticky_and_ownership() {
+    let t = T::new("perm");
+    let alice = Creds::user(1000, 1000);
+    let bob = Creds {
+        uid: 1001,
+        gid: 1001,
+        groups: vec![50],
+    };
+    let shared = t.mkdir(ROOT, "shared");
+    assert_eq!(
+        t.create_as(&alice, ROOT, "x", 0o644),
+        Err(EACCES),
+        "root dir is 0755 root"
+    );
+    let set_mode = |ino, mode| Request::Setattr {
+        ino,
+        attr: SetAttr {
+            mask: set::MODE,
+            mode,
+            ..Default::default()
+        },
+    };
+    t.call(set_mode(shared.ino, 0o1777)).unwrap();
+    let af = t.create_as(&alice, shared.ino, "af", 0o644).unwrap();
+    assert_eq!((af.uid, af.gid), (1000, 1000));
+    // Sticky: bob may not remove or rename alice's file; root and alice may.
+    assert_eq!(
+        t.call_as(
+            &bob,
+            Request::Unlink {
+                parent: shared.ino,
+                name: "af".into()
+            }
+        ),
+        Err(EPERM)
+    );
+    assert_eq!(
+        t.call_as(&bob, rename(shared.ino, "af", shared.ino, "b")),
+        Err(EPERM)
+    );
+    t.call_as(&alice, rename(shared.ino, "af", shared.ino, "af2"))
+        .unwrap();
+    // Search permission.
+    let private = t.mkdir_as(&alice, shared.ino, "private", 0o700).unwrap();
+    t.create_as(&alice, private.ino, "secret", 0o644).unwrap();
+    assert_eq!(t.lookup_as(&bob, private.ino, "secret"), Err(EACCES));
+    assert!(
+        t.lookup_as(&Creds::root(), private.ino, "secret").is_ok(),
+        "root bypasses"
+    );
+    assert_eq!(
+        t.call_as(
+            &bob,
+            Request::Readdir {
+                dir: private.ino,
+                cookie: 0,
+                max: 10
+            }
+        ),
+        Err(EACCES)
+    );
+    // Group access through a supplementary group.
+    let grp = t.mkdir(ROOT, "grp");
+    let chown = |ino, uid, gid| Request::Setattr {
+        ino,
+        attr: SetAttr {
+            mask: set::UID | set::GID,
+            uid,
+            gid,
+            ..Default::default()
+        },
+    };
+    t.call(chown(grp.ino, 0, 50)).unwrap();
+    t.call(set_mode(grp.ino, 0o770)).unwrap();
+    assert!(t.create_as(&bob, grp.ino, "ok", 0o600).is_ok());
+    assert_eq!(t.create_as(&alice, grp.ino, "no", 0o600), Err(EACCES));
+    // chmod / chown rules.
+    assert_eq!(t.call_as(&bob, set_mode(af.ino, 0o777)), Err(EPERM));
+    t.call_as(&alice, set_mode(af.ino, 0o600)).unwrap();
+    assert_eq!(
+        t.call_as(&alice, chown(af.ino, 1001, 1000)),
+        Err(EPERM),
+        "only root gives files away"
+    );
+    let chgrp = |ino, gid| Request::Setattr {
+        ino,
+        attr: SetAttr {
+            mask: set::GID,
+            gid,
+            ..Default::default()
+        },
+    };
+    assert_eq!(
+        t.call_as(&alice, chgrp(af.ino, 50)),
+        Err(EPERM),
+        "alice is not in group 50"
+    );
+    t.call(chown(af.ino, 1001, 1001)).unwrap();
+    t.call_as(&bob, chgrp(af.ino, 50)).unwrap();
+    // chown clears setuid.
+    t.call(set_mode(af.ino, 0o4755)).unwrap();
+    t.call(chown(af.ino, 1000, 1000)).unwrap();
+    assert_eq!(t.getattr(af.ino).unwrap().mode, 0o755);
+    // Open honours the mode; root bypasses read/write.
+    t.call(set_mode(af.ino, 0o600)).unwrap();
+    assert_eq!(
+        t.call_as(
+            &bob,
+            Request::Open {
+                ino: af.ino,
+                flags: O_RDONLY
+            }
+        ),
+        Err(EACCES)
+    );
+    assert!(t
+        .call(Request::Open {
+            ino: af.ino,
+            flags: O_RDWR
+        })
+        .is_ok());
+    // Times: anyone with write access may touch to "now"; explicit times need the owner.
+    let touch = |mask| Request::Setattr {
+        ino: af.ino,
+        attr: SetAttr {
+            mask,
+            mtime: 5,
+            ..Default::default()
+        },
+    };
+    assert_eq!(t.call_as(&bob, touch(set::MTIME_NOW)), Err(EACCES));
+    t.call(set_mode(af.ino, 0o666)).unwrap();
+    assert!(t.call_as(&bob, touch(set::MTIME_NOW)).is_ok());
+    assert_eq!(t.call_as(&bob, touch(set::MTIME)), Err(EPERM));
+    assert_eq!(t.attr_as(&alice, touch(set::MTIME)).unwrap().mtime, 5);
+}
+
+#[test]
+fn layouts_inherit_resolve_and_lock_after_first_write() {
+    let t = T::new("layout");
+    let wide = StripeSpec {
+        stripe_size: 4 << 20,
+        count: StripeCount::All,
+        first: FirstOst::Index(2),
+    };
+    let d = t.mkdir(ROOT, "wide");
+    assert_eq!(
+        t.call(Request::SetLayout {
+            ino: d.ino,
+            spec: wide
+        }),
+        Ok(Reply::DefaultLayout(wide))
+    );
+    let f = t.create(d.ino, "f");
+    let l = t.layout(f.ino);
+    assert_eq!(l.stripe_size, 4 << 20);
+    assert_eq!(
+        l.objects.iter().map(|o| o.ost).collect::<Vec<_>>(),
+        vec![2, 3, 0, 1]
+    );
+    let sub = t.mkdir(d.ino, "sub");
+    assert_eq!(
+        t.call(Request::GetLayout { ino: sub.ino }),
+        Ok(Reply::DefaultLayout(wide)),
+        "subdirs inherit"
+    );
+    // Explicit layout at create; round robin for "any".
+    let two = StripeSpec {
+        stripe_size: 1 << 20,
+        count: StripeCount::Count(2),
+        first: FirstOst::Any,
+    };
+    let c = Request::Create {
+        parent: ROOT,
+        name: "two".into(),
+        mode: 0o644,
+        flags: 0,
+        layout: Some(two),
+    };
+    let Reply::Opened {
+        attr,
+        layout: Some(l2),
+        ..
+    } = t.call(c).unwrap()
+    else {
+        panic!()
+    };
+    assert_eq!(l2.objects.len(), 2);
+    // Set on a file before its first write; refused after.
+    let one = StripeSpec::default();
+    assert!(
+        matches!(t.call(Request::SetLayout { ino: attr.ino, spec: one }), Ok(Reply::Layout(l)) if l.objects.len() == 1)
+    );
+    t.call(Request::ReportSize {
+        ino: attr.ino,
+        size: 10,
+    })
+    .unwrap();
+    assert_eq!(
+        t.call(Request::SetLayout {
+            ino: attr.ino,
+            spec: one
+        }),
+        Err(EBUSY)
+    );
+    let g = t.create(ROOT, "g");
+    t.call(Request::Open {
+        ino: g.ino,
+        flags: O_RDWR,
+    })
+    .unwrap();
+    assert_eq!(
+        t.call(Request::SetLayout {
+            ino: g.ino,
+            spec: one
+        }),
+        Err(EBUSY),
+        "opened for write"
+    );
+    // Object ids are never handed out twice.
+    let mut seen = std::collections::HashSet::new();
+    for i in 0..200 {
+        let f = t.create(d.ino, &format!("n{i}"));
+        for o in t.layout(f.ino).objects {
+            assert!(seen.insert(o), "object {o:?} handed out twice");
+        }
+    }
+}
+
+#[test]
+fn size_reports_merge_with_max_and_truncate_sets_exactly() {
+    let t = T::new("size");
+    let f = t.create(ROOT, "f");
+    let report = |size| {
+        t.attr_as(&Creds::root(), Request::ReportSize { ino: f.ino, size })
+            .unwrap()
+            .size
+    };
+    assert_eq!(report(100), 100);
+    assert_eq!(report(50), 100, "a smaller report does not shrink the file");
+    assert_eq!(report(4096), 4096);
+    let trunc = |size| Request::Setattr {
+        ino: f.ino,
+        attr: SetAttr {
+            mask: set::SIZE,
+            size,
+            ..Default::default()
+        },
+    };
+    assert_eq!(t.attr_as(&Creds::root(), trunc(10)).unwrap().size, 10);
+    assert_eq!(t.getattr(f.ino).unwrap().size, 10);
+    let Reply::Opened { attr, .. } = t
+        .call(Request::Open {
+            ino: f.ino,
+            flags: O_RDWR | O_TRUNC,
+        })
+        .unwrap()
+    else {
+        panic!()
+    };
+    assert_eq!(attr.size, 0);
+    let d = t.mkdir(ROOT, "d");
+    assert_eq!(
+        t.call(Request::ReportSize {
+            ino: d.ino,
+            size: 1
+        }),
+        Err(EISDIR)
+    );
+}
+
+#[test]
+fn unlinked_open_file_lives_until_last_close() {
+    let t = T::new("orphan");
+    let f = t.create(ROOT, "f");
+    let open = || match t
+        .call(Request::Open {
+            ino: f.ino,
+            flags: O_RDONLY,
+        })
+        .unwrap()
+    {
+        Reply::Opened { handle, .. } => handle,
+        other => panic!("{other:?}"),
+    };
+    let (h1, h2) = (open(), open());
+    t.call(Request::Unlink {
+        parent: ROOT,
+        name: "f".into(),
+    })
+    .unwrap();
+    assert_eq!(t.lookup(ROOT, "f"), Err(ENOENT));
+    assert_eq!(t.getattr(f.ino).unwrap().nlink, 0, "still there while open");
+    t.call(Request::Close {
+        ino: f.ino,
+        handle: h1,
+    })
+    .unwrap();
+    assert!(t.getattr(f.ino).is_ok());
+    assert_eq!(
+        t.call(Request::Close {
+            ino: f.ino,
+            handle: h1
+        }),
+        Err(EBADF)
+    );
+    t.call(Request::Close {
+        ino: f.ino,
+        handle: h2,
+    })
+    .unwrap();
+    assert_eq!(t.getattr(f.ino), Err(ENOENT));
+}
+
+#[test]
+fn state_survives_a_clean_reopen() {
+    let dir = fresh_dir("reopen");
+    let (f, objs) = {
+        let t = T::open(config(&dir, nacre_mds::mdt::SyncMode::Default));
+        let d = t.mkdir(ROOT, "d");
+        let f = t.create(d.ino, "f");
+        (f, t.layout(f.ino).objects)
+    };
+    let t = T::open(config(&dir, nacre_mds::mdt::SyncMode::Default));
+    let d = t.lookup(ROOT, "d").unwrap();
+    assert_eq!(t.lookup(d.ino, "f").unwrap(), f);
+    let g = t.create(d.ino, "g");
+    assert!(g.ino > f.ino);
+    let new = t.layout(g.ino).objects[0];
+    assert!(
+        objs.iter().all(|o| o.ost != new.ost || o.oid < new.oid),
+        "ids restart above the old range"
+    );
+    assert!(matches!(t.call(Request::Statfs), Ok(Reply::Statfs(s)) if s.inodes_used == 4));
+}
+
+#[test]
+fn concurrent_size_reports_from_several_clients_keep_the_maximum() {
+    let t = T::new("size-concurrent");
+    let f = t.create(ROOT, "shared");
+    std::thread::scope(|s| {
+        for c in 0..8u64 {
+            let sub = t.mdt.submitter();
+            s.spawn(move || {
+                let head = Head {
+                    creds: Creds::root(),
+                    epoch: EPOCH,
+                };
+                // Client c writes stripes c, c+8, ... and reports each end, in a shuffled order.
+                for k in (0..50u64).rev().chain(0..50) {
+                    let end = (k * 8 + c + 1) * 4096;
+                    sub.call(
+                        &head,
+                        Request::ReportSize {
+                            ino: f.ino,
+                            size: end,
+                        },
+                    )
+                    .unwrap();
+                }
+            });
+        }
+    });
+    assert_eq!(t.getattr(f.ino).unwrap().size, (49 * 8 + 7 + 1) * 4096);
+}
+
+fn admin(t: &T, op: nacre_mds::mdt::Admin) {
+    t.sub.submit_admin(1, op).unwrap();
+    let c = t
+        .sub
+        .wait(std::time::Duration::from_secs(10))
+        .expect("admin completion");
+    assert_eq!(c.result, Ok(Reply::Done));
+}
+
+#[test]
+fn orphans_survive_a_restart_until_reclaimed_and_destroys_are_listed() {
+    use nacre_mds::mdt::Admin;
+    let dir = fresh_dir("reclaim");
+    let f = {
+        let t = T::open(config(&dir, nacre_mds::mdt::SyncMode::Default));
+        let f = t.create(ROOT, "f");
+        t.call(Request::Open {
+            ino: f.ino,
+            flags: O_RDONLY,
+        })
+        .unwrap();
+        t.call(Request::Unlink {
+            parent: ROOT,
+            name: "f".into(),
+        })
+        .unwrap();
+        f
+    };
+    let t = T::open(config(&dir, nacre_mds::mdt::SyncMode::Default));
+    assert_eq!(
+        t.getattr(f.ino).unwrap().nlink,
+        0,
+        "kept for a client that re-opens it"
+    );
+    assert!(t.mdt.pending_destroys(10).unwrap().is_empty());
+    admin(&t, Admin::ReclaimOrphans);
+    assert_eq!(t.getattr(f.ino), Err(ENOENT));
+    let destroys = t.mdt.pending_destroys(10).unwrap();
+    assert_eq!(destroys.len(), 1);
+    assert_eq!(destroys[0].0, f.ino);
+    admin(&t, Admin::ForgetDestroyed(vec![f.ino]));
+    assert!(t.mdt.pending_destroys(10).unwrap().is_empty());
+    // A new cluster map: new files go to the OSTs it names.
+    admin(&t, Admin::SetOsts(vec![9]));
+    let g = t.create(ROOT, "g");
+    assert_eq!(t.layout(g.ino).objects[0].ost, 9);
+    admin(&t, Admin::SetOsts(vec![]));
+    assert_eq!(t.create_as(&Creds::root(), ROOT, "h", 0o644), Err(ENOSPC));
+}
+
+#[test]
+fn several_mdts_live_side_by_side_in_one_process() {
+    let a = T::new("side-a");
+    let b = T::new("side-b");
+    let fa = a.create(ROOT, "only-in-a");
+    b.mkdir(ROOT, "only-in-b");
+    assert_eq!(b.lookup(ROOT, "only-in-a"), Err(ENOENT));
+    assert_eq!(a.lookup(ROOT, "only-in-b"), Err(ENOENT));
+    assert_eq!(a.lookup(ROOT, "only-in-a").unwrap(), fa);
+}

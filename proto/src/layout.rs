@@ -1,0 +1,473 @@
+//! File layouts: how a file's bytes map onto objects on OSTs.
+//!
+//! Two forms share one encoding. A [`StripeSpec`] is a template (what `setstripe` sets on a
+//! directory or asks for at create): stripe size, stripe count (or "all OSTs"), first OST
+//! (or "any"). A [`StripedLayout`] is the resolved form a file carries: the stripe size and
+//! one `(ost, object id)` per stripe, RAID-0 in order.
+//!
+//! Encoding (little-endian), room for mirrored and composite layouts later:
+//!
+//! | off | size | field                                              |
+//! |-----|------|----------------------------------------------------|
+//! | 0   | 2    | format version (1)                                 |
+//! | 2   | 2    | kind: 1 RAID-0 spec, 2 RAID-0 resolved, 3 mirror, 4 composite |
+//! | 4   | 4    | body length                                        |
+//! | 8   | len  | body of that kind                                  |
+//!
+//! Mirrored and composite layouts will be bodies made of length-prefixed nested layouts;
+//! this build refuses them (and any unknown kind or version) with [`LayoutError`].
+
+use crate::body::BodyReader;
+
+pub const LAYOUT_VERSION: u16 = 1;
+/// Stripe sizes are multiples of 64 KiB, as in Lustre (page and O_DIRECT friendly).
+pub const STRIPE_ALIGN: u32 = 64 * 1024;
+/// Most stripes one file may have (Lustre's limit too).
+pub const MAX_STRIPES: u32 = 2000;
+/// The largest encoded layout: header plus a full resolved RAID-0 layout.
+pub const MAX_LAYOUT_BYTES: usize = 8 + 8 + MAX_STRIPES as usize * 12;
+
+const KIND_RAID0_SPEC: u16 = 1;
+const KIND_RAID0: u16 = 2;
+const KIND_MIRROR: u16 = 3;
+const KIND_COMPOSITE: u16 = 4;
+
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum LayoutError {
+    #[error("layout truncated: {0}")]
+    Short(#[from] crate::body::BodyError),
+    #[error("layout format version {0} not supported (this build reads {LAYOUT_VERSION})")]
+    Version(u16),
+    #[error("layout kind {0} ({1}) not supported by this build")]
+    UnsupportedKind(u16, &'static str),
+    #[error("layout kind {found}, expected {expected}")]
+    WrongKind { found: u16, expected: u16 },
+    #[error("stripe size {0} is not a non-zero multiple of 64 KiB")]
+    StripeSize(u32),
+    #[error("stripe count {0} out of range (1..={MAX_STRIPES}, or -1 for all OSTs)")]
+    StripeCount(i64),
+    #[error("layout body of {0} bytes exceeds the limit of {MAX_LAYOUT_BYTES}")]
+    TooLong(usize),
+    #[error("{0} trailing bytes after the layout")]
+    Trailing(usize),
+    #[error("range at {offset} of {len} bytes overflows the file offset space")]
+    RangeOverflow { offset: u64, len: u64 },
+}
+
+/// How many stripes a template asks for.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum StripeCount {
+    /// Every OST of the cluster map at create time (`-c -1`).
+    All,
+    Count(u32),
+}
+
+/// Which OST holds stripe 0.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum FirstOst {
+    /// The MDS chooses (round robin over the OST set).
+    Any,
+    Index(u32),
+}
+
+/// A striping template: what a directory passes to its new files, what create asks for.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct StripeSpec {
+    pub stripe_size: u32,
+    pub count: StripeCount,
+    pub first: FirstOst,
+}
+
+impl Default for StripeSpec {
+    /// 1 MiB stripes on one OST chosen by the MDS (Lustre's default).
+    fn default() -> Self {
+        StripeSpec {
+            stripe_size: 1 << 20,
+            count: StripeCount::Count(1),
+            first: FirstOst::Any,
+        }
+    }
+}
+
+/// One object of a file: which OST, which object id there.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub struct ObjectRef {
+    pub ost: u32,
+    pub oid: u64,
+}
+
+/// A resolved RAID-0 layout: stripe `i` lives in `objects[i]`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct StripedLayout {
+    pub stripe_size: u32,
+    pub objects: Vec<ObjectRef>,
+}
+
+/// A contiguous piece of a file range that lies in one stripe chunk.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Piece {
+    pub stripe: u32,
+    pub file_offset: u64,
+    pub object_offset: u64,
+    pub len: u64,
+}
+
+/// The part of one object a file range touches (always contiguous in the object).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct ObjectExtent {
+    pub stripe: u32,
+    pub object_offset: u64,
+    pub len: u64,
+}
+
+fn check_stripe_size(size: u32) -> Result<(), LayoutError> {
+    if size == 0 || !size.is_multiple_of(STRIPE_ALIGN) {
+        return Err(LayoutError::StripeSize(size));
+    }
+    Ok(())
+}
+
+fn check_count(count: u32) -> Result<(), LayoutError> {
+    if count == 0 || count > MAX_STRIPES {
+        return Err(LayoutError::StripeCount(count.into()));
+    }
+    Ok(())
+}
+
+impl StripeSpec {
+    pub fn validate(&self) -> Result<(), LayoutError> {
+        check_stripe_size(self.stripe_size)?;
+        if let StripeCount::Count(c) = self.count {
+            check_count(c)?;
+        }
+        Ok(())
+    }
+
+    pub fn encode(&self, out: &mut Vec<u8>) {
+        let count: i64 = match self.count {
+            StripeCount::All => -1,
+            StripeCount::Count(c) => c.into(),
+        };
+        let first: i64 = match self.first {
+            FirstOst::Any => -1,
+            FirstOst::Index(i) => i.into(),
+        };
+        put_header(out, KIND_RAID0_SPEC, 4 + 8 + 8);
+        out.extend_from_slice(&self.stripe_size.to_le_bytes());
+        out.extend_from_slice(&count.to_le_bytes());
+        out.extend_from_slice(&first.to_le_bytes());
+    }
+
+    /// Decodes a template that fills `bytes` exactly.
+    pub fn decode(bytes: &[u8]) -> Result<StripeSpec, LayoutError> {
+        let mut r = BodyReader::new(bytes);
+        let spec = Self::read(&mut r)?;
+        no_trailing(&mut r)?;
+        Ok(spec)
+    }
+
+    /// Reads one encoded template off `r`.
+    pub fn read(r: &mut BodyReader<'_>) -> Result<StripeSpec, LayoutError> {
+        let body = read_header(r, KIND_RAID0_SPEC)?;
+        let mut b = BodyReader::new(body);
+        let stripe_size = b.u32()?;
+        let count = match b.u64()? as i64 {
+            -1 => StripeCount::All,
+            c if (1..=MAX_STRIPES as i64).contains(&c) => StripeCount::Count(c as u32),
+            c => return Err(LayoutError::StripeCount(c)),
+        };
+        let first = match b.u64()? as i64 {
+            -1 => FirstOst::Any,
+            i => FirstOst::Index(u32::try_from(i).map_err(|_| LayoutError::StripeCount(i))?),
+        };
+        no_trailing(&mut b)?;
+        let spec = StripeSpec {
+            stripe_size,
+            count,
+            first,
+        };
+        spec.validate()?;
+        Ok(spec)
+    }
+}
+
+impl StripedLayout {
+    pub fn stripe_count(&self) -> u32 {
+        self.objects.len() as u32
+    }
+
+    fn width(&self) -> u128 {
+        u128::from(self.stripe_size) * self.objects.len() as u128
+    }
+
+    /// The stripe (index into `objects`) holding file byte `offset`.
+    pub fn stripe_of(&self, offset: u64) -> u32 {
+        ((offset / u64::from(self.stripe_size)) % self.objects.len() as u64) as u32
+    }
+
+    /// Where file byte `offset` lives inside its object.
+    pub fn object_offset(&self, offset: u64) -> u64 {
+        let s = u64::from(self.stripe_size);
+        let row = u128::from(offset) / self.width();
+        (row * u128::from(s)) as u64 + offset % s
+    }
+
+    /// The file range `[offset, offset + len)` cut at stripe edges, in file order.
+    pub fn pieces(&self, offset: u64, len: u64) -> Result<Vec<Piece>, LayoutError> {
+        let end = offset
+            .checked_add(len)
+            .ok_or(LayoutError::RangeOverflow { offset, len })?;
+        let s = u64::from(self.stripe_size);
+        let mut out = Vec::new();
+        let mut at = offset;
+        while at < end {
+            let n = (s - at % s).min(end - at);
+            out.push(Piece {
+                stripe: self.stripe_of(at),
+                file_offset: at,
+                object_offset: self.object_offset(at),
+                len: n,
+            });
+            at += n;
+        }
+        Ok(out)
+    }
+
+    /// The per-object extents a file range touches, at most one per stripe, in stripe
+    /// order. A contiguous file range is contiguous inside each object, so the extent is
+    /// from the object offset of its first byte to that of its last byte.
+    pub fn object_extents(&self, offset: u64, len: u64) -> Result<Vec<ObjectExtent>, LayoutError> {
+        let end = offset
+            .checked_add(len)
+            .ok_or(LayoutError::RangeOverflow { offset, len })?;
+        if len == 0 {
+            return Ok(Vec::new());
+        }
+        let s = u64::from(self.stripe_size);
+        let n = self.objects.len() as u64;
+        let mut out = Vec::new();
+        // The first chunk of stripe k at or after `offset` starts within n chunks.
+        let first_chunk = offset / s;
+        for c in first_chunk..first_chunk.saturating_add(n) {
+            let start = if c == first_chunk { offset } else { c * s };
+            if start >= end {
+                break;
+            }
+            let stripe = (c % n) as u32;
+            let last = self.last_byte_in_stripe(stripe, end - 1);
+            let first_obj = self.object_offset(start);
+            out.push(ObjectExtent {
+                stripe,
+                object_offset: first_obj,
+                len: self.object_offset(last) - first_obj + 1,
+            });
+        }
+        out.sort_by_key(|e| e.stripe);
+        Ok(out)
+    }
+
+    /// The last file byte at or before `last` that lies in `stripe` (the caller knows one
+    /// exists at or after the range start).
+    fn last_byte_in_stripe(&self, stripe: u32, last: u64) -> u64 {
+        let s = u64::from(self.stripe_size);
+        let n = self.objects.len() as u64;
+        let chunk = last / s;
+        let back = (chunk % n + n - u64::from(stripe)) % n;
+        if back == 0 {
+            last
+        } else {
+            (chunk - back) * s + s - 1
+        }
+    }
+
+    /// The file size implied by object `stripe` holding `object_size` bytes: one past
+    /// the file offset of the object's last byte (0 for an empty object). Saturates at
+    /// u64::MAX for sizes no file offset can express.
+    pub fn file_size_from_object(&self, stripe: u32, object_size: u64) -> u64 {
+        if object_size == 0 {
+            return 0;
+        }
+        let s = u128::from(self.stripe_size);
+        let last = u128::from(object_size - 1);
+        let chunk = (last / s) * self.objects.len() as u128 + u128::from(stripe);
+        let size = chunk * s + last % s + 1;
+        u64::try_from(size).unwrap_or(u64::MAX)
+    }
+
+    /// The size object `stripe` has when the file is `file_size` bytes long (what a
+    /// truncate leaves in each object).
+    pub fn object_size_for_file(&self, stripe: u32, file_size: u64) -> u64 {
+        if file_size == 0 {
+            return 0;
+        }
+        let s = u64::from(self.stripe_size);
+        let n = self.objects.len() as u64;
+        let last = file_size - 1;
+        let chunk = last / s;
+        let row = chunk / n;
+        let here = chunk % n;
+        let stripe = u64::from(stripe);
+        match here.cmp(&stripe) {
+            std::cmp::Ordering::Equal => row * s + last % s + 1,
+            std::cmp::Ordering::Greater => (row + 1) * s,
+            std::cmp::Ordering::Less => row * s,
+        }
+    }
+
+    pub fn validate(&self) -> Result<(), LayoutError> {
+        check_stripe_size(self.stripe_size)?;
+        check_count(self.objects.len() as u32)
+    }
+
+    pub fn encode(&self, out: &mut Vec<u8>) {
+        let body = 4 + 4 + 12 * self.objects.len();
+        put_header(out, KIND_RAID0, body as u32);
+        out.extend_from_slice(&self.stripe_size.to_le_bytes());
+        out.extend_from_slice(&(self.objects.len() as u32).to_le_bytes());
+        for o in &self.objects {
+            out.extend_from_slice(&o.ost.to_le_bytes());
+            out.extend_from_slice(&o.oid.to_le_bytes());
+        }
+    }
+
+    pub fn to_bytes(&self) -> Vec<u8> {
+        let mut out = Vec::new();
+        self.encode(&mut out);
+        out
+    }
+
+    /// Decodes a resolved layout that fills `bytes` exactly.
+    pub fn decode(bytes: &[u8]) -> Result<StripedLayout, LayoutError> {
+        let mut r = BodyReader::new(bytes);
+        let layout = Self::read(&mut r)?;
+        no_trailing(&mut r)?;
+        Ok(layout)
+    }
+
+    /// Reads one encoded resolved layout off `r`.
+    pub fn read(r: &mut BodyReader<'_>) -> Result<StripedLayout, LayoutError> {
+        let body = read_header(r, KIND_RAID0)?;
+        let mut b = BodyReader::new(body);
+        let stripe_size = b.u32()?;
+        check_stripe_size(stripe_size)?;
+        let count = b.u32()?;
+        check_count(count)?;
+        let mut objects = Vec::with_capacity(count as usize);
+        for _ in 0..count {
+            objects.push(ObjectRef {
+                ost: b.u32()?,
+                oid: b.u64()?,
+            });
+        }
+        no_trailing(&mut b)?;
+        Ok(StripedLayout {
+            stripe_size,
+            objects,
+        })
+    }
+}
+
+fn put_header(out: &mut Vec<u8>, kind: u16, body_len: u32) {
+    out.extend_from_slice(&LAYOUT_VERSION.to_le_bytes());
+    out.extend_from_slice(&kind.to_le_bytes());
+    out.extend_from_slice(&body_len.to_le_bytes());
+}
+
+/// Reads the 8-byte header, checks version and kind, returns the body.
+fn read_header<'a>(r: &mut BodyReader<'a>, expected: u16) -> Result<&'a [u8], LayoutError> {
+    let head = r.bytes(8)?;
+    let version = u16::from_le_bytes([head[0], head[1]]);
+    let kind = u16::from_le_bytes([head[2], head[3]]);
+    let len = u32::from_le_bytes([head[4], head[5], head[6], head[7]]) as usize;
+    if version != LAYOUT_VERSION {
+        return Err(LayoutError::Version(version));
+    }
+    match kind {
+        KIND_RAID0_SPEC | KIND_RAID0 if kind == expected => {}
+        KIND_RAID0_SPEC | KIND_RAID0 => {
+            return Err(LayoutError::WrongKind {
+                found: kind,
+                expected,
+            })
+        }
+        KIND_MIRROR => return Err(LayoutError::UnsupportedKind(kind, "mirrored")),
+        KIND_COMPOSITE => return Err(LayoutError::UnsupportedKind(kind, "composite")),
+        _ => return Err(LayoutError::UnsupportedKind(kind, "unknown")),
+    }
+    if len > MAX_LAYOUT_BYTES {
+        return Err(LayoutError::TooLong(len));
+    }
+    Ok(r.bytes(len)?)
+}
+
+fn no_trailing(r: &mut BodyReader<'_>) -> Result<(), LayoutError> {
+    match r.rest().len() {
+        0 => Ok(()),
+        n => Err(LayoutError::Trailing(n)),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn layout(count: u32) -> StripedLayout {
+        StripedLayout {
+            stripe_size: STRIPE_ALIGN,
+            objects: (0..count)
+                .map(|i| ObjectRef {
+                    ost: i,
+                    oid: 100 + u64::from(i),
+                })
+                .collect(),
+        }
+    }
+
+    #[test]
+    fn encodings_round_trip_and_refuse_other_kinds() {
+        let l = layout(3);
+        assert_eq!(StripedLayout::decode(&l.to_bytes()).unwrap(), l);
+        let spec = StripeSpec {
+            stripe_size: 4 << 20,
+            count: StripeCount::All,
+            first: FirstOst::Index(7),
+        };
+        let mut b = Vec::new();
+        spec.encode(&mut b);
+        assert_eq!(StripeSpec::decode(&b).unwrap(), spec);
+        assert!(matches!(
+            StripedLayout::decode(&b),
+            Err(LayoutError::WrongKind {
+                found: 1,
+                expected: 2
+            })
+        ));
+        let mut mirror = l.to_bytes();
+        mirror[2] = 3;
+        assert!(matches!(
+            StripedLayout::decode(&mirror),
+            Err(LayoutError::UnsupportedKind(3, "mirrored"))
+        ));
+        let mut v2 = l.to_bytes();
+        v2[0] = 2;
+        assert_eq!(StripedLayout::decode(&v2), Err(LayoutError::Version(2)));
+        let bytes = l.to_bytes();
+        for cut in 0..bytes.len() {
+            assert!(StripedLayout::decode(&bytes[..cut]).is_err());
+        }
+    }
+
+    #[test]
+    fn stripe_edges() {
+        let l = layout(4);
+        let s = u64::from(STRIPE_ALIGN);
+        assert_eq!(l.stripe_of(s - 1), 0);
+        assert_eq!(l.stripe_of(s), 1);
+        assert_eq!(l.stripe_of(4 * s), 0);
+        assert_eq!(l.object_offset(4 * s), s);
+        assert_eq!(l.file_size_from_object(1, 1), s + 1);
+        assert_eq!(l.file_size_from_object(0, s + 1), 4 * s + 1);
+        assert_eq!(l.pieces(s - 1, 2).unwrap().len(), 2);
+        assert!(l.pieces(u64::MAX, 1).is_err());
+    }
+}
