@@ -4,6 +4,7 @@
 //! inline bodies and bulk descriptors, replies matched by request id), over nacre-fabric.
 //! It must never depend on the server engine.
 
+mod meta;
 pub mod objects;
 mod regcache;
 mod rpc;

@@ -22,6 +22,9 @@ pub const MAX_GROUPS: usize = 32;
 pub const READDIR_MAX_ENTRIES: u32 = 1024;
 /// Budget for the entries of one readdir reply, below the default 64 KiB frame body.
 pub const READDIR_MAX_BYTES: usize = 60 * 1024;
+/// Messages to and from an MDS: room for the largest reply (a full readdir page, or a
+/// file's layout over many OSTs) with its header.
+pub const MSG_SIZE: usize = 64 * 1024 + 4096;
 
 /// Linux errno values used at the MDS edge.
 pub mod errno {

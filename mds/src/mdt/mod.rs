@@ -11,7 +11,8 @@
 //! - `alloc`: inode numbers and per-OST object ids from pre-allocated ranges, OST choice;
 //! - `perm`: POSIX permission rules;
 //! - `ns`: the namespace operations;
-//! - `service`: the committer thread, durability modes, submit/complete.
+//! - `service`: the committer thread, durability modes, submit/complete;
+//! - `engine_service`: the MDS on engine cores (an engine `Service` over a submitter).
 
 mod alloc;
 mod inode;
@@ -20,6 +21,8 @@ mod perm;
 mod redo;
 mod service;
 mod store;
+
+pub mod engine_service;
 
 pub use alloc::{LOW_WATER, RANGE};
 pub use ns::{LINK_MAX, ROOT_INO};
