@@ -7,6 +7,7 @@
 //! use it without the server engine.
 
 mod body;
+pub mod bootstrap;
 mod frame;
 mod pending;
 
