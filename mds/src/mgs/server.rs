@@ -1,0 +1,350 @@
+//! The TCP driver around [`MgsState`]: a thread per connection (bounded in number), one
+//! lock around the state and its store, a ticker that lapses leases, and a condition
+//! variable that wakes map long polls when the version grows.
+//!
+//! Every connection has deadlines: a request must arrive whole within
+//! `request_deadline_ms` of its first byte, and an idle connection is closed after
+//! `idle_timeout_ms`, so a client that sends nothing or one byte a second holds a
+//! connection slot for a bounded time and never the state.
+
+use std::io::{self, Read, Write};
+use std::net::{SocketAddr, TcpListener, TcpStream};
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+use std::sync::{Arc, Condvar, Mutex, MutexGuard};
+use std::thread::JoinHandle;
+use std::time::{Duration, Instant};
+
+use nacre_proto::bootstrap::{
+    errno, BootError, BootHeader, BootReply, BootRequest, BOOT_HEADER_LEN, MAX_REQUEST_BODY,
+    MAX_WAIT_MS,
+};
+
+use super::config::MgsConfig;
+use super::state::{MgsState, Refusal};
+use super::store::{Store, StoreError};
+
+#[derive(Debug, thiserror::Error)]
+pub enum ServerError {
+    #[error("cannot listen on {addr}: {source}")]
+    Listen { addr: String, source: io::Error },
+    #[error(transparent)]
+    Store(#[from] StoreError),
+}
+
+struct Inner {
+    state: MgsState,
+    store: Box<dyn Store>,
+}
+
+struct Shared {
+    inner: Mutex<Inner>,
+    /// Signalled whenever the map version grows.
+    changed: Condvar,
+    stop: AtomicBool,
+    conns: AtomicUsize,
+    cfg: MgsConfig,
+}
+
+impl Shared {
+    fn lock(&self) -> MutexGuard<'_, Inner> {
+        self.inner.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// Applies `f` at the current time, makes its changes durable, wakes long polls.
+    fn mutate<T>(
+        &self,
+        f: impl FnOnce(&mut MgsState, Instant) -> Result<T, Refusal>,
+    ) -> Result<T, Refusal> {
+        let mut g = self.lock();
+        let out = f(&mut g.state, Instant::now());
+        let changes = g.state.take_changes();
+        if changes.is_empty() {
+            return out;
+        }
+        if let Err(e) = g.store.commit(&changes) {
+            // What was not stored must not be answered nor kept: back to the store.
+            tracing::error!("mgs: store commit failed: {e}; reloading the state from it");
+            let cfg = g.state.config();
+            match g.store.load() {
+                Ok(p) => g.state = MgsState::new(p, cfg, Instant::now()),
+                Err(e) => tracing::error!("mgs: reload failed too: {e}"),
+            }
+            return Err(Refusal {
+                errno: errno::EIO,
+                message: format!("the MGS could not store the change: {e}"),
+            });
+        }
+        self.changed.notify_all();
+        out
+    }
+}
+
+pub struct MgsServer {
+    listener: TcpListener,
+    shared: Arc<Shared>,
+}
+
+/// A running server (threads); `stop` ends the accept loop and the ticker.
+pub struct ServerHandle {
+    addr: SocketAddr,
+    shared: Arc<Shared>,
+    threads: Vec<JoinHandle<()>>,
+}
+
+impl MgsServer {
+    /// Loads the state from `store` and binds `cfg.listen` (port 0 picks one).
+    pub fn bind(cfg: &MgsConfig, mut store: Box<dyn Store>) -> Result<MgsServer, ServerError> {
+        let persisted = store.load()?;
+        let state = MgsState::new(persisted, cfg.lease(), Instant::now());
+        let listener = TcpListener::bind(&cfg.listen).map_err(|source| ServerError::Listen {
+            addr: cfg.listen.clone(),
+            source,
+        })?;
+        Ok(MgsServer {
+            listener,
+            shared: Arc::new(Shared {
+                inner: Mutex::new(Inner { state, store }),
+                changed: Condvar::new(),
+                stop: AtomicBool::new(false),
+                conns: AtomicUsize::new(0),
+                cfg: cfg.clone(),
+            }),
+        })
+    }
+
+    pub fn local_addr(&self) -> SocketAddr {
+        self.listener.local_addr().expect("a bound listener")
+    }
+
+    /// A summary for the start-up line: fsname, fsid, roles, version.
+    pub fn describe(&self) -> String {
+        let g = self.shared.lock();
+        let m = g.state.map();
+        format!(
+            "{} (fsid {:#018x}), {} role(s), map version {}",
+            m.fsname,
+            m.fsid,
+            m.servers.len(),
+            m.version
+        )
+    }
+
+    /// Serves on background threads.
+    pub fn spawn(self) -> ServerHandle {
+        let addr = self.local_addr();
+        let ticker = {
+            let shared = self.shared.clone();
+            std::thread::spawn(move || tick_loop(&shared))
+        };
+        let shared = self.shared.clone();
+        let acceptor = std::thread::spawn(move || accept_loop(self.listener, &self.shared));
+        ServerHandle {
+            addr,
+            shared,
+            threads: vec![ticker, acceptor],
+        }
+    }
+}
+
+impl ServerHandle {
+    pub fn addr(&self) -> SocketAddr {
+        self.addr
+    }
+
+    /// Waits for the server to stop (it does only when asked).
+    pub fn join(mut self) {
+        for t in self.threads.drain(..) {
+            let _ = t.join();
+        }
+    }
+
+    pub fn stop(mut self) {
+        self.shared.stop.store(true, Ordering::SeqCst);
+        // Wake the accept loop.
+        let _ = TcpStream::connect_timeout(&self.addr, Duration::from_secs(1));
+        for t in self.threads.drain(..) {
+            let _ = t.join();
+        }
+    }
+}
+
+fn tick_loop(shared: &Shared) {
+    let period = (shared.cfg.lease().heartbeat / 4)
+        .clamp(Duration::from_millis(5), Duration::from_millis(250));
+    while !shared.stop.load(Ordering::SeqCst) {
+        std::thread::sleep(period);
+        let _ = shared.mutate(|s, now| {
+            for role in s.tick(now) {
+                tracing::warn!("mgs: {role}'s lease lapsed; its target is down");
+            }
+            Ok(())
+        });
+    }
+}
+
+fn accept_loop(listener: TcpListener, shared: &Arc<Shared>) {
+    for stream in listener.incoming() {
+        if shared.stop.load(Ordering::SeqCst) {
+            return;
+        }
+        let Ok(stream) = stream else { continue };
+        if shared.conns.load(Ordering::SeqCst) >= shared.cfg.max_connections {
+            tracing::warn!(
+                "mgs: {} connections open; closing a new one",
+                shared.cfg.max_connections
+            );
+            continue;
+        }
+        shared.conns.fetch_add(1, Ordering::SeqCst);
+        let sh = shared.clone();
+        let spawned = std::thread::Builder::new()
+            .name("mgs-conn".into())
+            .spawn(move || {
+                let peer = stream.peer_addr().ok();
+                if let Err(e) = serve_connection(&sh, stream) {
+                    tracing::debug!("mgs: connection {peer:?} closed: {e}");
+                }
+                sh.conns.fetch_sub(1, Ordering::SeqCst);
+            });
+        if spawned.is_err() {
+            shared.conns.fetch_sub(1, Ordering::SeqCst);
+        }
+    }
+}
+
+/// Why a connection ends.
+#[derive(Debug, thiserror::Error)]
+enum ConnEnd {
+    #[error("{0}")]
+    Io(#[from] io::Error),
+    #[error("bad frame: {0}")]
+    Frame(#[from] BootError),
+    #[error("idle")]
+    Idle,
+}
+
+fn serve_connection(shared: &Shared, mut s: TcpStream) -> Result<(), ConnEnd> {
+    s.set_nodelay(true)?;
+    let cfg = &shared.cfg;
+    let deadline = Duration::from_millis(cfg.request_deadline_ms);
+    s.set_write_timeout(Some(deadline))?;
+    loop {
+        let mut head = [0u8; BOOT_HEADER_LEN];
+        wait_first_byte(shared, &mut s, &mut head[..1])?;
+        let until = Instant::now() + deadline;
+        read_full(&mut s, &mut head[1..], until)?;
+        // A bad header loses the framing: close.
+        let h = BootHeader::decode(&head, MAX_REQUEST_BODY)?;
+        let mut body = vec![0u8; h.body_len as usize];
+        read_full(&mut s, &mut body, until)?;
+        let reply = match BootRequest::decode(h.op, &body) {
+            Ok(req) => answer(shared, req),
+            Err(e) => BootReply::Failed {
+                errno: e.errno(),
+                message: format!("malformed {:?} request: {e}", h.op),
+            },
+        };
+        s.write_all(&reply.encode(h.op))?;
+    }
+}
+
+fn answer(shared: &Shared, req: BootRequest) -> BootReply {
+    let done = match req {
+        BootRequest::FetchMap => return BootReply::Map(shared.lock().state.map()),
+        BootRequest::WaitMap {
+            newer_than,
+            wait_ms,
+        } => return wait_map(shared, newer_than, wait_ms),
+        BootRequest::Claim(c) => shared
+            .mutate(|s, now| s.claim(now, &c))
+            .inspect(|g| {
+                tracing::info!(
+                    "mgs: {} granted to {} at epoch {}{}",
+                    g.role,
+                    c.node,
+                    g.epoch,
+                    if g.fresh { " (new)" } else { "" }
+                )
+            })
+            .map(BootReply::Granted),
+        BootRequest::Renew(r) => shared
+            .mutate(|s, now| s.renew(now, &r))
+            .map(BootReply::Renewed),
+        BootRequest::Release { role, epoch } => shared
+            .mutate(|s, _| s.release(role, epoch))
+            .map(|()| BootReply::Released),
+    };
+    done.unwrap_or_else(|r| BootReply::Failed {
+        errno: r.errno,
+        message: r.message,
+    })
+}
+
+fn wait_map(shared: &Shared, newer_than: u64, wait_ms: u32) -> BootReply {
+    let until = Instant::now() + Duration::from_millis(wait_ms.min(MAX_WAIT_MS).into());
+    let mut g = shared.lock();
+    while g.state.version() <= newer_than && !shared.stop.load(Ordering::SeqCst) {
+        let Some(left) = until.checked_duration_since(Instant::now()) else {
+            break;
+        };
+        if left.is_zero() {
+            break;
+        }
+        g = shared
+            .changed
+            .wait_timeout(g, left)
+            .unwrap_or_else(|p| p.into_inner())
+            .0;
+    }
+    BootReply::Map(g.state.map())
+}
+
+/// Waits for a request to start, up to the idle timeout (in slices, to notice a stop).
+fn wait_first_byte(shared: &Shared, s: &mut TcpStream, b: &mut [u8]) -> Result<(), ConnEnd> {
+    let until = Instant::now() + Duration::from_millis(shared.cfg.idle_timeout_ms);
+    loop {
+        if shared.stop.load(Ordering::SeqCst) {
+            return Err(ConnEnd::Idle);
+        }
+        let now = Instant::now();
+        if now >= until {
+            return Err(ConnEnd::Idle);
+        }
+        let slice = (until - now).min(Duration::from_millis(500));
+        match read_full(s, b, now + slice) {
+            Ok(()) => return Ok(()),
+            Err(e) if e.kind() == io::ErrorKind::TimedOut => continue,
+            Err(e) => return Err(e.into()),
+        }
+    }
+}
+
+/// Reads exactly `buf`, all of it before `until`.
+fn read_full(s: &mut TcpStream, buf: &mut [u8], until: Instant) -> io::Result<()> {
+    let mut at = 0;
+    while at < buf.len() {
+        let left = until
+            .checked_duration_since(Instant::now())
+            .filter(|d| !d.is_zero())
+            .ok_or_else(|| io::Error::new(io::ErrorKind::TimedOut, "request deadline passed"))?;
+        s.set_read_timeout(Some(left))?;
+        match s.read(&mut buf[at..]) {
+            Ok(0) => return Err(io::ErrorKind::UnexpectedEof.into()),
+            Ok(n) => at += n,
+            Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
+            Err(e)
+                if matches!(
+                    e.kind(),
+                    io::ErrorKind::WouldBlock | io::ErrorKind::TimedOut
+                ) =>
+            {
+                return Err(io::Error::new(
+                    io::ErrorKind::TimedOut,
+                    "request deadline passed",
+                ))
+            }
+            Err(e) => return Err(e),
+        }
+    }
+    Ok(())
+}
