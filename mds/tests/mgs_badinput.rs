@@ -112,7 +112,8 @@ fn malformed_truncated_and_oversized_frames_get_an_error_or_a_close() {
             .collect();
         let mut s = connect(&m);
         // (A body that happens to be a valid long poll would wait: do not.)
-        s.set_read_timeout(Some(Duration::from_millis(500))).unwrap();
+        s.set_read_timeout(Some(Duration::from_millis(500)))
+            .unwrap();
         s.write_all(&encode_frame(op, 0, &body)).unwrap();
         let _ = reply(&mut s);
     }

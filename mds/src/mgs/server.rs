@@ -9,14 +9,14 @@
 
 use std::io::{self, Read, Write};
 use std::net::{SocketAddr, TcpListener, TcpStream};
-use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, Condvar, Mutex, MutexGuard};
 use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
 
 use nacre_proto::bootstrap::{
-    errno, BootError, BootHeader, BootReply, BootRequest, BOOT_HEADER_LEN, MAX_REQUEST_BODY,
-    MAX_WAIT_MS,
+    errno, BootError, BootHeader, BootOp, BootReply, BootRequest, BOOT_HEADER_LEN,
+    MAX_REQUEST_BODY, MAX_WAIT_MS,
 };
 
 use super::config::MgsConfig;
@@ -36,8 +36,22 @@ struct Inner {
     store: Box<dyn Store>,
 }
 
+/// The last map frame encoded, so that fetches do not take the state lock.
+struct MapCache {
+    version: u64,
+    built: Instant,
+    frame: Arc<Vec<u8>>,
+}
+
+/// How stale the space figures (capacity, free) of a cached map may get; every other
+/// change bumps the version, which invalidates the cache at once.
+const MAP_CACHE_AGE: Duration = Duration::from_millis(100);
+
 struct Shared {
     inner: Mutex<Inner>,
+    map_cache: Mutex<Option<MapCache>>,
+    /// The state's map version, readable without its lock.
+    version: AtomicU64,
     /// Signalled whenever the map version grows.
     changed: Condvar,
     stop: AtomicBool,
@@ -74,8 +88,31 @@ impl Shared {
                 message: format!("the MGS could not store the change: {e}"),
             });
         }
+        self.version.store(g.state.version(), Ordering::SeqCst);
         self.changed.notify_all();
         out
+    }
+
+    /// The current map as a fetch reply frame, from the cache when it is fresh.
+    fn map_frame(&self) -> Arc<Vec<u8>> {
+        let version = self.version.load(Ordering::SeqCst);
+        {
+            let cache = self.map_cache.lock().unwrap_or_else(|p| p.into_inner());
+            if let Some(c) = cache.as_ref() {
+                if c.version == version && c.built.elapsed() < MAP_CACHE_AGE {
+                    return c.frame.clone();
+                }
+            }
+        }
+        let map = self.lock().state.map();
+        let version = map.version;
+        let frame = Arc::new(BootReply::Map(map).encode(BootOp::FetchMap));
+        *self.map_cache.lock().unwrap_or_else(|p| p.into_inner()) = Some(MapCache {
+            version,
+            built: Instant::now(),
+            frame: frame.clone(),
+        });
+        frame
     }
 }
 
@@ -100,9 +137,12 @@ impl MgsServer {
             addr: cfg.listen.clone(),
             source,
         })?;
+        let version = AtomicU64::new(state.version());
         Ok(MgsServer {
             listener,
             shared: Arc::new(Shared {
+                map_cache: Mutex::new(None),
+                version,
                 inner: Mutex::new(Inner { state, store }),
                 changed: Condvar::new(),
                 stop: AtomicBool::new(false),
@@ -238,6 +278,10 @@ fn serve_connection(shared: &Shared, mut s: TcpStream) -> Result<(), ConnEnd> {
         let mut body = vec![0u8; h.body_len as usize];
         read_full(&mut s, &mut body, until)?;
         let reply = match BootRequest::decode(h.op, &body) {
+            Ok(BootRequest::FetchMap) => {
+                s.write_all(&shared.map_frame())?;
+                continue;
+            }
             Ok(req) => answer(shared, req),
             Err(e) => BootReply::Failed {
                 errno: e.errno(),
