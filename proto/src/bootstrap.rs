@@ -50,6 +50,9 @@ pub mod errno {
     pub const ESTALE: i32 = 116;
     pub const EIO: i32 = 5;
     pub const ENOENT: i32 = 2;
+    /// This MGS cannot answer now (not the leader, no leader reachable): try again or
+    /// try another MGS.
+    pub const EAGAIN: i32 = 11;
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]

@@ -7,8 +7,11 @@
 use std::io::Write;
 use std::path::PathBuf;
 use std::process::ExitCode;
+use std::time::Duration;
 
 use clap::{Parser, Subcommand};
+use nacre_mds::mgs::etcd::{Etcd, EtcdStore};
+use nacre_mds::mgs::follower::{Follower, LeaderAddr};
 use nacre_mds::mgs::{EmbeddedStore, MgsConfig, MgsServer};
 use nacre_proto::bootstrap::LayoutDefaults;
 
@@ -31,6 +34,9 @@ enum Cmd {
     Format {
         #[arg(long)]
         dir: Option<PathBuf>,
+        /// `embedded` (default: redb in --dir) or `etcd://HOST:PORT[,HOST:PORT...]`.
+        #[arg(long)]
+        store: Option<String>,
         #[arg(long)]
         fsname: String,
         /// Format over an existing management target (its roles are lost).
@@ -50,7 +56,7 @@ enum Cmd {
         /// HOST:PORT (port 0 picks a free one; the chosen address is printed).
         #[arg(long)]
         listen: Option<String>,
-        /// `embedded` (default: redb in --dir).
+        /// `embedded` (default: redb in --dir) or `etcd://HOST:PORT[,HOST:PORT...]`.
         #[arg(long)]
         store: Option<String>,
         #[arg(long)]
@@ -92,12 +98,12 @@ fn run(cli: Cli) -> Result<(), Error> {
     match cli.cmd {
         Cmd::Format {
             dir,
+            store,
             fsname,
             force,
             stripe_count,
             stripe_size,
         } => {
-            let dir = dir.or(cfg.dir).ok_or("--dir is required")?;
             if stripe_count == 0 || stripe_size == 0 {
                 return Err("stripe count and size must not be 0".into());
             }
@@ -105,12 +111,20 @@ fn run(cli: Cli) -> Result<(), Error> {
                 stripe_count,
                 stripe_size,
             };
-            let fs = EmbeddedStore::format(&dir, &fsname, layout, force)?;
+            let store = store.unwrap_or(cfg.store);
+            let (fs, place) = if store == "embedded" {
+                let dir = dir.or(cfg.dir).ok_or("--dir is required")?;
+                let fs = EmbeddedStore::format(&dir, &fsname, layout, force)?;
+                (fs, dir.display().to_string())
+            } else {
+                (
+                    Etcd::connect(&store)?.format(&fsname, layout, force)?,
+                    store,
+                )
+            };
             println!(
                 "nacre-mgs: formatted {} in {} (fsid {:#018x})",
-                fs.fsname,
-                dir.display(),
-                fs.fsid
+                fs.fsname, place, fs.fsid
             );
             Ok(())
         }
@@ -133,6 +147,9 @@ fn run(cli: Cli) -> Result<(), Error> {
             cfg.request_deadline_ms = request_deadline_ms.unwrap_or(cfg.request_deadline_ms);
             cfg.idle_timeout_ms = idle_timeout_ms.unwrap_or(cfg.idle_timeout_ms);
             cfg.validate()?;
+            if cfg.store != "embedded" {
+                return serve_etcd(&cfg);
+            }
             let dir = cfg.dir.clone().ok_or("--dir is required")?;
             let store = EmbeddedStore::open(&dir)?;
             let server = MgsServer::bind(&cfg, Box::new(store))?;
@@ -149,4 +166,44 @@ fn run(cli: Cli) -> Result<(), Error> {
             Ok(())
         }
     }
+}
+
+/// Several MGS processes on one etcd: follow (relay to the leader) until this one wins
+/// the leadership, then serve; exit if the leadership is lost (a supervisor restarts it,
+/// and it follows again).
+fn serve_etcd(cfg: &MgsConfig) -> Result<(), Error> {
+    let etcd = Etcd::connect(&cfg.store)?;
+    let listener = std::net::TcpListener::bind(&cfg.listen)
+        .map_err(|e| format!("cannot listen on {}: {e}", cfg.listen))?;
+    let me = listener.local_addr()?.to_string();
+    let leader: LeaderAddr = Default::default();
+    let follower = Follower::start(&listener, leader.clone(), cfg)?;
+    println!(
+        "nacre-mgs: serving {} (following until elected) on {me} (heartbeat {} ms, lease {} ms)",
+        cfg.store, cfg.heartbeat_ms, cfg.lease_ms
+    );
+    std::io::stdout().flush()?;
+    let ttl = Duration::from_millis(cfg.leader_ttl_ms);
+    let leadership = loop {
+        match etcd.campaign(&me, ttl) {
+            Ok(Some(l)) => break l,
+            Ok(None) => *leader.lock().unwrap_or_else(|p| p.into_inner()) = etcd.leader()?,
+            Err(e) => tracing::warn!("mgs: campaign: {e}"),
+        }
+        std::thread::sleep(Duration::from_millis(100));
+    };
+    follower.stop();
+    let server = MgsServer::from_listener(
+        listener,
+        cfg,
+        Box::new(EtcdStore::new(etcd, leadership.clone())),
+    )?;
+    println!("nacre-mgs: leader on {me}: {}", server.describe());
+    std::io::stdout().flush()?;
+    let _handle = server.spawn();
+    while leadership.valid() {
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    eprintln!("nacre-mgs: lost the leadership in etcd; exiting");
+    std::process::exit(2);
 }

@@ -17,7 +17,7 @@ pub struct MgsConfig {
     pub dir: Option<PathBuf>,
     /// Where to serve the bootstrap protocol.
     pub listen: String,
-    /// `embedded` (redb in `dir`); `etcd://...` is not built yet.
+    /// `embedded` (redb in `dir`) or `etcd://HOST:PORT[,HOST:PORT...]`.
     pub store: String,
     pub heartbeat_ms: u64,
     pub lease_ms: u64,
@@ -27,6 +27,8 @@ pub struct MgsConfig {
     pub request_deadline_ms: u64,
     /// A connection that sends nothing for this long is closed.
     pub idle_timeout_ms: u64,
+    /// etcd store: the TTL of the leader's etcd lease (etcd's minimum is 2 s).
+    pub leader_ttl_ms: u64,
 }
 
 impl Default for MgsConfig {
@@ -40,6 +42,7 @@ impl Default for MgsConfig {
             max_connections: 1024,
             request_deadline_ms: 2000,
             idle_timeout_ms: 60_000,
+            leader_ttl_ms: 2000,
         }
     }
 }
@@ -88,9 +91,9 @@ impl MgsConfig {
                 "max_connections and request_deadline_ms must not be 0".into(),
             ));
         }
-        if self.store != "embedded" {
+        if self.store != "embedded" && super::etcd::parse_url(&self.store).is_none() {
             return Err(ConfigError::Invalid(format!(
-                "store {:?}: only the embedded store is built so far",
+                "store {:?}: `embedded` or `etcd://HOST:PORT[,HOST:PORT...]`",
                 self.store
             )));
         }

@@ -105,7 +105,7 @@ impl EmbeddedStore {
     }
 }
 
-fn random_u64() -> Result<u64, StoreError> {
+pub(crate) fn random_u64() -> Result<u64, StoreError> {
     use std::io::Read;
     let mut b = [0u8; 8];
     std::fs::File::open("/dev/urandom")?.read_exact(&mut b)?;

@@ -4,11 +4,15 @@
 //!
 //! - [`state`]: the pure state machine (roles, leases, epochs, the map);
 //! - [`store`]: what must persist, behind one trait; [`embedded`] keeps it in redb;
-//! - [`server`]: the TCP driver around the state machine;
+//! - [`etcd`]: the etcd store and the leader election of several MGS processes;
+//! - [`server`]: the TCP driver around the state machine; [`follower`] relays to the
+//!   leader when this MGS is not it;
 //! - [`config`]: the TOML config with its defaults.
 
 pub mod config;
 pub mod embedded;
+pub mod etcd;
+pub mod follower;
 pub mod server;
 pub mod state;
 pub mod store;

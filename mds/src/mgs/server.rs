@@ -70,6 +70,12 @@ impl Shared {
         f: impl FnOnce(&mut MgsState, Instant) -> Result<T, Refusal>,
     ) -> Result<T, Refusal> {
         let mut g = self.lock();
+        if !g.store.authoritative() {
+            return Err(Refusal {
+                errno: errno::EAGAIN,
+                message: "this MGS is no longer the leader; retry".into(),
+            });
+        }
         let out = f(&mut g.state, Instant::now());
         let changes = g.state.take_changes();
         if changes.is_empty() {
@@ -130,13 +136,22 @@ pub struct ServerHandle {
 
 impl MgsServer {
     /// Loads the state from `store` and binds `cfg.listen` (port 0 picks one).
-    pub fn bind(cfg: &MgsConfig, mut store: Box<dyn Store>) -> Result<MgsServer, ServerError> {
-        let persisted = store.load()?;
-        let state = MgsState::new(persisted, cfg.lease(), Instant::now());
+    pub fn bind(cfg: &MgsConfig, store: Box<dyn Store>) -> Result<MgsServer, ServerError> {
         let listener = TcpListener::bind(&cfg.listen).map_err(|source| ServerError::Listen {
             addr: cfg.listen.clone(),
             source,
         })?;
+        MgsServer::from_listener(listener, cfg, store)
+    }
+
+    /// Loads the state from `store` and serves on `listener`.
+    pub fn from_listener(
+        listener: TcpListener,
+        cfg: &MgsConfig,
+        mut store: Box<dyn Store>,
+    ) -> Result<MgsServer, ServerError> {
+        let persisted = store.load()?;
+        let state = MgsState::new(persisted, cfg.lease(), Instant::now());
         let version = AtomicU64::new(state.version());
         Ok(MgsServer {
             listener,
@@ -364,7 +379,7 @@ fn wait_first_byte(shared: &Shared, s: &mut TcpStream, b: &mut [u8]) -> Result<(
 }
 
 /// Reads exactly `buf`, all of it before `until`.
-fn read_full(s: &mut TcpStream, buf: &mut [u8], until: Instant) -> io::Result<()> {
+pub(super) fn read_full(s: &mut TcpStream, buf: &mut [u8], until: Instant) -> io::Result<()> {
     let mut at = 0;
     while at < buf.len() {
         let left = until

@@ -29,6 +29,11 @@ pub trait Store: Send {
     fn load(&mut self) -> Result<Persisted, StoreError>;
     /// Makes `changes` durable, atomically, before the caller answers anyone.
     fn commit(&mut self, changes: &Changes) -> Result<(), StoreError>;
+    /// Whether this MGS may answer from its state now (an etcd store says no once its
+    /// leadership may have passed to another MGS).
+    fn authoritative(&self) -> bool {
+        true
+    }
 }
 
 /// A role record as stored: the server entry (length-prefixed), then the target.

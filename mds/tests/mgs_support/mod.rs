@@ -316,3 +316,76 @@ pub fn wait_for_map(
     }
     m
 }
+
+/// A free loopback port (bound, read back, released).
+pub fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port()
+}
+
+/// A real etcd on loopback ports of its own, in a fresh data dir; None (and a SKIP
+/// line) if etcd is not installed.
+pub struct EtcdProc {
+    pub proc: Proc,
+    pub url: String,
+}
+
+impl EtcdProc {
+    pub fn start(name: &str) -> Option<EtcdProc> {
+        if Command::new("etcd").arg("--version").output().is_err() {
+            nacre_fabric::testing::skip(&format!(
+                "{name}: etcd is not installed (scripts/deps installs etcd-server)"
+            ));
+            return None;
+        }
+        let dir = tmpdir(&format!("etcd-{name}"));
+        let (client, peer) = (free_port(), free_port());
+        let c = format!("http://127.0.0.1:{client}");
+        let p = format!("http://127.0.0.1:{peer}");
+        let mut cmd = Command::new("etcd");
+        cmd.arg("--data-dir")
+            .arg(dir.join("data"))
+            .args(["--name", "default"])
+            .args(["--listen-client-urls", &c, "--advertise-client-urls", &c])
+            .args([
+                "--listen-peer-urls",
+                &p,
+                "--initial-advertise-peer-urls",
+                &p,
+            ])
+            .args(["--initial-cluster", &format!("default={p}")])
+            .args(["--logger", "zap", "--log-level", "error"]);
+        let proc = Proc::spawn("etcd", cmd);
+        let url = format!("etcd://127.0.0.1:{client}");
+        // Ready when a plain TCP connect to the client port works.
+        let until = Instant::now() + Duration::from_secs(20);
+        while std::net::TcpStream::connect(("127.0.0.1", client)).is_err() {
+            assert!(Instant::now() < until, "etcd did not start");
+            std::thread::sleep(Duration::from_millis(50));
+        }
+        Some(EtcdProc { proc, url })
+    }
+
+    /// `nacre-mgs format` into this etcd.
+    pub fn format(&self, fsname: &str, force: bool) -> std::process::Output {
+        let mut cmd = Command::new(MGS_BIN);
+        cmd.args(["format", "--store", &self.url, "--fsname", fsname]);
+        if force {
+            cmd.arg("--force");
+        }
+        cmd.output().unwrap()
+    }
+}
+
+impl Mgs {
+    /// `nacre-mgs serve` on the etcd store; returns once it printed where it listens.
+    pub fn serve_etcd(url: &str, extra: &[&str]) -> Mgs {
+        let dir = tmpdir("unused");
+        let mut args = vec!["--store", url];
+        args.extend_from_slice(extra);
+        Mgs::serve(&dir, "127.0.0.1:0", &args)
+    }
+}
