@@ -79,6 +79,9 @@ pub struct MgsClient {
     addrs: String,
     cfg: BootConfig,
     conn: Option<(TcpStream, String)>,
+    /// Which address to try first: moves on after a failure, so that a paused MGS
+    /// (whose kernel still accepts connections) is not tried first forever.
+    first: usize,
 }
 
 impl MgsClient {
@@ -88,6 +91,7 @@ impl MgsClient {
             addrs: addrs.to_string(),
             cfg,
             conn: None,
+            first: 0,
         }
     }
 
@@ -185,10 +189,20 @@ impl MgsClient {
     fn call(&mut self, req: &BootRequest, extra: Duration) -> Result<BootReply, MgsError> {
         let frame = req.encode().map_err(MgsError::Request)?;
         let reused = self.conn.is_some();
-        match self.exchange(req.op(), &frame, extra) {
+        let out = match self.exchange(req.op(), &frame, extra) {
             Err(MgsError::Lost { .. }) if reused => self.exchange(req.op(), &frame, extra),
             other => other,
+        };
+        let failed = match &out {
+            Ok(BootReply::Failed { errno, .. }) => *errno == errno::EAGAIN,
+            Ok(_) => false,
+            Err(_) => true,
+        };
+        if failed {
+            self.conn = None;
+            self.first = self.first.wrapping_add(1);
         }
+        out
     }
 
     fn exchange(
@@ -230,12 +244,14 @@ impl MgsClient {
 
     fn open(&mut self) -> Result<(), MgsError> {
         let mut last = None;
-        for one in self
+        let all: Vec<&str> = self
             .addrs
             .split(',')
             .map(str::trim)
             .filter(|a| !a.is_empty())
-        {
+            .collect();
+        let start = self.first % all.len().max(1);
+        for one in all[start..].iter().chain(&all[..start]).copied() {
             match connect_one(one, self.cfg.connect_timeout) {
                 Ok(s) => {
                     self.conn = Some((s, one.to_string()));

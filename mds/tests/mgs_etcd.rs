@@ -106,3 +106,43 @@ fn two_mgs_on_one_etcd_and_one_killed_clients_and_servers_carry_on() {
     let mut c = MgsClient::connect(&both, BootConfig::default()).unwrap();
     assert_eq!(c.fetch_map().unwrap().servers.len(), 2);
 }
+
+#[test]
+fn a_paused_leader_is_deposed_and_exits_when_resumed_while_servers_carry_on() {
+    let Some(etcd) = EtcdProc::start("paused") else {
+        return;
+    };
+    assert!(etcd.format("pausefs", false).status.success());
+    let flags = ["--heartbeat-ms", "200", "--lease-ms", "4000"];
+    let mut first = Mgs::serve_etcd(&etcd.url, &flags);
+    first.proc.expect("leader on", Duration::from_secs(10));
+    let second = Mgs::serve_etcd(&etcd.url, &flags);
+    let both = format!("{},{}", first.addr, second.addr);
+    let s = server(TEST, &both, "node-s", None, false);
+    s.expect("SERVING oss0 epoch 1", Duration::from_secs(20));
+
+    // The leader's kernel still accepts connections while it is stopped: clients must
+    // move on to the other address.
+    first.proc.signal("STOP");
+    let stopped = std::time::Instant::now();
+    second.proc.expect("leader on", Duration::from_secs(10));
+    let mut c = MgsClient::connect(&second.addr, BootConfig::default()).unwrap();
+    wait_for_map(&mut c, Duration::from_secs(5), |m| {
+        m.is_current(oss0(), 1) && m.target(oss0()).unwrap().state == TargetState::Up
+    });
+    first.proc.signal("CONT");
+    // Resumed, it sees its etcd lease ran out and leaves; it never wrote after that.
+    assert_eq!(first.proc.wait_exit(Duration::from_secs(5)), Some(2));
+    // Past the lease the server held when the leader stopped, it still serves: its
+    // renewals reached the new leader, and it never stopped on the way.
+    let past = Duration::from_millis(4500);
+    if let Some(left) = past.checked_sub(stopped.elapsed()) {
+        std::thread::sleep(left);
+    }
+    let lines: Vec<String> = s.lines.try_iter().collect();
+    assert!(
+        lines.iter().all(|l| !l.starts_with("NOT SERVING") && !l.starts_with("FENCED")),
+        "{lines:?}"
+    );
+    s.expect("SERVING oss0 epoch 1", Duration::from_secs(1));
+}

@@ -7,8 +7,9 @@
 //!
 //! One MGS at a time is the leader: it won the `leader` key with a transaction that
 //! compares the key's create revision with 0 (nobody holds it), under an etcd lease it
-//! keeps alive. Every commit is a transaction that compares the `leader` key's value with
-//! the leader's own identity, so a deposed leader can never write. The others forward
+//! keeps alive. Every commit is a transaction that compares the `leader` key's create
+//! revision with the one the leader's own campaign created, so a deposed leader can never
+//! write, even one that comes back on the same address. The others forward
 //! requests to the leader (any MGS answers), and campaign when its lease lapses; the new
 //! leader loads everything from etcd and grants every role that was up a fresh lease, the
 //! same grace as after a restart of the embedded MGS.
@@ -183,11 +184,17 @@ impl Etcd {
                 me.as_bytes(),
                 Some(PutOptions::new().with_lease(id)),
             )]);
-        let won = self.rt.block_on(c.txn(txn)).map_err(backend)?.succeeded();
-        if !won {
+        let resp = self.rt.block_on(c.txn(txn)).map_err(backend)?;
+        if !resp.succeeded() {
             let _ = self.rt.block_on(c.lease_revoke(id));
             return Ok(None);
         }
+        // The revision that created our `leader` key: unique to this leadership, even if
+        // a later leader serves on the same address.
+        let revision = resp
+            .header()
+            .map(|h| h.revision())
+            .ok_or_else(|| StoreError::Backend("etcd: a txn reply without a header".into()))?;
         let clock = Arc::new(LeaderClock::new(sent, granted));
         let lost = Arc::new(AtomicBool::new(false));
         {
@@ -197,7 +204,7 @@ impl Etcd {
                 .spawn(async move { keep_alive(client, id, granted, clock, lost).await });
         }
         Ok(Some(Leadership {
-            me: me.to_string(),
+            revision,
             clock,
             lost,
         }))
@@ -228,10 +235,10 @@ impl LeaderClock {
     }
 }
 
-/// What the leader holds: its identity in the `leader` key and its lease clock.
+/// What the leader holds: the revision that created its `leader` key, its lease clock.
 #[derive(Clone)]
 pub struct Leadership {
-    me: String,
+    revision: i64,
     clock: Arc<LeaderClock>,
     lost: Arc<AtomicBool>,
 }
@@ -360,10 +367,10 @@ impl Store for EtcdStore {
             ops.push(TxnOp::put(key("version"), v.to_le_bytes(), None));
         }
         let txn = Txn::new()
-            .when([Compare::value(
+            .when([Compare::create_revision(
                 key("leader"),
                 CompareOp::Equal,
-                self.leadership.me.as_bytes(),
+                self.leadership.revision,
             )])
             .and_then(ops);
         let mut c = self.etcd.client.clone();
