@@ -141,7 +141,9 @@ fn a_paused_leader_is_deposed_and_exits_when_resumed_while_servers_carry_on() {
     }
     let lines: Vec<String> = s.lines.try_iter().collect();
     assert!(
-        lines.iter().all(|l| !l.starts_with("NOT SERVING") && !l.starts_with("FENCED")),
+        lines
+            .iter()
+            .all(|l| !l.starts_with("NOT SERVING") && !l.starts_with("FENCED")),
         "{lines:?}"
     );
     s.expect("SERVING oss0 epoch 1", Duration::from_secs(1));

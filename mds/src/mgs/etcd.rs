@@ -16,7 +16,7 @@
 //!
 //! A leader stops answering once its etcd lease could have run out without a
 //! keep-alive acknowledged (counted from when the keep-alive was sent, less a margin),
-//! before etcd lets another MGS take over: the argument of `docs/mgs.md` one level up.
+//! before etcd lets another MGS take over: the self-fencing argument of docs/mgs.md.
 
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
