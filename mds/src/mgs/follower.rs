@@ -88,15 +88,14 @@ fn relay(
     let mut upstream: Option<TcpStream> = None;
     loop {
         let mut head = [0u8; BOOT_HEADER_LEN];
-        read_full(
-            &mut s,
-            &mut head,
-            Instant::now() + Duration::from_millis(cfg.idle_timeout_ms),
-        )?;
+        let idle = Instant::now() + Duration::from_millis(cfg.idle_timeout_ms);
+        read_full(&mut s, &mut head[..1], idle)?;
+        // Once a request starts it must arrive whole in time, as at the leader.
+        let until = Instant::now() + deadline;
+        read_full(&mut s, &mut head[1..], until)?;
         if stop.load(Ordering::SeqCst) {
             return Ok(()); // this MGS leads now: the client reconnects to it
         }
-        let until = Instant::now() + deadline;
         let Ok(h) = BootHeader::decode(&head, MAX_REQUEST_BODY) else {
             return Ok(());
         };
