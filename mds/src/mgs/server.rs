@@ -7,17 +7,16 @@
 //! `idle_timeout_ms`, so a client that sends nothing or one byte a second holds a
 //! connection slot for a bounded time and never the state.
 
-use std::io::{self, Read, Write};
+use std::io::{self, Read};
 use std::net::{SocketAddr, TcpListener, TcpStream};
-use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
-use std::sync::{Arc, Condvar, Mutex, MutexGuard};
+
+mod event_loop;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::{Arc, Mutex, MutexGuard};
 use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
 
-use nacre_proto::bootstrap::{
-    errno, BootError, BootHeader, BootOp, BootReply, BootRequest, BOOT_HEADER_LEN,
-    MAX_REQUEST_BODY, MAX_WAIT_MS,
-};
+use nacre_proto::bootstrap::{errno, BootOp, BootReply, BootRequest};
 
 use super::config::MgsConfig;
 use super::state::{MgsState, Refusal};
@@ -29,6 +28,8 @@ pub enum ServerError {
     Listen { addr: String, source: io::Error },
     #[error(transparent)]
     Store(#[from] StoreError),
+    #[error("cannot set up the event loop: {0}")]
+    Poll(#[from] io::Error),
 }
 
 struct Inner {
@@ -52,10 +53,9 @@ struct Shared {
     map_cache: Mutex<Option<MapCache>>,
     /// The state's map version, readable without its lock.
     version: AtomicU64,
-    /// Signalled whenever the map version grows.
-    changed: Condvar,
+    /// Wakes the event loop when the version grows on another thread, or to stop.
+    waker: Arc<mio::Waker>,
     stop: AtomicBool,
-    conns: AtomicUsize,
     cfg: MgsConfig,
 }
 
@@ -95,7 +95,7 @@ impl Shared {
             });
         }
         self.version.store(g.state.version(), Ordering::SeqCst);
-        self.changed.notify_all();
+        event_loop::wake(&self.waker);
         out
     }
 
@@ -124,6 +124,7 @@ impl Shared {
 
 pub struct MgsServer {
     listener: TcpListener,
+    poll: mio::Poll,
     shared: Arc<Shared>,
 }
 
@@ -153,15 +154,17 @@ impl MgsServer {
         let persisted = store.load()?;
         let state = MgsState::new(persisted, cfg.lease(), Instant::now());
         let version = AtomicU64::new(state.version());
+        let poll = mio::Poll::new()?;
+        let waker = Arc::new(mio::Waker::new(poll.registry(), event_loop::WAKER)?);
         Ok(MgsServer {
             listener,
+            poll,
             shared: Arc::new(Shared {
+                waker,
                 map_cache: Mutex::new(None),
                 version,
                 inner: Mutex::new(Inner { state, store }),
-                changed: Condvar::new(),
                 stop: AtomicBool::new(false),
-                conns: AtomicUsize::new(0),
                 cfg: cfg.clone(),
             }),
         })
@@ -192,7 +195,14 @@ impl MgsServer {
             std::thread::spawn(move || tick_loop(&shared))
         };
         let shared = self.shared.clone();
-        let acceptor = std::thread::spawn(move || accept_loop(self.listener, &self.shared));
+        let acceptor = std::thread::Builder::new()
+            .name("mgs-io".into())
+            .spawn(move || {
+                if let Err(e) = event_loop::run(self.listener, self.shared, self.poll) {
+                    tracing::error!("mgs: event loop: {e}");
+                }
+            })
+            .expect("a thread for the event loop");
         ServerHandle {
             addr,
             shared,
@@ -215,8 +225,7 @@ impl ServerHandle {
 
     pub fn stop(mut self) {
         self.shared.stop.store(true, Ordering::SeqCst);
-        // Wake the accept loop.
-        let _ = TcpStream::connect_timeout(&self.addr, Duration::from_secs(1));
+        event_loop::wake(&self.shared.waker);
         for t in self.threads.drain(..) {
             let _ = t.join();
         }
@@ -237,83 +246,12 @@ fn tick_loop(shared: &Shared) {
     }
 }
 
-fn accept_loop(listener: TcpListener, shared: &Arc<Shared>) {
-    for stream in listener.incoming() {
-        if shared.stop.load(Ordering::SeqCst) {
-            return;
-        }
-        let Ok(stream) = stream else { continue };
-        if shared.conns.load(Ordering::SeqCst) >= shared.cfg.max_connections {
-            tracing::warn!(
-                "mgs: {} connections open; closing a new one",
-                shared.cfg.max_connections
-            );
-            continue;
-        }
-        shared.conns.fetch_add(1, Ordering::SeqCst);
-        let sh = shared.clone();
-        let spawned = std::thread::Builder::new()
-            .name("mgs-conn".into())
-            .spawn(move || {
-                let peer = stream.peer_addr().ok();
-                if let Err(e) = serve_connection(&sh, stream) {
-                    tracing::debug!("mgs: connection {peer:?} closed: {e}");
-                }
-                sh.conns.fetch_sub(1, Ordering::SeqCst);
-            });
-        if spawned.is_err() {
-            shared.conns.fetch_sub(1, Ordering::SeqCst);
-        }
-    }
-}
-
-/// Why a connection ends.
-#[derive(Debug, thiserror::Error)]
-enum ConnEnd {
-    #[error("{0}")]
-    Io(#[from] io::Error),
-    #[error("bad frame: {0}")]
-    Frame(#[from] BootError),
-    #[error("idle")]
-    Idle,
-}
-
-fn serve_connection(shared: &Shared, mut s: TcpStream) -> Result<(), ConnEnd> {
-    s.set_nodelay(true)?;
-    let cfg = &shared.cfg;
-    let deadline = Duration::from_millis(cfg.request_deadline_ms);
-    s.set_write_timeout(Some(deadline))?;
-    loop {
-        let mut head = [0u8; BOOT_HEADER_LEN];
-        wait_first_byte(shared, &mut s, &mut head[..1])?;
-        let until = Instant::now() + deadline;
-        read_full(&mut s, &mut head[1..], until)?;
-        // A bad header loses the framing: close.
-        let h = BootHeader::decode(&head, MAX_REQUEST_BODY)?;
-        let mut body = vec![0u8; h.body_len as usize];
-        read_full(&mut s, &mut body, until)?;
-        let reply = match BootRequest::decode(h.op, &body) {
-            Ok(BootRequest::FetchMap) => {
-                s.write_all(&shared.map_frame())?;
-                continue;
-            }
-            Ok(req) => answer(shared, req),
-            Err(e) => BootReply::Failed {
-                errno: e.errno(),
-                message: format!("malformed {:?} request: {e}", h.op),
-            },
-        };
-        s.write_all(&reply.encode(h.op))?;
-    }
-}
-
 fn answer(shared: &Shared, req: BootRequest) -> BootReply {
     let done = match req {
-        BootRequest::FetchMap => return BootReply::Map(shared.lock().state.map()),
-        BootRequest::WaitMap {
-            newer_than,
-            wait_ms,
-        } => return wait_map(shared, newer_than, wait_ms),
+        // (The event loop answers these itself: from the cache, or parked.)
+        BootRequest::FetchMap | BootRequest::WaitMap { .. } => {
+            return BootReply::Map(shared.lock().state.map())
+        }
         BootRequest::Claim(c) => shared
             .mutate(|s, now| s.claim(now, &c))
             .inspect(|g| {
@@ -337,45 +275,6 @@ fn answer(shared: &Shared, req: BootRequest) -> BootReply {
         errno: r.errno,
         message: r.message,
     })
-}
-
-fn wait_map(shared: &Shared, newer_than: u64, wait_ms: u32) -> BootReply {
-    let until = Instant::now() + Duration::from_millis(wait_ms.min(MAX_WAIT_MS).into());
-    let mut g = shared.lock();
-    while g.state.version() <= newer_than && !shared.stop.load(Ordering::SeqCst) {
-        let Some(left) = until.checked_duration_since(Instant::now()) else {
-            break;
-        };
-        if left.is_zero() {
-            break;
-        }
-        g = shared
-            .changed
-            .wait_timeout(g, left)
-            .unwrap_or_else(|p| p.into_inner())
-            .0;
-    }
-    BootReply::Map(g.state.map())
-}
-
-/// Waits for a request to start, up to the idle timeout (in slices, to notice a stop).
-fn wait_first_byte(shared: &Shared, s: &mut TcpStream, b: &mut [u8]) -> Result<(), ConnEnd> {
-    let until = Instant::now() + Duration::from_millis(shared.cfg.idle_timeout_ms);
-    loop {
-        if shared.stop.load(Ordering::SeqCst) {
-            return Err(ConnEnd::Idle);
-        }
-        let now = Instant::now();
-        if now >= until {
-            return Err(ConnEnd::Idle);
-        }
-        let slice = (until - now).min(Duration::from_millis(500));
-        match read_full(s, b, now + slice) {
-            Ok(()) => return Ok(()),
-            Err(e) if e.kind() == io::ErrorKind::TimedOut => continue,
-            Err(e) => return Err(e.into()),
-        }
-    }
 }
 
 /// Reads exactly `buf`, all of it before `until`.
