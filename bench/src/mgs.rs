@@ -1,15 +1,21 @@
-//! `nacre-bench mgs`: load on a management service. Simulated servers (one thread and one
-//! connection each) claim a role and renew its lease as fast as the MGS answers, while
-//! one client fetches the map in a loop and times every fetch.
+//! `nacre-bench mgs`: load on a management service. Simulated servers (one connection,
+//! role and epoch each, driven by a few threads) claim a role and renew its lease at the
+//! rate asked, while one client (the real `MgsClient`) fetches the map in a loop and times
+//! every fetch.
 //! Last line: `renewals_per_s=<float> map_fetch_p99_us=<float>`.
 
+use std::io::{Read, Write};
+use std::net::TcpStream;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Barrier};
 use std::time::{Duration, Instant};
 
 use clap::Args;
 use nacre_client::mgs::{BootConfig, MgsClient};
-use nacre_proto::bootstrap::{ClaimRequest, RoleKind, TargetReport, TargetState};
+use nacre_proto::bootstrap::{
+    BootHeader, BootOp, BootReply, BootRequest, ClaimRequest, RenewRequest, Role, RoleKind,
+    TargetReport, TargetState, BOOT_HEADER_LEN, MAX_REPLY_BODY,
+};
 
 use crate::BenchError;
 
@@ -27,6 +33,9 @@ pub struct MgsArgs {
     /// Fabric addresses each simulated server publishes (32 bytes each, as EFA's).
     #[arg(long, default_value_t = 4)]
     cores: usize,
+    /// Threads driving the simulated servers (each drives its share of connections).
+    #[arg(long, default_value_t = 10)]
+    threads: usize,
     /// Renewals per second asked of all servers together, paced evenly (0: as fast as
     /// the MGS answers, which measures its capacity but queues the map fetches too).
     #[arg(long, default_value_t = 25_000.0)]
@@ -42,22 +51,31 @@ pub fn run(args: &MgsArgs) -> Result<(), BenchError> {
     MgsClient::connect(&args.mgs, cfg)?.fetch_map()?;
     let stop = Arc::new(AtomicBool::new(false));
     let renewals = Arc::new(AtomicU64::new(0));
-    let start = Arc::new(Barrier::new(args.servers + 2));
-    let mut threads = Vec::with_capacity(args.servers);
-    for i in 0..args.servers {
-        let (stop, renewals, start) = (stop.clone(), renewals.clone(), start.clone());
-        let req = ClaimRequest {
+    let reqs: Vec<ClaimRequest> = (0..args.servers)
+        .map(|i| ClaimRequest {
             kind: RoleKind::Oss,
             want: None,
             node: format!("bench-{}-{i}", std::process::id()),
             provider: "tcp".into(),
             cores: (0..args.cores).map(|c| vec![c as u8; 32]).collect(),
-        };
+        })
+        .collect();
+    let groups = args.threads.clamp(1, args.servers);
+    let per = args.servers.div_ceil(groups);
+    let chunks: Vec<Vec<ClaimRequest>> = reqs.chunks(per).map(<[_]>::to_vec).collect();
+    let start = Arc::new(Barrier::new(chunks.len() + 2));
+    let mut threads = Vec::with_capacity(chunks.len());
+    let groups = chunks.len();
+    for (i, chunk) in chunks.into_iter().enumerate() {
+        let (stop, renewals, start) = (stop.clone(), renewals.clone(), start.clone());
         let addr = args.mgs.clone();
-        let period =
+        // Each round renews every server of the group once.
+        let round =
             (args.rate > 0.0).then(|| Duration::from_secs_f64(args.servers as f64 / args.rate));
+        // Groups renew out of phase, as independent servers do, not in one burst.
+        let phase = round.map_or(Duration::ZERO, |r| r * i as u32 / groups as u32);
         threads.push(std::thread::spawn(move || {
-            simulated_server(&addr, &req, period, &stop, &renewals, &start)
+            drive_group(&addr, &chunk, round, phase, &stop, &renewals, &start)
         }));
     }
     let fetcher = {
@@ -97,43 +115,104 @@ pub fn run(args: &MgsArgs) -> Result<(), BenchError> {
     Ok(())
 }
 
-fn simulated_server(
-    addr: &str,
-    req: &ClaimRequest,
-    period: Option<Duration>,
-    stop: &AtomicBool,
-    renewals: &AtomicU64,
-    start: &Barrier,
-) -> Result<(), BenchError> {
-    let mut c = MgsClient::new(addr, BootConfig::default());
-    let claimed = c.claim(req);
-    start.wait();
-    let g = claimed?;
+/// A simulated server: its own connection, role and epoch.
+struct Sim {
+    stream: TcpStream,
+    renew: Vec<u8>,
+    role: Role,
+    epoch: u64,
+}
+
+/// Sends one request frame and reads its reply.
+fn call(s: &mut TcpStream, frame: &[u8], op: BootOp) -> Result<BootReply, BenchError> {
+    s.write_all(frame)?;
+    read_reply(s, op)
+}
+
+fn read_reply(s: &mut TcpStream, op: BootOp) -> Result<BootReply, BenchError> {
+    let mut head = [0u8; BOOT_HEADER_LEN];
+    s.read_exact(&mut head)?;
+    let h = BootHeader::decode(&head, MAX_REPLY_BODY)?;
+    let mut body = vec![0u8; h.body_len as usize];
+    s.read_exact(&mut body)?;
+    match BootReply::decode(op, h.status, &body)? {
+        BootReply::Failed { errno, message } => Err(BenchError(format!(
+            "the MGS refused: {message} (errno {errno})"
+        ))),
+        r => Ok(r),
+    }
+}
+
+fn claim(addr: &str, req: &ClaimRequest) -> Result<Sim, BenchError> {
+    let mut stream = TcpStream::connect(addr)
+        .map_err(|e| BenchError(format!("cannot reach the MGS at {addr}: {e}")))?;
+    stream.set_nodelay(true)?;
+    stream.set_read_timeout(Some(Duration::from_secs(10)))?;
+    let frame = BootRequest::Claim(req.clone()).encode()?;
+    let BootReply::Granted(g) = call(&mut stream, &frame, BootOp::Claim)? else {
+        return Err(BenchError::msg("a claim got no grant"));
+    };
     let report = TargetReport {
         state: TargetState::Up,
         capacity: 1 << 40,
         free: 1 << 39,
     };
-    let mut n = 0u64;
-    let mut next = Instant::now();
+    let renew = BootRequest::Renew(RenewRequest {
+        role: g.role,
+        epoch: g.epoch,
+        report,
+    })
+    .encode()?;
+    Ok(Sim {
+        stream,
+        renew,
+        role: g.role,
+        epoch: g.epoch,
+    })
+}
+
+/// Drives a group of simulated servers from one thread: each round sends one renewal on
+/// every connection, then reads every reply (servers renew independently; one thread
+/// per server would make the bench, not the MGS, the bottleneck on a small machine).
+fn drive_group(
+    addr: &str,
+    reqs: &[ClaimRequest],
+    round: Option<Duration>,
+    phase: Duration,
+    stop: &AtomicBool,
+    renewals: &AtomicU64,
+    start: &Barrier,
+) -> Result<(), BenchError> {
+    let sims: Result<Vec<Sim>, BenchError> = reqs.iter().map(|r| claim(addr, r)).collect();
+    start.wait();
+    let mut sims = sims?;
+    let mut next = Instant::now() + phase;
     while !stop.load(Ordering::Relaxed) {
-        if let Some(p) = period {
-            // Paced: a thread that falls behind catches up without sleeping, so the
-            // rate asked is the rate offered as long as the MGS keeps up.
+        if let Some(p) = round {
+            // Paced: a group that falls behind catches up without sleeping, so the rate
+            // asked is the rate offered as long as the MGS keeps up.
             next += p;
             if let Some(wait) = next.checked_duration_since(Instant::now()) {
                 std::thread::sleep(wait);
             }
         }
-        c.renew(g.role, g.epoch, report)?;
-        n += 1;
-        if n.is_multiple_of(64) {
-            renewals.fetch_add(64, Ordering::Relaxed);
+        for s in &mut sims {
+            s.stream.write_all(&s.renew)?;
         }
+        for s in &mut sims {
+            read_reply(&mut s.stream, BootOp::Renew)?;
+        }
+        renewals.fetch_add(sims.len() as u64, Ordering::Relaxed);
     }
-    renewals.fetch_add(n % 64, Ordering::Relaxed);
-    // Leave the role free for the next run.
-    c.release(g.role, g.epoch)?;
+    // Leave the roles free for the next run.
+    for s in &mut sims {
+        let frame = BootRequest::Release {
+            role: s.role,
+            epoch: s.epoch,
+        }
+        .encode()?;
+        call(&mut s.stream, &frame, BootOp::Release)?;
+    }
     Ok(())
 }
 
