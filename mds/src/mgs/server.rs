@@ -1,6 +1,9 @@
-//! The TCP driver around [`MgsState`]: a thread per connection (bounded in number), one
-//! lock around the state and its store, a ticker that lapses leases, and a condition
-//! variable that wakes map long polls when the version grows.
+//! The TCP driver around [`MgsState`]: one event-loop thread for every connection
+//! (bounded in number, see `event_loop`), one lock around the state and its store, a
+//! ticker thread that lapses leases, and a cached map frame so that fetches need not take
+//! the lock. A change that must persist is committed (redb fsync, or an etcd transaction)
+//! before its reply leaves, on the loop: claims and lapses are rare, renewals that change
+//! nothing durable never touch the store.
 //!
 //! Every connection has deadlines: a request must arrive whole within
 //! `request_deadline_ms` of its first byte, and an idle connection is closed after
