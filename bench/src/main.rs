@@ -1,11 +1,13 @@
 //! nacre-bench: benches that performance engineers hold against fabtests and fio.
 //!
 //! `pingpong` takes fi_pingpong's command line and prints its columns; `rma` measures the
-//! RMA bandwidth of the bulk data path; `info` lists the providers fi_getinfo offers.
+//! RMA bandwidth of the bulk data path; `mgs` loads a management service; `info` lists
+//! the providers fi_getinfo offers.
 
 mod control;
 mod disk;
 mod format;
+mod mgs;
 mod pingpong;
 mod rma;
 mod wire;
@@ -52,6 +54,9 @@ enum Command {
     /// The data path end to end: a client hands blocks by RMA descriptor, one engine core
     /// pulls them into registered buffers and writes them O_DIRECT to a file.
     WireToDisk(wire::WireArgs),
+    /// Load on a management service: simulated servers renew leases while a client
+    /// fetches the map; last line `renewals_per_s=... map_fetch_p99_us=...`.
+    Mgs(mgs::MgsArgs),
     /// List the RDM providers fi_getinfo offers for nacre's needs (FI_PROVIDER applies).
     Info {
         /// Local address to ask for (FI_SOURCE).
@@ -158,6 +163,7 @@ fn main() {
             .and_then(|_| rma::run(common, *op, *window, *distinct_buffers)),
         Command::Disk(args) => disk::run(args),
         Command::WireToDisk(args) => wire::run(args),
+        Command::Mgs(args) => mgs::run(args),
         Command::Info { node } => info(node),
     };
     if let Err(e) = result {

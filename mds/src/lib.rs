@@ -4,3 +4,4 @@
 //! bootstrap requests over TCP; it is never on the data path. The MDS owns the namespace
 //! on a metadata target (MDT). Neither may block an engine core.
 pub mod mdt;
+pub mod mgs;

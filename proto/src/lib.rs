@@ -6,8 +6,12 @@
 //! malformed, truncated or oversized message is an error value, never a panic.
 //! It must stay free of fabric, engine and file-system dependencies so the client can
 //! use it without the server engine.
+//!
+//! [`bootstrap`] is the other protocol: what servers and clients say to the management
+//! service (MGS) over TCP, and the cluster map type every client and server decodes.
 
 mod body;
+pub mod bootstrap;
 mod frame;
 pub mod layout;
 pub mod meta;

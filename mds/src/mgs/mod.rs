@@ -1,0 +1,24 @@
+//! The management service (MGS): servers claim roles here under leases with fencing
+//! epochs, clients fetch the cluster map; all over the TCP bootstrap protocol of
+//! `nacre_proto::bootstrap`.
+//!
+//! - [`state`]: the pure state machine (roles, leases, epochs, the map);
+//! - [`store`]: what must persist, behind one trait; [`embedded`] keeps it in redb;
+//! - [`etcd`]: the etcd store and the leader election of several MGS processes;
+//! - [`server`]: the TCP driver around the state machine; [`follower`] relays to the
+//!   leader when this MGS is not it;
+//! - [`config`]: the TOML config with its defaults.
+
+pub mod config;
+pub mod embedded;
+pub mod etcd;
+pub mod follower;
+pub mod server;
+pub mod state;
+pub mod store;
+
+pub use config::MgsConfig;
+pub use embedded::EmbeddedStore;
+pub use server::{MgsServer, ServerHandle};
+pub use state::{FsIdent, LeaseConfig, MgsState, Persisted, RoleRecord};
+pub use store::{Store, StoreError};

@@ -1,0 +1,542 @@
+//! The MGS's state machine: roles, leases, epochs and the map, as pure code.
+//!
+//! Every call takes the time (the MGS's monotonic clock) and an event and answers with a
+//! value; what must be made durable before that answer leaves is collected and taken by
+//! the driver with [`MgsState::take_changes`]. Leases live only here, in memory: after a
+//! restart every role that was up gets a fresh lease (a grace period), so nobody loses a
+//! role because the MGS was away, and nobody takes one over before the old owner, whose
+//! own clock runs out no later than the MGS's, has stopped serving.
+
+use std::collections::{BTreeMap, HashMap};
+use std::time::{Duration, Instant};
+
+use nacre_proto::bootstrap::{
+    errno, ClaimRequest, ClusterMap, Grant, LayoutDefaults, RenewRequest, Renewed, Role, RoleKind,
+    ServerEntry, Target, TargetState, MAX_REPLY_BODY,
+};
+
+/// The file system this MGS manages (written once by `format`).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct FsIdent {
+    pub fsname: String,
+    pub fsid: u64,
+    pub layout: LayoutDefaults,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct LeaseConfig {
+    /// How often servers renew.
+    pub heartbeat: Duration,
+    /// How long a renewal keeps a role; after it the role may be taken over.
+    pub lease: Duration,
+}
+
+impl Default for LeaseConfig {
+    fn default() -> Self {
+        LeaseConfig {
+            heartbeat: Duration::from_secs(1),
+            lease: Duration::from_secs(5),
+        }
+    }
+}
+
+/// What the store keeps of a role: its owner (with addresses) and its target.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct RoleRecord {
+    pub server: ServerEntry,
+    pub target: Target,
+}
+
+/// Everything durable: the identity, the map version and every role.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Persisted {
+    pub fs: FsIdent,
+    pub version: u64,
+    pub roles: Vec<RoleRecord>,
+}
+
+/// What to make durable before answering.
+#[derive(Debug, Default, Clone, PartialEq, Eq)]
+pub struct Changes {
+    pub version: Option<u64>,
+    pub roles: Vec<RoleRecord>,
+}
+
+impl Changes {
+    pub fn is_empty(&self) -> bool {
+        self.version.is_none() && self.roles.is_empty()
+    }
+}
+
+/// A refusal: the errno on the wire and a message naming what was refused.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("{message}")]
+pub struct Refusal {
+    pub errno: i32,
+    pub message: String,
+}
+
+fn refuse(errno: i32, message: String) -> Refusal {
+    Refusal { errno, message }
+}
+
+pub struct MgsState {
+    fs: FsIdent,
+    cfg: LeaseConfig,
+    version: u64,
+    roles: BTreeMap<Role, RoleRecord>,
+    /// Live leases; a role absent here has lapsed (or was released).
+    expiry: HashMap<Role, Instant>,
+    changes: Changes,
+}
+
+impl MgsState {
+    /// The state after (re)start at `now`: roles that were up get a full lease.
+    pub fn new(p: Persisted, cfg: LeaseConfig, now: Instant) -> MgsState {
+        let mut expiry = HashMap::new();
+        let roles: BTreeMap<Role, RoleRecord> =
+            p.roles.into_iter().map(|r| (r.server.role, r)).collect();
+        for (role, rec) in &roles {
+            if rec.target.state != TargetState::Down {
+                expiry.insert(*role, now + cfg.lease);
+            }
+        }
+        MgsState {
+            fs: p.fs,
+            cfg,
+            version: p.version,
+            roles,
+            expiry,
+            changes: Changes::default(),
+        }
+    }
+
+    pub fn version(&self) -> u64 {
+        self.version
+    }
+
+    pub fn config(&self) -> LeaseConfig {
+        self.cfg
+    }
+
+    /// What changed since the last call: persist it before replying.
+    pub fn take_changes(&mut self) -> Changes {
+        std::mem::take(&mut self.changes)
+    }
+
+    /// Lapses every lease past its end: the role's target goes down and the version
+    /// grows. Returns the roles that lapsed.
+    pub fn tick(&mut self, now: Instant) -> Vec<Role> {
+        let lapsed: Vec<Role> = self
+            .expiry
+            .iter()
+            .filter(|(_, &end)| now > end)
+            .map(|(&r, _)| r)
+            .collect();
+        for role in &lapsed {
+            self.expiry.remove(role);
+            self.set_state(*role, TargetState::Down);
+        }
+        lapsed
+    }
+
+    /// Gives a role to `req.node` (see [`ClaimRequest`] for which one).
+    pub fn claim(&mut self, now: Instant, req: &ClaimRequest) -> Result<Grant, Refusal> {
+        if req.node.is_empty() || req.provider.is_empty() {
+            return Err(refuse(
+                errno::EINVAL,
+                "a claim needs a node identity and a provider".into(),
+            ));
+        }
+        self.tick(now);
+        let (role, fresh) = self.pick_role(req)?;
+        let epoch = self.roles.get(&role).map_or(0, |r| r.server.epoch) + 1;
+        let rec = RoleRecord {
+            server: ServerEntry {
+                role,
+                node: req.node.clone(),
+                epoch,
+                provider: req.provider.clone(),
+                cores: req.cores.clone(),
+            },
+            target: Target {
+                kind: role.kind.target_kind(),
+                index: role.index,
+                role,
+                owner: req.node.clone(),
+                epoch,
+                state: TargetState::Up,
+                capacity: self.roles.get(&role).map_or(0, |r| r.target.capacity),
+                free: self.roles.get(&role).map_or(0, |r| r.target.free),
+            },
+        };
+        self.check_map_fits(&rec)?;
+        self.expiry.insert(role, now + self.cfg.lease);
+        self.roles.insert(role, rec.clone());
+        self.bump();
+        self.changes.roles.push(rec);
+        Ok(Grant {
+            role,
+            epoch,
+            fresh,
+            heartbeat_ms: ms(self.cfg.heartbeat),
+            lease_ms: ms(self.cfg.lease),
+            fsname: self.fs.fsname.clone(),
+            fsid: self.fs.fsid,
+        })
+    }
+
+    /// Extends the owner's lease, if `req.epoch` is the role's current epoch.
+    pub fn renew(&mut self, now: Instant, req: &RenewRequest) -> Result<Renewed, Refusal> {
+        self.check_epoch(req.role, req.epoch)?;
+        self.expiry.insert(req.role, now + self.cfg.lease);
+        let rec = self.roles.get_mut(&req.role).expect("checked");
+        // Space figures change on every heartbeat: kept in memory, not a map change.
+        rec.target.capacity = req.report.capacity;
+        rec.target.free = req.report.free;
+        self.set_state(req.role, req.report.state);
+        Ok(Renewed {
+            lease_ms: ms(self.cfg.lease),
+            map_version: self.version,
+        })
+    }
+
+    /// Gives a role up at once: it may be claimed without waiting for the lease.
+    pub fn release(&mut self, role: Role, epoch: u64) -> Result<(), Refusal> {
+        self.check_epoch(role, epoch)?;
+        self.expiry.remove(&role);
+        self.set_state(role, TargetState::Down);
+        Ok(())
+    }
+
+    pub fn map(&self) -> ClusterMap {
+        ClusterMap {
+            version: self.version,
+            fsname: self.fs.fsname.clone(),
+            fsid: self.fs.fsid,
+            layout: self.fs.layout,
+            targets: self.roles.values().map(|r| r.target.clone()).collect(),
+            servers: self.roles.values().map(|r| r.server.clone()).collect(),
+        }
+    }
+
+    /// The role a claim gets, and whether it is new.
+    fn pick_role(&self, req: &ClaimRequest) -> Result<(Role, bool), Refusal> {
+        let of_kind = || {
+            self.roles
+                .values()
+                .filter(|r| r.server.role.kind == req.kind)
+        };
+        let next = Role {
+            kind: req.kind,
+            index: of_kind().count() as u32,
+        };
+        if let Some(index) = req.want {
+            let role = Role {
+                kind: req.kind,
+                index,
+            };
+            return match self.roles.get(&role) {
+                Some(r) if r.server.node == req.node || !self.expiry.contains_key(&role) => {
+                    Ok((role, false))
+                }
+                Some(r) => Err(refuse(
+                    errno::EBUSY,
+                    format!(
+                        "{role} is held by {} (epoch {}) until its lease lapses",
+                        r.server.node, r.server.epoch
+                    ),
+                )),
+                None if role == next => Ok((role, true)),
+                None => Err(refuse(
+                    errno::ENOENT,
+                    format!("{role} does not exist; the next new role is {next}"),
+                )),
+            };
+        }
+        if let Some(own) = of_kind().find(|r| r.server.node == req.node) {
+            return Ok((own.server.role, false));
+        }
+        if let Some(lapsed) = of_kind().find(|r| !self.expiry.contains_key(&r.server.role)) {
+            return Ok((lapsed.server.role, false));
+        }
+        Ok((next, true))
+    }
+
+    fn check_epoch(&self, role: Role, epoch: u64) -> Result<(), Refusal> {
+        let Some(rec) = self.roles.get(&role) else {
+            return Err(refuse(errno::ENOENT, format!("{role} does not exist")));
+        };
+        if rec.server.epoch != epoch {
+            return Err(refuse(
+                errno::ESTALE,
+                format!(
+                    "{role}: epoch {epoch} is stale; the owner is {} at epoch {}",
+                    rec.server.node, rec.server.epoch
+                ),
+            ));
+        }
+        Ok(())
+    }
+
+    /// The map must stay one bounded frame: refuse a claim that would outgrow it.
+    fn check_map_fits(&self, rec: &RoleRecord) -> Result<(), Refusal> {
+        let mut map = self.map();
+        map.servers.retain(|s| s.role != rec.server.role);
+        map.targets.retain(|t| t.role != rec.server.role);
+        map.servers.push(rec.server.clone());
+        map.targets.push(rec.target.clone());
+        let len = map.encode().len();
+        if len > MAX_REPLY_BODY as usize {
+            return Err(refuse(
+                errno::ENOSPC,
+                format!("the map would grow to {len} bytes, over its limit of {MAX_REPLY_BODY}"),
+            ));
+        }
+        Ok(())
+    }
+
+    fn set_state(&mut self, role: Role, state: TargetState) {
+        let Some(rec) = self.roles.get_mut(&role) else {
+            return;
+        };
+        if rec.target.state == state {
+            return;
+        }
+        rec.target.state = state;
+        let rec = rec.clone();
+        self.changes.roles.retain(|r| r.server.role != role);
+        self.changes.roles.push(rec);
+        self.bump();
+    }
+
+    fn bump(&mut self) {
+        self.version += 1;
+        self.changes.version = Some(self.version);
+    }
+
+    /// The kinds of role present, for logging.
+    pub fn count(&self, kind: RoleKind) -> usize {
+        self.roles.keys().filter(|r| r.kind == kind).count()
+    }
+}
+
+fn ms(d: Duration) -> u32 {
+    d.as_millis().min(u32::MAX as u128) as u32
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use nacre_proto::bootstrap::TargetReport;
+
+    const HB: Duration = Duration::from_millis(100);
+    const LEASE: Duration = Duration::from_millis(500);
+
+    fn fresh(now: Instant) -> MgsState {
+        let fs = FsIdent {
+            fsname: "t".into(),
+            fsid: 9,
+            layout: LayoutDefaults::default(),
+        };
+        MgsState::new(
+            Persisted {
+                fs,
+                version: 1,
+                roles: vec![],
+            },
+            LeaseConfig {
+                heartbeat: HB,
+                lease: LEASE,
+            },
+            now,
+        )
+    }
+
+    fn claim(kind: RoleKind, node: &str, want: Option<u32>) -> ClaimRequest {
+        ClaimRequest {
+            kind,
+            want,
+            node: node.into(),
+            provider: "tcp".into(),
+            cores: vec![node.as_bytes().to_vec()],
+        }
+    }
+
+    fn renew(role: Role, epoch: u64) -> RenewRequest {
+        RenewRequest {
+            role,
+            epoch,
+            report: TargetReport {
+                state: TargetState::Up,
+                capacity: 10,
+                free: 5,
+            },
+        }
+    }
+
+    #[test]
+    fn new_claimants_get_the_next_index_and_a_restart_reclaims_its_own() {
+        let t0 = Instant::now();
+        let mut s = fresh(t0);
+        let a = s.claim(t0, &claim(RoleKind::Oss, "a", None)).unwrap();
+        let b = s.claim(t0, &claim(RoleKind::Oss, "b", None)).unwrap();
+        let m = s.claim(t0, &claim(RoleKind::Mds, "a", None)).unwrap();
+        assert_eq!(
+            (a.role.to_string(), b.role.to_string(), m.role.to_string()),
+            ("oss0".into(), "oss1".into(), "mds0".into())
+        );
+        assert!(a.fresh && b.fresh && m.fresh);
+        assert_eq!((a.epoch, a.lease_ms, a.heartbeat_ms), (1, 500, 100));
+        // "a" restarts while its lease runs: same role, next epoch, not fresh.
+        let again = s.claim(t0, &claim(RoleKind::Oss, "a", None)).unwrap();
+        assert_eq!((again.role, again.epoch, again.fresh), (a.role, 2, false));
+        // The old incarnation is fenced.
+        assert_eq!(
+            s.renew(t0, &renew(a.role, 1)).unwrap_err().errno,
+            errno::ESTALE
+        );
+        let changes = s.take_changes();
+        assert_eq!(changes.version, Some(s.version()));
+        let map = s.map();
+        assert!(map.is_current(a.role, 2));
+        assert_eq!(map.server(a.role).unwrap().cores, vec![b"a".to_vec()]);
+        assert_eq!(map.targets.len(), 3);
+    }
+
+    #[test]
+    fn takeover_waits_for_the_lease_then_fences_the_old_owner() {
+        let t0 = Instant::now();
+        let mut s = fresh(t0);
+        let a = s.claim(t0, &claim(RoleKind::Oss, "a", None)).unwrap();
+        // A standby for oss0 is refused while "a" renews.
+        let mut t = t0;
+        for _ in 0..10 {
+            t += HB;
+            s.renew(t, &renew(a.role, a.epoch)).unwrap();
+            let err = s.claim(t, &claim(RoleKind::Oss, "b", Some(0))).unwrap_err();
+            assert_eq!(err.errno, errno::EBUSY);
+        }
+        // Without `want`, "b" gets a new role rather than "a"'s.
+        assert_eq!(
+            s.claim(t, &claim(RoleKind::Oss, "c", None))
+                .unwrap()
+                .role
+                .index,
+            1
+        );
+        // Exactly at the lease's end it is still held; just after, it is not.
+        let end = t + LEASE;
+        assert!(s.claim(end, &claim(RoleKind::Oss, "b", Some(0))).is_err());
+        let v = s.version();
+        let g = s
+            .claim(
+                end + Duration::from_millis(1),
+                &claim(RoleKind::Oss, "b", Some(0)),
+            )
+            .unwrap();
+        assert_eq!((g.role, g.epoch, g.fresh), (a.role, 2, false));
+        assert!(s.version() > v);
+        // The old owner wakes up: refused; the successor renews.
+        let err = s.renew(end + LEASE, &renew(a.role, a.epoch)).unwrap_err();
+        assert_eq!(err.errno, errno::ESTALE);
+        assert!(err.message.contains("owner is b at epoch 2"), "{err}");
+        s.renew(end + LEASE, &renew(a.role, 2)).unwrap();
+        assert_eq!(s.map().target(a.role).unwrap().owner, "b");
+    }
+
+    #[test]
+    fn a_lapsed_lease_marks_the_target_down_and_a_renewal_brings_it_back() {
+        let t0 = Instant::now();
+        let mut s = fresh(t0);
+        let a = s.claim(t0, &claim(RoleKind::Oss, "a", None)).unwrap();
+        s.take_changes();
+        let v = s.version();
+        assert!(s.tick(t0 + LEASE).is_empty());
+        assert_eq!(s.tick(t0 + LEASE + HB), vec![a.role]);
+        assert_eq!(s.map().target(a.role).unwrap().state, TargetState::Down);
+        assert_eq!(s.version(), v + 1);
+        assert_eq!(s.take_changes().roles.len(), 1);
+        // Nobody took it: the owner's late renewal (same epoch) is accepted.
+        s.renew(t0 + 2 * LEASE, &renew(a.role, a.epoch)).unwrap();
+        assert_eq!(s.map().target(a.role).unwrap().state, TargetState::Up);
+        assert_eq!(s.version(), v + 2);
+        // Space figures alone do not change the version.
+        let mut r = renew(a.role, a.epoch);
+        r.report.free = 1;
+        s.renew(t0 + 2 * LEASE, &r).unwrap();
+        assert_eq!(s.version(), v + 2);
+        assert_eq!(s.map().target(a.role).unwrap().free, 1);
+    }
+
+    #[test]
+    fn release_frees_the_role_at_once_and_wrong_epochs_are_refused() {
+        let t0 = Instant::now();
+        let mut s = fresh(t0);
+        let a = s.claim(t0, &claim(RoleKind::Mds, "a", None)).unwrap();
+        assert_eq!(s.release(a.role, 7).unwrap_err().errno, errno::ESTALE);
+        let ghost = Role {
+            kind: RoleKind::Oss,
+            index: 4,
+        };
+        assert_eq!(s.release(ghost, 1).unwrap_err().errno, errno::ENOENT);
+        s.release(a.role, a.epoch).unwrap();
+        let b = s.claim(t0, &claim(RoleKind::Mds, "b", None)).unwrap();
+        assert_eq!((b.role, b.epoch), (a.role, 2));
+        let err = s
+            .claim(t0, &claim(RoleKind::Mds, "c", Some(5)))
+            .unwrap_err();
+        assert_eq!(err.errno, errno::ENOENT);
+        let bad = ClaimRequest {
+            node: String::new(),
+            ..claim(RoleKind::Mds, "x", None)
+        };
+        assert_eq!(s.claim(t0, &bad).unwrap_err().errno, errno::EINVAL);
+    }
+
+    #[test]
+    fn a_restarted_mgs_grants_a_grace_lease_to_roles_that_were_up() {
+        let t0 = Instant::now();
+        let mut s = fresh(t0);
+        let a = s.claim(t0, &claim(RoleKind::Oss, "a", None)).unwrap();
+        let b = s.claim(t0, &claim(RoleKind::Oss, "b", None)).unwrap();
+        s.release(b.role, b.epoch).unwrap();
+        let mut p = Persisted {
+            fs: s.fs.clone(),
+            version: s.version(),
+            roles: s.roles.values().cloned().collect(),
+        };
+        p.roles.sort_by_key(|r| r.server.role);
+        // Restart long after: "a" may still renew, nobody may take it for a lease.
+        let t1 = t0 + 100 * LEASE;
+        let mut s = MgsState::new(p, s.cfg, t1);
+        let err = s
+            .claim(t1 + HB, &claim(RoleKind::Oss, "z", Some(0)))
+            .unwrap_err();
+        assert_eq!(err.errno, errno::EBUSY);
+        // The released one is free at once.
+        let z = s.claim(t1 + HB, &claim(RoleKind::Oss, "z", None)).unwrap();
+        assert_eq!(z.role, b.role);
+        s.renew(t1 + 2 * HB, &renew(a.role, a.epoch)).unwrap();
+    }
+
+    #[test]
+    fn a_map_over_its_limit_is_refused() {
+        let t0 = Instant::now();
+        let mut s = fresh(t0);
+        let mut big = claim(RoleKind::Oss, "n", None);
+        big.cores = vec![vec![0; 512]; 128];
+        let mut refused = None;
+        for i in 0..200 {
+            big.node = format!("n{i}");
+            if let Err(e) = s.claim(t0, &big) {
+                refused = Some((i, e));
+                break;
+            }
+        }
+        let (i, e) = refused.expect("the map stops growing");
+        assert_eq!(e.errno, errno::ENOSPC);
+        assert!(i > 10);
+        assert!(s.map().encode().len() <= MAX_REPLY_BODY as usize);
+    }
+}

@@ -1,0 +1,391 @@
+//! Shared by the MGS's multi-process tests: start `nacre-mgs` as a real process, start
+//! test servers as real processes (this test binary re-run with one ignored test that
+//! acts as a server), read their stdout line by line with deadlines.
+#![allow(dead_code)]
+
+use std::io::{BufRead, BufReader};
+use std::path::PathBuf;
+use std::process::{Child, Command, Stdio};
+use std::sync::mpsc::{channel, Receiver};
+use std::time::{Duration, Instant};
+
+use nacre_client::mgs::{BootConfig, LeaseEvent, LeaseKeeper, LeaseStatus, MgsClient};
+use nacre_proto::bootstrap::{errno, ClaimRequest, RoleKind, TargetReport, TargetState};
+
+pub const MGS_BIN: &str = env!("CARGO_BIN_EXE_nacre-mgs");
+
+/// A fresh directory under the target dir (ext4, not tmpfs).
+pub fn tmpdir(name: &str) -> PathBuf {
+    let d = PathBuf::from(env!("CARGO_TARGET_TMPDIR"))
+        .join("mgs")
+        .join(format!("{name}-{}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&d);
+    std::fs::create_dir_all(&d).unwrap();
+    d
+}
+
+/// A child process whose stdout lines arrive on a channel; killed (by pid) on drop.
+pub struct Proc {
+    pub child: Child,
+    pub lines: Receiver<String>,
+    pub name: String,
+}
+
+impl Proc {
+    pub fn spawn(name: &str, mut cmd: Command) -> Proc {
+        cmd.stdout(Stdio::piped()).stderr(Stdio::inherit());
+        let mut child = cmd
+            .spawn()
+            .unwrap_or_else(|e| panic!("{name}: cannot start: {e}"));
+        let out = child.stdout.take().unwrap();
+        let (tx, lines) = channel();
+        let tag = name.to_string();
+        std::thread::spawn(move || {
+            for line in BufReader::new(out).lines().map_while(Result::ok) {
+                eprintln!("[{tag}] {line}");
+                if tx.send(line).is_err() {
+                    break;
+                }
+            }
+        });
+        Proc {
+            child,
+            lines,
+            name: name.to_string(),
+        }
+    }
+
+    pub fn pid(&self) -> u32 {
+        self.child.id()
+    }
+
+    /// The first line containing `what` within `within`.
+    pub fn expect(&self, what: &str, within: Duration) -> String {
+        self.try_expect(what, within)
+            .unwrap_or_else(|| panic!("{}: no line with {what:?} within {within:?}", self.name))
+    }
+
+    pub fn try_expect(&self, what: &str, within: Duration) -> Option<String> {
+        let until = Instant::now() + within;
+        loop {
+            let left = until.checked_duration_since(Instant::now())?;
+            match self.lines.recv_timeout(left) {
+                Ok(l) if l.contains(what) => return Some(l),
+                Ok(_) => {}
+                Err(_) => return None,
+            }
+        }
+    }
+
+    pub fn signal(&self, sig: &str) {
+        let ok = Command::new("kill")
+            .args([&format!("-{sig}"), &self.pid().to_string()])
+            .status()
+            .unwrap()
+            .success();
+        assert!(ok, "kill -{sig} {}", self.pid());
+    }
+
+    pub fn kill9(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+
+    /// Exit code within `within`, or None if still running.
+    pub fn wait_exit(&mut self, within: Duration) -> Option<i32> {
+        let until = Instant::now() + within;
+        while Instant::now() < until {
+            if let Some(st) = self.child.try_wait().unwrap() {
+                return Some(st.code().unwrap_or(-1));
+            }
+            std::thread::sleep(Duration::from_millis(10));
+        }
+        None
+    }
+}
+
+impl Drop for Proc {
+    fn drop(&mut self) {
+        let _ = Command::new("kill")
+            .args(["-CONT", &self.pid().to_string()])
+            .stderr(Stdio::null())
+            .status();
+        self.kill9();
+    }
+}
+
+pub fn format(dir: &std::path::Path, fsname: &str) {
+    let out = Command::new(MGS_BIN)
+        .args(["format", "--dir"])
+        .arg(dir)
+        .args(["--fsname", fsname])
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+}
+
+/// A running `nacre-mgs serve`, and the address it printed.
+pub struct Mgs {
+    pub proc: Proc,
+    pub addr: String,
+}
+
+impl Mgs {
+    /// Serves `dir` on `listen` ("127.0.0.1:0" picks a port) with `extra` flags.
+    pub fn serve(dir: &std::path::Path, listen: &str, extra: &[&str]) -> Mgs {
+        let mut cmd = Command::new(MGS_BIN);
+        cmd.args(["serve", "--dir"])
+            .arg(dir)
+            .args(["--listen", listen])
+            .args(extra);
+        let proc = Proc::spawn("mgs", cmd);
+        let line = proc.expect("nacre-mgs: serving", Duration::from_secs(20));
+        let addr = line
+            .split(" on ")
+            .nth(1)
+            .and_then(|s| s.split_whitespace().next())
+            .expect("an address")
+            .to_string();
+        Mgs { proc, addr }
+    }
+
+    pub fn client(&self) -> MgsClient {
+        MgsClient::connect(&self.addr, BootConfig::default()).unwrap()
+    }
+}
+
+pub const SHORT: [&str; 4] = ["--heartbeat-ms", "100", "--lease-ms", "500"];
+
+/// Starts this test binary again as a test server: claims a role at `mgs` as `node`
+/// (`want`: a standby for that index), keeps its lease and says what happens on stdout.
+pub fn server(test: &str, mgs: &str, node: &str, want: Option<u32>, engine: bool) -> Proc {
+    let mut cmd = Command::new(std::env::current_exe().unwrap());
+    cmd.args([
+        test,
+        "--exact",
+        "--ignored",
+        "--nocapture",
+        "--test-threads=1",
+    ])
+    .env("NACRE_T_MGS", mgs)
+    .env("NACRE_T_NODE", node)
+    .env("NACRE_T_ENGINE", if engine { "1" } else { "0" });
+    if let Some(w) = want {
+        cmd.env("NACRE_T_WANT", w.to_string());
+    }
+    Proc::spawn(node, cmd)
+}
+
+/// The body of the ignored test that [`server`] runs; returns at once in a normal run.
+///
+/// Prints `GRANTED <role> epoch <n> at_ms <t>` (t: ms since the UNIX epoch, to compare
+/// across processes), `SERVING <role> epoch <n>` every heartbeat while the lease keeper
+/// says it may serve, `LAPSED`, `RESTORED`, `UNREACHABLE`, and `FENCED <why>` before
+/// exiting with code 3 (stepped down).
+pub fn child_main() {
+    let Ok(mgs) = std::env::var("NACRE_T_MGS") else {
+        return;
+    };
+    let node = std::env::var("NACRE_T_NODE").unwrap();
+    let want = std::env::var("NACRE_T_WANT")
+        .ok()
+        .map(|w| w.parse().unwrap());
+    let engine = if std::env::var("NACRE_T_ENGINE").as_deref() == Ok("1") {
+        Some(start_engine())
+    } else {
+        None
+    };
+    let cores = engine.as_ref().map_or_else(
+        || vec![node.as_bytes().to_vec()],
+        |e| e.cores().iter().map(|c| c.fabric_name.clone()).collect(),
+    );
+    let req = ClaimRequest {
+        kind: RoleKind::Oss,
+        want,
+        node: node.clone(),
+        provider: "tcp".into(),
+        cores,
+    };
+    let cfg = BootConfig {
+        connect_timeout: Duration::from_millis(500),
+        request_timeout: Duration::from_millis(500),
+    };
+    let mut c = MgsClient::new(&mgs, cfg);
+    let until = Instant::now() + Duration::from_secs(60);
+    let (grant, sent) = loop {
+        let sent = Instant::now();
+        match c.claim(&req) {
+            Ok(g) => break (g, sent),
+            Err(e) if e.errno() == Some(errno::EBUSY) && Instant::now() < until => {
+                std::thread::sleep(Duration::from_millis(20));
+            }
+            Err(e) => panic!("claim: {e}"),
+        }
+    };
+    let at_ms = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .as_millis();
+    println!("GRANTED {} epoch {} at_ms {at_ms}", grant.role, grant.epoch);
+    let report = TargetReport {
+        state: TargetState::Up,
+        capacity: 1 << 30,
+        free: 1 << 29,
+    };
+    let heartbeat = Duration::from_millis(grant.heartbeat_ms.into());
+    let mut keeper = LeaseKeeper::start(&mgs, grant.clone(), sent, report);
+    let events = keeper.events().unwrap();
+    loop {
+        while let Ok(ev) = events.try_recv() {
+            match ev {
+                LeaseEvent::Fenced(why) => {
+                    println!("FENCED {why}");
+                    drop(engine);
+                    std::process::exit(3);
+                }
+                LeaseEvent::Lapsed => println!("LAPSED"),
+                LeaseEvent::Restored => println!("RESTORED"),
+                LeaseEvent::Unreachable(why) => println!("UNREACHABLE {why}"),
+            }
+        }
+        match keeper.status() {
+            LeaseStatus::Serving { .. } => {
+                println!("SERVING {} epoch {}", grant.role, grant.epoch)
+            }
+            other => println!("NOT SERVING {other:?}"),
+        }
+        std::thread::sleep(heartbeat);
+    }
+}
+
+/// One engine core on the tcp provider, answering PING (the reactor does) and ENOSYS.
+fn start_engine() -> nacre_engine::Engine {
+    use nacre_engine::{Core, EngineConfig, PoolConfig, Request, Service, SizeClass};
+    struct Nothing;
+    impl Service for Nothing {
+        fn on_request(&mut self, core: &mut Core, req: Request<'_>) {
+            core.reply(req.peer, &req.header, -38, &[]);
+        }
+    }
+    let cfg = EngineConfig {
+        cores: 1,
+        no_pin: true,
+        fabric: nacre_fabric::Selection::provider("tcp"),
+        pool: PoolConfig {
+            classes: vec![SizeClass {
+                size: 4096,
+                count: 4,
+            }],
+            huge_pages: false,
+        },
+        ..Default::default()
+    };
+    nacre_engine::Engine::start(&cfg, |_, _| Nothing).expect("engine starts")
+}
+
+/// Whether the tcp provider is here (else the test prints SKIP).
+pub fn have_tcp(test: &str) -> bool {
+    match nacre_fabric::Info::find(&nacre_fabric::Selection::provider("tcp")) {
+        Ok(_) => true,
+        Err(e) => {
+            nacre_fabric::testing::skip(&format!("{test}: tcp provider not available: {e}"));
+            false
+        }
+    }
+}
+
+/// Waits until `pred` holds for a map fetched from `c` (long polls, bounded).
+pub fn wait_for_map(
+    c: &mut MgsClient,
+    within: Duration,
+    pred: impl Fn(&nacre_proto::bootstrap::ClusterMap) -> bool,
+) -> nacre_proto::bootstrap::ClusterMap {
+    let until = Instant::now() + within;
+    let mut m = c.fetch_map().unwrap();
+    while !pred(&m) {
+        let left = until
+            .checked_duration_since(Instant::now())
+            .unwrap_or_else(|| panic!("map never matched; last: {m:?}"));
+        m = c
+            .wait_map(m.version, left.min(Duration::from_secs(1)))
+            .unwrap();
+    }
+    m
+}
+
+/// A free loopback port (bound, read back, released).
+pub fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port()
+}
+
+/// A real etcd on loopback ports of its own, in a fresh data dir; None (and a SKIP
+/// line) if etcd is not installed.
+pub struct EtcdProc {
+    pub proc: Proc,
+    pub url: String,
+}
+
+impl EtcdProc {
+    pub fn start(name: &str) -> Option<EtcdProc> {
+        if Command::new("etcd").arg("--version").output().is_err() {
+            nacre_fabric::testing::skip(&format!(
+                "{name}: etcd is not installed (scripts/deps installs etcd-server)"
+            ));
+            return None;
+        }
+        let dir = tmpdir(&format!("etcd-{name}"));
+        let (client, peer) = (free_port(), free_port());
+        let c = format!("http://127.0.0.1:{client}");
+        let p = format!("http://127.0.0.1:{peer}");
+        let mut cmd = Command::new("etcd");
+        cmd.arg("--data-dir")
+            .arg(dir.join("data"))
+            .args(["--name", "default"])
+            .args(["--listen-client-urls", &c, "--advertise-client-urls", &c])
+            .args([
+                "--listen-peer-urls",
+                &p,
+                "--initial-advertise-peer-urls",
+                &p,
+            ])
+            .args(["--initial-cluster", &format!("default={p}")])
+            .args(["--logger", "zap", "--log-level", "error"]);
+        let proc = Proc::spawn("etcd", cmd);
+        let url = format!("etcd://127.0.0.1:{client}");
+        // Ready when a plain TCP connect to the client port works.
+        let until = Instant::now() + Duration::from_secs(20);
+        while std::net::TcpStream::connect(("127.0.0.1", client)).is_err() {
+            assert!(Instant::now() < until, "etcd did not start");
+            std::thread::sleep(Duration::from_millis(50));
+        }
+        Some(EtcdProc { proc, url })
+    }
+
+    /// `nacre-mgs format` into this etcd.
+    pub fn format(&self, fsname: &str, force: bool) -> std::process::Output {
+        let mut cmd = Command::new(MGS_BIN);
+        cmd.args(["format", "--store", &self.url, "--fsname", fsname]);
+        if force {
+            cmd.arg("--force");
+        }
+        cmd.output().unwrap()
+    }
+}
+
+impl Mgs {
+    /// `nacre-mgs serve` on the etcd store; returns once it printed where it listens.
+    pub fn serve_etcd(url: &str, extra: &[&str]) -> Mgs {
+        let dir = tmpdir("unused");
+        let mut args = vec!["--store", url];
+        args.extend_from_slice(extra);
+        Mgs::serve(&dir, "127.0.0.1:0", &args)
+    }
+}

@@ -1,0 +1,967 @@
+//! The bootstrap protocol: what servers and clients say to the management service (MGS)
+//! over TCP, and the cluster map it hands out.
+//!
+//! One request, one reply, in order, on a TCP connection. Every frame is a 16-byte header
+//! and a body (little-endian):
+//!
+//! | off | size | field                                     |
+//! |-----|------|-------------------------------------------|
+//! | 0   | 4    | magic `NCRB`                              |
+//! | 4   | 2    | version (1)                               |
+//! | 6   | 2    | opcode (a reply repeats its request's)    |
+//! | 8   | 4    | status: 0, or a negative errno (replies)  |
+//! | 12  | 4    | body length                               |
+//!
+//! A failed reply's body is a UTF-8 message. Every length and count is checked against
+//! the [limits](MAX_REQUEST_BODY) and against the bytes actually left before anything is
+//! allocated, so a hostile peer cannot make a decoder allocate more than it sent.
+
+use std::fmt;
+
+/// `NCRB` as a little-endian u32.
+pub const BOOT_MAGIC: u32 = u32::from_le_bytes(*b"NCRB");
+pub const BOOT_VERSION: u16 = 1;
+pub const BOOT_HEADER_LEN: usize = 16;
+
+/// Largest request body (a claim with every core's address is the largest request).
+pub const MAX_REQUEST_BODY: u32 = 128 * 1024;
+/// Largest reply body, hence largest encoded map: the MGS refuses a claim that would
+/// grow the map past it, so a map fetch is always one bounded frame.
+pub const MAX_REPLY_BODY: u32 = 4 * 1024 * 1024;
+pub const MAX_NODE_LEN: usize = 256;
+pub const MAX_PROVIDER_LEN: usize = 64;
+pub const MAX_FSNAME_LEN: usize = 64;
+/// Engine cores one server may publish.
+pub const MAX_CORES: usize = 128;
+/// One core's fabric address (opaque; EFA's are 32 bytes, tcp's 16 to 128).
+pub const MAX_ADDR_LEN: usize = 512;
+/// Longest wait a map long poll may ask for.
+pub const MAX_WAIT_MS: u32 = 60_000;
+pub const MAX_MESSAGE_LEN: usize = 1024;
+
+/// Errno values the MGS answers with.
+pub mod errno {
+    pub const EBUSY: i32 = 16;
+    pub const EINVAL: i32 = 22;
+    pub const ENOSPC: i32 = 28;
+    pub const EBADMSG: i32 = 74;
+    pub const EMSGSIZE: i32 = 90;
+    pub const EOPNOTSUPP: i32 = 95;
+    pub const ESTALE: i32 = 116;
+    pub const EIO: i32 = 5;
+    pub const ENOENT: i32 = 2;
+    /// This MGS cannot answer now (not the leader, no leader reachable): try again or
+    /// try another MGS.
+    pub const EAGAIN: i32 = 11;
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum BootError {
+    #[error("truncated: wanted {want} bytes at offset {at}, {left} left")]
+    Short { at: usize, want: usize, left: usize },
+    #[error("bad magic {0:#010x}: not a nacre bootstrap frame")]
+    BadMagic(u32),
+    #[error("unsupported bootstrap version {0} (this build speaks {BOOT_VERSION})")]
+    UnsupportedVersion(u16),
+    #[error("unknown opcode {0}")]
+    UnknownOp(u16),
+    #[error("body of {len} bytes exceeds the limit of {max}")]
+    TooLarge { len: u32, max: u32 },
+    #[error("{0} trailing bytes after the message")]
+    Trailing(usize),
+    #[error("{field}: {len} bytes exceeds the limit of {max}")]
+    FieldTooLong {
+        field: &'static str,
+        len: usize,
+        max: usize,
+    },
+    #[error("{field}: {count} entries exceeds the limit of {max}")]
+    TooMany {
+        field: &'static str,
+        count: usize,
+        max: usize,
+    },
+    #[error("{field}: not UTF-8")]
+    NotUtf8 { field: &'static str },
+    #[error("{field}: bad value {value}")]
+    BadValue { field: &'static str, value: u64 },
+}
+
+impl BootError {
+    /// The errno a reply to such a request carries.
+    pub fn errno(&self) -> i32 {
+        match self {
+            BootError::UnsupportedVersion(_) | BootError::UnknownOp(_) => errno::EOPNOTSUPP,
+            BootError::TooLarge { .. } => errno::EMSGSIZE,
+            _ => errno::EBADMSG,
+        }
+    }
+}
+
+/// An operation. A reply carries its request's opcode.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum BootOp {
+    Claim = 1,
+    Renew = 2,
+    Release = 3,
+    FetchMap = 4,
+    WaitMap = 5,
+}
+
+impl BootOp {
+    pub fn from_u16(v: u16) -> Result<BootOp, BootError> {
+        Ok(match v {
+            1 => BootOp::Claim,
+            2 => BootOp::Renew,
+            3 => BootOp::Release,
+            4 => BootOp::FetchMap,
+            5 => BootOp::WaitMap,
+            _ => return Err(BootError::UnknownOp(v)),
+        })
+    }
+}
+
+/// A decoded frame header.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct BootHeader {
+    pub op: BootOp,
+    /// 0, or a negative errno in a reply.
+    pub status: i32,
+    pub body_len: u32,
+}
+
+impl BootHeader {
+    /// Decodes and checks a header; `max_body` is what the receiver accepts.
+    pub fn decode(bytes: &[u8], max_body: u32) -> Result<BootHeader, BootError> {
+        let mut d = Dec::new(bytes);
+        let magic = d.u32()?;
+        if magic != BOOT_MAGIC {
+            return Err(BootError::BadMagic(magic));
+        }
+        let version = d.u16()?;
+        if version != BOOT_VERSION {
+            return Err(BootError::UnsupportedVersion(version));
+        }
+        let op = BootOp::from_u16(d.u16()?)?;
+        let status = d.u32()? as i32;
+        let body_len = d.u32()?;
+        if body_len > max_body {
+            return Err(BootError::TooLarge {
+                len: body_len,
+                max: max_body,
+            });
+        }
+        Ok(BootHeader {
+            op,
+            status,
+            body_len,
+        })
+    }
+}
+
+/// One whole frame: header then body.
+pub fn encode_frame(op: BootOp, status: i32, body: &[u8]) -> Vec<u8> {
+    let mut out = Vec::with_capacity(BOOT_HEADER_LEN + body.len());
+    out.extend_from_slice(&BOOT_MAGIC.to_le_bytes());
+    out.extend_from_slice(&BOOT_VERSION.to_le_bytes());
+    out.extend_from_slice(&(op as u16).to_le_bytes());
+    out.extend_from_slice(&status.to_le_bytes());
+    out.extend_from_slice(&(body.len() as u32).to_le_bytes());
+    out.extend_from_slice(body);
+    out
+}
+
+/// What kind of server holds a role.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub enum RoleKind {
+    Mds = 1,
+    Oss = 2,
+}
+
+impl RoleKind {
+    fn from_u32(v: u32) -> Result<RoleKind, BootError> {
+        match v {
+            1 => Ok(RoleKind::Mds),
+            2 => Ok(RoleKind::Oss),
+            _ => Err(BootError::BadValue {
+                field: "role kind",
+                value: v.into(),
+            }),
+        }
+    }
+
+    pub fn name(self) -> &'static str {
+        match self {
+            RoleKind::Mds => "mds",
+            RoleKind::Oss => "oss",
+        }
+    }
+
+    /// The kind of target a role of this kind serves.
+    pub fn target_kind(self) -> TargetKind {
+        match self {
+            RoleKind::Mds => TargetKind::Mdt,
+            RoleKind::Oss => TargetKind::Ost,
+        }
+    }
+}
+
+/// A role: `mds0`, `oss3`. Each role serves the target of the same index.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub struct Role {
+    pub kind: RoleKind,
+    pub index: u32,
+}
+
+impl Role {
+    /// Parses `mds0`, `oss12`.
+    pub fn parse(s: &str) -> Option<Role> {
+        let (kind, digits) = if let Some(d) = s.strip_prefix("mds") {
+            (RoleKind::Mds, d)
+        } else {
+            (RoleKind::Oss, s.strip_prefix("oss")?)
+        };
+        if digits.is_empty() || !digits.bytes().all(|b| b.is_ascii_digit()) {
+            return None;
+        }
+        Some(Role {
+            kind,
+            index: digits.parse().ok()?,
+        })
+    }
+}
+
+impl fmt::Display for Role {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{}{}", self.kind.name(), self.index)
+    }
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum TargetKind {
+    Mdt = 1,
+    Ost = 2,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum TargetState {
+    Up = 1,
+    Down = 2,
+    Degraded = 3,
+}
+
+impl TargetState {
+    fn from_u32(v: u32) -> Result<TargetState, BootError> {
+        match v {
+            1 => Ok(TargetState::Up),
+            2 => Ok(TargetState::Down),
+            3 => Ok(TargetState::Degraded),
+            _ => Err(BootError::BadValue {
+                field: "target state",
+                value: v.into(),
+            }),
+        }
+    }
+}
+
+/// What a server says of its target in each heartbeat.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct TargetReport {
+    pub state: TargetState,
+    pub capacity: u64,
+    pub free: u64,
+}
+
+/// Ask for a role of `kind`: the MGS gives back this node's own role if it has one, else
+/// `want` (a standby that waits to take one role over), else a lapsed role of that kind,
+/// else the next new index.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ClaimRequest {
+    pub kind: RoleKind,
+    pub want: Option<u32>,
+    /// The server's identity: stable across its restarts (host name, instance id...).
+    pub node: String,
+    /// libfabric provider the cores' addresses belong to (`tcp`, `efa`...).
+    pub provider: String,
+    /// Every engine core's fabric address, in core order (opaque bytes).
+    pub cores: Vec<Vec<u8>>,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct RenewRequest {
+    pub role: Role,
+    pub epoch: u64,
+    pub report: TargetReport,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum BootRequest {
+    Claim(ClaimRequest),
+    Renew(RenewRequest),
+    Release {
+        role: Role,
+        epoch: u64,
+    },
+    FetchMap,
+    /// Answer once the map's version exceeds `newer_than`, or after `wait_ms` with
+    /// whatever map is current.
+    WaitMap {
+        newer_than: u64,
+        wait_ms: u32,
+    },
+}
+
+/// The MGS's answer to a claim.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Grant {
+    pub role: Role,
+    /// The fencing token: put it in everything sent as this role.
+    pub epoch: u64,
+    /// The role's target was never served: format it.
+    pub fresh: bool,
+    pub heartbeat_ms: u32,
+    pub lease_ms: u32,
+    pub fsname: String,
+    pub fsid: u64,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Renewed {
+    pub lease_ms: u32,
+    pub map_version: u64,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum BootReply {
+    Granted(Grant),
+    Renewed(Renewed),
+    Released,
+    Map(ClusterMap),
+    /// Refused: a positive errno and why.
+    Failed {
+        errno: i32,
+        message: String,
+    },
+}
+
+/// Stripe defaults for files created without a layout of their own.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct LayoutDefaults {
+    pub stripe_count: u32,
+    pub stripe_size: u64,
+}
+
+impl Default for LayoutDefaults {
+    fn default() -> Self {
+        LayoutDefaults {
+            stripe_count: 1,
+            stripe_size: 1 << 20,
+        }
+    }
+}
+
+/// One target as the map shows it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Target {
+    pub kind: TargetKind,
+    pub index: u32,
+    pub role: Role,
+    /// The node that owns the role now.
+    pub owner: String,
+    pub epoch: u64,
+    pub state: TargetState,
+    pub capacity: u64,
+    pub free: u64,
+}
+
+/// One server (the current owner of a role) and where its engine cores listen.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ServerEntry {
+    pub role: Role,
+    pub node: String,
+    pub epoch: u64,
+    pub provider: String,
+    pub cores: Vec<Vec<u8>>,
+}
+
+/// Who serves what: every client and server decodes this.
+#[derive(Debug, Clone, PartialEq, Eq, Default)]
+pub struct ClusterMap {
+    /// Grows on every change of owner, epoch, state or addresses.
+    pub version: u64,
+    pub fsname: String,
+    pub fsid: u64,
+    pub layout: LayoutDefaults,
+    pub targets: Vec<Target>,
+    pub servers: Vec<ServerEntry>,
+}
+
+impl ClusterMap {
+    pub fn server(&self, role: Role) -> Option<&ServerEntry> {
+        self.servers.iter().find(|s| s.role == role)
+    }
+
+    pub fn target(&self, role: Role) -> Option<&Target> {
+        self.targets.iter().find(|t| t.role == role)
+    }
+
+    /// Whether `epoch` is the current owner's epoch of `role` in this map: a peer that
+    /// presents an older one is a stale owner and must be refused.
+    pub fn is_current(&self, role: Role, epoch: u64) -> bool {
+        self.server(role).is_some_and(|s| s.epoch == epoch)
+    }
+
+    pub fn encode(&self) -> Vec<u8> {
+        let mut e = Enc::default();
+        self.encode_into(&mut e);
+        e.0
+    }
+
+    pub fn decode(body: &[u8]) -> Result<ClusterMap, BootError> {
+        let mut d = Dec::new(body);
+        let map = ClusterMap::decode_from(&mut d)?;
+        d.finish()?;
+        Ok(map)
+    }
+
+    fn encode_into(&self, e: &mut Enc) {
+        e.u64(self.version);
+        e.str(&self.fsname);
+        e.u64(self.fsid);
+        e.u32(self.layout.stripe_count);
+        e.u64(self.layout.stripe_size);
+        e.u32(self.targets.len() as u32);
+        for t in &self.targets {
+            t.encode_into(e);
+        }
+        e.u32(self.servers.len() as u32);
+        for s in &self.servers {
+            s.encode_into(e);
+        }
+    }
+
+    fn decode_from(d: &mut Dec<'_>) -> Result<ClusterMap, BootError> {
+        let version = d.u64()?;
+        let fsname = d.str("fsname", MAX_FSNAME_LEN)?;
+        let fsid = d.u64()?;
+        let layout = LayoutDefaults {
+            stripe_count: d.u32()?,
+            stripe_size: d.u64()?,
+        };
+        let n = d.count("targets", usize::MAX, Target::MIN_LEN)?;
+        let targets = (0..n)
+            .map(|_| Target::decode_from(d))
+            .collect::<Result<_, _>>()?;
+        let n = d.count("servers", usize::MAX, ServerEntry::MIN_LEN)?;
+        let servers = (0..n)
+            .map(|_| ServerEntry::decode_from(d))
+            .collect::<Result<_, _>>()?;
+        Ok(ClusterMap {
+            version,
+            fsname,
+            fsid,
+            layout,
+            targets,
+            servers,
+        })
+    }
+}
+
+impl Target {
+    const MIN_LEN: usize = 4 * 4 + 4 + 8 + 4 + 16;
+
+    /// Encoded alone (the MGS's store keeps records this way).
+    pub fn encode(&self) -> Vec<u8> {
+        let mut e = Enc::default();
+        self.encode_into(&mut e);
+        e.0
+    }
+
+    pub fn decode(bytes: &[u8]) -> Result<Target, BootError> {
+        let mut d = Dec::new(bytes);
+        let t = Target::decode_from(&mut d)?;
+        d.finish()?;
+        Ok(t)
+    }
+
+    fn encode_into(&self, e: &mut Enc) {
+        e.u32(self.kind as u32);
+        e.u32(self.index);
+        e.role(self.role);
+        e.str(&self.owner);
+        e.u64(self.epoch);
+        e.u32(self.state as u32);
+        e.u64(self.capacity);
+        e.u64(self.free);
+    }
+
+    fn decode_from(d: &mut Dec<'_>) -> Result<Target, BootError> {
+        let kind = match d.u32()? {
+            1 => TargetKind::Mdt,
+            2 => TargetKind::Ost,
+            v => {
+                return Err(BootError::BadValue {
+                    field: "target kind",
+                    value: v.into(),
+                })
+            }
+        };
+        Ok(Target {
+            kind,
+            index: d.u32()?,
+            role: d.role()?,
+            owner: d.str("owner", MAX_NODE_LEN)?,
+            epoch: d.u64()?,
+            state: TargetState::from_u32(d.u32()?)?,
+            capacity: d.u64()?,
+            free: d.u64()?,
+        })
+    }
+}
+
+impl ServerEntry {
+    const MIN_LEN: usize = 8 + 4 + 8 + 4 + 4;
+
+    pub fn encode(&self) -> Vec<u8> {
+        let mut e = Enc::default();
+        self.encode_into(&mut e);
+        e.0
+    }
+
+    pub fn decode(bytes: &[u8]) -> Result<ServerEntry, BootError> {
+        let mut d = Dec::new(bytes);
+        let s = ServerEntry::decode_from(&mut d)?;
+        d.finish()?;
+        Ok(s)
+    }
+
+    fn encode_into(&self, e: &mut Enc) {
+        e.role(self.role);
+        e.str(&self.node);
+        e.u64(self.epoch);
+        e.str(&self.provider);
+        e.cores(&self.cores);
+    }
+
+    fn decode_from(d: &mut Dec<'_>) -> Result<ServerEntry, BootError> {
+        Ok(ServerEntry {
+            role: d.role()?,
+            node: d.str("node", MAX_NODE_LEN)?,
+            epoch: d.u64()?,
+            provider: d.str("provider", MAX_PROVIDER_LEN)?,
+            cores: d.cores()?,
+        })
+    }
+}
+
+impl BootRequest {
+    pub fn op(&self) -> BootOp {
+        match self {
+            BootRequest::Claim(_) => BootOp::Claim,
+            BootRequest::Renew(_) => BootOp::Renew,
+            BootRequest::Release { .. } => BootOp::Release,
+            BootRequest::FetchMap => BootOp::FetchMap,
+            BootRequest::WaitMap { .. } => BootOp::WaitMap,
+        }
+    }
+
+    /// The whole frame. Fails if a field is over its limit (the MGS would refuse it).
+    pub fn encode(&self) -> Result<Vec<u8>, BootError> {
+        let mut e = Enc::default();
+        match self {
+            BootRequest::Claim(c) => {
+                check_len("node", c.node.len(), MAX_NODE_LEN)?;
+                check_len("provider", c.provider.len(), MAX_PROVIDER_LEN)?;
+                if c.cores.len() > MAX_CORES {
+                    return Err(BootError::TooMany {
+                        field: "cores",
+                        count: c.cores.len(),
+                        max: MAX_CORES,
+                    });
+                }
+                for a in &c.cores {
+                    check_len("core address", a.len(), MAX_ADDR_LEN)?;
+                }
+                e.u32(c.kind as u32);
+                e.u32(c.want.map_or(0, |w| w.saturating_add(1)));
+                e.str(&c.node);
+                e.str(&c.provider);
+                e.cores(&c.cores);
+            }
+            BootRequest::Renew(r) => {
+                e.role(r.role);
+                e.u64(r.epoch);
+                e.u32(r.report.state as u32);
+                e.u64(r.report.capacity);
+                e.u64(r.report.free);
+            }
+            BootRequest::Release { role, epoch } => {
+                e.role(*role);
+                e.u64(*epoch);
+            }
+            BootRequest::FetchMap => {}
+            BootRequest::WaitMap {
+                newer_than,
+                wait_ms,
+            } => {
+                e.u64(*newer_than);
+                e.u32(*wait_ms);
+            }
+        }
+        check_body(e.0.len(), MAX_REQUEST_BODY)?;
+        Ok(encode_frame(self.op(), 0, &e.0))
+    }
+
+    /// Decodes a request body (the header already checked it is within the limit).
+    pub fn decode(op: BootOp, body: &[u8]) -> Result<BootRequest, BootError> {
+        check_body(body.len(), MAX_REQUEST_BODY)?;
+        let mut d = Dec::new(body);
+        let req = match op {
+            BootOp::Claim => {
+                let kind = RoleKind::from_u32(d.u32()?)?;
+                let want = d.u32()?.checked_sub(1);
+                BootRequest::Claim(ClaimRequest {
+                    kind,
+                    want,
+                    node: d.str("node", MAX_NODE_LEN)?,
+                    provider: d.str("provider", MAX_PROVIDER_LEN)?,
+                    cores: d.cores()?,
+                })
+            }
+            BootOp::Renew => BootRequest::Renew(RenewRequest {
+                role: d.role()?,
+                epoch: d.u64()?,
+                report: TargetReport {
+                    state: TargetState::from_u32(d.u32()?)?,
+                    capacity: d.u64()?,
+                    free: d.u64()?,
+                },
+            }),
+            BootOp::Release => BootRequest::Release {
+                role: d.role()?,
+                epoch: d.u64()?,
+            },
+            BootOp::FetchMap => BootRequest::FetchMap,
+            BootOp::WaitMap => BootRequest::WaitMap {
+                newer_than: d.u64()?,
+                wait_ms: d.u32()?,
+            },
+        };
+        d.finish()?;
+        Ok(req)
+    }
+}
+
+impl BootReply {
+    /// The whole frame answering a request of `op`.
+    pub fn encode(&self, op: BootOp) -> Vec<u8> {
+        let mut e = Enc::default();
+        let status = match self {
+            BootReply::Granted(g) => {
+                e.role(g.role);
+                e.u64(g.epoch);
+                e.u32(g.fresh as u32);
+                e.u32(g.heartbeat_ms);
+                e.u32(g.lease_ms);
+                e.str(&g.fsname);
+                e.u64(g.fsid);
+                0
+            }
+            BootReply::Renewed(r) => {
+                e.u32(r.lease_ms);
+                e.u64(r.map_version);
+                0
+            }
+            BootReply::Released => 0,
+            BootReply::Map(m) => {
+                m.encode_into(&mut e);
+                0
+            }
+            BootReply::Failed { errno, message } => {
+                let mut cut = message.len().min(MAX_MESSAGE_LEN);
+                while !message.is_char_boundary(cut) {
+                    cut -= 1;
+                }
+                e.0.extend_from_slice(&message.as_bytes()[..cut]);
+                -errno.abs().max(1)
+            }
+        };
+        encode_frame(op, status, &e.0)
+    }
+
+    /// Decodes a reply to a request of `op` (`status` from its header).
+    pub fn decode(op: BootOp, status: i32, body: &[u8]) -> Result<BootReply, BootError> {
+        check_body(body.len(), MAX_REPLY_BODY)?;
+        if status != 0 {
+            check_len("message", body.len(), MAX_MESSAGE_LEN)?;
+            return Ok(BootReply::Failed {
+                errno: status.checked_neg().unwrap_or(i32::MAX),
+                message: String::from_utf8_lossy(body).into_owned(),
+            });
+        }
+        let mut d = Dec::new(body);
+        let reply = match op {
+            BootOp::Claim => BootReply::Granted(Grant {
+                role: d.role()?,
+                epoch: d.u64()?,
+                fresh: d.u32()? != 0,
+                heartbeat_ms: d.u32()?,
+                lease_ms: d.u32()?,
+                fsname: d.str("fsname", MAX_FSNAME_LEN)?,
+                fsid: d.u64()?,
+            }),
+            BootOp::Renew => BootReply::Renewed(Renewed {
+                lease_ms: d.u32()?,
+                map_version: d.u64()?,
+            }),
+            BootOp::Release => BootReply::Released,
+            BootOp::FetchMap | BootOp::WaitMap => BootReply::Map(ClusterMap::decode_from(&mut d)?),
+        };
+        d.finish()?;
+        Ok(reply)
+    }
+}
+
+fn check_len(field: &'static str, len: usize, max: usize) -> Result<(), BootError> {
+    if len > max {
+        return Err(BootError::FieldTooLong { field, len, max });
+    }
+    Ok(())
+}
+
+fn check_body(len: usize, max: u32) -> Result<(), BootError> {
+    if len > max as usize {
+        return Err(BootError::TooLarge {
+            len: len.min(u32::MAX as usize) as u32,
+            max,
+        });
+    }
+    Ok(())
+}
+
+#[derive(Default)]
+struct Enc(Vec<u8>);
+
+impl Enc {
+    fn u32(&mut self, v: u32) {
+        self.0.extend_from_slice(&v.to_le_bytes());
+    }
+    fn u64(&mut self, v: u64) {
+        self.0.extend_from_slice(&v.to_le_bytes());
+    }
+    fn bytes(&mut self, b: &[u8]) {
+        self.u32(b.len() as u32);
+        self.0.extend_from_slice(b);
+    }
+    fn str(&mut self, s: &str) {
+        self.bytes(s.as_bytes());
+    }
+    fn role(&mut self, r: Role) {
+        self.u32(r.kind as u32);
+        self.u32(r.index);
+    }
+    fn cores(&mut self, cores: &[Vec<u8>]) {
+        self.u32(cores.len() as u32);
+        for c in cores {
+            self.bytes(c);
+        }
+    }
+}
+
+/// A bounds-checked reader over a body.
+struct Dec<'a> {
+    bytes: &'a [u8],
+    at: usize,
+}
+
+impl<'a> Dec<'a> {
+    fn new(bytes: &'a [u8]) -> Self {
+        Dec { bytes, at: 0 }
+    }
+
+    fn left(&self) -> usize {
+        self.bytes.len() - self.at
+    }
+
+    fn take(&mut self, n: usize) -> Result<&'a [u8], BootError> {
+        if n > self.left() {
+            return Err(BootError::Short {
+                at: self.at,
+                want: n,
+                left: self.left(),
+            });
+        }
+        let out = &self.bytes[self.at..self.at + n];
+        self.at += n;
+        Ok(out)
+    }
+
+    fn u16(&mut self) -> Result<u16, BootError> {
+        let b = self.take(2)?;
+        Ok(u16::from_le_bytes([b[0], b[1]]))
+    }
+
+    fn u32(&mut self) -> Result<u32, BootError> {
+        let b = self.take(4)?;
+        Ok(u32::from_le_bytes([b[0], b[1], b[2], b[3]]))
+    }
+
+    fn u64(&mut self) -> Result<u64, BootError> {
+        Ok(u64::from(self.u32()?) | (u64::from(self.u32()?) << 32))
+    }
+
+    fn bytes(&mut self, field: &'static str, max: usize) -> Result<&'a [u8], BootError> {
+        let len = self.u32()? as usize;
+        check_len(field, len, max)?;
+        self.take(len)
+    }
+
+    fn str(&mut self, field: &'static str, max: usize) -> Result<String, BootError> {
+        let b = self.bytes(field, max)?;
+        std::str::from_utf8(b)
+            .map(str::to_owned)
+            .map_err(|_| BootError::NotUtf8 { field })
+    }
+
+    /// A count of items of at least `min_len` bytes each: never more than the bytes
+    /// left could hold, so a lying count cannot make us allocate.
+    fn count(
+        &mut self,
+        field: &'static str,
+        max: usize,
+        min_len: usize,
+    ) -> Result<usize, BootError> {
+        let count = self.u32()? as usize;
+        let max = max.min(self.left() / min_len.max(1));
+        if count > max {
+            return Err(BootError::TooMany { field, count, max });
+        }
+        Ok(count)
+    }
+
+    fn role(&mut self) -> Result<Role, BootError> {
+        Ok(Role {
+            kind: RoleKind::from_u32(self.u32()?)?,
+            index: self.u32()?,
+        })
+    }
+
+    fn cores(&mut self) -> Result<Vec<Vec<u8>>, BootError> {
+        let n = self.count("cores", MAX_CORES, 4)?;
+        (0..n)
+            .map(|_| Ok(self.bytes("core address", MAX_ADDR_LEN)?.to_vec()))
+            .collect()
+    }
+
+    fn finish(&self) -> Result<(), BootError> {
+        match self.left() {
+            0 => Ok(()),
+            n => Err(BootError::Trailing(n)),
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn map() -> ClusterMap {
+        let role = Role {
+            kind: RoleKind::Oss,
+            index: 3,
+        };
+        ClusterMap {
+            version: 7,
+            fsname: "scratch".into(),
+            fsid: 0xfeed,
+            layout: LayoutDefaults::default(),
+            targets: vec![Target {
+                kind: TargetKind::Ost,
+                index: 3,
+                role,
+                owner: "node-a".into(),
+                epoch: 2,
+                state: TargetState::Degraded,
+                capacity: 100,
+                free: 40,
+            }],
+            servers: vec![ServerEntry {
+                role,
+                node: "node-a".into(),
+                epoch: 2,
+                provider: "tcp".into(),
+                cores: vec![vec![1, 2, 3], vec![]],
+            }],
+        }
+    }
+
+    #[test]
+    fn map_round_trips_and_says_who_is_current() {
+        let m = map();
+        let frame = BootReply::Map(m.clone()).encode(BootOp::FetchMap);
+        let h = BootHeader::decode(&frame, MAX_REPLY_BODY).unwrap();
+        let back = BootReply::decode(h.op, h.status, &frame[BOOT_HEADER_LEN..]).unwrap();
+        assert_eq!(back, BootReply::Map(m.clone()));
+        let role = m.servers[0].role;
+        assert!(m.is_current(role, 2));
+        assert!(!m.is_current(role, 1));
+        assert_eq!(role.to_string(), "oss3");
+        assert_eq!(Role::parse("oss3"), Some(role));
+        assert_eq!(Role::parse("oss"), None);
+        assert_eq!(Role::parse("mdsx"), None);
+    }
+
+    #[test]
+    fn oversized_fields_and_lying_counts_are_refused() {
+        let claim = ClaimRequest {
+            kind: RoleKind::Oss,
+            want: None,
+            node: "n".repeat(MAX_NODE_LEN + 1),
+            provider: "tcp".into(),
+            cores: vec![],
+        };
+        assert!(matches!(
+            BootRequest::Claim(claim).encode(),
+            Err(BootError::FieldTooLong { field: "node", .. })
+        ));
+        // A claim saying it has 2^32-1 cores in a few bytes.
+        let mut body = Vec::new();
+        body.extend_from_slice(&2u32.to_le_bytes());
+        body.extend_from_slice(&0u32.to_le_bytes());
+        body.extend_from_slice(&1u32.to_le_bytes());
+        body.push(b'n');
+        body.extend_from_slice(&0u32.to_le_bytes());
+        body.extend_from_slice(&u32::MAX.to_le_bytes());
+        assert!(matches!(
+            BootRequest::decode(BootOp::Claim, &body),
+            Err(BootError::TooMany { field: "cores", .. })
+        ));
+        let frame = encode_frame(BootOp::FetchMap, 0, &[0; 8]);
+        assert!(matches!(
+            BootHeader::decode(&frame, 4),
+            Err(BootError::TooLarge { len: 8, max: 4 })
+        ));
+        assert!(matches!(
+            BootRequest::decode(BootOp::FetchMap, &[0]),
+            Err(BootError::Trailing(1))
+        ));
+    }
+
+    #[test]
+    fn failures_carry_errno_and_message() {
+        let frame = BootReply::Failed {
+            errno: errno::ESTALE,
+            message: "stale".into(),
+        }
+        .encode(BootOp::Renew);
+        let h = BootHeader::decode(&frame, MAX_REPLY_BODY).unwrap();
+        assert_eq!(h.status, -errno::ESTALE);
+        assert_eq!(
+            BootReply::decode(h.op, h.status, &frame[BOOT_HEADER_LEN..]).unwrap(),
+            BootReply::Failed {
+                errno: errno::ESTALE,
+                message: "stale".into()
+            }
+        );
+    }
+}
