@@ -125,7 +125,12 @@ pub struct ClientEndpoint {
 impl ClientEndpoint {
     /// Opens the endpoint and posts its receives; no session yet.
     pub fn open(sel: &Selection, cfg: RpcConfig) -> Result<ClientEndpoint, ClientError> {
-        let mut ep = nacre_fabric::open(sel, &EndpointConfig::default())?;
+        // A post waits (progressing) no longer than a request may take.
+        let ep_cfg = EndpointConfig {
+            post_timeout: cfg.timeout,
+            ..Default::default()
+        };
+        let mut ep = nacre_fabric::open(sel, &ep_cfg)?;
         let slots = cfg.depth + 1;
         let msgs = ep.register(Memory::anonymous(2 * slots * cfg.msg_size)?, Access::LOCAL)?;
         for slot in 0..slots {

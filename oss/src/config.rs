@@ -6,6 +6,14 @@
 //! fsid = "nacre"
 //! index = 0
 //! label = "nacre-OST0000"   # optional
+//!
+//! [server]                   # nacre-oss serve
+//! mgs = "10.0.0.1:7000"      # or NACRE_MGS; several MGS: "a:7000,b:7000"
+//! osts = ["/srv/nacre/ost0", "/srv/nacre/ost1"]
+//! provider = "tcp"           # tcp, sockets, shm, efa...
+//! listen = "10.0.0.2"        # address the cores serve from (default: the provider's)
+//! cores = 2                  # engine cores (default 1)
+//! cpus = [2, 3]              # explicit CPUs instead (default: near the NIC and disks)
 //! ```
 
 use std::path::{Path, PathBuf};
@@ -17,6 +25,21 @@ use serde::Deserialize;
 pub struct Config {
     #[serde(default)]
     pub ost: OstConfig,
+    #[serde(default)]
+    pub server: ServerConfig,
+}
+
+#[derive(Debug, Clone, Default, Deserialize, PartialEq, Eq)]
+#[serde(deny_unknown_fields)]
+pub struct ServerConfig {
+    pub mgs: Option<String>,
+    #[serde(default)]
+    pub osts: Vec<PathBuf>,
+    pub provider: Option<String>,
+    pub listen: Option<String>,
+    pub cores: Option<usize>,
+    pub cpus: Option<Vec<usize>>,
+    pub identity: Option<String>,
 }
 
 #[derive(Debug, Clone, Default, Deserialize, PartialEq, Eq)]

@@ -11,6 +11,7 @@ pub mod config;
 pub mod errno;
 pub mod layout;
 pub mod rangelock;
+pub mod serve;
 pub mod server;
 pub mod service;
 pub mod store;

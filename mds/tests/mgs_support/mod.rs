@@ -3,10 +3,8 @@
 //! acts as a server), read their stdout line by line with deadlines.
 #![allow(dead_code)]
 
-use std::io::{BufRead, BufReader};
 use std::path::PathBuf;
-use std::process::{Child, Command, Stdio};
-use std::sync::mpsc::{channel, Receiver};
+use std::process::Command;
 use std::time::{Duration, Instant};
 
 use nacre_client::mgs::{BootConfig, LeaseEvent, LeaseKeeper, LeaseStatus, MgsClient};
@@ -24,95 +22,7 @@ pub fn tmpdir(name: &str) -> PathBuf {
     d
 }
 
-/// A child process whose stdout lines arrive on a channel; killed (by pid) on drop.
-pub struct Proc {
-    pub child: Child,
-    pub lines: Receiver<String>,
-    pub name: String,
-}
-
-impl Proc {
-    pub fn spawn(name: &str, mut cmd: Command) -> Proc {
-        cmd.stdout(Stdio::piped()).stderr(Stdio::inherit());
-        let mut child = cmd
-            .spawn()
-            .unwrap_or_else(|e| panic!("{name}: cannot start: {e}"));
-        let out = child.stdout.take().unwrap();
-        let (tx, lines) = channel();
-        let tag = name.to_string();
-        std::thread::spawn(move || {
-            for line in BufReader::new(out).lines().map_while(Result::ok) {
-                eprintln!("[{tag}] {line}");
-                if tx.send(line).is_err() {
-                    break;
-                }
-            }
-        });
-        Proc {
-            child,
-            lines,
-            name: name.to_string(),
-        }
-    }
-
-    pub fn pid(&self) -> u32 {
-        self.child.id()
-    }
-
-    /// The first line containing `what` within `within`.
-    pub fn expect(&self, what: &str, within: Duration) -> String {
-        self.try_expect(what, within)
-            .unwrap_or_else(|| panic!("{}: no line with {what:?} within {within:?}", self.name))
-    }
-
-    pub fn try_expect(&self, what: &str, within: Duration) -> Option<String> {
-        let until = Instant::now() + within;
-        loop {
-            let left = until.checked_duration_since(Instant::now())?;
-            match self.lines.recv_timeout(left) {
-                Ok(l) if l.contains(what) => return Some(l),
-                Ok(_) => {}
-                Err(_) => return None,
-            }
-        }
-    }
-
-    pub fn signal(&self, sig: &str) {
-        let ok = Command::new("kill")
-            .args([&format!("-{sig}"), &self.pid().to_string()])
-            .status()
-            .unwrap()
-            .success();
-        assert!(ok, "kill -{sig} {}", self.pid());
-    }
-
-    pub fn kill9(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
-
-    /// Exit code within `within`, or None if still running.
-    pub fn wait_exit(&mut self, within: Duration) -> Option<i32> {
-        let until = Instant::now() + within;
-        while Instant::now() < until {
-            if let Some(st) = self.child.try_wait().unwrap() {
-                return Some(st.code().unwrap_or(-1));
-            }
-            std::thread::sleep(Duration::from_millis(10));
-        }
-        None
-    }
-}
-
-impl Drop for Proc {
-    fn drop(&mut self) {
-        let _ = Command::new("kill")
-            .args(["-CONT", &self.pid().to_string()])
-            .stderr(Stdio::null())
-            .status();
-        self.kill9();
-    }
-}
+pub use nacre_fabric::testing::Proc;
 
 pub fn format(dir: &std::path::Path, fsname: &str) {
     let out = Command::new(MGS_BIN)

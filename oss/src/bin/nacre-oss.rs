@@ -1,13 +1,14 @@
-//! nacre-oss: prepares and inspects object storage targets. `format` makes a directory an
-//! OST (superblock + hashed object directories); `info` prints a target's superblock and
-//! space. Values come from `--config FILE` (TOML, see nacre_oss::config) with flags
-//! overriding them.
+//! nacre-oss: the object storage server. `format` makes a directory an OST (superblock +
+//! hashed object directories); `info` prints a target's superblock and space; `serve`
+//! serves OSTs (see nacre_oss::serve). Values come from `--config FILE` (TOML, see
+//! nacre_oss::config) with flags overriding them.
 
 use std::path::PathBuf;
 use std::process::ExitCode;
 
 use clap::{Args, Parser, Subcommand};
 use nacre_oss::config::Config;
+use nacre_oss::serve::ServeConfig;
 use nacre_oss::superblock::{self, FormatRequest, Formatted};
 use nacre_oss::{ObjectStore, StoreConfig};
 
@@ -27,6 +28,37 @@ enum Cmd {
     Format(FormatArgs),
     /// Print a target's superblock and free space.
     Info(InfoArgs),
+    /// Serve OSTs: claim an `oss` role at the MGS for each, format fresh ones, serve
+    /// object I/O on pinned engine cores until SIGINT/SIGTERM.
+    Serve(ServeArgs),
+}
+
+#[derive(Args)]
+struct ServeArgs {
+    /// The MGS, HOST:PORT (several separated by commas) [env: NACRE_MGS].
+    #[arg(long)]
+    mgs: Option<String>,
+    /// An OST directory to serve (repeat for several); a fresh one is formatted.
+    #[arg(long = "ost")]
+    osts: Vec<PathBuf>,
+    /// libfabric provider: tcp, sockets, shm, efa... [default: tcp].
+    #[arg(long)]
+    provider: Option<String>,
+    /// Address the cores serve from [default: the provider's: 127.0.0.1 for tcp].
+    #[arg(long)]
+    listen: Option<String>,
+    /// Engine cores [default: 1].
+    #[arg(long)]
+    cores: Option<usize>,
+    /// Explicit CPUs for the cores, e.g. 2,3.
+    #[arg(long, value_delimiter = ',')]
+    cpus: Option<Vec<usize>>,
+    /// Do not pin the cores (shared test machines).
+    #[arg(long)]
+    no_pin: bool,
+    /// This server's identity at the MGS [default: the host name].
+    #[arg(long)]
+    identity: Option<String>,
 }
 
 #[derive(Args)]
@@ -80,7 +112,37 @@ fn run(cli: Cli) -> Result<(), Box<dyn std::error::Error>> {
     match cli.cmd {
         Cmd::Format(a) => format(cfg, a),
         Cmd::Info(a) => info(cfg, a),
+        Cmd::Serve(a) => serve(cfg, a),
     }
+}
+
+fn serve(cfg: Config, a: ServeArgs) -> Result<(), Box<dyn std::error::Error>> {
+    let s = cfg.server;
+    let mgs = a
+        .mgs
+        .or(s.mgs)
+        .or_else(|| std::env::var("NACRE_MGS").ok().filter(|v| !v.is_empty()))
+        .ok_or("no MGS: give --mgs HOST:PORT, [server] mgs in --config, or NACRE_MGS")?;
+    let osts = if a.osts.is_empty() { s.osts } else { a.osts };
+    let cpus = a.cpus.or(s.cpus);
+    let engine = nacre_engine::EngineConfig {
+        cores: a.cores.or(s.cores).unwrap_or(1),
+        cpus,
+        no_pin: a.no_pin,
+        ..Default::default()
+    };
+    let sc = ServeConfig {
+        mgs,
+        osts,
+        provider: a.provider.or(s.provider).unwrap_or_else(|| "tcp".into()),
+        node: a.listen.or(s.listen),
+        identity: a.identity.or(s.identity),
+        engine,
+    };
+    if !nacre_oss::serve::serve(&sc)? {
+        return Err("every role was taken over by another server (fenced): stepped down".into());
+    }
+    Ok(())
 }
 
 fn need_dir(flag: Option<PathBuf>, cfg: &Config) -> Result<PathBuf, String> {

@@ -1,0 +1,299 @@
+//! `nacre-oss serve`: an OSS process. It starts its engine, then claims an `oss` role at
+//! the MGS for each OST directory it is given (presenting every core's fabric address),
+//! formats a fresh target with the index the MGS grants, serves it under the granted
+//! epoch, and keeps each lease with a heartbeat. A lapsed lease stops that target's
+//! service until a renewal is acknowledged again; a fenced role (another owner took it)
+//! stops it for good. SIGINT or SIGTERM stops the server cleanly: the roles are released
+//! so that a successor need not wait for the leases to run out.
+
+use std::path::PathBuf;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use nacre_client::mgs::{BootConfig, LeaseEvent, LeaseKeeper, LeaseStatus, MgsClient, MgsError};
+use nacre_engine::{Engine, EngineConfig, EngineError};
+use nacre_fabric::Selection;
+use nacre_proto::bootstrap::{ClaimRequest, Grant, RoleKind, TargetReport, TargetState};
+
+use crate::server::{self, OstRegistry, OstSpec};
+use crate::service::OstEpoch;
+use crate::superblock::{self, FormatRequest, TargetError};
+
+#[derive(Debug, Clone)]
+pub struct ServeConfig {
+    /// The MGS: `HOST:PORT`, or several separated by commas.
+    pub mgs: String,
+    pub osts: Vec<PathBuf>,
+    /// libfabric provider (`tcp`, `sockets`, `shm`, `efa`...).
+    pub provider: String,
+    /// Address the cores serve from; None: the provider's default (loopback for IP
+    /// providers, the provider's choice otherwise).
+    pub node: Option<String>,
+    /// This server's identity at the MGS, stable across restarts; None: the host name.
+    pub identity: Option<String>,
+    pub engine: EngineConfig,
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum ServeError {
+    #[error("no OST given: pass --ost DIR (one or more)")]
+    NoOst,
+    #[error(transparent)]
+    Mgs(#[from] MgsError),
+    #[error(transparent)]
+    Engine(#[from] EngineError),
+    #[error(transparent)]
+    Target(#[from] TargetError),
+    #[error("{dir}: the target is OST {have}, but the MGS granted role {granted} (another server's target?)")]
+    WrongIndex {
+        dir: String,
+        have: u32,
+        granted: String,
+    },
+    #[error("{dir}: the target belongs to file system {have:?}, the MGS serves {want:?}")]
+    OtherFs {
+        dir: String,
+        have: String,
+        want: String,
+    },
+    #[error("installing signal handlers: {0}")]
+    Signals(std::io::Error),
+}
+
+/// One served OST and its lease.
+struct Held {
+    index: u32,
+    epoch: OstEpoch,
+    granted: u64,
+    keeper: LeaseKeeper,
+    events: std::sync::mpsc::Receiver<LeaseEvent>,
+    dir: PathBuf,
+    fenced: bool,
+}
+
+/// Runs the server until a signal, or until every role it held was fenced (returns
+/// false then, so the process can exit with an error).
+pub fn serve(cfg: &ServeConfig) -> Result<bool, ServeError> {
+    if cfg.osts.is_empty() {
+        return Err(ServeError::NoOst);
+    }
+    let stop = Arc::new(AtomicBool::new(false));
+    for sig in [signal_hook::consts::SIGINT, signal_hook::consts::SIGTERM] {
+        signal_hook::flag::register(sig, stop.clone()).map_err(ServeError::Signals)?;
+    }
+    let mut mgs = MgsClient::connect(&cfg.mgs, BootConfig::default())?;
+    let registry = OstRegistry::default();
+    let engine = start_engine(cfg, &registry)?;
+    let cores: Vec<Vec<u8>> = engine
+        .cores()
+        .iter()
+        .map(|c| c.fabric_name.clone())
+        .collect();
+    let mut held = Vec::new();
+    for dir in &cfg.osts {
+        held.push(claim_and_serve(cfg, &mut mgs, dir, &cores, &registry)?);
+    }
+    println!("nacre-oss: ready");
+    let all_fenced = watch(&mut held, &stop);
+    for h in held {
+        h.epoch.fence();
+        if !h.fenced {
+            if let Err(e) = h.keeper.release() {
+                tracing::warn!("releasing oss{}: {e}", h.index);
+            }
+        }
+    }
+    for (core, m) in engine.stop().iter().enumerate() {
+        tracing::debug!("core {core} metrics:\n{}", m.prometheus(core));
+    }
+    Ok(!all_fenced)
+}
+
+fn start_engine(cfg: &ServeConfig, registry: &OstRegistry) -> Result<Engine, ServeError> {
+    let mut base = cfg.engine.clone();
+    base.fabric = Selection {
+        node: cfg.node.clone().or(Selection::provider(&cfg.provider).node),
+        ..Selection::provider(&cfg.provider)
+    };
+    let specs: Vec<OstSpec> = cfg
+        .osts
+        .iter()
+        .map(|d| OstSpec {
+            index: 0,
+            dir: d.clone(),
+            epoch: OstEpoch::new(0),
+        })
+        .collect();
+    let ecfg = server::engine_config(base, &specs);
+    Ok(server::start(&ecfg, registry.clone())?)
+}
+
+/// This server's identity for the target in `dir`: the host plus the directory, so
+/// that one process serving several targets holds one role per target, and a restart
+/// on the same host reclaims the same roles.
+fn identity(cfg: &ServeConfig, dir: &std::path::Path) -> String {
+    let host = cfg.identity.clone().unwrap_or_else(|| {
+        std::fs::read_to_string("/proc/sys/kernel/hostname")
+            .map(|h| h.trim().to_string())
+            .unwrap_or_else(|_| "localhost".into())
+    });
+    let dir = std::fs::canonicalize(dir).unwrap_or_else(|_| dir.to_path_buf());
+    format!("{host}:{}", dir.display())
+}
+
+fn claim_and_serve(
+    cfg: &ServeConfig,
+    mgs: &mut MgsClient,
+    dir: &std::path::Path,
+    cores: &[Vec<u8>],
+    registry: &OstRegistry,
+) -> Result<Held, ServeError> {
+    std::fs::create_dir_all(dir).map_err(|source| TargetError::Io {
+        path: dir.to_path_buf(),
+        source,
+    })?;
+    let existing = superblock::read(dir).ok();
+    let req = ClaimRequest {
+        kind: RoleKind::Oss,
+        want: existing.as_ref().map(|sb| sb.index),
+        node: identity(cfg, dir),
+        provider: cfg.provider.clone(),
+        cores: cores.to_vec(),
+    };
+    let sent = Instant::now();
+    let grant = mgs.claim(&req)?;
+    check_target(dir, existing.as_ref(), &grant)?;
+    let index = grant.role.index;
+    let epoch = OstEpoch::new(grant.epoch);
+    registry.add(OstSpec {
+        index,
+        dir: dir.to_path_buf(),
+        epoch: epoch.clone(),
+    });
+    println!(
+        "nacre-oss: serving OST{index} from {} as {} (epoch {}) over {} on {} core(s)",
+        dir.display(),
+        grant.role,
+        grant.epoch,
+        cfg.provider,
+        cores.len()
+    );
+    let granted = grant.epoch;
+    let mut keeper = LeaseKeeper::start(&cfg.mgs, grant, sent, report(dir));
+    follow_lease(&keeper, &epoch);
+    let events = keeper.events().expect("taken once");
+    Ok(Held {
+        index,
+        epoch,
+        granted,
+        keeper,
+        events,
+        dir: dir.to_path_buf(),
+        fenced: false,
+    })
+}
+
+/// A fresh target is formatted with the granted index; an existing one must be the
+/// target of the granted role, of this file system.
+fn check_target(
+    dir: &std::path::Path,
+    existing: Option<&superblock::Superblock>,
+    grant: &Grant,
+) -> Result<(), ServeError> {
+    let show = || dir.display().to_string();
+    match existing {
+        None => {
+            let req = FormatRequest {
+                fsid: grant.fsname.clone(),
+                index: grant.role.index,
+                label: None,
+                force: false,
+            };
+            superblock::format(dir, &req)?;
+            Ok(())
+        }
+        Some(sb) if sb.fsid != grant.fsname => Err(ServeError::OtherFs {
+            dir: show(),
+            have: sb.fsid.clone(),
+            want: grant.fsname.clone(),
+        }),
+        Some(sb) if sb.index != grant.role.index => Err(ServeError::WrongIndex {
+            dir: show(),
+            have: sb.index,
+            granted: grant.role.to_string(),
+        }),
+        Some(_) => Ok(()),
+    }
+}
+
+/// What the heartbeat says of a target: its space (statvfs of its directory).
+fn report(dir: &std::path::Path) -> TargetReport {
+    match rustix::fs::statvfs(dir) {
+        Ok(s) => TargetReport {
+            state: TargetState::Up,
+            capacity: s.f_blocks * s.f_frsize,
+            free: s.f_bavail * s.f_frsize,
+        },
+        Err(_) => TargetReport {
+            state: TargetState::Degraded,
+            capacity: 0,
+            free: 0,
+        },
+    }
+}
+
+/// Follows the leases until `stop`; returns whether every role was fenced.
+fn watch(held: &mut [Held], stop: &AtomicBool) -> bool {
+    let mut last_report = Instant::now();
+    while !stop.load(Ordering::Relaxed) {
+        for h in held.iter_mut() {
+            while let Ok(ev) = h.events.try_recv() {
+                on_event(h, ev);
+            }
+            follow_lease(&h.keeper, &h.epoch);
+        }
+        if held.iter().all(|h| h.fenced) {
+            return true;
+        }
+        if last_report.elapsed() > Duration::from_secs(5) {
+            for h in held.iter() {
+                h.keeper.set_report(report(&h.dir));
+            }
+            last_report = Instant::now();
+        }
+        // Well inside the lease's safety margin (a tenth of the lease).
+        std::thread::sleep(Duration::from_millis(10));
+    }
+    false
+}
+
+/// Moves the cores' deadline on to what the lease clock allows now (nothing once it
+/// lapsed: the cores then refuse on their own).
+fn follow_lease(keeper: &LeaseKeeper, epoch: &OstEpoch) {
+    match keeper.status() {
+        LeaseStatus::Serving { left } => epoch.serve_until(left),
+        LeaseStatus::Lapsed | LeaseStatus::Fenced(_) => epoch.serve_until(Duration::ZERO),
+    }
+}
+
+fn on_event(h: &mut Held, ev: LeaseEvent) {
+    match ev {
+        LeaseEvent::Unreachable(why) => tracing::warn!("oss{}: MGS unreachable: {why}", h.index),
+        LeaseEvent::Lapsed => {
+            h.epoch.fence();
+            println!("nacre-oss: OST{} lease lapsed: not serving", h.index);
+        }
+        LeaseEvent::Restored => {
+            if !h.fenced {
+                h.epoch.set(h.granted);
+                println!("nacre-oss: OST{} lease restored: serving", h.index);
+            }
+        }
+        LeaseEvent::Fenced(why) => {
+            h.fenced = true;
+            h.epoch.fence();
+            println!("nacre-oss: OST{} fenced ({why}): stepped down", h.index);
+        }
+    }
+}
