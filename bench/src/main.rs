@@ -8,6 +8,7 @@ mod control;
 mod disk;
 mod format;
 mod mgs;
+mod obj;
 mod pingpong;
 mod rma;
 mod wire;
@@ -57,6 +58,9 @@ enum Command {
     /// Load on a management service: simulated servers renew leases while a client
     /// fetches the map; last line `renewals_per_s=... map_fetch_p99_us=...`.
     Mgs(mgs::MgsArgs),
+    /// Object I/O against an OSS found through the MGS, with fio's parameters; last line
+    /// `bw_mib_s=... iops=...`.
+    Obj(obj::ObjArgs),
     /// List the RDM providers fi_getinfo offers for nacre's needs (FI_PROVIDER applies).
     Info {
         /// Local address to ask for (FI_SOURCE).
@@ -164,6 +168,7 @@ fn main() {
         Command::Disk(args) => disk::run(args),
         Command::WireToDisk(args) => wire::run(args),
         Command::Mgs(args) => mgs::run(args),
+        Command::Obj(args) => obj::run(args),
         Command::Info { node } => info(node),
     };
     if let Err(e) = result {
