@@ -69,7 +69,8 @@ pub fn run(args: &ObjArgs) -> Result<(), BenchError> {
         .ok_or_else(|| BenchError::msg("no MGS: give --mgs HOST:PORT or set NACRE_MGS"))?;
     let bs = parse_size(&args.bs).map_err(BenchError)? as usize;
     let size = parse_size(&args.size).map_err(BenchError)?;
-    if bs == 0 || size < bs as u64 || args.depth == 0 || !(args.runtime > 0.0) {
+    let runtime_ok = args.runtime.is_finite() && args.runtime > 0.0;
+    if bs == 0 || size < bs as u64 || args.depth == 0 || !runtime_ok {
         return Err(BenchError::msg(
             "--bs and --depth must be positive, --size at least --bs, --runtime > 0",
         ));
