@@ -11,9 +11,9 @@
 
 use std::io::{self, Read, Write};
 use std::net::{SocketAddr, TcpStream, ToSocketAddrs};
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::mpsc::{sync_channel, Receiver, SyncSender};
-use std::sync::{Arc, Mutex};
+use std::sync::{Arc, Mutex, OnceLock};
 use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
 
@@ -548,6 +548,130 @@ fn keep(addrs: &str, grant: &Grant, shared: &KeeperShared, events: &SyncSender<L
                 // Retry sooner than a heartbeat: the lease is running.
                 next = Instant::now() + heartbeat / 4;
             }
+        }
+    }
+}
+
+/// The epoch a server's cores serve a role under (0 once it stepped down), and until
+/// when: the lease's deadline on this process's clock. The lease keeper's watcher moves
+/// the deadline on with every acknowledged renewal; a core checks both on every
+/// request, so a server whose renewals stopped (paused, cut off) stops serving on its
+/// own clock even before the watcher runs again.
+#[derive(Debug, Clone)]
+pub struct ServingEpoch(Arc<(AtomicU64, AtomicU64)>);
+
+/// Nanoseconds on this process's monotonic clock.
+fn now_ns() -> u64 {
+    static BASE: OnceLock<Instant> = OnceLock::new();
+    BASE.get_or_init(Instant::now).elapsed().as_nanos() as u64
+}
+
+impl ServingEpoch {
+    /// Serving under `epoch` with no deadline (until `fence` or `serve_until`).
+    pub fn new(epoch: u64) -> ServingEpoch {
+        ServingEpoch(Arc::new((AtomicU64::new(epoch), AtomicU64::new(u64::MAX))))
+    }
+
+    /// The epoch requests must carry, or 0 when not serving now.
+    pub fn get(&self) -> u64 {
+        let deadline = self.0 .1.load(Ordering::Acquire);
+        if deadline != u64::MAX && now_ns() >= deadline {
+            return 0;
+        }
+        self.0 .0.load(Ordering::Acquire)
+    }
+
+    /// Stops serving under this epoch: every later request is refused (ESTALE).
+    pub fn fence(&self) {
+        self.0 .0.store(0, Ordering::Release);
+    }
+
+    /// Serves (again) under `epoch`: a lease restored with the epoch it was granted.
+    pub fn set(&self, epoch: u64) {
+        self.0 .0.store(epoch, Ordering::Release);
+    }
+
+    /// Serves for at most `left` from now (the lease's remaining time).
+    pub fn serve_until(&self, left: Duration) {
+        let deadline = now_ns().saturating_add(left.as_nanos() as u64);
+        self.0 .1.store(deadline, Ordering::Release);
+    }
+}
+
+/// A role a server holds: its lease keeper, and the [`ServingEpoch`] its cores check.
+/// [`RoleHolder::poll`] (call it every few milliseconds, well inside the lease's margin)
+/// follows the keeper: it moves the cores' deadline on with each acknowledged renewal,
+/// stops them when the lease lapses, restores them when a renewal is acknowledged again,
+/// and stops them for good when the role is fenced.
+pub struct RoleHolder {
+    pub keeper: LeaseKeeper,
+    pub epoch: ServingEpoch,
+    events: Receiver<LeaseEvent>,
+    granted: u64,
+    fenced: bool,
+}
+
+impl RoleHolder {
+    pub fn new(mut keeper: LeaseKeeper) -> RoleHolder {
+        let granted = keeper.grant().epoch;
+        let events = keeper.events().expect("a fresh keeper has its events");
+        let epoch = ServingEpoch::new(granted);
+        let h = RoleHolder {
+            keeper,
+            epoch,
+            events,
+            granted,
+            fenced: false,
+        };
+        h.follow();
+        h
+    }
+
+    pub fn is_fenced(&self) -> bool {
+        self.fenced
+    }
+
+    /// Applies what happened to the lease; returns a line worth telling the operator.
+    pub fn poll(&mut self) -> Option<String> {
+        let role = self.keeper.grant().role;
+        let mut said = None;
+        while let Ok(ev) = self.events.try_recv() {
+            said = Some(match ev {
+                LeaseEvent::Unreachable(why) => format!("{role}: MGS unreachable: {why}"),
+                LeaseEvent::Lapsed => {
+                    self.epoch.fence();
+                    format!("{role}: lease lapsed: not serving")
+                }
+                LeaseEvent::Restored if !self.fenced => {
+                    self.epoch.set(self.granted);
+                    format!("{role}: lease restored: serving")
+                }
+                LeaseEvent::Restored => continue,
+                LeaseEvent::Fenced(why) => {
+                    self.fenced = true;
+                    self.epoch.fence();
+                    format!("{role}: fenced ({why}): stepped down")
+                }
+            });
+        }
+        self.follow();
+        said
+    }
+
+    /// Moves the cores' deadline to what the lease clock allows now.
+    fn follow(&self) {
+        match self.keeper.status() {
+            LeaseStatus::Serving { left } => self.epoch.serve_until(left),
+            LeaseStatus::Lapsed | LeaseStatus::Fenced(_) => self.epoch.serve_until(Duration::ZERO),
+        }
+    }
+
+    /// Stops serving and gives the role back (unless it was fenced: it is not ours).
+    pub fn release(self) -> Result<(), MgsError> {
+        self.epoch.fence();
+        match self.fenced {
+            true => Ok(()),
+            false => self.keeper.release(),
         }
     }
 }

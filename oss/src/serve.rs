@@ -11,7 +11,7 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use nacre_client::mgs::{BootConfig, LeaseEvent, LeaseKeeper, LeaseStatus, MgsClient, MgsError};
+use nacre_client::mgs::{BootConfig, LeaseKeeper, MgsClient, MgsError, RoleHolder};
 use nacre_engine::{Engine, EngineConfig, EngineError};
 use nacre_fabric::Selection;
 use nacre_proto::bootstrap::{ClaimRequest, Grant, RoleKind, TargetReport, TargetState};
@@ -61,15 +61,11 @@ pub enum ServeError {
     Signals(std::io::Error),
 }
 
-/// One served OST and its lease.
+/// One served OST and its role.
 struct Held {
     index: u32,
-    epoch: OstEpoch,
-    granted: u64,
-    keeper: LeaseKeeper,
-    events: std::sync::mpsc::Receiver<LeaseEvent>,
     dir: PathBuf,
-    fenced: bool,
+    role: RoleHolder,
 }
 
 /// Runs the server until a signal, or until every role it held was fenced (returns
@@ -97,11 +93,8 @@ pub fn serve(cfg: &ServeConfig) -> Result<bool, ServeError> {
     println!("nacre-oss: ready");
     let all_fenced = watch(&mut held, &stop);
     for h in held {
-        h.epoch.fence();
-        if !h.fenced {
-            if let Err(e) = h.keeper.release() {
-                tracing::warn!("releasing oss{}: {e}", h.index);
-            }
+        if let Err(e) = h.role.release() {
+            tracing::warn!("releasing oss{}: {e}", h.index);
         }
     }
     for (core, m) in engine.stop().iter().enumerate() {
@@ -165,12 +158,6 @@ fn claim_and_serve(
     let grant = mgs.claim(&req)?;
     check_target(dir, existing.as_ref(), &grant)?;
     let index = grant.role.index;
-    let epoch = OstEpoch::new(grant.epoch);
-    registry.add(OstSpec {
-        index,
-        dir: dir.to_path_buf(),
-        epoch: epoch.clone(),
-    });
     println!(
         "nacre-oss: serving OST{index} from {} as {} (epoch {}) over {} on {} core(s)",
         dir.display(),
@@ -179,18 +166,17 @@ fn claim_and_serve(
         cfg.provider,
         cores.len()
     );
-    let granted = grant.epoch;
-    let mut keeper = LeaseKeeper::start(&cfg.mgs, grant, sent, report(dir));
-    follow_lease(&keeper, &epoch);
-    let events = keeper.events().expect("taken once");
+    let keeper = LeaseKeeper::start(&cfg.mgs, grant, sent, report(dir));
+    let role = RoleHolder::new(keeper);
+    registry.add(OstSpec {
+        index,
+        dir: dir.to_path_buf(),
+        epoch: role.epoch.clone(),
+    });
     Ok(Held {
         index,
-        epoch,
-        granted,
-        keeper,
-        events,
         dir: dir.to_path_buf(),
-        fenced: false,
+        role,
     })
 }
 
@@ -248,17 +234,16 @@ fn watch(held: &mut [Held], stop: &AtomicBool) -> bool {
     let mut last_report = Instant::now();
     while !stop.load(Ordering::Relaxed) {
         for h in held.iter_mut() {
-            while let Ok(ev) = h.events.try_recv() {
-                on_event(h, ev);
+            if let Some(line) = h.role.poll() {
+                println!("nacre-oss: {line}");
             }
-            follow_lease(&h.keeper, &h.epoch);
         }
-        if held.iter().all(|h| h.fenced) {
+        if held.iter().all(|h| h.role.is_fenced()) {
             return true;
         }
         if last_report.elapsed() > Duration::from_secs(5) {
             for h in held.iter() {
-                h.keeper.set_report(report(&h.dir));
+                h.role.keeper.set_report(report(&h.dir));
             }
             last_report = Instant::now();
         }
@@ -266,34 +251,4 @@ fn watch(held: &mut [Held], stop: &AtomicBool) -> bool {
         std::thread::sleep(Duration::from_millis(10));
     }
     false
-}
-
-/// Moves the cores' deadline on to what the lease clock allows now (nothing once it
-/// lapsed: the cores then refuse on their own).
-fn follow_lease(keeper: &LeaseKeeper, epoch: &OstEpoch) {
-    match keeper.status() {
-        LeaseStatus::Serving { left } => epoch.serve_until(left),
-        LeaseStatus::Lapsed | LeaseStatus::Fenced(_) => epoch.serve_until(Duration::ZERO),
-    }
-}
-
-fn on_event(h: &mut Held, ev: LeaseEvent) {
-    match ev {
-        LeaseEvent::Unreachable(why) => tracing::warn!("oss{}: MGS unreachable: {why}", h.index),
-        LeaseEvent::Lapsed => {
-            h.epoch.fence();
-            println!("nacre-oss: OST{} lease lapsed: not serving", h.index);
-        }
-        LeaseEvent::Restored => {
-            if !h.fenced {
-                h.epoch.set(h.granted);
-                println!("nacre-oss: OST{} lease restored: serving", h.index);
-            }
-        }
-        LeaseEvent::Fenced(why) => {
-            h.fenced = true;
-            h.epoch.fence();
-            println!("nacre-oss: OST{} fenced ({why}): stepped down", h.index);
-        }
-    }
 }

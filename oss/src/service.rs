@@ -11,10 +11,8 @@
 //! slabs -> checksum -> push (fi_write, delivery-complete) -> reply. Small payloads
 //! travel inline in the request or reply. An empty pool makes requests wait, in order.
 
+use nacre_client::mgs::ServingEpoch;
 use std::collections::VecDeque;
-use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::{Arc, OnceLock};
-use std::time::{Duration, Instant};
 
 use nacre_engine::{Bufs, BulkDone, Core, IoCompletion, Request, Service};
 use nacre_fabric::PeerAddr;
@@ -27,51 +25,8 @@ use nacre_proto::{BulkDesc, Header, Opcode, HEADER_LEN};
 use crate::server::{open_store, OstRegistry};
 use crate::{crc32c_bufs, slabs_for, Errno, Io, ObjectCompletion, ObjectStore, OpKind, WriteMode};
 
-/// The epoch a core serves an OST under (0 once the server stepped down), and until
-/// when: the lease's deadline on this process's clock. The lease keeper's watcher moves
-/// the deadline on with every acknowledged renewal; a core checks both on every
-/// request, so a server whose renewals stopped (paused, cut off) stops serving on its
-/// own clock even before the watcher runs again.
-#[derive(Debug, Clone)]
-pub struct OstEpoch(Arc<(AtomicU64, AtomicU64)>);
-
-/// Nanoseconds on this process's monotonic clock.
-fn now_ns() -> u64 {
-    static BASE: OnceLock<Instant> = OnceLock::new();
-    BASE.get_or_init(Instant::now).elapsed().as_nanos() as u64
-}
-
-impl OstEpoch {
-    /// Serving under `epoch` with no deadline (until `fence` or `serve_until`).
-    pub fn new(epoch: u64) -> OstEpoch {
-        OstEpoch(Arc::new((AtomicU64::new(epoch), AtomicU64::new(u64::MAX))))
-    }
-
-    /// The epoch requests must carry, or 0 when not serving now.
-    pub fn get(&self) -> u64 {
-        let deadline = self.0 .1.load(Ordering::Acquire);
-        if deadline != u64::MAX && now_ns() >= deadline {
-            return 0;
-        }
-        self.0 .0.load(Ordering::Acquire)
-    }
-
-    /// Stops serving under this epoch: every later request is refused (ESTALE).
-    pub fn fence(&self) {
-        self.0 .0.store(0, Ordering::Release);
-    }
-
-    /// Serves (again) under `epoch`: a lease restored with the epoch it was granted.
-    pub fn set(&self, epoch: u64) {
-        self.0 .0.store(epoch, Ordering::Release);
-    }
-
-    /// Serves for at most `left` from now (the lease's remaining time).
-    pub fn serve_until(&self, left: Duration) {
-        let deadline = now_ns().saturating_add(left.as_nanos() as u64);
-        self.0 .1.store(deadline, Ordering::Release);
-    }
-}
+/// The epoch an OST is served under, and until when (see [`ServingEpoch`]).
+pub type OstEpoch = ServingEpoch;
 
 /// One OST as a core serves it.
 pub struct ServedOst {

@@ -7,7 +7,9 @@
 //! answered with its errno at once; the core keeps serving.
 
 use std::collections::VecDeque;
-use std::sync::Arc;
+use std::sync::{Arc, OnceLock};
+
+use nacre_client::mgs::ServingEpoch;
 
 use nacre_engine::{Core, Request as EngineRequest, Service};
 use nacre_fabric::PeerAddr;
@@ -16,8 +18,15 @@ use nacre_proto::Header;
 
 use super::service::{Mdt, SubmitError, Submitter};
 
+/// Where a server's cores find the MDT once its role is granted (the claim needs the
+/// cores' addresses, so the engine runs before the MDT is open), with the role's epoch
+/// and lease deadline that every request is checked against.
+pub type MdtSlot = Arc<OnceLock<(Arc<Mdt>, ServingEpoch)>>;
+
 pub struct MdsService {
-    sub: Submitter,
+    sub: Option<Submitter>,
+    slot: Option<MdtSlot>,
+    serving: Option<ServingEpoch>,
     /// Requests submitted, by tag: who to answer.
     open: Vec<Option<(PeerAddr, Header)>>,
     free: Vec<usize>,
@@ -27,14 +36,42 @@ pub struct MdsService {
 }
 
 impl MdsService {
+    /// Serves `mdt` (its own epoch check applies; no lease).
     pub fn new(mdt: &Arc<Mdt>) -> MdsService {
         MdsService {
-            sub: mdt.submitter(),
+            sub: Some(mdt.submitter()),
+            slot: None,
+            serving: None,
             open: Vec::new(),
             free: Vec::new(),
             blocked: VecDeque::new(),
             out: Vec::with_capacity(8192),
         }
+    }
+
+    /// Serves whatever MDT `slot` receives, under its lease: until then, and whenever the
+    /// lease does not hold, requests are refused (ESTALE).
+    pub fn bound(slot: MdtSlot) -> MdsService {
+        MdsService {
+            sub: None,
+            slot: Some(slot),
+            serving: None,
+            open: Vec::new(),
+            free: Vec::new(),
+            blocked: VecDeque::new(),
+            out: Vec::with_capacity(8192),
+        }
+    }
+
+    /// Whether requests may be served now: the MDT is bound and the lease holds.
+    fn serving(&mut self) -> bool {
+        if self.sub.is_none() {
+            if let Some((mdt, epoch)) = self.slot.as_ref().and_then(|s| s.get()) {
+                self.sub = Some(mdt.submitter());
+                self.serving = Some(epoch.clone());
+            }
+        }
+        self.sub.is_some() && self.serving.as_ref().is_none_or(|e| e.get() != 0)
     }
 
     fn add(&mut self, peer: PeerAddr, h: Header) -> usize {
@@ -58,7 +95,8 @@ impl MdsService {
 
     /// Submits, or keeps the request for a later turn when the queue is full.
     fn submit(&mut self, core: &mut Core, id: usize, head: Head, req: Request) -> bool {
-        match self.sub.submit(id as u64, head, req) {
+        let sub = self.sub.as_ref().expect("serving() checked");
+        match sub.submit(id as u64, head, req) {
             Ok(()) => true,
             Err(SubmitError::Busy) => false,
             Err(SubmitError::Closed) => {
@@ -84,7 +122,7 @@ impl MdsService {
 
     fn answer(&mut self, core: &mut Core) -> bool {
         let mut moved = false;
-        while let Some(c) = self.sub.poll() {
+        while let Some(c) = self.sub.as_ref().and_then(Submitter::poll) {
             moved = true;
             let Some((peer, h)) = self.take(c.tag as usize) else {
                 continue;
@@ -104,6 +142,9 @@ impl MdsService {
 
 impl Service for MdsService {
     fn on_request(&mut self, core: &mut Core, req: EngineRequest<'_>) {
+        if !self.serving() {
+            return core.reply(req.peer, &req.header, -libc::ESTALE, &[]);
+        }
         let (head, request) = match Request::decode(req.header.opcode, req.body) {
             Ok(r) => r,
             Err(e) => return core.reply(req.peer, &req.header, -e.errno(), &[]),

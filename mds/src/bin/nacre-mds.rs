@@ -1,0 +1,120 @@
+//! nacre-mds: the metadata server. `format` creates a metadata target (MDT) in a
+//! directory; `serve` claims the `mds` role at the MGS and serves the namespace on an
+//! engine core (see nacre_mds::mds_serve).
+
+use std::path::PathBuf;
+use std::process::ExitCode;
+
+use clap::{Args, Parser, Subcommand};
+use nacre_mds::mdt::{Mdt, MdtConfig, SyncMode, DB_FILE};
+
+#[derive(Parser)]
+#[command(version, about = "nacre metadata server")]
+struct Cli {
+    #[command(subcommand)]
+    cmd: Cmd,
+}
+
+#[derive(Subcommand)]
+enum Cmd {
+    /// Create a metadata target in a directory.
+    Format {
+        #[arg(long)]
+        dir: PathBuf,
+        /// Format over an existing MDT (its namespace is lost).
+        #[arg(long)]
+        force: bool,
+    },
+    /// Serve an MDT: claim the mds role at the MGS, serve until SIGINT/SIGTERM.
+    Serve(ServeArgs),
+}
+
+#[derive(Args)]
+struct ServeArgs {
+    #[arg(long)]
+    dir: PathBuf,
+    /// The MGS, HOST:PORT (several separated by commas) [env: NACRE_MGS].
+    #[arg(long)]
+    mgs: Option<String>,
+    /// libfabric provider: tcp, sockets, shm, efa... [default: tcp].
+    #[arg(long, default_value = "tcp")]
+    provider: String,
+    /// Address the core serves from [default: the provider's].
+    #[arg(long)]
+    listen: Option<String>,
+    /// Reply only once an operation is on stable storage (group commit).
+    #[arg(long)]
+    sync: bool,
+    /// Do not pin the core (shared test machines).
+    #[arg(long)]
+    no_pin: bool,
+    /// This server's identity at the MGS [default: the host name].
+    #[arg(long)]
+    identity: Option<String>,
+}
+
+fn main() -> ExitCode {
+    tracing_subscriber::fmt()
+        .with_env_filter(
+            tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| "info".into()),
+        )
+        .with_writer(std::io::stderr)
+        .init();
+    let result = match Cli::parse().cmd {
+        Cmd::Format { dir, force } => format(dir, force),
+        Cmd::Serve(a) => serve(a),
+    };
+    match result {
+        Ok(code) => code,
+        Err(e) => {
+            eprintln!("nacre-mds: {e}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+fn format(dir: PathBuf, force: bool) -> Result<ExitCode, Box<dyn std::error::Error>> {
+    if dir.join(DB_FILE).exists() {
+        if !force {
+            return Err(format!(
+                "{} already holds an MDT: refusing to format it without --force",
+                dir.display()
+            )
+            .into());
+        }
+        std::fs::remove_dir_all(&dir)?;
+    }
+    Mdt::open(MdtConfig::new(&dir))?.shutdown()?;
+    println!("formatted {} as an MDT", dir.display());
+    Ok(ExitCode::SUCCESS)
+}
+
+fn serve(a: ServeArgs) -> Result<ExitCode, Box<dyn std::error::Error>> {
+    let mgs = a
+        .mgs
+        .or_else(|| std::env::var("NACRE_MGS").ok().filter(|v| !v.is_empty()))
+        .ok_or("no MGS: give --mgs HOST:PORT or set NACRE_MGS")?;
+    let cfg = nacre_mds::mds_serve::MdsServeConfig {
+        mgs,
+        dir: a.dir,
+        provider: a.provider,
+        node: a.listen,
+        identity: a.identity,
+        mode: if a.sync {
+            SyncMode::Sync
+        } else {
+            SyncMode::Default
+        },
+        engine: nacre_engine::EngineConfig {
+            cores: 1,
+            no_pin: a.no_pin,
+            ..Default::default()
+        },
+    };
+    if nacre_mds::mds_serve::serve(&cfg)? {
+        Ok(ExitCode::SUCCESS)
+    } else {
+        eprintln!("nacre-mds: the role was taken over by another server (fenced): stepped down");
+        Ok(ExitCode::from(3))
+    }
+}

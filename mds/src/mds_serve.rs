@@ -1,0 +1,161 @@
+//! `nacre-mds serve`: an MDS process. It starts its engine (one core), claims the `mds`
+//! role at the MGS with the core's fabric address, opens the MDT under the granted
+//! epoch (formatting a fresh directory), and serves the namespace until SIGINT/SIGTERM,
+//! keeping its lease; new files use the OSTs the cluster map lists. A lapsed lease
+//! stops service until a renewal is acknowledged again; a fenced role stops it for good.
+
+use std::path::PathBuf;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, OnceLock};
+use std::time::{Duration, Instant};
+
+use nacre_client::mgs::{BootConfig, LeaseKeeper, MgsClient, MgsError, RoleHolder};
+use nacre_engine::{Engine, EngineConfig, EngineError, ReactorConfig};
+use nacre_fabric::Selection;
+use nacre_proto::bootstrap::{
+    ClaimRequest, ClusterMap, RoleKind, TargetKind, TargetReport, TargetState,
+};
+
+use crate::mdt::engine_service::{MdsService, MdtSlot};
+use crate::mdt::{Admin, Mdt, MdtConfig, MdtError, SyncMode};
+
+#[derive(Debug, Clone)]
+pub struct MdsServeConfig {
+    pub mgs: String,
+    pub dir: PathBuf,
+    pub provider: String,
+    pub node: Option<String>,
+    pub identity: Option<String>,
+    pub mode: SyncMode,
+    pub engine: EngineConfig,
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum MdsServeError {
+    #[error(transparent)]
+    Mgs(#[from] MgsError),
+    #[error(transparent)]
+    Engine(#[from] EngineError),
+    #[error(transparent)]
+    Mdt(#[from] MdtError),
+    #[error("installing signal handlers: {0}")]
+    Signals(std::io::Error),
+}
+
+/// Runs until a signal (Ok(true)) or until the role is fenced (Ok(false)).
+pub fn serve(cfg: &MdsServeConfig) -> Result<bool, MdsServeError> {
+    let stop = Arc::new(AtomicBool::new(false));
+    for sig in [signal_hook::consts::SIGINT, signal_hook::consts::SIGTERM] {
+        signal_hook::flag::register(sig, stop.clone()).map_err(MdsServeError::Signals)?;
+    }
+    let mut mgs = MgsClient::connect(&cfg.mgs, BootConfig::default())?;
+    let slot: MdtSlot = Arc::new(OnceLock::new());
+    let engine = start_engine(cfg, &slot)?;
+    let cores: Vec<Vec<u8>> = engine
+        .cores()
+        .iter()
+        .map(|c| c.fabric_name.clone())
+        .collect();
+    let req = ClaimRequest {
+        kind: RoleKind::Mds,
+        want: None,
+        node: identity(cfg),
+        provider: cfg.provider.clone(),
+        cores: cores.clone(),
+    };
+    let sent = Instant::now();
+    let grant = mgs.claim(&req)?;
+    let map = mgs.fetch_map()?;
+    let mut osts = ost_indices(&map);
+    let mut mcfg = MdtConfig::new(&cfg.dir);
+    mcfg.epoch = grant.epoch;
+    mcfg.mode = cfg.mode;
+    if !osts.is_empty() {
+        mcfg.osts = osts.clone();
+    }
+    let mdt = Arc::new(Mdt::open(mcfg)?);
+    println!(
+        "nacre-mds: serving MDT {} as {} (epoch {}) over {} on {} core(s), OSTs {:?}",
+        cfg.dir.display(),
+        grant.role,
+        grant.epoch,
+        cfg.provider,
+        cores.len(),
+        osts
+    );
+    let report = TargetReport {
+        state: TargetState::Up,
+        capacity: 0,
+        free: 0,
+    };
+    let mut role = RoleHolder::new(LeaseKeeper::start(&cfg.mgs, grant, sent, report));
+    let _ = slot.set((mdt.clone(), role.epoch.clone()));
+    println!("nacre-mds: ready");
+    let mut last_map = Instant::now();
+    while !stop.load(Ordering::Relaxed) && !role.is_fenced() {
+        if let Some(line) = role.poll() {
+            println!("nacre-mds: {line}");
+        }
+        // New OSTs in the map become available to new files (the MGS is off the data
+        // path: a failed fetch only delays that).
+        if last_map.elapsed() > Duration::from_secs(1) {
+            last_map = Instant::now();
+            if let Ok(map) = mgs.fetch_map() {
+                let now = ost_indices(&map);
+                if !now.is_empty() && now != osts {
+                    let _ = mdt.submitter().submit_admin(0, Admin::SetOsts(now.clone()));
+                    osts = now;
+                }
+            }
+        }
+        std::thread::sleep(Duration::from_millis(10));
+    }
+    let fenced = role.is_fenced();
+    if let Err(e) = role.release() {
+        tracing::warn!("releasing the mds role: {e}");
+    }
+    engine.stop();
+    drop(slot);
+    if let Ok(mdt) = Arc::try_unwrap(mdt) {
+        mdt.shutdown()?;
+    }
+    Ok(!fenced)
+}
+
+fn start_engine(cfg: &MdsServeConfig, slot: &MdtSlot) -> Result<Engine, MdsServeError> {
+    let mut ecfg = cfg.engine.clone();
+    ecfg.fabric = Selection {
+        node: cfg.node.clone().or(Selection::provider(&cfg.provider).node),
+        ..Selection::provider(&cfg.provider)
+    };
+    ecfg.reactor = ReactorConfig {
+        msg_size: nacre_proto::meta::MSG_SIZE,
+        ..ecfg.reactor
+    };
+    ecfg.storage_paths = vec![cfg.dir.clone()];
+    let slot = slot.clone();
+    Ok(Engine::start(&ecfg, move |_, _| {
+        MdsService::bound(slot.clone())
+    })?)
+}
+
+fn ost_indices(map: &ClusterMap) -> Vec<u32> {
+    let mut v: Vec<u32> = map
+        .targets
+        .iter()
+        .filter(|t| t.kind == TargetKind::Ost)
+        .map(|t| t.index)
+        .collect();
+    v.sort_unstable();
+    v
+}
+
+fn identity(cfg: &MdsServeConfig) -> String {
+    let host = cfg.identity.clone().unwrap_or_else(|| {
+        std::fs::read_to_string("/proc/sys/kernel/hostname")
+            .map(|h| h.trim().to_string())
+            .unwrap_or_else(|_| "localhost".into())
+    });
+    let dir = std::fs::canonicalize(&cfg.dir).unwrap_or_else(|_| cfg.dir.clone());
+    format!("{host}:{}", dir.display())
+}
