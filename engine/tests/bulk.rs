@@ -14,6 +14,7 @@ use nacre_engine::{
     Bufs, BulkDone, Core, CoreMetrics, Engine, EngineConfig, FileId, IoCompletion, PoolBuf,
     PoolConfig, Request, Service, SizeClass, StorageConfig,
 };
+use nacre_fabric::testing::pattern;
 use nacre_fabric::{Access, BulkDesc, EndpointConfig, Memory, PeerAddr, Selection};
 use nacre_proto::{BodyReader, Header, Opcode};
 
@@ -266,18 +267,6 @@ fn client(provider: &str, engine: &Engine) -> RpcClient {
     };
     let sel = Selection::provider(provider);
     RpcClient::connect(&sel, &engine.cores()[0].fabric_name, cfg).expect("HELLO")
-}
-
-fn pattern(seed: u64, len: usize) -> Vec<u8> {
-    let mut x = seed.wrapping_mul(0x9e37_79b9_7f4a_7c15) | 1;
-    (0..len)
-        .map(|_| {
-            x ^= x << 13;
-            x ^= x >> 7;
-            x ^= x << 17;
-            x as u8
-        })
-        .collect()
 }
 
 fn write_body(offset: u64, desc: &BulkDesc) -> Vec<u8> {

@@ -5,6 +5,20 @@ use std::process::{Child, Command, Stdio};
 use std::sync::mpsc::{channel, Receiver};
 use std::time::{Duration, Instant};
 
+/// Deterministic bytes that differ per seed and per position (catches shifted, stale or
+/// mixed-up data), for tests that compare what they wrote with what they read.
+pub fn pattern(seed: u64, len: usize) -> Vec<u8> {
+    let mut x = seed.wrapping_mul(0x9E37_79B9_7F4A_7C15) | 1;
+    (0..len)
+        .map(|_| {
+            x ^= x << 13;
+            x ^= x >> 7;
+            x ^= x << 17;
+            x as u8
+        })
+        .collect()
+}
+
 /// Says why a test skips something (a provider missing on this machine, ...), on stdout
 /// and, when `NACRE_SKIP_LOG` names a file, appended there too: libtest hides the output
 /// of passing tests, and scripts/test prints that file so that no skip goes unseen.

@@ -10,6 +10,7 @@ use std::time::Duration;
 use nacre_client::objects::{IoOptions, OstRoute};
 use nacre_client::{ClientEndpoint, ClientError, RpcConfig};
 use nacre_engine::{Engine, EngineConfig};
+use nacre_fabric::testing::pattern;
 use nacre_fabric::Selection;
 use nacre_oss::server::{self, OstRegistry, OstSpec, MSG_SIZE};
 use nacre_oss::service::OstEpoch;
@@ -87,18 +88,6 @@ fn client(provider: &str) -> ClientEndpoint {
         ..Default::default()
     };
     ClientEndpoint::open(&Selection::provider(provider), cfg).expect("client")
-}
-
-fn pattern(seed: u64, len: usize) -> Vec<u8> {
-    let mut x = seed.wrapping_mul(0x9e37_79b9_7f4a_7c15) | 1;
-    (0..len)
-        .map(|_| {
-            x ^= x << 13;
-            x ^= x >> 7;
-            x ^= x << 17;
-            x as u8
-        })
-        .collect()
 }
 
 /// A tiny deterministic generator for offsets and lengths.

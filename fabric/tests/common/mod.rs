@@ -5,6 +5,7 @@
 
 use std::time::Duration;
 
+pub use nacre_fabric::testing::pattern;
 use nacre_fabric::{Endpoint, EndpointConfig, Info, Selection};
 
 /// The providers every test runs on; the ones missing here are skipped, loudly.
@@ -33,19 +34,6 @@ pub fn available(provider: &str, test: &str) -> Option<Info> {
 pub fn open(provider: &str, cfg: &EndpointConfig) -> Endpoint {
     nacre_fabric::open(&selection(provider), cfg)
         .unwrap_or_else(|e| panic!("open endpoint on {provider}: {e}"))
-}
-
-/// A byte pattern that differs per seed and per position (catches shifted or stale data).
-pub fn pattern(seed: u64, len: usize) -> Vec<u8> {
-    let mut x = seed.wrapping_mul(0x9E37_79B9_7F4A_7C15) | 1;
-    (0..len)
-        .map(|_| {
-            x ^= x << 13;
-            x ^= x >> 7;
-            x ^= x << 17;
-            x as u8
-        })
-        .collect()
 }
 
 pub mod checks;
