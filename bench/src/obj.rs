@@ -27,6 +27,13 @@ pub enum Rw {
     Randread,
 }
 
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+pub enum Checksum {
+    Auto,
+    On,
+    Off,
+}
+
 #[derive(clap::Args)]
 pub struct ObjArgs {
     /// The MGS, HOST:PORT [env: NACRE_MGS].
@@ -49,10 +56,10 @@ pub struct ObjArgs {
     /// Seconds at most (the run also ends once `size` was covered, for sequential I/O).
     #[arg(long, default_value_t = 10.0)]
     runtime: f64,
-    /// Send crc32c checksums with the data (the default on providers without
-    /// end-to-end integrity); `--no-checksum` measures the path without them.
-    #[arg(long)]
-    no_checksum: bool,
+    /// crc32c checksums with the data: `auto` is the client library's default for the
+    /// provider (on everywhere but shm).
+    #[arg(long, value_enum, default_value = "auto")]
+    checksum: Checksum,
 }
 
 /// One OST's server as the bench drives it.
@@ -106,7 +113,11 @@ pub fn run(args: &ObjArgs) -> Result<(), BenchError> {
         .endpoint()
         .register(Memory::anonymous_huge(args.depth * bs)?, Access::ALL)?;
     buffers.fill(0, args.depth * bs, 0x5a)?;
-    let checksum = !args.no_checksum;
+    let checksum = match args.checksum {
+        Checksum::Auto => nacre_client::objects::checksum_by_default(&server.provider),
+        Checksum::On => true,
+        Checksum::Off => false,
+    };
     if matches!(args.rw, Rw::Read | Rw::Randread) {
         let layout = Job::new(args, bs, size, target.sessions.len());
         drive(
@@ -123,7 +134,7 @@ pub fn run(args: &ObjArgs) -> Result<(), BenchError> {
     let (ops, bytes) = drive(&mut c, &target, &buffers, job, checksum, Some(deadline))?;
     let secs = start.elapsed().as_secs_f64();
     println!(
-        "nacre-bench obj: {:?} bs={bs} depth={} ost={} provider={} cores={}: {ops} ops, {bytes} bytes in {secs:.2} s",
+        "nacre-bench obj: {:?} bs={bs} depth={} ost={} provider={} cores={} checksum={checksum}: {ops} ops, {bytes} bytes in {secs:.2} s",
         args.rw,
         args.depth,
         args.ost,

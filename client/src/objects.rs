@@ -6,9 +6,9 @@
 //! `object % cores`. Small transfers ride inline in the request or reply; larger ones
 //! lend the caller's buffer to the server (registered through the endpoint's cache) and
 //! are split into requests of at most [`MAX_REQUEST`] bytes, all in flight at once.
-//! With checksums on (the default on providers without end-to-end integrity: every
-//! software provider), a write carries the crc32c of its bytes and a read's reply
-//! carries the crc32c the server computed; a mismatch is an error (EILSEQ).
+//! With checksums on (the default wherever bytes cross a wire or a NIC: every provider
+//! but shm, see [`checksum_by_default`]), a write carries the crc32c of its bytes and a
+//! read's reply carries the crc32c the server computed; a mismatch is an error (EILSEQ).
 
 use nacre_proto::object::{
     decode_target, encode_target, AttrReply, Data, IoReply, ObjFlags, ObjTarget, RangeReq, ReadReq,
@@ -47,6 +47,23 @@ impl Default for IoOptions {
             sync: false,
         }
     }
+}
+
+impl IoOptions {
+    /// The defaults for `provider`: checksums wherever bytes cross a wire or a NIC, and
+    /// not on shm, where they move from one process's memory to another's on the same
+    /// host (a memory copy has nothing to protect against that ECC does not).
+    pub fn for_provider(provider: &str) -> IoOptions {
+        IoOptions {
+            checksum: checksum_by_default(provider),
+            ..IoOptions::default()
+        }
+    }
+}
+
+/// Whether object data carries a crc32c by default on `provider`.
+pub fn checksum_by_default(provider: &str) -> bool {
+    provider != "shm"
 }
 
 /// Attributes of an object as its OST reports them.
