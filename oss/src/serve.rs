@@ -16,7 +16,7 @@ use nacre_engine::{Engine, EngineConfig, EngineError};
 use nacre_fabric::Selection;
 use nacre_proto::bootstrap::{ClaimRequest, Grant, RoleKind, TargetReport, TargetState};
 
-use crate::server::{self, OstRegistry, OstSpec};
+use crate::server::{self, OstHealth, OstRegistry, OstSpec};
 use crate::service::OstEpoch;
 use crate::superblock::{self, FormatRequest, TargetError};
 
@@ -65,6 +65,7 @@ pub enum ServeError {
 struct Held {
     index: u32,
     dir: PathBuf,
+    health: OstHealth,
     role: RoleHolder,
 }
 
@@ -116,6 +117,7 @@ fn start_engine(cfg: &ServeConfig, registry: &OstRegistry) -> Result<Engine, Ser
             index: 0,
             dir: d.clone(),
             epoch: OstEpoch::new(0),
+            health: OstHealth::default(),
         })
         .collect();
     let ecfg = server::engine_config(base, &specs);
@@ -168,14 +170,17 @@ fn claim_and_serve(
     );
     let keeper = LeaseKeeper::start(&cfg.mgs, grant, sent, report(dir));
     let role = RoleHolder::new(keeper);
+    let health = OstHealth::default();
     registry.add(OstSpec {
         index,
         dir: dir.to_path_buf(),
         epoch: role.epoch.clone(),
+        health: health.clone(),
     });
     Ok(Held {
         index,
         dir: dir.to_path_buf(),
+        health,
         role,
     })
 }
@@ -241,9 +246,13 @@ fn watch(held: &mut [Held], stop: &AtomicBool) -> bool {
         if held.iter().all(|h| h.role.is_fenced()) {
             return true;
         }
-        if last_report.elapsed() > Duration::from_secs(5) {
+        if last_report.elapsed() > Duration::from_millis(500) {
             for h in held.iter() {
-                h.role.keeper.set_report(report(&h.dir));
+                let mut r = report(&h.dir);
+                if h.health.degraded().is_some() {
+                    r.state = TargetState::Degraded;
+                }
+                h.role.keeper.set_report(r);
             }
             last_report = Instant::now();
         }

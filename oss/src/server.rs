@@ -19,6 +19,26 @@ pub struct OstSpec {
     pub index: u32,
     pub dir: PathBuf,
     pub epoch: OstEpoch,
+    pub health: OstHealth,
+}
+
+/// The worst device error any core's store of an OST has met (0: none), for the
+/// heartbeat: a device that fails marks the target degraded in the cluster map.
+#[derive(Debug, Clone, Default)]
+pub struct OstHealth(Arc<std::sync::atomic::AtomicI32>);
+
+impl OstHealth {
+    pub fn degrade(&self, errno: i32) {
+        self.0.store(errno, Ordering::Release);
+    }
+
+    /// The device error that degraded the target, if any.
+    pub fn degraded(&self) -> Option<i32> {
+        match self.0.load(Ordering::Acquire) {
+            0 => None,
+            e => Some(e),
+        }
+    }
 }
 
 /// The engine settings an OSS starts from: messages of [`MSG_SIZE`], a pool with a class
@@ -109,6 +129,7 @@ pub(crate) fn open_store(spec: &OstSpec, id: usize, max_open: usize) -> Option<S
         Ok(store) => Some(ServedOst {
             index: spec.index,
             epoch: spec.epoch.clone(),
+            health: spec.health.clone(),
             store,
         }),
         Err(e) => {

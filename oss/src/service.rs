@@ -22,8 +22,11 @@ use nacre_proto::object::{
 };
 use nacre_proto::{BulkDesc, Header, Opcode, HEADER_LEN};
 
-use crate::server::{open_store, OstRegistry};
-use crate::{crc32c_bufs, slabs_for, Errno, Io, ObjectCompletion, ObjectStore, OpKind, WriteMode};
+use crate::server::{open_store, OstHealth, OstRegistry};
+use crate::{
+    crc32c_bufs, slabs_for, Errno, Io, ObjectCompletion, ObjectStore, OpKind, TargetState,
+    WriteMode,
+};
 
 /// The epoch an OST is served under, and until when (see [`ServingEpoch`]).
 pub type OstEpoch = ServingEpoch;
@@ -32,6 +35,7 @@ pub type OstEpoch = ServingEpoch;
 pub struct ServedOst {
     pub index: u32,
     pub epoch: OstEpoch,
+    pub health: OstHealth,
     pub store: ObjectStore,
 }
 
@@ -526,6 +530,12 @@ impl Service for OssService {
         for o in &mut self.osts {
             moved |= o.store.progress(&mut Self::io(core));
             o.store.reap(&mut self.done);
+            if let TargetState::Degraded(Errno(e)) = o.store.state() {
+                if o.health.degraded().is_none() {
+                    tracing::error!("OST{} degraded: {}", o.index, Errno(e));
+                    o.health.degrade(e);
+                }
+            }
         }
         let mut done = std::mem::take(&mut self.done);
         moved |= !done.is_empty();

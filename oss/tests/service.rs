@@ -50,6 +50,7 @@ fn start(provider: &str, name: &str) -> Option<Oss> {
             index,
             dir,
             epoch: OstEpoch::new(7 + index as u64),
+            health: Default::default(),
         });
     }
     let base = EngineConfig {
@@ -238,5 +239,62 @@ fn refusals_are_clear_errors_and_the_core_keeps_serving() {
     oss.epochs[0].fence();
     let err = c.obj_read(&good, 2, 0, &mut back, opt).unwrap_err();
     assert!(matches!(err, ClientError::Status(libc::ESTALE)), "{err}");
+    oss.engine.stop();
+}
+
+/// A client that vanishes with bulk writes in flight: the server's pulls fail or finish,
+/// every slab goes back to the pool, and the core goes on serving others.
+#[test]
+fn a_vanished_client_leaves_nothing_held() {
+    use nacre_fabric::{Access, Memory};
+    use nacre_proto::object::{Data, WriteReq};
+    let Some(oss) = start("tcp", "vanish") else {
+        return;
+    };
+    let route = oss.routes[0].clone();
+    let free_slabs = |engine: &Engine| {
+        let (tx, rx) = std::sync::mpsc::channel();
+        assert!(engine.call(0, move |core| {
+            let free: usize = core.pool.usage().iter().map(|&(_, free, _)| free).sum();
+            tx.send(free).unwrap();
+        }));
+        rx.recv_timeout(Duration::from_secs(10)).unwrap()
+    };
+    let idle = free_slabs(&oss.engine);
+    {
+        let mut c = client("tcp");
+        let sid = c.connect(&route.cores[0]).unwrap();
+        let len = 4 << 20;
+        let mr = c
+            .endpoint()
+            .register(Memory::anonymous(8 * len).unwrap(), Access::ALL)
+            .unwrap();
+        for i in 0..8u64 {
+            let req = WriteReq {
+                target: ObjTarget {
+                    ost: route.ost,
+                    flags: ObjFlags::BULK,
+                    epoch: route.epoch,
+                    object: 2 * (i + 1), // core 0
+                },
+                offset: 0,
+                len: len as u64,
+                crc: 0,
+                data: Data::Bulk(mr.remote(i as usize * len, len).unwrap()),
+            };
+            let mut body = [0u8; 128];
+            let n = req.encode(&mut body).unwrap();
+            c.send(sid, Opcode::OBJ_WRITE, &body[..n]).unwrap();
+        }
+        // Gone: endpoint closed, registrations with it, nothing answered.
+    }
+    let until = std::time::Instant::now() + Duration::from_secs(20);
+    while free_slabs(&oss.engine) != idle {
+        assert!(std::time::Instant::now() < until, "slabs still held");
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    let mut c = client("tcp");
+    c.obj_write(&route, 2, 0, b"still serving", IoOptions::default())
+        .unwrap();
     oss.engine.stop();
 }
