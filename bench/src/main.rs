@@ -10,6 +10,7 @@ mod format;
 mod mgs;
 mod obj;
 mod pingpong;
+mod regcache;
 mod rma;
 mod wire;
 
@@ -61,6 +62,9 @@ enum Command {
     /// Object I/O against an OSS found through the MGS, with fio's parameters; last line
     /// `bw_mib_s=... iops=...`.
     Obj(obj::ObjArgs),
+    /// The caller's buffers through the client library with the registration cache and
+    /// with a registration per call; last line `cache_mib_s=... per_call_mib_s=...`.
+    Regcache(regcache::RegCacheArgs),
     /// List the RDM providers fi_getinfo offers for nacre's needs (FI_PROVIDER applies).
     Info {
         /// Local address to ask for (FI_SOURCE).
@@ -169,6 +173,7 @@ fn main() {
         Command::WireToDisk(args) => wire::run(args),
         Command::Mgs(args) => mgs::run(args),
         Command::Obj(args) => obj::run(args),
+        Command::Regcache(args) => regcache::run(args),
         Command::Info { node } => info(node),
     };
     if let Err(e) = result {
