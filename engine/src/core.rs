@@ -84,6 +84,11 @@ pub struct Core {
     pub(crate) limits: Limits,
     tx: MemoryRegion,
     tx_free: Vec<u32>,
+    /// Replies that found every transmit slot busy, in order; sent as slots free up.
+    /// Bounded: new requests are parked while it holds anything (see `congested`), so
+    /// only replies to requests already accepted can land here.
+    tx_backlog: VecDeque<(PeerAddr, Vec<u8>)>,
+    tx_backlog_limit: usize,
     msg_size: usize,
     encode: Vec<u8>,
     deferred: VecDeque<Deferred>,
@@ -124,6 +129,8 @@ impl Core {
             },
             tx,
             tx_free: (0..cfg.tx_slots as u32).rev().collect(),
+            tx_backlog: VecDeque::new(),
+            tx_backlog_limit: 16 * cfg.tx_slots,
             msg_size: cfg.msg_size,
             encode: vec![0; cfg.msg_size],
             deferred: VecDeque::with_capacity(deferred_limit),
@@ -150,6 +157,7 @@ impl Core {
     /// are queued behind a full fabric queue, or the bulk table is nearly full.
     pub(crate) fn congested(&self) -> bool {
         self.tx_free.is_empty()
+            || !self.tx_backlog.is_empty()
             || self.deferred.len() * 2 >= self.deferred_limit
             || self.bulk.free() < 2
     }
@@ -181,12 +189,15 @@ impl Core {
                 Err(e) => return self.reply_failed(&e),
             }
         }
-        let Some(slot) = self.tx_free.pop() else {
-            // Cannot happen while the reactor parks requests when no slot is free.
-            tracing::warn!("no transmit slot for a reply: dropped");
-            self.metrics.replies_dropped += 1;
-            return;
-        };
+        if !self.tx_backlog.is_empty() || self.tx_free.is_empty() {
+            return self.backlog_reply(peer, len);
+        }
+        self.send_from_slot(peer, len);
+    }
+
+    /// Sends `self.encode[..len]` from a free transmit slot (the caller checked one is).
+    fn send_from_slot(&mut self, peer: PeerAddr, len: usize) {
+        let slot = self.tx_free.pop().expect("a free slot was checked");
         let offset = slot as usize * self.msg_size;
         if let Err(e) = self.tx.copy_in(offset, &self.encode[..len]) {
             self.tx_free.push(slot);
@@ -196,6 +207,32 @@ impl Core {
             let len = len as u32;
             self.defer(Deferred::Reply { slot, peer, len });
         }
+    }
+
+    /// Every slot is busy: the reply waits, in order, for one (a copy, off the fast path).
+    #[cold]
+    fn backlog_reply(&mut self, peer: PeerAddr, len: usize) {
+        if self.tx_backlog.len() >= self.tx_backlog_limit {
+            tracing::warn!("reply backlog full: reply dropped");
+            self.metrics.replies_dropped += 1;
+            return;
+        }
+        self.tx_backlog
+            .push_back((peer, self.encode[..len].to_vec()));
+    }
+
+    /// Sends backlogged replies while slots are free.
+    pub(crate) fn drain_tx_backlog(&mut self) -> bool {
+        let mut moved = false;
+        while !self.tx_free.is_empty() {
+            let Some((peer, frame)) = self.tx_backlog.pop_front() else {
+                break;
+            };
+            self.encode[..frame.len()].copy_from_slice(&frame);
+            self.send_from_slot(peer, frame.len());
+            moved = true;
+        }
+        moved
     }
 
     /// Posts the reply in transmit slot `slot`; false when the queue is full (try later).

@@ -180,6 +180,7 @@ impl<S: Service> Reactor<S> {
         self.core.metrics.turns += 1;
         let mut worked = self.poll_fabric();
         worked |= self.core.retry_deferred();
+        worked |= self.core.drain_tx_backlog();
         worked |= self.core.start_pulls();
         worked |= self.deliver_bulk();
         worked |= self.poll_storage();

@@ -678,3 +678,70 @@ fn slabs_filled_and_emptied_from_a_head_offset() {
     }
     engine.stop();
 }
+
+/// Answers every request on the next turn, all at once (as completions do).
+#[derive(Default)]
+struct Later {
+    held: Vec<(PeerAddr, Header, Vec<u8>)>,
+}
+
+impl Service for Later {
+    fn on_request(&mut self, _core: &mut Core, req: Request<'_>) {
+        self.held.push((req.peer, req.header, req.body.to_vec()));
+    }
+
+    fn on_turn(&mut self, core: &mut Core) -> bool {
+        let moved = !self.held.is_empty();
+        for (peer, header, body) in self.held.drain(..) {
+            core.reply(peer, &header, 0, &body);
+        }
+        moved
+    }
+}
+
+/// More replies at once than transmit slots: none is lost, they wait for slots in order
+/// (and new requests wait in their receive slots meanwhile).
+#[test]
+fn replies_beyond_the_transmit_slots_wait_and_all_arrive() {
+    let cfg = EngineConfig {
+        cores: 1,
+        no_pin: true,
+        fabric: Selection::provider("tcp"),
+        reactor: nacre_engine::ReactorConfig {
+            tx_slots: 2,
+            ..Default::default()
+        },
+        ..Default::default()
+    };
+    if let Err(e) = nacre_fabric::Info::find(&cfg.fabric) {
+        nacre_fabric::testing::skip(&format!("reply backlog test: tcp not available: {e}"));
+        return;
+    }
+    let engine = Engine::start(&cfg, |_, _| Later::default()).expect("engine");
+    let rpc = RpcConfig {
+        depth: 40,
+        timeout: Duration::from_secs(20),
+        ..Default::default()
+    };
+    let mut c = RpcClient::connect(
+        &Selection::provider("tcp"),
+        &engine.cores()[0].fabric_name,
+        rpc,
+    )
+    .expect("HELLO");
+    // 1000-byte replies: far above tcp's inject size, so each needs a transmit slot.
+    for i in 0..32u64 {
+        c.send(Opcode(400), 1000 + i, &pattern(i, 1000)).unwrap();
+    }
+    let mut seen = Vec::new();
+    for _ in 0..32 {
+        let r = c.next_reply().unwrap();
+        assert_eq!(r.body, pattern(r.header.request_id - 1000, 1000));
+        seen.push(r.header.request_id);
+    }
+    seen.sort_unstable();
+    assert_eq!(seen, (1000..1032).collect::<Vec<_>>());
+    let m = metrics(&engine);
+    assert_eq!(m.replies_dropped, 0, "{m:?}");
+    engine.stop();
+}
