@@ -7,6 +7,7 @@
 mod control;
 mod disk;
 mod format;
+mod mdtest;
 mod mgs;
 mod obj;
 mod pingpong;
@@ -65,6 +66,9 @@ enum Command {
     /// The caller's buffers through the client library with the registration cache and
     /// with a registration per call; last line `cache_mib_s=... per_call_mib_s=...`.
     Regcache(regcache::RegCacheArgs),
+    /// Metadata rates in the spirit of mdtest (create, stat, readdir, remove), on nacre
+    /// or with --local on a local directory; one line per phase `phase=... ops_per_s=...`.
+    Mdtest(mdtest::MdtestArgs),
     /// List the RDM providers fi_getinfo offers for nacre's needs (FI_PROVIDER applies).
     Info {
         /// Local address to ask for (FI_SOURCE).
@@ -173,6 +177,7 @@ fn main() {
         Command::WireToDisk(args) => wire::run(args),
         Command::Mgs(args) => mgs::run(args),
         Command::Obj(args) => obj::run(args),
+        Command::Mdtest(args) => mdtest::run(args),
         Command::Regcache(args) => regcache::run(args),
         Command::Info { node } => info(node),
     };

@@ -181,3 +181,64 @@ fn bad_arguments_fail_with_one_clear_line() {
         assert!(err.contains("no libfabric provider matches"), "{err}");
     }
 }
+
+/// mdtest on a local directory: every phase prints its line, and the files are gone.
+#[test]
+fn mdtest_runs_its_phases_on_a_local_directory() {
+    let dir = std::path::PathBuf::from(env!("CARGO_TARGET_TMPDIR")).join("mdtest-local");
+    let _ = std::fs::remove_dir_all(&dir);
+    let out = Command::new(BIN)
+        .args([
+            "mdtest",
+            "--local",
+            "-n",
+            "50",
+            "-t",
+            "2",
+            "--unique-dir",
+            "-d",
+        ])
+        .arg(&dir)
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let text = String::from_utf8_lossy(&out.stdout);
+    for phase in ["create", "stat", "readdir", "remove"] {
+        let line = text
+            .lines()
+            .find(|l| l.starts_with(&format!("phase={phase} ops_per_s=")))
+            .unwrap_or_else(|| panic!("no {phase} line in {text}"));
+        let rate: f64 = line.rsplit('=').next().unwrap().parse().unwrap();
+        assert!(rate > 0.0, "{line}");
+    }
+    for t in 0..2 {
+        assert_eq!(
+            std::fs::read_dir(dir.join(format!("task{t}")))
+                .unwrap()
+                .count(),
+            0
+        );
+    }
+    // Creating over existing files is an error, said in one line.
+    std::fs::write(dir.join("task0").join("f.0.0"), b"").unwrap();
+    let out = Command::new(BIN)
+        .args([
+            "mdtest",
+            "--local",
+            "-n",
+            "5",
+            "-t",
+            "2",
+            "--unique-dir",
+            "-d",
+        ])
+        .arg(&dir)
+        .output()
+        .unwrap();
+    assert!(!out.status.success());
+    assert!(String::from_utf8_lossy(&out.stderr).contains("create"));
+}

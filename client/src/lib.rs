@@ -7,6 +7,7 @@
 
 mod meta;
 pub mod mgs;
+pub mod namespace;
 pub mod objects;
 mod regcache;
 mod rpc;

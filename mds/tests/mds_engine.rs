@@ -220,3 +220,69 @@ fn concurrent_creates_of_one_name_have_one_winner() {
     assert_eq!(won, 40, "every name created exactly once");
     engine.stop();
 }
+
+/// The path layer of the client against a real MDS core: names resolved through the
+/// dentry cache, every operation by path, errors as errno values.
+#[test]
+fn paths_through_the_client_namespace() {
+    use nacre_client::namespace::Namespace;
+    use nacre_proto::bootstrap::{ClusterMap, Role, RoleKind, ServerEntry};
+    let Some((engine, _mdt)) = start("tcp", "paths") else {
+        return;
+    };
+    let map = ClusterMap {
+        servers: vec![ServerEntry {
+            role: Role {
+                kind: RoleKind::Mds,
+                index: 0,
+            },
+            node: "test".into(),
+            epoch: EPOCH,
+            provider: "tcp".into(),
+            cores: vec![engine.cores()[0].fabric_name.clone()],
+        }],
+        ..Default::default()
+    };
+    let cfg = RpcConfig {
+        msg_size: nacre_proto::meta::MSG_SIZE,
+        timeout: Duration::from_secs(20),
+        ..Default::default()
+    };
+    let ep = ClientEndpoint::open(&Selection::provider("tcp"), cfg).unwrap();
+    let mut ns = Namespace::connect(ep, &map, Creds::root()).unwrap();
+    fn status<T>(r: Result<T, ClientError>) -> i32 {
+        match r {
+            Err(ClientError::Status(e)) => e,
+            Err(e) => panic!("{e}"),
+            Ok(_) => 0,
+        }
+    }
+    ns.mkdir("/a", 0o755).unwrap();
+    ns.mkdir("/a/b", 0o755).unwrap();
+    let f = ns.create("/a/b/f", 0o644).unwrap();
+    assert_eq!(ns.stat("/a/b/f").unwrap().ino, f.ino);
+    assert_eq!(status(ns.create("/a/b/f", 0o644)), libc::EEXIST);
+    assert_eq!(status(ns.stat("/a/nope/f")), libc::ENOENT);
+    assert_eq!(status(ns.stat("relative")), libc::EINVAL);
+    let names: Vec<Vec<u8>> = ns
+        .readdir("/a/b")
+        .unwrap()
+        .into_iter()
+        .map(|e| e.name)
+        .collect();
+    assert_eq!(names, vec![b"f".to_vec()]);
+    ns.rename("/a/b/f", "/a/g").unwrap();
+    assert_eq!(
+        status(ns.stat("/a/b/f")),
+        libc::ENOENT,
+        "the cache forgot the old name"
+    );
+    assert_eq!(ns.stat("/a/g").unwrap().ino, f.ino);
+    assert_eq!(status(ns.rmdir("/a")), libc::ENOTEMPTY);
+    ns.unlink("/a/g").unwrap();
+    ns.rmdir("/a/b").unwrap();
+    ns.rmdir("/a").unwrap();
+    assert_eq!(status(ns.stat("/a")), libc::ENOENT);
+    assert_eq!(ns.stat("/").unwrap().ino, ROOT_INO);
+    engine.stop();
+}
