@@ -122,10 +122,7 @@ pub fn run(args: &MdtestArgs) -> Result<(), BenchError> {
     if args.files == 0 || args.tasks == 0 {
         return Err(BenchError::msg("-n and -t must be positive"));
     }
-    let mgs = args
-        .mgs
-        .clone()
-        .or_else(|| std::env::var("NACRE_MGS").ok().filter(|v| !v.is_empty()));
+    let mgs = nacre_client::mgs::mgs_address(args.mgs.clone());
     let on_nacre = mgs.is_some() && !args.local;
     let factory: Factory = match (&mgs, on_nacre) {
         (Some(mgs), true) => {

@@ -69,10 +69,7 @@ struct Target {
 }
 
 pub fn run(args: &ObjArgs) -> Result<(), BenchError> {
-    let mgs = args
-        .mgs
-        .clone()
-        .or_else(|| std::env::var("NACRE_MGS").ok().filter(|v| !v.is_empty()))
+    let mgs = nacre_client::mgs::mgs_address(args.mgs.clone())
         .ok_or_else(|| BenchError::msg("no MGS: give --mgs HOST:PORT or set NACRE_MGS"))?;
     let bs = parse_size(&args.bs).map_err(BenchError)? as usize;
     let size = parse_size(&args.size).map_err(BenchError)?;

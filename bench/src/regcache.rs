@@ -24,10 +24,7 @@ pub struct RegCacheArgs {
 }
 
 pub fn run(args: &RegCacheArgs) -> Result<(), BenchError> {
-    let mgs = args
-        .mgs
-        .clone()
-        .or_else(|| std::env::var("NACRE_MGS").ok().filter(|v| !v.is_empty()))
+    let mgs = nacre_client::mgs::mgs_address(args.mgs.clone())
         .ok_or_else(|| BenchError::msg("no MGS: give --mgs HOST:PORT or set NACRE_MGS"))?;
     let map = MgsClient::connect(&mgs, BootConfig::default())?.fetch_map()?;
     let role = Role {

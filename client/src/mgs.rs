@@ -552,6 +552,24 @@ fn keep(addrs: &str, grant: &Grant, shared: &KeeperShared, events: &SyncSender<L
     }
 }
 
+/// The MGS address to use: the one given (flag or config), else `NACRE_MGS`.
+pub fn mgs_address(given: Option<String>) -> Option<String> {
+    given.or_else(|| std::env::var("NACRE_MGS").ok().filter(|v| !v.is_empty()))
+}
+
+/// A server's identity at the MGS for the target in `dir`: `host:canonical-directory`
+/// (`host` as given, else this machine's host name). One process serving several
+/// targets holds one role per target, and a restart on the same host reclaims them.
+pub fn node_identity(host: Option<&str>, dir: &std::path::Path) -> String {
+    let host = host.map(str::to_string).unwrap_or_else(|| {
+        std::fs::read_to_string("/proc/sys/kernel/hostname")
+            .map(|h| h.trim().to_string())
+            .unwrap_or_else(|_| "localhost".into())
+    });
+    let dir = std::fs::canonicalize(dir).unwrap_or_else(|_| dir.to_path_buf());
+    format!("{host}:{}", dir.display())
+}
+
 /// The epoch a server's cores serve a role under (0 once it stepped down), and until
 /// when: the lease's deadline on this process's clock. The lease keeper's watcher moves
 /// the deadline on with every acknowledged renewal; a core checks both on every

@@ -53,6 +53,16 @@ impl Selection {
         }
     }
 
+    /// `name` served from `node` when one is given, else from its default (a server's
+    /// `--listen`).
+    pub fn serving(name: &str, node: Option<String>) -> Self {
+        let mut sel = Selection::provider(name);
+        if node.is_some() {
+            sel.node = node;
+        }
+        sel
+    }
+
     /// The provider to ask for: the explicit one, else `FI_PROVIDER` (as fabtests do).
     pub fn wanted_provider(&self) -> Option<String> {
         self.provider

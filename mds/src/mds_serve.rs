@@ -9,7 +9,7 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, OnceLock};
 use std::time::{Duration, Instant};
 
-use nacre_client::mgs::{BootConfig, LeaseKeeper, MgsClient, MgsError, RoleHolder};
+use nacre_client::mgs::{node_identity, BootConfig, LeaseKeeper, MgsClient, MgsError, RoleHolder};
 use nacre_engine::{Engine, EngineConfig, EngineError, ReactorConfig};
 use nacre_fabric::Selection;
 use nacre_proto::bootstrap::{
@@ -59,7 +59,7 @@ pub fn serve(cfg: &MdsServeConfig) -> Result<bool, MdsServeError> {
     let req = ClaimRequest {
         kind: RoleKind::Mds,
         want: None,
-        node: identity(cfg),
+        node: node_identity(cfg.identity.as_deref(), &cfg.dir),
         provider: cfg.provider.clone(),
         cores: cores.clone(),
     };
@@ -124,10 +124,7 @@ pub fn serve(cfg: &MdsServeConfig) -> Result<bool, MdsServeError> {
 
 fn start_engine(cfg: &MdsServeConfig, slot: &MdtSlot) -> Result<Engine, MdsServeError> {
     let mut ecfg = cfg.engine.clone();
-    ecfg.fabric = Selection {
-        node: cfg.node.clone().or(Selection::provider(&cfg.provider).node),
-        ..Selection::provider(&cfg.provider)
-    };
+    ecfg.fabric = Selection::serving(&cfg.provider, cfg.node.clone());
     ecfg.reactor = ReactorConfig {
         msg_size: nacre_proto::meta::MSG_SIZE,
         ..ecfg.reactor
@@ -148,14 +145,4 @@ fn ost_indices(map: &ClusterMap) -> Vec<u32> {
         .collect();
     v.sort_unstable();
     v
-}
-
-fn identity(cfg: &MdsServeConfig) -> String {
-    let host = cfg.identity.clone().unwrap_or_else(|| {
-        std::fs::read_to_string("/proc/sys/kernel/hostname")
-            .map(|h| h.trim().to_string())
-            .unwrap_or_else(|_| "localhost".into())
-    });
-    let dir = std::fs::canonicalize(&cfg.dir).unwrap_or_else(|_| cfg.dir.clone());
-    format!("{host}:{}", dir.display())
 }

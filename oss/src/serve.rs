@@ -11,7 +11,7 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use nacre_client::mgs::{BootConfig, LeaseKeeper, MgsClient, MgsError, RoleHolder};
+use nacre_client::mgs::{node_identity, BootConfig, LeaseKeeper, MgsClient, MgsError, RoleHolder};
 use nacre_engine::{Engine, EngineConfig, EngineError};
 use nacre_fabric::Selection;
 use nacre_proto::bootstrap::{ClaimRequest, Grant, RoleKind, TargetReport, TargetState};
@@ -63,7 +63,6 @@ pub enum ServeError {
 
 /// One served OST and its role.
 struct Held {
-    index: u32,
     dir: PathBuf,
     health: OstHealth,
     role: RoleHolder,
@@ -94,8 +93,9 @@ pub fn serve(cfg: &ServeConfig) -> Result<bool, ServeError> {
     println!("nacre-oss: ready");
     let all_fenced = watch(&mut held, &stop);
     for h in held {
+        let name = h.role.keeper.grant().role;
         if let Err(e) = h.role.release() {
-            tracing::warn!("releasing oss{}: {e}", h.index);
+            tracing::warn!("releasing {name}: {e}");
         }
     }
     for (core, m) in engine.stop().iter().enumerate() {
@@ -124,19 +124,6 @@ fn start_engine(cfg: &ServeConfig, registry: &OstRegistry) -> Result<Engine, Ser
     Ok(server::start(&ecfg, registry.clone())?)
 }
 
-/// This server's identity for the target in `dir`: the host plus the directory, so
-/// that one process serving several targets holds one role per target, and a restart
-/// on the same host reclaims the same roles.
-fn identity(cfg: &ServeConfig, dir: &std::path::Path) -> String {
-    let host = cfg.identity.clone().unwrap_or_else(|| {
-        std::fs::read_to_string("/proc/sys/kernel/hostname")
-            .map(|h| h.trim().to_string())
-            .unwrap_or_else(|_| "localhost".into())
-    });
-    let dir = std::fs::canonicalize(dir).unwrap_or_else(|_| dir.to_path_buf());
-    format!("{host}:{}", dir.display())
-}
-
 fn claim_and_serve(
     cfg: &ServeConfig,
     mgs: &mut MgsClient,
@@ -152,7 +139,7 @@ fn claim_and_serve(
     let req = ClaimRequest {
         kind: RoleKind::Oss,
         want: existing.as_ref().map(|sb| sb.index),
-        node: identity(cfg, dir),
+        node: node_identity(cfg.identity.as_deref(), dir),
         provider: cfg.provider.clone(),
         cores: cores.to_vec(),
     };
@@ -178,7 +165,6 @@ fn claim_and_serve(
         health: health.clone(),
     });
     Ok(Held {
-        index,
         dir: dir.to_path_buf(),
         health,
         role,

@@ -17,8 +17,8 @@ use std::collections::VecDeque;
 use nacre_engine::{Bufs, BulkDone, Core, IoCompletion, Request, Service};
 use nacre_fabric::PeerAddr;
 use nacre_proto::object::{
-    decode_target, AttrReply, Data, IoReply, ObjFlags, ObjTarget, RangeReq, ReadReq, StatfsReply,
-    WriteReq,
+    decode_target, AttrReply, Data, IoReply, ObjError, ObjFlags, ObjTarget, RangeReq, ReadReq,
+    StatfsReply, WriteReq,
 };
 use nacre_proto::{BulkDesc, Header, Opcode, HEADER_LEN};
 
@@ -61,6 +61,23 @@ struct InFlight {
     crc: u32,
     bulk: Option<BulkDesc>,
     step: Step,
+}
+
+impl InFlight {
+    /// A request on `store` about `target`, before its step-specific fields are set.
+    fn new(peer: PeerAddr, header: Header, store: usize, target: ObjTarget) -> InFlight {
+        InFlight {
+            peer,
+            header,
+            store,
+            target,
+            offset: 0,
+            len: 0,
+            crc: 0,
+            bulk: None,
+            step: Step::Storing,
+        }
+    }
 }
 
 /// Errnos of the service's own refusals.
@@ -155,6 +172,29 @@ impl OssService {
         Ok(store)
     }
 
+    /// A decoded request on an OST this core may serve, or None once the request was
+    /// answered with why not (malformed, not served here, stale epoch, other core).
+    fn admit_decoded<T>(
+        &self,
+        core: &mut Core,
+        peer: PeerAddr,
+        h: &Header,
+        decoded: Result<T, ObjError>,
+        target: impl FnOnce(&T) -> &ObjTarget,
+        needs_object: bool,
+    ) -> Option<(T, usize)> {
+        let checked = decoded
+            .map_err(|e| e.errno())
+            .and_then(|r| Ok((self.admit(target(&r), needs_object)?, r)));
+        match checked {
+            Ok((store, r)) => Some((r, store)),
+            Err(errno) => {
+                core.reply(peer, h, -errno, &[]);
+                None
+            }
+        }
+    }
+
     fn add(&mut self, f: InFlight) -> usize {
         match self.free.pop() {
             Some(id) => {
@@ -182,25 +222,17 @@ impl OssService {
     }
 
     fn on_write(&mut self, core: &mut Core, peer: PeerAddr, h: Header, body: &[u8]) {
-        let req = match WriteReq::decode(body) {
-            Ok(r) => r,
-            Err(e) => return core.reply(peer, &h, -e.errno(), &[]),
-        };
-        let store = match self.admit(&req.target, true) {
-            Ok(s) => s,
-            Err(errno) => return core.reply(peer, &h, -errno, &[]),
+        let decoded = WriteReq::decode(body);
+        let Some((req, store)) = self.admit_decoded(core, peer, &h, decoded, |r| &r.target, true)
+        else {
+            return;
         };
         let mode = write_mode(req.target.flags);
         let f = InFlight {
-            peer,
-            header: h,
-            store,
-            target: req.target,
             offset: req.offset,
             len: req.len as usize,
             crc: req.crc,
-            bulk: None,
-            step: Step::Storing,
+            ..InFlight::new(peer, h, store, req.target)
         };
         match req.data {
             Data::Inline(bytes) => {
@@ -249,51 +281,34 @@ impl OssService {
     }
 
     fn on_read(&mut self, core: &mut Core, peer: PeerAddr, h: Header, body: &[u8]) {
-        let req = match ReadReq::decode(body) {
-            Ok(r) => r,
-            Err(e) => return core.reply(peer, &h, -e.errno(), &[]),
-        };
-        let store = match self.admit(&req.target, true) {
-            Ok(s) => s,
-            Err(errno) => return core.reply(peer, &h, -errno, &[]),
+        let decoded = ReadReq::decode(body);
+        let Some((req, store)) = self.admit_decoded(core, peer, &h, decoded, |r| &r.target, true)
+        else {
+            return;
         };
         if req.bulk.is_none() && req.len as usize > self.inline_max {
             return core.reply(peer, &h, -libc::EMSGSIZE, &[]);
         }
         let id = self.add(InFlight {
-            peer,
-            header: h,
-            store,
-            target: req.target,
             offset: req.offset,
             len: req.len as usize,
-            crc: 0,
             bulk: req.bulk,
-            step: Step::Storing,
+            ..InFlight::new(peer, h, store, req.target)
         });
         let (obj, offset, len) = (req.target.object, req.offset, req.len as usize);
         self.osts[store].store.read(obj, offset, len, id as u64);
     }
 
     fn on_range(&mut self, core: &mut Core, peer: PeerAddr, h: Header, body: &[u8]) {
-        let req = match RangeReq::decode(body) {
-            Ok(r) => r,
-            Err(e) => return core.reply(peer, &h, -e.errno(), &[]),
-        };
-        let store = match self.admit(&req.target, true) {
-            Ok(s) => s,
-            Err(errno) => return core.reply(peer, &h, -errno, &[]),
+        let decoded = RangeReq::decode(body);
+        let Some((req, store)) = self.admit_decoded(core, peer, &h, decoded, |r| &r.target, true)
+        else {
+            return;
         };
         let id = self.add(InFlight {
-            peer,
-            header: h,
-            store,
-            target: req.target,
             offset: req.offset,
             len: req.len as usize,
-            crc: 0,
-            bulk: None,
-            step: Step::Storing,
+            ..InFlight::new(peer, h, store, req.target)
         });
         let (st, obj) = (&mut self.osts[store].store, req.target.object);
         if h.opcode == Opcode::OBJ_PUNCH {
@@ -305,14 +320,11 @@ impl OssService {
 
     /// GETATTR, STATFS (answered at once), DESTROY and SYNC (through the store).
     fn on_target_only(&mut self, core: &mut Core, peer: PeerAddr, h: Header, body: &[u8]) {
-        let t = match decode_target(body) {
-            Ok(t) => t,
-            Err(e) => return core.reply(peer, &h, -e.errno(), &[]),
-        };
         let needs_object = h.opcode != Opcode::OBJ_STATFS;
-        let store = match self.admit(&t, needs_object) {
-            Ok(s) => s,
-            Err(errno) => return core.reply(peer, &h, -errno, &[]),
+        let decoded = decode_target(body);
+        let Some((t, store)) = self.admit_decoded(core, peer, &h, decoded, |t| t, needs_object)
+        else {
+            return;
         };
         let mut out = [0u8; 32];
         let st = &mut self.osts[store].store;
@@ -339,17 +351,7 @@ impl OssService {
                 r.encode(&mut out).expect("fits")
             }),
             _ => {
-                let id = self.add(InFlight {
-                    peer,
-                    header: h,
-                    store,
-                    target: t,
-                    offset: 0,
-                    len: 0,
-                    crc: 0,
-                    bulk: None,
-                    step: Step::Storing,
-                });
+                let id = self.add(InFlight::new(peer, h, store, t));
                 let st = &mut self.osts[store].store;
                 if h.opcode == Opcode::OBJ_DESTROY {
                     st.destroy(t.object, id as u64);

@@ -90,9 +90,7 @@ fn format(dir: PathBuf, force: bool) -> Result<ExitCode, Box<dyn std::error::Err
 }
 
 fn serve(a: ServeArgs) -> Result<ExitCode, Box<dyn std::error::Error>> {
-    let mgs = a
-        .mgs
-        .or_else(|| std::env::var("NACRE_MGS").ok().filter(|v| !v.is_empty()))
+    let mgs = nacre_client::mgs::mgs_address(a.mgs)
         .ok_or("no MGS: give --mgs HOST:PORT or set NACRE_MGS")?;
     let cfg = nacre_mds::mds_serve::MdsServeConfig {
         mgs,

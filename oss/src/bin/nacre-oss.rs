@@ -118,10 +118,7 @@ fn run(cli: Cli) -> Result<(), Box<dyn std::error::Error>> {
 
 fn serve(cfg: Config, a: ServeArgs) -> Result<(), Box<dyn std::error::Error>> {
     let s = cfg.server;
-    let mgs = a
-        .mgs
-        .or(s.mgs)
-        .or_else(|| std::env::var("NACRE_MGS").ok().filter(|v| !v.is_empty()))
+    let mgs = nacre_client::mgs::mgs_address(a.mgs.or(s.mgs))
         .ok_or("no MGS: give --mgs HOST:PORT, [server] mgs in --config, or NACRE_MGS")?;
     let osts = if a.osts.is_empty() { s.osts } else { a.osts };
     let cpus = a.cpus.or(s.cpus);

@@ -50,8 +50,15 @@ const CLASS_EDGE: u64 = 0;
 const CLASS_DATA: u64 = 1;
 const CLASS_SYNC: u64 = 2;
 
-fn io_tag(op: u32, class: u64, piece: usize) -> u64 {
-    IO_TAG | (class << 48) | ((piece as u64 & 0xffff) << 32) | op as u64
+/// The user_data of a storage operation: the store's id (so a core with several stores
+/// routes the completion, see [`ObjectStore::store_of`]), the piece's class, the piece
+/// and the operation.
+fn io_tag(store: u8, op: u32, class: u64, piece: usize) -> u64 {
+    IO_TAG
+        | ((store as u64 & 0x7f) << 56)
+        | (class << 48)
+        | ((piece as u64 & 0xffff) << 32)
+        | op as u64
 }
 
 fn untag(user_data: u64) -> (u32, u64, usize) {

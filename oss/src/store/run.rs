@@ -35,7 +35,7 @@ impl ObjectStore {
                             buf: Some(scratch),
                             len: ALIGN,
                             offset: e.block,
-                            user_data: io_tag(id, CLASS_EDGE, i),
+                            user_data: io_tag(self.cfg.id, id, CLASS_EDGE, i),
                         });
                     } else {
                         // Past the end: the old bytes are zeros, no need to read them.
@@ -68,7 +68,7 @@ impl ObjectStore {
                         buf: op.bufs[p.buf].take(),
                         len: p.len,
                         offset: p.file_off,
-                        user_data: io_tag(id, CLASS_DATA, p.buf),
+                        user_data: io_tag(self.cfg.id, id, CLASS_DATA, p.buf),
                     });
                 }
             }
@@ -120,7 +120,7 @@ impl ObjectStore {
                 buf: op.bufs[p.buf].take(),
                 len: p.len,
                 offset: p.file_off,
-                user_data: io_tag(id, CLASS_DATA, p.buf),
+                user_data: io_tag(self.cfg.id, id, CLASS_DATA, p.buf),
             });
         }
         if op.in_flight == 0 {
@@ -142,31 +142,27 @@ impl ObjectStore {
             buf: None,
             len: 0,
             offset: 0,
-            user_data: io_tag(id, CLASS_SYNC, 0),
+            user_data: io_tag(self.cfg.id, id, CLASS_SYNC, 0),
         });
     }
 
     /// Hands queued storage operations over until the Storage's queue is full.
     pub(super) fn drain_submits(&mut self, io: &mut Io<'_>) -> bool {
         let mut moved = false;
-        let store = (self.cfg.id as u64 & 0x7f) << 56;
         while let Some(r) = self.submit_q.pop_front() {
-            // The store's id rides in the user_data so a core with several targets can
-            // route each completion (see ObjectStore::store_of); untag ignores it.
-            let user_data = r.user_data | store;
             let res = match r.kind {
                 IoKind::Read | IoKind::Write => {
                     let buf = r.buf.expect("data ops carry a slab");
                     let res = if r.kind == IoKind::Read {
-                        io.storage.read(r.file, buf, r.len, r.offset, user_data)
+                        io.storage.read(r.file, buf, r.len, r.offset, r.user_data)
                     } else {
-                        io.storage.write(r.file, buf, r.len, r.offset, user_data)
+                        io.storage.write(r.file, buf, r.len, r.offset, r.user_data)
                     };
                     res.map_err(|(e, b)| (e, Some(b)))
                 }
                 IoKind::Fsync | IoKind::Fdatasync => io
                     .storage
-                    .sync_file(r.file, r.kind == IoKind::Fdatasync, user_data)
+                    .sync_file(r.file, r.kind == IoKind::Fdatasync, r.user_data)
                     .map_err(|e| (e, None)),
             };
             match res {
