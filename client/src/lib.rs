@@ -1,10 +1,14 @@
 //! nacre-client: what a process that talks to nacre servers links.
 //!
-//! For now the RPC layer: a session with one engine core (HELLO, then requests with
-//! inline bodies and bulk descriptors, replies matched by request id), over nacre-fabric.
-//! The bootstrap half (`mgs`): the cluster map, role claims and leases, over TCP.
-//! It must never depend on the server engine.
+//! From the top: [`Client`] and [`File`] (`fs`), the file system as applications see it
+//! (paths, open files, striped parallel I/O, recovery on a newer cluster map); below it
+//! the namespace (`namespace`: paths against the MDS), object I/O (`objects`: requests
+//! to OSS cores, bulk data by RMA straight from and into the caller's buffer) and the
+//! RPC layer (`rpc`: sessions with engine cores over nacre-fabric). The bootstrap half
+//! (`mgs`): the cluster map, role claims and leases, over TCP. It never depends on the
+//! server engine.
 
+pub mod fs;
 mod meta;
 pub mod mgs;
 pub mod namespace;
@@ -12,5 +16,6 @@ pub mod objects;
 mod regcache;
 mod rpc;
 
+pub use fs::{errno, Client, ClientConfig, File, FsStat, Layout, OpenOptions, TargetUsage};
 pub use regcache::{RegCache, RegCacheConfig, RegCacheMode, RegCacheStats};
 pub use rpc::{ClientEndpoint, ClientError, Reply, RpcClient, RpcConfig, SessionId};

@@ -13,8 +13,10 @@ use std::collections::HashMap;
 use std::time::{Duration, Instant};
 
 use nacre_proto::bootstrap::{ClusterMap, Role, RoleKind};
+use nacre_proto::layout::StripeSpec;
 use nacre_proto::meta::{
-    Attr, Creds, DirEntry, Head, Reply, Request, NAME_MAX, PATH_MAX, READDIR_MAX_ENTRIES,
+    Attr, Creds, DirEntry, Head, Reply, Request, CREATE_EXCL, NAME_MAX, PATH_MAX,
+    READDIR_MAX_ENTRIES,
 };
 
 use crate::rpc::{ClientEndpoint, ClientError, SessionId};
@@ -64,7 +66,8 @@ impl Namespace {
         })
     }
 
-    fn call(&mut self, req: &Request) -> Result<Reply, ClientError> {
+    /// One request to the MDS with this namespace's credentials and epoch.
+    pub fn call(&mut self, req: &Request) -> Result<Reply, ClientError> {
         let head = self.head.clone();
         self.ep.meta(self.mds, &head, req)
     }
@@ -141,13 +144,60 @@ impl Namespace {
 
     /// Creates a regular file (EEXIST if the name exists: exclusive).
     pub fn create(&mut self, path: &str, mode: u32) -> Result<Attr, ClientError> {
+        self.create_with(path, mode, true, None)
+    }
+
+    /// Creates a regular file with `layout` (else the directory's default); without
+    /// `excl`, an existing file of that name is returned instead.
+    pub fn create_with(
+        &mut self,
+        path: &str,
+        mode: u32,
+        excl: bool,
+        layout: Option<StripeSpec>,
+    ) -> Result<Attr, ClientError> {
         let (parent, name) = self.parent(path)?;
         let req = Request::Create {
             parent,
-            name,
+            name: name.clone(),
             mode,
-            flags: nacre_proto::meta::CREATE_EXCL,
-            layout: None,
+            flags: if excl { CREATE_EXCL } else { 0 },
+            layout,
+        };
+        let attr = attr_of(self.call(&req)?)?;
+        self.remember(parent, name, attr.ino);
+        Ok(attr)
+    }
+
+    /// A symbolic link at `path` to `target`.
+    pub fn symlink(&mut self, target: &[u8], path: &str) -> Result<Attr, ClientError> {
+        let (parent, name) = self.parent(path)?;
+        let req = Request::Symlink {
+            parent,
+            name,
+            target: target.to_vec(),
+        };
+        attr_of(self.call(&req)?)
+    }
+
+    pub fn readlink(&mut self, path: &str) -> Result<Vec<u8>, ClientError> {
+        let ino = self.resolve(path)?;
+        match self.call(&Request::Readlink { ino })? {
+            Reply::Target(t) => Ok(t),
+            other => Err(ClientError::Protocol(format!(
+                "expected a link target, got {other:?}"
+            ))),
+        }
+    }
+
+    /// A hard link at `new` to the inode at `existing`.
+    pub fn link(&mut self, existing: &str, new: &str) -> Result<Attr, ClientError> {
+        let ino = self.resolve(existing)?;
+        let (new_parent, new_name) = self.parent(new)?;
+        let req = Request::Link {
+            ino,
+            new_parent,
+            new_name,
         };
         attr_of(self.call(&req)?)
     }
@@ -164,7 +214,8 @@ impl Namespace {
         self.call(&Request::Rmdir { parent, name }).map(|_| ())
     }
 
-    pub fn rename(&mut self, from: &str, to: &str) -> Result<(), ClientError> {
+    /// Renames `from` to `to`; `flags` may hold RENAME_NOREPLACE.
+    pub fn rename(&mut self, from: &str, to: &str, flags: u32) -> Result<(), ClientError> {
         let (parent, name) = self.parent(from)?;
         let (new_parent, new_name) = self.parent(to)?;
         self.forget(parent, &name);
@@ -174,7 +225,7 @@ impl Namespace {
             name,
             new_parent,
             new_name,
-            flags: 0,
+            flags,
         };
         self.call(&req).map(|_| ())
     }

@@ -12,7 +12,7 @@
 
 use nacre_proto::object::{
     decode_target, encode_target, AttrReply, Data, IoReply, ObjFlags, ObjTarget, RangeReq, ReadReq,
-    StatfsReply, WriteReq,
+    StatfsReply, WriteReq, MSG_SIZE as OSS_MSG_SIZE,
 };
 use nacre_proto::{BulkDesc, Opcode, HEADER_LEN};
 
@@ -106,59 +106,9 @@ impl ClientEndpoint {
         data: &[u8],
         opt: IoOptions,
     ) -> Result<usize, ClientError> {
-        let sid = self.object_session(route, object)?;
-        let mut flags = ObjFlags::default();
-        if opt.checksum {
-            flags = flags.with(ObjFlags::CHECKSUM);
-        }
-        if opt.sync {
-            flags = flags.with(ObjFlags::SYNC);
-        }
-        if data.len() <= self.inline_max() {
-            let req = WriteReq {
-                target: Self::target(route, object, flags),
-                offset,
-                len: data.len() as u64,
-                crc: if opt.checksum {
-                    crc32c::crc32c(data)
-                } else {
-                    0
-                },
-                data: Data::Inline(data),
-            };
-            let mut body = vec![0u8; 64 + data.len()];
-            let n = req.encode(&mut body).map_err(proto_err)?;
-            let reply = self.request(sid, Opcode::OBJ_WRITE, &body[..n])?;
-            return written(&reply, data.len());
-        }
-        let flags = flags.with(ObjFlags::BULK);
-        self.with_buffer(data, |c, desc| {
-            let mut ids = Vec::new();
-            for (at, len) in pieces(data.len()) {
-                let piece = &data[at..at + len];
-                let req = WriteReq {
-                    target: Self::target(route, object, flags),
-                    offset: offset + at as u64,
-                    len: len as u64,
-                    crc: if opt.checksum {
-                        crc32c::crc32c(piece)
-                    } else {
-                        0
-                    },
-                    data: Data::Bulk(sub(&desc, at, len)),
-                };
-                let mut body = [0u8; 128];
-                let n = req.encode(&mut body).map_err(proto_err)?;
-                ids.push((c.send(sid, Opcode::OBJ_WRITE, &body[..n])?, len));
-            }
-            // Every piece is answered before the buffer is given back (or the call fails
-            // and its registration is closed).
-            let mut total = 0;
-            for (id, len) in ids {
-                total += written(&c.wait(id)?, len)?;
-            }
-            Ok(total)
-        })
+        let whole = Extent::whole(route, object, offset, data.len());
+        self.write_extents(&[whole], data, opt)?;
+        Ok(data.len())
     }
 
     /// Reads into `buf` from `offset` of `object`; returns the bytes read (short at the
@@ -171,62 +121,155 @@ impl ClientEndpoint {
         buf: &mut [u8],
         opt: IoOptions,
     ) -> Result<usize, ClientError> {
-        let sid = self.object_session(route, object)?;
-        let flags = match opt.checksum {
-            true => ObjFlags::CHECKSUM,
-            false => ObjFlags::default(),
-        };
-        if buf.len() <= self.inline_max() {
-            let req = ReadReq {
-                target: Self::target(route, object, flags),
-                offset,
-                len: buf.len() as u64,
-                bulk: None,
-            };
-            let mut body = [0u8; 64];
-            let n = req.encode(&mut body).map_err(proto_err)?;
-            let reply = self.request(sid, Opcode::OBJ_READ, &body[..n])?;
-            check(&reply)?;
-            let r = IoReply::decode(&reply.body).map_err(proto_err)?;
-            let got = (r.len as usize).min(buf.len()).min(r.inline.len());
-            buf[..got].copy_from_slice(&r.inline[..got]);
-            verify(opt, r.crc, &buf[..got])?;
-            return Ok(got);
+        let whole = Extent::whole(route, object, offset, buf.len());
+        Ok(self.read_extents(&[whole], buf, opt)?[0])
+    }
+
+    /// The largest payload that travels inline to and from an OSS core.
+    fn object_inline_max(&self) -> usize {
+        self.inline_max().min(OSS_MSG_SIZE - HEADER_LEN - 64)
+    }
+
+    /// Writes `data` to the objects `extents` name, every piece in flight at once (up to
+    /// the endpoint's depth): the striped write of a file range. Each extent's bytes are
+    /// `data[at..at + len]`. Small transfers travel inline; larger ones lend `data` to
+    /// the servers through one registration.
+    pub fn write_extents(
+        &mut self,
+        extents: &[Extent<'_>],
+        data: &[u8],
+        opt: IoOptions,
+    ) -> Result<(), ClientError> {
+        let flags = io_flags(opt, true);
+        let reqs = split(extents);
+        if data.len() <= self.object_inline_max() {
+            let mut body = vec![0u8; 64 + data.len()];
+            return self
+                .in_flight(&reqs, |c, p| {
+                    let bytes = &data[p.at..p.at + p.len];
+                    let req = WriteReq {
+                        target: Self::target(p.route, p.object, flags),
+                        offset: p.offset,
+                        len: p.len as u64,
+                        crc: crc_of(opt, bytes),
+                        data: Data::Inline(bytes),
+                    };
+                    let n = req.encode(&mut body).map_err(proto_err)?;
+                    let sid = c.object_session(p.route, p.object)?;
+                    c.send(sid, Opcode::OBJ_WRITE, &body[..n])
+                })
+                .and_then(|replies| check_written(&reqs, &replies));
         }
         let flags = flags.with(ObjFlags::BULK);
-        let len = buf.len();
-        let got = self.with_buffer_mut(buf, |c, desc| {
-            let mut ids = Vec::new();
-            for (at, len) in pieces(len) {
-                let req = ReadReq {
-                    target: Self::target(route, object, flags),
-                    offset: offset + at as u64,
-                    len: len as u64,
-                    bulk: Some(sub(&desc, at, len)),
+        self.with_buffer(data, |c, desc| {
+            // Every piece is answered before the buffer is given back (or the call
+            // fails and its registration is closed).
+            let replies = c.in_flight(&reqs, |c, p| {
+                let req = WriteReq {
+                    target: Self::target(p.route, p.object, flags),
+                    offset: p.offset,
+                    len: p.len as u64,
+                    crc: crc_of(opt, &data[p.at..p.at + p.len]),
+                    data: Data::Bulk(sub(&desc, p.at, p.len)),
                 };
                 let mut body = [0u8; 128];
                 let n = req.encode(&mut body).map_err(proto_err)?;
-                ids.push((c.send(sid, Opcode::OBJ_READ, &body[..n])?, at, len));
+                let sid = c.object_session(p.route, p.object)?;
+                c.send(sid, Opcode::OBJ_WRITE, &body[..n])
+            })?;
+            check_written(&reqs, &replies)
+        })
+    }
+
+    /// Reads the objects `extents` name into `buf` (each extent's bytes go to
+    /// `buf[at..at + len]`), every piece in flight at once. Returns, per extent, the
+    /// bytes read before the object ended (a short count means the object ends there;
+    /// holes inside an object read as zeros).
+    pub fn read_extents(
+        &mut self,
+        extents: &[Extent<'_>],
+        buf: &mut [u8],
+        opt: IoOptions,
+    ) -> Result<Vec<usize>, ClientError> {
+        let flags = io_flags(opt, false);
+        let reqs = split(extents);
+        let got = if buf.len() <= self.object_inline_max() {
+            let replies = self.in_flight(&reqs, |c, p| {
+                let req = ReadReq {
+                    target: Self::target(p.route, p.object, flags),
+                    offset: p.offset,
+                    len: p.len as u64,
+                    bulk: None,
+                };
+                let mut body = [0u8; 64];
+                let n = req.encode(&mut body).map_err(proto_err)?;
+                let sid = c.object_session(p.route, p.object)?;
+                c.send(sid, Opcode::OBJ_READ, &body[..n])
+            })?;
+            let mut got = Vec::with_capacity(reqs.len());
+            for (p, reply) in reqs.iter().zip(&replies) {
+                let r = read_reply(reply)?;
+                let n = (r.len as usize).min(p.len).min(r.inline.len());
+                buf[p.at..p.at + n].copy_from_slice(&r.inline[..n]);
+                got.push((n, r.crc));
             }
-            let mut got = Vec::with_capacity(ids.len());
-            for (id, at, len) in ids {
-                let reply = c.wait(id)?;
-                check(&reply)?;
-                let r = IoReply::decode(&reply.body).map_err(proto_err)?;
-                got.push((at, len, (r.len as usize).min(len), r.crc));
-            }
-            Ok(got)
-        })?;
-        // The object ends where the first short piece stops.
-        let mut read = 0;
-        for (at, len, n, crc) in got {
-            verify(opt, crc, &buf[at..at + n])?;
-            read = at + n;
-            if n < len {
-                break;
+            got
+        } else {
+            let flags = flags.with(ObjFlags::BULK);
+            self.with_buffer_mut(buf, |c, desc| {
+                let replies = c.in_flight(&reqs, |c, p| {
+                    let req = ReadReq {
+                        target: Self::target(p.route, p.object, flags),
+                        offset: p.offset,
+                        len: p.len as u64,
+                        bulk: Some(sub(&desc, p.at, p.len)),
+                    };
+                    let mut body = [0u8; 128];
+                    let n = req.encode(&mut body).map_err(proto_err)?;
+                    let sid = c.object_session(p.route, p.object)?;
+                    c.send(sid, Opcode::OBJ_READ, &body[..n])
+                })?;
+                let mut got = Vec::with_capacity(reqs.len());
+                for (p, reply) in reqs.iter().zip(&replies) {
+                    let r = read_reply(reply)?;
+                    got.push(((r.len as usize).min(p.len), r.crc));
+                }
+                Ok(got)
+            })?
+        };
+        // Per extent, the object ends where its first short piece stops.
+        let mut out = vec![0usize; extents.len()];
+        let mut ended = vec![false; extents.len()];
+        for (p, (n, crc)) in reqs.iter().zip(got) {
+            verify(opt, crc, &buf[p.at..p.at + n])?;
+            if !ended[p.extent] {
+                out[p.extent] += n;
+                ended[p.extent] = n < p.len;
             }
         }
-        Ok(read)
+        Ok(out)
+    }
+
+    /// Sends one request per piece through `send`, keeping at most the endpoint's depth
+    /// in flight, and returns the replies in piece order.
+    fn in_flight(
+        &mut self,
+        reqs: &[Req<'_>],
+        mut send: impl FnMut(&mut Self, &Req<'_>) -> Result<u64, ClientError>,
+    ) -> Result<Vec<Reply>, ClientError> {
+        let window = self.depth().max(1);
+        let mut ids = std::collections::VecDeque::with_capacity(window);
+        let mut replies = Vec::with_capacity(reqs.len());
+        for p in reqs {
+            if ids.len() == window {
+                replies.push(self.wait(ids.pop_front().expect("window is full"))?);
+            }
+            ids.push_back(send(self, p)?);
+        }
+        for id in ids {
+            replies.push(self.wait(id)?);
+        }
+        Ok(replies)
     }
 
     /// Punches `len` bytes at `offset` (they read as zeros; the size does not change).
@@ -313,11 +356,91 @@ impl ClientEndpoint {
     }
 }
 
-/// Pieces of at most MAX_REQUEST bytes: (offset in the buffer, length).
-fn pieces(len: usize) -> impl Iterator<Item = (usize, usize)> {
-    (0..len)
-        .step_by(MAX_REQUEST)
-        .map(move |at| (at, MAX_REQUEST.min(len - at)))
+/// A contiguous run of one object and where its bytes sit in the caller's buffer.
+#[derive(Debug, Clone, Copy)]
+pub struct Extent<'r> {
+    pub route: &'r OstRoute,
+    pub object: u64,
+    /// Offset in the object.
+    pub offset: u64,
+    /// Offset in the caller's buffer.
+    pub at: usize,
+    pub len: usize,
+}
+
+impl<'r> Extent<'r> {
+    fn whole(route: &'r OstRoute, object: u64, offset: u64, len: usize) -> Extent<'r> {
+        Extent {
+            route,
+            object,
+            offset,
+            at: 0,
+            len,
+        }
+    }
+}
+
+/// One request: a piece of at most [`MAX_REQUEST`] bytes of an extent.
+struct Req<'r> {
+    extent: usize,
+    route: &'r OstRoute,
+    object: u64,
+    offset: u64,
+    at: usize,
+    len: usize,
+}
+
+fn split<'r>(extents: &[Extent<'r>]) -> Vec<Req<'r>> {
+    let mut out = Vec::with_capacity(extents.len());
+    for (i, e) in extents.iter().enumerate() {
+        let mut done = 0;
+        loop {
+            let len = MAX_REQUEST.min(e.len - done);
+            out.push(Req {
+                extent: i,
+                route: e.route,
+                object: e.object,
+                offset: e.offset + done as u64,
+                at: e.at + done,
+                len,
+            });
+            done += len;
+            if done >= e.len {
+                break;
+            }
+        }
+    }
+    out
+}
+
+fn io_flags(opt: IoOptions, write: bool) -> ObjFlags {
+    let mut flags = ObjFlags::default();
+    if opt.checksum {
+        flags = flags.with(ObjFlags::CHECKSUM);
+    }
+    if opt.sync && write {
+        flags = flags.with(ObjFlags::SYNC);
+    }
+    flags
+}
+
+fn crc_of(opt: IoOptions, data: &[u8]) -> u32 {
+    match opt.checksum {
+        true => crc32c::crc32c(data),
+        false => 0,
+    }
+}
+
+fn read_reply(reply: &Reply) -> Result<IoReply<'_>, ClientError> {
+    check(reply)?;
+    IoReply::decode(&reply.body).map_err(proto_err)
+}
+
+fn check_written(reqs: &[Req<'_>], replies: &[Reply]) -> Result<(), ClientError> {
+    for (p, reply) in reqs.iter().zip(replies) {
+        written(reply, p.len)?;
+    }
+    Ok(())
 }
 
 fn sub(desc: &BulkDesc, at: usize, len: usize) -> BulkDesc {

@@ -228,6 +228,11 @@ impl ClientEndpoint {
         Ok(sid)
     }
 
+    /// Requests this endpoint keeps in flight at most.
+    pub fn depth(&self) -> usize {
+        self.cfg.depth
+    }
+
     /// Largest message in either direction.
     pub fn msg_size(&self) -> usize {
         self.cfg.msg_size

@@ -271,7 +271,7 @@ fn paths_through_the_client_namespace() {
         .map(|e| e.name)
         .collect();
     assert_eq!(names, vec![b"f".to_vec()]);
-    ns.rename("/a/b/f", "/a/g").unwrap();
+    ns.rename("/a/b/f", "/a/g", 0).unwrap();
     assert_eq!(
         status(ns.stat("/a/b/f")),
         libc::ENOENT,

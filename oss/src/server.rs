@@ -10,8 +10,8 @@ use nacre_engine::{Engine, EngineConfig, EngineError, PoolConfig, ReactorConfig,
 use crate::service::{OssService, OstEpoch, ServedOst};
 use crate::{ObjectStore, StoreConfig};
 
-/// Messages of the object protocol: 8 KiB, so 4 KiB payloads travel inline.
-pub const MSG_SIZE: usize = 8192;
+/// Messages of the object protocol (the protocol's own size).
+pub use nacre_proto::object::MSG_SIZE;
 
 /// One OST to serve: its index, directory and the epoch its role was granted.
 #[derive(Debug, Clone)]

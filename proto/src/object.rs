@@ -11,6 +11,10 @@
 use crate::body::{BodyError, BodyReader, BodyWriter, BulkDesc};
 use crate::frame::Opcode;
 
+/// Messages to and from an OSS core: 8 KiB, so small payloads travel inline and anything
+/// larger goes by RMA.
+pub const MSG_SIZE: usize = 8192;
+
 /// The object opcodes, 0x200..=0x207.
 impl Opcode {
     pub const OBJ_WRITE: Opcode = Opcode(0x200);

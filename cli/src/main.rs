@@ -1,0 +1,105 @@
+//! `nacre`: bring a file system up and use it. Every command but `up` reaches the file
+//! system through `--mgs HOST:PORT` or NACRE_MGS. Paths inside nacre are absolute
+//! (`/dir/file`, optionally written `nacre:/dir/file`); `cp` tells local paths from
+//! nacre paths by that `nacre:` prefix. Errors are one line on stderr and exit code 1.
+
+mod commands;
+mod copy;
+mod up;
+
+use std::process::ExitCode;
+
+use clap::{Parser, Subcommand};
+
+#[derive(Debug, thiserror::Error)]
+#[error("{0}")]
+pub struct CliError(String);
+
+impl CliError {
+    pub fn msg(m: impl Into<String>) -> CliError {
+        CliError(m.into())
+    }
+
+    /// `what: the error`, the errno's words when there is one.
+    pub fn io(what: &str, e: std::io::Error) -> CliError {
+        CliError(format!("{what}: {e}"))
+    }
+}
+
+#[derive(Parser)]
+#[command(name = "nacre", version, about = "nacre parallel file system")]
+struct Cli {
+    /// The MGS, HOST:PORT [env: NACRE_MGS].
+    #[arg(long, global = true)]
+    mgs: Option<String>,
+    #[command(subcommand)]
+    cmd: Cmd,
+}
+
+#[derive(Subcommand)]
+enum Cmd {
+    /// Bring up the servers of a file system (by default all of them, on this machine).
+    Up(up::UpArgs),
+    /// The cluster map: targets, owners, epochs, states, map version.
+    Status,
+    /// List directories.
+    Ls(commands::LsArgs),
+    /// A path's attributes.
+    Stat { paths: Vec<String> },
+    /// Make directories.
+    Mkdir(commands::MkdirArgs),
+    /// Remove files (and with -r, directories and what they hold).
+    Rm(commands::RmArgs),
+    /// Rename.
+    Mv { from: String, to: String },
+    /// Copy a file into (`nacre:/path`) or out of nacre, in parallel.
+    Cp(copy::CpArgs),
+    /// Set the striping of a new file (created empty) or a directory's default.
+    Setstripe(commands::SetstripeArgs),
+    /// Show a file's objects or a directory's default striping.
+    Getstripe { paths: Vec<String> },
+    /// Usage per target, as `lfs df` shows it.
+    Df(commands::DfArgs),
+}
+
+fn main() -> ExitCode {
+    tracing_subscriber::fmt()
+        .with_env_filter(
+            tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| "warn".into()),
+        )
+        .with_writer(std::io::stderr)
+        .init();
+    let cli = Cli::parse();
+    match run(cli) {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("nacre: {e}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+fn run(cli: Cli) -> Result<(), CliError> {
+    if let Cmd::Up(args) = &cli.cmd {
+        return up::run(args);
+    }
+    let mgs = nacre_client::mgs::mgs_address(cli.mgs.clone())
+        .ok_or_else(|| CliError::msg("no MGS: give --mgs HOST:PORT or set NACRE_MGS"))?;
+    if let Cmd::Status = cli.cmd {
+        return commands::status(&mgs);
+    }
+    let client = nacre_client::Client::connect(&mgs, Default::default())
+        .map_err(|e| CliError::io(&format!("connecting to {mgs}"), e))?;
+    match cli.cmd {
+        Cmd::Up(_) | Cmd::Status => unreachable!("handled above"),
+        Cmd::Ls(a) => commands::ls(&client, &a),
+        Cmd::Stat { paths } => commands::stat(&client, &paths),
+        Cmd::Mkdir(a) => commands::mkdir(&client, &a),
+        Cmd::Rm(a) => commands::rm(&client, &a),
+        Cmd::Mv { from, to } => commands::mv(&client, &from, &to),
+        Cmd::Cp(a) => copy::cp(&client, &a),
+        Cmd::Setstripe(a) => commands::setstripe(&client, &a),
+        Cmd::Getstripe { paths } => commands::getstripe(&client, &paths),
+        Cmd::Df(a) => commands::df(&client, &a),
+    }
+}

@@ -1,0 +1,522 @@
+//! `nacre up`: start the servers one host runs (by default a whole file system on one
+//! machine: an MGS, an MDS and two OSSs with two OSTs each, on 127.0.0.1), wait until
+//! the cluster map shows them serving, print `NACRE_MGS=host:port`, and on SIGINT or
+//! SIGTERM stop them in order (MDS, then OSSs, then MGS), each cleanly.
+//!
+//! The servers are the real binaries (`nacre-mgs`, `nacre-mds`, `nacre-oss`), found
+//! next to this executable or in PATH, each in its own process group (a Ctrl-C at the
+//! terminal reaches `nacre up` alone, which then stops them in order), each logging to
+//! `<dir>/logs/<name>.log`. Started again on the same directory, the MGS keeps its map,
+//! and the MDS and OSSs reclaim their roles by identity (host and target directory) and
+//! serve the same targets.
+
+use std::fs::OpenOptions;
+use std::io::{BufRead, BufReader, Write};
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::mpsc::{channel, Receiver};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use nacre_client::mgs::{BootConfig, MgsClient};
+use nacre_proto::bootstrap::{ClusterMap, RoleKind, TargetKind, TargetState};
+use serde::Deserialize;
+
+use crate::CliError;
+
+/// What one host runs. With no file, the one-machine default (see [`HostConfig::local`]).
+#[derive(Debug, Clone, Deserialize, Default)]
+#[serde(deny_unknown_fields)]
+pub struct HostConfig {
+    /// Where targets and logs live unless a section says otherwise.
+    pub dir: Option<PathBuf>,
+    /// libfabric provider of the MDS and OSSs: tcp, sockets, shm, efa... or auto.
+    pub provider: Option<String>,
+    /// The MGS every server of this host talks to (required when this host runs no MGS).
+    pub mgs_address: Option<String>,
+    /// The node address the MDS and OSS cores serve from (default: the provider's).
+    pub listen: Option<String>,
+    /// Run the MGS here.
+    pub mgs: Option<MgsSection>,
+    /// Run the MDS here.
+    pub mds: Option<MdsSection>,
+    /// One OSS process per entry.
+    #[serde(default)]
+    pub oss: Vec<OssSection>,
+}
+
+#[derive(Debug, Clone, Deserialize, Default)]
+#[serde(deny_unknown_fields)]
+pub struct MgsSection {
+    /// HOST:PORT the MGS listens on.
+    pub listen: Option<String>,
+    pub fsname: Option<String>,
+    pub stripe_count: Option<u32>,
+    pub stripe_size: Option<u64>,
+}
+
+#[derive(Debug, Clone, Deserialize, Default)]
+#[serde(deny_unknown_fields)]
+pub struct MdsSection {
+    /// The MDT directory (default `<dir>/mdt`).
+    pub dir: Option<PathBuf>,
+    /// Reply only once an operation is committed (group commit).
+    #[serde(default)]
+    pub sync: bool,
+}
+
+#[derive(Debug, Clone, Deserialize, Default)]
+#[serde(deny_unknown_fields)]
+pub struct OssSection {
+    /// OST directories this OSS serves.
+    pub osts: Vec<PathBuf>,
+    /// Engine cores (default 1).
+    pub cores: Option<usize>,
+}
+
+/// The default MGS address of `nacre up`.
+pub const DEFAULT_MGS: &str = "127.0.0.1:7450";
+
+impl HostConfig {
+    /// One machine: MGS on 127.0.0.1:7450, MDS, two OSSs with two OSTs each under `dir`.
+    pub fn local(dir: &Path) -> HostConfig {
+        let oss = |i: usize| OssSection {
+            osts: (0..2)
+                .map(|t| dir.join(format!("oss{i}")).join(format!("target{t}")))
+                .collect(),
+            cores: None,
+        };
+        HostConfig {
+            dir: Some(dir.to_path_buf()),
+            provider: None,
+            mgs_address: None,
+            listen: None,
+            mgs: Some(MgsSection::default()),
+            mds: Some(MdsSection::default()),
+            oss: vec![oss(0), oss(1)],
+        }
+    }
+
+    pub fn from_file(path: &Path) -> Result<HostConfig, CliError> {
+        let text = std::fs::read_to_string(path)
+            .map_err(|e| CliError::msg(format!("{}: {e}", path.display())))?;
+        toml::from_str(&text).map_err(|e| CliError::msg(format!("{}: {e}", path.display())))
+    }
+}
+
+/// Flags of `nacre up`; they override the file's values.
+#[derive(Debug, Clone, clap::Args)]
+pub struct UpArgs {
+    /// Where data and logs live [default: ./nacre-data].
+    #[arg(long)]
+    pub dir: Option<PathBuf>,
+    /// libfabric provider: tcp, sockets, shm, or auto (shm when present, else tcp).
+    #[arg(long)]
+    pub provider: Option<String>,
+    /// HOST:PORT the MGS listens on [default: 127.0.0.1:7450]; port 0 picks a free one.
+    #[arg(long)]
+    pub listen: Option<String>,
+    /// What this host runs (TOML; see docs/operations.md); without it, a whole file
+    /// system on this machine.
+    #[arg(long)]
+    pub config: Option<PathBuf>,
+    /// Pin engine cores to CPUs (off by default: on one machine the servers and the
+    /// clients share the CPUs).
+    #[arg(long)]
+    pub pin: bool,
+    /// Start, print the connect string, stop cleanly: a check that everything comes up.
+    #[arg(long)]
+    pub check: bool,
+}
+
+/// A running server process and the lines it printed on stdout.
+struct Server {
+    name: String,
+    child: Child,
+    lines: Receiver<String>,
+    log: PathBuf,
+}
+
+pub fn run(args: &UpArgs) -> Result<(), CliError> {
+    let dir = args
+        .dir
+        .clone()
+        .unwrap_or_else(|| PathBuf::from("nacre-data"));
+    let mut cfg = match &args.config {
+        Some(p) => HostConfig::from_file(p)?,
+        None => HostConfig::local(&dir),
+    };
+    if args.dir.is_some() || cfg.dir.is_none() {
+        cfg.dir = Some(dir);
+    }
+    if let Some(p) = &args.provider {
+        cfg.provider = Some(p.clone());
+    }
+    if let (Some(l), Some(m)) = (&args.listen, cfg.mgs.as_mut()) {
+        m.listen = Some(l.clone());
+    }
+    // Probe providers before taking SIGINT/SIGTERM: libfabric's shm provider installs
+    // its own handlers for them when it loads and resets them to the default action
+    // when it unloads, which would silently drop handlers installed earlier.
+    if matches!(cfg.provider.as_deref(), None | Some("auto")) {
+        cfg.provider = Some(best_local_provider());
+    }
+    let stop = Arc::new(AtomicBool::new(false));
+    for sig in [signal_hook::consts::SIGINT, signal_hook::consts::SIGTERM] {
+        signal_hook::flag::register(sig, stop.clone())
+            .map_err(|e| CliError::msg(format!("installing signal handlers: {e}")))?;
+    }
+    let mut up = Up {
+        cfg,
+        servers: Vec::new(),
+        stop,
+        pin: args.pin,
+    };
+    let started = up.start();
+    let outcome = match started {
+        Ok(addr) => {
+            println!("NACRE_MGS={addr}");
+            let _ = std::io::stdout().flush();
+            match args.check {
+                true => Ok(()),
+                false => up.watch(),
+            }
+        }
+        Err(e) => Err(e),
+    };
+    up.stop_all();
+    outcome
+}
+
+struct Up {
+    cfg: HostConfig,
+    servers: Vec<Server>,
+    stop: Arc<AtomicBool>,
+    pin: bool,
+}
+
+impl Up {
+    fn dir(&self) -> PathBuf {
+        self.cfg.dir.clone().expect("set by run")
+    }
+
+    fn provider(&self) -> String {
+        self.cfg.provider.clone().expect("resolved by run")
+    }
+
+    /// Starts every server this host runs; returns the MGS address once they serve.
+    fn start(&mut self) -> Result<String, CliError> {
+        let dir = self.dir();
+        std::fs::create_dir_all(dir.join("logs"))
+            .map_err(|e| CliError::msg(format!("{}: {e}", dir.display())))?;
+        let provider = self.provider();
+        println!("nacre up: data under {}, provider {provider}", dir.display());
+        let mut mgs = self.cfg.mgs_address.clone();
+        if let Some(section) = self.cfg.mgs.clone() {
+            mgs = Some(self.start_mgs(&section)?);
+        }
+        let mgs = mgs.ok_or_else(|| {
+            CliError::msg("this host runs no MGS: give mgs_address in the config file")
+        })?;
+        // OSSs first, so the MDS finds OSTs to stripe new files over.
+        let mut osts = 0;
+        for (i, oss) in self.cfg.oss.clone().iter().enumerate() {
+            self.start_oss(i, oss, &mgs, &provider)?;
+            osts += oss.osts.len();
+        }
+        for i in 0..self.cfg.oss.len() {
+            self.wait_line(&format!("oss{i}"), "nacre-oss: ready")?;
+        }
+        if let Some(mds) = self.cfg.mds.clone() {
+            self.start_mds(&mds, &mgs, &provider)?;
+            self.wait_line("mds", "nacre-mds: ready")?;
+        }
+        self.wait_map(&mgs, osts)?;
+        Ok(mgs)
+    }
+
+    fn start_mgs(&mut self, s: &MgsSection) -> Result<String, CliError> {
+        let dir = self.dir().join("mgs");
+        let listen = s.listen.clone().unwrap_or_else(|| DEFAULT_MGS.into());
+        if !dir.join("mgs.redb").exists() {
+            let mut cmd = Command::new(binary("nacre-mgs")?);
+            cmd.args(["format", "--dir"]).arg(&dir).args([
+                "--fsname",
+                s.fsname.as_deref().unwrap_or("nacre"),
+            ]);
+            if let Some(c) = s.stripe_count {
+                cmd.args(["--stripe-count", &c.to_string()]);
+            }
+            if let Some(z) = s.stripe_size {
+                cmd.args(["--stripe-size", &z.to_string()]);
+            }
+            run_once(cmd, "nacre-mgs format")?;
+        }
+        let mut cmd = Command::new(binary("nacre-mgs")?);
+        cmd.args(["serve", "--dir"])
+            .arg(&dir)
+            .args(["--listen", &listen]);
+        self.spawn("mgs", cmd)?;
+        let line = self.wait_line("mgs", "nacre-mgs: serving")?;
+        line.split(" on ")
+            .nth(1)
+            .and_then(|s| s.split_whitespace().next())
+            .map(str::to_string)
+            .ok_or_else(|| CliError::msg(format!("mgs: no address in {line:?}")))
+    }
+
+    fn start_oss(
+        &mut self,
+        i: usize,
+        s: &OssSection,
+        mgs: &str,
+        provider: &str,
+    ) -> Result<(), CliError> {
+        if s.osts.is_empty() {
+            return Err(CliError::msg(format!("oss{i}: no OST directories")));
+        }
+        let mut cmd = Command::new(binary("nacre-oss")?);
+        cmd.args(["serve", "--mgs", mgs, "--provider", provider]);
+        for ost in &s.osts {
+            std::fs::create_dir_all(ost)
+                .map_err(|e| CliError::msg(format!("{}: {e}", ost.display())))?;
+            cmd.arg("--ost").arg(ost);
+        }
+        cmd.args(["--cores", &s.cores.unwrap_or(1).to_string()]);
+        self.server_flags(&mut cmd);
+        self.spawn(&format!("oss{i}"), cmd)
+    }
+
+    fn start_mds(&mut self, s: &MdsSection, mgs: &str, provider: &str) -> Result<(), CliError> {
+        let dir = s.dir.clone().unwrap_or_else(|| self.dir().join("mdt"));
+        let mut cmd = Command::new(binary("nacre-mds")?);
+        cmd.args(["serve", "--dir"])
+            .arg(&dir)
+            .args(["--mgs", mgs, "--provider", provider]);
+        if s.sync {
+            cmd.arg("--sync");
+        }
+        self.server_flags(&mut cmd);
+        self.spawn("mds", cmd)
+    }
+
+    fn server_flags(&self, cmd: &mut Command) {
+        if !self.pin {
+            cmd.arg("--no-pin");
+        }
+        if let Some(l) = &self.cfg.listen {
+            cmd.args(["--listen", l]);
+        }
+    }
+
+    /// Starts `cmd` in its own process group, stdout and stderr to its log; stdout lines
+    /// are also passed on so `up` can wait for the server's "ready".
+    fn spawn(&mut self, name: &str, mut cmd: Command) -> Result<(), CliError> {
+        use std::os::unix::process::CommandExt;
+        let log = self.dir().join("logs").join(format!("{name}.log"));
+        let open = || {
+            OpenOptions::new()
+                .create(true)
+                .append(true)
+                .open(&log)
+                .map_err(|e| CliError::msg(format!("{}: {e}", log.display())))
+        };
+        let (err, mut out_log) = (open()?, open()?);
+        cmd.process_group(0)
+            .stdin(Stdio::null())
+            .stdout(Stdio::piped())
+            .stderr(err);
+        let mut child = cmd
+            .spawn()
+            .map_err(|e| CliError::msg(format!("{name}: cannot start: {e}")))?;
+        let out = child.stdout.take().expect("piped");
+        let (tx, lines) = channel();
+        std::thread::spawn(move || {
+            for line in BufReader::new(out).lines().map_while(Result::ok) {
+                let _ = writeln!(out_log, "{line}");
+                let _ = tx.send(line);
+            }
+        });
+        println!("nacre up: {name} (pid {}) logs to {}", child.id(), log.display());
+        self.servers.push(Server {
+            name: name.to_string(),
+            child,
+            lines,
+            log,
+        });
+        Ok(())
+    }
+
+    /// The first line of server `name` that contains `what`; an error if the server
+    /// exits, the wait is stopped by a signal, or a minute passes.
+    fn wait_line(&mut self, name: &str, what: &str) -> Result<String, CliError> {
+        let until = Instant::now() + Duration::from_secs(60);
+        let s = self
+            .servers
+            .iter_mut()
+            .find(|s| s.name == name)
+            .expect("started");
+        while Instant::now() < until && !self.stop.load(Ordering::Relaxed) {
+            match s.lines.recv_timeout(Duration::from_millis(100)) {
+                Ok(l) if l.contains(what) => return Ok(l),
+                Ok(_) => {}
+                Err(_) => {
+                    if let Ok(Some(st)) = s.child.try_wait() {
+                        return Err(CliError::msg(format!(
+                            "{name} exited ({st}) before it was ready: see {}",
+                            s.log.display()
+                        )));
+                    }
+                }
+            }
+        }
+        Err(CliError::msg(match self.stop.load(Ordering::Relaxed) {
+            true => "stopped by a signal while starting".to_string(),
+            false => format!("{name} not ready within 60 s: see {}", s.log.display()),
+        }))
+    }
+
+    /// Waits until the map shows this host's MDS (if it runs one) and `osts` OSTs of
+    /// this host's servers up.
+    fn wait_map(&mut self, mgs: &str, osts: usize) -> Result<(), CliError> {
+        let until = Instant::now() + Duration::from_secs(60);
+        let mut client = MgsClient::connect(mgs, BootConfig::default())
+            .map_err(|e| CliError::msg(format!("MGS {mgs}: {e}")))?;
+        let want_mds = self.cfg.mds.is_some();
+        loop {
+            let map = client
+                .fetch_map()
+                .map_err(|e| CliError::msg(format!("MGS {mgs}: {e}")))?;
+            if serving(&map, want_mds, osts) {
+                return Ok(());
+            }
+            if Instant::now() > until || self.stop.load(Ordering::Relaxed) {
+                return Err(CliError::msg(
+                    "the cluster map did not show every server up within 60 s",
+                ));
+            }
+            self.check_alive()?;
+            let _ = client.wait_map(map.version, Duration::from_millis(500));
+        }
+    }
+
+    fn check_alive(&mut self) -> Result<(), CliError> {
+        for s in &mut self.servers {
+            if let Ok(Some(st)) = s.child.try_wait() {
+                return Err(CliError::msg(format!(
+                    "{} exited ({st}): see {}",
+                    s.name,
+                    s.log.display()
+                )));
+            }
+        }
+        Ok(())
+    }
+
+    /// Runs until a signal; a server that exits on its own ends the run (an error).
+    fn watch(&mut self) -> Result<(), CliError> {
+        println!("nacre up: serving; Ctrl-C stops every server cleanly");
+        let _ = std::io::stdout().flush();
+        while !self.stop.load(Ordering::Relaxed) {
+            self.check_alive()?;
+            std::thread::sleep(Duration::from_millis(100));
+        }
+        Ok(())
+    }
+
+    /// Stops the servers: MDS first (no new files), then the OSSs, then the MGS.
+    fn stop_all(&mut self) {
+        let rank = |n: &str| match n {
+            "mds" => 0,
+            "mgs" => 2,
+            _ => 1,
+        };
+        self.servers.sort_by_key(|s| rank(&s.name));
+        for s in &mut self.servers {
+            stop_server(s);
+        }
+        println!("nacre up: stopped");
+    }
+}
+
+/// SIGTERM, then up to 20 s for a clean exit, then SIGKILL.
+fn stop_server(s: &mut Server) {
+    if let Ok(Some(_)) = s.child.try_wait() {
+        return;
+    }
+    let pid = nix::unistd::Pid::from_raw(s.child.id() as i32);
+    let _ = nix::sys::signal::kill(pid, nix::sys::signal::Signal::SIGTERM);
+    let until = Instant::now() + Duration::from_secs(20);
+    while Instant::now() < until {
+        if let Ok(Some(st)) = s.child.try_wait() {
+            println!("nacre up: {} stopped ({st})", s.name);
+            return;
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    eprintln!("nacre up: {} did not stop within 20 s: killing it", s.name);
+    let _ = s.child.kill();
+    let _ = s.child.wait();
+}
+
+/// Whether `map` shows mds0 (if wanted) and at least `osts` OSTs up.
+fn serving(map: &ClusterMap, mds: bool, osts: usize) -> bool {
+    let up = |kind: TargetKind| {
+        map.targets
+            .iter()
+            .filter(|t| t.kind == kind && t.state == TargetState::Up)
+            .filter(|t| map.server(t.role).is_some())
+            .count()
+    };
+    let mds_ok = !mds
+        || map
+            .servers
+            .iter()
+            .any(|s| s.role.kind == RoleKind::Mds && up(TargetKind::Mdt) > 0);
+    mds_ok && up(TargetKind::Ost) >= osts
+}
+
+/// shm when the machine's libfabric has it (one host: memory copies between
+/// processes), else tcp.
+pub fn best_local_provider() -> String {
+    let has = |p: &str| nacre_fabric::Info::find(&nacre_fabric::Selection::provider(p)).is_ok();
+    match has("shm") {
+        true => "shm".into(),
+        false => "tcp".into(),
+    }
+}
+
+/// A server binary: next to this executable, else in PATH.
+fn binary(name: &str) -> Result<PathBuf, CliError> {
+    let here = std::env::current_exe()
+        .ok()
+        .and_then(|p| p.parent().map(|d| d.join(name)))
+        .filter(|p| p.exists());
+    if let Some(p) = here {
+        return Ok(p);
+    }
+    let path = std::env::var_os("PATH").unwrap_or_default();
+    std::env::split_paths(&path)
+        .map(|d| d.join(name))
+        .find(|p| p.exists())
+        .ok_or_else(|| {
+            CliError::msg(format!(
+                "{name} not found next to nacre or in PATH: build every binary with \
+                 `cargo build --release --bins`"
+            ))
+        })
+}
+
+fn run_once(mut cmd: Command, what: &str) -> Result<(), CliError> {
+    let out = cmd
+        .output()
+        .map_err(|e| CliError::msg(format!("{what}: {e}")))?;
+    if !out.status.success() {
+        return Err(CliError::msg(format!(
+            "{what} failed: {}",
+            String::from_utf8_lossy(&out.stderr).trim()
+        )));
+    }
+    Ok(())
+}
