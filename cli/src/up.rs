@@ -156,16 +156,11 @@ pub fn run(args: &UpArgs) -> Result<(), CliError> {
     if let (Some(l), Some(m)) = (&args.listen, cfg.mgs.as_mut()) {
         m.listen = Some(l.clone());
     }
-    // Probe providers before taking SIGINT/SIGTERM: libfabric's shm provider installs
-    // its own handlers for them when it loads and resets them to the default action
-    // when it unloads, which would silently drop handlers installed earlier.
+    // First, before any thread starts: see nacre_fabric::signals for why.
+    let stop = nacre_fabric::signals::stop_on_signals()
+        .map_err(|e| CliError::msg(format!("taking SIGINT/SIGTERM: {e}")))?;
     if matches!(cfg.provider.as_deref(), None | Some("auto")) {
         cfg.provider = Some(best_local_provider());
-    }
-    let stop = Arc::new(AtomicBool::new(false));
-    for sig in [signal_hook::consts::SIGINT, signal_hook::consts::SIGTERM] {
-        signal_hook::flag::register(sig, stop.clone())
-            .map_err(|e| CliError::msg(format!("installing signal handlers: {e}")))?;
     }
     let mut up = Up {
         cfg,

@@ -13,6 +13,7 @@ mod endpoint;
 mod error;
 mod info;
 mod memory;
+pub mod signals;
 pub mod testing;
 
 pub use endpoint::{Completion, Endpoint, EndpointConfig, OpKind, PeerAddr};

@@ -5,7 +5,7 @@
 //! stops service until a renewal is acknowledged again; a fenced role stops it for good.
 
 use std::path::PathBuf;
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::Ordering;
 use std::sync::{Arc, OnceLock};
 use std::time::{Duration, Instant};
 
@@ -44,10 +44,7 @@ pub enum MdsServeError {
 
 /// Runs until a signal (Ok(true)) or until the role is fenced (Ok(false)).
 pub fn serve(cfg: &MdsServeConfig) -> Result<bool, MdsServeError> {
-    let stop = Arc::new(AtomicBool::new(false));
-    for sig in [signal_hook::consts::SIGINT, signal_hook::consts::SIGTERM] {
-        signal_hook::flag::register(sig, stop.clone()).map_err(MdsServeError::Signals)?;
-    }
+    let stop = nacre_fabric::signals::stop_on_signals().map_err(MdsServeError::Signals)?;
     let mut mgs = MgsClient::connect(&cfg.mgs, BootConfig::default())?;
     let slot: MdtSlot = Arc::new(OnceLock::new());
     let engine = start_engine(cfg, &slot)?;

@@ -8,7 +8,6 @@
 
 use std::path::PathBuf;
 use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use nacre_client::mgs::{node_identity, BootConfig, LeaseKeeper, MgsClient, MgsError, RoleHolder};
@@ -74,10 +73,7 @@ pub fn serve(cfg: &ServeConfig) -> Result<bool, ServeError> {
     if cfg.osts.is_empty() {
         return Err(ServeError::NoOst);
     }
-    let stop = Arc::new(AtomicBool::new(false));
-    for sig in [signal_hook::consts::SIGINT, signal_hook::consts::SIGTERM] {
-        signal_hook::flag::register(sig, stop.clone()).map_err(ServeError::Signals)?;
-    }
+    let stop = nacre_fabric::signals::stop_on_signals().map_err(ServeError::Signals)?;
     let mut mgs = MgsClient::connect(&cfg.mgs, BootConfig::default())?;
     let registry = OstRegistry::default();
     let engine = start_engine(cfg, &registry)?;

@@ -73,6 +73,12 @@ enum Cmd {
 }
 
 fn main() -> ExitCode {
+    // The MGS stops on SIGINT/SIGTERM by their default action (its store commits
+    // durably); a parent such as `nacre up` may have passed them on blocked.
+    if let Err(e) = nacre_fabric::signals::unblock_stop_signals() {
+        eprintln!("nacre-mgs: unblocking SIGINT/SIGTERM: {e}");
+        return ExitCode::FAILURE;
+    }
     tracing_subscriber::fmt()
         .with_env_filter(
             tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| "info".into()),
