@@ -1,0 +1,159 @@
+//! Starting `nacre up` (real MGS, MDS and OSS processes) and running the `nacre`
+//! command against it, for the CLI and client tests.
+#![allow(dead_code)]
+
+use std::path::{Path, PathBuf};
+use std::process::{Command, Output};
+use std::time::{Duration, Instant};
+
+use nacre_fabric::testing::{skip, Proc};
+use nacre_fabric::Selection;
+
+pub const NACRE: &str = env!("CARGO_BIN_EXE_nacre");
+
+/// A fresh directory on the target disk (ext4: O_DIRECT works there, not on tmpfs).
+pub fn tmp(name: &str) -> PathBuf {
+    let d = PathBuf::from(env!("CARGO_TARGET_TMPDIR")).join(format!("cli-{name}"));
+    let _ = std::fs::remove_dir_all(&d);
+    std::fs::create_dir_all(&d).unwrap();
+    d
+}
+
+/// Whether `provider` works here; says why not (printed, never silent) when it does not.
+pub fn have(provider: &str, what: &str) -> bool {
+    match nacre_fabric::Info::find(&Selection::provider(provider)) {
+        Ok(_) => true,
+        Err(e) => {
+            skip(&format!("{what} on {provider}: {e}"));
+            false
+        }
+    }
+}
+
+/// A running `nacre up`, stopped (SIGTERM) by [`Up::stop`] or killed on drop.
+pub struct Up {
+    pub proc: Proc,
+    pub mgs: String,
+    /// (server name, pid) as `nacre up` printed them.
+    pub servers: Vec<(String, u32)>,
+}
+
+impl Up {
+    /// `nacre up --dir DIR --provider P --listen 127.0.0.1:0` plus `extra`.
+    pub fn start(dir: &Path, provider: &str, extra: &[&str]) -> Up {
+        let mut cmd = Command::new(NACRE);
+        cmd.arg("up").arg("--dir").arg(dir);
+        cmd.args(["--provider", provider]);
+        if !extra.contains(&"--config") {
+            cmd.args(["--listen", "127.0.0.1:0"]);
+        }
+        cmd.args(extra);
+        let proc = Proc::spawn("nacre-up", cmd);
+        let until = Instant::now() + Duration::from_secs(120);
+        let mut servers = Vec::new();
+        loop {
+            let left = until
+                .checked_duration_since(Instant::now())
+                .expect("nacre up: no NACRE_MGS= line within 120 s");
+            let line = proc
+                .lines
+                .recv_timeout(left)
+                .expect("nacre up: ended or silent before NACRE_MGS=");
+            if let Some(addr) = line.strip_prefix("NACRE_MGS=") {
+                return Up {
+                    mgs: addr.trim().to_string(),
+                    proc,
+                    servers,
+                };
+            }
+            if let Some((name, pid)) = server_line(&line) {
+                servers.push((name, pid));
+            }
+        }
+    }
+
+    pub fn pid_of(&self, name: &str) -> u32 {
+        self.servers
+            .iter()
+            .find(|(n, _)| n == name)
+            .unwrap_or_else(|| panic!("nacre up started no {name}: {:?}", self.servers))
+            .1
+    }
+
+    /// SIGTERM, as Ctrl-C would: every server stops cleanly and `nacre up` exits 0.
+    pub fn stop(mut self) {
+        self.proc.signal("TERM");
+        self.proc
+            .expect("nacre up: stopped", Duration::from_secs(90));
+        assert_eq!(self.proc.wait_exit(Duration::from_secs(10)), Some(0));
+        for (name, pid) in &self.servers {
+            assert!(
+                !Path::new(&format!("/proc/{pid}")).exists() || zombie(*pid),
+                "{name} (pid {pid}) still runs after nacre up stopped"
+            );
+        }
+    }
+
+    /// The `nacre` command against this file system.
+    pub fn nacre(&self, args: &[&str]) -> Output {
+        nacre(&self.mgs, args)
+    }
+
+    /// `nacre ARGS`, which must succeed; its stdout.
+    pub fn ok(&self, args: &[&str]) -> String {
+        let out = self.nacre(args);
+        assert!(
+            out.status.success(),
+            "nacre {args:?} failed: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        String::from_utf8(out.stdout).unwrap()
+    }
+
+    /// `nacre ARGS`, which must fail with one line on stderr; that line.
+    pub fn fails(&self, args: &[&str]) -> String {
+        let out = self.nacre(args);
+        assert_eq!(out.status.code(), Some(1), "nacre {args:?} should fail");
+        let err = String::from_utf8(out.stderr).unwrap();
+        assert_eq!(err.lines().count(), 1, "one line of error, got {err:?}");
+        assert!(err.starts_with("nacre: "), "{err:?}");
+        err
+    }
+}
+
+impl Drop for Up {
+    /// A test that failed half-way must not leave servers behind: kill what still runs
+    /// (by pid, checking it is still ours).
+    fn drop(&mut self) {
+        for (_, pid) in &self.servers {
+            let ours = std::fs::read_to_string(format!("/proc/{pid}/cmdline"))
+                .map(|c| c.contains("nacre-"))
+                .unwrap_or(false);
+            if ours && !zombie(*pid) {
+                let _ = Command::new("kill").args(["-9", &pid.to_string()]).status();
+            }
+        }
+    }
+}
+
+fn zombie(pid: u32) -> bool {
+    std::fs::read_to_string(format!("/proc/{pid}/stat"))
+        .map(|s| s.contains(") Z "))
+        .unwrap_or(true)
+}
+
+/// "nacre up: oss0 (pid 123) logs to ..." -> ("oss0", 123).
+fn server_line(line: &str) -> Option<(String, u32)> {
+    let rest = line.strip_prefix("nacre up: ")?;
+    let (name, rest) = rest.split_once(" (pid ")?;
+    let (pid, _) = rest.split_once(')')?;
+    Some((name.to_string(), pid.parse().ok()?))
+}
+
+pub fn nacre(mgs: &str, args: &[&str]) -> Output {
+    Command::new(NACRE)
+        .args(args)
+        .env("NACRE_MGS", mgs)
+        .output()
+        .expect("running nacre")
+}
