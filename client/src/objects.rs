@@ -208,7 +208,10 @@ impl ClientEndpoint {
             })?;
             let mut got = Vec::with_capacity(reqs.len());
             for (p, reply) in reqs.iter().zip(&replies) {
-                let r = read_reply(reply)?;
+                let Some(r) = read_reply(reply)? else {
+                    got.push((0, EMPTY_CRC));
+                    continue;
+                };
                 let n = (r.len as usize).min(p.len).min(r.inline.len());
                 buf[p.at..p.at + n].copy_from_slice(&r.inline[..n]);
                 got.push((n, r.crc));
@@ -231,8 +234,10 @@ impl ClientEndpoint {
                 })?;
                 let mut got = Vec::with_capacity(reqs.len());
                 for (p, reply) in reqs.iter().zip(&replies) {
-                    let r = read_reply(reply)?;
-                    got.push(((r.len as usize).min(p.len), r.crc));
+                    got.push(match read_reply(reply)? {
+                        Some(r) => ((r.len as usize).min(p.len), r.crc),
+                        None => (0, EMPTY_CRC),
+                    });
                 }
                 Ok(got)
             })?
@@ -431,9 +436,17 @@ fn crc_of(opt: IoOptions, data: &[u8]) -> u32 {
     }
 }
 
-fn read_reply(reply: &Reply) -> Result<IoReply<'_>, ClientError> {
+/// CRC32C of no bytes.
+const EMPTY_CRC: u32 = 0;
+
+/// A read's reply, or None for an object that does not exist yet: objects come into
+/// being with their first write, so a stripe never written reads as empty (a hole).
+fn read_reply(reply: &Reply) -> Result<Option<IoReply<'_>>, ClientError> {
+    if reply.header.status == -libc::ENOENT {
+        return Ok(None);
+    }
     check(reply)?;
-    IoReply::decode(&reply.body).map_err(proto_err)
+    IoReply::decode(&reply.body).map(Some).map_err(proto_err)
 }
 
 fn check_written(reqs: &[Req<'_>], replies: &[Reply]) -> Result<(), ClientError> {

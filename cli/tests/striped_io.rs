@@ -1,0 +1,191 @@
+//! The client library against a whole file system from `nacre up` (real processes):
+//! striped reads and writes checked against an in-memory model at every stripe
+//! boundary, holes, truncation, and one shared file written by several clients and
+//! threads (the MPI-IO pattern), read back by each of them.
+
+mod common;
+
+use std::sync::Arc;
+
+use common::{tmp, Up};
+use nacre_client::{errno, Client, ClientConfig, OpenOptions};
+use nacre_fabric::testing::pattern;
+use nacre_proto::layout::{FirstOst, StripeCount, StripeSpec};
+
+const STRIPE: u32 = 64 * 1024;
+
+fn spec(count: u32, size: u32) -> StripeSpec {
+    StripeSpec {
+        stripe_size: size,
+        count: StripeCount::Count(count),
+        first: FirstOst::Any,
+    }
+}
+
+/// xorshift: reproducible offsets and lengths.
+struct Rng(u64);
+
+impl Rng {
+    fn below(&mut self, n: u64) -> u64 {
+        self.0 ^= self.0 << 13;
+        self.0 ^= self.0 >> 7;
+        self.0 ^= self.0 << 17;
+        self.0 % n.max(1)
+    }
+
+    /// An offset on, beside or between stripe boundaries of a file of `span` bytes.
+    fn offset(&mut self, span: u64) -> u64 {
+        let unit = STRIPE as u64;
+        match self.below(3) {
+            0 => self.below(span),
+            1 => (self.below(span / unit) * unit).saturating_sub(self.below(2)),
+            _ => self.below(span / unit) * unit + 1,
+        }
+    }
+
+    fn len(&mut self) -> usize {
+        let unit = STRIPE as u64;
+        (match self.below(4) {
+            0 => 1 + self.below(16),
+            1 => unit,
+            2 => 1 + self.below(5 * unit),
+            _ => unit * 4 + self.below(3) - 1,
+        }) as usize
+    }
+}
+
+/// Random writes, reads and truncations of a 4-stripe file, each checked against a
+/// Vec<u8> with the same operations applied.
+fn matches_the_model(client: &Client) {
+    let f = client
+        .open("/model", &OpenOptions::create().layout(spec(4, STRIPE)))
+        .unwrap();
+    let mut model: Vec<u8> = Vec::new();
+    let mut rng = Rng(0x5eed);
+    let span = 24 * STRIPE as u64;
+    for op in 0..160u64 {
+        match rng.below(10) {
+            0..=4 => {
+                let (at, data) = (rng.offset(span), pattern(op, rng.len()));
+                assert_eq!(f.write_at(&data, at).unwrap(), data.len(), "op {op}");
+                let end = at as usize + data.len();
+                if model.len() < end {
+                    model.resize(end, 0);
+                }
+                model[at as usize..end].copy_from_slice(&data);
+            }
+            5..=8 => {
+                let (at, len) = (rng.offset(span + STRIPE as u64), rng.len());
+                let mut buf = vec![0xEE; len];
+                let n = f.read_at(&mut buf, at).unwrap();
+                let want = model.get(at as usize..).map_or(0, |t| t.len().min(len));
+                assert_eq!(n, want, "op {op}: read of {len} at {at}");
+                if n > 0 {
+                    let at = at as usize;
+                    assert!(buf[..n] == model[at..at + n], "op {op}: bytes");
+                }
+            }
+            _ => {
+                let size = rng.offset(span);
+                f.set_len(size).unwrap();
+                model.resize(size as usize, 0);
+            }
+        }
+    }
+    assert_eq!(f.stat().unwrap().size, model.len() as u64);
+    f.close().unwrap();
+    // A fresh open (another handle, the size from the MDS) sees the same bytes.
+    let g = client.open("/model", &OpenOptions::read()).unwrap();
+    let mut all = vec![0; model.len() + 100];
+    assert_eq!(g.read_at(&mut all, 0).unwrap(), model.len());
+    assert!(all[..model.len()] == model[..]);
+}
+
+/// A write far past the end leaves a hole that reads as zeros, in objects never written.
+fn holes_read_as_zeros(client: &Client) {
+    let f = client
+        .open("/sparse", &OpenOptions::create().layout(spec(4, STRIPE)))
+        .unwrap();
+    let far = 40 * STRIPE as u64 + 17;
+    f.write_at(b"tail", far).unwrap();
+    f.fsync().unwrap();
+    assert_eq!(client.stat("/sparse").unwrap().size, far + 4);
+    let mut buf = vec![0xAA; far as usize + 10];
+    assert_eq!(f.read_at(&mut buf, 0).unwrap(), far as usize + 4);
+    assert!(buf[..far as usize].iter().all(|&b| b == 0), "hole is zeros");
+    assert_eq!(&buf[far as usize..far as usize + 4], b"tail");
+    // Reads at or past the end return nothing; writes to a read-only handle fail.
+    assert_eq!(f.read_at(&mut buf, far + 4).unwrap(), 0);
+    let ro = client.open("/sparse", &OpenOptions::read()).unwrap();
+    assert_eq!(errno(&ro.write_at(b"x", 0).unwrap_err()), libc::EBADF);
+}
+
+/// `clients` clients, each with `threads` threads, write interleaved disjoint blocks of
+/// one file (block i by writer i % writers); then every client reads it all back.
+fn shared_file(mgs: &str, clients: usize, threads: usize, block: usize, blocks: usize) {
+    let path = format!("/shared-{block}");
+    let first = Client::connect(mgs, ClientConfig::default()).unwrap();
+    first
+        .open(&path, &OpenOptions::create().layout(spec(4, 1 << 20)))
+        .unwrap()
+        .close()
+        .unwrap();
+    let writers = clients * threads;
+    let want: Arc<Vec<u8>> = Arc::new(pattern(block as u64, block * blocks));
+    let handles: Vec<_> = (0..clients)
+        .map(|c| {
+            let (mgs, path, want) = (mgs.to_string(), path.clone(), want.clone());
+            std::thread::spawn(move || {
+                let client = Client::connect(&mgs, ClientConfig::default()).unwrap();
+                let rw = OpenOptions::read().flags(libc::O_RDWR);
+                let file = Arc::new(client.open(&path, &rw).unwrap());
+                std::thread::scope(|s| {
+                    for t in 0..threads {
+                        let (file, want) = (file.clone(), want.clone());
+                        s.spawn(move || {
+                            let me = c * threads + t;
+                            for i in (me..blocks).step_by(writers) {
+                                let at = i * block;
+                                let n = file.write_at(&want[at..at + block], at as u64).unwrap();
+                                assert_eq!(n, block);
+                            }
+                        });
+                    }
+                });
+                file.fsync().unwrap();
+                (client, file)
+            })
+        })
+        .collect();
+    let clients: Vec<_> = handles.into_iter().map(|h| h.join().unwrap()).collect();
+    for (i, (client, file)) in clients.iter().enumerate() {
+        assert_eq!(client.stat(&path).unwrap().size, want.len() as u64);
+        let mut got = vec![0; want.len()];
+        assert_eq!(file.read_at(&mut got, 0).unwrap(), want.len());
+        assert!(got == *want, "client {i} reads what all wrote");
+    }
+}
+
+fn striped_io(provider: &str) {
+    if !common::have(provider, "striped client I/O") {
+        return;
+    }
+    let name = provider.split(';').next().unwrap();
+    let up = Up::start(&tmp(&format!("io-{name}")), provider, &[]);
+    let client = Client::connect(&up.mgs, ClientConfig::default()).unwrap();
+    matches_the_model(&client);
+    holes_read_as_zeros(&client);
+    shared_file(&up.mgs, 3, 2, 47008, 96);
+    shared_file(&up.mgs, 2, 2, 1 << 20, 12);
+    up.stop();
+}
+
+#[test]
+fn striped_io_on_tcp() {
+    striped_io("tcp;ofi_rxm");
+}
+
+#[test]
+fn striped_io_on_shm() {
+    striped_io("shm");
+}
