@@ -1,0 +1,118 @@
+//! A server killed mid-stream: two "hosts" from TOML files (A runs the MGS, the MDS
+//! and one OSS; B runs a second OSS), a client streaming a file striped over all four
+//! OSTs, B's OSS killed with SIGKILL in the middle and started again. The client
+//! waits for the new map, retries, and every byte reads back.
+
+mod common;
+
+use std::path::Path;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use common::{tmp, Up};
+use nacre_client::{Client, ClientConfig, OpenOptions};
+use nacre_fabric::testing::pattern;
+use nacre_proto::layout::{FirstOst, StripeCount, StripeSpec};
+
+const MIB: usize = 1 << 20;
+const CHUNKS: usize = 48;
+
+fn write_config(path: &Path, text: &str) -> String {
+    std::fs::write(path, text).unwrap();
+    path.to_str().unwrap().to_string()
+}
+
+fn host_a(dir: &Path) -> String {
+    let d = dir.display();
+    let text = format!(
+        "[mgs]\nlisten = \"127.0.0.1:0\"\n[mds]\n[[oss]]\nosts = [\"{d}/a/ost0\", \"{d}/a/ost1\"]\n"
+    );
+    write_config(&dir.join("a.toml"), &text)
+}
+
+fn host_b(dir: &Path, mgs: &str) -> String {
+    let d = dir.display();
+    let text =
+        format!("mgs_address = \"{mgs}\"\n[[oss]]\nosts = [\"{d}/b/ost0\", \"{d}/b/ost1\"]\n");
+    write_config(&dir.join("b.toml"), &text)
+}
+
+fn oss_killed_mid_stream(provider: &str) {
+    if !common::have(provider, "OSS killed mid-stream") {
+        return;
+    }
+    let name = provider.split(';').next().unwrap();
+    let dir = tmp(&format!("recovery-{name}"));
+    let a = Up::start(&dir.join("a"), provider, &["--config", &host_a(&dir)]);
+    let b_config = host_b(&dir, &a.mgs);
+    let mut b = Up::start(&dir.join("b"), provider, &["--config", &b_config]);
+
+    let client = Client::connect(&a.mgs, ClientConfig::default()).unwrap();
+    let spec = StripeSpec {
+        stripe_size: MIB as u32,
+        count: StripeCount::Count(4),
+        first: FirstOst::Index(0),
+    };
+    let file = Arc::new(
+        client
+            .open("/stream", &OpenOptions::create().layout(spec))
+            .unwrap(),
+    );
+    let data = Arc::new(pattern(11, CHUNKS * MIB));
+    let done = Arc::new(AtomicUsize::new(0));
+    let writer = {
+        let (file, data, done) = (file.clone(), data.clone(), done.clone());
+        std::thread::spawn(move || {
+            for i in 0..CHUNKS {
+                let at = i * MIB;
+                file.write_at(&data[at..at + MIB], at as u64)
+                    .unwrap_or_else(|e| panic!("write of chunk {i}: {e}"));
+                done.store(i + 1, Ordering::Relaxed);
+                std::thread::sleep(Duration::from_millis(20));
+            }
+        })
+    };
+    let until = Instant::now() + Duration::from_secs(60);
+    while done.load(Ordering::Relaxed) < CHUNKS / 4 && Instant::now() < until {
+        std::thread::sleep(Duration::from_millis(5));
+    }
+    // B's OSS dies without a word; B's `nacre up` sees it go and ends with an error.
+    let victim = b.pid_of("oss0").to_string();
+    assert!(std::process::Command::new("kill")
+        .args(["-9", &victim])
+        .status()
+        .unwrap()
+        .success());
+    let at_kill = done.load(Ordering::Relaxed);
+    assert_ne!(b.proc.wait_exit(Duration::from_secs(30)), Some(0));
+    assert!(at_kill < CHUNKS, "the stream was still going when the OSS died");
+    std::thread::sleep(Duration::from_millis(500));
+    b = Up::start(&dir.join("b"), provider, &["--config", &b_config]);
+    let restarted = Instant::now();
+    writer.join().expect("the writer recovered");
+    eprintln!(
+        "{provider}: killed after {at_kill} of {CHUNKS} chunks; stream done {:?} after the restart",
+        restarted.elapsed()
+    );
+    file.fsync().unwrap();
+    let mut back = vec![0u8; CHUNKS * MIB];
+    assert_eq!(file.read_at(&mut back, 0).unwrap(), back.len());
+    assert!(back == *data, "every byte written reads back after the OSS restart");
+    assert_eq!(client.stat("/stream").unwrap().size, (CHUNKS * MIB) as u64);
+    // Closed while the servers run: a close, like every request, waits out a server
+    // that is gone for the client's recovery window.
+    Arc::into_inner(file).unwrap().close().unwrap();
+    b.stop();
+    a.stop();
+}
+
+#[test]
+fn client_recovers_from_an_oss_killed_mid_stream_on_tcp() {
+    oss_killed_mid_stream("tcp;ofi_rxm");
+}
+
+#[test]
+fn client_recovers_from_an_oss_killed_mid_stream_on_shm() {
+    oss_killed_mid_stream("shm");
+}
