@@ -89,7 +89,7 @@ fn cli_round_trip_and_restart_on_shm() {
 #[test]
 fn up_check_starts_and_stops_everything() {
     let dir = tmp("check");
-    let out = std::process::Command::new(common::NACRE)
+    let out = std::process::Command::new(common::nacre_bin())
         .args(["up", "--check", "--provider", "tcp", "--listen", "127.0.0.1:0", "--dir"])
         .arg(dir.join("data"))
         .output()

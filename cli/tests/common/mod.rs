@@ -9,7 +9,21 @@ use std::time::{Duration, Instant};
 use nacre_fabric::testing::{skip, Proc};
 use nacre_fabric::Selection;
 
-pub const NACRE: &str = env!("CARGO_BIN_EXE_nacre");
+/// The `nacre` binary: cargo's for the CLI's own tests; for other crates' tests (this
+/// module is shared with capi/tests), the one `cargo test --workspace` built beside them.
+pub fn nacre_bin() -> PathBuf {
+    if let Some(p) = option_env!("CARGO_BIN_EXE_nacre") {
+        return PathBuf::from(p);
+    }
+    let exe = std::env::current_exe().unwrap();
+    let bin = exe.parent().unwrap().parent().unwrap().join("nacre");
+    assert!(
+        bin.exists(),
+        "{} is not built: run the suite with `cargo test --workspace` (scripts/test)",
+        bin.display()
+    );
+    bin
+}
 
 /// A fresh directory on the target disk (ext4: O_DIRECT works there, not on tmpfs).
 pub fn tmp(name: &str) -> PathBuf {
@@ -41,13 +55,21 @@ pub struct Up {
 impl Up {
     /// `nacre up --dir DIR --provider P --listen 127.0.0.1:0` plus `extra`.
     pub fn start(dir: &Path, provider: &str, extra: &[&str]) -> Up {
-        let mut cmd = Command::new(NACRE);
-        cmd.arg("up").arg("--dir").arg(dir);
-        cmd.args(["--provider", provider]);
-        if !extra.contains(&"--config") {
-            cmd.args(["--listen", "127.0.0.1:0"]);
-        }
-        cmd.args(extra);
+        let mut cmd = Command::new(nacre_bin());
+        cmd.args(up_args(dir, provider, extra));
+        Up::spawn(cmd)
+    }
+
+    /// As [`Up::start`], inside a network namespace of its own that has only loopback
+    /// (for programs such as mpirun that listen on every address).
+    pub fn start_in_netns(dir: &Path, provider: &str) -> Up {
+        let mut cmd = Command::new("unshare");
+        cmd.args(["-n", "sh", "-c", "ip link set lo up && exec \"$0\" \"$@\""]);
+        cmd.arg(nacre_bin()).args(up_args(dir, provider, &[]));
+        Up::spawn(cmd)
+    }
+
+    fn spawn(cmd: Command) -> Up {
         let proc = Proc::spawn("nacre-up", cmd);
         let until = Instant::now() + Duration::from_secs(120);
         let mut servers = Vec::new();
@@ -136,6 +158,16 @@ impl Drop for Up {
     }
 }
 
+fn up_args(dir: &Path, provider: &str, extra: &[&str]) -> Vec<String> {
+    let mut args = vec!["up".to_string(), "--dir".into(), dir.display().to_string()];
+    args.extend(["--provider".into(), provider.to_string()]);
+    if !extra.contains(&"--config") {
+        args.extend(["--listen".into(), "127.0.0.1:0".into()]);
+    }
+    args.extend(extra.iter().map(|s| s.to_string()));
+    args
+}
+
 fn zombie(pid: u32) -> bool {
     std::fs::read_to_string(format!("/proc/{pid}/stat"))
         .map(|s| s.contains(") Z "))
@@ -151,7 +183,7 @@ fn server_line(line: &str) -> Option<(String, u32)> {
 }
 
 pub fn nacre(mgs: &str, args: &[&str]) -> Output {
-    Command::new(NACRE)
+    Command::new(nacre_bin())
         .args(args)
         .env("NACRE_MGS", mgs)
         .output()

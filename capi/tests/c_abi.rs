@@ -1,0 +1,184 @@
+//! The C ABI as C programs use it: nacre.h and nacre.pc (filled in for the build tree)
+//! compile `tests/c/abi_test.c` against libnacre.so and libnacre.a, and
+//! `examples/mpi_shared_file.c` with mpicc, run with `mpirun -np 4`, against a file
+//! system from `nacre up`. Everything runs in a network namespace of its own with
+//! only loopback, since mpirun listens on every address.
+
+#[path = "../../cli/tests/common/mod.rs"]
+mod common;
+
+use std::path::{Path, PathBuf};
+use std::process::Command;
+
+use common::{tmp, Up};
+use nacre_fabric::testing::skip;
+
+const CRATE: &str = env!("CARGO_MANIFEST_DIR");
+
+/// Where cargo put libnacre.so and libnacre.a: beside this test's deps/ directory.
+fn lib_dir() -> PathBuf {
+    let exe = std::env::current_exe().unwrap();
+    let dir = exe.parent().unwrap().parent().unwrap().to_path_buf();
+    for lib in ["libnacre.so", "libnacre.a"] {
+        assert!(dir.join(lib).exists(), "{lib} not built in {}", dir.display());
+    }
+    dir
+}
+
+/// nacre.pc for the build tree, from the template that installs use.
+fn pkg_config_dir(work: &Path) -> PathBuf {
+    let lib = lib_dir();
+    let template = std::fs::read_to_string(Path::new(CRATE).join("nacre.pc.in")).unwrap();
+    let pc = template
+        .replace("@PREFIX@", &lib.display().to_string())
+        .replace("@LIBDIR@", &lib.display().to_string())
+        .replace("@INCLUDEDIR@", &format!("{CRATE}/include"))
+        .replace("@VERSION@", env!("CARGO_PKG_VERSION"));
+    let dir = work.join("pkgconfig");
+    std::fs::create_dir_all(&dir).unwrap();
+    std::fs::write(dir.join("nacre.pc"), pc).unwrap();
+    dir
+}
+
+fn pkg_config(pc_dir: &Path, args: &[&str]) -> Vec<String> {
+    let out = Command::new("pkg-config")
+        .args(args)
+        .arg("nacre")
+        .env("PKG_CONFIG_PATH", pc_dir)
+        .output()
+        .expect("pkg-config");
+    assert!(out.status.success(), "pkg-config {args:?}: {out:?}");
+    String::from_utf8(out.stdout)
+        .unwrap()
+        .split_whitespace()
+        .map(str::to_string)
+        .collect()
+}
+
+fn compile(cc: &str, src: &Path, out: &Path, link: &[String]) {
+    let status = Command::new(cc)
+        .args(["-Wall", "-Werror", "-O1", "-o"])
+        .arg(out)
+        .arg(src)
+        .args(link)
+        .status()
+        .unwrap_or_else(|e| panic!("{cc}: {e}"));
+    assert!(status.success(), "{cc} {}", src.display());
+}
+
+/// The link line against the shared library (with an rpath: no LD_LIBRARY_PATH).
+fn shared_link(pc: &Path) -> Vec<String> {
+    let mut args = pkg_config(pc, &["--cflags", "--libs"]);
+    args.push(format!("-Wl,-rpath,{}", lib_dir().display()));
+    args.push("-lpthread".into());
+    args
+}
+
+/// The link line against libnacre.a, with the private libraries nacre.pc lists.
+fn static_link(pc: &Path) -> Vec<String> {
+    let mut args = pkg_config(pc, &["--cflags"]);
+    args.extend(["-Wl,-Bstatic".into(), "-lnacre".into(), "-Wl,-Bdynamic".into()]);
+    args.extend(
+        pkg_config(pc, &["--static", "--libs"])
+            .into_iter()
+            .filter(|a| a != "-lnacre"),
+    );
+    args
+}
+
+fn have_tool(tool: &str) -> bool {
+    Command::new("sh")
+        .args(["-c", &format!("command -v {tool}")])
+        .output()
+        .is_ok_and(|o| o.status.success())
+}
+
+/// Runs `prog` inside `up`'s network namespace with NACRE_MGS set; its stdout.
+fn run_beside(up: &Up, prog: &[&str]) -> String {
+    let out = Command::new("nsenter")
+        .args(["-t", &up.proc.pid().to_string(), "-n", "--"])
+        .args(prog)
+        .env("NACRE_MGS", &up.mgs)
+        .output()
+        .expect("nsenter");
+    let stdout = String::from_utf8_lossy(&out.stdout).to_string();
+    assert!(
+        out.status.success(),
+        "{prog:?}: {}\n{stdout}\n{}",
+        out.status,
+        String::from_utf8_lossy(&out.stderr)
+    );
+    stdout
+}
+
+fn c_programs(provider: &str) {
+    if !common::have(provider, "C ABI and MPI example") {
+        return;
+    }
+    if !nix_root() {
+        skip("C ABI and MPI example: need root for a private network namespace");
+        return;
+    }
+    let name = provider.split(';').next().unwrap();
+    let work = tmp(&format!("capi-{name}"));
+    let pc = pkg_config_dir(&work);
+    let abi_src = Path::new(CRATE).join("tests/c/abi_test.c");
+    let shared = work.join("abi_test_shared");
+    let fixed = work.join("abi_test_static");
+    compile("cc", &abi_src, &shared, &shared_link(&pc));
+    compile("cc", &abi_src, &fixed, &static_link(&pc));
+
+    let up = Up::start_in_netns(&work.join("data"), provider);
+    for prog in [&shared, &fixed] {
+        let out = run_beside(&up, &[prog.to_str().unwrap(), &up.mgs]);
+        assert!(out.contains("abi_test: ok"), "{out}");
+    }
+
+    if !(have_tool("mpicc") && have_tool("mpirun")) {
+        skip("MPI example: mpicc/mpirun not installed (scripts/deps installs openmpi-bin)");
+    } else {
+        let example = Path::new(CRATE).join("../examples/mpi_shared_file.c");
+        let mpi_prog = work.join("mpi_shared_file");
+        compile("mpicc", &example, &mpi_prog, &shared_link(&pc));
+        let mpi_prog = mpi_prog.to_str().unwrap();
+        let mpirun = [
+            "mpirun",
+            "--allow-run-as-root",
+            "--oversubscribe",
+            "-np",
+            "4",
+            "--mca",
+            "pml",
+            "ob1",
+            "--mca",
+            "btl",
+            "self,vader",
+            "-x",
+            "NACRE_MGS",
+            mpi_prog,
+        ];
+        let out = run_beside(&up, &mpirun);
+        assert!(out.contains("mpi_shared_file: 4 ranks"), "{out}");
+        assert!(out.contains(": OK"), "{out}");
+        assert!(out.contains("4 stripes of 1048576 bytes"), "{out}");
+    }
+    up.stop();
+}
+
+/// Root can make a network namespace (unshare -n) and enter it (nsenter).
+fn nix_root() -> bool {
+    Command::new("id")
+        .arg("-u")
+        .output()
+        .is_ok_and(|o| o.stdout.trim_ascii() == b"0")
+}
+
+#[test]
+fn c_abi_and_mpi_example_on_tcp() {
+    c_programs("tcp;ofi_rxm");
+}
+
+#[test]
+fn c_abi_and_mpi_example_on_shm() {
+    c_programs("shm");
+}
