@@ -7,6 +7,7 @@
 mod control;
 mod disk;
 mod format;
+mod ior;
 mod mdtest;
 mod mgs;
 mod obj;
@@ -69,6 +70,9 @@ enum Command {
     /// Metadata rates in the spirit of mdtest (create, stat, readdir, remove), on nacre
     /// or with --local on a local directory; one line per phase `phase=... ops_per_s=...`.
     Mdtest(mdtest::MdtestArgs),
+    /// Bandwidth in the spirit of IOR (-t -b -s -F -w -r -C, --tasks), on nacre or with
+    /// --local on a local file with O_DIRECT; one line per phase `phase=... bw_mib_s=...`.
+    Ior(ior::IorArgs),
     /// List the RDM providers fi_getinfo offers for nacre's needs (FI_PROVIDER applies).
     Info {
         /// Local address to ask for (FI_SOURCE).
@@ -178,6 +182,7 @@ fn main() {
         Command::Mgs(args) => mgs::run(args),
         Command::Obj(args) => obj::run(args),
         Command::Mdtest(args) => mdtest::run(args),
+        Command::Ior(args) => ior::run(args),
         Command::Regcache(args) => regcache::run(args),
         Command::Info { node } => info(node),
     };
