@@ -333,18 +333,20 @@ pub fn df(c: &Client, a: &DfArgs) -> Result<(), CliError> {
     let (mut total, mut free) = (0u64, 0u64);
     for t in &usage {
         let (tot, fr, name) = match t.kind {
-            // The MDT reports inodes; show them as inodes (lfs df -i would).
+            // The MDT counts inodes, not bytes (its key-value store has no fixed
+            // size): the byte columns stay empty and the inodes in use are named.
             TargetKind::Mdt => {
                 println!(
-                    "{:<22} {:>12} {:>12} {:>12} {:>4}% {}[MDT:{}] inodes {}",
+                    "{:<22} {:>12} {:>12} {:>12} {:>5} {}[MDT:{}] {}, {} inodes used",
                     format!("{}_UUID", t.name),
-                    t.total,
-                    t.total - t.free,
-                    t.free,
-                    pct(t.total - t.free, t.total),
+                    "-",
+                    "-",
+                    "-",
+                    "-",
                     fsname,
                     t.index,
-                    state(t.state)
+                    state(t.state),
+                    t.total - t.free,
                 );
                 continue;
             }

@@ -438,7 +438,8 @@ impl Client {
     /// Sets the striping of a file (before its first write) or a directory's default.
     pub fn set_layout(&self, path: &str, spec: StripeSpec) -> io::Result<()> {
         let ino = self.with_conn(true, |c| c.ns.resolve(path))?;
-        self.meta(true, &Request::SetLayout { ino, spec }).map(|_| ())
+        // Not idempotent: on a file, a second application would allocate new objects.
+        self.meta(false, &Request::SetLayout { ino, spec }).map(|_| ())
     }
 
     /// A file's objects or a directory's default striping (ENODATA: none set).
