@@ -470,4 +470,57 @@ mod tests {
         assert_eq!(l.pieces(s - 1, 2).unwrap().len(), 2);
         assert!(l.pieces(u64::MAX, 1).is_err());
     }
+
+    /// The model: RAID-0 byte by byte. File byte `b` is in chunk `b / S`, which goes to
+    /// stripe `chunk % n` at row `chunk / n`, so at object offset `row * S + b % S`.
+    fn model_place(s: u64, n: u64, b: u64) -> (u32, u64) {
+        let chunk = b / s;
+        ((chunk % n) as u32, (chunk / n) * s + b % s)
+    }
+
+    proptest::proptest! {
+        #[test]
+        fn pieces_and_sizes_match_the_byte_model(
+            count in 1u32..6,
+            units in 1u32..3,
+            chunk in 0u64..40,
+            edge in proptest::sample::select(vec![0i64, -1, 1, 4095, 30000]),
+            len in 0u64..400_000,
+        ) {
+            let mut l = layout(count);
+            l.stripe_size = STRIPE_ALIGN * units;
+            let (s, n) = (u64::from(l.stripe_size), u64::from(count));
+            let offset = (chunk * s).saturating_add_signed(edge);
+            let pieces = l.pieces(offset, len).unwrap();
+            // Pieces tile the range in order, never cross a stripe edge, and put every
+            // byte (checked at both ends of each piece) where the model says.
+            let mut at = offset;
+            for p in &pieces {
+                proptest::prop_assert_eq!(p.file_offset, at);
+                proptest::prop_assert!(p.len > 0 && p.len <= s);
+                proptest::prop_assert_eq!(p.file_offset / s, (p.file_offset + p.len - 1) / s);
+                for b in [p.file_offset, p.file_offset + p.len - 1] {
+                    let (stripe, obj) = model_place(s, n, b);
+                    proptest::prop_assert_eq!(l.stripe_of(b), stripe);
+                    proptest::prop_assert_eq!(p.stripe, stripe);
+                    proptest::prop_assert_eq!(p.object_offset + (b - p.file_offset), obj);
+                }
+                at += p.len;
+            }
+            proptest::prop_assert_eq!(at, offset + len);
+            // Each object's size for a file of `offset + len` bytes is one past the
+            // last byte the model puts in it.
+            let size = offset + len;
+            for stripe in 0..count {
+                let want = (0..size.min(n * s * 3))
+                    .rev()
+                    .map(|b| (b, model_place(s, n, b)))
+                    .find(|(_, (st, _))| *st == stripe)
+                    .map_or(0, |(_, (_, o))| o + 1);
+                if size <= n * s * 3 {
+                    proptest::prop_assert_eq!(l.object_size_for_file(stripe, size), want);
+                }
+            }
+        }
+    }
 }
