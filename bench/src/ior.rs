@@ -225,12 +225,20 @@ pub fn run(args: &IorArgs) -> Result<(), BenchError> {
     };
     println!(
         "ior: {} tasks={} t={} b={} s={} {} stripe_count={}",
-        if args.local { "local O_DIRECT" } else { "nacre" },
+        if args.local {
+            "local O_DIRECT"
+        } else {
+            "nacre"
+        },
         p.tasks,
         p.transfer,
         p.block,
         p.segments,
-        if p.per_task { "file-per-task" } else { "shared-file" },
+        if p.per_task {
+            "file-per-task"
+        } else {
+            "shared-file"
+        },
         args.stripe_count
     );
     let target = Arc::new(target);
@@ -272,7 +280,11 @@ fn target(args: &IorArgs) -> Result<Target, BenchError> {
     let count = match args.stripe_count {
         -1 => StripeCount::All,
         c if c >= 1 => StripeCount::Count(c as u32),
-        c => return Err(BenchError::msg(format!("stripe count {c}: give -1 or 1 and up"))),
+        c => {
+            return Err(BenchError::msg(format!(
+                "stripe count {c}: give -1 or 1 and up"
+            )))
+        }
     };
     let stripe_size = u32::try_from(args.stripe_size)
         .map_err(|_| BenchError::msg("the stripe size must be below 4 GiB"))?;
@@ -370,7 +382,13 @@ fn open_task(
 }
 
 /// Moves one task's data for a phase, transfer after transfer; a write ends in fsync.
-fn move_data(file: &dyn TaskFile, name: &str, p: Pattern, ph: Phase, who: u64) -> Result<(), String> {
+fn move_data(
+    file: &dyn TaskFile,
+    name: &str,
+    p: Pattern,
+    ph: Phase,
+    who: u64,
+) -> Result<(), String> {
     let mut buf = Aligned::new(p.transfer as usize);
     for s in 0..p.segments {
         for t in 0..p.transfers() {

@@ -330,7 +330,7 @@ pub unsafe extern "C" fn nacre_fstat(file: *const NacreFile, st: *mut NacreStat)
         let file = unsafe { file_ref(file)? };
         let attr = file.stat()?;
         // SAFETY: `st` is NULL or writable per this function's contract.
-        let st = unsafe { st.as_mut() }.ok_or_else(|| einval())?;
+        let st = unsafe { st.as_mut() }.ok_or_else(einval)?;
         *st = stat_of(&attr);
         Ok(0)
     })
@@ -349,7 +349,7 @@ pub unsafe extern "C" fn nacre_stat(
         let (client, path) = unsafe { (fs_ref(fs)?, text(path)?) };
         let attr = client.stat(path)?;
         // SAFETY: `st` is NULL or writable per this function's contract.
-        let st = unsafe { st.as_mut() }.ok_or_else(|| einval())?;
+        let st = unsafe { st.as_mut() }.ok_or_else(einval)?;
         *st = stat_of(&attr);
         Ok(0)
     })
@@ -466,7 +466,7 @@ pub unsafe extern "C" fn nacre_set_layout(
         // SAFETY: per this function's contract.
         let (client, path) = unsafe { (fs_ref(fs)?, text(path)?) };
         // SAFETY: NULL or a valid nacre_layout per this function's contract.
-        let l = unsafe { layout.as_ref() }.ok_or_else(|| einval())?;
+        let l = unsafe { layout.as_ref() }.ok_or_else(einval)?;
         client.set_layout(path, spec_of(l)?).map(|_| 0)
     })
 }
@@ -484,7 +484,7 @@ pub unsafe extern "C" fn nacre_get_layout(
         let (client, path) = unsafe { (fs_ref(fs)?, text(path)?) };
         let got = client.get_layout(path)?;
         // SAFETY: NULL or writable per this function's contract.
-        let out = unsafe { layout.as_mut() }.ok_or_else(|| einval())?;
+        let out = unsafe { layout.as_mut() }.ok_or_else(einval)?;
         *out = layout_of(&got);
         Ok(0)
     })

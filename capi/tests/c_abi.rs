@@ -20,7 +20,11 @@ fn lib_dir() -> PathBuf {
     let exe = std::env::current_exe().unwrap();
     let dir = exe.parent().unwrap().parent().unwrap().to_path_buf();
     for lib in ["libnacre.so", "libnacre.a"] {
-        assert!(dir.join(lib).exists(), "{lib} not built in {}", dir.display());
+        assert!(
+            dir.join(lib).exists(),
+            "{lib} not built in {}",
+            dir.display()
+        );
     }
     dir
 }
@@ -77,7 +81,11 @@ fn shared_link(pc: &Path) -> Vec<String> {
 /// The link line against libnacre.a, with the private libraries nacre.pc lists.
 fn static_link(pc: &Path) -> Vec<String> {
     let mut args = pkg_config(pc, &["--cflags"]);
-    args.extend(["-Wl,-Bstatic".into(), "-lnacre".into(), "-Wl,-Bdynamic".into()]);
+    args.extend([
+        "-Wl,-Bstatic".into(),
+        "-lnacre".into(),
+        "-Wl,-Bdynamic".into(),
+    ]);
     args.extend(
         pkg_config(pc, &["--static", "--libs"])
             .into_iter()

@@ -108,8 +108,16 @@ pub fn stat(c: &Client, paths: &[String]) -> Result<(), CliError> {
             a.uid,
             a.gid
         );
-        for (what, t) in [("Access", a.atime), ("Modify", a.mtime), ("Change", a.ctime)] {
-            println!("{what}: {}.{:09}", t.div_euclid(1_000_000_000), t.rem_euclid(1_000_000_000));
+        for (what, t) in [
+            ("Access", a.atime),
+            ("Modify", a.mtime),
+            ("Change", a.ctime),
+        ] {
+            println!(
+                "{what}: {}.{:09}",
+                t.div_euclid(1_000_000_000),
+                t.rem_euclid(1_000_000_000)
+            );
         }
     }
     Ok(())
@@ -144,7 +152,9 @@ pub fn mkdir(c: &Client, a: &MkdirArgs) -> Result<(), CliError> {
                 Err(e) if e.raw_os_error() == Some(libc::EEXIST) => {
                     let kind = c.stat(&at).map_err(|e| CliError::io(&at, e))?.kind;
                     if kind != FileKind::Dir {
-                        return Err(CliError::msg(format!("{at}: exists and is not a directory")));
+                        return Err(CliError::msg(format!(
+                            "{at}: exists and is not a directory"
+                        )));
                     }
                 }
                 Err(e) => return Err(CliError::io(&at, e)),
@@ -191,7 +201,11 @@ pub fn mv(c: &Client, from: &str, to: &str) -> Result<(), CliError> {
     // Into an existing directory, as mv does.
     let to = match c.stat(to) {
         Ok(a) if a.kind == FileKind::Dir => {
-            let name = from.trim_end_matches('/').rsplit('/').next().unwrap_or(from);
+            let name = from
+                .trim_end_matches('/')
+                .rsplit('/')
+                .next()
+                .unwrap_or(from);
             join(to, name)
         }
         _ => to.to_string(),
@@ -242,7 +256,11 @@ pub fn stripe_spec(
         spec.count = match c {
             -1 => StripeCount::All,
             c if c > 0 && c <= u32::MAX as i64 => StripeCount::Count(c as u32),
-            _ => return Err(CliError::msg(format!("stripe count {c}: give -1 or 1 and up"))),
+            _ => {
+                return Err(CliError::msg(format!(
+                    "stripe count {c}: give -1 or 1 and up"
+                )))
+            }
         };
     }
     if let Some(s) = size {
@@ -254,7 +272,11 @@ pub fn stripe_spec(
         spec.first = match i {
             -1 => FirstOst::Any,
             i if i >= 0 && i <= u32::MAX as i64 => FirstOst::Index(i as u32),
-            _ => return Err(CliError::msg(format!("stripe index {i}: give -1 or 0 and up"))),
+            _ => {
+                return Err(CliError::msg(format!(
+                    "stripe index {i}: give -1 or 0 and up"
+                )))
+            }
         };
     }
     spec.validate()

@@ -68,7 +68,12 @@ pub fn cp(c: &Client, a: &CpArgs) -> Result<(), CliError> {
         true => Some(stripe_spec(a.count, a.size.as_deref(), a.index)?),
         false => None,
     };
-    let src_name = a.src.trim_end_matches('/').rsplit('/').next().unwrap_or(&a.src);
+    let src_name = a
+        .src
+        .trim_end_matches('/')
+        .rsplit('/')
+        .next()
+        .unwrap_or(&a.src);
     let (src, len) = open_source(c, &a.src)?;
     let dst = open_dest(c, &a.dst, src_name, spec)?;
     let done = AtomicU64::new(0);

@@ -206,7 +206,10 @@ impl Up {
         std::fs::create_dir_all(dir.join("logs"))
             .map_err(|e| CliError::msg(format!("{}: {e}", dir.display())))?;
         let provider = self.provider();
-        println!("nacre up: data under {}, provider {provider}", dir.display());
+        println!(
+            "nacre up: data under {}, provider {provider}",
+            dir.display()
+        );
         let mut mgs = self.cfg.mgs_address.clone();
         if let Some(section) = self.cfg.mgs.clone() {
             mgs = Some(self.start_mgs(&section)?);
@@ -236,10 +239,9 @@ impl Up {
         let listen = s.listen.clone().unwrap_or_else(|| DEFAULT_MGS.into());
         if !dir.join("mgs.redb").exists() {
             let mut cmd = Command::new(binary("nacre-mgs")?);
-            cmd.args(["format", "--dir"]).arg(&dir).args([
-                "--fsname",
-                s.fsname.as_deref().unwrap_or("nacre"),
-            ]);
+            cmd.args(["format", "--dir"])
+                .arg(&dir)
+                .args(["--fsname", s.fsname.as_deref().unwrap_or("nacre")]);
             if let Some(c) = s.stripe_count {
                 cmd.args(["--stripe-count", &c.to_string()]);
             }
@@ -333,7 +335,11 @@ impl Up {
                 let _ = tx.send(line);
             }
         });
-        println!("nacre up: {name} (pid {}) logs to {}", child.id(), log.display());
+        println!(
+            "nacre up: {name} (pid {}) logs to {}",
+            child.id(),
+            log.display()
+        );
         self.servers.push(Server {
             name: name.to_string(),
             child,

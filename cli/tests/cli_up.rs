@@ -34,11 +34,21 @@ fn round_trip_and_restart(provider: &str) {
     assert!(std::fs::read(&back).unwrap() == bytes, "copy out differs");
 
     let ls = up.ok(&["ls", "-l", "/a/b"]);
-    assert!(ls.contains(&bytes.len().to_string()) && ls.contains(" f"), "{ls}");
+    assert!(
+        ls.contains(&bytes.len().to_string()) && ls.contains(" f"),
+        "{ls}"
+    );
     let st = up.ok(&["stat", "/a/b/f"]);
     assert!(st.contains(&format!("Size: {}", bytes.len())), "{st}");
     let df = up.ok(&["df"]);
-    for t in ["MDT0000", "OST0000", "OST0001", "OST0002", "OST0003", "filesystem_summary"] {
+    for t in [
+        "MDT0000",
+        "OST0000",
+        "OST0001",
+        "OST0002",
+        "OST0003",
+        "filesystem_summary",
+    ] {
         assert!(df.contains(t), "df shows {t}: {df}");
     }
 
@@ -59,7 +69,11 @@ fn round_trip_and_restart(provider: &str) {
     up.fails(&["mkdir", "/a/b/f/under-a-file"]);
     up.fails(&["cp", "/no/such/local/file", "nacre:/a/z"]);
     let e = common::nacre("127.0.0.1:1", &["ls", "/"]);
-    assert_eq!(e.status.code(), Some(1), "an MGS that is not there is an error");
+    assert_eq!(
+        e.status.code(),
+        Some(1),
+        "an MGS that is not there is an error"
+    );
     up.ok(&["stat", "/a/b/two"]);
     up.stop();
 
@@ -67,7 +81,10 @@ fn round_trip_and_restart(provider: &str) {
     let up = Up::start(&data, provider, &[]);
     let again = dir.join("again.bin");
     up.ok(&["cp", "nacre:/a/b/f", again.to_str().unwrap()]);
-    assert!(std::fs::read(&again).unwrap() == bytes, "data lost across a restart");
+    assert!(
+        std::fs::read(&again).unwrap() == bytes,
+        "data lost across a restart"
+    );
     let ls = up.ok(&["ls", "/a/b"]);
     assert!(ls.contains("two"), "{ls}");
     up.ok(&["rm", "-r", "/a"]);
@@ -90,13 +107,28 @@ fn cli_round_trip_and_restart_on_shm() {
 fn up_check_starts_and_stops_everything() {
     let dir = tmp("check");
     let out = std::process::Command::new(common::nacre_bin())
-        .args(["up", "--check", "--provider", "tcp", "--listen", "127.0.0.1:0", "--dir"])
+        .args([
+            "up",
+            "--check",
+            "--provider",
+            "tcp",
+            "--listen",
+            "127.0.0.1:0",
+            "--dir",
+        ])
         .arg(dir.join("data"))
         .output()
         .unwrap();
     let text = String::from_utf8_lossy(&out.stdout);
-    assert!(out.status.success(), "{text}\n{}", String::from_utf8_lossy(&out.stderr));
-    assert!(text.lines().any(|l| l.starts_with("NACRE_MGS=127.0.0.1:")), "{text}");
+    assert!(
+        out.status.success(),
+        "{text}\n{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(
+        text.lines().any(|l| l.starts_with("NACRE_MGS=127.0.0.1:")),
+        "{text}"
+    );
     assert!(text.contains("nacre up: stopped"), "{text}");
     for log in ["mgs", "mds", "oss0", "oss1"] {
         assert!(dir.join("data/logs").join(format!("{log}.log")).exists());

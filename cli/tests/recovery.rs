@@ -86,7 +86,10 @@ fn oss_killed_mid_stream(provider: &str) {
         .success());
     let at_kill = done.load(Ordering::Relaxed);
     assert_ne!(b.proc.wait_exit(Duration::from_secs(30)), Some(0));
-    assert!(at_kill < CHUNKS, "the stream was still going when the OSS died");
+    assert!(
+        at_kill < CHUNKS,
+        "the stream was still going when the OSS died"
+    );
     std::thread::sleep(Duration::from_millis(500));
     b = Up::start(&dir.join("b"), provider, &["--config", &b_config]);
     let restarted = Instant::now();
@@ -98,7 +101,10 @@ fn oss_killed_mid_stream(provider: &str) {
     file.fsync().unwrap();
     let mut back = vec![0u8; CHUNKS * MIB];
     assert_eq!(file.read_at(&mut back, 0).unwrap(), back.len());
-    assert!(back == *data, "every byte written reads back after the OSS restart");
+    assert!(
+        back == *data,
+        "every byte written reads back after the OSS restart"
+    );
     assert_eq!(client.stat("/stream").unwrap().size, (CHUNKS * MIB) as u64);
     // Closed while the servers run: a close, like every request, waits out a server
     // that is gone for the client's recovery window.

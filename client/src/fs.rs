@@ -67,7 +67,12 @@ pub fn process_creds() -> Creds {
         status
             .lines()
             .find(|l| l.starts_with(name))
-            .map(|l| l.split_whitespace().skip(1).filter_map(|v| v.parse().ok()).collect())
+            .map(|l| {
+                l.split_whitespace()
+                    .skip(1)
+                    .filter_map(|v| v.parse().ok())
+                    .collect()
+            })
             .unwrap_or_default()
     };
     // Uid: and Gid: list real, effective, saved and file-system ids.
@@ -439,7 +444,8 @@ impl Client {
     pub fn set_layout(&self, path: &str, spec: StripeSpec) -> io::Result<()> {
         let ino = self.with_conn(true, |c| c.ns.resolve(path))?;
         // Not idempotent: on a file, a second application would allocate new objects.
-        self.meta(false, &Request::SetLayout { ino, spec }).map(|_| ())
+        self.meta(false, &Request::SetLayout { ino, spec })
+            .map(|_| ())
     }
 
     /// A file's objects or a directory's default striping (ENODATA: none set).
@@ -680,14 +686,23 @@ impl File {
 
     /// The file's size now: the MDS's, or this handle's own writes if further.
     fn current_size(&self) -> io::Result<u64> {
-        let attr = attr_of(self.client.meta(true, &Request::Getattr { ino: self.ino })?)?;
-        let size = self.size.fetch_max(attr.size, Ordering::AcqRel).max(attr.size);
+        let attr = attr_of(
+            self.client
+                .meta(true, &Request::Getattr { ino: self.ino })?,
+        )?;
+        let size = self
+            .size
+            .fetch_max(attr.size, Ordering::AcqRel)
+            .max(attr.size);
         Ok(size.max(self.written_end.load(Ordering::Acquire)))
     }
 
     /// The file's attributes (the size includes this handle's unreported writes).
     pub fn stat(&self) -> io::Result<Attr> {
-        let mut attr = attr_of(self.client.meta(true, &Request::Getattr { ino: self.ino })?)?;
+        let mut attr = attr_of(
+            self.client
+                .meta(true, &Request::Getattr { ino: self.ino })?,
+        )?;
         attr.size = attr.size.max(self.written_end.load(Ordering::Acquire));
         Ok(attr)
     }
