@@ -18,14 +18,14 @@
 
 use std::cell::RefCell;
 use std::io;
-use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU32, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, RwLock, Weak};
 use std::time::{Duration, Instant};
 
 use nacre_fabric::Selection;
 use nacre_proto::bootstrap::{ClusterMap, Role, RoleKind, TargetKind, TargetState};
 use nacre_proto::layout::{StripeSpec, StripedLayout};
-use nacre_proto::meta::{self, Attr, Creds, DirEntry, Reply, Request, SetAttr};
+use nacre_proto::meta::{self, Attr, Creds, DirEntry, ReplayKey, Reply, Request, SetAttr};
 
 use crate::mgs::{BootConfig, MgsClient, MgsError};
 use crate::namespace::Namespace;
@@ -94,6 +94,64 @@ struct Inner {
     cfg: ClientConfig,
     mgs: Mutex<MgsClient>,
     map: RwLock<Arc<ClusterMap>>,
+    replay: Replay,
+}
+
+/// What makes changing namespace requests safe to retry: a random client id for the
+/// MDS's reply cache, request ids, and tags. A tag is held by one request at a time
+/// and given back only once that request is answered (or given up), so the MDS keeps
+/// one saved reply per (client, tag).
+struct Replay {
+    client: u64,
+    next_xid: AtomicU64,
+    free_tags: Mutex<Vec<u32>>,
+    tags: AtomicU32,
+}
+
+impl Replay {
+    fn new() -> Replay {
+        Replay {
+            client: random_client_id(),
+            next_xid: AtomicU64::new(1),
+            free_tags: Mutex::new(Vec::new()),
+            tags: AtomicU32::new(0),
+        }
+    }
+
+    fn key(&self) -> ReplayKey {
+        let reused = self
+            .free_tags
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .pop();
+        ReplayKey {
+            client: self.client,
+            tag: reused.unwrap_or_else(|| self.tags.fetch_add(1, Ordering::Relaxed)),
+            xid: self.next_xid.fetch_add(1, Ordering::Relaxed),
+        }
+    }
+
+    fn give_back(&self, key: ReplayKey) {
+        self.free_tags
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .push(key.tag);
+    }
+}
+
+/// A client id that no other client of the file system draws: std's per-process
+/// random hash keys, mixed with the pid and the time. Never 0 (0 means "no key").
+fn random_client_id() -> u64 {
+    use std::hash::{BuildHasher, Hasher};
+    let mut h = std::collections::hash_map::RandomState::new().build_hasher();
+    h.write_u32(std::process::id());
+    h.write_u128(
+        std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map_or(0, |d| d.as_nanos()),
+    );
+    h.write_u64(NEXT_ID.load(Ordering::Relaxed));
+    h.finish().max(1)
 }
 
 /// One thread's endpoint and what it knows of the servers.
@@ -212,6 +270,7 @@ impl Client {
                 cfg,
                 mgs: Mutex::new(boot),
                 map: RwLock::new(Arc::new(map)),
+                replay: Replay::new(),
             }),
         };
         // Reach the MDS once now, so a bad address fails here and not at first use.
@@ -284,6 +343,21 @@ impl Client {
         }
     }
 
+    /// Runs `f`, whose one changing namespace request goes under a fresh replay key,
+    /// with the retries of an idempotent request: the MDS answers a retry of the same
+    /// key from its reply cache, so the change is applied once.
+    fn modify<R>(&self, mut f: impl FnMut(&mut Conn) -> Result<R, ClientError>) -> io::Result<R> {
+        let key = self.inner.replay.key();
+        let out = self.with_conn(true, |c| {
+            c.ns.replay_next(Some(key));
+            let r = f(c);
+            c.ns.replay_next(None);
+            r
+        });
+        self.inner.replay.give_back(key);
+        out
+    }
+
     /// Runs `f` on this thread's connection, opening it first if needed.
     fn on_conn<R>(
         &self,
@@ -354,24 +428,24 @@ impl Client {
     }
 
     pub fn mkdir(&self, path: &str, mode: u32) -> io::Result<Attr> {
-        self.with_conn(false, |c| c.ns.mkdir(path, mode))
+        self.modify(|c| c.ns.mkdir(path, mode))
     }
 
     pub fn rmdir(&self, path: &str) -> io::Result<()> {
-        self.with_conn(false, |c| c.ns.rmdir(path))
+        self.modify(|c| c.ns.rmdir(path))
     }
 
     pub fn unlink(&self, path: &str) -> io::Result<()> {
-        self.with_conn(false, |c| c.ns.unlink(path))
+        self.modify(|c| c.ns.unlink(path))
     }
 
     pub fn rename(&self, from: &str, to: &str) -> io::Result<()> {
-        self.with_conn(false, |c| c.ns.rename(from, to, 0))
+        self.modify(|c| c.ns.rename(from, to, 0))
     }
 
     /// Renames `from` to `to` unless `to` exists (EEXIST).
     pub fn rename_noreplace(&self, from: &str, to: &str) -> io::Result<()> {
-        self.with_conn(false, |c| c.ns.rename(from, to, meta::RENAME_NOREPLACE))
+        self.modify(|c| c.ns.rename(from, to, meta::RENAME_NOREPLACE))
     }
 
     pub fn readdir(&self, path: &str) -> io::Result<Vec<DirEntry>> {
@@ -380,7 +454,7 @@ impl Client {
 
     /// Creates a symbolic link at `link` pointing to `target`.
     pub fn symlink(&self, target: &str, link: &str) -> io::Result<Attr> {
-        self.with_conn(false, |c| c.ns.symlink(target.as_bytes(), link))
+        self.modify(|c| c.ns.symlink(target.as_bytes(), link))
     }
 
     pub fn readlink(&self, path: &str) -> io::Result<Vec<u8>> {
@@ -389,7 +463,7 @@ impl Client {
 
     /// A hard link `new` to the file at `existing`.
     pub fn link(&self, existing: &str, new: &str) -> io::Result<Attr> {
-        self.with_conn(false, |c| c.ns.link(existing, new))
+        self.modify(|c| c.ns.link(existing, new))
     }
 
     /// Changes the attributes `attr.mask` names; a size change truncates the objects.
@@ -443,8 +517,8 @@ impl Client {
     /// Sets the striping of a file (before its first write) or a directory's default.
     pub fn set_layout(&self, path: &str, spec: StripeSpec) -> io::Result<()> {
         let ino = self.with_conn(true, |c| c.ns.resolve(path))?;
-        // Not idempotent: on a file, a second application would allocate new objects.
-        self.meta(false, &Request::SetLayout { ino, spec })
+        // Under a replay key: on a file, a second application would allocate new objects.
+        self.modify(|c| c.ns.call(&Request::SetLayout { ino, spec }))
             .map(|_| ())
     }
 
@@ -518,9 +592,7 @@ impl Client {
         let mut ino = None;
         if flags & libc::O_CREAT != 0 {
             let excl = flags & libc::O_EXCL != 0;
-            let attr = self.with_conn(!excl, |c| {
-                c.ns.create_with(path, opt.mode, excl, opt.layout)
-            })?;
+            let attr = self.modify(|c| c.ns.create_with(path, opt.mode, excl, opt.layout))?;
             ino = Some(attr.ino);
         }
         let ino = match ino {
@@ -532,7 +604,8 @@ impl Client {
             ino,
             flags: mds_flags,
         };
-        let (attr, layout, handle) = match self.meta(true, &req)? {
+        // Under a replay key: a retried open must not leave a second handle behind.
+        let (attr, layout, handle) = match self.modify(|c| c.ns.call(&req))? {
             Reply::Opened {
                 attr,
                 layout,

@@ -15,7 +15,7 @@ use std::time::{Duration, Instant};
 use nacre_proto::bootstrap::{ClusterMap, Role, RoleKind};
 use nacre_proto::layout::StripeSpec;
 use nacre_proto::meta::{
-    Attr, Creds, DirEntry, Head, Reply, Request, CREATE_EXCL, NAME_MAX, PATH_MAX,
+    Attr, Creds, DirEntry, Head, ReplayKey, Reply, Request, CREATE_EXCL, NAME_MAX, PATH_MAX,
     READDIR_MAX_ENTRIES,
 };
 
@@ -34,6 +34,8 @@ pub struct Namespace {
     mds: SessionId,
     head: Head,
     dentries: HashMap<(u64, Vec<u8>), (u64, Instant)>,
+    /// The replay key for the next changing request (see [`Namespace::replay_next`]).
+    replay: Option<ReplayKey>,
 }
 
 impl Namespace {
@@ -61,14 +63,26 @@ impl Namespace {
             head: Head {
                 creds,
                 epoch: server.epoch,
+                replay: None,
             },
             dentries: HashMap::new(),
+            replay: None,
         })
+    }
+
+    /// Sends the next changing request under `key`, so that the MDS answers a retry
+    /// of it from its reply cache rather than applying it twice. Used once: a second
+    /// changing request goes without a key.
+    pub fn replay_next(&mut self, key: Option<ReplayKey>) {
+        self.replay = key;
     }
 
     /// One request to the MDS with this namespace's credentials and epoch.
     pub fn call(&mut self, req: &Request) -> Result<Reply, ClientError> {
-        let head = self.head.clone();
+        let mut head = self.head.clone();
+        if !req.is_read_only() {
+            head.replay = self.replay.take();
+        }
         self.ep.meta(self.mds, &head, req)
     }
 

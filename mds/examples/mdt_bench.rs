@@ -28,6 +28,7 @@ fn head() -> Head {
     Head {
         creds: Creds::root(),
         epoch: 1,
+        replay: None,
     }
 }
 

@@ -62,6 +62,7 @@ fn head(uid: u32) -> Head {
             groups: Vec::new(),
         },
         epoch: EPOCH,
+        replay: None,
     }
 }
 
@@ -156,6 +157,7 @@ fn namespace_over(provider: &str) {
     // A stale epoch is refused.
     let stale = Head {
         epoch: EPOCH - 1,
+        replay: None,
         ..head(0)
     };
     assert_eq!(errno(c.meta(s, &stale, &lookup(b"f1"))), libc::ESTALE);

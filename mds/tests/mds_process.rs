@@ -64,6 +64,7 @@ fn head(epoch: u64) -> Head {
     Head {
         creds: Creds::root(),
         epoch,
+        replay: None,
     }
 }
 

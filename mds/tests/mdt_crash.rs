@@ -31,6 +31,7 @@ fn child_create_stream() {
     let head = Head {
         creds: Creds::root(),
         epoch: EPOCH,
+        replay: None,
     };
     let mut out = std::io::stdout().lock();
     let (mut next, mut in_flight) = (0u64, 0u64);

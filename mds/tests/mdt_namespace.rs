@@ -55,6 +55,7 @@ fn create_lookup_getattr_and_exclusive_create() {
     let wrong_epoch = Head {
         creds: Creds::root(),
         epoch: EPOCH + 1,
+        replay: None,
     };
     assert_eq!(
         t.sub.call(&wrong_epoch, Request::Getattr { ino: ROOT }),
@@ -599,6 +600,7 @@ fn concurrent_size_reports_from_several_clients_keep_the_maximum() {
                 let head = Head {
                     creds: Creds::root(),
                     epoch: EPOCH,
+                    replay: None,
                 };
                 // Client c writes stripes c, c+8, ... and reports each end, in a shuffled order.
                 for k in (0..50u64).rev().chain(0..50) {

@@ -144,6 +144,20 @@ pub struct Head {
     pub creds: Creds,
     /// The MDS epoch (fencing token) from the client's cluster map.
     pub epoch: u64,
+    /// For a request that changes the namespace: who sent it, so that a retry of it is
+    /// answered from the MDS's reply cache instead of being applied twice.
+    pub replay: Option<ReplayKey>,
+}
+
+/// Names one changing request for reply reconstruction (Lustre's idea): a client
+/// (random id, stable for its life) holds `tag` while the request is in flight and
+/// reuses a tag only after its answer came, so the MDS keeps one reply per (client,
+/// tag); `xid` tells a retry of the same request from the tag's next request.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub struct ReplayKey {
+    pub client: u64,
+    pub tag: u32,
+    pub xid: u64,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
@@ -340,6 +354,15 @@ impl Request {
             put_u32(out, *g);
         }
         put_u64(out, head.epoch);
+        match head.replay {
+            // Client id 0 means "no key": clients draw a non-zero id.
+            None => put_u64(out, 0),
+            Some(k) => {
+                put_u64(out, k.client);
+                put_u32(out, k.tag);
+                put_u64(out, k.xid);
+            }
+        }
         match self {
             Request::Lookup { parent, name }
             | Request::Rmdir { parent, name }
@@ -446,9 +469,19 @@ fn read_head(r: &mut BodyReader<'_>) -> Result<Head, MetaError> {
         return Err(MetaError::TooManyGroups(n));
     }
     let groups = (0..n).map(|_| r.u32()).collect::<Result<_, _>>()?;
+    let epoch = r.u64()?;
+    let replay = match r.u64()? {
+        0 => None,
+        client => Some(ReplayKey {
+            client,
+            tag: r.u32()?,
+            xid: r.u64()?,
+        }),
+    };
     Ok(Head {
         creds: Creds { uid, gid, groups },
-        epoch: r.u64()?,
+        epoch,
+        replay,
     })
 }
 

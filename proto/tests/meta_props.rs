@@ -35,10 +35,12 @@ fn head() -> impl Strategy<Value = Head> {
         any::<u32>(),
         proptest::collection::vec(any::<u32>(), 0..=32),
         any::<u64>(),
+        proptest::option::of((1..=u64::MAX, any::<u32>(), any::<u64>())),
     )
-        .prop_map(|(uid, gid, groups, epoch)| Head {
+        .prop_map(|(uid, gid, groups, epoch, replay)| Head {
             creds: Creds { uid, gid, groups },
             epoch,
+            replay: replay.map(|(client, tag, xid)| ReplayKey { client, tag, xid }),
         })
 }
 
@@ -242,6 +244,7 @@ fn names_and_limits_are_enforced() {
             groups: vec![0; 33],
         },
         epoch: 0,
+        replay: None,
     };
     let mut b = Vec::new();
     Request::Statfs.encode(&many, &mut b);

@@ -8,6 +8,7 @@
 //! - `inode`: the inode and directory-entry records;
 //! - `store`: the redb tables and typed access that records redo;
 //! - `redo`: redo records and the operation log file;
+//! - `replies`: the reply cache that answers a retried changing request;
 //! - `alloc`: inode numbers and per-OST object ids from pre-allocated ranges, OST choice;
 //! - `perm`: POSIX permission rules;
 //! - `ns`: the namespace operations;
@@ -19,6 +20,7 @@ mod inode;
 mod ns;
 mod perm;
 mod redo;
+mod replies;
 mod service;
 mod store;
 

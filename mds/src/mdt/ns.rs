@@ -39,7 +39,7 @@ impl From<StoreError> for Fail {
     }
 }
 
-type Res<T> = Result<T, Fail>;
+pub(super) type Res<T> = Result<T, Fail>;
 
 fn need(ok: bool, err: i32) -> Res<()> {
     if ok {

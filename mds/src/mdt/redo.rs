@@ -30,6 +30,9 @@ pub enum Change {
     DelOrphan(u64),
     PutDestroy(u64, Vec<u8>),
     DelDestroy(u64),
+    /// (client, tag, saved reply row).
+    PutReply(u64, u32, Vec<u8>),
+    DelReply(u64, u32),
 }
 
 /// Encoded changes, in order.
@@ -83,6 +86,15 @@ impl Redo {
                 put_bytes(out, l);
             }
             Change::DelDestroy(i) => u64s(out, 11, &[*i]),
+            Change::PutReply(client, tag, row) => {
+                u64s(out, 12, &[*client]);
+                out.extend_from_slice(&tag.to_le_bytes());
+                put_bytes(out, row);
+            }
+            Change::DelReply(client, tag) => {
+                u64s(out, 13, &[*client]);
+                out.extend_from_slice(&tag.to_le_bytes());
+            }
         }
     }
 
@@ -128,6 +140,11 @@ impl Redo {
                     Change::PutDestroy(i, read_blob(&mut r)?)
                 }
                 11 => Change::DelDestroy(r.u64().map_err(e)?),
+                12 => {
+                    let (client, tag) = (r.u64().map_err(e)?, r.u32().map_err(e)?);
+                    Change::PutReply(client, tag, read_blob(&mut r)?)
+                }
+                13 => Change::DelReply(r.u64().map_err(e)?, r.u32().map_err(e)?),
                 _ => return Err("unknown redo tag"),
             };
             out.push(c);
@@ -226,6 +243,8 @@ mod tests {
             Change::PutOrphan(8),
             Change::DelOrphan(8),
             Change::PutDestroy(9, vec![1]),
+            Change::PutReply(10, 3, vec![4; 30]),
+            Change::DelReply(10, 3),
             Change::DelDestroy(9),
         ];
         let mut r = Redo::default();

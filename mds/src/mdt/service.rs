@@ -11,10 +11,11 @@
 //! before the replies of each batch.
 
 use super::ns::{self, root_inode, Ctx, Fail, Namespace};
-use super::redo::{OpLog, Redo};
+use super::redo::{Change, OpLog, Redo};
+use super::replies::{SavedReply, SWEEP_EVERY};
 use super::store::{ReadTables, StoreError, View, WriteTables, DESTROY};
 use nacre_proto::layout::{StripeSpec, StripedLayout};
-use nacre_proto::meta::{errno, Head, Reply, Request};
+use nacre_proto::meta::{errno, Head, ReplayKey, Reply, Request};
 use redb::{Database, Durability, ReadableDatabase, ReadableTable};
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -152,6 +153,8 @@ pub struct Stats {
     pub ops: AtomicU64,
     pub log_syncs: AtomicU64,
     pub checkpoints: AtomicU64,
+    /// Retried requests answered from the reply cache instead of applied again.
+    pub reconstructed: AtomicU64,
 }
 
 /// An open MDT: reads from any thread, writes through [`Submitter`]s.
@@ -198,6 +201,7 @@ impl Mdt {
             dirty: false,
             last_checkpoint: Instant::now(),
             stats: stats.clone(),
+            saved_since_sweep: 0,
         };
         let handle = std::thread::Builder::new()
             .name("mdt-committer".into())
@@ -487,6 +491,8 @@ struct Committer {
     dirty: bool,
     last_checkpoint: Instant,
     stats: Arc<Stats>,
+    /// Replies saved since the last sweep of old ones.
+    saved_since_sweep: u64,
 }
 
 impl Committer {
@@ -611,14 +617,10 @@ impl Committer {
         now: i64,
     ) -> Result<Result<Reply, i32>, MdtError> {
         let outcome = match &job.op {
-            Op::Client(head, req) => self.ns.write(
-                w,
-                &Ctx {
-                    creds: &head.creds,
-                    now,
-                },
-                req,
-            ),
+            Op::Client(head, req) => match head.replay {
+                Some(key) if !req.is_read_only() => self.write_once(w, head, key, req, now),
+                _ => self.write(w, head, req, now),
+            },
             Op::Admin(Admin::SetOsts(osts)) => {
                 self.ns.osts = super::alloc::OstChooser::new(osts.clone());
                 Ok(Reply::Done)
@@ -645,6 +647,68 @@ impl Committer {
             Err(Fail::Errno(e)) => Ok(Err(e)),
             Err(Fail::Store(e)) => Err(e.into()),
         }
+    }
+
+    fn write(
+        &mut self,
+        w: &mut WriteTables<'_>,
+        head: &Head,
+        req: &Request,
+        now: i64,
+    ) -> ns::Res<Reply> {
+        let ctx = Ctx {
+            creds: &head.creds,
+            now,
+        };
+        self.ns.write(w, &ctx, req)
+    }
+
+    /// A changing request with a replay key: answered from the reply cache if it is a
+    /// retry of the key's last request, else applied and its answer saved with it.
+    fn write_once(
+        &mut self,
+        w: &mut WriteTables<'_>,
+        head: &Head,
+        key: ReplayKey,
+        req: &Request,
+        now: i64,
+    ) -> ns::Res<Reply> {
+        if let Some(row) = w.saved_reply(key.client, key.tag)? {
+            let saved = SavedReply::decode(&row).ok_or(StoreError::CorruptRecord("saved reply"))?;
+            if saved.xid == key.xid {
+                self.stats.reconstructed.fetch_add(1, Ordering::Relaxed);
+                return saved.result.map_err(Fail::Errno);
+            }
+        }
+        let outcome = self.write(w, head, req, now);
+        let result = match &outcome {
+            Ok(reply) => Ok(reply.clone()),
+            Err(Fail::Errno(e)) => Err(*e),
+            Err(Fail::Store(_)) => return outcome,
+        };
+        let row = SavedReply {
+            xid: key.xid,
+            at: now,
+            result,
+        };
+        w.apply(Change::PutReply(key.client, key.tag, row.encode()))?;
+        self.saved_since_sweep += 1;
+        if self.saved_since_sweep >= SWEEP_EVERY {
+            self.saved_since_sweep = 0;
+            self.sweep_replies(w, now)?;
+        }
+        outcome
+    }
+
+    /// Drops saved replies of clients that stopped asking long ago.
+    fn sweep_replies(&mut self, w: &mut WriteTables<'_>, now: i64) -> Result<(), StoreError> {
+        let old = w.old_replies(|row| {
+            SavedReply::decode(row).is_none_or(|r| SavedReply::expired(r.at, now))
+        })?;
+        for (client, tag) in old {
+            w.apply(Change::DelReply(client, tag))?;
+        }
+        Ok(())
     }
 
     fn checkpoint_now(&mut self) -> Result<(), MdtError> {

@@ -24,6 +24,8 @@ pub const DIRSEQ: TableDefinition<(u64, u64), &[u8]> = TableDefinition::new("dir
 pub const META: TableDefinition<&str, u64> = TableDefinition::new("meta");
 pub const ORPHANS: TableDefinition<u64, ()> = TableDefinition::new("orphans");
 pub const DESTROY: TableDefinition<u64, &[u8]> = TableDefinition::new("destroy");
+/// (client, tag) -> the saved reply of its last changing request (see `replies`).
+pub const REPLIES: TableDefinition<(u64, u32), &[u8]> = TableDefinition::new("replies");
 
 #[derive(Debug, thiserror::Error)]
 pub enum StoreError {
@@ -189,6 +191,7 @@ pub struct WriteTables<'t> {
     pub view: WriteView<'t>,
     orphans: redb::Table<'t, u64, ()>,
     destroy: redb::Table<'t, u64, &'static [u8]>,
+    replies: redb::Table<'t, (u64, u32), &'static [u8]>,
     pub redo: Redo,
 }
 
@@ -203,6 +206,7 @@ impl<'t> WriteTables<'t> {
             },
             orphans: tx.open_table(ORPHANS)?,
             destroy: tx.open_table(DESTROY)?,
+            replies: tx.open_table(REPLIES)?,
             redo: Redo::default(),
         })
     }
@@ -224,6 +228,10 @@ impl<'t> WriteTables<'t> {
             Change::DelOrphan(ino) => drop(self.orphans.remove(*ino)?),
             Change::PutDestroy(ino, layout) => drop(self.destroy.insert(*ino, layout.as_slice())?),
             Change::DelDestroy(ino) => drop(self.destroy.remove(*ino)?),
+            Change::PutReply(client, tag, row) => {
+                drop(self.replies.insert((*client, *tag), row.as_slice())?)
+            }
+            Change::DelReply(client, tag) => drop(self.replies.remove((*client, *tag))?),
         }
         self.redo.push(&c);
         Ok(())
@@ -250,6 +258,26 @@ impl<'t> WriteTables<'t> {
 
     pub fn put_meta(&mut self, key: &str, val: u64) -> Result<(), StoreError> {
         self.apply(Change::PutMeta(key.to_string(), val))
+    }
+
+    /// The saved reply row of (client, tag), if any.
+    pub fn saved_reply(&self, client: u64, tag: u32) -> Result<Option<Vec<u8>>, StoreError> {
+        Ok(self.replies.get((client, tag))?.map(|v| v.value().to_vec()))
+    }
+
+    /// Every (client, tag) whose saved reply `is_old` says is due for removal.
+    pub fn old_replies(
+        &self,
+        is_old: impl Fn(&[u8]) -> bool,
+    ) -> Result<Vec<(u64, u32)>, StoreError> {
+        let mut out = Vec::new();
+        for row in self.replies.iter()? {
+            let (k, v) = row?;
+            if is_old(v.value()) {
+                out.push(k.value());
+            }
+        }
+        Ok(out)
     }
 
     pub fn orphans(&self) -> Result<Vec<u64>, StoreError> {

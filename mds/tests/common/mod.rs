@@ -45,6 +45,7 @@ impl T {
             &Head {
                 creds: creds.clone(),
                 epoch: EPOCH,
+                replay: None,
             },
             req,
         )

@@ -1,0 +1,86 @@
+//! Reply reconstruction: a changing request sent again with the same replay key (its
+//! answer was lost) is answered from the reply cache, not applied twice; a new xid on
+//! the same tag is a new request; the cache survives a restart of the MDT. (After a
+//! crash the saved reply comes back from the operation log with the change it
+//! answers: both are changes of one redo record, see `redo`'s round-trip test.)
+
+mod common;
+
+use common::{config, fresh_dir, EPOCH, T};
+use nacre_mds::mdt::{SyncMode, ROOT_INO};
+use nacre_proto::meta::{errno, Creds, Head, ReplayKey, Reply, Request};
+use std::sync::atomic::Ordering;
+
+fn keyed(t: &T, client: u64, tag: u32, xid: u64, req: Request) -> Result<Reply, i32> {
+    let head = Head {
+        creds: Creds::root(),
+        epoch: EPOCH,
+        replay: Some(ReplayKey { client, tag, xid }),
+    };
+    t.sub.call(&head, req)
+}
+
+fn mkdir(name: &str) -> Request {
+    Request::Mkdir {
+        parent: ROOT_INO,
+        name: name.as_bytes().to_vec(),
+        mode: 0o755,
+    }
+}
+
+fn unlink(name: &str) -> Request {
+    Request::Unlink {
+        parent: ROOT_INO,
+        name: name.as_bytes().to_vec(),
+    }
+}
+
+fn replays(t: &T) -> u64 {
+    t.mdt.stats().reconstructed.load(Ordering::Relaxed)
+}
+
+#[test]
+fn a_retried_request_is_answered_from_the_cache_not_applied_again() {
+    let t = T::new("replay-basic");
+    let first = keyed(&t, 9, 0, 1, mkdir("a")).unwrap();
+    // The same request again (its answer "lost"): the same answer, nothing applied.
+    assert_eq!(keyed(&t, 9, 0, 1, mkdir("a")).unwrap(), first);
+    assert_eq!(replays(&t), 1);
+    // A new xid on the tag is a new request: the directory exists now.
+    assert_eq!(keyed(&t, 9, 0, 2, mkdir("a")), Err(errno::EEXIST));
+    // ... and its answer, an error, is what a retry of it gets.
+    assert_eq!(keyed(&t, 9, 0, 2, mkdir("a")), Err(errno::EEXIST));
+    // Other clients and tags have their own rows; without a key nothing is cached.
+    assert_eq!(keyed(&t, 10, 0, 1, mkdir("a")), Err(errno::EEXIST));
+    keyed(&t, 9, 1, 1, mkdir("b")).unwrap();
+    assert_eq!(t.call(mkdir("b")), Err(errno::EEXIST));
+
+    t.create(ROOT_INO, "f");
+    assert_eq!(keyed(&t, 9, 1, 2, unlink("f")).unwrap(), Reply::Done);
+    // Applied twice, an unlink would answer ENOENT: the retry gets Done.
+    assert_eq!(keyed(&t, 9, 1, 2, unlink("f")).unwrap(), Reply::Done);
+    assert_eq!(t.call(unlink("f")), Err(errno::ENOENT));
+    assert_eq!(replays(&t), 3);
+    // Reads are never cached (and never need to be).
+    let look = Request::Lookup {
+        parent: ROOT_INO,
+        name: b"a".to_vec(),
+    };
+    keyed(&t, 9, 2, 1, look.clone()).unwrap();
+    keyed(&t, 9, 2, 1, look).unwrap();
+    assert_eq!(replays(&t), 3);
+}
+
+#[test]
+fn the_reply_cache_survives_a_restart() {
+    let dir = fresh_dir("replay-restart");
+    let t = T::open(config(&dir, SyncMode::Sync));
+    let made = keyed(&t, 5, 3, 77, mkdir("d")).unwrap();
+    let T { mdt, sub } = t;
+    drop(sub);
+    mdt.shutdown().unwrap();
+    let t = T::open(config(&dir, SyncMode::Sync));
+    assert_eq!(keyed(&t, 5, 3, 77, mkdir("d")).unwrap(), made);
+    assert_eq!(replays(&t), 1);
+    assert_eq!(keyed(&t, 5, 3, 78, mkdir("d")), Err(errno::EEXIST));
+}
