@@ -120,7 +120,12 @@ pub struct ClientEndpoint {
     dropped: u64,
     frame: Vec<u8>,
     cache: RegCache,
+    /// Polls in a row that found nothing (see `idle`).
+    empty_polls: u32,
 }
+
+/// Empty polls in a row after which a waiting client yields the CPU between polls.
+const YIELD_AFTER: u32 = 64;
 
 impl ClientEndpoint {
     /// Opens the endpoint and posts its receives; no session yet.
@@ -152,6 +157,7 @@ impl ClientEndpoint {
             frame: vec![0; cfg.msg_size],
             cache: RegCache::new(cfg.reg_cache.clone()),
             cfg,
+            empty_polls: 0,
         })
     }
 
@@ -415,6 +421,7 @@ impl ClientEndpoint {
             Ok(n) => n,
             Err(e) => return self.failed_completion(e),
         };
+        self.idle(n == 0);
         for c in &done[..n] {
             match Slot::of(c.context) {
                 Slot::Send(slot) => self.tx_free.push(slot),
@@ -422,6 +429,23 @@ impl ClientEndpoint {
             }
         }
         Ok(())
+    }
+
+    /// A waiting client polls, but past [`YIELD_AFTER`] empty polls in a row it offers
+    /// the CPU to any other runnable thread between polls. Where a client shares CPUs
+    /// with server cores (one machine, `nacre up`), pure spinning would hold a CPU the
+    /// server needs to answer it for a whole scheduler slice; where nothing else wants
+    /// the CPU, sched_yield returns at once and the wait is still a poll loop.
+    fn idle(&mut self, empty: bool) {
+        match empty {
+            false => self.empty_polls = 0,
+            true => {
+                self.empty_polls = self.empty_polls.saturating_add(1);
+                if self.empty_polls >= YIELD_AFTER {
+                    std::thread::yield_now();
+                }
+            }
+        }
     }
 
     /// An error completion: a failed send gives its slot back (its request will expire),
