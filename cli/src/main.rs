@@ -5,6 +5,7 @@
 
 mod commands;
 mod copy;
+mod mount;
 mod up;
 
 use std::process::ExitCode;
@@ -60,6 +61,10 @@ enum Cmd {
     Getstripe { paths: Vec<String> },
     /// Usage per target, as `lfs df` shows it.
     Df(commands::DfArgs),
+    /// Mount the file system through FUSE (a daemon; -f stays in the foreground).
+    Mount(mount::MountArgs),
+    /// Unmount a nacre mount (also one whose process died).
+    Umount { mountpoint: std::path::PathBuf },
 }
 
 fn main() -> ExitCode {
@@ -83,15 +88,22 @@ fn run(cli: Cli) -> Result<(), CliError> {
     if let Cmd::Up(args) = &cli.cmd {
         return up::run(args);
     }
+    if let Cmd::Umount { mountpoint } = &cli.cmd {
+        return mount::umount(mountpoint);
+    }
     let mgs = nacre_client::mgs::mgs_address(cli.mgs.clone())
         .ok_or_else(|| CliError::msg("no MGS: give --mgs HOST:PORT or set NACRE_MGS"))?;
-    if let Cmd::Status = cli.cmd {
-        return commands::status(&mgs);
+    match &cli.cmd {
+        Cmd::Status => return commands::status(&mgs),
+        Cmd::Mount(a) => return mount::mount(&mgs, a),
+        _ => {}
     }
     let client = nacre_client::Client::connect(&mgs, Default::default())
         .map_err(|e| CliError::io(&format!("connecting to {mgs}"), e))?;
     match cli.cmd {
-        Cmd::Up(_) | Cmd::Status => unreachable!("handled above"),
+        Cmd::Up(_) | Cmd::Status | Cmd::Mount(_) | Cmd::Umount { .. } => {
+            unreachable!("handled above")
+        }
         Cmd::Ls(a) => commands::ls(&client, &a),
         Cmd::Stat { paths } => commands::stat(&client, &paths),
         Cmd::Mkdir(a) => commands::mkdir(&client, &a),

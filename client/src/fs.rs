@@ -599,6 +599,12 @@ impl Client {
             Some(ino) => ino,
             None => self.with_conn(true, |c| c.ns.resolve(path))?,
         };
+        self.open_ino(ino, flags)
+    }
+
+    /// Opens inode `ino` (found by [`Client::request_as`] lookups, as a mount does)
+    /// with open `flags`; O_TRUNC empties it.
+    pub fn open_ino(&self, ino: u64, flags: i32) -> io::Result<File> {
         let mds_flags = (flags as u32) & (meta::O_ACCMODE | meta::O_TRUNC);
         let req = Request::Open {
             ino,
@@ -630,6 +636,28 @@ impl Client {
             }
         }
         Ok(file)
+    }
+
+    /// One MDS request by inode, as `creds` (a mount's caller): reads retried as
+    /// idempotent, changes under a replay key. Setting a file's size here changes
+    /// only the MDS's record: [`Client::setattr_as`] also trims the objects.
+    pub fn request_as(&self, creds: &Creds, req: &Request) -> io::Result<Reply> {
+        match req.is_read_only() {
+            true => self.with_conn(true, |c| c.ns.call_as(creds, req)),
+            false => self.modify(|c| c.ns.call_as(creds, req)),
+        }
+    }
+
+    /// Sets inode `ino`'s attributes as `creds` (a mount's caller, whom the kernel
+    /// has already checked); a new size trims or extends the objects first, as
+    /// [`Client::setattr`] does.
+    pub fn setattr_as(&self, creds: &Creds, ino: u64, attr: SetAttr) -> io::Result<Attr> {
+        if attr.mask & meta::set::SIZE != 0 {
+            if let Some(layout) = self.file_layout(ino)? {
+                self.truncate_objects(&layout, attr.size)?;
+            }
+        }
+        attr_of(self.request_as(creds, &Request::Setattr { ino, attr })?)
     }
 
     /// Creates `path` exclusively and opens it for reading and writing.
@@ -807,14 +835,21 @@ impl File {
             ..Default::default()
         };
         self.client.setattr_ino(self.ino, attr)?;
-        self.size.store(size, Ordering::Release);
-        self.written_end.store(size, Ordering::Release);
-        self.reported.store(size, Ordering::Release);
+        self.resized(size);
         Ok(())
     }
 
-    /// Tells the MDS where this handle's writes end (it keeps the larger size).
-    fn report_size(&self) -> io::Result<()> {
+    /// Another handle (or a truncate by inode) set the file's size to `size`: this
+    /// handle forgets the larger size its own writes had shown it.
+    pub fn resized(&self, size: u64) {
+        self.size.store(size, Ordering::Release);
+        self.written_end.store(size, Ordering::Release);
+        self.reported.store(size, Ordering::Release);
+    }
+
+    /// Tells the MDS where this handle's writes end (it keeps the larger size), so
+    /// that other clients see it: what close and fsync do, without the sync.
+    pub fn report_size(&self) -> io::Result<()> {
         let end = self.written_end.load(Ordering::Acquire);
         if end > self.reported.load(Ordering::Acquire) {
             let req = Request::ReportSize {

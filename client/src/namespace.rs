@@ -86,6 +86,15 @@ impl Namespace {
         self.ep.meta(self.mds, &head, req)
     }
 
+    /// One request as `creds` instead of this namespace's own (a mount serves many
+    /// users through one client).
+    pub fn call_as(&mut self, creds: &Creds, req: &Request) -> Result<Reply, ClientError> {
+        let own = std::mem::replace(&mut self.head.creds, creds.clone());
+        let out = self.call(req);
+        self.head.creds = own;
+        out
+    }
+
     /// The inode `path` names (absolute, '/'-separated).
     pub fn resolve(&mut self, path: &str) -> Result<u64, ClientError> {
         let mut ino = ROOT;

@@ -1,0 +1,686 @@
+//! nacre-mount: the POSIX mount of nacre through FUSE (`nacre mount`), so that
+//! unmodified programs, shells and benchmarks run on it.
+//!
+//! FUSE inode numbers are nacre's (the root is 1 in both). Namespace operations go to
+//! the MDS by inode, as the calling user (uid, gid and supplementary groups of the
+//! calling process), so the MDS applies POSIX permissions and new files belong to
+//! their creator; the kernel checks them too (`default_permissions`), and the mount
+//! is open to every user (`allow_other`), as a shared file system must be. Data goes
+//! through the client library's striped parallel path: reads, writes and fsyncs run
+//! on a pool of worker threads (the FUSE session thread only dispatches), and files
+//! are opened with direct I/O, so no page cache sits between two mounts (see
+//! docs/mount.md for the caching trade-offs).
+
+mod attrs;
+mod xattr;
+
+use std::collections::HashMap;
+use std::ffi::OsStr;
+use std::io;
+use std::os::unix::ffi::OsStrExt;
+use std::path::Path;
+use std::sync::Arc;
+use std::time::Duration;
+
+use crossbeam_channel::{Receiver, Sender};
+use fuser::{
+    FileType, KernelConfig, MountOption, ReplyAttr, ReplyCreate, ReplyData, ReplyDirectory,
+    ReplyEmpty, ReplyEntry, ReplyOpen, ReplyStatfs, ReplyWrite, ReplyXattr, TimeOrNow,
+};
+use nacre_client::{errno, Client, File};
+use nacre_proto::meta::{self, Attr, Creds, FileKind, Reply, Request, SetAttr};
+
+pub use attrs::{fuse_attr, ATTR_TTL};
+
+/// Largest read or write the kernel sends in one request (FUSE's ceiling is 1 MiB
+/// with 256 pages of 4 KiB).
+pub const MAX_IO: u32 = 1 << 20;
+
+/// Worker threads for reads, writes and fsyncs.
+pub const WORKERS: usize = 4;
+
+/// Entries asked of the MDS per readdir request.
+const READDIR_BATCH: u32 = 256;
+
+type Job = Box<dyn FnOnce() + Send>;
+
+/// The file system a mount serves.
+pub struct NacreFs {
+    client: Client,
+    files: HashMap<u64, Arc<File>>,
+    next_fh: u64,
+    jobs: Sender<Job>,
+    workers: Vec<std::thread::JoinHandle<()>>,
+}
+
+impl NacreFs {
+    pub fn new(client: Client) -> NacreFs {
+        let (jobs, rx) = crossbeam_channel::unbounded::<Job>();
+        let workers = (0..WORKERS).map(|i| spawn_worker(i, rx.clone())).collect();
+        NacreFs {
+            client,
+            files: HashMap::new(),
+            next_fh: 1,
+            jobs,
+            workers,
+        }
+    }
+
+    fn file(&self, fh: u64) -> Result<Arc<File>, i32> {
+        self.files.get(&fh).cloned().ok_or(libc::EBADF)
+    }
+
+    /// Runs `job` on a worker (data operations may take long; metadata does not wait
+    /// behind them).
+    fn offload(&self, job: impl FnOnce() + Send + 'static) {
+        if let Err(e) = self.jobs.send(Box::new(job)) {
+            // Workers are gone only while the session ends: run it here.
+            (e.into_inner())();
+        }
+    }
+
+    fn entry(&self, reply: ReplyEntry, r: io::Result<Reply>) {
+        match r.and_then(attr_of) {
+            Ok(a) => reply.entry(&ATTR_TTL, &fuse_attr(&a), 0),
+            Err(e) => reply.error(errno(&e)),
+        }
+    }
+
+    /// The size this mount's open handles know for `ino` beyond the MDS's (writes
+    /// not yet reported), so the kernel is never told a file shrank under its writer.
+    fn local_size(&self, ino: u64) -> Option<u64> {
+        self.files
+            .values()
+            .filter(|f| f.ino() == ino)
+            .filter_map(|f| f.stat().ok().map(|a| a.size))
+            .max()
+    }
+
+    fn attr(&self, creds: &Creds, ino: u64) -> io::Result<Attr> {
+        let mut a = attr_of(self.client.request_as(creds, &Request::Getattr { ino })?)?;
+        if let Some(size) = self.local_size(ino) {
+            a.size = a.size.max(size);
+        }
+        Ok(a)
+    }
+}
+
+impl Drop for NacreFs {
+    fn drop(&mut self) {
+        let (closed, _) = crossbeam_channel::bounded(0);
+        self.jobs = closed;
+        for w in self.workers.drain(..) {
+            let _ = w.join();
+        }
+    }
+}
+
+fn spawn_worker(i: usize, rx: Receiver<Job>) -> std::thread::JoinHandle<()> {
+    std::thread::Builder::new()
+        .name(format!("nacre-fuse-{i}"))
+        .spawn(move || {
+            for job in rx {
+                job();
+            }
+        })
+        .expect("starting a FUSE worker thread")
+}
+
+fn attr_of(r: Reply) -> io::Result<Attr> {
+    match r {
+        Reply::Attr(a) | Reply::Opened { attr: a, .. } => Ok(a),
+        other => Err(io::Error::other(format!(
+            "expected attributes, got {other:?}"
+        ))),
+    }
+}
+
+/// The caller's credentials: uid and gid from FUSE, supplementary groups from
+/// /proc/PID/status (empty if the process is gone).
+fn creds_of(req: &fuser::Request<'_>) -> Creds {
+    let groups = std::fs::read_to_string(format!("/proc/{}/status", req.pid()))
+        .ok()
+        .and_then(|s| {
+            s.lines().find_map(|l| l.strip_prefix("Groups:")).map(|g| {
+                g.split_whitespace()
+                    .filter_map(|x| x.parse().ok())
+                    .take(meta::MAX_GROUPS)
+                    .collect()
+            })
+        })
+        .unwrap_or_default();
+    Creds {
+        uid: req.uid(),
+        gid: req.gid(),
+        groups,
+    }
+}
+
+fn name_of(name: &OsStr) -> Vec<u8> {
+    name.as_bytes().to_vec()
+}
+
+fn kind_of(k: FileKind) -> FileType {
+    match k {
+        FileKind::File => FileType::RegularFile,
+        FileKind::Dir => FileType::Directory,
+        FileKind::Symlink => FileType::Symlink,
+    }
+}
+
+fn time_ns(t: TimeOrNow) -> Option<i64> {
+    match t {
+        TimeOrNow::Now => None,
+        TimeOrNow::SpecificTime(t) => Some(match t.duration_since(std::time::UNIX_EPOCH) {
+            Ok(d) => d.as_nanos() as i64,
+            Err(e) => -(e.duration().as_nanos() as i64),
+        }),
+    }
+}
+
+impl fuser::Filesystem for NacreFs {
+    fn init(&mut self, _req: &fuser::Request<'_>, config: &mut KernelConfig) -> Result<(), i32> {
+        // Large requests, so big reads and writes reach the striped path whole.
+        let _ = config.set_max_write(MAX_IO);
+        let _ = config.set_max_readahead(MAX_IO);
+        let _ = config.add_capabilities(fuser::consts::FUSE_BIG_WRITES);
+        let _ = config.add_capabilities(fuser::consts::FUSE_PARALLEL_DIROPS);
+        Ok(())
+    }
+
+    fn lookup(&mut self, req: &fuser::Request<'_>, parent: u64, name: &OsStr, reply: ReplyEntry) {
+        let r = Request::Lookup {
+            parent,
+            name: name_of(name),
+        };
+        let out = self.client.request_as(&creds_of(req), &r);
+        match out.and_then(attr_of) {
+            Ok(mut a) => {
+                if let Some(size) = self.local_size(a.ino) {
+                    a.size = a.size.max(size);
+                }
+                reply.entry(&ATTR_TTL, &fuse_attr(&a), 0)
+            }
+            Err(e) => reply.error(errno(&e)),
+        }
+    }
+
+    fn getattr(&mut self, req: &fuser::Request<'_>, ino: u64, _fh: Option<u64>, reply: ReplyAttr) {
+        match self.attr(&creds_of(req), ino) {
+            Ok(a) => reply.attr(&ATTR_TTL, &fuse_attr(&a)),
+            Err(e) => reply.error(errno(&e)),
+        }
+    }
+
+    #[allow(clippy::too_many_arguments)]
+    fn setattr(
+        &mut self,
+        req: &fuser::Request<'_>,
+        ino: u64,
+        mode: Option<u32>,
+        uid: Option<u32>,
+        gid: Option<u32>,
+        size: Option<u64>,
+        atime: Option<TimeOrNow>,
+        mtime: Option<TimeOrNow>,
+        _ctime: Option<std::time::SystemTime>,
+        _fh: Option<u64>,
+        _crtime: Option<std::time::SystemTime>,
+        _chgtime: Option<std::time::SystemTime>,
+        _bkuptime: Option<std::time::SystemTime>,
+        _flags: Option<u32>,
+        reply: ReplyAttr,
+    ) {
+        let mut s = SetAttr::default();
+        if let Some(m) = mode {
+            s.mask |= meta::set::MODE;
+            s.mode = m & 0o7777;
+        }
+        if let Some(u) = uid {
+            s.mask |= meta::set::UID;
+            s.uid = u;
+        }
+        if let Some(g) = gid {
+            s.mask |= meta::set::GID;
+            s.gid = g;
+        }
+        if let Some(z) = size {
+            s.mask |= meta::set::SIZE;
+            s.size = z;
+        }
+        match atime.map(time_ns) {
+            Some(Some(t)) => (s.mask, s.atime) = (s.mask | meta::set::ATIME, t),
+            Some(None) => s.mask |= meta::set::ATIME_NOW,
+            None => {}
+        }
+        match mtime.map(time_ns) {
+            Some(Some(t)) => (s.mask, s.mtime) = (s.mask | meta::set::MTIME, t),
+            Some(None) => s.mask |= meta::set::MTIME_NOW,
+            None => {}
+        }
+        match self.client.setattr_as(&creds_of(req), ino, s) {
+            Ok(a) => {
+                if let Some(z) = size {
+                    self.files
+                        .values()
+                        .filter(|f| f.ino() == ino)
+                        .for_each(|f| f.resized(z));
+                }
+                reply.attr(&ATTR_TTL, &fuse_attr(&a))
+            }
+            Err(e) => reply.error(errno(&e)),
+        }
+    }
+
+    fn readlink(&mut self, req: &fuser::Request<'_>, ino: u64, reply: ReplyData) {
+        match self
+            .client
+            .request_as(&creds_of(req), &Request::Readlink { ino })
+        {
+            Ok(Reply::Target(t)) => reply.data(&t),
+            Ok(_) => reply.error(libc::EIO),
+            Err(e) => reply.error(errno(&e)),
+        }
+    }
+
+    fn mkdir(
+        &mut self,
+        req: &fuser::Request<'_>,
+        parent: u64,
+        name: &OsStr,
+        mode: u32,
+        umask: u32,
+        reply: ReplyEntry,
+    ) {
+        let r = Request::Mkdir {
+            parent,
+            name: name_of(name),
+            mode: mode & !umask & 0o7777,
+        };
+        let out = self.client.request_as(&creds_of(req), &r);
+        self.entry(reply, out)
+    }
+
+    fn unlink(&mut self, req: &fuser::Request<'_>, parent: u64, name: &OsStr, reply: ReplyEmpty) {
+        let r = Request::Unlink {
+            parent,
+            name: name_of(name),
+        };
+        match self.client.request_as(&creds_of(req), &r) {
+            Ok(_) => reply.ok(),
+            Err(e) => reply.error(errno(&e)),
+        }
+    }
+
+    fn rmdir(&mut self, req: &fuser::Request<'_>, parent: u64, name: &OsStr, reply: ReplyEmpty) {
+        let r = Request::Rmdir {
+            parent,
+            name: name_of(name),
+        };
+        match self.client.request_as(&creds_of(req), &r) {
+            Ok(_) => reply.ok(),
+            Err(e) => reply.error(errno(&e)),
+        }
+    }
+
+    fn symlink(
+        &mut self,
+        req: &fuser::Request<'_>,
+        parent: u64,
+        link_name: &OsStr,
+        target: &Path,
+        reply: ReplyEntry,
+    ) {
+        let r = Request::Symlink {
+            parent,
+            name: name_of(link_name),
+            target: target.as_os_str().as_bytes().to_vec(),
+        };
+        let out = self.client.request_as(&creds_of(req), &r);
+        self.entry(reply, out)
+    }
+
+    fn rename(
+        &mut self,
+        req: &fuser::Request<'_>,
+        parent: u64,
+        name: &OsStr,
+        newparent: u64,
+        newname: &OsStr,
+        flags: u32,
+        reply: ReplyEmpty,
+    ) {
+        // RENAME_NOREPLACE is the MDS's; RENAME_EXCHANGE and WHITEOUT are not offered.
+        if flags & !libc::RENAME_NOREPLACE != 0 {
+            return reply.error(libc::EINVAL);
+        }
+        let r = Request::Rename {
+            parent,
+            name: name_of(name),
+            new_parent: newparent,
+            new_name: name_of(newname),
+            flags: match flags & libc::RENAME_NOREPLACE {
+                0 => 0,
+                _ => meta::RENAME_NOREPLACE,
+            },
+        };
+        match self.client.request_as(&creds_of(req), &r) {
+            Ok(_) => reply.ok(),
+            Err(e) => reply.error(errno(&e)),
+        }
+    }
+
+    fn link(
+        &mut self,
+        req: &fuser::Request<'_>,
+        ino: u64,
+        newparent: u64,
+        newname: &OsStr,
+        reply: ReplyEntry,
+    ) {
+        let r = Request::Link {
+            ino,
+            new_parent: newparent,
+            new_name: name_of(newname),
+        };
+        let out = self.client.request_as(&creds_of(req), &r);
+        self.entry(reply, out)
+    }
+
+    fn open(&mut self, _req: &fuser::Request<'_>, ino: u64, flags: i32, reply: ReplyOpen) {
+        match self.client.open_ino(ino, flags) {
+            Ok(f) => {
+                let fh = self.next_fh;
+                self.next_fh += 1;
+                self.files.insert(fh, Arc::new(f));
+                reply.opened(fh, fuser::consts::FOPEN_DIRECT_IO)
+            }
+            Err(e) => reply.error(errno(&e)),
+        }
+    }
+
+    fn create(
+        &mut self,
+        req: &fuser::Request<'_>,
+        parent: u64,
+        name: &OsStr,
+        mode: u32,
+        umask: u32,
+        flags: i32,
+        reply: ReplyCreate,
+    ) {
+        let r = Request::Create {
+            parent,
+            name: name_of(name),
+            mode: mode & !umask & 0o7777,
+            flags: match flags & libc::O_EXCL {
+                0 => 0,
+                _ => meta::CREATE_EXCL,
+            },
+            layout: None,
+        };
+        let created = self.client.request_as(&creds_of(req), &r).and_then(attr_of);
+        let opened = created.and_then(|a| self.client.open_ino(a.ino, flags));
+        match opened.and_then(|f| f.stat().map(|a| (f, a))) {
+            Ok((f, a)) => {
+                let fh = self.next_fh;
+                self.next_fh += 1;
+                self.files.insert(fh, Arc::new(f));
+                reply.created(
+                    &ATTR_TTL,
+                    &fuse_attr(&a),
+                    0,
+                    fh,
+                    fuser::consts::FOPEN_DIRECT_IO,
+                )
+            }
+            Err(e) => reply.error(errno(&e)),
+        }
+    }
+
+    #[allow(clippy::too_many_arguments)]
+    fn read(
+        &mut self,
+        _req: &fuser::Request<'_>,
+        _ino: u64,
+        fh: u64,
+        offset: i64,
+        size: u32,
+        _flags: i32,
+        _lock_owner: Option<u64>,
+        reply: ReplyData,
+    ) {
+        let file = match self.file(fh) {
+            Ok(f) => f,
+            Err(e) => return reply.error(e),
+        };
+        self.offload(move || {
+            let mut buf = vec![0u8; size as usize];
+            match file.read_at(&mut buf, offset.max(0) as u64) {
+                Ok(n) => reply.data(&buf[..n]),
+                Err(e) => reply.error(errno(&e)),
+            }
+        });
+    }
+
+    #[allow(clippy::too_many_arguments)]
+    fn write(
+        &mut self,
+        _req: &fuser::Request<'_>,
+        _ino: u64,
+        fh: u64,
+        offset: i64,
+        data: &[u8],
+        _write_flags: u32,
+        _flags: i32,
+        _lock_owner: Option<u64>,
+        reply: ReplyWrite,
+    ) {
+        let file = match self.file(fh) {
+            Ok(f) => f,
+            Err(e) => return reply.error(e),
+        };
+        let data = data.to_vec();
+        self.offload(move || match file.write_at(&data, offset.max(0) as u64) {
+            Ok(n) => reply.written(n as u32),
+            Err(e) => reply.error(errno(&e)),
+        });
+    }
+
+    fn flush(
+        &mut self,
+        _req: &fuser::Request<'_>,
+        _ino: u64,
+        fh: u64,
+        _lock_owner: u64,
+        reply: ReplyEmpty,
+    ) {
+        // close(2) of a descriptor: its size becomes visible to other clients.
+        let file = match self.file(fh) {
+            Ok(f) => f,
+            Err(e) => return reply.error(e),
+        };
+        self.offload(move || match file.report_size() {
+            Ok(()) => reply.ok(),
+            Err(e) => reply.error(errno(&e)),
+        });
+    }
+
+    fn fsync(
+        &mut self,
+        _req: &fuser::Request<'_>,
+        _ino: u64,
+        fh: u64,
+        _datasync: bool,
+        reply: ReplyEmpty,
+    ) {
+        let file = match self.file(fh) {
+            Ok(f) => f,
+            Err(e) => return reply.error(e),
+        };
+        self.offload(move || match file.fsync() {
+            Ok(()) => reply.ok(),
+            Err(e) => reply.error(errno(&e)),
+        });
+    }
+
+    fn release(
+        &mut self,
+        _req: &fuser::Request<'_>,
+        _ino: u64,
+        fh: u64,
+        _flags: i32,
+        _lock_owner: Option<u64>,
+        _flush: bool,
+        reply: ReplyEmpty,
+    ) {
+        let Some(file) = self.files.remove(&fh) else {
+            return reply.error(libc::EBADF);
+        };
+        // The last reference closes the MDS handle (a worker may still hold one for a
+        // moment; its drop closes then).
+        self.offload(move || match Arc::into_inner(file).map(File::close) {
+            Some(Err(e)) => reply.error(errno(&e)),
+            _ => reply.ok(),
+        });
+    }
+
+    fn readdir(
+        &mut self,
+        req: &fuser::Request<'_>,
+        ino: u64,
+        _fh: u64,
+        offset: i64,
+        mut reply: ReplyDirectory,
+    ) {
+        // FUSE offsets are nacre's readdir cookies: each entry carries the cookie that
+        // resumes after it, stable while entries come and go.
+        let mut cookie = offset as u64;
+        let creds = creds_of(req);
+        loop {
+            let r = Request::Readdir {
+                dir: ino,
+                cookie,
+                max: READDIR_BATCH,
+            };
+            let (entries, eof) = match self.client.request_as(&creds, &r) {
+                Ok(Reply::Dir { entries, eof, .. }) => (entries, eof),
+                Ok(_) => return reply.error(libc::EIO),
+                Err(e) => return reply.error(errno(&e)),
+            };
+            for e in &entries {
+                let name = OsStr::from_bytes(&e.name);
+                if reply.add(e.ino, e.cookie as i64, kind_of(e.kind), name) {
+                    return reply.ok();
+                }
+                cookie = e.cookie;
+            }
+            if eof || entries.is_empty() {
+                return reply.ok();
+            }
+        }
+    }
+
+    fn statfs(&mut self, _req: &fuser::Request<'_>, _ino: u64, reply: ReplyStatfs) {
+        const BSIZE: u64 = 4096;
+        match self.client.statfs() {
+            Ok(s) => reply.statfs(
+                s.bytes_total / BSIZE,
+                s.bytes_free / BSIZE,
+                s.bytes_free / BSIZE,
+                s.files_total,
+                s.files_free,
+                BSIZE as u32,
+                s.name_max,
+                BSIZE as u32,
+            ),
+            Err(e) => reply.error(errno(&e)),
+        }
+    }
+
+    fn getxattr(
+        &mut self,
+        req: &fuser::Request<'_>,
+        ino: u64,
+        name: &OsStr,
+        size: u32,
+        reply: ReplyXattr,
+    ) {
+        match xattr::get(&self.client, &creds_of(req), ino, name.as_bytes()) {
+            Ok(value) => xattr::answer(reply, size, &value),
+            Err(e) => reply.error(e),
+        }
+    }
+
+    fn setxattr(
+        &mut self,
+        req: &fuser::Request<'_>,
+        ino: u64,
+        name: &OsStr,
+        value: &[u8],
+        _flags: i32,
+        _position: u32,
+        reply: ReplyEmpty,
+    ) {
+        match xattr::set(&self.client, &creds_of(req), ino, name.as_bytes(), value) {
+            Ok(()) => reply.ok(),
+            Err(e) => reply.error(e),
+        }
+    }
+
+    fn listxattr(&mut self, _req: &fuser::Request<'_>, _ino: u64, size: u32, reply: ReplyXattr) {
+        xattr::answer(reply, size, xattr::LIST)
+    }
+
+    fn removexattr(
+        &mut self,
+        _req: &fuser::Request<'_>,
+        _ino: u64,
+        name: &OsStr,
+        reply: ReplyEmpty,
+    ) {
+        reply.error(match name.as_bytes() == xattr::LAYOUT {
+            true => libc::EPERM,
+            false => libc::ENODATA,
+        })
+    }
+}
+
+/// How a mount is set up.
+#[derive(Debug, Clone)]
+pub struct MountConfig {
+    /// The file system's name in /proc/mounts (`nacre:<fsname>`).
+    pub fsname: String,
+    /// Extra `-o` options, passed to FUSE as they are.
+    pub options: Vec<String>,
+}
+
+/// The FUSE options of a nacre mount.
+pub fn mount_options(cfg: &MountConfig) -> Vec<MountOption> {
+    let mut o = vec![
+        MountOption::FSName(cfg.fsname.clone()),
+        MountOption::Subtype("nacre".into()),
+        MountOption::DefaultPermissions,
+        MountOption::AllowOther,
+        MountOption::RW,
+    ];
+    o.extend(cfg.options.iter().map(|s| MountOption::CUSTOM(s.clone())));
+    o
+}
+
+/// Mounts `client`'s file system at `mountpoint` until the returned session drops.
+pub fn mount(
+    client: Client,
+    mountpoint: &Path,
+    cfg: &MountConfig,
+) -> io::Result<fuser::BackgroundSession> {
+    fuser::spawn_mount2(NacreFs::new(client), mountpoint, &mount_options(cfg))
+}
+
+/// Waits on `stop` (set by a signal) while the session runs; unmounts on return.
+pub fn serve_until(session: fuser::BackgroundSession, stop: &std::sync::atomic::AtomicBool) {
+    while !stop.load(std::sync::atomic::Ordering::Relaxed) && !session.guard.is_finished() {
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    drop(session);
+}

@@ -1,0 +1,120 @@
+//! The layout as an extended attribute, as Lustre shows `lustre.lov`:
+//! `getfattr -n nacre.layout FILE` prints a file's striping and OSTs, and
+//! `setfattr -n nacre.layout -v "stripe_count=4 stripe_size=1048576" DIR` sets a
+//! directory's default striping (or a file's, before its first write).
+
+use fuser::ReplyXattr;
+use nacre_client::{errno, Client};
+use nacre_proto::layout::{FirstOst, StripeCount, StripeSpec};
+use nacre_proto::meta::{Creds, Reply, Request};
+
+pub const LAYOUT: &[u8] = b"nacre.layout";
+/// What listxattr shows: NUL-terminated names.
+pub const LIST: &[u8] = b"nacre.layout\0";
+
+/// `stripe_count=N stripe_size=S stripe_offset=I`, and for a file ` osts=a,b,c`.
+pub fn get(client: &Client, creds: &Creds, ino: u64, name: &[u8]) -> Result<Vec<u8>, i32> {
+    if name != LAYOUT {
+        return Err(libc::ENODATA);
+    }
+    let text = match client.request_as(creds, &Request::GetLayout { ino }) {
+        Ok(Reply::Layout(l)) => {
+            let osts: Vec<String> = l.objects.iter().map(|o| o.ost.to_string()).collect();
+            format!(
+                "stripe_count={} stripe_size={} stripe_offset={} osts={}",
+                l.objects.len(),
+                l.stripe_size,
+                l.objects.first().map_or(0, |o| o.ost),
+                osts.join(",")
+            )
+        }
+        Ok(Reply::DefaultLayout(s)) => spec_text(&s),
+        Ok(_) => return Err(libc::EIO),
+        Err(e) => return Err(errno(&e)),
+    };
+    Ok(text.into_bytes())
+}
+
+fn spec_text(s: &StripeSpec) -> String {
+    let count = match s.count {
+        StripeCount::All => -1,
+        StripeCount::Count(c) => c as i64,
+    };
+    let first = match s.first {
+        FirstOst::Any => -1,
+        FirstOst::Index(i) => i as i64,
+    };
+    format!(
+        "stripe_count={count} stripe_size={} stripe_offset={first}",
+        s.stripe_size
+    )
+}
+
+/// Parses `stripe_count=N stripe_size=S [stripe_offset=I]` (-1: all OSTs / any).
+pub fn parse(value: &[u8]) -> Result<StripeSpec, i32> {
+    let text = std::str::from_utf8(value).map_err(|_| libc::EINVAL)?;
+    let mut spec = StripeSpec::default();
+    for field in text.trim_end_matches('\0').split_whitespace() {
+        let (k, v) = field.split_once('=').ok_or(libc::EINVAL)?;
+        let v: i64 = v.parse().map_err(|_| libc::EINVAL)?;
+        match (k, v) {
+            ("stripe_count", -1) => spec.count = StripeCount::All,
+            ("stripe_count", c) if c >= 1 => spec.count = StripeCount::Count(c as u32),
+            ("stripe_size", s) if s > 0 => {
+                spec.stripe_size = u32::try_from(s).map_err(|_| libc::EINVAL)?
+            }
+            ("stripe_offset", -1) => spec.first = FirstOst::Any,
+            ("stripe_offset", i) if i >= 0 => spec.first = FirstOst::Index(i as u32),
+            _ => return Err(libc::EINVAL),
+        }
+    }
+    spec.validate().map_err(|_| libc::EINVAL)?;
+    Ok(spec)
+}
+
+pub fn set(client: &Client, creds: &Creds, ino: u64, name: &[u8], value: &[u8]) -> Result<(), i32> {
+    if name != LAYOUT {
+        // No other attributes are stored.
+        return Err(libc::ENOTSUP);
+    }
+    let spec = parse(value)?;
+    client
+        .request_as(creds, &Request::SetLayout { ino, spec })
+        .map(|_| ())
+        .map_err(|e| errno(&e))
+}
+
+/// Answers a get or list with `value`: its size when asked for 0 bytes, ERANGE when
+/// the caller's buffer is too small.
+pub fn answer(reply: ReplyXattr, size: u32, value: &[u8]) {
+    match size {
+        0 => reply.size(value.len() as u32),
+        n if (n as usize) < value.len() => reply.error(libc::ERANGE),
+        _ => reply.data(value),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn layout_text_parses_and_refuses_nonsense() {
+        let s = parse(b"stripe_count=4 stripe_size=1048576").unwrap();
+        assert_eq!(s.count, StripeCount::Count(4));
+        assert_eq!(s.stripe_size, 1 << 20);
+        assert_eq!(s.first, FirstOst::Any);
+        let s = parse(b"stripe_count=-1 stripe_size=65536 stripe_offset=2\0").unwrap();
+        assert_eq!((s.count, s.first), (StripeCount::All, FirstOst::Index(2)));
+        assert_eq!(parse(&spec_text(&s).into_bytes()).unwrap(), s);
+        for bad in [
+            &b"stripe_count=0"[..],
+            b"stripe_size=1000",
+            b"colour=blue",
+            b"x",
+            b"\xff",
+        ] {
+            assert_eq!(parse(bad), Err(libc::EINVAL), "{bad:?}");
+        }
+    }
+}
