@@ -1,0 +1,284 @@
+//! `nacre mount` end to end, through the ordinary system calls and tools: a file
+//! system from `nacre up` (real processes), mounted twice through FUSE, used with sh,
+//! cp, cat, dd, cmp, mv, rm, getfattr/setfattr and fio; errors as a shell user sees
+//! them, another uid refused, a killed mount cleared by `nacre umount`.
+
+mod common;
+
+use std::path::{Path, PathBuf};
+use std::process::Command;
+
+use common::{nacre_bin, tmp, Up};
+use nacre_fabric::testing::skip;
+
+/// A mount made by `nacre mount` (the daemon), unmounted on drop.
+struct Mount {
+    dir: PathBuf,
+    pid: u32,
+}
+
+impl Mount {
+    fn new(up: &Up, dir: PathBuf) -> Mount {
+        std::fs::create_dir_all(&dir).unwrap();
+        let out = up.ok(&["mount", dir.to_str().unwrap()]);
+        let pid = out
+            .split("daemon pid ")
+            .nth(1)
+            .and_then(|s| s.split(',').next())
+            .and_then(|p| p.parse().ok())
+            .unwrap_or_else(|| panic!("no daemon pid in {out:?}"));
+        Mount { dir, pid }
+    }
+
+    fn path(&self, rel: &str) -> String {
+        self.dir.join(rel).display().to_string()
+    }
+}
+
+impl Drop for Mount {
+    fn drop(&mut self) {
+        let _ = Command::new(nacre_bin())
+            .arg("umount")
+            .arg(&self.dir)
+            .output();
+    }
+}
+
+/// `sh -c SCRIPT` (as `user`, a uid, when given): (success, stdout, stderr).
+fn sh_as(user: Option<u32>, script: &str) -> (bool, String, String) {
+    let mut cmd = match user {
+        None => Command::new("sh"),
+        Some(uid) => {
+            let mut c = Command::new("setpriv");
+            c.args([
+                &format!("--reuid={uid}"),
+                &format!("--regid={uid}"),
+                "--clear-groups",
+                "sh",
+            ]);
+            c
+        }
+    };
+    let out = cmd.args(["-c", script]).output().expect("sh");
+    (
+        out.status.success(),
+        String::from_utf8_lossy(&out.stdout).to_string(),
+        String::from_utf8_lossy(&out.stderr).to_string(),
+    )
+}
+
+fn sh(script: &str) -> String {
+    let (ok, out, err) = sh_as(None, script);
+    assert!(ok, "sh -c {script:?} failed: {err}");
+    out
+}
+
+/// Fails as a shell user sees it: exit status non-zero, `want` in stderr.
+fn sh_fails(script: &str, want: &str) {
+    let (ok, _, err) = sh_as(None, script);
+    assert!(
+        !ok && err.contains(want),
+        "{script:?}: wanted {want:?}, got {err:?}"
+    );
+}
+
+fn can_mount() -> bool {
+    if !Path::new("/dev/fuse").exists() {
+        skip("nacre mount: no /dev/fuse");
+        return false;
+    }
+    let has = |t: &str| sh_as(None, &format!("command -v {t}")).0;
+    for tool in ["fusermount3", "getfattr", "setpriv"] {
+        if !has(tool) {
+            skip(&format!(
+                "nacre mount: {tool} missing (scripts/deps installs it)"
+            ));
+            return false;
+        }
+    }
+    true
+}
+
+fn shell_round_trips(m: &Mount, other: &Mount, work: &Path) {
+    let p = |r: &str| m.path(r);
+    // Small files, directories, renames and removals with the usual tools.
+    sh(&format!("echo hello > {0} && cat {0}", p("a.txt")));
+    assert_eq!(sh(&format!("cat {}", other.path("a.txt"))), "hello\n");
+    sh(&format!(
+        "mkdir -p {} && mv {} {}",
+        p("d/e"),
+        p("a.txt"),
+        p("d/e/b.txt")
+    ));
+    assert_eq!(sh(&format!("ls {}", p("d/e"))), "b.txt\n");
+    sh(&format!(
+        "cp {} {} && rm {}",
+        p("d/e/b.txt"),
+        p("c.txt"),
+        p("d/e/b.txt")
+    ));
+    assert_eq!(sh(&format!("cat {}", other.path("c.txt"))), "hello\n");
+
+    // A file larger than a stripe, striped over 4 OSTs by its directory's default.
+    sh(&format!(
+        "setfattr -n nacre.layout -v 'stripe_count=4 stripe_size=65536' {}",
+        p("d")
+    ));
+    let src = work.join("src.bin");
+    sh(&format!(
+        "dd if=/dev/urandom of={} bs=1M count=3 status=none && dd if=/dev/urandom bs=1 count=777 status=none >> {0}",
+        src.display()
+    ));
+    sh(&format!(
+        "dd if={} of={} bs=256k status=none",
+        src.display(),
+        p("d/big")
+    ));
+    sh(&format!("cmp {} {}", src.display(), p("d/big")));
+    sh(&format!("cmp {} {}", src.display(), other.path("d/big")));
+    let layout = sh(&format!(
+        "getfattr --only-values -n nacre.layout {}",
+        p("d/big")
+    ));
+    assert!(
+        layout.starts_with("stripe_count=4 stripe_size=65536"),
+        "{layout}"
+    );
+    let size = sh(&format!("stat -c %s {}", other.path("d/big")));
+    assert_eq!(size.trim(), (3 * 1024 * 1024 + 777).to_string());
+
+    // Writes in one mount, read in the other at once (no page cache between).
+    sh(&format!("printf abc > {}", p("shared")));
+    sh(&format!(
+        "printf XYZ | dd of={} bs=1 seek=1 conv=notrunc status=none",
+        other.path("shared")
+    ));
+    assert_eq!(sh(&format!("cat {}", p("shared"))), "aXYZ");
+    sh(&format!("truncate -s 2 {}", other.path("shared")));
+    assert_eq!(sh(&format!("cat {}", p("shared"))), "aX");
+
+    // Symlinks, hard links, chmod, times, statfs.
+    sh(&format!(
+        "ln -s c.txt {} && ln {} {}",
+        p("sym"),
+        p("c.txt"),
+        p("hard")
+    ));
+    assert_eq!(sh(&format!("cat {}", p("sym"))), "hello\n");
+    assert_eq!(sh(&format!("stat -c %h {}", p("c.txt"))).trim(), "2");
+    sh(&format!(
+        "chmod 600 {0} && touch -d '2001-02-03 04:05:06' {0}",
+        p("c.txt")
+    ));
+    // The other mount may hold the old attributes for their time to live (1 s).
+    std::thread::sleep(nacre_mount::ATTR_TTL + std::time::Duration::from_millis(200));
+    assert_eq!(
+        sh(&format!("stat -c %a {}", other.path("c.txt"))).trim(),
+        "600"
+    );
+    assert!(sh(&format!("stat -c %y {}", p("c.txt"))).starts_with("2001-02-03 04:05:06"));
+    let df = sh(&format!("df -P {}", m.dir.display()));
+    assert!(df.contains("nacre:"), "{df}");
+
+    // Errors as a shell user sees them.
+    sh_fails(&format!("cat {}", p("nope")), "No such file or directory");
+    sh_fails(&format!("mkdir {}", p("d")), "File exists");
+    sh_fails(&format!("rmdir {}", p("d")), "Directory not empty");
+    sh_fails(
+        &format!("set -o noclobber; echo x > {}", p("c.txt")),
+        "exists",
+    );
+    // Another user: refused by the permission bits (root's 0755 directory, 0600 file).
+    let (ok, _, err) = sh_as(Some(65534), &format!("touch {}", p("d/x")));
+    assert!(!ok && err.contains("Permission denied"), "{err}");
+    let (ok, _, err) = sh_as(Some(65534), &format!("cat {}", p("c.txt")));
+    assert!(!ok && err.contains("Permission denied"), "{err}");
+    // ... and allowed where the bits allow it; the file is theirs.
+    sh(&format!("mkdir -m 1777 {}", p("tmp")));
+    let (ok, _, err) = sh_as(Some(65534), &format!("echo mine > {}", p("tmp/n")));
+    assert!(ok, "{err}");
+    assert_eq!(sh(&format!("stat -c %u {}", p("tmp/n"))).trim(), "65534");
+
+    sh(&format!(
+        "rm -r {} {} {} {} {}",
+        p("d"),
+        p("c.txt"),
+        p("sym"),
+        p("hard"),
+        p("shared")
+    ));
+    sh(&format!("rm -r {}", p("tmp")));
+    assert_eq!(sh(&format!("ls -A {}", p(""))), "");
+}
+
+fn fio_runs(m: &Mount) {
+    if !sh_as(None, "command -v fio").0 {
+        skip("fio on the mount: fio missing (scripts/deps installs it)");
+        return;
+    }
+    for (engine, depth) in [("psync", 1), ("libaio", 4)] {
+        let out = sh(&format!(
+            "fio --name=t --directory={} --ioengine={engine} --direct=1 --rw=write --bs=1m \
+             --size=16m --numjobs=2 --iodepth={depth} --verify=crc32c --do_verify=1 \
+             --group_reporting --output-format=terse",
+            m.dir.display()
+        ));
+        // Terse format v3: the fifth field is fio's error code (verify failures too).
+        let terse = out.lines().find(|l| l.starts_with("3;"));
+        let error = terse.and_then(|l| l.split(';').nth(4));
+        assert_eq!(error, Some("0"), "fio {engine}: {out}");
+        sh(&format!("rm -f {}/t.*", m.dir.display()));
+    }
+}
+
+#[test]
+fn posix_tools_on_two_mounts() {
+    if !can_mount() || !common::have("tcp;ofi_rxm", "nacre mount") {
+        return;
+    }
+    let work = tmp("mount");
+    let up = Up::start(&work.join("data"), "tcp;ofi_rxm", &[]);
+    let m1 = Mount::new(&up, work.join("m1"));
+    let m2 = Mount::new(&up, work.join("m2"));
+    shell_round_trips(&m1, &m2, &work);
+    fio_runs(&m1);
+
+    // Refused: a busy mountpoint, a non-empty one, a missing one.
+    let e = up.fails(&["mount", m1.dir.to_str().unwrap()]);
+    assert!(e.contains("already a mount point"), "{e}");
+    let full = work.join("full");
+    std::fs::create_dir_all(&full).unwrap();
+    std::fs::write(full.join("x"), b"x").unwrap();
+    assert!(up
+        .fails(&["mount", full.to_str().unwrap()])
+        .contains("not empty"));
+    let missing = work.join("missing");
+    assert!(up
+        .fails(&["mount", missing.to_str().unwrap()])
+        .contains("No such file"));
+
+    // A mount whose process died: the mountpoint answers ENOTCONN until umount.
+    let m3 = Mount::new(&up, work.join("m3"));
+    sh(&format!("kill -9 {}", m3.pid));
+    std::thread::sleep(std::time::Duration::from_millis(300));
+    sh_fails(&format!("ls {}", m3.dir.display()), "not connected");
+    up.ok(&["umount", m3.dir.to_str().unwrap()]);
+    assert_eq!(sh(&format!("ls -A {}", m3.dir.display())), "");
+    assert!(up
+        .fails(&["umount", m3.dir.to_str().unwrap()])
+        .contains("not mounted"));
+
+    // SIGTERM to a daemon unmounts cleanly.
+    sh(&format!("kill -TERM {}", m2.pid));
+    let until = std::time::Instant::now() + std::time::Duration::from_secs(10);
+    while Path::new(&format!("/proc/{}", m2.pid)).exists() && std::time::Instant::now() < until {
+        std::thread::sleep(std::time::Duration::from_millis(50));
+    }
+    let mounts = std::fs::read_to_string("/proc/self/mountinfo").unwrap();
+    assert!(
+        !mounts.contains(m2.dir.to_str().unwrap()),
+        "SIGTERM left the mount"
+    );
+    drop((m1, m2, m3));
+    up.stop();
+}
