@@ -211,6 +211,97 @@ fn shell_round_trips(m: &Mount, other: &Mount, work: &Path) {
     assert_eq!(sh(&format!("ls -A {}", p(""))), "");
 }
 
+/// Holds a write lock on bytes 0..10 of `path` (fcntl, through lockf) until its stdin
+/// closes; returns once the lock is held.
+fn hold_lock(path: &str) -> std::process::Child {
+    let script = format!(
+        "import fcntl, os, sys\n\
+         fd = os.open({path:?}, os.O_RDWR | os.O_CREAT)\n\
+         fcntl.lockf(fd, fcntl.LOCK_EX | fcntl.LOCK_NB, 10, 0)\n\
+         print('locked', flush=True)\n\
+         sys.stdin.read()\n"
+    );
+    let mut child = Command::new("python3")
+        .args(["-c", &script])
+        .stdin(std::process::Stdio::piped())
+        .stdout(std::process::Stdio::piped())
+        .spawn()
+        .expect("python3");
+    let mut line = String::new();
+    let out = child.stdout.as_mut().unwrap();
+    std::io::BufRead::read_line(&mut std::io::BufReader::new(out), &mut line).unwrap();
+    assert_eq!(line.trim(), "locked");
+    child
+}
+
+/// fcntl and flock locks taken in one mount hold against the other (the MDS holds
+/// them), F_GETLK reports the holder, F_SETLKW waits for the release.
+fn locks_across_mounts(m1: &Mount, m2: &Mount) {
+    if !sh_as(None, "command -v python3 && command -v flock").0 {
+        skip("locks across mounts: python3 or flock missing");
+        return;
+    }
+    let (f1, f2) = (m1.path("locked"), m2.path("locked"));
+    let mut holder = hold_lock(&f1);
+    let probe = format!(
+        "import fcntl, os, struct\n\
+         fd = os.open({f2:?}, os.O_RDWR)\n\
+         try:\n    fcntl.lockf(fd, fcntl.LOCK_EX | fcntl.LOCK_NB, 10, 0)\n    print('taken')\n\
+         except BlockingIOError:\n    print('busy')\n\
+         got = fcntl.fcntl(fd, fcntl.F_GETLK, struct.pack('hhqqi', fcntl.F_WRLCK, 0, 5, 1, 0))\n\
+         kind, _, start, length, pid = struct.unpack('hhqqi', got[:struct.calcsize('hhqqi')])\n\
+         print(kind == fcntl.F_WRLCK, start, length, pid)\n\
+         fcntl.lockf(fd, fcntl.LOCK_EX | fcntl.LOCK_NB, 10, 20)\n\
+         print('other range ok')\n"
+    );
+    let out = sh(&format!("python3 -c {}", shell_quote(&probe)));
+    let lines: Vec<&str> = out.lines().collect();
+    assert_eq!(lines[0], "busy", "{out}");
+    assert_eq!(lines[1], format!("True 0 10 {}", holder.id()), "{out}");
+    assert_eq!(lines[2], "other range ok", "{out}");
+
+    // F_SETLKW in the other mount waits until the holder closes its file.
+    let waiter_script = format!(
+        "import fcntl, os\n\
+         fd = os.open({f2:?}, os.O_RDWR)\n\
+         fcntl.lockf(fd, fcntl.LOCK_EX, 10, 0)\n\
+         print('got', flush=True)\n"
+    );
+    let mut waiter = Command::new("python3")
+        .args(["-c", &waiter_script])
+        .stdout(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    std::thread::sleep(std::time::Duration::from_millis(500));
+    assert!(
+        waiter.try_wait().unwrap().is_none(),
+        "F_SETLKW did not wait"
+    );
+    drop(holder.stdin.take());
+    holder.wait().unwrap();
+    let done = waiter.wait_with_output().unwrap();
+    assert_eq!(String::from_utf8_lossy(&done.stdout).trim(), "got");
+
+    // flock(1): exclusive across the two mounts, free again once the holder ends.
+    let mut flocker = Command::new("flock")
+        .args([&f1, "-c", "echo held; sleep 2"])
+        .stdout(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    let mut line = String::new();
+    let out = flocker.stdout.as_mut().unwrap();
+    std::io::BufRead::read_line(&mut std::io::BufReader::new(out), &mut line).unwrap();
+    let (ok, _, _) = sh_as(None, &format!("flock -n {f2} true"));
+    assert!(!ok, "flock -n got a lock the other mount holds");
+    flocker.wait().unwrap();
+    sh(&format!("flock -n {f2} true"));
+    sh(&format!("rm {f1}"));
+}
+
+fn shell_quote(s: &str) -> String {
+    format!("'{}'", s.replace('\'', "'\\''"))
+}
+
 fn fio_runs(m: &Mount) {
     if !sh_as(None, "command -v fio").0 {
         skip("fio on the mount: fio missing (scripts/deps installs it)");
@@ -241,6 +332,7 @@ fn posix_tools_on_two_mounts() {
     let m1 = Mount::new(&up, work.join("m1"));
     let m2 = Mount::new(&up, work.join("m2"));
     shell_round_trips(&m1, &m2, &work);
+    locks_across_mounts(&m1, &m2);
     fio_runs(&m1);
 
     // Refused: a busy mountpoint, a non-empty one, a missing one.

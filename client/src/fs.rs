@@ -25,7 +25,9 @@ use std::time::{Duration, Instant};
 use nacre_fabric::Selection;
 use nacre_proto::bootstrap::{ClusterMap, Role, RoleKind, TargetKind, TargetState};
 use nacre_proto::layout::{StripeSpec, StripedLayout};
-use nacre_proto::meta::{self, Attr, Creds, DirEntry, ReplayKey, Reply, Request, SetAttr};
+use nacre_proto::meta::{
+    self, Attr, Creds, DirEntry, LockRequest, ReplayKey, Reply, Request, SetAttr,
+};
 
 use crate::mgs::{BootConfig, MgsClient, MgsError};
 use crate::namespace::Namespace;
@@ -646,6 +648,23 @@ impl Client {
             true => self.with_conn(true, |c| c.ns.call_as(creds, req)),
             false => self.modify(|c| c.ns.call_as(creds, req)),
         }
+    }
+
+    /// This client's id at the MDS (replay keys, lock owners).
+    pub fn client_id(&self) -> u64 {
+        self.inner.replay.client
+    }
+
+    /// A POSIX advisory lock request at the MDS (a mount's fcntl and flock). Retried
+    /// like an idempotent request: setting or clearing the same lock twice leaves the
+    /// same state. The lock belongs to `l.owner` of this client, whatever `l.client`
+    /// says.
+    pub fn lock(&self, l: LockRequest) -> io::Result<Reply> {
+        let l = LockRequest {
+            client: self.client_id(),
+            ..l
+        };
+        self.meta(true, &Request::Lock(l))
     }
 
     /// Sets inode `ino`'s attributes as `creds` (a mount's caller, whom the kernel

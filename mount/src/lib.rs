@@ -25,10 +25,10 @@ use std::time::Duration;
 use crossbeam_channel::{Receiver, Sender};
 use fuser::{
     FileType, KernelConfig, MountOption, ReplyAttr, ReplyCreate, ReplyData, ReplyDirectory,
-    ReplyEmpty, ReplyEntry, ReplyOpen, ReplyStatfs, ReplyWrite, ReplyXattr, TimeOrNow,
+    ReplyEmpty, ReplyEntry, ReplyLock, ReplyOpen, ReplyStatfs, ReplyWrite, ReplyXattr, TimeOrNow,
 };
 use nacre_client::{errno, Client, File};
-use nacre_proto::meta::{self, Attr, Creds, FileKind, Reply, Request, SetAttr};
+use nacre_proto::meta::{self, Attr, Creds, FileKind, LockRequest, Reply, Request, SetAttr};
 
 pub use attrs::{fuse_attr, ATTR_TTL};
 
@@ -156,6 +156,29 @@ fn creds_of(req: &fuser::Request<'_>) -> Creds {
     }
 }
 
+fn lock_kind(typ: i32) -> Option<u32> {
+    match typ {
+        libc::F_RDLCK => Some(meta::lock::READ),
+        libc::F_WRLCK => Some(meta::lock::WRITE),
+        libc::F_UNLCK => Some(meta::lock::UNLOCK),
+        _ => None,
+    }
+}
+
+/// A lock request of the kernel's `owner` on `ino` (the client fills in its id).
+fn lock_request(ino: u64, owner: u64, start: u64, end: u64, kind: u32, pid: u32) -> LockRequest {
+    LockRequest {
+        ino,
+        client: 0,
+        owner,
+        start,
+        end,
+        kind,
+        pid,
+        test: false,
+    }
+}
+
 fn name_of(name: &OsStr) -> Vec<u8> {
     name.as_bytes().to_vec()
 }
@@ -185,6 +208,10 @@ impl fuser::Filesystem for NacreFs {
         let _ = config.set_max_readahead(MAX_IO);
         let _ = config.add_capabilities(fuser::consts::FUSE_BIG_WRITES);
         let _ = config.add_capabilities(fuser::consts::FUSE_PARALLEL_DIROPS);
+        // fcntl and flock locks come to us and go to the MDS, so they hold across
+        // mounts (the kernel would otherwise keep them per mount).
+        let _ = config.add_capabilities(fuser::consts::FUSE_POSIX_LOCKS);
+        let _ = config.add_capabilities(fuser::consts::FUSE_FLOCK_LOCKS);
         Ok(())
     }
 
@@ -490,19 +517,97 @@ impl fuser::Filesystem for NacreFs {
     fn flush(
         &mut self,
         _req: &fuser::Request<'_>,
-        _ino: u64,
+        ino: u64,
         fh: u64,
-        _lock_owner: u64,
+        lock_owner: u64,
         reply: ReplyEmpty,
     ) {
-        // close(2) of a descriptor: its size becomes visible to other clients.
+        // close(2) of a descriptor: its size becomes visible to other clients, and
+        // the closing owner's POSIX locks on the file go (POSIX: any close drops them).
         let file = match self.file(fh) {
             Ok(f) => f,
             Err(e) => return reply.error(e),
         };
-        self.offload(move || match file.report_size() {
-            Ok(()) => reply.ok(),
+        let client = self.client.clone();
+        self.offload(move || {
+            let unlock = lock_request(ino, lock_owner, 0, u64::MAX, meta::lock::UNLOCK, 0);
+            match file
+                .report_size()
+                .and_then(|_| client.lock(unlock).map(|_| ()))
+            {
+                Ok(()) => reply.ok(),
+                Err(e) => reply.error(errno(&e)),
+            }
+        });
+    }
+
+    #[allow(clippy::too_many_arguments)]
+    fn getlk(
+        &mut self,
+        _req: &fuser::Request<'_>,
+        ino: u64,
+        _fh: u64,
+        lock_owner: u64,
+        start: u64,
+        end: u64,
+        typ: i32,
+        pid: u32,
+        reply: ReplyLock,
+    ) {
+        let Some(kind) = lock_kind(typ) else {
+            return reply.error(libc::EINVAL);
+        };
+        let test = LockRequest {
+            test: true,
+            ..lock_request(ino, lock_owner, start, end, kind, pid)
+        };
+        match self.client.lock(test) {
+            Ok(Reply::Lock(d)) => reply.locked(d.start, d.end, d.kind as i32, d.pid),
+            Ok(_) => reply.error(libc::EIO),
             Err(e) => reply.error(errno(&e)),
+        }
+    }
+
+    #[allow(clippy::too_many_arguments)]
+    fn setlk(
+        &mut self,
+        _req: &fuser::Request<'_>,
+        ino: u64,
+        _fh: u64,
+        lock_owner: u64,
+        start: u64,
+        end: u64,
+        typ: i32,
+        pid: u32,
+        sleep: bool,
+        reply: ReplyEmpty,
+    ) {
+        let Some(kind) = lock_kind(typ) else {
+            return reply.error(libc::EINVAL);
+        };
+        let l = lock_request(ino, lock_owner, start, end, kind, pid);
+        if !sleep {
+            return match self.client.lock(l) {
+                Ok(_) => reply.ok(),
+                Err(e) => reply.error(errno(&e)),
+            };
+        }
+        // F_SETLKW: wait on a worker, asking again with a growing pause (the MDS does
+        // not call back). A waiter whose process is gone gets the lock and loses it
+        // again when the kernel closes the process's files.
+        let client = self.client.clone();
+        self.offload(move || {
+            let mut pause = Duration::from_millis(1);
+            loop {
+                match client.lock(l) {
+                    Ok(_) => return reply.ok(),
+                    Err(e) if errno(&e) == libc::EAGAIN => {
+                        std::thread::sleep(pause);
+                        pause = (pause * 2).min(Duration::from_millis(50));
+                    }
+                    Err(e) => return reply.error(errno(&e)),
+                }
+            }
         });
     }
 
@@ -527,21 +632,31 @@ impl fuser::Filesystem for NacreFs {
     fn release(
         &mut self,
         _req: &fuser::Request<'_>,
-        _ino: u64,
+        ino: u64,
         fh: u64,
         _flags: i32,
-        _lock_owner: Option<u64>,
+        lock_owner: Option<u64>,
         _flush: bool,
         reply: ReplyEmpty,
     ) {
         let Some(file) = self.files.remove(&fh) else {
             return reply.error(libc::EBADF);
         };
+        let client = self.client.clone();
         // The last reference closes the MDS handle (a worker may still hold one for a
-        // moment; its drop closes then).
-        self.offload(move || match Arc::into_inner(file).map(File::close) {
-            Some(Err(e)) => reply.error(errno(&e)),
-            _ => reply.ok(),
+        // moment; its drop closes then). With a lock owner, the open file's flock
+        // goes with it.
+        self.offload(move || {
+            if let Some(owner) = lock_owner {
+                let unlock = lock_request(ino, owner, 0, u64::MAX, meta::lock::UNLOCK, 0);
+                if let Err(e) = client.lock(unlock) {
+                    tracing::warn!("releasing the flock of inode {ino}: {e}");
+                }
+            }
+            match Arc::into_inner(file).map(File::close) {
+                Some(Err(e)) => reply.error(errno(&e)),
+                _ => reply.ok(),
+            }
         });
     }
 

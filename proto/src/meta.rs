@@ -32,6 +32,7 @@ pub mod errno {
     pub const ENOENT: i32 = 2;
     pub const EIO: i32 = 5;
     pub const EBADF: i32 = 9;
+    pub const EAGAIN: i32 = 11;
     pub const EACCES: i32 = 13;
     pub const EBUSY: i32 = 16;
     pub const EEXIST: i32 = 17;
@@ -306,6 +307,40 @@ pub enum Request {
         ino: u64,
         size: u64,
     },
+    /// A POSIX advisory lock (fcntl F_SETLK / F_GETLK, flock) held at the MDS, so it
+    /// holds across clients. Not stored: locks live in the MDS's memory.
+    Lock(LockRequest),
+}
+
+/// Lock kinds (as `LockRequest::kind` and `LockDesc::kind`).
+pub mod lock {
+    pub const READ: u32 = 0;
+    pub const WRITE: u32 = 1;
+    pub const UNLOCK: u32 = 2;
+}
+
+/// A byte-range lock request: `owner` of client `client` asks for `kind` on bytes
+/// `start..=end` of `ino` (`end` u64::MAX: to the end of the file, however long). With
+/// `test`, nothing changes and the reply describes a conflicting lock (F_GETLK).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct LockRequest {
+    pub ino: u64,
+    pub client: u64,
+    pub owner: u64,
+    pub start: u64,
+    pub end: u64,
+    pub kind: u32,
+    pub pid: u32,
+    pub test: bool,
+}
+
+/// A lock as F_GETLK reports it (`kind` UNLOCK: no conflict).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub struct LockDesc {
+    pub kind: u32,
+    pub start: u64,
+    pub end: u64,
+    pub pid: u32,
 }
 
 impl Request {
@@ -329,6 +364,7 @@ impl Request {
             Request::GetLayout { .. } => Opcode::MDS_GET_LAYOUT,
             Request::SetLayout { .. } => Opcode::MDS_SET_LAYOUT,
             Request::ReportSize { .. } => Opcode::MDS_REPORT_SIZE,
+            Request::Lock(_) => Opcode::MDS_LOCK,
         }
     }
 
@@ -444,6 +480,14 @@ impl Request {
             Request::ReportSize { ino, size } => {
                 put_u64(out, *ino);
                 put_u64(out, *size);
+            }
+            Request::Lock(l) => {
+                for v in [l.ino, l.client, l.owner, l.start, l.end] {
+                    put_u64(out, v);
+                }
+                put_u32(out, l.kind);
+                put_u32(out, l.pid);
+                put_u32(out, l.test as u32);
             }
         }
     }
@@ -566,6 +610,34 @@ fn read_request(op: Opcode, r: &mut BodyReader<'_>) -> Result<Request, MetaError
             ino: r.u64()?,
             size: r.u64()?,
         },
+        Opcode::MDS_LOCK => {
+            let l = LockRequest {
+                ino: r.u64()?,
+                client: r.u64()?,
+                owner: r.u64()?,
+                start: r.u64()?,
+                end: r.u64()?,
+                kind: r.u32()?,
+                pid: r.u32()?,
+                test: match r.u32()? {
+                    0 => false,
+                    1 => true,
+                    value => {
+                        return Err(MetaError::BadValue {
+                            what: "lock test flag",
+                            value,
+                        })
+                    }
+                },
+            };
+            if l.kind > lock::UNLOCK || l.start > l.end {
+                return Err(MetaError::BadValue {
+                    what: "lock kind or range",
+                    value: l.kind,
+                });
+            }
+            Request::Lock(l)
+        }
         other => return Err(MetaError::NotMeta(other.0)),
     })
 }
@@ -670,6 +742,8 @@ pub enum Reply {
     Statfs(Statfs),
     /// A file's layout.
     Layout(StripedLayout),
+    /// F_GETLK's answer: the first conflicting lock, or kind UNLOCK.
+    Lock(LockDesc),
     /// A directory's default striping.
     DefaultLayout(StripeSpec),
 }
@@ -682,6 +756,7 @@ const R_TARGET: u32 = 4;
 const R_STATFS: u32 = 5;
 const R_LAYOUT: u32 = 6;
 const R_DEFAULT_LAYOUT: u32 = 7;
+const R_LOCK: u32 = 8;
 
 impl Reply {
     pub fn encode(&self, out: &mut Vec<u8>) {
@@ -741,6 +816,13 @@ impl Reply {
                 put_u32(out, R_DEFAULT_LAYOUT);
                 s.encode(out);
             }
+            Reply::Lock(l) => {
+                put_u32(out, R_LOCK);
+                put_u32(out, l.kind);
+                put_u64(out, l.start);
+                put_u64(out, l.end);
+                put_u32(out, l.pid);
+            }
         }
     }
 
@@ -772,6 +854,12 @@ impl Reply {
             }),
             R_LAYOUT => Reply::Layout(StripedLayout::read(&mut r)?),
             R_DEFAULT_LAYOUT => Reply::DefaultLayout(StripeSpec::read(&mut r)?),
+            R_LOCK => Reply::Lock(LockDesc {
+                kind: r.u32()?,
+                start: r.u64()?,
+                end: r.u64()?,
+                pid: r.u32()?,
+            }),
             value => {
                 return Err(MetaError::BadValue {
                     what: "reply shape",

@@ -12,11 +12,13 @@
 //! - `alloc`: inode numbers and per-OST object ids from pre-allocated ranges, OST choice;
 //! - `perm`: POSIX permission rules;
 //! - `ns`: the namespace operations;
+//! - `locks`: POSIX advisory locks, in memory;
 //! - `service`: the committer thread, durability modes, submit/complete;
 //! - `engine_service`: the MDS on engine cores (an engine `Service` over a submitter).
 
 mod alloc;
 mod inode;
+mod locks;
 mod ns;
 mod perm;
 mod redo;

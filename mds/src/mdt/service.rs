@@ -10,6 +10,7 @@
 //! (survives machine loss within the interval). In sync mode the log is fdatasync'd
 //! before the replies of each batch.
 
+use super::locks::LockTable;
 use super::ns::{self, root_inode, Ctx, Fail, Namespace};
 use super::redo::{Change, OpLog, Redo};
 use super::replies::{SavedReply, SWEEP_EVERY};
@@ -20,7 +21,7 @@ use redb::{Database, Durability, ReadableDatabase, ReadableTable};
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::mpsc::{self, Receiver, RecvTimeoutError, Sender, SyncSender, TrySendError};
-use std::sync::Arc;
+use std::sync::{Arc, Mutex};
 use std::thread::JoinHandle;
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
@@ -164,6 +165,8 @@ pub struct Mdt {
     jobs: Option<SyncSender<Job>>,
     committer: Option<JoinHandle<Result<(), MdtError>>>,
     stats: Arc<Stats>,
+    /// POSIX advisory locks of every client, shared by the submitters of all cores.
+    locks: Arc<Mutex<LockTable>>,
 }
 
 impl Mdt {
@@ -214,6 +217,7 @@ impl Mdt {
             jobs: Some(tx),
             committer: Some(handle),
             stats,
+            locks: Arc::default(),
         })
     }
 
@@ -226,6 +230,7 @@ impl Mdt {
             completions,
             db: self.db.clone(),
             epoch: self.epoch,
+            locks: self.locks.clone(),
         }
     }
 
@@ -289,6 +294,7 @@ pub struct Submitter {
     completions: Receiver<Completion>,
     db: Arc<Database>,
     epoch: u64,
+    locks: Arc<Mutex<LockTable>>,
 }
 
 impl Submitter {
@@ -305,6 +311,16 @@ impl Submitter {
         }
         if head.epoch != self.epoch || req.is_read_only() {
             let result = read_now(&self.db, self.epoch, &head, &req);
+            let _ = self.done.send(Completion { tag, result });
+            return Ok(());
+        }
+        if let Request::Lock(l) = &req {
+            // Locks live in memory, never in the store: answered at once.
+            let result = self
+                .locks
+                .lock()
+                .unwrap_or_else(|p| p.into_inner())
+                .apply(l);
             let _ = self.done.send(Completion { tag, result });
             return Ok(());
         }
