@@ -88,7 +88,7 @@ fn can_mount() -> bool {
         return false;
     }
     let has = |t: &str| sh_as(None, &format!("command -v {t}")).0;
-    for tool in ["fusermount3", "getfattr", "setpriv"] {
+    for tool in ["fusermount3", "getfattr", "setpriv", "python3", "flock"] {
         if !has(tool) {
             skip(&format!(
                 "nacre mount: {tool} missing (scripts/deps installs it)"
@@ -180,6 +180,38 @@ fn shell_round_trips(m: &Mount, other: &Mount, work: &Path) {
     let df = sh(&format!("df -P {}", m.dir.display()));
     assert!(df.contains("nacre:"), "{df}");
 
+    // O_APPEND, chown, and a directory larger than one readdir batch, listed whole
+    // while half of it goes.
+    sh(&format!("echo a >> {0} && echo b >> {0}", p("log")));
+    assert_eq!(sh(&format!("cat {}", other.path("log"))), "a\nb\n");
+    sh(&format!("chown 65534:65534 {}", p("log")));
+    assert_eq!(
+        sh(&format!("stat -c %u:%g {}", p("log"))).trim(),
+        "65534:65534"
+    );
+    let many = format!(
+        "import os\n\
+         d = {dir:?}\n\
+         os.mkdir(d)\n\
+         for i in range(700):\n    os.close(os.open(os.path.join(d, 'f%d' % i), os.O_CREAT | os.O_WRONLY))\n\
+         seen = []\n\
+         for i, e in enumerate(os.scandir(d)):\n    seen.append(e.name)\n    \
+         if i == 100:\n        [os.unlink(os.path.join(d, 'f%d' % k)) for k in range(350, 700)]\n\
+         assert len(seen) == len(set(seen)), 'an entry came twice'\n\
+         assert set('f%d' % k for k in range(350)) <= set(seen), 'an entry was skipped'\n\
+         print(len(os.listdir(d)))\n",
+        dir = p("many")
+    );
+    assert_eq!(
+        sh(&format!("python3 -c {}", shell_quote(&many))).trim(),
+        "350"
+    );
+    assert_eq!(
+        sh(&format!("ls {} | wc -l", other.path("many"))).trim(),
+        "350"
+    );
+    sh(&format!("rm -r {} {}", p("many"), p("log")));
+
     // Errors as a shell user sees them.
     sh_fails(&format!("cat {}", p("nope")), "No such file or directory");
     sh_fails(&format!("mkdir {}", p("d")), "File exists");
@@ -237,10 +269,6 @@ fn hold_lock(path: &str) -> std::process::Child {
 /// fcntl and flock locks taken in one mount hold against the other (the MDS holds
 /// them), F_GETLK reports the holder, F_SETLKW waits for the release.
 fn locks_across_mounts(m1: &Mount, m2: &Mount) {
-    if !sh_as(None, "command -v python3 && command -v flock").0 {
-        skip("locks across mounts: python3 or flock missing");
-        return;
-    }
     let (f1, f2) = (m1.path("locked"), m2.path("locked"));
     let mut holder = hold_lock(&f1);
     let probe = format!(
