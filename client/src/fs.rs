@@ -253,6 +253,8 @@ pub struct File {
     handle: u64,
     layout: Option<StripedLayout>,
     flags: i32,
+    /// The attributes the MDS gave at open.
+    opened: Attr,
     /// The largest size this handle knows of (from the MDS, or its own writes).
     size: AtomicU64,
     /// The end of this handle's writes, and what of it the MDS was told.
@@ -613,7 +615,47 @@ impl Client {
             flags: mds_flags,
         };
         // Under a replay key: a retried open must not leave a second handle behind.
-        let (attr, layout, handle) = match self.modify(|c| c.ns.call(&req))? {
+        let opened = self.modify(|c| c.ns.call(&req))?;
+        self.file_from(ino, flags, opened)
+    }
+
+    /// Creates `name` in directory `parent` as `creds` and opens it with `flags` in
+    /// one MDS request (a mount's create): the creator may write a file whose new
+    /// mode denies it, as POSIX has it. O_EXCL fails on an existing name; without it
+    /// an existing file is opened (and with O_TRUNC emptied).
+    pub fn create_open(
+        &self,
+        creds: &Creds,
+        parent: u64,
+        name: &[u8],
+        mode: u32,
+        flags: i32,
+        layout: Option<StripeSpec>,
+    ) -> io::Result<File> {
+        let open_flags = (flags as u32) & (meta::O_ACCMODE | meta::O_TRUNC);
+        let mut create = meta::CREATE_OPEN | (open_flags << meta::CREATE_OPEN_SHIFT);
+        if flags & libc::O_EXCL != 0 {
+            create |= meta::CREATE_EXCL;
+        }
+        let req = Request::Create {
+            parent,
+            name: name.to_vec(),
+            mode,
+            flags: create,
+            layout,
+        };
+        let opened = self.request_as(creds, &req)?;
+        let ino = match &opened {
+            Reply::Opened { attr, .. } => attr.ino,
+            other => return Err(protocol(format!("expected an open handle, got {other:?}"))),
+        };
+        self.file_from(ino, flags, opened)
+    }
+
+    /// The `File` of an MDS open handle (`opened`, an Opened reply); O_TRUNC empties
+    /// the objects.
+    fn file_from(&self, ino: u64, flags: i32, opened: Reply) -> io::Result<File> {
+        let (attr, layout, handle) = match opened {
             Reply::Opened {
                 attr,
                 layout,
@@ -627,6 +669,7 @@ impl Client {
             handle,
             layout,
             flags,
+            opened: attr,
             size: AtomicU64::new(attr.size),
             written_end: AtomicU64::new(0),
             reported: AtomicU64::new(0),
@@ -802,6 +845,15 @@ impl File {
             buf[at + got..at + p.len as usize].fill(0);
         }
         Ok(n)
+    }
+
+    /// The attributes as of the open, with the size this handle knows now (no
+    /// request: [`File::stat`] asks the MDS).
+    pub fn attr(&self) -> Attr {
+        Attr {
+            size: self.size.load(Ordering::Acquire),
+            ..self.opened
+        }
     }
 
     /// The file's size now: the MDS's, or this handle's own writes if further.

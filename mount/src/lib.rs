@@ -14,7 +14,7 @@
 mod attrs;
 mod xattr;
 
-use std::collections::HashMap;
+use std::collections::{HashMap, HashSet};
 use std::ffi::OsStr;
 use std::io;
 use std::os::unix::ffi::OsStrExt;
@@ -49,6 +49,8 @@ pub struct NacreFs {
     client: Client,
     files: HashMap<u64, Arc<File>>,
     next_fh: u64,
+    /// Inodes this mount has taken locks on: only their closes need an unlock sent.
+    locked: HashSet<u64>,
     jobs: Sender<Job>,
     workers: Vec<std::thread::JoinHandle<()>>,
 }
@@ -61,6 +63,7 @@ impl NacreFs {
             client,
             files: HashMap::new(),
             next_fh: 1,
+            locked: HashSet::new(),
             jobs,
             workers,
         }
@@ -436,30 +439,21 @@ impl fuser::Filesystem for NacreFs {
         flags: i32,
         reply: ReplyCreate,
     ) {
-        let r = Request::Create {
+        let made = self.client.create_open(
+            &creds_of(req),
             parent,
-            name: name_of(name),
-            mode: mode & !umask & 0o7777,
-            flags: match flags & libc::O_EXCL {
-                0 => 0,
-                _ => meta::CREATE_EXCL,
-            },
-            layout: None,
-        };
-        let created = self.client.request_as(&creds_of(req), &r).and_then(attr_of);
-        let opened = created.and_then(|a| self.client.open_ino(a.ino, flags));
-        match opened.and_then(|f| f.stat().map(|a| (f, a))) {
-            Ok((f, a)) => {
+            name.as_bytes(),
+            mode & !umask & 0o7777,
+            flags,
+            None,
+        );
+        match made {
+            Ok(f) => {
+                let attr = fuse_attr(&f.attr());
                 let fh = self.next_fh;
                 self.next_fh += 1;
                 self.files.insert(fh, Arc::new(f));
-                reply.created(
-                    &ATTR_TTL,
-                    &fuse_attr(&a),
-                    0,
-                    fh,
-                    fuser::consts::FOPEN_DIRECT_IO,
-                )
+                reply.created(&ATTR_TTL, &attr, 0, fh, fuser::consts::FOPEN_DIRECT_IO)
             }
             Err(e) => reply.error(errno(&e)),
         }
@@ -528,13 +522,14 @@ impl fuser::Filesystem for NacreFs {
             Ok(f) => f,
             Err(e) => return reply.error(e),
         };
-        let client = self.client.clone();
+        let client = self.locked.contains(&ino).then(|| self.client.clone());
         self.offload(move || {
             let unlock = lock_request(ino, lock_owner, 0, u64::MAX, meta::lock::UNLOCK, 0);
-            match file
-                .report_size()
-                .and_then(|_| client.lock(unlock).map(|_| ()))
-            {
+            let unlocked = || match &client {
+                Some(c) => c.lock(unlock).map(|_| ()),
+                None => Ok(()),
+            };
+            match file.report_size().and_then(|_| unlocked()) {
                 Ok(()) => reply.ok(),
                 Err(e) => reply.error(errno(&e)),
             }
@@ -586,6 +581,7 @@ impl fuser::Filesystem for NacreFs {
             return reply.error(libc::EINVAL);
         };
         let l = lock_request(ino, lock_owner, start, end, kind, pid);
+        self.locked.insert(ino);
         if !sleep {
             return match self.client.lock(l) {
                 Ok(_) => reply.ok(),
@@ -643,6 +639,7 @@ impl fuser::Filesystem for NacreFs {
             return reply.error(libc::EBADF);
         };
         let client = self.client.clone();
+        let lock_owner = lock_owner.filter(|_| self.locked.contains(&ino));
         // The last reference closes the MDS handle (a worker may still hold one for a
         // moment; its drop closes then). With a lock owner, the open file's flock
         // goes with it.

@@ -53,6 +53,12 @@ pub mod errno {
 
 /// Create fails if the name exists (O_EXCL).
 pub const CREATE_EXCL: u32 = 1;
+/// Create also opens, with the open flags (O_ACCMODE | O_TRUNC) in the bits from
+/// [`CREATE_OPEN_SHIFT`] up, and answers with a handle: one round trip for
+/// open(O_CREAT), and the creator may open for writing a file whose new mode denies
+/// it (POSIX).
+pub const CREATE_OPEN: u32 = 2;
+pub const CREATE_OPEN_SHIFT: u32 = 16;
 /// Rename fails if the target exists (RENAME_NOREPLACE).
 pub const RENAME_NOREPLACE: u32 = 1;
 /// Open access modes and flags (Linux values).

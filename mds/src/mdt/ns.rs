@@ -12,8 +12,9 @@ use super::store::{StoreError, View, WriteTables};
 use nacre_proto::layout::StripeSpec;
 use nacre_proto::meta::{
     dir_entry_wire_len, errno::*, set, validate_name, validate_target, Creds, DirEntry, FileKind,
-    Reply, Request, SetAttr, Statfs, CREATE_EXCL, NAME_MAX, O_ACCMODE, O_RDONLY, O_RDWR, O_TRUNC,
-    O_WRONLY, READDIR_MAX_BYTES, READDIR_MAX_ENTRIES, RENAME_NOREPLACE,
+    Reply, Request, SetAttr, Statfs, CREATE_EXCL, CREATE_OPEN, CREATE_OPEN_SHIFT, NAME_MAX,
+    O_ACCMODE, O_RDONLY, O_RDWR, O_TRUNC, O_WRONLY, READDIR_MAX_BYTES, READDIR_MAX_ENTRIES,
+    RENAME_NOREPLACE,
 };
 use std::collections::HashMap;
 
@@ -336,6 +337,10 @@ impl Namespace {
             let i = get(&w.view, d.ino)?;
             need(!i.is_dir(), EISDIR)?;
             need(i.kind == FileKind::File, EEXIST)?;
+            if flags & CREATE_OPEN != 0 {
+                // An existing file is opened as any open would: permissions apply.
+                return self.open(w, c, d.ino, flags >> CREATE_OPEN_SHIFT);
+            }
             return Ok(Reply::Opened {
                 attr: i.attr(),
                 layout: i.striped(),
@@ -350,12 +355,22 @@ impl Namespace {
         let layout = resolve(w, &mut self.ids, &mut self.osts, &spec)?.map_err(Fail::Errno)?;
         let mut i = self.new_inode(w, c, FileKind::File, mode, &p)?;
         i.layout = layout.to_bytes();
+        let open = flags & CREATE_OPEN != 0;
+        let open_flags = flags >> CREATE_OPEN_SHIFT;
+        if open && (open_flags & O_ACCMODE != O_RDONLY || open_flags & O_TRUNC != 0) {
+            i.flags |= WRITTEN; // as open marks a file opened for writing
+        }
         w.put_inode(&i)?;
         add_to_dir(w, c, parent, name, &i)?;
+        // The new file's creator opens it whatever its mode says (POSIX).
+        let handle = match open {
+            true => self.opens.open(i.ino),
+            false => 0,
+        };
         Ok(Reply::Opened {
             attr: i.attr(),
             layout: Some(layout),
-            handle: 0,
+            handle,
         })
     }
 
