@@ -79,7 +79,8 @@ int nacre_open(nacre_fs *fs, const char *path, int flags, mode_t mode,
                const nacre_layout_t *layout, nacre_file **file);
 /* Reports the size, closes and frees the handle. */
 int nacre_close(nacre_file *file);
-/* Reads up to `count` bytes at `offset`: the number read, 0 at end of file. */
+/* Reads up to `count` bytes at `offset`: the number read, 0 at end of file. As with
+ * read(2), one call moves at most 0x7ffff000 bytes. */
 ssize_t nacre_pread(nacre_file *file, void *buf, size_t count, uint64_t offset);
 /* Writes `count` bytes at `offset` (at the end with O_APPEND): the number written. */
 ssize_t nacre_pwrite(nacre_file *file, const void *buf, size_t count, uint64_t offset);
@@ -94,7 +95,8 @@ int nacre_mkdir(nacre_fs *fs, const char *path, mode_t mode);
 int nacre_rmdir(nacre_fs *fs, const char *path);
 int nacre_unlink(nacre_fs *fs, const char *path);
 int nacre_rename(nacre_fs *fs, const char *from, const char *to);
-/* Lists a directory ("." and ".." excluded): the number of entries passed to `cb`. */
+/* Lists a directory ("." and ".." excluded), passing each entry to `cb` (which may be
+ * NULL, to count): the number of entries listed, up to one that `cb` stopped at. */
 int nacre_readdir(nacre_fs *fs, const char *path, nacre_readdir_cb cb, void *arg);
 /* Sets a directory's default striping, or the striping of a file not yet written. */
 int nacre_set_layout(nacre_fs *fs, const char *path, const nacre_layout_t *layout);

@@ -38,6 +38,9 @@ pub struct NacreStat {
     pub ctime_ns: i64,
 }
 
+/// The most bytes one nacre_pread / nacre_pwrite moves (Linux's limit for read/write).
+const MAX_IO: usize = 0x7fff_f000;
+
 /// The most OSTs `nacre_layout.osts` reports.
 pub const LAYOUT_OSTS: usize = 64;
 
@@ -272,6 +275,9 @@ pub unsafe extern "C" fn nacre_pread(
         if count == 0 {
             return Ok(0);
         }
+        // As Linux's read/write: a slice may not exceed isize::MAX, and a count must
+        // come back as a non-negative ssize_t.
+        let count = count.min(MAX_IO);
         if buf.is_null() {
             return Err(io::Error::from_raw_os_error(libc::EFAULT));
         }
@@ -296,6 +302,9 @@ pub unsafe extern "C" fn nacre_pwrite(
         if count == 0 {
             return Ok(0);
         }
+        // As Linux's read/write: a slice may not exceed isize::MAX, and a count must
+        // come back as a non-negative ssize_t.
+        let count = count.min(MAX_IO);
         if buf.is_null() {
             return Err(io::Error::from_raw_os_error(libc::EFAULT));
         }

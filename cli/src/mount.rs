@@ -97,7 +97,7 @@ fn foreground(mgs: &str, a: &MountArgs) -> Result<(), CliError> {
         a.mountpoint.display(),
         std::process::id()
     );
-    nacre_mount::serve_until(session, &stop);
+    nacre_mount::serve_until(session, &stop, &a.mountpoint);
     println!("nacre mount: {} unmounted", a.mountpoint.display());
     Ok(())
 }

@@ -231,14 +231,17 @@ fn shell_round_trips(m: &Mount, other: &Mount, work: &Path) {
     assert!(ok, "{err}");
     assert_eq!(sh(&format!("stat -c %u {}", p("tmp/n"))).trim(), "65534");
     // The creator writes a file whose new mode denies writing (POSIX), once only.
+    // ... and may truncate it through that descriptor (ftruncate needs only the open).
     let ro = format!(
-        "import os\nfd = os.open({:?}, os.O_CREAT | os.O_WRONLY, 0o444)\nos.write(fd, b'x')\n",
+        "import os\nfd = os.open({:?}, os.O_CREAT | os.O_WRONLY, 0o444)\n\
+         os.write(fd, b'xyz')\nos.ftruncate(fd, 1)\n",
         p("tmp/ro")
     );
     let (ok, _, err) = sh_as(Some(65534), &format!("python3 -c {}", shell_quote(&ro)));
     assert!(ok, "{err}");
     let (ok, _, err) = sh_as(Some(65534), &format!("echo y > {}", p("tmp/ro")));
     assert!(!ok && err.contains("Permission denied"), "{err}");
+    assert_eq!(sh(&format!("cat {}", p("tmp/ro"))), "x");
 
     sh(&format!(
         "rm -r {} {} {} {} {}",

@@ -476,13 +476,23 @@ impl Client {
         self.setattr_ino(ino, attr)
     }
 
+    /// The MDS first (it checks permissions and records the size), then the objects:
+    /// a refused truncate must not have trimmed data. A crash in between leaves the
+    /// objects longer than the size, which reads never pass.
     fn setattr_ino(&self, ino: u64, attr: SetAttr) -> io::Result<Attr> {
+        let out = attr_of(self.meta(true, &Request::Setattr { ino, attr })?)?;
+        self.trim_to(ino, &attr)?;
+        Ok(out)
+    }
+
+    /// Sets the objects' lengths for a setattr that changed the size.
+    fn trim_to(&self, ino: u64, attr: &SetAttr) -> io::Result<()> {
         if attr.mask & meta::set::SIZE != 0 {
             if let Some(layout) = self.file_layout(ino)? {
                 self.truncate_objects(&layout, attr.size)?;
             }
         }
-        attr_of(self.meta(true, &Request::Setattr { ino, attr })?)
+        Ok(())
     }
 
     pub fn truncate(&self, path: &str, size: u64) -> io::Result<()> {
@@ -593,29 +603,35 @@ impl Client {
     /// Opens (and with O_CREAT creates) the file at `path`.
     pub fn open(&self, path: &str, opt: &OpenOptions) -> io::Result<File> {
         let flags = opt.flags;
-        let mut ino = None;
-        if flags & libc::O_CREAT != 0 {
-            let excl = flags & libc::O_EXCL != 0;
-            let attr = self.modify(|c| c.ns.create_with(path, opt.mode, excl, opt.layout))?;
-            ino = Some(attr.ino);
+        if flags & libc::O_CREAT == 0 {
+            let ino = self.with_conn(true, |c| c.ns.resolve(path))?;
+            return self.open_ino(ino, flags);
         }
-        let ino = match ino {
-            Some(ino) => ino,
-            None => self.with_conn(true, |c| c.ns.resolve(path))?,
+        // Created and opened in one request: the creator may write a file whose new
+        // mode denies it (POSIX), and nothing is left behind by a refused open.
+        let opened = self.modify(|c| {
+            let (parent, name) = c.ns.parent_of(path)?;
+            let req = create_open_request(parent, &name, opt.mode, flags, opt.layout);
+            c.ns.call(&req)
+        })?;
+        let ino = match &opened {
+            Reply::Opened { attr, .. } => attr.ino,
+            other => return Err(protocol(format!("expected an open handle, got {other:?}"))),
         };
-        self.open_ino(ino, flags)
+        self.file_from(ino, flags, opened)
     }
 
     /// Opens inode `ino` (found by [`Client::request_as`] lookups, as a mount does)
     /// with open `flags`; O_TRUNC empties it.
     pub fn open_ino(&self, ino: u64, flags: i32) -> io::Result<File> {
-        let mds_flags = (flags as u32) & (meta::O_ACCMODE | meta::O_TRUNC);
-        let req = Request::Open {
-            ino,
-            flags: mds_flags,
-        };
         // Under a replay key: a retried open must not leave a second handle behind.
-        let opened = self.modify(|c| c.ns.call(&req))?;
+        let opened = self.modify(|c| c.ns.call(&open_request(ino, flags)))?;
+        self.file_from(ino, flags, opened)
+    }
+
+    /// As [`Client::open_ino`], as `creds` (a mount's caller).
+    pub fn open_ino_as(&self, creds: &Creds, ino: u64, flags: i32) -> io::Result<File> {
+        let opened = self.request_as(creds, &open_request(ino, flags))?;
         self.file_from(ino, flags, opened)
     }
 
@@ -632,18 +648,7 @@ impl Client {
         flags: i32,
         layout: Option<StripeSpec>,
     ) -> io::Result<File> {
-        let open_flags = (flags as u32) & (meta::O_ACCMODE | meta::O_TRUNC);
-        let mut create = meta::CREATE_OPEN | (open_flags << meta::CREATE_OPEN_SHIFT);
-        if flags & libc::O_EXCL != 0 {
-            create |= meta::CREATE_EXCL;
-        }
-        let req = Request::Create {
-            parent,
-            name: name.to_vec(),
-            mode,
-            flags: create,
-            layout,
-        };
+        let req = create_open_request(parent, name, mode, flags, layout);
         let opened = self.request_as(creds, &req)?;
         let ino = match &opened {
             Reply::Opened { attr, .. } => attr.ino,
@@ -675,7 +680,8 @@ impl Client {
             reported: AtomicU64::new(0),
             closed: AtomicBool::new(false),
         };
-        if flags & libc::O_TRUNC != 0 && flags & libc::O_ACCMODE != libc::O_RDONLY {
+        // The MDS emptied the file for any O_TRUNC (it checked write permission).
+        if flags & libc::O_TRUNC != 0 {
             if let Some(layout) = &file.layout {
                 self.truncate_objects(layout, 0)?;
             }
@@ -710,16 +716,12 @@ impl Client {
         self.meta(true, &Request::Lock(l))
     }
 
-    /// Sets inode `ino`'s attributes as `creds` (a mount's caller, whom the kernel
-    /// has already checked); a new size trims or extends the objects first, as
-    /// [`Client::setattr`] does.
+    /// Sets inode `ino`'s attributes as `creds` (a mount's caller); a new size then
+    /// trims or extends the objects, as [`Client::setattr`] does.
     pub fn setattr_as(&self, creds: &Creds, ino: u64, attr: SetAttr) -> io::Result<Attr> {
-        if attr.mask & meta::set::SIZE != 0 {
-            if let Some(layout) = self.file_layout(ino)? {
-                self.truncate_objects(&layout, attr.size)?;
-            }
-        }
-        attr_of(self.request_as(creds, &Request::Setattr { ino, attr })?)
+        let out = attr_of(self.request_as(creds, &Request::Setattr { ino, attr })?)?;
+        self.trim_to(ino, &attr)?;
+        Ok(out)
     }
 
     /// Creates `path` exclusively and opens it for reading and writing.
@@ -963,6 +965,35 @@ impl Drop for File {
         if let Err(e) = self.close_inner() {
             tracing::warn!("closing inode {}: {e}", self.ino);
         }
+    }
+}
+
+fn open_request(ino: u64, flags: i32) -> Request {
+    Request::Open {
+        ino,
+        flags: (flags as u32) & (meta::O_ACCMODE | meta::O_TRUNC),
+    }
+}
+
+/// The create-and-open request of `name` in `parent` for open `flags`.
+fn create_open_request(
+    parent: u64,
+    name: &[u8],
+    mode: u32,
+    flags: i32,
+    layout: Option<StripeSpec>,
+) -> Request {
+    let open_flags = (flags as u32) & (meta::O_ACCMODE | meta::O_TRUNC);
+    let mut create = meta::CREATE_OPEN | (open_flags << meta::CREATE_OPEN_SHIFT);
+    if flags & libc::O_EXCL != 0 {
+        create |= meta::CREATE_EXCL;
+    }
+    Request::Create {
+        parent,
+        name: name.to_vec(),
+        mode,
+        flags: create,
+        layout,
     }
 }
 

@@ -105,6 +105,10 @@ impl Namespace {
     }
 
     /// The parent directory's inode and the last name of `path`.
+    pub fn parent_of(&mut self, path: &str) -> Result<(u64, Vec<u8>), ClientError> {
+        self.parent(path)
+    }
+
     fn parent(&mut self, path: &str) -> Result<(u64, Vec<u8>), ClientError> {
         let parts = components(path)?;
         let (last, dirs) = parts

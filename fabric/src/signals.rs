@@ -22,7 +22,8 @@ fn stop_set() -> SigSet {
     set
 }
 
-/// Blocks SIGINT and SIGTERM and returns a flag raised when either arrives.
+/// Blocks SIGINT and SIGTERM and returns a flag raised when either arrives; a second
+/// one exits the process.
 ///
 /// Call it first thing in `main`'s thread, before any other thread starts: threads
 /// inherit the mask, and a thread that does not block the signals could receive
@@ -36,10 +37,17 @@ pub fn stop_on_signals() -> io::Result<Arc<AtomicBool>> {
     std::thread::Builder::new()
         .name("stop-signals".into())
         .spawn(move || {
-            // sigwait fails only for an invalid set; the flag then stays down and
-            // the process can still be stopped with SIGKILL.
-            if set.wait().is_ok() {
+            // The first signal asks for a clean stop; a second one, while that stop
+            // hangs, ends the process at once (exit status 128 + signal, as the
+            // default action would show). sigwait fails only for an invalid set.
+            let mut stopping = false;
+            while let Ok(sig) = set.wait() {
+                if stopping {
+                    eprintln!("{sig:?} again: exiting without a clean stop");
+                    std::process::exit(128 + sig as i32);
+                }
                 flag.store(true, Ordering::Relaxed);
+                stopping = true;
             }
         })?;
     Ok(stop)

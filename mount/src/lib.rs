@@ -19,6 +19,7 @@ use std::ffi::OsStr;
 use std::io;
 use std::os::unix::ffi::OsStrExt;
 use std::path::Path;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -95,7 +96,7 @@ impl NacreFs {
         self.files
             .values()
             .filter(|f| f.ino() == ino)
-            .filter_map(|f| f.stat().ok().map(|a| a.size))
+            .map(|f| f.attr().size)
             .max()
     }
 
@@ -157,6 +158,14 @@ fn creds_of(req: &fuser::Request<'_>) -> Creds {
         gid: req.gid(),
         groups,
     }
+}
+
+/// Open flags for a handle the kernel writes through: without O_APPEND, since the
+/// kernel gives every write its offset (the end of the file for an O_APPEND
+/// descriptor, serialised under the inode's lock), which the daemon must not redo from
+/// a size that other handles may not have reported yet.
+fn kernel_offsets(flags: i32) -> i32 {
+    flags & !libc::O_APPEND
 }
 
 fn lock_kind(typ: i32) -> Option<u32> {
@@ -254,13 +263,31 @@ impl fuser::Filesystem for NacreFs {
         atime: Option<TimeOrNow>,
         mtime: Option<TimeOrNow>,
         _ctime: Option<std::time::SystemTime>,
-        _fh: Option<u64>,
+        fh: Option<u64>,
         _crtime: Option<std::time::SystemTime>,
         _chgtime: Option<std::time::SystemTime>,
         _bkuptime: Option<std::time::SystemTime>,
         _flags: Option<u32>,
         reply: ReplyAttr,
     ) {
+        // ftruncate(2) on a descriptor open for writing needs no permission beyond the
+        // open's (POSIX): through the handle, as the daemon.
+        if let (Some(z), Some(fh), None, None, None, None, None) =
+            (size, fh, mode, uid, gid, &atime, &mtime)
+        {
+            if let Ok(file) = self.file(fh) {
+                if file.set_len(z).is_ok() {
+                    self.files
+                        .values()
+                        .filter(|f| f.ino() == ino)
+                        .for_each(|f| f.resized(z));
+                    return match self.attr(&creds_of(req), ino) {
+                        Ok(a) => reply.attr(&ATTR_TTL, &fuse_attr(&a)),
+                        Err(e) => reply.error(errno(&e)),
+                    };
+                }
+            }
+        }
         let mut s = SetAttr::default();
         if let Some(m) = mode {
             s.mask |= meta::set::MODE;
@@ -417,8 +444,11 @@ impl fuser::Filesystem for NacreFs {
         self.entry(reply, out)
     }
 
-    fn open(&mut self, _req: &fuser::Request<'_>, ino: u64, flags: i32, reply: ReplyOpen) {
-        match self.client.open_ino(ino, flags) {
+    fn open(&mut self, req: &fuser::Request<'_>, ino: u64, flags: i32, reply: ReplyOpen) {
+        match self
+            .client
+            .open_ino_as(&creds_of(req), ino, kernel_offsets(flags))
+        {
             Ok(f) => {
                 let fh = self.next_fh;
                 self.next_fh += 1;
@@ -444,7 +474,7 @@ impl fuser::Filesystem for NacreFs {
             parent,
             name.as_bytes(),
             mode & !umask & 0o7777,
-            flags,
+            kernel_offsets(flags),
             None,
         );
         match made {
@@ -588,41 +618,32 @@ impl fuser::Filesystem for NacreFs {
                 Err(e) => reply.error(errno(&e)),
             };
         }
-        // F_SETLKW: wait on a worker, asking again with a growing pause (the MDS does
-        // not call back). A waiter whose process is gone gets the lock and loses it
-        // again when the kernel closes the process's files.
+        // F_SETLKW: wait on a thread of its own (never on the data workers, which the
+        // holder's close needs), asking again with a pause that grows to 50 ms (the MDS
+        // does not call back). FUSE interrupts do not reach us: a waiter whose process
+        // is gone gives up (EINTR) instead of waiting forever.
         let client = self.client.clone();
-        self.offload(move || {
-            let mut pause = Duration::from_millis(1);
-            loop {
-                match client.lock(l) {
-                    Ok(_) => return reply.ok(),
-                    Err(e) if errno(&e) == libc::EAGAIN => {
-                        std::thread::sleep(pause);
-                        pause = (pause * 2).min(Duration::from_millis(50));
+        let spawned = std::thread::Builder::new()
+            .name("nacre-fuse-lockwait".into())
+            .spawn(move || {
+                let mut pause = Duration::from_millis(1);
+                loop {
+                    match client.lock(l) {
+                        Ok(_) => return reply.ok(),
+                        Err(e) if errno(&e) == libc::EAGAIN => {
+                            if pid != 0 && !Path::new(&format!("/proc/{pid}")).exists() {
+                                return reply.error(libc::EINTR);
+                            }
+                            std::thread::sleep(pause);
+                            pause = (pause * 2).min(Duration::from_millis(50));
+                        }
+                        Err(e) => return reply.error(errno(&e)),
                     }
-                    Err(e) => return reply.error(errno(&e)),
                 }
-            }
-        });
-    }
-
-    fn fsync(
-        &mut self,
-        _req: &fuser::Request<'_>,
-        _ino: u64,
-        fh: u64,
-        _datasync: bool,
-        reply: ReplyEmpty,
-    ) {
-        let file = match self.file(fh) {
-            Ok(f) => f,
-            Err(e) => return reply.error(e),
-        };
-        self.offload(move || match file.fsync() {
-            Ok(()) => reply.ok(),
-            Err(e) => reply.error(errno(&e)),
-        });
+            });
+        if let Err(e) = spawned {
+            tracing::error!("starting a lock waiter: {e}");
+        }
     }
 
     fn release(
@@ -789,10 +810,26 @@ pub fn mount(
     fuser::spawn_mount2(NacreFs::new(client), mountpoint, &mount_options(cfg))
 }
 
-/// Waits on `stop` (set by a signal) while the session runs; unmounts on return.
-pub fn serve_until(session: fuser::BackgroundSession, stop: &std::sync::atomic::AtomicBool) {
-    while !stop.load(std::sync::atomic::Ordering::Relaxed) && !session.guard.is_finished() {
+/// Serves until `stop` (a signal) or until the mount goes away (`nacre umount`). On
+/// a stop it unmounts and waits for the session to end, which closes every open file
+/// (their sizes reach the MDS). A mount still in use refuses to go (EBUSY): it then
+/// says so and keeps serving until its files are closed and it is unmounted.
+pub fn serve_until(session: fuser::BackgroundSession, stop: &AtomicBool, mountpoint: &Path) {
+    while !stop.load(Ordering::Relaxed) && !session.guard.is_finished() {
         std::thread::sleep(Duration::from_millis(50));
     }
-    drop(session);
+    let (done, ended) = crossbeam_channel::bounded::<()>(1);
+    std::thread::spawn(move || {
+        // join() unmounts, then waits for the session thread (it panics if the session
+        // ended in an error, which was logged already).
+        let _ = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| session.join()));
+        let _ = done.send(());
+    });
+    if ended.recv_timeout(Duration::from_secs(5)).is_err() {
+        eprintln!(
+            "nacre mount: {} is busy: still serving; close its files, then nacre umount {0}",
+            mountpoint.display()
+        );
+        let _ = ended.recv();
+    }
 }
