@@ -19,8 +19,8 @@ use std::ffi::OsStr;
 use std::io;
 use std::os::unix::ffi::OsStrExt;
 use std::path::Path;
-use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use crossbeam_channel::{Receiver, Sender};
@@ -45,37 +45,38 @@ const READDIR_BATCH: u32 = 256;
 
 type Job = Box<dyn FnOnce() + Send>;
 
-/// The file system a mount serves.
+/// The file system a mount serves. FUSE calls it on one session thread; it hands
+/// every operation that goes to a server to a pool of workers, so that creates,
+/// lookups and I/O of many processes run side by side.
 pub struct NacreFs {
-    client: Client,
-    files: HashMap<u64, Arc<File>>,
-    next_fh: u64,
-    /// Inodes this mount has taken locks on: only their closes need an unlock sent.
-    locked: HashSet<u64>,
+    sh: Arc<Shared>,
     jobs: Sender<Job>,
     workers: Vec<std::thread::JoinHandle<()>>,
+}
+
+/// What the workers share.
+struct Shared {
+    client: Client,
+    files: Mutex<HashMap<u64, Arc<File>>>,
+    next_fh: AtomicU64,
+    /// Inodes this mount has taken locks on: only their closes need an unlock sent.
+    locked: Mutex<HashSet<u64>>,
 }
 
 impl NacreFs {
     pub fn new(client: Client) -> NacreFs {
         let (jobs, rx) = crossbeam_channel::unbounded::<Job>();
         let workers = (0..WORKERS).map(|i| spawn_worker(i, rx.clone())).collect();
-        NacreFs {
+        let sh = Arc::new(Shared {
             client,
-            files: HashMap::new(),
-            next_fh: 1,
-            locked: HashSet::new(),
-            jobs,
-            workers,
-        }
+            files: Mutex::new(HashMap::new()),
+            next_fh: AtomicU64::new(1),
+            locked: Mutex::new(HashSet::new()),
+        });
+        NacreFs { sh, jobs, workers }
     }
 
-    fn file(&self, fh: u64) -> Result<Arc<File>, i32> {
-        self.files.get(&fh).cloned().ok_or(libc::EBADF)
-    }
-
-    /// Runs `job` on a worker (data operations may take long; metadata does not wait
-    /// behind them).
+    /// Runs `job` on a worker.
     fn offload(&self, job: impl FnOnce() + Send + 'static) {
         if let Err(e) = self.jobs.send(Box::new(job)) {
             // Workers are gone only while the session ends: run it here.
@@ -83,9 +84,55 @@ impl NacreFs {
         }
     }
 
+    /// Runs `op` on a worker with the shared state and the caller's credentials.
+    fn run(&self, req: &fuser::Request<'_>, op: impl FnOnce(&Shared, &Creds) + Send + 'static) {
+        let (sh, creds) = (self.sh.clone(), creds_of(req));
+        self.offload(move || op(&sh, &creds));
+    }
+}
+
+fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
+    m.lock().unwrap_or_else(|p| p.into_inner())
+}
+
+impl Shared {
+    fn file(&self, fh: u64) -> Result<Arc<File>, i32> {
+        lock(&self.files).get(&fh).cloned().ok_or(libc::EBADF)
+    }
+
+    fn add_file(&self, f: File) -> u64 {
+        let fh = self.next_fh.fetch_add(1, Ordering::Relaxed);
+        lock(&self.files).insert(fh, Arc::new(f));
+        fh
+    }
+
+    fn is_locked(&self, ino: u64) -> bool {
+        lock(&self.locked).contains(&ino)
+    }
+
+    /// Every open handle of `ino` forgets sizes past `size` (a truncate).
+    fn resized(&self, ino: u64, size: u64) {
+        lock(&self.files)
+            .values()
+            .filter(|f| f.ino() == ino)
+            .for_each(|f| f.resized(size));
+    }
+
     fn entry(&self, reply: ReplyEntry, r: io::Result<Reply>) {
         match r.and_then(attr_of) {
-            Ok(a) => reply.entry(&ATTR_TTL, &fuse_attr(&a), 0),
+            Ok(mut a) => {
+                if let Some(size) = self.local_size(a.ino) {
+                    a.size = a.size.max(size);
+                }
+                reply.entry(&ATTR_TTL, &fuse_attr(&a), 0)
+            }
+            Err(e) => reply.error(errno(&e)),
+        }
+    }
+
+    fn done(&self, reply: ReplyEmpty, r: io::Result<Reply>) {
+        match r {
+            Ok(_) => reply.ok(),
             Err(e) => reply.error(errno(&e)),
         }
     }
@@ -93,7 +140,7 @@ impl NacreFs {
     /// The size this mount's open handles know for `ino` beyond the MDS's (writes
     /// not yet reported), so the kernel is never told a file shrank under its writer.
     fn local_size(&self, ino: u64) -> Option<u64> {
-        self.files
+        lock(&self.files)
             .values()
             .filter(|f| f.ino() == ino)
             .map(|f| f.attr().size)
@@ -104,6 +151,30 @@ impl NacreFs {
         let mut a = attr_of(self.client.request_as(creds, &Request::Getattr { ino })?)?;
         if let Some(size) = self.local_size(ino) {
             a.size = a.size.max(size);
+        }
+        Ok(a)
+    }
+
+    fn reply_attr(&self, reply: ReplyAttr, r: io::Result<Attr>) {
+        match r {
+            Ok(a) => reply.attr(&ATTR_TTL, &fuse_attr(&a)),
+            Err(e) => reply.error(errno(&e)),
+        }
+    }
+
+    /// setattr: through the handle for ftruncate on a descriptor open for writing
+    /// (POSIX needs no permission beyond the open's), else as the caller.
+    fn setattr(&self, creds: &Creds, ino: u64, s: SetAttr, fh: Option<u64>) -> io::Result<Attr> {
+        let size_only = s.mask == meta::set::SIZE;
+        if let (true, Some(file)) = (size_only, fh.and_then(|fh| self.file(fh).ok())) {
+            if file.set_len(s.size).is_ok() {
+                self.resized(ino, s.size);
+                return self.attr(creds, ino);
+            }
+        }
+        let a = self.client.setattr_as(creds, ino, s)?;
+        if s.mask & meta::set::SIZE != 0 {
+            self.resized(ino, s.size);
         }
         Ok(a)
     }
@@ -232,23 +303,15 @@ impl fuser::Filesystem for NacreFs {
             parent,
             name: name_of(name),
         };
-        let out = self.client.request_as(&creds_of(req), &r);
-        match out.and_then(attr_of) {
-            Ok(mut a) => {
-                if let Some(size) = self.local_size(a.ino) {
-                    a.size = a.size.max(size);
-                }
-                reply.entry(&ATTR_TTL, &fuse_attr(&a), 0)
-            }
-            Err(e) => reply.error(errno(&e)),
-        }
+        self.run(req, move |sh, creds| {
+            sh.entry(reply, sh.client.request_as(creds, &r))
+        });
     }
 
     fn getattr(&mut self, req: &fuser::Request<'_>, ino: u64, _fh: Option<u64>, reply: ReplyAttr) {
-        match self.attr(&creds_of(req), ino) {
-            Ok(a) => reply.attr(&ATTR_TTL, &fuse_attr(&a)),
-            Err(e) => reply.error(errno(&e)),
-        }
+        self.run(req, move |sh, creds| {
+            sh.reply_attr(reply, sh.attr(creds, ino))
+        });
     }
 
     #[allow(clippy::too_many_arguments)]
@@ -270,24 +333,6 @@ impl fuser::Filesystem for NacreFs {
         _flags: Option<u32>,
         reply: ReplyAttr,
     ) {
-        // ftruncate(2) on a descriptor open for writing needs no permission beyond the
-        // open's (POSIX): through the handle, as the daemon.
-        if let (Some(z), Some(fh), None, None, None, None, None) =
-            (size, fh, mode, uid, gid, &atime, &mtime)
-        {
-            if let Ok(file) = self.file(fh) {
-                if file.set_len(z).is_ok() {
-                    self.files
-                        .values()
-                        .filter(|f| f.ino() == ino)
-                        .for_each(|f| f.resized(z));
-                    return match self.attr(&creds_of(req), ino) {
-                        Ok(a) => reply.attr(&ATTR_TTL, &fuse_attr(&a)),
-                        Err(e) => reply.error(errno(&e)),
-                    };
-                }
-            }
-        }
         let mut s = SetAttr::default();
         if let Some(m) = mode {
             s.mask |= meta::set::MODE;
@@ -315,29 +360,19 @@ impl fuser::Filesystem for NacreFs {
             Some(None) => s.mask |= meta::set::MTIME_NOW,
             None => {}
         }
-        match self.client.setattr_as(&creds_of(req), ino, s) {
-            Ok(a) => {
-                if let Some(z) = size {
-                    self.files
-                        .values()
-                        .filter(|f| f.ino() == ino)
-                        .for_each(|f| f.resized(z));
-                }
-                reply.attr(&ATTR_TTL, &fuse_attr(&a))
-            }
-            Err(e) => reply.error(errno(&e)),
-        }
+        self.run(req, move |sh, creds| {
+            sh.reply_attr(reply, sh.setattr(creds, ino, s, fh))
+        });
     }
 
     fn readlink(&mut self, req: &fuser::Request<'_>, ino: u64, reply: ReplyData) {
-        match self
-            .client
-            .request_as(&creds_of(req), &Request::Readlink { ino })
-        {
-            Ok(Reply::Target(t)) => reply.data(&t),
-            Ok(_) => reply.error(libc::EIO),
-            Err(e) => reply.error(errno(&e)),
-        }
+        self.run(req, move |sh, creds| {
+            match sh.client.request_as(creds, &Request::Readlink { ino }) {
+                Ok(Reply::Target(t)) => reply.data(&t),
+                Ok(_) => reply.error(libc::EIO),
+                Err(e) => reply.error(errno(&e)),
+            }
+        });
     }
 
     fn mkdir(
@@ -354,8 +389,9 @@ impl fuser::Filesystem for NacreFs {
             name: name_of(name),
             mode: mode & !umask & 0o7777,
         };
-        let out = self.client.request_as(&creds_of(req), &r);
-        self.entry(reply, out)
+        self.run(req, move |sh, creds| {
+            sh.entry(reply, sh.client.request_as(creds, &r))
+        });
     }
 
     fn unlink(&mut self, req: &fuser::Request<'_>, parent: u64, name: &OsStr, reply: ReplyEmpty) {
@@ -363,10 +399,9 @@ impl fuser::Filesystem for NacreFs {
             parent,
             name: name_of(name),
         };
-        match self.client.request_as(&creds_of(req), &r) {
-            Ok(_) => reply.ok(),
-            Err(e) => reply.error(errno(&e)),
-        }
+        self.run(req, move |sh, creds| {
+            sh.done(reply, sh.client.request_as(creds, &r))
+        });
     }
 
     fn rmdir(&mut self, req: &fuser::Request<'_>, parent: u64, name: &OsStr, reply: ReplyEmpty) {
@@ -374,10 +409,9 @@ impl fuser::Filesystem for NacreFs {
             parent,
             name: name_of(name),
         };
-        match self.client.request_as(&creds_of(req), &r) {
-            Ok(_) => reply.ok(),
-            Err(e) => reply.error(errno(&e)),
-        }
+        self.run(req, move |sh, creds| {
+            sh.done(reply, sh.client.request_as(creds, &r))
+        });
     }
 
     fn symlink(
@@ -393,8 +427,9 @@ impl fuser::Filesystem for NacreFs {
             name: name_of(link_name),
             target: target.as_os_str().as_bytes().to_vec(),
         };
-        let out = self.client.request_as(&creds_of(req), &r);
-        self.entry(reply, out)
+        self.run(req, move |sh, creds| {
+            sh.entry(reply, sh.client.request_as(creds, &r))
+        });
     }
 
     fn rename(
@@ -421,10 +456,9 @@ impl fuser::Filesystem for NacreFs {
                 _ => meta::RENAME_NOREPLACE,
             },
         };
-        match self.client.request_as(&creds_of(req), &r) {
-            Ok(_) => reply.ok(),
-            Err(e) => reply.error(errno(&e)),
-        }
+        self.run(req, move |sh, creds| {
+            sh.done(reply, sh.client.request_as(creds, &r))
+        });
     }
 
     fn link(
@@ -440,23 +474,18 @@ impl fuser::Filesystem for NacreFs {
             new_parent: newparent,
             new_name: name_of(newname),
         };
-        let out = self.client.request_as(&creds_of(req), &r);
-        self.entry(reply, out)
+        self.run(req, move |sh, creds| {
+            sh.entry(reply, sh.client.request_as(creds, &r))
+        });
     }
 
     fn open(&mut self, req: &fuser::Request<'_>, ino: u64, flags: i32, reply: ReplyOpen) {
-        match self
-            .client
-            .open_ino_as(&creds_of(req), ino, kernel_offsets(flags))
-        {
-            Ok(f) => {
-                let fh = self.next_fh;
-                self.next_fh += 1;
-                self.files.insert(fh, Arc::new(f));
-                reply.opened(fh, fuser::consts::FOPEN_DIRECT_IO)
+        self.run(req, move |sh, creds| {
+            match sh.client.open_ino_as(creds, ino, kernel_offsets(flags)) {
+                Ok(f) => reply.opened(sh.add_file(f), fuser::consts::FOPEN_DIRECT_IO),
+                Err(e) => reply.error(errno(&e)),
             }
-            Err(e) => reply.error(errno(&e)),
-        }
+        });
     }
 
     fn create(
@@ -469,24 +498,21 @@ impl fuser::Filesystem for NacreFs {
         flags: i32,
         reply: ReplyCreate,
     ) {
-        let made = self.client.create_open(
-            &creds_of(req),
-            parent,
-            name.as_bytes(),
-            mode & !umask & 0o7777,
-            kernel_offsets(flags),
-            None,
-        );
-        match made {
-            Ok(f) => {
-                let attr = fuse_attr(&f.attr());
-                let fh = self.next_fh;
-                self.next_fh += 1;
-                self.files.insert(fh, Arc::new(f));
-                reply.created(&ATTR_TTL, &attr, 0, fh, fuser::consts::FOPEN_DIRECT_IO)
+        let name = name_of(name);
+        let (mode, flags) = (mode & !umask & 0o7777, kernel_offsets(flags));
+        self.run(req, move |sh, creds| {
+            match sh
+                .client
+                .create_open(creds, parent, &name, mode, flags, None)
+            {
+                Ok(f) => {
+                    let attr = fuse_attr(&f.attr());
+                    let fh = sh.add_file(f);
+                    reply.created(&ATTR_TTL, &attr, 0, fh, fuser::consts::FOPEN_DIRECT_IO)
+                }
+                Err(e) => reply.error(errno(&e)),
             }
-            Err(e) => reply.error(errno(&e)),
-        }
+        });
     }
 
     #[allow(clippy::too_many_arguments)]
@@ -501,7 +527,7 @@ impl fuser::Filesystem for NacreFs {
         _lock_owner: Option<u64>,
         reply: ReplyData,
     ) {
-        let file = match self.file(fh) {
+        let file = match self.sh.file(fh) {
             Ok(f) => f,
             Err(e) => return reply.error(e),
         };
@@ -527,7 +553,7 @@ impl fuser::Filesystem for NacreFs {
         _lock_owner: Option<u64>,
         reply: ReplyWrite,
     ) {
-        let file = match self.file(fh) {
+        let file = match self.sh.file(fh) {
             Ok(f) => f,
             Err(e) => return reply.error(e),
         };
@@ -548,11 +574,11 @@ impl fuser::Filesystem for NacreFs {
     ) {
         // close(2) of a descriptor: its size becomes visible to other clients, and
         // the closing owner's POSIX locks on the file go (POSIX: any close drops them).
-        let file = match self.file(fh) {
+        let file = match self.sh.file(fh) {
             Ok(f) => f,
             Err(e) => return reply.error(e),
         };
-        let client = self.locked.contains(&ino).then(|| self.client.clone());
+        let client = self.sh.is_locked(ino).then(|| self.sh.client.clone());
         self.offload(move || {
             let unlock = lock_request(ino, lock_owner, 0, u64::MAX, meta::lock::UNLOCK, 0);
             let unlocked = || match &client {
@@ -586,7 +612,7 @@ impl fuser::Filesystem for NacreFs {
             test: true,
             ..lock_request(ino, lock_owner, start, end, kind, pid)
         };
-        match self.client.lock(test) {
+        match self.sh.client.lock(test) {
             Ok(Reply::Lock(d)) => reply.locked(d.start, d.end, d.kind as i32, d.pid),
             Ok(_) => reply.error(libc::EIO),
             Err(e) => reply.error(errno(&e)),
@@ -611,9 +637,9 @@ impl fuser::Filesystem for NacreFs {
             return reply.error(libc::EINVAL);
         };
         let l = lock_request(ino, lock_owner, start, end, kind, pid);
-        self.locked.insert(ino);
+        lock(&self.sh.locked).insert(ino);
         if !sleep {
-            return match self.client.lock(l) {
+            return match self.sh.client.lock(l) {
                 Ok(_) => reply.ok(),
                 Err(e) => reply.error(errno(&e)),
             };
@@ -622,7 +648,7 @@ impl fuser::Filesystem for NacreFs {
         // holder's close needs), asking again with a pause that grows to 50 ms (the MDS
         // does not call back). FUSE interrupts do not reach us: a waiter whose process
         // is gone gives up (EINTR) instead of waiting forever.
-        let client = self.client.clone();
+        let client = self.sh.client.clone();
         let spawned = std::thread::Builder::new()
             .name("nacre-fuse-lockwait".into())
             .spawn(move || {
@@ -656,11 +682,11 @@ impl fuser::Filesystem for NacreFs {
         _flush: bool,
         reply: ReplyEmpty,
     ) {
-        let Some(file) = self.files.remove(&fh) else {
+        let Some(file) = lock(&self.sh.files).remove(&fh) else {
             return reply.error(libc::EBADF);
         };
-        let client = self.client.clone();
-        let lock_owner = lock_owner.filter(|_| self.locked.contains(&ino));
+        let client = self.sh.client.clone();
+        let lock_owner = lock_owner.filter(|_| self.sh.is_locked(ino));
         // The last reference closes the MDS handle (a worker may still hold one for a
         // moment; its drop closes then). With a lock owner, the open file's flock
         // goes with it.
@@ -696,7 +722,7 @@ impl fuser::Filesystem for NacreFs {
                 cookie,
                 max: READDIR_BATCH,
             };
-            let (entries, eof) = match self.client.request_as(&creds, &r) {
+            let (entries, eof) = match self.sh.client.request_as(&creds, &r) {
                 Ok(Reply::Dir { entries, eof, .. }) => (entries, eof),
                 Ok(_) => return reply.error(libc::EIO),
                 Err(e) => return reply.error(errno(&e)),
@@ -716,7 +742,7 @@ impl fuser::Filesystem for NacreFs {
 
     fn statfs(&mut self, _req: &fuser::Request<'_>, _ino: u64, reply: ReplyStatfs) {
         const BSIZE: u64 = 4096;
-        match self.client.statfs() {
+        match self.sh.client.statfs() {
             Ok(s) => reply.statfs(
                 s.bytes_total / BSIZE,
                 s.bytes_free / BSIZE,
@@ -739,7 +765,7 @@ impl fuser::Filesystem for NacreFs {
         size: u32,
         reply: ReplyXattr,
     ) {
-        match xattr::get(&self.client, &creds_of(req), ino, name.as_bytes()) {
+        match xattr::get(&self.sh.client, &creds_of(req), ino, name.as_bytes()) {
             Ok(value) => xattr::answer(reply, size, &value),
             Err(e) => reply.error(e),
         }
@@ -755,7 +781,7 @@ impl fuser::Filesystem for NacreFs {
         _position: u32,
         reply: ReplyEmpty,
     ) {
-        match xattr::set(&self.client, &creds_of(req), ino, name.as_bytes(), value) {
+        match xattr::set(&self.sh.client, &creds_of(req), ino, name.as_bytes(), value) {
             Ok(()) => reply.ok(),
             Err(e) => reply.error(e),
         }
