@@ -920,6 +920,11 @@ impl File {
         self.reported.store(size, Ordering::Release);
     }
 
+    /// Whether this handle wrote past the size the MDS was last told.
+    pub fn unreported(&self) -> bool {
+        self.written_end.load(Ordering::Acquire) > self.reported.load(Ordering::Acquire)
+    }
+
     /// Tells the MDS where this handle's writes end (it keeps the larger size), so
     /// that other clients see it: what close and fsync do, without the sync.
     pub fn report_size(&self) -> io::Result<()> {

@@ -171,7 +171,10 @@ where
 {
     let (tx, inbox) = crossbeam_channel::unbounded();
     let (ready_tx, ready) = bounded::<Result<Vec<u8>, String>>(1);
-    let cfg = cfg.clone();
+    let mut cfg = cfg.clone();
+    // A core that is not pinned shares its CPU with other work: it yields between
+    // empty turns instead of holding the CPU while it spins.
+    cfg.reactor.idle.yield_empty |= cfg.no_pin;
     let thread = std::thread::Builder::new()
         .name(format!("nacre-core-{index}"))
         .spawn(move || {

@@ -35,6 +35,12 @@ pub struct IdlePolicy {
     pub spins: u32,
     /// Sleep per empty turn once backing off.
     pub sleep: Duration,
+    /// Offer the CPU to other threads (sched_yield) after each empty turn while
+    /// spinning: for cores that share their CPUs with other work (not pinned, as on
+    /// one machine running servers and clients together), where a spinning core
+    /// would hold a CPU for a whole scheduler slice. Costs a system call per empty
+    /// turn when nobody else wants the CPU.
+    pub yield_empty: bool,
 }
 
 impl Default for IdlePolicy {
@@ -42,6 +48,7 @@ impl Default for IdlePolicy {
         IdlePolicy {
             spins: 20_000,
             sleep: Duration::from_micros(50),
+            yield_empty: false,
         }
     }
 }
@@ -206,6 +213,8 @@ impl<S: Service> Reactor<S> {
         if self.idle.spins > 0 && self.empty_turns >= self.idle.spins {
             self.core.metrics.backoff_sleeps += 1;
             std::thread::sleep(self.idle.sleep);
+        } else if self.idle.yield_empty {
+            std::thread::yield_now();
         }
     }
 

@@ -579,6 +579,11 @@ impl fuser::Filesystem for NacreFs {
             Err(e) => return reply.error(e),
         };
         let client = self.sh.is_locked(ino).then(|| self.sh.client.clone());
+        if client.is_none() && !file.unreported() {
+            // Nothing to tell anyone (the usual close of a file only read or created):
+            // answered here, without a trip through the workers.
+            return reply.ok();
+        }
         self.offload(move || {
             let unlock = lock_request(ino, lock_owner, 0, u64::MAX, meta::lock::UNLOCK, 0);
             let unlocked = || match &client {
