@@ -22,7 +22,7 @@ fn lib_dir() -> PathBuf {
     for lib in ["libnacre.so", "libnacre.a"] {
         assert!(
             dir.join(lib).exists(),
-            "{lib} not built in {}",
+            "{lib} not built in {}: `cargo build -p nacre-capi` first (scripts/test does)",
             dir.display()
         );
     }
