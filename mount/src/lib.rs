@@ -57,6 +57,7 @@ pub struct NacreFs {
 /// What the workers share.
 struct Shared {
     client: Client,
+    bufs: BufPool,
     files: Mutex<HashMap<u64, Arc<File>>>,
     next_fh: AtomicU64,
     /// Inodes this mount has taken locks on: only their closes need an unlock sent.
@@ -69,6 +70,7 @@ impl NacreFs {
         let workers = (0..WORKERS).map(|i| spawn_worker(i, rx.clone())).collect();
         let sh = Arc::new(Shared {
             client,
+            bufs: BufPool::default(),
             files: Mutex::new(HashMap::new()),
             next_fh: AtomicU64::new(1),
             locked: Mutex::new(HashSet::new()),
@@ -88,6 +90,30 @@ impl NacreFs {
     fn run(&self, req: &fuser::Request<'_>, op: impl FnOnce(&Shared, &Creds) + Send + 'static) {
         let (sh, creds) = (self.sh.clone(), creds_of(req));
         self.offload(move || op(&sh, &creds));
+    }
+}
+
+/// Data buffers reused from one request to the next: a buffer keeps its address, so
+/// the client's registration cache finds it registered already (a fresh allocation
+/// per request would cost a memory registration per request).
+#[derive(Default)]
+struct BufPool {
+    free: Mutex<Vec<Vec<u8>>>,
+}
+
+impl BufPool {
+    /// A buffer of `len` bytes (contents unspecified).
+    fn take(&self, len: usize) -> Vec<u8> {
+        let mut b = lock(&self.free).pop().unwrap_or_default();
+        b.resize(len, 0);
+        b
+    }
+
+    fn give(&self, b: Vec<u8>) {
+        let mut free = lock(&self.free);
+        if free.len() < WORKERS * 2 && b.capacity() <= MAX_IO as usize {
+            free.push(b);
+        }
     }
 }
 
@@ -531,12 +557,14 @@ impl fuser::Filesystem for NacreFs {
             Ok(f) => f,
             Err(e) => return reply.error(e),
         };
+        let sh = self.sh.clone();
         self.offload(move || {
-            let mut buf = vec![0u8; size as usize];
+            let mut buf = sh.bufs.take(size as usize);
             match file.read_at(&mut buf, offset.max(0) as u64) {
                 Ok(n) => reply.data(&buf[..n]),
                 Err(e) => reply.error(errno(&e)),
             }
+            sh.bufs.give(buf);
         });
     }
 
@@ -557,10 +585,16 @@ impl fuser::Filesystem for NacreFs {
             Ok(f) => f,
             Err(e) => return reply.error(e),
         };
-        let data = data.to_vec();
-        self.offload(move || match file.write_at(&data, offset.max(0) as u64) {
-            Ok(n) => reply.written(n as u32),
-            Err(e) => reply.error(errno(&e)),
+        // The kernel's buffer lives for this call only: copied into a pooled one.
+        let mut buf = self.sh.bufs.take(data.len());
+        buf.copy_from_slice(data);
+        let sh = self.sh.clone();
+        self.offload(move || {
+            match file.write_at(&buf, offset.max(0) as u64) {
+                Ok(n) => reply.written(n as u32),
+                Err(e) => reply.error(errno(&e)),
+            }
+            sh.bufs.give(buf);
         });
     }
 
