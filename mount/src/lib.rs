@@ -50,6 +50,10 @@ type Job = Box<dyn FnOnce() + Send>;
 /// lookups and I/O of many processes run side by side.
 pub struct NacreFs {
     sh: Arc<Shared>,
+    /// Supplementary groups by caller pid, read from /proc at most once per
+    /// [`ATTR_TTL`] (a read of /proc/PID/status per request costs more than the
+    /// request's own work in the daemon).
+    groups: std::cell::RefCell<HashMap<u32, (std::time::Instant, Vec<u32>)>>,
     jobs: Sender<Job>,
     workers: Vec<std::thread::JoinHandle<()>>,
 }
@@ -75,7 +79,12 @@ impl NacreFs {
             next_fh: AtomicU64::new(1),
             locked: Mutex::new(HashSet::new()),
         });
-        NacreFs { sh, jobs, workers }
+        NacreFs {
+            sh,
+            groups: Default::default(),
+            jobs,
+            workers,
+        }
     }
 
     /// Runs `job` on a worker.
@@ -86,9 +95,32 @@ impl NacreFs {
         }
     }
 
+    /// The caller's credentials: uid and gid from FUSE, supplementary groups from
+    /// /proc/PID/status (cached by pid for [`ATTR_TTL`]; none if the process is gone).
+    fn creds(&self, req: &fuser::Request<'_>) -> Creds {
+        let mut cache = self.groups.borrow_mut();
+        let fresh = |at: &std::time::Instant| at.elapsed() < ATTR_TTL;
+        let groups = match cache.get(&req.pid()) {
+            Some((at, g)) if fresh(at) => g.clone(),
+            _ => {
+                if cache.len() >= 4096 {
+                    cache.retain(|_, (at, _)| fresh(at));
+                }
+                let g = groups_of(req.pid());
+                cache.insert(req.pid(), (std::time::Instant::now(), g.clone()));
+                g
+            }
+        };
+        Creds {
+            uid: req.uid(),
+            gid: req.gid(),
+            groups,
+        }
+    }
+
     /// Runs `op` on a worker with the shared state and the caller's credentials.
     fn run(&self, req: &fuser::Request<'_>, op: impl FnOnce(&Shared, &Creds) + Send + 'static) {
-        let (sh, creds) = (self.sh.clone(), creds_of(req));
+        let (sh, creds) = (self.sh.clone(), self.creds(req));
         self.offload(move || op(&sh, &creds));
     }
 }
@@ -236,10 +268,9 @@ fn attr_of(r: Reply) -> io::Result<Attr> {
     }
 }
 
-/// The caller's credentials: uid and gid from FUSE, supplementary groups from
-/// /proc/PID/status (empty if the process is gone).
-fn creds_of(req: &fuser::Request<'_>) -> Creds {
-    let groups = std::fs::read_to_string(format!("/proc/{}/status", req.pid()))
+/// A process's supplementary groups (empty if it is gone).
+fn groups_of(pid: u32) -> Vec<u32> {
+    std::fs::read_to_string(format!("/proc/{pid}/status"))
         .ok()
         .and_then(|s| {
             s.lines().find_map(|l| l.strip_prefix("Groups:")).map(|g| {
@@ -249,12 +280,7 @@ fn creds_of(req: &fuser::Request<'_>) -> Creds {
                     .collect()
             })
         })
-        .unwrap_or_default();
-    Creds {
-        uid: req.uid(),
-        gid: req.gid(),
-        groups,
-    }
+        .unwrap_or_default()
 }
 
 /// Open flags for a handle the kernel writes through: without O_APPEND, since the
@@ -754,7 +780,7 @@ impl fuser::Filesystem for NacreFs {
         // FUSE offsets are nacre's readdir cookies: each entry carries the cookie that
         // resumes after it, stable while entries come and go.
         let mut cookie = offset as u64;
-        let creds = creds_of(req);
+        let creds = self.creds(req);
         loop {
             let r = Request::Readdir {
                 dir: ino,
@@ -804,7 +830,7 @@ impl fuser::Filesystem for NacreFs {
         size: u32,
         reply: ReplyXattr,
     ) {
-        match xattr::get(&self.sh.client, &creds_of(req), ino, name.as_bytes()) {
+        match xattr::get(&self.sh.client, &self.creds(req), ino, name.as_bytes()) {
             Ok(value) => xattr::answer(reply, size, &value),
             Err(e) => reply.error(e),
         }
@@ -820,7 +846,13 @@ impl fuser::Filesystem for NacreFs {
         _position: u32,
         reply: ReplyEmpty,
     ) {
-        match xattr::set(&self.sh.client, &creds_of(req), ino, name.as_bytes(), value) {
+        match xattr::set(
+            &self.sh.client,
+            &self.creds(req),
+            ino,
+            name.as_bytes(),
+            value,
+        ) {
             Ok(()) => reply.ok(),
             Err(e) => reply.error(e),
         }
