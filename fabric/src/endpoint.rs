@@ -244,6 +244,9 @@ impl OpSlots {
 impl Endpoint {
     /// Opens fabric, domain, CQ, AV and an enabled RDM endpoint for `info`.
     pub fn open(info: Info, cfg: &EndpointConfig) -> Result<Endpoint> {
+        if info.summary().provider == "shm" {
+            crate::shm_sweep::sweep_once();
+        }
         let domain = Domain::open(&info, cfg.force_mr_mode)?;
         let cap = |want: usize, offered: usize| if offered > 0 { want.min(offered) } else { want };
         let max_tx = cap(cfg.max_tx, info.tx_size()).max(1);

@@ -13,6 +13,7 @@ mod endpoint;
 mod error;
 mod info;
 mod memory;
+mod shm_sweep;
 pub mod signals;
 pub mod testing;
 

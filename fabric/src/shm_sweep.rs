@@ -1,0 +1,64 @@
+//! Stale shared-memory regions of libfabric's shm provider.
+//!
+//! shm names an endpoint's region `/dev/shm/<pid>:<domain>:<endpoint>` and unlinks it
+//! when the endpoint closes, or from its signal handlers. A process killed with SIGKILL
+//! leaves its regions behind: 16 MiB of tmpfs each, and a trap for the next process
+//! the kernel gives the same pid, whose fi_enable then fails with EBUSY (pids wrap at
+//! 32768 here, well within a test suite that kills servers on purpose). Before this
+//! process opens its first shm endpoint, regions named after a pid that no longer
+//! runs, or after this process's own pid (which it has not used yet), are removed.
+
+use std::path::Path;
+use std::sync::Once;
+
+const SHM_DIR: &str = "/dev/shm";
+
+/// Sweeps once per process (later calls return at once).
+pub fn sweep_once() {
+    static SWEPT: Once = Once::new();
+    SWEPT.call_once(sweep);
+}
+
+fn sweep() {
+    let Ok(dir) = std::fs::read_dir(SHM_DIR) else {
+        return;
+    };
+    let me = std::process::id();
+    for entry in dir.flatten() {
+        let name = entry.file_name();
+        let Some(pid) = region_pid(&name.to_string_lossy()) else {
+            continue;
+        };
+        let dead = !Path::new(&format!("/proc/{pid}")).exists();
+        if pid == me || dead {
+            match std::fs::remove_file(entry.path()) {
+                Ok(()) => tracing::info!("removed a stale shm region {}", entry.path().display()),
+                Err(e) => tracing::debug!("stale shm region {}: {e}", entry.path().display()),
+            }
+        }
+    }
+}
+
+/// The pid of a region named `<pid>:<domain>:<endpoint>` (all decimal), if it is one.
+fn region_pid(name: &str) -> Option<u32> {
+    let mut parts = name.split(':');
+    let pid = parts.next()?.parse().ok()?;
+    let rest: Vec<&str> = parts.collect();
+    let numeric = |s: &&str| !s.is_empty() && s.bytes().all(|b| b.is_ascii_digit());
+    (rest.len() == 2 && rest.iter().all(numeric)).then_some(pid)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn only_shm_region_names_are_taken() {
+        assert_eq!(region_pid("19983:0:1"), Some(19983));
+        assert_eq!(region_pid("19983:0"), None);
+        assert_eq!(region_pid("19983:0:1:2"), None);
+        assert_eq!(region_pid("sem.foo"), None);
+        assert_eq!(region_pid("12:a:3"), None);
+        assert_eq!(region_pid("fi_shm_ep"), None);
+    }
+}
