@@ -277,15 +277,9 @@ fn target(args: &IorArgs) -> Result<Target, BenchError> {
     let mgs = nacre_client::mgs::mgs_address(args.mgs.clone()).ok_or_else(|| {
         BenchError::msg("no MGS: give --mgs HOST:PORT, set NACRE_MGS, or run with --local")
     })?;
-    let count = match args.stripe_count {
-        -1 => StripeCount::All,
-        c if c >= 1 => StripeCount::Count(c as u32),
-        c => {
-            return Err(BenchError::msg(format!(
-                "stripe count {c}: give -1 or 1 and up"
-            )))
-        }
-    };
+    let c = args.stripe_count;
+    let count = StripeCount::from_lfs(c)
+        .ok_or_else(|| BenchError::msg(format!("stripe count {c}: give -1 or 1 and up")))?;
     let stripe_size = u32::try_from(args.stripe_size)
         .map_err(|_| BenchError::msg("the stripe size must be below 4 GiB"))?;
     Ok(Target::Nacre {

@@ -133,16 +133,8 @@ fn stat_of(a: &Attr) -> NacreStat {
 }
 
 fn spec_of(l: &NacreLayout) -> io::Result<StripeSpec> {
-    let count = match l.stripe_count {
-        -1 => StripeCount::All,
-        c if c >= 1 => StripeCount::Count(c as u32),
-        _ => return Err(io::Error::from_raw_os_error(libc::EINVAL)),
-    };
-    let first = match l.first_ost {
-        -1 => FirstOst::Any,
-        i if i >= 0 => FirstOst::Index(i as u32),
-        _ => return Err(io::Error::from_raw_os_error(libc::EINVAL)),
-    };
+    let count = StripeCount::from_lfs(l.stripe_count.into()).ok_or_else(einval)?;
+    let first = FirstOst::from_lfs(l.first_ost.into()).ok_or_else(einval)?;
     let spec = StripeSpec {
         stripe_size: l.stripe_size,
         count,
@@ -170,15 +162,9 @@ fn layout_of(l: &Layout) -> NacreLayout {
             }
         }
         Layout::Dir(s) => {
-            out.stripe_count = match s.count {
-                StripeCount::All => -1,
-                StripeCount::Count(c) => c as i32,
-            };
+            out.stripe_count = s.count.lfs() as i32;
             out.stripe_size = s.stripe_size;
-            out.first_ost = match s.first {
-                FirstOst::Any => -1,
-                FirstOst::Index(i) => i as i32,
-            };
+            out.first_ost = s.first.lfs() as i32;
         }
     }
     out
@@ -260,6 +246,27 @@ pub unsafe extern "C" fn nacre_close(file: *mut NacreFile) -> c_int {
     guard_int(move || file.0.close().map(|_| 0))
 }
 
+/// The checks pread and pwrite share: a live handle, and the byte count to move (at
+/// most [`MAX_IO`], as Linux's read and write: a slice may not exceed isize::MAX and
+/// the count must come back as a non-negative ssize_t); None for nothing to move.
+///
+/// SAFETY (callers): `file` is NULL or a live handle from nacre_open.
+unsafe fn io_args<'a>(
+    file: *const NacreFile,
+    buf_null: bool,
+    count: usize,
+) -> io::Result<Option<(&'a File, usize)>> {
+    // SAFETY: per the caller's contract.
+    let file = unsafe { file_ref(file)? };
+    if count == 0 {
+        return Ok(None);
+    }
+    if buf_null {
+        return Err(io::Error::from_raw_os_error(libc::EFAULT));
+    }
+    Ok(Some((file, count.min(MAX_IO))))
+}
+
 /// # Safety
 /// `file` is a live handle; `buf` has room for `count` bytes.
 #[no_mangle]
@@ -271,16 +278,9 @@ pub unsafe extern "C" fn nacre_pread(
 ) -> isize {
     guard(|| {
         // SAFETY: per this function's contract.
-        let file = unsafe { file_ref(file)? };
-        if count == 0 {
+        let Some((file, count)) = (unsafe { io_args(file, buf.is_null(), count)? }) else {
             return Ok(0);
-        }
-        // As Linux's read/write: a slice may not exceed isize::MAX, and a count must
-        // come back as a non-negative ssize_t.
-        let count = count.min(MAX_IO);
-        if buf.is_null() {
-            return Err(io::Error::from_raw_os_error(libc::EFAULT));
-        }
+        };
         // SAFETY: `buf` is non-NULL with room for `count` bytes, per the contract.
         let buf = unsafe { std::slice::from_raw_parts_mut(buf.cast::<u8>(), count) };
         file.read_at(buf, offset).map(|n| n as i64)
@@ -298,16 +298,9 @@ pub unsafe extern "C" fn nacre_pwrite(
 ) -> isize {
     guard(|| {
         // SAFETY: per this function's contract.
-        let file = unsafe { file_ref(file)? };
-        if count == 0 {
+        let Some((file, count)) = (unsafe { io_args(file, buf.is_null(), count)? }) else {
             return Ok(0);
-        }
-        // As Linux's read/write: a slice may not exceed isize::MAX, and a count must
-        // come back as a non-negative ssize_t.
-        let count = count.min(MAX_IO);
-        if buf.is_null() {
-            return Err(io::Error::from_raw_os_error(libc::EFAULT));
-        }
+        };
         // SAFETY: `buf` is non-NULL with `count` readable bytes, per the contract.
         let data = unsafe { std::slice::from_raw_parts(buf.cast::<u8>(), count) };
         file.write_at(data, offset).map(|n| n as i64)

@@ -214,8 +214,9 @@ pub fn mv(c: &Client, from: &str, to: &str) -> Result<(), CliError> {
         .map_err(|e| CliError::io(&format!("{from} -> {to}"), e))
 }
 
+/// `-c`, `-S`, `-i` as `lfs setstripe` takes them (for `setstripe` and `cp`).
 #[derive(Debug, clap::Args)]
-pub struct SetstripeArgs {
+pub struct StripeArgs {
     /// Stripe count (-1: every OST).
     #[arg(short = 'c', long = "stripe-count", allow_hyphen_values = true)]
     count: Option<i64>,
@@ -225,12 +226,45 @@ pub struct SetstripeArgs {
     /// The OST of the first stripe (-1: the MDS chooses).
     #[arg(short = 'i', long = "stripe-index", allow_hyphen_values = true)]
     index: Option<i64>,
+}
+
+impl StripeArgs {
+    pub fn given(&self) -> bool {
+        self.count.is_some() || self.size.is_some() || self.index.is_some()
+    }
+
+    /// A stripe template from the flags (what is not given keeps the default).
+    pub fn spec(&self) -> Result<StripeSpec, CliError> {
+        let mut spec = StripeSpec::default();
+        if let Some(c) = self.count {
+            spec.count = StripeCount::from_lfs(c)
+                .ok_or_else(|| CliError::msg(format!("stripe count {c}: give -1 or 1 and up")))?;
+        }
+        if let Some(s) = &self.size {
+            let bytes = parse_size(s)?;
+            spec.stripe_size = u32::try_from(bytes)
+                .map_err(|_| CliError::msg(format!("stripe size {s} is too large")))?;
+        }
+        if let Some(i) = self.index {
+            spec.first = FirstOst::from_lfs(i)
+                .ok_or_else(|| CliError::msg(format!("stripe index {i}: give -1 or 0 and up")))?;
+        }
+        spec.validate()
+            .map_err(|e| CliError::msg(format!("bad striping: {e}")))?;
+        Ok(spec)
+    }
+}
+
+#[derive(Debug, clap::Args)]
+pub struct SetstripeArgs {
+    #[command(flatten)]
+    stripe: StripeArgs,
     path: String,
 }
 
 pub fn setstripe(c: &Client, a: &SetstripeArgs) -> Result<(), CliError> {
     let path = fs_path(&a.path)?;
-    let spec = stripe_spec(a.count, a.size.as_deref(), a.index)?;
+    let spec = a.stripe.spec()?;
     match c.stat(path) {
         Ok(_) => c.set_layout(path, spec).map_err(|e| CliError::io(path, e)),
         // A new path becomes an empty file with that layout, as `lfs setstripe` does.
@@ -243,45 +277,6 @@ pub fn setstripe(c: &Client, a: &SetstripeArgs) -> Result<(), CliError> {
         }
         Err(e) => Err(CliError::io(path, e)),
     }
-}
-
-/// A stripe template from `-c`, `-S`, `-i` (what is not given keeps the default).
-pub fn stripe_spec(
-    count: Option<i64>,
-    size: Option<&str>,
-    index: Option<i64>,
-) -> Result<StripeSpec, CliError> {
-    let mut spec = StripeSpec::default();
-    if let Some(c) = count {
-        spec.count = match c {
-            -1 => StripeCount::All,
-            c if c > 0 && c <= u32::MAX as i64 => StripeCount::Count(c as u32),
-            _ => {
-                return Err(CliError::msg(format!(
-                    "stripe count {c}: give -1 or 1 and up"
-                )))
-            }
-        };
-    }
-    if let Some(s) = size {
-        let bytes = parse_size(s)?;
-        spec.stripe_size = u32::try_from(bytes)
-            .map_err(|_| CliError::msg(format!("stripe size {s} is too large")))?;
-    }
-    if let Some(i) = index {
-        spec.first = match i {
-            -1 => FirstOst::Any,
-            i if i >= 0 && i <= u32::MAX as i64 => FirstOst::Index(i as u32),
-            _ => {
-                return Err(CliError::msg(format!(
-                    "stripe index {i}: give -1 or 0 and up"
-                )))
-            }
-        };
-    }
-    spec.validate()
-        .map_err(|e| CliError::msg(format!("bad striping: {e}")))?;
-    Ok(spec)
 }
 
 /// Bytes from `123`, `64k`, `1m`, `2g` (powers of 1024).
@@ -305,15 +300,12 @@ pub fn getstripe(c: &Client, paths: &[String]) -> Result<(), CliError> {
         println!("{path}");
         match c.get_layout(path).map_err(|e| CliError::io(path, e))? {
             Layout::Dir(spec) => {
-                let count = match spec.count {
-                    StripeCount::All => -1,
-                    StripeCount::Count(n) => n as i64,
-                };
-                let first = match spec.first {
-                    FirstOst::Any => -1,
-                    FirstOst::Index(i) => i as i64,
-                };
-                println!("stripe_count:  {count} stripe_size:   {} pattern:       raid0 stripe_offset: {first}", spec.stripe_size);
+                println!(
+                    "stripe_count:  {} stripe_size:   {} pattern:       raid0 stripe_offset: {}",
+                    spec.count.lfs(),
+                    spec.stripe_size,
+                    spec.first.lfs()
+                );
             }
             Layout::File(l) => {
                 println!("lmm_stripe_count:  {}", l.objects.len());

@@ -12,7 +12,7 @@ use indicatif::{ProgressBar, ProgressStyle};
 use nacre_client::{Client, File, OpenOptions};
 use nacre_proto::meta::FileKind;
 
-use crate::commands::{fs_path, stripe_spec};
+use crate::commands::{fs_path, StripeArgs};
 use crate::CliError;
 
 /// Bytes each thread moves at a time.
@@ -24,15 +24,9 @@ const PROGRESS_MIN: u64 = 64 << 20;
 
 #[derive(Debug, clap::Args)]
 pub struct CpArgs {
-    /// Stripe count of the new file (-1: every OST) [default: the directory's].
-    #[arg(short = 'c', long = "stripe-count", allow_hyphen_values = true)]
-    count: Option<i64>,
-    /// Stripe size of the new file (bytes, or with k/m/g).
-    #[arg(short = 'S', long = "stripe-size")]
-    size: Option<String>,
-    /// The OST of the new file's first stripe.
-    #[arg(short = 'i', long = "stripe-index", allow_hyphen_values = true)]
-    index: Option<i64>,
+    /// Striping of the new file [default: the directory's].
+    #[command(flatten)]
+    stripe: StripeArgs,
     /// Source: a local path, or nacre:/path.
     src: String,
     /// Destination: a local path, or nacre:/path (an existing directory gets the
@@ -63,9 +57,9 @@ impl End {
 }
 
 pub fn cp(c: &Client, a: &CpArgs) -> Result<(), CliError> {
-    let striping = a.count.is_some() || a.size.is_some() || a.index.is_some();
+    let striping = a.stripe.given();
     let spec = match striping {
-        true => Some(stripe_spec(a.count, a.size.as_deref(), a.index)?),
+        true => Some(a.stripe.spec()?),
         false => None,
     };
     let src_name = a

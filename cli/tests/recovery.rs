@@ -41,6 +41,24 @@ fn host_b(dir: &Path, mgs: &str) -> String {
     write_config(&dir.join("b.toml"), &text)
 }
 
+/// Once the stream has done `after` steps, kills `server` of `up` with SIGKILL and
+/// waits for that `nacre up` to end with an error; returns the steps done at the kill.
+fn kill_mid_stream(up: &mut Up, server: &str, done: &AtomicUsize, after: usize) -> usize {
+    let until = Instant::now() + Duration::from_secs(60);
+    while done.load(Ordering::Relaxed) < after && Instant::now() < until {
+        std::thread::sleep(Duration::from_millis(2));
+    }
+    let victim = up.pid_of(server).to_string();
+    assert!(std::process::Command::new("kill")
+        .args(["-9", &victim])
+        .status()
+        .unwrap()
+        .success());
+    let at_kill = done.load(Ordering::Relaxed);
+    assert_ne!(up.proc.wait_exit(Duration::from_secs(30)), Some(0));
+    at_kill
+}
+
 fn oss_killed_mid_stream(provider: &str) {
     if !common::have(provider, "OSS killed mid-stream") {
         return;
@@ -76,19 +94,8 @@ fn oss_killed_mid_stream(provider: &str) {
             }
         })
     };
-    let until = Instant::now() + Duration::from_secs(60);
-    while done.load(Ordering::Relaxed) < CHUNKS / 4 && Instant::now() < until {
-        std::thread::sleep(Duration::from_millis(5));
-    }
     // B's OSS dies without a word; B's `nacre up` sees it go and ends with an error.
-    let victim = b.pid_of("oss0").to_string();
-    assert!(std::process::Command::new("kill")
-        .args(["-9", &victim])
-        .status()
-        .unwrap()
-        .success());
-    let at_kill = done.load(Ordering::Relaxed);
-    assert_ne!(b.proc.wait_exit(Duration::from_secs(30)), Some(0));
+    let at_kill = kill_mid_stream(&mut b, "oss0", &done, CHUNKS / 4);
     assert!(
         at_kill < CHUNKS,
         "the stream was still going when the OSS died"
@@ -165,18 +172,7 @@ fn mds_killed_mid_stream(provider: &str) {
             }
         })
     };
-    let until = Instant::now() + Duration::from_secs(60);
-    while done.load(Ordering::Relaxed) < DIRS / 4 && Instant::now() < until {
-        std::thread::sleep(Duration::from_millis(2));
-    }
-    let victim = m.pid_of("mds").to_string();
-    assert!(std::process::Command::new("kill")
-        .args(["-9", &victim])
-        .status()
-        .unwrap()
-        .success());
-    let at_kill = done.load(Ordering::Relaxed);
-    assert_ne!(m.proc.wait_exit(Duration::from_secs(30)), Some(0));
+    let at_kill = kill_mid_stream(&mut m, "mds", &done, DIRS / 4);
     assert!(
         at_kill < DIRS,
         "the stream was still going when the MDS died"

@@ -314,6 +314,11 @@ fn lock_request(ino: u64, owner: u64, start: u64, end: u64, kind: u32, pid: u32)
     }
 }
 
+/// Releases every lock `owner` holds on `ino` (a close, the end of an open file).
+fn unlock_all(ino: u64, owner: u64) -> LockRequest {
+    lock_request(ino, owner, 0, u64::MAX, meta::lock::UNLOCK, 0)
+}
+
 fn name_of(name: &OsStr) -> Vec<u8> {
     name.as_bytes().to_vec()
 }
@@ -645,7 +650,7 @@ impl fuser::Filesystem for NacreFs {
             return reply.ok();
         }
         self.offload(move || {
-            let unlock = lock_request(ino, lock_owner, 0, u64::MAX, meta::lock::UNLOCK, 0);
+            let unlock = unlock_all(ino, lock_owner);
             let unlocked = || match &client {
                 Some(c) => c.lock(unlock).map(|_| ()),
                 None => Ok(()),
@@ -757,7 +762,7 @@ impl fuser::Filesystem for NacreFs {
         // goes with it.
         self.offload(move || {
             if let Some(owner) = lock_owner {
-                let unlock = lock_request(ino, owner, 0, u64::MAX, meta::lock::UNLOCK, 0);
+                let unlock = unlock_all(ino, owner);
                 if let Err(e) = client.lock(unlock) {
                     tracing::warn!("releasing the flock of inode {ino}: {e}");
                 }

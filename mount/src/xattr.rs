@@ -36,17 +36,11 @@ pub fn get(client: &Client, creds: &Creds, ino: u64, name: &[u8]) -> Result<Vec<
 }
 
 fn spec_text(s: &StripeSpec) -> String {
-    let count = match s.count {
-        StripeCount::All => -1,
-        StripeCount::Count(c) => c as i64,
-    };
-    let first = match s.first {
-        FirstOst::Any => -1,
-        FirstOst::Index(i) => i as i64,
-    };
     format!(
-        "stripe_count={count} stripe_size={} stripe_offset={first}",
-        s.stripe_size
+        "stripe_count={} stripe_size={} stripe_offset={}",
+        s.count.lfs(),
+        s.stripe_size,
+        s.first.lfs()
     )
 }
 
@@ -57,14 +51,10 @@ pub fn parse(value: &[u8]) -> Result<StripeSpec, i32> {
     for field in text.trim_end_matches('\0').split_whitespace() {
         let (k, v) = field.split_once('=').ok_or(libc::EINVAL)?;
         let v: i64 = v.parse().map_err(|_| libc::EINVAL)?;
-        match (k, v) {
-            ("stripe_count", -1) => spec.count = StripeCount::All,
-            ("stripe_count", c) if c >= 1 => spec.count = StripeCount::Count(c as u32),
-            ("stripe_size", s) if s > 0 => {
-                spec.stripe_size = u32::try_from(s).map_err(|_| libc::EINVAL)?
-            }
-            ("stripe_offset", -1) => spec.first = FirstOst::Any,
-            ("stripe_offset", i) if i >= 0 => spec.first = FirstOst::Index(i as u32),
+        match k {
+            "stripe_count" => spec.count = StripeCount::from_lfs(v).ok_or(libc::EINVAL)?,
+            "stripe_size" => spec.stripe_size = u32::try_from(v).map_err(|_| libc::EINVAL)?,
+            "stripe_offset" => spec.first = FirstOst::from_lfs(v).ok_or(libc::EINVAL)?,
             _ => return Err(libc::EINVAL),
         }
     }

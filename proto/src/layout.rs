@@ -70,6 +70,42 @@ pub enum FirstOst {
     Index(u32),
 }
 
+impl StripeCount {
+    /// As `lfs setstripe -c` writes it: -1 for every OST, else the count (>= 1).
+    pub fn from_lfs(v: i64) -> Option<StripeCount> {
+        match v {
+            -1 => Some(StripeCount::All),
+            c if c >= 1 => u32::try_from(c).ok().map(StripeCount::Count),
+            _ => None,
+        }
+    }
+
+    pub fn lfs(self) -> i64 {
+        match self {
+            StripeCount::All => -1,
+            StripeCount::Count(c) => i64::from(c),
+        }
+    }
+}
+
+impl FirstOst {
+    /// As `lfs setstripe -i` writes it: -1 for the MDS's choice, else the OST index.
+    pub fn from_lfs(v: i64) -> Option<FirstOst> {
+        match v {
+            -1 => Some(FirstOst::Any),
+            i if i >= 0 => u32::try_from(i).ok().map(FirstOst::Index),
+            _ => None,
+        }
+    }
+
+    pub fn lfs(self) -> i64 {
+        match self {
+            FirstOst::Any => -1,
+            FirstOst::Index(i) => i64::from(i),
+        }
+    }
+}
+
 /// A striping template: what a directory passes to its new files, what create asks for.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct StripeSpec {
