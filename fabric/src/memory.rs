@@ -106,6 +106,15 @@ impl Memory {
         self.huge
     }
 
+    /// The bytes, for a caller that uses the memory without registering it.
+    pub fn bytes(&self) -> &[u8] {
+        &self.map
+    }
+
+    pub fn bytes_mut(&mut self) -> &mut [u8] {
+        &mut self.map
+    }
+
     /// Start of the mapping; stays valid while the Memory (or the registration that owns
     /// it) lives, wherever the value is moved.
     pub fn as_mut_ptr(&mut self) -> *mut u8 {
