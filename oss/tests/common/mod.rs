@@ -1,6 +1,9 @@
 //! A core's storage, pool and object store on a fresh target, driven to completion.
 #![allow(dead_code)]
 
+pub mod loopfs;
+pub mod process;
+
 use std::path::{Path, PathBuf};
 
 use nacre_engine::{Backend, BufferPool, PoolConfig, SizeClass, Storage, StorageConfig};

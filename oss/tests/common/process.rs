@@ -1,0 +1,153 @@
+//! A real `nacre-mgs` and `nacre-oss serve` as child processes, and clients of them.
+
+use std::path::{Path, PathBuf};
+use std::process::Command;
+use std::time::{Duration, Instant};
+
+use nacre_client::mgs::{BootConfig, MgsClient};
+use nacre_client::objects::OstRoute;
+use nacre_client::{ClientEndpoint, RpcConfig};
+use nacre_fabric::testing::Proc;
+use nacre_fabric::Selection;
+use nacre_proto::bootstrap::{ClusterMap, Role, RoleKind, TargetKind};
+
+pub const OSS_BIN: &str = env!("CARGO_BIN_EXE_nacre-oss");
+
+/// nacre-mgs, built beside this test by `cargo test --workspace` (scripts/test).
+pub fn mgs_bin() -> Option<PathBuf> {
+    let exe = std::env::current_exe().ok()?;
+    let bin = exe.parent()?.parent()?.join("nacre-mgs");
+    bin.exists().then_some(bin)
+}
+
+pub fn tmp(name: &str) -> PathBuf {
+    let d = PathBuf::from(env!("CARGO_TARGET_TMPDIR")).join(format!("oss-serve-{name}"));
+    let _ = std::fs::remove_dir_all(&d);
+    std::fs::create_dir_all(&d).unwrap();
+    d
+}
+
+pub fn mgs(bin: &Path, dir: &Path) -> (Proc, String) {
+    let out = Command::new(bin)
+        .args(["format", "--dir"])
+        .arg(dir)
+        .args(["--fsname", "ossfs"])
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let mut cmd = Command::new(bin);
+    cmd.args(["serve", "--dir"]).arg(dir).args([
+        "--listen",
+        "127.0.0.1:0",
+        "--heartbeat-ms",
+        "100",
+        "--lease-ms",
+        "1000",
+    ]);
+    let p = Proc::spawn("mgs", cmd);
+    let line = p.expect("nacre-mgs: serving", Duration::from_secs(20));
+    let addr = line
+        .split(" on ")
+        .nth(1)
+        .unwrap()
+        .split_whitespace()
+        .next()
+        .unwrap();
+    (p, addr.to_string())
+}
+
+pub fn oss(provider: &str, mgs: &str, osts: &[PathBuf]) -> Proc {
+    let mut cmd = Command::new(OSS_BIN);
+    cmd.args([
+        "serve",
+        "--mgs",
+        mgs,
+        "--provider",
+        provider,
+        "--cores",
+        "2",
+        "--no-pin",
+    ]);
+    cmd.args(["--identity", "test-oss"]);
+    for d in osts {
+        cmd.arg("--ost").arg(d);
+    }
+    cmd.env("RUST_LOG", "warn");
+    let p = Proc::spawn("oss", cmd);
+    p.expect("nacre-oss: ready", Duration::from_secs(30));
+    p
+}
+
+/// The route to OST `index` as `map` gives it.
+pub fn route(map: &ClusterMap, index: u32) -> OstRoute {
+    let role = Role {
+        kind: RoleKind::Oss,
+        index,
+    };
+    let t = map.target(role).expect("target in the map");
+    assert_eq!(t.kind, TargetKind::Ost);
+    let s = map.server(role).expect("server in the map");
+    OstRoute {
+        ost: index,
+        epoch: s.epoch,
+        cores: s.cores.clone(),
+    }
+}
+
+/// The map once both OSTs are served with an epoch newer than `after`.
+pub fn map_with_osts(addr: &str, after: u64) -> ClusterMap {
+    wait_map(addr, "both OSTs served", |m| {
+        (0..2).all(|index| {
+            let role = Role {
+                kind: RoleKind::Oss,
+                index,
+            };
+            m.server(role).is_some_and(|s| s.epoch > after)
+        })
+    })
+}
+
+/// The first map that satisfies `ready`, fetched every 50 ms for at most 20 s.
+pub fn wait_map(addr: &str, what: &str, ready: impl Fn(&ClusterMap) -> bool) -> ClusterMap {
+    let mut c = MgsClient::connect(addr, BootConfig::default()).unwrap();
+    let until = Instant::now() + Duration::from_secs(20);
+    loop {
+        let m = c.fetch_map().unwrap();
+        if ready(&m) {
+            return m;
+        }
+        assert!(Instant::now() < until, "never saw {what}: {m:?}");
+        std::thread::sleep(Duration::from_millis(50));
+    }
+}
+
+/// A fresh MGS for a test that runs servers as processes, with its directory and
+/// address; None (after saying why) when nacre-mgs is not built or `provider` absent.
+pub fn cluster(provider: &str, name: &str) -> Option<(PathBuf, Proc, String)> {
+    let Some(bin) = mgs_bin() else {
+        nacre_fabric::testing::skip(&format!(
+            "{name}: nacre-mgs not built (cargo test --workspace builds it)"
+        ));
+        return None;
+    };
+    if let Err(e) = nacre_fabric::Info::find(&Selection::provider(provider)) {
+        nacre_fabric::testing::skip(&format!("{name} on {provider}: {e}"));
+        return None;
+    }
+    let dir = tmp(name);
+    let (mgs, addr) = mgs(&bin, &dir.join("mgs"));
+    Some((dir, mgs, addr))
+}
+
+pub fn client(provider: &str) -> ClientEndpoint {
+    let cfg = RpcConfig {
+        msg_size: nacre_oss::server::MSG_SIZE,
+        timeout: Duration::from_secs(5),
+        ..Default::default()
+    };
+    ClientEndpoint::open(&Selection::provider(provider), cfg).unwrap()
+}
