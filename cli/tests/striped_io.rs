@@ -10,6 +10,7 @@ use std::sync::Arc;
 use common::{tmp, Up};
 use nacre_client::{errno, Client, ClientConfig, OpenOptions};
 use nacre_fabric::testing::pattern;
+use nacre_proto::bootstrap::TargetKind;
 use nacre_proto::layout::{FirstOst, StripeCount, StripeSpec};
 
 const STRIPE: u32 = 64 * 1024;
@@ -166,6 +167,32 @@ fn shared_file(mgs: &str, clients: usize, threads: usize, block: usize, blocks: 
     }
 }
 
+/// statfs, one MDS request, gives what `df` finds by asking every target: the MDT's
+/// inodes and the bytes of all four OSTs (free space from the OSTs' last heartbeats).
+fn statfs_adds_up_the_osts(client: &Client) {
+    let until = std::time::Instant::now() + std::time::Duration::from_secs(10);
+    loop {
+        let st = client.statfs().unwrap();
+        let df = client.df().unwrap();
+        let osts: Vec<_> = df.iter().filter(|t| t.kind == TargetKind::Ost).collect();
+        let mdt = df.iter().find(|t| t.kind == TargetKind::Mdt).unwrap();
+        let total: u64 = osts.iter().map(|t| t.total).sum();
+        let free: u64 = osts.iter().map(|t| t.free).sum();
+        assert_eq!(osts.len(), 4);
+        assert_eq!((st.files_total, st.name_max), (mdt.total, 255));
+        // Until every OST has renewed its lease once, the map may lack its space.
+        if st.bytes_total == total && st.bytes_free.abs_diff(free) < total / 100 {
+            assert!(st.bytes_free <= st.bytes_total);
+            return;
+        }
+        assert!(
+            std::time::Instant::now() < until,
+            "statfs {st:?} never matched df {df:?}"
+        );
+        std::thread::sleep(std::time::Duration::from_millis(200));
+    }
+}
+
 fn striped_io(provider: &str) {
     if !common::have(provider, "striped client I/O") {
         return;
@@ -175,6 +202,7 @@ fn striped_io(provider: &str) {
     let client = Client::connect(&up.mgs, ClientConfig::default()).unwrap();
     matches_the_model(&client);
     holes_read_as_zeros(&client);
+    statfs_adds_up_the_osts(&client);
     shared_file(&up.mgs, 3, 2, 47008, 96);
     shared_file(&up.mgs, 2, 2, 1 << 20, 12);
     up.stop();

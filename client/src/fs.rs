@@ -192,8 +192,8 @@ pub struct TargetUsage {
     pub free: u64,
 }
 
-/// The file system's totals (`statfs`): bytes over every OST that answered, inodes at
-/// the MDT.
+/// The file system's totals (`statfs`): inodes at the MDT, and bytes over the OSTs that
+/// serve, as the MDS last saw them in the cluster map (a second or two old).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
 pub struct FsStat {
     pub bytes_total: u64,
@@ -581,23 +581,20 @@ impl Client {
         })
     }
 
-    /// The file system's totals: bytes over the OSTs, inodes at the MDT.
+    /// The file system's totals in one MDS round trip: the MDS adds up the OSTs' space
+    /// from the cluster map, as Lustre's MDT aggregates its OSTs' statfs, so that a
+    /// `df` (or any statfs on a mount) does not ask every OST. `df` asks them live.
     pub fn statfs(&self) -> io::Result<FsStat> {
-        let mut st = FsStat::default();
-        for t in self.df()? {
-            match t.kind {
-                TargetKind::Mdt => {
-                    st.files_total += t.total;
-                    st.files_free += t.free;
-                }
-                TargetKind::Ost => {
-                    st.bytes_total += t.total;
-                    st.bytes_free += t.free;
-                }
-            }
+        match self.meta(true, &Request::Statfs)? {
+            Reply::Statfs(s) => Ok(FsStat {
+                bytes_total: s.bytes_total,
+                bytes_free: s.bytes_free,
+                files_total: s.inodes_used + s.inodes_free,
+                files_free: s.inodes_free,
+                name_max: s.name_max,
+            }),
+            other => Err(protocol(format!("expected statfs, got {other:?}"))),
         }
-        st.name_max = meta::NAME_MAX as u32;
-        Ok(st)
     }
 
     /// Opens (and with O_CREAT creates) the file at `path`.

@@ -17,7 +17,7 @@ use nacre_proto::bootstrap::{
 };
 
 use crate::mdt::engine_service::{MdsService, MdtSlot};
-use crate::mdt::{Admin, Mdt, MdtConfig, MdtError, SyncMode};
+use crate::mdt::{Admin, Mdt, MdtConfig, MdtError, OstSpace, SyncMode};
 
 #[derive(Debug, Clone)]
 pub struct MdsServeConfig {
@@ -71,6 +71,7 @@ pub fn serve(cfg: &MdsServeConfig) -> Result<bool, MdsServeError> {
         mcfg.osts = osts.clone();
     }
     let mdt = Arc::new(Mdt::open(mcfg)?);
+    mdt.set_ost_space(ost_space(&map));
     println!(
         "nacre-mds: serving MDT {} as {} (epoch {}) over {} on {} core(s), OSTs {:?}",
         cfg.dir.display(),
@@ -93,11 +94,13 @@ pub fn serve(cfg: &MdsServeConfig) -> Result<bool, MdsServeError> {
         if let Some(line) = role.poll() {
             println!("nacre-mds: {line}");
         }
-        // New OSTs in the map become available to new files (the MGS is off the data
-        // path: a failed fetch only delays that).
+        // New OSTs in the map become available to new files, and statfs reports their
+        // space as the map has it (the MGS is off the data path: a failed fetch only
+        // delays that).
         if last_map.elapsed() > Duration::from_secs(1) {
             last_map = Instant::now();
             if let Ok(map) = mgs.fetch_map() {
+                mdt.set_ost_space(ost_space(&map));
                 let now = ost_indices(&map);
                 if !now.is_empty() && now != osts {
                     let _ = mdt.submitter().submit_admin(0, Admin::SetOsts(now.clone()));
@@ -142,4 +145,81 @@ fn ost_indices(map: &ClusterMap) -> Vec<u32> {
         .collect();
     v.sort_unstable();
     v
+}
+
+/// The space of the OSTs that serve (up or degraded) in `map`; a down OST's last report
+/// is not counted, as `df` on Lustre leaves out an OST it cannot reach.
+fn ost_space(map: &ClusterMap) -> OstSpace {
+    let mut s = OstSpace::default();
+    for t in map.targets.iter().filter(|t| t.kind == TargetKind::Ost) {
+        if t.state != TargetState::Down {
+            s.total += t.capacity;
+            s.free += t.free.min(t.capacity);
+            s.osts += 1;
+        }
+    }
+    s
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use nacre_proto::bootstrap::{LayoutDefaults, Role, Target};
+
+    fn target(
+        kind: TargetKind,
+        index: u32,
+        state: TargetState,
+        capacity: u64,
+        free: u64,
+    ) -> Target {
+        let role_kind = match kind {
+            TargetKind::Mdt => RoleKind::Mds,
+            TargetKind::Ost => RoleKind::Oss,
+        };
+        Target {
+            kind,
+            index,
+            role: Role {
+                kind: role_kind,
+                index,
+            },
+            owner: "node".into(),
+            epoch: 1,
+            state,
+            capacity,
+            free,
+        }
+    }
+
+    #[test]
+    fn statfs_counts_the_osts_that_serve() {
+        let map = ClusterMap {
+            version: 3,
+            fsname: "fs".into(),
+            fsid: 1,
+            layout: LayoutDefaults {
+                stripe_count: 1,
+                stripe_size: 1 << 20,
+            },
+            targets: vec![
+                target(TargetKind::Mdt, 0, TargetState::Up, 7, 7),
+                target(TargetKind::Ost, 0, TargetState::Up, 100, 40),
+                target(TargetKind::Ost, 1, TargetState::Degraded, 100, 10),
+                target(TargetKind::Ost, 2, TargetState::Down, 100, 100),
+                // A report that claims more free than capacity counts as full capacity.
+                target(TargetKind::Ost, 3, TargetState::Up, 50, 80),
+            ],
+            servers: Vec::new(),
+        };
+        let s = ost_space(&map);
+        assert_eq!(
+            s,
+            OstSpace {
+                total: 250,
+                free: 100,
+                osts: 3
+            }
+        );
+    }
 }

@@ -231,6 +231,12 @@ pub struct Statfs {
     pub inodes_used: u64,
     pub inodes_free: u64,
     pub name_max: u32,
+    /// Bytes over the OSTs the MDS last saw in the cluster map (their servers report
+    /// capacity and free space to the MGS with every lease renewal).
+    pub bytes_total: u64,
+    pub bytes_free: u64,
+    /// OSTs counted in the bytes: those up or degraded in that map.
+    pub osts: u32,
 }
 
 /// A metadata request body.
@@ -813,6 +819,9 @@ impl Reply {
                 put_u64(out, s.inodes_used);
                 put_u64(out, s.inodes_free);
                 put_u32(out, s.name_max);
+                put_u64(out, s.bytes_total);
+                put_u64(out, s.bytes_free);
+                put_u32(out, s.osts);
             }
             Reply::Layout(l) => {
                 put_u32(out, R_LAYOUT);
@@ -857,6 +866,9 @@ impl Reply {
                 inodes_used: r.u64()?,
                 inodes_free: r.u64()?,
                 name_max: r.u32()?,
+                bytes_total: r.u64()?,
+                bytes_free: r.u64()?,
+                osts: r.u32()?,
             }),
             R_LAYOUT => Reply::Layout(StripedLayout::read(&mut r)?),
             R_DEFAULT_LAYOUT => Reply::DefaultLayout(StripeSpec::read(&mut r)?),

@@ -31,7 +31,7 @@ pub mod engine_service;
 pub use alloc::{LOW_WATER, RANGE};
 pub use ns::{LINK_MAX, ROOT_INO};
 pub use service::{
-    Admin, Completion, Mdt, MdtConfig, MdtError, Stats, SubmitError, Submitter, SyncMode, DB_FILE,
-    FORMAT_VERSION, LOG_FILE,
+    Admin, Completion, Mdt, MdtConfig, MdtError, OstSpace, Stats, SubmitError, Submitter, SyncMode,
+    DB_FILE, FORMAT_VERSION, LOG_FILE,
 };
 pub use store::StoreError;

@@ -110,6 +110,8 @@ pub fn read(v: &impl View, c: &Ctx<'_>, req: &Request) -> Res<Reply> {
                 inodes_used: used,
                 inodes_free: INODE_CAPACITY.saturating_sub(used),
                 name_max: NAME_MAX as u32,
+                // The OSTs' bytes are the server's to add: it follows the cluster map.
+                ..Statfs::default()
             }))
         }
         Request::GetLayout { ino } => {

@@ -16,7 +16,7 @@ use super::redo::{Change, OpLog, Redo};
 use super::replies::{SavedReply, SWEEP_EVERY};
 use super::store::{ReadTables, StoreError, View, WriteTables, DESTROY};
 use nacre_proto::layout::{StripeSpec, StripedLayout};
-use nacre_proto::meta::{errno, Head, ReplayKey, Reply, Request};
+use nacre_proto::meta::{errno, Head, ReplayKey, Reply, Request, Statfs};
 use redb::{Database, Durability, ReadableDatabase, ReadableTable};
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -167,6 +167,16 @@ pub struct Mdt {
     stats: Arc<Stats>,
     /// POSIX advisory locks of every client, shared by the submitters of all cores.
     locks: Arc<Mutex<LockTable>>,
+    /// The OSTs' space as the server last saw it in the cluster map, for statfs.
+    ost_space: Arc<Mutex<OstSpace>>,
+}
+
+/// Bytes over the OSTs that are up or degraded, as their servers last reported them.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct OstSpace {
+    pub total: u64,
+    pub free: u64,
+    pub osts: u32,
 }
 
 impl Mdt {
@@ -218,6 +228,7 @@ impl Mdt {
             committer: Some(handle),
             stats,
             locks: Arc::default(),
+            ost_space: Arc::default(),
         })
     }
 
@@ -231,12 +242,19 @@ impl Mdt {
             db: self.db.clone(),
             epoch: self.epoch,
             locks: self.locks.clone(),
+            ost_space: self.ost_space.clone(),
         }
     }
 
     /// Answers a read-only request on the calling thread.
     pub fn read(&self, head: &Head, req: &Request) -> Result<Reply, i32> {
-        read_now(&self.db, self.epoch, head, req)
+        read_now(&self.db, self.epoch, head, req, &self.ost_space)
+    }
+
+    /// What statfs reports of the OSTs from now on (the server calls this with every
+    /// cluster map it fetches).
+    pub fn set_ost_space(&self, space: OstSpace) {
+        *self.ost_space.lock().unwrap_or_else(|p| p.into_inner()) = space;
     }
 
     /// Files whose objects the OSTs should remove: (ino, layout), at most `max`.
@@ -295,6 +313,7 @@ pub struct Submitter {
     db: Arc<Database>,
     epoch: u64,
     locks: Arc<Mutex<LockTable>>,
+    ost_space: Arc<Mutex<OstSpace>>,
 }
 
 impl Submitter {
@@ -310,7 +329,7 @@ impl Submitter {
             return Ok(());
         }
         if head.epoch != self.epoch || req.is_read_only() {
-            let result = read_now(&self.db, self.epoch, &head, &req);
+            let result = read_now(&self.db, self.epoch, &head, &req, &self.ost_space);
             let _ = self.done.send(Completion { tag, result });
             return Ok(());
         }
@@ -372,7 +391,13 @@ fn now_ns() -> i64 {
         .map_or(0, |d| d.as_nanos() as i64)
 }
 
-fn read_now(db: &Database, epoch: u64, head: &Head, req: &Request) -> Result<Reply, i32> {
+fn read_now(
+    db: &Database,
+    epoch: u64,
+    head: &Head,
+    req: &Request,
+    ost_space: &Mutex<OstSpace>,
+) -> Result<Reply, i32> {
     if head.epoch != epoch {
         return Err(errno::ESTALE);
     }
@@ -389,12 +414,24 @@ fn read_now(db: &Database, epoch: u64, head: &Head, req: &Request) -> Result<Rep
             req,
         )
     };
-    run().map_err(|f| match f {
+    let reply = run().map_err(|f| match f {
         Fail::Errno(e) => e,
         Fail::Store(e) => {
             tracing::error!("MDT read: {e}");
             errno::EIO
         }
+    })?;
+    Ok(match reply {
+        Reply::Statfs(s) => {
+            let o = *ost_space.lock().unwrap_or_else(|p| p.into_inner());
+            Reply::Statfs(Statfs {
+                bytes_total: o.total,
+                bytes_free: o.free,
+                osts: o.osts,
+                ..s
+            })
+        }
+        other => other,
     })
 }
 
