@@ -1,7 +1,7 @@
 //! The MDS on an engine core, over tcp;ofi_rxm and shm: namespace operations from real
 //! clients with their errors as errno values, concurrent creates of one name (exactly
-//! one wins), a stale epoch refused, and malformed requests answered while the core
-//! keeps serving.
+//! one wins), rename races, readdir while others create and remove, a stale epoch
+//! refused, and malformed requests answered while the core keeps serving.
 
 use std::path::PathBuf;
 use std::sync::Arc;
@@ -286,5 +286,232 @@ fn paths_through_the_client_namespace() {
     ns.rmdir("/a").unwrap();
     assert_eq!(status(ns.stat("/a")), libc::ENOENT);
     assert_eq!(ns.stat("/").unwrap().ino, ROOT_INO);
+    engine.stop();
+}
+
+/// A client of its own (endpoint and session) on the MDS core, for a test thread.
+fn own_client(provider: &str, core: &[u8]) -> (ClientEndpoint, nacre_client::SessionId) {
+    let cfg = RpcConfig {
+        msg_size: nacre_proto::meta::MSG_SIZE,
+        timeout: Duration::from_secs(20),
+        ..Default::default()
+    };
+    let mut c = ClientEndpoint::open(&Selection::provider(provider), cfg).unwrap();
+    let s = c.connect(core).unwrap();
+    (c, s)
+}
+
+fn ino_of(r: Result<Reply, ClientError>) -> u64 {
+    match r {
+        Ok(Reply::Attr(a)) => a.ino,
+        Ok(Reply::Opened { attr, .. }) => attr.ino,
+        other => panic!("expected attributes, got {other:?}"),
+    }
+}
+
+fn mkdir(c: &mut ClientEndpoint, s: nacre_client::SessionId, parent: u64, name: &str) -> u64 {
+    let req = Request::Mkdir {
+        parent,
+        name: name.into(),
+        mode: 0o755,
+    };
+    ino_of(c.meta(s, &head(0), &req))
+}
+
+fn rename(parent: u64, name: &str, new_parent: u64, new_name: &str) -> Request {
+    Request::Rename {
+        parent,
+        name: name.into(),
+        new_parent,
+        new_name: new_name.into(),
+        flags: 0,
+    }
+}
+
+/// Every full listing of `dir`, paged `max` entries at a time: (name, times seen).
+fn listing(
+    c: &mut ClientEndpoint,
+    s: nacre_client::SessionId,
+    dir: u64,
+    max: u32,
+) -> std::collections::HashMap<Vec<u8>, u32> {
+    let mut seen = std::collections::HashMap::new();
+    let mut cookie = 0;
+    for _ in 0..100_000 {
+        let req = Request::Readdir { dir, cookie, max };
+        let Ok(Reply::Dir {
+            entries,
+            next_cookie,
+            eof,
+        }) = c.meta(s, &head(0), &req)
+        else {
+            panic!("readdir failed")
+        };
+        for e in entries {
+            *seen.entry(e.name).or_insert(0) += 1;
+        }
+        if eof {
+            return seen;
+        }
+        cookie = next_cookie;
+    }
+    panic!("a listing that does not end")
+}
+
+/// Four clients race to rename the same files out of one directory into another
+/// (each file moves exactly once; the losers get ENOENT), and two clients race to
+/// move two directories into each other (never both: that would make a loop).
+#[test]
+fn rename_races_through_the_server() {
+    let Some((engine, _mdt)) = start("tcp", "rename-race") else {
+        return;
+    };
+    let core = engine.cores()[0].fabric_name.clone();
+    let (mut c, s) = own_client("tcp", &core);
+    let (from, to) = (
+        mkdir(&mut c, s, ROOT_INO, "from"),
+        mkdir(&mut c, s, ROOT_INO, "to"),
+    );
+    const FILES: usize = 60;
+    for i in 0..FILES {
+        let create = Request::Create {
+            parent: from,
+            name: format!("f{i}").into_bytes(),
+            mode: 0o644,
+            flags: 0,
+            layout: None,
+        };
+        c.meta(s, &head(0), &create).unwrap();
+    }
+    let won: Vec<Vec<usize>> = std::thread::scope(|scope| {
+        let racers: Vec<_> = (0..4)
+            .map(|t| {
+                let core = core.clone();
+                scope.spawn(move || {
+                    let (mut c, s) = own_client("tcp", &core);
+                    let mut won = Vec::new();
+                    for i in 0..FILES {
+                        let req = rename(from, &format!("f{i}"), to, &format!("g{i}-{t}"));
+                        match c.meta(s, &head(0), &req) {
+                            Ok(_) => won.push(i),
+                            Err(ClientError::Status(libc::ENOENT)) => {}
+                            Err(e) => panic!("rename f{i}: {e}"),
+                        }
+                    }
+                    won
+                })
+            })
+            .collect();
+        racers.into_iter().map(|r| r.join().unwrap()).collect()
+    });
+    let mut moved: Vec<usize> = won.concat();
+    moved.sort_unstable();
+    assert_eq!(
+        moved,
+        (0..FILES).collect::<Vec<_>>(),
+        "each file moved once"
+    );
+    assert!(
+        listing(&mut c, s, from, 16).is_empty(),
+        "nothing left behind"
+    );
+    let there = listing(&mut c, s, to, 16);
+    assert_eq!(there.len(), FILES);
+    assert!(there.values().all(|&n| n == 1));
+
+    // Directory pairs moved into each other at once.
+    for round in 0..20 {
+        let (a, b) = (format!("a{round}"), format!("b{round}"));
+        let ai = mkdir(&mut c, s, ROOT_INO, &a);
+        let bi = mkdir(&mut c, s, ROOT_INO, &b);
+        let outcomes: Vec<i32> = std::thread::scope(|scope| {
+            let moves = [(a.clone(), bi), (b.clone(), ai)].map(|(name, into)| {
+                let core = core.clone();
+                scope.spawn(move || {
+                    let (mut c, s) = own_client("tcp", &core);
+                    match c.meta(s, &head(0), &rename(ROOT_INO, &name, into, &name)) {
+                        Ok(_) => 0,
+                        Err(ClientError::Status(e)) => e,
+                        Err(e) => panic!("{e}"),
+                    }
+                })
+            });
+            moves.into_iter().map(|m| m.join().unwrap()).collect()
+        });
+        // One moved; the other found its source gone from the root (ENOENT, when the
+        // winner took it) or would have made a loop (EINVAL).
+        let ok = outcomes.iter().filter(|&&e| e == 0).count();
+        assert_eq!(ok, 1, "round {round}: {outcomes:?}");
+        assert!(
+            outcomes
+                .iter()
+                .all(|&e| e == 0 || e == libc::EINVAL || e == libc::ENOENT),
+            "round {round}: {outcomes:?}"
+        );
+    }
+    engine.stop();
+}
+
+/// A reader pages through a directory in pages of 5 while two other clients create
+/// and remove entries in it: every entry present throughout appears exactly once in
+/// each listing, and no entry ever appears twice.
+#[test]
+fn readdir_during_creates_and_removes_through_the_server() {
+    let Some((engine, _mdt)) = start("tcp", "readdir-churn") else {
+        return;
+    };
+    let core = engine.cores()[0].fabric_name.clone();
+    let (mut c, s) = own_client("tcp", &core);
+    let dir = mkdir(&mut c, s, ROOT_INO, "d");
+    const KEEP: usize = 200;
+    let create = |c: &mut ClientEndpoint, s, name: String| {
+        let req = Request::Create {
+            parent: dir,
+            name: name.into_bytes(),
+            mode: 0o644,
+            flags: 0,
+            layout: None,
+        };
+        c.meta(s, &head(0), &req)
+    };
+    for i in 0..KEEP {
+        create(&mut c, s, format!("keep{i}")).unwrap();
+    }
+    let done = std::sync::atomic::AtomicBool::new(false);
+    let churned: usize = std::thread::scope(|scope| {
+        let churners: Vec<_> = (0..2)
+            .map(|t| {
+                let (core, done) = (core.clone(), &done);
+                scope.spawn(move || {
+                    let (mut c, s) = own_client("tcp", &core);
+                    let mut n = 0;
+                    while !done.load(std::sync::atomic::Ordering::Relaxed) && n < 5000 {
+                        let name = format!("churn{t}-{n}");
+                        create(&mut c, s, name.clone()).unwrap();
+                        if n % 2 == 0 {
+                            let unlink = Request::Unlink {
+                                parent: dir,
+                                name: name.into_bytes(),
+                            };
+                            c.meta(s, &head(0), &unlink).unwrap();
+                        }
+                        n += 1;
+                    }
+                    n
+                })
+            })
+            .collect();
+        for round in 0..6 {
+            let seen = listing(&mut c, s, dir, 5);
+            for i in 0..KEEP {
+                let name = format!("keep{i}").into_bytes();
+                assert_eq!(seen.get(&name), Some(&1), "round {round}: keep{i}");
+            }
+            assert!(seen.values().all(|&n| n == 1), "round {round}: a repeat");
+        }
+        done.store(true, std::sync::atomic::Ordering::Relaxed);
+        churners.into_iter().map(|h| h.join().unwrap()).sum()
+    });
+    assert!(churned > 0, "the churn ran beside the listings");
     engine.stop();
 }
