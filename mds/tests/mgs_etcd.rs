@@ -1,11 +1,13 @@
 //! The etcd store with a real etcd on loopback: format, claims, leases, takeover and
-//! fencing as with the embedded store, state kept across MGS restarts, and two MGS
-//! processes on one etcd of which one is killed with kill -9 while clients and servers
-//! carry on through the other.
+//! fencing as with the embedded store, takeover time after kill -9 with the default
+//! lease, role leases kept as etcd leases (alive while the owner renews, gone when the
+//! role lapses, and read by a new leader after an outage), state kept across MGS
+//! restarts, and two MGS processes on one etcd of which one is killed with kill -9 while
+//! clients and servers carry on through the other.
 
 mod mgs_support;
 
-use std::time::Duration;
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use mgs_support::*;
 use nacre_client::mgs::{BootConfig, MgsClient};
@@ -147,4 +149,129 @@ fn a_paused_leader_is_deposed_and_exits_when_resumed_while_servers_carry_on() {
         "{lines:?}"
     );
     s.expect("SERVING oss0 epoch 1", Duration::from_secs(1));
+}
+
+const LEASES: &str = "/nacre/mgs/lease/";
+
+/// While its owner renews, a role's etcd lease lives past its TTL (2 s for a 500 ms
+/// lease); when the MGS lapses the role, the key goes with it.
+#[test]
+fn role_leases_live_in_etcd_while_their_owners_renew() {
+    let Some(etcd) = EtcdProc::start("role-leases") else {
+        return;
+    };
+    assert!(etcd.format("leasefs", false).status.success());
+    let mgs = Mgs::serve_etcd(&etcd.url, &SHORT);
+    mgs.proc.expect("leader on", Duration::from_secs(10));
+    let a = server(TEST, &mgs.addr, "node-a", None, false);
+    a.expect("SERVING oss0 epoch 1", Duration::from_secs(20));
+    let b = server(TEST, &mgs.addr, "node-b", None, false);
+    b.expect("SERVING oss1 epoch 1", Duration::from_secs(20));
+    let both = vec![format!("{LEASES}2/0"), format!("{LEASES}2/1")];
+    assert_eq!(etcd.keys(LEASES), both);
+    std::thread::sleep(Duration::from_millis(3000));
+    assert_eq!(etcd.keys(LEASES), both, "kept alive past the TTL");
+    a.signal("STOP");
+    let mut c = mgs.client();
+    wait_for_map(&mut c, Duration::from_secs(5), |m| {
+        m.target(oss0()).unwrap().state == TargetState::Down
+    });
+    assert_eq!(
+        etcd.keys(LEASES),
+        vec![format!("{LEASES}2/1")],
+        "oss0's is gone"
+    );
+    b.expect("SERVING oss1 epoch 1", Duration::from_secs(2));
+}
+
+/// All MGS processes gone for longer than a role's etcd lease: the new leader finds the
+/// silent owner's lease gone and frees its role at once (no grace), while the owner that
+/// lived through the outage renews and gets its role back under the same epoch.
+#[test]
+fn after_an_outage_a_silent_owners_role_is_free_at_once() {
+    let Some(etcd) = EtcdProc::start("outage") else {
+        return;
+    };
+    assert!(etcd.format("outagefs", false).status.success());
+    // Lease 3 s: role leases of 5 s in etcd.
+    let flags = ["--heartbeat-ms", "200", "--lease-ms", "3000"];
+    let mut mgs = Mgs::serve_etcd(&etcd.url, &flags);
+    mgs.proc.expect("leader on", Duration::from_secs(10));
+    let mut a = server(TEST, &mgs.addr, "node-a", None, false);
+    a.expect("SERVING oss0 epoch 1", Duration::from_secs(20));
+    // One address for the MGS across its restart: the one it had.
+    let addr = mgs.addr.clone();
+    let b = server(TEST, &addr, "node-b", None, false);
+    b.expect("SERVING oss1 epoch 1", Duration::from_secs(20));
+    a.kill9();
+    mgs.proc.kill9();
+    std::thread::sleep(Duration::from_millis(5500));
+    assert!(etcd.keys(LEASES).is_empty(), "no MGS kept any role lease");
+    let dir = tmpdir("outage-mgs");
+    let mut args = vec!["--store", etcd.url.as_str()];
+    args.extend_from_slice(&flags);
+    let mgs = Mgs::serve(&dir, &addr, &args);
+    mgs.proc.expect("leader on", Duration::from_secs(10));
+    let led = Instant::now();
+    let mut c = mgs.client();
+    let m = c.fetch_map().unwrap();
+    assert_eq!(m.target(oss0()).unwrap().state, TargetState::Down, "{m:?}");
+    let led_ms = SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .unwrap()
+        .as_millis();
+    let standby = server(TEST, &mgs.addr, "node-c", Some(0), false);
+    let line = standby.expect("GRANTED oss0 epoch 2", Duration::from_secs(10));
+    let granted_ms: u128 = line.rsplit(' ').next().unwrap().parse().unwrap();
+    let took = Duration::from_millis(granted_ms.saturating_sub(led_ms) as u64);
+    println!("oss0 taken over {took:?} after the new leader started (lease 3 s)");
+    assert!(
+        took < Duration::from_millis(2000),
+        "waited for a grace lease: {took:?}"
+    );
+    // The live owner renews and is back, under the epoch it had.
+    wait_for_map(&mut c, Duration::from_secs(10), |m| {
+        let t = m.target(Role {
+            kind: RoleKind::Oss,
+            index: 1,
+        });
+        t.is_some_and(|t| t.state == TargetState::Up && t.epoch == 1)
+    });
+    b.expect("SERVING oss1 epoch 1", Duration::from_secs(5));
+    assert!(led.elapsed() < Duration::from_secs(15));
+    assert_eq!(etcd.keys(LEASES).len(), 2);
+}
+
+/// As `takeover_after_kill9...` on the embedded store (mgs_fencing.rs), on etcd: with
+/// the defaults (heartbeat 1 s, lease 5 s), kill -9 of the owner to its standby holding
+/// the role takes at most lease + 1 s, and no less than the lease.
+#[test]
+fn takeover_after_kill9_on_etcd_takes_at_most_lease_plus_one_second() {
+    let Some(etcd) = EtcdProc::start("takeover") else {
+        return;
+    };
+    assert!(etcd.format("takeoverfs", false).status.success());
+    let mgs = Mgs::serve_etcd(&etcd.url, &[]);
+    mgs.proc.expect("leader on", Duration::from_secs(10));
+    let mut a = server(TEST, &mgs.addr, "node-a", None, false);
+    a.expect("GRANTED oss0 epoch 1", Duration::from_secs(20));
+    a.expect("SERVING oss0", Duration::from_secs(5));
+    let b = server(TEST, &mgs.addr, "node-b", Some(0), false);
+    std::thread::sleep(Duration::from_millis(1500));
+    assert!(b.try_expect("GRANTED", Duration::ZERO).is_none());
+    let killed_ms = SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .unwrap()
+        .as_millis();
+    a.kill9();
+    let line = b.expect("GRANTED oss0 epoch 2", Duration::from_secs(10));
+    let granted_ms: u128 = line.rsplit(' ').next().unwrap().parse().unwrap();
+    b.expect("SERVING oss0 epoch 2", Duration::from_secs(2));
+    let takeover = Duration::from_millis((granted_ms - killed_ms) as u64);
+    println!("etcd: takeover after kill -9: {takeover:?} (lease 5 s)");
+    assert!(takeover <= Duration::from_secs(6), "took {takeover:?}");
+    assert!(
+        takeover >= Duration::from_millis(4000),
+        "too early: {takeover:?}"
+    );
 }

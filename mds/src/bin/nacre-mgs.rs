@@ -202,7 +202,7 @@ fn serve_etcd(cfg: &MgsConfig) -> Result<(), Error> {
     let server = MgsServer::from_listener(
         listener,
         cfg,
-        Box::new(EtcdStore::new(etcd, leadership.clone())),
+        Box::new(EtcdStore::new(etcd, leadership.clone(), cfg.lease().lease)),
     )?;
     println!("nacre-mgs: leader on {me}: {}", server.describe());
     std::io::stdout().flush()?;

@@ -160,7 +160,12 @@ impl Store for EmbeddedStore {
             })?;
             roles.push(rec);
         }
-        Ok(Persisted { fs, version, roles })
+        Ok(Persisted {
+            fs,
+            version,
+            roles,
+            lease_lost: Vec::new(),
+        })
     }
 
     fn commit(&mut self, changes: &Changes) -> Result<(), StoreError> {

@@ -2,8 +2,21 @@
 //!
 //! Keys, under `/nacre/mgs/`: `meta/<name>` (fsname, fsid, layout defaults, format
 //! version), `version` (the map version), `role/<kind>/<index>` (a role record, as the
-//! embedded store keeps it), and `leader` (the address of the MGS that decides, attached to
-//! that MGS's etcd lease).
+//! embedded store keeps it), `lease/<kind>/<index>` (the owner's epoch and node, attached
+//! to an etcd lease of that role's own) and `leader` (the address of the MGS that decides,
+//! attached to that MGS's etcd lease).
+//!
+//! Role leases: the leader judges them on its clock, as the embedded MGS does, and
+//! mirrors each one as an etcd lease. A claim grants a fresh etcd lease and puts the
+//! role's lease key on it in the commit's transaction, which also compares the key's
+//! create revision with what the leader last saw (0: nobody's lease); a lapse or a release
+//! deletes the key and revokes the lease. While the owner renews, the leader keeps the
+//! etcd lease alive (every third of its TTL); an owner that stops renewing stops the
+//! keep-alives. The TTL is one and a half MGS leases (at least etcd's 2 s), so a key
+//! outlives the owner's own view of its lease by at least half a lease. A new leader
+//! adopts the keys it finds and keeps them alive; a role whose key is gone (its owner
+//! went silent while no MGS led) is down at once and may be claimed, while every role
+//! with a key keeps the usual grace lease.
 //!
 //! One MGS at a time is the leader: it won the `leader` key with a transaction that
 //! compares the key's create revision with 0 (nobody holds it), under an etcd lease it
@@ -25,7 +38,7 @@ use std::time::{Duration, Instant};
 use etcd_client::{
     Client, Compare, CompareOp, ConnectOptions, DeleteOptions, GetOptions, PutOptions, Txn, TxnOp,
 };
-use nacre_proto::bootstrap::{LayoutDefaults, Role, MAX_FSNAME_LEN};
+use nacre_proto::bootstrap::{LayoutDefaults, Role, RoleKind, TargetState, MAX_FSNAME_LEN};
 
 use super::embedded::FORMAT_VERSION;
 use super::state::{Changes, FsIdent, Persisted};
@@ -39,6 +52,16 @@ fn key(k: &str) -> String {
 
 fn role_key(r: Role) -> String {
     key(&format!("role/{}/{}", r.kind as u32, r.index))
+}
+
+fn lease_key(r: Role) -> String {
+    key(&format!("lease/{}/{}", r.kind as u32, r.index))
+}
+
+/// The etcd TTL of a role lease for an MGS lease of `lease`: one and a half of it, in
+/// whole seconds, at least etcd's minimum of 2 s.
+pub fn role_ttl(lease: Duration) -> Duration {
+    Duration::from_secs(((lease.as_millis() * 3).div_ceil(2000) as u64).max(2))
 }
 
 fn backend(e: impl std::fmt::Display) -> StoreError {
@@ -284,11 +307,155 @@ async fn keep_alive(
 pub struct EtcdStore {
     etcd: Etcd,
     leadership: Leadership,
+    /// The MGS lease: how long an owner may stay silent before its keep-alives stop.
+    lease: Duration,
+    /// The etcd lease behind each role this leader keeps alive.
+    held: std::collections::HashMap<Role, HeldLease>,
+    /// The clock `HeldLease::renewed` counts from.
+    base: Instant,
+}
+
+/// A role's etcd lease as the leader holds it, and its keep-alive task.
+struct HeldLease {
+    id: i64,
+    /// The create revision of the role's lease key.
+    created: i64,
+    /// When the owner last renewed, in ms since `EtcdStore::base`.
+    renewed: Arc<std::sync::atomic::AtomicU64>,
+    stop: Arc<AtomicBool>,
+}
+
+impl Drop for HeldLease {
+    fn drop(&mut self) {
+        self.stop.store(true, Ordering::SeqCst);
+    }
 }
 
 impl EtcdStore {
-    pub fn new(etcd: Etcd, leadership: Leadership) -> EtcdStore {
-        EtcdStore { etcd, leadership }
+    /// The store of the leader with `leadership`, for an MGS lease of `lease`.
+    pub fn new(etcd: Etcd, leadership: Leadership, lease: Duration) -> EtcdStore {
+        EtcdStore {
+            etcd,
+            leadership,
+            lease,
+            held: Default::default(),
+            base: Instant::now(),
+        }
+    }
+
+    fn now_ms(&self) -> u64 {
+        self.base.elapsed().as_millis() as u64
+    }
+
+    /// Holds `id` for `role` (its key created at `created`) and keeps it alive while
+    /// the owner renews; a lease held before for the role is revoked.
+    fn hold(&mut self, role: Role, id: i64, created: i64) {
+        let lease = HeldLease {
+            id,
+            created,
+            renewed: Arc::new(self.now_ms().into()),
+            stop: Arc::new(AtomicBool::new(false)),
+        };
+        let task = RoleKeepAlive {
+            client: self.etcd.client.clone(),
+            id,
+            every: role_ttl(self.lease) / 3,
+            silent_after: self.lease.as_millis() as u64,
+            renewed: lease.renewed.clone(),
+            base: self.base,
+            stop: lease.stop.clone(),
+        };
+        self.etcd.rt.spawn(task.run());
+        if let Some(old) = self.held.insert(role, lease) {
+            self.revoke(old);
+        }
+    }
+
+    fn revoke_ids(&self, ids: impl Iterator<Item = i64>) {
+        for id in ids {
+            let mut c = self.etcd.client.clone();
+            self.etcd.rt.spawn(async move {
+                let _ = c.lease_revoke(id).await;
+            });
+        }
+    }
+
+    /// Why a commit's transaction was refused: the leadership passed on (this MGS
+    /// stops), or a role's lease key was not as this leader saw it (the caller reloads).
+    fn why_refused(&self) -> StoreError {
+        let still = self
+            .etcd
+            .rt
+            .block_on(self.etcd.client.clone().get(key("leader"), None))
+            .ok()
+            .and_then(|r| r.kvs().first().map(|kv| kv.create_revision()))
+            == Some(self.leadership.revision);
+        if still {
+            return StoreError::Backend(
+                "etcd: a role's lease key changed under this leader; reloading".into(),
+            );
+        }
+        self.leadership.lost.store(true, Ordering::SeqCst);
+        StoreError::Backend("this MGS is no longer the leader in etcd".into())
+    }
+
+    /// Stops keeping `lease` alive and revokes it in the background (best effort: an
+    /// etcd lease not revoked ends at its TTL anyway).
+    fn revoke(&self, lease: HeldLease) {
+        let id = lease.id;
+        drop(lease);
+        self.revoke_ids(std::iter::once(id));
+    }
+}
+
+fn parse_lease_key(k: &str) -> Option<Role> {
+    let rest = k.strip_prefix(&key("lease/"))?;
+    let (kind, index) = rest.split_once('/')?;
+    let kind = match kind.parse::<u32>().ok()? {
+        k if k == RoleKind::Mds as u32 => RoleKind::Mds,
+        k if k == RoleKind::Oss as u32 => RoleKind::Oss,
+        _ => return None,
+    };
+    Some(Role {
+        kind,
+        index: index.parse().ok()?,
+    })
+}
+
+/// Keeps one role's etcd lease alive while its owner renews at the MGS.
+struct RoleKeepAlive {
+    client: Client,
+    id: i64,
+    every: Duration,
+    /// Stop once the owner has not renewed for this long (ms): it is gone, or the MGS
+    /// will lapse its lease and revoke this one.
+    silent_after: u64,
+    renewed: Arc<std::sync::atomic::AtomicU64>,
+    base: Instant,
+    stop: Arc<AtomicBool>,
+}
+
+impl RoleKeepAlive {
+    async fn run(mut self) {
+        let Ok((mut keeper, mut stream)) = self.client.lease_keep_alive(self.id).await else {
+            return;
+        };
+        // At once (an adopted lease may be close to its end), then every `every`.
+        loop {
+            let now = self.base.elapsed().as_millis() as u64;
+            let last = self.renewed.load(Ordering::SeqCst);
+            if self.stop.load(Ordering::SeqCst) || now.saturating_sub(last) > self.silent_after {
+                return;
+            }
+            if keeper.keep_alive().await.is_ok() {
+                if let Ok(Ok(Some(r))) = tokio::time::timeout(self.every, stream.message()).await {
+                    if r.ttl() <= 0 {
+                        return; // revoked or expired
+                    }
+                }
+            }
+            tokio::time::sleep(self.every).await;
+        }
     }
 }
 
@@ -310,10 +477,17 @@ impl Store for EtcdStore {
             .map_err(backend)?;
         let mut meta = std::collections::HashMap::new();
         let mut roles = Vec::new();
+        let mut leases = Vec::new();
         for kv in resp.kvs() {
             let k = String::from_utf8_lossy(kv.key()).into_owned();
             let name = &k[PREFIX.len().min(k.len())..];
-            if name.starts_with("role/") {
+            if name.starts_with("lease/") {
+                let role = parse_lease_key(&k).ok_or_else(|| StoreError::Corrupt {
+                    key: k.clone(),
+                    why: "not lease/<kind>/<index>".into(),
+                })?;
+                leases.push((role, kv.lease(), kv.create_revision()));
+            } else if name.starts_with("role/") {
                 roles.push(decode_record(kv.value()).map_err(|e| StoreError::Corrupt {
                     key: k.clone(),
                     why: e.to_string(),
@@ -351,7 +525,24 @@ impl Store for EtcdStore {
         };
         let version = u64::from_le_bytes(fixed("version", meta.remove("version"))?);
         roles.sort_by_key(|r| r.server.role);
-        Ok(Persisted { fs, version, roles })
+        // Adopt the role leases still alive in etcd (their owners renew to us now); a
+        // role up in its record without one lost it while no MGS decided.
+        self.held.clear();
+        for &(role, id, created) in &leases {
+            self.hold(role, id, created);
+        }
+        let lease_lost = roles
+            .iter()
+            .filter(|r| r.target.state != TargetState::Down)
+            .map(|r| r.server.role)
+            .filter(|role| !self.held.contains_key(role))
+            .collect();
+        Ok(Persisted {
+            fs,
+            version,
+            roles,
+            lease_lost,
+        })
     }
 
     fn commit(&mut self, changes: &Changes) -> Result<(), StoreError> {
@@ -366,25 +557,85 @@ impl Store for EtcdStore {
         if let Some(v) = changes.version {
             ops.push(TxnOp::put(key("version"), v.to_le_bytes(), None));
         }
-        let txn = Txn::new()
-            .when([Compare::create_revision(
-                key("leader"),
-                CompareOp::Equal,
-                self.leadership.revision,
-            )])
-            .and_then(ops);
+        let mut when = vec![Compare::create_revision(
+            key("leader"),
+            CompareOp::Equal,
+            self.leadership.revision,
+        )];
         let mut c = self.etcd.client.clone();
-        let resp = self.etcd.rt.block_on(c.txn(txn)).map_err(backend)?;
-        if !resp.succeeded() {
-            self.leadership.lost.store(true, Ordering::SeqCst);
-            return Err(StoreError::Backend(
-                "this MGS is no longer the leader in etcd".into(),
+        // Each lease granted: a fresh etcd lease, and the role's key put on it only if
+        // the key is as this leader last saw it (create revision 0: nobody's).
+        let ttl = role_ttl(self.lease).as_secs() as i64;
+        let mut fresh = Vec::new();
+        for &role in &changes.granted {
+            match self.etcd.rt.block_on(c.lease_grant(ttl, None)) {
+                Ok(g) => fresh.push((role, g.id())),
+                Err(e) => {
+                    self.revoke_ids(fresh.iter().map(|f| f.1));
+                    return Err(backend(e));
+                }
+            }
+        }
+        for &(role, id) in &fresh {
+            let seen = self.held.get(&role).map_or(0, |h| h.created);
+            when.push(Compare::create_revision(
+                lease_key(role),
+                CompareOp::Equal,
+                seen,
             ));
+            let owner = changes.roles.iter().find(|r| r.server.role == role);
+            let value = owner.map_or(String::new(), |r| {
+                format!("{} {}", r.server.epoch, r.server.node)
+            });
+            ops.push(TxnOp::put(
+                lease_key(role),
+                value,
+                Some(PutOptions::new().with_lease(id)),
+            ));
+        }
+        let ended: Vec<Role> = changes
+            .ended
+            .iter()
+            .copied()
+            .filter(|r| !changes.granted.contains(r))
+            .collect();
+        for &role in &ended {
+            ops.push(TxnOp::delete(lease_key(role), None));
+        }
+        let txn = Txn::new().when(when).and_then(ops);
+        let resp = match self.etcd.rt.block_on(c.txn(txn)) {
+            Ok(r) if r.succeeded() => r,
+            refused => {
+                self.revoke_ids(fresh.iter().map(|f| f.1));
+                return Err(match refused {
+                    Err(e) => backend(e),
+                    Ok(_) => self.why_refused(),
+                });
+            }
+        };
+        let revision = resp.header().map_or(0, |h| h.revision());
+        for (role, id) in fresh {
+            let seen = self.held.get(&role).map_or(0, |h| h.created);
+            self.hold(role, id, if seen == 0 { revision } else { seen });
+        }
+        for role in ended {
+            if let Some(h) = self.held.remove(&role) {
+                self.revoke(h);
+            }
         }
         Ok(())
     }
 
     fn authoritative(&self) -> bool {
         self.leadership.valid()
+    }
+
+    fn note_renewals(&mut self, roles: &[Role]) {
+        let now = self.now_ms();
+        for role in roles {
+            if let Some(h) = self.held.get(role) {
+                h.renewed.store(now, Ordering::SeqCst);
+            }
+        }
     }
 }

@@ -81,6 +81,9 @@ impl Shared {
         }
         let out = f(&mut g.state, Instant::now());
         let changes = g.state.take_changes();
+        if !changes.renewed.is_empty() {
+            g.store.note_renewals(&changes.renewed);
+        }
         if changes.is_empty() {
             return out;
         }
@@ -155,7 +158,9 @@ impl MgsServer {
         mut store: Box<dyn Store>,
     ) -> Result<MgsServer, ServerError> {
         let persisted = store.load()?;
-        let state = MgsState::new(persisted, cfg.lease(), Instant::now());
+        let mut state = MgsState::new(persisted, cfg.lease(), Instant::now());
+        // Roles whose lease the store saw end go down before anyone is answered.
+        store.commit(&state.take_changes())?;
         let version = AtomicU64::new(state.version());
         let poll = mio::Poll::new()?;
         let waker = Arc::new(mio::Waker::new(poll.registry(), event_loop::WAKER)?);

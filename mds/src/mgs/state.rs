@@ -2,10 +2,13 @@
 //!
 //! Every call takes the time (the MGS's monotonic clock) and an event and answers with a
 //! value; what must be made durable before that answer leaves is collected and taken by
-//! the driver with [`MgsState::take_changes`]. Leases live only here, in memory: after a
-//! restart every role that was up gets a fresh lease (a grace period), so nobody loses a
-//! role because the MGS was away, and nobody takes one over before the old owner, whose
-//! own clock runs out no later than the MGS's, has stopped serving.
+//! the driver with [`MgsState::take_changes`]. Leases are judged here, in memory, on the
+//! MGS's clock: after a restart every role that was up gets a fresh lease (a grace
+//! period), so nobody loses a role because the MGS was away, and nobody takes one over
+//! before the old owner, whose own clock runs out no later than the MGS's, has stopped
+//! serving. A store that keeps leases of its own (etcd) is told of every lease granted,
+//! renewed and ended, and may say at load that a role's lease ran out while no MGS
+//! decided (`Persisted::lease_lost`): such a role is down at once.
 
 use std::collections::{BTreeMap, HashMap};
 use std::time::{Duration, Instant};
@@ -53,18 +56,32 @@ pub struct Persisted {
     pub fs: FsIdent,
     pub version: u64,
     pub roles: Vec<RoleRecord>,
+    /// Roles up in the records whose lease the store saw end while no MGS decided
+    /// (etcd: the role's lease key expired); empty for a store without leases.
+    pub lease_lost: Vec<Role>,
 }
 
-/// What to make durable before answering.
+/// What to make durable before answering, and the lease events of the same call.
 #[derive(Debug, Default, Clone, PartialEq, Eq)]
 pub struct Changes {
     pub version: Option<u64>,
     pub roles: Vec<RoleRecord>,
+    /// Roles whose lease started (a claim, or a renewal that brought a role back up).
+    pub granted: Vec<Role>,
+    /// Roles whose lease ended (lapsed or released).
+    pub ended: Vec<Role>,
+    /// Roles whose live lease was renewed (nothing durable: a store may keep its own
+    /// lease alive on it).
+    pub renewed: Vec<Role>,
 }
 
 impl Changes {
+    /// Nothing to commit (renewals alone are not commits).
     pub fn is_empty(&self) -> bool {
-        self.version.is_none() && self.roles.is_empty()
+        self.version.is_none()
+            && self.roles.is_empty()
+            && self.granted.is_empty()
+            && self.ended.is_empty()
     }
 }
 
@@ -91,24 +108,28 @@ pub struct MgsState {
 }
 
 impl MgsState {
-    /// The state after (re)start at `now`: roles that were up get a full lease.
+    /// The state after (re)start at `now`: roles that were up get a full lease, but for
+    /// those whose lease the store saw end, which go down (a change to commit).
     pub fn new(p: Persisted, cfg: LeaseConfig, now: Instant) -> MgsState {
-        let mut expiry = HashMap::new();
         let roles: BTreeMap<Role, RoleRecord> =
             p.roles.into_iter().map(|r| (r.server.role, r)).collect();
-        for (role, rec) in &roles {
-            if rec.target.state != TargetState::Down {
-                expiry.insert(*role, now + cfg.lease);
-            }
-        }
-        MgsState {
+        let mut s = MgsState {
             fs: p.fs,
             cfg,
             version: p.version,
             roles,
-            expiry,
+            expiry: HashMap::new(),
             changes: Changes::default(),
+        };
+        for role in &p.lease_lost {
+            s.set_state(*role, TargetState::Down);
         }
+        for (role, rec) in &s.roles {
+            if rec.target.state != TargetState::Down {
+                s.expiry.insert(*role, now + cfg.lease);
+            }
+        }
+        s
     }
 
     pub fn version(&self) -> u64 {
@@ -136,6 +157,7 @@ impl MgsState {
         for role in &lapsed {
             self.expiry.remove(role);
             self.set_state(*role, TargetState::Down);
+            self.changes.ended.push(*role);
         }
         lapsed
     }
@@ -174,7 +196,9 @@ impl MgsState {
         self.expiry.insert(role, now + self.cfg.lease);
         self.roles.insert(role, rec.clone());
         self.bump();
+        self.changes.roles.retain(|r| r.server.role != role);
         self.changes.roles.push(rec);
+        self.changes.granted.push(role);
         Ok(Grant {
             role,
             epoch,
@@ -189,7 +213,10 @@ impl MgsState {
     /// Extends the owner's lease, if `req.epoch` is the role's current epoch.
     pub fn renew(&mut self, now: Instant, req: &RenewRequest) -> Result<Renewed, Refusal> {
         self.check_epoch(req.role, req.epoch)?;
-        self.expiry.insert(req.role, now + self.cfg.lease);
+        match self.expiry.insert(req.role, now + self.cfg.lease) {
+            Some(_) => self.changes.renewed.push(req.role),
+            None => self.changes.granted.push(req.role),
+        }
         let rec = self.roles.get_mut(&req.role).expect("checked");
         // Space figures change on every heartbeat: kept in memory, not a map change.
         rec.target.capacity = req.report.capacity;
@@ -204,7 +231,9 @@ impl MgsState {
     /// Gives a role up at once: it may be claimed without waiting for the lease.
     pub fn release(&mut self, role: Role, epoch: u64) -> Result<(), Refusal> {
         self.check_epoch(role, epoch)?;
-        self.expiry.remove(&role);
+        if self.expiry.remove(&role).is_some() {
+            self.changes.ended.push(role);
+        }
         self.set_state(role, TargetState::Down);
         Ok(())
     }
@@ -344,6 +373,7 @@ mod tests {
                 fs,
                 version: 1,
                 roles: vec![],
+                lease_lost: vec![],
             },
             LeaseConfig {
                 heartbeat: HB,
@@ -505,6 +535,7 @@ mod tests {
             fs: s.fs.clone(),
             version: s.version(),
             roles: s.roles.values().cloned().collect(),
+            lease_lost: vec![],
         };
         p.roles.sort_by_key(|r| r.server.role);
         // Restart long after: "a" may still renew, nobody may take it for a lease.
@@ -518,6 +549,59 @@ mod tests {
         let z = s.claim(t1 + HB, &claim(RoleKind::Oss, "z", None)).unwrap();
         assert_eq!(z.role, b.role);
         s.renew(t1 + 2 * HB, &renew(a.role, a.epoch)).unwrap();
+    }
+
+    #[test]
+    fn lease_events_are_reported_with_the_changes() {
+        let t0 = Instant::now();
+        let mut s = fresh(t0);
+        let a = s.claim(t0, &claim(RoleKind::Oss, "a", None)).unwrap();
+        let c = s.take_changes();
+        assert_eq!((c.granted, c.ended), (vec![a.role], vec![]));
+        s.renew(t0 + HB, &renew(a.role, a.epoch)).unwrap();
+        let c = s.take_changes();
+        assert!(c.is_empty(), "a renewal commits nothing: {c:?}");
+        assert_eq!(c.renewed, vec![a.role]);
+        // Lapsed, then back with the same epoch: ended, then granted again.
+        s.tick(t0 + HB + 2 * LEASE);
+        assert_eq!(s.take_changes().ended, vec![a.role]);
+        s.renew(t0 + 3 * LEASE, &renew(a.role, a.epoch)).unwrap();
+        assert_eq!(s.take_changes().granted, vec![a.role]);
+        // A takeover in one claim: the old lease ends, the new one starts, one record.
+        let t = t0 + 5 * LEASE;
+        let b = s.claim(t, &claim(RoleKind::Oss, "b", Some(0))).unwrap();
+        let c = s.take_changes();
+        assert_eq!((c.ended, c.granted), (vec![a.role], vec![b.role]));
+        assert_eq!(c.roles.len(), 1);
+        assert_eq!(c.roles[0].server.epoch, b.epoch);
+        s.release(b.role, b.epoch).unwrap();
+        assert_eq!(s.take_changes().ended, vec![b.role]);
+    }
+
+    #[test]
+    fn a_role_whose_lease_the_store_lost_is_down_at_once() {
+        let t0 = Instant::now();
+        let mut s = fresh(t0);
+        let a = s.claim(t0, &claim(RoleKind::Oss, "a", None)).unwrap();
+        let b = s.claim(t0, &claim(RoleKind::Oss, "b", None)).unwrap();
+        let p = Persisted {
+            fs: s.fs.clone(),
+            version: s.version(),
+            roles: s.roles.values().cloned().collect(),
+            lease_lost: vec![a.role],
+        };
+        let t1 = t0 + HB;
+        let mut s = MgsState::new(p.clone(), s.cfg, t1);
+        let c = s.take_changes();
+        assert_eq!(c.version, Some(p.version + 1), "the map says so");
+        assert_eq!(c.roles[0].target.state, TargetState::Down);
+        // "a" is free for another at once; "b" keeps its grace lease.
+        let z = s.claim(t1, &claim(RoleKind::Oss, "z", Some(0))).unwrap();
+        assert_eq!((z.role, z.epoch), (a.role, a.epoch + 1));
+        let err = s
+            .claim(t1, &claim(RoleKind::Oss, "y", Some(b.role.index)))
+            .unwrap_err();
+        assert_eq!(err.errno, errno::EBUSY);
     }
 
     #[test]

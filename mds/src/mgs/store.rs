@@ -1,9 +1,10 @@
 //! What the MGS must keep across restarts (the identity, every role with its owner,
 //! epoch and target, the map version), behind one trait so that another store (etcd)
-//! can stand in for the embedded one. Leases are not stored: they restart with a grace
-//! period (see `state`).
+//! can stand in for the embedded one. The embedded store keeps no leases: they restart
+//! with a grace period (see `state`). The etcd store mirrors each role's lease as an
+//! etcd lease, so that a new leader knows which owners went silent meanwhile.
 
-use nacre_proto::bootstrap::{BootError, ServerEntry, Target};
+use nacre_proto::bootstrap::{BootError, Role, ServerEntry, Target};
 
 use super::state::{Changes, Persisted, RoleRecord};
 
@@ -34,6 +35,9 @@ pub trait Store: Send {
     fn authoritative(&self) -> bool {
         true
     }
+    /// The owners of `roles` renewed their live leases (a store with leases of its own
+    /// keeps them alive; the embedded store keeps none).
+    fn note_renewals(&mut self, _roles: &[Role]) {}
 }
 
 /// A role record as stored: the server entry (length-prefixed), then the target.

@@ -279,6 +279,33 @@ impl EtcdProc {
         Some(EtcdProc { proc, url })
     }
 
+    /// The keys under `prefix` now (etcdctl, from scripts/deps' etcd-client).
+    pub fn keys(&self, prefix: &str) -> Vec<String> {
+        let endpoint = self.url.trim_start_matches("etcd://");
+        let out = Command::new("etcdctl")
+            .env("ETCDCTL_API", "3")
+            .args([
+                "--endpoints",
+                endpoint,
+                "get",
+                "--prefix",
+                "--keys-only",
+                prefix,
+            ])
+            .output()
+            .expect("etcdctl (scripts/deps installs etcd-client)");
+        assert!(
+            out.status.success(),
+            "{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        String::from_utf8_lossy(&out.stdout)
+            .lines()
+            .filter(|l| !l.is_empty())
+            .map(str::to_string)
+            .collect()
+    }
+
     /// `nacre-mgs format` into this etcd.
     pub fn format(&self, fsname: &str, force: bool) -> std::process::Output {
         let mut cmd = Command::new(MGS_BIN);
