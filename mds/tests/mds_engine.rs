@@ -478,10 +478,11 @@ fn readdir_during_creates_and_removes_through_the_server() {
         create(&mut c, s, format!("keep{i}")).unwrap();
     }
     let done = std::sync::atomic::AtomicBool::new(false);
-    let churned: usize = std::thread::scope(|scope| {
+    let progress = std::sync::atomic::AtomicUsize::new(0);
+    let during = std::thread::scope(|scope| {
         let churners: Vec<_> = (0..2)
             .map(|t| {
-                let (core, done) = (core.clone(), &done);
+                let (core, done, progress) = (core.clone(), &done, &progress);
                 scope.spawn(move || {
                     let (mut c, s) = own_client("tcp", &core);
                     let mut n = 0;
@@ -496,11 +497,18 @@ fn readdir_during_creates_and_removes_through_the_server() {
                             c.meta(s, &head(0), &unlink).unwrap();
                         }
                         n += 1;
+                        progress.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
                     }
-                    n
                 })
             })
             .collect();
+        let count = || progress.load(std::sync::atomic::Ordering::Relaxed);
+        let until = std::time::Instant::now() + Duration::from_secs(20);
+        while count() < 20 {
+            assert!(std::time::Instant::now() < until, "the churn never started");
+            std::thread::sleep(Duration::from_millis(1));
+        }
+        let before = count();
         for round in 0..6 {
             let seen = listing(&mut c, s, dir, 5);
             for i in 0..KEEP {
@@ -509,9 +517,12 @@ fn readdir_during_creates_and_removes_through_the_server() {
             }
             assert!(seen.values().all(|&n| n == 1), "round {round}: a repeat");
         }
+        let during = count() - before;
         done.store(true, std::sync::atomic::Ordering::Relaxed);
-        churners.into_iter().map(|h| h.join().unwrap()).sum()
+        churners.into_iter().for_each(|h| h.join().unwrap());
+        during
     });
-    assert!(churned > 0, "the churn ran beside the listings");
+    assert!(during > 0, "the churn ran beside the listings");
+    println!("{during} creates and removes beside 6 listings");
     engine.stop();
 }

@@ -7,6 +7,7 @@
 //!
 //! - `inode`: the inode and directory-entry records;
 //! - `store`: the redb tables and typed access that records redo;
+//! - `overlay`: changes acknowledged but not yet committed to redb, seen by readers;
 //! - `redo`: redo records and the operation log file;
 //! - `replies`: the reply cache that answers a retried changing request;
 //! - `alloc`: inode numbers and per-OST object ids from pre-allocated ranges, OST choice;
@@ -20,6 +21,7 @@ mod alloc;
 mod inode;
 mod locks;
 mod ns;
+mod overlay;
 mod perm;
 mod redo;
 mod replies;

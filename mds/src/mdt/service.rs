@@ -12,6 +12,7 @@
 
 use super::locks::LockTable;
 use super::ns::{self, root_inode, Ctx, Fail, Namespace};
+use super::overlay::{Layered, Overlay};
 use super::redo::{Change, OpLog, Redo};
 use super::replies::{SavedReply, SWEEP_EVERY};
 use super::store::{ReadTables, StoreError, View, WriteTables, DESTROY};
@@ -21,7 +22,7 @@ use redb::{Database, Durability, ReadableDatabase, ReadableTable};
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::mpsc::{self, Receiver, RecvTimeoutError, Sender, SyncSender, TrySendError};
-use std::sync::{Arc, Mutex};
+use std::sync::{Arc, Mutex, RwLock};
 use std::thread::JoinHandle;
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
@@ -169,6 +170,8 @@ pub struct Mdt {
     locks: Arc<Mutex<LockTable>>,
     /// The OSTs' space as the server last saw it in the cluster map, for statfs.
     ost_space: Arc<Mutex<OstSpace>>,
+    /// What the committer's open transaction holds, for readers.
+    overlay: Arc<RwLock<Overlay>>,
 }
 
 /// Bytes over the OSTs that are up or degraded, as their servers last reported them.
@@ -201,6 +204,7 @@ impl Mdt {
                 stats.clone(),
             )?),
         };
+        let overlay: Arc<RwLock<Overlay>> = Arc::default();
         let committer = Committer {
             syncer,
             broken,
@@ -215,6 +219,7 @@ impl Mdt {
             last_checkpoint: Instant::now(),
             stats: stats.clone(),
             saved_since_sweep: 0,
+            overlay: overlay.clone(),
         };
         let handle = std::thread::Builder::new()
             .name("mdt-committer".into())
@@ -229,6 +234,7 @@ impl Mdt {
             stats,
             locks: Arc::default(),
             ost_space: Arc::default(),
+            overlay,
         })
     }
 
@@ -243,12 +249,20 @@ impl Mdt {
             epoch: self.epoch,
             locks: self.locks.clone(),
             ost_space: self.ost_space.clone(),
+            overlay: self.overlay.clone(),
         }
     }
 
     /// Answers a read-only request on the calling thread.
     pub fn read(&self, head: &Head, req: &Request) -> Result<Reply, i32> {
-        read_now(&self.db, self.epoch, head, req, &self.ost_space)
+        read_now(
+            &self.db,
+            &self.overlay,
+            self.epoch,
+            head,
+            req,
+            &self.ost_space,
+        )
     }
 
     /// What statfs reports of the OSTs from now on (the server calls this with every
@@ -259,14 +273,30 @@ impl Mdt {
 
     /// Files whose objects the OSTs should remove: (ino, layout), at most `max`.
     pub fn pending_destroys(&self, max: usize) -> Result<Vec<(u64, StripedLayout)>, MdtError> {
+        let overlay = self.overlay.read().unwrap_or_else(|p| p.into_inner());
         let tx = self.db.begin_read().map_err(StoreError::from)?;
         let t = tx.open_table(DESTROY).map_err(StoreError::from)?;
-        let mut out = Vec::new();
-        for row in t.iter().map_err(StoreError::from)?.take(max) {
+        // The committed rows, as the open transaction has changed them so far.
+        let mut rows = std::collections::BTreeMap::new();
+        let changed = overlay.destroys();
+        for row in t.iter().map_err(StoreError::from)? {
+            if rows.len() == max + changed.len() {
+                break;
+            }
             let (k, v) = row.map_err(StoreError::from)?;
-            let layout = StripedLayout::decode(v.value())
+            rows.insert(k.value(), v.value().to_vec());
+        }
+        for (ino, row) in changed {
+            match row {
+                Some(r) => drop(rows.insert(*ino, r.clone())),
+                None => drop(rows.remove(ino)),
+            }
+        }
+        let mut out = Vec::new();
+        for (ino, row) in rows.into_iter().take(max) {
+            let layout = StripedLayout::decode(&row)
                 .map_err(|_| StoreError::CorruptRecord("destroy row"))?;
-            out.push((k.value(), layout));
+            out.push((ino, layout));
         }
         Ok(out)
     }
@@ -314,6 +344,7 @@ pub struct Submitter {
     epoch: u64,
     locks: Arc<Mutex<LockTable>>,
     ost_space: Arc<Mutex<OstSpace>>,
+    overlay: Arc<RwLock<Overlay>>,
 }
 
 impl Submitter {
@@ -329,7 +360,14 @@ impl Submitter {
             return Ok(());
         }
         if head.epoch != self.epoch || req.is_read_only() {
-            let result = read_now(&self.db, self.epoch, &head, &req, &self.ost_space);
+            let result = read_now(
+                &self.db,
+                &self.overlay,
+                self.epoch,
+                &head,
+                &req,
+                &self.ost_space,
+            );
             let _ = self.done.send(Completion { tag, result });
             return Ok(());
         }
@@ -393,6 +431,7 @@ fn now_ns() -> i64 {
 
 fn read_now(
     db: &Database,
+    overlay: &RwLock<Overlay>,
     epoch: u64,
     head: &Head,
     req: &Request,
@@ -403,8 +442,13 @@ fn read_now(
     }
     ns::validate(req)?;
     let run = || -> Result<Reply, Fail> {
+        // The overlay first, then the transaction: see `overlay`.
+        let overlay = overlay.read().unwrap_or_else(|p| p.into_inner());
         let tx = db.begin_read().map_err(StoreError::from)?;
-        let view = ReadTables::open(&tx)?;
+        let view = Layered {
+            overlay: &overlay,
+            base: ReadTables::open(&tx)?,
+        };
         ns::read(
             &view,
             &Ctx {
@@ -546,7 +590,14 @@ struct Committer {
     stats: Arc<Stats>,
     /// Replies saved since the last sweep of old ones.
     saved_since_sweep: u64,
+    /// What the open transaction holds, for readers.
+    overlay: Arc<RwLock<Overlay>>,
 }
+
+/// How long one write transaction stays open for more batches, at most.
+const COMMIT_AFTER: Duration = Duration::from_millis(5);
+/// How many operations one write transaction holds, at most.
+const COMMIT_OPS: usize = 4096;
 
 impl Committer {
     fn run(mut self) -> Result<(), MdtError> {
@@ -570,32 +621,7 @@ impl Committer {
                 }
                 Err(RecvTimeoutError::Disconnected) => return self.checkpoint(),
             }
-            // Group commit: everything queued meanwhile rides in the same transaction.
-            while batch.len() < self.max_batch {
-                match self.jobs.try_recv() {
-                    Ok(job) => batch.push(job),
-                    Err(_) => break,
-                }
-            }
-            if self.broken.load(Ordering::SeqCst) {
-                return Err(MdtError::Stopped);
-            }
-            let stop = matches!(batch.last(), Some(Job { op: Op::Stop, .. }));
-            if stop {
-                batch.pop();
-            }
-            if let Err(e) = self.run_batch(&mut batch) {
-                // Fail-stop: the replies say EIO; the store and log are as of the last
-                // complete batch, which a restart recovers.
-                tracing::error!("MDT batch failed, committer stops: {e}");
-                for job in batch.drain(..) {
-                    let _ = job.done.send(Completion {
-                        tag: job.tag,
-                        result: Err(errno::EIO),
-                    });
-                }
-                return Err(e);
-            }
+            let stop = self.run_transaction(&mut batch)?;
             if stop {
                 return self.checkpoint_now();
             }
@@ -605,61 +631,147 @@ impl Committer {
         }
     }
 
-    fn run_batch(&mut self, batch: &mut Vec<Job>) -> Result<(), MdtError> {
-        if batch.is_empty() {
-            return Ok(());
-        }
-        let now = now_ns();
+    /// One redb write transaction, starting with `batch`: every batch that arrives
+    /// within [`COMMIT_AFTER`] (up to [`COMMIT_OPS`] operations) rides in it. Each
+    /// batch is answered once it is in the log, its changes already in the overlay for
+    /// readers; the transaction commits after the last one (durably, before a batch that
+    /// raised an id range is answered). Returns whether a stop was asked.
+    fn run_transaction(&mut self, batch: &mut Vec<Job>) -> Result<bool, MdtError> {
+        let opened = Instant::now();
         let mut tx = self.db.begin_write().map_err(StoreError::from)?;
         tx.set_durability(Durability::None)
             .map_err(StoreError::from)?;
-        let mut results = Vec::with_capacity(batch.len());
-        let redo = {
+        let (mut ops, mut held) = (0, None);
+        let mut stop;
+        {
             let mut w = WriteTables::open(&tx)?;
-            for job in batch.iter() {
-                results.push(self.execute(&mut w, job, now)?);
+            loop {
+                // Group commit: everything queued meanwhile rides in the same batch.
+                while batch.len() < self.max_batch {
+                    match self.jobs.try_recv() {
+                        Ok(job) => batch.push(job),
+                        Err(_) => break,
+                    }
+                }
+                if self.broken.load(Ordering::SeqCst) {
+                    return Err(MdtError::Stopped);
+                }
+                stop = matches!(batch.last(), Some(Job { op: Op::Stop, .. }));
+                if stop {
+                    batch.pop();
+                }
+                ops += batch.len();
+                let replies = match self.run_batch(&mut w, batch) {
+                    Ok(r) => r,
+                    Err(e) => {
+                        // Fail-stop: the replies say EIO; the log holds every batch
+                        // answered before, which a restart recovers.
+                        tracing::error!("MDT batch failed, committer stops: {e}");
+                        for job in batch.drain(..) {
+                            let _ = job.done.send(Completion {
+                                tag: job.tag,
+                                result: Err(errno::EIO),
+                            });
+                        }
+                        return Err(e);
+                    }
+                };
+                // A raised id range must be durable before any id from it is shown.
+                if std::mem::take(&mut self.ns.ids.raised) {
+                    held = Some(replies);
+                    break;
+                }
+                self.dispatch(replies)?;
+                let left = COMMIT_AFTER.saturating_sub(opened.elapsed());
+                if stop || ops >= COMMIT_OPS || left.is_zero() {
+                    break;
+                }
+                match self.jobs.recv_timeout(left) {
+                    Ok(job) => batch.push(job),
+                    Err(RecvTimeoutError::Timeout) => break,
+                    Err(RecvTimeoutError::Disconnected) => {
+                        stop = true;
+                        break;
+                    }
+                }
             }
-            std::mem::take(&mut w.redo)
-        };
-        // A raised id range must be durable before any id from it is shown.
-        let durable = std::mem::take(&mut self.ns.ids.raised);
+        }
+        let durable = held.is_some();
         if durable {
             tx.set_durability(Durability::Immediate)
                 .map_err(StoreError::from)?;
         }
-        tx.commit().map_err(StoreError::from)?;
+        {
+            let mut overlay = self.overlay.write().unwrap_or_else(|p| p.into_inner());
+            tx.commit().map_err(StoreError::from)?;
+            overlay.clear();
+        }
         if durable {
             self.log.truncate().map_err(io_err(&self.log_path))?;
             self.dirty = false;
-        } else if !redo.is_empty() {
+        }
+        if let Some(replies) = held {
+            self.dispatch(replies)?;
+        }
+        Ok(stop)
+    }
+
+    /// Runs one batch in the open transaction: its changes go to the log and to the
+    /// readers' overlay; returns its replies, to be sent once that may be.
+    fn run_batch(
+        &mut self,
+        w: &mut WriteTables<'_>,
+        batch: &mut Vec<Job>,
+    ) -> Result<Replies, MdtError> {
+        let now = now_ns();
+        let mut results = Vec::with_capacity(batch.len());
+        for job in batch.iter() {
+            results.push(self.execute(w, job, now)?);
+        }
+        let redo = std::mem::take(&mut w.redo);
+        let applied = std::mem::take(&mut w.applied);
+        if !redo.is_empty() {
             self.log
                 .append(&redo.bytes)
                 .map_err(io_err(&self.log_path))?;
             self.dirty = true;
+            let mut overlay = self.overlay.write().unwrap_or_else(|p| p.into_inner());
+            for c in &applied {
+                overlay.record(c);
+            }
         }
         self.stats.batches.fetch_add(1, Ordering::Relaxed);
         self.stats
             .ops
             .fetch_add(batch.len() as u64, Ordering::Relaxed);
-        let replies = batch.drain(..).zip(results).map(|(job, result)| {
-            (
-                job.done,
-                Completion {
-                    tag: job.tag,
-                    result,
-                },
-            )
-        });
+        Ok(batch
+            .drain(..)
+            .zip(results)
+            .map(|(job, result)| {
+                (
+                    job.done,
+                    Completion {
+                        tag: job.tag,
+                        result,
+                    },
+                )
+            })
+            .collect())
+    }
+
+    /// Sends a batch's replies: at once in default mode (the batch is in the log, in
+    /// the kernel's hands); in sync mode after an fdatasync that started after it was
+    /// appended (a durable store commit also covers it; one more is harmless).
+    fn dispatch(&self, replies: Replies) -> Result<(), MdtError> {
         match &self.syncer {
-            // In sync mode every reply waits for an fdatasync started after its batch
-            // was appended (a durable store commit also covers it; one more is harmless).
-            Some(s) => s
-                .batches
-                .send(replies.collect())
-                .map_err(|_| MdtError::Stopped)?,
-            None => replies.for_each(|(done, c)| drop(done.send(c))),
+            Some(s) => s.batches.send(replies).map_err(|_| MdtError::Stopped),
+            None => {
+                for (done, c) in replies {
+                    let _ = done.send(c);
+                }
+                Ok(())
+            }
         }
-        Ok(())
     }
 
     /// One operation; an errno is its result, a store error fails the batch.

@@ -64,7 +64,7 @@ pub struct SeqEntry {
     pub name: Vec<u8>,
 }
 
-fn encode_seq(ino: u64, kind: FileKind, name: &[u8]) -> Vec<u8> {
+pub(crate) fn encode_seq(ino: u64, kind: FileKind, name: &[u8]) -> Vec<u8> {
     let mut v = Vec::with_capacity(9 + name.len());
     v.extend_from_slice(&ino.to_le_bytes());
     v.push(kind as u8);
@@ -72,7 +72,7 @@ fn encode_seq(ino: u64, kind: FileKind, name: &[u8]) -> Vec<u8> {
     v
 }
 
-fn decode_seq(seq: u64, b: &[u8]) -> Result<SeqEntry, StoreError> {
+pub(crate) fn decode_seq(seq: u64, b: &[u8]) -> Result<SeqEntry, StoreError> {
     let bad = StoreError::CorruptRecord("dirseq row");
     if b.len() < 9 {
         return Err(bad);
@@ -193,6 +193,8 @@ pub struct WriteTables<'t> {
     destroy: redb::Table<'t, u64, &'static [u8]>,
     replies: redb::Table<'t, (u64, u32), &'static [u8]>,
     pub redo: Redo,
+    /// The changes applied since the caller last took them (for the readers' overlay).
+    pub applied: Vec<Change>,
 }
 
 impl<'t> WriteTables<'t> {
@@ -208,6 +210,7 @@ impl<'t> WriteTables<'t> {
             destroy: tx.open_table(DESTROY)?,
             replies: tx.open_table(REPLIES)?,
             redo: Redo::default(),
+            applied: Vec::new(),
         })
     }
 
@@ -234,6 +237,7 @@ impl<'t> WriteTables<'t> {
             Change::DelReply(client, tag) => drop(self.replies.remove((*client, *tag))?),
         }
         self.redo.push(&c);
+        self.applied.push(c);
         Ok(())
     }
 
