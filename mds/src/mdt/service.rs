@@ -686,7 +686,7 @@ impl Committer {
                 if stop || ops >= COMMIT_OPS || left.is_zero() {
                     break;
                 }
-                match self.jobs.recv_timeout(left) {
+                match self.next_job(opened + COMMIT_AFTER) {
                     Ok(job) => batch.push(job),
                     Err(RecvTimeoutError::Timeout) => break,
                     Err(RecvTimeoutError::Disconnected) => {
@@ -714,6 +714,26 @@ impl Committer {
             self.dispatch(replies)?;
         }
         Ok(stop)
+    }
+
+    /// The next job before `until`, polled with the CPU offered to others between tries
+    /// rather than waited for asleep: a sleeping committer must be woken by the core
+    /// that queues the job (a futex wake on the core's thread, then a scheduling delay
+    /// before the committer runs), which cost more than the polls while a transaction
+    /// is open and operations keep coming.
+    fn next_job(&self, until: Instant) -> Result<Job, RecvTimeoutError> {
+        loop {
+            match self.jobs.try_recv() {
+                Ok(job) => return Ok(job),
+                Err(mpsc::TryRecvError::Disconnected) => {
+                    return Err(RecvTimeoutError::Disconnected)
+                }
+                Err(mpsc::TryRecvError::Empty) if Instant::now() >= until => {
+                    return Err(RecvTimeoutError::Timeout)
+                }
+                Err(mpsc::TryRecvError::Empty) => std::thread::yield_now(),
+            }
+        }
     }
 
     /// Runs one batch in the open transaction: its changes go to the log and to the
