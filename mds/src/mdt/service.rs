@@ -172,6 +172,24 @@ pub struct Mdt {
     ost_space: Arc<Mutex<OstSpace>>,
     /// What the committer's open transaction holds, for readers.
     overlay: Arc<RwLock<Overlay>>,
+    /// Commits so far (grows under the overlay's lock): a reader's tables opened at
+    /// the same generation are still current.
+    generation: Arc<AtomicU64>,
+}
+
+/// A core's read tables and the generation they were opened at, reused until the next
+/// commit: opening a read transaction and its four tables costs about as much as the
+/// lookup a stat needs.
+type TablesCache = std::cell::RefCell<Option<(u64, Arc<ReadTables>)>>;
+
+/// What a read needs.
+struct ReadCtx<'a> {
+    db: &'a Database,
+    overlay: &'a RwLock<Overlay>,
+    generation: &'a AtomicU64,
+    cache: Option<&'a TablesCache>,
+    epoch: u64,
+    ost_space: &'a Mutex<OstSpace>,
 }
 
 /// Bytes over the OSTs that are up or degraded, as their servers last reported them.
@@ -205,6 +223,7 @@ impl Mdt {
             )?),
         };
         let overlay: Arc<RwLock<Overlay>> = Arc::default();
+        let generation: Arc<AtomicU64> = Arc::default();
         let committer = Committer {
             syncer,
             broken,
@@ -220,6 +239,7 @@ impl Mdt {
             stats: stats.clone(),
             saved_since_sweep: 0,
             overlay: overlay.clone(),
+            generation: generation.clone(),
         };
         let handle = std::thread::Builder::new()
             .name("mdt-committer".into())
@@ -235,6 +255,7 @@ impl Mdt {
             locks: Arc::default(),
             ost_space: Arc::default(),
             overlay,
+            generation,
         })
     }
 
@@ -250,19 +271,22 @@ impl Mdt {
             locks: self.locks.clone(),
             ost_space: self.ost_space.clone(),
             overlay: self.overlay.clone(),
+            generation: self.generation.clone(),
+            cache: Default::default(),
         }
     }
 
     /// Answers a read-only request on the calling thread.
     pub fn read(&self, head: &Head, req: &Request) -> Result<Reply, i32> {
-        read_now(
-            &self.db,
-            &self.overlay,
-            self.epoch,
-            head,
-            req,
-            &self.ost_space,
-        )
+        let ctx = ReadCtx {
+            db: &self.db,
+            overlay: &self.overlay,
+            generation: &self.generation,
+            cache: None,
+            epoch: self.epoch,
+            ost_space: &self.ost_space,
+        };
+        read_now(&ctx, head, req)
     }
 
     /// What statfs reports of the OSTs from now on (the server calls this with every
@@ -345,6 +369,8 @@ pub struct Submitter {
     locks: Arc<Mutex<LockTable>>,
     ost_space: Arc<Mutex<OstSpace>>,
     overlay: Arc<RwLock<Overlay>>,
+    generation: Arc<AtomicU64>,
+    cache: TablesCache,
 }
 
 impl Submitter {
@@ -360,14 +386,15 @@ impl Submitter {
             return Ok(());
         }
         if head.epoch != self.epoch || req.is_read_only() {
-            let result = read_now(
-                &self.db,
-                &self.overlay,
-                self.epoch,
-                &head,
-                &req,
-                &self.ost_space,
-            );
+            let ctx = ReadCtx {
+                db: &self.db,
+                overlay: &self.overlay,
+                generation: &self.generation,
+                cache: Some(&self.cache),
+                epoch: self.epoch,
+                ost_space: &self.ost_space,
+            };
+            let result = read_now(&ctx, &head, &req);
             let _ = self.done.send(Completion { tag, result });
             return Ok(());
         }
@@ -405,7 +432,19 @@ impl Submitter {
 
     /// A completion if one is ready.
     pub fn poll(&self) -> Option<Completion> {
+        self.drop_stale_tables();
         self.completions.try_recv().ok()
+    }
+
+    /// Lets go of cached read tables once a commit made them stale: they hold a redb
+    /// read transaction, which keeps the pages of its snapshot from being reused while
+    /// the committer writes on.
+    fn drop_stale_tables(&self) {
+        let now = self.generation.load(Ordering::Relaxed);
+        let mut cache = self.cache.borrow_mut();
+        if cache.as_ref().is_some_and(|(g, _)| *g != now) {
+            *cache = None;
+        }
     }
 
     /// Waits up to `timeout` for a completion.
@@ -429,25 +468,18 @@ fn now_ns() -> i64 {
         .map_or(0, |d| d.as_nanos() as i64)
 }
 
-fn read_now(
-    db: &Database,
-    overlay: &RwLock<Overlay>,
-    epoch: u64,
-    head: &Head,
-    req: &Request,
-    ost_space: &Mutex<OstSpace>,
-) -> Result<Reply, i32> {
-    if head.epoch != epoch {
+fn read_now(r: &ReadCtx<'_>, head: &Head, req: &Request) -> Result<Reply, i32> {
+    if head.epoch != r.epoch {
         return Err(errno::ESTALE);
     }
     ns::validate(req)?;
     let run = || -> Result<Reply, Fail> {
         // The overlay first, then the transaction: see `overlay`.
-        let overlay = overlay.read().unwrap_or_else(|p| p.into_inner());
-        let tx = db.begin_read().map_err(StoreError::from)?;
+        let overlay = r.overlay.read().unwrap_or_else(|p| p.into_inner());
+        let tables = read_tables(r)?;
         let view = Layered {
             overlay: &overlay,
-            base: ReadTables::open(&tx)?,
+            base: &*tables,
         };
         ns::read(
             &view,
@@ -467,7 +499,7 @@ fn read_now(
     })?;
     Ok(match reply {
         Reply::Statfs(s) => {
-            let o = *ost_space.lock().unwrap_or_else(|p| p.into_inner());
+            let o = *r.ost_space.lock().unwrap_or_else(|p| p.into_inner());
             Reply::Statfs(Statfs {
                 bytes_total: o.total,
                 bytes_free: o.free,
@@ -477,6 +509,26 @@ fn read_now(
         }
         other => other,
     })
+}
+
+/// Read tables as of the last commit (called with the overlay's lock held, so that no
+/// commit happens meanwhile): the core's cached ones if no commit happened since they
+/// were opened, else fresh ones (cached for the next read).
+fn read_tables(r: &ReadCtx<'_>) -> Result<Arc<ReadTables>, StoreError> {
+    let generation = r.generation.load(Ordering::Acquire);
+    if let Some(cache) = r.cache {
+        if let Some((g, t)) = cache.borrow().as_ref() {
+            if *g == generation {
+                return Ok(t.clone());
+            }
+        }
+    }
+    let tx = r.db.begin_read()?;
+    let tables = Arc::new(ReadTables::open(&tx)?);
+    if let Some(cache) = r.cache {
+        *cache.borrow_mut() = Some((generation, tables.clone()));
+    }
+    Ok(tables)
 }
 
 /// Creates the tables and the root inode of a new MDT; checks the format of an old one.
@@ -592,6 +644,8 @@ struct Committer {
     saved_since_sweep: u64,
     /// What the open transaction holds, for readers.
     overlay: Arc<RwLock<Overlay>>,
+    /// Commits so far, for readers' cached tables.
+    generation: Arc<AtomicU64>,
 }
 
 /// How long one write transaction stays open for more batches, at most.
@@ -705,6 +759,7 @@ impl Committer {
             let mut overlay = self.overlay.write().unwrap_or_else(|p| p.into_inner());
             tx.commit().map_err(StoreError::from)?;
             overlay.clear();
+            self.generation.fetch_add(1, Ordering::Release);
         }
         if durable {
             self.log.truncate().map_err(io_err(&self.log_path))?;

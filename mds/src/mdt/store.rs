@@ -104,6 +104,26 @@ pub trait View {
     fn meta_value(&self, key: &str) -> Result<Option<u64>, StoreError>;
 }
 
+impl<T: View> View for &T {
+    fn inode(&self, ino: u64) -> Result<Option<Inode>, StoreError> {
+        (**self).inode(ino)
+    }
+    fn dentry(&self, dir: u64, name: &[u8]) -> Result<Option<Dentry>, StoreError> {
+        (**self).dentry(dir, name)
+    }
+    fn entries_after(
+        &self,
+        dir: u64,
+        after: u64,
+        max: usize,
+    ) -> Result<(Vec<SeqEntry>, bool), StoreError> {
+        (**self).entries_after(dir, after, max)
+    }
+    fn meta_value(&self, key: &str) -> Result<Option<u64>, StoreError> {
+        (**self).meta_value(key)
+    }
+}
+
 /// The tables opened in one transaction (read-only or writable).
 pub struct Tables<I, D, S, M> {
     pub inodes: I,
