@@ -126,7 +126,6 @@ pub struct ClientEndpoint {
 
 /// Empty polls in a row after which a waiting client yields the CPU between polls.
 const YIELD_AFTER: u32 = 64;
-const SLEEP_AFTER: u32 = 1024;
 
 impl ClientEndpoint {
     /// Opens the endpoint and posts its receives; no session yet.
@@ -442,9 +441,7 @@ impl ClientEndpoint {
             false => self.empty_polls = 0,
             true => {
                 self.empty_polls = self.empty_polls.saturating_add(1);
-                if self.empty_polls >= SLEEP_AFTER {
-                    std::thread::sleep(std::time::Duration::from_micros(20));
-                } else if self.empty_polls >= YIELD_AFTER {
+                if self.empty_polls >= YIELD_AFTER {
                     std::thread::yield_now();
                 }
             }
