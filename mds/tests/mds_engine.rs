@@ -44,14 +44,19 @@ fn start(provider: &str, name: &str) -> Option<(Engine, Arc<Mdt>)> {
 }
 
 fn client(provider: &str, engine: &Engine) -> (ClientEndpoint, nacre_client::SessionId) {
+    own_client(provider, &engine.cores()[0].fabric_name)
+}
+
+/// A client of its own (endpoint and session) on the MDS core, for a test thread.
+fn own_client(provider: &str, core: &[u8]) -> (ClientEndpoint, nacre_client::SessionId) {
     let cfg = RpcConfig {
         msg_size: nacre_proto::meta::MSG_SIZE,
         timeout: Duration::from_secs(20),
         ..Default::default()
     };
     let mut c = ClientEndpoint::open(&Selection::provider(provider), cfg).unwrap();
-    let sid = c.connect(&engine.cores()[0].fabric_name).unwrap();
-    (c, sid)
+    let s = c.connect(core).unwrap();
+    (c, s)
 }
 
 fn head(uid: u32) -> Head {
@@ -192,13 +197,7 @@ fn concurrent_creates_of_one_name_have_one_winner() {
         .map(|_| {
             let name = name.clone();
             std::thread::spawn(move || {
-                let cfg = RpcConfig {
-                    msg_size: nacre_proto::meta::MSG_SIZE,
-                    timeout: Duration::from_secs(20),
-                    ..Default::default()
-                };
-                let mut c = ClientEndpoint::open(&Selection::provider("tcp"), cfg).unwrap();
-                let s = c.connect(&name).unwrap();
+                let (mut c, s) = own_client("tcp", &name);
                 let mut won = 0;
                 for i in 0..40 {
                     let create = Request::Create {
@@ -287,18 +286,6 @@ fn paths_through_the_client_namespace() {
     assert_eq!(status(ns.stat("/a")), libc::ENOENT);
     assert_eq!(ns.stat("/").unwrap().ino, ROOT_INO);
     engine.stop();
-}
-
-/// A client of its own (endpoint and session) on the MDS core, for a test thread.
-fn own_client(provider: &str, core: &[u8]) -> (ClientEndpoint, nacre_client::SessionId) {
-    let cfg = RpcConfig {
-        msg_size: nacre_proto::meta::MSG_SIZE,
-        timeout: Duration::from_secs(20),
-        ..Default::default()
-    };
-    let mut c = ClientEndpoint::open(&Selection::provider(provider), cfg).unwrap();
-    let s = c.connect(core).unwrap();
-    (c, s)
 }
 
 fn ino_of(r: Result<Reply, ClientError>) -> u64 {

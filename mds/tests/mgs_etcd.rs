@@ -253,21 +253,7 @@ fn takeover_after_kill9_on_etcd_takes_at_most_lease_plus_one_second() {
     assert!(etcd.format("takeoverfs", false).status.success());
     let mgs = Mgs::serve_etcd(&etcd.url, &[]);
     mgs.proc.expect("leader on", Duration::from_secs(10));
-    let mut a = server(TEST, &mgs.addr, "node-a", None, false);
-    a.expect("GRANTED oss0 epoch 1", Duration::from_secs(20));
-    a.expect("SERVING oss0", Duration::from_secs(5));
-    let b = server(TEST, &mgs.addr, "node-b", Some(0), false);
-    std::thread::sleep(Duration::from_millis(1500));
-    assert!(b.try_expect("GRANTED", Duration::ZERO).is_none());
-    let killed_ms = SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .unwrap()
-        .as_millis();
-    a.kill9();
-    let line = b.expect("GRANTED oss0 epoch 2", Duration::from_secs(10));
-    let granted_ms: u128 = line.rsplit(' ').next().unwrap().parse().unwrap();
-    b.expect("SERVING oss0 epoch 2", Duration::from_secs(2));
-    let takeover = Duration::from_millis((granted_ms - killed_ms) as u64);
+    let (takeover, _) = takeover_after_kill9(TEST, &mgs.addr);
     println!("etcd: takeover after kill -9: {takeover:?} (lease 5 s)");
     assert!(takeover <= Duration::from_secs(6), "took {takeover:?}");
     assert!(

@@ -4,7 +4,7 @@
 
 mod mgs_support;
 
-use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+use std::time::Duration;
 
 use mgs_support::*;
 use nacre_proto::bootstrap::{errno, Role, RoleKind, TargetReport, TargetState};
@@ -122,24 +122,7 @@ fn takeover_after_kill9_of_the_owner_takes_at_most_lease_plus_one_second() {
     format(&dir, "takeover");
     // The defaults: heartbeat 1 s, lease 5 s.
     let mgs = Mgs::serve(&dir, "127.0.0.1:0", &[]);
-    let mut a = server(TEST, &mgs.addr, "node-a", None, false);
-    a.expect("GRANTED oss0 epoch 1", Duration::from_secs(20));
-    a.expect("SERVING oss0", Duration::from_secs(5));
-    // A standby for oss0 waits (its claims are refused while the lease holds).
-    let b = server(TEST, &mgs.addr, "node-b", Some(0), false);
-    std::thread::sleep(Duration::from_millis(1500));
-    assert!(b.try_expect("GRANTED", Duration::ZERO).is_none());
-    let killed_ms = SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .unwrap()
-        .as_millis();
-    let killed = Instant::now();
-    a.kill9();
-    let line = b.expect("GRANTED oss0 epoch 2", Duration::from_secs(10));
-    let granted_ms: u128 = line.rsplit(' ').next().unwrap().parse().unwrap();
-    b.expect("SERVING oss0 epoch 2", Duration::from_secs(2));
-    let serving = killed.elapsed();
-    let takeover = Duration::from_millis((granted_ms - killed_ms) as u64);
+    let (takeover, serving) = takeover_after_kill9(TEST, &mgs.addr);
     println!("takeover after kill -9: granted {takeover:?}, serving seen {serving:?} (lease 5 s)");
     assert!(
         takeover <= Duration::from_secs(6),

@@ -5,8 +5,6 @@
 
 mod common;
 
-use std::process::Command;
-
 use common::loopfs::mount;
 use common::*;
 use nacre_engine::Backend;
@@ -57,18 +55,8 @@ fn a_file_system_error_degrades_the_target() {
     let mut h = Harness::open(&dir, Backend::IoUring, 16);
     let data = pattern(3, 10_000);
     assert_eq!(h.write(1, 100, &data), Ok(10_000));
-    let dev = Command::new("findmnt")
-        .args(["-n", "-o", "SOURCE"])
-        .arg(&fs.mnt)
-        .output()
-        .unwrap();
-    let dev = String::from_utf8_lossy(&dev.stdout).trim().to_string();
-    let trigger = format!(
-        "/sys/fs/ext4/{}/trigger_fs_error",
-        dev.trim_start_matches("/dev/")
-    );
-    if std::fs::write(&trigger, "nacre test").is_err() {
-        nacre_fabric::testing::skip(&format!("oss fserror: cannot write {trigger}"));
+    if let Err(e) = fs.trigger_fs_error() {
+        nacre_fabric::testing::skip(&format!("oss fserror: cannot trigger an ext4 error: {e}"));
         return;
     }
     let r = h.write(1, 0, &pattern(4, 5000));

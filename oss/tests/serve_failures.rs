@@ -6,8 +6,6 @@
 
 mod common;
 
-use std::process::Command;
-
 use common::loopfs::mount;
 use common::process::*;
 use nacre_client::objects::IoOptions;
@@ -31,14 +29,13 @@ fn a_full_ost_answers_enospc_and_goes_on_serving() {
     let Some(fs) = mount("serve-enospc-fs", "loop") else {
         return;
     };
-    let Some((dir, _mgs, addr)) = cluster(PROVIDER, "serve-enospc") else {
+    let Some(servers) = two_osts(PROVIDER, "serve-enospc", Some(&fs.mnt.join("ost"))) else {
         return;
     };
-    let server = oss(PROVIDER, &addr, &[fs.mnt.join("ost"), dir.join("ost-b")]);
-    let map = map_with_osts(&addr, 0);
-    let (small, big) = (route(&map, 0), route(&map, 1));
+    let (addr, map) = (&servers.addr, &servers.map);
+    let (small, big) = (route(map, 0), route(map, 1));
     let before = ost(
-        &wait_map(&addr, "OST 0's free space", |m| ost(m, 0).free > 0),
+        &wait_map(addr, "OST 0's free space", |m| ost(m, 0).free > 0),
         0,
     );
     assert!(before.capacity < 100 << 20, "OST 0 is the loop file system");
@@ -82,13 +79,13 @@ fn a_full_ost_answers_enospc_and_goes_on_serving() {
     c.obj_write(&big, 1, 0, &chunk, opt).unwrap();
     // ENOSPC is not a failure of the target: it stays up, and the next heartbeats carry
     // the free space that is left.
-    let map = wait_map(&addr, "OST 0's free space shrunk", |m| {
+    let map = wait_map(addr, "OST 0's free space shrunk", |m| {
         ost(m, 0).free < before.free / 4
     });
     assert_eq!(ost(&map, 0).state, TargetState::Up);
     assert_eq!(ost(&map, 1).state, TargetState::Up);
     drop(c);
-    drop(server);
+    drop(servers);
     drop(fs);
 }
 
@@ -97,29 +94,18 @@ fn a_failing_file_system_degrades_its_ost_in_the_map() {
     let Some(fs) = mount("serve-fserror-fs", "loop,errors=remount-ro") else {
         return;
     };
-    let Some((dir, _mgs, addr)) = cluster(PROVIDER, "serve-fserror") else {
+    let Some(servers) = two_osts(PROVIDER, "serve-fserror", Some(&fs.mnt.join("ost"))) else {
         return;
     };
-    let server = oss(PROVIDER, &addr, &[fs.mnt.join("ost"), dir.join("ost-b")]);
-    let map = map_with_osts(&addr, 0);
-    let (bad, good) = (route(&map, 0), route(&map, 1));
+    let (addr, map) = (&servers.addr, &servers.map);
+    let (bad, good) = (route(map, 0), route(map, 1));
     let mut c = client(PROVIDER);
     let opt = IoOptions::default();
     let data = pattern(3, 10_000);
     c.obj_write(&bad, 1, 100, &data, opt).unwrap();
     c.obj_sync(&bad, 1).unwrap();
-    let dev = Command::new("findmnt")
-        .args(["-n", "-o", "SOURCE"])
-        .arg(&fs.mnt)
-        .output()
-        .unwrap();
-    let dev = String::from_utf8_lossy(&dev.stdout).trim().to_string();
-    let trigger = format!(
-        "/sys/fs/ext4/{}/trigger_fs_error",
-        dev.trim_start_matches("/dev/")
-    );
-    if std::fs::write(&trigger, "nacre test").is_err() {
-        nacre_fabric::testing::skip(&format!("serve-fserror: cannot write {trigger}"));
+    if let Err(e) = fs.trigger_fs_error() {
+        nacre_fabric::testing::skip(&format!("serve-fserror: cannot trigger an ext4 error: {e}"));
         return;
     }
     let err = c.obj_write(&bad, 1, 0, &pattern(4, 5000), opt).unwrap_err();
@@ -127,7 +113,7 @@ fn a_failing_file_system_degrades_its_ost_in_the_map() {
         matches!(err, ClientError::Status(libc::EROFS)),
         "a write to the failed file system: {err}"
     );
-    let map = wait_map(&addr, "OST 0 degraded", |m| {
+    let map = wait_map(addr, "OST 0 degraded", |m| {
         ost(m, 0).state == TargetState::Degraded
     });
     assert_eq!(ost(&map, 1).state, TargetState::Up, "the other OST");
@@ -137,6 +123,6 @@ fn a_failing_file_system_degrades_its_ost_in_the_map() {
     assert!(back == data);
     c.obj_write(&good, 1, 0, &data, opt).unwrap();
     drop(c);
-    drop(server);
+    drop(servers);
     drop(fs);
 }

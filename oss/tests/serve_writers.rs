@@ -80,11 +80,10 @@ fn read_all(provider: &str, route: &OstRoute, object: u64, len: usize) -> Vec<u8
 
 fn concurrent_writers(provider: &str) {
     let name = format!("writers-{}", provider.split(';').next().unwrap());
-    let Some((dir, _mgs, addr)) = cluster(provider, &name) else {
+    let Some(fs) = two_osts(provider, &name, None) else {
         return;
     };
-    let _server = oss(provider, &addr, &[dir.join("ost-a"), dir.join("ost-b")]);
-    let route = route(&map_with_osts(&addr, 0), 0);
+    let route = route(&fs.map, 0);
 
     // Disjoint: small pieces from offset 5, then large pieces after them, all interleaved.
     let small_base = 5u64;
@@ -159,11 +158,10 @@ fn concurrent_writers_to_one_object_on_shm() {
 /// seen. The checksum is asked for explicitly, so shm (off by default) is covered too.
 fn corrupted_bulk(provider: &str) {
     let name = format!("corrupt-{}", provider.split(';').next().unwrap());
-    let Some((dir, _mgs, addr)) = cluster(provider, &name) else {
+    let Some(fs) = two_osts(provider, &name, None) else {
         return;
     };
-    let _server = oss(provider, &addr, &[dir.join("ost-a"), dir.join("ost-b")]);
-    let route = route(&map_with_osts(&addr, 0), 1);
+    let route = route(&fs.map, 1);
     let mut c = client(provider);
     let object = 4u64;
     let sid = c.connect(&route.cores[(object % 2) as usize]).unwrap();

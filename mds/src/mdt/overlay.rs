@@ -14,13 +14,14 @@ use std::collections::{BTreeMap, HashMap};
 
 use super::inode::{Dentry, Inode};
 use super::redo::Change;
-use super::store::{decode_seq, SeqEntry, StoreError, View};
+use super::store::{decode_dentry, decode_seq, SeqEntry, StoreError, View};
 
 /// The namespace tables' uncommitted rows: Some(row) written, None removed.
 #[derive(Debug, Default)]
 pub struct Overlay {
     inodes: HashMap<u64, Option<Vec<u8>>>,
-    dentries: HashMap<(u64, Vec<u8>), Option<Vec<u8>>>,
+    /// By directory, then name (looked up by `&[u8]`, with no allocation per lookup).
+    dentries: HashMap<u64, HashMap<Vec<u8>, Option<Vec<u8>>>>,
     dirseq: BTreeMap<(u64, u64), Option<Vec<u8>>>,
     meta: HashMap<String, u64>,
     /// Files whose objects await removal on the OSTs.
@@ -28,24 +29,22 @@ pub struct Overlay {
 }
 
 impl Overlay {
-    /// Notes one applied change (the tables readers do not see are skipped).
-    pub fn record(&mut self, c: &Change) {
+    /// Takes one applied change (the tables readers do not see are skipped).
+    pub fn record(&mut self, c: Change) {
         match c {
-            Change::PutInode(ino, rec) => drop(self.inodes.insert(*ino, Some(rec.clone()))),
-            Change::DelInode(ino) => drop(self.inodes.insert(*ino, None)),
+            Change::PutInode(ino, rec) => drop(self.inodes.insert(ino, Some(rec))),
+            Change::DelInode(ino) => drop(self.inodes.insert(ino, None)),
             Change::PutDentry(dir, name, d) => {
-                self.dentries.insert((*dir, name.clone()), Some(d.clone()));
+                self.dentries.entry(dir).or_default().insert(name, Some(d));
             }
-            Change::DelDentry(dir, name) => drop(self.dentries.insert((*dir, name.clone()), None)),
-            Change::PutSeq(dir, seq, row) => {
-                drop(self.dirseq.insert((*dir, *seq), Some(row.clone())))
+            Change::DelDentry(dir, name) => {
+                self.dentries.entry(dir).or_default().insert(name, None);
             }
-            Change::DelSeq(dir, seq) => drop(self.dirseq.insert((*dir, *seq), None)),
-            Change::PutMeta(key, val) => drop(self.meta.insert(key.clone(), *val)),
-            Change::PutDestroy(ino, layout) => {
-                drop(self.destroy.insert(*ino, Some(layout.clone())))
-            }
-            Change::DelDestroy(ino) => drop(self.destroy.insert(*ino, None)),
+            Change::PutSeq(dir, seq, row) => drop(self.dirseq.insert((dir, seq), Some(row))),
+            Change::DelSeq(dir, seq) => drop(self.dirseq.insert((dir, seq), None)),
+            Change::PutMeta(key, val) => drop(self.meta.insert(key, val)),
+            Change::PutDestroy(ino, layout) => drop(self.destroy.insert(ino, Some(layout))),
+            Change::DelDestroy(ino) => drop(self.destroy.insert(ino, None)),
             Change::PutOrphan(_)
             | Change::DelOrphan(_)
             | Change::PutReply(..)
@@ -70,7 +69,7 @@ impl Overlay {
 /// `overlay` seen over `base` (a read transaction's tables).
 pub struct Layered<'a, V> {
     pub overlay: &'a Overlay,
-    pub base: V,
+    pub base: &'a V,
 }
 
 impl<V: View> View for Layered<'_, V> {
@@ -83,10 +82,8 @@ impl<V: View> View for Layered<'_, V> {
     }
 
     fn dentry(&self, dir: u64, name: &[u8]) -> Result<Option<Dentry>, StoreError> {
-        match self.overlay.dentries.get(&(dir, name.to_vec())) {
-            Some(Some(row)) => Dentry::decode(row)
-                .map(Some)
-                .ok_or(StoreError::CorruptRecord("dentry")),
+        match self.overlay.dentries.get(&dir).and_then(|d| d.get(name)) {
+            Some(Some(row)) => decode_dentry(row).map(Some),
             Some(None) => Ok(None),
             None => self.base.dentry(dir, name),
         }
@@ -195,19 +192,19 @@ mod tests {
         let mut overlay = Overlay::default();
         let mut model: BTreeMap<u64, Vec<u8>> = base.0.clone();
         for s in [3, 4, 5, 19] {
-            overlay.record(&Change::DelSeq(1, s));
+            overlay.record(Change::DelSeq(1, s));
             model.remove(&s);
         }
         for s in [7, 8, 21, 30] {
             let r = encode_seq(s * 100, FileKind::Dir, b"new");
-            overlay.record(&Change::PutSeq(1, s, r.clone()));
+            overlay.record(Change::PutSeq(1, s, r.clone()));
             model.insert(s, r);
         }
         // Another directory's rows never show.
-        overlay.record(&Change::PutSeq(2, 9, row(9)));
+        overlay.record(Change::PutSeq(2, 9, row(9)));
         let view = Layered {
             overlay: &overlay,
-            base,
+            base: &base,
         };
         let want: Vec<u64> = model.keys().copied().collect();
         for max in 1..=25 {

@@ -811,7 +811,7 @@ impl Committer {
                 .map_err(io_err(&self.log_path))?;
             self.dirty = true;
             let mut overlay = self.overlay.write().unwrap_or_else(|p| p.into_inner());
-            for c in &applied {
+            for c in applied {
                 overlay.record(c);
             }
         }

@@ -72,6 +72,10 @@ pub(crate) fn encode_seq(ino: u64, kind: FileKind, name: &[u8]) -> Vec<u8> {
     v
 }
 
+pub(crate) fn decode_dentry(row: &[u8]) -> Result<Dentry, StoreError> {
+    Dentry::decode(row).ok_or(StoreError::CorruptRecord("dentry"))
+}
+
 pub(crate) fn decode_seq(seq: u64, b: &[u8]) -> Result<SeqEntry, StoreError> {
     let bad = StoreError::CorruptRecord("dirseq row");
     if b.len() < 9 {
@@ -104,26 +108,6 @@ pub trait View {
     fn meta_value(&self, key: &str) -> Result<Option<u64>, StoreError>;
 }
 
-impl<T: View> View for &T {
-    fn inode(&self, ino: u64) -> Result<Option<Inode>, StoreError> {
-        (**self).inode(ino)
-    }
-    fn dentry(&self, dir: u64, name: &[u8]) -> Result<Option<Dentry>, StoreError> {
-        (**self).dentry(dir, name)
-    }
-    fn entries_after(
-        &self,
-        dir: u64,
-        after: u64,
-        max: usize,
-    ) -> Result<(Vec<SeqEntry>, bool), StoreError> {
-        (**self).entries_after(dir, after, max)
-    }
-    fn meta_value(&self, key: &str) -> Result<Option<u64>, StoreError> {
-        (**self).meta_value(key)
-    }
-}
-
 /// The tables opened in one transaction (read-only or writable).
 pub struct Tables<I, D, S, M> {
     pub inodes: I,
@@ -149,9 +133,7 @@ where
     fn dentry(&self, dir: u64, name: &[u8]) -> Result<Option<Dentry>, StoreError> {
         match self.dentries.get((dir, name))? {
             None => Ok(None),
-            Some(v) => Dentry::decode(v.value())
-                .map(Some)
-                .ok_or(StoreError::CorruptRecord("dentry")),
+            Some(v) => decode_dentry(v.value()).map(Some),
         }
     }
 

@@ -568,16 +568,17 @@ impl Store for EtcdStore {
         let ttl = role_ttl(self.lease).as_secs() as i64;
         let mut fresh = Vec::new();
         for &role in &changes.granted {
+            // The key's create revision as this leader last saw it (0: none).
+            let seen = self.held.get(&role).map_or(0, |h| h.created);
             match self.etcd.rt.block_on(c.lease_grant(ttl, None)) {
-                Ok(g) => fresh.push((role, g.id())),
+                Ok(g) => fresh.push((role, g.id(), seen)),
                 Err(e) => {
                     self.revoke_ids(fresh.iter().map(|f| f.1));
                     return Err(backend(e));
                 }
             }
         }
-        for &(role, id) in &fresh {
-            let seen = self.held.get(&role).map_or(0, |h| h.created);
+        for &(role, id, seen) in &fresh {
             when.push(Compare::create_revision(
                 lease_key(role),
                 CompareOp::Equal,
@@ -614,8 +615,8 @@ impl Store for EtcdStore {
             }
         };
         let revision = resp.header().map_or(0, |h| h.revision());
-        for (role, id) in fresh {
-            let seen = self.held.get(&role).map_or(0, |h| h.created);
+        for (role, id, seen) in fresh {
+            // A put on an existing key keeps its create revision.
             self.hold(role, id, if seen == 0 { revision } else { seen });
         }
         for role in ended {

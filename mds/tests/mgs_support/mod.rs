@@ -326,3 +326,27 @@ impl Mgs {
         Mgs::serve(&dir, "127.0.0.1:0", &args)
     }
 }
+
+/// With the default lease (heartbeat 1 s, lease 5 s) on the MGS at `mgs`: an owner of
+/// oss0 and a standby for it, the owner killed with kill -9; returns the time from the
+/// kill to the standby's grant (clocks of two processes, so the wall clock) and to this
+/// test seeing it serve. The standby is refused while the lease holds.
+pub fn takeover_after_kill9(test: &str, mgs: &str) -> (Duration, Duration) {
+    let mut a = server(test, mgs, "node-a", None, false);
+    a.expect("GRANTED oss0 epoch 1", Duration::from_secs(20));
+    a.expect("SERVING oss0", Duration::from_secs(5));
+    let b = server(test, mgs, "node-b", Some(0), false);
+    std::thread::sleep(Duration::from_millis(1500));
+    assert!(b.try_expect("GRANTED", Duration::ZERO).is_none());
+    let killed_ms = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .as_millis();
+    let killed = Instant::now();
+    a.kill9();
+    let line = b.expect("GRANTED oss0 epoch 2", Duration::from_secs(10));
+    let granted_ms: u128 = line.rsplit(' ').next().unwrap().parse().unwrap();
+    b.expect("SERVING oss0 epoch 2", Duration::from_secs(2));
+    let granted = Duration::from_millis((granted_ms - killed_ms) as u64);
+    (granted, killed.elapsed())
+}

@@ -44,6 +44,25 @@ impl LoopFs {
     }
 }
 
+impl LoopFs {
+    /// Makes ext4 take its error path (through sysfs), as a failing device would; with
+    /// `errors=remount-ro` the file system turns read-only. Err: the path it could not
+    /// write, for the test to skip with.
+    pub fn trigger_fs_error(&self) -> Result<(), String> {
+        let dev = Command::new("findmnt")
+            .args(["-n", "-o", "SOURCE"])
+            .arg(&self.mnt)
+            .output()
+            .map_err(|e| format!("findmnt: {e}"))?;
+        let dev = String::from_utf8_lossy(&dev.stdout).trim().to_string();
+        let trigger = format!(
+            "/sys/fs/ext4/{}/trigger_fs_error",
+            dev.trim_start_matches("/dev/")
+        );
+        std::fs::write(&trigger, "nacre test").map_err(|e| format!("{trigger}: {e}"))
+    }
+}
+
 impl Drop for LoopFs {
     fn drop(&mut self) {
         // The kernel may drop an io_uring's file references a moment after the ring.

@@ -151,3 +151,26 @@ pub fn client(provider: &str) -> ClientEndpoint {
     };
     ClientEndpoint::open(&Selection::provider(provider), cfg).unwrap()
 }
+
+/// An MGS and one `nacre-oss serve` of two OSTs (`first`, else `DIR/ost-a`, then
+/// `DIR/ost-b`), with the map once both are served. Dropping it stops both processes.
+pub struct TwoOsts {
+    pub addr: String,
+    pub map: ClusterMap,
+    _server: Proc,
+    _mgs: Proc,
+}
+
+/// [`TwoOsts`] for test `name`, or None after saying why it skips.
+pub fn two_osts(provider: &str, name: &str, first: Option<&Path>) -> Option<TwoOsts> {
+    let (dir, mgs, addr) = cluster(provider, name)?;
+    let first = first.map_or_else(|| dir.join("ost-a"), Path::to_path_buf);
+    let server = oss(provider, &addr, &[first, dir.join("ost-b")]);
+    let map = map_with_osts(&addr, 0);
+    Some(TwoOsts {
+        addr,
+        map,
+        _server: server,
+        _mgs: mgs,
+    })
+}
