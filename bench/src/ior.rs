@@ -14,7 +14,7 @@ use std::os::unix::fs::{FileExt, OpenOptionsExt};
 use std::sync::{Arc, Barrier};
 use std::time::Instant;
 
-use nacre_client::{Client, ClientConfig, OpenOptions};
+use nacre_client::{Client, ClientConfig, OpenOptions, O_BUFFERED};
 use nacre_proto::layout::{FirstOst, StripeCount, StripeSpec};
 
 use crate::format::parse_size;
@@ -61,6 +61,11 @@ pub struct IorArgs {
     /// Run on the local file system at -o with system calls and O_DIRECT.
     #[arg(long)]
     local: bool,
+    /// Open nacre files with O_BUFFERED: small transfers in order are gathered into
+    /// 1 MiB windows and read ahead, as a Lustre client's page cache does (transfers
+    /// of 1 MiB or more go straight through either way).
+    #[arg(long, conflicts_with = "local")]
+    buffered: bool,
 }
 
 /// Where the bytes of one task's transfers go, as IOR lays them out.
@@ -129,7 +134,12 @@ impl TaskFile for std::fs::File {
 
 /// Opens files for the run: on nacre through a client per task, or locally.
 enum Target {
-    Nacre { mgs: String, spec: StripeSpec },
+    Nacre {
+        mgs: String,
+        spec: StripeSpec,
+        /// O_BUFFERED or 0.
+        buffered: i32,
+    },
     Local,
 }
 
@@ -154,8 +164,11 @@ impl Target {
             false => libc::O_RDWR,
         };
         match (self, client) {
-            (Target::Nacre { spec, .. }, Some(c)) => {
-                let opt = OpenOptions::read().flags(flags).mode(0o644).layout(*spec);
+            (Target::Nacre { spec, buffered, .. }, Some(c)) => {
+                let opt = OpenOptions::read()
+                    .flags(flags | buffered)
+                    .mode(0o644)
+                    .layout(*spec);
                 c.open(path, &opt)
                     .map(|f| Box::new(f) as Box<dyn TaskFile>)
                     .map_err(|e| format!("{path}: {e}"))
@@ -226,10 +239,10 @@ pub fn run(args: &IorArgs) -> Result<(), BenchError> {
     };
     println!(
         "ior: {} tasks={} t={} b={} s={} {} stripe_count={}",
-        if args.local {
-            "local O_DIRECT"
-        } else {
-            "nacre"
+        match (args.local, args.buffered) {
+            (true, _) => "local O_DIRECT",
+            (false, true) => "nacre O_BUFFERED",
+            (false, false) => "nacre",
         },
         p.tasks,
         p.transfer,
@@ -290,6 +303,7 @@ fn target(args: &IorArgs) -> Result<Target, BenchError> {
             count,
             first: FirstOst::Any,
         },
+        buffered: if args.buffered { O_BUFFERED } else { 0 },
     })
 }
 

@@ -1,14 +1,15 @@
 //! The client library against a whole file system from `nacre up` (real processes):
 //! striped reads and writes checked against an in-memory model at every stripe
 //! boundary, holes, truncation, and one shared file written by several clients and
-//! threads (the MPI-IO pattern), read back by each of them.
+//! threads (the MPI-IO pattern), read back by each of them; the same through buffered
+//! handles (O_BUFFERED), and what other clients see of a buffered handle's writes.
 
 mod common;
 
 use std::sync::Arc;
 
 use common::{tmp, Up};
-use nacre_client::{errno, Client, ClientConfig, OpenOptions};
+use nacre_client::{errno, Client, ClientConfig, OpenOptions, O_BUFFERED};
 use nacre_fabric::testing::pattern;
 use nacre_proto::bootstrap::TargetKind;
 use nacre_proto::layout::{FirstOst, StripeCount, StripeSpec};
@@ -55,11 +56,16 @@ impl Rng {
     }
 }
 
-/// Random writes, reads and truncations of a 4-stripe file, each checked against a
-/// Vec<u8> with the same operations applied.
-fn matches_the_model(client: &Client) {
+const CREATE: i32 = libc::O_RDWR | libc::O_CREAT | libc::O_TRUNC;
+
+/// Random writes, reads and truncations of a 4-stripe file through a handle opened
+/// with `flags`, each checked against a Vec<u8> with the same operations applied.
+fn matches_the_model(client: &Client, path: &str, flags: i32) {
     let f = client
-        .open("/model", &OpenOptions::create().layout(spec(4, STRIPE)))
+        .open(
+            path,
+            &OpenOptions::create().flags(flags).layout(spec(4, STRIPE)),
+        )
         .unwrap();
     let mut model: Vec<u8> = Vec::new();
     let mut rng = Rng(0x5eed);
@@ -96,10 +102,87 @@ fn matches_the_model(client: &Client) {
     assert_eq!(f.stat().unwrap().size, model.len() as u64);
     f.close().unwrap();
     // A fresh open (another handle, the size from the MDS) sees the same bytes.
-    let g = client.open("/model", &OpenOptions::read()).unwrap();
+    let g = client.open(path, &OpenOptions::read()).unwrap();
     let mut all = vec![0; model.len() + 100];
     assert_eq!(g.read_at(&mut all, 0).unwrap(), model.len());
     assert!(all[..model.len()] == model[..]);
+}
+
+/// Reads `len` bytes at 0 in pieces of `piece`, in order.
+fn read_in_pieces(f: &nacre_client::File, len: usize, piece: usize) -> Vec<u8> {
+    let mut got = vec![0; len];
+    for (i, chunk) in got.chunks_mut(piece).enumerate() {
+        let n = f.read_at(chunk, (i * piece) as u64).unwrap();
+        assert_eq!(n, chunk.len(), "piece {i}");
+    }
+    got
+}
+
+/// What a buffered handle's writes look like from its own reads and from other
+/// clients: gathered 47008-byte writes read back in order by the writer, by another
+/// client after fsync, and after a drop; a buffered reader sees another client's
+/// synced overwrite once it syncs itself; a truncate drops gathered bytes past it.
+fn buffered_handles(mgs: &str, client: &Client) {
+    let other = Client::connect(mgs, ClientConfig::default()).unwrap();
+    let buffered = OpenOptions::create()
+        .flags(CREATE | O_BUFFERED)
+        .layout(spec(2, 1 << 20));
+    let want = pattern(47, 3 * (1 << 20) + 12345);
+    let w = client.open("/buffered", &buffered).unwrap();
+    for (i, piece) in want.chunks(47008).enumerate() {
+        w.write_at(piece, (i * 47008) as u64).unwrap();
+    }
+    assert!(
+        read_in_pieces(&w, want.len(), 47008) == want,
+        "the writer's own reads"
+    );
+    w.fsync().unwrap();
+    assert_eq!(other.stat("/buffered").unwrap().size, want.len() as u64);
+    let plain = other.open("/buffered", &OpenOptions::read()).unwrap();
+    assert!(
+        read_in_pieces(&plain, want.len(), 1 << 20) == want,
+        "after fsync"
+    );
+
+    // Gathered bytes go out when the handle is dropped.
+    w.write_at(b"appended", want.len() as u64).unwrap();
+    drop(w);
+    let mut tail = [0u8; 8];
+    assert_eq!(plain.read_at(&mut tail, want.len() as u64).unwrap(), 8);
+    assert_eq!(&tail, b"appended");
+
+    // A buffered reader and another client's overwrite, synced.
+    let r = client
+        .open(
+            "/buffered",
+            &OpenOptions::read().flags(libc::O_RDONLY | O_BUFFERED),
+        )
+        .unwrap();
+    assert!(read_in_pieces(&r, 100_000, 1000)[..] == want[..100_000]);
+    let ow = other
+        .open("/buffered", &OpenOptions::read().flags(libc::O_RDWR))
+        .unwrap();
+    ow.write_at(&[0xAB; 4096], 50_000).unwrap();
+    ow.fsync().unwrap();
+    r.fsync().unwrap();
+    let mut got = [0u8; 4096];
+    assert_eq!(r.read_at(&mut got, 50_000).unwrap(), 4096);
+    assert_eq!(got, [0xAB; 4096], "a buffered reader after its fsync");
+
+    // Gathered bytes past a truncate are dropped; those before it stay.
+    let t = client
+        .open(
+            "/buffered",
+            &OpenOptions::read().flags(libc::O_RDWR | O_BUFFERED),
+        )
+        .unwrap();
+    t.write_at(&[0xCD; 3000], 10_000).unwrap();
+    t.set_len(11_000).unwrap();
+    t.close().unwrap();
+    let fresh = other.open("/buffered", &OpenOptions::read()).unwrap();
+    let mut all = vec![0u8; 20_000];
+    assert_eq!(fresh.read_at(&mut all, 0).unwrap(), 11_000);
+    assert!(all[10_000..11_000].iter().all(|&b| b == 0xCD));
 }
 
 /// A write far past the end leaves a hole that reads as zeros, in objects never written.
@@ -123,8 +206,8 @@ fn holes_read_as_zeros(client: &Client) {
 
 /// `clients` clients, each with `threads` threads, write interleaved disjoint blocks of
 /// one file (block i by writer i % writers); then every client reads it all back.
-fn shared_file(mgs: &str, clients: usize, threads: usize, block: usize, blocks: usize) {
-    let path = format!("/shared-{block}");
+fn shared_file(mgs: &str, clients: usize, threads: usize, block: usize, blocks: usize, flags: i32) {
+    let path = format!("/shared-{block}-{flags:x}");
     let first = Client::connect(mgs, ClientConfig::default()).unwrap();
     first
         .open(&path, &OpenOptions::create().layout(spec(4, 1 << 20)))
@@ -138,7 +221,7 @@ fn shared_file(mgs: &str, clients: usize, threads: usize, block: usize, blocks: 
             let (mgs, path, want) = (mgs.to_string(), path.clone(), want.clone());
             std::thread::spawn(move || {
                 let client = Client::connect(&mgs, ClientConfig::default()).unwrap();
-                let rw = OpenOptions::read().flags(libc::O_RDWR);
+                let rw = OpenOptions::read().flags(libc::O_RDWR | flags);
                 let file = Arc::new(client.open(&path, &rw).unwrap());
                 std::thread::scope(|s| {
                     for t in 0..threads {
@@ -200,11 +283,14 @@ fn striped_io(provider: &str) {
     let name = provider.split(';').next().unwrap();
     let up = Up::start(&tmp(&format!("io-{name}")), provider, &[]);
     let client = Client::connect(&up.mgs, ClientConfig::default()).unwrap();
-    matches_the_model(&client);
+    matches_the_model(&client, "/model", CREATE);
+    matches_the_model(&client, "/model-buffered", CREATE | O_BUFFERED);
     holes_read_as_zeros(&client);
     statfs_adds_up_the_osts(&client);
-    shared_file(&up.mgs, 3, 2, 47008, 96);
-    shared_file(&up.mgs, 2, 2, 1 << 20, 12);
+    buffered_handles(&up.mgs, &client);
+    shared_file(&up.mgs, 3, 2, 47008, 96, 0);
+    shared_file(&up.mgs, 3, 2, 47008, 96, O_BUFFERED);
+    shared_file(&up.mgs, 2, 2, 1 << 20, 12, 0);
     up.stop();
 }
 

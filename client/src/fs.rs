@@ -18,6 +18,7 @@
 
 use std::cell::RefCell;
 use std::io;
+use std::ops::Range;
 use std::sync::atomic::{AtomicBool, AtomicU32, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, RwLock, Weak};
 use std::time::{Duration, Instant};
@@ -29,6 +30,7 @@ use nacre_proto::meta::{
     self, Attr, Creds, DirEntry, LockRequest, ReplayKey, Reply, Request, SetAttr,
 };
 
+use crate::cache::{Backing, Cache};
 use crate::mgs::{BootConfig, MgsClient, MgsError};
 use crate::namespace::Namespace;
 use crate::objects::{checksum_by_default, Extent, IoOptions, OstRoute, OstStatfs};
@@ -203,10 +205,18 @@ pub struct FsStat {
     pub name_max: u32,
 }
 
+/// An open flag of nacre's own, beside Linux's: the handle gathers small writes in
+/// order and reads ahead, a window of 1 MiB at a time. Not a bit Linux
+/// gives to open(2). What it trades: writes reach other clients when the handle
+/// reads, syncs or closes, or a window of gathered writes fills; a buffered handle
+/// sees other clients' writes that were synced before its open or its last fsync.
+pub const O_BUFFERED: i32 = 0x4000_0000;
+
 /// Flags and mode of an open, with the layout of a file it creates.
 #[derive(Debug, Clone, Default)]
 pub struct OpenOptions {
-    /// Linux open flags (O_RDONLY, O_WRONLY, O_RDWR, O_CREAT, O_EXCL, O_TRUNC, O_APPEND).
+    /// Linux open flags (O_RDONLY, O_WRONLY, O_RDWR, O_CREAT, O_EXCL, O_TRUNC, O_APPEND),
+    /// and [`O_BUFFERED`].
     pub flags: i32,
     pub mode: u32,
     pub layout: Option<StripeSpec>,
@@ -261,6 +271,8 @@ pub struct File {
     written_end: AtomicU64,
     reported: AtomicU64,
     closed: AtomicBool,
+    /// Write-behind and read-ahead, on a handle opened with [`O_BUFFERED`].
+    cache: Option<Mutex<Cache>>,
 }
 
 impl Client {
@@ -676,6 +688,7 @@ impl Client {
             written_end: AtomicU64::new(0),
             reported: AtomicU64::new(0),
             closed: AtomicBool::new(false),
+            cache: (flags & O_BUFFERED != 0).then(Mutex::default),
         };
         // The MDS emptied the file for any O_TRUNC (it checked write permission).
         if flags & libc::O_TRUNC != 0 {
@@ -784,7 +797,8 @@ impl File {
     }
 
     /// Writes all of `data` at `offset` (pwrite); with O_APPEND, at the end of the file
-    /// as the MDS knows it plus this handle's own writes. Returns `data.len()`.
+    /// as the MDS knows it plus this handle's own writes. Returns `data.len()`. On a
+    /// buffered handle ([`O_BUFFERED`]) small writes in order are gathered first.
     pub fn write_at(&self, data: &[u8], offset: u64) -> io::Result<usize> {
         self.may(true)?;
         let offset = match self.flags & libc::O_APPEND != 0 {
@@ -794,16 +808,11 @@ impl File {
         if data.is_empty() {
             return Ok(0);
         }
-        let layout = self.layout_or_einval()?;
-        let pieces = layout
-            .pieces(offset, data.len() as u64)
-            .map_err(|e| failure(libc::EINVAL, e.to_string()))?;
-        self.client.with_conn(true, |c| {
-            let routes = c.routes(layout)?;
-            let extents = extents(layout, &routes, &pieces, offset);
-            let io = c.io;
-            c.ns.ep.write_extents(&extents, data, io)
-        })?;
+        self.layout_or_einval()?;
+        match &self.cache {
+            Some(cache) => lock(cache).write(self, data, offset)?,
+            None => self.write_direct(data, offset)?,
+        }
         let end = offset + data.len() as u64;
         self.written_end.fetch_max(end, Ordering::AcqRel);
         self.size.fetch_max(end, Ordering::AcqRel);
@@ -811,39 +820,22 @@ impl File {
     }
 
     /// Reads at `offset` into `buf` (pread): short only at the end of the file; holes
-    /// read as zeros.
+    /// read as zeros. On a buffered handle, reads in order are served from a window
+    /// read ahead.
     pub fn read_at(&self, buf: &mut [u8], offset: u64) -> io::Result<usize> {
         self.may(false)?;
-        let want = offset.saturating_add(buf.len() as u64);
-        let mut size = self.size.load(Ordering::Acquire);
-        if want > size {
-            // Past what this handle knows: another client may have written since.
-            size = self.current_size()?;
+        match &self.cache {
+            Some(cache) => lock(cache).read(self, buf, offset),
+            None => self.read_direct(buf, offset),
         }
-        if offset >= size || buf.is_empty() {
-            return Ok(0);
+    }
+
+    /// Sends what a buffered handle gathered.
+    fn flush(&self) -> io::Result<()> {
+        match &self.cache {
+            Some(cache) => lock(cache).flush(self),
+            None => Ok(()),
         }
-        let n = (size - offset).min(buf.len() as u64) as usize;
-        let Some(layout) = self.layout.as_ref() else {
-            buf[..n].fill(0);
-            return Ok(n);
-        };
-        let pieces = layout
-            .pieces(offset, n as u64)
-            .map_err(|e| failure(libc::EINVAL, e.to_string()))?;
-        let buf = &mut buf[..n];
-        let got = self.client.with_conn(true, |c| {
-            let routes = c.routes(layout)?;
-            let extents = extents(layout, &routes, &pieces, offset);
-            let io = c.io;
-            c.ns.ep.read_extents(&extents, buf, io)
-        })?;
-        // Below the file's size, what an object does not hold is a hole: zeros.
-        for (p, got) in pieces.iter().zip(got) {
-            let at = (p.file_offset - offset) as usize;
-            buf[at + got..at + p.len as usize].fill(0);
-        }
-        Ok(n)
     }
 
     /// The attributes as of the open, with the size this handle knows now (no
@@ -878,8 +870,13 @@ impl File {
         Ok(attr)
     }
 
-    /// Makes every write of this handle durable and its size known to the MDS.
+    /// Makes every write of this handle durable and its size known to the MDS; a
+    /// buffered handle then reads what other clients synced before it.
     pub fn fsync(&self) -> io::Result<()> {
+        self.flush()?;
+        if let Some(cache) = &self.cache {
+            lock(cache).forget_reads();
+        }
         if let Some(layout) = &self.layout {
             self.client.with_conn(true, |c| {
                 for o in &layout.objects {
@@ -912,6 +909,9 @@ impl File {
     /// Another handle (or a truncate by inode) set the file's size to `size`: this
     /// handle forgets the larger size its own writes had shown it.
     pub fn resized(&self, size: u64) {
+        if let Some(cache) = &self.cache {
+            lock(cache).truncated(size);
+        }
         self.size.store(size, Ordering::Release);
         self.written_end.store(size, Ordering::Release);
         self.reported.store(size, Ordering::Release);
@@ -925,6 +925,7 @@ impl File {
     /// Tells the MDS where this handle's writes end (it keeps the larger size), so
     /// that other clients see it: what close and fsync do, without the sync.
     pub fn report_size(&self) -> io::Result<()> {
+        self.flush()?;
         let end = self.written_end.load(Ordering::Acquire);
         if end > self.reported.load(Ordering::Acquire) {
             let req = Request::ReportSize {
@@ -968,6 +969,80 @@ impl Drop for File {
             tracing::warn!("closing inode {}: {e}", self.ino);
         }
     }
+}
+
+/// A handle's transfers at the servers, under its cache.
+impl Backing for File {
+    fn write_direct(&self, data: &[u8], offset: u64) -> io::Result<()> {
+        let layout = self.layout_or_einval()?;
+        let pieces = layout
+            .pieces(offset, data.len() as u64)
+            .map_err(|e| failure(libc::EINVAL, e.to_string()))?;
+        self.client.with_conn(true, |c| {
+            let routes = c.routes(layout)?;
+            let extents = extents(layout, &routes, &pieces, offset);
+            let io = c.io;
+            c.ns.ep.write_extents(&extents, data, io)
+        })
+    }
+
+    fn write_ranges(&self, window: &[u8], base: u64, ranges: &[Range<usize>]) -> io::Result<()> {
+        let layout = self.layout_or_einval()?;
+        let mut pieces = Vec::new();
+        for r in ranges {
+            let at = base + r.start as u64;
+            pieces.extend(
+                layout
+                    .pieces(at, r.len() as u64)
+                    .map_err(|e| failure(libc::EINVAL, e.to_string()))?,
+            );
+        }
+        self.client.with_conn(true, |c| {
+            let routes = c.routes(layout)?;
+            let extents = extents(layout, &routes, &pieces, base);
+            let io = c.io;
+            c.ns.ep.write_extents(&extents, window, io)
+        })
+    }
+
+    fn read_direct(&self, buf: &mut [u8], offset: u64) -> io::Result<usize> {
+        let want = offset.saturating_add(buf.len() as u64);
+        let mut size = self.size.load(Ordering::Acquire);
+        if want > size {
+            // Past what this handle knows: another client may have written since.
+            size = self.current_size()?;
+        }
+        if offset >= size || buf.is_empty() {
+            return Ok(0);
+        }
+        let n = (size - offset).min(buf.len() as u64) as usize;
+        let Some(layout) = self.layout.as_ref() else {
+            buf[..n].fill(0);
+            return Ok(n);
+        };
+        let pieces = layout
+            .pieces(offset, n as u64)
+            .map_err(|e| failure(libc::EINVAL, e.to_string()))?;
+        let buf = &mut buf[..n];
+        let got = self.client.with_conn(true, |c| {
+            let routes = c.routes(layout)?;
+            let extents = extents(layout, &routes, &pieces, offset);
+            let io = c.io;
+            c.ns.ep.read_extents(&extents, buf, io)
+        })?;
+        // Below the file's size, what an object does not hold is a hole: zeros.
+        for (p, got) in pieces.iter().zip(got) {
+            let at = (p.file_offset - offset) as usize;
+            buf[at + got..at + p.len as usize].fill(0);
+        }
+        Ok(n)
+    }
+}
+
+/// A handle's cache; a thread that panicked holding it left it consistent (every
+/// change to it is a plain store after the request that could fail).
+fn lock(cache: &Mutex<Cache>) -> std::sync::MutexGuard<'_, Cache> {
+    cache.lock().unwrap_or_else(|e| e.into_inner())
 }
 
 fn open_request(ino: u64, flags: i32) -> Request {

@@ -8,6 +8,7 @@
 //! (`mgs`): the cluster map, role claims and leases, over TCP. It never depends on the
 //! server engine.
 
+mod cache;
 pub mod fs;
 mod meta;
 pub mod mgs;
@@ -16,6 +17,8 @@ pub mod objects;
 mod regcache;
 mod rpc;
 
-pub use fs::{errno, Client, ClientConfig, File, FsStat, Layout, OpenOptions, TargetUsage};
+pub use fs::{
+    errno, Client, ClientConfig, File, FsStat, Layout, OpenOptions, TargetUsage, O_BUFFERED,
+};
 pub use regcache::{RegCache, RegCacheConfig, RegCacheMode, RegCacheStats};
 pub use rpc::{ClientEndpoint, ClientError, Reply, RpcClient, RpcConfig, SessionId};
