@@ -272,7 +272,7 @@ pub struct File {
     reported: AtomicU64,
     closed: AtomicBool,
     /// Write-behind and read-ahead, on a handle opened with [`O_BUFFERED`].
-    cache: Option<Mutex<Cache>>,
+    cache: Option<Box<Mutex<Cache>>>,
 }
 
 impl Client {
@@ -688,7 +688,7 @@ impl Client {
             written_end: AtomicU64::new(0),
             reported: AtomicU64::new(0),
             closed: AtomicBool::new(false),
-            cache: (flags & O_BUFFERED != 0).then(Mutex::default),
+            cache: (flags & O_BUFFERED != 0).then(Box::default),
         };
         // The MDS emptied the file for any O_TRUNC (it checked write permission).
         if flags & libc::O_TRUNC != 0 {
