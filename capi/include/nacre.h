@@ -73,8 +73,16 @@ int nacre_connect(const char *mgs, nacre_fs **fs);
 /* Frees the connection. Files opened through it stay usable until closed. */
 void nacre_disconnect(nacre_fs *fs);
 
-/* Opens (O_RDONLY, O_WRONLY, O_RDWR; O_CREAT, O_EXCL, O_TRUNC, O_APPEND) with
- * `mode` for a new file, striped as `layout` (NULL: the directory's default). */
+/* An open flag of nacre's own: the handle gathers small writes into 1 MiB windows
+ * and reads a window ahead for reads that continue the last one. Its writes reach
+ * other clients when it reads, syncs or closes (or a window fills); it sees other
+ * clients' writes synced before its open or its last nacre_fsync (MPI-IO's default
+ * consistency). Without it every call is one trip to the servers. */
+#define NACRE_O_BUFFERED 0x40000000
+
+/* Opens (O_RDONLY, O_WRONLY, O_RDWR; O_CREAT, O_EXCL, O_TRUNC, O_APPEND; and
+ * NACRE_O_BUFFERED) with `mode` for a new file, striped as `layout` (NULL: the
+ * directory's default). */
 int nacre_open(nacre_fs *fs, const char *path, int flags, mode_t mode,
                const nacre_layout_t *layout, nacre_file **file);
 /* Reports the size, closes and frees the handle. */
