@@ -653,6 +653,10 @@ const COMMIT_AFTER: Duration = Duration::from_millis(5);
 /// How many operations one write transaction holds, at most.
 const COMMIT_OPS: usize = 4096;
 
+/// How long an idle committer polls its queue before it sleeps on it (while a
+/// transaction is open): a few inter-arrival times of a busy stream of operations.
+const POLL_FOR: Duration = Duration::from_micros(100);
+
 impl Committer {
     fn run(mut self) -> Result<(), MdtError> {
         let result = self.serve();
@@ -771,20 +775,24 @@ impl Committer {
         Ok(stop)
     }
 
-    /// The next job before `until`, polled with the CPU offered to others between tries
-    /// rather than waited for asleep: a sleeping committer must be woken by the core
-    /// that queues the job (a futex wake on the core's thread, then a scheduling delay
-    /// before the committer runs), which cost more than the polls while a transaction
-    /// is open and operations keep coming.
+    /// The next job before `until`: polled for [`POLL_FOR`], with the CPU offered to
+    /// others between tries, then waited for asleep. A sleeping committer must be
+    /// woken by the core that queues the job (a futex wake on the core's thread, then
+    /// a scheduling delay), which costs more than a few polls while operations keep
+    /// coming; but a committer that polled until the transaction's end burned up to a
+    /// CPU for a trickle of operations, the CPU a FUSE daemon or the clients needed.
     fn next_job(&self, until: Instant) -> Result<Job, RecvTimeoutError> {
+        let poll_until = until.min(Instant::now() + POLL_FOR);
         loop {
             match self.jobs.try_recv() {
                 Ok(job) => return Ok(job),
                 Err(mpsc::TryRecvError::Disconnected) => {
                     return Err(RecvTimeoutError::Disconnected)
                 }
-                Err(mpsc::TryRecvError::Empty) if Instant::now() >= until => {
-                    return Err(RecvTimeoutError::Timeout)
+                Err(mpsc::TryRecvError::Empty) if Instant::now() >= poll_until => {
+                    return self
+                        .jobs
+                        .recv_timeout(until.saturating_duration_since(Instant::now()));
                 }
                 Err(mpsc::TryRecvError::Empty) => std::thread::yield_now(),
             }
