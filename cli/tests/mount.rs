@@ -1,7 +1,8 @@
 //! `nacre mount` end to end, through the ordinary system calls and tools: a file
 //! system from `nacre up` (real processes), mounted twice through FUSE, used with sh,
 //! cp, cat, dd, cmp, mv, rm, getfattr/setfattr and fio; errors as a shell user sees
-//! them, another uid refused, a killed mount cleared by `nacre umount`.
+//! them, another uid refused, a killed mount's locks lapsing and the mount cleared by
+//! `nacre umount`.
 
 mod common;
 
@@ -278,6 +279,52 @@ fn hold_lock(path: &str) -> std::process::Child {
     child
 }
 
+/// "taken" if a non-blocking write lock on bytes 0..10 of `path` can be had now (it is
+/// released at once), else "busy".
+fn try_lock(path: &str) -> String {
+    let probe = format!(
+        "import fcntl, os\n\
+         fd = os.open({path:?}, os.O_RDWR)\n\
+         try:\n    fcntl.lockf(fd, fcntl.LOCK_EX | fcntl.LOCK_NB, 10, 0)\n    print('taken')\n\
+         except BlockingIOError:\n    print('busy')\n"
+    );
+    sh(&format!("python3 -c {}", shell_quote(&probe)))
+        .trim()
+        .to_string()
+}
+
+/// A lock held through a mount whose daemon is killed blocks the others at first;
+/// once the dead mount's lease lapses the MDS takes it away. A live mount renews its
+/// locks: one held through `m2` all along is still held after that lease.
+fn locks_of_a_dead_mount_lapse(m1: &Mount, m2: &Mount, m3: &Mount) {
+    let lease = nacre_proto::meta::lock::LEASE;
+    let t0 = std::time::Instant::now();
+    let mut live = hold_lock(&m2.path("live-lock"));
+    let mut dead = hold_lock(&m3.path("dead-lock"));
+    sh(&format!("kill -9 {}", m3.pid));
+    assert_eq!(try_lock(&m1.path("dead-lock")), "busy");
+    let killed = std::time::Instant::now();
+    while try_lock(&m1.path("dead-lock")) != "taken" {
+        assert!(
+            killed.elapsed() < lease * 2 + std::time::Duration::from_secs(5),
+            "the dead mount's lock never lapsed"
+        );
+        std::thread::sleep(std::time::Duration::from_millis(500));
+    }
+    while t0.elapsed() <= lease + std::time::Duration::from_secs(1) {
+        std::thread::sleep(std::time::Duration::from_millis(200));
+    }
+    assert_eq!(
+        try_lock(&m1.path("live-lock")),
+        "busy",
+        "a live mount's lock lapsed"
+    );
+    drop(live.stdin.take());
+    live.wait().unwrap();
+    let _ = dead.kill();
+    let _ = dead.wait();
+}
+
 /// fcntl and flock locks taken in one mount hold against the other (the MDS holds
 /// them), F_GETLK reports the holder, F_SETLKW waits for the release.
 fn locks_across_mounts(m1: &Mount, m2: &Mount) {
@@ -389,10 +436,10 @@ fn posix_tools_on_two_mounts() {
         .fails(&["mount", missing.to_str().unwrap()])
         .contains("No such file"));
 
-    // A mount whose process died: the mountpoint answers ENOTCONN until umount.
+    // A mount whose process died: its locks lapse; the mountpoint answers ENOTCONN
+    // until umount.
     let m3 = Mount::new(&up, work.join("m3"));
-    sh(&format!("kill -9 {}", m3.pid));
-    std::thread::sleep(std::time::Duration::from_millis(300));
+    locks_of_a_dead_mount_lapse(&m1, &m2, &m3);
     sh_fails(&format!("ls {}", m3.dir.display()), "not connected");
     up.ok(&["umount", m3.dir.to_str().unwrap()]);
     assert_eq!(sh(&format!("ls -A {}", m3.dir.display())), "");

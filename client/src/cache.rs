@@ -331,7 +331,11 @@ mod tests {
         c.flush(&m).unwrap();
         assert!(*m.batches.borrow() <= 5, "{} batches", m.batches.borrow());
         // One range per piece, two for a piece across a window's edge.
-        assert!(*m.writes.borrow() <= pieces + 4, "{} ranges", m.writes.borrow());
+        assert!(
+            *m.writes.borrow() <= pieces + 4,
+            "{} ranges",
+            m.writes.borrow()
+        );
         let mut buf = vec![0u8; piece];
         for i in 0..pieces {
             assert_eq!(c.read(&m, &mut buf, (i * stride) as u64).unwrap(), piece);

@@ -326,9 +326,21 @@ pub enum Request {
 
 /// Lock kinds (as `LockRequest::kind` and `LockDesc::kind`).
 pub mod lock {
+    use std::time::Duration;
+
     pub const READ: u32 = 0;
     pub const WRITE: u32 = 1;
     pub const UNLOCK: u32 = 2;
+    /// Changes no lock: says the client is alive and keeps its locks (`ino`, range
+    /// and owner are not used).
+    pub const RENEW: u32 = 3;
+
+    /// How long the MDS keeps the locks of a client it has not heard from: past it,
+    /// another client's conflicting request takes them away (the holder died).
+    pub const LEASE: Duration = Duration::from_secs(10);
+    /// How often a client that holds locks renews them: four times a lease, so a
+    /// renewal or two may be late.
+    pub const RENEW_EVERY: Duration = Duration::from_millis(2500);
 }
 
 /// A byte-range lock request: `owner` of client `client` asks for `kind` on bytes
@@ -642,7 +654,7 @@ fn read_request(op: Opcode, r: &mut BodyReader<'_>) -> Result<Request, MetaError
                     }
                 },
             };
-            if l.kind > lock::UNLOCK || l.start > l.end {
+            if l.kind > lock::RENEW || l.start > l.end {
                 return Err(MetaError::BadValue {
                     what: "lock kind or range",
                     value: l.kind,

@@ -8,8 +8,16 @@
 //! own locks on the range (splitting them), and unlocking a range trims them.
 //! Locks are not stored: an MDS restart frees them all (clients are not told; Lustre
 //! replays its locks in recovery, nacre does not yet).
+//!
+//! A client that holds locks renews them (a RENEW request every
+//! [`lock::RENEW_EVERY`]); any lock request counts. The locks of a client not heard
+//! from for [`lock::LEASE`] are taken away when another client's request conflicts
+//! with one of them, as Lustre evicts a client that stops pinging: a dead mount does
+//! not block everyone else forever. A live client that was silent that long (a
+//! paused process, a partition) loses its locks the same way.
 
 use std::collections::HashMap;
+use std::time::{Duration, Instant};
 
 use nacre_proto::meta::{errno, lock, LockDesc, LockRequest, Reply};
 
@@ -29,16 +37,49 @@ impl Held {
     }
 }
 
-#[derive(Debug, Default)]
+#[derive(Debug)]
 pub struct LockTable {
     by_ino: HashMap<u64, Vec<Held>>,
+    /// When each client was last heard from.
+    seen: HashMap<u64, Instant>,
+    lease: Duration,
 }
 
+impl Default for LockTable {
+    fn default() -> LockTable {
+        LockTable::with_lease(lock::LEASE)
+    }
+}
+
+/// Clients remembered before those holding no lock are forgotten.
+const SEEN_MAX: usize = 4096;
+
 impl LockTable {
+    pub fn with_lease(lease: Duration) -> LockTable {
+        LockTable {
+            by_ino: HashMap::new(),
+            seen: HashMap::new(),
+            lease,
+        }
+    }
+
     /// Applies a lock request: Done, EAGAIN on a conflict, or for a test the first
     /// conflicting lock (kind UNLOCK if none).
     pub fn apply(&mut self, r: &LockRequest) -> Result<Reply, i32> {
-        let conflict = self.conflict(r);
+        self.apply_at(r, Instant::now())
+    }
+
+    fn apply_at(&mut self, r: &LockRequest, now: Instant) -> Result<Reply, i32> {
+        self.heard_from(r.client, now);
+        if r.kind == lock::RENEW {
+            return Ok(Reply::Done);
+        }
+        let conflict = loop {
+            match self.conflict(r) {
+                Some(h) if self.lapsed(h.client, now) => self.evict(h.client),
+                other => break other,
+            }
+        };
         if r.test {
             let desc = conflict.map_or(
                 LockDesc {
@@ -94,8 +135,39 @@ impl LockTable {
         Ok(Reply::Done)
     }
 
+    fn heard_from(&mut self, client: u64, now: Instant) {
+        self.seen.insert(client, now);
+        if self.seen.len() > SEEN_MAX {
+            let holders: std::collections::HashSet<u64> =
+                self.by_ino.values().flatten().map(|h| h.client).collect();
+            self.seen.retain(|c, _| holders.contains(c) || *c == client);
+        }
+    }
+
+    fn lapsed(&self, client: u64, now: Instant) -> bool {
+        self.seen
+            .get(&client)
+            .is_none_or(|at| now.saturating_duration_since(*at) > self.lease)
+    }
+
+    /// Takes every lock of `client` away: it has not been heard from for a lease.
+    fn evict(&mut self, client: u64) {
+        let mut taken = 0;
+        self.by_ino.retain(|_, held| {
+            let before = held.len();
+            held.retain(|h| h.client != client);
+            taken += before - held.len();
+            !held.is_empty()
+        });
+        self.seen.remove(&client);
+        tracing::warn!(
+            "client {client:#x} silent for over {:?}: its {taken} lock(s) taken away",
+            self.lease
+        );
+    }
+
     fn conflict(&self, r: &LockRequest) -> Option<Held> {
-        if r.kind == lock::UNLOCK {
+        if r.kind == lock::UNLOCK || r.kind == lock::RENEW {
             return None;
         }
         self.by_ino.get(&r.ino)?.iter().copied().find(|h| {
@@ -166,5 +238,46 @@ mod tests {
             Err(errno::EAGAIN)
         );
         t.apply(&req(5, 0, 999, lock::WRITE)).unwrap();
+    }
+
+    #[test]
+    fn a_silent_clients_locks_go_when_another_needs_them() {
+        let lease = Duration::from_secs(10);
+        let mut t = LockTable::with_lease(lease);
+        let t0 = Instant::now();
+        let of = |client: u64, r: LockRequest| LockRequest { client, ..r };
+        t.apply_at(&of(1, req(1, 0, 9, lock::WRITE)), t0).unwrap();
+        t.apply_at(
+            &of(
+                1,
+                LockRequest {
+                    ino: 6,
+                    ..req(1, 0, 9, lock::READ)
+                },
+            ),
+            t0,
+        )
+        .unwrap();
+        // Renewed, client 1 keeps its locks past the first lease.
+        let renew = of(1, req(0, 0, 0, lock::RENEW));
+        t.apply_at(&renew, t0 + lease / 2).unwrap();
+        let want = of(2, req(7, 0, 0, lock::WRITE));
+        assert_eq!(t.apply_at(&want, t0 + lease), Err(errno::EAGAIN));
+        // Silent past a lease since its last renewal: its locks go, on every inode.
+        assert_eq!(
+            t.apply_at(&want, t0 + lease * 3 / 2 + lease / 10),
+            Ok(Reply::Done)
+        );
+        let other_ino = of(
+            2,
+            LockRequest {
+                ino: 6,
+                ..req(7, 0, 0, lock::WRITE)
+            },
+        );
+        assert_eq!(t.apply_at(&other_ino, t0 + lease * 2), Ok(Reply::Done));
+        // Client 1, back, waits for client 2, which it now conflicts with.
+        let back = of(1, req(1, 0, 0, lock::WRITE));
+        assert_eq!(t.apply_at(&back, t0 + lease * 2), Err(errno::EAGAIN));
     }
 }
