@@ -4,7 +4,8 @@
 //! waits for the new map, retries, and every byte reads back. The MDS: A runs the MGS
 //! and the OSSs, M the MDS; a client makes and removes directories while M's MDS is
 //! killed and restarted; every request succeeds exactly once (a retried mkdir whose
-//! first answer was lost is answered from the MDS's reply cache, not with EEXIST).
+//! first answer was lost is answered from the MDS's reply cache, not with EEXIST), and
+//! a lock held across the restart is replayed by its client and still holds.
 
 mod common;
 
@@ -17,6 +18,7 @@ use common::{tmp, Up};
 use nacre_client::{Client, ClientConfig, OpenOptions};
 use nacre_fabric::testing::pattern;
 use nacre_proto::layout::{FirstOst, StripeCount, StripeSpec};
+use nacre_proto::meta::{lock, LockRequest};
 
 const MIB: usize = 1 << 20;
 const CHUNKS: usize = 48;
@@ -139,6 +141,47 @@ fn host_m(dir: &Path, mgs: &str) -> String {
 
 const DIRS: usize = 120;
 
+/// A write lock of owner 1 of the client on bytes `start..=end` of `ino`.
+fn write_lock(ino: u64, start: u64, end: u64) -> LockRequest {
+    LockRequest {
+        ino,
+        client: 0,
+        owner: 1,
+        start,
+        end,
+        kind: lock::WRITE,
+        pid: 1,
+        test: false,
+        replay: false,
+    }
+}
+
+/// After an MDS restart: `holder`'s lock on bytes 0..=9 of `ino`, taken before it,
+/// still keeps `other` out once the restarted MDS's recovery window has closed (the
+/// holder replayed it); new locks waited for that window; the lock goes when the
+/// holder unlocks.
+fn lock_survives_the_restart(holder: &Client, other: &Client, ino: u64) {
+    let until = Instant::now() + lock::RECOVERY * 2;
+    // A range nobody holds: refused while the MDS waits for replays, then granted.
+    while other.lock(write_lock(ino, 100, 109)).is_err() {
+        assert!(Instant::now() < until, "the recovery window never closed");
+        std::thread::sleep(Duration::from_millis(200));
+    }
+    let e = other.lock(write_lock(ino, 0, 0)).unwrap_err();
+    assert_eq!(
+        nacre_client::errno(&e),
+        libc::EAGAIN,
+        "the replayed lock holds"
+    );
+    holder
+        .lock(LockRequest {
+            kind: lock::UNLOCK,
+            ..write_lock(ino, 0, u64::MAX)
+        })
+        .unwrap();
+    other.lock(write_lock(ino, 0, 0)).unwrap();
+}
+
 fn mds_killed_mid_stream(provider: &str) {
     if !common::have(provider, "MDS killed mid-stream") {
         return;
@@ -153,6 +196,9 @@ fn mds_killed_mid_stream(provider: &str) {
     let m_config = host_m(&dir, &a.mgs);
     let mut m = Up::start(&dir.join("m"), provider, &["--config", &m_config]);
     let client = Client::connect(&a.mgs, ClientConfig::default()).unwrap();
+    let other = Client::connect(&a.mgs, ClientConfig::default()).unwrap();
+    let ino = client.create("/locked", 0o644, None).unwrap().ino();
+    client.lock(write_lock(ino, 0, 9)).unwrap();
     let done = Arc::new(AtomicUsize::new(0));
     let worker = {
         let (client, done) = (client.clone(), done.clone());
@@ -190,7 +236,8 @@ fn mds_killed_mid_stream(provider: &str) {
     let mut want: Vec<String> = (0..DIRS).step_by(2).map(|i| format!("d{i}")).collect();
     want.sort();
     assert_eq!(names, want);
-    drop(client);
+    lock_survives_the_restart(&client, &other, ino);
+    drop((client, other));
     m.stop();
     a.stop();
 }

@@ -31,6 +31,7 @@ use nacre_proto::meta::{
 };
 
 use crate::cache::{Backing, Cache};
+use crate::locks::HeldLocks;
 use crate::mgs::{BootConfig, MgsClient, MgsError};
 use crate::namespace::Namespace;
 use crate::objects::{checksum_by_default, Extent, IoOptions, OstRoute, OstStatfs};
@@ -93,12 +94,13 @@ pub struct Client {
     inner: Arc<Inner>,
 }
 
-struct Inner {
+pub(crate) struct Inner {
     id: u64,
     cfg: ClientConfig,
     mgs: Mutex<MgsClient>,
     map: RwLock<Arc<ClusterMap>>,
     replay: Replay,
+    locks: HeldLocks,
 }
 
 /// What makes changing namespace requests safe to retry: a random client id for the
@@ -287,6 +289,7 @@ impl Client {
                 mgs: Mutex::new(boot),
                 map: RwLock::new(Arc::new(map)),
                 replay: Replay::new(),
+                locks: HeldLocks::default(),
             }),
         };
         // Reach the MDS once now, so a bad address fails here and not at first use.
@@ -717,13 +720,48 @@ impl Client {
     /// A POSIX advisory lock request at the MDS (a mount's fcntl and flock). Retried
     /// like an idempotent request: setting or clearing the same lock twice leaves the
     /// same state. The lock belongs to `l.owner` of this client, whatever `l.client`
-    /// says.
+    /// says. The client keeps the locks it was granted: it renews them while it holds
+    /// any, and takes them again after an MDS restart (`crate::locks`).
     pub fn lock(&self, l: LockRequest) -> io::Result<Reply> {
         let l = LockRequest {
             client: self.client_id(),
+            replay: false,
             ..l
         };
-        self.meta(true, &Request::Lock(l))
+        let reply = self.lock_request(&l)?;
+        self.inner.locks.granted(&l, Arc::downgrade(&self.inner));
+        Ok(reply)
+    }
+
+    /// One lock request as it is.
+    pub(crate) fn lock_request(&self, l: &LockRequest) -> io::Result<Reply> {
+        self.meta(true, &Request::Lock(*l))
+    }
+
+    /// One lock request whose every try waits at most `timeout` for its answer: a
+    /// renewal sent to an MDS that died is retried on a newer map within the restarted
+    /// MDS's recovery window, not after a whole request timeout.
+    pub(crate) fn lock_request_within(
+        &self,
+        l: &LockRequest,
+        timeout: Duration,
+    ) -> io::Result<Reply> {
+        let req = Request::Lock(*l);
+        self.with_conn(true, |c| {
+            let before = c.ns.ep.set_timeout(timeout);
+            let r = c.ns.call(&req);
+            c.ns.ep.set_timeout(before);
+            r
+        })
+    }
+
+    pub(crate) fn held_locks(&self) -> &HeldLocks {
+        &self.inner.locks
+    }
+
+    /// The client of `inner`, while it lives.
+    pub(crate) fn from_inner(inner: &Weak<Inner>) -> Option<Client> {
+        inner.upgrade().map(|inner| Client { inner })
     }
 
     /// Sets inode `ino`'s attributes as `creds` (a mount's caller); a new size then

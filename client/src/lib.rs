@@ -10,6 +10,7 @@
 
 mod cache;
 pub mod fs;
+mod locks;
 mod meta;
 pub mod mgs;
 pub mod namespace;

@@ -288,6 +288,11 @@ impl ClientEndpoint {
         }
     }
 
+    /// Sets the deadline of the requests sent from now on; returns the one before.
+    pub fn set_timeout(&mut self, timeout: std::time::Duration) -> std::time::Duration {
+        std::mem::replace(&mut self.cfg.timeout, timeout)
+    }
+
     /// Sends a request without waiting (inject when it fits, else from a transmit slot)
     /// and returns its id. Its reply must come within the configured timeout, or
     /// [`ClientEndpoint::next_reply`] reports it expired.

@@ -79,7 +79,6 @@ impl NacreFs {
             next_fh: AtomicU64::new(1),
             locked: Mutex::new(HashSet::new()),
         });
-        spawn_lock_renewer(Arc::downgrade(&sh));
         NacreFs {
             sh,
             groups: Default::default(),
@@ -260,29 +259,6 @@ fn spawn_worker(i: usize, rx: Receiver<Job>) -> std::thread::JoinHandle<()> {
         .expect("starting a FUSE worker thread")
 }
 
-/// Once this mount has taken a lock, renews its locks at the MDS every
-/// [`meta::lock::RENEW_EVERY`] until the mount goes: the MDS takes away the locks of a
-/// client it has not heard from for a lease (a mount that died), so a live one says
-/// it is alive.
-fn spawn_lock_renewer(sh: std::sync::Weak<Shared>) {
-    let renew = lock_request(0, 0, 0, 0, meta::lock::RENEW, 0);
-    let spawned = std::thread::Builder::new()
-        .name("nacre-fuse-renew".into())
-        .spawn(move || loop {
-            std::thread::sleep(meta::lock::RENEW_EVERY);
-            let Some(sh) = sh.upgrade() else { return };
-            if lock(&sh.locked).is_empty() {
-                continue;
-            }
-            if let Err(e) = sh.client.lock(renew) {
-                tracing::warn!("renewing this mount's locks: {e}");
-            }
-        });
-    if let Err(e) = spawned {
-        tracing::error!("starting the lock renewer: {e}");
-    }
-}
-
 fn attr_of(r: Reply) -> io::Result<Attr> {
     match r {
         Reply::Attr(a) | Reply::Opened { attr: a, .. } => Ok(a),
@@ -335,6 +311,7 @@ fn lock_request(ino: u64, owner: u64, start: u64, end: u64, kind: u32, pid: u32)
         kind,
         pid,
         test: false,
+        replay: false,
     }
 }
 

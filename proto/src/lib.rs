@@ -14,6 +14,7 @@ mod body;
 pub mod bootstrap;
 mod frame;
 pub mod layout;
+pub mod locks;
 pub mod meta;
 pub mod object;
 mod outstanding;

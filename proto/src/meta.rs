@@ -44,6 +44,7 @@ pub mod errno {
     pub const ENOSPC: i32 = 28;
     pub const EMLINK: i32 = 31;
     pub const ENAMETOOLONG: i32 = 36;
+    pub const ENOLCK: i32 = 37;
     pub const ENOSYS: i32 = 38;
     pub const ENOTEMPTY: i32 = 39;
     pub const ENODATA: i32 = 61;
@@ -341,11 +342,16 @@ pub mod lock {
     /// How often a client that holds locks renews them: four times a lease, so a
     /// renewal or two may be late.
     pub const RENEW_EVERY: Duration = Duration::from_millis(2500);
+    /// How long a restarted MDS takes its clients' replays before new locks: long
+    /// enough for a renewal that went to the dead MDS to time out (a renewal's tries
+    /// wait [`RENEW_EVERY`] each) and reach the new one on a newer map.
+    pub const RECOVERY: Duration = Duration::from_secs(15);
 }
 
 /// A byte-range lock request: `owner` of client `client` asks for `kind` on bytes
 /// `start..=end` of `ino` (`end` u64::MAX: to the end of the file, however long). With
-/// `test`, nothing changes and the reply describes a conflicting lock (F_GETLK).
+/// `test`, nothing changes and the reply describes a conflicting lock (F_GETLK). With
+/// `replay`, the client takes again a lock it held before the MDS restarted.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct LockRequest {
     pub ino: u64,
@@ -356,6 +362,7 @@ pub struct LockRequest {
     pub kind: u32,
     pub pid: u32,
     pub test: bool,
+    pub replay: bool,
 }
 
 /// A lock as F_GETLK reports it (`kind` UNLOCK: no conflict).
@@ -511,7 +518,7 @@ impl Request {
                 }
                 put_u32(out, l.kind);
                 put_u32(out, l.pid);
-                put_u32(out, l.test as u32);
+                put_u32(out, l.test as u32 | (l.replay as u32) << 1);
             }
         }
     }
@@ -643,16 +650,21 @@ fn read_request(op: Opcode, r: &mut BodyReader<'_>) -> Result<Request, MetaError
                 end: r.u64()?,
                 kind: r.u32()?,
                 pid: r.u32()?,
-                test: match r.u32()? {
-                    0 => false,
-                    1 => true,
-                    value => {
-                        return Err(MetaError::BadValue {
-                            what: "lock test flag",
-                            value,
-                        })
-                    }
+                test: false,
+                replay: false,
+            };
+            let l = match r.u32()? {
+                flags if flags <= 3 => LockRequest {
+                    test: flags & 1 != 0,
+                    replay: flags & 2 != 0,
+                    ..l
                 },
+                value => {
+                    return Err(MetaError::BadValue {
+                        what: "lock flags",
+                        value,
+                    })
+                }
             };
             if l.kind > lock::RENEW || l.start > l.end {
                 return Err(MetaError::BadValue {

@@ -2,12 +2,8 @@
 //! clients (fcntl F_SETLK / F_SETLKW / F_GETLK and flock through a mount).
 //!
 //! An owner is (client id, the client's lock owner): a mount passes the kernel's lock
-//! owner, which is per process for fcntl locks and per open file for flock. Rules are
-//! POSIX's: a read lock conflicts with another owner's write lock on an overlapping
-//! range, a write lock with any other owner's lock; an owner's new lock replaces its
-//! own locks on the range (splitting them), and unlocking a range trims them.
-//! Locks are not stored: an MDS restart frees them all (clients are not told; Lustre
-//! replays its locks in recovery, nacre does not yet).
+//! owner, which is per process for fcntl locks and per open file for flock. The rules
+//! are POSIX's ([`nacre_proto::locks::LockSet`]).
 //!
 //! A client that holds locks renews them (a RENEW request every
 //! [`lock::RENEW_EVERY`]); any lock request counts. The locks of a client not heard
@@ -15,39 +11,33 @@
 //! with one of them, as Lustre evicts a client that stops pinging: a dead mount does
 //! not block everyone else forever. A live client that was silent that long (a
 //! paused process, a partition) loses its locks the same way.
+//!
+//! Locks are not stored. An MDS that served before starts in recovery for
+//! [`lock::RECOVERY`]:
+//! a client's renewal finds its locks unknown (ENOLCK) and the client takes them
+//! again (`replay`), while new locks wait (EAGAIN) until the window closes, as
+//! Lustre's clients replay their locks in its recovery window. A replay after the
+//! window is refused (ENOLCK): that lock was lost, and the client is told.
 
 use std::collections::HashMap;
 use std::time::{Duration, Instant};
 
+use nacre_proto::locks::{Held, LockSet};
 use nacre_proto::meta::{errno, lock, LockDesc, LockRequest, Reply};
-
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-struct Held {
-    client: u64,
-    owner: u64,
-    start: u64,
-    end: u64,
-    kind: u32,
-    pid: u32,
-}
-
-impl Held {
-    fn overlaps(&self, start: u64, end: u64) -> bool {
-        self.start <= end && start <= self.end
-    }
-}
 
 #[derive(Debug)]
 pub struct LockTable {
-    by_ino: HashMap<u64, Vec<Held>>,
+    locks: LockSet,
     /// When each client was last heard from.
     seen: HashMap<u64, Instant>,
     lease: Duration,
+    /// Until when replays are taken and new locks wait (after a restart).
+    recovering_until: Option<Instant>,
 }
 
 impl Default for LockTable {
     fn default() -> LockTable {
-        LockTable::with_lease(lock::LEASE)
+        LockTable::with_lease(lock::LEASE, None)
     }
 }
 
@@ -55,83 +45,55 @@ impl Default for LockTable {
 const SEEN_MAX: usize = 4096;
 
 impl LockTable {
-    pub fn with_lease(lease: Duration) -> LockTable {
+    /// A table whose clients keep their locks for `lease` without renewing; with
+    /// `recovery`, a window for clients' replays (new locks wait until it closes).
+    pub fn with_lease(lease: Duration, recovery: Option<Duration>) -> LockTable {
         LockTable {
-            by_ino: HashMap::new(),
+            locks: LockSet::default(),
             seen: HashMap::new(),
             lease,
+            recovering_until: recovery.map(|r| Instant::now() + r),
         }
     }
 
-    /// Applies a lock request: Done, EAGAIN on a conflict, or for a test the first
-    /// conflicting lock (kind UNLOCK if none).
+    /// Applies a lock request: Done, EAGAIN on a conflict (or for a new lock during
+    /// recovery), ENOLCK for a renewal of locks this MDS does not hold or a replay
+    /// after recovery, or for a test the first conflicting lock (kind UNLOCK if none).
     pub fn apply(&mut self, r: &LockRequest) -> Result<Reply, i32> {
         self.apply_at(r, Instant::now())
     }
 
     fn apply_at(&mut self, r: &LockRequest, now: Instant) -> Result<Reply, i32> {
         self.heard_from(r.client, now);
+        let recovering = self.recovering_until.is_some_and(|t| now < t);
+        if !recovering {
+            self.recovering_until = None;
+        }
         if r.kind == lock::RENEW {
-            return Ok(Reply::Done);
+            return match self.locks.holds_any(r.client) {
+                true => Ok(Reply::Done),
+                false => Err(errno::ENOLCK),
+            };
+        }
+        let acquire = r.kind == lock::READ || r.kind == lock::WRITE;
+        match (r.replay, recovering) {
+            (true, false) => return Err(errno::ENOLCK),
+            (false, true) if acquire && !r.test => return Err(errno::EAGAIN),
+            _ => {}
         }
         let conflict = loop {
-            match self.conflict(r) {
+            match self.locks.conflict(r) {
                 Some(h) if self.lapsed(h.client, now) => self.evict(h.client),
                 other => break other,
             }
         };
         if r.test {
-            let desc = conflict.map_or(
-                LockDesc {
-                    kind: lock::UNLOCK,
-                    ..Default::default()
-                },
-                |h| LockDesc {
-                    kind: h.kind,
-                    start: h.start,
-                    end: h.end,
-                    pid: h.pid,
-                },
-            );
-            return Ok(Reply::Lock(desc));
+            return Ok(Reply::Lock(describe(conflict)));
         }
-        if r.kind != lock::UNLOCK && conflict.is_some() {
+        if conflict.is_some() {
             return Err(errno::EAGAIN);
         }
-        let held = self.by_ino.entry(r.ino).or_default();
-        let mut kept = Vec::with_capacity(held.len() + 2);
-        for h in held.drain(..) {
-            if (h.client, h.owner) != (r.client, r.owner) || !h.overlaps(r.start, r.end) {
-                kept.push(h);
-                continue;
-            }
-            if h.start < r.start {
-                kept.push(Held {
-                    end: r.start - 1,
-                    ..h
-                });
-            }
-            if h.end > r.end {
-                kept.push(Held {
-                    start: r.end + 1,
-                    ..h
-                });
-            }
-        }
-        if r.kind != lock::UNLOCK {
-            kept.push(Held {
-                client: r.client,
-                owner: r.owner,
-                start: r.start,
-                end: r.end,
-                kind: r.kind,
-                pid: r.pid,
-            });
-        }
-        match kept.is_empty() {
-            true => drop(self.by_ino.remove(&r.ino)),
-            false => *held = kept,
-        }
+        self.locks.set(r);
         Ok(Reply::Done)
     }
 
@@ -139,7 +101,7 @@ impl LockTable {
         self.seen.insert(client, now);
         if self.seen.len() > SEEN_MAX {
             let holders: std::collections::HashSet<u64> =
-                self.by_ino.values().flatten().map(|h| h.client).collect();
+                self.locks.iter().map(|(_, h)| h.client).collect();
             self.seen.retain(|c, _| holders.contains(c) || *c == client);
         }
     }
@@ -152,30 +114,29 @@ impl LockTable {
 
     /// Takes every lock of `client` away: it has not been heard from for a lease.
     fn evict(&mut self, client: u64) {
-        let mut taken = 0;
-        self.by_ino.retain(|_, held| {
-            let before = held.len();
-            held.retain(|h| h.client != client);
-            taken += before - held.len();
-            !held.is_empty()
-        });
+        let taken = self.locks.remove_client(client);
         self.seen.remove(&client);
         tracing::warn!(
             "client {client:#x} silent for over {:?}: its {taken} lock(s) taken away",
             self.lease
         );
     }
+}
 
-    fn conflict(&self, r: &LockRequest) -> Option<Held> {
-        if r.kind == lock::UNLOCK || r.kind == lock::RENEW {
-            return None;
-        }
-        self.by_ino.get(&r.ino)?.iter().copied().find(|h| {
-            (h.client, h.owner) != (r.client, r.owner)
-                && h.overlaps(r.start, r.end)
-                && (r.kind == lock::WRITE || h.kind == lock::WRITE)
-        })
-    }
+/// F_GETLK's answer: the conflicting lock, or kind UNLOCK.
+fn describe(conflict: Option<Held>) -> LockDesc {
+    conflict.map_or(
+        LockDesc {
+            kind: lock::UNLOCK,
+            ..Default::default()
+        },
+        |h| LockDesc {
+            kind: h.kind,
+            start: h.start,
+            end: h.end,
+            pid: h.pid,
+        },
+    )
 }
 
 #[cfg(test)]
@@ -192,6 +153,7 @@ mod tests {
             kind,
             pid: owner as u32,
             test: false,
+            replay: false,
         }
     }
 
@@ -231,7 +193,7 @@ mod tests {
         assert_eq!(test(&mut t, 3, 60, 60, lock::WRITE).kind, lock::READ);
         // To the end of the file, whatever its length.
         t.apply(&req(1, 0, u64::MAX, lock::UNLOCK)).unwrap();
-        assert!(t.by_ino.is_empty(), "nothing left behind");
+        assert!(t.locks.is_empty(), "nothing left behind");
         t.apply(&req(4, 1000, u64::MAX, lock::WRITE)).unwrap();
         assert_eq!(
             t.apply(&req(5, u64::MAX - 1, u64::MAX, lock::READ)),
@@ -243,7 +205,7 @@ mod tests {
     #[test]
     fn a_silent_clients_locks_go_when_another_needs_them() {
         let lease = Duration::from_secs(10);
-        let mut t = LockTable::with_lease(lease);
+        let mut t = LockTable::with_lease(lease, None);
         let t0 = Instant::now();
         let of = |client: u64, r: LockRequest| LockRequest { client, ..r };
         t.apply_at(&of(1, req(1, 0, 9, lock::WRITE)), t0).unwrap();
@@ -279,5 +241,37 @@ mod tests {
         // Client 1, back, waits for client 2, which it now conflicts with.
         let back = of(1, req(1, 0, 0, lock::WRITE));
         assert_eq!(t.apply_at(&back, t0 + lease * 2), Err(errno::EAGAIN));
+    }
+
+    #[test]
+    fn after_a_restart_clients_replay_their_locks_before_new_ones() {
+        let lease = Duration::from_secs(10);
+        let mut t = LockTable::with_lease(lease, Some(lease));
+        let t0 = Instant::now();
+        let of = |client: u64, r: LockRequest| LockRequest { client, ..r };
+        // Client 1's renewal finds its locks unknown; it replays them.
+        let renew = of(1, req(0, 0, 0, lock::RENEW));
+        assert_eq!(t.apply_at(&renew, t0), Err(errno::ENOLCK));
+        let mine = of(1, req(1, 0, 9, lock::WRITE));
+        let replay = LockRequest {
+            replay: true,
+            ..mine
+        };
+        // A new lock waits for the replays, even one that conflicts with nothing yet.
+        let theirs = of(2, req(7, 0, 0, lock::WRITE));
+        assert_eq!(t.apply_at(&theirs, t0), Err(errno::EAGAIN));
+        assert_eq!(t.apply_at(&replay, t0 + lease / 10), Ok(Reply::Done));
+        assert_eq!(t.apply_at(&renew, t0 + lease / 5), Ok(Reply::Done));
+        // After the window the replayed lock holds; a late replay is refused.
+        assert_eq!(t.apply_at(&theirs, t0 + lease), Err(errno::EAGAIN));
+        let late = LockRequest {
+            replay: true,
+            ..of(3, req(9, 50, 59, lock::READ))
+        };
+        assert_eq!(t.apply_at(&late, t0 + lease), Err(errno::ENOLCK));
+        assert_eq!(
+            t.apply_at(&of(2, req(7, 20, 29, lock::WRITE)), t0 + lease),
+            Ok(Reply::Done)
+        );
     }
 }

@@ -252,7 +252,12 @@ impl Mdt {
             jobs: Some(tx),
             committer: Some(handle),
             stats,
-            locks: Arc::default(),
+            // A later epoch: an MDS served this MDT before and its clients may hold
+            // locks it no longer knows of; they replay them in a recovery window.
+            locks: Arc::new(Mutex::new(LockTable::with_lease(
+                nacre_proto::meta::lock::LEASE,
+                (cfg.epoch > 1).then_some(nacre_proto::meta::lock::RECOVERY),
+            ))),
             ost_space: Arc::default(),
             overlay,
             generation,
