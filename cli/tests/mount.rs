@@ -383,6 +383,43 @@ fn locks_across_mounts(m1: &Mount, m2: &Mount) {
     flocker.wait().unwrap();
     sh(&format!("flock -n {f2} true"));
     sh(&format!("rm {f1}"));
+    deadlock_across_mounts(m1, m2);
+}
+
+/// Two processes, one on each mount, each holding a byte the other waits for
+/// (F_SETLKW): the second to wait gets EDEADLK, and the first gets its byte once the
+/// second lets its own go.
+fn deadlock_across_mounts(m1: &Mount, m2: &Mount) {
+    let (a, b) = (m1.path("deadlock"), m2.path("deadlock"));
+    sh(&format!("touch {a}"));
+    let script = format!(
+        "import errno, fcntl, os, time\n\
+         r1, w1 = os.pipe()\n\
+         r2, w2 = os.pipe()\n\
+         if os.fork() == 0:\n\
+         \x20   fd = os.open({a:?}, os.O_RDWR)\n\
+         \x20   fcntl.lockf(fd, fcntl.LOCK_EX, 1, 0)\n\
+         \x20   os.write(w1, b'x')\n\
+         \x20   os.read(r2, 1)\n\
+         \x20   fcntl.lockf(fd, fcntl.LOCK_EX, 1, 10)\n\
+         \x20   print('first got byte 10', flush=True)\n\
+         \x20   os._exit(0)\n\
+         fd = os.open({b:?}, os.O_RDWR)\n\
+         os.read(r1, 1)\n\
+         fcntl.lockf(fd, fcntl.LOCK_EX, 1, 10)\n\
+         os.write(w2, b'x')\n\
+         time.sleep(1)\n\
+         try:\n\
+         \x20   fcntl.lockf(fd, fcntl.LOCK_EX, 1, 0)\n\
+         \x20   print('second got byte 0')\n\
+         except OSError as e:\n\
+         \x20   print('second: EDEADLK' if e.errno == errno.EDEADLK else e, flush=True)\n\
+         os.close(fd)\n\
+         os.wait()\n"
+    );
+    let out = sh(&format!("timeout 60 python3 -c {}", shell_quote(&script)));
+    assert_eq!(out.trim(), "second: EDEADLK\nfirst got byte 10", "{out}");
+    sh(&format!("rm {a}"));
 }
 
 fn shell_quote(s: &str) -> String {

@@ -153,6 +153,7 @@ fn write_lock(ino: u64, start: u64, end: u64) -> LockRequest {
         pid: 1,
         test: false,
         replay: false,
+        wait: false,
     }
 }
 

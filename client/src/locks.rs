@@ -67,6 +67,7 @@ fn renew(client: &Client) {
         pid: 0,
         test: false,
         replay: false,
+        wait: false,
     };
     match client.lock_request_within(&renewal, lock::RENEW_EVERY) {
         Ok(_) => {}

@@ -312,6 +312,7 @@ fn lock_request(ino: u64, owner: u64, start: u64, end: u64, kind: u32, pid: u32)
         pid,
         test: false,
         replay: false,
+        wait: false,
     }
 }
 
@@ -717,8 +718,10 @@ impl fuser::Filesystem for NacreFs {
         }
         // F_SETLKW: wait on a thread of its own (never on the data workers, which the
         // holder's close needs), asking again with a pause that grows to 50 ms (the MDS
-        // does not call back). FUSE interrupts do not reach us: a waiter whose process
-        // is gone gives up (EINTR) instead of waiting forever.
+        // does not call back), as a waiter, so that the MDS answers EDEADLK to one that
+        // closes a circle of waiters. FUSE interrupts do not reach us: a waiter whose
+        // process is gone gives up (EINTR) instead of waiting forever.
+        let l = LockRequest { wait: true, ..l };
         let client = self.sh.client.clone();
         let spawned = std::thread::Builder::new()
             .name("nacre-fuse-lockwait".into())

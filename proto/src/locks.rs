@@ -124,6 +124,7 @@ impl LockSet {
             pid: h.pid,
             test: false,
             replay: false,
+            wait: false,
         }
     }
 }

@@ -43,6 +43,7 @@ pub mod errno {
     pub const EFBIG: i32 = 27;
     pub const ENOSPC: i32 = 28;
     pub const EMLINK: i32 = 31;
+    pub const EDEADLK: i32 = 35;
     pub const ENAMETOOLONG: i32 = 36;
     pub const ENOLCK: i32 = 37;
     pub const ENOSYS: i32 = 38;
@@ -351,7 +352,9 @@ pub mod lock {
 /// A byte-range lock request: `owner` of client `client` asks for `kind` on bytes
 /// `start..=end` of `ino` (`end` u64::MAX: to the end of the file, however long). With
 /// `test`, nothing changes and the reply describes a conflicting lock (F_GETLK). With
-/// `replay`, the client takes again a lock it held before the MDS restarted.
+/// `replay`, the client takes again a lock it held before the MDS restarted. With
+/// `wait`, the owner waits for the lock (F_SETLKW) and asks again after EAGAIN, so
+/// the MDS can see a deadlock among waiters.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct LockRequest {
     pub ino: u64,
@@ -363,6 +366,7 @@ pub struct LockRequest {
     pub pid: u32,
     pub test: bool,
     pub replay: bool,
+    pub wait: bool,
 }
 
 /// A lock as F_GETLK reports it (`kind` UNLOCK: no conflict).
@@ -518,7 +522,10 @@ impl Request {
                 }
                 put_u32(out, l.kind);
                 put_u32(out, l.pid);
-                put_u32(out, l.test as u32 | (l.replay as u32) << 1);
+                put_u32(
+                    out,
+                    l.test as u32 | (l.replay as u32) << 1 | (l.wait as u32) << 2,
+                );
             }
         }
     }
@@ -652,11 +659,13 @@ fn read_request(op: Opcode, r: &mut BodyReader<'_>) -> Result<Request, MetaError
                 pid: r.u32()?,
                 test: false,
                 replay: false,
+                wait: false,
             };
             let l = match r.u32()? {
-                flags if flags <= 3 => LockRequest {
+                flags if flags <= 7 => LockRequest {
                     test: flags & 1 != 0,
                     replay: flags & 2 != 0,
+                    wait: flags & 4 != 0,
                     ..l
                 },
                 value => {

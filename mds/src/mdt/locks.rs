@@ -18,6 +18,12 @@
 //! again (`replay`), while new locks wait (EAGAIN) until the window closes, as
 //! Lustre's clients replay their locks in its recovery window. A replay after the
 //! window is refused (ENOLCK): that lock was lost, and the client is told.
+//!
+//! Deadlocks: an owner that waits (F_SETLKW) asks again after each EAGAIN with the
+//! `wait` flag, and the table remembers whom it waits for (for [`WAIT_FRESH`] after
+//! its last try). A waiter whose lock is held by an owner that waits, through any
+//! chain of waiters, for the asker itself gets EDEADLK instead of waiting forever, as
+//! Linux's own POSIX lock deadlock detection answers.
 
 use std::collections::HashMap;
 use std::time::{Duration, Instant};
@@ -25,9 +31,20 @@ use std::time::{Duration, Instant};
 use nacre_proto::locks::{Held, LockSet};
 use nacre_proto::meta::{errno, lock, LockDesc, LockRequest, Reply};
 
+/// An owner: (client, the client's lock owner).
+type Owner = (u64, u64);
+
+/// How long a waiter's last try says it still waits.
+pub const WAIT_FRESH: Duration = Duration::from_secs(2);
+
+/// Longest chain of waiters followed when looking for a deadlock.
+const WAIT_CHAIN_MAX: usize = 64;
+
 #[derive(Debug)]
 pub struct LockTable {
     locks: LockSet,
+    /// Whom each waiting owner waits for, as of its last try.
+    waits: HashMap<Owner, (Owner, Instant)>,
     /// When each client was last heard from.
     seen: HashMap<u64, Instant>,
     lease: Duration,
@@ -50,6 +67,7 @@ impl LockTable {
     pub fn with_lease(lease: Duration, recovery: Option<Duration>) -> LockTable {
         LockTable {
             locks: LockSet::default(),
+            waits: HashMap::new(),
             seen: HashMap::new(),
             lease,
             recovering_until: recovery.map(|r| Instant::now() + r),
@@ -90,11 +108,39 @@ impl LockTable {
         if r.test {
             return Ok(Reply::Lock(describe(conflict)));
         }
-        if conflict.is_some() {
+        let me = (r.client, r.owner);
+        if let Some(h) = conflict {
+            if !r.wait {
+                return Err(errno::EAGAIN);
+            }
+            if self.waits_for(h.client, h.owner, me, now) {
+                self.waits.remove(&me);
+                return Err(errno::EDEADLK);
+            }
+            self.waits.insert(me, ((h.client, h.owner), now));
             return Err(errno::EAGAIN);
         }
+        self.waits.remove(&me);
         self.locks.set(r);
         Ok(Reply::Done)
+    }
+
+    /// Whether owner `owner` of `client` waits, through a chain of fresh waits, for
+    /// `target` (or is `target`).
+    fn waits_for(&mut self, client: u64, owner: u64, target: Owner, now: Instant) -> bool {
+        self.waits
+            .retain(|_, (_, at)| now.saturating_duration_since(*at) <= WAIT_FRESH);
+        let mut at = (client, owner);
+        for _ in 0..WAIT_CHAIN_MAX {
+            if at == target {
+                return true;
+            }
+            match self.waits.get(&at) {
+                Some((next, _)) => at = *next,
+                None => return false,
+            }
+        }
+        false
     }
 
     fn heard_from(&mut self, client: u64, now: Instant) {
@@ -116,6 +162,7 @@ impl LockTable {
     fn evict(&mut self, client: u64) {
         let taken = self.locks.remove_client(client);
         self.seen.remove(&client);
+        self.waits.retain(|(c, _), _| *c != client);
         tracing::warn!(
             "client {client:#x} silent for over {:?}: its {taken} lock(s) taken away",
             self.lease
@@ -154,6 +201,7 @@ mod tests {
             pid: owner as u32,
             test: false,
             replay: false,
+            wait: false,
         }
     }
 
@@ -273,5 +321,35 @@ mod tests {
             t.apply_at(&of(2, req(7, 20, 29, lock::WRITE)), t0 + lease),
             Ok(Reply::Done)
         );
+    }
+
+    #[test]
+    fn two_owners_waiting_for_each_other_is_a_deadlock() {
+        let mut t = LockTable::default();
+        let now = Instant::now();
+        let waiting = |r: LockRequest| LockRequest { wait: true, ..r };
+        let (one, two) = (req(1, 0, 0, lock::WRITE), req(2, 10, 10, lock::WRITE));
+        t.apply_at(&one, now).unwrap();
+        t.apply_at(&two, now).unwrap();
+        // Owner 1 waits for byte 10 (owner 2's), trying again and again.
+        let one_waits = waiting(req(1, 10, 10, lock::WRITE));
+        assert_eq!(t.apply_at(&one_waits, now), Err(errno::EAGAIN));
+        // Owner 3 waiting for owner 1 is no deadlock.
+        let three_waits = waiting(req(3, 0, 0, lock::READ));
+        assert_eq!(t.apply_at(&three_waits, now), Err(errno::EAGAIN));
+        // Owner 2 waiting for byte 0 (owner 1's) closes the circle.
+        let two_waits = waiting(req(2, 0, 0, lock::WRITE));
+        assert_eq!(t.apply_at(&two_waits, now), Err(errno::EDEADLK));
+        // Without the wait flag (F_SETLK) it is only busy.
+        assert_eq!(
+            t.apply_at(&req(2, 0, 0, lock::WRITE), now),
+            Err(errno::EAGAIN)
+        );
+        // A waiter that stopped asking is no longer waiting.
+        let later = now + WAIT_FRESH * 2;
+        assert_eq!(t.apply_at(&two_waits, later), Err(errno::EAGAIN));
+        // Owner 2 gives byte 10 up: owner 1's next try gets it.
+        t.apply_at(&req(2, 10, 10, lock::UNLOCK), later).unwrap();
+        assert_eq!(t.apply_at(&one_waits, later), Ok(Reply::Done));
     }
 }
