@@ -848,7 +848,7 @@ impl File {
         }
         self.layout_or_einval()?;
         match &self.cache {
-            Some(cache) => lock(cache).write(self, data, offset)?,
+            Some(cache) => guard(cache).write(self, data, offset)?,
             None => self.write_direct(data, offset)?,
         }
         let end = offset + data.len() as u64;
@@ -863,7 +863,7 @@ impl File {
     pub fn read_at(&self, buf: &mut [u8], offset: u64) -> io::Result<usize> {
         self.may(false)?;
         match &self.cache {
-            Some(cache) => lock(cache).read(self, buf, offset),
+            Some(cache) => guard(cache).read(self, buf, offset),
             None => self.read_direct(buf, offset),
         }
     }
@@ -871,7 +871,7 @@ impl File {
     /// Sends what a buffered handle gathered.
     fn flush(&self) -> io::Result<()> {
         match &self.cache {
-            Some(cache) => lock(cache).flush(self),
+            Some(cache) => guard(cache).flush(self),
             None => Ok(()),
         }
     }
@@ -913,7 +913,7 @@ impl File {
     pub fn fsync(&self) -> io::Result<()> {
         self.flush()?;
         if let Some(cache) = &self.cache {
-            lock(cache).forget_reads();
+            guard(cache).forget_reads();
         }
         if let Some(layout) = &self.layout {
             self.client.with_conn(true, |c| {
@@ -948,7 +948,7 @@ impl File {
     /// handle forgets the larger size its own writes had shown it.
     pub fn resized(&self, size: u64) {
         if let Some(cache) = &self.cache {
-            lock(cache).truncated(size);
+            guard(cache).truncated(size);
         }
         self.size.store(size, Ordering::Release);
         self.written_end.store(size, Ordering::Release);
@@ -1077,9 +1077,10 @@ impl Backing for File {
     }
 }
 
-/// A handle's cache; a thread that panicked holding it left it consistent (every
-/// change to it is a plain store after the request that could fail).
-fn lock(cache: &Mutex<Cache>) -> std::sync::MutexGuard<'_, Cache> {
+/// A handle's cache, taken even after a thread panicked holding it: its state is
+/// valid between any two of its statements (at worst a gathered write is lost, and
+/// the panic was reported).
+fn guard(cache: &Mutex<Cache>) -> std::sync::MutexGuard<'_, Cache> {
     cache.lock().unwrap_or_else(|e| e.into_inner())
 }
 

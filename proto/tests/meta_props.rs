@@ -117,7 +117,31 @@ fn request() -> impl Strategy<Value = Request> {
         any::<u64>().prop_map(|ino| Request::GetLayout { ino }),
         (any::<u64>(), spec()).prop_map(|(ino, spec)| Request::SetLayout { ino, spec }),
         (any::<u64>(), any::<u64>()).prop_map(|(ino, size)| Request::ReportSize { ino, size }),
+        lock_request().prop_map(Request::Lock),
     ]
+}
+
+fn lock_request() -> impl Strategy<Value = LockRequest> {
+    (
+        (any::<u64>(), any::<u64>(), any::<u64>()),
+        (any::<u64>(), any::<u64>()),
+        (0u32..=3, any::<u32>()),
+        (any::<bool>(), any::<bool>(), any::<bool>()),
+    )
+        .prop_map(
+            |((ino, client, owner), (a, b), (kind, pid), (test, replay, wait))| LockRequest {
+                ino,
+                client,
+                owner,
+                start: a.min(b),
+                end: a.max(b),
+                kind,
+                pid,
+                test,
+                replay,
+                wait,
+            },
+        )
 }
 
 fn attr(ino: u64) -> Attr {
@@ -203,6 +227,33 @@ fn every_reply_shape_round_trips() {
             assert!(Reply::decode(&body[..cut]).is_err());
         }
     }
+}
+
+#[test]
+fn lock_flags_and_kinds_beyond_the_known_ones_are_refused() {
+    let req = Request::Lock(LockRequest {
+        ino: 1,
+        client: 2,
+        owner: 3,
+        start: 0,
+        end: 9,
+        kind: lock::WRITE,
+        pid: 4,
+        test: true,
+        replay: true,
+        wait: true,
+    });
+    let mut body = Vec::new();
+    req.encode(&Head::default(), &mut body);
+    assert_eq!(Request::decode(Opcode::MDS_LOCK, &body).unwrap().1, req);
+    // The flags are the body's last word; the kind the one before the pid.
+    let n = body.len();
+    let mut bad_flags = body.clone();
+    bad_flags[n - 4..].copy_from_slice(&8u32.to_le_bytes());
+    assert!(Request::decode(Opcode::MDS_LOCK, &bad_flags).is_err());
+    let mut bad_kind = body;
+    bad_kind[n - 12..n - 8].copy_from_slice(&4u32.to_le_bytes());
+    assert!(Request::decode(Opcode::MDS_LOCK, &bad_kind).is_err());
 }
 
 #[test]
