@@ -247,6 +247,8 @@ mod tests {
         writes: RefCell<usize>,
         batches: RefCell<usize>,
         reads: RefCell<usize>,
+        /// The next batch of gathered writes fails with ENOSPC.
+        full: RefCell<bool>,
     }
 
     impl Backing for Model {
@@ -267,6 +269,9 @@ mod tests {
             ranges: &[Range<usize>],
         ) -> io::Result<()> {
             *self.batches.borrow_mut() += 1;
+            if self.full.replace(false) {
+                return Err(io::Error::from_raw_os_error(libc::ENOSPC));
+            }
             for r in ranges {
                 self.write_direct(&window[r.clone()], base + r.start as u64)?;
             }
@@ -359,6 +364,47 @@ mod tests {
         c.forget_reads();
         c.read(&m, &mut buf, 300).unwrap();
         assert_eq!(buf, vec![9; 100]);
+    }
+
+    #[test]
+    fn a_failed_send_fails_the_call_that_sent_it_and_drops_its_bytes() {
+        let (m, mut c) = (Model::default(), Cache::default());
+        c.write(&m, &[1; 100], 0).unwrap();
+        *m.full.borrow_mut() = true;
+        // The write that moves to another window sends the first one, and fails.
+        let e = c.write(&m, &[2; 100], WINDOW as u64).unwrap_err();
+        assert_eq!(e.raw_os_error(), Some(libc::ENOSPC));
+        // What failed is gone, not sent again; the failed call's own bytes were not
+        // taken, and taking them again works.
+        c.flush(&m).unwrap();
+        assert!(m.bytes.borrow().is_empty(), "nothing landed");
+        c.write(&m, &[2; 100], WINDOW as u64).unwrap();
+        c.flush(&m).unwrap();
+        let f = m.bytes.borrow();
+        assert!(
+            f[..100].iter().all(|&b| b == 0),
+            "the failed bytes never landed"
+        );
+        assert_eq!(&f[WINDOW..WINDOW + 100], &[2; 100]);
+    }
+
+    #[test]
+    fn a_window_takes_at_most_max_ranges_disjoint_pieces() {
+        let (m, mut c) = (Model::default(), Cache::default());
+        for i in 0..=MAX_RANGES {
+            c.write(&m, &[3; 10], (i * 100) as u64).unwrap();
+        }
+        assert_eq!(
+            *m.batches.borrow(),
+            1,
+            "the piece past the limit sent the rest"
+        );
+        assert_eq!(*m.writes.borrow(), MAX_RANGES);
+        // Pieces that touch merge into one range.
+        c.write(&m, &[4; 90], (MAX_RANGES * 100 + 10) as u64)
+            .unwrap();
+        c.flush(&m).unwrap();
+        assert_eq!(*m.writes.borrow(), MAX_RANGES + 1);
     }
 
     #[test]
