@@ -10,6 +10,7 @@
 //! retried on later turns while the loop keeps polling (see [`Core::retry_deferred`]).
 
 use std::collections::VecDeque;
+use std::time::{Duration, Instant};
 
 use nacre_fabric::{Access, Endpoint, ErrorKind, Memory, MemoryRegion, PeerAddr};
 use nacre_proto::{BulkDesc, Header, Limits, HEADER_LEN};
@@ -62,6 +63,9 @@ impl Route {
     }
 }
 
+/// How long a deferred post waits before the log says so.
+const DEFERRED_WARN: Duration = Duration::from_secs(1);
+
 /// A post that met a full queue, waiting for a later turn.
 #[derive(Debug, Clone, Copy)]
 enum Deferred {
@@ -93,6 +97,8 @@ pub struct Core {
     encode: Vec<u8>,
     deferred: VecDeque<Deferred>,
     deferred_limit: usize,
+    /// Since when the oldest deferred post has waited, and whether that was said.
+    deferred_since: Option<(Instant, bool)>,
     pub(crate) bulk: BulkTable,
     /// Finished transfers, handed to the service by the reactor.
     pub(crate) bulk_done: VecDeque<BulkDone>,
@@ -135,6 +141,7 @@ impl Core {
             encode: vec![0; cfg.msg_size],
             deferred: VecDeque::with_capacity(deferred_limit),
             deferred_limit,
+            deferred_since: None,
             bulk: BulkTable::new(cfg.bulk_ops),
             bulk_done: VecDeque::with_capacity(cfg.bulk_ops),
             chunk,
@@ -273,7 +280,9 @@ impl Core {
         self.deferred.push_back(d);
     }
 
-    /// Retries posts that met a full queue, oldest first, until one meets it again.
+    /// Retries posts that met a full queue, oldest first, until one meets it again. A
+    /// post refused for over [`DEFERRED_WARN`] is said once in the log: a peer whose
+    /// queue stays full holds up every post behind it.
     pub(crate) fn retry_deferred(&mut self) -> bool {
         let mut moved = false;
         while let Some(&d) = self.deferred.front() {
@@ -282,12 +291,28 @@ impl Core {
                 Deferred::Chunk { op, chunk } => self.post_chunk(op, chunk),
             };
             if !posted {
+                self.note_stuck();
                 break; // still full: keep the order, try on a later turn
             }
             self.deferred.pop_front();
+            self.deferred_since = None;
             moved = true;
         }
         moved
+    }
+
+    fn note_stuck(&mut self) {
+        let (since, said) = self.deferred_since.get_or_insert((Instant::now(), false));
+        if !*said && since.elapsed() > DEFERRED_WARN {
+            *said = true;
+            tracing::warn!(
+                "a post has met a full queue for {:?} ({} waiting behind it, {} operations \
+                 in flight on the endpoint)",
+                since.elapsed(),
+                self.deferred.len() - 1,
+                self.ep.in_flight()
+            );
+        }
     }
 
     // ------------------------------------------------------------------ bulk

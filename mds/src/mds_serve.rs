@@ -114,7 +114,9 @@ pub fn serve(cfg: &MdsServeConfig) -> Result<bool, MdsServeError> {
     if let Err(e) = role.release() {
         tracing::warn!("releasing the mds role: {e}");
     }
-    engine.stop();
+    for (core, m) in engine.stop().iter().enumerate() {
+        tracing::debug!("core {core} metrics:\n{}", m.prometheus(core));
+    }
     drop(slot);
     if let Ok(mdt) = Arc::try_unwrap(mdt) {
         mdt.shutdown()?;
