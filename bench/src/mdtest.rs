@@ -51,35 +51,41 @@ trait Fs {
 
 struct Nacre(Namespace);
 
+impl Nacre {
+    /// A failed operation, with the messages this client's endpoint dropped so far
+    /// (replies that did not decode or answered nothing it waited for): a reply that
+    /// never came was either never sent or dropped here.
+    fn failed(&self, what: &str, path: &str, e: nacre_client::ClientError) -> String {
+        format!(
+            "{what} {path}: {e} ({} messages dropped by this client)",
+            self.0.ep.dropped()
+        )
+    }
+}
+
 impl Fs for Nacre {
     fn mkdir(&mut self, path: &str) -> Result<(), String> {
         match self.0.mkdir(path, 0o755) {
             Err(nacre_client::ClientError::Status(libc::EEXIST)) => Ok(()),
-            r => r.map(|_| ()).map_err(|e| format!("mkdir {path}: {e}")),
+            r => r.map(|_| ()).map_err(|e| self.failed("mkdir", path, e)),
         }
     }
     fn create(&mut self, path: &str) -> Result<(), String> {
-        self.0
-            .create(path, 0o644)
-            .map(|_| ())
-            .map_err(|e| format!("create {path}: {e}"))
+        let r = self.0.create(path, 0o644);
+        r.map(|_| ()).map_err(|e| self.failed("create", path, e))
     }
     fn stat(&mut self, path: &str) -> Result<(), String> {
-        self.0
-            .stat(path)
-            .map(|_| ())
-            .map_err(|e| format!("stat {path}: {e}"))
+        let r = self.0.stat(path);
+        r.map(|_| ()).map_err(|e| self.failed("stat", path, e))
     }
     fn list(&mut self, path: &str) -> Result<usize, String> {
-        self.0
-            .readdir(path)
-            .map(|v| v.len())
-            .map_err(|e| format!("readdir {path}: {e}"))
+        let r = self.0.readdir(path);
+        r.map(|v| v.len())
+            .map_err(|e| self.failed("readdir", path, e))
     }
     fn remove(&mut self, path: &str) -> Result<(), String> {
-        self.0
-            .unlink(path)
-            .map_err(|e| format!("unlink {path}: {e}"))
+        let r = self.0.unlink(path);
+        r.map_err(|e| self.failed("unlink", path, e))
     }
 }
 
