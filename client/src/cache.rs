@@ -32,10 +32,12 @@ pub const MAX_RANGES: usize = 64;
 
 /// The direct path under the cache: one handle's reads and writes at the servers.
 pub trait Backing {
-    fn write_direct(&self, data: &[u8], offset: u64) -> io::Result<()>;
     /// Writes `ranges` of `window`, which holds the file's bytes from `base`, in
     /// parallel.
     fn write_ranges(&self, window: &[u8], base: u64, ranges: &[Range<usize>]) -> io::Result<()>;
+    fn write_direct(&self, data: &[u8], offset: u64) -> io::Result<()> {
+        self.write_ranges(data, offset, std::slice::from_ref(&(0..data.len())))
+    }
     /// Short only at the end of the file.
     fn read_direct(&self, buf: &mut [u8], offset: u64) -> io::Result<usize>;
 }

@@ -728,14 +728,9 @@ impl Client {
             replay: false,
             ..l
         };
-        let reply = self.lock_request(&l)?;
+        let reply = self.meta(true, &Request::Lock(l))?;
         self.inner.locks.granted(&l, Arc::downgrade(&self.inner));
         Ok(reply)
-    }
-
-    /// One lock request as it is.
-    pub(crate) fn lock_request(&self, l: &LockRequest) -> io::Result<Reply> {
-        self.meta(true, &Request::Lock(*l))
     }
 
     /// One lock request whose every try waits at most `timeout` for its answer: a
@@ -911,9 +906,10 @@ impl File {
     /// Makes every write of this handle durable and its size known to the MDS; a
     /// buffered handle then reads what other clients synced before it.
     pub fn fsync(&self) -> io::Result<()> {
-        self.flush()?;
         if let Some(cache) = &self.cache {
-            guard(cache).forget_reads();
+            let mut cache = guard(cache);
+            cache.flush(self)?;
+            cache.forget_reads();
         }
         if let Some(layout) = &self.layout {
             self.client.with_conn(true, |c| {
@@ -1011,19 +1007,6 @@ impl Drop for File {
 
 /// A handle's transfers at the servers, under its cache.
 impl Backing for File {
-    fn write_direct(&self, data: &[u8], offset: u64) -> io::Result<()> {
-        let layout = self.layout_or_einval()?;
-        let pieces = layout
-            .pieces(offset, data.len() as u64)
-            .map_err(|e| failure(libc::EINVAL, e.to_string()))?;
-        self.client.with_conn(true, |c| {
-            let routes = c.routes(layout)?;
-            let extents = extents(layout, &routes, &pieces, offset);
-            let io = c.io;
-            c.ns.ep.write_extents(&extents, data, io)
-        })
-    }
-
     fn write_ranges(&self, window: &[u8], base: u64, ranges: &[Range<usize>]) -> io::Result<()> {
         let layout = self.layout_or_einval()?;
         let mut pieces = Vec::new();
