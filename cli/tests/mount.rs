@@ -213,6 +213,43 @@ fn shell_round_trips(m: &Mount, other: &Mount, work: &Path) {
     );
     sh(&format!("rm -r {} {}", p("many"), p("log")));
 
+    // A directory's times and links after changes made through this mount (answered
+    // from the mount's directory cache) are the MDS's, as the other mount reads them
+    // (it never looked at the directory before); mknod makes regular files only.
+    let times = format!(
+        "import errno, os, stat, sys, time\n\
+         here, there = sys.argv[1], sys.argv[2]\n\
+         os.mkdir(here)\n\
+         before = os.stat(here)\n\
+         time.sleep(0.01)\n\
+         os.close(os.open(os.path.join(here, 'x'), os.O_CREAT | os.O_EXCL | os.O_WRONLY))\n\
+         os.mkdir(os.path.join(here, 'sub'))\n\
+         os.mknod(os.path.join(here, 'n'), 0o640 | stat.S_IFREG)\n\
+         a, b = os.stat(here), os.stat(there)\n\
+         key = lambda s: (s.st_mtime_ns, s.st_ctime_ns, s.st_nlink)\n\
+         assert key(a) == key(b), (key(a), key(b))\n\
+         assert a.st_mtime_ns > before.st_mtime_ns and a.st_nlink == before.st_nlink + 1\n\
+         n = os.stat(os.path.join(here, 'n'))\n\
+         assert stat.S_ISREG(n.st_mode) and stat.S_IMODE(n.st_mode) == 0o640, n\n\
+         try:\n    os.mkfifo(os.path.join(here, 'fifo'))\n    sys.exit('a FIFO was made')\n\
+         except OSError as e:\n    assert e.errno == errno.EPERM, e\n\
+         time.sleep(0.01)\n\
+         os.unlink(os.path.join(here, 'x'))\n\
+         assert os.stat(here).st_mtime_ns > a.st_mtime_ns\n\
+         print('ok')\n"
+    );
+    assert_eq!(
+        sh(&format!(
+            "python3 -c {} {} {}",
+            shell_quote(&times),
+            p("times"),
+            other.path("times")
+        ))
+        .trim(),
+        "ok"
+    );
+    sh(&format!("rm -r {}", p("times")));
+
     // Errors as a shell user sees them.
     sh_fails(&format!("cat {}", p("nope")), "No such file or directory");
     sh_fails(&format!("mkdir {}", p("d")), "File exists");

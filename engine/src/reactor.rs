@@ -28,13 +28,19 @@ const LOG_SESSIONS: u32 = 1 << 2;
 /// Decode errors take the bits from here up, one per kind of error.
 const LOG_DECODE: u32 = 1 << 3;
 
-/// What an idle core does: spin this many empty turns, then sleep between turns.
+/// What an idle core does: spin this many empty turns, then sleep between turns, each
+/// sleep twice the last up to a ceiling.
 #[derive(Debug, Clone, Copy)]
 pub struct IdlePolicy {
     /// Empty turns before backing off; 0: never back off (pure polling).
     pub spins: u32,
-    /// Sleep per empty turn once backing off.
+    /// The first sleep once backing off.
     pub sleep: Duration,
+    /// The longest sleep: the most a request that ends a long idle stretch waits for
+    /// the core to look. Growing to it matters where cores share CPUs (`nacre up`):
+    /// an idle OSS core waking every 50 us took a fifth of the CPU its machine's
+    /// busy MDS core ran on (docs/engine.md, "Idle cores").
+    pub max_sleep: Duration,
     /// Offer the CPU to other threads (sched_yield) after each empty turn while
     /// spinning: for cores that share their CPUs with other work (not pinned, as on
     /// one machine running servers and clients together), where a spinning core
@@ -48,8 +54,17 @@ impl Default for IdlePolicy {
         IdlePolicy {
             spins: 20_000,
             sleep: Duration::from_micros(50),
+            max_sleep: Duration::from_millis(1),
             yield_empty: false,
         }
+    }
+}
+
+impl IdlePolicy {
+    /// The `nth` sleep (from 0) of an idle stretch.
+    pub fn backoff(&self, nth: u32) -> Duration {
+        let grown = self.sleep.saturating_mul(1u32 << nth.min(20));
+        grown.min(self.max_sleep.max(self.sleep))
     }
 }
 
@@ -212,7 +227,8 @@ impl<S: Service> Reactor<S> {
         self.empty_turns = self.empty_turns.saturating_add(1);
         if self.idle.spins > 0 && self.empty_turns >= self.idle.spins {
             self.core.metrics.backoff_sleeps += 1;
-            std::thread::sleep(self.idle.sleep);
+            let nth = self.empty_turns - self.idle.spins;
+            std::thread::sleep(self.idle.backoff(nth));
         } else if self.idle.yield_empty {
             std::thread::yield_now();
         }
@@ -435,5 +451,24 @@ impl<S: Service> Reactor<S> {
             }
             Err(TryRecvError::Empty) => false,
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn idle_sleeps_double_up_to_the_ceiling() {
+        let p = IdlePolicy::default();
+        let us = |nth| p.backoff(nth).as_micros();
+        assert_eq!((us(0), us(1), us(2), us(4)), (50, 100, 200, 800));
+        assert_eq!((us(5), us(6), us(u32::MAX)), (1000, 1000, 1000));
+        // A ceiling below the first sleep never shortens it.
+        let short = IdlePolicy {
+            max_sleep: Duration::ZERO,
+            ..p
+        };
+        assert_eq!(short.backoff(3), p.sleep);
     }
 }

@@ -31,7 +31,7 @@ use fuser::{
 use nacre_client::{errno, Client, File};
 use nacre_proto::meta::{self, Attr, Creds, FileKind, LockRequest, Reply, Request, SetAttr};
 
-pub use attrs::{fuse_attr, ATTR_TTL};
+pub use attrs::{fuse_attr, DirAttrs, ATTR_TTL};
 
 /// Largest read or write the kernel sends in one request (FUSE's ceiling is 1 MiB
 /// with 256 pages of 4 KiB).
@@ -66,6 +66,7 @@ struct Shared {
     next_fh: AtomicU64,
     /// Inodes this mount has taken locks on: only their closes need an unlock sent.
     locked: Mutex<HashSet<u64>>,
+    dirs: DirAttrs,
 }
 
 impl NacreFs {
@@ -78,6 +79,7 @@ impl NacreFs {
             files: Mutex::new(HashMap::new()),
             next_fh: AtomicU64::new(1),
             locked: Mutex::new(HashSet::new()),
+            dirs: DirAttrs::default(),
         });
         NacreFs {
             sh,
@@ -122,6 +124,13 @@ impl NacreFs {
     fn run(&self, req: &fuser::Request<'_>, op: impl FnOnce(&Shared, &Creds) + Send + 'static) {
         let (sh, creds) = (self.sh.clone(), self.creds(req));
         self.offload(move || op(&sh, &creds));
+    }
+
+    /// Runs `op` here, on the session thread: for one MDS request, a hand-off to a
+    /// worker (a futex wake and a switch each way) costs more than the request, and
+    /// the MDS serves one request at a time anyway (docs/mount.md, "Threads").
+    fn inline(&self, req: &fuser::Request<'_>, op: impl FnOnce(&Shared, &Creds)) {
+        op(&self.sh, &self.creds(req))
     }
 }
 
@@ -179,10 +188,22 @@ impl Shared {
     fn entry(&self, reply: ReplyEntry, r: io::Result<Reply>) {
         match r.and_then(attr_of) {
             Ok(mut a) => {
+                self.dirs.fetched(&a);
                 if let Some(size) = self.local_size(a.ino) {
                     a.size = a.size.max(size);
                 }
                 reply.entry(&ATTR_TTL, &fuse_attr(&a), 0)
+            }
+            Err(e) => reply.error(errno(&e)),
+        }
+    }
+
+    /// The answer to a request that added an entry to `parent`.
+    fn new_entry(&self, reply: ReplyEntry, parent: u64, r: io::Result<Reply>) {
+        match r.and_then(attr_of) {
+            Ok(a) => {
+                self.dirs.entry_added(parent, &a);
+                self.entry(reply, Ok(Reply::Attr(a)))
             }
             Err(e) => reply.error(errno(&e)),
         }
@@ -207,6 +228,7 @@ impl Shared {
 
     fn attr(&self, creds: &Creds, ino: u64) -> io::Result<Attr> {
         let mut a = attr_of(self.client.request_as(creds, &Request::Getattr { ino })?)?;
+        self.dirs.fetched(&a);
         if let Some(size) = self.local_size(ino) {
             a.size = a.size.max(size);
         }
@@ -230,7 +252,9 @@ impl Shared {
                 return self.attr(creds, ino);
             }
         }
+        self.dirs.forget(ino);
         let a = self.client.setattr_as(creds, ino, s)?;
+        self.dirs.fetched(&a);
         if s.mask & meta::set::SIZE != 0 {
             self.resized(ino, s.size);
         }
@@ -362,14 +386,16 @@ impl fuser::Filesystem for NacreFs {
             parent,
             name: name_of(name),
         };
-        self.run(req, move |sh, creds| {
+        self.inline(req, |sh, creds| {
             sh.entry(reply, sh.client.request_as(creds, &r))
         });
     }
 
     fn getattr(&mut self, req: &fuser::Request<'_>, ino: u64, _fh: Option<u64>, reply: ReplyAttr) {
-        self.run(req, move |sh, creds| {
-            sh.reply_attr(reply, sh.attr(creds, ino))
+        // A directory's attributes may come from this mount's cache (`DirAttrs`).
+        self.inline(req, |sh, creds| match sh.dirs.get(ino) {
+            Some(a) => reply.attr(&ATTR_TTL, &fuse_attr(&a)),
+            None => sh.reply_attr(reply, sh.attr(creds, ino)),
         });
     }
 
@@ -419,13 +445,17 @@ impl fuser::Filesystem for NacreFs {
             Some(None) => s.mask |= meta::set::MTIME_NOW,
             None => {}
         }
-        self.run(req, move |sh, creds| {
-            sh.reply_attr(reply, sh.setattr(creds, ino, s, fh))
-        });
+        let op =
+            move |sh: &Shared, creds: &Creds| sh.reply_attr(reply, sh.setattr(creds, ino, s, fh));
+        match s.mask & meta::set::SIZE {
+            // A new size trims or extends objects on the OSTs: a worker's job.
+            0 => self.inline(req, op),
+            _ => self.run(req, op),
+        }
     }
 
     fn readlink(&mut self, req: &fuser::Request<'_>, ino: u64, reply: ReplyData) {
-        self.run(req, move |sh, creds| {
+        self.inline(req, |sh, creds| {
             match sh.client.request_as(creds, &Request::Readlink { ino }) {
                 Ok(Reply::Target(t)) => reply.data(&t),
                 Ok(_) => reply.error(libc::EIO),
@@ -448,8 +478,8 @@ impl fuser::Filesystem for NacreFs {
             name: name_of(name),
             mode: mode & !umask & 0o7777,
         };
-        self.run(req, move |sh, creds| {
-            sh.entry(reply, sh.client.request_as(creds, &r))
+        self.inline(req, |sh, creds| {
+            sh.new_entry(reply, parent, sh.client.request_as(creds, &r))
         });
     }
 
@@ -458,7 +488,8 @@ impl fuser::Filesystem for NacreFs {
             parent,
             name: name_of(name),
         };
-        self.run(req, move |sh, creds| {
+        self.inline(req, |sh, creds| {
+            sh.dirs.forget(parent);
             sh.done(reply, sh.client.request_as(creds, &r))
         });
     }
@@ -468,7 +499,9 @@ impl fuser::Filesystem for NacreFs {
             parent,
             name: name_of(name),
         };
-        self.run(req, move |sh, creds| {
+        self.inline(req, |sh, creds| {
+            // The parent and the removed directory both change.
+            sh.dirs.forget_all();
             sh.done(reply, sh.client.request_as(creds, &r))
         });
     }
@@ -486,8 +519,8 @@ impl fuser::Filesystem for NacreFs {
             name: name_of(link_name),
             target: target.as_os_str().as_bytes().to_vec(),
         };
-        self.run(req, move |sh, creds| {
-            sh.entry(reply, sh.client.request_as(creds, &r))
+        self.inline(req, |sh, creds| {
+            sh.new_entry(reply, parent, sh.client.request_as(creds, &r))
         });
     }
 
@@ -515,7 +548,9 @@ impl fuser::Filesystem for NacreFs {
                 _ => meta::RENAME_NOREPLACE,
             },
         };
-        self.run(req, move |sh, creds| {
+        self.inline(req, |sh, creds| {
+            // Both parents change, and a directory moved (its ctime, its "..").
+            sh.dirs.forget_all();
             sh.done(reply, sh.client.request_as(creds, &r))
         });
     }
@@ -533,18 +568,25 @@ impl fuser::Filesystem for NacreFs {
             new_parent: newparent,
             new_name: name_of(newname),
         };
-        self.run(req, move |sh, creds| {
-            sh.entry(reply, sh.client.request_as(creds, &r))
+        self.inline(req, |sh, creds| {
+            sh.new_entry(reply, newparent, sh.client.request_as(creds, &r))
         });
     }
 
     fn open(&mut self, req: &fuser::Request<'_>, ino: u64, flags: i32, reply: ReplyOpen) {
-        self.run(req, move |sh, creds| {
-            match sh.client.open_ino_as(creds, ino, kernel_offsets(flags)) {
-                Ok(f) => reply.opened(sh.add_file(f), fuser::consts::FOPEN_DIRECT_IO),
-                Err(e) => reply.error(errno(&e)),
-            }
-        });
+        let op = move |sh: &Shared, creds: &Creds| match sh.client.open_ino_as(
+            creds,
+            ino,
+            kernel_offsets(flags),
+        ) {
+            Ok(f) => reply.opened(sh.add_file(f), fuser::consts::FOPEN_DIRECT_IO),
+            Err(e) => reply.error(errno(&e)),
+        };
+        match flags & libc::O_TRUNC {
+            // O_TRUNC empties the objects on the OSTs: a worker's job.
+            0 => self.inline(req, op),
+            _ => self.run(req, op),
+        }
     }
 
     fn create(
@@ -559,18 +601,56 @@ impl fuser::Filesystem for NacreFs {
     ) {
         let name = name_of(name);
         let (mode, flags) = (mode & !umask & 0o7777, kernel_offsets(flags));
-        self.run(req, move |sh, creds| {
+        let op = move |sh: &Shared, creds: &Creds| {
             match sh
                 .client
                 .create_open(creds, parent, &name, mode, flags, None)
             {
                 Ok(f) => {
+                    // With O_EXCL the file is new; without, it may have been there.
+                    match flags & libc::O_EXCL {
+                        0 => sh.dirs.forget(parent),
+                        _ => sh.dirs.entry_added(parent, &f.attr()),
+                    }
                     let attr = fuse_attr(&f.attr());
                     let fh = sh.add_file(f);
                     reply.created(&ATTR_TTL, &attr, 0, fh, fuser::consts::FOPEN_DIRECT_IO)
                 }
                 Err(e) => reply.error(errno(&e)),
             }
+        };
+        match flags & libc::O_TRUNC {
+            // O_TRUNC of an existing file empties its objects on the OSTs.
+            0 => self.inline(req, op),
+            _ => self.run(req, op),
+        }
+    }
+
+    /// A regular file made without opening it (mknod(2), and what some tools use
+    /// for an empty file); nacre has no device, FIFO or socket files: EPERM, as
+    /// Linux answers on a file system that does not support them.
+    fn mknod(
+        &mut self,
+        req: &fuser::Request<'_>,
+        parent: u64,
+        name: &OsStr,
+        mode: u32,
+        umask: u32,
+        _rdev: u32,
+        reply: ReplyEntry,
+    ) {
+        if mode & libc::S_IFMT != libc::S_IFREG && mode & libc::S_IFMT != 0 {
+            return reply.error(libc::EPERM);
+        }
+        let r = Request::Create {
+            parent,
+            name: name_of(name),
+            mode: mode & !umask & 0o7777,
+            flags: meta::CREATE_EXCL,
+            layout: None,
+        };
+        self.inline(req, |sh, creds| {
+            sh.new_entry(reply, parent, sh.client.request_as(creds, &r))
         });
     }
 
@@ -764,7 +844,7 @@ impl fuser::Filesystem for NacreFs {
         // The last reference closes the MDS handle (a worker may still hold one for a
         // moment; its drop closes then). With a lock owner, the open file's flock
         // goes with it.
-        self.offload(move || {
+        let close = move || {
             if let Some(owner) = lock_owner {
                 let unlock = unlock_all(ino, owner);
                 if let Err(e) = client.lock(unlock) {
@@ -775,7 +855,8 @@ impl fuser::Filesystem for NacreFs {
                 Some(Err(e)) => reply.error(errno(&e)),
                 _ => reply.ok(),
             }
-        });
+        };
+        close()
     }
 
     fn readdir(
@@ -855,6 +936,7 @@ impl fuser::Filesystem for NacreFs {
         _position: u32,
         reply: ReplyEmpty,
     ) {
+        self.sh.dirs.forget(ino);
         match xattr::set(
             &self.sh.client,
             &self.creds(req),
