@@ -216,8 +216,7 @@ fn shell_round_trips(m: &Mount, other: &Mount, work: &Path) {
     // A directory's times and links after changes made through this mount (answered
     // from the mount's directory cache) are the MDS's, as the other mount reads them
     // (it never looked at the directory before); mknod makes regular files only.
-    let times = format!(
-        "import errno, os, stat, sys, time\n\
+    let times = "import errno, os, stat, sys, time\n\
          here, there = sys.argv[1], sys.argv[2]\n\
          os.mkdir(here)\n\
          before = os.stat(here)\n\
@@ -236,12 +235,11 @@ fn shell_round_trips(m: &Mount, other: &Mount, work: &Path) {
          time.sleep(0.01)\n\
          os.unlink(os.path.join(here, 'x'))\n\
          assert os.stat(here).st_mtime_ns > a.st_mtime_ns\n\
-         print('ok')\n"
-    );
+         print('ok')\n";
     assert_eq!(
         sh(&format!(
             "python3 -c {} {} {}",
-            shell_quote(&times),
+            shell_quote(times),
             p("times"),
             other.path("times")
         ))
