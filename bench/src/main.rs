@@ -7,6 +7,7 @@
 mod control;
 mod disk;
 mod format;
+mod fusefloor;
 mod ior;
 mod mdtest;
 mod mgs;
@@ -73,6 +74,9 @@ enum Command {
     /// Bandwidth in the spirit of IOR (-t -b -s -F -w -r -C, --tasks), on nacre or with
     /// --local on a local file with O_DIRECT; one line per phase `phase=... bw_mib_s=...`.
     Ior(ior::IorArgs),
+    /// A FUSE file system that answers from memory on its session thread, mounted at
+    /// the given directory until unmounted: the ceiling of any FUSE mount's create rate.
+    FuseFloor(fusefloor::FuseFloorArgs),
     /// List the RDM providers fi_getinfo offers for nacre's needs (FI_PROVIDER applies).
     Info {
         /// Local address to ask for (FI_SOURCE).
@@ -184,6 +188,7 @@ fn main() {
         Command::Mdtest(args) => mdtest::run(args),
         Command::Ior(args) => ior::run(args),
         Command::Regcache(args) => regcache::run(args),
+        Command::FuseFloor(args) => fusefloor::run(args),
         Command::Info { node } => info(node),
     };
     if let Err(e) = result {
