@@ -242,3 +242,61 @@ fn mdtest_runs_its_phases_on_a_local_directory() {
     assert!(!out.status.success());
     assert!(String::from_utf8_lossy(&out.stderr).contains("create"));
 }
+
+/// fuse-floor serves a namespace a create workload can use, and ends when unmounted.
+#[test]
+fn fuse_floor_serves_creates_until_unmounted() {
+    let has = |tool: &str| {
+        Command::new("sh")
+            .args(["-c", &format!("command -v {tool}")])
+            .output()
+            .is_ok_and(|o| o.status.success())
+    };
+    if !std::path::Path::new("/dev/fuse").exists() || !has("fusermount3") {
+        eprintln!("SKIP fuse-floor: no /dev/fuse or fusermount3 (scripts/deps installs fuse3)");
+        return;
+    }
+    let mnt = std::path::PathBuf::from(env!("CARGO_TARGET_TMPDIR")).join("fuse-floor");
+    let _ = Command::new("fusermount3").arg("-u").arg(&mnt).output();
+    let _ = std::fs::remove_dir_all(&mnt);
+    std::fs::create_dir_all(&mnt).unwrap();
+    let child = Command::new(BIN)
+        .arg("fuse-floor")
+        .arg(&mnt)
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap();
+    let mounted = || {
+        let m = std::fs::read_to_string("/proc/mounts").unwrap();
+        m.contains(&format!(" {} ", mnt.display()))
+    };
+    let start = Instant::now();
+    while !mounted() && start.elapsed() < Duration::from_secs(10) {
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    assert!(mounted(), "fuse-floor did not mount");
+    let d = mnt.join("d");
+    std::fs::create_dir(&d).unwrap();
+    for i in 0..50 {
+        std::fs::OpenOptions::new()
+            .write(true)
+            .create_new(true)
+            .open(d.join(format!("f{i}")))
+            .unwrap();
+    }
+    let again = std::fs::OpenOptions::new()
+        .write(true)
+        .create_new(true)
+        .open(d.join("f7"));
+    assert_eq!(again.unwrap_err().kind(), std::io::ErrorKind::AlreadyExists);
+    assert_eq!(std::fs::read_dir(&d).unwrap().count(), 50);
+    std::fs::remove_file(d.join("f7")).unwrap();
+    assert!(!d.join("f7").exists());
+    let out = Command::new("fusermount3")
+        .arg("-u")
+        .arg(&mnt)
+        .output()
+        .unwrap();
+    assert!(out.status.success(), "{out:?}");
+    finish_within(child, "fuse-floor");
+}
