@@ -169,6 +169,16 @@ impl Core {
             || self.bulk.free() < 2
     }
 
+    /// Whether the core waits for operations of its own to complete (storage I/O, bulk
+    /// transfers, posts queued behind a full fabric queue): it must keep polling for
+    /// them, so such a turn does not count towards the idle back-off.
+    pub(crate) fn waiting(&self) -> bool {
+        self.storage.in_flight() > 0
+            || self.bulk.free() < self.bulk.capacity()
+            || !self.deferred.is_empty()
+            || !self.tx_backlog.is_empty()
+    }
+
     // ------------------------------------------------------------------ replies
 
     /// Answers `to` with `status` (0 or -errno) and `body`. Small replies are injected;

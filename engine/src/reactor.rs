@@ -11,7 +11,7 @@
 //! per turn, cross-core calls, and idle back-off.
 
 use std::collections::VecDeque;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use crossbeam_channel::{Receiver, TryRecvError};
 use nacre_fabric::{Access, Completion, ErrorKind, Memory, MemoryRegion, OpKind, PeerAddr};
@@ -28,12 +28,16 @@ const LOG_SESSIONS: u32 = 1 << 2;
 /// Decode errors take the bits from here up, one per kind of error.
 const LOG_DECODE: u32 = 1 << 3;
 
-/// What an idle core does: spin this many empty turns, then sleep between turns, each
-/// sleep twice the last up to a ceiling.
+/// What an idle core does: poll for a while, then sleep between turns, each sleep
+/// twice the last up to a ceiling. A core is idle when a turn finds no work and it
+/// has nothing of its own in flight (storage I/O, bulk transfers, queued posts).
 #[derive(Debug, Clone, Copy)]
 pub struct IdlePolicy {
-    /// Empty turns before backing off; 0: never back off (pure polling).
-    pub spins: u32,
+    /// How long an idle core keeps polling before it backs off; `None`: never backs
+    /// off (pure polling). A time, not a count of turns: an empty turn costs from tens
+    /// of nanoseconds to microseconds, and a count of 20 000 let a core under a 1 MiB
+    /// write stream sleep in the client's short pauses (A/B: about 8% of the stream).
+    pub spin_for: Option<Duration>,
     /// The first sleep once backing off.
     pub sleep: Duration,
     /// The longest sleep: the most a request that ends a long idle stretch waits for
@@ -52,7 +56,7 @@ pub struct IdlePolicy {
 impl Default for IdlePolicy {
     fn default() -> Self {
         IdlePolicy {
-            spins: 20_000,
+            spin_for: Some(Duration::from_millis(20)),
             sleep: Duration::from_micros(50),
             max_sleep: Duration::from_millis(1),
             yield_empty: false,
@@ -61,6 +65,11 @@ impl Default for IdlePolicy {
 }
 
 impl IdlePolicy {
+    /// Whether a core idle for `idle` backs off.
+    pub fn backs_off(&self, idle: Duration) -> bool {
+        self.spin_for.is_some_and(|s| idle >= s)
+    }
+
     /// The `nth` sleep (from 0) of an idle stretch.
     pub fn backoff(&self, nth: u32) -> Duration {
         let grown = self.sleep.saturating_mul(1u32 << nth.min(20));
@@ -142,7 +151,9 @@ pub struct Reactor<S: Service> {
     /// Messages left in their receive slots while the core was congested: (slot, len).
     parked: VecDeque<(u32, usize)>,
     idle: IdlePolicy,
-    empty_turns: u32,
+    /// Since when the core has been idle, and how many sleeps it took since.
+    idle_since: Option<Instant>,
+    sleeps: u32,
     logged: u32,
     fabric: Vec<Completion>,
     io: Vec<IoCompletion>,
@@ -174,7 +185,8 @@ impl<S: Service> Reactor<S> {
             msg: vec![0; cfg.msg_size],
             parked: VecDeque::with_capacity(cfg.recv_slots),
             idle: cfg.idle,
-            empty_turns: 0,
+            idle_since: None,
+            sleeps: 0,
             logged: 0,
             fabric: vec![
                 Completion {
@@ -220,15 +232,19 @@ impl<S: Service> Reactor<S> {
     }
 
     fn idle_step(&mut self, worked: bool) {
-        if worked {
-            self.empty_turns = 0;
+        // A core with I/O or transfers in flight is not idle: it polls on for them.
+        if worked || self.core.waiting() {
+            (self.idle_since, self.sleeps) = (None, 0);
+            if !worked && self.idle.yield_empty {
+                std::thread::yield_now();
+            }
             return;
         }
-        self.empty_turns = self.empty_turns.saturating_add(1);
-        if self.idle.spins > 0 && self.empty_turns >= self.idle.spins {
+        let since = *self.idle_since.get_or_insert_with(Instant::now);
+        if self.idle.backs_off(since.elapsed()) {
             self.core.metrics.backoff_sleeps += 1;
-            let nth = self.empty_turns - self.idle.spins;
-            std::thread::sleep(self.idle.backoff(nth));
+            std::thread::sleep(self.idle.backoff(self.sleeps));
+            self.sleeps = self.sleeps.saturating_add(1);
         } else if self.idle.yield_empty {
             std::thread::yield_now();
         }
@@ -470,5 +486,17 @@ mod tests {
             ..p
         };
         assert_eq!(short.backoff(3), p.sleep);
+    }
+
+    #[test]
+    fn a_core_backs_off_after_its_spin_time_or_never() {
+        let p = IdlePolicy::default();
+        assert!(!p.backs_off(Duration::from_millis(19)));
+        assert!(p.backs_off(Duration::from_millis(20)));
+        let polling = IdlePolicy {
+            spin_for: None,
+            ..p
+        };
+        assert!(!polling.backs_off(Duration::from_secs(3600)));
     }
 }
