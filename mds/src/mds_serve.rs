@@ -117,6 +117,19 @@ pub fn serve(cfg: &MdsServeConfig) -> Result<bool, MdsServeError> {
     for (core, m) in engine.stop().iter().enumerate() {
         tracing::debug!("core {core} metrics:\n{}", m.prometheus(core));
     }
+    let st = mdt.stats();
+    let n = |c: &std::sync::atomic::AtomicU64| c.load(std::sync::atomic::Ordering::Relaxed);
+    tracing::debug!(
+        "MDT: {} operations in {} batches, {} log fdatasyncs ({} us each, {} us idle between), \
+         {} checkpoints, {} retries answered from the reply cache",
+        n(&st.ops),
+        n(&st.batches),
+        n(&st.log_syncs),
+        n(&st.log_sync_ns) / n(&st.log_syncs).max(1) / 1000,
+        n(&st.log_wait_ns) / n(&st.log_syncs).max(1) / 1000,
+        n(&st.checkpoints),
+        n(&st.reconstructed)
+    );
     drop(slot);
     if let Ok(mdt) = Arc::try_unwrap(mdt) {
         mdt.shutdown()?;

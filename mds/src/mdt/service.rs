@@ -154,6 +154,9 @@ pub struct Stats {
     pub batches: AtomicU64,
     pub ops: AtomicU64,
     pub log_syncs: AtomicU64,
+    /// Time spent in those fdatasyncs, and waiting for a batch between them (ns).
+    pub log_sync_ns: AtomicU64,
+    pub log_wait_ns: AtomicU64,
     pub checkpoints: AtomicU64,
     /// Retried requests answered from the reply cache instead of applied again.
     pub reconstructed: AtomicU64,
@@ -607,11 +610,17 @@ impl Syncer {
         let thread = std::thread::Builder::new()
             .name("mdt-syncer".into())
             .spawn(move || {
+                let mut waited = Instant::now();
                 while let Ok(first) = rx.recv() {
+                    let started = Instant::now();
                     let mut all = vec![first];
                     all.extend(rx.try_iter());
                     let synced = file.sync_data();
+                    let ns = |d: Duration| d.as_nanos() as u64;
                     stats.log_syncs.fetch_add(1, Ordering::Relaxed);
+                    stats.log_sync_ns.fetch_add(ns(started.elapsed()), Ordering::Relaxed);
+                    stats.log_wait_ns.fetch_add(ns(started - waited), Ordering::Relaxed);
+                    waited = Instant::now();
                     if let Err(e) = &synced {
                         tracing::error!("MDT log fdatasync: {e}");
                         broken.store(true, Ordering::SeqCst);
