@@ -36,14 +36,14 @@ pub struct IdlePolicy {
     /// How long an idle core keeps polling before it backs off; `None`: never backs
     /// off (pure polling). A time, not a count of turns: an empty turn costs from tens
     /// of nanoseconds to microseconds, and a count of 20 000 let a core under a 1 MiB
-    /// write stream sleep in the client's short pauses (A/B: about 8% of the stream).
+    /// write stream sleep in the client's short pauses (docs/engine.md, "Reactor").
     pub spin_for: Option<Duration>,
     /// The first sleep once backing off.
     pub sleep: Duration,
     /// The longest sleep: the most a request that ends a long idle stretch waits for
     /// the core to look. Growing to it matters where cores share CPUs (`nacre up`):
     /// an idle OSS core waking every 50 us took a fifth of the CPU its machine's
-    /// busy MDS core ran on (docs/engine.md, "Idle cores").
+    /// busy MDS core ran on (docs/engine.md, "Reactor").
     pub max_sleep: Duration,
     /// Offer the CPU to other threads (sched_yield) after each empty turn while
     /// spinning: for cores that share their CPUs with other work (not pinned, as on

@@ -5,11 +5,12 @@
 //! the MDS by inode, as the calling user (uid, gid and supplementary groups of the
 //! calling process), so the MDS applies POSIX permissions and new files belong to
 //! their creator; the kernel checks them too (`default_permissions`), and the mount
-//! is open to every user (`allow_other`), as a shared file system must be. Data goes
-//! through the client library's striped parallel path: reads, writes and fsyncs run
-//! on a pool of worker threads (the FUSE session thread only dispatches), and files
-//! are opened with direct I/O, so no page cache sits between two mounts (see
-//! docs/mount.md for the caching trade-offs).
+//! is open to every user (`allow_other`), as a shared file system must be. Namespace
+//! requests and closes, one MDS request each, run on the FUSE session thread. Data
+//! goes through the client library's striped parallel path: reads, writes, fsyncs and
+//! whatever else touches the OSTs run on a pool of worker threads, and files are
+//! opened with direct I/O, so no page cache sits between two mounts (see
+//! docs/mount.md for the threads and the caching trade-offs).
 
 mod attrs;
 mod xattr;
@@ -45,9 +46,10 @@ const READDIR_BATCH: u32 = 256;
 
 type Job = Box<dyn FnOnce() + Send>;
 
-/// The file system a mount serves. FUSE calls it on one session thread; it hands
-/// every operation that goes to a server to a pool of workers, so that creates,
-/// lookups and I/O of many processes run side by side.
+/// The file system a mount serves. FUSE calls it on one session thread, which serves
+/// namespace requests itself (the MDS answers them one at a time anyway) and hands
+/// data and anything that touches the OSTs to a pool of workers, so that the I/O of
+/// many processes runs side by side.
 pub struct NacreFs {
     sh: Arc<Shared>,
     /// Supplementary groups by caller pid, read from /proc at most once per
@@ -839,24 +841,19 @@ impl fuser::Filesystem for NacreFs {
         let Some(file) = lock(&self.sh.files).remove(&fh) else {
             return reply.error(libc::EBADF);
         };
-        let client = self.sh.client.clone();
-        let lock_owner = lock_owner.filter(|_| self.sh.is_locked(ino));
-        // The last reference closes the MDS handle (a worker may still hold one for a
-        // moment; its drop closes then). With a lock owner, the open file's flock
-        // goes with it.
-        let close = move || {
-            if let Some(owner) = lock_owner {
-                let unlock = unlock_all(ino, owner);
-                if let Err(e) = client.lock(unlock) {
-                    tracing::warn!("releasing the flock of inode {ino}: {e}");
-                }
+        // Here on the session thread, as namespace requests are (the kernel does not
+        // wait for a release). The last reference closes the MDS handle (a worker may
+        // still hold one for a moment; its drop closes then). With a lock owner, the
+        // open file's flock goes with it.
+        if let Some(owner) = lock_owner.filter(|_| self.sh.is_locked(ino)) {
+            if let Err(e) = self.sh.client.lock(unlock_all(ino, owner)) {
+                tracing::warn!("releasing the flock of inode {ino}: {e}");
             }
-            match Arc::into_inner(file).map(File::close) {
-                Some(Err(e)) => reply.error(errno(&e)),
-                _ => reply.ok(),
-            }
-        };
-        close()
+        }
+        match Arc::into_inner(file).map(File::close) {
+            Some(Err(e)) => reply.error(errno(&e)),
+            _ => reply.ok(),
+        }
     }
 
     fn readdir(

@@ -618,8 +618,12 @@ impl Syncer {
                     let synced = file.sync_data();
                     let ns = |d: Duration| d.as_nanos() as u64;
                     stats.log_syncs.fetch_add(1, Ordering::Relaxed);
-                    stats.log_sync_ns.fetch_add(ns(started.elapsed()), Ordering::Relaxed);
-                    stats.log_wait_ns.fetch_add(ns(started - waited), Ordering::Relaxed);
+                    stats
+                        .log_sync_ns
+                        .fetch_add(ns(started.elapsed()), Ordering::Relaxed);
+                    stats
+                        .log_wait_ns
+                        .fetch_add(ns(started - waited), Ordering::Relaxed);
                     waited = Instant::now();
                     if let Err(e) = &synced {
                         tracing::error!("MDT log fdatasync: {e}");
