@@ -222,6 +222,10 @@ fn shell_round_trips(m: &Mount, other: &Mount, work: &Path) {
          before = os.stat(here)\n\
          time.sleep(0.01)\n\
          os.close(os.open(os.path.join(here, 'x'), os.O_CREAT | os.O_EXCL | os.O_WRONLY))\n\
+         with open(os.path.join(here, 'w'), 'w') as f:\n    f.write('a first, longer text')\n\
+         with open(os.path.join(here, 'w'), 'w') as f:\n    f.write('x')\n\
+         os.truncate(os.path.join(here, 'w'), 8)\n\
+         assert open(os.path.join(here, 'w'), 'rb').read() == b'x' + bytes(7), 'O_TRUNC left data'\n\
          os.mkdir(os.path.join(here, 'sub'))\n\
          os.mknod(os.path.join(here, 'n'), 0o640 | stat.S_IFREG)\n\
          a, b = os.stat(here), os.stat(there)\n\

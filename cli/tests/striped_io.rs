@@ -204,6 +204,28 @@ fn holes_read_as_zeros(client: &Client) {
     assert_eq!(errno(&ro.write_at(b"x", 0).unwrap_err()), libc::EBADF);
 }
 
+/// O_TRUNC empties the objects of a file that was there (what was past the new end does
+/// not come back when the file grows again), and a create with O_TRUNC makes a new file.
+fn truncating_opens(client: &Client) {
+    let opts = OpenOptions::create().flags(CREATE).layout(spec(4, STRIPE));
+    let f = client.open("/trunc", &opts).unwrap();
+    assert!(f.created());
+    f.write_at(&vec![0xEE; 3 * STRIPE as usize], 0).unwrap();
+    drop(f);
+    let f = client.open("/trunc", &opts).unwrap();
+    assert!(!f.created());
+    assert_eq!(f.attr().size, 0);
+    f.write_at(b"x", 0).unwrap();
+    f.set_len(3 * STRIPE as u64).unwrap();
+    let mut all = vec![0xAA; 3 * STRIPE as usize];
+    assert_eq!(f.read_at(&mut all, 0).unwrap(), all.len());
+    assert_eq!(all[0], b'x');
+    assert!(
+        all[1..].iter().all(|&b| b == 0),
+        "O_TRUNC left old data in the objects"
+    );
+}
+
 /// `clients` clients, each with `threads` threads, write interleaved disjoint blocks of
 /// one file (block i by writer i % writers); then every client reads it all back.
 fn shared_file(mgs: &str, clients: usize, threads: usize, block: usize, blocks: usize, flags: i32) {
@@ -286,6 +308,7 @@ fn striped_io(provider: &str) {
     matches_the_model(&client, "/model", CREATE);
     matches_the_model(&client, "/model-buffered", CREATE | O_BUFFERED);
     holes_read_as_zeros(&client);
+    truncating_opens(&client);
     statfs_adds_up_the_osts(&client);
     buffered_handles(&up.mgs, &client);
     shared_file(&up.mgs, 3, 2, 47008, 96, 0);

@@ -267,6 +267,8 @@ pub struct File {
     flags: i32,
     /// The attributes the MDS gave at open.
     opened: Attr,
+    /// Whether the open made the file (its objects are new and empty).
+    created: bool,
     /// The largest size this handle knows of (from the MDS, or its own writes).
     size: AtomicU64,
     /// The end of this handle's writes, and what of it the MDS was told.
@@ -670,14 +672,15 @@ impl Client {
     }
 
     /// The `File` of an MDS open handle (`opened`, an Opened reply); O_TRUNC empties
-    /// the objects.
+    /// the objects of a file that was there before.
     fn file_from(&self, ino: u64, flags: i32, opened: Reply) -> io::Result<File> {
-        let (attr, layout, handle) = match opened {
+        let (attr, layout, handle, created) = match opened {
             Reply::Opened {
                 attr,
                 layout,
                 handle,
-            } => (attr, layout, handle),
+                created,
+            } => (attr, layout, handle, created),
             other => return Err(protocol(format!("expected an open handle, got {other:?}"))),
         };
         let file = File {
@@ -687,14 +690,17 @@ impl Client {
             layout,
             flags,
             opened: attr,
+            created,
             size: AtomicU64::new(attr.size),
             written_end: AtomicU64::new(0),
             reported: AtomicU64::new(0),
             closed: AtomicBool::new(false),
             cache: (flags & O_BUFFERED != 0).then(Box::default),
         };
-        // The MDS emptied the file for any O_TRUNC (it checked write permission).
-        if flags & libc::O_TRUNC != 0 {
+        // The MDS emptied the file for any O_TRUNC (it checked write permission); a
+        // file it just made has new objects with nothing in them (no request to every
+        // OST a wide stripe spans, as `open(O_CREAT|O_TRUNC)` of a new file would cost).
+        if flags & libc::O_TRUNC != 0 && !created {
             if let Some(layout) = &file.layout {
                 self.truncate_objects(layout, 0)?;
             }
@@ -869,6 +875,11 @@ impl File {
             Some(cache) => guard(cache).flush(self),
             None => Ok(()),
         }
+    }
+
+    /// Whether the open that made this handle created the file.
+    pub fn created(&self) -> bool {
+        self.created
     }
 
     /// The attributes as of the open, with the size this handle knows now (no

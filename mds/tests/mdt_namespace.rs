@@ -435,12 +435,18 @@ fn layouts_inherit_resolve_and_lock_after_first_write() {
     let Reply::Opened {
         attr,
         layout: Some(l2),
+        created: true,
         ..
-    } = t.call(c).unwrap()
+    } = t.call(c.clone()).unwrap()
     else {
         panic!()
     };
     assert_eq!(l2.objects.len(), 2);
+    // The same create again finds the file: its answer says it made nothing.
+    assert!(matches!(
+        t.call(c),
+        Ok(Reply::Opened { created: false, attr: a, .. }) if a.ino == attr.ino
+    ));
     // Set on a file before its first write; refused after.
     let one = StripeSpec::default();
     assert!(
@@ -504,7 +510,11 @@ fn size_reports_merge_with_max_and_truncate_sets_exactly() {
     };
     assert_eq!(t.attr_as(&Creds::root(), trunc(10)).unwrap().size, 10);
     assert_eq!(t.getattr(f.ino).unwrap().size, 10);
-    let Reply::Opened { attr, .. } = t
+    let Reply::Opened {
+        attr,
+        created: false,
+        ..
+    } = t
         .call(Request::Open {
             ino: f.ino,
             flags: O_RDWR | O_TRUNC,

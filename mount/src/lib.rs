@@ -609,10 +609,9 @@ impl fuser::Filesystem for NacreFs {
                 .create_open(creds, parent, &name, mode, flags, None)
             {
                 Ok(f) => {
-                    // With O_EXCL the file is new; without, it may have been there.
-                    match flags & libc::O_EXCL {
-                        0 => sh.dirs.forget(parent),
-                        _ => sh.dirs.entry_added(parent, &f.attr()),
+                    // A create that found the file there changed nothing in `parent`.
+                    if f.created() {
+                        sh.dirs.entry_added(parent, &f.attr());
                     }
                     let attr = fuse_attr(&f.attr());
                     let fh = sh.add_file(f);

@@ -772,11 +772,14 @@ pub enum Reply {
     Done,
     /// Lookup, getattr, setattr, mkdir, symlink, link, report-size.
     Attr(Attr),
-    /// Create and open: the attributes, the resolved layout, an open handle (0 for create).
+    /// Create and open: the attributes, the resolved layout, an open handle (0 for
+    /// create), and whether this request made the file (a create may open a file that
+    /// was there: then its objects may hold data, and O_TRUNC must empty them).
     Opened {
         attr: Attr,
         layout: Option<StripedLayout>,
         handle: u64,
+        created: bool,
     },
     Dir {
         entries: Vec<DirEntry>,
@@ -815,6 +818,7 @@ impl Reply {
                 attr,
                 layout,
                 handle,
+                created,
             } => {
                 put_u32(out, R_OPENED);
                 put_attr(out, attr);
@@ -826,6 +830,7 @@ impl Reply {
                         l.encode(out);
                     }
                 }
+                put_u32(out, u32::from(*created));
             }
             Reply::Dir {
                 entries,
@@ -888,6 +893,16 @@ impl Reply {
                     value => {
                         return Err(MetaError::BadValue {
                             what: "layout flag",
+                            value,
+                        })
+                    }
+                },
+                created: match r.u32()? {
+                    0 => false,
+                    1 => true,
+                    value => {
+                        return Err(MetaError::BadValue {
+                            what: "created flag",
                             value,
                         })
                     }

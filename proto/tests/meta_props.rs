@@ -202,11 +202,13 @@ fn every_reply_shape_round_trips() {
             attr: attr(6),
             layout: Some(layout.clone()),
             handle: 9,
+            created: true,
         },
         Reply::Opened {
             attr: attr(6),
             layout: None,
             handle: 0,
+            created: false,
         },
         Reply::Target(b"../x".to_vec()),
         Reply::Statfs(Statfs {

@@ -347,6 +347,7 @@ impl Namespace {
                 attr: i.attr(),
                 layout: i.striped(),
                 handle: 0,
+                created: false,
             });
         }
         let spec = spec
@@ -373,6 +374,7 @@ impl Namespace {
             attr: i.attr(),
             layout: Some(layout),
             handle,
+            created: true,
         })
     }
 
@@ -582,6 +584,7 @@ impl Namespace {
             attr: i.attr(),
             layout: i.striped(),
             handle,
+            created: false,
         })
     }
 
