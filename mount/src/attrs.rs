@@ -7,6 +7,8 @@ use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 use fuser::{FileAttr, FileType};
 use nacre_proto::meta::{Attr, FileKind};
 
+use crate::lock;
+
 /// How long the kernel may keep an entry or attributes before asking again. Short:
 /// another mount's change (a new size, a removed name) shows within this time, and
 /// data never waits on it (direct I/O goes to the servers every time). A longer TTL
@@ -110,10 +112,6 @@ impl DirAttrs {
     pub fn forget_all(&self) {
         lock(&self.dirs).clear();
     }
-}
-
-fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
-    m.lock().unwrap_or_else(|p| p.into_inner())
 }
 
 #[cfg(test)]

@@ -134,6 +134,20 @@ impl NacreFs {
     fn inline(&self, req: &fuser::Request<'_>, op: impl FnOnce(&Shared, &Creds)) {
         op(&self.sh, &self.creds(req))
     }
+
+    /// Runs namespace request `op` on the session thread, or on a worker when it also
+    /// changes objects on the OSTs (a truncate), as data does.
+    fn inline_unless_osts(
+        &self,
+        req: &fuser::Request<'_>,
+        touches_osts: bool,
+        op: impl FnOnce(&Shared, &Creds) + Send + 'static,
+    ) {
+        match touches_osts {
+            false => self.inline(req, op),
+            true => self.run(req, op),
+        }
+    }
 }
 
 /// Data buffers reused from one request to the next: a buffer keeps its address, so
@@ -449,11 +463,8 @@ impl fuser::Filesystem for NacreFs {
         }
         let op =
             move |sh: &Shared, creds: &Creds| sh.reply_attr(reply, sh.setattr(creds, ino, s, fh));
-        match s.mask & meta::set::SIZE {
-            // A new size trims or extends objects on the OSTs: a worker's job.
-            0 => self.inline(req, op),
-            _ => self.run(req, op),
-        }
+        // A new size trims or extends objects on the OSTs.
+        self.inline_unless_osts(req, s.mask & meta::set::SIZE != 0, op);
     }
 
     fn readlink(&mut self, req: &fuser::Request<'_>, ino: u64, reply: ReplyData) {
@@ -584,11 +595,8 @@ impl fuser::Filesystem for NacreFs {
             Ok(f) => reply.opened(sh.add_file(f), fuser::consts::FOPEN_DIRECT_IO),
             Err(e) => reply.error(errno(&e)),
         };
-        match flags & libc::O_TRUNC {
-            // O_TRUNC empties the objects on the OSTs: a worker's job.
-            0 => self.inline(req, op),
-            _ => self.run(req, op),
-        }
+        // O_TRUNC empties the objects on the OSTs.
+        self.inline_unless_osts(req, flags & libc::O_TRUNC != 0, op);
     }
 
     fn create(
@@ -620,11 +628,8 @@ impl fuser::Filesystem for NacreFs {
                 Err(e) => reply.error(errno(&e)),
             }
         };
-        match flags & libc::O_TRUNC {
-            // O_TRUNC of an existing file empties its objects on the OSTs.
-            0 => self.inline(req, op),
-            _ => self.run(req, op),
-        }
+        // O_TRUNC of an existing file empties its objects on the OSTs.
+        self.inline_unless_osts(req, flags & libc::O_TRUNC != 0, op);
     }
 
     /// A regular file made without opening it (mknod(2), and what some tools use
