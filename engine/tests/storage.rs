@@ -266,3 +266,64 @@ fn falls_back_when_io_uring_is_unavailable() {
         String::from_utf8_lossy(&out.stderr)
     );
 }
+
+/// Reaps (without submitting anything) until `n` completions arrived or `within` passed.
+fn reap_for(s: &mut Storage, n: usize, within: std::time::Duration) -> Vec<IoCompletion> {
+    let start = std::time::Instant::now();
+    let mut out = Vec::new();
+    while out.len() < n && start.elapsed() < within {
+        s.reap(&mut out).unwrap();
+        std::thread::yield_now();
+    }
+    out
+}
+
+/// A large transfer goes to the kernel as soon as it is queued, on its own (the block
+/// layer's plug would merge a batch of sequential ones into fewer, larger requests);
+/// small ones wait for the turn's flush and share one submission.
+#[test]
+fn large_transfers_are_submitted_alone_and_at_once() {
+    if !backends().contains(&Backend::IoUring) {
+        return;
+    }
+    let cfg = PoolConfig {
+        classes: vec![
+            SizeClass {
+                size: 4096,
+                count: 4,
+            },
+            SizeClass {
+                size: 1 << 20,
+                count: 2,
+            },
+        ],
+        huge_pages: false,
+    };
+    let mut pool = BufferPool::new(&cfg, None).unwrap();
+    let mut s = storage(Backend::IoUring, &pool);
+    let f = s.open(&dir("alone").join("f"), true).unwrap();
+    let wait = std::time::Duration::from_millis(300);
+    let small = pool.get(4096).unwrap();
+    s.write(f, small, 4096, 0, 1).map_err(|(e, _)| e).unwrap();
+    assert!(
+        reap_for(&mut s, 1, wait).is_empty(),
+        "a small write waits for the flush"
+    );
+    let large = pool.get(1 << 20).unwrap();
+    s.write(f, large, 1 << 20, 1 << 20, 2)
+        .map_err(|(e, _)| e)
+        .unwrap();
+    let mut done: Vec<u64> = reap_for(&mut s, 2, std::time::Duration::from_secs(10))
+        .iter()
+        .map(|c| {
+            assert!(c.result.is_ok(), "{:?}", c.result);
+            c.user_data
+        })
+        .collect();
+    done.sort();
+    assert_eq!(
+        done,
+        [1, 2],
+        "the large write, and the small one queued before it, went without a flush"
+    );
+}

@@ -86,6 +86,13 @@ const ESTALE: i32 = libc::ESTALE;
 const EXDEV: i32 = libc::EXDEV;
 const EILSEQ: i32 = libc::EILSEQ;
 
+/// Bulk pulls a core starts per turn. Over shm the pull is a CMA copy made inside the
+/// post (~100 us a MiB): a turn that started every waiting pull copied 32 MiB before
+/// any of it went to the disk, and the writes then moved in lock-step (the disk busy,
+/// then idle while the next 32 copies ran). One per turn sends each write to the disk
+/// as soon as its data is in, so copies and disk writes overlap.
+const PULLS_PER_TURN: usize = 1;
+
 pub struct OssService {
     core: usize,
     cores: usize,
@@ -250,8 +257,8 @@ impl OssService {
                     step: Step::WaitSlabs,
                     ..f
                 });
+                // Pulled from `on_turn`, a few per turn (see PULLS_PER_TURN).
                 self.waiting.push_back(id);
-                self.start_pulls(core);
             }
         }
     }
@@ -259,7 +266,11 @@ impl OssService {
     /// Starts bulk writes, oldest first, while the pool has their slabs.
     fn start_pulls(&mut self, core: &mut Core) -> bool {
         let mut moved = false;
+        let mut budget = PULLS_PER_TURN;
         while let Some(&id) = self.waiting.front() {
+            if budget == 0 {
+                return true; // more next turn, after this turn's data went to storage
+            }
             let Some(f) = self.ops[id].as_ref() else {
                 self.waiting.pop_front();
                 continue;
@@ -271,6 +282,7 @@ impl OssService {
             self.waiting.pop_front();
             let head = (offset % 4096) as usize;
             let bufs: Bufs = bufs.into_iter().collect();
+            budget -= 1;
             match core.pull_into(peer, &desc, 0, len, bufs, head, id as u64) {
                 Ok(()) => self.ops[id].as_mut().expect("live").step = Step::Pulling,
                 Err(e) => self.fail(core, id, e.errno()),
