@@ -12,7 +12,7 @@
 //! travel inline in the request or reply. An empty pool makes requests wait, in order.
 
 use nacre_client::mgs::ServingEpoch;
-use std::collections::VecDeque;
+use std::collections::{HashMap, VecDeque};
 
 use nacre_engine::{Bufs, BulkDone, Core, IoCompletion, Request, Service};
 use nacre_fabric::PeerAddr;
@@ -86,7 +86,7 @@ const ESTALE: i32 = libc::ESTALE;
 const EXDEV: i32 = libc::EXDEV;
 const EILSEQ: i32 = libc::EILSEQ;
 
-/// Bytes of bulk pushes (read data) a core keeps in flight. A reply follows its push on the
+/// Bytes of bulk pushes (read data) a core keeps in flight to one client. A reply follows its push on the
 /// same connection: over tcp, 32 pushes posted at once queued 32 MiB in the socket
 /// ahead of the first reply, so the client got its replies together, sent its next
 /// 32 reads together, and disk and wire took turns (reads 1.0-1.5 GB/s, the disk idle
@@ -117,8 +117,8 @@ pub struct OssService {
     waiting: VecDeque<usize>,
     /// Bulk reads read from the disk, waiting to be pushed: (op, slabs, head, bytes).
     to_push: VecDeque<(usize, Bufs, usize, usize)>,
-    /// Bytes of the pushes posted and not completed.
-    pushing: usize,
+    /// Bytes of the pushes posted and not completed, per client.
+    pushing: HashMap<PeerAddr, usize>,
     done: Vec<ObjectCompletion>,
     /// Largest inline reply body, and the buffer inline replies are built in.
     inline_max: usize,
@@ -146,7 +146,7 @@ impl OssService {
             free: Vec::new(),
             waiting: VecDeque::new(),
             to_push: VecDeque::new(),
-            pushing: 0,
+            pushing: HashMap::new(),
             done: Vec::new(),
             inline_max: msg_size - HEADER_LEN - 16,
             scratch: Vec::with_capacity(msg_size),
@@ -280,26 +280,40 @@ impl OssService {
     }
 
     /// Pushes read data to clients, oldest first, while fewer than
-    /// [`PUSH_BYTES_IN_FLIGHT`] are in flight (one push at least, whatever its size).
+    /// [`PUSH_BYTES_IN_FLIGHT`] are in flight to that client (one push at least,
+    /// whatever its size). A client whose pushes are slow (or gone) holds back only
+    /// its own.
     fn start_pushes(&mut self, core: &mut Core) -> bool {
         let mut moved = false;
-        while let Some(&(_, _, _, n)) = self.to_push.front() {
-            if self.pushing > 0 && self.pushing + n > PUSH_BYTES_IN_FLIGHT {
-                break;
-            }
-            let (id, bufs, head, n) = self.to_push.pop_front().expect("checked");
-            moved = true;
+        for _ in 0..self.to_push.len() {
+            let (id, bufs, head, n) = self.to_push.pop_front().expect("counted");
             let Some(f) = self.ops.get(id).and_then(Option::as_ref) else {
                 put_all(core, bufs);
                 continue;
             };
             let (peer, desc) = (f.peer, f.bulk.expect("a bulk read"));
+            let sent = self.pushing.get(&peer).copied().unwrap_or(0);
+            if sent > 0 && sent + n > PUSH_BYTES_IN_FLIGHT {
+                self.to_push.push_back((id, bufs, head, n));
+                continue;
+            }
+            moved = true;
             match core.push(peer, &desc, 0, bufs, head, n, id as u64) {
-                Ok(()) => self.pushing += n,
+                Ok(()) => *self.pushing.entry(peer).or_default() += n,
                 Err(e) => self.fail(core, id, e.errno()),
             }
         }
         moved
+    }
+
+    /// A push of `len` bytes to `peer` is over.
+    fn pushed(&mut self, peer: PeerAddr, len: usize) {
+        if let Some(sent) = self.pushing.get_mut(&peer) {
+            *sent -= len;
+            if *sent == 0 {
+                self.pushing.remove(&peer);
+            }
+        }
     }
 
     /// Starts bulk writes, oldest first, while the pool has their slabs.
@@ -524,7 +538,8 @@ impl Service for OssService {
         };
         if let Err(errno) = done.result {
             if let Step::Pushing { len, .. } = f.step {
-                self.pushing -= len;
+                let peer = f.peer;
+                self.pushed(peer, len);
             }
             return self.fail(core, id, errno);
         }
@@ -544,7 +559,8 @@ impl Service for OssService {
                 st.write(obj, offset, len, done.bufs.into_vec(), mode, id as u64);
             }
             Step::Pushing { len, crc } => {
-                self.pushing -= len;
+                let peer = f.peer;
+                self.pushed(peer, len);
                 put_all(core, done.bufs);
                 let f = self.take(id).expect("live");
                 let mut out = [0u8; 16];
