@@ -86,14 +86,14 @@ const ESTALE: i32 = libc::ESTALE;
 const EXDEV: i32 = libc::EXDEV;
 const EILSEQ: i32 = libc::EILSEQ;
 
-/// Bytes of bulk pushes (read data) a core keeps in flight to one client. A reply follows its push on the
-/// same connection: over tcp, 32 pushes posted at once queued 32 MiB in the socket
-/// ahead of the first reply, so the client got its replies together, sent its next
-/// 32 reads together, and disk and wire took turns (reads 1.0-1.5 GB/s, the disk idle
-/// two thirds of the time). Over shm the copy runs inside the post, and 32 of them in
-/// one turn held every reply for 3 ms the same way. Two MiB in flight keep the wire
-/// busy (more than a fast NIC's bandwidth-delay product) and let each reply out as soon
-/// as its data is there.
+/// Bytes of bulk pushes (read data) a core keeps in flight to one client. A reply
+/// follows its push on the same connection: over tcp, 32 pushes posted at once queued
+/// 32 MiB in the socket ahead of the first reply, so the client got its replies
+/// together, sent its next 32 reads together, and disk and wire took turns (reads
+/// 0.9-1.2 GB/s, the disk idle two thirds of the time). Over shm the copy runs inside
+/// the post, and 32 of them in one turn held every reply for 3 ms the same way. Two MiB
+/// in flight keep the wire busy (more than a fast NIC's bandwidth-delay product) and
+/// let each reply out as soon as its data is there.
 const PUSH_BYTES_IN_FLIGHT: usize = 2 << 20;
 
 /// Bulk pulls a core starts per turn. Over shm the pull is a CMA copy made inside the
