@@ -474,6 +474,7 @@ fn fio_runs(m: &Mount) {
         let out = sh(&format!(
             "fio --name=t --directory={} --ioengine={engine} --direct=1 --rw=write --bs=1m \
              --size=16m --numjobs=2 --iodepth={depth} --verify=crc32c --do_verify=1 \
+             --verify_state_save=0 \
              --group_reporting --output-format=terse",
             m.dir.display()
         ));
