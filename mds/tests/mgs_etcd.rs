@@ -33,7 +33,7 @@ fn claims_leases_takeover_and_fencing_on_etcd() {
     let Some(etcd) = EtcdProc::start("fencing") else {
         return;
     };
-    assert!(etcd.format("etcdfs", false).status.success());
+    etcd.format_ok("etcdfs");
     let again = etcd.format("other", false);
     assert!(!again.status.success());
     assert!(String::from_utf8_lossy(&again.stderr).contains("exists already (fsname etcdfs)"));
@@ -78,7 +78,7 @@ fn two_mgs_on_one_etcd_and_one_killed_clients_and_servers_carry_on() {
     let Some(etcd) = EtcdProc::start("two") else {
         return;
     };
-    assert!(etcd.format("twofs", false).status.success());
+    etcd.format_ok("twofs");
     // Leases long enough to outlast the leader's etcd lease (2 s) plus an election.
     let flags = ["--heartbeat-ms", "200", "--lease-ms", "4000"];
     let mut first = Mgs::serve_etcd(&etcd.url, &flags);
@@ -114,7 +114,7 @@ fn a_paused_leader_is_deposed_and_exits_when_resumed_while_servers_carry_on() {
     let Some(etcd) = EtcdProc::start("paused") else {
         return;
     };
-    assert!(etcd.format("pausefs", false).status.success());
+    etcd.format_ok("pausefs");
     let flags = ["--heartbeat-ms", "200", "--lease-ms", "4000"];
     let mut first = Mgs::serve_etcd(&etcd.url, &flags);
     first.proc.expect("leader on", Duration::from_secs(10));
@@ -160,7 +160,7 @@ fn role_leases_live_in_etcd_while_their_owners_renew() {
     let Some(etcd) = EtcdProc::start("role-leases") else {
         return;
     };
-    assert!(etcd.format("leasefs", false).status.success());
+    etcd.format_ok("leasefs");
     let mgs = Mgs::serve_etcd(&etcd.url, &SHORT);
     mgs.proc.expect("leader on", Duration::from_secs(10));
     let a = server(TEST, &mgs.addr, "node-a", None, false);
@@ -192,7 +192,7 @@ fn after_an_outage_a_silent_owners_role_is_free_at_once() {
     let Some(etcd) = EtcdProc::start("outage") else {
         return;
     };
-    assert!(etcd.format("outagefs", false).status.success());
+    etcd.format_ok("outagefs");
     // Lease 3 s: role leases of 5 s in etcd.
     let flags = ["--heartbeat-ms", "200", "--lease-ms", "3000"];
     let mut mgs = Mgs::serve_etcd(&etcd.url, &flags);
@@ -250,7 +250,7 @@ fn takeover_after_kill9_on_etcd_takes_at_most_lease_plus_one_second() {
     let Some(etcd) = EtcdProc::start("takeover") else {
         return;
     };
-    assert!(etcd.format("takeoverfs", false).status.success());
+    etcd.format_ok("takeoverfs");
     let mgs = Mgs::serve_etcd(&etcd.url, &[]);
     mgs.proc.expect("leader on", Duration::from_secs(10));
     let (takeover, _) = takeover_after_kill9(TEST, &mgs.addr);

@@ -270,10 +270,25 @@ impl EtcdProc {
             .args(["--logger", "zap", "--log-level", "error"]);
         let proc = Proc::spawn("etcd", cmd);
         let url = format!("etcd://127.0.0.1:{client}");
-        // Ready when a plain TCP connect to the client port works.
+        // Ready when it answers a health check: a single-member cluster accepts TCP
+        // connections before it has elected itself leader, and a request that comes
+        // in between fails (seen: `nacre-mgs format` right after the port opened).
         let until = Instant::now() + Duration::from_secs(20);
-        while std::net::TcpStream::connect(("127.0.0.1", client)).is_err() {
-            assert!(Instant::now() < until, "etcd did not start");
+        let endpoint = format!("127.0.0.1:{client}");
+        loop {
+            let healthy = Command::new("etcdctl")
+                .env("ETCDCTL_API", "3")
+                .args(["--endpoints", &endpoint, "endpoint", "health"])
+                .output()
+                .expect("etcdctl (scripts/deps installs etcd-client)");
+            if healthy.status.success() {
+                break;
+            }
+            assert!(
+                Instant::now() < until,
+                "etcd did not become healthy: {}",
+                String::from_utf8_lossy(&healthy.stderr)
+            );
             std::thread::sleep(Duration::from_millis(50));
         }
         Some(EtcdProc { proc, url })
@@ -307,6 +322,16 @@ impl EtcdProc {
     }
 
     /// `nacre-mgs format` into this etcd.
+    /// Formats the file system `fsname` in this etcd; panics with the tool's stderr.
+    pub fn format_ok(&self, fsname: &str) {
+        let out = self.format(fsname, false);
+        assert!(
+            out.status.success(),
+            "nacre-mgs format: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+    }
+
     pub fn format(&self, fsname: &str, force: bool) -> std::process::Output {
         let mut cmd = Command::new(MGS_BIN);
         cmd.args(["format", "--store", &self.url, "--fsname", fsname]);
