@@ -1,0 +1,112 @@
+//! A client process killed with bulk reads in flight, against a real `nacre-oss serve`:
+//! the server should live on and get back the slabs of the pushes it made or queued
+//! for the dead client, so that other clients' bulk reads of the same size still go
+//! through. It does not yet (see the test's note), so the test is ignored. The
+//! client is this test binary run again as a child (`child_reader`, ignored when run
+//! on its own), killed with SIGKILL once its reads are sent.
+
+mod common;
+
+use std::process::Command;
+use std::time::Duration;
+
+use common::process::*;
+use nacre_client::objects::IoOptions;
+use nacre_fabric::testing::{pattern, Proc};
+use nacre_fabric::{Access, Memory};
+use nacre_proto::object::{ObjFlags, ObjTarget, ReadReq};
+use nacre_proto::Opcode;
+
+/// Bulk reads the child sends: together they take every 1 MiB slab of a core's pool.
+const READS: u64 = 8;
+const LEN: usize = 4 << 20;
+
+/// The map once OST0 is served.
+fn served(addr: &str) -> nacre_proto::bootstrap::ClusterMap {
+    wait_map(addr, "OST0 served", |m| !m.servers.is_empty())
+}
+
+fn object(i: u64) -> u64 {
+    2 * (i + 1) // all on core 0 of two
+}
+
+#[test]
+#[ignore]
+fn child_reader() {
+    let (Ok(provider), Ok(addr)) = (
+        std::env::var("VANISH_PROVIDER"),
+        std::env::var("VANISH_MGS"),
+    ) else {
+        return; // run on its own: nothing to do
+    };
+    let route = route(&served(&addr), 0);
+    let mut c = client(&provider);
+    let sid = c.connect(&route.cores[0]).unwrap();
+    let mr = c
+        .endpoint()
+        .register(
+            Memory::anonymous(READS as usize * LEN).unwrap(),
+            Access::ALL,
+        )
+        .unwrap();
+    for i in 0..READS {
+        let req = ReadReq {
+            target: ObjTarget {
+                ost: route.ost,
+                flags: ObjFlags::BULK,
+                epoch: route.epoch,
+                object: object(i),
+            },
+            offset: 0,
+            len: LEN as u64,
+            bulk: Some(mr.remote(i as usize * LEN, LEN).unwrap()),
+        };
+        let mut body = [0u8; 128];
+        let n = req.encode(&mut body).unwrap();
+        c.send(sid, Opcode::OBJ_READ, &body[..n]).unwrap();
+    }
+    println!("reads sent");
+    std::thread::sleep(Duration::from_secs(60)); // killed long before
+}
+
+fn killed_reader_leaves_the_server_serving(provider: &str) {
+    let name = format!("vanish-{provider}");
+    let Some((dir, _mgs, addr)) = cluster(provider, &name) else {
+        return;
+    };
+    let _server = oss(provider, &addr, &[dir.join("ost")]);
+    let route = route(&served(&addr), 0);
+    let mut c = client(provider);
+    for i in 0..READS {
+        c.obj_write(&route, object(i), 0, &pattern(i, LEN), IoOptions::default())
+            .unwrap();
+    }
+    for round in 0..3 {
+        let mut cmd = Command::new(std::env::current_exe().unwrap());
+        cmd.args(["--exact", "child_reader", "--ignored", "--nocapture"])
+            .env("VANISH_PROVIDER", provider)
+            .env("VANISH_MGS", &addr);
+        let mut child = Proc::spawn("reader", cmd);
+        child.expect("reads sent", Duration::from_secs(30));
+        // Some pushes done, some in flight, some queued: then the client is gone.
+        std::thread::sleep(Duration::from_millis(5 * round));
+        child.kill9();
+        // Every slab must come back for these: READS reads of LEN take them all.
+        for i in 0..READS {
+            let mut back = vec![0u8; LEN];
+            let n = c
+                .obj_read(&route, object(i), 0, &mut back, IoOptions::default())
+                .unwrap_or_else(|e| panic!("round {round}: read {i} after the kill: {e}"));
+            assert_eq!(n, LEN);
+            assert!(back == pattern(i, LEN), "round {round}: object {i} differs");
+        }
+    }
+}
+
+/// Fails today (docs/oss.md, "Left for later"): the server's delivery-complete pushes
+/// to the killed client never complete, and their slabs stay out of the pool.
+#[test]
+#[ignore = "known failure: pushes to a killed client never complete (docs/oss.md)"]
+fn a_killed_reader_over_shm_leaves_the_server_serving() {
+    killed_reader_leaves_the_server_serving("shm");
+}
