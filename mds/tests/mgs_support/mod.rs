@@ -321,7 +321,6 @@ impl EtcdProc {
             .collect()
     }
 
-    /// `nacre-mgs format` into this etcd.
     /// Formats the file system `fsname` in this etcd; panics with the tool's stderr.
     pub fn format_ok(&self, fsname: &str) {
         let out = self.format(fsname, false);
@@ -332,6 +331,7 @@ impl EtcdProc {
         );
     }
 
+    /// `nacre-mgs format` into this etcd.
     pub fn format(&self, fsname: &str, force: bool) -> std::process::Output {
         let mut cmd = Command::new(MGS_BIN);
         cmd.args(["format", "--store", &self.url, "--fsname", fsname]);
