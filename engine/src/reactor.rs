@@ -235,17 +235,16 @@ impl<S: Service> Reactor<S> {
         // A core with I/O or transfers in flight is not idle: it polls on for them.
         if worked || self.core.waiting() {
             (self.idle_since, self.sleeps) = (None, 0);
-            if !worked && self.idle.yield_empty {
-                std::thread::yield_now();
+        } else {
+            let since = *self.idle_since.get_or_insert_with(Instant::now);
+            if self.idle.backs_off(since.elapsed()) {
+                self.core.metrics.backoff_sleeps += 1;
+                std::thread::sleep(self.idle.backoff(self.sleeps));
+                self.sleeps = self.sleeps.saturating_add(1);
+                return;
             }
-            return;
         }
-        let since = *self.idle_since.get_or_insert_with(Instant::now);
-        if self.idle.backs_off(since.elapsed()) {
-            self.core.metrics.backoff_sleeps += 1;
-            std::thread::sleep(self.idle.backoff(self.sleeps));
-            self.sleeps = self.sleeps.saturating_add(1);
-        } else if self.idle.yield_empty {
+        if !worked && self.idle.yield_empty {
             std::thread::yield_now();
         }
     }

@@ -361,6 +361,12 @@ fn unlock_all(ino: u64, owner: u64) -> LockRequest {
     lock_request(ino, owner, 0, u64::MAX, meta::lock::UNLOCK, 0)
 }
 
+/// The permission bits of a new file or directory: the caller's mode less its umask
+/// (the file type bits are the request's, not the mode's).
+fn new_mode(mode: u32, umask: u32) -> u32 {
+    mode & !umask & 0o7777
+}
+
 fn name_of(name: &OsStr) -> Vec<u8> {
     name.as_bytes().to_vec()
 }
@@ -489,7 +495,7 @@ impl fuser::Filesystem for NacreFs {
         let r = Request::Mkdir {
             parent,
             name: name_of(name),
-            mode: mode & !umask & 0o7777,
+            mode: new_mode(mode, umask),
         };
         self.inline(req, |sh, creds| {
             sh.new_entry(reply, parent, sh.client.request_as(creds, &r))
@@ -610,7 +616,7 @@ impl fuser::Filesystem for NacreFs {
         reply: ReplyCreate,
     ) {
         let name = name_of(name);
-        let (mode, flags) = (mode & !umask & 0o7777, kernel_offsets(flags));
+        let (mode, flags) = (new_mode(mode, umask), kernel_offsets(flags));
         let op = move |sh: &Shared, creds: &Creds| {
             match sh
                 .client
@@ -651,7 +657,7 @@ impl fuser::Filesystem for NacreFs {
         let r = Request::Create {
             parent,
             name: name_of(name),
-            mode: mode & !umask & 0o7777,
+            mode: new_mode(mode, umask),
             flags: meta::CREATE_EXCL,
             layout: None,
         };

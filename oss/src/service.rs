@@ -316,7 +316,8 @@ impl OssService {
         }
     }
 
-    /// Starts bulk writes, oldest first, while the pool has their slabs.
+    /// Starts bulk writes, oldest first, while the pool has their slabs, at most
+    /// [`PULLS_PER_TURN`] a turn.
     fn start_pulls(&mut self, core: &mut Core) -> bool {
         let mut moved = false;
         let mut budget = PULLS_PER_TURN;
