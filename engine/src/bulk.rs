@@ -9,10 +9,19 @@
 //! than one slab is split into slab-sized chunks, each its own RMA, and reassembled:
 //! the service sees one completion with every slab in order.
 //!
+//! One exception, for pushes only: a push that outlives the bulk timeout is given up
+//! (its peer is evicted, see `Core::expire_pushes`) and its slabs go back to the pool
+//! without the provider's completion. That is safe for the server because a push only
+//! reads its slabs: whatever the provider might still do with them cannot change data
+//! the server keeps. A pull writes into its slabs and is never given up this way.
+//!
 //! This module is the bookkeeping (which op, which chunk, what is done); the core posts
-//! the chunks and feeds their completions back in.
+//! the chunks and feeds their completions back in. Each op carries a generation that
+//! travels in its chunks' contexts, so a late completion of an op that was given up
+//! never counts for a later op in the same table entry.
 
 use std::collections::VecDeque;
+use std::time::{Duration, Instant};
 
 use nacre_fabric::PeerAddr;
 use nacre_proto::BulkDesc;
@@ -64,6 +73,10 @@ pub enum BulkError {
     Empty,
     #[error("{0} bulk transfers are in flight already")]
     Full(usize),
+    #[error(
+        "the peer was evicted (a push to it outlived the bulk timeout) and has not spoken since"
+    )]
+    Evicted,
 }
 
 impl BulkError {
@@ -75,6 +88,7 @@ impl BulkError {
                 libc::EINVAL
             }
             BulkError::Full(_) => libc::EAGAIN,
+            BulkError::Evicted => libc::ETIMEDOUT,
         }
     }
 }
@@ -93,6 +107,10 @@ pub(crate) struct BulkOp {
     pub chunks: u16,
     pub done: u16,
     pub error: Option<i32>,
+    /// The op's generation, set by [`BulkTable::insert`].
+    pub gen: u32,
+    /// When the op was made (a push's age is measured from here).
+    pub started: Instant,
 }
 
 impl BulkOp {
@@ -134,14 +152,20 @@ pub(crate) struct BulkTable {
     ops: Vec<Option<BulkOp>>,
     free: Vec<u32>,
     pub waiting: VecDeque<u32>,
+    next_gen: u32,
 }
+
+/// Entries a table holds at most: an op's index travels in 16 bits of its context.
+pub const MAX_BULK_OPS: usize = 1 << 16;
 
 impl BulkTable {
     pub fn new(capacity: usize) -> BulkTable {
+        let capacity = capacity.min(MAX_BULK_OPS);
         BulkTable {
             ops: (0..capacity).map(|_| None).collect(),
             free: (0..capacity as u32).rev().collect(),
             waiting: VecDeque::with_capacity(capacity),
+            next_gen: 0,
         }
     }
 
@@ -153,8 +177,11 @@ impl BulkTable {
         self.free.len()
     }
 
-    pub fn insert(&mut self, op: BulkOp) -> Result<u32, BulkError> {
+    /// Stores `op` under a fresh generation.
+    pub fn insert(&mut self, mut op: BulkOp) -> Result<u32, BulkError> {
         let id = self.free.pop().ok_or(BulkError::Full(self.ops.len()))?;
+        op.gen = self.next_gen;
+        self.next_gen = self.next_gen.wrapping_add(1);
         self.ops[id as usize] = Some(op);
         Ok(id)
     }
@@ -169,10 +196,11 @@ impl BulkTable {
         Some(op)
     }
 
-    /// Records that chunk of op `id` finished (with `errno` on failure); returns the op
-    /// once all of its chunks have, so that no slab is released under a live chunk.
-    pub fn chunk_done(&mut self, id: u32, errno: Option<i32>) -> Option<BulkOp> {
-        let op = self.get_mut(id)?;
+    /// Records that a chunk of op `id`, generation `gen`, finished (with `errno` on
+    /// failure); returns the op once all of its chunks have, so that no slab is released
+    /// under a live chunk. A chunk of an op no longer in the table is ignored.
+    pub fn chunk_done(&mut self, id: u32, gen: u32, errno: Option<i32>) -> Option<BulkOp> {
+        let op = self.get_mut(id).filter(|op| op.gen == gen)?;
         op.done += 1;
         if op.error.is_none() {
             op.error = errno;
@@ -181,6 +209,31 @@ impl BulkTable {
             return None;
         }
         self.remove(id)
+    }
+
+    /// Peers with a push in the table for longer than `timeout`.
+    pub fn late_push_peers(&self, now: Instant, timeout: Duration) -> Vec<PeerAddr> {
+        let mut late = Vec::new();
+        for op in self.ops.iter().flatten() {
+            let old = now.saturating_duration_since(op.started) > timeout;
+            if op.dir == BulkDir::Push && old && !late.contains(&op.peer) {
+                late.push(op.peer);
+            }
+        }
+        late
+    }
+
+    /// Whether entry `id` holds a push to `peer`.
+    pub fn is_push_to(&self, id: u32, peer: PeerAddr) -> bool {
+        let op = self.ops.get(id as usize).and_then(Option::as_ref);
+        op.is_some_and(|op| op.dir == BulkDir::Push && op.peer == peer)
+    }
+
+    /// The entries of every push to `peer`.
+    pub fn pushes_to(&self, peer: PeerAddr) -> Vec<u32> {
+        (0..self.ops.len() as u32)
+            .filter(|&i| self.is_push_to(i, peer))
+            .collect()
     }
 }
 
@@ -222,6 +275,8 @@ mod tests {
             chunks: n as u16,
             done: 0,
             error: None,
+            gen: 0,
+            started: Instant::now(),
         }
     }
 
@@ -258,12 +313,57 @@ mod tests {
         let mut p = pool();
         let mut t = BulkTable::new(2);
         let id = t.insert(op(&mut p, 20_000)).unwrap();
-        assert!(t.chunk_done(id, None).is_none());
-        assert!(t.chunk_done(id, Some(5)).is_none());
-        let done = t.chunk_done(id, Some(104)).expect("all chunks done");
+        let gen = t.get_mut(id).unwrap().gen;
+        assert!(t.chunk_done(id, gen, None).is_none());
+        assert!(t.chunk_done(id, gen, Some(5)).is_none());
+        let done = t.chunk_done(id, gen, Some(104)).expect("all chunks done");
         assert_eq!(done.error, Some(5));
         assert_eq!(t.free(), 2);
-        assert!(t.chunk_done(id, None).is_none(), "a stale chunk is ignored");
+        assert!(
+            t.chunk_done(id, gen, None).is_none(),
+            "a stale chunk is ignored"
+        );
+    }
+
+    #[test]
+    fn a_late_chunk_of_a_removed_op_does_not_count_for_the_next_in_its_entry() {
+        let mut p = pool();
+        let mut t = BulkTable::new(1);
+        let old = t.insert(op(&mut p, 20_000)).unwrap();
+        let old_gen = t.get_mut(old).unwrap().gen;
+        t.remove(old).unwrap(); // given up, its chunks still posted
+        let new = t.insert(op(&mut p, 1)).unwrap();
+        assert_eq!(new, old, "the entry is reused");
+        assert!(t.chunk_done(old, old_gen, None).is_none());
+        assert_eq!(
+            t.get_mut(new).unwrap().done,
+            0,
+            "the late chunk was not counted"
+        );
+        let gen = t.get_mut(new).unwrap().gen;
+        assert!(t.chunk_done(new, gen, None).is_some());
+    }
+
+    #[test]
+    fn late_pushes_are_found_by_peer_and_pulls_never() {
+        let mut p = pool();
+        let mut t = BulkTable::new(4);
+        let (a, b) = (PeerAddr::from_index(1), PeerAddr::from_index(2));
+        let mut mk = |dir, peer| {
+            let mut o = op(&mut p, 1);
+            (o.dir, o.peer) = (dir, peer);
+            o
+        };
+        let pa = t.insert(mk(BulkDir::Push, a)).unwrap();
+        t.insert(mk(BulkDir::Pull, b)).unwrap();
+        let pa2 = t.insert(mk(BulkDir::Push, a)).unwrap();
+        let now = Instant::now();
+        let timeout = Duration::from_secs(1);
+        assert!(t.late_push_peers(now, timeout).is_empty());
+        let later = now + Duration::from_secs(2);
+        assert_eq!(t.late_push_peers(later, timeout), vec![a]);
+        assert_eq!(t.pushes_to(a), vec![pa, pa2]);
+        assert!(t.pushes_to(b).is_empty(), "a pull is never given up");
     }
 
     #[test]

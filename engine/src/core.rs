@@ -9,14 +9,17 @@
 //! queue returns at once; the operation is then queued in a bounded per-core queue and
 //! retried on later turns while the loop keeps polling (see [`Core::retry_deferred`]).
 
-use std::collections::VecDeque;
+use std::collections::{HashSet, VecDeque};
 use std::time::{Duration, Instant};
+
+use smallvec::SmallVec;
 
 use nacre_fabric::{Access, Endpoint, ErrorKind, Memory, MemoryRegion, PeerAddr};
 use nacre_proto::{BulkDesc, Header, Limits, HEADER_LEN};
 
 use crate::bulk::{
-    chunks_for, slabs_needed, Bufs, BulkDir, BulkDone, BulkError, BulkOp, BulkTable, MAX_CHUNKS,
+    chunks_for, slabs_needed, Bufs, BulkDir, BulkDone, BulkError, BulkOp, BulkTable, MAX_BULK_OPS,
+    MAX_CHUNKS,
 };
 use crate::metrics::CoreMetrics;
 use crate::pool::BufferPool;
@@ -32,8 +35,9 @@ pub(crate) enum Route {
     Recv(u32),
     /// A transmit slot carrying a reply.
     Reply(u32),
-    /// Chunk `chunk` of bulk transfer `op`.
-    Bulk { op: u32, chunk: u16 },
+    /// Chunk `chunk` of bulk transfer `op` (a table index below 2^16) of generation
+    /// `gen` (chunks are fewer than 2^8).
+    Bulk { op: u32, gen: u32, chunk: u16 },
 }
 
 impl Route {
@@ -45,7 +49,10 @@ impl Route {
         match self {
             Route::Recv(slot) => Self::RECV << 56 | slot as u64,
             Route::Reply(slot) => Self::REPLY << 56 | slot as u64,
-            Route::Bulk { op, chunk } => Self::BULK << 56 | (chunk as u64) << 32 | op as u64,
+            Route::Bulk { op, gen, chunk } => {
+                debug_assert!((op as usize) < MAX_BULK_OPS && (chunk as usize) < 256);
+                Self::BULK << 56 | (chunk as u64 & 0xff) << 48 | (gen as u64) << 16 | op as u64
+            }
         }
     }
 
@@ -55,8 +62,9 @@ impl Route {
             Self::RECV => Some(Route::Recv(low)),
             Self::REPLY => Some(Route::Reply(low)),
             Self::BULK => Some(Route::Bulk {
-                op: low,
-                chunk: (context >> 32) as u16,
+                op: low & 0xffff,
+                gen: (context >> 16) as u32,
+                chunk: (context >> 48) as u16 & 0xff,
             }),
             _ => None,
         }
@@ -70,7 +78,15 @@ const DEFERRED_WARN: Duration = Duration::from_secs(1);
 #[derive(Debug, Clone, Copy)]
 enum Deferred {
     Reply { slot: u32, peer: PeerAddr, len: u32 },
-    Chunk { op: u32, chunk: u16 },
+    Chunk { op: u32, chunk: u16, peer: PeerAddr },
+}
+
+impl Deferred {
+    fn peer(&self) -> PeerAddr {
+        match *self {
+            Deferred::Reply { peer, .. } | Deferred::Chunk { peer, .. } => peer,
+        }
+    }
 }
 
 /// Everything a core owns, lent to the service on every call.
@@ -104,6 +120,11 @@ pub struct Core {
     pub(crate) bulk_done: VecDeque<BulkDone>,
     /// Largest slab, the chunk size of bulk transfers.
     chunk: usize,
+    /// How long a push may wait for its completion before its peer is evicted.
+    bulk_timeout: Duration,
+    /// Peers evicted for a push that outlived `bulk_timeout`, until they speak again:
+    /// bulk transfers to them are refused.
+    evicted: HashSet<PeerAddr>,
 }
 
 impl Core {
@@ -145,6 +166,8 @@ impl Core {
             bulk: BulkTable::new(cfg.bulk_ops),
             bulk_done: VecDeque::with_capacity(cfg.bulk_ops),
             chunk,
+            bulk_timeout: cfg.bulk_timeout,
+            evicted: HashSet::new(),
         })
     }
 
@@ -290,23 +313,37 @@ impl Core {
         self.deferred.push_back(d);
     }
 
-    /// Retries posts that met a full queue, oldest first, until one meets it again. A
-    /// post refused for over [`DEFERRED_WARN`] is said once in the log: a peer whose
-    /// queue stays full holds up every post behind it.
+    /// Retries posts that met a full queue, oldest first. A post that meets it again
+    /// stays queued, and so do the later posts to its peer (each peer's posts keep
+    /// their order), but posts to other peers go on: one stuck peer (a dead one whose
+    /// connection is gone, say) must not hold up the others. A post refused for over
+    /// [`DEFERRED_WARN`] is said once in the log.
     pub(crate) fn retry_deferred(&mut self) -> bool {
         let mut moved = false;
-        while let Some(&d) = self.deferred.front() {
-            let posted = match d {
-                Deferred::Reply { slot, peer, len } => self.send_slot(slot, peer, len as usize),
-                Deferred::Chunk { op, chunk } => self.post_chunk(op, chunk),
-            };
-            if !posted {
-                self.note_stuck();
-                break; // still full: keep the order, try on a later turn
+        let mut blocked: SmallVec<[PeerAddr; 4]> = SmallVec::new();
+        let mut front_stuck = false;
+        for i in 0..self.deferred.len() {
+            let d = self.deferred.pop_front().expect("counted");
+            let peer = d.peer();
+            let posted = !blocked.contains(&peer)
+                && match d {
+                    Deferred::Reply { slot, peer, len } => self.send_slot(slot, peer, len as usize),
+                    Deferred::Chunk { op, chunk, .. } => self.post_chunk(op, chunk),
+                };
+            if posted {
+                moved = true;
+                continue;
             }
-            self.deferred.pop_front();
+            front_stuck |= i == 0;
+            if !blocked.contains(&peer) {
+                blocked.push(peer);
+            }
+            self.deferred.push_back(d); // try on a later turn
+        }
+        if front_stuck {
+            self.note_stuck();
+        } else {
             self.deferred_since = None;
-            moved = true;
         }
         moved
     }
@@ -338,6 +375,7 @@ impl Core {
         len: usize,
         tag: u64,
     ) -> Result<(), BulkError> {
+        self.admit_peer(peer)?;
         let region = self.narrow(region, offset, len)?;
         let chunks = self.check_chunks(len)?;
         let id = self.bulk.insert(BulkOp {
@@ -351,6 +389,8 @@ impl Core {
             chunks: chunks as u16,
             done: 0,
             error: None,
+            gen: 0,
+            started: Instant::now(),
         })?;
         self.bulk.waiting.push_back(id);
         self.start_pulls();
@@ -420,7 +460,7 @@ impl Core {
             }),
         });
         let full = BulkError::Full(self.bulk.capacity());
-        let checked = checked.and_then(|r| {
+        let checked = self.admit_peer(peer).and(checked).and_then(|r| {
             if self.bulk.free() > 0 {
                 Ok(r)
             } else {
@@ -447,6 +487,8 @@ impl Core {
             head,
             done: 0,
             error: None,
+            gen: 0,
+            started: Instant::now(),
         };
         let id = self.bulk.insert(op).expect("a free entry was checked");
         self.post_chunks(id);
@@ -507,11 +549,20 @@ impl Core {
     }
 
     fn post_chunks(&mut self, id: u32) {
-        let chunks = self.bulk.get_mut(id).map_or(0, |op| op.chunks);
+        let Some((chunks, peer)) = self.bulk.get_mut(id).map(|op| (op.chunks, op.peer)) else {
+            return;
+        };
+        // Behind deferred posts to its peer, a chunk waits its turn rather than
+        // overtaking them.
+        let mut behind = self.deferred.iter().any(|d| d.peer() == peer);
         for chunk in 0..chunks {
-            // Behind deferred posts, a chunk waits its turn rather than overtaking them.
-            if !self.deferred.is_empty() || !self.post_chunk(id, chunk) {
-                self.defer(Deferred::Chunk { op: id, chunk });
+            if behind || !self.post_chunk(id, chunk) {
+                behind = true;
+                self.defer(Deferred::Chunk {
+                    op: id,
+                    chunk,
+                    peer,
+                });
             }
         }
     }
@@ -523,7 +574,12 @@ impl Core {
             return true;
         };
         let (offset, at, len) = op.chunk(chunk as usize);
-        let context = Route::Bulk { op: id, chunk }.encode();
+        let context = Route::Bulk {
+            op: id,
+            gen: op.gen,
+            chunk,
+        }
+        .encode();
         let buf = &op.bufs[chunk as usize];
         let posted = match buf.fabric_slice(at, len) {
             None => Err(nacre_fabric::ErrorKind::ForeignRegion.into()),
@@ -541,15 +597,17 @@ impl Core {
             Err(e) if matches!(e.kind(), ErrorKind::Again(_)) => false,
             Err(e) => {
                 tracing::warn!("bulk transfer chunk not posted: {e}");
-                self.chunk_done(id, Some(libc::EIO));
+                let gen = op.gen;
+                self.chunk_done(id, gen, Some(libc::EIO));
                 true
             }
         }
     }
 
     /// A chunk completed (errno on failure); the transfer finishes with its last chunk.
-    pub(crate) fn chunk_done(&mut self, id: u32, errno: Option<i32>) {
-        let Some(op) = self.bulk.chunk_done(id, errno) else {
+    /// Chunks of a transfer given up before (another generation) are ignored.
+    pub(crate) fn chunk_done(&mut self, id: u32, gen: u32, errno: Option<i32>) {
+        let Some(op) = self.bulk.chunk_done(id, gen, errno) else {
             return;
         };
         let mut bufs = op.bufs;
@@ -572,6 +630,93 @@ impl Core {
             result,
             bufs,
         });
+    }
+}
+
+impl Core {
+    // ------------------------------------------------------------------ eviction
+
+    /// Refuses bulk transfers to an evicted peer.
+    fn admit_peer(&self, peer: PeerAddr) -> Result<(), BulkError> {
+        match !self.evicted.is_empty() && self.evicted.contains(&peer) {
+            true => Err(BulkError::Evicted),
+            false => Ok(()),
+        }
+    }
+
+    /// A message came from `peer`: it is alive, and no longer evicted.
+    pub(crate) fn heard_from(&mut self, peer: PeerAddr) {
+        if !self.evicted.is_empty() && self.evicted.remove(&peer) {
+            tracing::info!("evicted peer {peer:?} spoke again: bulk transfers to it resume");
+        }
+    }
+
+    /// Evicts every peer with a push older than the bulk timeout. Providers do not
+    /// always complete operations towards a peer that died (libfabric 1.17's shm and
+    /// tcp;ofi_rxm leave a killed client's pushes pending for good), and each holds
+    /// slabs: without this, a few dead readers would drain the pool. Returns whether
+    /// any peer was evicted.
+    pub(crate) fn expire_pushes(&mut self, now: Instant) -> bool {
+        if self.bulk.free() == self.bulk.capacity() {
+            return false;
+        }
+        let late = self.bulk.late_push_peers(now, self.bulk_timeout);
+        for &peer in &late {
+            self.evict(peer);
+        }
+        !late.is_empty()
+    }
+
+    /// Gives up every push to `peer` (they all wait behind the same stuck peer): the
+    /// slabs go back to the pool, and the service hears of each as failed with
+    /// ETIMEDOUT. Safe for pushes only, see the `bulk` module. Their posted chunks stay
+    /// counted at the endpoint (the provider still holds their contexts) and, should
+    /// they ever complete, are ignored by generation.
+    fn evict(&mut self, peer: PeerAddr) {
+        let ids = self.bulk.pushes_to(peer);
+        tracing::warn!(
+            "peer {peer:?} evicted: a push to it waited over {:?}; giving up its {} pushes",
+            self.bulk_timeout,
+            ids.len()
+        );
+        self.evicted.insert(peer);
+        self.drop_deferred_to(peer);
+        for id in ids {
+            let op = self.bulk.remove(id).expect("listed");
+            self.metrics.bulk_errors += 1;
+            self.metrics.bulk_evicted += 1;
+            self.put_back(op.bufs);
+            self.bulk_done.push_back(BulkDone {
+                tag: op.tag,
+                dir: op.dir,
+                peer,
+                result: Err(libc::ETIMEDOUT),
+                bufs: Bufs::new(),
+            });
+        }
+    }
+}
+
+impl Core {
+    /// Forgets the posts to `peer` waiting behind a full queue: a dead peer's queue
+    /// never drains, and the deferred posts go out in order, so one of them at the head
+    /// would hold up every other peer's. A dropped reply frees its transmit slot.
+    fn drop_deferred_to(&mut self, peer: PeerAddr) {
+        let bulk = &self.bulk;
+        let mut freed = Vec::new();
+        self.deferred.retain(|d| match *d {
+            Deferred::Chunk { op, peer: to, .. } => to != peer || !bulk.is_push_to(op, peer),
+            Deferred::Reply { slot, peer: to, .. } if to == peer => {
+                freed.push(slot);
+                false
+            }
+            Deferred::Reply { .. } => true,
+        });
+        self.metrics.replies_dropped += freed.len() as u64;
+        self.tx_free.extend(freed);
+        if self.deferred.is_empty() {
+            self.deferred_since = None;
+        }
     }
 }
 
@@ -604,10 +749,15 @@ mod tests {
             Route::Recv(0),
             Route::Recv(u32::MAX),
             Route::Reply(7),
-            Route::Bulk { op: 3, chunk: 63 },
             Route::Bulk {
-                op: u32::MAX,
-                chunk: u16::MAX,
+                op: 3,
+                gen: 9,
+                chunk: 63,
+            },
+            Route::Bulk {
+                op: MAX_BULK_OPS as u32 - 1,
+                gen: u32::MAX,
+                chunk: 255,
             },
         ] {
             assert_eq!(Route::decode(r.encode()), Some(r));

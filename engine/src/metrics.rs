@@ -24,12 +24,14 @@ pub struct CoreMetrics {
     pub bulk_ops: u64,
     pub bulk_bytes: u64,
     pub bulk_errors: u64,
+    /// Pushes given up because their peer was evicted (counted in `bulk_errors` too).
+    pub bulk_evicted: u64,
 }
 
 impl CoreMetrics {
     /// The counters in Prometheus text exposition format, labelled with the core index.
     pub fn prometheus(&self, core: usize) -> String {
-        let counters: [(&str, &str, u64); 15] = [
+        let counters: [(&str, &str, u64); 16] = [
             ("turns", "Turns of the core's loop", self.turns),
             ("idle_turns", "Turns that found no work", self.idle_turns),
             (
@@ -81,6 +83,11 @@ impl CoreMetrics {
                 "Bulk transfers that failed",
                 self.bulk_errors,
             ),
+            (
+                "bulk_evicted",
+                "Pushes given up because their peer outlived the bulk timeout",
+                self.bulk_evicted,
+            ),
         ];
         let mut out = String::new();
         for (name, help, value) in counters {
@@ -107,6 +114,6 @@ mod tests {
         assert!(text.contains("# TYPE nacre_core_requests_total counter\n"));
         assert!(text.contains("nacre_core_requests_total{core=\"3\"} 7\n"));
         assert!(text.contains("nacre_core_backoff_sleeps_total{core=\"3\"} 2\n"));
-        assert_eq!(text.lines().filter(|l| !l.starts_with('#')).count(), 15);
+        assert_eq!(text.lines().filter(|l| !l.starts_with('#')).count(), 16);
     }
 }

@@ -77,6 +77,13 @@ impl IdlePolicy {
     }
 }
 
+/// The default bulk timeout: twice the client's default request timeout (30 s).
+pub const DEFAULT_BULK_TIMEOUT: Duration = Duration::from_secs(60);
+
+/// Turns between two looks for pushes past the bulk timeout (a clock read and a scan of
+/// the bulk table; a busy core turns over in microseconds).
+const EXPIRY_TURNS: u64 = 1024;
+
 #[derive(Debug, Clone)]
 pub struct ReactorConfig {
     /// Receives kept posted.
@@ -87,8 +94,12 @@ pub struct ReactorConfig {
     pub msg_size: usize,
     /// Clients (HELLO sessions) one core serves at most.
     pub max_sessions: usize,
-    /// Bulk transfers in flight or waiting for slabs, at most.
+    /// Bulk transfers in flight or waiting for slabs, at most (at most 2^16).
     pub bulk_ops: usize,
+    /// How long a push may wait for its completion before its peer is evicted (its
+    /// pushes given up, their slabs back in the pool). Longer than a client's request
+    /// timeout, so that a live client has given up (and closed its registration) first.
+    pub bulk_timeout: Duration,
     pub idle: IdlePolicy,
 }
 
@@ -100,6 +111,7 @@ impl Default for ReactorConfig {
             msg_size: 4096,
             max_sessions: 4096,
             bulk_ops: 256,
+            bulk_timeout: DEFAULT_BULK_TIMEOUT,
             idle: IdlePolicy::default(),
         }
     }
@@ -216,6 +228,9 @@ impl<S: Service> Reactor<S> {
         worked |= self.core.retry_deferred();
         worked |= self.core.drain_tx_backlog();
         worked |= self.core.start_pulls();
+        if self.core.metrics.turns % EXPIRY_TURNS == 0 {
+            worked |= self.core.expire_pushes(Instant::now());
+        }
         worked |= self.deliver_bulk();
         worked |= self.poll_storage();
         worked |= self.service.on_turn(&mut self.core);
@@ -262,7 +277,7 @@ impl<S: Service> Reactor<S> {
             match Route::decode(c.context) {
                 Some(Route::Recv(slot)) => self.on_message(slot, c.len),
                 Some(Route::Reply(slot)) => self.core.reply_sent(slot),
-                Some(Route::Bulk { op, .. }) => self.core.chunk_done(op, None),
+                Some(Route::Bulk { op, gen, .. }) => self.core.chunk_done(op, gen, None),
                 None => tracing::error!("completion with an unknown route {:#x}", c.context),
             }
         }
@@ -284,9 +299,9 @@ impl<S: Service> Reactor<S> {
                 tracing::warn!("reply failed: {c}");
                 self.core.reply_sent(slot);
             }
-            Some(Route::Bulk { op, .. }) => {
+            Some(Route::Bulk { op, gen, .. }) => {
                 tracing::warn!("bulk transfer failed: {c}");
-                self.core.chunk_done(op, Some(c.code.max(1)));
+                self.core.chunk_done(op, gen, Some(c.code.max(1)));
             }
             None => tracing::warn!("fabric error not tied to an operation: {c}"),
         }
@@ -369,6 +384,7 @@ impl<S: Service> Reactor<S> {
             return;
         };
         self.core.metrics.requests += 1;
+        self.core.heard_from(peer);
         if h.opcode == Opcode::PING {
             return self.core.reply(peer, &h, 0, frame.body);
         }
@@ -388,6 +404,7 @@ impl<S: Service> Reactor<S> {
             let mut reply = *h;
             reply.session = session;
             let peer = self.core.sessions[i];
+            self.core.heard_from(peer);
             return self.core.reply(peer, &reply, 0, &session.to_le_bytes());
         }
         if self.core.sessions.len() >= self.core.max_sessions {

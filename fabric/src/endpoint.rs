@@ -147,7 +147,7 @@ pub struct Endpoint {
     peers: Vec<sys::fi_addr_t>,
     backlog: VecDeque<Result<Completion, Box<CompletionError>>>,
     slots: OpSlots,
-    /// Flags of RMA writes: FI_DELIVERY_COMPLETE where the provider takes it.
+    /// Flags of RMA writes: see [`write_flags`].
     write_flags: u64,
     inject_size: usize,
     max_msg_size: usize,
@@ -241,6 +241,21 @@ impl OpSlots {
     }
 }
 
+/// The completion flags of RMA writes on `provider`: FI_DELIVERY_COMPLETE (the bytes are
+/// in the peer's memory when the write completes), except on shm. There delivery-complete
+/// is what it does anyway: a write either copies into the peer with CMA inside the post
+/// (its fast path) or is a command the peer runs in order before any later message from
+/// us. Asking for it explicitly takes the fast path away: every write becomes a command
+/// whose response the peer must write, and libfabric 1.17's shm reads responses in
+/// order, stopping at the first one not written, so one peer that died with a write
+/// in flight would stall every later completion of the endpoint, for all peers.
+fn write_flags(provider: &str) -> u64 {
+    match provider {
+        "shm" => sys::FI_COMPLETION | sys::FI_TRANSMIT_COMPLETE,
+        _ => sys::FI_COMPLETION | sys::FI_DELIVERY_COMPLETE,
+    }
+}
+
 impl Endpoint {
     /// Opens fabric, domain, CQ, AV and an enabled RDM endpoint for `info`.
     pub fn open(info: Info, cfg: &EndpointConfig) -> Result<Endpoint> {
@@ -259,7 +274,7 @@ impl Endpoint {
             peers: Vec::with_capacity(cfg.av_size),
             backlog: VecDeque::with_capacity(max_tx + max_rx),
             slots: OpSlots::new(max_tx + max_rx),
-            write_flags: sys::FI_COMPLETION | sys::FI_DELIVERY_COMPLETE,
+            write_flags: write_flags(&info.summary().provider),
             inject_size: info.inject_size(),
             max_msg_size: info.max_msg_size(),
             post_timeout: cfg.post_timeout,
@@ -598,8 +613,8 @@ impl Endpoint {
     }
 
     /// Writes `src` to `offset` of the peer's region. Its completion means the bytes are
-    /// in the peer's memory (FI_DELIVERY_COMPLETE), not only sent: a message posted after
-    /// it (the reply of a read) can never be seen before the data, on any provider.
+    /// in the peer's memory, not only sent: a message posted after it (the reply of a
+    /// read) can never be seen before the data, on any provider (see [`write_flags`]).
     pub fn post_write(
         &mut self,
         src: LocalSlice<'_>,

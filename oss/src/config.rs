@@ -14,13 +14,14 @@
 //! listen = "10.0.0.2"        # address the cores serve from (default: the provider's)
 //! cores = 2                  # engine cores (default 1)
 //! cpus = [2, 3]              # explicit CPUs instead (default: near the NIC and disks)
+//! bulk_timeout = 60.0        # seconds before a client whose pushes hang is evicted
 //! ```
 
 use std::path::{Path, PathBuf};
 
 use serde::Deserialize;
 
-#[derive(Debug, Clone, Default, Deserialize, PartialEq, Eq)]
+#[derive(Debug, Clone, Default, Deserialize, PartialEq)]
 #[serde(deny_unknown_fields)]
 pub struct Config {
     #[serde(default)]
@@ -29,7 +30,7 @@ pub struct Config {
     pub server: ServerConfig,
 }
 
-#[derive(Debug, Clone, Default, Deserialize, PartialEq, Eq)]
+#[derive(Debug, Clone, Default, Deserialize, PartialEq)]
 #[serde(deny_unknown_fields)]
 pub struct ServerConfig {
     pub mgs: Option<String>,
@@ -40,6 +41,7 @@ pub struct ServerConfig {
     pub cores: Option<usize>,
     pub cpus: Option<Vec<usize>>,
     pub identity: Option<String>,
+    pub bulk_timeout: Option<f64>,
 }
 
 #[derive(Debug, Clone, Default, Deserialize, PartialEq, Eq)]

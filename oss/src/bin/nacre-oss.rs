@@ -59,6 +59,10 @@ struct ServeArgs {
     /// This server's identity at the MGS [default: the host name].
     #[arg(long)]
     identity: Option<String>,
+    /// Seconds a push to a client may wait for its completion before the client is
+    /// evicted and the slabs of its pushes are taken back [default: 60].
+    #[arg(long, value_name = "SECONDS")]
+    bulk_timeout: Option<f64>,
 }
 
 #[derive(Args)]
@@ -122,12 +126,18 @@ fn serve(cfg: Config, a: ServeArgs) -> Result<(), Box<dyn std::error::Error>> {
         .ok_or("no MGS: give --mgs HOST:PORT, [server] mgs in --config, or NACRE_MGS")?;
     let osts = if a.osts.is_empty() { s.osts } else { a.osts };
     let cpus = a.cpus.or(s.cpus);
-    let engine = nacre_engine::EngineConfig {
+    let mut engine = nacre_engine::EngineConfig {
         cores: a.cores.or(s.cores).unwrap_or(1),
         cpus,
         no_pin: a.no_pin,
         ..Default::default()
     };
+    if let Some(secs) = a.bulk_timeout.or(s.bulk_timeout) {
+        engine.reactor.bulk_timeout = std::time::Duration::try_from_secs_f64(secs)
+            .ok()
+            .filter(|d| !d.is_zero())
+            .ok_or_else(|| format!("bulk timeout {secs}: give a positive number of seconds"))?;
+    }
     let sc = ServeConfig {
         mgs,
         osts,

@@ -61,6 +61,11 @@ pub fn mgs(bin: &Path, dir: &Path) -> (Proc, String) {
 }
 
 pub fn oss(provider: &str, mgs: &str, osts: &[PathBuf]) -> Proc {
+    oss_with(provider, mgs, osts, &[])
+}
+
+/// [`oss`] with more `serve` flags.
+pub fn oss_with(provider: &str, mgs: &str, osts: &[PathBuf], flags: &[&str]) -> Proc {
     let mut cmd = Command::new(OSS_BIN);
     cmd.args([
         "serve",
@@ -76,6 +81,7 @@ pub fn oss(provider: &str, mgs: &str, osts: &[PathBuf]) -> Proc {
     for d in osts {
         cmd.arg("--ost").arg(d);
     }
+    cmd.args(flags);
     cmd.env("RUST_LOG", "warn");
     let p = Proc::spawn("oss", cmd);
     p.expect("nacre-oss: ready", Duration::from_secs(30));
