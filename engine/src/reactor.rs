@@ -228,7 +228,7 @@ impl<S: Service> Reactor<S> {
         worked |= self.core.retry_deferred();
         worked |= self.core.drain_tx_backlog();
         worked |= self.core.start_pulls();
-        if self.core.metrics.turns % EXPIRY_TURNS == 0 {
+        if self.core.metrics.turns.is_multiple_of(EXPIRY_TURNS) {
             worked |= self.core.expire_pushes(Instant::now());
         }
         worked |= self.deliver_bulk();
