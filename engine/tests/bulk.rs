@@ -233,16 +233,20 @@ fn data_dir(test: &str) -> PathBuf {
 
 /// An engine core serving `path` over `provider`, or None (skipped, with a reason).
 fn serve(provider: &str, path: &Path, endpoint: EndpointConfig) -> Option<Engine> {
+    serve_with(provider, path, |cfg| cfg.endpoint = endpoint)
+}
+
+/// [`serve`], with `edit` applied to the engine's settings.
+fn serve_with(provider: &str, path: &Path, edit: impl FnOnce(&mut EngineConfig)) -> Option<Engine> {
     let fabric = Selection::provider(provider);
     if let Err(e) = nacre_fabric::Info::find(&fabric) {
         nacre_fabric::testing::skip(&format!("bulk tests on {provider}: not available: {e}"));
         return None;
     }
-    let cfg = EngineConfig {
+    let mut cfg = EngineConfig {
         cores: 1,
         no_pin: true,
         fabric,
-        endpoint,
         pool: PoolConfig {
             classes: vec![SizeClass {
                 size: MIB,
@@ -256,6 +260,7 @@ fn serve(provider: &str, path: &Path, endpoint: EndpointConfig) -> Option<Engine
         },
         ..Default::default()
     };
+    edit(&mut cfg);
     let path = path.to_path_buf();
     Some(Engine::start(&cfg, move |_, core| FileService::new(core, &path)).expect("engine"))
 }
@@ -445,6 +450,70 @@ fn a_full_transmit_queue_stalls_no_other_client() {
         dst.copy_out(i * len, &mut back).unwrap();
         assert!(back == data, "read {i}");
     }
+    engine.stop();
+}
+
+/// A reader that stops taking its pushes (dead, or hung) is evicted once a push to it
+/// outlives the bulk timeout: the slabs of its pushes come back for the other clients,
+/// its reads fail with ETIMEDOUT, and once it speaks again it is served as before. Over
+/// tcp;ofi_rxm a push completes only when the reader's side acknowledges it, so a
+/// reader that stops polling holds its pushes (over shm the server copies straight
+/// into the reader's memory, and a live reader holds nothing).
+#[test]
+fn a_reader_that_stops_is_evicted_and_its_slabs_come_back() {
+    let path = data_dir("bulk-evict").join("data");
+    let quick = |cfg: &mut EngineConfig| cfg.reactor.bulk_timeout = Duration::from_secs(1);
+    let Some(engine) = serve_with("tcp", &path, quick) else {
+        return;
+    };
+    let (mut a, mut b) = (client("tcp", &engine), client("tcp", &engine));
+    let data = pattern(11, MIB);
+    let src = a
+        .endpoint()
+        .register(Memory::anonymous(MIB).unwrap(), Access::ALL)
+        .unwrap();
+    src.copy_in(0, &data).unwrap();
+    let r = a.request(WRITE, &write_body(0, &src.remote(0, MIB).unwrap()));
+    assert_eq!(r.unwrap().header.status, 0);
+    // Every slab of the pool (8) goes to pushes to `a`, which then stops polling.
+    let reads = 8;
+    let dst = a
+        .endpoint()
+        .register(Memory::anonymous(reads * MIB).unwrap(), Access::ALL)
+        .unwrap();
+    for i in 0..reads {
+        let desc = dst.remote(i * MIB, MIB).unwrap();
+        a.send(READ, 100 + i as u64, &read_body(0, MIB as u64, &desc))
+            .unwrap();
+    }
+    // `b`'s read needs a slab: it gets one once `a` is evicted.
+    let mine = b
+        .endpoint()
+        .register(Memory::anonymous(MIB).unwrap(), Access::ALL)
+        .unwrap();
+    let r = b.request(
+        READ,
+        &read_body(0, MIB as u64, &mine.remote(0, MIB).unwrap()),
+    );
+    assert_eq!(r.unwrap().header.status, 0);
+    let mut back = vec![0u8; MIB];
+    mine.copy_out(0, &mut back).unwrap();
+    assert!(back == data, "b's read");
+    let m = metrics(&engine);
+    assert!(m.bulk_evicted > 0, "{m:?}");
+    // `a` polls again: its stuck reads failed; a new one is served.
+    let mut timed_out = 0;
+    for _ in 0..reads {
+        let status = a.next_reply().unwrap().header.status;
+        assert!(status == 0 || status == -libc::ETIMEDOUT, "status {status}");
+        timed_out += (status == -libc::ETIMEDOUT) as u64;
+    }
+    assert_eq!(timed_out, m.bulk_evicted);
+    let desc = dst.remote(0, MIB).unwrap();
+    let r = a.request(READ, &read_body(0, MIB as u64, &desc));
+    assert_eq!(r.unwrap().header.status, 0, "served again after speaking");
+    dst.copy_out(0, &mut back).unwrap();
+    assert!(back == data, "a's read after the eviction");
     engine.stop();
 }
 
