@@ -215,7 +215,10 @@ fn drive(
 ) -> Result<(u64, u64), BenchError> {
     // One buffer slot per request in flight (the registration may be larger: huge pages).
     let depth = job.depth;
-    let inline = job.bs <= c.inline_max();
+    let inline = match job.writes() {
+        true => job.bs <= c.inline_max(),
+        false => job.bs <= c.reply_inline_max(),
+    };
     let start = Instant::now();
     let mut free: VecDeque<usize> = (0..depth).collect();
     let mut in_flight: Vec<(u64, usize)> = Vec::with_capacity(depth);

@@ -92,9 +92,17 @@ impl ClientEndpoint {
         }
     }
 
-    /// The largest payload that travels inline in a request or a reply.
+    /// The largest payload that travels inline in a request.
     pub fn inline_max(&self) -> usize {
         self.msg_size() - HEADER_LEN - 64
+    }
+
+    /// The largest read answered inline: what fits a reply (16 bytes of reply header
+    /// besides the data) that the server can send without waiting for us, which on shm
+    /// is its inject size (`Core::reply_body_max`). Larger reads go by bulk.
+    pub fn reply_inline_max(&self) -> usize {
+        let reply = self.ep.safe_send_size().min(OSS_MSG_SIZE) - HEADER_LEN - 16;
+        self.inline_max().min(reply)
     }
 
     /// Writes `data` at `offset` of `object`; returns the bytes written (all of them).
@@ -193,7 +201,7 @@ impl ClientEndpoint {
     ) -> Result<Vec<usize>, ClientError> {
         let flags = io_flags(opt, false);
         let reqs = split(extents);
-        let got = if buf.len() <= self.object_inline_max() {
+        let got = if buf.len() <= self.object_inline_max().min(self.reply_inline_max()) {
             let replies = self.in_flight(&reqs, |c, p| {
                 let req = ReadReq {
                     target: Self::target(p.route, p.object, flags),

@@ -105,7 +105,7 @@ impl Slot {
 }
 
 pub struct ClientEndpoint {
-    ep: Endpoint,
+    pub(crate) ep: Endpoint,
     sessions: Vec<Session>,
     msgs: MemoryRegion,
     cfg: RpcConfig,

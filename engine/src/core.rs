@@ -171,6 +171,13 @@ impl Core {
         })
     }
 
+    /// The largest reply body a service should send: one message, and on shm no more
+    /// than its inject size (`Endpoint::safe_send_size`), so that a client that dies
+    /// before taking a reply cannot stall the core's later ones.
+    pub fn reply_body_max(&self) -> usize {
+        self.msg_size.min(self.ep.safe_send_size()) - HEADER_LEN
+    }
+
     /// This core's fabric address, as fi_getname gave it: what clients are told.
     pub fn fabric_name(&self) -> &[u8] {
         self.ep.name()

@@ -384,6 +384,18 @@ impl Endpoint {
         self.max_msg_size
     }
 
+    /// Largest message whose send completes without the peer's help. On shm that is
+    /// the inject size: a larger send is a command whose response the peer writes, and
+    /// shm reads responses in order, so a peer that dies (or stops polling) before
+    /// taking one stalls every later such completion of this endpoint (fabric.md).
+    /// Elsewhere, any message.
+    pub fn safe_send_size(&self) -> usize {
+        match self.info.summary().provider.as_str() {
+            "shm" => self.inject_size.min(self.max_msg_size),
+            _ => self.max_msg_size,
+        }
+    }
+
     /// Operations posted and not yet completed (and read).
     pub fn in_flight(&self) -> usize {
         self.tx_used + self.rx_used

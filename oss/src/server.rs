@@ -111,10 +111,9 @@ impl OstRegistry {
 /// now and whatever is added to it later.
 pub fn start(cfg: &EngineConfig, osts: OstRegistry) -> Result<Engine, EngineError> {
     let cores = cfg.cpus.as_ref().map_or(cfg.cores.max(1), Vec::len);
-    let msg_size = cfg.reactor.msg_size;
     let max_files = cfg.storage.max_files as usize;
-    Engine::start(cfg, move |core, _| {
-        OssService::new(core, cores, osts.clone(), max_files, msg_size)
+    Engine::start(cfg, move |core, c| {
+        OssService::new(core, cores, osts.clone(), max_files, c.reply_body_max())
     })
 }
 

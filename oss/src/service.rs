@@ -127,13 +127,15 @@ pub struct OssService {
 
 impl OssService {
     /// `core` of `cores` serves what `registry` holds (now and later); its storage
-    /// has `max_files` file slots; replies carry at most `msg_size` bytes.
+    /// has `max_files` file slots; reply bodies carry at most `reply_max` bytes
+    /// (`Core::reply_body_max`): a larger read is refused inline (EMSGSIZE) and goes
+    /// by bulk.
     pub fn new(
         core: usize,
         cores: usize,
         registry: OstRegistry,
         max_files: usize,
-        msg_size: usize,
+        reply_max: usize,
     ) -> OssService {
         let mut s = OssService {
             core,
@@ -148,8 +150,8 @@ impl OssService {
             to_push: VecDeque::new(),
             pushing: HashMap::new(),
             done: Vec::new(),
-            inline_max: msg_size - HEADER_LEN - 16,
-            scratch: Vec::with_capacity(msg_size),
+            inline_max: reply_max - 16,
+            scratch: Vec::with_capacity(reply_max + HEADER_LEN),
         };
         s.open_new_osts();
         s

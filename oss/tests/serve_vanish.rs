@@ -22,6 +22,9 @@ use nacre_proto::Opcode;
 /// Bulk reads the child sends: together they take every 1 MiB slab of a core's pool.
 const READS: u64 = 8;
 const LEN: usize = 4 << 20;
+/// Small reads the child sends when told to (answered inline, from transmit slots).
+const INLINE_READS: u64 = 48;
+const INLINE_LEN: usize = 4096;
 /// The server's bulk timeout here, in seconds (60 by default).
 const BULK_TIMEOUT: &str = "2";
 
@@ -46,6 +49,28 @@ fn child_reader() {
     let route = route(&served(&addr), 0);
     let mut c = client(&provider);
     let sid = c.connect(&route.cores[0]).unwrap();
+    if std::env::var("VANISH_INLINE").is_ok() {
+        // Small reads: the data comes back in the replies.
+        for i in 0..INLINE_READS {
+            let req = ReadReq {
+                target: ObjTarget {
+                    ost: route.ost,
+                    flags: ObjFlags::default(),
+                    epoch: route.epoch,
+                    object: object(i % READS),
+                },
+                offset: 0,
+                len: INLINE_LEN as u64,
+                bulk: None,
+            };
+            let mut body = [0u8; 128];
+            let n = req.encode(&mut body).unwrap();
+            c.send(sid, Opcode::OBJ_READ, &body[..n]).unwrap();
+        }
+        println!("reads sent");
+        std::thread::sleep(Duration::from_secs(60)); // killed long before
+        return;
+    }
     let mr = c
         .endpoint()
         .register(
@@ -74,7 +99,11 @@ fn child_reader() {
 }
 
 fn killed_reader_leaves_the_server_serving(provider: &str) {
-    let name = format!("vanish-{provider}");
+    killed_reader_test(provider, false)
+}
+
+fn killed_reader_test(provider: &str, inline: bool) {
+    let name = format!("vanish-{provider}{}", if inline { "-inline" } else { "" });
     let Some((dir, _mgs, addr)) = cluster(provider, &name) else {
         return;
     };
@@ -91,6 +120,9 @@ fn killed_reader_leaves_the_server_serving(provider: &str) {
         cmd.args(["--exact", "child_reader", "--ignored", "--nocapture"])
             .env("VANISH_PROVIDER", provider)
             .env("VANISH_MGS", &addr);
+        if inline {
+            cmd.env("VANISH_INLINE", "1");
+        }
         let mut child = Proc::spawn("reader", cmd);
         child.expect("reads sent", Duration::from_secs(30));
         // Some pushes done, some in flight, some queued: then the client is gone.
@@ -124,4 +156,9 @@ fn a_killed_reader_over_shm_leaves_the_server_serving() {
 #[test]
 fn a_killed_reader_over_tcp_leaves_the_server_serving() {
     killed_reader_leaves_the_server_serving("tcp");
+}
+
+#[test]
+fn a_killed_small_reader_over_shm_leaves_the_server_serving() {
+    killed_reader_test("shm", true);
 }
