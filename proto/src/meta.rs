@@ -807,6 +807,33 @@ const R_DEFAULT_LAYOUT: u32 = 7;
 const R_LOCK: u32 = 8;
 
 impl Reply {
+    /// Shortens a readdir page to at most `max` encoded bytes (at least one entry):
+    /// the entries left out come with the next cookie. Other replies are left as they
+    /// are. A server whose transport needs small replies (shm) pages with it.
+    pub fn trim_to(&mut self, max: usize) {
+        let Reply::Dir {
+            entries,
+            next_cookie,
+            eof,
+        } = self
+        else {
+            return;
+        };
+        let mut len = 4 + 8 + 4 + 4;
+        let keep = entries
+            .iter()
+            .position(|e| {
+                len += dir_entry_wire_len(&e.name);
+                len > max
+            })
+            .map_or(entries.len(), |i| i.max(1));
+        if keep < entries.len() {
+            entries.truncate(keep);
+            *next_cookie = entries[keep - 1].cookie;
+            *eof = false;
+        }
+    }
+
     pub fn encode(&self, out: &mut Vec<u8>) {
         match self {
             Reply::Done => put_u32(out, R_DONE),

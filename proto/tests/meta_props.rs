@@ -187,6 +187,29 @@ proptest! {
         reply.encode(&mut body);
         prop_assert_eq!(Reply::decode(&body).unwrap(), reply);
     }
+
+    #[test]
+    fn a_trimmed_readdir_page_fits_and_continues_where_it_stopped(
+        names in proptest::collection::vec(name(), 1..40), max in 20usize..3000, eof in any::<bool>()
+    ) {
+        let entries: Vec<_> = names.into_iter().enumerate().map(|(i, name)| DirEntry {
+            name, ino: i as u64 + 2, kind: FileKind::File, cookie: i as u64 + 1 }).collect();
+        let whole = Reply::Dir { entries: entries.clone(), next_cookie: entries.len() as u64, eof };
+        let mut page = whole.clone();
+        page.trim_to(max);
+        let mut body = Vec::new();
+        page.encode(&mut body);
+        let Reply::Dir { entries: kept, next_cookie, eof: page_eof } = &page else { unreachable!() };
+        prop_assert!(!kept.is_empty());
+        prop_assert!(body.len() <= max || kept.len() == 1, "{} > {max}", body.len());
+        prop_assert_eq!(&entries[..kept.len()], &kept[..]);
+        if kept.len() < entries.len() {
+            prop_assert_eq!(*next_cookie, kept.last().unwrap().cookie);
+            prop_assert!(!page_eof);
+        } else {
+            prop_assert_eq!(&page, &whole);
+        }
+    }
 }
 
 #[test]
