@@ -326,6 +326,9 @@ impl Core {
     /// connection is gone, say) must not hold up the others. A post refused for over
     /// [`DEFERRED_WARN`] is said once in the log.
     pub(crate) fn retry_deferred(&mut self) -> bool {
+        if self.deferred.is_empty() {
+            return false; // the common case, every turn
+        }
         let mut moved = false;
         let mut blocked: SmallVec<[PeerAddr; 4]> = SmallVec::new();
         let mut front_stuck = false;
