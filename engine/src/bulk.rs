@@ -198,7 +198,8 @@ impl BulkTable {
 
     /// Records that a chunk of op `id`, generation `gen`, finished (with `errno` on
     /// failure); returns the op once all of its chunks have, so that no slab is released
-    /// under a live chunk. A chunk of an op no longer in the table is ignored.
+    /// under a live chunk. A chunk of an op no longer in the table (its entry empty, or
+    /// reused under another generation) is ignored.
     pub fn chunk_done(&mut self, id: u32, gen: u32, errno: Option<i32>) -> Option<BulkOp> {
         let op = self.get_mut(id).filter(|op| op.gen == gen)?;
         op.done += 1;

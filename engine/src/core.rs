@@ -705,9 +705,7 @@ impl Core {
             });
         }
     }
-}
 
-impl Core {
     /// Forgets the posts to `peer` waiting behind a full queue: a dead peer's queue
     /// never drains, and the deferred posts go out in order, so one of them at the head
     /// would hold up every other peer's. A dropped reply frees its transmit slot.

@@ -151,6 +151,8 @@ pub struct Endpoint {
     write_flags: u64,
     inject_size: usize,
     max_msg_size: usize,
+    /// See [`Endpoint::safe_send_size`].
+    safe_send_size: usize,
     post_timeout: Duration,
     info: Info,
     /// Operations posted and not completed, per direction, and their limits.
@@ -266,6 +268,7 @@ impl Endpoint {
         let cap = |want: usize, offered: usize| if offered > 0 { want.min(offered) } else { want };
         let max_tx = cap(cfg.max_tx, info.tx_size()).max(1);
         let max_rx = cap(cfg.max_rx, info.rx_size()).max(1);
+        let provider = info.summary().provider;
         let mut ep = Endpoint {
             ep: ptr::null_mut(),
             cq: ptr::null_mut(),
@@ -274,9 +277,13 @@ impl Endpoint {
             peers: Vec::with_capacity(cfg.av_size),
             backlog: VecDeque::with_capacity(max_tx + max_rx),
             slots: OpSlots::new(max_tx + max_rx),
-            write_flags: write_flags(&info.summary().provider),
+            write_flags: write_flags(&provider),
             inject_size: info.inject_size(),
             max_msg_size: info.max_msg_size(),
+            safe_send_size: match provider.as_str() {
+                "shm" => info.inject_size().min(info.max_msg_size()),
+                _ => info.max_msg_size(),
+            },
             post_timeout: cfg.post_timeout,
             info,
             tx_used: 0,
@@ -390,10 +397,7 @@ impl Endpoint {
     /// taking one stalls every later such completion of this endpoint (fabric.md).
     /// Elsewhere, any message.
     pub fn safe_send_size(&self) -> usize {
-        match self.info.summary().provider.as_str() {
-            "shm" => self.inject_size.min(self.max_msg_size),
-            _ => self.max_msg_size,
-        }
+        self.safe_send_size
     }
 
     /// Operations posted and not yet completed (and read).
