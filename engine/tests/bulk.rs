@@ -15,7 +15,7 @@ use nacre_engine::{
     PoolConfig, Request, Service, SizeClass, StorageConfig,
 };
 use nacre_fabric::testing::pattern;
-use nacre_fabric::{Access, BulkDesc, EndpointConfig, Memory, PeerAddr, Selection};
+use nacre_fabric::{Access, BulkDesc, EndpointConfig, Memory, MemoryRegion, PeerAddr, Selection};
 use nacre_proto::{BodyReader, Header, Opcode};
 
 const WRITE: Opcode = Opcode::BULK_WRITE;
@@ -287,6 +287,21 @@ fn read_body(offset: u64, len: u64, desc: &BulkDesc) -> Vec<u8> {
     b
 }
 
+/// Sends `reads` reads of `len` bytes from offset 0, each into its own part of a fresh
+/// registration (returned), without waiting for the replies (request ids 100...).
+fn send_reads(c: &mut RpcClient, reads: usize, len: usize) -> MemoryRegion {
+    let dst = c
+        .endpoint()
+        .register(Memory::anonymous(reads * len).unwrap(), Access::ALL)
+        .unwrap();
+    for i in 0..reads {
+        let desc = dst.remote(i * len, len).unwrap();
+        c.send(READ, 100 + i as u64, &read_body(0, len as u64, &desc))
+            .unwrap();
+    }
+    dst
+}
+
 fn metrics(engine: &Engine) -> CoreMetrics {
     let (tx, rx) = mpsc::channel();
     assert!(engine.call(0, move |c| tx.send(c.metrics.clone()).unwrap()));
@@ -413,15 +428,7 @@ fn a_full_transmit_queue_stalls_no_other_client() {
         .request(WRITE, &write_body(0, &src.remote(0, len).unwrap()))
         .unwrap();
     assert_eq!(r.header.status, 0);
-    let dst = a
-        .endpoint()
-        .register(Memory::anonymous(reads * len).unwrap(), Access::ALL)
-        .unwrap();
-    for i in 0..reads {
-        let desc = dst.remote(i * len, len).unwrap();
-        a.send(READ, 100 + i as u64, &read_body(0, len as u64, &desc))
-            .unwrap();
-    }
+    let dst = send_reads(&mut a, reads, len);
     // `a` now stops progressing. `b` is served regardless: while its pushes wait (the
     // reads reach the disk first, which under load takes a while), and after.
     let start = Instant::now();
@@ -477,15 +484,7 @@ fn a_reader_that_stops_is_evicted_and_its_slabs_come_back() {
     assert_eq!(r.unwrap().header.status, 0);
     // Every slab of the pool (8) goes to pushes to `a`, which then stops polling.
     let reads = 8;
-    let dst = a
-        .endpoint()
-        .register(Memory::anonymous(reads * MIB).unwrap(), Access::ALL)
-        .unwrap();
-    for i in 0..reads {
-        let desc = dst.remote(i * MIB, MIB).unwrap();
-        a.send(READ, 100 + i as u64, &read_body(0, MIB as u64, &desc))
-            .unwrap();
-    }
+    let dst = send_reads(&mut a, reads, MIB);
     // `b`'s read needs a slab: it gets one once `a` is evicted.
     let mine = b
         .endpoint()
