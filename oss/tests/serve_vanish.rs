@@ -22,9 +22,14 @@ use nacre_proto::Opcode;
 /// Bulk reads the child sends: together they take every 1 MiB slab of a core's pool.
 const READS: u64 = 8;
 const LEN: usize = 4 << 20;
-/// Small reads the child sends when told to (answered inline, from transmit slots).
+/// Small reads the child sends when told to, asking for inline replies of 4 KiB: from
+/// transmit slots, were they answered, and over shm a client that dies before taking
+/// such replies held those slots and stalled the core's later completions. The server
+/// now refuses them there (the reply would not fit shm's inject size).
 const INLINE_READS: u64 = 48;
 const INLINE_LEN: usize = 4096;
+/// What the surviving client reads in small pieces (inline over every provider).
+const SMALL: usize = 2048;
 /// The server's bulk timeout here, in seconds (60 by default).
 const BULK_TIMEOUT: &str = "2";
 
@@ -137,6 +142,22 @@ fn killed_reader_test(provider: &str, inline: bool) {
                 .unwrap_or_else(|e| panic!("round {round}: read {i} after the kill: {e}"));
             assert_eq!(n, LEN);
             assert!(back == pattern(i, LEN), "round {round}: object {i} differs");
+        }
+        // And small reads, answered inline, many times over the transmit slots.
+        for i in 0..256u64 {
+            let mut back = vec![0u8; SMALL];
+            c.obj_read(
+                &route,
+                object(i % READS),
+                0,
+                &mut back,
+                IoOptions::default(),
+            )
+            .unwrap_or_else(|e| panic!("round {round}: small read {i} after the kill: {e}"));
+            assert!(
+                back == pattern(i % READS, SMALL), // the object's first bytes
+                "round {round}: {i}"
+            );
         }
         // Within the bulk timeout and a few expiry checks, well inside the client's
         // own request timeout (30 s).
