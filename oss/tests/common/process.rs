@@ -43,10 +43,14 @@ pub fn mgs(bin: &Path, dir: &Path) -> (Proc, String) {
     cmd.args(["serve", "--dir"]).arg(dir).args([
         "--listen",
         "127.0.0.1:0",
+        // A lease well above the heartbeat: under a loaded CI machine (loop-mounted
+        // ext4 being filled and failed beside), an MGS answer was once late by more
+        // than 100 ms twice over, a 1 s lease lapsed and the OSS stopped serving
+        // mid-test (ESTALE). No test here waits for a lease to lapse.
         "--heartbeat-ms",
-        "100",
+        "200",
         "--lease-ms",
-        "1000",
+        "4000",
     ]);
     let p = Proc::spawn("mgs", cmd);
     let line = p.expect("nacre-mgs: serving", Duration::from_secs(20));
