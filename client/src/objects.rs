@@ -102,7 +102,7 @@ impl ClientEndpoint {
     /// is its inject size (`Core::reply_body_max`). Larger reads go by bulk.
     pub fn reply_inline_max(&self) -> usize {
         let reply = self.ep.safe_send_size().min(OSS_MSG_SIZE) - HEADER_LEN - 16;
-        self.inline_max().min(reply)
+        self.object_inline_max().min(reply)
     }
 
     /// Writes `data` at `offset` of `object`; returns the bytes written (all of them).
@@ -201,7 +201,7 @@ impl ClientEndpoint {
     ) -> Result<Vec<usize>, ClientError> {
         let flags = io_flags(opt, false);
         let reqs = split(extents);
-        let got = if buf.len() <= self.object_inline_max().min(self.reply_inline_max()) {
+        let got = if buf.len() <= self.reply_inline_max() {
             let replies = self.in_flight(&reqs, |c, p| {
                 let req = ReadReq {
                     target: Self::target(p.route, p.object, flags),

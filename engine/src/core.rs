@@ -648,10 +648,10 @@ impl Core {
 
     /// Refuses bulk transfers to an evicted peer.
     fn admit_peer(&self, peer: PeerAddr) -> Result<(), BulkError> {
-        match !self.evicted.is_empty() && self.evicted.contains(&peer) {
-            true => Err(BulkError::Evicted),
-            false => Ok(()),
+        if !self.evicted.is_empty() && self.evicted.contains(&peer) {
+            return Err(BulkError::Evicted);
         }
+        Ok(())
     }
 
     /// A message came from `peer`: it is alive, and no longer evicted.

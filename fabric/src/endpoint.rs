@@ -243,18 +243,28 @@ impl OpSlots {
     }
 }
 
-/// The completion flags of RMA writes on `provider`: FI_DELIVERY_COMPLETE (the bytes are
-/// in the peer's memory when the write completes), except on shm. There delivery-complete
-/// is what it does anyway: a write either copies into the peer with CMA inside the post
-/// (its fast path) or is a command the peer runs in order before any later message from
-/// us. Asking for it explicitly takes the fast path away: every write becomes a command
-/// whose response the peer must write, and libfabric 1.17's shm reads responses in
-/// order, stopping at the first one not written, so one peer that died with a write
-/// in flight would stall every later completion of the endpoint, for all peers.
-fn write_flags(provider: &str) -> u64 {
-    match provider {
-        "shm" => sys::FI_COMPLETION | sys::FI_TRANSMIT_COMPLETE,
-        _ => sys::FI_COMPLETION | sys::FI_DELIVERY_COMPLETE,
+/// Whether `provider` completes operations that wait on the peer in the order they
+/// were made, whatever the peer. libfabric 1.17's shm does: an RMA write asking for
+/// FI_DELIVERY_COMPLETE, and any send above the inject size, is a command whose response
+/// the peer writes, and shm reads those responses in order, stopping at the first one not
+/// yet written (`smr_progress_resp`). One peer that died (or stops polling) with such an
+/// operation in flight would stall every later completion of the endpoint, for all
+/// peers. On such a provider, writes take the path that needs no response (see
+/// [`write_flags`]) and replies stay within the inject size
+/// ([`Endpoint::safe_send_size`]).
+fn responses_in_order(provider: &str) -> bool {
+    provider == "shm"
+}
+
+/// The completion flags of RMA writes: FI_DELIVERY_COMPLETE (the bytes are in the peer's
+/// memory when the write completes), except where [`responses_in_order`]. There (shm)
+/// delivery is what a write gives anyway: it either copies into the peer with CMA inside
+/// the post (its fast path, which asking for delivery-complete takes away) or is a
+/// command the peer runs in order before any later message from us.
+fn write_flags(in_order: bool) -> u64 {
+    match in_order {
+        true => sys::FI_COMPLETION | sys::FI_TRANSMIT_COMPLETE,
+        false => sys::FI_COMPLETION | sys::FI_DELIVERY_COMPLETE,
     }
 }
 
@@ -268,7 +278,7 @@ impl Endpoint {
         let cap = |want: usize, offered: usize| if offered > 0 { want.min(offered) } else { want };
         let max_tx = cap(cfg.max_tx, info.tx_size()).max(1);
         let max_rx = cap(cfg.max_rx, info.rx_size()).max(1);
-        let provider = info.summary().provider;
+        let in_order = responses_in_order(&info.summary().provider);
         let mut ep = Endpoint {
             ep: ptr::null_mut(),
             cq: ptr::null_mut(),
@@ -277,12 +287,12 @@ impl Endpoint {
             peers: Vec::with_capacity(cfg.av_size),
             backlog: VecDeque::with_capacity(max_tx + max_rx),
             slots: OpSlots::new(max_tx + max_rx),
-            write_flags: write_flags(&provider),
+            write_flags: write_flags(in_order),
             inject_size: info.inject_size(),
             max_msg_size: info.max_msg_size(),
-            safe_send_size: match provider.as_str() {
-                "shm" => info.inject_size().min(info.max_msg_size()),
-                _ => info.max_msg_size(),
+            safe_send_size: match in_order {
+                true => info.inject_size().min(info.max_msg_size()),
+                false => info.max_msg_size(),
             },
             post_timeout: cfg.post_timeout,
             info,
@@ -391,11 +401,9 @@ impl Endpoint {
         self.max_msg_size
     }
 
-    /// Largest message whose send completes without the peer's help. On shm that is
-    /// the inject size: a larger send is a command whose response the peer writes, and
-    /// shm reads responses in order, so a peer that dies (or stops polling) before
-    /// taking one stalls every later such completion of this endpoint (fabric.md).
-    /// Elsewhere, any message.
+    /// Largest message whose send completes without the peer's help: the inject size
+    /// where the provider completes such sends in order ([`responses_in_order`]: shm),
+    /// any message elsewhere.
     pub fn safe_send_size(&self) -> usize {
         self.safe_send_size
     }

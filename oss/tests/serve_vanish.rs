@@ -13,9 +13,10 @@ use std::process::Command;
 use std::time::{Duration, Instant};
 
 use common::process::*;
-use nacre_client::objects::IoOptions;
+use nacre_client::objects::{IoOptions, OstRoute};
+use nacre_client::{ClientEndpoint, SessionId};
 use nacre_fabric::testing::{pattern, Proc};
-use nacre_fabric::{Access, Memory};
+use nacre_fabric::{Access, BulkDesc, Memory};
 use nacre_proto::object::{ObjFlags, ObjTarget, ReadReq};
 use nacre_proto::Opcode;
 
@@ -42,6 +43,38 @@ fn object(i: u64) -> u64 {
     2 * (i + 1) // all on core 0 of two
 }
 
+/// Sends a read of `len` bytes of `object` from offset 0, pushed into `bulk` if given,
+/// without waiting for its reply.
+fn send_read(
+    c: &mut ClientEndpoint,
+    sid: SessionId,
+    route: &OstRoute,
+    object: u64,
+    len: usize,
+    bulk: Option<BulkDesc>,
+) {
+    let flags = match bulk {
+        Some(_) => ObjFlags::BULK,
+        None => ObjFlags::default(),
+    };
+    let target = ObjTarget {
+        ost: route.ost,
+        flags,
+        epoch: route.epoch,
+        object,
+    };
+    let len = len as u64;
+    let req = ReadReq {
+        target,
+        offset: 0,
+        len,
+        bulk,
+    };
+    let mut body = [0u8; 128];
+    let n = req.encode(&mut body).unwrap();
+    c.send(sid, Opcode::OBJ_READ, &body[..n]).unwrap();
+}
+
 #[test]
 #[ignore]
 fn child_reader() {
@@ -54,57 +87,30 @@ fn child_reader() {
     let route = route(&served(&addr), 0);
     let mut c = client(&provider);
     let sid = c.connect(&route.cores[0]).unwrap();
-    if std::env::var("VANISH_INLINE").is_ok() {
-        // Small reads: the data comes back in the replies.
+    // Small reads (the data would come back in the replies), or bulk reads into one
+    // registration kept until the kill.
+    let _mr = if std::env::var("VANISH_INLINE").is_ok() {
         for i in 0..INLINE_READS {
-            let req = ReadReq {
-                target: ObjTarget {
-                    ost: route.ost,
-                    flags: ObjFlags::default(),
-                    epoch: route.epoch,
-                    object: object(i % READS),
-                },
-                offset: 0,
-                len: INLINE_LEN as u64,
-                bulk: None,
-            };
-            let mut body = [0u8; 128];
-            let n = req.encode(&mut body).unwrap();
-            c.send(sid, Opcode::OBJ_READ, &body[..n]).unwrap();
+            send_read(&mut c, sid, &route, object(i % READS), INLINE_LEN, None);
         }
-        println!("reads sent");
-        std::thread::sleep(Duration::from_secs(60)); // killed long before
-        return;
-    }
-    let mr = c
-        .endpoint()
-        .register(
-            Memory::anonymous(READS as usize * LEN).unwrap(),
-            Access::ALL,
-        )
-        .unwrap();
-    for i in 0..READS {
-        let req = ReadReq {
-            target: ObjTarget {
-                ost: route.ost,
-                flags: ObjFlags::BULK,
-                epoch: route.epoch,
-                object: object(i),
-            },
-            offset: 0,
-            len: LEN as u64,
-            bulk: Some(mr.remote(i as usize * LEN, LEN).unwrap()),
-        };
-        let mut body = [0u8; 128];
-        let n = req.encode(&mut body).unwrap();
-        c.send(sid, Opcode::OBJ_READ, &body[..n]).unwrap();
-    }
+        None
+    } else {
+        let memory = Memory::anonymous(READS as usize * LEN).unwrap();
+        let mr = c.endpoint().register(memory, Access::ALL).unwrap();
+        for i in 0..READS {
+            send_read(
+                &mut c,
+                sid,
+                &route,
+                object(i),
+                LEN,
+                Some(mr.remote(i as usize * LEN, LEN).unwrap()),
+            );
+        }
+        Some(mr)
+    };
     println!("reads sent");
     std::thread::sleep(Duration::from_secs(60)); // killed long before
-}
-
-fn killed_reader_leaves_the_server_serving(provider: &str) {
-    killed_reader_test(provider, false)
 }
 
 fn killed_reader_test(provider: &str, inline: bool) {
@@ -171,12 +177,12 @@ fn killed_reader_test(provider: &str, inline: bool) {
 
 #[test]
 fn a_killed_reader_over_shm_leaves_the_server_serving() {
-    killed_reader_leaves_the_server_serving("shm");
+    killed_reader_test("shm", false);
 }
 
 #[test]
 fn a_killed_reader_over_tcp_leaves_the_server_serving() {
-    killed_reader_leaves_the_server_serving("tcp");
+    killed_reader_test("tcp", false);
 }
 
 #[test]

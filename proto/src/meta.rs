@@ -20,7 +20,7 @@ pub const PATH_MAX: usize = 4096;
 pub const MAX_GROUPS: usize = 32;
 /// Most entries one readdir reply may hold.
 pub const READDIR_MAX_ENTRIES: u32 = 1024;
-/// Budget for the entries of one readdir reply, below the default 64 KiB frame body.
+/// Budget for one readdir reply body (`Reply::trim_to`), below the 64 KiB frame body.
 pub const READDIR_MAX_BYTES: usize = 60 * 1024;
 /// Messages to and from an MDS: room for the largest reply (a full readdir page, or a
 /// file's layout over many OSTs) with its header.
@@ -1001,7 +1001,7 @@ fn read_dir(r: &mut BodyReader<'_>) -> Result<Reply, MetaError> {
 }
 
 /// Encoded size of one readdir entry (for the reply byte budget).
-pub fn dir_entry_wire_len(name: &[u8]) -> usize {
+fn dir_entry_wire_len(name: &[u8]) -> usize {
     8 + 4 + 8 + 4 + name.len()
 }
 

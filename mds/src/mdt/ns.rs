@@ -11,10 +11,9 @@ use super::redo::Change;
 use super::store::{StoreError, View, WriteTables};
 use nacre_proto::layout::StripeSpec;
 use nacre_proto::meta::{
-    dir_entry_wire_len, errno::*, set, validate_name, validate_target, Creds, DirEntry, FileKind,
-    Reply, Request, SetAttr, Statfs, CREATE_EXCL, CREATE_OPEN, CREATE_OPEN_SHIFT, NAME_MAX,
-    O_ACCMODE, O_RDONLY, O_RDWR, O_TRUNC, O_WRONLY, READDIR_MAX_BYTES, READDIR_MAX_ENTRIES,
-    RENAME_NOREPLACE,
+    errno::*, set, validate_name, validate_target, Creds, DirEntry, FileKind, Reply, Request,
+    SetAttr, Statfs, CREATE_EXCL, CREATE_OPEN, CREATE_OPEN_SHIFT, NAME_MAX, O_ACCMODE, O_RDONLY,
+    O_RDWR, O_TRUNC, O_WRONLY, READDIR_MAX_BYTES, READDIR_MAX_ENTRIES, RENAME_NOREPLACE,
 };
 use std::collections::HashMap;
 
@@ -145,28 +144,24 @@ fn readdir(v: &impl View, c: &Ctx<'_>, dir: u64, cookie: u64, max: u32) -> Res<R
     let d = get_dir(v, dir)?;
     need(may(c.creds, &d, R), EACCES)?;
     let max = max.clamp(1, READDIR_MAX_ENTRIES) as usize;
-    let (rows, mut more) = v.entries_after(dir, cookie, max)?;
-    let mut entries = Vec::with_capacity(rows.len());
-    let mut bytes = 0;
-    for row in rows {
-        bytes += dir_entry_wire_len(&row.name);
-        if bytes > READDIR_MAX_BYTES {
-            more = true;
-            break;
-        }
-        entries.push(DirEntry {
+    let (rows, more) = v.entries_after(dir, cookie, max)?;
+    let entries: Vec<DirEntry> = rows
+        .into_iter()
+        .map(|row| DirEntry {
             name: row.name,
             ino: row.ino,
             kind: row.kind,
             cookie: row.seq,
-        });
-    }
+        })
+        .collect();
     let next_cookie = entries.last().map_or(cookie, |e| e.cookie);
-    Ok(Reply::Dir {
+    let mut page = Reply::Dir {
         entries,
         next_cookie,
         eof: !more,
-    })
+    };
+    page.trim_to(READDIR_MAX_BYTES);
+    Ok(page)
 }
 
 /// Open files: handles are per MDS run (clients replay their opens after a restart).
