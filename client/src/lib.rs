@@ -15,6 +15,7 @@ mod meta;
 pub mod mgs;
 pub mod namespace;
 pub mod objects;
+mod pieces;
 mod regcache;
 mod rpc;
 

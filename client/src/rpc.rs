@@ -15,8 +15,9 @@ use nacre_fabric::{
     Access, BulkDesc, Completion, Endpoint, EndpointConfig, Memory, MemoryRegion, OpKind, PeerAddr,
     Selection,
 };
-use nacre_proto::{DecodeError, Frame, Header, Limits, Opcode, Outstanding, HEADER_LEN};
+use nacre_proto::{DecodeError, Flags, Frame, Header, Limits, Opcode, Outstanding, HEADER_LEN};
 
+use crate::pieces::Assembly;
 use crate::regcache::{RegCache, RegCacheConfig};
 
 #[derive(Debug, thiserror::Error)]
@@ -117,6 +118,8 @@ pub struct ClientEndpoint {
     pending: Outstanding<SessionId>,
     /// Requests whose deadline passed, not reported yet.
     expired: VecDeque<u64>,
+    /// Replies that come in pieces, until every piece has.
+    pieces: Assembly,
     dropped: u64,
     frame: Vec<u8>,
     cache: RegCache,
@@ -153,6 +156,7 @@ impl ClientEndpoint {
             replies: VecDeque::new(),
             pending: Outstanding::with_capacity(slots * 4),
             expired: VecDeque::new(),
+            pieces: Assembly::default(),
             dropped: 0,
             frame: vec![0; cfg.msg_size],
             cache: RegCache::new(cfg.reg_cache.clone()),
@@ -400,8 +404,10 @@ impl ClientEndpoint {
 
     fn expire(&mut self) {
         let now = Instant::now();
-        self.expired
-            .extend(self.pending.expire(now).into_iter().map(|(id, _)| id));
+        for (id, _) in self.pending.expire(now) {
+            self.pieces.forget(id);
+            self.expired.push_back(id);
+        }
     }
 
     /// Progresses for up to `wait`; returns how many replies are queued.
@@ -481,17 +487,31 @@ impl ClientEndpoint {
             self.dropped += 1;
             return Ok(());
         };
-        let Some(sid) = self.pending.complete(frame.header.request_id) else {
+        let mut header = frame.header;
+        if !self.pending.contains(header.request_id) {
             self.dropped += 1;
             return Ok(());
-        };
-        self.replies.push_back((
-            sid,
-            Reply {
-                header: frame.header,
-                body: frame.body.to_vec(),
+        }
+        let body = match Assembly::is_piece(&header) {
+            false => frame.body.to_vec(),
+            // A bad piece gives its reply up: the request expires.
+            true => match self
+                .pieces
+                .add(&header, frame.body, limits.max_body as usize)
+            {
+                Ok(Some(whole)) => whole,
+                Ok(None) => return Ok(()),
+                Err(_) => {
+                    self.dropped += 1;
+                    return Ok(());
+                }
             },
-        ));
+        };
+        let sid = self.pending.complete(header.request_id).expect("pending");
+        header.flags = Flags(header.flags.0 & !Flags::MORE.0);
+        header.fragment = 0;
+        header.body_len = body.len() as u32;
+        self.replies.push_back((sid, Reply { header, body }));
         Ok(())
     }
 

@@ -15,7 +15,7 @@ use std::time::{Duration, Instant};
 use smallvec::SmallVec;
 
 use nacre_fabric::{Access, Endpoint, ErrorKind, Memory, MemoryRegion, PeerAddr};
-use nacre_proto::{BulkDesc, Header, Limits, HEADER_LEN};
+use nacre_proto::{BulkDesc, Flags, Header, Limits, HEADER_LEN};
 
 use crate::bulk::{
     chunks_for, slabs_needed, Bufs, BulkDir, BulkDone, BulkError, BulkOp, BulkTable, MAX_BULK_OPS,
@@ -171,9 +171,11 @@ impl Core {
         })
     }
 
-    /// The largest reply body a service should send: one message, and on shm no more
-    /// than its inject size (`Endpoint::safe_send_size`), so that a client that dies
-    /// before taking a reply cannot stall the core's later ones.
+    /// The largest reply body sent in one message: the message size, and on shm no
+    /// more than its inject size (`Endpoint::safe_send_size`), so that a client that
+    /// dies before taking a reply cannot stall the core's later ones. [`Core::reply`]
+    /// sends a longer body in pieces; a service that would rather send data another
+    /// way (the OSS pushes reads) checks against this.
     pub fn reply_body_max(&self) -> usize {
         self.msg_size.min(self.ep.safe_send_size()) - HEADER_LEN
     }
@@ -213,9 +215,29 @@ impl Core {
 
     /// Answers `to` with `status` (0 or -errno) and `body`. Small replies are injected;
     /// larger ones go from a registered transmit slot. A reply that meets a full queue
-    /// is queued and sent on a later turn, never dropped for that.
+    /// is queued and sent on a later turn, never dropped for that. A body above
+    /// [`Core::reply_body_max`] goes in pieces of at most that size (frame.rs): over shm a
+    /// message above the inject size is a command the client must answer, and one
+    /// client that died before answering would stall the core's later ones.
     pub fn reply(&mut self, peer: PeerAddr, to: &Header, status: i32, body: &[u8]) {
-        let header = to.reply(status, body.len() as u32);
+        let piece = self.reply_body_max();
+        if body.len() <= piece || body.len() > self.msg_size - HEADER_LEN {
+            return self.reply_frame(peer, to.reply(status, 0), body);
+        }
+        let last = (body.len() - 1) / piece;
+        for (i, chunk) in body.chunks(piece).enumerate() {
+            let mut h = to.reply(status, 0);
+            h.fragment = i as u16; // a message holds at most 64 KiB: a few dozen pieces
+            if i < last {
+                h.flags = h.flags.with(Flags::MORE);
+            }
+            self.reply_frame(peer, h, chunk);
+        }
+        self.metrics.replies_in_pieces += 1;
+    }
+
+    /// Sends one reply frame (the whole reply or a piece of it).
+    fn reply_frame(&mut self, peer: PeerAddr, header: Header, body: &[u8]) {
         let Some(len) = header.encode_frame(body, &mut self.encode) else {
             tracing::warn!(
                 len = body.len(),

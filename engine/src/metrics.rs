@@ -15,6 +15,8 @@ pub struct CoreMetrics {
     pub fabric_errors: u64,
     pub storage_completions: u64,
     pub replies_dropped: u64,
+    /// Replies sent in pieces (each piece is counted in `replies`).
+    pub replies_in_pieces: u64,
     /// Posts that met FI_EAGAIN or a full queue and were queued for a later turn.
     pub deferred_posts: u64,
     /// Messages held in their receive slot because the core was congested
@@ -31,7 +33,7 @@ pub struct CoreMetrics {
 impl CoreMetrics {
     /// The counters in Prometheus text exposition format, labelled with the core index.
     pub fn prometheus(&self, core: usize) -> String {
-        let counters: [(&str, &str, u64); 16] = [
+        let counters: [(&str, &str, u64); 17] = [
             ("turns", "Turns of the core's loop", self.turns),
             ("idle_turns", "Turns that found no work", self.idle_turns),
             (
@@ -61,6 +63,11 @@ impl CoreMetrics {
                 "replies_dropped",
                 "Replies that could not be sent",
                 self.replies_dropped,
+            ),
+            (
+                "replies_in_pieces",
+                "Replies sent in pieces the transport delivers safely",
+                self.replies_in_pieces,
             ),
             (
                 "deferred_posts",
@@ -114,6 +121,6 @@ mod tests {
         assert!(text.contains("# TYPE nacre_core_requests_total counter\n"));
         assert!(text.contains("nacre_core_requests_total{core=\"3\"} 7\n"));
         assert!(text.contains("nacre_core_backoff_sleeps_total{core=\"3\"} 2\n"));
-        assert_eq!(text.lines().filter(|l| !l.starts_with('#')).count(), 16);
+        assert_eq!(text.lines().filter(|l| !l.starts_with('#')).count(), 17);
     }
 }

@@ -7,14 +7,20 @@
 //! | 0   | 4    | magic `NCR1`                            |
 //! | 4   | 2    | version (1)                             |
 //! | 6   | 2    | opcode                                  |
-//! | 8   | 2    | flags (REPLY, BULK)                     |
-//! | 10  | 2    | reserved, zero                          |
+//! | 8   | 2    | flags (REPLY, BULK, MORE)               |
+//! | 10  | 2    | fragment: a reply's piece index, else 0 |
 //! | 12  | 4    | status: 0 or a negative errno (replies) |
 //! | 16  | 8    | request id                              |
 //! | 24  | 4    | body length                             |
 //! | 28  | 4    | session: the id HELLO gave the sender   |
 //!
 //! One fabric message carries exactly one frame: trailing bytes are an error.
+//!
+//! A reply may come in pieces, each a frame of its own: where the transport delivers
+//! only small messages safely (shm: its inject size), the server cuts a long reply body
+//! into fragments numbered from 0, every one but the last flagged MORE, and the client
+//! puts the body back together by number (pieces may arrive in any order). Requests are
+//! never cut: a request with MORE or a fragment number does not decode.
 
 /// `NCR1` as a little-endian u32.
 pub const MAGIC: u32 = u32::from_le_bytes(*b"NCR1");
@@ -74,7 +80,9 @@ impl Flags {
     pub const REPLY: Flags = Flags(1);
     /// The body starts with a bulk descriptor (see [`crate::BulkDesc`]).
     pub const BULK: Flags = Flags(2);
-    const KNOWN: u16 = 0b11;
+    /// The frame is a piece of a reply and more pieces follow (see the module docs).
+    pub const MORE: Flags = Flags(4);
+    const KNOWN: u16 = 0b111;
 
     pub fn contains(self, other: Flags) -> bool {
         self.0 & other.0 == other.0
@@ -96,6 +104,8 @@ pub struct Header {
     pub body_len: u32,
     /// Who sends: 0 before HELLO, then the id the server core assigned.
     pub session: u32,
+    /// A reply's piece number when it comes in pieces (see the module docs), else 0.
+    pub fragment: u16,
 }
 
 /// Size limits a receiver enforces before it looks at a body.
@@ -126,7 +136,7 @@ pub enum DecodeError {
     TooLarge { len: u32, max: u32 },
     #[error("{0} trailing bytes after the frame")]
     Trailing(usize),
-    #[error("reserved header bits are set")]
+    #[error("a request carries reply fragment fields")]
     Reserved,
     #[error("unknown flags {0:#06x}")]
     UnknownFlags(u16),
@@ -193,6 +203,7 @@ impl Header {
             request_id,
             body_len,
             session: 0,
+            fragment: 0,
         }
     }
 
@@ -205,6 +216,7 @@ impl Header {
             request_id: self.request_id,
             body_len,
             session: self.session,
+            fragment: 0,
         }
     }
 
@@ -226,12 +238,14 @@ impl Header {
         if version != VERSION {
             return Err(DecodeError::UnsupportedVersion(version));
         }
-        if u16_at(10) != 0 {
-            return Err(DecodeError::Reserved);
-        }
         let flags = u16_at(8);
         if flags & !Flags::KNOWN != 0 {
             return Err(DecodeError::UnknownFlags(flags));
+        }
+        let fragment = u16_at(10);
+        let piece = fragment != 0 || flags & Flags::MORE.0 != 0;
+        if piece && flags & Flags::REPLY.0 == 0 {
+            return Err(DecodeError::Reserved);
         }
         let body_len = u32_at(24);
         if body_len > limits.max_body {
@@ -247,6 +261,7 @@ impl Header {
             request_id: u64::from_le_bytes(h[16..24].try_into().expect("8 bytes")),
             body_len,
             session: u32_at(28),
+            fragment,
         })
     }
 
@@ -256,7 +271,7 @@ impl Header {
         out[4..6].copy_from_slice(&VERSION.to_le_bytes());
         out[6..8].copy_from_slice(&self.opcode.0.to_le_bytes());
         out[8..10].copy_from_slice(&self.flags.0.to_le_bytes());
-        out[10..12].fill(0);
+        out[10..12].copy_from_slice(&self.fragment.to_le_bytes());
         out[12..16].copy_from_slice(&self.status.to_le_bytes());
         out[16..24].copy_from_slice(&self.request_id.to_le_bytes());
         out[24..28].copy_from_slice(&self.body_len.to_le_bytes());
@@ -301,6 +316,19 @@ mod tests {
     }
 
     #[test]
+    fn reply_pieces_carry_their_number_and_more() {
+        let mut h = Header::request(Opcode::PING, 9, 0).reply(0, 0);
+        h.fragment = 3;
+        h.flags = h.flags.with(Flags::MORE);
+        let mut out = vec![0; HEADER_LEN + 2];
+        let n = h.encode_frame(b"ab", &mut out).unwrap();
+        let f = Frame::decode(&out[..n], &Limits::default()).unwrap();
+        assert_eq!(f.header.fragment, 3);
+        assert!(f.header.flags.contains(Flags::MORE) && f.header.flags.contains(Flags::REPLY));
+        assert_eq!(f.body, b"ab");
+    }
+
+    #[test]
     fn every_kind_of_bad_frame_is_an_error() {
         let limits = Limits::default();
         let good = frame(b"abc");
@@ -324,6 +352,9 @@ mod tests {
         );
         let mut bad = good.clone();
         bad[10] = 1;
+        assert_eq!(Frame::decode(&bad, &limits), Err(DecodeError::Reserved));
+        let mut bad = good.clone();
+        bad[8] = Flags::MORE.0 as u8;
         assert_eq!(Frame::decode(&bad, &limits), Err(DecodeError::Reserved));
         let mut bad = good.clone();
         bad[9] = 0x80;

@@ -809,7 +809,7 @@ const R_LOCK: u32 = 8;
 impl Reply {
     /// Shortens a readdir page to at most `max` encoded bytes (at least one entry):
     /// the entries left out come with the next cookie. Other replies are left as they
-    /// are. A server whose transport needs small replies (shm) pages with it.
+    /// are. The MDT pages readdir with it (`READDIR_MAX_BYTES`).
     pub fn trim_to(&mut self, max: usize) {
         let Reply::Dir {
             entries,

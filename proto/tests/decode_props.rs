@@ -20,15 +20,21 @@ proptest! {
     /// Encode then decode gives back the same frame.
     #[test]
     fn round_trip(op in any::<u16>(), reply in any::<bool>(), status in any::<i32>(),
-                  id in any::<u64>(), body in proptest::collection::vec(any::<u8>(), 0..512)) {
+                  id in any::<u64>(), body in proptest::collection::vec(any::<u8>(), 0..512),
+                  fragment in any::<u16>(), more in any::<bool>()) {
         let mut h = Header::request(Opcode(op), id, 0);
-        if reply { h.flags = Flags::REPLY; }
+        if reply {
+            h.flags = Flags::REPLY;
+            h.fragment = fragment;
+            if more { h.flags = h.flags.with(Flags::MORE); }
+        }
         h.status = status;
         let mut out = vec![0; HEADER_LEN + body.len()];
         let n = h.encode_frame(&body, &mut out).unwrap();
         let f = Frame::decode(&out[..n], &Limits::default()).unwrap();
         prop_assert_eq!(f.header.opcode, Opcode(op));
         prop_assert_eq!(f.header.flags, h.flags);
+        prop_assert_eq!(f.header.fragment, h.fragment);
         prop_assert_eq!((f.header.status, f.header.request_id), (status, id));
         prop_assert_eq!(f.body, &body[..]);
     }

@@ -128,11 +128,9 @@ impl MdsService {
                 continue;
             };
             match c.result {
-                Ok(mut reply) => {
-                    // Over shm a reply above the inject size could stall the core's
-                    // later replies if its client died (`Core::reply_body_max`): a
-                    // readdir page is cut to fit, the rest comes with the next cookie.
-                    reply.trim_to(core.reply_body_max());
+                Ok(reply) => {
+                    // A reply above what the transport sends safely goes in pieces
+                    // (`Core::reply`).
                     self.out.clear();
                     reply.encode(&mut self.out);
                     core.reply(peer, &h, 0, &self.out);
