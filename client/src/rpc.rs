@@ -49,6 +49,9 @@ pub struct RpcConfig {
     pub timeout: Duration,
     /// How the caller's buffers are registered for servers' RMA.
     pub reg_cache: RegCacheConfig,
+    /// A session unused for this long says HELLO again before its next request: a
+    /// server reaps sessions unused for twice the default (engine's sessions module).
+    pub session_refresh: Duration,
 }
 
 impl Default for RpcConfig {
@@ -58,6 +61,7 @@ impl Default for RpcConfig {
             msg_size: 4096,
             timeout: Duration::from_secs(30),
             reg_cache: RegCacheConfig::default(),
+            session_refresh: nacre_proto::SESSION_REFRESH,
         }
     }
 }
@@ -78,6 +82,8 @@ struct Session {
     /// The server's id for us (from its HELLO reply); 0 until then.
     remote: u32,
     name: Vec<u8>,
+    /// When a request last went out on the session.
+    used: Instant,
 }
 
 /// Receive slots first, transmit slots after them, in one registration.
@@ -223,7 +229,15 @@ impl ClientEndpoint {
             peer,
             remote: 0,
             name: server_name.to_vec(),
+            used: Instant::now(),
         });
+        self.hello(sid)?;
+        Ok(sid)
+    }
+
+    /// Says HELLO on `sid` and keeps the session id the server answers: the same one
+    /// while the server keeps the session, a new one after it reaped it.
+    fn hello(&mut self, sid: SessionId) -> Result<(), ClientError> {
         let name = self.ep.name().to_vec();
         let reply = self.request(sid, Opcode::HELLO, &name)?;
         let remote: [u8; 4] = reply
@@ -235,7 +249,7 @@ impl ClientEndpoint {
                 ClientError::Protocol(format!("bad HELLO reply (status {})", reply.header.status))
             })?;
         self.sessions[sid.0 as usize].remote = u32::from_le_bytes(remote);
-        Ok(sid)
+        Ok(())
     }
 
     /// Requests this endpoint keeps in flight at most.
@@ -317,8 +331,16 @@ impl ClientEndpoint {
     ) -> Result<(), ClientError> {
         let session = self
             .sessions
-            .get(sid.0 as usize)
+            .get_mut(sid.0 as usize)
             .ok_or(ClientError::UnknownSession(sid))?;
+        let now = Instant::now();
+        let unused = now.saturating_duration_since(session.used);
+        session.used = now;
+        if session.remote != 0 && unused > self.cfg.session_refresh {
+            // The server may have reaped the session meanwhile.
+            self.hello(sid)?;
+        }
+        let session = &self.sessions[sid.0 as usize];
         let (peer, remote) = (session.peer, session.remote);
         let mut h = Header::request(op, id, 0);
         h.session = remote;

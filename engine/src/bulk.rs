@@ -230,6 +230,11 @@ impl BulkTable {
         op.is_some_and(|op| op.dir == BulkDir::Push && op.peer == peer)
     }
 
+    /// Whether any transfer in the table is with `peer`.
+    pub fn involves(&self, peer: PeerAddr) -> bool {
+        self.ops.iter().flatten().any(|op| op.peer == peer)
+    }
+
     /// The entries of every push to `peer`.
     pub fn pushes_to(&self, peer: PeerAddr) -> Vec<u32> {
         (0..self.ops.len() as u32)

@@ -24,6 +24,7 @@ use crate::bulk::{
 use crate::metrics::CoreMetrics;
 use crate::pool::BufferPool;
 use crate::reactor::ReactorConfig;
+use crate::sessions::Sessions;
 use crate::storage::Storage;
 
 /// Who a fabric completion belongs to. Encoded into the operation's context by
@@ -97,13 +98,19 @@ pub struct Core {
     pub pool: BufferPool,
     pub(crate) ep: Endpoint,
     pub metrics: CoreMetrics,
-    pub(crate) sessions: Vec<PeerAddr>,
-    /// The fabric name behind each session, so a repeated HELLO gets the same one.
-    pub(crate) session_names: Vec<Vec<u8>>,
-    pub(crate) max_sessions: usize,
+    pub(crate) sessions: Sessions,
+    /// How long a session may go unused before it is reaped, and when the last look
+    /// for such sessions was.
+    session_idle: Duration,
+    last_reap: Instant,
+    /// A clock read every [`crate::reactor::EXPIRY_TURNS`] turns: when a session was
+    /// last heard from, to the second or so, without a clock read per message.
+    pub(crate) clock: Instant,
     pub(crate) limits: Limits,
     tx: MemoryRegion,
     tx_free: Vec<u32>,
+    /// The peer of each transmit slot's latest reply (in flight unless the slot is free).
+    slot_peer: Vec<PeerAddr>,
     /// Replies that found every transmit slot busy, in order; sent as slots free up.
     /// Bounded: new requests are parked while it holds anything (see `congested`), so
     /// only replies to requests already accepted can land here.
@@ -148,14 +155,16 @@ impl Core {
             pool,
             storage,
             metrics: CoreMetrics::default(),
-            sessions: Vec::new(),
-            session_names: Vec::new(),
-            max_sessions: cfg.max_sessions,
+            sessions: Sessions::new(cfg.max_sessions),
+            session_idle: cfg.session_idle,
+            last_reap: Instant::now(),
+            clock: Instant::now(),
             limits: Limits {
                 max_body: (cfg.msg_size - HEADER_LEN) as u32,
             },
             tx,
             tx_free: (0..cfg.tx_slots as u32).rev().collect(),
+            slot_peer: vec![PeerAddr::from_index(u32::MAX); cfg.tx_slots],
             tx_backlog: VecDeque::new(),
             tx_backlog_limit: 16 * cfg.tx_slots,
             msg_size: cfg.msg_size,
@@ -185,11 +194,9 @@ impl Core {
         self.ep.name()
     }
 
-    /// The peer behind a session id, if HELLO created it.
+    /// The peer behind a session id, if HELLO created it and it was not reaped since.
     pub fn peer(&self, session: u32) -> Option<PeerAddr> {
-        self.sessions
-            .get((session as usize).checked_sub(1)?)
-            .copied()
+        self.sessions.peer(session)
     }
 
     /// Whether new requests should wait in their receive slots: replies or transfers
@@ -267,6 +274,7 @@ impl Core {
     /// Sends `self.encode[..len]` from a free transmit slot (the caller checked one is).
     fn send_from_slot(&mut self, peer: PeerAddr, len: usize) {
         let slot = self.tx_free.pop().expect("a free slot was checked");
+        self.slot_peer[slot as usize] = peer;
         let offset = slot as usize * self.msg_size;
         if let Err(e) = self.tx.copy_in(offset, &self.encode[..len]) {
             self.tx_free.push(slot);
@@ -726,6 +734,54 @@ impl Core {
                 bufs: Bufs::new(),
             });
         }
+    }
+
+    /// Reaps the sessions nobody used for the session idle time (at most one look a
+    /// second): the slot and the address-vector entry go back, and the client, should
+    /// it come back, says HELLO again. A session with anything of the core's still
+    /// under way towards its peer (a transfer, a post waiting for the queue, a reply in
+    /// a transmit slot or the backlog, an eviction) is left for a later look, so that
+    /// nothing in flight loses its address. Returns whether any session was reaped.
+    pub(crate) fn reap_sessions(&mut self, now: Instant) -> bool {
+        if now.saturating_duration_since(self.last_reap) < Duration::from_secs(1) {
+            return false;
+        }
+        self.last_reap = now;
+        let idle = self.sessions.idle(now, self.session_idle);
+        if idle.is_empty() {
+            return false;
+        }
+        let mut slot_busy = vec![true; self.slot_peer.len()];
+        for &s in &self.tx_free {
+            slot_busy[s as usize] = false;
+        }
+        let replying: Vec<PeerAddr> = (0..slot_busy.len())
+            .filter(|&s| slot_busy[s])
+            .map(|s| self.slot_peer[s])
+            .collect();
+        let mut reaped = false;
+        for (id, peer) in idle {
+            if replying.contains(&peer) || self.busy_with(peer) {
+                continue;
+            }
+            if let Err(e) = self.ep.remove_peer(peer) {
+                tracing::warn!("session {id:#x}: removing its peer: {e}");
+                continue;
+            }
+            self.sessions.remove(id);
+            self.metrics.sessions_reaped += 1;
+            reaped = true;
+        }
+        reaped
+    }
+
+    /// Whether a transfer, a deferred post, a backlogged reply or an eviction
+    /// concerns `peer` (replies in transmit slots are checked by the caller).
+    fn busy_with(&self, peer: PeerAddr) -> bool {
+        self.evicted.contains(&peer)
+            || self.bulk.involves(peer)
+            || self.deferred.iter().any(|d| d.peer() == peer)
+            || self.tx_backlog.iter().any(|(p, _)| *p == peer)
     }
 
     /// Forgets the posts to `peer` waiting behind a full queue: a dead peer's queue

@@ -13,6 +13,7 @@ pub mod engine;
 pub mod metrics;
 pub mod pool;
 pub mod reactor;
+mod sessions;
 pub mod storage;
 pub mod topology;
 
@@ -22,6 +23,7 @@ pub use engine::{CoreHandle, Engine, EngineConfig, EngineError};
 pub use metrics::CoreMetrics;
 pub use pool::{BufferPool, PoolBuf, PoolConfig, PoolError, SizeClass};
 pub use reactor::{CoreMsg, IdlePolicy, Reactor, ReactorConfig, Request, Service};
+pub use sessions::MAX_SESSIONS;
 pub use storage::{
     Backend, FileId, IoCompletion, IoKind, Storage, StorageConfig, StorageError, ALIGN, DISABLE_ENV,
 };

@@ -17,6 +17,8 @@ pub struct CoreMetrics {
     pub replies_dropped: u64,
     /// Replies sent in pieces (each piece is counted in `replies`).
     pub replies_in_pieces: u64,
+    /// Sessions reaped after going unused for the session idle time.
+    pub sessions_reaped: u64,
     /// Posts that met FI_EAGAIN or a full queue and were queued for a later turn.
     pub deferred_posts: u64,
     /// Messages held in their receive slot because the core was congested
@@ -33,7 +35,7 @@ pub struct CoreMetrics {
 impl CoreMetrics {
     /// The counters in Prometheus text exposition format, labelled with the core index.
     pub fn prometheus(&self, core: usize) -> String {
-        let counters: [(&str, &str, u64); 17] = [
+        let counters: [(&str, &str, u64); 18] = [
             ("turns", "Turns of the core's loop", self.turns),
             ("idle_turns", "Turns that found no work", self.idle_turns),
             (
@@ -68,6 +70,11 @@ impl CoreMetrics {
                 "replies_in_pieces",
                 "Replies sent in pieces the transport delivers safely",
                 self.replies_in_pieces,
+            ),
+            (
+                "sessions_reaped",
+                "Sessions reaped after going unused for the session idle time",
+                self.sessions_reaped,
             ),
             (
                 "deferred_posts",
@@ -121,6 +128,6 @@ mod tests {
         assert!(text.contains("# TYPE nacre_core_requests_total counter\n"));
         assert!(text.contains("nacre_core_requests_total{core=\"3\"} 7\n"));
         assert!(text.contains("nacre_core_backoff_sleeps_total{core=\"3\"} 2\n"));
-        assert_eq!(text.lines().filter(|l| !l.starts_with('#')).count(), 17);
+        assert_eq!(text.lines().filter(|l| !l.starts_with('#')).count(), 18);
     }
 }

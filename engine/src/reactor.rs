@@ -80,9 +80,14 @@ impl IdlePolicy {
 /// The default bulk timeout: twice the client's default request timeout (30 s).
 pub const DEFAULT_BULK_TIMEOUT: Duration = Duration::from_secs(60);
 
+/// How long a session may go unused before the core reaps it: twice the time after
+/// which a client says HELLO again (`nacre_proto::SESSION_REFRESH`).
+pub const DEFAULT_SESSION_IDLE: Duration =
+    Duration::from_secs(2 * nacre_proto::SESSION_REFRESH.as_secs());
+
 /// Turns between two looks for pushes past the bulk timeout (a clock read and a scan of
 /// the bulk table; a busy core turns over in microseconds).
-const EXPIRY_TURNS: u64 = 1024;
+pub(crate) const EXPIRY_TURNS: u64 = 1024;
 
 #[derive(Debug, Clone)]
 pub struct ReactorConfig {
@@ -92,8 +97,10 @@ pub struct ReactorConfig {
     pub tx_slots: usize,
     /// Largest message (header + inline body) in either direction.
     pub msg_size: usize,
-    /// Clients (HELLO sessions) one core serves at most.
+    /// Clients (HELLO sessions) one core serves at once, at most (at most 65535).
     pub max_sessions: usize,
+    /// How long a session may go unused before it is reaped (crate::sessions).
+    pub session_idle: Duration,
     /// Bulk transfers in flight or waiting for slabs, at most (at most 2^16).
     pub bulk_ops: usize,
     /// How long a push may wait for its completion before its peer is evicted (its
@@ -110,6 +117,7 @@ impl Default for ReactorConfig {
             tx_slots: 64,
             msg_size: 4096,
             max_sessions: 4096,
+            session_idle: DEFAULT_SESSION_IDLE,
             bulk_ops: 256,
             bulk_timeout: DEFAULT_BULK_TIMEOUT,
             idle: IdlePolicy::default(),
@@ -229,7 +237,9 @@ impl<S: Service> Reactor<S> {
         worked |= self.core.drain_tx_backlog();
         worked |= self.core.start_pulls();
         if self.core.metrics.turns.is_multiple_of(EXPIRY_TURNS) {
-            worked |= self.core.expire_pushes(Instant::now());
+            self.core.clock = Instant::now();
+            worked |= self.core.expire_pushes(self.core.clock);
+            worked |= self.core.reap_sessions(self.core.clock);
         }
         worked |= self.deliver_bulk();
         worked |= self.poll_storage();
@@ -376,7 +386,7 @@ impl<S: Service> Reactor<S> {
         if h.opcode == Opcode::HELLO {
             return self.hello(&h, frame.body);
         }
-        let Some(peer) = self.core.peer(h.session) else {
+        let Some(peer) = self.core.sessions.heard(h.session, self.core.clock) else {
             self.core.metrics.unknown_session += 1;
             self.log_once(LOG_UNKNOWN_SESSION, || {
                 format!("message from unknown session {}: dropped", h.session)
@@ -396,30 +406,27 @@ impl<S: Service> Reactor<S> {
         self.service.on_request(&mut self.core, req);
     }
 
-    /// A client's first message: its fabric name. The session id is its index + 1; a
-    /// client that says HELLO again (a retry) gets its session back.
+    /// A client's first message: its fabric name. A client that says HELLO again (a
+    /// retry, or a refresh after a long pause) gets its session back while it lives.
     fn hello(&mut self, h: &Header, name: &[u8]) {
-        if let Some(i) = self.core.session_names.iter().position(|n| n == name) {
-            let session = i as u32 + 1;
+        let now = self.core.clock;
+        if let Some((session, peer)) = self.core.sessions.find(name, now) {
             let mut reply = *h;
             reply.session = session;
-            let peer = self.core.sessions[i];
             self.core.heard_from(peer);
             return self.core.reply(peer, &reply, 0, &session.to_le_bytes());
         }
-        if self.core.sessions.len() >= self.core.max_sessions {
+        if self.core.sessions.full() {
             self.core.metrics.malformed += 1;
-            let max = self.core.max_sessions;
+            let live = self.core.sessions.len();
             self.log_once(LOG_SESSIONS, || {
-                format!("HELLO refused: {max} sessions already")
+                format!("HELLO refused: {live} sessions already")
             });
             return;
         }
         match self.core.ep.insert_peer(name) {
             Ok(peer) => {
-                self.core.sessions.push(peer);
-                self.core.session_names.push(name.to_vec());
-                let session = self.core.sessions.len() as u32;
+                let session = self.core.sessions.add(peer, name, now);
                 let mut reply = *h;
                 reply.session = session;
                 self.core.reply(peer, &reply, 0, &session.to_le_bytes());

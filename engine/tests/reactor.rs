@@ -1,5 +1,6 @@
 //! The engine as a server: pinned cores over the tcp provider on loopback, a client per
-//! core, cross-core calls, malformed messages, and back-pressure when the pool is empty.
+//! core, cross-core calls, malformed messages, back-pressure when the pool is empty, and
+//! unused sessions reaped.
 
 use std::collections::VecDeque;
 use std::sync::mpsc;
@@ -7,7 +8,8 @@ use std::time::Duration;
 
 use nacre_client::{RpcClient, RpcConfig};
 use nacre_engine::{
-    Core, CoreMetrics, Engine, EngineConfig, PoolBuf, PoolConfig, Request, Service, SizeClass,
+    Core, CoreMetrics, Engine, EngineConfig, PoolBuf, PoolConfig, ReactorConfig, Request, Service,
+    SizeClass,
 };
 use nacre_fabric::{PeerAddr, Selection};
 use nacre_proto::{Header, Opcode, HEADER_LEN};
@@ -211,4 +213,69 @@ fn an_empty_pool_makes_requests_wait_not_fail() {
         unknown.header.status, -38,
         "ENOSYS for an opcode nobody serves"
     );
+}
+
+/// Sessions unused for the core's idle time are reaped: the core takes new clients
+/// past its session limit again, a client that comes back after a pause says HELLO
+/// again and gets a new session, and one that does not is unknown to the core.
+#[test]
+fn unused_sessions_are_reaped_and_their_clients_come_back() {
+    for provider in ["tcp", "shm"] {
+        reap_sessions(provider);
+    }
+}
+
+fn reap_sessions(provider: &str) {
+    let fabric = Selection::provider(provider);
+    if let Err(e) = nacre_fabric::Info::find(&fabric) {
+        nacre_fabric::testing::skip(&format!("session tests: {provider} not available: {e}"));
+        return;
+    }
+    let cfg = EngineConfig {
+        cores: 1,
+        no_pin: true,
+        fabric: fabric.clone(),
+        reactor: ReactorConfig {
+            max_sessions: 2,
+            session_idle: Duration::from_secs(1),
+            ..Default::default()
+        },
+        ..Default::default()
+    };
+    let engine = Engine::start(&cfg, |_, _| Holder::default()).expect("engine starts");
+    let name = engine.cores()[0].fabric_name.clone();
+    let connect = |session_refresh: Duration| {
+        let cfg = RpcConfig {
+            timeout: Duration::from_secs(1),
+            session_refresh,
+            ..Default::default()
+        };
+        RpcClient::connect(&fabric, &name, cfg)
+    };
+    let never = Duration::from_secs(3600);
+    let mut back = connect(Duration::from_millis(500)).expect("first session");
+    let mut gone = connect(never).expect("second session");
+    for c in [&mut back, &mut gone] {
+        c.request(Opcode::PING, b"x").expect("served");
+    }
+    assert!(connect(never).is_err(), "a third session is over the limit");
+    // Both sessions go unused: within a few looks (one a second) the core reaps them.
+    let mut third = (0..10)
+        .find_map(|_| connect(never).ok())
+        .expect("room for a new client once unused sessions are reaped");
+    third.request(Opcode::PING, b"x").expect("served");
+    let before = back.session();
+    let reply = back
+        .request(Opcode::PING, b"again")
+        .expect("HELLO again, then served");
+    assert_eq!(&reply.body[..], b"again");
+    assert_ne!(back.session(), before, "a new session, not the reaped one");
+    assert!(
+        gone.request(Opcode::PING, b"x").is_err(),
+        "a reaped session is unknown"
+    );
+    let m = metrics(&engine, 0);
+    assert!(m.sessions_reaped >= 2, "{m:?}");
+    assert!(m.unknown_session >= 1, "{m:?}");
+    engine.stop();
 }

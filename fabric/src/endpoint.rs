@@ -459,7 +459,21 @@ impl Endpoint {
         self.peers
             .get(peer.0 as usize)
             .copied()
+            .filter(|&a| a != sys::FI_ADDR_UNSPEC)
             .ok_or_else(|| ErrorKind::UnknownPeer(peer.0 as u64).into())
+    }
+
+    /// Takes a peer out of the address vector (the provider frees what it holds for it:
+    /// shm unmaps its region, tcp;ofi_rxm closes its connection). Its `PeerAddr` is never
+    /// given to another peer: later posts to it are refused as to an unknown peer. The
+    /// caller must have nothing of its own in flight to the peer.
+    pub fn remove_peer(&mut self, peer: PeerAddr) -> Result<()> {
+        let mut addr = self.fi_addr(peer)?;
+        // SAFETY: av is open; addr is one fi_addr_t this AV returned and still holds.
+        let rc = unsafe { sys::fi_av_remove(self.av, &mut addr, 1, 0) };
+        check("fi_av_remove", rc as isize)?;
+        self.peers[peer.0 as usize] = sys::FI_ADDR_UNSPEC;
+        Ok(())
     }
 
     /// Registers `memory` for local use and, with `Access::ALL`, for peers' RMA. Obeys the

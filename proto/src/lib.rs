@@ -22,3 +22,8 @@ mod outstanding;
 pub use body::{BodyError, BodyReader, BodyWriter, BulkDesc};
 pub use frame::{DecodeError, Flags, Frame, Header, Limits, Opcode, HEADER_LEN, MAGIC, VERSION};
 pub use outstanding::{Outstanding, OutstandingError};
+
+/// A client that has sent nothing on a session for this long says HELLO again before
+/// its next request: a server core reaps sessions unused for twice as long (its
+/// default), and HELLO gives back the same session while it lives, a new one after.
+pub const SESSION_REFRESH: std::time::Duration = std::time::Duration::from_secs(300);
