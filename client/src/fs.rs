@@ -336,8 +336,11 @@ impl Client {
         idempotent: bool,
         mut f: impl FnMut(&mut Conn) -> Result<R, ClientError>,
     ) -> io::Result<R> {
-        let deadline = Instant::now() + self.inner.cfg.recovery;
+        let start = Instant::now();
+        let deadline = start + self.inner.cfg.recovery;
+        let mut attempt = 0;
         loop {
+            attempt += 1;
             let out = self.on_conn(|conn| f(conn));
             let err = match out {
                 Ok(v) => return Ok(v),
@@ -353,11 +356,18 @@ impl Client {
             if !retry || Instant::now() >= deadline {
                 return Err(to_io(err));
             }
-            tracing::debug!("retrying after {err} on a newer cluster map");
+            // Said at warn: a retry is a server gone, fenced or silent for a request
+            // timeout, which whoever reads the log of a stalled job needs to see.
+            tracing::warn!(
+                "retrying after {err} (attempt {attempt}, {:?} into recovery) on a newer map",
+                start.elapsed()
+            );
             let seen = self.on_conn(|c| Ok(c.map.version)).unwrap_or(0);
-            let map = self.newer_map(seen, Duration::from_secs(2));
-            // The old sessions may be dead: rebuild this thread's connection on `map`.
+            // The old sessions may be dead: drop this thread's connection (its
+            // registrations close, so no server transfers into them any more) before
+            // waiting for the map, then rebuild it on the map.
             self.drop_conn();
+            let map = self.newer_map(seen, Duration::from_secs(2));
             if map.version == seen {
                 std::thread::sleep(Duration::from_millis(200));
             }
