@@ -440,6 +440,21 @@ fn rename_races_through_the_server() {
     engine.stop();
 }
 
+/// Makes `long` in `dir`, a symlink whose target is 4095 bytes (the longest Linux makes):
+/// its inode and target.
+fn long_symlink(c: &mut ClientEndpoint, s: nacre_client::SessionId, dir: u64) -> (u64, Vec<u8>) {
+    let target: Vec<u8> = (0..4095).map(|i| b'a' + (i % 26) as u8).collect();
+    let link = Request::Symlink {
+        parent: dir,
+        name: b"long".to_vec(),
+        target: target.clone(),
+    };
+    let Ok(Reply::Attr(a)) = c.meta(s, &head(0), &link) else {
+        panic!("symlink failed")
+    };
+    (a.ino, target)
+}
+
 /// Long replies come whole over every transport: a readdir page of 200 long names
 /// (about 42 KB) and a symlink target of 4095 bytes. Over shm the core sends them in
 /// pieces within the inject size (a larger message could stall the core if its client
@@ -481,18 +496,8 @@ fn long_replies_come_whole_over_every_transport() {
         let seen = listing(&mut c, s, dir, 1024);
         assert_eq!(seen.len(), N, "{provider}");
         assert!(seen.values().all(|&n| n == 1), "{provider}: a repeat");
-        let target: Vec<u8> = (0..4095).map(|i| b'a' + (i % 26) as u8).collect();
-        let link = Request::Symlink {
-            parent: dir,
-            name: b"long".to_vec(),
-            target: target.clone(),
-        };
-        let Ok(Reply::Attr(a)) = c.meta(s, &head(0), &link) else {
-            panic!("symlink failed")
-        };
-        let read = c
-            .meta(s, &head(0), &Request::Readlink { ino: a.ino })
-            .unwrap();
+        let (ino, target) = long_symlink(&mut c, s, dir);
+        let read = c.meta(s, &head(0), &Request::Readlink { ino }).unwrap();
         assert_eq!(read, Reply::Target(target), "{provider}");
         assert_eq!(c.dropped(), 0, "{provider}");
         let pieces = engine.stop()[0].replies_in_pieces;
@@ -626,21 +631,13 @@ fn a_client_killed_before_its_long_replies_leaves_the_core_serving() {
     };
     let core = engine.cores()[0].fabric_name.clone();
     let (mut c, s) = own_client("shm", &core);
-    let target: Vec<u8> = (0..4095).map(|i| b'a' + (i % 26) as u8).collect();
-    let link = Request::Symlink {
-        parent: ROOT_INO,
-        name: b"long".to_vec(),
-        target: target.clone(),
-    };
-    let Ok(Reply::Attr(a)) = c.meta(s, &head(0), &link) else {
-        panic!("symlink failed")
-    };
+    let (ino, target) = long_symlink(&mut c, s, ROOT_INO);
     let hex: String = core.iter().map(|b| format!("{b:02x}")).collect();
     for round in 0..3u64 {
         let mut cmd = std::process::Command::new(std::env::current_exe().unwrap());
         cmd.args(["--exact", "child_long_replies", "--ignored", "--nocapture"])
             .env("VANISH_CORE", &hex)
-            .env("VANISH_INO", a.ino.to_string());
+            .env("VANISH_INO", ino.to_string());
         let mut child = nacre_fabric::testing::Proc::spawn("long-replies", cmd);
         child.expect("sent", Duration::from_secs(30));
         std::thread::sleep(Duration::from_millis(5 * round));
@@ -648,7 +645,7 @@ fn a_client_killed_before_its_long_replies_leaves_the_core_serving() {
         let killed = std::time::Instant::now();
         for i in 0..200 {
             let read = c
-                .meta(s, &head(0), &Request::Readlink { ino: a.ino })
+                .meta(s, &head(0), &Request::Readlink { ino })
                 .unwrap_or_else(|e| panic!("round {round}: readlink {i} after the kill: {e}"));
             assert_eq!(read, Reply::Target(target.clone()), "round {round}");
         }
