@@ -333,12 +333,13 @@ impl ClientEndpoint {
             .sessions
             .get_mut(sid.0 as usize)
             .ok_or(ClientError::UnknownSession(sid))?;
-        let now = Instant::now();
+        let mut now = Instant::now();
         let unused = now.saturating_duration_since(session.used);
         session.used = now;
         if session.remote != 0 && unused > self.cfg.session_refresh {
             // The server may have reaped the session meanwhile.
             self.hello(sid)?;
+            now = Instant::now();
         }
         let session = &self.sessions[sid.0 as usize];
         let (peer, remote) = (session.peer, session.remote);
@@ -348,7 +349,7 @@ impl ClientEndpoint {
             .encode_frame(body, &mut self.frame)
             .ok_or_else(|| ClientError::Protocol("request body larger than a message".into()))?;
         self.pending
-            .insert(id, Instant::now(), self.cfg.timeout, sid)
+            .insert(id, now, self.cfg.timeout, sid)
             .map_err(|e| ClientError::Protocol(e.to_string()))?;
         if let Err(e) = self.send_frame(peer, n) {
             self.pending.complete(id);
@@ -510,26 +511,27 @@ impl ClientEndpoint {
             return Ok(());
         };
         let mut header = frame.header;
-        if !self.pending.contains(header.request_id) {
+        let id = header.request_id;
+        // Pieces are kept only for a pending request; a bad one gives its reply up (the
+        // request expires).
+        let max = limits.max_body as usize;
+        let joined = match Assembly::is_piece(&header) {
+            false => Ok(Some(frame.body.to_vec())),
+            true if !self.pending.contains(id) => Err(()),
+            true => self.pieces.add(&header, frame.body, max).map_err(drop),
+        };
+        let body = match joined {
+            Ok(Some(body)) => body,
+            Ok(None) => return Ok(()), // more pieces to come
+            Err(()) => {
+                self.dropped += 1;
+                return Ok(());
+            }
+        };
+        let Some(sid) = self.pending.complete(id) else {
             self.dropped += 1;
             return Ok(());
-        }
-        let body = match Assembly::is_piece(&header) {
-            false => frame.body.to_vec(),
-            // A bad piece gives its reply up: the request expires.
-            true => match self
-                .pieces
-                .add(&header, frame.body, limits.max_body as usize)
-            {
-                Ok(Some(whole)) => whole,
-                Ok(None) => return Ok(()),
-                Err(_) => {
-                    self.dropped += 1;
-                    return Ok(());
-                }
-            },
         };
-        let sid = self.pending.complete(header.request_id).expect("pending");
         header.flags = Flags(header.flags.0 & !Flags::MORE.0);
         header.fragment = 0;
         header.body_len = body.len() as u32;

@@ -90,6 +90,9 @@ impl Deferred {
     }
 }
 
+/// A `PeerAddr` no address vector hands out: a transmit slot that carries nothing.
+const NO_PEER: PeerAddr = PeerAddr::from_index(u32::MAX);
+
 /// Everything a core owns, lent to the service on every call.
 pub struct Core {
     // Drop order matters: storage first (it waits for I/O in flight on pool buffers),
@@ -164,7 +167,7 @@ impl Core {
             },
             tx,
             tx_free: (0..cfg.tx_slots as u32).rev().collect(),
-            slot_peer: vec![PeerAddr::from_index(u32::MAX); cfg.tx_slots],
+            slot_peer: vec![NO_PEER; cfg.tx_slots],
             tx_backlog: VecDeque::new(),
             tx_backlog_limit: 16 * cfg.tx_slots,
             msg_size: cfg.msg_size,
@@ -751,14 +754,7 @@ impl Core {
         if idle.is_empty() {
             return false;
         }
-        let mut slot_busy = vec![true; self.slot_peer.len()];
-        for &s in &self.tx_free {
-            slot_busy[s as usize] = false;
-        }
-        let replying: Vec<PeerAddr> = (0..slot_busy.len())
-            .filter(|&s| slot_busy[s])
-            .map(|s| self.slot_peer[s])
-            .collect();
+        let replying = self.replying_to();
         let mut reaped = false;
         for (id, peer) in idle {
             if replying.contains(&peer) || self.busy_with(peer) {
@@ -774,6 +770,16 @@ impl Core {
             reaped = true;
         }
         reaped
+    }
+
+    /// The peers of the replies in transmit slots (posted, not completed): the slots
+    /// not free, whose `slot_peer` is current.
+    fn replying_to(&self) -> Vec<PeerAddr> {
+        let mut peers = self.slot_peer.clone();
+        for &s in &self.tx_free {
+            peers[s as usize] = NO_PEER;
+        }
+        peers
     }
 
     /// Whether a transfer, a deferred post, a backlogged reply or an eviction

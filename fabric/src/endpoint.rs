@@ -56,7 +56,7 @@ pub struct PeerAddr(u32);
 impl PeerAddr {
     /// The peer at index `i` of an address vector (tables and tests). Safe to make up:
     /// an index the endpoint's address vector does not hold is refused by every post.
-    pub fn from_index(i: u32) -> PeerAddr {
+    pub const fn from_index(i: u32) -> PeerAddr {
         PeerAddr(i)
     }
 

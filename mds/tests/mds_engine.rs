@@ -465,8 +465,7 @@ fn long_replies_come_whole_over_every_transport() {
         let Some((engine, _mdt)) = start(provider, &format!("long-replies-{provider}")) else {
             continue;
         };
-        let core = engine.cores()[0].fabric_name.clone();
-        let (mut c, s) = own_client(provider, &core);
+        let (mut c, s) = client(provider, &engine);
         let dir = mkdir(&mut c, s, ROOT_INO, "d");
         const N: usize = 200;
         let name = |i: usize| format!("{i:03}-{}", "n".repeat(200));
