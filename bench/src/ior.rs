@@ -288,7 +288,7 @@ fn target(args: &IorArgs) -> Result<Target, BenchError> {
     if args.local {
         return Ok(Target::Local);
     }
-    let mgs = nacre_client::mgs::mgs_address(args.mgs.clone()).ok_or_else(|| {
+    let mgs = nacre_mgc::mgs_address(args.mgs.clone()).ok_or_else(|| {
         BenchError::msg("no MGS: give --mgs HOST:PORT, set NACRE_MGS, or run with --local")
     })?;
     let c = args.stripe_count;

@@ -9,10 +9,10 @@
 use std::sync::{Arc, Barrier};
 use std::time::{Duration, Instant};
 
-use nacre_client::mgs::{BootConfig, MgsClient};
 use nacre_client::namespace::Namespace;
 use nacre_client::{ClientEndpoint, RpcConfig};
 use nacre_fabric::Selection;
+use nacre_mgc::{BootConfig, MgsClient};
 use nacre_proto::bootstrap::{ClusterMap, Role, RoleKind};
 use nacre_proto::meta::Creds;
 
@@ -128,7 +128,7 @@ pub fn run(args: &MdtestArgs) -> Result<(), BenchError> {
     if args.files == 0 || args.tasks == 0 {
         return Err(BenchError::msg("-n and -t must be positive"));
     }
-    let mgs = nacre_client::mgs::mgs_address(args.mgs.clone());
+    let mgs = nacre_mgc::mgs_address(args.mgs.clone());
     let on_nacre = mgs.is_some() && !args.local;
     let factory: Factory = match (&mgs, on_nacre) {
         (Some(mgs), true) => {

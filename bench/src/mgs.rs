@@ -11,7 +11,7 @@ use std::sync::{Arc, Barrier};
 use std::time::{Duration, Instant};
 
 use clap::Args;
-use nacre_client::mgs::{BootConfig, MgsClient};
+use nacre_mgc::{BootConfig, MgsClient};
 use nacre_proto::bootstrap::{
     BootHeader, BootOp, BootReply, BootRequest, ClaimRequest, RenewRequest, Role, RoleKind,
     TargetReport, TargetState, BOOT_HEADER_LEN, MAX_REPLY_BODY,

@@ -8,10 +8,10 @@
 use std::collections::VecDeque;
 use std::time::{Duration, Instant};
 
-use nacre_client::mgs::{BootConfig, MgsClient};
 use nacre_client::objects::OstRoute;
 use nacre_client::{ClientEndpoint, RpcConfig, SessionId};
 use nacre_fabric::{Access, Memory, MemoryRegion, Selection};
+use nacre_mgc::{BootConfig, MgsClient};
 use nacre_proto::bootstrap::{Role, RoleKind};
 use nacre_proto::object::{Data, IoReply, ObjFlags, ObjTarget, ReadReq, WriteReq};
 use nacre_proto::Opcode;
@@ -69,7 +69,7 @@ struct Target {
 }
 
 pub fn run(args: &ObjArgs) -> Result<(), BenchError> {
-    let mgs = nacre_client::mgs::mgs_address(args.mgs.clone())
+    let mgs = nacre_mgc::mgs_address(args.mgs.clone())
         .ok_or_else(|| BenchError::msg("no MGS: give --mgs HOST:PORT or set NACRE_MGS"))?;
     let bs = parse_size(&args.bs).map_err(BenchError)? as usize;
     let size = parse_size(&args.size).map_err(BenchError)?;

@@ -5,10 +5,10 @@
 
 use std::time::{Duration, Instant};
 
-use nacre_client::mgs::{BootConfig, MgsClient};
 use nacre_client::objects::{IoOptions, OstRoute};
 use nacre_client::{ClientEndpoint, RegCacheConfig, RegCacheMode, RpcConfig};
 use nacre_fabric::Selection;
+use nacre_mgc::{BootConfig, MgsClient};
 use nacre_proto::bootstrap::{Role, RoleKind};
 
 use crate::BenchError;
@@ -24,7 +24,7 @@ pub struct RegCacheArgs {
 }
 
 pub fn run(args: &RegCacheArgs) -> Result<(), BenchError> {
-    let mgs = nacre_client::mgs::mgs_address(args.mgs.clone())
+    let mgs = nacre_mgc::mgs_address(args.mgs.clone())
         .ok_or_else(|| BenchError::msg("no MGS: give --mgs HOST:PORT or set NACRE_MGS"))?;
     let map = MgsClient::connect(&mgs, BootConfig::default())?.fetch_map()?;
     let role = Role {

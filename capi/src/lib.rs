@@ -184,7 +184,7 @@ pub unsafe extern "C" fn nacre_connect(mgs: *const c_char, out: *mut *mut NacreF
             false => Some(unsafe { text(mgs) }?.to_string()),
             true => None,
         };
-        let addr = nacre_client::mgs::mgs_address(addr)
+        let addr = nacre_mgc::mgs_address(addr)
             .ok_or_else(|| io::Error::from_raw_os_error(libc::EINVAL))?;
         let client = Client::connect(&addr, ClientConfig::default())?;
         // SAFETY: `out` is non-NULL and writable per this function's contract.

@@ -1,8 +1,8 @@
 //! The namespace and administration commands: ls, stat, mkdir, rm, mv, setstripe,
 //! getstripe, df, status.
 
-use nacre_client::mgs::{BootConfig, MgsClient};
 use nacre_client::{Client, Layout, OpenOptions};
+use nacre_mgc::{BootConfig, MgsClient};
 use nacre_proto::bootstrap::{TargetKind, TargetState};
 use nacre_proto::layout::{FirstOst, StripeCount, StripeSpec};
 use nacre_proto::meta::{Attr, FileKind};

@@ -91,7 +91,7 @@ fn run(cli: Cli) -> Result<(), CliError> {
     if let Cmd::Umount { mountpoint } = &cli.cmd {
         return mount::umount(mountpoint);
     }
-    let mgs = nacre_client::mgs::mgs_address(cli.mgs.clone())
+    let mgs = nacre_mgc::mgs_address(cli.mgs.clone())
         .ok_or_else(|| CliError::msg("no MGS: give --mgs HOST:PORT or set NACRE_MGS"))?;
     match &cli.cmd {
         Cmd::Status => return commands::status(&mgs),

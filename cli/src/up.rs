@@ -19,7 +19,7 @@ use std::sync::mpsc::{channel, Receiver};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use nacre_client::mgs::{BootConfig, MgsClient};
+use nacre_mgc::{BootConfig, MgsClient};
 use nacre_proto::bootstrap::{ClusterMap, RoleKind, TargetKind, TargetState};
 use serde::Deserialize;
 

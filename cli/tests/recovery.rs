@@ -50,12 +50,7 @@ fn kill_mid_stream(up: &mut Up, server: &str, done: &AtomicUsize, after: usize) 
     while done.load(Ordering::Relaxed) < after && Instant::now() < until {
         std::thread::sleep(Duration::from_millis(2));
     }
-    let victim = up.pid_of(server).to_string();
-    assert!(std::process::Command::new("kill")
-        .args(["-9", &victim])
-        .status()
-        .unwrap()
-        .success());
+    nacre_fabric::testing::send_signal(up.pid_of(server), "KILL").expect("kill -9 of the server");
     let at_kill = done.load(Ordering::Relaxed);
     assert_ne!(up.proc.wait_exit(Duration::from_secs(30)), Some(0));
     at_kill

@@ -32,10 +32,10 @@ use nacre_proto::meta::{
 
 use crate::cache::{Backing, Cache};
 use crate::locks::HeldLocks;
-use crate::mgs::{BootConfig, MgsClient, MgsError};
 use crate::namespace::Namespace;
 use crate::objects::{checksum_by_default, Extent, IoOptions, OstRoute, OstStatfs};
 use crate::rpc::{ClientEndpoint, ClientError, RpcConfig};
+use nacre_mgc::{BootConfig, MgsClient, MgsError};
 
 /// How a client talks to the file system.
 #[derive(Debug, Clone)]

@@ -4,15 +4,14 @@
 //! (paths, open files, striped parallel I/O, recovery on a newer cluster map); below it
 //! the namespace (`namespace`: paths against the MDS), object I/O (`objects`: requests
 //! to OSS cores, bulk data by RMA straight from and into the caller's buffer) and the
-//! RPC layer (`rpc`: sessions with engine cores over nacre-fabric). The bootstrap half
-//! (`mgs`): the cluster map, role claims and leases, over TCP. It never depends on the
-//! server engine.
+//! RPC layer (`rpc`: sessions with engine cores over nacre-fabric). The cluster map comes
+//! from the MGS through `nacre_mgc`. It never depends on the server engine, nor on any
+//! server crate.
 
 mod cache;
 pub mod fs;
 mod locks;
 mod meta;
-pub mod mgs;
 pub mod namespace;
 pub mod objects;
 mod pieces;

@@ -89,13 +89,11 @@ impl Proc {
         }
     }
 
+    /// Sends `sig` ("TERM", "STOP", "CONT", ...) to the child; panics if it cannot.
     pub fn signal(&self, sig: &str) {
-        let ok = Command::new("kill")
-            .args([&format!("-{sig}"), &self.pid().to_string()])
-            .status()
-            .unwrap()
-            .success();
-        assert!(ok, "kill -{sig} {}", self.pid());
+        if let Err(e) = send_signal(self.pid(), sig) {
+            panic!("{}: signal {sig} to pid {}: {e}", self.name, self.pid());
+        }
     }
 
     pub fn kill9(&mut self) {
@@ -117,11 +115,39 @@ impl Proc {
 }
 
 impl Drop for Proc {
+    /// A stopped child is continued first, so that the kill is not left pending.
     fn drop(&mut self) {
-        let _ = Command::new("kill")
-            .args(["-CONT", &self.pid().to_string()])
-            .stderr(Stdio::null())
-            .status();
+        let _ = send_signal(self.pid(), "CONT");
         self.kill9();
     }
+}
+
+/// Sends the signal named `sig` (without its SIG prefix: "KILL", "TERM", "STOP", "CONT",
+/// ...) to `pid` with kill(2): tests must not need procps's `kill`, which a minimal
+/// system lacks.
+pub fn send_signal(pid: u32, sig: &str) -> std::io::Result<()> {
+    use nix::sys::signal::{kill, Signal};
+    let signal: Signal = format!("SIG{sig}")
+        .parse()
+        .map_err(|_| std::io::Error::new(std::io::ErrorKind::InvalidInput, "no such signal"))?;
+    let pid = i32::try_from(pid).map_err(|_| std::io::Error::from_raw_os_error(libc::ESRCH))?;
+    kill(nix::unistd::Pid::from_raw(pid), signal).map_err(std::io::Error::from)
+}
+
+/// A binary of this workspace (`nacre-oss`, `nacre`, ...) for the tests of another
+/// package, which cargo gives no `CARGO_BIN_EXE_` for: the one built beside the test
+/// (`cargo build --workspace --bins`, which scripts/test runs before the tests).
+pub fn workspace_bin(name: &str) -> std::path::PathBuf {
+    let exe = std::env::current_exe().expect("the test's own path");
+    let bin = exe
+        .parent()
+        .and_then(|deps| deps.parent())
+        .map(|profile| profile.join(name))
+        .expect("a test binary lives in target/PROFILE/deps");
+    assert!(
+        bin.exists(),
+        "{} is not built: run `cargo build --workspace --bins` first (scripts/test does)",
+        bin.display()
+    );
+    bin
 }

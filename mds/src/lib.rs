@@ -1,8 +1,8 @@
-//! nacre-mds: the management service (MGS) and the metadata server (MDS).
+//! nacre-mds: the metadata server (MDS).
 //!
-//! The MGS keeps who serves what (roles, leases, epochs, the cluster map) and answers
-//! bootstrap requests over TCP; it is never on the data path. The MDS owns the namespace
-//! on a metadata target (MDT). Neither may block an engine core.
+//! The MDS owns the namespace on a metadata target (MDT): inodes, directories, layouts,
+//! object ids, and the operation log that makes them durable with group commit. It
+//! claims its role at the MGS (`nacre_mgs::role`) and serves on engine cores; it must
+//! never block one.
 pub mod mds_serve;
 pub mod mdt;
-pub mod mgs;

@@ -9,9 +9,10 @@ use std::sync::atomic::Ordering;
 use std::sync::{Arc, OnceLock};
 use std::time::{Duration, Instant};
 
-use nacre_client::mgs::{node_identity, BootConfig, LeaseKeeper, MgsClient, MgsError, RoleHolder};
 use nacre_engine::{Engine, EngineConfig, EngineError, ReactorConfig};
 use nacre_fabric::Selection;
+use nacre_mgc::{BootConfig, MgsClient, MgsError};
+use nacre_mgs::role::{node_identity, LeaseKeeper, RoleHolder};
 use nacre_proto::bootstrap::{
     ClaimRequest, ClusterMap, RoleKind, TargetKind, TargetReport, TargetState,
 };

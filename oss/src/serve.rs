@@ -10,9 +10,10 @@ use std::path::PathBuf;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::{Duration, Instant};
 
-use nacre_client::mgs::{node_identity, BootConfig, LeaseKeeper, MgsClient, MgsError, RoleHolder};
 use nacre_engine::{Engine, EngineConfig, EngineError};
 use nacre_fabric::Selection;
+use nacre_mgc::{BootConfig, MgsClient, MgsError};
+use nacre_mgs::role::{node_identity, LeaseKeeper, RoleHolder};
 use nacre_proto::bootstrap::{ClaimRequest, Grant, RoleKind, TargetReport, TargetState};
 
 use crate::server::{self, OstHealth, OstRegistry, OstSpec};

@@ -11,7 +11,7 @@
 //! slabs -> checksum -> push (fi_write, delivery-complete) -> reply. Small payloads
 //! travel inline in the request or reply. An empty pool makes requests wait, in order.
 
-use nacre_client::mgs::ServingEpoch;
+use nacre_mgs::role::ServingEpoch;
 use std::collections::{HashMap, VecDeque};
 
 use nacre_engine::{Bufs, BulkDone, Core, IoCompletion, Request, Service};

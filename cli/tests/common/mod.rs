@@ -152,7 +152,7 @@ impl Drop for Up {
                 .map(|c| c.contains("nacre-"))
                 .unwrap_or(false);
             if ours && !zombie(*pid) {
-                let _ = Command::new("kill").args(["-9", &pid.to_string()]).status();
+                let _ = nacre_fabric::testing::send_signal(*pid, "KILL");
             }
         }
     }

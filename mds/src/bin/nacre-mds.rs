@@ -90,8 +90,8 @@ fn format(dir: PathBuf, force: bool) -> Result<ExitCode, Box<dyn std::error::Err
 }
 
 fn serve(a: ServeArgs) -> Result<ExitCode, Box<dyn std::error::Error>> {
-    let mgs = nacre_client::mgs::mgs_address(a.mgs)
-        .ok_or("no MGS: give --mgs HOST:PORT or set NACRE_MGS")?;
+    let mgs =
+        nacre_mgc::mgs_address(a.mgs).ok_or("no MGS: give --mgs HOST:PORT or set NACRE_MGS")?;
     let cfg = nacre_mds::mds_serve::MdsServeConfig {
         mgs,
         dir: a.dir,

@@ -9,7 +9,7 @@
 use std::collections::VecDeque;
 use std::sync::{Arc, OnceLock};
 
-use nacre_client::mgs::ServingEpoch;
+use nacre_mgs::role::ServingEpoch;
 
 use nacre_engine::{Core, Request as EngineRequest, Service};
 use nacre_fabric::PeerAddr;

@@ -122,7 +122,7 @@ fn run(cli: Cli) -> Result<(), Box<dyn std::error::Error>> {
 
 fn serve(cfg: Config, a: ServeArgs) -> Result<(), Box<dyn std::error::Error>> {
     let s = cfg.server;
-    let mgs = nacre_client::mgs::mgs_address(a.mgs.or(s.mgs))
+    let mgs = nacre_mgc::mgs_address(a.mgs.or(s.mgs))
         .ok_or("no MGS: give --mgs HOST:PORT, [server] mgs in --config, or NACRE_MGS")?;
     let osts = if a.osts.is_empty() { s.osts } else { a.osts };
     let cpus = a.cpus.or(s.cpus);

@@ -2,7 +2,6 @@
 #![allow(dead_code)]
 
 pub mod loopfs;
-pub mod process;
 
 use std::path::{Path, PathBuf};
 

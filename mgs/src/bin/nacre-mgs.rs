@@ -7,12 +7,13 @@
 use std::io::Write;
 use std::path::PathBuf;
 use std::process::ExitCode;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Duration;
 
 use clap::{Parser, Subcommand};
-use nacre_mds::mgs::etcd::{Etcd, EtcdStore};
-use nacre_mds::mgs::follower::{Follower, LeaderAddr};
-use nacre_mds::mgs::{EmbeddedStore, MgsConfig, MgsServer};
+use nacre_mgs::etcd::{Etcd, EtcdStore};
+use nacre_mgs::follower::{Follower, LeaderAddr};
+use nacre_mgs::{EmbeddedStore, MgsConfig, MgsServer};
 use nacre_proto::bootstrap::LayoutDefaults;
 
 #[derive(Parser)]
@@ -73,19 +74,23 @@ enum Cmd {
 }
 
 fn main() -> ExitCode {
-    // The MGS stops on SIGINT/SIGTERM by their default action (its store commits
-    // durably); a parent such as `nacre up` may have passed them on blocked.
-    if let Err(e) = nacre_fabric::signals::unblock_stop_signals() {
-        eprintln!("nacre-mgs: unblocking SIGINT/SIGTERM: {e}");
-        return ExitCode::FAILURE;
-    }
+    // SIGINT and SIGTERM are taken by a thread of their own, before any other thread
+    // starts: a shell starts a background job with SIGINT ignored, so the default action
+    // cannot be relied on; a blocked signal is kept pending even when ignored.
+    let stop = match nacre_fabric::signals::stop_on_signals() {
+        Ok(stop) => stop,
+        Err(e) => {
+            eprintln!("nacre-mgs: taking SIGINT/SIGTERM: {e}");
+            return ExitCode::FAILURE;
+        }
+    };
     tracing_subscriber::fmt()
         .with_env_filter(
             tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| "info".into()),
         )
         .with_writer(std::io::stderr)
         .init();
-    match run(Cli::parse()) {
+    match run(Cli::parse(), &stop) {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => {
             eprintln!("nacre-mgs: {e}");
@@ -96,7 +101,7 @@ fn main() -> ExitCode {
 
 type Error = Box<dyn std::error::Error>;
 
-fn run(cli: Cli) -> Result<(), Error> {
+fn run(cli: Cli, stop: &AtomicBool) -> Result<(), Error> {
     let mut cfg = match &cli.config {
         Some(p) => MgsConfig::from_file(p)?,
         None => MgsConfig::default(),
@@ -154,7 +159,7 @@ fn run(cli: Cli) -> Result<(), Error> {
             cfg.idle_timeout_ms = idle_timeout_ms.unwrap_or(cfg.idle_timeout_ms);
             cfg.validate()?;
             if cfg.store != "embedded" {
-                return serve_etcd(&cfg);
+                return serve_etcd(&cfg, stop);
             }
             let dir = cfg.dir.clone().ok_or("--dir is required")?;
             let store = EmbeddedStore::open(&dir)?;
@@ -168,7 +173,10 @@ fn run(cli: Cli) -> Result<(), Error> {
                 cfg.lease_ms
             );
             std::io::stdout().flush()?;
-            server.spawn().join();
+            let handle = server.spawn();
+            wait_for(stop, || true);
+            handle.stop();
+            println!("nacre-mgs: stopped");
             Ok(())
         }
     }
@@ -177,7 +185,7 @@ fn run(cli: Cli) -> Result<(), Error> {
 /// Several MGS processes on one etcd: follow (relay to the leader) until this one wins
 /// the leadership, then serve; exit if the leadership is lost (a supervisor restarts it,
 /// and it follows again).
-fn serve_etcd(cfg: &MgsConfig) -> Result<(), Error> {
+fn serve_etcd(cfg: &MgsConfig, stop: &AtomicBool) -> Result<(), Error> {
     let etcd = Etcd::connect(&cfg.store)?;
     let listener = std::net::TcpListener::bind(&cfg.listen)
         .map_err(|e| format!("cannot listen on {}: {e}", cfg.listen))?;
@@ -191,6 +199,11 @@ fn serve_etcd(cfg: &MgsConfig) -> Result<(), Error> {
     std::io::stdout().flush()?;
     let ttl = Duration::from_millis(cfg.leader_ttl_ms);
     let leadership = loop {
+        if stop.load(Ordering::Relaxed) {
+            follower.stop();
+            println!("nacre-mgs: stopped");
+            return Ok(());
+        }
         match etcd.campaign(&me, ttl) {
             Ok(Some(l)) => break l,
             Ok(None) => *leader.lock().unwrap_or_else(|p| p.into_inner()) = etcd.leader()?,
@@ -206,10 +219,20 @@ fn serve_etcd(cfg: &MgsConfig) -> Result<(), Error> {
     )?;
     println!("nacre-mgs: leader on {me}: {}", server.describe());
     std::io::stdout().flush()?;
-    let _handle = server.spawn();
-    while leadership.valid() {
-        std::thread::sleep(Duration::from_millis(20));
+    let handle = server.spawn();
+    wait_for(stop, || leadership.valid());
+    if stop.load(Ordering::Relaxed) {
+        handle.stop();
+        println!("nacre-mgs: stopped");
+        return Ok(());
     }
     eprintln!("nacre-mgs: lost the leadership in etcd; exiting");
     std::process::exit(2);
+}
+
+/// Waits until a stop signal came or `go_on` says no more.
+fn wait_for(stop: &AtomicBool, go_on: impl Fn() -> bool) {
+    while !stop.load(Ordering::Relaxed) && go_on() {
+        std::thread::sleep(Duration::from_millis(20));
+    }
 }

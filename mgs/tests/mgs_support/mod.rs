@@ -7,10 +7,17 @@ use std::path::PathBuf;
 use std::process::Command;
 use std::time::{Duration, Instant};
 
-use nacre_client::mgs::{BootConfig, LeaseEvent, LeaseKeeper, LeaseStatus, MgsClient};
+use nacre_mgc::{BootConfig, MgsClient};
+use nacre_mgs::role::{LeaseEvent, LeaseKeeper, LeaseStatus};
 use nacre_proto::bootstrap::{errno, ClaimRequest, RoleKind, TargetReport, TargetState};
 
-pub const MGS_BIN: &str = env!("CARGO_BIN_EXE_nacre-mgs");
+/// nacre-mgs: cargo's for this package's tests, the workspace's for nacre-systest's.
+pub fn mgs_bin() -> PathBuf {
+    match option_env!("CARGO_BIN_EXE_nacre-mgs") {
+        Some(p) => PathBuf::from(p),
+        None => nacre_fabric::testing::workspace_bin("nacre-mgs"),
+    }
+}
 
 /// A fresh directory under the target dir (ext4, not tmpfs).
 pub fn tmpdir(name: &str) -> PathBuf {
@@ -25,7 +32,7 @@ pub fn tmpdir(name: &str) -> PathBuf {
 pub use nacre_fabric::testing::Proc;
 
 pub fn format(dir: &std::path::Path, fsname: &str) {
-    let out = Command::new(MGS_BIN)
+    let out = Command::new(mgs_bin())
         .args(["format", "--dir"])
         .arg(dir)
         .args(["--fsname", fsname])
@@ -47,7 +54,7 @@ pub struct Mgs {
 impl Mgs {
     /// Serves `dir` on `listen` ("127.0.0.1:0" picks a port) with `extra` flags.
     pub fn serve(dir: &std::path::Path, listen: &str, extra: &[&str]) -> Mgs {
-        let mut cmd = Command::new(MGS_BIN);
+        let mut cmd = Command::new(mgs_bin());
         cmd.args(["serve", "--dir"])
             .arg(dir)
             .args(["--listen", listen])
@@ -333,7 +340,7 @@ impl EtcdProc {
 
     /// `nacre-mgs format` into this etcd.
     pub fn format(&self, fsname: &str, force: bool) -> std::process::Output {
-        let mut cmd = Command::new(MGS_BIN);
+        let mut cmd = Command::new(mgs_bin());
         cmd.args(["format", "--store", &self.url, "--fsname", fsname]);
         if force {
             cmd.arg("--force");

@@ -3,6 +3,7 @@
 //! kill -9 of the MDS in the middle, restart on the same directory: every acknowledged
 //! create is there, under the new epoch, and the old epoch is refused.
 
+#[path = "../../mgs/tests/mgs_support/mod.rs"]
 mod mgs_support;
 
 use std::process::Command;
@@ -17,10 +18,8 @@ use nacre_mds::mdt::ROOT_INO;
 use nacre_proto::bootstrap::{Role, RoleKind};
 use nacre_proto::meta::{Creds, Head, Reply, Request};
 
-const MDS_BIN: &str = env!("CARGO_BIN_EXE_nacre-mds");
-
 fn mds(provider: &str, mgs: &str, dir: &std::path::Path) -> Proc {
-    let mut cmd = Command::new(MDS_BIN);
+    let mut cmd = Command::new(nacre_fabric::testing::workspace_bin("nacre-mds"));
     cmd.args(["serve", "--mgs", mgs, "--provider", provider, "--no-pin"])
         .args(["--identity", "test-mds", "--dir"])
         .arg(dir)
@@ -87,7 +86,7 @@ fn creates_survive_kill9(provider: &str) {
             let k = killed.clone();
             killer = Some(std::thread::spawn(move || {
                 std::thread::sleep(Duration::from_millis(20));
-                let _ = Command::new("kill").args(["-9", &pid.to_string()]).status();
+                let _ = nacre_fabric::testing::send_signal(pid, "KILL");
                 k.store(true, Ordering::SeqCst);
             }));
         }

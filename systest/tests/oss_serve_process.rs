@@ -6,7 +6,6 @@
 
 mod common;
 
-use std::process::Command;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
@@ -44,7 +43,7 @@ fn kill9_mid_stream(provider: &str) {
             let k = killed.clone();
             killer = Some(std::thread::spawn(move || {
                 std::thread::sleep(Duration::from_millis(30));
-                let _ = Command::new("kill").args(["-9", &pid.to_string()]).status();
+                let _ = nacre_fabric::testing::send_signal(pid, "KILL");
                 k.store(true, Ordering::SeqCst);
             }));
         }

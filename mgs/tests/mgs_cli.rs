@@ -8,7 +8,7 @@ use std::process::Command;
 use std::time::{Duration, Instant};
 
 use mgs_support::*;
-use nacre_client::mgs::{BootConfig, MgsClient};
+use nacre_mgc::{BootConfig, MgsClient};
 use nacre_proto::bootstrap::{errno, ClaimRequest, RoleKind, TargetReport, TargetState};
 
 fn claim(kind: RoleKind, node: &str) -> ClaimRequest {
@@ -25,7 +25,7 @@ fn claim(kind: RoleKind, node: &str) -> ClaimRequest {
 fn format_refuses_an_existing_target_without_force() {
     let dir = tmpdir("format");
     let run = |args: &[&str]| {
-        Command::new(MGS_BIN)
+        Command::new(mgs_bin())
             .arg("format")
             .arg("--dir")
             .arg(&dir)
@@ -56,7 +56,7 @@ fn format_refuses_an_existing_target_without_force() {
     );
     // Serving a directory never formatted says so.
     let empty = tmpdir("format-empty");
-    let out = Command::new(MGS_BIN)
+    let out = Command::new(mgs_bin())
         .args(["serve", "--listen", "127.0.0.1:0", "--dir"])
         .arg(&empty)
         .output()
@@ -152,4 +152,24 @@ fn a_long_poll_wakes_on_a_change_and_returns_at_its_deadline_otherwise() {
     // The lapse of the silent owner is a change too.
     let m = c.wait_map(m.version, Duration::from_secs(3)).unwrap();
     assert_eq!(m.target(g.role).unwrap().state, TargetState::Down);
+}
+
+/// Started as a script starts a background job (SIGINT ignored, which exec keeps), the
+/// MGS still stops cleanly on SIGINT, and on SIGTERM; and its roles outlive the stop.
+#[test]
+fn stops_cleanly_on_sigint_and_sigterm_even_with_sigint_ignored() {
+    let dir = tmpdir("signals");
+    format(&dir, "sig");
+    for sig in ["INT", "TERM"] {
+        let mut cmd = Command::new("sh");
+        cmd.args(["-c", "trap '' INT; exec \"$0\" \"$@\""])
+            .arg(mgs_bin())
+            .args(["serve", "--listen", "127.0.0.1:0", "--dir"])
+            .arg(&dir);
+        let mut proc = Proc::spawn("mgs", cmd);
+        proc.expect("nacre-mgs: serving", Duration::from_secs(20));
+        proc.signal(sig);
+        proc.expect("nacre-mgs: stopped", Duration::from_secs(10));
+        assert_eq!(proc.wait_exit(Duration::from_secs(10)), Some(0), "SIG{sig}");
+    }
 }

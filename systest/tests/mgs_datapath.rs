@@ -3,6 +3,7 @@
 //! kill -9 of the MGS stops no ping, the server keeps its role, and it renews once an
 //! MGS is back on the same directory and address.
 
+#[path = "../../mgs/tests/mgs_support/mod.rs"]
 mod mgs_support;
 
 use std::time::{Duration, Instant};

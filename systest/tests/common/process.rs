@@ -4,21 +4,12 @@ use std::path::{Path, PathBuf};
 use std::process::Command;
 use std::time::{Duration, Instant};
 
-use nacre_client::mgs::{BootConfig, MgsClient};
 use nacre_client::objects::OstRoute;
 use nacre_client::{ClientEndpoint, RpcConfig};
-use nacre_fabric::testing::Proc;
+use nacre_fabric::testing::{workspace_bin, Proc};
 use nacre_fabric::Selection;
+use nacre_mgc::{BootConfig, MgsClient};
 use nacre_proto::bootstrap::{ClusterMap, Role, RoleKind, TargetKind};
-
-pub const OSS_BIN: &str = env!("CARGO_BIN_EXE_nacre-oss");
-
-/// nacre-mgs, built beside this test by `cargo test --workspace` (scripts/test).
-pub fn mgs_bin() -> Option<PathBuf> {
-    let exe = std::env::current_exe().ok()?;
-    let bin = exe.parent()?.parent()?.join("nacre-mgs");
-    bin.exists().then_some(bin)
-}
 
 pub fn tmp(name: &str) -> PathBuf {
     let d = PathBuf::from(env!("CARGO_TARGET_TMPDIR")).join(format!("oss-serve-{name}"));
@@ -70,7 +61,7 @@ pub fn oss(provider: &str, mgs: &str, osts: &[PathBuf]) -> Proc {
 
 /// [`oss`] with more `serve` flags.
 pub fn oss_with(provider: &str, mgs: &str, osts: &[PathBuf], flags: &[&str]) -> Proc {
-    let mut cmd = Command::new(OSS_BIN);
+    let mut cmd = Command::new(workspace_bin("nacre-oss"));
     cmd.args([
         "serve",
         "--mgs",
@@ -136,14 +127,9 @@ pub fn wait_map(addr: &str, what: &str, ready: impl Fn(&ClusterMap) -> bool) -> 
 }
 
 /// A fresh MGS for a test that runs servers as processes, with its directory and
-/// address; None (after saying why) when nacre-mgs is not built or `provider` absent.
+/// address; None (after saying why) when `provider` is absent.
 pub fn cluster(provider: &str, name: &str) -> Option<(PathBuf, Proc, String)> {
-    let Some(bin) = mgs_bin() else {
-        nacre_fabric::testing::skip(&format!(
-            "{name}: nacre-mgs not built (cargo test --workspace builds it)"
-        ));
-        return None;
-    };
+    let bin = workspace_bin("nacre-mgs");
     if let Err(e) = nacre_fabric::Info::find(&Selection::provider(provider)) {
         nacre_fabric::testing::skip(&format!("{name} on {provider}: {e}"));
         return None;

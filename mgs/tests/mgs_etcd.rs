@@ -10,7 +10,7 @@ mod mgs_support;
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use mgs_support::*;
-use nacre_client::mgs::{BootConfig, MgsClient};
+use nacre_mgc::{BootConfig, MgsClient};
 use nacre_proto::bootstrap::{errno, Role, RoleKind, TargetReport, TargetState};
 
 const TEST: &str = "child_server";

@@ -1,0 +1,357 @@
+//! nacre-mgc: the MGS client, linked by servers and clients alike (Lustre's MGC).
+//!
+//! It talks to the management service (MGS) over its TCP bootstrap protocol
+//! (`nacre_proto::bootstrap`): fetch the cluster map, wait for a newer one (long poll),
+//! and the raw claim, renew and release calls that a server's role keeping
+//! (`nacre_mgs::role`) is built on. Every call has a deadline, and an MGS that cannot be
+//! reached is an error naming its address.
+//!
+//! It must stay light: no engine, no fabric, no store; the client library links it.
+
+use std::io::{self, Read, Write};
+use std::net::{SocketAddr, TcpStream, ToSocketAddrs};
+use std::time::{Duration, Instant};
+
+use nacre_proto::bootstrap::{
+    errno, BootError, BootHeader, BootOp, BootReply, BootRequest, ClaimRequest, ClusterMap, Grant,
+    RenewRequest, Renewed, Role, TargetReport, BOOT_HEADER_LEN, MAX_REPLY_BODY,
+};
+
+#[derive(Debug, thiserror::Error)]
+pub enum MgsError {
+    #[error("cannot reach the MGS at {addr}: {source}")]
+    Unreachable { addr: String, source: io::Error },
+    #[error("the MGS at {addr} did not answer within {after:?}")]
+    Timeout { addr: String, after: Duration },
+    #[error("connection to the MGS at {addr} lost: {source}")]
+    Lost { addr: String, source: io::Error },
+    #[error("the MGS at {addr} refused: {message} (errno {errno})")]
+    Refused {
+        addr: String,
+        errno: i32,
+        message: String,
+    },
+    #[error("the MGS at {addr} sent a malformed reply: {source}")]
+    Malformed { addr: String, source: BootError },
+    #[error("request not sent: {0}")]
+    Request(BootError),
+}
+
+impl MgsError {
+    /// The errno of a refusal, if the MGS answered with one.
+    pub fn errno(&self) -> Option<i32> {
+        match self {
+            MgsError::Refused { errno, .. } => Some(*errno),
+            _ => None,
+        }
+    }
+
+    /// The MGS says the epoch presented is not the role's current one: step down.
+    pub fn is_fenced(&self) -> bool {
+        matches!(self.errno(), Some(errno::ESTALE) | Some(errno::ENOENT))
+    }
+}
+
+#[derive(Debug, Clone, Copy)]
+pub struct BootConfig {
+    pub connect_timeout: Duration,
+    /// For one request and its reply (a map long poll adds its wait).
+    pub request_timeout: Duration,
+}
+
+impl Default for BootConfig {
+    fn default() -> Self {
+        BootConfig {
+            connect_timeout: Duration::from_secs(3),
+            request_timeout: Duration::from_secs(5),
+        }
+    }
+}
+
+/// A connection to an MGS (reopened as needed). `addrs` is `HOST:PORT`, or several
+/// separated by commas (MGS processes sharing one store): tried in turn.
+pub struct MgsClient {
+    addrs: String,
+    cfg: BootConfig,
+    conn: Option<(TcpStream, String)>,
+    /// Which address to try first: moves on after a failure, so that a paused MGS
+    /// (whose kernel still accepts connections) is not tried first forever.
+    first: usize,
+}
+
+impl MgsClient {
+    /// No connection yet: the first call opens it.
+    pub fn new(addrs: &str, cfg: BootConfig) -> MgsClient {
+        MgsClient {
+            addrs: addrs.to_string(),
+            cfg,
+            conn: None,
+            first: 0,
+        }
+    }
+
+    /// Connects now, so that a wrong address shows at once.
+    pub fn connect(addrs: &str, cfg: BootConfig) -> Result<MgsClient, MgsError> {
+        let mut c = MgsClient::new(addrs, cfg);
+        c.open()?;
+        Ok(c)
+    }
+
+    pub fn addrs(&self) -> &str {
+        &self.addrs
+    }
+
+    pub fn fetch_map(&mut self) -> Result<ClusterMap, MgsError> {
+        match self.call(&BootRequest::FetchMap, Duration::ZERO)? {
+            BootReply::Map(m) => Ok(m),
+            other => Err(self.unexpected(other)),
+        }
+    }
+
+    /// The map once its version exceeds `newer_than`, or the current one after `wait`.
+    pub fn wait_map(&mut self, newer_than: u64, wait: Duration) -> Result<ClusterMap, MgsError> {
+        let req = BootRequest::WaitMap {
+            newer_than,
+            wait_ms: wait.as_millis().min(u32::MAX as u128) as u32,
+        };
+        match self.call(&req, wait)? {
+            BootReply::Map(m) => Ok(m),
+            other => Err(self.unexpected(other)),
+        }
+    }
+
+    pub fn claim(&mut self, req: &ClaimRequest) -> Result<Grant, MgsError> {
+        match self.call(&BootRequest::Claim(req.clone()), Duration::ZERO)? {
+            BootReply::Granted(g) => Ok(g),
+            other => Err(self.unexpected(other)),
+        }
+    }
+
+    pub fn renew(
+        &mut self,
+        role: Role,
+        epoch: u64,
+        report: TargetReport,
+    ) -> Result<Renewed, MgsError> {
+        let req = BootRequest::Renew(RenewRequest {
+            role,
+            epoch,
+            report,
+        });
+        match self.call(&req, Duration::ZERO)? {
+            BootReply::Renewed(r) => Ok(r),
+            other => Err(self.unexpected(other)),
+        }
+    }
+
+    pub fn release(&mut self, role: Role, epoch: u64) -> Result<(), MgsError> {
+        match self.call(&BootRequest::Release { role, epoch }, Duration::ZERO)? {
+            BootReply::Released => Ok(()),
+            other => Err(self.unexpected(other)),
+        }
+    }
+
+    fn unexpected(&self, reply: BootReply) -> MgsError {
+        let addr = self.current_addr();
+        match reply {
+            BootReply::Failed { errno, message } => MgsError::Refused {
+                addr,
+                errno,
+                message,
+            },
+            other => MgsError::Malformed {
+                addr,
+                source: BootError::BadValue {
+                    field: if matches!(other, BootReply::Map(_)) {
+                        "unexpected map reply"
+                    } else {
+                        "unexpected reply"
+                    },
+                    value: 0,
+                },
+            },
+        }
+    }
+
+    fn current_addr(&self) -> String {
+        self.conn
+            .as_ref()
+            .map_or_else(|| self.addrs.clone(), |(_, a)| a.clone())
+    }
+
+    /// One request and its reply; a reused connection that turns out dead is reopened
+    /// once (every request is safe to repeat: a repeated claim reclaims the same role).
+    fn call(&mut self, req: &BootRequest, extra: Duration) -> Result<BootReply, MgsError> {
+        let frame = req.encode().map_err(MgsError::Request)?;
+        let reused = self.conn.is_some();
+        let out = match self.exchange(req.op(), &frame, extra) {
+            Err(MgsError::Lost { .. }) if reused => self.exchange(req.op(), &frame, extra),
+            other => other,
+        };
+        let failed = match &out {
+            Ok(BootReply::Failed { errno, .. }) => *errno == errno::EAGAIN,
+            Ok(_) => false,
+            Err(_) => true,
+        };
+        if failed {
+            self.conn = None;
+            self.first = self.first.wrapping_add(1);
+        }
+        out
+    }
+
+    fn exchange(
+        &mut self,
+        op: BootOp,
+        frame: &[u8],
+        extra: Duration,
+    ) -> Result<BootReply, MgsError> {
+        if self.conn.is_none() {
+            self.open()?;
+        }
+        let timeout = self.cfg.request_timeout + extra;
+        let (s, addr) = self.conn.as_mut().expect("opened");
+        let addr = addr.clone();
+        let result = send_and_read(s, op, frame, timeout);
+        let reply = match result {
+            Ok(r) => r,
+            Err(e) => {
+                self.conn = None;
+                return Err(match e {
+                    Exchange::Io(source)
+                        if matches!(
+                            source.kind(),
+                            io::ErrorKind::TimedOut | io::ErrorKind::WouldBlock
+                        ) =>
+                    {
+                        MgsError::Timeout {
+                            addr,
+                            after: timeout,
+                        }
+                    }
+                    Exchange::Io(source) => MgsError::Lost { addr, source },
+                    Exchange::Frame(source) => MgsError::Malformed { addr, source },
+                });
+            }
+        };
+        Ok(reply)
+    }
+
+    fn open(&mut self) -> Result<(), MgsError> {
+        let mut last = None;
+        let all: Vec<&str> = self
+            .addrs
+            .split(',')
+            .map(str::trim)
+            .filter(|a| !a.is_empty())
+            .collect();
+        let start = self.first % all.len().max(1);
+        for one in all[start..].iter().chain(&all[..start]).copied() {
+            match connect_one(one, self.cfg.connect_timeout) {
+                Ok(s) => {
+                    self.conn = Some((s, one.to_string()));
+                    return Ok(());
+                }
+                Err(e) => last = Some(e),
+            }
+        }
+        Err(last.unwrap_or_else(|| MgsError::Unreachable {
+            addr: self.addrs.clone(),
+            source: io::Error::new(io::ErrorKind::InvalidInput, "no address given"),
+        }))
+    }
+}
+
+fn connect_one(addr: &str, timeout: Duration) -> Result<TcpStream, MgsError> {
+    let unreachable = |source| MgsError::Unreachable {
+        addr: addr.to_string(),
+        source,
+    };
+    let resolved: Vec<SocketAddr> = addr.to_socket_addrs().map_err(unreachable)?.collect();
+    let mut last = io::Error::new(io::ErrorKind::NotFound, "the name resolves to no address");
+    for sa in resolved {
+        match TcpStream::connect_timeout(&sa, timeout) {
+            Ok(s) => {
+                s.set_nodelay(true).map_err(unreachable)?;
+                return Ok(s);
+            }
+            Err(e) => last = e,
+        }
+    }
+    Err(unreachable(last))
+}
+
+enum Exchange {
+    Io(io::Error),
+    Frame(BootError),
+}
+
+fn send_and_read(
+    s: &mut TcpStream,
+    op: BootOp,
+    frame: &[u8],
+    timeout: Duration,
+) -> Result<BootReply, Exchange> {
+    let until = Instant::now() + timeout;
+    s.set_write_timeout(Some(timeout)).map_err(Exchange::Io)?;
+    s.write_all(frame).map_err(Exchange::Io)?;
+    let mut head = [0u8; BOOT_HEADER_LEN];
+    read_full(s, &mut head, until).map_err(Exchange::Io)?;
+    let h = BootHeader::decode(&head, MAX_REPLY_BODY).map_err(Exchange::Frame)?;
+    if h.op != op {
+        return Err(Exchange::Frame(BootError::BadValue {
+            field: "reply opcode",
+            value: h.op as u64,
+        }));
+    }
+    let mut body = vec![0u8; h.body_len as usize];
+    read_full(s, &mut body, until).map_err(Exchange::Io)?;
+    BootReply::decode(op, h.status, &body).map_err(Exchange::Frame)
+}
+
+fn read_full(s: &mut TcpStream, buf: &mut [u8], until: Instant) -> io::Result<()> {
+    let mut at = 0;
+    while at < buf.len() {
+        let left = until
+            .checked_duration_since(Instant::now())
+            .filter(|d| !d.is_zero())
+            .ok_or_else(|| io::Error::from(io::ErrorKind::TimedOut))?;
+        s.set_read_timeout(Some(left))?;
+        match s.read(&mut buf[at..]) {
+            Ok(0) => return Err(io::ErrorKind::UnexpectedEof.into()),
+            Ok(n) => at += n,
+            Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
+            Err(e) => return Err(e),
+        }
+    }
+    Ok(())
+}
+
+/// The MGS address to use: the one given (flag or config), else `NACRE_MGS`.
+pub fn mgs_address(given: Option<String>) -> Option<String> {
+    given.or_else(|| std::env::var("NACRE_MGS").ok().filter(|v| !v.is_empty()))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn an_unreachable_mgs_is_an_error_naming_its_address() {
+        // A port nobody listens on: bind one, learn it, close it.
+        let port = std::net::TcpListener::bind("127.0.0.1:0")
+            .unwrap()
+            .local_addr()
+            .unwrap()
+            .port();
+        let addr = format!("127.0.0.1:{port}");
+        let err = MgsClient::connect(&addr, BootConfig::default())
+            .err()
+            .expect("nothing listens there");
+        assert!(matches!(err, MgsError::Unreachable { .. }));
+        assert!(err.to_string().contains(&addr), "{err}");
+        let mut c = MgsClient::new("no-such-host.invalid:1", BootConfig::default());
+        let err = c.fetch_map().unwrap_err();
+        assert!(err.to_string().contains("no-such-host.invalid:1"), "{err}");
+    }
+}
