@@ -9,7 +9,7 @@
 use std::sync::{Arc, Barrier};
 use std::time::{Duration, Instant};
 
-use nacre_client::namespace::Namespace;
+use nacre_client::namespace::NamespaceClient;
 use nacre_client::{ClientEndpoint, RpcConfig};
 use nacre_fabric::Selection;
 use nacre_mgc::{BootConfig, MgsClient};
@@ -49,7 +49,7 @@ trait Fs {
     fn remove(&mut self, path: &str) -> Result<(), String>;
 }
 
-struct Nacre(Namespace);
+struct Nacre(NamespaceClient);
 
 impl Nacre {
     /// A failed operation, with the messages this client's endpoint dropped so far
@@ -216,7 +216,7 @@ pub fn run(args: &MdtestArgs) -> Result<(), BenchError> {
     }
 }
 
-fn nacre_client(map: &ClusterMap) -> Result<Namespace, BenchError> {
+fn nacre_client(map: &ClusterMap) -> Result<NamespaceClient, BenchError> {
     let role = Role {
         kind: RoleKind::Mds,
         index: 0,
@@ -231,7 +231,7 @@ fn nacre_client(map: &ClusterMap) -> Result<Namespace, BenchError> {
         ..Default::default()
     };
     let ep = ClientEndpoint::open(&Selection::provider(&provider), cfg)?;
-    Ok(Namespace::connect(ep, map, Creds::root())?)
+    Ok(NamespaceClient::connect(ep, map, Creds::root())?)
 }
 
 fn task(fs: &mut dyn Fs, dir: &str, t: usize, files: usize, phase: &str) -> Result<u64, String> {

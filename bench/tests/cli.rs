@@ -5,6 +5,8 @@ use std::net::TcpListener;
 use std::process::{Command, Output, Stdio};
 use std::time::{Duration, Instant};
 
+use nacre_fabric::testing::KillOnDrop;
+
 const BIN: &str = env!("CARGO_BIN_EXE_nacre-bench");
 
 fn provider_available(provider: &str) -> bool {
@@ -31,22 +33,27 @@ fn free_port() -> u16 {
 /// within a minute: a hang is a failure, not a stuck test run).
 fn run_pair(sub: &str, args: &[&str]) -> Output {
     let port = free_port().to_string();
-    let server = Command::new(BIN)
-        .arg(sub)
-        .args(args)
-        .args(["-B", &port])
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .spawn()
-        .unwrap();
-    let client = Command::new(BIN)
-        .arg(sub)
-        .args(args)
-        .args(["-P", &port, "127.0.0.1"])
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .spawn()
-        .unwrap();
+    // Guards: a failure half-way kills both (no server left polling).
+    let server = KillOnDrop::new(
+        Command::new(BIN)
+            .arg(sub)
+            .args(args)
+            .args(["-B", &port])
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .spawn()
+            .unwrap(),
+    );
+    let client = KillOnDrop::new(
+        Command::new(BIN)
+            .arg(sub)
+            .args(args)
+            .args(["-P", &port, "127.0.0.1"])
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .spawn()
+            .unwrap(),
+    );
     let client = finish_within(client, "client");
     let server = finish_within(server, "server");
     for (who, out) in [("server", &server), ("client", &client)] {
@@ -59,17 +66,18 @@ fn run_pair(sub: &str, args: &[&str]) -> Output {
     client
 }
 
-fn finish_within(mut child: std::process::Child, who: &str) -> Output {
+fn finish_within(mut child: KillOnDrop, who: &str) -> Output {
     let start = Instant::now();
-    while child.try_wait().unwrap().is_none() {
+    while child.child().try_wait().unwrap().is_none() {
         if start.elapsed() > Duration::from_secs(60) {
+            let mut child = child.into_inner();
             child.kill().unwrap();
             let out = child.wait_with_output().unwrap();
             panic!("{who} hung: {}", String::from_utf8_lossy(&out.stderr));
         }
         std::thread::sleep(Duration::from_millis(20));
     }
-    child.wait_with_output().unwrap()
+    child.into_inner().wait_with_output().unwrap()
 }
 
 fn rows(out: &Output) -> Vec<Vec<String>> {
@@ -158,11 +166,13 @@ fn bad_arguments_fail_with_one_clear_line() {
 
     // A provider that does not exist: both sides say so and exit, neither hangs.
     let port = free_port().to_string();
-    let server = Command::new(BIN)
-        .args(["pingpong", "-p", "no-such-provider", "-B", &port])
-        .stderr(Stdio::piped())
-        .spawn()
-        .unwrap();
+    let server = KillOnDrop::new(
+        Command::new(BIN)
+            .args(["pingpong", "-p", "no-such-provider", "-B", &port])
+            .stderr(Stdio::piped())
+            .spawn()
+            .unwrap(),
+    );
     let client = Command::new(BIN)
         .args([
             "pingpong",
@@ -174,7 +184,7 @@ fn bad_arguments_fail_with_one_clear_line() {
         ])
         .output()
         .unwrap();
-    let server = server.wait_with_output().unwrap();
+    let server = finish_within(server, "server");
     for out in [&server, &client] {
         assert!(!out.status.success());
         let err = String::from_utf8_lossy(&out.stderr);
@@ -260,12 +270,14 @@ fn fuse_floor_serves_creates_until_unmounted() {
     let _ = Command::new("fusermount3").arg("-u").arg(&mnt).output();
     let _ = std::fs::remove_dir_all(&mnt);
     std::fs::create_dir_all(&mnt).unwrap();
-    let child = Command::new(BIN)
-        .arg("fuse-floor")
-        .arg(&mnt)
-        .stderr(Stdio::null())
-        .spawn()
-        .unwrap();
+    let child = KillOnDrop::new(
+        Command::new(BIN)
+            .arg("fuse-floor")
+            .arg(&mnt)
+            .stderr(Stdio::null())
+            .spawn()
+            .unwrap(),
+    );
     let mounted = || {
         let m = std::fs::read_to_string("/proc/mounts").unwrap();
         m.contains(&format!(" {} ", mnt.display()))

@@ -1,4 +1,4 @@
-//! The client's metadata half at the level of paths: a [`Namespace`] resolves paths
+//! The client's metadata half at the level of paths: a [`NamespaceClient`] resolves paths
 //! component by component against the MDS, with a small dentry cache, and runs the
 //! namespace operations with the caller's credentials. Errors are the MDS's errno.
 //!
@@ -28,23 +28,24 @@ const DENTRY_MAX: usize = 65_536;
 /// The namespace's root inode.
 pub const ROOT: u64 = 1;
 
-/// Paths and namespace operations over one MDS session.
-pub struct Namespace {
+/// Paths and namespace operations over one MDS session: the client side of the
+/// namespace that the MDS keeps (`nacre_mds::mdt::Namespace`).
+pub struct NamespaceClient {
     pub ep: ClientEndpoint,
     mds: SessionId,
     head: Head,
     dentries: HashMap<(u64, Vec<u8>), (u64, Instant)>,
-    /// The replay key for the next changing request (see [`Namespace::replay_next`]).
+    /// The replay key for the next changing request (see [`NamespaceClient::replay_next`]).
     replay: Option<ReplayKey>,
 }
 
-impl Namespace {
+impl NamespaceClient {
     /// Connects to the MDS that `map` names (role mds0), as `creds`.
     pub fn connect(
         mut ep: ClientEndpoint,
         map: &ClusterMap,
         creds: Creds,
-    ) -> Result<Namespace, ClientError> {
+    ) -> Result<NamespaceClient, ClientError> {
         let role = Role {
             kind: RoleKind::Mds,
             index: 0,
@@ -57,7 +58,7 @@ impl Namespace {
             .first()
             .ok_or_else(|| ClientError::Protocol("the MDS has no core in the map".into()))?;
         let mds = ep.connect(core)?;
-        Ok(Namespace {
+        Ok(NamespaceClient {
             ep,
             mds,
             head: Head {

@@ -11,8 +11,8 @@
 //! read's reply carries the crc32c the server computed; a mismatch is an error (EILSEQ).
 
 use nacre_proto::object::{
-    decode_target, encode_target, AttrReply, Data, IoReply, ObjFlags, ObjTarget, RangeReq, ReadReq,
-    StatfsReply, WriteReq, MSG_SIZE as OSS_MSG_SIZE,
+    decode_target, encode_target, Data, IoReply, ObjFlags, ObjTarget, RangeReq, ReadReq, WriteReq,
+    MSG_SIZE as OSS_MSG_SIZE,
 };
 use nacre_proto::{BulkDesc, Opcode, HEADER_LEN};
 
@@ -66,9 +66,9 @@ pub fn checksum_by_default(provider: &str) -> bool {
     provider != "shm"
 }
 
-/// Attributes of an object as its OST reports them.
-pub type ObjectAttr = AttrReply;
-pub type OstStatfs = StatfsReply;
+/// An object's attributes and an OST's use, as the OST reports them (OBJ_GETATTR,
+/// OBJ_STATFS): the same types the OSS's store returns.
+pub use nacre_proto::object::{ObjectAttr, OstStatfs};
 
 impl ClientEndpoint {
     /// The session with the core that owns `object` on `route`'s server.
@@ -331,7 +331,7 @@ impl ClientEndpoint {
         object: u64,
     ) -> Result<ObjectAttr, ClientError> {
         let reply = self.target_op(Opcode::OBJ_GETATTR, route, object, ObjFlags::default())?;
-        AttrReply::decode(&reply.body).map_err(proto_err)
+        ObjectAttr::decode(&reply.body).map_err(proto_err)
     }
 
     pub fn obj_destroy(&mut self, route: &OstRoute, object: u64) -> Result<(), ClientError> {
@@ -348,7 +348,7 @@ impl ClientEndpoint {
     /// Capacity and free space of the OST (asked of the server's first core).
     pub fn ost_statfs(&mut self, route: &OstRoute) -> Result<OstStatfs, ClientError> {
         let reply = self.target_op(Opcode::OBJ_STATFS, route, 0, ObjFlags::default())?;
-        StatfsReply::decode(&reply.body).map_err(proto_err)
+        OstStatfs::decode(&reply.body).map_err(proto_err)
     }
 
     fn target_op(

@@ -15,6 +15,7 @@ use nacre_fabric::{
     Access, BulkDesc, Completion, Endpoint, EndpointConfig, Memory, MemoryRegion, OpKind, PeerAddr,
     Selection,
 };
+use nacre_proto::packed::{slot, PackError};
 use nacre_proto::{DecodeError, Flags, Frame, Header, Limits, Opcode, Outstanding, HEADER_LEN};
 
 use crate::pieces::Assembly;
@@ -86,7 +87,8 @@ struct Session {
     used: Instant,
 }
 
-/// Receive slots first, transmit slots after them, in one registration.
+/// Receive slots first, transmit slots after them, in one registration. A slot is an
+/// operation's context through [`nacre_proto::packed::slot`].
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 enum Slot {
     Recv(usize),
@@ -94,19 +96,24 @@ enum Slot {
 }
 
 impl Slot {
-    const SEND: u64 = 1 << 32;
-
-    fn context(self) -> u64 {
-        match self {
-            Slot::Recv(i) => i as u64,
-            Slot::Send(i) => Self::SEND | i as u64,
-        }
+    /// The slot as a context; an index that does not fit is an error (slots are
+    /// bounded by the configured depth, so a bug or an absurd depth).
+    #[inline]
+    fn context(self) -> Result<u64, ClientError> {
+        let packed = match self {
+            Slot::Recv(i) => slot::RECV.pack([i as u64]),
+            Slot::Send(i) => slot::SEND.pack([i as u64]),
+        };
+        packed.map_err(|e| ClientError::Protocol(format!("no context for {self:?}: {e}")))
     }
 
-    fn of(context: u64) -> Slot {
-        match context & Self::SEND {
-            0 => Slot::Recv(context as u32 as usize),
-            _ => Slot::Send(context as u32 as usize),
+    /// The slot a completion's context names; a context that is none of ours (bits
+    /// outside the layout) is an error.
+    #[inline]
+    fn of(context: u64) -> Result<Slot, PackError> {
+        match slot::KIND.get(context) {
+            slot::RECV_KIND => slot::RECV.unpack(context).map(|[i]| Slot::Recv(i as usize)),
+            _ => slot::SEND.unpack(context).map(|[i]| Slot::Send(i as usize)),
         }
     }
 }
@@ -150,7 +157,7 @@ impl ClientEndpoint {
         for slot in 0..slots {
             ep.post_recv(
                 msgs.slice(slot * cfg.msg_size, cfg.msg_size)?,
-                Slot::Recv(slot).context(),
+                Slot::Recv(slot).context()?,
             )?;
         }
         Ok(ClientEndpoint {
@@ -398,7 +405,14 @@ impl ClientEndpoint {
         let at = (self.slots + slot) * self.cfg.msg_size;
         self.msgs.copy_in(at, &self.frame[..n])?;
         let src = self.msgs.slice(at, n)?;
-        self.ep.post_send(src, peer, Slot::Send(slot).context())?;
+        let context = match Slot::Send(slot).context() {
+            Ok(context) => context,
+            Err(e) => {
+                self.tx_free.push(slot);
+                return Err(e);
+            }
+        };
+        self.ep.post_send(src, peer, context)?;
         Ok(())
     }
 
@@ -457,9 +471,12 @@ impl ClientEndpoint {
         };
         self.idle(n == 0);
         for c in &done[..n] {
+            // A context that is none of ours (a provider's bug) is said and skipped:
+            // the rest of the batch goes on.
             match Slot::of(c.context) {
-                Slot::Send(slot) => self.tx_free.push(slot),
-                Slot::Recv(slot) => self.take_reply(slot, c.len)?,
+                Ok(Slot::Send(slot)) => self.tx_free.push(slot),
+                Ok(Slot::Recv(slot)) => self.take_reply(slot, c.len)?,
+                Err(e) => self.bad_context(e),
             }
         }
         Ok(())
@@ -489,11 +506,19 @@ impl ClientEndpoint {
             return Err(e.into());
         };
         match c.context.map(Slot::of) {
-            Some(Slot::Send(slot)) => self.tx_free.push(slot),
-            Some(Slot::Recv(slot)) => self.repost(slot)?,
+            Some(Ok(Slot::Send(slot))) => self.tx_free.push(slot),
+            Some(Ok(Slot::Recv(slot))) => self.repost(slot)?,
+            Some(Err(bad)) => self.bad_context(bad),
             None => return Err(e.into()),
         }
         Ok(())
+    }
+
+    /// A completion whose context names no slot: counted with the dropped messages.
+    #[cold]
+    fn bad_context(&mut self, e: PackError) {
+        self.dropped += 1;
+        tracing::error!("completion with a bad context: {e}");
     }
 
     fn take_reply(&mut self, slot: usize, len: usize) -> Result<(), ClientError> {
@@ -542,7 +567,7 @@ impl ClientEndpoint {
     fn repost(&mut self, slot: usize) -> Result<(), ClientError> {
         let size = self.cfg.msg_size;
         let dst = self.msgs.slice(slot * size, size)?;
-        Ok(self.ep.post_recv(dst, Slot::Recv(slot).context())?)
+        Ok(self.ep.post_recv(dst, Slot::Recv(slot).context()?)?)
     }
 
     /// Messages dropped because they were malformed or answered nothing pending.
@@ -611,7 +636,18 @@ mod tests {
     #[test]
     fn slots_round_trip_through_contexts() {
         for s in [Slot::Recv(0), Slot::Recv(99), Slot::Send(0), Slot::Send(7)] {
-            assert_eq!(Slot::of(s.context()), s);
+            assert_eq!(Slot::of(s.context().unwrap()), Ok(s));
         }
+        let top = u32::MAX as usize;
+        assert_eq!(
+            Slot::of(Slot::Send(top).context().unwrap()),
+            Ok(Slot::Send(top))
+        );
+        assert!(
+            Slot::Recv(top + 1).context().is_err(),
+            "refused, never masked"
+        );
+        assert!(Slot::of(1 << 33).is_err(), "bits outside the layout");
+        assert!(Slot::of(u64::MAX).is_err());
     }
 }

@@ -15,6 +15,7 @@ use std::time::{Duration, Instant};
 use smallvec::SmallVec;
 
 use nacre_fabric::{Access, Endpoint, ErrorKind, Memory, MemoryRegion, PeerAddr};
+use nacre_proto::packed::{route, PackError};
 use nacre_proto::{BulkDesc, Flags, Header, Limits, HEADER_LEN};
 
 use crate::bulk::{
@@ -28,8 +29,9 @@ use crate::sessions::Sessions;
 use crate::storage::Storage;
 
 /// Who a fabric completion belongs to. Encoded into the operation's context by
-/// [`Route::encode`] and nowhere else; decoding a context that is not a route is an
-/// error, never a guess.
+/// [`Route::encode`] and nowhere else, through [`nacre_proto::packed::route`]; a field
+/// that does not fit is an error at the encoder, and decoding a context that is not a
+/// route is an error, never a guess.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub(crate) enum Route {
     /// A receive slot of the reactor.
@@ -42,35 +44,46 @@ pub(crate) enum Route {
 }
 
 impl Route {
-    const RECV: u64 = 1;
-    const REPLY: u64 = 2;
-    const BULK: u64 = 3;
-
-    pub fn encode(self) -> u64 {
+    #[inline]
+    pub fn encode(self) -> Result<u64, PackError> {
         match self {
-            Route::Recv(slot) => Self::RECV << 56 | slot as u64,
-            Route::Reply(slot) => Self::REPLY << 56 | slot as u64,
+            Route::Recv(slot) => route::RECV.pack([slot.into()]),
+            Route::Reply(slot) => route::REPLY.pack([slot.into()]),
             Route::Bulk { op, gen, chunk } => {
-                debug_assert!((op as usize) < MAX_BULK_OPS && (chunk as usize) < 256);
-                Self::BULK << 56 | (chunk as u64 & 0xff) << 48 | (gen as u64) << 16 | op as u64
+                route::BULK.pack([op.into(), gen.into(), chunk.into()])
             }
         }
     }
 
-    pub fn decode(context: u64) -> Option<Route> {
-        let low = context as u32;
-        match context >> 56 {
-            Self::RECV => Some(Route::Recv(low)),
-            Self::REPLY => Some(Route::Reply(low)),
-            Self::BULK => Some(Route::Bulk {
-                op: low & 0xffff,
-                gen: (context >> 16) as u32,
-                chunk: (context >> 48) as u16 & 0xff,
+    #[inline]
+    pub fn decode(context: u64) -> Result<Route, PackError> {
+        // Each layout's fields are no wider than the variant's, so the casts keep all.
+        match route::KIND.get(context) {
+            route::RECV_KIND => route::RECV.unpack(context).map(|[s]| Route::Recv(s as u32)),
+            route::REPLY_KIND => route::REPLY
+                .unpack(context)
+                .map(|[s]| Route::Reply(s as u32)),
+            route::BULK_KIND => route::BULK
+                .unpack(context)
+                .map(|[op, gen, chunk]| Route::Bulk {
+                    op: op as u32,
+                    gen: gen as u32,
+                    chunk: chunk as u16,
+                }),
+            kind => Err(PackError::UnknownKind {
+                scheme: route::SCHEME,
+                word: context,
+                kind,
             }),
-            _ => None,
         }
     }
 }
+
+// The bulk table and the chunk count are bounded so that every transfer has a route.
+const _: () = assert!(
+    (MAX_BULK_OPS as u64) <= route::BULK.fields()[0].max() + 1
+        && (MAX_CHUNKS as u64) <= route::BULK.fields()[2].max() + 1
+);
 
 /// How long a deferred post waits before the log says so.
 const DEFERRED_WARN: Duration = Duration::from_secs(1);
@@ -318,10 +331,20 @@ impl Core {
     /// Posts the reply in transmit slot `slot`; false when the queue is full (try later).
     fn send_slot(&mut self, slot: u32, peer: PeerAddr, len: usize) -> bool {
         let offset = slot as usize * self.msg_size;
+        let context = match Route::Reply(slot).encode() {
+            Ok(context) => context,
+            Err(e) => {
+                // A slot index is a u32 and fits: this is a bug, refused loudly.
+                tracing::error!("reply not sent: {e}");
+                self.metrics.replies_dropped += 1;
+                self.tx_free.push(slot);
+                return true;
+            }
+        };
         let posted = self
             .tx
             .slice(offset, len)
-            .and_then(|src| self.ep.post_send(src, peer, Route::Reply(slot).encode()));
+            .and_then(|src| self.ep.post_send(src, peer, context));
         match posted {
             Ok(()) => self.metrics.replies += 1,
             Err(e) if matches!(e.kind(), ErrorKind::Again(_)) => return false,
@@ -617,12 +640,22 @@ impl Core {
             return true;
         };
         let (offset, at, len) = op.chunk(chunk as usize);
-        let context = Route::Bulk {
+        let route = Route::Bulk {
             op: id,
             gen: op.gen,
             chunk,
-        }
-        .encode();
+        };
+        let context = match route.encode() {
+            Ok(context) => context,
+            Err(e) => {
+                // The table and the chunk count are bounded to fit: this is a bug,
+                // refused loudly, and the transfer fails.
+                tracing::error!("bulk transfer chunk not posted: {e}");
+                let gen = op.gen;
+                self.chunk_done(id, gen, Some(libc::EIO));
+                return true;
+            }
+        };
         let buf = &op.bufs[chunk as usize];
         let posted = match buf.fabric_slice(at, len) {
             None => Err(nacre_fabric::ErrorKind::ForeignRegion.into()),
@@ -853,9 +886,25 @@ mod tests {
                 chunk: 255,
             },
         ] {
-            assert_eq!(Route::decode(r.encode()), Some(r));
+            assert_eq!(r.encode().map(Route::decode), Ok(Ok(r)));
         }
-        assert_eq!(Route::decode(0), None);
-        assert_eq!(Route::decode(0xff << 56), None);
+        assert!(Route::decode(0).is_err());
+        assert!(Route::decode(0xff << 56).is_err());
+        assert!(
+            Route::decode(1 << 56 | 1 << 40).is_err(),
+            "bits outside a receive"
+        );
+        let too_far = Route::Bulk {
+            op: MAX_BULK_OPS as u32,
+            gen: 0,
+            chunk: 0,
+        };
+        assert!(too_far.encode().is_err(), "refused, in release builds too");
+        let chunk = Route::Bulk {
+            op: 0,
+            gen: 0,
+            chunk: 256,
+        };
+        assert!(chunk.encode().is_err());
     }
 }

@@ -192,10 +192,15 @@ impl<S: Service> Reactor<S> {
             Access::LOCAL,
         )?;
         for slot in 0..cfg.recv_slots {
-            core.ep.post_recv(
-                rx.slice(slot * cfg.msg_size, cfg.msg_size)?,
-                Route::Recv(slot as u32).encode(),
-            )?;
+            // recv_slots beyond what a route holds is a configuration the engine
+            // refuses (loudly), rather than posting receives it could not route back.
+            let context = match u32::try_from(slot).map(|s| Route::Recv(s).encode()) {
+                Ok(Ok(context)) => context,
+                Ok(Err(e)) => return Err(unroutable(e.to_string())),
+                Err(e) => return Err(unroutable(format!("receive slot {slot}: {e}"))),
+            };
+            core.ep
+                .post_recv(rx.slice(slot * cfg.msg_size, cfg.msg_size)?, context)?;
         }
         Ok(Reactor {
             core,
@@ -284,11 +289,13 @@ impl<S: Service> Reactor<S> {
         };
         for i in 0..n {
             let c = self.fabric[i];
+            // A context that is no route (a provider's bug) is logged and skipped: the
+            // rest of the batch goes on.
             match Route::decode(c.context) {
-                Some(Route::Recv(slot)) => self.on_message(slot, c.len),
-                Some(Route::Reply(slot)) => self.core.reply_sent(slot),
-                Some(Route::Bulk { op, gen, .. }) => self.core.chunk_done(op, gen, None),
-                None => tracing::error!("completion with an unknown route {:#x}", c.context),
+                Ok(Route::Recv(slot)) => self.on_message(slot, c.len),
+                Ok(Route::Reply(slot)) => self.core.reply_sent(slot),
+                Ok(Route::Bulk { op, gen, .. }) => self.core.chunk_done(op, gen, None),
+                Err(e) => tracing::error!("completion with a bad route: {e}"),
             }
         }
         n > 0
@@ -300,19 +307,20 @@ impl<S: Service> Reactor<S> {
             tracing::error!("fabric: {e}");
             return;
         };
-        match c.context.and_then(Route::decode) {
-            Some(Route::Recv(slot)) => {
+        match c.context.map(Route::decode) {
+            Some(Ok(Route::Recv(slot))) => {
                 tracing::warn!("receive failed: {c}; reposting");
                 self.repost(slot);
             }
-            Some(Route::Reply(slot)) => {
+            Some(Ok(Route::Reply(slot))) => {
                 tracing::warn!("reply failed: {c}");
                 self.core.reply_sent(slot);
             }
-            Some(Route::Bulk { op, gen, .. }) => {
+            Some(Ok(Route::Bulk { op, gen, .. })) => {
                 tracing::warn!("bulk transfer failed: {c}");
                 self.core.chunk_done(op, gen, Some(c.code.max(1)));
             }
+            Some(Err(e)) => tracing::error!("fabric error with a bad route: {c}: {e}"),
             None => tracing::warn!("fabric error not tied to an operation: {c}"),
         }
     }
@@ -329,10 +337,14 @@ impl<S: Service> Reactor<S> {
 
     fn repost(&mut self, slot: u32) {
         let size = self.msg.len();
+        let context = match Route::Recv(slot).encode() {
+            Ok(context) => context,
+            Err(e) => return tracing::error!("cannot repost receive slot {slot}: {e}"),
+        };
         let posted = self
             .rx
             .slice(slot as usize * size, size)
-            .and_then(|dst| self.core.ep.post_recv(dst, Route::Recv(slot).encode()));
+            .and_then(|dst| self.core.ep.post_recv(dst, context));
         if let Err(e) = posted {
             tracing::error!("cannot repost receive slot {slot}: {e}");
         }
@@ -426,7 +438,19 @@ impl<S: Service> Reactor<S> {
         }
         match self.core.ep.insert_peer(name) {
             Ok(peer) => {
-                let session = self.core.sessions.add(peer, name, now);
+                let session = match self.core.sessions.add(peer, name, now) {
+                    Ok(session) => session,
+                    Err(e) => {
+                        // A bug (the table is bounded to what ids hold): said loudly,
+                        // and the HELLO refused rather than answered with a wrong id.
+                        tracing::error!("HELLO refused: no session id: {e}");
+                        self.core.metrics.malformed += 1;
+                        if let Err(e) = self.core.ep.remove_peer(peer) {
+                            tracing::warn!("removing the refused peer failed: {e}");
+                        }
+                        return;
+                    }
+                };
                 let mut reply = *h;
                 reply.session = session;
                 self.core.reply(peer, &reply, 0, &session.to_le_bytes());
@@ -491,6 +515,17 @@ impl<S: Service> Reactor<S> {
             Err(TryRecvError::Empty) => false,
         }
     }
+}
+
+/// A receive slot that no route can name: refused at start.
+fn unroutable(text: String) -> nacre_fabric::Error {
+    tracing::error!("engine: {text}");
+    nacre_fabric::ErrorKind::Call {
+        call: "Route::encode",
+        code: libc::EINVAL,
+        text,
+    }
+    .into()
 }
 
 #[cfg(test)]

@@ -14,11 +14,16 @@ use std::collections::HashMap;
 use std::time::{Duration, Instant};
 
 use nacre_fabric::PeerAddr;
+use nacre_proto::packed::{session, PackError};
 
 /// Sessions one core holds at most: a slot number travels in 16 bits of an id.
 pub const MAX_SESSIONS: usize = u16::MAX as usize;
 
+const _: () = assert!(MAX_SESSIONS as u64 <= session::ID.fields()[0].max());
+
 struct Session {
+    /// Its id, encoded once when the session began.
+    id: u32,
     peer: PeerAddr,
     name: Vec<u8>,
     /// When a message last came on this session (the core's coarse clock).
@@ -45,14 +50,19 @@ impl Sessions {
         }
     }
 
-    fn id(&self, slot: usize) -> u32 {
-        u32::from(self.gens[slot]) << 16 | (slot as u32 + 1)
+    /// The id of `slot` under its current generation (through
+    /// [`nacre_proto::packed::session`]).
+    fn id(&self, slot: usize) -> Result<u32, PackError> {
+        let word = session::ID.pack([slot as u64 + 1, self.gens[slot].into()])?;
+        // The layout is 32 bits wide: an encoding always fits.
+        Ok(word as u32)
     }
 
     fn slot(&self, id: u32) -> Option<usize> {
-        let slot = ((id & 0xffff) as usize).checked_sub(1)?;
+        let [slot, gen] = session::ID.unpack(id.into()).ok()?;
+        let slot = (slot as usize).checked_sub(1)?;
         let live = self.slots.get(slot)?.is_some();
-        (live && self.gens[slot] == (id >> 16) as u16).then_some(slot)
+        (live && u64::from(self.gens[slot]) == gen).then_some(slot)
     }
 
     /// The peer behind session `id`, if it is live.
@@ -72,7 +82,7 @@ impl Sessions {
     /// The live session of the client with fabric name `name` (a repeated HELLO).
     pub fn find(&mut self, name: &[u8], now: Instant) -> Option<(u32, PeerAddr)> {
         let slot = *self.by_name.get(name)?;
-        let id = self.id(slot);
+        let id = self.slots[slot].as_ref()?.id;
         Some((id, self.heard(id, now)?))
     }
 
@@ -81,30 +91,40 @@ impl Sessions {
         self.by_name.len() >= self.max
     }
 
-    /// A new session for `peer` (the caller checked [`Sessions::full`]).
-    pub fn add(&mut self, peer: PeerAddr, name: &[u8], now: Instant) -> u32 {
+    /// A new session for `peer` (the caller checked [`Sessions::full`]). A slot whose
+    /// id cannot be encoded (more slots than ids hold: a bug, as `max` is bounded) is
+    /// an error, and no session begins.
+    pub fn add(&mut self, peer: PeerAddr, name: &[u8], now: Instant) -> Result<u32, PackError> {
         let slot = self.free.pop().unwrap_or_else(|| {
             self.slots.push(None);
             self.gens.push(0);
             self.slots.len() - 1
         });
+        let id = match self.id(slot) {
+            Ok(id) => id,
+            Err(e) => {
+                self.free.push(slot);
+                return Err(e);
+            }
+        };
         self.slots[slot] = Some(Session {
+            id,
             peer,
             name: name.to_vec(),
             heard: now,
         });
         self.by_name.insert(name.to_vec(), slot);
-        self.id(slot)
+        Ok(id)
     }
 
     /// Sessions not heard from for longer than `idle`, with their peers.
     pub fn idle(&self, now: Instant, idle: Duration) -> Vec<(u32, PeerAddr)> {
         let old = |s: &&Session| now.saturating_duration_since(s.heard) > idle;
-        (0..self.slots.len())
-            .filter_map(|slot| {
-                let s = self.slots[slot].as_ref().filter(old)?;
-                Some((self.id(slot), s.peer))
-            })
+        self.slots
+            .iter()
+            .flatten()
+            .filter(old)
+            .map(|s| (s.id, s.peer))
             .collect()
     }
 
@@ -132,8 +152,8 @@ mod tests {
     fn a_reaped_id_never_names_the_slots_next_owner() {
         let t0 = Instant::now();
         let mut s = Sessions::new(2);
-        let a = s.add(PeerAddr::from_index(10), b"a", t0);
-        let b = s.add(PeerAddr::from_index(11), b"b", t0);
+        let a = s.add(PeerAddr::from_index(10), b"a", t0).unwrap();
+        let b = s.add(PeerAddr::from_index(11), b"b", t0).unwrap();
         assert!(s.full());
         assert_eq!((a, b), (1, 2));
         assert_eq!(s.find(b"a", t0), Some((a, PeerAddr::from_index(10))));
@@ -145,7 +165,7 @@ mod tests {
         );
         assert_eq!(s.remove(a), Some(PeerAddr::from_index(10)));
         assert_eq!((s.peer(a), s.find(b"a", later), s.len()), (None, None, 1));
-        let c = s.add(PeerAddr::from_index(12), b"c", later);
+        let c = s.add(PeerAddr::from_index(12), b"c", later).unwrap();
         assert_eq!(c, 1 << 16 | 1, "the slot again, a new generation");
         assert_eq!(
             (s.peer(a), s.peer(c)),
@@ -154,5 +174,21 @@ mod tests {
         assert_eq!(s.peer(0), None);
         assert_eq!(s.peer(3), None);
         assert_eq!(s.remove(a), None);
+    }
+
+    #[test]
+    fn a_slot_past_what_an_id_holds_is_refused() {
+        let t0 = Instant::now();
+        let mut s = Sessions::new(MAX_SESSIONS);
+        for i in 0..MAX_SESSIONS {
+            let id = s.add(PeerAddr::from_index(i as u32), &i.to_le_bytes(), t0);
+            assert_eq!(id, Ok(i as u32 + 1));
+        }
+        let over = s.add(PeerAddr::from_index(0), b"one too many", t0);
+        assert!(matches!(
+            over,
+            Err(PackError::OutOfRange { max: 65535, .. })
+        ));
+        assert_eq!(s.len(), MAX_SESSIONS);
     }
 }

@@ -134,6 +134,22 @@ pub fn send_signal(pid: u32, sig: &str) -> std::io::Result<()> {
     kill(nix::unistd::Pid::from_raw(pid), signal).map_err(std::io::Error::from)
 }
 
+/// `cmd` as a shell script starts a background job: with SIGINT ignored, which exec
+/// keeps (a server must stop on SIGINT all the same).
+pub fn with_sigint_ignored(cmd: &Command) -> Command {
+    let mut sh = Command::new("sh");
+    sh.args(["-c", "trap '' INT; exec \"$0\" \"$@\""])
+        .arg(cmd.get_program())
+        .args(cmd.get_args());
+    for (k, v) in cmd.get_envs() {
+        match v {
+            Some(v) => sh.env(k, v),
+            None => sh.env_remove(k),
+        };
+    }
+    sh
+}
+
 /// A binary of this workspace (`nacre-oss`, `nacre`, ...) for the tests of another
 /// package, which cargo gives no `CARGO_BIN_EXE_` for: the one built beside the test
 /// (`cargo build --workspace --bins`, which scripts/test runs before the tests).
@@ -150,4 +166,34 @@ pub fn workspace_bin(name: &str) -> std::path::PathBuf {
         bin.display()
     );
     bin
+}
+
+/// A child process that is killed (SIGKILL) and reaped when the guard drops, so that a
+/// test that fails half-way leaves no server running; [`KillOnDrop::into_inner`] takes
+/// the child back for a test that waits for it itself.
+pub struct KillOnDrop(Option<Child>);
+
+impl KillOnDrop {
+    pub fn new(child: Child) -> KillOnDrop {
+        KillOnDrop(Some(child))
+    }
+
+    pub fn child(&mut self) -> &mut Child {
+        self.0
+            .as_mut()
+            .expect("the child is there until into_inner")
+    }
+
+    pub fn into_inner(mut self) -> Child {
+        self.0.take().expect("the child is there until into_inner")
+    }
+}
+
+impl Drop for KillOnDrop {
+    fn drop(&mut self) {
+        if let Some(mut child) = self.0.take() {
+            let _ = child.kill();
+            let _ = child.wait();
+        }
+    }
 }

@@ -135,6 +135,7 @@ pub fn serve(cfg: &MdsServeConfig) -> Result<bool, MdsServeError> {
     if let Ok(mdt) = Arc::try_unwrap(mdt) {
         mdt.shutdown()?;
     }
+    println!("nacre-mds: stopped");
     Ok(!fenced)
 }
 

@@ -55,19 +55,22 @@ fn child_create_stream() {
 
 fn kill_during_create_stream(name: &str, mode: &str) {
     let dir = fresh_dir(name);
-    let mut child = Command::new(std::env::current_exe().unwrap())
-        .args([
-            "--exact",
-            "child_create_stream",
-            "--ignored",
-            "--nocapture",
-            "--test-threads=1",
-        ])
-        .env(CHILD_ENV, format!("{}|{mode}", dir.display()))
-        .stdout(Stdio::piped())
-        .stderr(Stdio::null())
-        .spawn()
-        .unwrap();
+    let mut guard = nacre_fabric::testing::KillOnDrop::new(
+        Command::new(std::env::current_exe().unwrap())
+            .args([
+                "--exact",
+                "child_create_stream",
+                "--ignored",
+                "--nocapture",
+                "--test-threads=1",
+            ])
+            .env(CHILD_ENV, format!("{}|{mode}", dir.display()))
+            .stdout(Stdio::piped())
+            .stderr(Stdio::null())
+            .spawn()
+            .unwrap(),
+    );
+    let child = guard.child();
     let (tx, rx) = std::sync::mpsc::channel();
     let stdout = child.stdout.take().unwrap();
     std::thread::spawn(move || {
@@ -94,8 +97,7 @@ fn kill_during_create_stream(name: &str, mode: &str) {
             acked.push((i.parse::<u64>().unwrap(), ino.parse::<u64>().unwrap()));
         }
     }
-    child.kill().unwrap(); // SIGKILL
-    child.wait().unwrap();
+    drop(guard); // SIGKILL
     assert!(
         acked.len() >= 500,
         "only {} creates acknowledged",

@@ -161,12 +161,10 @@ fn stops_cleanly_on_sigint_and_sigterm_even_with_sigint_ignored() {
     let dir = tmpdir("signals");
     format(&dir, "sig");
     for sig in ["INT", "TERM"] {
-        let mut cmd = Command::new("sh");
-        cmd.args(["-c", "trap '' INT; exec \"$0\" \"$@\""])
-            .arg(mgs_bin())
-            .args(["serve", "--listen", "127.0.0.1:0", "--dir"])
+        let mut cmd = Command::new(mgs_bin());
+        cmd.args(["serve", "--listen", "127.0.0.1:0", "--dir"])
             .arg(&dir);
-        let mut proc = Proc::spawn("mgs", cmd);
+        let mut proc = Proc::spawn("mgs", nacre_fabric::testing::with_sigint_ignored(&cmd));
         proc.expect("nacre-mgs: serving", Duration::from_secs(20));
         proc.signal(sig);
         proc.expect("nacre-mgs: stopped", Duration::from_secs(10));

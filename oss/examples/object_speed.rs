@@ -68,7 +68,7 @@ fn main() {
     format(
         &dir,
         &FormatRequest {
-            fsid: "bench".into(),
+            fsname: "bench".into(),
             index: 0,
             label: None,
             force: false,

@@ -3,7 +3,7 @@
 //! ```toml
 //! [ost]
 //! dir = "/srv/nacre/ost0"
-//! fsid = "nacre"
+//! fsname = "nacre"
 //! index = 0
 //! label = "nacre-OST0000"   # optional
 //!
@@ -48,7 +48,9 @@ pub struct ServerConfig {
 #[serde(deny_unknown_fields)]
 pub struct OstConfig {
     pub dir: Option<PathBuf>,
-    pub fsid: Option<String>,
+    /// The file system's name (`fsid`, its old spelling, is read too).
+    #[serde(alias = "fsid")]
+    pub fsname: Option<String>,
     pub index: Option<u32>,
     pub label: Option<String>,
 }

@@ -21,7 +21,7 @@ pub use checksum::{crc32c_bufs, crc32c_slices};
 pub use errno::Errno;
 pub use layout::ObjectId;
 pub use store::{
-    gather, scatter, slabs_for, Io, ObjectAttr, ObjectCompletion, ObjectStore, OpKind, StatFs,
-    StoreConfig, TargetState, WriteMode, IO_TAG,
+    gather, scatter, slabs_for, Io, ObjectCompletion, ObjectStore, OpKind, StoreConfig,
+    TargetState, WriteMode, IO_TAG,
 };
 pub use superblock::{FormatRequest, Formatted, Superblock, TargetError, FORMAT_VERSION};

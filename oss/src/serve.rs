@@ -17,8 +17,8 @@ use nacre_mgs::role::{node_identity, LeaseKeeper, RoleHolder};
 use nacre_proto::bootstrap::{ClaimRequest, Grant, RoleKind, TargetReport, TargetState};
 
 use crate::server::{self, OstHealth, OstRegistry, OstSpec};
-use crate::service::OstEpoch;
 use crate::superblock::{self, FormatRequest, TargetError};
+use nacre_mgs::role::ServingEpoch;
 
 #[derive(Debug, Clone)]
 pub struct ServeConfig {
@@ -98,6 +98,7 @@ pub fn serve(cfg: &ServeConfig) -> Result<bool, ServeError> {
     for (core, m) in engine.stop().iter().enumerate() {
         tracing::debug!("core {core} metrics:\n{}", m.prometheus(core));
     }
+    println!("nacre-oss: stopped");
     Ok(!all_fenced)
 }
 
@@ -113,7 +114,7 @@ fn start_engine(cfg: &ServeConfig, registry: &OstRegistry) -> Result<Engine, Ser
         .map(|d| OstSpec {
             index: 0,
             dir: d.clone(),
-            epoch: OstEpoch::new(0),
+            epoch: ServingEpoch::new(0),
             health: OstHealth::default(),
         })
         .collect();
@@ -179,7 +180,7 @@ fn check_target(
     match existing {
         None => {
             let req = FormatRequest {
-                fsid: grant.fsname.clone(),
+                fsname: grant.fsname.clone(),
                 index: grant.role.index,
                 label: None,
                 force: false,
@@ -187,9 +188,9 @@ fn check_target(
             superblock::format(dir, &req)?;
             Ok(())
         }
-        Some(sb) if sb.fsid != grant.fsname => Err(ServeError::OtherFs {
+        Some(sb) if sb.fsname != grant.fsname => Err(ServeError::OtherFs {
             dir: show(),
-            have: sb.fsid.clone(),
+            have: sb.fsname.clone(),
             want: grant.fsname.clone(),
         }),
         Some(sb) if sb.index != grant.role.index => Err(ServeError::WrongIndex {

@@ -7,8 +7,9 @@ use std::sync::{Arc, Mutex};
 
 use nacre_engine::{Engine, EngineConfig, EngineError, PoolConfig, ReactorConfig, SizeClass};
 
-use crate::service::{OssService, OstEpoch, ServedOst};
+use crate::service::{OssService, ServedOst};
 use crate::{ObjectStore, StoreConfig};
+use nacre_mgs::role::ServingEpoch;
 
 /// Messages of the object protocol (the protocol's own size).
 pub use nacre_proto::object::MSG_SIZE;
@@ -18,7 +19,7 @@ pub use nacre_proto::object::MSG_SIZE;
 pub struct OstSpec {
     pub index: u32,
     pub dir: PathBuf,
-    pub epoch: OstEpoch,
+    pub epoch: ServingEpoch,
     pub health: OstHealth,
 }
 
@@ -119,9 +120,13 @@ pub fn start(cfg: &EngineConfig, osts: OstRegistry) -> Result<Engine, EngineErro
 
 /// Opens a core's store of `spec` (store id `id`), or says why not.
 pub(crate) fn open_store(spec: &OstSpec, id: usize, max_open: usize) -> Option<ServedOst> {
+    let Ok(id) = u8::try_from(id) else {
+        tracing::error!(dir = %spec.dir.display(), "OST not served: store id {id} past 255");
+        return None;
+    };
     let cfg = StoreConfig {
         max_open,
-        id: id as u8,
+        id,
         ..Default::default()
     };
     match ObjectStore::open(&spec.dir, cfg) {

@@ -17,8 +17,7 @@ use std::collections::{HashMap, VecDeque};
 use nacre_engine::{Bufs, BulkDone, Core, IoCompletion, Request, Service};
 use nacre_fabric::PeerAddr;
 use nacre_proto::object::{
-    decode_target, AttrReply, Data, IoReply, ObjError, ObjFlags, ObjTarget, RangeReq, ReadReq,
-    StatfsReply, WriteReq,
+    decode_target, Data, IoReply, ObjError, ObjFlags, ObjTarget, RangeReq, ReadReq, WriteReq,
 };
 use nacre_proto::{BulkDesc, Header, Opcode, HEADER_LEN};
 
@@ -28,13 +27,10 @@ use crate::{
     WriteMode,
 };
 
-/// The epoch an OST is served under, and until when (see [`ServingEpoch`]).
-pub type OstEpoch = ServingEpoch;
-
 /// One OST as a core serves it.
 pub struct ServedOst {
     pub index: u32,
-    pub epoch: OstEpoch,
+    pub epoch: ServingEpoch,
     pub health: OstHealth,
     pub store: ObjectStore,
 }
@@ -397,27 +393,10 @@ impl OssService {
         let mut out = [0u8; 32];
         let st = &mut self.osts[store].store;
         let answered = match h.opcode {
-            Opcode::OBJ_GETATTR => st.getattr(t.object).map(|a| {
-                let mtime_ns = a
-                    .mtime
-                    .duration_since(std::time::UNIX_EPOCH)
-                    .map_or(0, |d| d.as_nanos() as u64);
-                let r = AttrReply {
-                    size: a.size,
-                    blocks: a.blocks,
-                    mtime_ns,
-                };
-                r.encode(&mut out).expect("fits")
-            }),
-            Opcode::OBJ_STATFS => st.statfs().map(|s| {
-                let r = StatfsReply {
-                    capacity: s.bytes_total,
-                    free: s.bytes_avail,
-                    files: s.objects_total,
-                    files_free: s.objects_free,
-                };
-                r.encode(&mut out).expect("fits")
-            }),
+            Opcode::OBJ_GETATTR => st
+                .getattr(t.object)
+                .map(|a| a.encode(&mut out).expect("fits")),
+            Opcode::OBJ_STATFS => st.statfs().map(|s| s.encode(&mut out).expect("fits")),
             _ => {
                 let id = self.add(InFlight::new(peer, h, store, t));
                 let st = &mut self.osts[store].store;
@@ -587,8 +566,10 @@ impl Service for OssService {
             }
             return;
         }
-        let id = ObjectStore::store_of(done.user_data);
-        match self.osts.iter_mut().find(|o| o.store.id() == id) {
+        let id = ObjectStore::store_of(done.user_data)
+            .map_err(|e| tracing::error!("storage completion with a bad tag: {e}"))
+            .ok();
+        match self.osts.iter_mut().find(|o| Some(o.store.id()) == id) {
             Some(o) => o.store.on_io(&mut Self::io(core), done),
             None => {
                 if let Some(b) = done.buf {

@@ -18,8 +18,10 @@ pub const FORMAT_VERSION: u32 = 1;
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Superblock {
     pub format_version: u32,
-    /// File system name, shared by every target of one file system.
-    pub fsid: String,
+    /// File system name, shared by every target of one file system (written as
+    /// `fsid` by the first builds: still read).
+    #[serde(alias = "fsid")]
+    pub fsname: String,
     /// This target's OST index within the file system.
     pub index: u32,
     pub label: String,
@@ -44,12 +46,12 @@ pub enum TargetError {
     )]
     TooNew { path: PathBuf, found: u32 },
     #[error(
-        "{path} already holds {label} (file system {fsid}, index {index}): \
+        "{path} already holds {label} (file system {fsname}, index {index}): \
          refusing to format it without --force"
     )]
     Occupied {
         path: PathBuf,
-        fsid: String,
+        fsname: String,
         index: u32,
         label: String,
     },
@@ -80,9 +82,9 @@ fn io_err(path: &Path) -> impl FnOnce(std::io::Error) -> TargetError + '_ {
 /// What `format` is asked to create.
 #[derive(Debug, Clone)]
 pub struct FormatRequest {
-    pub fsid: String,
+    pub fsname: String,
     pub index: u32,
-    /// None: `<fsid>-OST<index as 4 hex digits>`, as Lustre names targets.
+    /// None: `<fsname>-OST<index as 4 hex digits>`, as Lustre names targets.
     pub label: Option<String>,
     /// Format even over a target of another file system or index (its objects go).
     pub force: bool,
@@ -92,7 +94,7 @@ pub struct FormatRequest {
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Formatted {
     New(Superblock),
-    /// The directory already was this very target (same fsid and index): left as is.
+    /// The directory already was this very target (same fsname and index): left as is.
     AlreadyThere(Superblock),
 }
 
@@ -117,21 +119,21 @@ pub fn check_name(what: &'static str, value: &str) -> Result<(), TargetError> {
 
 /// Formats `dir` (created if missing) as an OST.
 pub fn format(dir: &Path, req: &FormatRequest) -> Result<Formatted, TargetError> {
-    check_name("file system id", &req.fsid)?;
+    check_name("file system name", &req.fsname)?;
     let label = req
         .label
         .clone()
-        .unwrap_or_else(|| format!("{}-OST{:04x}", req.fsid, req.index));
+        .unwrap_or_else(|| format!("{}-OST{:04x}", req.fsname, req.index));
     check_name("label", &label)?;
     std::fs::create_dir_all(dir).map_err(io_err(dir))?;
     match read(dir) {
-        Ok(old) if old.fsid == req.fsid && old.index == req.index && !req.force => {
+        Ok(old) if old.fsname == req.fsname && old.index == req.index && !req.force => {
             return Ok(Formatted::AlreadyThere(old));
         }
         Ok(old) if !req.force => {
             return Err(TargetError::Occupied {
                 path: dir.to_path_buf(),
-                fsid: old.fsid,
+                fsname: old.fsname,
                 index: old.index,
                 label: old.label,
             });
@@ -144,7 +146,7 @@ pub fn format(dir: &Path, req: &FormatRequest) -> Result<Formatted, TargetError>
     layout::create_dirs(dir)?;
     let sb = Superblock {
         format_version: FORMAT_VERSION,
-        fsid: req.fsid.clone(),
+        fsname: req.fsname.clone(),
         index: req.index,
         label,
         created: std::time::SystemTime::now()
@@ -193,7 +195,7 @@ pub fn read(dir: &Path) -> Result<Superblock, TargetError> {
         });
     }
     let sb: Superblock = toml::from_str(&text).map_err(corrupt)?;
-    check_name("file system id", &sb.fsid)?;
+    check_name("file system name", &sb.fsname)?;
     check_name("label", &sb.label)?;
     Ok(sb)
 }
@@ -224,9 +226,9 @@ mod tests {
         d
     }
 
-    fn req(fsid: &str, index: u32) -> FormatRequest {
+    fn req(fsname: &str, index: u32) -> FormatRequest {
         FormatRequest {
-            fsid: fsid.into(),
+            fsname: fsname.into(),
             index,
             label: None,
             force: false,
@@ -254,8 +256,21 @@ mod tests {
             ..req("beta", 3)
         };
         assert!(matches!(format(&d, &forced).unwrap(), Formatted::New(_)));
-        assert_eq!(read(&d).unwrap().fsid, "beta");
+        assert_eq!(read(&d).unwrap().fsname, "beta");
         std::fs::remove_dir_all(&d).unwrap();
+    }
+
+    #[test]
+    fn a_superblock_written_with_fsid_is_read() {
+        let d = dir("old-key");
+        format(&d, &req("alpha", 3)).unwrap();
+        let p = d.join(SUPERBLOCK_FILE);
+        let old = std::fs::read_to_string(&p)
+            .unwrap()
+            .replace("fsname =", "fsid =");
+        std::fs::write(&p, old).unwrap();
+        let sb = read(&d).unwrap();
+        assert_eq!((sb.fsname.as_str(), sb.index), ("alpha", 3));
     }
 
     #[test]

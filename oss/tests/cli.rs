@@ -62,6 +62,16 @@ fn format_info_and_refusals() {
     let o = oss(&["format", "--dir", dir_s, "--fsid", "beta", "--force"]);
     assert!(o.status.success(), "{}", text(&o));
     assert!(text(&oss(&["info", "--dir", dir_s])).contains("beta-OST0000"));
+    // `--fsname` is the name, as nacre-mgs says; `--fsid` (above) its old spelling.
+    let o = oss(&["format", "--dir", dir_s, "--fsname", "gamma", "--force"]);
+    assert!(o.status.success(), "{}", text(&o));
+    let t = text(&oss(&["info", "--dir", dir_s]));
+    assert!(t.contains("gamma-OST0000") && t.contains("fsname:"), "{t}");
+    let help = text(&oss(&["format", "--help"]));
+    assert!(
+        help.contains("--fsname") && help.contains("--fsid"),
+        "{help}"
+    );
     // A newer format version is refused on open.
     let sb = dir.join("nacre-ost.toml");
     let newer = std::fs::read_to_string(&sb)

@@ -57,17 +57,20 @@ fn crash_child_writer() {
 fn kill_9_keeps_every_acknowledged_write() {
     let dir = target_dir("crash");
     format_target(&dir);
-    let mut child = Command::new(std::env::current_exe().unwrap())
-        .args([
-            "--exact",
-            "crash_child_writer",
-            "--nocapture",
-            "--test-threads=1",
-        ])
-        .env(CHILD_ENV, &dir)
-        .stdout(Stdio::piped())
-        .spawn()
-        .unwrap();
+    let mut guard = nacre_fabric::testing::KillOnDrop::new(
+        Command::new(std::env::current_exe().unwrap())
+            .args([
+                "--exact",
+                "crash_child_writer",
+                "--nocapture",
+                "--test-threads=1",
+            ])
+            .env(CHILD_ENV, &dir)
+            .stdout(Stdio::piped())
+            .spawn()
+            .unwrap(),
+    );
+    let child = guard.child();
     let mut acked = Vec::new();
     let lines = BufReader::new(child.stdout.take().unwrap()).lines();
     let deadline = Instant::now() + Duration::from_secs(30);
@@ -80,8 +83,7 @@ fn kill_9_keeps_every_acknowledged_write() {
             break;
         }
     }
-    child.kill().unwrap(); // SIGKILL, mid-stream: writes are in flight
-    child.wait().unwrap();
+    drop(guard); // SIGKILL, mid-stream: writes are in flight
     assert!(
         acked.len() >= 300,
         "the child acknowledged only {}",

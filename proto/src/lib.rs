@@ -7,6 +7,9 @@
 //! It must stay free of fabric, engine and file-system dependencies so the client can
 //! use it without the server engine.
 //!
+//! [`packed`] encodes and decodes the u64 values handed out and returned later
+//! (completion contexts, storage tags, session ids), refusing what does not fit.
+//!
 //! [`bootstrap`] is the other protocol: what servers and clients say to the management
 //! service (MGS) over TCP, and the cluster map type every client and server decodes.
 
@@ -18,6 +21,7 @@ pub mod locks;
 pub mod meta;
 pub mod object;
 mod outstanding;
+pub mod packed;
 
 pub use body::{BodyError, BodyReader, BodyWriter, BulkDesc};
 pub use frame::{DecodeError, Flags, Frame, Header, Limits, Opcode, HEADER_LEN, MAGIC, VERSION};

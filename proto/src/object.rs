@@ -315,22 +315,26 @@ impl<'a> IoReply<'a> {
     }
 }
 
-/// Reply of OBJ_GETATTR.
+/// An object's attributes: what the OST store keeps and OBJ_GETATTR replies.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
-pub struct AttrReply {
+pub struct ObjectAttr {
+    /// Logical size: the end of the furthest byte written (or the size truncated to).
     pub size: u64,
-    /// 512-byte blocks allocated, as stat(2) counts them.
+    /// 512-byte blocks allocated, as stat(2) counts them: holes take none.
     pub blocks: u64,
+    /// Last modification, nanoseconds since the Unix epoch.
     pub mtime_ns: u64,
 }
 
-/// Reply of OBJ_STATFS, for one OST.
+/// One OST's capacity and use: what the OST store measures and OBJ_STATFS replies.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
-pub struct StatfsReply {
-    pub capacity: u64,
-    pub free: u64,
-    pub files: u64,
-    pub files_free: u64,
+pub struct OstStatfs {
+    pub bytes_total: u64,
+    pub bytes_free: u64,
+    /// Free to unprivileged writers (what clients can count on).
+    pub bytes_avail: u64,
+    pub objects_total: u64,
+    pub objects_free: u64,
 }
 
 macro_rules! fixed_u64s {
@@ -352,8 +356,15 @@ macro_rules! fixed_u64s {
     };
 }
 
-fixed_u64s!(AttrReply, size, blocks, mtime_ns);
-fixed_u64s!(StatfsReply, capacity, free, files, files_free);
+fixed_u64s!(ObjectAttr, size, blocks, mtime_ns);
+fixed_u64s!(
+    OstStatfs,
+    bytes_total,
+    bytes_free,
+    bytes_avail,
+    objects_total,
+    objects_free
+);
 
 fn check_range(what: &'static str, offset: u64, len: u64) -> Result<(), ObjError> {
     if len > MAX_IO {
@@ -444,13 +455,13 @@ mod tests {
         };
         let n = p.encode(&mut buf).unwrap();
         assert_eq!(RangeReq::decode(&buf[..n]).unwrap(), p);
-        let a = AttrReply {
+        let a = ObjectAttr {
             size: 1,
             blocks: 8,
             mtime_ns: 9,
         };
         let n = a.encode(&mut buf).unwrap();
-        assert_eq!(AttrReply::decode(&buf[..n]).unwrap(), a);
+        assert_eq!(ObjectAttr::decode(&buf[..n]).unwrap(), a);
     }
 
     #[test]

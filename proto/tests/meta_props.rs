@@ -234,7 +234,7 @@ fn every_reply_shape_round_trips() {
             created: false,
         },
         Reply::Target(b"../x".to_vec()),
-        Reply::Statfs(Statfs {
+        Reply::Statfs(MdtStatfs {
             inodes_used: 4,
             inodes_free: 5,
             name_max: 255,

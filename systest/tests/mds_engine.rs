@@ -227,7 +227,7 @@ fn concurrent_creates_of_one_name_have_one_winner() {
 /// dentry cache, every operation by path, errors as errno values.
 #[test]
 fn paths_through_the_client_namespace() {
-    use nacre_client::namespace::Namespace;
+    use nacre_client::namespace::NamespaceClient;
     use nacre_proto::bootstrap::{ClusterMap, Role, RoleKind, ServerEntry};
     let Some((engine, _mdt)) = start("tcp", "paths") else {
         return;
@@ -251,7 +251,7 @@ fn paths_through_the_client_namespace() {
         ..Default::default()
     };
     let ep = ClientEndpoint::open(&Selection::provider("tcp"), cfg).unwrap();
-    let mut ns = Namespace::connect(ep, &map, Creds::root()).unwrap();
+    let mut ns = NamespaceClient::connect(ep, &map, Creds::root()).unwrap();
     fn status<T>(r: Result<T, ClientError>) -> i32 {
         match r {
             Err(ClientError::Status(e)) => e,

@@ -12,8 +12,8 @@ use nacre_client::{ClientEndpoint, ClientError, RpcConfig};
 use nacre_engine::{Engine, EngineConfig};
 use nacre_fabric::testing::pattern;
 use nacre_fabric::Selection;
+use nacre_mgs::role::ServingEpoch;
 use nacre_oss::server::{self, OstRegistry, OstSpec, MSG_SIZE};
-use nacre_oss::service::OstEpoch;
 use nacre_oss::superblock::{format, FormatRequest};
 use nacre_proto::object::{Data, ObjFlags, ObjTarget, WriteReq};
 use nacre_proto::Opcode;
@@ -27,7 +27,7 @@ fn ost_dir(name: &str) -> PathBuf {
 struct Oss {
     engine: Engine,
     routes: Vec<OstRoute>,
-    epochs: Vec<OstEpoch>,
+    epochs: Vec<ServingEpoch>,
 }
 
 fn start(provider: &str, name: &str) -> Option<Oss> {
@@ -40,7 +40,7 @@ fn start(provider: &str, name: &str) -> Option<Oss> {
     for index in [3u32, 5] {
         let dir = ost_dir(&format!("{name}-{index}"));
         let req = FormatRequest {
-            fsid: "testfs".into(),
+            fsname: "testfs".into(),
             index,
             label: None,
             force: false,
@@ -49,7 +49,7 @@ fn start(provider: &str, name: &str) -> Option<Oss> {
         specs.push(OstSpec {
             index,
             dir,
-            epoch: OstEpoch::new(7 + index as u64),
+            epoch: ServingEpoch::new(7 + index as u64),
             health: Default::default(),
         });
     }
@@ -162,7 +162,10 @@ fn io_against_a_model(provider: &str) {
     let err = c.obj_getattr(route, 42).unwrap_err();
     assert!(matches!(err, ClientError::Status(libc::ENOENT)), "{err}");
     let fs = c.ost_statfs(route).unwrap();
-    assert!(fs.capacity > 0 && fs.free <= fs.capacity);
+    assert!(
+        fs.bytes_total > 0 && fs.bytes_avail <= fs.bytes_free && fs.bytes_free <= fs.bytes_total
+    );
+    assert!(fs.objects_total > 0 && fs.objects_free <= fs.objects_total);
     oss.engine.stop();
 }
 

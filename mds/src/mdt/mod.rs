@@ -14,10 +14,13 @@
 //! - `perm`: POSIX permission rules;
 //! - `ns`: the namespace operations;
 //! - `locks`: POSIX advisory locks, in memory;
-//! - `service`: the committer thread, durability modes, submit/complete;
+//! - `service`: the [`Mdt`] itself: opening, formatting, log replay, durability modes;
+//! - `submitter`: submit and complete, and reads answered from the last commit;
+//! - `committer`: the committer thread (group commit); `syncer`: sync mode's fdatasyncs;
 //! - `engine_service`: the MDS on engine cores (an engine `Service` over a submitter).
 
 mod alloc;
+mod committer;
 mod inode;
 mod locks;
 mod ns;
@@ -27,6 +30,8 @@ mod redo;
 mod replies;
 mod service;
 mod store;
+mod submitter;
+mod syncer;
 
 pub mod engine_service;
 

@@ -11,8 +11,8 @@ use super::redo::Change;
 use super::store::{StoreError, View, WriteTables};
 use nacre_proto::layout::StripeSpec;
 use nacre_proto::meta::{
-    errno::*, set, validate_name, validate_target, Creds, DirEntry, FileKind, Reply, Request,
-    SetAttr, Statfs, CREATE_EXCL, CREATE_OPEN, CREATE_OPEN_SHIFT, NAME_MAX, O_ACCMODE, O_RDONLY,
+    errno::*, set, validate_name, validate_target, Creds, DirEntry, FileKind, MdtStatfs, Reply,
+    Request, SetAttr, CREATE_EXCL, CREATE_OPEN, CREATE_OPEN_SHIFT, NAME_MAX, O_ACCMODE, O_RDONLY,
     O_RDWR, O_TRUNC, O_WRONLY, READDIR_MAX_BYTES, READDIR_MAX_ENTRIES, RENAME_NOREPLACE,
 };
 use std::collections::HashMap;
@@ -105,12 +105,12 @@ pub fn read(v: &impl View, c: &Ctx<'_>, req: &Request) -> Res<Reply> {
         }
         Request::Statfs => {
             let used = v.meta_value("inodes")?.unwrap_or(0);
-            Ok(Reply::Statfs(Statfs {
+            Ok(Reply::Statfs(MdtStatfs {
                 inodes_used: used,
                 inodes_free: INODE_CAPACITY.saturating_sub(used),
                 name_max: NAME_MAX as u32,
                 // The OSTs' bytes are the server's to add: it follows the cluster map.
-                ..Statfs::default()
+                ..MdtStatfs::default()
             }))
         }
         Request::GetLayout { ino } => {

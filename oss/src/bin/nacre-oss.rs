@@ -70,13 +70,14 @@ struct FormatArgs {
     /// Target directory (created if missing).
     #[arg(long)]
     dir: Option<PathBuf>,
-    /// File system id (name) the target belongs to [default: nacre].
-    #[arg(long)]
-    fsid: Option<String>,
+    /// File system name the target belongs to [default: nacre] (`--fsid`, its old
+    /// spelling, is accepted too).
+    #[arg(long, visible_alias = "fsid")]
+    fsname: Option<String>,
     /// OST index within the file system [default: 0].
     #[arg(long)]
     index: Option<u32>,
-    /// Target label [default: <fsid>-OST<index in 4 hex digits>].
+    /// Target label [default: <fsname>-OST<index in 4 hex digits>].
     #[arg(long)]
     label: Option<String>,
     /// Format over a target of another file system or index (destroys its objects).
@@ -160,7 +161,10 @@ fn need_dir(flag: Option<PathBuf>, cfg: &Config) -> Result<PathBuf, String> {
 fn format(cfg: Config, a: FormatArgs) -> Result<(), Box<dyn std::error::Error>> {
     let dir = need_dir(a.dir, &cfg)?;
     let req = FormatRequest {
-        fsid: a.fsid.or(cfg.ost.fsid).unwrap_or_else(|| "nacre".into()),
+        fsname: a
+            .fsname
+            .or(cfg.ost.fsname)
+            .unwrap_or_else(|| "nacre".into()),
         index: a.index.or(cfg.ost.index).unwrap_or(0),
         label: a.label.or(cfg.ost.label),
         force: a.force,
@@ -184,7 +188,7 @@ fn info(cfg: Config, a: InfoArgs) -> Result<(), Box<dyn std::error::Error>> {
     let sb = store.superblock();
     println!("target:         {}", dir.display());
     println!("label:          {}", sb.label);
-    println!("fsid:           {}", sb.fsid);
+    println!("fsname:         {}", sb.fsname);
     println!("index:          {}", sb.index);
     println!("format version: {}", sb.format_version);
     println!("created:        {} (Unix seconds)", sb.created);
@@ -201,6 +205,6 @@ fn info(cfg: Config, a: InfoArgs) -> Result<(), Box<dyn std::error::Error>> {
 fn describe(sb: &nacre_oss::Superblock) -> String {
     format!(
         "{} (file system {}, index {}, format {})",
-        sb.label, sb.fsid, sb.index, sb.format_version
+        sb.label, sb.fsname, sb.index, sb.format_version
     )
 }

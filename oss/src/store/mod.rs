@@ -32,41 +32,77 @@ use std::path::{Path, PathBuf};
 
 use nacre_engine::ALIGN;
 use nacre_engine::{BufferPool, FileId, IoCompletion, IoKind, PoolBuf, Storage, StorageError};
+use nacre_proto::object::{ObjectAttr, OstStatfs};
+use nacre_proto::packed::{io_tag, PackError};
 
 use crate::layout::{self, ObjectId};
 use crate::rangelock::{LockId, Mode, RangeLocks};
 use crate::superblock::{self, Superblock, TargetError};
 use crate::Errno;
 use plan::{Plan, BLOCK};
-pub use types::{
-    Io, ObjectAttr, ObjectCompletion, OpKind, StatFs, StoreConfig, TargetState, WriteMode,
-};
+pub use types::{Io, ObjectCompletion, OpKind, StoreConfig, TargetState, WriteMode};
 
 /// Set in the user_data of every storage operation the store submits; the core hands
 /// those completions to [`ObjectStore::on_io`] and keeps the bit clear in its own.
-pub const IO_TAG: u64 = 1 << 63;
+pub const IO_TAG: u64 = io_tag::OWNER.mask();
 
 const CLASS_EDGE: u64 = 0;
 const CLASS_DATA: u64 = 1;
 const CLASS_SYNC: u64 = 2;
 
-/// The user_data of a storage operation: the store's id (so a core with several stores
-/// routes the completion, see [`ObjectStore::store_of`]), the piece's class, the piece
-/// and the operation.
-fn io_tag(store: u8, op: u32, class: u64, piece: usize) -> u64 {
-    IO_TAG
-        | ((store as u64 & 0x7f) << 56)
-        | (class << 48)
-        | ((piece as u64 & 0xffff) << 32)
-        | op as u64
+/// The user_data of a storage operation, through [`nacre_proto::packed::io_tag`]: the
+/// store's id (so a core with several stores routes the completion, see
+/// [`ObjectStore::store_of`]), the piece's class, the piece and the operation.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+struct IoTag {
+    store: u8,
+    op: u32,
+    class: u64,
+    piece: usize,
 }
 
-fn untag(user_data: u64) -> (u32, u64, usize) {
-    (
-        user_data as u32,
-        (user_data >> 48) & 0xff,
-        ((user_data >> 32) & 0xffff) as usize,
-    )
+impl IoTag {
+    fn new(store: u8, op: u32, class: u64, piece: usize) -> IoTag {
+        IoTag {
+            store,
+            op,
+            class,
+            piece,
+        }
+    }
+
+    /// The tag as user_data; a field that does not fit is an error, never masked.
+    #[inline]
+    fn encode(self) -> Result<u64, PackError> {
+        let IoTag {
+            store,
+            op,
+            class,
+            piece,
+        } = self;
+        io_tag::TAG.pack([store.into(), class, piece as u64, op.into()])
+    }
+
+    /// The tag in `user_data`; one that is not a store's tag, or of an unknown class,
+    /// is an error.
+    #[inline]
+    fn decode(user_data: u64) -> Result<IoTag, PackError> {
+        let [store, class, piece, op] = io_tag::TAG.unpack(user_data)?;
+        if !matches!(class, CLASS_EDGE | CLASS_DATA | CLASS_SYNC) {
+            return Err(PackError::UnknownKind {
+                scheme: io_tag::SCHEME,
+                word: user_data,
+                kind: class,
+            });
+        }
+        // Each field is no wider than its type here, so the casts keep all.
+        Ok(IoTag {
+            store: store as u8,
+            op: op as u32,
+            class,
+            piece: piece as usize,
+        })
+    }
 }
 
 /// An open object.
@@ -157,7 +193,7 @@ struct IoReq {
     buf: Option<PoolBuf>,
     len: usize,
     offset: u64,
-    user_data: u64,
+    tag: IoTag,
 }
 
 enum Advance {
@@ -187,7 +223,15 @@ pub struct ObjectStore {
 
 impl ObjectStore {
     /// Opens the target at `root` (reads and checks its superblock).
+    /// A `cfg.id` that the tag of its storage operations cannot carry is refused.
     pub fn open(root: &Path, cfg: StoreConfig) -> Result<ObjectStore, TargetError> {
+        if u64::from(cfg.id) > io_tag::TAG.fields()[0].max() {
+            return Err(TargetError::BadName {
+                what: "store id",
+                value: cfg.id.to_string(),
+                why: "a core's store ids are 0..=127 (they travel in 7 bits of a storage tag)",
+            });
+        }
         let sb = superblock::read(root)?;
         Ok(ObjectStore {
             root: root.to_path_buf(),
@@ -228,9 +272,10 @@ impl ObjectStore {
         self.cfg.id
     }
 
-    /// Which store (its `StoreConfig::id`) a storage completion it owns belongs to.
-    pub fn store_of(user_data: u64) -> u8 {
-        ((user_data >> 56) & 0x7f) as u8
+    /// Which store (its `StoreConfig::id`) a storage completion belongs to, or why its
+    /// user_data is no store's tag.
+    pub fn store_of(user_data: u64) -> Result<u8, PackError> {
+        IoTag::decode(user_data).map(|t| t.store)
     }
 
     /// Operations not yet reaped.
@@ -352,15 +397,15 @@ impl ObjectStore {
                 None => stored_size_at(&layout::object_path(&self.root, obj), md.len())?,
             },
             blocks: md.blocks(),
-            mtime: md.modified().map_err(|e| Errno::from_io(&e))?,
+            mtime_ns: mtime_ns(&md),
         })
     }
 
     /// Capacity and free space of the file system under the target (a metadata call).
-    pub fn statfs(&self) -> Result<StatFs, Errno> {
+    pub fn statfs(&self) -> Result<OstStatfs, Errno> {
         let s = rustix::fs::statvfs(&self.root).map_err(|e| Errno(e.raw_os_error()))?;
         let unit = s.f_frsize;
-        Ok(StatFs {
+        Ok(OstStatfs {
             bytes_total: s.f_blocks * unit,
             bytes_free: s.f_bfree * unit,
             bytes_avail: s.f_bavail * unit,
@@ -800,6 +845,13 @@ impl ObjectStore {
     }
 }
 
+/// A file's modification time in nanoseconds since the Unix epoch (0 before it).
+fn mtime_ns(md: &std::fs::Metadata) -> u64 {
+    use std::os::unix::fs::MetadataExt;
+    let (secs, nanos) = (md.mtime(), md.mtime_nsec());
+    u64::try_from(secs).map_or(0, |s| s * 1_000_000_000 + nanos as u64)
+}
+
 fn block_range(offset: u64, len: u64) -> std::ops::Range<u64> {
     let end = offset.saturating_add(len);
     offset / BLOCK..end.div_ceil(BLOCK)
@@ -810,4 +862,43 @@ fn fix_size(storage: &Storage, o: &mut Obj) -> Result<(), Errno> {
     cut_to(storage, o.file, o.size)?;
     o.size_dirty = false;
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn io_tags_round_trip_and_refuse_what_does_not_fit() {
+        for t in [
+            IoTag::new(0, 0, CLASS_EDGE, 0),
+            IoTag::new(5, 42, CLASS_DATA, 3),
+            IoTag::new(127, u32::MAX, CLASS_SYNC, 0xffff),
+        ] {
+            let user_data = t.encode().unwrap();
+            assert!(ObjectStore::owns(user_data));
+            assert_eq!(IoTag::decode(user_data), Ok(t));
+            assert_eq!(ObjectStore::store_of(user_data), Ok(t.store));
+        }
+        // Never masked: store 128 would have been store 0.
+        let e = IoTag::new(128, 1, CLASS_DATA, 0).encode().unwrap_err();
+        assert!(e.to_string().contains("store") && e.to_string().contains("127"));
+        assert!(IoTag::new(0, 1, CLASS_DATA, 1 << 16).encode().is_err());
+        // Not a store's tag, or an unknown class.
+        assert!(IoTag::decode(42).is_err());
+        assert!(IoTag::decode(IO_TAG | 7 << 48).is_err());
+        assert!(ObjectStore::store_of(IO_TAG | 7 << 48).is_err());
+    }
+
+    #[test]
+    fn a_store_id_past_the_tag_is_refused_at_open() {
+        let cfg = StoreConfig {
+            id: 128,
+            ..Default::default()
+        };
+        let e = ObjectStore::open(Path::new("/nonexistent"), cfg)
+            .err()
+            .unwrap();
+        assert!(e.to_string().contains("store id"), "{e}");
+    }
 }

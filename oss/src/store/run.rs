@@ -6,9 +6,7 @@ use nacre_engine::{FileId, IoCompletion, IoKind, PoolBuf, StorageError, ALIGN};
 use super::chain::put;
 use super::meta::{cut_to, punch_hole, set_stored_size};
 use super::plan;
-use super::{
-    io_tag, untag, Io, IoReq, ObjectStore, Req, WriteMode, CLASS_DATA, CLASS_EDGE, CLASS_SYNC,
-};
+use super::{Io, IoReq, IoTag, ObjectStore, Req, WriteMode, CLASS_DATA, CLASS_EDGE, CLASS_SYNC};
 use crate::Errno;
 
 impl ObjectStore {
@@ -35,7 +33,7 @@ impl ObjectStore {
                             buf: Some(scratch),
                             len: ALIGN,
                             offset: e.block,
-                            user_data: io_tag(self.cfg.id, id, CLASS_EDGE, i),
+                            tag: IoTag::new(self.cfg.id, id, CLASS_EDGE, i),
                         });
                     } else {
                         // Past the end: the old bytes are zeros, no need to read them.
@@ -68,7 +66,7 @@ impl ObjectStore {
                         buf: op.bufs[p.buf].take(),
                         len: p.len,
                         offset: p.file_off,
-                        user_data: io_tag(self.cfg.id, id, CLASS_DATA, p.buf),
+                        tag: IoTag::new(self.cfg.id, id, CLASS_DATA, p.buf),
                     });
                 }
             }
@@ -120,7 +118,7 @@ impl ObjectStore {
                 buf: op.bufs[p.buf].take(),
                 len: p.len,
                 offset: p.file_off,
-                user_data: io_tag(self.cfg.id, id, CLASS_DATA, p.buf),
+                tag: IoTag::new(self.cfg.id, id, CLASS_DATA, p.buf),
             });
         }
         if op.in_flight == 0 {
@@ -142,7 +140,7 @@ impl ObjectStore {
             buf: None,
             len: 0,
             offset: 0,
-            user_data: io_tag(self.cfg.id, id, CLASS_SYNC, 0),
+            tag: IoTag::new(self.cfg.id, id, CLASS_SYNC, 0),
         });
     }
 
@@ -150,19 +148,30 @@ impl ObjectStore {
     pub(super) fn drain_submits(&mut self, io: &mut Io<'_>) -> bool {
         let mut moved = false;
         while let Some(r) = self.submit_q.pop_front() {
+            let user_data = match r.tag.encode() {
+                Ok(user_data) => user_data,
+                Err(e) => {
+                    // Store ids are checked at open and pieces are bounded by the
+                    // request size: a bug, refused loudly, and the operation fails.
+                    tracing::error!("object I/O not submitted: {e}");
+                    self.fail_io(io, r.tag, r.kind, r.buf);
+                    moved = true;
+                    continue;
+                }
+            };
             let res = match r.kind {
                 IoKind::Read | IoKind::Write => {
                     let buf = r.buf.expect("data ops carry a slab");
                     let res = if r.kind == IoKind::Read {
-                        io.storage.read(r.file, buf, r.len, r.offset, r.user_data)
+                        io.storage.read(r.file, buf, r.len, r.offset, user_data)
                     } else {
-                        io.storage.write(r.file, buf, r.len, r.offset, r.user_data)
+                        io.storage.write(r.file, buf, r.len, r.offset, user_data)
                     };
                     res.map_err(|(e, b)| (e, Some(b)))
                 }
                 IoKind::Fsync | IoKind::Fdatasync => io
                     .storage
-                    .sync_file(r.file, r.kind == IoKind::Fdatasync, r.user_data)
+                    .sync_file(r.file, r.kind == IoKind::Fdatasync, user_data)
                     .map_err(|e| (e, None)),
             };
             match res {
@@ -173,13 +182,7 @@ impl ObjectStore {
                 }
                 Err((e, buf)) => {
                     tracing::error!("storage refused an object I/O: {e}");
-                    let c = IoCompletion {
-                        user_data: r.user_data,
-                        kind: r.kind,
-                        result: Err(libc::EIO),
-                        buf,
-                    };
-                    self.complete_io(io, c);
+                    self.fail_io(io, r.tag, r.kind, buf);
                     moved = true;
                 }
             }
@@ -187,8 +190,39 @@ impl ObjectStore {
         moved
     }
 
+    /// An I/O that never reached the storage completes with EIO.
+    fn fail_io(&mut self, io: &mut Io<'_>, tag: IoTag, kind: IoKind, buf: Option<PoolBuf>) {
+        let c = IoCompletion {
+            user_data: tag.encode().unwrap_or(0),
+            kind,
+            result: Err(libc::EIO),
+            buf,
+        };
+        self.complete_tagged(io, tag, c);
+    }
+
+    /// A storage completion: routed by its user_data. One that is no tag of ours (a
+    /// bug: the core routes only tagged completions here) is logged and its buffer
+    /// goes back to the pool.
     pub(super) fn complete_io(&mut self, io: &mut Io<'_>, c: IoCompletion) {
-        let (id, class, piece) = untag(c.user_data);
+        match IoTag::decode(c.user_data) {
+            Ok(tag) => self.complete_tagged(io, tag, c),
+            Err(e) => {
+                tracing::error!("storage completion with a bad tag: {e}");
+                if let Some(b) = c.buf {
+                    put(io.pool, b);
+                }
+            }
+        }
+    }
+
+    fn complete_tagged(&mut self, io: &mut Io<'_>, tag: IoTag, c: IoCompletion) {
+        let IoTag {
+            op: id,
+            class,
+            piece,
+            ..
+        } = tag;
         let Some(op) = self.ops.get_mut(&id) else {
             tracing::error!("storage completion for unknown object op {id}");
             if let Some(b) = c.buf {

@@ -85,22 +85,3 @@ pub enum TargetState {
     /// The device returned this error (EIO...): data on the target may be unreachable.
     Degraded(Errno),
 }
-
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub struct ObjectAttr {
-    /// Logical size: the end of the furthest byte written (or the size truncated to).
-    pub size: u64,
-    /// Space allocated, in 512-byte units (st_blocks): holes take none.
-    pub blocks: u64,
-    pub mtime: std::time::SystemTime,
-}
-
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub struct StatFs {
-    pub bytes_total: u64,
-    pub bytes_free: u64,
-    /// Free to unprivileged writers (what clients can count on).
-    pub bytes_avail: u64,
-    pub objects_total: u64,
-    pub objects_free: u64,
-}

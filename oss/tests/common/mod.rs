@@ -52,7 +52,7 @@ pub fn format_target(dir: &Path) {
     format(
         dir,
         &FormatRequest {
-            fsid: "test".into(),
+            fsname: "test".into(),
             index: 0,
             label: None,
             force: false,

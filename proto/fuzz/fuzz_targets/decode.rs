@@ -50,6 +50,6 @@ fuzz_target!(|data: &[u8]| {
     let _ = object::RangeReq::decode(data);
     let _ = object::decode_target(data);
     let _ = object::IoReply::decode(data);
-    let _ = object::AttrReply::decode(data);
-    let _ = object::StatfsReply::decode(data);
+    let _ = object::ObjectAttr::decode(data);
+    let _ = object::OstStatfs::decode(data);
 });

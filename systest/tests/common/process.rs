@@ -61,6 +61,13 @@ pub fn oss(provider: &str, mgs: &str, osts: &[PathBuf]) -> Proc {
 
 /// [`oss`] with more `serve` flags.
 pub fn oss_with(provider: &str, mgs: &str, osts: &[PathBuf], flags: &[&str]) -> Proc {
+    let p = Proc::spawn("oss", oss_command(provider, mgs, osts, flags));
+    p.expect("nacre-oss: ready", Duration::from_secs(30));
+    p
+}
+
+/// The `nacre-oss serve` command line of [`oss_with`].
+pub fn oss_command(provider: &str, mgs: &str, osts: &[PathBuf], flags: &[&str]) -> Command {
     let mut cmd = Command::new(workspace_bin("nacre-oss"));
     cmd.args([
         "serve",
@@ -78,9 +85,7 @@ pub fn oss_with(provider: &str, mgs: &str, osts: &[PathBuf], flags: &[&str]) -> 
     }
     cmd.args(flags);
     cmd.env("RUST_LOG", "warn");
-    let p = Proc::spawn("oss", cmd);
-    p.expect("nacre-oss: ready", Duration::from_secs(30));
-    p
+    cmd
 }
 
 /// The route to OST `index` as `map` gives it.

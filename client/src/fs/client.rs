@@ -1,0 +1,357 @@
+//! The [`Client`]: one per file system and process, with a connection per thread,
+//! the cluster map, replay keys for changing requests, and recovery on a newer map.
+
+use std::cell::RefCell;
+use std::io;
+use std::sync::atomic::{AtomicU32, AtomicU64, Ordering};
+use std::sync::{Arc, Mutex, RwLock, Weak};
+use std::time::{Duration, Instant};
+
+use nacre_fabric::Selection;
+use nacre_proto::bootstrap::{ClusterMap, Role, RoleKind};
+use nacre_proto::layout::StripedLayout;
+use nacre_proto::meta::{self, LockRequest, ReplayKey, Reply, Request};
+
+use super::errors::{mgs_err, to_io};
+use super::ClientConfig;
+use crate::locks::HeldLocks;
+use crate::namespace::NamespaceClient;
+use crate::objects::{checksum_by_default, IoOptions, OstRoute};
+use crate::rpc::{ClientEndpoint, ClientError, RpcConfig};
+use nacre_mgc::{BootConfig, MgsClient};
+
+/// A connection to one file system, shared by every thread of the process.
+#[derive(Clone)]
+pub struct Client {
+    inner: Arc<Inner>,
+}
+
+pub(crate) struct Inner {
+    id: u64,
+    cfg: ClientConfig,
+    mgs: Mutex<MgsClient>,
+    pub(super) map: RwLock<Arc<ClusterMap>>,
+    replay: Replay,
+    locks: HeldLocks,
+}
+
+/// What makes changing namespace requests safe to retry: a random client id for the
+/// MDS's reply cache, request ids, and tags. A tag is held by one request at a time
+/// and given back only once that request is answered (or given up), so the MDS keeps
+/// one saved reply per (client, tag).
+struct Replay {
+    client: u64,
+    next_xid: AtomicU64,
+    free_tags: Mutex<Vec<u32>>,
+    tags: AtomicU32,
+}
+
+impl Replay {
+    fn new() -> Replay {
+        Replay {
+            client: random_client_id(),
+            next_xid: AtomicU64::new(1),
+            free_tags: Mutex::new(Vec::new()),
+            tags: AtomicU32::new(0),
+        }
+    }
+
+    fn key(&self) -> ReplayKey {
+        let reused = self
+            .free_tags
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .pop();
+        ReplayKey {
+            client: self.client,
+            tag: reused.unwrap_or_else(|| self.tags.fetch_add(1, Ordering::Relaxed)),
+            xid: self.next_xid.fetch_add(1, Ordering::Relaxed),
+        }
+    }
+
+    fn give_back(&self, key: ReplayKey) {
+        self.free_tags
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .push(key.tag);
+    }
+}
+
+/// A client id that no other client of the file system draws: std's per-process
+/// random hash keys, mixed with the pid and the time. Never 0 (0 means "no key").
+fn random_client_id() -> u64 {
+    use std::hash::{BuildHasher, Hasher};
+    let mut h = std::collections::hash_map::RandomState::new().build_hasher();
+    h.write_u32(std::process::id());
+    h.write_u128(
+        std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map_or(0, |d| d.as_nanos()),
+    );
+    h.write_u64(NEXT_ID.load(Ordering::Relaxed));
+    h.finish().max(1)
+}
+
+/// One thread's endpoint and what it knows of the servers.
+pub(super) struct Conn {
+    pub(super) ns: NamespaceClient,
+    /// The map the sessions were made from.
+    pub(super) map: Arc<ClusterMap>,
+    pub(super) io: IoOptions,
+}
+
+thread_local! {
+    /// This thread's connections, one per live client.
+    static CONNS: RefCell<Vec<(Weak<Inner>, Conn)>> = const { RefCell::new(Vec::new()) };
+}
+
+static NEXT_ID: AtomicU64 = AtomicU64::new(1);
+
+impl Client {
+    /// Connects to the file system whose MGS listens at `mgs` (`host:port[,host:port]`).
+    pub fn connect(mgs: &str, cfg: ClientConfig) -> io::Result<Client> {
+        let mut boot = MgsClient::connect(mgs, BootConfig::default()).map_err(mgs_err)?;
+        let map = boot.fetch_map().map_err(mgs_err)?;
+        let client = Client {
+            inner: Arc::new(Inner {
+                id: NEXT_ID.fetch_add(1, Ordering::Relaxed),
+                cfg,
+                mgs: Mutex::new(boot),
+                map: RwLock::new(Arc::new(map)),
+                replay: Replay::new(),
+                locks: HeldLocks::default(),
+            }),
+        };
+        // Reach the MDS once now, so a bad address fails here and not at first use.
+        client.with_conn(false, |_| Ok(()))?;
+        Ok(client)
+    }
+
+    /// The cluster map this client works from.
+    pub fn map(&self) -> Arc<ClusterMap> {
+        self.inner.map.read().expect("map lock").clone()
+    }
+
+    /// Fetches the cluster map again.
+    pub fn refresh_map(&self) -> io::Result<Arc<ClusterMap>> {
+        let map = self.inner.mgs.lock().expect("mgs lock").fetch_map();
+        let map = Arc::new(map.map_err(mgs_err)?);
+        *self.inner.map.write().expect("map lock") = map.clone();
+        Ok(map)
+    }
+
+    /// Waits (up to `wait`) for a map newer than `version`; the current one otherwise.
+    fn newer_map(&self, version: u64, wait: Duration) -> Arc<ClusterMap> {
+        let got = self
+            .inner
+            .mgs
+            .lock()
+            .expect("mgs lock")
+            .wait_map(version, wait);
+        if let Ok(map) = got {
+            let mut cur = self.inner.map.write().expect("map lock");
+            if map.version > cur.version {
+                *cur = Arc::new(map);
+            }
+        }
+        self.map()
+    }
+
+    /// Runs `f` on this thread's connection, recovering as [the module](super) says: a
+    /// stale epoch is always retried on a newer map, a lost answer only if `idempotent`.
+    pub(super) fn with_conn<R>(
+        &self,
+        idempotent: bool,
+        mut f: impl FnMut(&mut Conn) -> Result<R, ClientError>,
+    ) -> io::Result<R> {
+        let start = Instant::now();
+        let deadline = start + self.inner.cfg.recovery;
+        let mut attempt = 0;
+        loop {
+            attempt += 1;
+            let out = self.on_conn(|conn| f(conn));
+            let err = match out {
+                Ok(v) => return Ok(v),
+                Err(e) => e,
+            };
+            let retry = match &err {
+                ClientError::Status(e) => *e == libc::ESTALE,
+                ClientError::Expired { .. } | ClientError::Timeout(_) | ClientError::Fabric(_) => {
+                    idempotent
+                }
+                _ => false,
+            };
+            if !retry || Instant::now() >= deadline {
+                return Err(to_io(err));
+            }
+            // Said at warn: a retry is a server gone, fenced or silent for a request
+            // timeout, which whoever reads the log of a stalled job needs to see.
+            tracing::warn!(
+                "retrying after {err} (attempt {attempt}, {:?} into recovery) on a newer map",
+                start.elapsed()
+            );
+            let seen = self.on_conn(|c| Ok(c.map.version)).unwrap_or(0);
+            // The old sessions may be dead: drop this thread's connection (its
+            // registrations close, so no server transfers into them any more) before
+            // waiting for the map, then rebuild it on the map.
+            self.drop_conn();
+            let map = self.newer_map(seen, Duration::from_secs(2));
+            if map.version == seen {
+                std::thread::sleep(Duration::from_millis(200));
+            }
+        }
+    }
+
+    /// Runs `f`, whose one changing namespace request goes under a fresh replay key,
+    /// with the retries of an idempotent request: the MDS answers a retry of the same
+    /// key from its reply cache, so the change is applied once.
+    pub(super) fn modify<R>(
+        &self,
+        mut f: impl FnMut(&mut Conn) -> Result<R, ClientError>,
+    ) -> io::Result<R> {
+        let key = self.inner.replay.key();
+        let out = self.with_conn(true, |c| {
+            c.ns.replay_next(Some(key));
+            let r = f(c);
+            c.ns.replay_next(None);
+            r
+        });
+        self.inner.replay.give_back(key);
+        out
+    }
+
+    /// Runs `f` on this thread's connection, opening it first if needed.
+    pub(super) fn on_conn<R>(
+        &self,
+        f: impl FnOnce(&mut Conn) -> Result<R, ClientError>,
+    ) -> Result<R, ClientError> {
+        CONNS.with(|conns| {
+            let mut conns = conns.borrow_mut();
+            conns.retain(|(w, _)| w.strong_count() > 0);
+            let at = conns
+                .iter()
+                .position(|(w, _)| w.upgrade().is_some_and(|i| i.id == self.inner.id));
+            let at = match at {
+                Some(at) => at,
+                None => {
+                    let conn = self.open_conn()?;
+                    conns.push((Arc::downgrade(&self.inner), conn));
+                    conns.len() - 1
+                }
+            };
+            f(&mut conns[at].1)
+        })
+    }
+
+    fn drop_conn(&self) {
+        CONNS.with(|conns| {
+            conns
+                .borrow_mut()
+                .retain(|(w, _)| w.upgrade().is_some_and(|i| i.id != self.inner.id));
+        });
+    }
+
+    fn open_conn(&self) -> Result<Conn, ClientError> {
+        let map = self.map();
+        let cfg = &self.inner.cfg;
+        let mds = map
+            .server(Role {
+                kind: RoleKind::Mds,
+                index: 0,
+            })
+            .ok_or_else(|| ClientError::Protocol("no MDS (mds0) in the cluster map".into()))?;
+        let rpc = RpcConfig {
+            depth: cfg.depth,
+            msg_size: meta::MSG_SIZE,
+            timeout: cfg.timeout,
+            ..Default::default()
+        };
+        let ep = ClientEndpoint::open(&Selection::provider(&mds.provider), rpc)?;
+        let checksum = cfg
+            .checksum
+            .unwrap_or_else(|| checksum_by_default(&mds.provider));
+        let ns = NamespaceClient::connect(ep, &map, cfg.creds.clone())?;
+        Ok(Conn {
+            ns,
+            io: IoOptions {
+                checksum,
+                sync: false,
+            },
+            map,
+        })
+    }
+
+    pub(super) fn meta(&self, idempotent: bool, req: &Request) -> io::Result<Reply> {
+        self.with_conn(idempotent, |c| c.ns.call(req))
+    }
+
+    /// This client's id at the MDS (replay keys, lock owners).
+    pub fn client_id(&self) -> u64 {
+        self.inner.replay.client
+    }
+
+    /// A POSIX advisory lock request at the MDS (a mount's fcntl and flock). Retried
+    /// like an idempotent request: setting or clearing the same lock twice leaves the
+    /// same state. The lock belongs to `l.owner` of this client, whatever `l.client`
+    /// says. The client keeps the locks it was granted: it renews them while it holds
+    /// any, and takes them again after an MDS restart (`crate::locks`).
+    pub fn lock(&self, l: LockRequest) -> io::Result<Reply> {
+        let l = LockRequest {
+            client: self.client_id(),
+            replay: false,
+            ..l
+        };
+        let reply = self.meta(true, &Request::Lock(l))?;
+        self.inner.locks.granted(&l, Arc::downgrade(&self.inner));
+        Ok(reply)
+    }
+
+    /// One lock request whose every try waits at most `timeout` for its answer: a
+    /// renewal sent to an MDS that died is retried on a newer map within the restarted
+    /// MDS's recovery window, not after a whole request timeout.
+    pub(crate) fn lock_request_within(
+        &self,
+        l: &LockRequest,
+        timeout: Duration,
+    ) -> io::Result<Reply> {
+        let req = Request::Lock(*l);
+        self.with_conn(true, |c| {
+            let before = c.ns.ep.set_timeout(timeout);
+            let r = c.ns.call(&req);
+            c.ns.ep.set_timeout(before);
+            r
+        })
+    }
+
+    pub(crate) fn held_locks(&self) -> &HeldLocks {
+        &self.inner.locks
+    }
+
+    /// The client of `inner`, while it lives.
+    pub(crate) fn from_inner(inner: &Weak<Inner>) -> Option<Client> {
+        inner.upgrade().map(|inner| Client { inner })
+    }
+}
+
+impl Conn {
+    /// The route to OST `ost` in this connection's map.
+    pub(super) fn route(&self, ost: u32) -> Result<OstRoute, ClientError> {
+        let role = Role {
+            kind: RoleKind::Oss,
+            index: ost,
+        };
+        let s = self
+            .map
+            .server(role)
+            .ok_or_else(|| ClientError::Protocol(format!("no server for OST {ost} in the map")))?;
+        Ok(OstRoute {
+            ost,
+            epoch: s.epoch,
+            cores: s.cores.clone(),
+        })
+    }
+
+    pub(super) fn routes(&self, layout: &StripedLayout) -> Result<Vec<OstRoute>, ClientError> {
+        layout.objects.iter().map(|o| self.route(o.ost)).collect()
+    }
+}

@@ -1,0 +1,366 @@
+//! An open [`File`]: striped reads and writes straight from and into the caller's
+//! buffers (or through its cache), size reports, fsync and close.
+
+use std::io;
+use std::ops::Range;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::Mutex;
+
+use nacre_proto::layout::StripedLayout;
+use nacre_proto::meta::{self, Attr, Reply, Request, SetAttr};
+
+use super::errors::{attr_of, failure, protocol};
+use super::{Client, O_BUFFERED};
+use crate::cache::{Backing, Cache};
+use crate::objects::{Extent, OstRoute};
+use crate::rpc::ClientError;
+
+/// An open file. Reads and writes take `&self`: many threads may use one `File`.
+pub struct File {
+    client: Client,
+    ino: u64,
+    handle: u64,
+    layout: Option<StripedLayout>,
+    flags: i32,
+    /// The attributes the MDS gave at open.
+    opened: Attr,
+    /// Whether the open made the file (its objects are new and empty).
+    created: bool,
+    /// The largest size this handle knows of (from the MDS, or its own writes).
+    size: AtomicU64,
+    /// The end of this handle's writes, and what of it the MDS was told.
+    written_end: AtomicU64,
+    reported: AtomicU64,
+    closed: AtomicBool,
+    /// Write-behind and read-ahead, on a handle opened with [`O_BUFFERED`].
+    cache: Option<Box<Mutex<Cache>>>,
+}
+
+impl Client {
+    /// The `File` of an MDS open handle (`opened`, an Opened reply); O_TRUNC empties
+    /// the objects of a file that was there before.
+    pub(super) fn file_from(&self, ino: u64, flags: i32, opened: Reply) -> io::Result<File> {
+        let (attr, layout, handle, created) = match opened {
+            Reply::Opened {
+                attr,
+                layout,
+                handle,
+                created,
+            } => (attr, layout, handle, created),
+            other => return Err(protocol(format!("expected an open handle, got {other:?}"))),
+        };
+        let file = File {
+            client: self.clone(),
+            ino,
+            handle,
+            layout,
+            flags,
+            opened: attr,
+            created,
+            size: AtomicU64::new(attr.size),
+            written_end: AtomicU64::new(0),
+            reported: AtomicU64::new(0),
+            closed: AtomicBool::new(false),
+            cache: (flags & O_BUFFERED != 0).then(Box::default),
+        };
+        // The MDS emptied the file for any O_TRUNC (it checked write permission); a
+        // file it just made has new objects with nothing in them (no request to every
+        // OST a wide stripe spans, as `open(O_CREAT|O_TRUNC)` of a new file would cost).
+        if flags & libc::O_TRUNC != 0 && !created {
+            if let Some(layout) = &file.layout {
+                self.truncate_objects(layout, 0)?;
+            }
+        }
+        Ok(file)
+    }
+}
+
+impl File {
+    pub fn ino(&self) -> u64 {
+        self.ino
+    }
+
+    /// The file's objects (None for a file without a layout yet).
+    pub fn layout(&self) -> Option<&StripedLayout> {
+        self.layout.as_ref()
+    }
+
+    fn layout_or_einval(&self) -> io::Result<&StripedLayout> {
+        self.layout
+            .as_ref()
+            .ok_or_else(|| io::Error::from_raw_os_error(libc::EINVAL))
+    }
+
+    fn may(&self, write: bool) -> io::Result<()> {
+        let acc = self.flags & libc::O_ACCMODE;
+        let ok = match write {
+            true => acc == libc::O_WRONLY || acc == libc::O_RDWR,
+            false => acc == libc::O_RDONLY || acc == libc::O_RDWR,
+        };
+        match ok && !self.closed.load(Ordering::Acquire) {
+            true => Ok(()),
+            false => Err(io::Error::from_raw_os_error(libc::EBADF)),
+        }
+    }
+
+    /// Writes all of `data` at `offset` (pwrite); with O_APPEND, at the end of the file
+    /// as the MDS knows it plus this handle's own writes. Returns `data.len()`. On a
+    /// buffered handle ([`O_BUFFERED`]) small writes in order are gathered first.
+    pub fn write_at(&self, data: &[u8], offset: u64) -> io::Result<usize> {
+        self.may(true)?;
+        let offset = match self.flags & libc::O_APPEND != 0 {
+            true => self.current_size()?,
+            false => offset,
+        };
+        if data.is_empty() {
+            return Ok(0);
+        }
+        self.layout_or_einval()?;
+        match &self.cache {
+            Some(cache) => guard(cache).write(self, data, offset)?,
+            None => self.write_direct(data, offset)?,
+        }
+        let end = offset + data.len() as u64;
+        self.written_end.fetch_max(end, Ordering::AcqRel);
+        self.size.fetch_max(end, Ordering::AcqRel);
+        Ok(data.len())
+    }
+
+    /// Reads at `offset` into `buf` (pread): short only at the end of the file; holes
+    /// read as zeros. On a buffered handle, reads in order are served from a window
+    /// read ahead.
+    pub fn read_at(&self, buf: &mut [u8], offset: u64) -> io::Result<usize> {
+        self.may(false)?;
+        match &self.cache {
+            Some(cache) => guard(cache).read(self, buf, offset),
+            None => self.read_direct(buf, offset),
+        }
+    }
+
+    /// Sends what a buffered handle gathered.
+    fn flush(&self) -> io::Result<()> {
+        match &self.cache {
+            Some(cache) => guard(cache).flush(self),
+            None => Ok(()),
+        }
+    }
+
+    /// Whether the open that made this handle created the file.
+    pub fn created(&self) -> bool {
+        self.created
+    }
+
+    /// The attributes as of the open, with the size this handle knows now (no
+    /// request: [`File::stat`] asks the MDS).
+    pub fn attr(&self) -> Attr {
+        Attr {
+            size: self.size.load(Ordering::Acquire),
+            ..self.opened
+        }
+    }
+
+    /// The file's size now: the MDS's, or this handle's own writes if further.
+    fn current_size(&self) -> io::Result<u64> {
+        let attr = attr_of(
+            self.client
+                .meta(true, &Request::Getattr { ino: self.ino })?,
+        )?;
+        let size = self
+            .size
+            .fetch_max(attr.size, Ordering::AcqRel)
+            .max(attr.size);
+        Ok(size.max(self.written_end.load(Ordering::Acquire)))
+    }
+
+    /// The file's attributes (the size includes this handle's unreported writes).
+    pub fn stat(&self) -> io::Result<Attr> {
+        let mut attr = attr_of(
+            self.client
+                .meta(true, &Request::Getattr { ino: self.ino })?,
+        )?;
+        attr.size = attr.size.max(self.written_end.load(Ordering::Acquire));
+        Ok(attr)
+    }
+
+    /// Makes every write of this handle durable and its size known to the MDS; a
+    /// buffered handle then reads what other clients synced before it.
+    pub fn fsync(&self) -> io::Result<()> {
+        if let Some(cache) = &self.cache {
+            let mut cache = guard(cache);
+            cache.flush(self)?;
+            cache.forget_reads();
+        }
+        if let Some(layout) = &self.layout {
+            self.client.with_conn(true, |c| {
+                for o in &layout.objects {
+                    let route = c.route(o.ost)?;
+                    match c.ns.ep.obj_sync(&route, o.oid) {
+                        // Never written: nothing of it to make durable.
+                        Err(ClientError::Status(libc::ENOENT)) => {}
+                        other => other?,
+                    }
+                }
+                Ok(())
+            })?;
+        }
+        self.report_size()
+    }
+
+    /// Sets the file's size (ftruncate).
+    pub fn set_len(&self, size: u64) -> io::Result<()> {
+        self.may(true)?;
+        let attr = SetAttr {
+            mask: meta::set::SIZE,
+            size,
+            ..Default::default()
+        };
+        self.client.setattr_ino(self.ino, attr)?;
+        self.resized(size);
+        Ok(())
+    }
+
+    /// Another handle (or a truncate by inode) set the file's size to `size`: this
+    /// handle forgets the larger size its own writes had shown it.
+    pub fn resized(&self, size: u64) {
+        if let Some(cache) = &self.cache {
+            guard(cache).truncated(size);
+        }
+        self.size.store(size, Ordering::Release);
+        self.written_end.store(size, Ordering::Release);
+        self.reported.store(size, Ordering::Release);
+    }
+
+    /// Whether this handle wrote past the size the MDS was last told.
+    pub fn unreported(&self) -> bool {
+        self.written_end.load(Ordering::Acquire) > self.reported.load(Ordering::Acquire)
+    }
+
+    /// Tells the MDS where this handle's writes end (it keeps the larger size), so
+    /// that other clients see it: what close and fsync do, without the sync.
+    pub fn report_size(&self) -> io::Result<()> {
+        self.flush()?;
+        let end = self.written_end.load(Ordering::Acquire);
+        if end > self.reported.load(Ordering::Acquire) {
+            let req = Request::ReportSize {
+                ino: self.ino,
+                size: end,
+            };
+            self.client.meta(true, &req)?;
+            self.reported.fetch_max(end, Ordering::AcqRel);
+        }
+        Ok(())
+    }
+
+    /// Reports the size and closes the handle at the MDS.
+    pub fn close(self) -> io::Result<()> {
+        self.close_inner()
+    }
+
+    fn close_inner(&self) -> io::Result<()> {
+        if self.closed.swap(true, Ordering::AcqRel) {
+            return Ok(());
+        }
+        let reported = self.report_size();
+        let req = Request::Close {
+            ino: self.ino,
+            handle: self.handle,
+        };
+        // A retried close whose first try was applied finds the handle gone (EBADF).
+        match self.client.meta(true, &req) {
+            Err(e) if e.raw_os_error() == Some(libc::EBADF) => {}
+            other => {
+                other?;
+            }
+        }
+        reported
+    }
+}
+
+impl Drop for File {
+    fn drop(&mut self) {
+        if let Err(e) = self.close_inner() {
+            tracing::warn!("closing inode {}: {e}", self.ino);
+        }
+    }
+}
+
+/// A handle's transfers at the servers, under its cache.
+impl Backing for File {
+    fn write_ranges(&self, window: &[u8], base: u64, ranges: &[Range<usize>]) -> io::Result<()> {
+        let layout = self.layout_or_einval()?;
+        let mut pieces = Vec::new();
+        for r in ranges {
+            let at = base + r.start as u64;
+            pieces.extend(
+                layout
+                    .pieces(at, r.len() as u64)
+                    .map_err(|e| failure(libc::EINVAL, e.to_string()))?,
+            );
+        }
+        self.client.with_conn(true, |c| {
+            let routes = c.routes(layout)?;
+            let extents = extents(layout, &routes, &pieces, base);
+            let io = c.io;
+            c.ns.ep.write_extents(&extents, window, io)
+        })
+    }
+
+    fn read_direct(&self, buf: &mut [u8], offset: u64) -> io::Result<usize> {
+        let want = offset.saturating_add(buf.len() as u64);
+        let mut size = self.size.load(Ordering::Acquire);
+        if want > size {
+            // Past what this handle knows: another client may have written since.
+            size = self.current_size()?;
+        }
+        if offset >= size || buf.is_empty() {
+            return Ok(0);
+        }
+        let n = (size - offset).min(buf.len() as u64) as usize;
+        let Some(layout) = self.layout.as_ref() else {
+            buf[..n].fill(0);
+            return Ok(n);
+        };
+        let pieces = layout
+            .pieces(offset, n as u64)
+            .map_err(|e| failure(libc::EINVAL, e.to_string()))?;
+        let buf = &mut buf[..n];
+        let got = self.client.with_conn(true, |c| {
+            let routes = c.routes(layout)?;
+            let extents = extents(layout, &routes, &pieces, offset);
+            let io = c.io;
+            c.ns.ep.read_extents(&extents, buf, io)
+        })?;
+        // Below the file's size, what an object does not hold is a hole: zeros.
+        for (p, got) in pieces.iter().zip(got) {
+            let at = (p.file_offset - offset) as usize;
+            buf[at + got..at + p.len as usize].fill(0);
+        }
+        Ok(n)
+    }
+}
+
+/// A handle's cache, taken even after a thread panicked holding it: its state is
+/// valid between any two of its statements (at worst a gathered write is lost, and
+/// the panic was reported).
+fn guard(cache: &Mutex<Cache>) -> std::sync::MutexGuard<'_, Cache> {
+    cache.lock().unwrap_or_else(|e| e.into_inner())
+}
+
+/// The object extents of file `pieces` of a transfer starting at `offset`.
+fn extents<'r>(
+    layout: &StripedLayout,
+    routes: &'r [OstRoute],
+    pieces: &[nacre_proto::layout::Piece],
+    offset: u64,
+) -> Vec<Extent<'r>> {
+    pieces
+        .iter()
+        .map(|p| Extent {
+            route: &routes[p.stripe as usize],
+            object: layout.objects[p.stripe as usize].oid,
+            offset: p.object_offset,
+            at: (p.file_offset - offset) as usize,
+            len: p.len as usize,
+        })
+        .collect()
+}

@@ -1,0 +1,148 @@
+//! Memory registration through an endpoint, obeying the provider's mr_mode.
+
+use std::ffi::c_void;
+use std::ptr;
+use std::rc::Rc;
+use std::sync::atomic::{AtomicU64, Ordering};
+
+use nacre_sys as sys;
+
+use super::Endpoint;
+use crate::error::{call_error, check, ErrorKind, Result};
+use crate::info::mr_mode_names;
+use crate::memory::{Access, ExternalRegion, Memory, MemoryRegion, MrInner};
+
+/// Keys for providers that do not pick their own (no FI_MR_PROV_KEY): unique per process.
+static NEXT_KEY: AtomicU64 = AtomicU64::new(1);
+
+impl Endpoint {
+    /// Registers `memory` for local use and, with `Access::ALL`, for peers' RMA. Obeys the
+    /// provider's mr_mode: its key with FI_MR_PROV_KEY (else a unique one of ours), virtual
+    /// addresses with FI_MR_VIRT_ADDR (else offsets), binding with FI_MR_ENDPOINT.
+    /// The registration lives as long as the endpoint (register at start-up, as the
+    /// engine's pool does): an operation in flight can never outlive its memory.
+    pub fn register(&mut self, mut memory: Memory, access: Access) -> Result<MemoryRegion> {
+        let (ptr, len) = (memory.as_mut_ptr(), memory.len());
+        let inner = self.register_range(ptr, len, Some(memory), access)?;
+        Ok(MemoryRegion { inner })
+    }
+
+    /// Registers memory the caller owns (a client's buffer) for data calls and peers'
+    /// RMA. Released with [`Endpoint::deregister_external`] or when the endpoint closes.
+    ///
+    /// # Safety
+    /// `[ptr, ptr+len)` must stay mapped, and not be used for anything else by a
+    /// provider's access, while any operation posted on the region is in flight and
+    /// while any peer holds a descriptor of it that it may still use: post on it, and
+    /// hand out its descriptors, only while the caller holds the memory, and deregister
+    /// it (closing the key) before the memory goes if a peer might still reach it.
+    pub unsafe fn register_external(
+        &mut self,
+        ptr: *mut u8,
+        len: usize,
+        access: Access,
+    ) -> Result<ExternalRegion> {
+        let inner = self.register_range(ptr, len, None, access)?;
+        Ok(ExternalRegion { inner })
+    }
+
+    /// Gives up an external registration; refused while an operation uses it. Once the
+    /// last handle goes, the registration closes and its key stops working for peers.
+    pub fn deregister_external(&mut self, region: ExternalRegion) -> Result<()> {
+        let busy = region.busy();
+        if busy > 0 {
+            return Err(ErrorKind::Busy(busy as usize).into());
+        }
+        self.registrations.retain(|r| !Rc::ptr_eq(r, &region.inner));
+        Ok(())
+    }
+
+    fn register_range(
+        &mut self,
+        ptr: *mut u8,
+        len: usize,
+        memory: Option<Memory>,
+        access: Access,
+    ) -> Result<Rc<MrInner>> {
+        let mode = self.domain.mr_mode;
+        let requested_key = NEXT_KEY.fetch_add(1, Ordering::Relaxed);
+        let mut mr: *mut sys::fid_mr = ptr::null_mut();
+        // SAFETY: ptr/len describe memory that `memory` owns (and the registration will
+        // outlive), or the caller's memory under register_external's contract; the
+        // domain is open; mr receives the new registration.
+        let rc = unsafe {
+            sys::fi_mr_reg(
+                self.domain.domain,
+                ptr as *const c_void,
+                len,
+                access.0,
+                0,
+                requested_key,
+                0,
+                &mut mr,
+                ptr::null_mut(),
+            )
+        };
+        check("fi_mr_reg", rc as isize)?;
+        if mode & sys::FI_MR_ENDPOINT != 0 {
+            // Bound and enabled before its key and descriptor are read: a provider may
+            // only know them once the registration is enabled.
+            // SAFETY: both objects are live; the MR is not used before this.
+            let bound = unsafe {
+                check(
+                    "fi_mr_bind",
+                    sys::fi_mr_bind(mr, self.ep as *mut sys::fid, 0) as isize,
+                )
+                .and_then(|_| check("fi_mr_enable", sys::fi_mr_enable(mr) as isize))
+            };
+            if let Err(e) = bound {
+                // SAFETY: mr is live and never used again.
+                unsafe { sys::fi_close(mr as *mut sys::fid) };
+                return Err(e);
+            }
+        }
+        let key = if mode & sys::FI_MR_PROV_KEY != 0 {
+            // SAFETY: mr is a live, enabled registration.
+            unsafe { sys::fi_mr_key(mr) }
+        } else {
+            requested_key
+        };
+        if key == sys::FI_KEY_NOTAVAIL {
+            // SAFETY: as above.
+            unsafe { sys::fi_close(mr as *mut sys::fid) };
+            return Err(call_error("fi_mr_key", -(sys::FI_ENOKEY as isize)));
+        }
+        let inner = MrInner::new(
+            mr,
+            key,
+            mode & sys::FI_MR_VIRT_ADDR != 0,
+            ptr,
+            len,
+            memory,
+            access,
+            self.domain.clone(),
+        );
+        tracing::debug!(
+            len = inner.len,
+            key,
+            mr_mode = %mr_mode_names(mode),
+            "registered memory"
+        );
+        let inner = Rc::new(inner);
+        self.registrations.push(inner.clone());
+        Ok(inner)
+    }
+
+    /// Gives up this endpoint's hold on a registration (it closes when the last
+    /// `MemoryRegion` handle goes). Refused while an operation posted on that
+    /// registration has not completed; operations on other registrations (posted
+    /// receives, say) do not matter.
+    pub fn deregister(&mut self, region: &MemoryRegion) -> Result<()> {
+        let busy = region.busy();
+        if busy > 0 {
+            return Err(ErrorKind::Busy(busy as usize).into());
+        }
+        self.registrations.retain(|r| !Rc::ptr_eq(r, &region.inner));
+        Ok(())
+    }
+}

@@ -1,0 +1,155 @@
+//! What the session thread and the workers share: the client, the open files, the
+//! data buffers, and the answers to FUSE built from the MDS's replies.
+
+use std::collections::{HashMap, HashSet};
+use std::io;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
+
+use fuser::{ReplyAttr, ReplyEmpty, ReplyEntry};
+use nacre_client::{errno, Client, File};
+use nacre_proto::meta::{self, Attr, Creds, Reply, Request, SetAttr};
+
+use crate::convert::attr_of;
+use crate::{fuse_attr, lock, DirAttrs, ATTR_TTL, MAX_IO, WORKERS};
+
+/// What the workers share.
+pub struct Shared {
+    pub client: Client,
+    pub bufs: BufPool,
+    pub files: Mutex<HashMap<u64, Arc<File>>>,
+    pub next_fh: AtomicU64,
+    /// Inodes this mount has taken locks on: only their closes need an unlock sent.
+    pub locked: Mutex<HashSet<u64>>,
+    pub dirs: DirAttrs,
+}
+
+/// Data buffers reused from one request to the next: a buffer keeps its address, so
+/// the client's registration cache finds it registered already (a fresh allocation
+/// per request would cost a memory registration per request).
+#[derive(Default)]
+pub struct BufPool {
+    free: Mutex<Vec<Vec<u8>>>,
+}
+
+impl BufPool {
+    /// A buffer of `len` bytes (contents unspecified).
+    pub fn take(&self, len: usize) -> Vec<u8> {
+        let mut b = lock(&self.free).pop().unwrap_or_default();
+        b.resize(len, 0);
+        b
+    }
+
+    pub fn give(&self, b: Vec<u8>) {
+        let mut free = lock(&self.free);
+        if free.len() < WORKERS * 2 && b.capacity() <= MAX_IO as usize {
+            free.push(b);
+        }
+    }
+}
+
+impl Shared {
+    pub fn file(&self, fh: u64) -> Result<Arc<File>, i32> {
+        lock(&self.files).get(&fh).cloned().ok_or(libc::EBADF)
+    }
+
+    pub fn add_file(&self, f: File) -> u64 {
+        let fh = self.next_fh.fetch_add(1, Ordering::Relaxed);
+        lock(&self.files).insert(fh, Arc::new(f));
+        fh
+    }
+
+    pub fn is_locked(&self, ino: u64) -> bool {
+        lock(&self.locked).contains(&ino)
+    }
+
+    /// Every open handle of `ino` forgets sizes past `size` (a truncate).
+    pub fn resized(&self, ino: u64, size: u64) {
+        lock(&self.files)
+            .values()
+            .filter(|f| f.ino() == ino)
+            .for_each(|f| f.resized(size));
+    }
+
+    pub fn entry(&self, reply: ReplyEntry, r: io::Result<Reply>) {
+        match r.and_then(attr_of) {
+            Ok(mut a) => {
+                self.dirs.fetched(&a);
+                if let Some(size) = self.local_size(a.ino) {
+                    a.size = a.size.max(size);
+                }
+                reply.entry(&ATTR_TTL, &fuse_attr(&a), 0)
+            }
+            Err(e) => reply.error(errno(&e)),
+        }
+    }
+
+    /// The answer to a request that added an entry to `parent`.
+    pub fn new_entry(&self, reply: ReplyEntry, parent: u64, r: io::Result<Reply>) {
+        match r.and_then(attr_of) {
+            Ok(a) => {
+                self.dirs.entry_added(parent, &a);
+                self.entry(reply, Ok(Reply::Attr(a)))
+            }
+            Err(e) => reply.error(errno(&e)),
+        }
+    }
+
+    pub fn done(&self, reply: ReplyEmpty, r: io::Result<Reply>) {
+        match r {
+            Ok(_) => reply.ok(),
+            Err(e) => reply.error(errno(&e)),
+        }
+    }
+
+    /// The size this mount's open handles know for `ino` beyond the MDS's (writes
+    /// not yet reported), so the kernel is never told a file shrank under its writer.
+    pub fn local_size(&self, ino: u64) -> Option<u64> {
+        lock(&self.files)
+            .values()
+            .filter(|f| f.ino() == ino)
+            .map(|f| f.attr().size)
+            .max()
+    }
+
+    pub fn attr(&self, creds: &Creds, ino: u64) -> io::Result<Attr> {
+        let mut a = attr_of(self.client.request_as(creds, &Request::Getattr { ino })?)?;
+        self.dirs.fetched(&a);
+        if let Some(size) = self.local_size(ino) {
+            a.size = a.size.max(size);
+        }
+        Ok(a)
+    }
+
+    pub fn reply_attr(&self, reply: ReplyAttr, r: io::Result<Attr>) {
+        match r {
+            Ok(a) => reply.attr(&ATTR_TTL, &fuse_attr(&a)),
+            Err(e) => reply.error(errno(&e)),
+        }
+    }
+
+    /// setattr: through the handle for ftruncate on a descriptor open for writing
+    /// (POSIX needs no permission beyond the open's), else as the caller.
+    pub fn setattr(
+        &self,
+        creds: &Creds,
+        ino: u64,
+        s: SetAttr,
+        fh: Option<u64>,
+    ) -> io::Result<Attr> {
+        let size_only = s.mask == meta::set::SIZE;
+        if let (true, Some(file)) = (size_only, fh.and_then(|fh| self.file(fh).ok())) {
+            if file.set_len(s.size).is_ok() {
+                self.resized(ino, s.size);
+                return self.attr(creds, ino);
+            }
+        }
+        self.dirs.forget(ino);
+        let a = self.client.setattr_as(creds, ino, s)?;
+        self.dirs.fetched(&a);
+        if s.mask & meta::set::SIZE != 0 {
+            self.resized(ino, s.size);
+        }
+        Ok(a)
+    }
+}

@@ -1,0 +1,274 @@
+//! The successful reply body: its shapes, its encoding, and readdir paging by size.
+
+use super::wire::{no_trailing, put_bytes, put_u32, put_u64, read_name, read_target};
+use super::{Attr, DirEntry, FileKind, LockDesc, MdtStatfs, MetaError, READDIR_MAX_ENTRIES};
+use crate::body::BodyReader;
+use crate::layout::{StripeSpec, StripedLayout};
+
+/// A successful reply body. The first u32 on the wire is the shape.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Reply {
+    /// Close, rmdir, unlink, rename.
+    Done,
+    /// Lookup, getattr, setattr, mkdir, symlink, link, report-size.
+    Attr(Attr),
+    /// Create and open: the attributes, the resolved layout, an open handle (0 for
+    /// create), and whether this request made the file (a create may open a file that
+    /// was there: then its objects may hold data, and O_TRUNC must empty them).
+    Opened {
+        attr: Attr,
+        layout: Option<StripedLayout>,
+        handle: u64,
+        created: bool,
+    },
+    Dir {
+        entries: Vec<DirEntry>,
+        next_cookie: u64,
+        eof: bool,
+    },
+    Target(Vec<u8>),
+    Statfs(MdtStatfs),
+    /// A file's layout.
+    Layout(StripedLayout),
+    /// F_GETLK's answer: the first conflicting lock, or kind UNLOCK.
+    Lock(LockDesc),
+    /// A directory's default striping.
+    DefaultLayout(StripeSpec),
+}
+
+const R_DONE: u32 = 0;
+const R_ATTR: u32 = 1;
+const R_OPENED: u32 = 2;
+const R_DIR: u32 = 3;
+const R_TARGET: u32 = 4;
+const R_STATFS: u32 = 5;
+const R_LAYOUT: u32 = 6;
+const R_DEFAULT_LAYOUT: u32 = 7;
+const R_LOCK: u32 = 8;
+
+impl Reply {
+    /// Shortens a readdir page to at most `max` encoded bytes (at least one entry):
+    /// the entries left out come with the next cookie. Other replies are left as they
+    /// are. The MDT pages readdir with it (`READDIR_MAX_BYTES`).
+    pub fn trim_to(&mut self, max: usize) {
+        let Reply::Dir {
+            entries,
+            next_cookie,
+            eof,
+        } = self
+        else {
+            return;
+        };
+        let mut len = 4 + 8 + 4 + 4;
+        let keep = entries
+            .iter()
+            .position(|e| {
+                len += dir_entry_wire_len(&e.name);
+                len > max
+            })
+            .map_or(entries.len(), |i| i.max(1));
+        if keep < entries.len() {
+            entries.truncate(keep);
+            *next_cookie = entries[keep - 1].cookie;
+            *eof = false;
+        }
+    }
+
+    pub fn encode(&self, out: &mut Vec<u8>) {
+        match self {
+            Reply::Done => put_u32(out, R_DONE),
+            Reply::Attr(a) => {
+                put_u32(out, R_ATTR);
+                put_attr(out, a);
+            }
+            Reply::Opened {
+                attr,
+                layout,
+                handle,
+                created,
+            } => {
+                put_u32(out, R_OPENED);
+                put_attr(out, attr);
+                put_u64(out, *handle);
+                match layout {
+                    None => put_u32(out, 0),
+                    Some(l) => {
+                        put_u32(out, 1);
+                        l.encode(out);
+                    }
+                }
+                put_u32(out, u32::from(*created));
+            }
+            Reply::Dir {
+                entries,
+                next_cookie,
+                eof,
+            } => {
+                put_u32(out, R_DIR);
+                put_u64(out, *next_cookie);
+                put_u32(out, u32::from(*eof));
+                put_u32(out, entries.len() as u32);
+                for e in entries {
+                    put_u64(out, e.ino);
+                    put_u32(out, e.kind as u32);
+                    put_u64(out, e.cookie);
+                    put_bytes(out, &e.name);
+                }
+            }
+            Reply::Target(t) => {
+                put_u32(out, R_TARGET);
+                put_bytes(out, t);
+            }
+            Reply::Statfs(s) => {
+                put_u32(out, R_STATFS);
+                put_u64(out, s.inodes_used);
+                put_u64(out, s.inodes_free);
+                put_u32(out, s.name_max);
+                put_u64(out, s.bytes_total);
+                put_u64(out, s.bytes_free);
+                put_u32(out, s.osts);
+            }
+            Reply::Layout(l) => {
+                put_u32(out, R_LAYOUT);
+                l.encode(out);
+            }
+            Reply::DefaultLayout(s) => {
+                put_u32(out, R_DEFAULT_LAYOUT);
+                s.encode(out);
+            }
+            Reply::Lock(l) => {
+                put_u32(out, R_LOCK);
+                put_u32(out, l.kind);
+                put_u64(out, l.start);
+                put_u64(out, l.end);
+                put_u32(out, l.pid);
+            }
+        }
+    }
+
+    pub fn decode(body: &[u8]) -> Result<Reply, MetaError> {
+        let mut r = BodyReader::new(body);
+        let reply = match r.u32()? {
+            R_DONE => Reply::Done,
+            R_ATTR => Reply::Attr(read_attr(&mut r)?),
+            R_OPENED => Reply::Opened {
+                attr: read_attr(&mut r)?,
+                handle: r.u64()?,
+                layout: match r.u32()? {
+                    0 => None,
+                    1 => Some(StripedLayout::read(&mut r)?),
+                    value => {
+                        return Err(MetaError::BadValue {
+                            what: "layout flag",
+                            value,
+                        })
+                    }
+                },
+                created: match r.u32()? {
+                    0 => false,
+                    1 => true,
+                    value => {
+                        return Err(MetaError::BadValue {
+                            what: "created flag",
+                            value,
+                        })
+                    }
+                },
+            },
+            R_DIR => read_dir(&mut r)?,
+            R_TARGET => Reply::Target(read_target(&mut r)?),
+            R_STATFS => Reply::Statfs(MdtStatfs {
+                inodes_used: r.u64()?,
+                inodes_free: r.u64()?,
+                name_max: r.u32()?,
+                bytes_total: r.u64()?,
+                bytes_free: r.u64()?,
+                osts: r.u32()?,
+            }),
+            R_LAYOUT => Reply::Layout(StripedLayout::read(&mut r)?),
+            R_DEFAULT_LAYOUT => Reply::DefaultLayout(StripeSpec::read(&mut r)?),
+            R_LOCK => Reply::Lock(LockDesc {
+                kind: r.u32()?,
+                start: r.u64()?,
+                end: r.u64()?,
+                pid: r.u32()?,
+            }),
+            value => {
+                return Err(MetaError::BadValue {
+                    what: "reply shape",
+                    value,
+                })
+            }
+        };
+        no_trailing(&mut r)?;
+        Ok(reply)
+    }
+}
+
+fn read_dir(r: &mut BodyReader<'_>) -> Result<Reply, MetaError> {
+    let next_cookie = r.u64()?;
+    let eof = match r.u32()? {
+        0 => false,
+        1 => true,
+        value => {
+            return Err(MetaError::BadValue {
+                what: "eof flag",
+                value,
+            })
+        }
+    };
+    let n = r.u32()?;
+    if n > READDIR_MAX_ENTRIES {
+        return Err(MetaError::BadValue {
+            what: "entry count",
+            value: n,
+        });
+    }
+    let mut entries = Vec::with_capacity(n as usize);
+    for _ in 0..n {
+        entries.push(DirEntry {
+            ino: r.u64()?,
+            kind: FileKind::from_u32(r.u32()?)?,
+            cookie: r.u64()?,
+            name: read_name(r)?,
+        });
+    }
+    Ok(Reply::Dir {
+        entries,
+        next_cookie,
+        eof,
+    })
+}
+
+/// Encoded size of one readdir entry (for the reply byte budget).
+fn dir_entry_wire_len(name: &[u8]) -> usize {
+    8 + 4 + 8 + 4 + name.len()
+}
+
+fn put_attr(out: &mut Vec<u8>, a: &Attr) {
+    put_u64(out, a.ino);
+    put_u32(out, a.kind as u32);
+    put_u32(out, a.mode);
+    put_u32(out, a.uid);
+    put_u32(out, a.gid);
+    put_u32(out, a.nlink);
+    put_u64(out, a.size);
+    put_u64(out, a.atime as u64);
+    put_u64(out, a.mtime as u64);
+    put_u64(out, a.ctime as u64);
+}
+
+fn read_attr(r: &mut BodyReader<'_>) -> Result<Attr, MetaError> {
+    Ok(Attr {
+        ino: r.u64()?,
+        kind: FileKind::from_u32(r.u32()?)?,
+        mode: r.u32()?,
+        uid: r.u32()?,
+        gid: r.u32()?,
+        nlink: r.u32()?,
+        size: r.u64()?,
+        atime: r.u64()? as i64,
+        mtime: r.u64()? as i64,
+        ctime: r.u64()? as i64,
+    })
+}

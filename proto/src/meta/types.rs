@@ -1,0 +1,156 @@
+//! The values metadata requests and replies carry: who asks, inode attributes,
+//! directory entries, file-system figures and byte-range locks.
+
+use super::MetaError;
+
+/// Who asks: uid, primary gid, supplementary gids (at most [`MAX_GROUPS`](super::MAX_GROUPS)).
+#[derive(Debug, Clone, PartialEq, Eq, Default)]
+pub struct Creds {
+    pub uid: u32,
+    pub gid: u32,
+    pub groups: Vec<u32>,
+}
+
+impl Creds {
+    pub fn root() -> Creds {
+        Creds::default()
+    }
+
+    pub fn user(uid: u32, gid: u32) -> Creds {
+        Creds {
+            uid,
+            gid,
+            groups: Vec::new(),
+        }
+    }
+
+    pub fn in_group(&self, gid: u32) -> bool {
+        self.gid == gid || self.groups.contains(&gid)
+    }
+}
+
+/// What every request starts with.
+#[derive(Debug, Clone, PartialEq, Eq, Default)]
+pub struct Head {
+    pub creds: Creds,
+    /// The MDS epoch (fencing token) from the client's cluster map.
+    pub epoch: u64,
+    /// For a request that changes the namespace: who sent it, so that a retry of it is
+    /// answered from the MDS's reply cache instead of being applied twice.
+    pub replay: Option<ReplayKey>,
+}
+
+/// Names one changing request for reply reconstruction (Lustre's idea): a client
+/// (random id, stable for its life) holds `tag` while the request is in flight and
+/// reuses a tag only after its answer came, so the MDS keeps one reply per (client,
+/// tag); `xid` tells a retry of the same request from the tag's next request.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub struct ReplayKey {
+    pub client: u64,
+    pub tag: u32,
+    pub xid: u64,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum FileKind {
+    File = 1,
+    Dir = 2,
+    Symlink = 3,
+}
+
+impl FileKind {
+    pub fn from_u32(v: u32) -> Result<FileKind, MetaError> {
+        match v {
+            1 => Ok(FileKind::File),
+            2 => Ok(FileKind::Dir),
+            3 => Ok(FileKind::Symlink),
+            value => Err(MetaError::BadValue {
+                what: "file kind",
+                value,
+            }),
+        }
+    }
+}
+
+/// Inode attributes. Times are nanoseconds since the Unix epoch.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Attr {
+    pub ino: u64,
+    pub kind: FileKind,
+    /// Permission bits with setuid, setgid, sticky (0o7777).
+    pub mode: u32,
+    pub uid: u32,
+    pub gid: u32,
+    pub nlink: u32,
+    pub size: u64,
+    pub atime: i64,
+    pub mtime: i64,
+    pub ctime: i64,
+}
+
+/// Setattr values; only the fields named in `mask` (see [`set`](super::set)) are used.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub struct SetAttr {
+    pub mask: u32,
+    pub mode: u32,
+    pub uid: u32,
+    pub gid: u32,
+    pub size: u64,
+    pub atime: i64,
+    pub mtime: i64,
+    pub ctime: i64,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct DirEntry {
+    pub name: Vec<u8>,
+    pub ino: u64,
+    pub kind: FileKind,
+    /// The cookie that resumes a readdir after this entry.
+    pub cookie: u64,
+}
+
+/// The file system as the MDS sees it (MDS_STATFS): its MDT's inodes, and the bytes of
+/// the OSTs in its last cluster map. One OST's own figures are an
+/// [`OstStatfs`](crate::object::OstStatfs).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub struct MdtStatfs {
+    pub inodes_used: u64,
+    pub inodes_free: u64,
+    pub name_max: u32,
+    /// Bytes over the OSTs the MDS last saw in the cluster map (their servers report
+    /// capacity and free space to the MGS with every lease renewal).
+    pub bytes_total: u64,
+    pub bytes_free: u64,
+    /// OSTs counted in the bytes: those up or degraded in that map.
+    pub osts: u32,
+}
+
+/// A byte-range lock request: `owner` of client `client` asks for `kind` on bytes
+/// `start..=end` of `ino` (`end` u64::MAX: to the end of the file, however long). With
+/// `test`, nothing changes and the reply describes a conflicting lock (F_GETLK). With
+/// `replay`, the client takes again a lock it held before the MDS restarted. With
+/// `wait`, the owner waits for the lock (F_SETLKW) and asks again after EAGAIN, so
+/// the MDS can see a deadlock among waiters.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct LockRequest {
+    pub ino: u64,
+    pub client: u64,
+    pub owner: u64,
+    pub start: u64,
+    pub end: u64,
+    pub kind: u32,
+    pub pid: u32,
+    pub test: bool,
+    pub replay: bool,
+    pub wait: bool,
+}
+
+/// A lock as F_GETLK reports it (`kind` UNLOCK: no conflict).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub struct LockDesc {
+    pub kind: u32,
+    pub start: u64,
+    pub end: u64,
+    pub pid: u32,
+}
