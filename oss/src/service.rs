@@ -17,7 +17,8 @@ use std::collections::{HashMap, VecDeque};
 use nacre_engine::{Bufs, BulkDone, Core, IoCompletion, Request, Service};
 use nacre_fabric::PeerAddr;
 use nacre_proto::object::{
-    decode_target, Data, IoReply, ObjError, ObjFlags, ObjTarget, RangeReq, ReadReq, WriteReq,
+    decode_target, Data, IoReply, ObjError, ObjFlags, ObjTarget, ObjectAttr, OstStatfs, RangeReq,
+    ReadReq, WriteReq,
 };
 use nacre_proto::{BulkDesc, Header, Opcode, HEADER_LEN};
 
@@ -390,7 +391,13 @@ impl OssService {
         else {
             return;
         };
-        let mut out = [0u8; 32];
+        // The larger of the two fixed replies answered here.
+        const OUT: usize = if ObjectAttr::LEN > OstStatfs::LEN {
+            ObjectAttr::LEN
+        } else {
+            OstStatfs::LEN
+        };
+        let mut out = [0u8; OUT];
         let st = &mut self.osts[store].store;
         let answered = match h.opcode {
             Opcode::OBJ_GETATTR => st

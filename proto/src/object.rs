@@ -340,6 +340,9 @@ pub struct OstStatfs {
 macro_rules! fixed_u64s {
     ($t:ident, $($f:ident),+) => {
         impl $t {
+            /// Bytes on the wire: one u64 per field.
+            pub const LEN: usize = [$(stringify!($f)),+].len() * 8;
+
             pub fn encode(&self, out: &mut [u8]) -> Result<usize, BodyError> {
                 let mut w = BodyWriter::new(out);
                 $( w.u64(self.$f)?; )+
@@ -461,7 +464,24 @@ mod tests {
             mtime_ns: 9,
         };
         let n = a.encode(&mut buf).unwrap();
-        assert_eq!(ObjectAttr::decode(&buf[..n]).unwrap(), a);
+        assert_eq!(
+            (ObjectAttr::decode(&buf[..n]).unwrap(), n),
+            (a, ObjectAttr::LEN)
+        );
+        let s = OstStatfs {
+            bytes_total: 1,
+            bytes_free: 2,
+            bytes_avail: 3,
+            objects_total: 4,
+            objects_free: 5,
+        };
+        let n = s.encode(&mut buf).unwrap();
+        assert_eq!(
+            (OstStatfs::decode(&buf[..n]).unwrap(), n),
+            (s, OstStatfs::LEN)
+        );
+        // A buffer of LEN bytes is enough, one less is not.
+        assert!(s.encode(&mut buf[..OstStatfs::LEN - 1]).is_err());
     }
 
     #[test]
