@@ -8,8 +8,8 @@ use std::time::Instant;
 
 use nacre_client::{RpcClient, RpcConfig};
 use nacre_engine::{
-    BulkDone, Core, Engine, EngineConfig, FileId, IoCompletion, PoolConfig, ReactorConfig, Request,
-    Service, SizeClass, StorageConfig,
+    BulkDone, Core, Engine, EngineConfig, FileId, Incoming, IoCompletion, PoolConfig,
+    ReactorConfig, Service, SizeClass, StorageConfig,
 };
 use nacre_fabric::{Access, EndpointConfig, Memory, PeerAddr};
 use nacre_proto::{BodyReader, BulkDesc, Header, Opcode};
@@ -148,7 +148,7 @@ impl BulkWrite {
 }
 
 impl Service for BulkWrite {
-    fn on_request(&mut self, core: &mut Core, req: Request<'_>) {
+    fn on_request(&mut self, core: &mut Core, req: Incoming<'_>) {
         if req.header.opcode != Opcode::BULK_WRITE || self.file.is_none() {
             return core.reply(req.peer, &req.header, -ENOSYS, &[]);
         }

@@ -22,7 +22,7 @@ pub use bulk::{Bufs, BulkDir, BulkDone, BulkError, MAX_CHUNKS};
 pub use engine::{CoreHandle, Engine, EngineConfig, EngineError};
 pub use metrics::CoreMetrics;
 pub use pool::{BufferPool, PoolBuf, PoolConfig, PoolError, SizeClass};
-pub use reactor::{CoreMsg, IdlePolicy, Reactor, ReactorConfig, Request, Service};
+pub use reactor::{CoreMsg, IdlePolicy, Incoming, Reactor, ReactorConfig, Service};
 pub use sessions::MAX_SESSIONS;
 pub use storage::{
     Backend, FileId, IoCompletion, IoKind, Storage, StorageConfig, StorageError, ALIGN, DISABLE_ENV,

@@ -125,8 +125,10 @@ impl Default for ReactorConfig {
     }
 }
 
-/// A request as a service sees it.
-pub struct Request<'a> {
+/// A request as it reaches a service: its header, its body (in the core's receive
+/// buffer, valid for the call) and the peer that sent it. (A metadata request's body
+/// decodes to a `nacre_proto::meta::Request`.)
+pub struct Incoming<'a> {
     pub header: Header,
     pub body: &'a [u8],
     pub peer: PeerAddr,
@@ -136,7 +138,7 @@ pub struct Request<'a> {
 pub trait Service {
     /// A decoded request from a known session (HELLO and PING are answered by the
     /// reactor). Every request gets exactly one [`Core::reply`], now or later.
-    fn on_request(&mut self, core: &mut Core, req: Request<'_>);
+    fn on_request(&mut self, core: &mut Core, req: Incoming<'_>);
     /// A bulk transfer the service started ([`Core::pull`], [`Core::push`]) finished.
     fn on_bulk(&mut self, core: &mut Core, done: BulkDone) {
         for b in done.bufs {
@@ -410,7 +412,7 @@ impl<S: Service> Reactor<S> {
         if h.opcode == Opcode::PING {
             return self.core.reply(peer, &h, 0, frame.body);
         }
-        let req = Request {
+        let req = Incoming {
             header: h,
             body: frame.body,
             peer,

@@ -11,8 +11,8 @@ use std::time::{Duration, Instant};
 
 use nacre_client::{ClientEndpoint, RpcClient, RpcConfig};
 use nacre_engine::{
-    Bufs, BulkDone, Core, CoreMetrics, Engine, EngineConfig, FileId, IoCompletion, PoolBuf,
-    PoolConfig, Request, Service, SizeClass, StorageConfig,
+    Bufs, BulkDone, Core, CoreMetrics, Engine, EngineConfig, FileId, Incoming, IoCompletion,
+    PoolBuf, PoolConfig, Service, SizeClass, StorageConfig,
 };
 use nacre_fabric::testing::pattern;
 use nacre_fabric::{Access, BulkDesc, EndpointConfig, Memory, MemoryRegion, PeerAddr, Selection};
@@ -125,7 +125,7 @@ impl FileService {
 }
 
 impl Service for FileService {
-    fn on_request(&mut self, core: &mut Core, req: Request<'_>) {
+    fn on_request(&mut self, core: &mut Core, req: Incoming<'_>) {
         let mut r = BodyReader::new(req.body);
         let parsed = match req.header.opcode {
             WRITE => r.u64().and_then(|o| Ok((o, 0, r.bulk()?))),
@@ -661,7 +661,7 @@ struct Shifter {
 const SHIFT: Opcode = Opcode(300);
 
 impl Service for Shifter {
-    fn on_request(&mut self, core: &mut Core, req: Request<'_>) {
+    fn on_request(&mut self, core: &mut Core, req: Incoming<'_>) {
         let mut r = BodyReader::new(req.body);
         let Ok((head, src, dst)) = r.u64().and_then(|h| Ok((h as usize, r.bulk()?, r.bulk()?)))
         else {
@@ -762,7 +762,7 @@ struct Later {
 }
 
 impl Service for Later {
-    fn on_request(&mut self, _core: &mut Core, req: Request<'_>) {
+    fn on_request(&mut self, _core: &mut Core, req: Incoming<'_>) {
         self.held.push((req.peer, req.header, req.body.to_vec()));
     }
 

@@ -8,7 +8,7 @@ use std::time::Duration;
 
 use nacre_client::{RpcClient, RpcConfig};
 use nacre_engine::{
-    Core, CoreMetrics, Engine, EngineConfig, PoolBuf, PoolConfig, ReactorConfig, Request, Service,
+    Core, CoreMetrics, Engine, EngineConfig, Incoming, PoolBuf, PoolConfig, ReactorConfig, Service,
     SizeClass,
 };
 use nacre_fabric::{PeerAddr, Selection};
@@ -41,7 +41,7 @@ impl Holder {
 }
 
 impl Service for Holder {
-    fn on_request(&mut self, core: &mut Core, req: Request<'_>) {
+    fn on_request(&mut self, core: &mut Core, req: Incoming<'_>) {
         match req.header.opcode {
             HOLD => {
                 self.waiting.push_back((req.peer, req.header));

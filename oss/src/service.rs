@@ -14,7 +14,7 @@
 use nacre_mgs::role::ServingEpoch;
 use std::collections::{HashMap, VecDeque};
 
-use nacre_engine::{Bufs, BulkDone, Core, IoCompletion, Request, Service};
+use nacre_engine::{Bufs, BulkDone, Core, Incoming, IoCompletion, Service};
 use nacre_fabric::PeerAddr;
 use nacre_proto::object::{
     decode_target, Data, IoReply, ObjError, ObjFlags, ObjTarget, ObjectAttr, OstStatfs, RangeReq,
@@ -506,7 +506,7 @@ fn put_all(core: &mut Core, bufs: impl IntoIterator<Item = nacre_engine::PoolBuf
 }
 
 impl Service for OssService {
-    fn on_request(&mut self, core: &mut Core, req: Request<'_>) {
+    fn on_request(&mut self, core: &mut Core, req: Incoming<'_>) {
         let (peer, h, body) = (req.peer, req.header, req.body);
         match h.opcode {
             Opcode::OBJ_WRITE => self.on_write(core, peer, h, body),

@@ -11,7 +11,7 @@ use std::sync::{Arc, OnceLock};
 
 use nacre_mgs::role::ServingEpoch;
 
-use nacre_engine::{Core, Request as EngineRequest, Service};
+use nacre_engine::{Core, Incoming, Service};
 use nacre_fabric::PeerAddr;
 use nacre_proto::meta::{Head, Request};
 use nacre_proto::Header;
@@ -143,7 +143,7 @@ impl MdsService {
 }
 
 impl Service for MdsService {
-    fn on_request(&mut self, core: &mut Core, req: EngineRequest<'_>) {
+    fn on_request(&mut self, core: &mut Core, req: Incoming<'_>) {
         if !self.serving() {
             return core.reply(req.peer, &req.header, -libc::ESTALE, &[]);
         }

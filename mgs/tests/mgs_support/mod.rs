@@ -181,10 +181,10 @@ pub fn child_main() {
 
 /// One engine core on the tcp provider, answering PING (the reactor does) and ENOSYS.
 fn start_engine() -> nacre_engine::Engine {
-    use nacre_engine::{Core, EngineConfig, PoolConfig, Request, Service, SizeClass};
+    use nacre_engine::{Core, EngineConfig, Incoming, PoolConfig, Service, SizeClass};
     struct Nothing;
     impl Service for Nothing {
-        fn on_request(&mut self, core: &mut Core, req: Request<'_>) {
+        fn on_request(&mut self, core: &mut Core, req: Incoming<'_>) {
             core.reply(req.peer, &req.header, -38, &[]);
         }
     }
