@@ -11,7 +11,7 @@ use nacre_fabric::{Endpoint, EndpointConfig, PeerAddr, Selection};
 pub const DEFAULT_PORT: u16 = 47592;
 
 /// Who we are in the run, from the command line.
-pub struct Role {
+pub struct Side {
     /// The server's address; None: we are the server.
     pub server: Option<String>,
     /// Control port the server binds (`-B`).
@@ -28,7 +28,7 @@ pub struct Control {
 }
 
 impl Control {
-    pub fn establish(role: &Role) -> io::Result<Control> {
+    pub fn establish(role: &Side) -> io::Result<Control> {
         match &role.server {
             None => {
                 let port = role.src_port.unwrap_or(DEFAULT_PORT);
@@ -175,7 +175,7 @@ fn connect_fabric(
     provider: Option<&str>,
     domain: Option<&str>,
     ctl: &mut Control,
-    role: &Role,
+    role: &Side,
     cfg: &EndpointConfig,
 ) -> Result<(Endpoint, PeerAddr), crate::BenchError> {
     let node = if ctl.is_server {

@@ -12,6 +12,7 @@ use nacre_engine::{
 use crate::format::parse_size;
 use crate::BenchError;
 
+/// fio's `--rw` patterns, shared by the disk and object benches.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
 pub enum Rw {
     Read,

@@ -120,8 +120,8 @@ pub struct CommonArgs {
 }
 
 impl CommonArgs {
-    fn role(&self) -> control::Role {
-        control::Role {
+    fn role(&self) -> control::Side {
+        control::Side {
             server: self.server.clone(),
             src_port: self.src_port,
             dst_port: self.dst_port,

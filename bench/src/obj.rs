@@ -16,16 +16,9 @@ use nacre_proto::bootstrap::{Role, RoleKind};
 use nacre_proto::object::{Data, IoReply, ObjFlags, ObjTarget, ReadReq, WriteReq};
 use nacre_proto::Opcode;
 
+use crate::disk::Rw;
 use crate::format::parse_size;
 use crate::BenchError;
-
-#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
-pub enum Rw {
-    Write,
-    Read,
-    Randwrite,
-    Randread,
-}
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
 pub enum Checksum {

@@ -14,7 +14,7 @@ use nacre_engine::{
 use nacre_fabric::{Access, EndpointConfig, Memory, PeerAddr};
 use nacre_proto::{BodyReader, BulkDesc, Header, Opcode};
 
-use crate::control::{Control, Role};
+use crate::control::{Control, Side};
 use crate::format::parse_size;
 use crate::{BenchError, CommonArgs};
 
@@ -56,7 +56,7 @@ pub fn run(args: &WireArgs) -> Result<(), BenchError> {
 
 // ---------------------------------------------------------------- server side
 
-fn serve(args: &WireArgs, role: &Role, ctl: &mut Control, bs: usize) -> Result<(), BenchError> {
+fn serve(args: &WireArgs, role: &Side, ctl: &mut Control, bs: usize) -> Result<(), BenchError> {
     let cfg = EngineConfig {
         cores: 1,
         fabric: nacre_fabric::Selection {

@@ -22,4 +22,4 @@ pub use fs::{
     errno, Client, ClientConfig, File, FsStat, Layout, OpenOptions, TargetUsage, O_BUFFERED,
 };
 pub use regcache::{RegCache, RegCacheConfig, RegCacheMode, RegCacheStats};
-pub use rpc::{ClientEndpoint, ClientError, Reply, RpcClient, RpcConfig, SessionId};
+pub use rpc::{ClientEndpoint, ClientError, RpcClient, RpcConfig, RpcReply, SessionId};

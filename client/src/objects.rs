@@ -16,7 +16,7 @@ use nacre_proto::object::{
 };
 use nacre_proto::{BulkDesc, Opcode, HEADER_LEN};
 
-use crate::rpc::{ClientEndpoint, ClientError, Reply, SessionId};
+use crate::rpc::{ClientEndpoint, ClientError, RpcReply, SessionId};
 
 /// The largest request the client sends; a larger transfer is several, in flight
 /// together (the server splits each further into slabs).
@@ -269,7 +269,7 @@ impl ClientEndpoint {
         &mut self,
         reqs: &[Req<'_>],
         mut send: impl FnMut(&mut Self, &Req<'_>) -> Result<u64, ClientError>,
-    ) -> Result<Vec<Reply>, ClientError> {
+    ) -> Result<Vec<RpcReply>, ClientError> {
         let window = self.depth().max(1);
         let mut ids = std::collections::VecDeque::with_capacity(window);
         let mut replies = Vec::with_capacity(reqs.len());
@@ -357,7 +357,7 @@ impl ClientEndpoint {
         route: &OstRoute,
         object: u64,
         flags: ObjFlags,
-    ) -> Result<Reply, ClientError> {
+    ) -> Result<RpcReply, ClientError> {
         let sid = self.object_session(route, object)?;
         let t = Self::target(route, object, flags);
         let mut body = [0u8; 32];
@@ -449,7 +449,7 @@ const EMPTY_CRC: u32 = 0;
 
 /// A read's reply, or None for an object that does not exist yet: objects come into
 /// being with their first write, so a stripe never written reads as empty (a hole).
-fn read_reply(reply: &Reply) -> Result<Option<IoReply<'_>>, ClientError> {
+fn read_reply(reply: &RpcReply) -> Result<Option<IoReply<'_>>, ClientError> {
     if reply.header.status == -libc::ENOENT {
         return Ok(None);
     }
@@ -457,7 +457,7 @@ fn read_reply(reply: &Reply) -> Result<Option<IoReply<'_>>, ClientError> {
     IoReply::decode(&reply.body).map(Some).map_err(proto_err)
 }
 
-fn check_written(reqs: &[Req<'_>], replies: &[Reply]) -> Result<(), ClientError> {
+fn check_written(reqs: &[Req<'_>], replies: &[RpcReply]) -> Result<(), ClientError> {
     for (p, reply) in reqs.iter().zip(replies) {
         written(reply, p.len)?;
     }
@@ -469,14 +469,14 @@ fn sub(desc: &BulkDesc, at: usize, len: usize) -> BulkDesc {
         .expect("pieces lie inside the buffer")
 }
 
-fn check(reply: &Reply) -> Result<(), ClientError> {
+fn check(reply: &RpcReply) -> Result<(), ClientError> {
     match reply.header.status {
         0 => Ok(()),
         s => Err(ClientError::Status(-s)),
     }
 }
 
-fn written(reply: &Reply, want: usize) -> Result<usize, ClientError> {
+fn written(reply: &RpcReply, want: usize) -> Result<usize, ClientError> {
     check(reply)?;
     let r = IoReply::decode(&reply.body).map_err(proto_err)?;
     match r.len as usize == want {

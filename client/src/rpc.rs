@@ -71,9 +71,10 @@ impl Default for RpcConfig {
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
 pub struct SessionId(u32);
 
-/// A reply: its header (status, request id) and inline body.
+/// A reply as the RPC layer receives it: its header (status, request id) and inline
+/// body, which the layer above decodes (`nacre_proto::meta::Reply`, object replies).
 #[derive(Debug, Clone, PartialEq, Eq)]
-pub struct Reply {
+pub struct RpcReply {
     pub header: Header,
     pub body: Vec<u8>,
 }
@@ -126,7 +127,7 @@ pub struct ClientEndpoint {
     slots: usize,
     tx_free: Vec<usize>,
     /// Replies that arrived, with their session.
-    replies: VecDeque<(SessionId, Reply)>,
+    replies: VecDeque<(SessionId, RpcReply)>,
     /// Requests sent and not answered: id -> (deadline, session).
     pending: Outstanding<SessionId>,
     /// Requests whose deadline passed, not reported yet.
@@ -285,14 +286,14 @@ impl ClientEndpoint {
         sid: SessionId,
         op: Opcode,
         body: &[u8],
-    ) -> Result<Reply, ClientError> {
+    ) -> Result<RpcReply, ClientError> {
         let id = self.send(sid, op, body)?;
         self.wait(id)
     }
 
     /// Waits for the reply to request `id` (its deadline was set when it was sent);
     /// replies to other requests that arrive meanwhile are kept for their callers.
-    pub fn wait(&mut self, id: u64) -> Result<Reply, ClientError> {
+    pub fn wait(&mut self, id: u64) -> Result<RpcReply, ClientError> {
         loop {
             if let Some(at) = self
                 .replies
@@ -419,7 +420,7 @@ impl ClientEndpoint {
     /// Waits for the next reply, whatever its request and session; fails when a request
     /// outlives its deadline (the server is gone or dropped it), or after the timeout
     /// with nothing outstanding.
-    pub fn next_reply(&mut self) -> Result<(SessionId, Reply), ClientError> {
+    pub fn next_reply(&mut self) -> Result<(SessionId, RpcReply), ClientError> {
         let start = Instant::now();
         loop {
             if let Some(r) = self.replies.pop_front() {
@@ -560,7 +561,7 @@ impl ClientEndpoint {
         header.flags = Flags(header.flags.0 & !Flags::MORE.0);
         header.fragment = 0;
         header.body_len = body.len() as u32;
-        self.replies.push_back((sid, Reply { header, body }));
+        self.replies.push_back((sid, RpcReply { header, body }));
         Ok(())
     }
 
@@ -604,7 +605,7 @@ impl RpcClient {
         self.inner.remote_session(self.sid).unwrap_or(0)
     }
 
-    pub fn request(&mut self, op: Opcode, body: &[u8]) -> Result<Reply, ClientError> {
+    pub fn request(&mut self, op: Opcode, body: &[u8]) -> Result<RpcReply, ClientError> {
         self.inner.request(self.sid, op, body)
     }
 
@@ -616,7 +617,7 @@ impl RpcClient {
         self.inner.send_raw(self.sid, bytes, expect)
     }
 
-    pub fn next_reply(&mut self) -> Result<Reply, ClientError> {
+    pub fn next_reply(&mut self) -> Result<RpcReply, ClientError> {
         Ok(self.inner.next_reply()?.1)
     }
 

@@ -109,6 +109,28 @@ fn two_mgs_on_one_etcd_and_one_killed_clients_and_servers_carry_on() {
     assert_eq!(c.fetch_map().unwrap().servers.len(), 2);
 }
 
+/// A leader stopped by SIGTERM resigns: the `leader` key no longer names it once it
+/// has exited (without resigning it would for the rest of its etcd lease), and the
+/// follower is elected.
+#[test]
+fn a_leader_stopped_cleanly_resigns_and_the_follower_takes_over() {
+    let Some(etcd) = EtcdProc::start("resign") else {
+        return;
+    };
+    etcd.format_ok("resignfs");
+    let mut first = Mgs::serve_etcd(&etcd.url, &[]);
+    first.proc.expect("leader on", Duration::from_secs(10));
+    let second = Mgs::serve_etcd(&etcd.url, &[]);
+    first.proc.signal("TERM");
+    first
+        .proc
+        .expect("nacre-mgs: stopped", Duration::from_secs(10));
+    assert_eq!(first.proc.wait_exit(Duration::from_secs(10)), Some(0));
+    let store = nacre_mgs::etcd::Etcd::connect(&etcd.url).unwrap();
+    assert_ne!(store.leader().unwrap(), Some(first.addr.clone()));
+    second.proc.expect("leader on", Duration::from_secs(10));
+}
+
 #[test]
 fn a_paused_leader_is_deposed_and_exits_when_resumed_while_servers_carry_on() {
     let Some(etcd) = EtcdProc::start("paused") else {

@@ -22,6 +22,6 @@ pub use errno::Errno;
 pub use layout::ObjectId;
 pub use store::{
     gather, scatter, slabs_for, Io, ObjectCompletion, ObjectStore, OpKind, StoreConfig,
-    TargetState, WriteMode, IO_TAG,
+    TargetHealth, WriteMode, IO_TAG,
 };
 pub use superblock::{FormatRequest, Formatted, Superblock, TargetError, FORMAT_VERSION};

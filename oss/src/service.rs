@@ -24,7 +24,7 @@ use nacre_proto::{BulkDesc, Header, Opcode, HEADER_LEN};
 
 use crate::server::{open_store, OstHealth, OstRegistry};
 use crate::{
-    crc32c_bufs, slabs_for, Errno, Io, ObjectCompletion, ObjectStore, OpKind, TargetState,
+    crc32c_bufs, slabs_for, Errno, Io, ObjectCompletion, ObjectStore, OpKind, TargetHealth,
     WriteMode,
 };
 
@@ -593,7 +593,7 @@ impl Service for OssService {
         for o in &mut self.osts {
             moved |= o.store.progress(&mut Self::io(core));
             o.store.reap(&mut self.done);
-            if let TargetState::Degraded(Errno(e)) = o.store.state() {
+            if let TargetHealth::Degraded(Errno(e)) = o.store.state() {
                 if o.health.degraded().is_none() {
                     tracing::error!("OST{} degraded: {}", o.index, Errno(e));
                     o.health.degrade(e);

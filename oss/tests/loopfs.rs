@@ -8,7 +8,7 @@ mod common;
 use common::loopfs::mount;
 use common::*;
 use nacre_engine::Backend;
-use nacre_oss::{Errno, TargetState};
+use nacre_oss::{Errno, TargetHealth};
 
 #[test]
 fn enospc_fails_that_write_and_the_rest_goes_on() {
@@ -32,7 +32,7 @@ fn enospc_fails_that_write_and_the_rest_goes_on() {
     assert_eq!(h.write(3, 0, &chunk), Err(Errno::ENOSPC));
     assert_eq!(
         h.store.state(),
-        TargetState::Healthy,
+        TargetHealth::Healthy,
         "ENOSPC is not a device failure"
     );
     // A small write to another object still works, and reads back.
@@ -61,7 +61,7 @@ fn a_file_system_error_degrades_the_target() {
     }
     let r = h.write(1, 0, &pattern(4, 5000));
     assert_eq!(r, Err(Errno::EROFS));
-    assert_eq!(h.store.state(), TargetState::Degraded(Errno::EROFS));
+    assert_eq!(h.store.state(), TargetHealth::Degraded(Errno::EROFS));
     // What is on the device is still served.
     assert!(h.read(1, 100, 10_000).unwrap() == data);
     h.assert_pool_full();

@@ -5,9 +5,9 @@
 //! returns an operation's context in its completion (engine [`route`]s, client
 //! [`slot`]s), io_uring returns an SQE's user_data in its CQE (the OSS's [`io_tag`]), a
 //! client carries the session id a core gave it ([`session`]). Each packs a few small
-//! fields into the word. A [`Layout`] describes where each field sits; [`Layout::pack`]
+//! fields into the word. A [`WordLayout`] describes where each field sits; [`WordLayout::pack`]
 //! refuses a value that does not fit its field (in release builds too: never a silent
-//! mask), and [`Layout::unpack`] refuses a word that is not an encoding of the layout
+//! mask), and [`WordLayout::unpack`] refuses a word that is not an encoding of the layout
 //! (bits set outside its fields, another kind tag). Both are allocation-free and
 //! inline: they run once per completion.
 //!
@@ -95,7 +95,7 @@ impl Field {
 
 /// Where the `N` fields of a packed u64 sit, and its kind tag if it has one.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub struct Layout<const N: usize> {
+pub struct WordLayout<const N: usize> {
     name: &'static str,
     fields: [Field; N],
     /// The kind field and the value it has in this layout.
@@ -104,9 +104,9 @@ pub struct Layout<const N: usize> {
     mask: u64,
 }
 
-impl<const N: usize> Layout<N> {
+impl<const N: usize> WordLayout<N> {
     /// A layout of `fields`; fails at compile time in a `const` when fields overlap.
-    pub const fn new(name: &'static str, fields: [Field; N]) -> Layout<N> {
+    pub const fn new(name: &'static str, fields: [Field; N]) -> WordLayout<N> {
         let mut mask = 0u64;
         let mut i = 0;
         while i < N {
@@ -115,7 +115,7 @@ impl<const N: usize> Layout<N> {
             mask |= m;
             i += 1;
         }
-        Layout {
+        WordLayout {
             name,
             fields,
             kind: None,
@@ -125,14 +125,14 @@ impl<const N: usize> Layout<N> {
 
     /// This layout with kind tag `value` in field `kind`: packing sets it, unpacking
     /// checks it.
-    pub const fn tagged(self, kind: Field, value: u64) -> Layout<N> {
+    pub const fn tagged(self, kind: Field, value: u64) -> WordLayout<N> {
         assert!(self.kind.is_none(), "one kind tag per layout");
         assert!(
             self.mask & kind.mask() == 0,
             "the kind field overlaps a field"
         );
         assert!(value <= kind.max(), "the kind tag fits its field");
-        Layout {
+        WordLayout {
             kind: Some((kind, value)),
             mask: self.mask | kind.mask(),
             ..self
@@ -222,7 +222,7 @@ impl<const N: usize> Layout<N> {
 /// The engine's fabric completion contexts (`nacre_engine`'s `Route`): a kind in the top
 /// byte, then a receive or transmit slot, or a bulk transfer's chunk.
 pub mod route {
-    use super::{Field, Layout};
+    use super::{Field, WordLayout};
 
     pub const SCHEME: &str = "engine route";
     /// Which of the layouts below a context is.
@@ -231,13 +231,15 @@ pub mod route {
     pub const REPLY_KIND: u64 = 2;
     pub const BULK_KIND: u64 = 3;
     /// A receive slot of the reactor.
-    pub const RECV: Layout<1> =
-        Layout::new("engine route (receive)", [Field::new("slot", 0, 32)]).tagged(KIND, RECV_KIND);
+    pub const RECV: WordLayout<1> =
+        WordLayout::new("engine route (receive)", [Field::new("slot", 0, 32)])
+            .tagged(KIND, RECV_KIND);
     /// A transmit slot carrying a reply.
-    pub const REPLY: Layout<1> =
-        Layout::new("engine route (reply)", [Field::new("slot", 0, 32)]).tagged(KIND, REPLY_KIND);
+    pub const REPLY: WordLayout<1> =
+        WordLayout::new("engine route (reply)", [Field::new("slot", 0, 32)])
+            .tagged(KIND, REPLY_KIND);
     /// Chunk `chunk` of bulk transfer `op` (a table index) of generation `gen`.
-    pub const BULK: Layout<3> = Layout::new(
+    pub const BULK: WordLayout<3> = WordLayout::new(
         "engine route (bulk)",
         [
             Field::new("op", 0, 16),
@@ -251,31 +253,32 @@ pub mod route {
 /// The client endpoint's fabric completion contexts (`nacre_client`'s `Slot`): bit 32
 /// says a transmit slot, the low 32 bits are the slot's index.
 pub mod slot {
-    use super::{Field, Layout};
+    use super::{Field, WordLayout};
 
     pub const SCHEME: &str = "client slot";
     pub const KIND: Field = Field::new("send", 32, 1);
     pub const RECV_KIND: u64 = 0;
     pub const SEND_KIND: u64 = 1;
     /// A receive slot.
-    pub const RECV: Layout<1> =
-        Layout::new("client slot (receive)", [Field::new("index", 0, 32)]).tagged(KIND, RECV_KIND);
+    pub const RECV: WordLayout<1> =
+        WordLayout::new("client slot (receive)", [Field::new("index", 0, 32)])
+            .tagged(KIND, RECV_KIND);
     /// A transmit slot.
-    pub const SEND: Layout<1> =
-        Layout::new("client slot (send)", [Field::new("index", 0, 32)]).tagged(KIND, SEND_KIND);
+    pub const SEND: WordLayout<1> =
+        WordLayout::new("client slot (send)", [Field::new("index", 0, 32)]).tagged(KIND, SEND_KIND);
 }
 
 /// The user_data of the OSS object store's storage operations: bit 63 marks the
 /// store's (the core keeps it clear in its own), then the store's id, the piece's
 /// class, the piece and the operation.
 pub mod io_tag {
-    use super::{Field, Layout};
+    use super::{Field, WordLayout};
 
     pub const SCHEME: &str = "OSS io tag";
     /// Set in every tag of an object store.
     pub const OWNER: Field = Field::new("store-owned", 63, 1);
     /// Fields: store id, class, piece, operation.
-    pub const TAG: Layout<4> = Layout::new(
+    pub const TAG: WordLayout<4> = WordLayout::new(
         "OSS io tag",
         [
             Field::new("store", 56, 7),
@@ -291,10 +294,10 @@ pub mod io_tag {
 /// in the low 16 bits (0 is no session), the slot's generation in the high 16, so a
 /// reaped id never names the slot's next owner. Ids travel as u32.
 pub mod session {
-    use super::{Field, Layout};
+    use super::{Field, WordLayout};
 
     /// Fields: slot + 1, generation.
-    pub const ID: Layout<2> = Layout::new(
+    pub const ID: WordLayout<2> = WordLayout::new(
         "session id",
         [
             Field::new("slot+1", 0, 16),

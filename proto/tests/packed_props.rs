@@ -3,11 +3,11 @@
 //! limit), and decoding an arbitrary u64 never panics: it errors or re-encodes to the
 //! same word.
 
-use nacre_proto::packed::{io_tag, route, session, slot, Layout, PackError};
+use nacre_proto::packed::{io_tag, route, session, slot, PackError, WordLayout};
 use proptest::prelude::*;
 
 /// Values in range of every field of `layout`, from raw random words.
-fn clamp<const N: usize>(layout: &Layout<N>, raw: [u64; N]) -> [u64; N] {
+fn clamp<const N: usize>(layout: &WordLayout<N>, raw: [u64; N]) -> [u64; N] {
     let mut v = raw;
     for (x, f) in v.iter_mut().zip(layout.fields()) {
         *x &= f.max();
@@ -15,7 +15,7 @@ fn clamp<const N: usize>(layout: &Layout<N>, raw: [u64; N]) -> [u64; N] {
     v
 }
 
-fn round_trips<const N: usize>(layout: &Layout<N>, raw: [u64; N]) -> Result<(), TestCaseError> {
+fn round_trips<const N: usize>(layout: &WordLayout<N>, raw: [u64; N]) -> Result<(), TestCaseError> {
     let v = clamp(layout, raw);
     let word = layout
         .pack(v)
@@ -28,7 +28,7 @@ fn round_trips<const N: usize>(layout: &Layout<N>, raw: [u64; N]) -> Result<(), 
 
 /// Field `i` pushed past its limit (by `excess`, from 1), the others in range.
 fn rejects<const N: usize>(
-    layout: &Layout<N>,
+    layout: &WordLayout<N>,
     raw: [u64; N],
     i: usize,
     excess: u64,
@@ -55,7 +55,7 @@ fn rejects<const N: usize>(
     Ok(())
 }
 
-fn decodes_or_errs<const N: usize>(layout: &Layout<N>, word: u64) -> Result<(), TestCaseError> {
+fn decodes_or_errs<const N: usize>(layout: &WordLayout<N>, word: u64) -> Result<(), TestCaseError> {
     match layout.unpack(word) {
         Ok(v) => prop_assert_eq!(layout.pack(v), Ok(word)),
         Err(PackError::StrayBits { stray, .. }) => {

@@ -223,6 +223,10 @@ fn serve_etcd(cfg: &MgsConfig, stop: &AtomicBool) -> Result<(), Error> {
     wait_for(stop, || leadership.valid());
     if stop.load(Ordering::Relaxed) {
         handle.stop();
+        // The store took the connection: a fresh one for this last call.
+        if let Err(e) = Etcd::connect(&cfg.store).and_then(|etcd| etcd.resign(&leadership)) {
+            eprintln!("nacre-mgs: resigning the leadership: {e} (it lapses with its lease)");
+        }
         println!("nacre-mgs: stopped");
         return Ok(());
     }

@@ -40,7 +40,7 @@ use crate::rangelock::{LockId, Mode, RangeLocks};
 use crate::superblock::{self, Superblock, TargetError};
 use crate::Errno;
 use plan::{Plan, BLOCK};
-pub use types::{Io, ObjectCompletion, OpKind, StoreConfig, TargetState, WriteMode};
+pub use types::{Io, ObjectCompletion, OpKind, StoreConfig, TargetHealth, WriteMode};
 
 /// Set in the user_data of every storage operation the store submits; the core hands
 /// those completions to [`ObjectStore::on_io`] and keeps the bit clear in its own.
@@ -215,7 +215,7 @@ pub struct ObjectStore {
     granted: VecDeque<u32>,
     submit_q: VecDeque<IoReq>,
     done: Vec<ObjectCompletion>,
-    state: TargetState,
+    state: TargetHealth,
     clock: u64,
     /// Objects whose last active write just ended: trim their size next turn.
     fixups: Vec<ObjectId>,
@@ -244,7 +244,7 @@ impl ObjectStore {
             granted: VecDeque::new(),
             submit_q: VecDeque::new(),
             done: Vec::new(),
-            state: TargetState::Healthy,
+            state: TargetHealth::Healthy,
             clock: 0,
             fixups: Vec::new(),
         })
@@ -258,7 +258,7 @@ impl ObjectStore {
         &self.root
     }
 
-    pub fn state(&self) -> TargetState {
+    pub fn state(&self) -> TargetHealth {
         self.state
     }
 
@@ -838,9 +838,9 @@ impl ObjectStore {
     }
 
     fn note_error(&mut self, e: Errno) {
-        if e.is_device_failure() && self.state == TargetState::Healthy {
+        if e.is_device_failure() && self.state == TargetHealth::Healthy {
             tracing::error!(target = %self.sb.label, "device error {e}: target degraded");
-            self.state = TargetState::Degraded(e);
+            self.state = TargetHealth::Degraded(e);
         }
     }
 }

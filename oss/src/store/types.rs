@@ -78,9 +78,10 @@ impl Default for StoreConfig {
     }
 }
 
-/// What the server reports for the target.
+/// The target's health as its store sees it (the server reports it to the MGS as the
+/// map's `TargetState`).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum TargetState {
+pub enum TargetHealth {
     Healthy,
     /// The device returned this error (EIO...): data on the target may be unreachable.
     Degraded(Errno),
