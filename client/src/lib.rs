@@ -11,15 +11,14 @@
 mod cache;
 pub mod fs;
 mod locks;
-mod meta;
 pub mod namespace;
-pub mod objects;
-mod pieces;
-mod regcache;
-mod rpc;
+use nacre_rpc::rpc;
+pub use nacre_rpc::{objects, regcache};
 
 pub use fs::{
     errno, Client, ClientConfig, File, FsStat, Layout, OpenOptions, TargetUsage, O_BUFFERED,
 };
-pub use regcache::{RegCache, RegCacheConfig, RegCacheMode, RegCacheStats};
-pub use rpc::{ClientEndpoint, ClientError, RpcClient, RpcConfig, RpcReply, SessionId};
+pub use nacre_rpc::{
+    ClientEndpoint, ClientError, RegCache, RegCacheConfig, RegCacheMode, RegCacheStats, RpcClient,
+    RpcConfig, RpcReply, SessionId,
+};

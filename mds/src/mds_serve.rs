@@ -11,6 +11,8 @@ use std::time::{Duration, Instant};
 
 use nacre_engine::{Engine, EngineConfig, EngineError, ReactorConfig};
 use nacre_fabric::Selection;
+
+use crate::destroyer::Destroyer;
 use nacre_mgc::{BootConfig, MgsClient, MgsError};
 use nacre_mgs::role::{node_identity, LeaseKeeper, RoleHolder};
 use nacre_proto::bootstrap::{
@@ -41,6 +43,8 @@ pub enum MdsServeError {
     Mdt(#[from] MdtError),
     #[error("installing signal handlers: {0}")]
     Signals(std::io::Error),
+    #[error("starting the destroyer thread: {0}")]
+    Destroyer(std::io::Error),
 }
 
 /// Runs until a signal (Ok(true)) or until the role is fenced (Ok(false)).
@@ -89,6 +93,12 @@ pub fn serve(cfg: &MdsServeConfig) -> Result<bool, MdsServeError> {
     };
     let mut role = RoleHolder::new(LeaseKeeper::start(&cfg.mgs, grant, sent, report));
     let _ = slot.set((mdt.clone(), role.epoch.clone()));
+    let destroyer = Destroyer::start(
+        mdt.clone(),
+        Selection::serving(&cfg.provider, cfg.node.clone()),
+    )
+    .map_err(MdsServeError::Destroyer)?;
+    destroyer.set_map(map);
     println!("nacre-mds: ready");
     let mut last_map = Instant::now();
     while !stop.load(Ordering::Relaxed) && !role.is_fenced() {
@@ -102,6 +112,7 @@ pub fn serve(cfg: &MdsServeConfig) -> Result<bool, MdsServeError> {
             last_map = Instant::now();
             if let Ok(map) = mgs.fetch_map() {
                 mdt.set_ost_space(ost_space(&map));
+                destroyer.set_map(map.clone());
                 let now = ost_indices(&map);
                 if !now.is_empty() && now != osts {
                     let _ = mdt.submitter().submit_admin(0, Admin::SetOsts(now.clone()));
@@ -131,6 +142,8 @@ pub fn serve(cfg: &MdsServeConfig) -> Result<bool, MdsServeError> {
         n(&st.checkpoints),
         n(&st.reconstructed)
     );
+    tracing::debug!("{} objects of gone files destroyed", destroyer.destroyed());
+    drop(destroyer);
     drop(slot);
     if let Ok(mdt) = Arc::try_unwrap(mdt) {
         mdt.shutdown()?;

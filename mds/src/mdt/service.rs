@@ -326,6 +326,31 @@ impl Mdt {
         Ok(out)
     }
 
+    /// The files whose objects may be destroyed now: the `destroy` rows already durable
+    /// (checkpointed to redb) and not changed since, at most `max`. An unlink that a
+    /// crash could still undo (only in the operation log's last interval, or not yet
+    /// committed) must not lose its file's objects.
+    pub fn durable_destroys(&self, max: usize) -> Result<Vec<(u64, StripedLayout)>, MdtError> {
+        let overlay = self.overlay.read().unwrap_or_else(|p| p.into_inner());
+        let changed = overlay.destroys();
+        let tx = self.db.begin_read().map_err(StoreError::from)?;
+        let t = tx.open_table(DESTROY).map_err(StoreError::from)?;
+        let mut out = Vec::new();
+        for row in t.iter().map_err(StoreError::from)? {
+            if out.len() == max {
+                break;
+            }
+            let (k, v) = row.map_err(StoreError::from)?;
+            if changed.contains_key(&k.value()) {
+                continue;
+            }
+            let layout = StripedLayout::decode(v.value())
+                .map_err(|_| StoreError::CorruptRecord("destroy row"))?;
+            out.push((k.value(), layout));
+        }
+        Ok(out)
+    }
+
     pub fn stats(&self) -> &Stats {
         &self.stats
     }

@@ -1,0 +1,239 @@
+//! Freeing the space of files that are gone (Lustre's OSP draining the unlink llog).
+//!
+//! Unlinking a file's last link, renaming over it, and the last close of a file unlinked
+//! while open put its layout in the MDT's durable `destroy` table, in the same
+//! transaction as the namespace change. The [`Destroyer`] thread drains that table: for
+//! each row that is durable (an unlink a crash could still undo keeps its objects) it
+//! sends OBJ_DESTROY for every object to the OSS core that owns it, as the cluster map
+//! names the server and its epoch, and once every object of the file is gone (ENOENT
+//! counts: a destroy resent after a lost reply, or an object never written) it submits
+//! `Admin::ForgetDestroyed`. An OSS that is down, a stale epoch or a timeout leaves the
+//! row for the next pass, so destroys survive a restart of either side. Nothing here is
+//! on the request path: an unlink is answered once the MDT has it.
+
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
+use std::thread::JoinHandle;
+use std::time::Duration;
+
+use nacre_fabric::Selection;
+use nacre_proto::bootstrap::{ClusterMap, Role, RoleKind};
+use nacre_proto::layout::{ObjectRef, StripedLayout};
+use nacre_rpc::objects::OstRoute;
+use nacre_rpc::{ClientEndpoint, ClientError, RpcConfig};
+
+use crate::mdt::{Admin, Mdt};
+
+/// Files looked at in one pass.
+const BATCH: usize = 256;
+/// Pause between passes that found nothing (or could not finish).
+const IDLE: Duration = Duration::from_millis(200);
+/// One destroy, and the commit that forgets a batch, may take this long.
+const TIMEOUT: Duration = Duration::from_secs(5);
+
+/// The thread that destroys the objects of gone files; stops when dropped.
+pub struct Destroyer {
+    shared: Arc<Shared>,
+    thread: Option<JoinHandle<()>>,
+}
+
+struct Shared {
+    stop: AtomicBool,
+    map: Mutex<Option<ClusterMap>>,
+    /// Objects destroyed so far.
+    objects: AtomicU64,
+    /// Tags of the ForgetDestroyed batches submitted.
+    batches: AtomicU64,
+}
+
+impl Destroyer {
+    /// Starts draining `mdt`'s destroy table over the fabric `sel` names (the provider
+    /// the OSSs serve on). Nothing is sent before the first [`Destroyer::set_map`].
+    pub fn start(mdt: Arc<Mdt>, sel: Selection) -> std::io::Result<Destroyer> {
+        let shared = Arc::new(Shared {
+            stop: AtomicBool::new(false),
+            map: Mutex::new(None),
+            objects: AtomicU64::new(0),
+            batches: AtomicU64::new(0),
+        });
+        let thread = {
+            let shared = shared.clone();
+            std::thread::Builder::new()
+                .name("mds-destroyer".into())
+                .spawn(move || run(&mdt, &sel, &shared))?
+        };
+        Ok(Destroyer {
+            shared,
+            thread: Some(thread),
+        })
+    }
+
+    /// The cluster map to route destroys by (the newest the server fetched).
+    pub fn set_map(&self, map: ClusterMap) {
+        *self.shared.map.lock().unwrap_or_else(|p| p.into_inner()) = Some(map);
+    }
+
+    /// Objects destroyed so far.
+    pub fn destroyed(&self) -> u64 {
+        self.shared.objects.load(Ordering::Relaxed)
+    }
+}
+
+impl Drop for Destroyer {
+    fn drop(&mut self) {
+        self.shared.stop.store(true, Ordering::SeqCst);
+        if let Some(t) = self.thread.take() {
+            let _ = t.join();
+        }
+    }
+}
+
+fn run(mdt: &Mdt, sel: &Selection, shared: &Shared) {
+    let submitter = mdt.submitter();
+    let mut ep: Option<ClientEndpoint> = None;
+    while !shared.stop.load(Ordering::SeqCst) {
+        let map = shared.map.lock().unwrap_or_else(|p| p.into_inner()).clone();
+        let full = match map {
+            Some(map) => pass(mdt, &submitter, sel, &mut ep, &map, shared),
+            None => false,
+        };
+        if !full {
+            sleep_unless_stopped(shared, IDLE);
+        }
+    }
+}
+
+/// One pass over at most [`BATCH`] files; true when it forgot a full batch (go on at
+/// once).
+fn pass(
+    mdt: &Mdt,
+    submitter: &crate::mdt::Submitter,
+    sel: &Selection,
+    slot: &mut Option<ClientEndpoint>,
+    map: &ClusterMap,
+    shared: &Shared,
+) -> bool {
+    let files = match mdt.durable_destroys(BATCH) {
+        Ok(files) if files.is_empty() => return false,
+        Ok(files) => files,
+        Err(e) => {
+            tracing::warn!("destroyer: reading the destroy log: {e}");
+            return false;
+        }
+    };
+    if slot.is_none() {
+        match ClientEndpoint::open(sel, rpc_config()) {
+            Ok(opened) => *slot = Some(opened),
+            Err(e) => {
+                tracing::warn!("destroyer: opening an endpoint: {e}");
+                return false;
+            }
+        }
+    }
+    let mut gone = Vec::new();
+    for (ino, layout) in &files {
+        if shared.stop.load(Ordering::SeqCst) {
+            break;
+        }
+        let Some(ep) = slot.as_mut() else { break };
+        match destroy_file(ep, map, layout) {
+            Ok(n) => {
+                shared.objects.fetch_add(n, Ordering::Relaxed);
+                gone.push(*ino);
+            }
+            Err(e) => {
+                tracing::debug!("destroyer: inode {ino}: {e} (retried later)");
+                if !matches!(e, ClientError::Status(_)) {
+                    // No answer: start the next pass on a fresh endpoint and sessions.
+                    tracing::info!("destroyer: {e}: retrying on a fresh endpoint");
+                    *slot = None;
+                    break;
+                }
+            }
+        }
+    }
+    let forgot = forget(submitter, gone, shared);
+    forgot == files.len() && files.len() == BATCH
+}
+
+/// Destroys every object of `layout`; the number destroyed (ENOENT: already gone).
+fn destroy_file(
+    ep: &mut ClientEndpoint,
+    map: &ClusterMap,
+    layout: &StripedLayout,
+) -> Result<u64, ClientError> {
+    let mut n = 0;
+    for obj in &layout.objects {
+        let route = route(map, obj)?;
+        match ep.obj_destroy(&route, obj.oid) {
+            Ok(()) => n += 1,
+            Err(ClientError::Status(libc::ENOENT)) => {}
+            Err(e) => return Err(e),
+        }
+    }
+    Ok(n)
+}
+
+fn route(map: &ClusterMap, obj: &ObjectRef) -> Result<OstRoute, ClientError> {
+    let role = Role {
+        kind: RoleKind::Oss,
+        index: obj.ost,
+    };
+    let s = map.server(role).ok_or_else(|| {
+        ClientError::Protocol(format!("no server for OST {} in the map", obj.ost))
+    })?;
+    Ok(OstRoute {
+        ost: obj.ost,
+        epoch: s.epoch,
+        cores: s.cores.clone(),
+    })
+}
+
+/// Tells the MDT that these files' objects are gone; how many it forgot.
+fn forget(submitter: &crate::mdt::Submitter, inos: Vec<u64>, shared: &Shared) -> usize {
+    let n = inos.len();
+    if n == 0 {
+        return 0;
+    }
+    // A tag of its own, so that the answer to an earlier batch that came late is not
+    // taken for this one's.
+    let tag = shared.batches.fetch_add(1, Ordering::Relaxed);
+    if let Err(e) = submitter.submit_admin(tag, Admin::ForgetDestroyed(inos)) {
+        tracing::warn!("destroyer: forgetting {n} destroyed files: {e} (retried later)");
+        return 0;
+    }
+    let until = std::time::Instant::now() + TIMEOUT;
+    while let Some(left) = until.checked_duration_since(std::time::Instant::now()) {
+        match submitter.wait(left) {
+            Some(c) if c.tag != tag => continue,
+            Some(c) => match c.result {
+                Ok(_) => return n,
+                Err(errno) => {
+                    tracing::warn!("destroyer: forgetting {n} destroyed files: errno {errno}");
+                    return 0;
+                }
+            },
+            None => break,
+        }
+    }
+    tracing::warn!("destroyer: forgetting {n} destroyed files: no answer in {TIMEOUT:?}");
+    0
+}
+
+fn rpc_config() -> RpcConfig {
+    RpcConfig {
+        msg_size: nacre_proto::object::MSG_SIZE,
+        timeout: TIMEOUT,
+        ..Default::default()
+    }
+}
+
+fn sleep_unless_stopped(shared: &Shared, total: Duration) {
+    let step = Duration::from_millis(20);
+    let mut left = total;
+    while !left.is_zero() && !shared.stop.load(Ordering::SeqCst) {
+        let d = left.min(step);
+        std::thread::sleep(d);
+        left -= d;
+    }
+}
