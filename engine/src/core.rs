@@ -772,9 +772,11 @@ impl Core {
         }
     }
 
-    /// Reaps the sessions nobody used for the session idle time (at most one look a
-    /// second): the slot and the address-vector entry go back, and the client, should
-    /// it come back, says HELLO again. A session with anything of the core's still
+    /// Reaps the sessions nobody used for the session idle time, and those whose peer
+    /// process has exited (shm: its fabric name holds its pid, and shm peers share this
+    /// host), at most one look a second: the slot and the address-vector entry go back,
+    /// and the client, should it come back, says HELLO again. Without the second rule
+    /// short-lived clients filled shm's address vector (256 peers) within ten minutes. A session with anything of the core's still
     /// under way towards its peer (a transfer, a post waiting for the queue, a reply in
     /// a transmit slot or the backlog, an eviction) is left for a later look, so that
     /// nothing in flight loses its address. Returns whether any session was reaped.
@@ -783,7 +785,12 @@ impl Core {
             return false;
         }
         self.last_reap = now;
-        let idle = self.sessions.idle(now, self.session_idle);
+        let mut idle = self.sessions.idle(now, self.session_idle);
+        for s in self.sessions.gone(nacre_fabric::shm_peer_gone) {
+            if !idle.contains(&s) {
+                idle.push(s);
+            }
+        }
         if idle.is_empty() {
             return false;
         }

@@ -128,6 +128,17 @@ impl Sessions {
             .collect()
     }
 
+    /// Sessions whose peer process has exited (`gone` says so of a peer's fabric name),
+    /// with their peers.
+    pub fn gone(&self, gone: impl Fn(&[u8]) -> bool) -> Vec<(u32, PeerAddr)> {
+        self.slots
+            .iter()
+            .flatten()
+            .filter(|s| gone(&s.name))
+            .map(|s| (s.id, s.peer))
+            .collect()
+    }
+
     /// Ends session `id`: its slot is free, under the next generation.
     pub fn remove(&mut self, id: u32) -> Option<PeerAddr> {
         let slot = self.slot(id)?;

@@ -39,6 +39,20 @@ fn sweep() {
     }
 }
 
+/// Whether the process behind an shm fabric name (`fi_shm://<pid>:<uid>:<endpoint>`
+/// and a NUL, as the peer's HELLO carried it; its region is the part after the prefix)
+/// has exited. False for
+/// any other name (tcp, sockets: a process elsewhere cannot be looked at) and while the
+/// process runs. shm peers share this host, and nacre's processes one pid namespace.
+pub fn shm_peer_gone(name: &[u8]) -> bool {
+    let text = String::from_utf8_lossy(name);
+    let text = text.trim_end_matches('\0');
+    match region_pid(text.strip_prefix("fi_shm://").unwrap_or(text)) {
+        Some(pid) => !Path::new(&format!("/proc/{pid}")).exists(),
+        None => false,
+    }
+}
+
 /// The pid of a region named `<pid>:<domain>:<endpoint>` (all decimal), if it is one.
 fn region_pid(name: &str) -> Option<u32> {
     let mut parts = name.split(':');
@@ -51,6 +65,18 @@ fn region_pid(name: &str) -> Option<u32> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_peer_is_gone_when_its_process_is() {
+        let me = std::process::id();
+        assert!(!shm_peer_gone(format!("fi_shm://{me}:0:1\0").as_bytes()));
+        assert!(!shm_peer_gone(format!("{me}:0:1\0\0").as_bytes()));
+        // Past pid_max (at most 2^22 on Linux): no such process.
+        assert!(shm_peer_gone(b"fi_shm://99999999:0:1\0"));
+        assert!(shm_peer_gone(b"99999999:0:1\0"));
+        assert!(!shm_peer_gone(&[2, 0, 0x1f, 0x90, 127, 0, 0, 1]));
+        assert!(!shm_peer_gone(b"fi_ns://x"));
+    }
 
     #[test]
     fn only_shm_region_names_are_taken() {
