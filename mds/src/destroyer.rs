@@ -91,20 +91,24 @@ impl Drop for Destroyer {
 fn run(mdt: &Mdt, sel: &Selection, shared: &Shared) {
     let submitter = mdt.submitter();
     let mut ep: Option<ClientEndpoint> = None;
+    // Where the next pass starts: after the last file of a full batch, so that files
+    // whose destroys keep failing (an OST down for long) do not starve the rest.
+    let mut after = None;
     while !shared.stop.load(Ordering::SeqCst) {
         let map = shared.map.lock().unwrap_or_else(|p| p.into_inner()).clone();
-        let full = match map {
-            Some(map) => pass(mdt, &submitter, sel, &mut ep, &map, shared),
-            None => false,
+        let Some(map) = map else {
+            sleep_unless_stopped(shared, IDLE);
+            continue;
         };
-        if !full {
+        after = pass(mdt, &submitter, sel, &mut ep, &map, shared, after);
+        if after.is_none() {
             sleep_unless_stopped(shared, IDLE);
         }
     }
 }
 
-/// One pass over at most [`BATCH`] files; true when it forgot a full batch (go on at
-/// once).
+/// One pass over at most [`BATCH`] files after `after`; the last inode of a full
+/// batch (go on from there at once), or None (start over after a pause).
 fn pass(
     mdt: &Mdt,
     submitter: &crate::mdt::Submitter,
@@ -112,13 +116,14 @@ fn pass(
     slot: &mut Option<ClientEndpoint>,
     map: &ClusterMap,
     shared: &Shared,
-) -> bool {
-    let files = match mdt.durable_destroys(BATCH) {
-        Ok(files) if files.is_empty() => return false,
+    after: Option<u64>,
+) -> Option<u64> {
+    let files = match mdt.durable_destroys(BATCH, after) {
+        Ok(files) if files.is_empty() => return None,
         Ok(files) => files,
         Err(e) => {
             tracing::warn!("destroyer: reading the destroy log: {e}");
-            return false;
+            return None;
         }
     };
     if slot.is_none() {
@@ -126,7 +131,7 @@ fn pass(
             Ok(opened) => *slot = Some(opened),
             Err(e) => {
                 tracing::warn!("destroyer: opening an endpoint: {e}");
-                return false;
+                return None;
             }
         }
     }
@@ -152,8 +157,11 @@ fn pass(
             }
         }
     }
-    let forgot = forget(submitter, gone, shared);
-    forgot == files.len() && files.len() == BATCH
+    forget(submitter, gone, shared);
+    match files.len() == BATCH {
+        true => files.last().map(|(ino, _)| *ino),
+        false => None,
+    }
 }
 
 /// Destroys every object of `layout`; the number destroyed (ENOENT: already gone).
@@ -189,7 +197,8 @@ fn route(map: &ClusterMap, obj: &ObjectRef) -> Result<OstRoute, ClientError> {
     })
 }
 
-/// Tells the MDT that these files' objects are gone; how many it forgot.
+/// Tells the MDT that these files' objects are gone; how many it forgot (the rest are
+/// retried, and ENOENT answers their destroys).
 fn forget(submitter: &crate::mdt::Submitter, inos: Vec<u64>, shared: &Shared) -> usize {
     let n = inos.len();
     if n == 0 {

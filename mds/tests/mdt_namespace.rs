@@ -670,8 +670,21 @@ fn orphans_survive_a_restart_until_reclaimed_and_destroys_are_listed() {
     let destroys = t.mdt.pending_destroys(10).unwrap();
     assert_eq!(destroys.len(), 1);
     assert_eq!(destroys[0].0, f.ino);
+    // Destroyed on the OSTs only once the unlink is durable (checkpointed), and a
+    // cursor skips the rows before it.
+    assert!(t.mdt.durable_destroys(10, None).unwrap().is_empty());
+    admin(&t, Admin::Checkpoint);
+    let durable = t.mdt.durable_destroys(10, None).unwrap();
+    assert_eq!(durable, destroys);
+    assert!(t.mdt.durable_destroys(10, Some(f.ino)).unwrap().is_empty());
+    assert_eq!(
+        t.mdt.durable_destroys(10, Some(f.ino - 1)).unwrap(),
+        destroys
+    );
     admin(&t, Admin::ForgetDestroyed(vec![f.ino]));
     assert!(t.mdt.pending_destroys(10).unwrap().is_empty());
+    // Forgotten but not yet checkpointed: not offered again.
+    assert!(t.mdt.durable_destroys(10, None).unwrap().is_empty());
     // A new cluster map: new files go to the OSTs it names.
     admin(&t, Admin::SetOsts(vec![9]));
     let g = t.create(ROOT, "g");

@@ -329,14 +329,24 @@ impl Mdt {
     /// The files whose objects may be destroyed now: the `destroy` rows already durable
     /// (checkpointed to redb) and not changed since, at most `max`. An unlink that a
     /// crash could still undo (only in the operation log's last interval, or not yet
-    /// committed) must not lose its file's objects.
-    pub fn durable_destroys(&self, max: usize) -> Result<Vec<(u64, StripedLayout)>, MdtError> {
+    /// committed) must not lose its file's objects. Rows of inodes above `after` only,
+    /// when given (so that rows that keep failing do not hide the ones behind them).
+    pub fn durable_destroys(
+        &self,
+        max: usize,
+        after: Option<u64>,
+    ) -> Result<Vec<(u64, StripedLayout)>, MdtError> {
         let overlay = self.overlay.read().unwrap_or_else(|p| p.into_inner());
         let changed = overlay.destroys();
         let tx = self.db.begin_read().map_err(StoreError::from)?;
         let t = tx.open_table(DESTROY).map_err(StoreError::from)?;
         let mut out = Vec::new();
-        for row in t.iter().map_err(StoreError::from)? {
+        let rows = match after {
+            Some(ino) if ino < u64::MAX => t.range(ino + 1..),
+            Some(_) => return Ok(out),
+            None => t.range(0..),
+        };
+        for row in rows.map_err(StoreError::from)? {
             if out.len() == max {
                 break;
             }
