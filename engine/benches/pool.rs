@@ -7,25 +7,13 @@
 use std::hint::black_box;
 
 use criterion::{criterion_group, criterion_main, Criterion, Throughput};
-use nacre_engine::{BufferPool, PoolConfig, SizeClass};
+use nacre_engine::{BufferPool, PoolConfig};
 
 fn pool() -> BufferPool {
+    // Unregistered, on normal pages: get and put do not depend on either.
     let cfg = PoolConfig {
-        classes: vec![
-            SizeClass {
-                size: 4096,
-                count: 256,
-            },
-            SizeClass {
-                size: 64 << 10,
-                count: 64,
-            },
-            SizeClass {
-                size: 1 << 20,
-                count: 4,
-            },
-        ],
         huge_pages: false,
+        ..PoolConfig::default()
     };
     BufferPool::new(&cfg, None).expect("a pool")
 }

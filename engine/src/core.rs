@@ -785,12 +785,9 @@ impl Core {
             return false;
         }
         self.last_reap = now;
-        let mut idle = self.sessions.idle(now, self.session_idle);
-        for s in self.sessions.gone(nacre_fabric::shm_peer_gone) {
-            if !idle.contains(&s) {
-                idle.push(s);
-            }
-        }
+        let idle = self
+            .sessions
+            .reapable(now, self.session_idle, nacre_fabric::shm_peer_gone);
         if idle.is_empty() {
             return false;
         }

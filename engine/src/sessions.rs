@@ -117,24 +117,20 @@ impl Sessions {
         Ok(id)
     }
 
-    /// Sessions not heard from for longer than `idle`, with their peers.
-    pub fn idle(&self, now: Instant, idle: Duration) -> Vec<(u32, PeerAddr)> {
-        let old = |s: &&Session| now.saturating_duration_since(s.heard) > idle;
+    /// Sessions not heard from for longer than `idle`, or whose peer process has exited
+    /// (`gone` says so of a peer's fabric name), with their peers.
+    pub fn reapable(
+        &self,
+        now: Instant,
+        idle: Duration,
+        gone: impl Fn(&[u8]) -> bool,
+    ) -> Vec<(u32, PeerAddr)> {
+        let reapable =
+            |s: &&Session| now.saturating_duration_since(s.heard) > idle || gone(&s.name);
         self.slots
             .iter()
             .flatten()
-            .filter(old)
-            .map(|s| (s.id, s.peer))
-            .collect()
-    }
-
-    /// Sessions whose peer process has exited (`gone` says so of a peer's fabric name),
-    /// with their peers.
-    pub fn gone(&self, gone: impl Fn(&[u8]) -> bool) -> Vec<(u32, PeerAddr)> {
-        self.slots
-            .iter()
-            .flatten()
-            .filter(|s| gone(&s.name))
+            .filter(reapable)
             .map(|s| (s.id, s.peer))
             .collect()
     }
@@ -171,7 +167,7 @@ mod tests {
         let later = t0 + Duration::from_secs(5);
         assert_eq!(s.heard(b, later), Some(PeerAddr::from_index(11)));
         assert_eq!(
-            s.idle(later, Duration::from_secs(1)),
+            s.reapable(later, Duration::from_secs(1), |_| false),
             vec![(a, PeerAddr::from_index(10))]
         );
         assert_eq!(s.remove(a), Some(PeerAddr::from_index(10)));

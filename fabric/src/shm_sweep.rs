@@ -45,7 +45,10 @@ fn sweep() {
 /// any other name (tcp, sockets: a process elsewhere cannot be looked at) and while the
 /// process runs. shm peers share this host, and nacre's processes one pid namespace.
 pub fn shm_peer_gone(name: &[u8]) -> bool {
-    let text = String::from_utf8_lossy(name);
+    // Called once a second per session on a polling core: no allocation.
+    let Ok(text) = std::str::from_utf8(name) else {
+        return false;
+    };
     let text = text.trim_end_matches('\0');
     match region_pid(text.strip_prefix("fi_shm://").unwrap_or(text)) {
         Some(pid) => !Path::new(&format!("/proc/{pid}")).exists(),

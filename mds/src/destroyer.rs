@@ -17,8 +17,8 @@ use std::thread::JoinHandle;
 use std::time::Duration;
 
 use nacre_fabric::Selection;
-use nacre_proto::bootstrap::{ClusterMap, Role, RoleKind};
-use nacre_proto::layout::{ObjectRef, StripedLayout};
+use nacre_proto::bootstrap::ClusterMap;
+use nacre_proto::layout::StripedLayout;
 use nacre_rpc::objects::OstRoute;
 use nacre_rpc::{ClientEndpoint, ClientError, RpcConfig};
 
@@ -172,7 +172,7 @@ fn destroy_file(
 ) -> Result<u64, ClientError> {
     let mut n = 0;
     for obj in &layout.objects {
-        let route = route(map, obj)?;
+        let route = OstRoute::in_map(map, obj.ost)?;
         match ep.obj_destroy(&route, obj.oid) {
             Ok(()) => n += 1,
             Err(ClientError::Status(libc::ENOENT)) => {}
@@ -182,51 +182,35 @@ fn destroy_file(
     Ok(n)
 }
 
-fn route(map: &ClusterMap, obj: &ObjectRef) -> Result<OstRoute, ClientError> {
-    let role = Role {
-        kind: RoleKind::Oss,
-        index: obj.ost,
-    };
-    let s = map.server(role).ok_or_else(|| {
-        ClientError::Protocol(format!("no server for OST {} in the map", obj.ost))
-    })?;
-    Ok(OstRoute {
-        ost: obj.ost,
-        epoch: s.epoch,
-        cores: s.cores.clone(),
-    })
-}
-
-/// Tells the MDT that these files' objects are gone; how many it forgot (the rest are
-/// retried, and ENOENT answers their destroys).
-fn forget(submitter: &crate::mdt::Submitter, inos: Vec<u64>, shared: &Shared) -> usize {
+/// Tells the MDT that these files' objects are gone. Should that fail, the files are
+/// offered again, and ENOENT answers their destroys.
+fn forget(submitter: &crate::mdt::Submitter, inos: Vec<u64>, shared: &Shared) {
     let n = inos.len();
     if n == 0 {
-        return 0;
+        return;
     }
     // A tag of its own, so that the answer to an earlier batch that came late is not
     // taken for this one's.
     let tag = shared.batches.fetch_add(1, Ordering::Relaxed);
     if let Err(e) = submitter.submit_admin(tag, Admin::ForgetDestroyed(inos)) {
         tracing::warn!("destroyer: forgetting {n} destroyed files: {e} (retried later)");
-        return 0;
+        return;
     }
     let until = std::time::Instant::now() + TIMEOUT;
     while let Some(left) = until.checked_duration_since(std::time::Instant::now()) {
         match submitter.wait(left) {
             Some(c) if c.tag != tag => continue,
             Some(c) => match c.result {
-                Ok(_) => return n,
+                Ok(_) => return,
                 Err(errno) => {
                     tracing::warn!("destroyer: forgetting {n} destroyed files: errno {errno}");
-                    return 0;
+                    return;
                 }
             },
             None => break,
         }
     }
     tracing::warn!("destroyer: forgetting {n} destroyed files: no answer in {TIMEOUT:?}");
-    0
 }
 
 fn rpc_config() -> RpcConfig {

@@ -10,6 +10,7 @@
 //! but shm, see [`checksum_by_default`]), a write carries the crc32c of its bytes and a
 //! read's reply carries the crc32c the server computed; a mismatch is an error (EILSEQ).
 
+use nacre_proto::bootstrap::{ClusterMap, Role, RoleKind};
 use nacre_proto::object::{
     decode_target, encode_target, Data, IoReply, ObjFlags, ObjTarget, RangeReq, ReadReq, WriteReq,
     MSG_SIZE as OSS_MSG_SIZE,
@@ -30,6 +31,24 @@ pub struct OstRoute {
     pub epoch: u64,
     /// Fabric addresses of the server's cores, in core order.
     pub cores: Vec<Vec<u8>>,
+}
+
+impl OstRoute {
+    /// The route to OST `ost` as `map` names its server, epoch and cores.
+    pub fn in_map(map: &ClusterMap, ost: u32) -> Result<OstRoute, ClientError> {
+        let role = Role {
+            kind: RoleKind::Oss,
+            index: ost,
+        };
+        let s = map
+            .server(role)
+            .ok_or_else(|| ClientError::Protocol(format!("no server for OST {ost} in the map")))?;
+        Ok(OstRoute {
+            ost,
+            epoch: s.epoch,
+            cores: s.cores.clone(),
+        })
+    }
 }
 
 /// Per-request options.

@@ -336,19 +336,7 @@ impl Client {
 impl Conn {
     /// The route to OST `ost` in this connection's map.
     pub(super) fn route(&self, ost: u32) -> Result<OstRoute, ClientError> {
-        let role = Role {
-            kind: RoleKind::Oss,
-            index: ost,
-        };
-        let s = self
-            .map
-            .server(role)
-            .ok_or_else(|| ClientError::Protocol(format!("no server for OST {ost} in the map")))?;
-        Ok(OstRoute {
-            ost,
-            epoch: s.epoch,
-            cores: s.cores.clone(),
-        })
+        OstRoute::in_map(&self.map, ost)
     }
 
     pub(super) fn routes(&self, layout: &StripedLayout) -> Result<Vec<OstRoute>, ClientError> {

@@ -96,12 +96,7 @@ pub fn route(map: &ClusterMap, index: u32) -> OstRoute {
     };
     let t = map.target(role).expect("target in the map");
     assert_eq!(t.kind, TargetKind::Ost);
-    let s = map.server(role).expect("server in the map");
-    OstRoute {
-        ost: index,
-        epoch: s.epoch,
-        cores: s.cores.clone(),
-    }
+    OstRoute::in_map(map, index).expect("server in the map")
 }
 
 /// The map once both OSTs are served with an epoch newer than `after`.
