@@ -17,8 +17,8 @@ use std::collections::{HashMap, VecDeque};
 use nacre_engine::{Bufs, BulkDone, Core, Incoming, IoCompletion, Service};
 use nacre_fabric::PeerAddr;
 use nacre_proto::object::{
-    decode_target, Data, IoReply, ObjError, ObjFlags, ObjTarget, ObjectAttr, OstStatfs, RangeReq,
-    ReadReq, WriteReq,
+    decode_target, Data, IoReply, ListReply, ListReq, ObjError, ObjFlags, ObjTarget, ObjectAttr,
+    OstStatfs, RangeReq, ReadReq, WriteReq,
 };
 use nacre_proto::{BulkDesc, Header, Opcode, HEADER_LEN};
 
@@ -421,6 +421,27 @@ impl OssService {
         }
     }
 
+    /// LIST: a page of one object directory, answered at once (any core may list any
+    /// directory: the store's directories are shared by the cores).
+    fn on_list(&mut self, core: &mut Core, peer: PeerAddr, h: Header, body: &[u8]) {
+        let decoded = ListReq::decode(body);
+        let Some((req, store)) = self.admit_decoded(core, peer, &h, decoded, |r| &r.target, false)
+        else {
+            return;
+        };
+        let max = (req.max as usize).min(ListReply::room(self.inline_max + 16));
+        let st = &self.osts[store].store;
+        match st.list(req.dir as u8, req.target.object, max) {
+            Ok((objects, eof)) => {
+                let reply = ListReply { eof, objects };
+                self.scratch.resize(8 + 16 * reply.objects.len(), 0);
+                let n = reply.encode(&mut self.scratch).expect("sized");
+                core.reply(peer, &h, 0, &self.scratch[..n]);
+            }
+            Err(Errno(e)) => core.reply(peer, &h, -e, &[]),
+        }
+    }
+
     /// A store operation finished.
     fn on_object(&mut self, core: &mut Core, c: ObjectCompletion) {
         let id = c.tag as usize;
@@ -515,6 +536,7 @@ impl Service for OssService {
             Opcode::OBJ_GETATTR | Opcode::OBJ_STATFS | Opcode::OBJ_DESTROY | Opcode::OBJ_SYNC => {
                 self.on_target_only(core, peer, h, body)
             }
+            Opcode::OBJ_LIST => self.on_list(core, peer, h, body),
             _ => core.reply(peer, &h, -libc::ENOSYS, &[]),
         }
     }

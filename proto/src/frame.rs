@@ -64,10 +64,11 @@ impl Opcode {
     pub const MDS_SET_LAYOUT: Opcode = Opcode(0x110);
     pub const MDS_REPORT_SIZE: Opcode = Opcode(0x111);
     pub const MDS_LOCK: Opcode = Opcode(0x112);
+    pub const MDS_CHECK: Opcode = Opcode(0x113);
 
     /// Whether the opcode is in the metadata block.
     pub fn is_meta(self) -> bool {
-        (0x100..=0x112).contains(&self.0)
+        (0x100..=0x113).contains(&self.0)
     }
 }
 

@@ -15,7 +15,7 @@ use crate::frame::Opcode;
 /// larger goes by RMA.
 pub const MSG_SIZE: usize = 8192;
 
-/// The object opcodes, 0x200..=0x207.
+/// The object opcodes, 0x200..=0x208.
 impl Opcode {
     pub const OBJ_WRITE: Opcode = Opcode(0x200);
     pub const OBJ_READ: Opcode = Opcode(0x201);
@@ -25,10 +25,11 @@ impl Opcode {
     pub const OBJ_DESTROY: Opcode = Opcode(0x205);
     pub const OBJ_SYNC: Opcode = Opcode(0x206);
     pub const OBJ_STATFS: Opcode = Opcode(0x207);
+    pub const OBJ_LIST: Opcode = Opcode(0x208);
 
     /// Whether the opcode is in the object block.
     pub fn is_object(self) -> bool {
-        (0x200..=0x207).contains(&self.0)
+        (0x200..=0x208).contains(&self.0)
     }
 }
 
@@ -288,6 +289,101 @@ pub fn decode_target(body: &[u8]) -> Result<ObjTarget, ObjError> {
     Ok(t)
 }
 
+/// OBJ_LIST: the objects of one of the OST's 256 object directories with ids above
+/// `target.object`, in id order, at most `max` (the consistency checker's walk).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct ListReq {
+    pub target: ObjTarget,
+    pub dir: u32,
+    pub max: u32,
+}
+
+/// Object directories on an OST (`O/00` .. `O/ff`).
+pub const OBJECT_DIRS: u32 = 256;
+
+impl ListReq {
+    pub fn encode(&self, out: &mut [u8]) -> Result<usize, BodyError> {
+        let mut w = BodyWriter::new(out);
+        self.target.write(&mut w)?;
+        w.u32(self.dir)?.u32(self.max)?;
+        Ok(w.len())
+    }
+
+    pub fn decode(body: &[u8]) -> Result<ListReq, ObjError> {
+        let mut r = BodyReader::new(body);
+        let target = ObjTarget::read(&mut r)?;
+        let (dir, max) = (r.u32()?, r.u32()?);
+        if dir >= OBJECT_DIRS {
+            return Err(ObjError::TooLong {
+                what: "object directory",
+                len: dir as u64,
+                max: OBJECT_DIRS as u64 - 1,
+            });
+        }
+        finish(&mut r)?;
+        Ok(ListReq { target, dir, max })
+    }
+}
+
+/// One object OBJ_LIST found: its id and logical size.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct ListedObject {
+    pub oid: u64,
+    pub size: u64,
+}
+
+/// Reply of OBJ_LIST: whether the directory has no more objects after these, and the
+/// objects (16 bytes each after an 8-byte head).
+#[derive(Debug, Clone, PartialEq, Eq, Default)]
+pub struct ListReply {
+    pub eof: bool,
+    pub objects: Vec<ListedObject>,
+}
+
+impl ListReply {
+    /// Objects that fit in a reply body of `bytes`.
+    pub fn room(bytes: usize) -> usize {
+        bytes.saturating_sub(8) / 16
+    }
+
+    pub fn encode(&self, out: &mut [u8]) -> Result<usize, BodyError> {
+        let mut w = BodyWriter::new(out);
+        w.u32(self.objects.len() as u32)?.u32(self.eof as u32)?;
+        for o in &self.objects {
+            w.u64(o.oid)?.u64(o.size)?;
+        }
+        Ok(w.len())
+    }
+
+    pub fn decode(body: &[u8]) -> Result<ListReply, ObjError> {
+        let mut r = BodyReader::new(body);
+        let (n, eof) = (r.u32()?, r.u32()?);
+        if eof > 1 {
+            return Err(ObjError::Reserved(eof));
+        }
+        if n as usize > Self::room(body.len()) {
+            return Err(ObjError::TooLong {
+                what: "object list",
+                len: n as u64,
+                max: Self::room(body.len()) as u64,
+            });
+        }
+        let objects = (0..n)
+            .map(|_| {
+                Ok(ListedObject {
+                    oid: r.u64()?,
+                    size: r.u64()?,
+                })
+            })
+            .collect::<Result<_, BodyError>>()?;
+        finish(&mut r)?;
+        Ok(ListReply {
+            eof: eof == 1,
+            objects,
+        })
+    }
+}
+
 /// Reply of OBJ_WRITE and OBJ_READ: bytes moved (a read's may be short), the crc32c of
 /// a read's data when asked, and for an inline read the bytes after it.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -415,6 +511,33 @@ mod tests {
             epoch: 7,
             object: 0xabc,
         }
+    }
+
+    #[test]
+    fn list_round_trips_and_refuses_bad_bodies() {
+        let mut buf = [0u8; 512];
+        let req = ListReq {
+            target: target(ObjFlags::default()),
+            dir: 255,
+            max: 100,
+        };
+        let n = req.encode(&mut buf).unwrap();
+        assert_eq!(ListReq::decode(&buf[..n]).unwrap(), req);
+        let bad = ListReq { dir: 256, ..req };
+        let n = bad.encode(&mut buf).unwrap();
+        assert!(ListReq::decode(&buf[..n]).is_err());
+        let reply = ListReply {
+            eof: true,
+            objects: vec![ListedObject { oid: 9, size: 4096 }; 3],
+        };
+        let n = reply.encode(&mut buf).unwrap();
+        assert_eq!(n, 8 + 3 * 16);
+        assert_eq!(ListReply::decode(&buf[..n]).unwrap(), reply);
+        // A count larger than the body holds, and a cut body, are errors.
+        assert!(ListReply::decode(&buf[..n - 1]).is_err());
+        buf[0] = 200;
+        assert!(ListReply::decode(&buf[..n]).is_err());
+        assert_eq!(ListReply::room(8 + 16 * 10 + 15), 10);
     }
 
     #[test]

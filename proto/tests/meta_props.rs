@@ -118,6 +118,14 @@ fn request() -> impl Strategy<Value = Request> {
         (any::<u64>(), spec()).prop_map(|(ino, spec)| Request::SetLayout { ino, spec }),
         (any::<u64>(), any::<u64>()).prop_map(|(ino, size)| Request::ReportSize { ino, size }),
         lock_request().prop_map(Request::Lock),
+        (any::<[bool; 3]>(), any::<u32>()).prop_map(|([start, fix, keep_orphans], from)| {
+            Request::Check {
+                start,
+                fix,
+                keep_orphans,
+                from,
+            }
+        }),
     ]
 }
 
@@ -244,6 +252,19 @@ fn every_reply_shape_round_trips() {
         }),
         Reply::Layout(layout.clone()),
         Reply::DefaultLayout(StripeSpec::default()),
+        Reply::Check(CheckReport {
+            run: 3,
+            state: CheckState::Done,
+            counts: CheckCounts {
+                orphans: 1,
+                dangling: 2,
+                nlink: 3,
+                size: 4,
+                fixed: 5,
+            },
+            total: 9,
+            findings: vec![b"orphan ost=0 oid=7 size=4096".to_vec(), Vec::new()],
+        }),
     ] {
         let mut body = Vec::new();
         reply.encode(&mut body);

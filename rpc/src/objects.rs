@@ -12,8 +12,8 @@
 
 use nacre_proto::bootstrap::{ClusterMap, Role, RoleKind};
 use nacre_proto::object::{
-    decode_target, encode_target, Data, IoReply, ObjFlags, ObjTarget, RangeReq, ReadReq, WriteReq,
-    MSG_SIZE as OSS_MSG_SIZE,
+    decode_target, encode_target, Data, IoReply, ListReply, ListReq, ObjFlags, ObjTarget,
+    RangeReq, ReadReq, WriteReq, MSG_SIZE as OSS_MSG_SIZE,
 };
 use nacre_proto::{BulkDesc, Opcode, HEADER_LEN};
 
@@ -362,6 +362,29 @@ impl ClientEndpoint {
     pub fn obj_sync(&mut self, route: &OstRoute, object: u64) -> Result<(), ClientError> {
         self.target_op(Opcode::OBJ_SYNC, route, object, ObjFlags::default())
             .map(|_| ())
+    }
+
+    /// The objects of the OST's hashed directory `dir` with ids above `after`, a page at
+    /// a time (as many as a reply holds), and whether the directory has no more. Asked
+    /// of the core `dir % cores`, so a walk spreads over the server's cores.
+    pub fn obj_list(
+        &mut self,
+        route: &OstRoute,
+        dir: u32,
+        after: u64,
+    ) -> Result<ListReply, ClientError> {
+        let sid = self.object_session(route, u64::from(dir))?;
+        let room = self.msg_size().min(OSS_MSG_SIZE).saturating_sub(HEADER_LEN);
+        let req = ListReq {
+            target: Self::target(route, after, ObjFlags::default()),
+            dir,
+            max: ListReply::room(room) as u32,
+        };
+        let mut body = [0u8; 64];
+        let n = req.encode(&mut body).map_err(proto_err)?;
+        let reply = self.request(sid, Opcode::OBJ_LIST, &body[..n])?;
+        check(&reply)?;
+        ListReply::decode(&reply.body).map_err(proto_err)
     }
 
     /// Capacity and free space of the OST (asked of the server's first core).

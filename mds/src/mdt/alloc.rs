@@ -88,6 +88,45 @@ impl IdRanges {
     }
 }
 
+impl IdRanges {
+    /// Ends the current range of each of `osts` at its mark, so that every object id
+    /// handed out from now on is at or above the returned mark, and every one handed
+    /// out before is below it (the consistency checker's line between objects a scan
+    /// must know of and objects created while it runs).
+    pub fn fence(
+        &mut self,
+        view: &impl View,
+        osts: &[u32],
+    ) -> Result<HashMap<u32, u64>, StoreError> {
+        let mut marks = HashMap::new();
+        for &ost in osts {
+            let r = self.range(view, IdSpace::Ost(ost))?;
+            r.next = r.hwm;
+            marks.insert(ost, r.hwm);
+        }
+        Ok(marks)
+    }
+
+    /// Moves the mark of `space` above `id` (an id some file names although the mark
+    /// says it was never handed out): it will not be handed out again.
+    pub fn raise_above(
+        &mut self,
+        w: &mut WriteTables<'_>,
+        space: IdSpace,
+        id: u64,
+    ) -> Result<(), StoreError> {
+        let r = self.range(&w.view, space)?;
+        if id >= r.next {
+            r.next = id.saturating_add(1);
+            r.hwm = r.hwm.max(r.next.saturating_add(RANGE));
+            let hwm = r.hwm;
+            self.raised = true;
+            w.put_meta(&space.key(), hwm)?;
+        }
+        Ok(())
+    }
+}
+
 /// Picks the OSTs of a new file. The OST set is the caller's (the cluster map's), kept
 /// sorted; "any" first OST rotates round robin over it, so consecutive creates spread
 /// over all OSTs (a free-space-weighted choice can replace the cursor later without a
@@ -103,6 +142,10 @@ impl OstChooser {
         osts.sort_unstable();
         osts.dedup();
         OstChooser { osts, cursor: 0 }
+    }
+
+    pub fn osts(&self) -> &[u32] {
+        &self.osts
     }
 
     /// The OSTs for `spec`: a stripe count above the OST count is capped to it (as

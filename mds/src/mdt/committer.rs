@@ -1,11 +1,12 @@
 //! The committer thread: batches of submitted operations in one store transaction and
 //! one log append, replies once the sync mode allows, and checkpoints.
 
+use super::check::{CheckBoard, Fence};
 use super::ns::{self, Ctx, Fail, Namespace};
 use super::overlay::Overlay;
 use super::redo::{Change, OpLog};
 use super::replies::{SavedReply, SWEEP_EVERY};
-use super::service::{io_err, now_ns, Admin, Completion, Job, MdtError, Op, Stats};
+use super::service::{io_err, now_ns, Admin, Repair, Completion, Job, MdtError, Op, Stats};
 use super::store::{StoreError, WriteTables};
 use super::syncer::{Replies, Syncer};
 use nacre_proto::meta::{errno, Head, ReplayKey, Reply, Request};
@@ -38,6 +39,8 @@ pub(super) struct Committer {
     pub(super) overlay: Arc<RwLock<Overlay>>,
     /// Commits so far, for readers' cached tables.
     pub(super) generation: Arc<AtomicU64>,
+    /// Where the consistency checker's fences go.
+    pub(super) board: Arc<CheckBoard>,
 }
 
 /// How long one write transaction stays open for more batches, at most.
@@ -268,6 +271,10 @@ impl Committer {
                 self.ns.osts = super::alloc::OstChooser::new(osts.clone());
                 Ok(Reply::Done)
             }
+            Op::Admin(admin @ (Admin::CheckStart | Admin::CheckOpens)) => {
+                self.check_fence(w, admin == &Admin::CheckStart)
+            }
+            Op::Admin(Admin::Repair(r)) => self.repair(w, r, now),
             Op::Admin(Admin::ReclaimOrphans) => self.ns.reclaim_orphans(w).map(|_| Reply::Done),
             Op::Admin(Admin::ForgetDestroyed(inos)) => {
                 let mut r = Ok(Reply::Done);
@@ -304,6 +311,31 @@ impl Committer {
             now,
         };
         self.ns.write(w, &ctx, req)
+    }
+
+    /// Notes the files open now for the checker and, at its start, fences the OSTs'
+    /// object id ranges (see `check`).
+    fn check_fence(&mut self, w: &mut WriteTables<'_>, start: bool) -> ns::Res<Reply> {
+        let open = self.ns.opens.inos();
+        if start {
+            let osts = self.ns.osts.osts().to_vec();
+            let marks = self.ns.ids.fence(&w.view, &osts)?;
+            self.board.set_fence(Fence { marks, open });
+        } else {
+            self.board.set_open_now(open);
+        }
+        Ok(Reply::Done)
+    }
+
+    fn repair(&mut self, w: &mut WriteTables<'_>, r: &Repair, now: i64) -> ns::Res<Reply> {
+        let root = nacre_proto::meta::Creds::root();
+        let c = Ctx { creds: &root, now };
+        match *r {
+            Repair::SetLinks { ino, from, to } => self.ns.set_links(w, ino, from, to),
+            Repair::Adopt { ino, nlink } => self.ns.adopt(w, &c, ino, nlink),
+            Repair::AdoptObject { ost, oid, size } => self.ns.adopt_object(w, &c, ost, oid, size),
+            Repair::RaiseMark { ost, oid } => self.ns.raise_mark(w, ost, oid),
+        }
     }
 
     /// A changing request with a replay key: answered from the reply cache if it is a

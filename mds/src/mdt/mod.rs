@@ -20,6 +20,7 @@
 //! - `engine_service`: the MDS on engine cores (an engine `Service` over a submitter).
 
 mod alloc;
+pub mod check;
 mod committer;
 mod inode;
 mod locks;
@@ -27,6 +28,7 @@ mod ns;
 mod overlay;
 mod perm;
 mod redo;
+mod repair;
 mod replies;
 mod service;
 mod store;
@@ -37,8 +39,9 @@ pub mod engine_service;
 
 pub use alloc::{LOW_WATER, RANGE};
 pub use ns::{LINK_MAX, ROOT_INO};
+pub use repair::LOST_FOUND;
 pub use service::{
-    Admin, Completion, Mdt, MdtConfig, MdtError, OstSpace, Stats, SubmitError, Submitter, SyncMode,
+    Admin, Completion, Repair, Mdt, MdtConfig, MdtError, OstSpace, Stats, SubmitError, Submitter, SyncMode,
     DB_FILE, FORMAT_VERSION, LOG_FILE,
 };
 pub use store::StoreError;

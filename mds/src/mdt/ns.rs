@@ -41,7 +41,7 @@ impl From<StoreError> for Fail {
 
 pub(super) type Res<T> = Result<T, Fail>;
 
-fn need(ok: bool, err: i32) -> Res<()> {
+pub(super) fn need(ok: bool, err: i32) -> Res<()> {
     if ok {
         Ok(())
     } else {
@@ -49,11 +49,11 @@ fn need(ok: bool, err: i32) -> Res<()> {
     }
 }
 
-fn get(v: &impl View, ino: u64) -> Res<Inode> {
+pub(super) fn get(v: &impl View, ino: u64) -> Res<Inode> {
     v.inode(ino)?.ok_or(Fail::Errno(ENOENT))
 }
 
-fn get_dir(v: &impl View, ino: u64) -> Res<Inode> {
+pub(super) fn get_dir(v: &impl View, ino: u64) -> Res<Inode> {
     let i = get(v, ino)?;
     need(i.is_dir(), ENOTDIR)?;
     Ok(i)
@@ -177,6 +177,11 @@ impl Opens {
         self.counts.contains_key(&ino)
     }
 
+    /// The inodes open now.
+    pub fn inos(&self) -> std::collections::HashSet<u64> {
+        self.counts.keys().copied().collect()
+    }
+
     fn open(&mut self, ino: u64) -> u64 {
         self.next += 1;
         self.handles.insert(self.next, ino);
@@ -274,7 +279,7 @@ impl Namespace {
         Ok(p)
     }
 
-    fn new_inode(
+    pub(super) fn new_inode(
         &mut self,
         w: &mut WriteTables<'_>,
         c: &Ctx<'_>,
@@ -373,7 +378,7 @@ impl Namespace {
         })
     }
 
-    fn mkdir(
+    pub(super) fn mkdir(
         &mut self,
         w: &mut WriteTables<'_>,
         c: &Ctx<'_>,
@@ -645,7 +650,7 @@ impl Namespace {
 
 /// Adds `name -> i` to `dir` with the directory's next sequence number, updating the
 /// directory's times and (for a subdirectory) its link count.
-fn add_to_dir(w: &mut WriteTables<'_>, c: &Ctx<'_>, dir: u64, name: &[u8], i: &Inode) -> Res<()> {
+pub(super) fn add_to_dir(w: &mut WriteTables<'_>, c: &Ctx<'_>, dir: u64, name: &[u8], i: &Inode) -> Res<()> {
     let mut p = get(&w.view, dir)?;
     let seq = p.next_seq;
     p.next_seq += 1;

@@ -14,6 +14,7 @@
 //! log replay, shutdown). Submitters and reads are in `submitter`, the committer thread
 //! in `committer`, sync mode's fdatasync thread in `syncer`.
 
+use super::check::CheckBoard;
 use super::committer::Committer;
 use super::locks::LockTable;
 use super::ns::{root_inode, Namespace};
@@ -141,6 +142,26 @@ pub enum Admin {
     ForgetDestroyed(Vec<u64>),
     /// Make everything so far durable now.
     Checkpoint,
+    /// The consistency checker begins: fence the OSTs' object id ranges and note the
+    /// files open (`CheckBoard::take_fence`).
+    CheckStart,
+    /// The checker's scan is over: note the files open now (`CheckBoard::take_open_now`).
+    CheckOpens,
+    /// A repair the checker found needed.
+    Repair(Repair),
+}
+
+/// The consistency checker's repairs (`mdt/repair.rs`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Repair {
+    /// Set a link count to what the names say, if it still is `from`.
+    SetLinks { ino: u64, from: u32, to: u32 },
+    /// Link an inode no name points at under `/lost+found`.
+    Adopt { ino: u64, nlink: u32 },
+    /// Make a file under `/lost+found` of an object no file names.
+    AdoptObject { ost: u32, oid: u64, size: u64 },
+    /// Raise an OST's id mark above an object id a file names.
+    RaiseMark { ost: u32, oid: u64 },
 }
 
 pub(super) enum Op {
@@ -186,6 +207,8 @@ pub struct Mdt {
     /// Commits so far (grows under the overlay's lock): a reader's tables opened at
     /// the same generation are still current.
     generation: Arc<AtomicU64>,
+    /// The consistency checker's runs.
+    board: Arc<CheckBoard>,
 }
 
 /// Bytes over the OSTs that are up or degraded, as their servers last reported them.
@@ -220,7 +243,9 @@ impl Mdt {
         };
         let overlay: Arc<RwLock<Overlay>> = Arc::default();
         let generation: Arc<AtomicU64> = Arc::default();
+        let board: Arc<CheckBoard> = Arc::default();
         let committer = Committer {
+            board: board.clone(),
             syncer,
             broken,
             db: db.clone(),
@@ -257,6 +282,7 @@ impl Mdt {
             ost_space: Arc::default(),
             overlay,
             generation,
+            board,
         })
     }
 
@@ -274,7 +300,29 @@ impl Mdt {
             overlay: self.overlay.clone(),
             generation: self.generation.clone(),
             cache: Default::default(),
+            board: self.board.clone(),
         }
+    }
+
+    /// The consistency checker's runs: started by clients (MDS_CHECK), run by the
+    /// server's checker thread.
+    pub fn check_board(&self) -> &Arc<CheckBoard> {
+        &self.board
+    }
+
+    /// A snapshot of the namespace for the checker: fences the object id ranges (the
+    /// fence and the files open then go to the board), makes everything before it
+    /// durable, then opens a read transaction, which sees all of it.
+    pub fn check_snapshot(&self) -> Result<redb::ReadTransaction, MdtError> {
+        let sub = self.submitter();
+        for op in [Admin::CheckStart, Admin::Checkpoint] {
+            sub.submit_admin(0, op).map_err(|_| MdtError::Stopped)?;
+            match sub.wait(Duration::from_secs(60)) {
+                Some(Completion { result: Ok(_), .. }) => {}
+                _ => return Err(MdtError::Stopped),
+            }
+        }
+        Ok(self.db.begin_read().map_err(StoreError::from)?)
     }
 
     /// Answers a read-only request on the calling thread.

@@ -1,6 +1,7 @@
 //! Submitting operations from an engine core without blocking, and answering reads on
 //! the caller's thread from the last commit and the committer's overlay.
 
+use super::check::{CheckBoard, CheckOptions};
 use super::locks::LockTable;
 use super::ns::{self, Ctx, Fail};
 use super::overlay::{Layered, Overlay};
@@ -25,6 +26,7 @@ pub struct Submitter {
     pub(super) overlay: Arc<RwLock<Overlay>>,
     pub(super) generation: Arc<AtomicU64>,
     pub(super) cache: TablesCache,
+    pub(super) board: Arc<CheckBoard>,
 }
 
 impl Submitter {
@@ -49,6 +51,22 @@ impl Submitter {
                 ost_space: &self.ost_space,
             };
             let result = read_now(&ctx, &head, &req);
+            let _ = self.done.send(Completion { tag, result });
+            return Ok(());
+        }
+        if let Request::Check {
+            start,
+            fix,
+            keep_orphans,
+            from,
+        } = req
+        {
+            // The checker's board: answered at once (the run is the server's thread's).
+            let opts = CheckOptions { fix, keep_orphans };
+            let result = match head.epoch == self.epoch {
+                true => self.board.answer(&head.creds, start, opts, from),
+                false => Err(errno::ESTALE),
+            };
             let _ = self.done.send(Completion { tag, result });
             return Ok(());
         }

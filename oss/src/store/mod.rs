@@ -32,7 +32,7 @@ use std::path::{Path, PathBuf};
 
 use nacre_engine::ALIGN;
 use nacre_engine::{BufferPool, FileId, IoCompletion, IoKind, PoolBuf, Storage, StorageError};
-use nacre_proto::object::{ObjectAttr, OstStatfs};
+use nacre_proto::object::{ListedObject, ObjectAttr, OstStatfs};
 use nacre_proto::packed::{io_tag, PackError};
 
 use crate::layout::{self, ObjectId};
@@ -399,6 +399,43 @@ impl ObjectStore {
             blocks: md.blocks(),
             mtime_ns: mtime_ns(&md),
         })
+    }
+
+    /// The objects of hashed directory `dir` with ids above `after`, in id order, at
+    /// most `max`, with whether none follow (a metadata call: it reads the directory
+    /// and each listed object's size; the consistency checker walks targets with it, a
+    /// page at a time). Objects destroyed meanwhile are left out.
+    pub fn list(
+        &self,
+        dir: u8,
+        after: ObjectId,
+        max: usize,
+    ) -> Result<(Vec<ListedObject>, bool), Errno> {
+        let path = self.root.join(layout::OBJECTS_DIR).join(format!("{dir:02x}"));
+        let mut ids = Vec::new();
+        for entry in std::fs::read_dir(&path).map_err(|e| Errno::from_io(&e))? {
+            let entry = entry.map_err(|e| Errno::from_io(&e))?;
+            let name = entry.file_name();
+            // Only object files: 16 hex digits of an id that hashes to this directory.
+            let id = name
+                .to_str()
+                .filter(|n| n.len() == 16)
+                .and_then(|n| u64::from_str_radix(n, 16).ok());
+            if let Some(id) = id.filter(|&id| id > after && layout::bucket(id) == dir) {
+                ids.push(id);
+            }
+        }
+        ids.sort_unstable();
+        let eof = ids.len() <= max;
+        let mut out = Vec::with_capacity(ids.len().min(max));
+        for oid in ids.into_iter().take(max) {
+            match self.getattr(oid) {
+                Ok(a) => out.push(ListedObject { oid, size: a.size }),
+                Err(Errno::ENOENT) => {}
+                Err(e) => return Err(e),
+            }
+        }
+        Ok((out, eof))
     }
 
     /// Capacity and free space of the file system under the target (a metadata call).

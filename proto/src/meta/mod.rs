@@ -21,7 +21,7 @@ mod wire;
 pub use reply::Reply;
 pub use request::Request;
 pub use types::{
-    Attr, Creds, DirEntry, FileKind, Head, LockDesc, LockRequest, MdtStatfs, ReplayKey, SetAttr,
+    Attr, CheckCounts, CheckReport, CheckState, Creds, DirEntry, FileKind, Head, LockDesc, LockRequest, MdtStatfs, ReplayKey, SetAttr,
 };
 
 use crate::body::BodyError;
@@ -35,6 +35,8 @@ pub const MAX_GROUPS: usize = 32;
 pub const READDIR_MAX_ENTRIES: u32 = 1024;
 /// Budget for one readdir reply body (`Reply::trim_to`), below the 64 KiB frame body.
 pub const READDIR_MAX_BYTES: usize = 60 * 1024;
+/// Longest line of a check finding.
+pub const FINDING_MAX: usize = 1024;
 /// Messages to and from an MDS: room for the largest reply (a full readdir page, or a
 /// file's layout over many OSTs) with its header.
 pub const MSG_SIZE: usize = 64 * 1024 + 4096;

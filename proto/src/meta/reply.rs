@@ -1,7 +1,12 @@
 //! The successful reply body: its shapes, its encoding, and readdir paging by size.
 
-use super::wire::{no_trailing, put_bytes, put_u32, put_u64, read_name, read_target};
-use super::{Attr, DirEntry, FileKind, LockDesc, MdtStatfs, MetaError, READDIR_MAX_ENTRIES};
+use super::wire::{
+    no_trailing, put_bytes, put_u32, put_u64, read_name, read_string, read_target,
+};
+use super::{
+    Attr, CheckCounts, CheckReport, CheckState, DirEntry, FileKind, LockDesc, MdtStatfs,
+    MetaError, FINDING_MAX, READDIR_MAX_ENTRIES,
+};
 use crate::body::BodyReader;
 use crate::layout::{StripeSpec, StripedLayout};
 
@@ -34,6 +39,8 @@ pub enum Reply {
     Lock(LockDesc),
     /// A directory's default striping.
     DefaultLayout(StripeSpec),
+    /// A consistency check's report.
+    Check(CheckReport),
 }
 
 const R_DONE: u32 = 0;
@@ -45,12 +52,26 @@ const R_STATFS: u32 = 5;
 const R_LAYOUT: u32 = 6;
 const R_DEFAULT_LAYOUT: u32 = 7;
 const R_LOCK: u32 = 8;
+const R_CHECK: u32 = 9;
 
 impl Reply {
     /// Shortens a readdir page to at most `max` encoded bytes (at least one entry):
     /// the entries left out come with the next cookie. Other replies are left as they
     /// are. The MDT pages readdir with it (`READDIR_MAX_BYTES`).
     pub fn trim_to(&mut self, max: usize) {
+        if let Reply::Check(r) = self {
+            let mut len = 4 + 8 + 4 + 5 * 8 + 4 + 4;
+            let keep = r
+                .findings
+                .iter()
+                .position(|f| {
+                    len += 4 + f.len();
+                    len > max
+                })
+                .unwrap_or(r.findings.len());
+            r.findings.truncate(keep);
+            return;
+        }
         let Reply::Dir {
             entries,
             next_cookie,
@@ -143,6 +164,20 @@ impl Reply {
                 put_u64(out, l.end);
                 put_u32(out, l.pid);
             }
+            Reply::Check(r) => {
+                put_u32(out, R_CHECK);
+                put_u64(out, r.run);
+                put_u32(out, r.state as u32);
+                let c = &r.counts;
+                for v in [c.orphans, c.dangling, c.nlink, c.size, c.fixed] {
+                    put_u64(out, v);
+                }
+                put_u32(out, r.total);
+                put_u32(out, r.findings.len() as u32);
+                for f in &r.findings {
+                    put_bytes(out, f);
+                }
+            }
         }
     }
 
@@ -193,6 +228,7 @@ impl Reply {
                 end: r.u64()?,
                 pid: r.u32()?,
             }),
+            R_CHECK => Reply::Check(read_check(&mut r)?),
             value => {
                 return Err(MetaError::BadValue {
                     what: "reply shape",
@@ -237,6 +273,37 @@ fn read_dir(r: &mut BodyReader<'_>) -> Result<Reply, MetaError> {
         entries,
         next_cookie,
         eof,
+    })
+}
+
+fn read_check(r: &mut BodyReader<'_>) -> Result<CheckReport, MetaError> {
+    let run = r.u64()?;
+    let state = CheckState::from_u32(r.u32()?)?;
+    let counts = CheckCounts {
+        orphans: r.u64()?,
+        dangling: r.u64()?,
+        nlink: r.u64()?,
+        size: r.u64()?,
+        fixed: r.u64()?,
+    };
+    let total = r.u32()?;
+    let n = r.u32()?;
+    if n > total {
+        return Err(MetaError::BadValue {
+            what: "finding count",
+            value: n,
+        });
+    }
+    let mut findings = Vec::new();
+    for _ in 0..n {
+        findings.push(read_string(r, FINDING_MAX)?);
+    }
+    Ok(CheckReport {
+        run,
+        state,
+        counts,
+        total,
+        findings,
     })
 }
 

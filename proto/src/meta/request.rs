@@ -90,6 +90,15 @@ pub enum Request {
     /// A POSIX advisory lock (fcntl F_SETLK / F_GETLK, flock) held at the MDS, so it
     /// holds across clients. Not stored: locks live in the MDS's memory.
     Lock(LockRequest),
+    /// The consistency checker (`nacre check`; root only): start a run when `start`
+    /// and none is running, and answer with the current or last run's report, its
+    /// findings from index `from` on.
+    Check {
+        start: bool,
+        fix: bool,
+        keep_orphans: bool,
+        from: u32,
+    },
 }
 
 impl Request {
@@ -114,6 +123,7 @@ impl Request {
             Request::SetLayout { .. } => Opcode::MDS_SET_LAYOUT,
             Request::ReportSize { .. } => Opcode::MDS_REPORT_SIZE,
             Request::Lock(_) => Opcode::MDS_LOCK,
+            Request::Check { .. } => Opcode::MDS_CHECK,
         }
     }
 
@@ -240,6 +250,18 @@ impl Request {
                     out,
                     l.test as u32 | (l.replay as u32) << 1 | (l.wait as u32) << 2,
                 );
+            }
+            Request::Check {
+                start,
+                fix,
+                keep_orphans,
+                from,
+            } => {
+                put_u32(
+                    out,
+                    *start as u32 | (*fix as u32) << 1 | (*keep_orphans as u32) << 2,
+                );
+                put_u32(out, *from);
             }
         }
     }
@@ -397,6 +419,20 @@ fn read_request(op: Opcode, r: &mut BodyReader<'_>) -> Result<Request, MetaError
             }
             Request::Lock(l)
         }
+        Opcode::MDS_CHECK => match r.u32()? {
+            flags if flags <= 7 => Request::Check {
+                start: flags & 1 != 0,
+                fix: flags & 2 != 0,
+                keep_orphans: flags & 4 != 0,
+                from: r.u32()?,
+            },
+            value => {
+                return Err(MetaError::BadValue {
+                    what: "check flags",
+                    value,
+                })
+            }
+        },
         other => return Err(MetaError::NotMeta(other.0)),
     })
 }

@@ -154,3 +154,57 @@ pub struct LockDesc {
     pub end: u64,
     pub pid: u32,
 }
+
+/// Where a consistency check stands.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum CheckState {
+    /// No check since the MDS started.
+    #[default]
+    Idle = 0,
+    Running = 1,
+    Done = 2,
+    /// Stopped before the end (the reason is the last finding).
+    Failed = 3,
+}
+
+impl CheckState {
+    pub fn from_u32(v: u32) -> Result<CheckState, MetaError> {
+        match v {
+            0 => Ok(CheckState::Idle),
+            1 => Ok(CheckState::Running),
+            2 => Ok(CheckState::Done),
+            3 => Ok(CheckState::Failed),
+            value => Err(MetaError::BadValue {
+                what: "check state",
+                value,
+            }),
+        }
+    }
+}
+
+/// The counts of a consistency check (`nacre check`), by kind of finding.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub struct CheckCounts {
+    /// Objects on an OST that no file names.
+    pub orphans: u64,
+    /// Layout entries that cannot be served: an OST the map lacks, an object id the
+    /// OST's allocator would hand out again.
+    pub dangling: u64,
+    /// Inodes whose link count disagrees with the names pointing at them.
+    pub nlink: u64,
+    /// Files whose objects hold data past the recorded size.
+    pub size: u64,
+    /// Findings repaired.
+    pub fixed: u64,
+}
+
+/// A check's report: its run number (0: none yet), state, counts, how many findings it
+/// has so far and those from the request's `from` on (one line of text each).
+#[derive(Debug, Clone, PartialEq, Eq, Default)]
+pub struct CheckReport {
+    pub run: u64,
+    pub state: CheckState,
+    pub counts: CheckCounts,
+    pub total: u32,
+    pub findings: Vec<Vec<u8>>,
+}
