@@ -3,6 +3,7 @@
 //! (`/dir/file`, optionally written `nacre:/dir/file`); `cp` tells local paths from
 //! nacre paths by that `nacre:` prefix. Errors are one line on stderr and exit code 1.
 
+mod check;
 mod commands;
 mod copy;
 mod mount;
@@ -61,6 +62,9 @@ enum Cmd {
     Getstripe { paths: Vec<String> },
     /// Usage per target, as `lfs df` shows it.
     Df(commands::DfArgs),
+    /// Check the namespace against the OSTs' objects (root; online) and, with --fix,
+    /// repair it. Last line: `orphans=N dangling=N nlink=N size=N fixed=N`.
+    Check(check::CheckArgs),
     /// Mount the file system through FUSE (a daemon; -f stays in the foreground).
     Mount(mount::MountArgs),
     /// Unmount a nacre mount (also one whose process died).
@@ -113,5 +117,6 @@ fn run(cli: Cli) -> Result<(), CliError> {
         Cmd::Setstripe(a) => commands::setstripe(&client, &a),
         Cmd::Getstripe { paths } => commands::getstripe(&client, &paths),
         Cmd::Df(a) => commands::df(&client, &a),
+        Cmd::Check(a) => check::check(&client, &a),
     }
 }

@@ -2,8 +2,10 @@
 //!
 //! The MDS owns the namespace on a metadata target (MDT): inodes, directories, layouts,
 //! object ids, and the operation log that makes them durable with group commit. It
-//! frees the space of gone files on the OSTs ([`destroyer`]), claims its role at the MGS (`nacre_mgs::role`) and serves on engine cores; it must
-//! never block one.
+//! frees the space of gone files on the OSTs ([`destroyer`]), checks the namespace
+//! against the OSTs when asked ([`checker`]), claims its role at the MGS
+//! (`nacre_mgs::role`) and serves on engine cores; it must never block one.
+pub mod checker;
 pub mod destroyer;
 pub mod mds_serve;
 pub mod mdt;

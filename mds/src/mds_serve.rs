@@ -12,6 +12,7 @@ use std::time::{Duration, Instant};
 use nacre_engine::{Engine, EngineConfig, EngineError, ReactorConfig};
 use nacre_fabric::Selection;
 
+use crate::checker::Checker;
 use crate::destroyer::Destroyer;
 use nacre_mgc::{BootConfig, MgsClient, MgsError};
 use nacre_mgs::role::{node_identity, LeaseKeeper, RoleHolder};
@@ -43,7 +44,7 @@ pub enum MdsServeError {
     Mdt(#[from] MdtError),
     #[error("installing signal handlers: {0}")]
     Signals(std::io::Error),
-    #[error("starting the destroyer thread: {0}")]
+    #[error("starting the destroyer or checker thread: {0}")]
     Destroyer(std::io::Error),
 }
 
@@ -98,7 +99,13 @@ pub fn serve(cfg: &MdsServeConfig) -> Result<bool, MdsServeError> {
         Selection::serving(&cfg.provider, cfg.node.clone()),
     )
     .map_err(MdsServeError::Destroyer)?;
-    destroyer.set_map(map);
+    let checker = Checker::start(
+        mdt.clone(),
+        Selection::serving(&cfg.provider, cfg.node.clone()),
+    )
+    .map_err(MdsServeError::Destroyer)?;
+    destroyer.set_map(map.clone());
+    checker.set_map(map);
     println!("nacre-mds: ready");
     let mut last_map = Instant::now();
     while !stop.load(Ordering::Relaxed) && !role.is_fenced() {
@@ -113,6 +120,7 @@ pub fn serve(cfg: &MdsServeConfig) -> Result<bool, MdsServeError> {
             if let Ok(map) = mgs.fetch_map() {
                 mdt.set_ost_space(ost_space(&map));
                 destroyer.set_map(map.clone());
+                checker.set_map(map.clone());
                 let now = ost_indices(&map);
                 if !now.is_empty() && now != osts {
                     let _ = mdt.submitter().submit_admin(0, Admin::SetOsts(now.clone()));
@@ -143,6 +151,7 @@ pub fn serve(cfg: &MdsServeConfig) -> Result<bool, MdsServeError> {
         n(&st.reconstructed)
     );
     tracing::debug!("{} objects of gone files destroyed", destroyer.destroyed());
+    drop(checker);
     drop(destroyer);
     drop(slot);
     if let Ok(mdt) = Arc::try_unwrap(mdt) {

@@ -12,8 +12,8 @@
 
 use nacre_proto::bootstrap::{ClusterMap, Role, RoleKind};
 use nacre_proto::object::{
-    decode_target, encode_target, Data, IoReply, ListReply, ListReq, ObjFlags, ObjTarget,
-    RangeReq, ReadReq, WriteReq, MSG_SIZE as OSS_MSG_SIZE,
+    decode_target, encode_target, Data, IoReply, ListReply, ListReq, ObjFlags, ObjTarget, RangeReq,
+    ReadReq, WriteReq, MSG_SIZE as OSS_MSG_SIZE,
 };
 use nacre_proto::{BulkDesc, Opcode, HEADER_LEN};
 

@@ -5,7 +5,7 @@ use std::io;
 
 use nacre_proto::bootstrap::TargetKind;
 use nacre_proto::layout::{StripeSpec, StripedLayout};
-use nacre_proto::meta::{self, Attr, Creds, DirEntry, Reply, Request, SetAttr};
+use nacre_proto::meta::{self, Attr, CheckReport, Creds, DirEntry, Reply, Request, SetAttr};
 
 use super::errors::{attr_of, protocol};
 use super::{target_name, Client, FsStat, Layout, TargetUsage};
@@ -180,6 +180,28 @@ impl Client {
                 name_max: s.name_max,
             }),
             other => Err(protocol(format!("expected statfs, got {other:?}"))),
+        }
+    }
+
+    /// The consistency checker (`nacre check`; root only): starts a run when `start` and
+    /// none is running, and returns the current or last run's report with its findings
+    /// from index `from` on.
+    pub fn check(
+        &self,
+        start: bool,
+        fix: bool,
+        keep_orphans: bool,
+        from: u32,
+    ) -> io::Result<CheckReport> {
+        let req = Request::Check {
+            start,
+            fix,
+            keep_orphans,
+            from,
+        };
+        match self.meta(true, &req)? {
+            Reply::Check(r) => Ok(r),
+            other => Err(protocol(format!("expected a check report, got {other:?}"))),
         }
     }
 

@@ -6,7 +6,7 @@ use super::ns::{self, Ctx, Fail, Namespace};
 use super::overlay::Overlay;
 use super::redo::{Change, OpLog};
 use super::replies::{SavedReply, SWEEP_EVERY};
-use super::service::{io_err, now_ns, Admin, Repair, Completion, Job, MdtError, Op, Stats};
+use super::service::{io_err, now_ns, Admin, Completion, Job, MdtError, Op, Repair, Stats};
 use super::store::{StoreError, WriteTables};
 use super::syncer::{Replies, Syncer};
 use nacre_proto::meta::{errno, Head, ReplayKey, Reply, Request};

@@ -41,7 +41,7 @@ pub use alloc::{LOW_WATER, RANGE};
 pub use ns::{LINK_MAX, ROOT_INO};
 pub use repair::LOST_FOUND;
 pub use service::{
-    Admin, Completion, Repair, Mdt, MdtConfig, MdtError, OstSpace, Stats, SubmitError, Submitter, SyncMode,
-    DB_FILE, FORMAT_VERSION, LOG_FILE,
+    Admin, Completion, Mdt, MdtConfig, MdtError, OstSpace, Repair, Stats, SubmitError, Submitter,
+    SyncMode, DB_FILE, FORMAT_VERSION, LOG_FILE,
 };
 pub use store::StoreError;

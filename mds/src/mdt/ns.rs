@@ -650,7 +650,13 @@ impl Namespace {
 
 /// Adds `name -> i` to `dir` with the directory's next sequence number, updating the
 /// directory's times and (for a subdirectory) its link count.
-pub(super) fn add_to_dir(w: &mut WriteTables<'_>, c: &Ctx<'_>, dir: u64, name: &[u8], i: &Inode) -> Res<()> {
+pub(super) fn add_to_dir(
+    w: &mut WriteTables<'_>,
+    c: &Ctx<'_>,
+    dir: u64,
+    name: &[u8],
+    i: &Inode,
+) -> Res<()> {
     let mut p = get(&w.view, dir)?;
     let seq = p.next_seq;
     p.next_seq += 1;

@@ -29,7 +29,13 @@ impl Namespace {
 
     /// Sets the link count of `ino` to `to` if it still is `from` (EAGAIN if a change
     /// since the scan moved it: the next run looks again).
-    pub fn set_links(&mut self, w: &mut WriteTables<'_>, ino: u64, from: u32, to: u32) -> Res<Reply> {
+    pub fn set_links(
+        &mut self,
+        w: &mut WriteTables<'_>,
+        ino: u64,
+        from: u32,
+        to: u32,
+    ) -> Res<Reply> {
         let mut i = get(&w.view, ino)?;
         need(i.nlink == from, EAGAIN)?;
         i.nlink = to;

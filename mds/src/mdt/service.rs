@@ -409,6 +409,11 @@ impl Mdt {
         Ok(out)
     }
 
+    /// The epoch this MDT serves under (what a request's head must carry).
+    pub fn epoch(&self) -> u64 {
+        self.epoch
+    }
+
     pub fn stats(&self) -> &Stats {
         &self.stats
     }

@@ -411,7 +411,10 @@ impl ObjectStore {
         after: ObjectId,
         max: usize,
     ) -> Result<(Vec<ListedObject>, bool), Errno> {
-        let path = self.root.join(layout::OBJECTS_DIR).join(format!("{dir:02x}"));
+        let path = self
+            .root
+            .join(layout::OBJECTS_DIR)
+            .join(format!("{dir:02x}"));
         let mut ids = Vec::new();
         for entry in std::fs::read_dir(&path).map_err(|e| Errno::from_io(&e))? {
             let entry = entry.map_err(|e| Errno::from_io(&e))?;

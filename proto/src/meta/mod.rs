@@ -21,7 +21,8 @@ mod wire;
 pub use reply::Reply;
 pub use request::Request;
 pub use types::{
-    Attr, CheckCounts, CheckReport, CheckState, Creds, DirEntry, FileKind, Head, LockDesc, LockRequest, MdtStatfs, ReplayKey, SetAttr,
+    Attr, CheckCounts, CheckReport, CheckState, Creds, DirEntry, FileKind, Head, LockDesc,
+    LockRequest, MdtStatfs, ReplayKey, SetAttr,
 };
 
 use crate::body::BodyError;

@@ -1,11 +1,9 @@
 //! The successful reply body: its shapes, its encoding, and readdir paging by size.
 
-use super::wire::{
-    no_trailing, put_bytes, put_u32, put_u64, read_name, read_string, read_target,
-};
+use super::wire::{no_trailing, put_bytes, put_u32, put_u64, read_name, read_string, read_target};
 use super::{
-    Attr, CheckCounts, CheckReport, CheckState, DirEntry, FileKind, LockDesc, MdtStatfs,
-    MetaError, FINDING_MAX, READDIR_MAX_ENTRIES,
+    Attr, CheckCounts, CheckReport, CheckState, DirEntry, FileKind, LockDesc, MdtStatfs, MetaError,
+    FINDING_MAX, READDIR_MAX_ENTRIES,
 };
 use crate::body::BodyReader;
 use crate::layout::{StripeSpec, StripedLayout};
