@@ -4,8 +4,9 @@
 //! problem in an older snapshot.
 
 use super::alloc::IdSpace;
-use super::inode::WRITTEN;
+use super::inode::{ORPHAN, WRITTEN};
 use super::ns::{add_to_dir, get, get_dir, need, Ctx, Fail, Namespace, Res, ROOT_INO};
+use super::redo::Change;
 use super::store::{View, WriteTables};
 use nacre_proto::layout::{ObjectRef, StripeSpec, StripedLayout};
 use nacre_proto::meta::errno::{EAGAIN, EEXIST, EIO, ENOTDIR};
@@ -58,6 +59,11 @@ impl Namespace {
         need(w.view.dentry(dir, name.as_bytes())?.is_none(), EEXIST)?;
         if i.is_dir() {
             i.parent = dir;
+        }
+        if i.flags & ORPHAN != 0 {
+            // Named again: no longer destroyed at its last close.
+            i.flags &= !ORPHAN;
+            w.apply(Change::DelOrphan(ino))?;
         }
         i.nlink = nlink;
         i.ctime = c.now;
