@@ -387,6 +387,26 @@ impl fuser::Filesystem for NacreFs {
         });
     }
 
+    /// fsync(2): every write of the handle durable on the OSTs and its size at the MDS,
+    /// so that other mounts and clients see both once it returns.
+    fn fsync(
+        &mut self,
+        _req: &fuser::Request<'_>,
+        _ino: u64,
+        fh: u64,
+        _datasync: bool,
+        reply: ReplyEmpty,
+    ) {
+        let file = match self.sh.file(fh) {
+            Ok(f) => f,
+            Err(e) => return reply.error(e),
+        };
+        self.offload(move || match file.fsync() {
+            Ok(()) => reply.ok(),
+            Err(e) => reply.error(errno(&e)),
+        });
+    }
+
     #[allow(clippy::too_many_arguments)]
     fn getlk(
         &mut self,
