@@ -84,3 +84,90 @@ fn the_reply_cache_survives_a_restart() {
     assert_eq!(replays(&t), 1);
     assert_eq!(keyed(&t, 5, 3, 78, mkdir("d")), Err(errno::EEXIST));
 }
+
+#[test]
+fn retried_size_reports_setattrs_and_closes_are_answered_not_applied() {
+    use nacre_proto::meta::{set, SetAttr, O_RDWR};
+    let dir = fresh_dir("replay-size-close");
+    let t = T::open(config(&dir, SyncMode::Sync));
+    let f = t.create(ROOT_INO, "f");
+    let report = Request::ReportSize {
+        ino: f.ino,
+        size: 1 << 20,
+    };
+    keyed(&t, 4, 0, 1, report.clone()).unwrap();
+    // A later truncate by another client...
+    let truncate = |size| Request::Setattr {
+        ino: f.ino,
+        attr: SetAttr {
+            mask: set::SIZE,
+            size,
+            ..SetAttr::default()
+        },
+    };
+    t.call(truncate(100)).unwrap();
+    // ... is not undone by the first report's retry (its answer was lost).
+    keyed(&t, 4, 0, 1, report).unwrap();
+    assert_eq!(t.getattr(f.ino).unwrap().size, 100);
+    // Nor a retried truncate by a later writer's report.
+    keyed(&t, 4, 1, 1, truncate(10)).unwrap();
+    t.call(Request::ReportSize {
+        ino: f.ino,
+        size: 5000,
+    })
+    .unwrap();
+    keyed(&t, 4, 1, 1, truncate(10)).unwrap();
+    assert_eq!(t.getattr(f.ino).unwrap().size, 5000);
+    assert_eq!(replays(&t), 2);
+
+    // A close retried across a restart is answered from the cache; a handle of the
+    // earlier run names no open of the new one (EBADF), even where its number would.
+    let open = || match t_open(&t, f.ino, O_RDWR) {
+        Reply::Opened { handle, .. } => handle,
+        other => panic!("{other:?}"),
+    };
+    let (h1, h2) = (open(), open());
+    let close = |h| Request::Close {
+        ino: f.ino,
+        handle: h,
+    };
+    keyed(&t, 4, 2, 1, close(h1)).unwrap();
+    let T { mdt, sub } = t;
+    drop(sub);
+    mdt.shutdown().unwrap();
+    let mut cfg = config(&dir, SyncMode::Sync);
+    cfg.epoch = EPOCH + 1;
+    let t = T::open(cfg);
+    let head = |xid| Head {
+        creds: Creds::root(),
+        epoch: EPOCH + 1,
+        replay: Some(ReplayKey {
+            client: 4,
+            tag: 2,
+            xid,
+        }),
+    };
+    assert_eq!(t.sub.call(&head(1), close(h1)), Ok(Reply::Done));
+    let h3 = match t.sub.call(
+        &Head {
+            epoch: EPOCH + 1,
+            ..Head::default()
+        },
+        Request::Open {
+            ino: f.ino,
+            flags: O_RDWR,
+        },
+    ) {
+        Ok(Reply::Opened { handle, .. }) => handle,
+        other => panic!("{other:?}"),
+    };
+    assert!(
+        h3 != h1 && h3 != h2,
+        "handles {h1} {h2} of the old run, {h3} now"
+    );
+    assert_eq!(t.sub.call(&head(2), close(h2)), Err(errno::EBADF));
+}
+
+fn t_open(t: &T, ino: u64, flags: u32) -> Reply {
+    t.call(Request::Open { ino, flags }).unwrap()
+}

@@ -66,7 +66,8 @@ impl Client {
     /// a refused truncate must not have trimmed data. A crash in between leaves the
     /// objects longer than the size, which reads never pass.
     pub(super) fn setattr_ino(&self, ino: u64, attr: SetAttr) -> io::Result<Attr> {
-        let out = attr_of(self.meta(true, &Request::Setattr { ino, attr })?)?;
+        let req = Request::Setattr { ino, attr };
+        let out = attr_of(self.modify(|c| c.ns.call(&req))?)?;
         self.trim_to(ino, &attr)?;
         Ok(out)
     }

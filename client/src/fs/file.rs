@@ -245,7 +245,9 @@ impl File {
                 ino: self.ino,
                 size: end,
             };
-            self.client.meta(true, &req)?;
+            // Under a replay key: a retry whose first try was applied is answered from
+            // the MDS's reply cache, not applied after a later truncate.
+            self.client.modify(|c| c.ns.call(&req))?;
             self.reported.fetch_max(end, Ordering::AcqRel);
         }
         Ok(())
@@ -265,8 +267,10 @@ impl File {
             ino: self.ino,
             handle: self.handle,
         };
-        // A retried close whose first try was applied finds the handle gone (EBADF).
-        match self.client.meta(true, &req) {
+        // Under a replay key: a retry whose first try was applied is answered from the
+        // reply cache. A handle of an earlier MDS run gets EBADF (handles are numbered
+        // by the MDS's epoch): the restart forgot the open, nothing is left to close.
+        match self.client.modify(|c| c.ns.call(&req)) {
             Err(e) if e.raw_os_error() == Some(libc::EBADF) => {}
             other => {
                 other?;

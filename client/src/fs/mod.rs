@@ -11,10 +11,10 @@
 //! Recovery: a request the server refuses as stale (ESTALE: the role changed owner), or
 //! that gets no answer, makes the client refetch the cluster map, waiting for a newer
 //! version for up to [`ClientConfig::recovery`], and retry on the server the map names
-//! now. Only idempotent requests are retried after a lost answer (object reads and
-//! writes, lookups, getattr, setattr, open, size reports, layouts); a namespace change
-//! whose answer was lost (an exclusive create, mkdir, unlink, rename...) is reported as
-//! ETIMEDOUT instead of being sent twice.
+//! now. After a lost answer, reads (lookups, getattr, layouts, object reads) and object
+//! writes are sent again as they are; namespace changes, opens, setattr, size reports
+//! and closes are sent again under their replay key, which the MDS answers from its
+//! reply cache if the first try was applied (docs/client.md, "Recovery").
 //!
 //! Here: the configuration and the public types of the API. [`Client`] and its
 //! connections are in `client`, its namespace calls in `calls`, opening files in `open`,

@@ -164,7 +164,10 @@ fn readdir(v: &impl View, c: &Ctx<'_>, dir: u64, cookie: u64, max: u32) -> Res<R
     Ok(page)
 }
 
-/// Open files: handles are per MDS run (clients replay their opens after a restart).
+/// Open files: handles are per MDS run. Each run numbers its handles from its epoch
+/// shifted up by [`HANDLE_EPOCH_SHIFT`], so a handle of an earlier run never names an
+/// open of this one: a close a client sends after a restart gets EBADF instead of
+/// closing another client's open that happened to get the same number.
 #[derive(Debug, Default)]
 pub struct Opens {
     handles: HashMap<u64, u64>,
@@ -172,7 +175,17 @@ pub struct Opens {
     next: u64,
 }
 
+/// Handles of epoch `e` start at `e << HANDLE_EPOCH_SHIFT` (2^40 opens per run).
+pub const HANDLE_EPOCH_SHIFT: u32 = 40;
+
 impl Opens {
+    pub fn for_epoch(epoch: u64) -> Opens {
+        Opens {
+            next: epoch.wrapping_shl(HANDLE_EPOCH_SHIFT),
+            ..Opens::default()
+        }
+    }
+
     pub fn is_open(&self, ino: u64) -> bool {
         self.counts.contains_key(&ino)
     }
@@ -214,12 +227,12 @@ pub struct Namespace {
 }
 
 impl Namespace {
-    pub fn new(osts: Vec<u32>, default_spec: StripeSpec) -> Namespace {
+    pub fn new(osts: Vec<u32>, default_spec: StripeSpec, epoch: u64) -> Namespace {
         Namespace {
             ids: IdRanges::default(),
             osts: OstChooser::new(osts),
             default_spec,
-            opens: Opens::default(),
+            opens: Opens::for_epoch(epoch),
         }
     }
 

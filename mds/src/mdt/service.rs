@@ -249,7 +249,7 @@ impl Mdt {
             syncer,
             broken,
             db: db.clone(),
-            ns: Namespace::new(cfg.osts.clone(), cfg.default_spec),
+            ns: Namespace::new(cfg.osts.clone(), cfg.default_spec, cfg.epoch),
             log,
             log_path,
             interval: cfg.commit_interval,
