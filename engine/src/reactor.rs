@@ -155,6 +155,12 @@ pub trait Service {
         let _ = core;
         false
     }
+    /// Whether the service holds as much work as it may: new requests then wait in
+    /// their receive slots, as they do while the core is congested, and their senders
+    /// wait (the service's queues stay within their bounds; nothing is dropped).
+    fn busy(&self) -> bool {
+        false
+    }
 }
 
 /// Work sent to a core from another thread.
@@ -353,9 +359,10 @@ impl<S: Service> Reactor<S> {
     }
 
     /// A message arrived in receive slot `slot`: handled now, or left in its slot while
-    /// the core is congested (its sender waits; nothing is dropped).
+    /// the core is congested or the service busy (its sender waits; nothing is
+    /// dropped).
     fn on_message(&mut self, slot: u32, len: usize) {
-        if self.core.congested() || !self.parked.is_empty() {
+        if self.core.congested() || self.service.busy() || !self.parked.is_empty() {
             self.core.metrics.parked_messages += 1;
             self.parked.push_back((slot, len));
             return;
@@ -366,7 +373,7 @@ impl<S: Service> Reactor<S> {
     /// Handles parked messages, oldest first, while the core is not congested.
     fn unpark(&mut self) -> bool {
         let mut moved = false;
-        while !self.core.congested() {
+        while !self.core.congested() && !self.service.busy() {
             let Some((slot, len)) = self.parked.pop_front() else {
                 break;
             };

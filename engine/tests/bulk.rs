@@ -6,7 +6,7 @@
 
 use std::collections::VecDeque;
 use std::path::{Path, PathBuf};
-use std::sync::mpsc;
+use std::sync::{mpsc, Arc};
 use std::time::{Duration, Instant};
 
 use nacre_client::{ClientEndpoint, RpcClient, RpcConfig};
@@ -819,5 +819,84 @@ fn replies_beyond_the_transmit_slots_wait_and_all_arrive() {
     assert_eq!(seen, (1000..1032).collect::<Vec<_>>());
     let m = metrics(&engine);
     assert_eq!(m.replies_dropped, 0, "{m:?}");
+    engine.stop();
+}
+
+/// Holds requests and answers the oldest one per turn; busy while it holds `limit`.
+struct Bounded {
+    held: VecDeque<(PeerAddr, Header)>,
+    limit: usize,
+    most: Arc<std::sync::atomic::AtomicUsize>,
+}
+
+impl Service for Bounded {
+    fn on_request(&mut self, _core: &mut Core, req: Incoming<'_>) {
+        self.held.push_back((req.peer, req.header));
+        self.most
+            .fetch_max(self.held.len(), std::sync::atomic::Ordering::Relaxed);
+    }
+
+    fn on_turn(&mut self, core: &mut Core) -> bool {
+        match self.held.pop_front() {
+            Some((peer, header)) => {
+                core.reply(peer, &header, 0, &[]);
+                true
+            }
+            None => false,
+        }
+    }
+
+    fn busy(&self) -> bool {
+        self.held.len() >= self.limit
+    }
+}
+
+/// A service that says it is busy gets no more requests until it is not: the rest wait
+/// in their receive slots (parked), none is lost, and the service never holds more than
+/// its bound however many a client sends.
+#[test]
+fn a_busy_service_gets_no_more_requests_than_its_bound() {
+    let cfg = EngineConfig {
+        cores: 1,
+        no_pin: true,
+        fabric: Selection::provider("tcp"),
+        ..Default::default()
+    };
+    if let Err(e) = nacre_fabric::Info::find(&cfg.fabric) {
+        nacre_fabric::testing::skip(&format!("busy service test: tcp not available: {e}"));
+        return;
+    }
+    let most = Arc::new(std::sync::atomic::AtomicUsize::new(0));
+    let engine = {
+        let most = most.clone();
+        Engine::start(&cfg, move |_, _| Bounded {
+            held: Default::default(),
+            limit: 4,
+            most: most.clone(),
+        })
+        .expect("engine")
+    };
+    let rpc = RpcConfig {
+        depth: 64,
+        timeout: Duration::from_secs(20),
+        ..Default::default()
+    };
+    let mut c = RpcClient::connect(
+        &Selection::provider("tcp"),
+        &engine.cores()[0].fabric_name,
+        rpc,
+    )
+    .expect("HELLO");
+    for i in 0..48u64 {
+        c.send(Opcode(400), 1000 + i, b"x").unwrap();
+    }
+    let mut seen: Vec<u64> = (0..48)
+        .map(|_| c.next_reply().unwrap().header.request_id)
+        .collect();
+    seen.sort_unstable();
+    assert_eq!(seen, (1000..1048).collect::<Vec<_>>());
+    assert_eq!(most.load(std::sync::atomic::Ordering::Relaxed), 4);
+    let m = metrics(&engine);
+    assert!(m.parked_messages > 0, "{m:?}");
     engine.stop();
 }

@@ -38,6 +38,9 @@ pub use attrs::{fuse_attr, DirAttrs, ATTR_TTL};
 /// with 256 pages of 4 KiB).
 pub const MAX_IO: u32 = 1 << 20;
 
+/// Jobs waiting for a worker, at most.
+pub const JOB_QUEUE: usize = 256;
+
 /// Worker threads for reads, writes and fsyncs.
 pub const WORKERS: usize = 4;
 
@@ -62,7 +65,9 @@ pub struct NacreFs {
 
 impl NacreFs {
     pub fn new(client: Client) -> NacreFs {
-        let (jobs, rx) = crossbeam_channel::unbounded::<Job>();
+        // Bounded: when the workers are this far behind, the session thread waits to
+        // hand over the next job, so the kernel's requests wait in the kernel.
+        let (jobs, rx) = crossbeam_channel::bounded::<Job>(JOB_QUEUE);
         let workers = (0..WORKERS).map(|i| spawn_worker(i, rx.clone())).collect();
         let sh = Arc::new(Shared {
             client,

@@ -100,6 +100,14 @@ const PUSH_BYTES_IN_FLIGHT: usize = 2 << 20;
 /// as soon as its data is in, so copies and disk writes overlap.
 const PULLS_PER_TURN: usize = 1;
 
+/// Requests a core holds at most (admitted and not answered: in the store, waiting for
+/// slabs, pulling or pushing). Beyond it the engine leaves new requests in their
+/// receive slots and their senders wait (`Service::busy`), so a client that floods
+/// requests and never reads the replies cannot grow the server's memory: the op table
+/// and the `waiting` and `to_push` queues hold at most this many entries each (a few
+/// hundred bytes apiece, slabs apart, which the pool bounds).
+pub const MAX_OPS: usize = 1024;
+
 pub struct OssService {
     core: usize,
     cores: usize,
@@ -629,5 +637,9 @@ impl Service for OssService {
         }
         self.done = done;
         moved
+    }
+
+    fn busy(&self) -> bool {
+        self.ops.len() - self.free.len() >= MAX_OPS
     }
 }

@@ -161,4 +161,15 @@ impl Service for MdsService {
         let moved = self.retry_blocked(core);
         self.answer(core) | moved
     }
+
+    /// A request the MDT's full queue sent back waits, and new ones wait in their
+    /// receive slots behind it; so do they while [`MAX_PENDING`] requests await their
+    /// answer. `open` and `blocked` stay bounded whatever clients send.
+    fn busy(&self) -> bool {
+        !self.blocked.is_empty() || self.open.len() - self.free.len() >= MAX_PENDING
+    }
 }
+
+/// Requests a core has submitted and not answered, at most: beyond it new requests
+/// wait in their receive slots (back-pressure through the engine).
+pub const MAX_PENDING: usize = 4096;
