@@ -1,7 +1,8 @@
 //! nacre-bench: benches that performance engineers hold against fabtests and fio.
 //!
 //! `pingpong` takes fi_pingpong's command line and prints its columns; `rma` measures the
-//! RMA bandwidth of the bulk data path; `mgs` loads a management service; `info` lists
+//! RMA bandwidth of the bulk data path; `mgs` loads a management service; `soak` runs
+//! clients that come and go against a file system and checks every byte; `info` lists
 //! the providers fi_getinfo offers.
 
 mod control;
@@ -15,6 +16,7 @@ mod obj;
 mod pingpong;
 mod regcache;
 mod rma;
+mod soak;
 mod wire;
 
 use clap::{Args, Parser, Subcommand};
@@ -77,6 +79,12 @@ enum Command {
     /// A FUSE file system that answers from memory on its session thread, mounted at
     /// the given directory until unmounted: the ceiling of any FUSE mount's create rate.
     FuseFloor(fusefloor::FuseFloorArgs),
+    /// Clients that come and go (some killed with SIGKILL) under mixed metadata and I/O,
+    /// every byte checked; last line `ops=N lost_replies=N timeouts=N corrupt=N`.
+    Soak(soak::SoakArgs),
+    /// One client process of `soak`.
+    #[command(hide = true)]
+    SoakClient(soak::SoakClientArgs),
     /// List the RDM providers fi_getinfo offers for nacre's needs (FI_PROVIDER applies).
     Info {
         /// Local address to ask for (FI_SOURCE).
@@ -189,6 +197,8 @@ fn main() {
         Command::Ior(args) => ior::run(args),
         Command::Regcache(args) => regcache::run(args),
         Command::FuseFloor(args) => fusefloor::run(args),
+        Command::Soak(args) => soak::run(args),
+        Command::SoakClient(args) => soak::client(args),
         Command::Info { node } => info(node),
     };
     if let Err(e) = result {

@@ -33,6 +33,8 @@ pub(crate) struct Inner {
     pub(super) map: RwLock<Arc<ClusterMap>>,
     replay: Replay,
     locks: HeldLocks,
+    /// Requests whose answer did not come within the request timeout.
+    unanswered: AtomicU64,
 }
 
 /// What makes changing namespace requests safe to retry: a random client id for the
@@ -120,6 +122,7 @@ impl Client {
                 map: RwLock::new(Arc::new(map)),
                 replay: Replay::new(),
                 locks: HeldLocks::default(),
+                unanswered: AtomicU64::new(0),
             }),
         };
         // Reach the MDS once now, so a bad address fails here and not at first use.
@@ -174,6 +177,9 @@ impl Client {
                 Ok(v) => return Ok(v),
                 Err(e) => e,
             };
+            if matches!(err, ClientError::Expired { .. } | ClientError::Timeout(_)) {
+                self.inner.unanswered.fetch_add(1, Ordering::Relaxed);
+            }
             let retry = match &err {
                 ClientError::Status(e) => *e == libc::ESTALE,
                 ClientError::Expired { .. } | ClientError::Timeout(_) | ClientError::Fabric(_) => {
@@ -283,6 +289,12 @@ impl Client {
 
     pub(super) fn meta(&self, idempotent: bool, req: &Request) -> io::Result<Reply> {
         self.with_conn(idempotent, |c| c.ns.call(req))
+    }
+
+    /// Requests so far whose answer did not come within the request timeout (each try
+    /// counts, also when a retry then succeeded): with every server alive, replies lost.
+    pub fn unanswered(&self) -> u64 {
+        self.inner.unanswered.load(Ordering::Relaxed)
     }
 
     /// This client's id at the MDS (replay keys, lock owners).
