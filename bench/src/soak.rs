@@ -401,9 +401,11 @@ impl Worker<'_> {
     fn overwrite(&mut self) {
         let Some(name) = self.pick() else { return };
         let len = self.files[&name].len();
-        let at = self.rng.below(len as u64 + 4096) as usize;
+        // Somewhere in the file or just past its end (a hole between), never past
+        // MAX_LEN.
+        let at = (self.rng.below(len as u64 + 4096) as usize).min(MAX_LEN - 1);
         let n = 1 + self.rng.below(64 << 10) as usize;
-        let n = n.min(MAX_LEN.saturating_sub(at)).max(1);
+        let n = n.min(MAX_LEN - at);
         let data = self.bytes(n);
         let path = self.path(&name);
         let r = (|| {
@@ -439,19 +441,19 @@ impl Worker<'_> {
         let Some(name) = self.pick() else { return };
         let path = self.path(&name);
         let r = (|| {
+            // Read to the end, whatever the model says the length is: a file longer
+            // than the model is as wrong as a shorter one.
             let f = self.c.open(&path, &OpenOptions::read())?;
-            let mut buf = vec![0u8; MAX_LEN + 4096];
-            let mut got = 0;
+            let mut buf = Vec::new();
+            let mut chunk = vec![0u8; 128 << 10];
             loop {
-                let n = f.read_at(&mut buf[got..], got as u64)?;
-                if n == 0 || got + n == buf.len() {
-                    got += n;
+                let n = f.read_at(&mut chunk, buf.len() as u64)?;
+                if n == 0 {
                     break;
                 }
-                got += n;
+                buf.extend_from_slice(&chunk[..n]);
             }
             f.close()?;
-            buf.truncate(got);
             Ok(buf)
         })();
         match r {

@@ -17,8 +17,16 @@ fn soak(provider: &str) {
     let dir = tmp(&format!("soak-{provider}"));
     let up = Up::start(&dir.join("data"), provider, &[]);
     let mut cmd = Command::new(workspace_bin("nacre-bench"));
-    cmd.args(["soak", "--mgs", &up.mgs, "--clients", "3", "--minutes", "0.4"])
-        .args(["--kill-every", "3", "--seed", "12345"]);
+    cmd.args([
+        "soak",
+        "--mgs",
+        &up.mgs,
+        "--clients",
+        "3",
+        "--minutes",
+        "0.4",
+    ])
+    .args(["--kill-every", "3", "--seed", "12345"]);
     let mut run = KillOnDrop::new(cmd.stdout(std::process::Stdio::piped()).spawn().unwrap());
     let mut pipe = run.child().stdout.take().unwrap();
     let reader = std::thread::spawn(move || {
@@ -32,7 +40,10 @@ fn soak(provider: &str) {
         if let Some(st) = run.child().try_wait().unwrap() {
             break st;
         }
-        assert!(std::time::Instant::now() < until, "the soak did not end in 240 s");
+        assert!(
+            std::time::Instant::now() < until,
+            "the soak did not end in 240 s"
+        );
         std::thread::sleep(Duration::from_millis(100));
     };
     let stdout = reader.join().unwrap();

@@ -11,6 +11,7 @@ impl Errno {
     pub const EINVAL: Errno = Errno(libc::EINVAL);
     pub const EFBIG: Errno = Errno(libc::EFBIG);
     pub const EROFS: Errno = Errno(libc::EROFS);
+    pub const ESTALE: Errno = Errno(libc::ESTALE);
 
     pub fn from_io(e: &std::io::Error) -> Errno {
         Errno(e.raw_os_error().unwrap_or(libc::EIO))

@@ -130,11 +130,14 @@ pub(crate) fn open_store(spec: &OstSpec, id: usize, max_open: usize) -> Option<S
         ..Default::default()
     };
     match ObjectStore::open(&spec.dir, cfg) {
-        Ok(store) => Some(ServedOst {
+        Ok(mut store) => Some(ServedOst {
+            store: {
+                store.set_fence(spec.epoch.clone());
+                store
+            },
             index: spec.index,
             epoch: spec.epoch.clone(),
             health: spec.health.clone(),
-            store,
         }),
         Err(e) => {
             tracing::error!(dir = %spec.dir.display(), "OST not served: {e}");

@@ -185,6 +185,12 @@ impl OssService {
         &self.osts
     }
 
+    /// Whether the role `f` was admitted under still holds: the same epoch, its lease
+    /// not lapsed (checked again before every push and every reply).
+    fn serves(&self, f: &InFlight) -> bool {
+        self.osts[f.store].epoch.get() == f.target.epoch
+    }
+
     /// The store for `t`, after the checks every request passes.
     fn admit(&self, t: &ObjTarget, needs_object: bool) -> Result<usize, i32> {
         let store = self
@@ -298,6 +304,13 @@ impl OssService {
                 put_all(core, bufs);
                 continue;
             };
+            if !self.serves(f) {
+                // The lease lapsed while the push waited: nothing goes to the client.
+                put_all(core, bufs);
+                self.fail(core, id, ESTALE);
+                moved = true;
+                continue;
+            }
             let (peer, desc) = (f.peer, f.bulk.expect("a bulk read"));
             let sent = self.pushing.get(&peer).copied().unwrap_or(0);
             if sent > 0 && sent + n > PUSH_BYTES_IN_FLIGHT {
@@ -464,6 +477,13 @@ impl OssService {
                 return self.fail(core, id, e);
             }
         };
+        if !self.serves(f) {
+            // The role's lease lapsed or moved while the operation ran: no data is
+            // pushed and the answer is ESTALE, so the client asks the owner it serves
+            // under now (a change that reached the disk did so under the lease).
+            put_all(core, c.bufs);
+            return self.fail(core, id, ESTALE);
+        }
         if c.kind != OpKind::Read {
             put_all(core, c.bufs);
             let f = self.take(id).expect("live");

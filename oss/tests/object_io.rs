@@ -469,3 +469,33 @@ fn listing_walks_every_object_once_with_its_size() {
     let (page, _) = h.store.list(dir, 0, 1000).unwrap();
     assert!(page.iter().all(|o| o.oid != 7));
 }
+
+#[test]
+fn no_change_reaches_the_disk_once_the_lease_lapsed() {
+    use nacre_mgs::role::ServingEpoch;
+    let b = BACKENDS[0];
+    let mut h = Harness::new(&name(b, "fence"), b);
+    let serving = ServingEpoch::new(3);
+    h.store.set_fence(serving.clone());
+    let first = pattern(1, 10_000);
+    h.write(1, 0, &first).unwrap();
+    // The lease lapses (a stopped server resumed, or the keeper lost it): writes,
+    // punches, truncates and destroys queued from now on fail before their I/O.
+    serving.serve_until(std::time::Duration::ZERO);
+    assert_eq!(h.write(1, 0, &pattern(2, 10_000)), Err(Errno::ESTALE));
+    assert_eq!(h.write(2, 0, b"new"), Err(Errno::ESTALE));
+    let tag = h.tag();
+    h.store.truncate(1, 5, tag);
+    assert_eq!(h.one(), Err(Errno::ESTALE));
+    let tag = h.tag();
+    h.store.destroy(1, tag);
+    assert_eq!(h.one(), Err(Errno::ESTALE));
+    // Nothing changed: the old bytes read back (reads are the service's to refuse).
+    assert_eq!(h.read(1, 0, 10_000).unwrap(), first);
+    assert_eq!(h.store.getattr(2), Err(Errno::ENOENT));
+    // Served again under a new epoch (the role re-granted): writes land again.
+    serving.set(4);
+    serving.serve_until(std::time::Duration::from_secs(60));
+    h.write(1, 0, b"again").unwrap();
+    assert_eq!(&h.read(1, 0, 5).unwrap()[..], b"again");
+}

@@ -39,6 +39,7 @@ use crate::layout::{self, ObjectId};
 use crate::rangelock::{LockId, Mode, RangeLocks};
 use crate::superblock::{self, Superblock, TargetError};
 use crate::Errno;
+use nacre_mgs::role::ServingEpoch;
 use plan::{Plan, BLOCK};
 pub use types::{Io, ObjectCompletion, OpKind, StoreConfig, TargetHealth, WriteMode};
 
@@ -219,6 +220,9 @@ pub struct ObjectStore {
     clock: u64,
     /// Objects whose last active write just ended: trim their size next turn.
     fixups: Vec<ObjectId>,
+    /// The role this target is served under: a change (write, punch, truncate,
+    /// destroy) whose turn comes after the lease lapsed is refused, ESTALE.
+    fence: Option<ServingEpoch>,
 }
 
 impl ObjectStore {
@@ -247,7 +251,21 @@ impl ObjectStore {
             state: TargetHealth::Healthy,
             clock: 0,
             fixups: Vec::new(),
+            fence: None,
         })
+    }
+
+    /// Checks every change against `serving` right before its I/O: an operation that
+    /// waited (for slabs, an open-file slot, a lock) past the role's lease, or past a
+    /// fence, fails with ESTALE and not one of its bytes reaches the disk. A stale owner
+    /// resumed after a stop therefore writes nothing once a new owner may serve.
+    pub fn set_fence(&mut self, serving: ServingEpoch) {
+        self.fence = Some(serving);
+    }
+
+    /// Whether changes may no longer reach the disk (the role's lease lapsed or moved).
+    fn fenced(&self) -> bool {
+        self.fence.as_ref().is_some_and(|f| f.get() == 0)
     }
 
     pub fn superblock(&self) -> &Superblock {
@@ -624,6 +642,11 @@ impl ObjectStore {
         }
         let op = &self.ops[&id];
         let (obj, create) = (op.obj, matches!(op.req, Req::Write { .. }));
+        if create && self.fenced() {
+            // Not even an empty object file for a write the lapsed lease refuses.
+            self.finish_with(Some(io.pool), id, Err(Errno::ESTALE));
+            return Advance::Moved;
+        }
         match self.open_obj(io.storage, obj, create) {
             Ok(true) => {}
             Ok(false) => return Advance::Wait,

@@ -12,6 +12,14 @@ use crate::Errno;
 impl ObjectStore {
     /// Stage 3: the lock is held; issue the I/O (or do the metadata call).
     pub(super) fn start(&mut self, io: &mut Io<'_>, id: u32) {
+        let Some(op) = self.ops.get(&id) else {
+            return;
+        };
+        let changes = !matches!(op.req, Req::Read { .. } | Req::Sync { .. });
+        if changes && self.fenced() {
+            // Admitted under a lease that has lapsed since: nothing of it may land.
+            return self.finish_with(Some(io.pool), id, Err(Errno::ESTALE));
+        }
         let Some(op) = self.ops.get_mut(&id) else {
             return;
         };
@@ -102,6 +110,10 @@ impl ObjectStore {
     }
 
     fn submit_pieces(&mut self, io: &mut Io<'_>, id: u32) {
+        if self.fenced() {
+            // The lease lapsed while the edge blocks were read.
+            return self.finish_with(Some(io.pool), id, Err(Errno::ESTALE));
+        }
         let op = self.ops.get_mut(&id).expect("live");
         let o = self.objects.get_mut(&op.obj).expect("referenced");
         let Req::Write { plan, .. } = &op.req else {
