@@ -7,10 +7,9 @@ mod common;
 
 use std::os::unix::fs::FileExt;
 use std::path::{Path, PathBuf};
-use std::process::Command;
 use std::time::Duration;
 
-use common::{nacre_bin, tmp, Up};
+use common::{tmp, Mount, Up};
 use nacre_client::{Client, OpenOptions};
 use nacre_fabric::testing::skip;
 
@@ -20,27 +19,6 @@ const OPS: usize = 1000;
 const MAX_SIZE: u64 = 1 << 20;
 const MAX_WRITE: u64 = 16 << 10;
 const FILES: usize = 2;
-
-struct Mount {
-    dir: PathBuf,
-}
-
-impl Mount {
-    fn new(up: &Up, dir: PathBuf) -> Mount {
-        std::fs::create_dir_all(&dir).unwrap();
-        up.ok(&["mount", dir.to_str().unwrap()]);
-        Mount { dir }
-    }
-}
-
-impl Drop for Mount {
-    fn drop(&mut self) {
-        let _ = Command::new(nacre_bin())
-            .arg("umount")
-            .arg(&self.dir)
-            .output();
-    }
-}
 
 /// xorshift64*: reproducible from its seed, which a failure prints.
 struct Rng(u64);

@@ -6,44 +6,11 @@
 
 mod common;
 
-use std::path::{Path, PathBuf};
+use std::path::Path;
 use std::process::Command;
 
-use common::{nacre_bin, tmp, Up};
+use common::{tmp, Mount, Up};
 use nacre_fabric::testing::skip;
-
-/// A mount made by `nacre mount` (the daemon), unmounted on drop.
-struct Mount {
-    dir: PathBuf,
-    pid: u32,
-}
-
-impl Mount {
-    fn new(up: &Up, dir: PathBuf) -> Mount {
-        std::fs::create_dir_all(&dir).unwrap();
-        let out = up.ok(&["mount", dir.to_str().unwrap()]);
-        let pid = out
-            .split("daemon pid ")
-            .nth(1)
-            .and_then(|s| s.split(',').next())
-            .and_then(|p| p.parse().ok())
-            .unwrap_or_else(|| panic!("no daemon pid in {out:?}"));
-        Mount { dir, pid }
-    }
-
-    fn path(&self, rel: &str) -> String {
-        self.dir.join(rel).display().to_string()
-    }
-}
-
-impl Drop for Mount {
-    fn drop(&mut self) {
-        let _ = Command::new(nacre_bin())
-            .arg("umount")
-            .arg(&self.dir)
-            .output();
-    }
-}
 
 /// `sh -c SCRIPT` (as `user`, a uid, when given): (success, stdout, stderr).
 fn sh_as(user: Option<u32>, script: &str) -> (bool, String, String) {

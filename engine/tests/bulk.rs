@@ -755,6 +755,21 @@ fn slabs_filled_and_emptied_from_a_head_offset() {
     engine.stop();
 }
 
+/// A tcp client of the engine's first core with `depth` requests in flight.
+fn client_of(engine: &Engine, depth: usize) -> RpcClient {
+    let rpc = RpcConfig {
+        depth,
+        timeout: Duration::from_secs(20),
+        ..Default::default()
+    };
+    RpcClient::connect(
+        &Selection::provider("tcp"),
+        &engine.cores()[0].fabric_name,
+        rpc,
+    )
+    .expect("HELLO")
+}
+
 /// Answers every request on the next turn, all at once (as completions do).
 #[derive(Default)]
 struct Later {
@@ -794,17 +809,7 @@ fn replies_beyond_the_transmit_slots_wait_and_all_arrive() {
         return;
     }
     let engine = Engine::start(&cfg, |_, _| Later::default()).expect("engine");
-    let rpc = RpcConfig {
-        depth: 40,
-        timeout: Duration::from_secs(20),
-        ..Default::default()
-    };
-    let mut c = RpcClient::connect(
-        &Selection::provider("tcp"),
-        &engine.cores()[0].fabric_name,
-        rpc,
-    )
-    .expect("HELLO");
+    let mut c = client_of(&engine, 40);
     // 1000-byte replies: far above tcp's inject size, so each needs a transmit slot.
     for i in 0..32u64 {
         c.send(Opcode(400), 1000 + i, &pattern(i, 1000)).unwrap();
@@ -876,17 +881,7 @@ fn a_busy_service_gets_no_more_requests_than_its_bound() {
         })
         .expect("engine")
     };
-    let rpc = RpcConfig {
-        depth: 64,
-        timeout: Duration::from_secs(20),
-        ..Default::default()
-    };
-    let mut c = RpcClient::connect(
-        &Selection::provider("tcp"),
-        &engine.cores()[0].fabric_name,
-        rpc,
-    )
-    .expect("HELLO");
+    let mut c = client_of(&engine, 64);
     for i in 0..48u64 {
         c.send(Opcode(400), 1000 + i, b"x").unwrap();
     }

@@ -29,12 +29,14 @@ use std::thread::JoinHandle;
 use std::time::Duration;
 
 use nacre_fabric::Selection;
-use nacre_proto::bootstrap::{ClusterMap, TargetKind};
+use nacre_proto::bootstrap::ClusterMap;
 use nacre_proto::meta::{Creds, FileKind, Head, Reply, Request};
 use nacre_proto::object::{ListedObject, OBJECT_DIRS};
 use nacre_rpc::objects::OstRoute;
-use nacre_rpc::{ClientEndpoint, ClientError, RpcConfig};
+use nacre_rpc::ClientEndpoint;
 
+use crate::destroyer::{destroy_object, rpc_config};
+use crate::mds_serve::ost_indices;
 use crate::mdt::check::{CheckBoard, CheckOptions, Finding, Scan};
 use crate::mdt::{Admin, Mdt, Repair, Submitter};
 
@@ -141,21 +143,9 @@ impl Check<'_> {
         let fence = self.board.take_fence().unwrap_or_default();
         let scan = crate::mdt::check::scan(&tx).map_err(|e| e.to_string())?;
         drop(tx);
-        let mut ep = ClientEndpoint::open(
-            sel,
-            RpcConfig {
-                msg_size: nacre_proto::object::MSG_SIZE,
-                timeout: TIMEOUT,
-                ..Default::default()
-            },
-        )
-        .map_err(|e| format!("opening an endpoint: {e}"))?;
-        let osts: Vec<u32> = map
-            .targets
-            .iter()
-            .filter(|t| t.kind == TargetKind::Ost)
-            .map(|t| t.index)
-            .collect();
+        let mut ep = ClientEndpoint::open(sel, rpc_config(TIMEOUT))
+            .map_err(|e| format!("opening an endpoint: {e}"))?;
+        let osts = ost_indices(map);
         let mut listing = Listing::default();
         for &ost in &osts {
             // Objects at or above the mark were handed out after the scan's snapshot
@@ -232,7 +222,9 @@ impl Check<'_> {
                     oid: o.oid,
                     size: o.size,
                 }),
-                false => destroy(ep, map, ost, o.oid).map_err(|e| e.to_string()),
+                false => destroy_object(ep, map, ost, o.oid)
+                    .map(|_| ())
+                    .map_err(|e| e.to_string()),
             };
             self.fixed(done, || match self.opts.keep_orphans {
                 true => format!("fixed: linked as /lost+found/ost{ost}-{:016x}", o.oid),
@@ -408,25 +400,9 @@ impl Check<'_> {
     }
 
     fn wait(&self, tag: u64) -> Result<(), String> {
-        loop {
-            match self.sub.wait(TIMEOUT) {
-                Some(c) if c.tag != tag => continue,
-                Some(c) => return c.result.map(|_| ()).map_err(|e| format!("errno {e}")),
-                None => return Err(format!("the MDT did not answer in {TIMEOUT:?}")),
-            }
+        match self.sub.wait_for(tag, TIMEOUT) {
+            Some(c) => c.result.map(|_| ()).map_err(|e| format!("errno {e}")),
+            None => Err(format!("the MDT did not answer in {TIMEOUT:?}")),
         }
-    }
-}
-
-fn destroy(
-    ep: &mut ClientEndpoint,
-    map: &ClusterMap,
-    ost: u32,
-    oid: u64,
-) -> Result<(), ClientError> {
-    let route = OstRoute::in_map(map, ost)?;
-    match ep.obj_destroy(&route, oid) {
-        Ok(()) | Err(ClientError::Status(libc::ENOENT)) => Ok(()),
-        Err(e) => Err(e),
     }
 }

@@ -127,7 +127,7 @@ fn pass(
         }
     };
     if slot.is_none() {
-        match ClientEndpoint::open(sel, rpc_config()) {
+        match ClientEndpoint::open(sel, rpc_config(TIMEOUT)) {
             Ok(opened) => *slot = Some(opened),
             Err(e) => {
                 tracing::warn!("destroyer: opening an endpoint: {e}");
@@ -172,14 +172,25 @@ fn destroy_file(
 ) -> Result<u64, ClientError> {
     let mut n = 0;
     for obj in &layout.objects {
-        let route = OstRoute::in_map(map, obj.ost)?;
-        match ep.obj_destroy(&route, obj.oid) {
-            Ok(()) => n += 1,
-            Err(ClientError::Status(libc::ENOENT)) => {}
-            Err(e) => return Err(e),
-        }
+        n += u64::from(destroy_object(ep, map, obj.ost, obj.oid)?);
     }
     Ok(n)
+}
+
+/// Destroys one object on the OSS core that owns it; whether it was there (ENOENT:
+/// already gone, or never written).
+pub(crate) fn destroy_object(
+    ep: &mut ClientEndpoint,
+    map: &ClusterMap,
+    ost: u32,
+    oid: u64,
+) -> Result<bool, ClientError> {
+    let route = OstRoute::in_map(map, ost)?;
+    match ep.obj_destroy(&route, oid) {
+        Ok(()) => Ok(true),
+        Err(ClientError::Status(libc::ENOENT)) => Ok(false),
+        Err(e) => Err(e),
+    }
 }
 
 /// Tells the MDT that these files' objects are gone. Should that fail, the files are
@@ -196,27 +207,22 @@ fn forget(submitter: &crate::mdt::Submitter, inos: Vec<u64>, shared: &Shared) {
         tracing::warn!("destroyer: forgetting {n} destroyed files: {e} (retried later)");
         return;
     }
-    let until = std::time::Instant::now() + TIMEOUT;
-    while let Some(left) = until.checked_duration_since(std::time::Instant::now()) {
-        match submitter.wait(left) {
-            Some(c) if c.tag != tag => continue,
-            Some(c) => match c.result {
-                Ok(_) => return,
-                Err(errno) => {
-                    tracing::warn!("destroyer: forgetting {n} destroyed files: errno {errno}");
-                    return;
-                }
-            },
-            None => break,
+    match submitter.wait_for(tag, TIMEOUT).map(|c| c.result) {
+        Some(Ok(_)) => {}
+        Some(Err(errno)) => {
+            tracing::warn!("destroyer: forgetting {n} destroyed files: errno {errno}")
+        }
+        None => {
+            tracing::warn!("destroyer: forgetting {n} destroyed files: no answer in {TIMEOUT:?}")
         }
     }
-    tracing::warn!("destroyer: forgetting {n} destroyed files: no answer in {TIMEOUT:?}");
 }
 
-fn rpc_config() -> RpcConfig {
+/// What the MDS's own requests to the OSSs (destroys, the checker's listing) use.
+pub(crate) fn rpc_config(timeout: Duration) -> RpcConfig {
     RpcConfig {
         msg_size: nacre_proto::object::MSG_SIZE,
-        timeout: TIMEOUT,
+        timeout,
         ..Default::default()
     }
 }

@@ -175,7 +175,7 @@ fn start_engine(cfg: &MdsServeConfig, slot: &MdtSlot) -> Result<Engine, MdsServe
     })?)
 }
 
-fn ost_indices(map: &ClusterMap) -> Vec<u32> {
+pub(crate) fn ost_indices(map: &ClusterMap) -> Vec<u32> {
     let mut v: Vec<u32> = map
         .targets
         .iter()

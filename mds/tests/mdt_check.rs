@@ -3,8 +3,6 @@
 
 mod common;
 
-use std::time::Duration;
-
 use common::*;
 use nacre_mds::mdt::check::{scan, LinkMismatch, Scan};
 use nacre_mds::mdt::{Admin, Repair};
@@ -13,11 +11,7 @@ use nacre_proto::meta::{FileKind, Reply, Request, O_RDONLY};
 const ROOT: u64 = 1;
 
 fn admin(t: &T, op: Admin) -> Result<Reply, i32> {
-    t.sub.submit_admin(1, op).unwrap();
-    t.sub
-        .wait(Duration::from_secs(10))
-        .expect("admin completion")
-        .result
+    t.admin(op)
 }
 
 fn snapshot(t: &T) -> Scan {

@@ -631,12 +631,7 @@ fn concurrent_size_reports_from_several_clients_keep_the_maximum() {
 }
 
 fn admin(t: &T, op: nacre_mds::mdt::Admin) {
-    t.sub.submit_admin(1, op).unwrap();
-    let c = t
-        .sub
-        .wait(std::time::Duration::from_secs(10))
-        .expect("admin completion");
-    assert_eq!(c.result, Ok(Reply::Done));
+    assert_eq!(t.admin(op), Ok(Reply::Done));
 }
 
 #[test]

@@ -189,3 +189,36 @@ pub fn nacre(mgs: &str, args: &[&str]) -> Output {
         .output()
         .expect("running nacre")
 }
+
+/// A mount made by `nacre mount` (the daemon), unmounted on drop.
+pub struct Mount {
+    pub dir: PathBuf,
+    pub pid: u32,
+}
+
+impl Mount {
+    pub fn new(up: &Up, dir: PathBuf) -> Mount {
+        std::fs::create_dir_all(&dir).unwrap();
+        let out = up.ok(&["mount", dir.to_str().unwrap()]);
+        let pid = out
+            .split("daemon pid ")
+            .nth(1)
+            .and_then(|s| s.split(',').next())
+            .and_then(|p| p.parse().ok())
+            .unwrap_or_else(|| panic!("no daemon pid in {out:?}"));
+        Mount { dir, pid }
+    }
+
+    pub fn path(&self, rel: &str) -> String {
+        self.dir.join(rel).display().to_string()
+    }
+}
+
+impl Drop for Mount {
+    fn drop(&mut self) {
+        let _ = Command::new(nacre_bin())
+            .arg("umount")
+            .arg(&self.dir)
+            .output();
+    }
+}

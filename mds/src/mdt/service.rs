@@ -315,9 +315,9 @@ impl Mdt {
     /// durable, then opens a read transaction, which sees all of it.
     pub fn check_snapshot(&self) -> Result<redb::ReadTransaction, MdtError> {
         let sub = self.submitter();
-        for op in [Admin::CheckStart, Admin::Checkpoint] {
-            sub.submit_admin(0, op).map_err(|_| MdtError::Stopped)?;
-            match sub.wait(Duration::from_secs(60)) {
+        for (tag, op) in [(1, Admin::CheckStart), (2, Admin::Checkpoint)] {
+            sub.submit_admin(tag, op).map_err(|_| MdtError::Stopped)?;
+            match sub.wait_for(tag, Duration::from_secs(60)) {
                 Some(Completion { result: Ok(_), .. }) => {}
                 _ => return Err(MdtError::Stopped),
             }

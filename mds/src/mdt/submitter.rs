@@ -124,6 +124,19 @@ impl Submitter {
         self.completions.recv_timeout(timeout).ok()
     }
 
+    /// Waits up to `timeout` for the completion tagged `tag`, dropping others (answers
+    /// to earlier calls that came late): for a caller with one call in flight at a time.
+    pub fn wait_for(&self, tag: u64, timeout: Duration) -> Option<Completion> {
+        let until = std::time::Instant::now() + timeout;
+        loop {
+            let left = until.checked_duration_since(std::time::Instant::now())?;
+            match self.wait(left)? {
+                c if c.tag == tag => return Some(c),
+                _ => continue,
+            }
+        }
+    }
+
     /// Submits and waits for the result (blocking: for tools and tests, not engine cores;
     /// use it on a submitter with nothing else in flight, or it may return another
     /// request's completion).

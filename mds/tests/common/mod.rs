@@ -51,6 +51,15 @@ impl T {
         )
     }
 
+    /// Submits a server operation and waits for its answer.
+    pub fn admin(&self, op: nacre_mds::mdt::Admin) -> Result<Reply, i32> {
+        self.sub.submit_admin(1, op).unwrap();
+        self.sub
+            .wait_for(1, std::time::Duration::from_secs(10))
+            .expect("admin completion")
+            .result
+    }
+
     pub fn call(&self, req: Request) -> Result<Reply, i32> {
         self.call_as(&Creds::root(), req)
     }
