@@ -258,6 +258,7 @@ fn drive(
                     len: job.bs as u64,
                     crc,
                     data,
+                    key: None,
                 };
                 (Opcode::OBJ_WRITE, req.encode(&mut body)?)
             } else {

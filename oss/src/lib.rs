@@ -11,6 +11,7 @@ pub mod config;
 pub mod errno;
 pub mod layout;
 pub mod rangelock;
+pub mod replay;
 pub mod serve;
 pub mod server;
 pub mod service;

@@ -13,15 +13,17 @@
 
 use nacre_mgs::role::ServingEpoch;
 use std::collections::{HashMap, VecDeque};
+use std::time::Instant;
 
 use nacre_engine::{Bufs, BulkDone, Core, Incoming, IoCompletion, Service};
 use nacre_fabric::PeerAddr;
 use nacre_proto::object::{
-    decode_target, Data, IoReply, ListReply, ListReq, ObjError, ObjFlags, ObjTarget, ObjectAttr,
-    OstStatfs, RangeReq, ReadReq, WriteReq,
+    decode_target, Data, IoKey, IoReply, ListReply, ListReq, ObjError, ObjFlags, ObjTarget,
+    ObjectAttr, OstStatfs, RangeReq, ReadReq, WriteReq,
 };
 use nacre_proto::{BulkDesc, Header, Opcode, HEADER_LEN};
 
+use crate::replay::{Admit, Answer, Replays};
 use crate::server::{open_store, OstHealth, OstRegistry};
 use crate::{
     crc32c_bufs, slabs_for, Errno, Io, ObjectCompletion, ObjectStore, OpKind, TargetHealth,
@@ -58,6 +60,8 @@ struct InFlight {
     crc: u32,
     bulk: Option<BulkDesc>,
     step: Step,
+    /// A write, punch or truncate that must apply at most once.
+    key: Option<IoKey>,
 }
 
 impl InFlight {
@@ -73,6 +77,7 @@ impl InFlight {
             crc: 0,
             bulk: None,
             step: Step::Storing,
+            key: None,
         }
     }
 }
@@ -82,6 +87,10 @@ const ENODEV: i32 = libc::ENODEV;
 const ESTALE: i32 = libc::ESTALE;
 const EXDEV: i32 = libc::EXDEV;
 const EILSEQ: i32 = libc::EILSEQ;
+/// A resend whose first copy is still running.
+const EINPROGRESS: i32 = libc::EINPROGRESS;
+/// A copy of a keyed change its client already saw answered or gave up.
+const EALREADY: i32 = libc::EALREADY;
 
 /// Bytes of bulk pushes (read data) a core keeps in flight to one client. A reply
 /// follows its push on the same connection: over tcp, 32 pushes posted at once queued
@@ -125,6 +134,8 @@ pub struct OssService {
     /// Bytes of the pushes posted and not completed, per client.
     pushing: HashMap<PeerAddr, usize>,
     done: Vec<ObjectCompletion>,
+    /// Answers of keyed changes, so a resend never applies twice.
+    replays: Replays,
     /// Largest inline reply body, and the buffer inline replies are built in.
     inline_max: usize,
     scratch: Vec<u8>,
@@ -155,6 +166,7 @@ impl OssService {
             to_push: VecDeque::new(),
             pushing: HashMap::new(),
             done: Vec::new(),
+            replays: Replays::default(),
             inline_max: reply_max - 16,
             scratch: Vec::with_capacity(reply_max + HEADER_LEN),
         };
@@ -263,18 +275,24 @@ impl OssService {
         else {
             return;
         };
+        if let Data::Inline(bytes) = req.data {
+            if req.target.flags.has(ObjFlags::CHECKSUM) && crc32c::crc32c(bytes) != req.crc {
+                return core.reply(peer, &h, -EILSEQ, &[]);
+            }
+        }
+        if !self.admit_key(core, peer, &h, req.key.as_ref()) {
+            return;
+        }
         let mode = write_mode(req.target.flags);
         let f = InFlight {
             offset: req.offset,
             len: req.len as usize,
             crc: req.crc,
+            key: req.key,
             ..InFlight::new(peer, h, store, req.target)
         };
         match req.data {
             Data::Inline(bytes) => {
-                if req.target.flags.has(ObjFlags::CHECKSUM) && crc32c::crc32c(bytes) != req.crc {
-                    return core.reply(peer, &h, -EILSEQ, &[]);
-                }
                 let id = self.add(f);
                 let (obj, offset) = (req.target.object, req.offset);
                 let st = &mut self.osts[store].store;
@@ -391,9 +409,13 @@ impl OssService {
         else {
             return;
         };
+        if !self.admit_key(core, peer, &h, req.key.as_ref()) {
+            return;
+        }
         let id = self.add(InFlight {
             offset: req.offset,
             len: req.len as usize,
+            key: req.key,
             ..InFlight::new(peer, h, store, req.target)
         });
         let (st, obj) = (&mut self.osts[store].store, req.target.object);
@@ -487,20 +509,14 @@ impl OssService {
         if c.kind != OpKind::Read {
             put_all(core, c.bufs);
             let f = self.take(id).expect("live");
-            let mut out = [0u8; 16];
-            let len = IoReply {
+            let answer = Answer {
+                status: 0,
                 len: n as u64,
-                crc: 0,
-                inline: &[],
-            }
-            .encode(&mut out)
-            .expect("fits");
-            let body = if c.kind == OpKind::Write {
-                &out[..len]
-            } else {
-                &[][..]
             };
-            return core.reply(f.peer, &f.header, 0, body);
+            if let Some(key) = &f.key {
+                self.replays.finish(key, Some(answer));
+            }
+            return reply_change(core, f.peer, &f.header, answer);
         }
         let crc = match f.target.flags.has(ObjFlags::CHECKSUM) {
             true => crc32c_bufs(&c.bufs, c.head, n),
@@ -535,9 +551,56 @@ impl OssService {
 
     fn fail(&mut self, core: &mut Core, id: usize, errno: i32) {
         if let Some(f) = self.take(id) {
+            if let Some(key) = &f.key {
+                // Only the store's own failures are answers to keep: before it (no
+                // slabs, no pull, a bad checksum) nothing changed, and a lapsed lease
+                // sends the client to the role's next owner.
+                let applied = matches!(f.step, Step::Storing) && errno != ESTALE;
+                let answer = Answer {
+                    status: -errno,
+                    len: 0,
+                };
+                self.replays.finish(key, applied.then_some(answer));
+            }
             core.reply(f.peer, &f.header, -errno, &[]);
         }
     }
+
+    /// For a keyed change (`key`): whether to run it, or (false) it was answered from
+    /// what the core remembers of the key (see [`crate::replay`]).
+    fn admit_key(
+        &mut self,
+        core: &mut Core,
+        peer: PeerAddr,
+        h: &Header,
+        key: Option<&IoKey>,
+    ) -> bool {
+        let Some(key) = key else {
+            return true;
+        };
+        match self.replays.admit(key, Instant::now()) {
+            Admit::Run => return true,
+            Admit::Answer(a) => reply_change(core, peer, h, a),
+            Admit::Running => core.reply(peer, h, -EINPROGRESS, &[]),
+            Admit::Past => core.reply(peer, h, -EALREADY, &[]),
+        }
+        false
+    }
+}
+
+/// The answer to a write (its length in an [`IoReply`]), punch or truncate (no body).
+fn reply_change(core: &mut Core, peer: PeerAddr, h: &Header, a: Answer) {
+    if a.status != 0 || h.opcode != Opcode::OBJ_WRITE {
+        return core.reply(peer, h, a.status, &[]);
+    }
+    let mut out = [0u8; 16];
+    let reply = IoReply {
+        len: a.len,
+        crc: 0,
+        inline: &[],
+    };
+    let n = reply.encode(&mut out).expect("fits");
+    core.reply(peer, h, 0, &out[..n]);
 }
 
 fn write_mode(flags: ObjFlags) -> WriteMode {

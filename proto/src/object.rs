@@ -46,7 +46,10 @@ impl ObjFlags {
     pub const SYNC: ObjFlags = ObjFlags(4);
     /// OBJ_SYNC: data only (fdatasync), not every attribute.
     pub const DATASYNC: ObjFlags = ObjFlags(8);
-    const KNOWN: u32 = 15;
+    /// A write, punch or truncate carries an [`IoKey`] after its target: the server
+    /// applies it at most once.
+    pub const KEYED: ObjFlags = ObjFlags(16);
+    const KNOWN: u32 = 31;
 
     pub fn has(self, f: ObjFlags) -> bool {
         self.0 & f.0 == f.0
@@ -55,6 +58,80 @@ impl ObjFlags {
     pub fn with(self, f: ObjFlags) -> ObjFlags {
         ObjFlags(self.0 | f.0)
     }
+
+    pub fn without(self, f: ObjFlags) -> ObjFlags {
+        ObjFlags(self.0 & !f.0)
+    }
+}
+
+/// What makes a changing object request safe to send again: the client's id, the
+/// request's id (xid, unique for the client, every piece of a striped write its own),
+/// and the client's floor: every xid below it was answered or given up, so a copy of
+/// one that reaches a server now is a duplicate from the past and must not be applied.
+/// The server keeps the answer of each keyed request at or above the floor and answers
+/// a resend from it (see the OSS's `replay` module).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub struct IoKey {
+    pub client: u64,
+    pub xid: u64,
+    pub floor: u64,
+}
+
+impl IoKey {
+    pub const LEN: usize = 24;
+
+    fn write(&self, w: &mut BodyWriter<'_>) -> Result<(), BodyError> {
+        w.u64(self.client)?.u64(self.xid)?.u64(self.floor)?;
+        Ok(())
+    }
+
+    fn read(r: &mut BodyReader<'_>) -> Result<IoKey, ObjError> {
+        let key = IoKey {
+            client: r.u64()?,
+            xid: r.u64()?,
+            floor: r.u64()?,
+        };
+        if key.client == 0 || key.xid < key.floor {
+            return Err(ObjError::Key(key.xid, key.floor));
+        }
+        Ok(key)
+    }
+}
+
+/// Writes `t` with the KEYED flag set exactly when `key` is there, then the key.
+fn write_keyed(
+    t: &ObjTarget,
+    key: Option<&IoKey>,
+    w: &mut BodyWriter<'_>,
+) -> Result<(), BodyError> {
+    let flags = match key {
+        Some(_) => t.flags.with(ObjFlags::KEYED),
+        None => t.flags.without(ObjFlags::KEYED),
+    };
+    ObjTarget { flags, ..*t }.write(w)?;
+    match key {
+        Some(k) => k.write(w),
+        None => Ok(()),
+    }
+}
+
+/// The target and, when its flags say so, the key after it.
+fn read_keyed(r: &mut BodyReader<'_>) -> Result<(ObjTarget, Option<IoKey>), ObjError> {
+    let target = ObjTarget::read(r)?;
+    let key = match target.flags.has(ObjFlags::KEYED) {
+        true => Some(IoKey::read(r)?),
+        false => None,
+    };
+    Ok((target, key))
+}
+
+/// The target of a request that carries no key.
+fn read_unkeyed(r: &mut BodyReader<'_>) -> Result<ObjTarget, ObjError> {
+    let target = ObjTarget::read(r)?;
+    if target.flags.has(ObjFlags::KEYED) {
+        return Err(ObjError::Flags(target.flags.0));
+    }
+    Ok(target)
 }
 
 /// Errors specific to object bodies.
@@ -74,6 +151,8 @@ pub enum ObjError {
     Trailing(usize),
     #[error("reserved field set ({0:#x})")]
     Reserved(u32),
+    #[error("bad request key: xid {0} below the floor {1}, or no client")]
+    Key(u64, u64),
 }
 
 /// The largest single object request (bulk); servers split it into slab-sized chunks.
@@ -131,6 +210,8 @@ pub struct WriteReq<'a> {
     /// crc32c of the data when the CHECKSUM flag is set, else 0.
     pub crc: u32,
     pub data: Data<'a>,
+    /// Set by a client that may send the write again (see [`IoKey`]).
+    pub key: Option<IoKey>,
 }
 
 /// OBJ_READ: up to `len` bytes at `offset` (short past the end of the object).
@@ -150,12 +231,13 @@ pub struct RangeReq {
     pub target: ObjTarget,
     pub offset: u64,
     pub len: u64,
+    pub key: Option<IoKey>,
 }
 
 impl WriteReq<'_> {
     pub fn encode(&self, out: &mut [u8]) -> Result<usize, BodyError> {
         let mut w = BodyWriter::new(out);
-        self.target.write(&mut w)?;
+        write_keyed(&self.target, self.key.as_ref(), &mut w)?;
         w.u64(self.offset)?.u64(self.len)?.u32(self.crc)?.u32(0)?;
         match self.data {
             Data::Inline(bytes) => w.bytes(bytes)?,
@@ -168,7 +250,7 @@ impl WriteReq<'_> {
 impl<'a> WriteReq<'a> {
     pub fn decode(body: &'a [u8]) -> Result<WriteReq<'a>, ObjError> {
         let mut r = BodyReader::new(body);
-        let target = ObjTarget::read(&mut r)?;
+        let (target, key) = read_keyed(&mut r)?;
         let (offset, len, crc, pad) = (r.u64()?, r.u64()?, r.u32()?, r.u32()?);
         if pad != 0 {
             return Err(ObjError::Reserved(pad));
@@ -203,6 +285,7 @@ impl<'a> WriteReq<'a> {
             len,
             crc,
             data,
+            key,
         })
     }
 }
@@ -220,7 +303,7 @@ impl ReadReq {
 
     pub fn decode(body: &[u8]) -> Result<ReadReq, ObjError> {
         let mut r = BodyReader::new(body);
-        let target = ObjTarget::read(&mut r)?;
+        let target = read_unkeyed(&mut r)?;
         let (offset, len) = (r.u64()?, r.u64()?);
         check_range("read", offset, len)?;
         let bulk = if target.flags.has(ObjFlags::BULK) {
@@ -250,14 +333,14 @@ impl ReadReq {
 impl RangeReq {
     pub fn encode(&self, out: &mut [u8]) -> Result<usize, BodyError> {
         let mut w = BodyWriter::new(out);
-        self.target.write(&mut w)?;
+        write_keyed(&self.target, self.key.as_ref(), &mut w)?;
         w.u64(self.offset)?.u64(self.len)?;
         Ok(w.len())
     }
 
     pub fn decode(body: &[u8]) -> Result<RangeReq, ObjError> {
         let mut r = BodyReader::new(body);
-        let target = ObjTarget::read(&mut r)?;
+        let (target, key) = read_keyed(&mut r)?;
         let (offset, len) = (r.u64()?, r.u64()?);
         if offset.checked_add(len).is_none() {
             return Err(ObjError::TooLong {
@@ -271,6 +354,7 @@ impl RangeReq {
             target,
             offset,
             len,
+            key,
         })
     }
 }
@@ -284,7 +368,7 @@ pub fn encode_target(t: &ObjTarget, out: &mut [u8]) -> Result<usize, BodyError> 
 
 pub fn decode_target(body: &[u8]) -> Result<ObjTarget, ObjError> {
     let mut r = BodyReader::new(body);
-    let t = ObjTarget::read(&mut r)?;
+    let t = read_unkeyed(&mut r)?;
     finish(&mut r)?;
     Ok(t)
 }
@@ -311,7 +395,7 @@ impl ListReq {
 
     pub fn decode(body: &[u8]) -> Result<ListReq, ObjError> {
         let mut r = BodyReader::new(body);
-        let target = ObjTarget::read(&mut r)?;
+        let target = read_unkeyed(&mut r)?;
         let (dir, max) = (r.u32()?, r.u32()?);
         if dir >= OBJECT_DIRS {
             return Err(ObjError::TooLong {
@@ -549,6 +633,7 @@ mod tests {
             len: 5,
             crc: 0,
             data: Data::Inline(b"hello"),
+            key: None,
         };
         let n = w.encode(&mut buf).unwrap();
         assert_eq!(WriteReq::decode(&buf[..n]).unwrap(), w);
@@ -563,6 +648,7 @@ mod tests {
             len: 1 << 20,
             crc: 0xdead_beef,
             data: Data::Bulk(d),
+            key: None,
         };
         let n = w.encode(&mut buf).unwrap();
         assert_eq!(WriteReq::decode(&buf[..n]).unwrap(), w);
@@ -578,9 +664,36 @@ mod tests {
             target: target(ObjFlags::default()),
             offset: 1,
             len: 2,
+            key: None,
         };
         let n = p.encode(&mut buf).unwrap();
         assert_eq!(RangeReq::decode(&buf[..n]).unwrap(), p);
+        // Keyed: the flag goes with the key.
+        let key = IoKey {
+            client: 9,
+            xid: 12,
+            floor: 10,
+        };
+        let keyed = RangeReq {
+            target: target(ObjFlags::KEYED),
+            key: Some(key),
+            ..p
+        };
+        let n = RangeReq {
+            target: p.target,
+            ..keyed
+        }
+        .encode(&mut buf)
+        .unwrap();
+        assert_eq!(RangeReq::decode(&buf[..n]).unwrap(), keyed);
+        let kw = WriteReq {
+            target: target(ObjFlags::BULK.with(ObjFlags::KEYED)),
+            key: Some(key),
+            ..w
+        };
+        let n = kw.encode(&mut buf).unwrap();
+        assert_eq!(n, 24 + 24 + 24 + BulkDesc::LEN);
+        assert_eq!(WriteReq::decode(&buf[..n]).unwrap(), kw);
         let a = ObjectAttr {
             size: 1,
             blocks: 8,
@@ -616,6 +729,7 @@ mod tests {
             len: 5,
             crc: 0,
             data: Data::Inline(b"hello"),
+            key: None,
         };
         let n = w.encode(&mut buf).unwrap();
         // Inline data shorter or longer than the length says.
@@ -656,6 +770,23 @@ mod tests {
         };
         let n = r.encode(&mut buf).unwrap();
         assert!(ReadReq::decode(&buf[..n]).is_err());
+        // A key whose xid is below its own floor, or without a client; the KEYED flag
+        // on a request that carries no key.
+        for (client, xid, floor) in [(1, 4, 5), (0, 5, 5)] {
+            let p = RangeReq {
+                target: target(ObjFlags::default()),
+                offset: 0,
+                len: 0,
+                key: Some(IoKey { client, xid, floor }),
+            };
+            let n = p.encode(&mut buf).unwrap();
+            assert!(matches!(
+                RangeReq::decode(&buf[..n]),
+                Err(ObjError::Key(..))
+            ));
+        }
+        let n = encode_target(&target(ObjFlags::KEYED), &mut buf).unwrap();
+        assert_eq!(decode_target(&buf[..n]), Err(ObjError::Flags(16)));
         // Truncations never panic.
         for cut in 0..n {
             let _ = ReadReq::decode(&buf[..cut]);

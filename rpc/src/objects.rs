@@ -12,8 +12,8 @@
 
 use nacre_proto::bootstrap::{ClusterMap, Role, RoleKind};
 use nacre_proto::object::{
-    decode_target, encode_target, Data, IoReply, ListReply, ListReq, ObjFlags, ObjTarget, RangeReq,
-    ReadReq, WriteReq, MSG_SIZE as OSS_MSG_SIZE,
+    decode_target, encode_target, Data, IoKey, IoReply, ListReply, ListReq, ObjFlags, ObjTarget,
+    RangeReq, ReadReq, WriteReq, MSG_SIZE as OSS_MSG_SIZE,
 };
 use nacre_proto::{BulkDesc, Opcode, HEADER_LEN};
 
@@ -57,6 +57,9 @@ pub struct IoOptions {
     pub checksum: bool,
     /// Make a write durable (with the object's size) before it is acknowledged.
     pub sync: bool,
+    /// Keys for a write that may be sent again: its pieces go under them, so the
+    /// servers apply each at most once.
+    pub keys: Option<KeyBlock>,
 }
 
 impl Default for IoOptions {
@@ -64,7 +67,42 @@ impl Default for IoOptions {
         IoOptions {
             checksum: true,
             sync: false,
+            keys: None,
         }
+    }
+}
+
+/// The keys of one call's changes: its `i`th request goes under xid `first + i`, with
+/// the client's floor as it was when the block was drawn (see [`IoKey`]).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct KeyBlock {
+    pub client: u64,
+    pub first: u64,
+    pub count: u64,
+    pub floor: u64,
+}
+
+impl KeyBlock {
+    /// The key of request `i`.
+    pub fn key(&self, i: usize) -> IoKey {
+        assert!(
+            (i as u64) < self.count,
+            "request {i} of a block of {}",
+            self.count
+        );
+        IoKey {
+            client: self.client,
+            xid: self.first + i as u64,
+            floor: self.floor,
+        }
+    }
+
+    /// A block large enough for a write of extents of `lens` bytes: every extent is
+    /// sent in requests of at most [`MAX_REQUEST`] bytes.
+    pub fn needed(lens: impl IntoIterator<Item = usize>) -> u64 {
+        lens.into_iter()
+            .map(|n| n.div_ceil(MAX_REQUEST).max(1) as u64)
+            .sum()
     }
 }
 
@@ -152,9 +190,10 @@ impl ClientEndpoint {
         Ok(self.read_extents(&[whole], buf, opt)?[0])
     }
 
-    /// The largest payload that travels inline to and from an OSS core.
+    /// The largest payload that travels inline to and from an OSS core: the message
+    /// less a keyed write's fixed fields (72 bytes) and room to spare.
     fn object_inline_max(&self) -> usize {
-        self.inline_max().min(OSS_MSG_SIZE - HEADER_LEN - 64)
+        self.inline_max().min(OSS_MSG_SIZE - HEADER_LEN - 96)
     }
 
     /// Writes `data` to the objects `extents` name, every piece in flight at once (up to
@@ -169,10 +208,18 @@ impl ClientEndpoint {
     ) -> Result<(), ClientError> {
         let flags = io_flags(opt, true);
         let reqs = split(extents);
+        if let Some(b) = opt.keys.filter(|b| reqs.len() as u64 > b.count) {
+            return Err(ClientError::Protocol(format!(
+                "a write of {} requests under a block of {} keys",
+                reqs.len(),
+                b.count
+            )));
+        }
+        let key = |i: usize| opt.keys.map(|b| b.key(i));
         if data.len() <= self.object_inline_max() {
-            let mut body = vec![0u8; 64 + data.len()];
+            let mut body = vec![0u8; 96 + data.len()];
             return self
-                .in_flight(&reqs, |c, p| {
+                .in_flight(&reqs, |c, i, p| {
                     let bytes = &data[p.at..p.at + p.len];
                     let req = WriteReq {
                         target: Self::target(p.route, p.object, flags),
@@ -180,6 +227,7 @@ impl ClientEndpoint {
                         len: p.len as u64,
                         crc: crc_of(opt, bytes),
                         data: Data::Inline(bytes),
+                        key: key(i),
                     };
                     let n = req.encode(&mut body).map_err(proto_err)?;
                     let sid = c.object_session(p.route, p.object)?;
@@ -191,13 +239,14 @@ impl ClientEndpoint {
         self.with_buffer(data, |c, desc| {
             // Every piece is answered before the buffer is given back (or the call
             // fails and its registration is closed).
-            let replies = c.in_flight(&reqs, |c, p| {
+            let replies = c.in_flight(&reqs, |c, i, p| {
                 let req = WriteReq {
                     target: Self::target(p.route, p.object, flags),
                     offset: p.offset,
                     len: p.len as u64,
                     crc: crc_of(opt, &data[p.at..p.at + p.len]),
                     data: Data::Bulk(sub(&desc, p.at, p.len)),
+                    key: key(i),
                 };
                 let mut body = [0u8; 128];
                 let n = req.encode(&mut body).map_err(proto_err)?;
@@ -221,7 +270,7 @@ impl ClientEndpoint {
         let flags = io_flags(opt, false);
         let reqs = split(extents);
         let got = if buf.len() <= self.reply_inline_max() {
-            let replies = self.in_flight(&reqs, |c, p| {
+            let replies = self.in_flight(&reqs, |c, _, p| {
                 let req = ReadReq {
                     target: Self::target(p.route, p.object, flags),
                     offset: p.offset,
@@ -247,7 +296,7 @@ impl ClientEndpoint {
         } else {
             let flags = flags.with(ObjFlags::BULK);
             self.with_buffer_mut(buf, |c, desc| {
-                let replies = c.in_flight(&reqs, |c, p| {
+                let replies = c.in_flight(&reqs, |c, _, p| {
                     let req = ReadReq {
                         target: Self::target(p.route, p.object, flags),
                         offset: p.offset,
@@ -287,16 +336,16 @@ impl ClientEndpoint {
     fn in_flight(
         &mut self,
         reqs: &[Req<'_>],
-        mut send: impl FnMut(&mut Self, &Req<'_>) -> Result<u64, ClientError>,
+        mut send: impl FnMut(&mut Self, usize, &Req<'_>) -> Result<u64, ClientError>,
     ) -> Result<Vec<RpcReply>, ClientError> {
         let window = self.depth().max(1);
         let mut ids = std::collections::VecDeque::with_capacity(window);
         let mut replies = Vec::with_capacity(reqs.len());
-        for p in reqs {
+        for (i, p) in reqs.iter().enumerate() {
             if ids.len() == window {
                 replies.push(self.wait(ids.pop_front().expect("window is full"))?);
             }
-            ids.push_back(send(self, p)?);
+            ids.push_back(send(self, i, p)?);
         }
         for id in ids {
             replies.push(self.wait(id)?);
@@ -304,25 +353,27 @@ impl ClientEndpoint {
         Ok(replies)
     }
 
-    /// Punches `len` bytes at `offset` (they read as zeros; the size does not change).
+    /// Punches `len` bytes at `offset` (they read as zeros; the size does not change);
+    /// under `key`, at most once.
     pub fn obj_punch(
         &mut self,
         route: &OstRoute,
         object: u64,
-        offset: u64,
-        len: u64,
+        (offset, len): (u64, u64),
+        key: Option<IoKey>,
     ) -> Result<(), ClientError> {
-        self.range_op(Opcode::OBJ_PUNCH, route, object, offset, len)
+        self.range_op(Opcode::OBJ_PUNCH, route, object, (offset, len), key)
     }
 
-    /// Sets the object's size.
+    /// Sets the object's size; under `key`, at most once.
     pub fn obj_truncate(
         &mut self,
         route: &OstRoute,
         object: u64,
         size: u64,
+        key: Option<IoKey>,
     ) -> Result<(), ClientError> {
-        self.range_op(Opcode::OBJ_TRUNCATE, route, object, size, 0)
+        self.range_op(Opcode::OBJ_TRUNCATE, route, object, (size, 0), key)
     }
 
     fn range_op(
@@ -330,16 +381,17 @@ impl ClientEndpoint {
         op: Opcode,
         route: &OstRoute,
         object: u64,
-        offset: u64,
-        len: u64,
+        (offset, len): (u64, u64),
+        key: Option<IoKey>,
     ) -> Result<(), ClientError> {
         let sid = self.object_session(route, object)?;
         let req = RangeReq {
             target: Self::target(route, object, ObjFlags::default()),
             offset,
             len,
+            key,
         };
-        let mut body = [0u8; 64];
+        let mut body = [0u8; 96];
         let n = req.encode(&mut body).map_err(proto_err)?;
         check(&self.request(sid, op, &body[..n])?)
     }

@@ -188,6 +188,7 @@ fn corrupted_bulk(provider: &str) {
         len: len as u64,
         crc,
         data: Data::Bulk(mr.remote(0, len).unwrap()),
+        key: None,
     };
     let mut body = [0u8; 128];
     let n = req.encode(&mut body).unwrap();

@@ -7,7 +7,7 @@
 use std::path::PathBuf;
 use std::time::Duration;
 
-use nacre_client::objects::{IoOptions, OstRoute};
+use nacre_client::objects::{IoOptions, KeyBlock, OstRoute};
 use nacre_client::{ClientEndpoint, ClientError, RpcConfig};
 use nacre_engine::{Engine, EngineConfig};
 use nacre_fabric::testing::pattern;
@@ -150,12 +150,12 @@ fn io_against_a_model(provider: &str) {
     let route = &oss.routes[0];
     let data = pattern(77, 3 << 20);
     c.obj_write(route, 42, 0, &data, opt).unwrap();
-    c.obj_punch(route, 42, 4096, 1 << 20).unwrap();
+    c.obj_punch(route, 42, (4096, 1 << 20), None).unwrap();
     let mut back = vec![0u8; data.len()];
     c.obj_read(route, 42, 0, &mut back, opt).unwrap();
     assert!(back[4096..4096 + (1 << 20)].iter().all(|&b| b == 0));
     assert!(back[..4096] == data[..4096]);
-    c.obj_truncate(route, 42, 10_000).unwrap();
+    c.obj_truncate(route, 42, 10_000, None).unwrap();
     assert_eq!(c.obj_getattr(route, 42).unwrap().size, 10_000);
     c.obj_sync(route, 42).unwrap();
     c.obj_destroy(route, 42).unwrap();
@@ -177,6 +177,82 @@ fn object_io_against_a_model_on_tcp() {
 #[test]
 fn object_io_against_a_model_on_shm() {
     io_against_a_model("shm");
+}
+
+/// Two clients and a forced resend: client A's keyed write is answered, B writes the
+/// same range, then A sends its write again with the same keys on a new session (what
+/// a client does after a timeout): the server answers from its memory and B's bytes
+/// stay. Once A's floor passed the write, a late copy is refused. The same for a
+/// keyed truncate, inline and bulk writes alike.
+fn a_resent_change_never_lands_over_a_later_writer(provider: &str) {
+    let name = format!("resend-{}", provider.split(';').next().unwrap());
+    let Some(oss) = start(provider, &name) else {
+        return;
+    };
+    let route = &oss.routes[0];
+    let (mut a, mut b) = (client(provider), client(provider));
+    let block = |first: u64| KeyBlock {
+        client: 0xA,
+        first,
+        count: 1,
+        floor: first,
+    };
+    let keyed = |first| IoOptions {
+        keys: Some(block(first)),
+        ..IoOptions::default()
+    };
+    let opt = IoOptions::default();
+    for (object, len) in [(4u64, 3000usize), (6, 1 << 20)] {
+        let (mine, theirs) = (pattern(object, len), pattern(object + 1, len));
+        a.obj_write(route, object, 0, &mine, keyed(object * 100))
+            .unwrap();
+        b.obj_write(route, object, 0, &theirs, opt).unwrap();
+        let mut again = client(provider);
+        assert_eq!(
+            again
+                .obj_write(route, object, 0, &mine, keyed(object * 100))
+                .unwrap(),
+            len,
+            "the resend is answered as the first copy was"
+        );
+        let mut back = vec![0u8; len];
+        b.obj_read(route, object, 0, &mut back, opt).unwrap();
+        assert!(
+            back == theirs,
+            "the resend did not land over the later write"
+        );
+        // A moves on: its next change raises its floor past the first write.
+        let next = keyed(object * 100 + 1);
+        a.obj_write(route, object, len as u64, b"next", next)
+            .unwrap();
+        let err = again
+            .obj_write(route, object, 0, &mine, keyed(object * 100))
+            .unwrap_err();
+        assert!(matches!(err, ClientError::Status(libc::EALREADY)), "{err}");
+        b.obj_read(route, object, 0, &mut back, opt).unwrap();
+        assert!(back == theirs, "a copy from the past is refused");
+    }
+    // A truncate sent again after another client wrote past it changes nothing.
+    let key = block(900).key(0);
+    a.obj_write(route, 8, 0, &[1u8; 30], opt).unwrap();
+    a.obj_truncate(route, 8, 10, Some(key)).unwrap();
+    b.obj_write(route, 8, 0, &[7u8; 20], opt).unwrap();
+    a.obj_truncate(route, 8, 10, Some(key)).unwrap();
+    assert_eq!(b.obj_getattr(route, 8).unwrap().size, 20);
+    // Unkeyed changes are applied every time, as before.
+    b.obj_truncate(route, 8, 10, None).unwrap();
+    assert_eq!(b.obj_getattr(route, 8).unwrap().size, 10);
+    oss.engine.stop();
+}
+
+#[test]
+fn a_resent_change_never_lands_over_a_later_writer_on_tcp() {
+    a_resent_change_never_lands_over_a_later_writer("tcp");
+}
+
+#[test]
+fn a_resent_change_never_lands_over_a_later_writer_on_shm() {
+    a_resent_change_never_lands_over_a_later_writer("shm");
 }
 
 #[test]
@@ -217,6 +293,7 @@ fn refusals_are_clear_errors_and_the_core_keeps_serving() {
             len: 4,
             crc,
             data: Data::Inline(b"data"),
+            key: None,
         };
         let mut body = [0u8; 128];
         let n = req.encode(&mut body).unwrap();
@@ -284,6 +361,7 @@ fn a_vanished_client_leaves_nothing_held() {
                 len: len as u64,
                 crc: 0,
                 data: Data::Bulk(mr.remote(i as usize * len, len).unwrap()),
+                key: None,
             };
             let mut body = [0u8; 128];
             let n = req.encode(&mut body).unwrap();

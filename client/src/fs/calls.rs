@@ -93,11 +93,13 @@ impl Client {
 
     /// Sets each object's size so the file is `size` bytes long.
     pub(super) fn truncate_objects(&self, layout: &StripedLayout, size: u64) -> io::Result<()> {
-        self.with_conn(true, |c| {
+        let count = layout.objects.len() as u64;
+        self.change_objects(count, |c, keys| {
             for (stripe, obj) in layout.objects.iter().enumerate() {
                 let route = c.route(obj.ost)?;
                 let osize = layout.object_size_for_file(stripe as u32, size);
-                match c.ns.ep.obj_truncate(&route, obj.oid, osize) {
+                let key = Some(keys.key(stripe));
+                match c.ns.ep.obj_truncate(&route, obj.oid, osize, key) {
                     // Never written: an absent object reads as empty, which is what a
                     // truncate to 0 asks; a longer size is the MDS's to record.
                     Err(ClientError::Status(libc::ENOENT)) => {}

@@ -16,7 +16,7 @@ use super::errors::{mgs_err, to_io};
 use super::ClientConfig;
 use crate::locks::HeldLocks;
 use crate::namespace::NamespaceClient;
-use crate::objects::{checksum_by_default, IoOptions, OstRoute};
+use crate::objects::{checksum_by_default, IoOptions, KeyBlock, OstRoute};
 use crate::rpc::{ClientEndpoint, ClientError, RpcConfig};
 use nacre_mgc::{BootConfig, MgsClient};
 
@@ -32,6 +32,7 @@ pub(crate) struct Inner {
     mgs: Mutex<MgsClient>,
     pub(super) map: RwLock<Arc<ClusterMap>>,
     replay: Replay,
+    object_keys: Mutex<ObjectKeys>,
     locks: HeldLocks,
     /// Requests whose answer did not come within the request timeout.
     unanswered: AtomicU64,
@@ -79,6 +80,36 @@ impl Replay {
     }
 }
 
+/// Keys for object changes (writes, truncates) that may be sent again: blocks of xids
+/// drawn in order, and the floor below which every block was answered or given up,
+/// which tells the servers that a copy of an older request is from the past.
+struct ObjectKeys {
+    next: u64,
+    /// First xid of each block in use.
+    live: std::collections::BTreeSet<u64>,
+}
+
+impl ObjectKeys {
+    fn draw(keys: &Mutex<ObjectKeys>, client: u64, count: u64) -> KeyBlock {
+        let mut k = keys.lock().unwrap_or_else(|p| p.into_inner());
+        let first = k.next;
+        k.next += count.max(1);
+        k.live.insert(first);
+        let floor = *k.live.first().expect("just inserted");
+        KeyBlock {
+            client,
+            first,
+            count,
+            floor,
+        }
+    }
+
+    fn give_back(keys: &Mutex<ObjectKeys>, block: &KeyBlock) {
+        let mut k = keys.lock().unwrap_or_else(|p| p.into_inner());
+        k.live.remove(&block.first);
+    }
+}
+
 /// A client id that no other client of the file system draws: std's per-process
 /// random hash keys, mixed with the pid and the time. Never 0 (0 means "no key").
 fn random_client_id() -> u64 {
@@ -121,6 +152,10 @@ impl Client {
                 mgs: Mutex::new(boot),
                 map: RwLock::new(Arc::new(map)),
                 replay: Replay::new(),
+                object_keys: Mutex::new(ObjectKeys {
+                    next: 1,
+                    live: Default::default(),
+                }),
                 locks: HeldLocks::default(),
                 unanswered: AtomicU64::new(0),
             }),
@@ -180,6 +215,12 @@ impl Client {
             if matches!(err, ClientError::Expired { .. } | ClientError::Timeout(_)) {
                 self.inner.unanswered.fetch_add(1, Ordering::Relaxed);
             }
+            if matches!(err, ClientError::Status(libc::EINPROGRESS)) && Instant::now() < deadline {
+                // A resent change whose first copy the server is still running: ask
+                // again shortly for its answer, on the same sessions.
+                std::thread::sleep(Duration::from_millis(50));
+                continue;
+            }
             let retry = match &err {
                 ClientError::Status(e) => *e == libc::ESTALE,
                 ClientError::Expired { .. } | ClientError::Timeout(_) | ClientError::Fabric(_) => {
@@ -223,6 +264,20 @@ impl Client {
             r
         });
         self.inner.replay.give_back(key);
+        out
+    }
+
+    /// Runs `f` with `count` keys for its object changes (see
+    /// [`KeyBlock`]), with the retries of an idempotent request: every try sends the
+    /// same keys, so a server applies each change at most once.
+    pub(super) fn change_objects<R>(
+        &self,
+        count: u64,
+        mut f: impl FnMut(&mut Conn, &KeyBlock) -> Result<R, ClientError>,
+    ) -> io::Result<R> {
+        let block = ObjectKeys::draw(&self.inner.object_keys, self.client_id(), count);
+        let out = self.with_conn(true, |c| f(c, &block));
+        ObjectKeys::give_back(&self.inner.object_keys, &block);
         out
     }
 
@@ -281,7 +336,7 @@ impl Client {
             ns,
             io: IoOptions {
                 checksum,
-                sync: false,
+                ..IoOptions::default()
             },
             map,
         })

@@ -12,7 +12,7 @@ use nacre_proto::meta::{self, Attr, Reply, Request, SetAttr};
 use super::errors::{attr_of, failure, protocol};
 use super::{Client, O_BUFFERED};
 use crate::cache::{Backing, Cache};
-use crate::objects::{Extent, OstRoute};
+use crate::objects::{Extent, IoOptions, KeyBlock, OstRoute};
 use crate::rpc::ClientError;
 
 /// An open file. Reads and writes take `&self`: many threads may use one `File`.
@@ -301,10 +301,14 @@ impl Backing for File {
                     .map_err(|e| failure(libc::EINVAL, e.to_string()))?,
             );
         }
-        self.client.with_conn(true, |c| {
+        let count = KeyBlock::needed(pieces.iter().map(|p| p.len as usize));
+        self.client.change_objects(count, |c, keys| {
             let routes = c.routes(layout)?;
             let extents = extents(layout, &routes, &pieces, base);
-            let io = c.io;
+            let io = IoOptions {
+                keys: Some(*keys),
+                ..c.io
+            };
             c.ns.ep.write_extents(&extents, window, io)
         })
     }
