@@ -4,8 +4,10 @@
 //! waits for the new map, retries, and every byte reads back. The MDS: A runs the MGS
 //! and the OSSs, M the MDS; a client makes and removes directories while M's MDS is
 //! killed and restarted; every request succeeds exactly once (a retried mkdir whose
-//! first answer was lost is answered from the MDS's reply cache, not with EEXIST), and
-//! a lock held across the restart is replayed by its client and still holds.
+//! first answer was lost is answered from the MDS's reply cache, not with EEXIST), a
+//! lock held across the restart is replayed by its client and still holds, and so are
+//! its opens: a file unlinked while open before the restart, and one unlinked by
+//! another client after it, read back whole and go at their last close.
 
 mod common;
 
@@ -18,7 +20,7 @@ use common::{tmp, Up};
 use nacre_client::{Client, ClientConfig, OpenOptions};
 use nacre_fabric::testing::pattern;
 use nacre_proto::layout::{FirstOst, StripeCount, StripeSpec};
-use nacre_proto::meta::{lock, LockRequest};
+use nacre_proto::meta::{lock, Creds, LockRequest, Reply, Request};
 
 const MIB: usize = 1 << 20;
 const CHUNKS: usize = 48;
@@ -178,6 +180,64 @@ fn lock_survives_the_restart(holder: &Client, other: &Client, ino: u64) {
     other.lock(write_lock(ino, 0, 0)).unwrap();
 }
 
+/// Files a client holds open across the MDS's restart: `held` unlinked before it,
+/// `kept` still linked.
+struct HeldOpen {
+    held: nacre_client::File,
+    kept: nacre_client::File,
+    data: Vec<u8>,
+}
+
+const HELD_LEN: usize = 300 << 10;
+
+fn open_before_the_restart(client: &Client) -> HeldOpen {
+    let data = pattern(23, HELD_LEN);
+    let held = client.create("/held", 0o644, None).unwrap();
+    let kept = client.create("/kept", 0o644, None).unwrap();
+    for f in [&held, &kept] {
+        f.write_at(&data, 0).unwrap();
+    }
+    client.unlink("/held").unwrap();
+    HeldOpen { held, kept, data }
+}
+
+fn nlink(client: &Client, ino: u64) -> std::io::Result<u32> {
+    match client.request_as(&Creds::root(), &Request::Getattr { ino })? {
+        Reply::Attr(a) => Ok(a.nlink),
+        other => panic!("{other:?}"),
+    }
+}
+
+/// After the restart's recovery window closed: the client replayed its opens, so the
+/// file unlinked before the restart was not reclaimed, one unlinked after it is kept
+/// as an orphan, both read back whole through their handles, and each goes at its
+/// close.
+fn opens_survive_the_restart(client: &Client, other: &Client, o: HeldOpen) {
+    let (held, kept) = (o.held.ino(), o.kept.ino());
+    assert_eq!(nlink(client, held).unwrap(), 0, "replayed: not reclaimed");
+    other.unlink("/kept").unwrap();
+    assert_eq!(nlink(client, kept).unwrap(), 0, "open: kept as an orphan");
+    for f in [&o.held, &o.kept] {
+        let mut back = vec![0u8; HELD_LEN];
+        assert_eq!(f.read_at(&mut back, 0).unwrap(), HELD_LEN);
+        assert!(
+            back == o.data,
+            "inode {}: the data outlived the restart",
+            f.ino()
+        );
+    }
+    o.held.close().unwrap();
+    o.kept.close().unwrap();
+    for ino in [held, kept] {
+        let gone = nlink(client, ino).unwrap_err();
+        assert_eq!(
+            nacre_client::errno(&gone),
+            libc::ENOENT,
+            "destroyed at close"
+        );
+    }
+}
+
 fn mds_killed_mid_stream(provider: &str) {
     if !common::have(provider, "MDS killed mid-stream") {
         return;
@@ -195,6 +255,7 @@ fn mds_killed_mid_stream(provider: &str) {
     let other = Client::connect(&a.mgs, ClientConfig::default()).unwrap();
     let ino = client.create("/locked", 0o644, None).unwrap().ino();
     client.lock(write_lock(ino, 0, 9)).unwrap();
+    let open = open_before_the_restart(&client);
     let done = Arc::new(AtomicUsize::new(0));
     let worker = {
         let (client, done) = (client.clone(), done.clone());
@@ -233,6 +294,9 @@ fn mds_killed_mid_stream(provider: &str) {
     want.sort();
     assert_eq!(names, want);
     lock_survives_the_restart(&client, &other, ino);
+    // The MDS closes its window for opens at the same time as for locks.
+    std::thread::sleep(Duration::from_secs(1));
+    opens_survive_the_restart(&client, &other, open);
     drop((client, other));
     m.stop();
     a.stop();

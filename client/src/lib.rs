@@ -10,8 +10,10 @@
 
 mod cache;
 pub mod fs;
+mod keeper;
 mod locks;
 pub mod namespace;
+mod opens;
 use nacre_rpc::rpc;
 pub use nacre_rpc::{objects, regcache};
 

@@ -1,21 +1,20 @@
 //! The POSIX locks this client holds at the MDS, kept here as well: renewed while
 //! any is held (the MDS takes away the locks of a client it has not heard from for a
-//! lease), and taken again after an MDS restart, whose memory of them is gone (the
-//! MDS answers the renewal with ENOLCK and waits a lease for the replays).
+//! lease; the renewals run on the client's keeper, `crate::keeper`), and taken again
+//! after an MDS restart, whose memory of them is gone (the MDS answers the renewal
+//! with ENOLCK and waits a lease for the replays).
 
-use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::{Mutex, Weak};
+use std::sync::Mutex;
 
 use nacre_proto::locks::LockSet;
-use nacre_proto::meta::{errno, lock, LockRequest, Reply};
+use nacre_proto::meta::{errno, lock, LockRequest, Reply, Request};
 
-use crate::fs::{errno as errno_of, Client, Inner};
+use crate::fs::{errno as errno_of, Client};
 
 /// This client's locks as the MDS granted them.
 #[derive(Default)]
 pub struct HeldLocks {
     set: Mutex<LockSet>,
-    renewing: AtomicBool,
 }
 
 impl HeldLocks {
@@ -23,36 +22,21 @@ impl HeldLocks {
         self.set.lock().unwrap_or_else(|e| e.into_inner())
     }
 
-    /// Notes a lock request the MDS granted; the first lock starts the renewals.
-    pub fn granted(&self, r: &LockRequest, inner: Weak<Inner>) {
+    /// Notes a lock request the MDS granted.
+    pub fn granted(&self, r: &LockRequest) {
         if r.test || !matches!(r.kind, lock::READ | lock::WRITE | lock::UNLOCK) {
             return;
         }
         self.set().set(r);
-        if r.kind != lock::UNLOCK && !self.renewing.swap(true, Ordering::AcqRel) {
-            spawn_renewer(inner);
-        }
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.set().is_empty()
     }
 }
 
-/// Renews the client's locks every [`lock::RENEW_EVERY`] while it holds any, until
-/// the client goes.
-fn spawn_renewer(inner: Weak<Inner>) {
-    let spawned = std::thread::Builder::new()
-        .name("nacre-lock-renew".into())
-        .spawn(move || loop {
-            std::thread::sleep(lock::RENEW_EVERY);
-            let Some(client) = Client::from_inner(&inner) else {
-                return;
-            };
-            renew(&client);
-        });
-    if let Err(e) = spawned {
-        tracing::error!("starting the lock renewer: {e}");
-    }
-}
-
-fn renew(client: &Client) {
+/// Renews the client's locks (a no-op with none held).
+pub fn renew(client: &Client) {
     let held = client.held_locks();
     if held.set().is_empty() {
         return;
@@ -69,7 +53,7 @@ fn renew(client: &Client) {
         replay: false,
         wait: false,
     };
-    match client.lock_request_within(&renewal, lock::RENEW_EVERY) {
+    match client.call_within(&Request::Lock(renewal), lock::RENEW_EVERY) {
         Ok(_) => {}
         Err(e) if errno_of(&e) == errno::ENOLCK => replay(client, held),
         Err(e) => tracing::warn!("renewing this client's locks: {e}"),
@@ -92,7 +76,7 @@ fn replay(client: &Client, held: &HeldLocks) {
         locks.len()
     );
     for r in locks {
-        match client.lock_request_within(&r, lock::RENEW_EVERY) {
+        match client.call_within(&Request::Lock(r), lock::RENEW_EVERY) {
             Ok(Reply::Done) => {}
             other => {
                 tracing::error!(

@@ -73,6 +73,12 @@ pub fn serve(cfg: &MdsServeConfig) -> Result<bool, MdsServeError> {
     let mut mcfg = MdtConfig::new(&cfg.dir);
     mcfg.epoch = grant.epoch;
     mcfg.mode = cfg.mode;
+    // A later epoch: an MDS served this MDT before, and its clients replay their opens
+    // (and locks) within the recovery window.
+    mcfg.recovery = grant.epoch > 1;
+    let mut recovery_end = mcfg
+        .recovery
+        .then(|| Instant::now() + nacre_proto::meta::lock::RECOVERY);
     if !osts.is_empty() {
         mcfg.osts = osts.clone();
     }
@@ -111,6 +117,15 @@ pub fn serve(cfg: &MdsServeConfig) -> Result<bool, MdsServeError> {
     while !stop.load(Ordering::Relaxed) && !role.is_fenced() {
         if let Some(line) = role.poll() {
             println!("nacre-mds: {line}");
+        }
+        if recovery_end.is_some_and(|end| Instant::now() >= end) {
+            // Opens not replayed by now are gone with their clients: the orphans
+            // nobody took back are destroyed.
+            recovery_end = None;
+            match mdt.submitter().submit_admin(0, Admin::ReclaimOrphans) {
+                Ok(()) => println!("nacre-mds: recovery window closed"),
+                Err(e) => tracing::error!("reclaiming orphans: {e:?}"),
+            }
         }
         // New OSTs in the map become available to new files, and statfs reports their
         // space as the map has it (the MGS is off the data path: a failed fetch only

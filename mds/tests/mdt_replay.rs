@@ -171,3 +171,82 @@ fn retried_size_reports_setattrs_and_closes_are_answered_not_applied() {
 fn t_open(t: &T, ino: u64, flags: u32) -> Reply {
     t.call(Request::Open { ino, flags }).unwrap()
 }
+
+/// Open replay: after a restart the MDS takes back the handles clients name again
+/// (a retry too), refuses handles it cannot have given, and in its recovery window
+/// keeps every file that loses its last link; closing the window destroys the
+/// orphans nobody took back, and a replayed open keeps its file to its last close.
+#[test]
+fn opens_replayed_after_a_restart_keep_unlinked_files_alive() {
+    use nacre_proto::meta::O_RDWR;
+    let dir = fresh_dir("mdt-reopen");
+    let t = T::open(config(&dir, SyncMode::Sync));
+    let (f, g, h) = (
+        t.create(ROOT_INO, "f"),
+        t.create(ROOT_INO, "g"),
+        t.create(ROOT_INO, "h"),
+    );
+    let handle = |r: Result<Reply, i32>| match r {
+        Ok(Reply::Opened { handle, .. }) => handle,
+        other => panic!("{other:?}"),
+    };
+    let hf = handle(t.call(Request::Open {
+        ino: f.ino,
+        flags: O_RDWR,
+    }));
+    t.call(unlink("f")).unwrap();
+    assert_eq!(t.getattr(f.ino).unwrap().nlink, 0, "open: an orphan");
+    let T { mdt, sub } = t;
+    drop(sub);
+    mdt.shutdown().unwrap();
+
+    let mut cfg = config(&dir, SyncMode::Sync);
+    cfg.epoch = EPOCH + 1;
+    cfg.recovery = true;
+    let t = T::open(cfg);
+    let at = |req| {
+        let head = Head {
+            epoch: EPOCH + 1,
+            ..Head::default()
+        };
+        t.sub.call(&head, req)
+    };
+    let getattr = |ino| match at(Request::Getattr { ino }) {
+        Ok(Reply::Attr(a)) => Ok(a),
+        Ok(other) => panic!("{other:?}"),
+        Err(e) => Err(e),
+    };
+    // In the window, a file losing its last link is kept, open or not.
+    at(unlink("g")).unwrap();
+    assert_eq!(getattr(g.ino).unwrap().nlink, 0);
+    // f's opener names its handle again, twice (a retry); a handle this run did not
+    // give, another inode's, or a file that is gone is refused.
+    let reopen = |ino, handle| at(Request::Reopen { ino, handle });
+    assert_eq!(reopen(f.ino, hf), Ok(Reply::Done));
+    assert_eq!(reopen(f.ino, hf), Ok(Reply::Done));
+    assert_eq!(reopen(h.ino, hf), Err(errno::EBADF));
+    let hh = handle(at(Request::Open {
+        ino: h.ino,
+        flags: O_RDWR,
+    }));
+    assert!(hh > hf);
+    assert_eq!(
+        reopen(h.ino, hh),
+        Ok(Reply::Done),
+        "its own handle: a retry"
+    );
+    assert_eq!(reopen(h.ino, hh + 1), Err(errno::EBADF));
+    assert_eq!(reopen(h.ino, 0), Err(errno::EBADF));
+    assert_eq!(reopen(1 << 50, hf), Err(errno::ENOENT));
+    // The window closes: g, which nobody took back, goes; f stays until its close.
+    t.admin(nacre_mds::mdt::Admin::ReclaimOrphans).unwrap();
+    assert_eq!(getattr(g.ino), Err(errno::ENOENT));
+    assert_eq!(getattr(f.ino).unwrap().nlink, 0);
+    let close = |ino, handle| at(Request::Close { ino, handle });
+    assert_eq!(close(f.ino, hf), Ok(Reply::Done));
+    assert_eq!(getattr(f.ino), Err(errno::ENOENT));
+    // After the window, a file nobody holds open goes with its last link.
+    assert_eq!(close(h.ino, hh), Ok(Reply::Done));
+    at(unlink("h")).unwrap();
+    assert_eq!(getattr(h.ino), Err(errno::ENOENT));
+}

@@ -88,8 +88,19 @@ fn two_mgs_on_one_etcd_and_one_killed_clients_and_servers_carry_on() {
 
     let s = server(TEST, &both, "node-s", None, false);
     s.expect("SERVING oss0 epoch 1", Duration::from_secs(20));
-    // The follower answers too (it relays to the leader).
-    let mut via_second = MgsClient::connect(&second.addr, BootConfig::default()).unwrap();
+    // The follower answers too (it relays to the leader), once it has learned who
+    // leads (it watches the election key: under load that takes a moment).
+    let until = Instant::now() + Duration::from_secs(10);
+    let mut via_second = loop {
+        match MgsClient::connect(&second.addr, BootConfig::default()) {
+            Ok(c) => break c,
+            Err(e) if Instant::now() < until => {
+                eprintln!("follower not ready yet: {e}");
+                std::thread::sleep(Duration::from_millis(200));
+            }
+            Err(e) => panic!("the follower never relayed: {e}"),
+        }
+    };
     assert!(via_second.fetch_map().unwrap().is_current(oss0(), 1));
 
     first.proc.kill9();

@@ -43,7 +43,7 @@ impl Opcode {
     pub const HELLO: Opcode = Opcode(4);
 }
 
-/// The metadata (MDS) opcodes, 0x100..=0x111: bodies in [`crate::meta`].
+/// The metadata (MDS) opcodes, 0x100..=0x114: bodies in [`crate::meta`].
 impl Opcode {
     pub const MDS_LOOKUP: Opcode = Opcode(0x100);
     pub const MDS_CREATE: Opcode = Opcode(0x101);
@@ -65,10 +65,11 @@ impl Opcode {
     pub const MDS_REPORT_SIZE: Opcode = Opcode(0x111);
     pub const MDS_LOCK: Opcode = Opcode(0x112);
     pub const MDS_CHECK: Opcode = Opcode(0x113);
+    pub const MDS_REOPEN: Opcode = Opcode(0x114);
 
     /// Whether the opcode is in the metadata block.
     pub fn is_meta(self) -> bool {
-        (0x100..=0x113).contains(&self.0)
+        (0x100..=0x114).contains(&self.0)
     }
 }
 

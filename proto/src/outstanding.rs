@@ -38,6 +38,17 @@ impl<T> Outstanding<T> {
         id
     }
 
+    /// The id [`Outstanding::next_id`] will give next: every id given from now on is
+    /// at least this.
+    pub fn peek_next_id(&self) -> u64 {
+        self.next_id
+    }
+
+    /// Whether a request with an id of at least `first` is outstanding.
+    pub fn any_from(&self, first: u64) -> bool {
+        self.by_id.keys().any(|&id| id >= first)
+    }
+
     pub fn insert(
         &mut self,
         id: u64,

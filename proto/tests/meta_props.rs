@@ -75,6 +75,7 @@ fn request() -> impl Strategy<Value = Request> {
             }),
         (any::<u64>(), any::<u32>()).prop_map(|(ino, flags)| Request::Open { ino, flags }),
         (any::<u64>(), any::<u64>()).prop_map(|(ino, handle)| Request::Close { ino, handle }),
+        (any::<u64>(), any::<u64>()).prop_map(|(ino, handle)| Request::Reopen { ino, handle }),
         any::<u64>().prop_map(|ino| Request::Getattr { ino }),
         (any::<u64>(), setattr).prop_map(|(ino, attr)| Request::Setattr { ino, attr }),
         (any::<u64>(), name(), any::<u32>()).prop_map(|(parent, name, mode)| Request::Mkdir {

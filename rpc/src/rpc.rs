@@ -8,7 +8,7 @@
 //! progress runs whenever the caller waits, so RMA that servers drive against our
 //! registrations advances while requests are outstanding.
 
-use std::collections::VecDeque;
+use std::collections::{BTreeMap, VecDeque};
 use std::time::{Duration, Instant};
 
 use nacre_fabric::{
@@ -135,11 +135,27 @@ pub struct ClientEndpoint {
     /// Replies that come in pieces, until every piece has.
     pieces: Assembly,
     dropped: u64,
+    /// Whether the provider checks RMA keys (every one but shm, whose RMA is a
+    /// one-sided copy between processes: closing a registration does not stop it).
+    keys_checked: bool,
+    /// Without checked keys: requests that expired unanswered (id -> session), whose
+    /// late reply says the server will not touch the memory they lent any more.
+    late: BTreeMap<u64, SessionId>,
+    late_replies: u64,
     frame: Vec<u8>,
     cache: RegCache,
     /// Polls in a row that found nothing (see `idle`).
     empty_polls: u32,
 }
+
+/// Expired requests remembered for their late replies (shm only); the oldest go first.
+const LATE_MAX: usize = 4096;
+
+/// How often a call holding a lent buffer looks whether the servers it waits for exited.
+const PEER_LOOK_EVERY: Duration = Duration::from_millis(100);
+
+/// How often a call holding a lent buffer for late answers says so.
+const HOLD_REPORT_EVERY: Duration = Duration::from_secs(10);
 
 /// Empty polls in a row after which a waiting client yields the CPU between polls.
 const YIELD_AFTER: u32 = 64;
@@ -153,6 +169,7 @@ impl ClientEndpoint {
             ..Default::default()
         };
         let mut ep = nacre_fabric::open(sel, &ep_cfg)?;
+        let keys_checked = ep.summary().provider != "shm";
         let slots = cfg.depth + 1;
         let msgs = ep.register(Memory::anonymous(2 * slots * cfg.msg_size)?, Access::LOCAL)?;
         for slot in 0..slots {
@@ -172,6 +189,9 @@ impl ClientEndpoint {
             expired: VecDeque::new(),
             pieces: Assembly::default(),
             dropped: 0,
+            keys_checked,
+            late: BTreeMap::new(),
+            late_replies: 0,
             frame: vec![0; cfg.msg_size],
             cache: RegCache::new(cfg.reg_cache.clone()),
             cfg,
@@ -211,14 +231,62 @@ impl ClientEndpoint {
         // ALL) for this whole call; peers reach it only through the descriptor given to
         // `f`, whose requests are answered before it returns Ok. When `f` fails, a server
         // might still pull or push: the registration is closed (its key dies) before the
-        // borrow ends. The cache may keep it afterwards only on providers that resolve
-        // addresses at each operation (RegCache::keeps), where no stale pages exist.
+        // borrow ends, and where keys are not checked (shm) the call first waits until
+        // every request it sent was answered or its server is gone (`hold_until_answered`).
+        // The cache may keep it afterwards only on providers that resolve addresses at
+        // each operation (RegCache::keeps), where no stale pages exist.
+        let first = self.pending.peek_next_id();
         let desc = unsafe { self.cache.descriptor(&mut self.ep, ptr, len, access)? };
         let result = f(self, desc);
+        if result.is_err() && !self.keys_checked {
+            self.hold_until_answered(first);
+        }
         if result.is_err() || !self.cache.keeps(&self.ep) {
             self.cache.forget(&mut self.ep, ptr, len);
         }
         result
+    }
+
+    /// Waits until no request sent from id `first` on can still reach the memory it
+    /// lent: each was answered (a server moves data before it answers), late or not, or
+    /// its server's process is gone. Only where the provider does not check RMA keys,
+    /// so that closing the registration would not stop a late pull or push: there the
+    /// caller's buffer must not be given back before. A server that stalls keeps the
+    /// call here until it answers (a fenced one answers ESTALE) or dies; said every
+    /// [`HOLD_REPORT_EVERY`].
+    fn hold_until_answered(&mut self, first: u64) {
+        let start = Instant::now();
+        let (mut said, mut looked) = (start, start);
+        loop {
+            if looked.elapsed() >= PEER_LOOK_EVERY {
+                looked = Instant::now();
+                let sessions = &self.sessions;
+                self.late.retain(|&id, sid| {
+                    id < first || !nacre_fabric::shm_peer_gone(&sessions[sid.0 as usize].name)
+                });
+            }
+            let late = self.late.range(first..).count();
+            if late == 0 && !self.pending.any_from(first) {
+                return;
+            }
+            if said.elapsed() >= HOLD_REPORT_EVERY {
+                said = Instant::now();
+                tracing::warn!(
+                    "{late} request(s) unanswered for {:?}: the caller's buffer is held \
+                     until their servers answer or exit",
+                    start.elapsed()
+                );
+            }
+            if let Err(e) = self.pump() {
+                tracing::warn!("polling while holding a lent buffer: {e}");
+                std::thread::sleep(Duration::from_millis(10));
+            }
+            if self.empty_polls >= YIELD_AFTER {
+                // Nothing is in a hurry here: poll gently.
+                std::thread::sleep(Duration::from_millis(1));
+            }
+            self.expire();
+        }
     }
 
     /// The registration cache's counters.
@@ -442,9 +510,15 @@ impl ClientEndpoint {
 
     fn expire(&mut self) {
         let now = Instant::now();
-        for (id, _) in self.pending.expire(now) {
+        for (id, sid) in self.pending.expire(now) {
             self.pieces.forget(id);
             self.expired.push_back(id);
+            if !self.keys_checked {
+                self.late.insert(id, sid);
+                if self.late.len() > LATE_MAX {
+                    self.late.pop_first();
+                }
+            }
         }
     }
 
@@ -555,7 +629,10 @@ impl ClientEndpoint {
             }
         };
         let Some(sid) = self.pending.complete(id) else {
-            self.dropped += 1;
+            match self.late.remove(&id) {
+                Some(_) => self.late_replies += 1,
+                None => self.dropped += 1,
+            }
             return Ok(());
         };
         header.flags = Flags(header.flags.0 & !Flags::MORE.0);
@@ -569,6 +646,12 @@ impl ClientEndpoint {
         let size = self.cfg.msg_size;
         let dst = self.msgs.slice(slot * size, size)?;
         Ok(self.ep.post_recv(dst, Slot::Recv(slot).context()?)?)
+    }
+
+    /// Replies that came after their request expired (counted on shm only, where the
+    /// client waits for them before giving a lent buffer back).
+    pub fn late_replies(&self) -> u64 {
+        self.late_replies
     }
 
     /// Messages dropped because they were malformed or answered nothing pending.

@@ -10,13 +10,14 @@ use std::time::{Duration, Instant};
 use nacre_fabric::Selection;
 use nacre_proto::bootstrap::{ClusterMap, Role, RoleKind};
 use nacre_proto::layout::StripedLayout;
-use nacre_proto::meta::{self, LockRequest, ReplayKey, Reply, Request};
+use nacre_proto::meta::{self, lock, LockRequest, ReplayKey, Reply, Request};
 
 use super::errors::{mgs_err, to_io};
 use super::ClientConfig;
 use crate::locks::HeldLocks;
 use crate::namespace::NamespaceClient;
 use crate::objects::{checksum_by_default, IoOptions, KeyBlock, OstRoute};
+use crate::opens::HeldOpens;
 use crate::rpc::{ClientEndpoint, ClientError, RpcConfig};
 use nacre_mgc::{BootConfig, MgsClient};
 
@@ -34,6 +35,9 @@ pub(crate) struct Inner {
     replay: Replay,
     object_keys: Mutex<ObjectKeys>,
     locks: HeldLocks,
+    opens: HeldOpens,
+    /// Whether the keeper thread runs (`crate::keeper`).
+    keeping: std::sync::atomic::AtomicBool,
     /// Requests whose answer did not come within the request timeout.
     unanswered: AtomicU64,
 }
@@ -157,6 +161,8 @@ impl Client {
                     live: Default::default(),
                 }),
                 locks: HeldLocks::default(),
+                opens: HeldOpens::default(),
+                keeping: Default::default(),
                 unanswered: AtomicU64::new(0),
             }),
         };
@@ -331,7 +337,9 @@ impl Client {
         let checksum = cfg
             .checksum
             .unwrap_or_else(|| checksum_by_default(&mds.provider));
-        let ns = NamespaceClient::connect(ep, &map, cfg.creds.clone())?;
+        let mut ns = NamespaceClient::connect(ep, &map, cfg.creds.clone())?;
+        // A restarted MDS (a new epoch) forgot this client's opens: name them again.
+        self.inner.opens.replay(&mut ns, mds.epoch)?;
         Ok(Conn {
             ns,
             io: IoOptions {
@@ -369,22 +377,21 @@ impl Client {
             ..l
         };
         let reply = self.meta(true, &Request::Lock(l))?;
-        self.inner.locks.granted(&l, Arc::downgrade(&self.inner));
+        self.inner.locks.granted(&l);
+        if l.kind != lock::UNLOCK && !l.test {
+            self.keep();
+        }
         Ok(reply)
     }
 
-    /// One lock request whose every try waits at most `timeout` for its answer: a
-    /// renewal sent to an MDS that died is retried on a newer map within the restarted
-    /// MDS's recovery window, not after a whole request timeout.
-    pub(crate) fn lock_request_within(
-        &self,
-        l: &LockRequest,
-        timeout: Duration,
-    ) -> io::Result<Reply> {
-        let req = Request::Lock(*l);
+    /// One request (idempotent: a lock renewal or replay, a getattr) whose every try
+    /// waits at most `timeout` for its answer: sent to an MDS that died, it is retried
+    /// on a newer map within the restarted MDS's recovery window, not after a whole
+    /// request timeout.
+    pub(crate) fn call_within(&self, req: &Request, timeout: Duration) -> io::Result<Reply> {
         self.with_conn(true, |c| {
             let before = c.ns.ep.set_timeout(timeout);
-            let r = c.ns.call(&req);
+            let r = c.ns.call(req);
             c.ns.ep.set_timeout(before);
             r
         })
@@ -392,6 +399,17 @@ impl Client {
 
     pub(crate) fn held_locks(&self) -> &HeldLocks {
         &self.inner.locks
+    }
+
+    pub(crate) fn held_opens(&self) -> &HeldOpens {
+        &self.inner.opens
+    }
+
+    /// Starts the keeper (`crate::keeper`) unless it runs.
+    pub(super) fn keep(&self) {
+        if !self.inner.keeping.swap(true, Ordering::AcqRel) {
+            crate::keeper::start(Arc::downgrade(&self.inner));
+        }
     }
 
     /// The client of `inner`, while it lives.

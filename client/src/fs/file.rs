@@ -63,6 +63,10 @@ impl Client {
             closed: AtomicBool::new(false),
             cache: (flags & O_BUFFERED != 0).then(Box::default),
         };
+        if handle != 0 {
+            self.held_opens().opened(handle, ino);
+            self.keep();
+        }
         // The MDS emptied the file for any O_TRUNC (it checked write permission); a
         // file it just made has new objects with nothing in them (no request to every
         // OST a wide stripe spans, as `open(O_CREAT|O_TRUNC)` of a new file would cost).
@@ -263,13 +267,15 @@ impl File {
             return Ok(());
         }
         let reported = self.report_size();
+        self.client.held_opens().closing(self.handle);
         let req = Request::Close {
             ino: self.ino,
             handle: self.handle,
         };
         // Under a replay key: a retry whose first try was applied is answered from the
-        // reply cache. A handle of an earlier MDS run gets EBADF (handles are numbered
-        // by the MDS's epoch): the restart forgot the open, nothing is left to close.
+        // reply cache. A handle of an earlier MDS run that the restarted MDS did not
+        // take back (its replay missed the recovery window) gets EBADF: nothing is
+        // left to close.
         match self.client.modify(|c| c.ns.call(&req)) {
             Err(e) if e.raw_os_error() == Some(libc::EBADF) => {}
             other => {

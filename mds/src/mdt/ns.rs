@@ -167,11 +167,15 @@ fn readdir(v: &impl View, c: &Ctx<'_>, dir: u64, cookie: u64, max: u32) -> Res<R
 /// Open files: handles are per MDS run. Each run numbers its handles from its epoch
 /// shifted up by [`HANDLE_EPOCH_SHIFT`], so a handle of an earlier run never names an
 /// open of this one: a close a client sends after a restart gets EBADF instead of
-/// closing another client's open that happened to get the same number.
+/// closing another client's open that happened to get the same number. Clients name
+/// their handles of earlier runs again after a restart ([`Opens::reopen`], open
+/// replay), which keeps their numbers.
 #[derive(Debug, Default)]
 pub struct Opens {
     handles: HashMap<u64, u64>,
     counts: HashMap<u64, u32>,
+    /// This run's first handle less one: every handle of an earlier run is below it.
+    base: u64,
     next: u64,
 }
 
@@ -180,10 +184,24 @@ pub const HANDLE_EPOCH_SHIFT: u32 = 40;
 
 impl Opens {
     pub fn for_epoch(epoch: u64) -> Opens {
+        let base = epoch.wrapping_shl(HANDLE_EPOCH_SHIFT);
         Opens {
-            next: epoch.wrapping_shl(HANDLE_EPOCH_SHIFT),
+            base,
+            next: base,
             ..Opens::default()
         }
+    }
+
+    /// Takes back `handle` of `ino`, opened in an earlier run. A handle already here
+    /// is a retry (the same inode) or a mistake (EBADF), as is one of this run.
+    fn reopen(&mut self, ino: u64, handle: u64) -> Res<()> {
+        if let Some(&held) = self.handles.get(&handle) {
+            return need(held == ino, EBADF);
+        }
+        need(handle != 0 && handle <= self.base, EBADF)?;
+        self.handles.insert(handle, ino);
+        *self.counts.entry(ino).or_default() += 1;
+        Ok(())
     }
 
     pub fn is_open(&self, ino: u64) -> bool {
@@ -224,6 +242,10 @@ pub struct Namespace {
     pub osts: OstChooser,
     pub default_spec: StripeSpec,
     pub opens: Opens,
+    /// In the recovery window after a restart, while clients replay their opens: a
+    /// file losing its last link is kept as an orphan, since an open not replayed yet
+    /// may hold it; [`Namespace::reclaim_orphans`] ends the window.
+    pub recovering: bool,
 }
 
 impl Namespace {
@@ -233,6 +255,7 @@ impl Namespace {
             osts: OstChooser::new(osts),
             default_spec,
             opens: Opens::for_epoch(epoch),
+            recovering: false,
         }
     }
 
@@ -268,6 +291,10 @@ impl Namespace {
             } => self.rename(w, c, (*parent, name), (*new_parent, new_name), *flags),
             Request::Open { ino, flags } => self.open(w, c, *ino, *flags),
             Request::Close { ino, handle } => self.close(w, *ino, *handle),
+            Request::Reopen { ino, handle } => {
+                get(&w.view, *ino)?;
+                self.opens.reopen(*ino, *handle).map(|_| Reply::Done)
+            }
             Request::Setattr { ino, attr } => setattr(w, c, *ino, attr),
             Request::SetLayout { ino, spec } => self.set_layout(w, c, *ino, spec),
             Request::ReportSize { ino, size } => report_size(w, c, *ino, *size),
@@ -556,7 +583,7 @@ impl Namespace {
         i.ctime = c.now;
         if i.nlink > 0 {
             w.put_inode(&i)?;
-        } else if self.opens.is_open(i.ino) {
+        } else if self.opens.is_open(i.ino) || self.recovering {
             i.flags |= ORPHAN;
             w.put_inode(&i)?;
             w.apply(Change::PutOrphan(i.ino))?;
@@ -645,8 +672,10 @@ impl Namespace {
         }
     }
 
-    /// Destroys orphans no client holds open (after the recovery window at start).
+    /// Ends the recovery window: destroys the orphans no client holds open (nor took
+    /// back by open replay).
     pub fn reclaim_orphans(&mut self, w: &mut WriteTables<'_>) -> Res<usize> {
+        self.recovering = false;
         let mut n = 0;
         for ino in w.orphans()? {
             if !self.opens.is_open(ino) {

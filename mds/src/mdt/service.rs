@@ -67,6 +67,9 @@ pub struct MdtConfig {
     pub max_batch: usize,
     /// Bound of the submission queue (submit answers Busy beyond it).
     pub queue_depth: usize,
+    /// Open recovery: an MDS served this MDT before, and its clients replay their
+    /// opens; orphans wait for `Admin::ReclaimOrphans`, which ends the window.
+    pub recovery: bool,
 }
 
 impl MdtConfig {
@@ -80,6 +83,7 @@ impl MdtConfig {
             commit_interval: Duration::from_secs(1),
             max_batch: 1024,
             queue_depth: 8192,
+            recovery: false,
         }
     }
 }
@@ -249,7 +253,10 @@ impl Mdt {
             syncer,
             broken,
             db: db.clone(),
-            ns: Namespace::new(cfg.osts.clone(), cfg.default_spec, cfg.epoch),
+            ns: Namespace {
+                recovering: cfg.recovery,
+                ..Namespace::new(cfg.osts.clone(), cfg.default_spec, cfg.epoch)
+            },
             log,
             log_path,
             interval: cfg.commit_interval,

@@ -29,6 +29,13 @@ pub enum Request {
         ino: u64,
         handle: u64,
     },
+    /// Open replay: after an MDS restart a client names again each handle it holds
+    /// from an earlier run, so the file stays open (an unlinked one alive) to its
+    /// last close.
+    Reopen {
+        ino: u64,
+        handle: u64,
+    },
     Getattr {
         ino: u64,
     },
@@ -108,6 +115,7 @@ impl Request {
             Request::Create { .. } => Opcode::MDS_CREATE,
             Request::Open { .. } => Opcode::MDS_OPEN,
             Request::Close { .. } => Opcode::MDS_CLOSE,
+            Request::Reopen { .. } => Opcode::MDS_REOPEN,
             Request::Getattr { .. } => Opcode::MDS_GETATTR,
             Request::Setattr { .. } => Opcode::MDS_SETATTR,
             Request::Mkdir { .. } => Opcode::MDS_MKDIR,
@@ -184,7 +192,7 @@ impl Request {
                 put_u64(out, *ino);
                 put_u32(out, *flags);
             }
-            Request::Close { ino, handle } => {
+            Request::Close { ino, handle } | Request::Reopen { ino, handle } => {
                 put_u64(out, *ino);
                 put_u64(out, *handle);
             }
@@ -330,6 +338,10 @@ fn read_request(op: Opcode, r: &mut BodyReader<'_>) -> Result<Request, MetaError
             flags: r.u32()?,
         },
         Opcode::MDS_CLOSE => Request::Close {
+            ino: r.u64()?,
+            handle: r.u64()?,
+        },
+        Opcode::MDS_REOPEN => Request::Reopen {
             ino: r.u64()?,
             handle: r.u64()?,
         },

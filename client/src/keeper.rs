@@ -1,0 +1,37 @@
+//! One thread per client, started with its first lock or open, that keeps what the MDS
+//! must not forget: every [`lock::RENEW_EVERY`] it renews the client's locks or, with
+//! none, reaches the MDS with a getattr of the root. Either way a restarted MDS is
+//! met within a few seconds, and the new connection replays the client's opens and
+//! locks inside the MDS's recovery window, even when the application is idle.
+
+use std::sync::Weak;
+
+use nacre_proto::meta::{lock, Request};
+
+use crate::fs::{Client, Inner};
+
+/// The root directory's inode.
+const ROOT: u64 = 1;
+
+/// Starts the keeper of the client `inner`; it ends when the client goes.
+pub fn start(inner: Weak<Inner>) {
+    let spawned = std::thread::Builder::new()
+        .name("nacre-keeper".into())
+        .spawn(move || loop {
+            std::thread::sleep(lock::RENEW_EVERY);
+            let Some(client) = Client::from_inner(&inner) else {
+                return;
+            };
+            if !client.held_locks().is_empty() {
+                crate::locks::renew(&client);
+            } else if !client.held_opens().is_empty() {
+                let ping = Request::Getattr { ino: ROOT };
+                if let Err(e) = client.call_within(&ping, lock::RENEW_EVERY) {
+                    tracing::warn!("reaching the MDS for this client's opens: {e}");
+                }
+            }
+        });
+    if let Err(e) = spawned {
+        tracing::error!("starting the client's keeper: {e}");
+    }
+}
