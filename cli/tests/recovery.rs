@@ -19,6 +19,7 @@ use std::time::{Duration, Instant};
 use common::{tmp, Up};
 use nacre_client::{Client, ClientConfig, OpenOptions};
 use nacre_fabric::testing::pattern;
+use nacre_proto::bootstrap::RoleKind;
 use nacre_proto::layout::{FirstOst, StripeCount, StripeSpec};
 use nacre_proto::meta::{lock, Creds, LockRequest, Reply, Request};
 
@@ -120,6 +121,103 @@ fn oss_killed_mid_stream(provider: &str) {
     Arc::into_inner(file).unwrap().close().unwrap();
     b.stop();
     a.stop();
+}
+
+/// The MGS's default lease: a dead OSS's target is down in the map this long after its
+/// last renewal.
+const LEASE: Duration = Duration::from_secs(5);
+
+/// Scratch failures are fast and clear: kill -9 of B's OSS, not restarted. A read of a
+/// file on one of B's OSTs, sent to the dead server, fails with EIO once its lease
+/// lapsed (not after the client's minute of recovery); later I/O to it fails at once;
+/// a file on A's OSTs stays readable and writable throughout.
+fn oss_lost_fails_fast(provider: &str) {
+    if !common::have(provider, "OSS lost for good") {
+        return;
+    }
+    let name = provider.split(';').next().unwrap();
+    let dir = tmp(&format!("lost-oss-{name}"));
+    let a = Up::start(&dir.join("a"), provider, &["--config", &host_a(&dir)]);
+    let mut b = Up::start(
+        &dir.join("b"),
+        provider,
+        &["--config", &host_b(&dir, &a.mgs)],
+    );
+    let client = Client::connect(&a.mgs, ClientConfig::default()).unwrap();
+    // B's OSTs: those served from B's directories (a server's node names its target).
+    let map = client.refresh_map().unwrap();
+    let b_dir = format!("{}/b/", dir.display());
+    let on = |of_b: bool| {
+        let s = map
+            .servers
+            .iter()
+            .find(|s| s.role.kind == RoleKind::Oss && s.node.contains(&b_dir) == of_b);
+        s.unwrap_or_else(|| {
+            panic!(
+                "no OSS of {} in {:?}",
+                ["A", "B"][of_b as usize],
+                map.servers
+            )
+        })
+        .role
+        .index
+    };
+    let one_ost = |ost| StripeSpec {
+        stripe_size: MIB as u32,
+        count: StripeCount::Count(1),
+        first: FirstOst::Index(ost),
+    };
+    let data = pattern(31, MIB);
+    let mut files = Vec::new();
+    for (path, ost) in [("/on_a", on(false)), ("/on_b", on(true))] {
+        // The MDS takes new OSTs from the map within a second (EINVAL until then).
+        let until = Instant::now() + Duration::from_secs(10);
+        let f = loop {
+            match client.open(path, &OpenOptions::create().layout(one_ost(ost))) {
+                Err(e) if e.raw_os_error() == Some(libc::EINVAL) && Instant::now() < until => {
+                    std::thread::sleep(Duration::from_millis(100))
+                }
+                other => break other.unwrap(),
+            }
+        };
+        f.write_at(&data, 0).unwrap();
+        files.push(f);
+    }
+    let (on_a, on_b) = (&files[0], &files[1]);
+    nacre_fabric::testing::send_signal(b.pid_of("oss0"), "KILL").expect("kill -9 of B's OSS");
+    let killed = Instant::now();
+    let mut back = vec![0u8; MIB];
+    let err = on_b.read_at(&mut back, 0).unwrap_err();
+    let took = killed.elapsed();
+    eprintln!("{provider}: a read on the lost OST failed ({err}) {took:?} after the kill");
+    assert_eq!(nacre_client::errno(&err), libc::EIO, "{err}");
+    assert!(
+        took < LEASE + Duration::from_secs(3),
+        "EIO came {took:?} after the kill, lease {LEASE:?}"
+    );
+    let again = Instant::now();
+    let err = on_b.write_at(&data, 0).unwrap_err();
+    assert_eq!(nacre_client::errno(&err), libc::EIO, "{err}");
+    assert!(
+        again.elapsed() < Duration::from_secs(1),
+        "the map says down: at once"
+    );
+    on_a.write_at(&data, MIB as u64).unwrap();
+    assert_eq!(on_a.read_at(&mut back, MIB as u64).unwrap(), MIB);
+    assert!(back == data, "the file on A's OST is untouched");
+    assert_ne!(b.proc.wait_exit(Duration::from_secs(30)), Some(0));
+    drop(files);
+    a.stop();
+}
+
+#[test]
+fn io_on_a_lost_ost_fails_fast_on_tcp() {
+    oss_lost_fails_fast("tcp;ofi_rxm");
+}
+
+#[test]
+fn io_on_a_lost_ost_fails_fast_on_shm() {
+    oss_lost_fails_fast("shm");
 }
 
 fn host_a_without_mds(dir: &Path) -> String {

@@ -8,7 +8,6 @@
 //! process opens its first shm endpoint, regions named after a pid that no longer
 //! runs, or after this process's own pid (which it has not used yet), are removed.
 
-use std::path::Path;
 use std::sync::Once;
 
 const SHM_DIR: &str = "/dev/shm";
@@ -29,8 +28,7 @@ fn sweep() {
         let Some(pid) = region_pid(&name.to_string_lossy()) else {
             continue;
         };
-        let dead = !Path::new(&format!("/proc/{pid}")).exists();
-        if pid == me || dead {
+        if pid == me || process_gone(pid) {
             match std::fs::remove_file(entry.path()) {
                 Ok(()) => tracing::info!("removed a stale shm region {}", entry.path().display()),
                 Err(e) => tracing::debug!("stale shm region {}: {e}", entry.path().display()),
@@ -51,9 +49,24 @@ pub fn shm_peer_gone(name: &[u8]) -> bool {
     };
     let text = text.trim_end_matches('\0');
     match region_pid(text.strip_prefix("fi_shm://").unwrap_or(text)) {
-        Some(pid) => !Path::new(&format!("/proc/{pid}")).exists(),
+        Some(pid) => process_gone(pid),
         None => false,
     }
+}
+
+/// Whether process `pid` has exited: no longer in /proc, or a zombie whose parent has
+/// not reaped it yet (a server killed by a test that waits on its client first: it
+/// will never answer, nor touch anyone's memory again).
+fn process_gone(pid: u32) -> bool {
+    let Ok(stat) = std::fs::read(format!("/proc/{pid}/stat")) else {
+        return true;
+    };
+    // `pid (comm) state ...`: comm may hold anything, so the state follows the last ')'.
+    let state = stat
+        .iter()
+        .rposition(|&b| b == b')')
+        .and_then(|at| stat.get(at + 2));
+    matches!(state, Some(b'Z' | b'X'))
 }
 
 /// The pid of a region named `<pid>:<domain>:<endpoint>` (all decimal), if it is one.
@@ -79,6 +92,18 @@ mod tests {
         assert!(shm_peer_gone(b"99999999:0:1\0"));
         assert!(!shm_peer_gone(&[2, 0, 0x1f, 0x90, 127, 0, 0, 1]));
         assert!(!shm_peer_gone(b"fi_ns://x"));
+        // A child that exited and was not reaped yet (a zombie) is gone.
+        let mut child = std::process::Command::new("true").spawn().unwrap();
+        let pid = child.id();
+        let until = std::time::Instant::now() + std::time::Duration::from_secs(10);
+        while !shm_peer_gone(format!("fi_shm://{pid}:0:1\0").as_bytes()) {
+            assert!(
+                std::time::Instant::now() < until,
+                "the zombie was never seen as gone"
+            );
+            std::thread::sleep(std::time::Duration::from_millis(10));
+        }
+        child.wait().unwrap();
     }
 
     #[test]

@@ -44,6 +44,11 @@ impl<T> Outstanding<T> {
         self.next_id
     }
 
+    /// The caller's token of outstanding request `id`.
+    pub fn token(&self, id: u64) -> Option<&T> {
+        self.by_id.get(&id).map(|(_, t)| t)
+    }
+
     /// Whether a request with an id of at least `first` is outstanding.
     pub fn any_from(&self, first: u64) -> bool {
         self.by_id.keys().any(|&id| id >= first)

@@ -19,4 +19,6 @@ pub mod regcache;
 pub mod rpc;
 
 pub use regcache::{RegCache, RegCacheConfig, RegCacheMode, RegCacheStats};
-pub use rpc::{ClientEndpoint, ClientError, RpcClient, RpcConfig, RpcReply, SessionId};
+pub use rpc::{
+    ClientEndpoint, ClientError, RpcClient, RpcConfig, RpcReply, SessionId, Watchdog, WATCH_EVERY,
+};

@@ -38,6 +38,14 @@ pub enum ClientError {
     Status(i32),
     #[error("{0}")]
     Protocol(String),
+    /// The OST's target is down in the cluster map (its server's lease lapsed and no
+    /// server took the role): I/O to it fails at once, not after a request timeout.
+    #[error("OST {0} is down")]
+    TargetDown(u32),
+    /// The server a request waited on left the cluster map (its role moved): the
+    /// request may or may not have been applied.
+    #[error("the server left the cluster map while the request waited")]
+    ServerGone,
 }
 
 #[derive(Debug, Clone)]
@@ -146,7 +154,19 @@ pub struct ClientEndpoint {
     cache: RegCache,
     /// Polls in a row that found nothing (see `idle`).
     empty_polls: u32,
+    /// Asked about a request's server while its answer is slow (see [`Watchdog`]).
+    watchdog: Option<Watchdog>,
 }
+
+/// Asked every [`WATCH_EVERY`] while a request waits for its answer, with the fabric
+/// name of the server it went to: an error ends the wait with it (the server is known
+/// down, or gone from the cluster map), None waits on. The client's recovery sets one
+/// that looks at the cluster map, so a request to a dead server ends within a lease
+/// and not a whole request timeout.
+pub type Watchdog = Box<dyn FnMut(&[u8]) -> Option<ClientError> + Send>;
+
+/// How often a waiting request's [`Watchdog`] is asked.
+pub const WATCH_EVERY: Duration = Duration::from_millis(500);
 
 /// Expired requests remembered for their late replies (shm only); the oldest go first.
 const LATE_MAX: usize = 4096;
@@ -196,7 +216,13 @@ impl ClientEndpoint {
             cache: RegCache::new(cfg.reg_cache.clone()),
             cfg,
             empty_polls: 0,
+            watchdog: None,
         })
+    }
+
+    /// Sets (or clears) the watchdog of slow requests.
+    pub fn set_watchdog(&mut self, watchdog: Option<Watchdog>) {
+        self.watchdog = watchdog;
     }
 
     /// Runs `f` with a descriptor through which servers may read `buf` (the data of a
@@ -362,6 +388,7 @@ impl ClientEndpoint {
     /// Waits for the reply to request `id` (its deadline was set when it was sent);
     /// replies to other requests that arrive meanwhile are kept for their callers.
     pub fn wait(&mut self, id: u64) -> Result<RpcReply, ClientError> {
+        let mut watch = Instant::now() + WATCH_EVERY;
         loop {
             if let Some(at) = self
                 .replies
@@ -379,7 +406,26 @@ impl ClientEndpoint {
             }
             self.pump()?;
             self.expire();
+            if self.watchdog.is_some() && Instant::now() >= watch {
+                watch = Instant::now() + WATCH_EVERY;
+                if let Some(e) = self.ask_watchdog(id) {
+                    return Err(e);
+                }
+            }
         }
+    }
+
+    /// Asks the watchdog about pending request `id`'s server; when it says to stop
+    /// waiting, the request is given up as if it had expired (a late answer is still
+    /// awaited where a lent buffer needs it).
+    fn ask_watchdog(&mut self, id: u64) -> Option<ClientError> {
+        let sid = *self.pending.token(id)?;
+        let name = &self.sessions[sid.0 as usize].name;
+        let err = self.watchdog.as_mut()?(name)?;
+        self.pending.complete(id);
+        self.pieces.forget(id);
+        self.remember_late(id, sid);
+        Some(err)
     }
 
     /// Sets the deadline of the requests sent from now on; returns the one before.
@@ -513,11 +559,17 @@ impl ClientEndpoint {
         for (id, sid) in self.pending.expire(now) {
             self.pieces.forget(id);
             self.expired.push_back(id);
-            if !self.keys_checked {
-                self.late.insert(id, sid);
-                if self.late.len() > LATE_MAX {
-                    self.late.pop_first();
-                }
+            self.remember_late(id, sid);
+        }
+    }
+
+    /// Without checked keys: remembers a request given up unanswered, whose late
+    /// answer a lent buffer waits for.
+    fn remember_late(&mut self, id: u64, sid: SessionId) {
+        if !self.keys_checked {
+            self.late.insert(id, sid);
+            if self.late.len() > LATE_MAX {
+                self.late.pop_first();
             }
         }
     }

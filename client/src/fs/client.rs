@@ -8,7 +8,7 @@ use std::sync::{Arc, Mutex, RwLock, Weak};
 use std::time::{Duration, Instant};
 
 use nacre_fabric::Selection;
-use nacre_proto::bootstrap::{ClusterMap, Role, RoleKind};
+use nacre_proto::bootstrap::{ClusterMap, Role, RoleKind, TargetState};
 use nacre_proto::layout::StripedLayout;
 use nacre_proto::meta::{self, lock, LockRequest, ReplayKey, Reply, Request};
 
@@ -18,7 +18,7 @@ use crate::locks::HeldLocks;
 use crate::namespace::NamespaceClient;
 use crate::objects::{checksum_by_default, IoOptions, KeyBlock, OstRoute};
 use crate::opens::HeldOpens;
-use crate::rpc::{ClientEndpoint, ClientError, RpcConfig};
+use crate::rpc::{ClientEndpoint, ClientError, RpcConfig, Watchdog, WATCH_EVERY};
 use nacre_mgc::{BootConfig, MgsClient};
 
 /// A connection to one file system, shared by every thread of the process.
@@ -32,6 +32,8 @@ pub(crate) struct Inner {
     cfg: ClientConfig,
     mgs: Mutex<MgsClient>,
     pub(super) map: RwLock<Arc<ClusterMap>>,
+    /// When the watchdog last fetched the map.
+    map_fetched: Mutex<Instant>,
     replay: Replay,
     object_keys: Mutex<ObjectKeys>,
     locks: HeldLocks,
@@ -155,6 +157,7 @@ impl Client {
                 cfg,
                 mgs: Mutex::new(boot),
                 map: RwLock::new(Arc::new(map)),
+                map_fetched: Mutex::new(Instant::now()),
                 replay: Replay::new(),
                 object_keys: Mutex::new(ObjectKeys {
                     next: 1,
@@ -229,8 +232,15 @@ impl Client {
             }
             let retry = match &err {
                 ClientError::Status(e) => *e == libc::ESTALE,
-                ClientError::Expired { .. } | ClientError::Timeout(_) | ClientError::Fabric(_) => {
-                    idempotent
+                ClientError::Expired { .. }
+                | ClientError::Timeout(_)
+                | ClientError::Fabric(_)
+                | ClientError::ServerGone => idempotent,
+                // Scratch: a down OST fails its I/O at once, unless the connection's map
+                // is older than what the client knows now (it may be up again).
+                ClientError::TargetDown(_) => {
+                    let seen = self.on_conn(|c| Ok(c.map.version)).unwrap_or(0);
+                    self.map().version > seen
                 }
                 _ => false,
             };
@@ -333,7 +343,8 @@ impl Client {
             timeout: cfg.timeout,
             ..Default::default()
         };
-        let ep = ClientEndpoint::open(&Selection::provider(&mds.provider), rpc)?;
+        let mut ep = ClientEndpoint::open(&Selection::provider(&mds.provider), rpc)?;
+        ep.set_watchdog(Some(self.watchdog()));
         let checksum = cfg
             .checksum
             .unwrap_or_else(|| checksum_by_default(&mds.provider));
@@ -348,6 +359,47 @@ impl Client {
             },
             map,
         })
+    }
+
+    /// The watchdog of this client's slow requests (`Watchdog`): while one waits, it
+    /// looks at the cluster map (fetched again at most every `WATCH_EVERY`) for the
+    /// server the request went to. An OSS whose target is down ends the wait with
+    /// TargetDown, a server no longer in the map with ServerGone; anything else
+    /// (a slow server, the MDS in recovery) waits on.
+    fn watchdog(&self) -> Watchdog {
+        let inner = Arc::downgrade(&self.inner);
+        Box::new(move |name: &[u8]| {
+            let client = Client::from_inner(&inner)?;
+            server_verdict(&client.recent_map(), name)
+        })
+    }
+
+    /// The cluster map, fetched again if the last fetch is older than `WATCH_EVERY`
+    /// and the MGS connection is free (whoever holds it is fetching a map already).
+    fn recent_map(&self) -> Arc<ClusterMap> {
+        let due = {
+            let mut at = self
+                .inner
+                .map_fetched
+                .lock()
+                .unwrap_or_else(|p| p.into_inner());
+            let due = at.elapsed() >= WATCH_EVERY;
+            if due {
+                *at = Instant::now();
+            }
+            due
+        };
+        if due {
+            if let Ok(mut mgs) = self.inner.mgs.try_lock() {
+                if let Ok(map) = mgs.fetch_map() {
+                    let mut cur = self.inner.map.write().expect("map lock");
+                    if map.version > cur.version {
+                        *cur = Arc::new(map);
+                    }
+                }
+            }
+        }
+        self.map()
     }
 
     pub(super) fn meta(&self, idempotent: bool, req: &Request) -> io::Result<Reply> {
@@ -418,9 +470,40 @@ impl Client {
     }
 }
 
+/// What the map says of the server that serves from fabric name `name`: an OSS whose
+/// target is down, a name no server has any more, or (None) nothing to stop for.
+fn server_verdict(map: &ClusterMap, name: &[u8]) -> Option<ClientError> {
+    let Some(s) = map
+        .servers
+        .iter()
+        .find(|s| s.cores.iter().any(|c| c.as_slice() == name))
+    else {
+        return Some(ClientError::ServerGone);
+    };
+    let down = map
+        .target(s.role)
+        .is_some_and(|t| t.state == TargetState::Down);
+    match s.role.kind == RoleKind::Oss && down {
+        true => Some(ClientError::TargetDown(s.role.index)),
+        false => None,
+    }
+}
+
 impl Conn {
-    /// The route to OST `ost` in this connection's map.
+    /// The route to OST `ost` in this connection's map; TargetDown when the map says
+    /// the target is down.
     pub(super) fn route(&self, ost: u32) -> Result<OstRoute, ClientError> {
+        let role = Role {
+            kind: RoleKind::Oss,
+            index: ost,
+        };
+        if self
+            .map
+            .target(role)
+            .is_some_and(|t| t.state == TargetState::Down)
+        {
+            return Err(ClientError::TargetDown(ost));
+        }
         OstRoute::in_map(&self.map, ost)
     }
 

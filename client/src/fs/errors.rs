@@ -23,7 +23,10 @@ pub(super) fn protocol(msg: String) -> io::Error {
 pub fn errno_of(e: &ClientError) -> i32 {
     match e {
         ClientError::Status(e) => *e,
-        ClientError::Expired { .. } | ClientError::Timeout(_) => libc::ETIMEDOUT,
+        ClientError::Expired { .. } | ClientError::Timeout(_) | ClientError::ServerGone => {
+            libc::ETIMEDOUT
+        }
+        ClientError::TargetDown(_) => libc::EIO,
         ClientError::Decode(_) | ClientError::Protocol(_) => libc::EPROTO,
         ClientError::UnknownSession(_) => libc::EBADF,
         ClientError::Fabric(_) => libc::EIO,
