@@ -34,6 +34,11 @@ struct Cli {
     /// The MGS, HOST:PORT [env: NACRE_MGS].
     #[arg(long, global = true)]
     mgs: Option<String>,
+    /// The local address this client serves from, for the providers addressed by IP
+    /// (servers push data to it) [env: NACRE_SOURCE; default: the address that routes
+    /// to the MGS].
+    #[arg(long, global = true)]
+    source: Option<String>,
     #[command(subcommand)]
     cmd: Cmd,
 }
@@ -97,12 +102,16 @@ fn run(cli: Cli) -> Result<(), CliError> {
     }
     let mgs = nacre_mgc::mgs_address(cli.mgs.clone())
         .ok_or_else(|| CliError::msg("no MGS: give --mgs HOST:PORT or set NACRE_MGS"))?;
+    let mut cfg = nacre_client::ClientConfig::default();
+    if cli.source.is_some() {
+        cfg.source = cli.source.clone();
+    }
     match &cli.cmd {
         Cmd::Status => return commands::status(&mgs),
-        Cmd::Mount(a) => return mount::mount(&mgs, a),
+        Cmd::Mount(a) => return mount::mount(&mgs, a, cfg),
         _ => {}
     }
-    let client = nacre_client::Client::connect(&mgs, Default::default())
+    let client = nacre_client::Client::connect(&mgs, cfg)
         .map_err(|e| CliError::io(&format!("connecting to {mgs}"), e))?;
     match cli.cmd {
         Cmd::Up(_) | Cmd::Status | Cmd::Mount(_) | Cmd::Umount { .. } => {

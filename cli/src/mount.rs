@@ -11,6 +11,7 @@ use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
+use nacre_client::ClientConfig;
 use nacre_mount::MountConfig;
 
 use crate::CliError;
@@ -71,19 +72,19 @@ fn check_mountpoint(dir: &Path) -> Result<(), CliError> {
     Ok(())
 }
 
-pub fn mount(mgs: &str, a: &MountArgs) -> Result<(), CliError> {
+pub fn mount(mgs: &str, a: &MountArgs, cfg: ClientConfig) -> Result<(), CliError> {
     check_mountpoint(&a.mountpoint)?;
     match a.foreground {
-        true => foreground(mgs, a),
-        false => daemon(mgs, a),
+        true => foreground(mgs, a, cfg),
+        false => daemon(mgs, a, cfg.source.as_deref()),
     }
 }
 
-fn foreground(mgs: &str, a: &MountArgs) -> Result<(), CliError> {
+fn foreground(mgs: &str, a: &MountArgs, cfg: ClientConfig) -> Result<(), CliError> {
     // First, before any thread starts (see nacre_fabric::signals).
     let stop = nacre_fabric::signals::stop_on_signals()
         .map_err(|e| CliError::msg(format!("taking SIGINT/SIGTERM: {e}")))?;
-    let client = nacre_client::Client::connect(mgs, Default::default())
+    let client = nacre_client::Client::connect(mgs, cfg)
         .map_err(|e| CliError::io(&format!("connecting to {mgs}"), e))?;
     let cfg = MountConfig {
         fsname: format!("nacre:{}", client.map().fsname),
@@ -104,7 +105,7 @@ fn foreground(mgs: &str, a: &MountArgs) -> Result<(), CliError> {
 
 /// Starts `nacre mount -f` in a session of its own, its output to a log; returns
 /// once the mount shows, or with the daemon's last words if it ended first.
-fn daemon(mgs: &str, a: &MountArgs) -> Result<(), CliError> {
+fn daemon(mgs: &str, a: &MountArgs, source: Option<&str>) -> Result<(), CliError> {
     let exe = std::env::current_exe().map_err(|e| CliError::msg(format!("nacre: {e}")))?;
     let log = std::env::temp_dir().join(format!(
         "nacre-mount-{}.log",
@@ -117,6 +118,9 @@ fn daemon(mgs: &str, a: &MountArgs) -> Result<(), CliError> {
         .map_err(|e| CliError::msg(format!("{}: {e}", log.display())))?;
     let mut cmd = Command::new("setsid");
     cmd.arg(exe).args(["--mgs", mgs, "mount", "-f"]);
+    if let Some(src) = source {
+        cmd.args(["--source", src]);
+    }
     if !a.options.is_empty() {
         cmd.arg("-o").arg(a.options.join(","));
     }

@@ -63,6 +63,23 @@ impl Selection {
         sel
     }
 
+    /// `name` served from `node` when one is given; else, for the providers addressed
+    /// by IP, from the local address that routes to `peer` (the MGS, `host:port`, the
+    /// first of a list): loopback when the MGS is on loopback, the address other hosts
+    /// reach this one at otherwise. So a client or server on another host than the MGS
+    /// serves from an address its peers can reach without being told.
+    pub fn toward(name: &str, node: Option<String>, peer: &str) -> Self {
+        let mut sel = Selection::provider(name);
+        if node.is_some() {
+            sel.node = node;
+        } else if sel.node.is_some() {
+            if let Some(src) = source_for(peer) {
+                sel.node = Some(src);
+            }
+        }
+        sel
+    }
+
     /// The provider to ask for: the explicit one, else `FI_PROVIDER` (as fabtests do).
     pub fn wanted_provider(&self) -> Option<String> {
         self.provider
@@ -81,6 +98,24 @@ pub fn default_node(provider: &str) -> Option<&'static str> {
         "tcp" | "tcp;ofi_rxm" | "sockets" | "udp" | "udp;ofi_rxd" => Some("127.0.0.1"),
         _ => None,
     }
+}
+
+/// The local address a packet to `peer` (`host:port`, or the first of a
+/// comma-separated list) leaves from, as the kernel's routes choose it (a connected UDP
+/// socket, which sends nothing). None when `peer` does not resolve or no route leads
+/// there.
+pub fn source_for(peer: &str) -> Option<String> {
+    use std::net::{ToSocketAddrs, UdpSocket};
+    let first = peer.split(',').next()?.trim();
+    let addr = first.to_socket_addrs().ok()?.next()?;
+    let any = if addr.is_ipv4() {
+        "0.0.0.0:0"
+    } else {
+        "[::]:0"
+    };
+    let sock = UdpSocket::bind(any).ok()?;
+    sock.connect(addr).ok()?;
+    Some(sock.local_addr().ok()?.ip().to_string())
 }
 
 /// Maps the short names users type to libfabric's layered provider names.
@@ -390,5 +425,27 @@ fn text(p: *const libc::c_char) -> String {
     } else {
         // SAFETY: libfabric names are NUL-terminated strings that outlive this call.
         unsafe { CStr::from_ptr(p) }.to_string_lossy().into_owned()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn ip_providers_serve_from_the_address_that_routes_to_the_mgs() {
+        let lo = |s: Option<String>| s.and_then(|a| a.parse::<std::net::IpAddr>().ok());
+        assert!(lo(source_for("127.0.0.1:7450")).is_some_and(|a| a.is_loopback()));
+        assert!(lo(source_for("127.0.0.1:7450,10.9.9.9:1")).is_some_and(|a| a.is_loopback()));
+        assert_eq!(source_for("no-such-host.invalid:7450"), None);
+        assert_eq!(source_for("not an address"), None);
+        let tcp = Selection::toward("tcp", None, "127.0.0.1:7450");
+        assert!(lo(tcp.node).is_some_and(|a| a.is_loopback()));
+        // Told: kept. shm names itself: no node. Unresolvable: the default.
+        let told = Selection::toward("tcp", Some("10.1.1.1".into()), "127.0.0.1:7450");
+        assert_eq!(told.node.as_deref(), Some("10.1.1.1"));
+        assert_eq!(Selection::toward("shm", None, "127.0.0.1:7450").node, None);
+        let lost = Selection::toward("sockets", None, "no-such-host.invalid:7450");
+        assert_eq!(lost.node.as_deref(), Some("127.0.0.1"));
     }
 }

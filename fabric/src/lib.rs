@@ -20,7 +20,8 @@ pub mod testing;
 pub use endpoint::{Completion, Endpoint, EndpointConfig, OpKind, PeerAddr};
 pub use error::{strerror, CompletionError, Error, ErrorKind, Result};
 pub use info::{
-    default_node, list_providers, mr_mode_names, provider_query, Info, ProviderSummary, Selection,
+    default_node, list_providers, mr_mode_names, provider_query, source_for, Info, ProviderSummary,
+    Selection,
 };
 pub use memory::{Access, ExternalRegion, LocalSlice, Memory, MemoryRegion, Pages};
 pub use nacre_proto::BulkDesc;

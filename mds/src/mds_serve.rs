@@ -102,12 +102,12 @@ pub fn serve(cfg: &MdsServeConfig) -> Result<bool, MdsServeError> {
     let _ = slot.set((mdt.clone(), role.epoch.clone()));
     let destroyer = Destroyer::start(
         mdt.clone(),
-        Selection::serving(&cfg.provider, cfg.node.clone()),
+        Selection::toward(&cfg.provider, cfg.node.clone(), &cfg.mgs),
     )
     .map_err(MdsServeError::Destroyer)?;
     let checker = Checker::start(
         mdt.clone(),
-        Selection::serving(&cfg.provider, cfg.node.clone()),
+        Selection::toward(&cfg.provider, cfg.node.clone(), &cfg.mgs),
     )
     .map_err(MdsServeError::Destroyer)?;
     destroyer.set_map(map.clone());
@@ -178,7 +178,7 @@ pub fn serve(cfg: &MdsServeConfig) -> Result<bool, MdsServeError> {
 
 fn start_engine(cfg: &MdsServeConfig, slot: &MdtSlot) -> Result<Engine, MdsServeError> {
     let mut ecfg = cfg.engine.clone();
-    ecfg.fabric = Selection::serving(&cfg.provider, cfg.node.clone());
+    ecfg.fabric = Selection::toward(&cfg.provider, cfg.node.clone(), &cfg.mgs);
     ecfg.reactor = ReactorConfig {
         msg_size: nacre_proto::meta::MSG_SIZE,
         ..ecfg.reactor

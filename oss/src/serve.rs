@@ -27,8 +27,9 @@ pub struct ServeConfig {
     pub osts: Vec<PathBuf>,
     /// libfabric provider (`tcp`, `sockets`, `shm`, `efa`...).
     pub provider: String,
-    /// Address the cores serve from; None: the provider's default (loopback for IP
-    /// providers, the provider's choice otherwise).
+    /// Address the cores serve from; None: for IP providers the local address that
+    /// routes to the MGS (loopback when the MGS is on loopback), the provider's choice
+    /// otherwise.
     pub node: Option<String>,
     /// This server's identity at the MGS, stable across restarts; None: the host name.
     pub identity: Option<String>,
@@ -104,10 +105,7 @@ pub fn serve(cfg: &ServeConfig) -> Result<bool, ServeError> {
 
 fn start_engine(cfg: &ServeConfig, registry: &OstRegistry) -> Result<Engine, ServeError> {
     let mut base = cfg.engine.clone();
-    base.fabric = Selection {
-        node: cfg.node.clone().or(Selection::provider(&cfg.provider).node),
-        ..Selection::provider(&cfg.provider)
-    };
+    base.fabric = Selection::toward(&cfg.provider, cfg.node.clone(), &cfg.mgs);
     let specs: Vec<OstSpec> = cfg
         .osts
         .iter()

@@ -60,6 +60,14 @@ impl Up {
         Up::spawn(cmd)
     }
 
+    /// As [`Up::start`], run through `prefix` (such as `ip netns exec NS`).
+    pub fn start_via(prefix: &[&str], dir: &Path, provider: &str, extra: &[&str]) -> Up {
+        let mut cmd = Command::new(prefix[0]);
+        cmd.args(&prefix[1..]).arg(nacre_bin());
+        cmd.args(up_args(dir, provider, extra));
+        Up::spawn(cmd)
+    }
+
     /// As [`Up::start`], inside a network namespace of its own that has only loopback
     /// (for programs such as mpirun that listen on every address).
     pub fn start_in_netns(dir: &Path, provider: &str) -> Up {

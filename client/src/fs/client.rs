@@ -30,6 +30,9 @@ pub struct Client {
 pub(crate) struct Inner {
     id: u64,
     cfg: ClientConfig,
+    /// The MGS address(es) the client was given: its endpoints serve from the local
+    /// address that routes there.
+    mgs_addr: String,
     mgs: Mutex<MgsClient>,
     pub(super) map: RwLock<Arc<ClusterMap>>,
     /// When the watchdog last fetched the map.
@@ -155,6 +158,7 @@ impl Client {
             inner: Arc::new(Inner {
                 id: NEXT_ID.fetch_add(1, Ordering::Relaxed),
                 cfg,
+                mgs_addr: mgs.to_string(),
                 mgs: Mutex::new(boot),
                 map: RwLock::new(Arc::new(map)),
                 map_fetched: Mutex::new(Instant::now()),
@@ -343,7 +347,8 @@ impl Client {
             timeout: cfg.timeout,
             ..Default::default()
         };
-        let mut ep = ClientEndpoint::open(&Selection::provider(&mds.provider), rpc)?;
+        let sel = Selection::toward(&mds.provider, cfg.source.clone(), &self.inner.mgs_addr);
+        let mut ep = ClientEndpoint::open(&sel, rpc)?;
         ep.set_watchdog(Some(self.watchdog()));
         let checksum = cfg
             .checksum

@@ -50,6 +50,10 @@ pub struct ClientConfig {
     pub depth: usize,
     /// crc32c of bulk data: `None` is the provider's default (on everywhere but shm).
     pub checksum: Option<bool>,
+    /// The local address this client's endpoints serve from (servers push to it), for
+    /// the providers addressed by IP: by default `NACRE_SOURCE`, else the address that
+    /// routes to the MGS (loopback when the MGS is on loopback).
+    pub source: Option<String>,
 }
 
 impl Default for ClientConfig {
@@ -60,6 +64,7 @@ impl Default for ClientConfig {
             recovery: Duration::from_secs(60),
             depth: 64,
             checksum: None,
+            source: std::env::var("NACRE_SOURCE").ok().filter(|s| !s.is_empty()),
         }
     }
 }
