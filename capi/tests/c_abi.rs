@@ -148,23 +148,8 @@ fn c_programs(provider: &str) {
         let example = Path::new(CRATE).join("../examples/mpi_shared_file.c");
         let mpi_prog = work.join("mpi_shared_file");
         compile("mpicc", &example, &mpi_prog, &shared_link(&pc));
-        let mpi_prog = mpi_prog.to_str().unwrap();
-        let mpirun = [
-            "mpirun",
-            "--allow-run-as-root",
-            "--oversubscribe",
-            "-np",
-            "4",
-            "--mca",
-            "pml",
-            "ob1",
-            "--mca",
-            "btl",
-            "self,vader",
-            "-x",
-            "NACRE_MGS",
-            mpi_prog,
-        ];
+        let mut mpirun = MPIRUN.to_vec();
+        mpirun.push(mpi_prog.to_str().unwrap());
         let out = run_beside(&up, &mpirun);
         assert!(out.contains("mpi_shared_file: 4 ranks"), "{out}");
         assert!(out.contains(": OK"), "{out}");
@@ -172,6 +157,68 @@ fn c_programs(provider: &str) {
     }
     up.stop();
 }
+
+/// The MPI example on a client host of its own: three hosts made of network
+/// namespaces (MGS and MDS on A, an OSS on B, the MPI job on C), over tcp: the ranks'
+/// endpoints serve from C's address, which routes to the MGS.
+#[test]
+fn mpi_example_on_a_client_host() {
+    let provider = "tcp;ofi_rxm";
+    if !common::have(provider, "MPI example on a client host") {
+        return;
+    }
+    if !(have_tool("mpicc") && have_tool("mpirun")) {
+        skip("MPI example on a client host: mpicc/mpirun not installed (scripts/deps)");
+        return;
+    }
+    let hosts = match common::hosts::Hosts::new("mpi") {
+        Ok(h) => h,
+        Err(e) => return skip(&format!("MPI example on a client host: {e}")),
+    };
+    let work = tmp("capi-hosts");
+    let pc = pkg_config_dir(&work);
+    let example = Path::new(CRATE).join("../examples/mpi_shared_file.c");
+    let mpi_prog = work.join("mpi_shared_file");
+    compile("mpicc", &example, &mpi_prog, &shared_link(&pc));
+    let (a, b) = common::hosts::servers(&hosts, &work.join("data"), provider);
+    // nsenter into C's network namespace only: mpirun's daemons and ranks share it.
+    let out = Command::new("nsenter")
+        .arg(format!("--net=/run/netns/{}", hosts.hosts[2]))
+        .args(MPIRUN)
+        .arg(&mpi_prog)
+        .env("NACRE_MGS", common::hosts::MGS)
+        .env_remove("NACRE_SOURCE")
+        .output()
+        .expect("nsenter");
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        out.status.success(),
+        "{}\n{stdout}\n{}",
+        out.status,
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(stdout.contains("mpi_shared_file: 4 ranks"), "{stdout}");
+    assert!(stdout.contains(": OK"), "{stdout}");
+    b.stop();
+    a.stop();
+}
+
+/// mpirun as the tests run it: 4 ranks on this machine, shared memory between them.
+const MPIRUN: &[&str] = &[
+    "mpirun",
+    "--allow-run-as-root",
+    "--oversubscribe",
+    "-np",
+    "4",
+    "--mca",
+    "pml",
+    "ob1",
+    "--mca",
+    "btl",
+    "self,vader",
+    "-x",
+    "NACRE_MGS",
+];
 
 /// Root can make a network namespace (unshare -n) and enter it (nsenter).
 fn nix_root() -> bool {

@@ -9,125 +9,12 @@
 
 mod common;
 
-use std::path::Path;
-use std::process::{Command, Output};
+use std::process::Command;
 use std::time::{Duration, Instant};
 
-use common::{nacre_bin, tmp, Up};
+use common::hosts::{servers, Hosts, Unmount, MGS};
+use common::{nacre_bin, tmp};
 use nacre_fabric::testing::pattern;
-
-const MGS: &str = "10.201.0.1:7450";
-
-/// The namespaces (a bridge's and one per host), removed on drop.
-struct Hosts {
-    bridge: String,
-    hosts: Vec<String>,
-}
-
-fn ip(args: &[&str]) -> Result<(), String> {
-    let out = Command::new("ip")
-        .args(args)
-        .output()
-        .map_err(|e| format!("ip: {e}"))?;
-    match out.status.success() {
-        true => Ok(()),
-        false => Err(format!(
-            "ip {}: {}",
-            args.join(" "),
-            String::from_utf8_lossy(&out.stderr).trim()
-        )),
-    }
-}
-
-impl Hosts {
-    /// Hosts a, b, c at 10.201.0.1..3/24 on a bridge, names tagged with `tag`.
-    fn new(tag: &str) -> Result<Hosts, String> {
-        let bridge = format!("nbr-{tag}");
-        let mut h = Hosts {
-            bridge: bridge.clone(),
-            hosts: Vec::new(),
-        };
-        ip(&["netns", "add", &bridge])?;
-        ip(&["-n", &bridge, "link", "add", "br0", "type", "bridge"])?;
-        ip(&["-n", &bridge, "link", "set", "br0", "up"])?;
-        for (i, host) in ["a", "b", "c"].iter().enumerate() {
-            let ns = format!("n{host}-{tag}");
-            ip(&["netns", "add", &ns])?;
-            h.hosts.push(ns.clone());
-            let port = format!("p{host}");
-            ip(&[
-                "link", "add", "eth0", "netns", &ns, "type", "veth", "peer", "name", &port,
-                "netns", &bridge,
-            ])?;
-            let addr = format!("10.201.0.{}/24", i + 1);
-            ip(&["-n", &ns, "addr", "add", &addr, "dev", "eth0"])?;
-            ip(&["-n", &ns, "link", "set", "eth0", "up"])?;
-            ip(&["-n", &ns, "link", "set", "lo", "up"])?;
-            ip(&["-n", &bridge, "link", "set", &port, "master", "br0"])?;
-            ip(&["-n", &bridge, "link", "set", &port, "up"])?;
-        }
-        Ok(h)
-    }
-
-    /// `ip netns exec` into host `i` (0 = a).
-    fn prefix(&self, i: usize) -> Vec<&str> {
-        vec!["ip", "netns", "exec", self.hosts[i].as_str()]
-    }
-
-    /// `nacre ARGS` on host `i`, against the MGS on A.
-    fn nacre(&self, i: usize, args: &[&str]) -> Output {
-        Command::new("ip")
-            .args(["netns", "exec", &self.hosts[i]])
-            .arg(nacre_bin())
-            .args(args)
-            .env("NACRE_MGS", MGS)
-            .env_remove("NACRE_SOURCE")
-            .output()
-            .expect("running nacre")
-    }
-
-    fn ok(&self, i: usize, args: &[&str]) -> String {
-        let out = self.nacre(i, args);
-        assert!(
-            out.status.success(),
-            "nacre {args:?} on host {i} failed: {}",
-            String::from_utf8_lossy(&out.stderr)
-        );
-        String::from_utf8(out.stdout).unwrap()
-    }
-}
-
-impl Drop for Hosts {
-    fn drop(&mut self) {
-        for ns in self.hosts.iter().chain([&self.bridge]) {
-            let _ = ip(&["netns", "del", ns]);
-        }
-    }
-}
-
-/// A mount unmounted on drop, also when the test fails half-way.
-struct Unmount(std::path::PathBuf);
-
-impl Drop for Unmount {
-    fn drop(&mut self) {
-        let out = Command::new(nacre_bin())
-            .arg("umount")
-            .arg(&self.0)
-            .output();
-        if let Some(out) = out.ok().filter(|o| !o.status.success()) {
-            eprintln!(
-                "umount {}: {}",
-                self.0.display(),
-                String::from_utf8_lossy(&out.stderr)
-            );
-        }
-    }
-}
-
-fn write_config(path: &Path, text: &str) -> String {
-    std::fs::write(path, text).unwrap();
-    path.to_str().unwrap().to_string()
-}
 
 fn three_hosts(provider: &str) {
     if !common::have(provider, "three hosts") {
@@ -142,28 +29,7 @@ fn three_hosts(provider: &str) {
         }
     };
     let dir = tmp(&format!("hosts-{name}"));
-    let d = dir.display();
-    let a_cfg = write_config(
-        &dir.join("a.toml"),
-        &format!("[mgs]\nlisten = \"{MGS}\"\n[mds]\ndir = \"{d}/a/mdt\"\n"),
-    );
-    let b_cfg = write_config(
-        &dir.join("b.toml"),
-        &format!("mgs_address = \"{MGS}\"\n[[oss]]\nosts = [\"{d}/b/ost0\", \"{d}/b/ost1\"]\n"),
-    );
-    let a = Up::start_via(
-        &hosts.prefix(0),
-        &dir.join("a"),
-        provider,
-        &["--config", &a_cfg],
-    );
-    let b = Up::start_via(
-        &hosts.prefix(1),
-        &dir.join("b"),
-        provider,
-        &["--config", &b_cfg],
-    );
-    assert_eq!(a.mgs, MGS);
+    let (a, b) = servers(&hosts, &dir, provider);
 
     // From C: every target up, the servers serving from their hosts' addresses.
     let up = |s: &str| {

@@ -2,6 +2,8 @@
 //! command against it, for the CLI and client tests.
 #![allow(dead_code)]
 
+pub mod hosts;
+
 use std::path::{Path, PathBuf};
 use std::process::{Command, Output};
 use std::time::{Duration, Instant};
