@@ -148,6 +148,8 @@ pub struct Core {
     /// Peers evicted for a push that outlived `bulk_timeout`, until they speak again:
     /// bulk transfers to them are refused.
     evicted: HashSet<PeerAddr>,
+    /// Peers told their HELLO cannot be admitted, to remove from the address vector.
+    refused: Vec<PeerAddr>,
 }
 
 impl Core {
@@ -193,6 +195,7 @@ impl Core {
             chunk,
             bulk_timeout: cfg.bulk_timeout,
             evicted: HashSet::new(),
+            refused: Vec::new(),
         })
     }
 
@@ -785,6 +788,7 @@ impl Core {
             return false;
         }
         self.last_reap = now;
+        self.forget_refused();
         let idle = self
             .sessions
             .reapable(now, self.session_idle, nacre_fabric::shm_peer_gone);
@@ -807,6 +811,32 @@ impl Core {
             reaped = true;
         }
         reaped
+    }
+
+    /// A peer put in the address vector only to be told it cannot be admitted: removed
+    /// on a later reap, once that answer left.
+    pub(crate) fn refused(&mut self, peer: PeerAddr) {
+        self.refused.push(peer);
+    }
+
+    pub(crate) fn refused_waiting(&self) -> usize {
+        self.refused.len()
+    }
+
+    fn forget_refused(&mut self) {
+        if self.refused.is_empty() {
+            return;
+        }
+        let replying = self.replying_to();
+        let mut left = Vec::new();
+        for peer in std::mem::take(&mut self.refused) {
+            if replying.contains(&peer) || self.busy_with(peer) {
+                left.push(peer);
+            } else if let Err(e) = self.ep.remove_peer(peer) {
+                tracing::warn!("removing a refused peer failed: {e}");
+            }
+        }
+        self.refused = left;
     }
 
     /// The peers of the replies in transmit slots (posted, not completed): the slots

@@ -85,6 +85,9 @@ pub const DEFAULT_BULK_TIMEOUT: Duration = Duration::from_secs(60);
 pub const DEFAULT_SESSION_IDLE: Duration =
     Duration::from_secs(2 * nacre_proto::SESSION_REFRESH.as_secs());
 
+/// Refused HELLOs answered between two reaps (a second) at most.
+const MAX_REFUSED: usize = 1024;
+
 /// Turns between two looks for pushes past the bulk timeout (a clock read and a scan of
 /// the bulk table; a busy core turns over in microseconds).
 pub(crate) const EXPIRY_TURNS: u64 = 1024;
@@ -443,7 +446,7 @@ impl<S: Service> Reactor<S> {
             self.log_once(LOG_SESSIONS, || {
                 format!("HELLO refused: {live} sessions already")
             });
-            return;
+            return self.refuse_hello(h, name, libc::EUSERS);
         }
         match self.core.ep.insert_peer(name) {
             Ok(peer) => {
@@ -471,6 +474,20 @@ impl<S: Service> Reactor<S> {
                 });
             }
         }
+    }
+
+    /// Answers a HELLO this core cannot admit with `errno` and no session, at once, so
+    /// the client fails with a clear error rather than a timeout: the peer is in the
+    /// address vector only for the answer (removed on the next reap, once it is sent).
+    fn refuse_hello(&mut self, h: &Header, name: &[u8], errno: i32) {
+        if self.core.refused_waiting() >= MAX_REFUSED {
+            return; // a flood of HELLOs: the first of each second are answered
+        }
+        let Ok(peer) = self.core.ep.insert_peer(name) else {
+            return;
+        };
+        self.core.reply(peer, h, -errno, &[]);
+        self.core.refused(peer);
     }
 
     /// Answers a bad message with an errno when its sender is known, else drops it.

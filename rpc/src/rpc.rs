@@ -342,6 +342,10 @@ impl ClientEndpoint {
     fn hello(&mut self, sid: SessionId) -> Result<(), ClientError> {
         let name = self.ep.name().to_vec();
         let reply = self.request(sid, Opcode::HELLO, &name)?;
+        if reply.header.status < 0 {
+            // Refused (no room for another session): the server's reason.
+            return Err(ClientError::Status(-reply.header.status));
+        }
         let remote: [u8; 4] = reply
             .body
             .get(..4)
