@@ -135,28 +135,21 @@ fn pass(
             }
         }
     }
-    let mut gone = Vec::new();
-    for (ino, layout) in &files {
-        if shared.stop.load(Ordering::SeqCst) {
-            break;
+    let Some(ep) = slot.as_mut() else {
+        return None;
+    };
+    let gone = match destroy_files(ep, map, &files) {
+        Ok((gone, n)) => {
+            shared.objects.fetch_add(n, Ordering::Relaxed);
+            gone
         }
-        let Some(ep) = slot.as_mut() else { break };
-        match destroy_file(ep, map, layout) {
-            Ok(n) => {
-                shared.objects.fetch_add(n, Ordering::Relaxed);
-                gone.push(*ino);
-            }
-            Err(e) => {
-                tracing::debug!("destroyer: inode {ino}: {e} (retried later)");
-                if !matches!(e, ClientError::Status(_)) {
-                    // No answer: start the next pass on a fresh endpoint and sessions.
-                    tracing::info!("destroyer: {e}: retrying on a fresh endpoint");
-                    *slot = None;
-                    break;
-                }
-            }
+        Err(e) => {
+            // No answer: start the next pass on a fresh endpoint and sessions.
+            tracing::info!("destroyer: {e}: retrying on a fresh endpoint");
+            *slot = None;
+            return None;
         }
-    }
+    };
     forget(submitter, gone, shared);
     match files.len() == BATCH {
         true => files.last().map(|(ino, _)| *ino),
@@ -164,17 +157,54 @@ fn pass(
     }
 }
 
-/// Destroys every object of `layout`; the number destroyed (ENOENT: already gone).
-fn destroy_file(
+/// Destroys every object of `files`, all in flight together (up to the endpoint's
+/// depth): the files whose objects are all gone now, and how many objects were there.
+/// A file with an object the map cannot route or an OSS refused stays for a later
+/// pass; an error without an answer is returned (the caller starts over).
+fn destroy_files(
     ep: &mut ClientEndpoint,
     map: &ClusterMap,
-    layout: &StripedLayout,
-) -> Result<u64, ClientError> {
-    let mut n = 0;
-    for obj in &layout.objects {
-        n += u64::from(destroy_object(ep, map, obj.ost, obj.oid)?);
+    files: &[(u64, StripedLayout)],
+) -> Result<(Vec<u64>, u64), ClientError> {
+    let mut routes = std::collections::HashMap::new();
+    let mut routable = Vec::new();
+    for (_, layout) in files {
+        let ok = layout.objects.iter().all(|o| {
+            let route = routes
+                .entry(o.ost)
+                .or_insert_with(|| OstRoute::in_map(map, o.ost).ok());
+            route.is_some()
+        });
+        routable.push(ok);
     }
-    Ok(n)
+    let objects: Vec<(&OstRoute, u64)> = files
+        .iter()
+        .zip(&routable)
+        .filter(|(_, &ok)| ok)
+        .flat_map(|((_, layout), _)| layout.objects.iter())
+        .map(|o| (routes[&o.ost].as_ref().expect("routable"), o.oid))
+        .collect();
+    let mut answers = ep.obj_destroy_all(&objects)?.into_iter();
+    let (mut gone, mut n) = (Vec::new(), 0);
+    for ((ino, layout), ok) in files.iter().zip(routable) {
+        if !ok {
+            continue;
+        }
+        let mut all = true;
+        for _ in &layout.objects {
+            match answers.next().expect("one answer per object") {
+                Ok(was) => n += u64::from(was),
+                Err(e) => {
+                    tracing::debug!("destroyer: inode {ino}: {e} (retried later)");
+                    all = false;
+                }
+            }
+        }
+        if all {
+            gone.push(*ino);
+        }
+    }
+    Ok((gone, n))
 }
 
 /// Destroys one object on the OSS core that owns it; whether it was there (ENOENT:

@@ -410,6 +410,34 @@ impl ClientEndpoint {
             .map(|_| ())
     }
 
+    /// Destroys every object `objects` names, up to the endpoint's depth in flight at
+    /// once (a batch of gone files' objects, as the MDS's destroyer sends them). Per
+    /// object: whether it was there (ENOENT: false), or the server's refusal. Stops at
+    /// the first error that is not a server's answer (no reply, a fabric error), which
+    /// it returns: what was not answered is sent again by the caller's next pass.
+    pub fn obj_destroy_all(
+        &mut self,
+        objects: &[(&OstRoute, u64)],
+    ) -> Result<Vec<Result<bool, ClientError>>, ClientError> {
+        let window = self.depth().max(1);
+        let mut ids = std::collections::VecDeque::with_capacity(window);
+        let mut out = Vec::with_capacity(objects.len());
+        let mut body = [0u8; 32];
+        for &(route, object) in objects {
+            if ids.len() == window {
+                out.push(destroyed(&self.wait(ids.pop_front().expect("full"))?));
+            }
+            let t = Self::target(route, object, ObjFlags::default());
+            let n = encode_target(&t, &mut body).map_err(proto_err)?;
+            let sid = self.object_session(route, object)?;
+            ids.push_back(self.send(sid, Opcode::OBJ_DESTROY, &body[..n])?);
+        }
+        for id in ids {
+            out.push(destroyed(&self.wait(id)?));
+        }
+        Ok(out)
+    }
+
     /// Makes every acknowledged write of the object durable, with its size.
     pub fn obj_sync(&mut self, route: &OstRoute, object: u64) -> Result<(), ClientError> {
         self.target_op(Opcode::OBJ_SYNC, route, object, ObjFlags::default())
@@ -561,6 +589,15 @@ fn check_written(reqs: &[Req<'_>], replies: &[RpcReply]) -> Result<(), ClientErr
 fn sub(desc: &BulkDesc, at: usize, len: usize) -> BulkDesc {
     desc.sub(at as u64, len as u64)
         .expect("pieces lie inside the buffer")
+}
+
+/// A destroy's answer: whether the object was there (ENOENT: gone already, or never
+/// written), or the server's refusal.
+fn destroyed(reply: &RpcReply) -> Result<bool, ClientError> {
+    match reply.header.status {
+        s if s == -libc::ENOENT => Ok(false),
+        _ => check(reply).map(|_| true),
+    }
 }
 
 fn check(reply: &RpcReply) -> Result<(), ClientError> {
