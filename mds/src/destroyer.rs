@@ -135,9 +135,7 @@ fn pass(
             }
         }
     }
-    let Some(ep) = slot.as_mut() else {
-        return None;
-    };
+    let ep = slot.as_mut()?;
     let gone = match destroy_files(ep, map, &files) {
         Ok((gone, n)) => {
             shared.objects.fetch_add(n, Ordering::Relaxed);
