@@ -78,7 +78,7 @@ pub fn serve(cfg: &MdsServeConfig) -> Result<bool, MdsServeError> {
     mcfg.recovery = grant.epoch > 1;
     let mut recovery_end = mcfg
         .recovery
-        .then(|| Instant::now() + nacre_proto::meta::lock::RECOVERY);
+        .then(|| Instant::now() + nacre_proto::meta::OPEN_RECOVERY);
     if !osts.is_empty() {
         mcfg.osts = osts.clone();
     }
@@ -123,7 +123,7 @@ pub fn serve(cfg: &MdsServeConfig) -> Result<bool, MdsServeError> {
             // nobody took back are destroyed.
             recovery_end = None;
             match mdt.submitter().submit_admin(0, Admin::ReclaimOrphans) {
-                Ok(()) => println!("nacre-mds: recovery window closed"),
+                Ok(()) => println!("nacre-mds: open recovery window closed"),
                 Err(e) => tracing::error!("reclaiming orphans: {e:?}"),
             }
         }

@@ -160,6 +160,13 @@ pub mod lock {
     pub const RECOVERY: Duration = Duration::from_secs(15);
 }
 
+/// How long a restarted MDS waits for its clients to replay their opens before it
+/// destroys the orphans nobody took back: as long as a client keeps retrying a request
+/// (`ClientConfig::recovery`), so that every client still alive, however slow its way
+/// back to the new MDS, has named its handles again. Orphans only wait meanwhile
+/// (Lustre's recovery window is minutes); new locks wait only [`lock::RECOVERY`].
+pub const OPEN_RECOVERY: std::time::Duration = std::time::Duration::from_secs(60);
+
 /// Checks a directory entry name: 1..=255 bytes, no '/' and no NUL.
 pub fn validate_name(name: &[u8]) -> Result<(), MetaError> {
     if name.len() > NAME_MAX {
