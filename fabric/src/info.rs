@@ -53,16 +53,6 @@ impl Selection {
         }
     }
 
-    /// `name` served from `node` when one is given, else from its default (a server's
-    /// `--listen`).
-    pub fn serving(name: &str, node: Option<String>) -> Self {
-        let mut sel = Selection::provider(name);
-        if node.is_some() {
-            sel.node = node;
-        }
-        sel
-    }
-
     /// `name` served from `node` when one is given; else, for the providers addressed
     /// by IP, from the local address that routes to `peer` (the MGS, `host:port`, the
     /// first of a list): loopback when the MGS is on loopback, the address other hosts
