@@ -12,8 +12,8 @@ mod common;
 use std::process::Command;
 use std::time::{Duration, Instant};
 
-use common::hosts::{servers, Hosts, Unmount, MGS};
-use common::{nacre_bin, tmp};
+use common::hosts::{servers, Hosts, MGS};
+use common::{nacre_bin, tmp, Mount};
 use nacre_fabric::testing::pattern;
 
 fn three_hosts(provider: &str) {
@@ -80,7 +80,7 @@ fn three_hosts(provider: &str) {
         "{}",
         String::from_utf8_lossy(&out.stderr)
     );
-    let mounted = Unmount(mnt.clone());
+    let mounted = Mount::made(mnt.clone(), &String::from_utf8_lossy(&out.stdout));
     let through = mnt.join("through-the-mount");
     std::fs::write(&through, &data).unwrap();
     assert!(std::fs::read(&through).unwrap() == data);

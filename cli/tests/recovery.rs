@@ -11,7 +11,7 @@
 
 mod common;
 
-use std::path::Path;
+use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -46,6 +46,21 @@ fn host_b(dir: &Path, mgs: &str) -> String {
     write_config(&dir.join("b.toml"), &text)
 }
 
+/// Hosts A (MGS, MDS, one OSS) and B (one OSS) up over `provider` under a directory
+/// named after `test`, with B's config file (to start B again); None (skipped, said
+/// why) when the provider is absent.
+fn hosts_a_and_b(provider: &str, test: &str, what: &str) -> Option<(PathBuf, Up, Up, String)> {
+    if !common::have(provider, what) {
+        return None;
+    }
+    let name = provider.split(';').next().unwrap();
+    let dir = tmp(&format!("{test}-{name}"));
+    let a = Up::start(&dir.join("a"), provider, &["--config", &host_a(&dir)]);
+    let b_config = host_b(&dir, &a.mgs);
+    let b = Up::start(&dir.join("b"), provider, &["--config", &b_config]);
+    Some((dir, a, b, b_config))
+}
+
 /// Once the stream has done `after` steps, kills `server` of `up` with SIGKILL and
 /// waits for that `nacre up` to end with an error; returns the steps done at the kill.
 fn kill_mid_stream(up: &mut Up, server: &str, done: &AtomicUsize, after: usize) -> usize {
@@ -60,14 +75,11 @@ fn kill_mid_stream(up: &mut Up, server: &str, done: &AtomicUsize, after: usize) 
 }
 
 fn oss_killed_mid_stream(provider: &str) {
-    if !common::have(provider, "OSS killed mid-stream") {
+    let Some((dir, a, mut b, b_config)) =
+        hosts_a_and_b(provider, "recovery", "OSS killed mid-stream")
+    else {
         return;
-    }
-    let name = provider.split(';').next().unwrap();
-    let dir = tmp(&format!("recovery-{name}"));
-    let a = Up::start(&dir.join("a"), provider, &["--config", &host_a(&dir)]);
-    let b_config = host_b(&dir, &a.mgs);
-    let mut b = Up::start(&dir.join("b"), provider, &["--config", &b_config]);
+    };
 
     let client = Client::connect(&a.mgs, ClientConfig::default()).unwrap();
     let spec = StripeSpec {
@@ -132,17 +144,9 @@ const LEASE: Duration = Duration::from_secs(5);
 /// lapsed (not after the client's minute of recovery); later I/O to it fails at once;
 /// a file on A's OSTs stays readable and writable throughout.
 fn oss_lost_fails_fast(provider: &str) {
-    if !common::have(provider, "OSS lost for good") {
+    let Some((dir, a, mut b, _)) = hosts_a_and_b(provider, "lost-oss", "OSS lost for good") else {
         return;
-    }
-    let name = provider.split(';').next().unwrap();
-    let dir = tmp(&format!("lost-oss-{name}"));
-    let a = Up::start(&dir.join("a"), provider, &["--config", &host_a(&dir)]);
-    let mut b = Up::start(
-        &dir.join("b"),
-        provider,
-        &["--config", &host_b(&dir, &a.mgs)],
-    );
+    };
     let client = Client::connect(&a.mgs, ClientConfig::default()).unwrap();
     // B's OSTs: those served from B's directories (a server's node names its target).
     let map = client.refresh_map().unwrap();

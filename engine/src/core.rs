@@ -798,7 +798,7 @@ impl Core {
         let replying = self.replying_to();
         let mut reaped = false;
         for (id, peer) in idle {
-            if replying.contains(&peer) || self.busy_with(peer) {
+            if self.in_use(peer, &replying) {
                 continue;
             }
             // Should the provider refuse, its entry stays behind (a leak, not a fault):
@@ -830,7 +830,7 @@ impl Core {
         let replying = self.replying_to();
         let mut left = Vec::new();
         for peer in std::mem::take(&mut self.refused) {
-            if replying.contains(&peer) || self.busy_with(peer) {
+            if self.in_use(peer, &replying) {
                 left.push(peer);
             } else if let Err(e) = self.ep.remove_peer(peer) {
                 tracing::warn!("removing a refused peer failed: {e}");
@@ -849,10 +849,12 @@ impl Core {
         peers
     }
 
-    /// Whether a transfer, a deferred post, a backlogged reply or an eviction
-    /// concerns `peer` (replies in transmit slots are checked by the caller).
-    fn busy_with(&self, peer: PeerAddr) -> bool {
-        self.evicted.contains(&peer)
+    /// Whether anything of the core's is still under way towards `peer`: a reply in a
+    /// transmit slot (`replying`, from [`Core::replying_to`]), a transfer, a deferred
+    /// post, a backlogged reply or an eviction; its address must stay meanwhile.
+    fn in_use(&self, peer: PeerAddr, replying: &[PeerAddr]) -> bool {
+        replying.contains(&peer)
+            || self.evicted.contains(&peer)
             || self.bulk.involves(peer)
             || self.deferred.iter().any(|d| d.peer() == peer)
             || self.tx_backlog.iter().any(|(p, _)| *p == peer)

@@ -1,6 +1,6 @@
 //! The engine as a server: pinned cores over the tcp provider on loopback, a client per
-//! core, cross-core calls, malformed messages, back-pressure when the pool is empty, and
-//! unused sessions reaped.
+//! core, cross-core calls, malformed messages, back-pressure when the pool is empty,
+//! unused sessions reaped, and a full core refusing new clients at once.
 
 use std::collections::VecDeque;
 use std::sync::mpsc;
@@ -225,24 +225,71 @@ fn unused_sessions_are_reaped_and_their_clients_come_back() {
     }
 }
 
-fn reap_sessions(provider: &str) {
+/// One core over `provider` with `reactor`'s settings, or None (skipped, with a reason).
+fn one_core(provider: &str, reactor: ReactorConfig) -> Option<Engine> {
     let fabric = Selection::provider(provider);
     if let Err(e) = nacre_fabric::Info::find(&fabric) {
         nacre_fabric::testing::skip(&format!("session tests: {provider} not available: {e}"));
-        return;
+        return None;
     }
     let cfg = EngineConfig {
         cores: 1,
         no_pin: true,
-        fabric: fabric.clone(),
-        reactor: ReactorConfig {
-            max_sessions: 2,
-            session_idle: Duration::from_secs(1),
-            ..Default::default()
-        },
+        fabric,
+        reactor,
         ..Default::default()
     };
-    let engine = Engine::start(&cfg, |_, _| Holder::default()).expect("engine starts");
+    Some(Engine::start(&cfg, |_, _| Holder::default()).expect("engine starts"))
+}
+
+/// A core that cannot admit another client says so at once: its HELLO is answered
+/// with EUSERS (no session), not left to time out, and the session it holds is still
+/// served.
+#[test]
+fn a_full_core_refuses_at_once() {
+    for provider in ["tcp", "shm"] {
+        let one = ReactorConfig {
+            max_sessions: 1,
+            ..Default::default()
+        };
+        let Some(engine) = one_core(provider, one) else {
+            continue;
+        };
+        let (fabric, name) = (
+            Selection::provider(provider),
+            &engine.cores()[0].fabric_name,
+        );
+        let cfg = RpcConfig {
+            timeout: Duration::from_secs(10),
+            ..Default::default()
+        };
+        let mut first = RpcClient::connect(&fabric, name, cfg.clone()).expect("admitted");
+        let start = std::time::Instant::now();
+        let err = RpcClient::connect(&fabric, name, cfg)
+            .err()
+            .expect("refused");
+        assert!(matches!(err, ClientError::Status(libc::EUSERS)), "{err}");
+        assert!(
+            start.elapsed() < Duration::from_secs(5),
+            "refused after {:?}: an answer, not a timeout",
+            start.elapsed()
+        );
+        let r = first.request(Opcode::PING, b"still served").unwrap();
+        assert_eq!(&r.body[..], b"still served");
+        engine.stop();
+    }
+}
+
+fn reap_sessions(provider: &str) {
+    let reactor = ReactorConfig {
+        max_sessions: 2,
+        session_idle: Duration::from_secs(1),
+        ..Default::default()
+    };
+    let Some(engine) = one_core(provider, reactor) else {
+        return;
+    };
+    let fabric = Selection::provider(provider);
     let name = engine.cores()[0].fabric_name.clone();
     let connect = |session_refresh: Duration| {
         let cfg = RpcConfig {

@@ -401,6 +401,12 @@ impl ClusterMap {
         self.servers.iter().find(|s| s.role == role)
     }
 
+    /// Whether `role`'s target is down (its server's lease lapsed, nobody took it).
+    pub fn target_down(&self, role: Role) -> bool {
+        self.target(role)
+            .is_some_and(|t| t.state == TargetState::Down)
+    }
+
     pub fn target(&self, role: Role) -> Option<&Target> {
         self.targets.iter().find(|t| t.role == role)
     }

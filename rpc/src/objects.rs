@@ -331,12 +331,12 @@ impl ClientEndpoint {
         Ok(out)
     }
 
-    /// Sends one request per piece through `send`, keeping at most the endpoint's depth
-    /// in flight, and returns the replies in piece order.
-    fn in_flight(
+    /// Sends one request per item through `send`, keeping at most the endpoint's depth
+    /// in flight, and returns the replies in item order.
+    fn in_flight<T>(
         &mut self,
-        reqs: &[Req<'_>],
-        mut send: impl FnMut(&mut Self, usize, &Req<'_>) -> Result<u64, ClientError>,
+        reqs: &[T],
+        mut send: impl FnMut(&mut Self, usize, &T) -> Result<u64, ClientError>,
     ) -> Result<Vec<RpcReply>, ClientError> {
         let window = self.depth().max(1);
         let mut ids = std::collections::VecDeque::with_capacity(window);
@@ -419,23 +419,14 @@ impl ClientEndpoint {
         &mut self,
         objects: &[(&OstRoute, u64)],
     ) -> Result<Vec<Result<bool, ClientError>>, ClientError> {
-        let window = self.depth().max(1);
-        let mut ids = std::collections::VecDeque::with_capacity(window);
-        let mut out = Vec::with_capacity(objects.len());
-        let mut body = [0u8; 32];
-        for &(route, object) in objects {
-            if ids.len() == window {
-                out.push(destroyed(&self.wait(ids.pop_front().expect("full"))?));
-            }
+        let replies = self.in_flight(objects, |c, _, &(route, object)| {
             let t = Self::target(route, object, ObjFlags::default());
+            let mut body = [0u8; 32];
             let n = encode_target(&t, &mut body).map_err(proto_err)?;
-            let sid = self.object_session(route, object)?;
-            ids.push_back(self.send(sid, Opcode::OBJ_DESTROY, &body[..n])?);
-        }
-        for id in ids {
-            out.push(destroyed(&self.wait(id)?));
-        }
-        Ok(out)
+            let sid = c.object_session(route, object)?;
+            c.send(sid, Opcode::OBJ_DESTROY, &body[..n])
+        })?;
+        Ok(replies.iter().map(destroyed).collect())
     }
 
     /// Makes every acknowledged write of the object durable, with its size.

@@ -392,7 +392,7 @@ impl ClientEndpoint {
     /// Waits for the reply to request `id` (its deadline was set when it was sent);
     /// replies to other requests that arrive meanwhile are kept for their callers.
     pub fn wait(&mut self, id: u64) -> Result<RpcReply, ClientError> {
-        let mut watch = Instant::now() + WATCH_EVERY;
+        let mut watch = None;
         loop {
             if let Some(at) = self
                 .replies
@@ -409,11 +409,16 @@ impl ClientEndpoint {
                 });
             }
             self.pump()?;
-            self.expire();
-            if self.watchdog.is_some() && Instant::now() >= watch {
-                watch = Instant::now() + WATCH_EVERY;
-                if let Some(e) = self.ask_watchdog(id) {
-                    return Err(e);
+            let now = self.expire();
+            if self.watchdog.is_some() {
+                // Asked first once the request has waited WATCH_EVERY here (on the
+                // clock `expire` read anyway), then every WATCH_EVERY.
+                let due = *watch.get_or_insert(now + WATCH_EVERY);
+                if now >= due {
+                    watch = Some(now + WATCH_EVERY);
+                    if let Some(e) = self.ask_watchdog(id) {
+                        return Err(e);
+                    }
                 }
             }
         }
@@ -558,13 +563,16 @@ impl ClientEndpoint {
         }
     }
 
-    fn expire(&mut self) {
+    /// Moves the requests past their deadline to the expired ones; returns the time
+    /// it read.
+    fn expire(&mut self) -> Instant {
         let now = Instant::now();
         for (id, sid) in self.pending.expire(now) {
             self.pieces.forget(id);
             self.expired.push_back(id);
             self.remember_late(id, sid);
         }
+        now
     }
 
     /// Without checked keys: remembers a request given up unanswered, whose late

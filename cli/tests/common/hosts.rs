@@ -97,25 +97,6 @@ impl Drop for Hosts {
     }
 }
 
-/// A mount unmounted on drop, also when the test fails half-way.
-pub struct Unmount(pub std::path::PathBuf);
-
-impl Drop for Unmount {
-    fn drop(&mut self) {
-        let out = Command::new(nacre_bin())
-            .arg("umount")
-            .arg(&self.0)
-            .output();
-        if let Some(out) = out.ok().filter(|o| !o.status.success()) {
-            eprintln!(
-                "umount {}: {}",
-                self.0.display(),
-                String::from_utf8_lossy(&out.stderr)
-            );
-        }
-    }
-}
-
 pub fn write_config(path: &Path, text: &str) -> String {
     std::fs::write(path, text).unwrap();
     path.to_str().unwrap().to_string()

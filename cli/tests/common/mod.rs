@@ -210,6 +210,11 @@ impl Mount {
     pub fn new(up: &Up, dir: PathBuf) -> Mount {
         std::fs::create_dir_all(&dir).unwrap();
         let out = up.ok(&["mount", dir.to_str().unwrap()]);
+        Mount::made(dir, &out)
+    }
+
+    /// The mount on `dir` that `nacre mount` made, as its output `out` tells.
+    pub fn made(dir: PathBuf, out: &str) -> Mount {
         let pid = out
             .split("daemon pid ")
             .nth(1)

@@ -8,7 +8,7 @@ use std::sync::{Arc, Mutex, RwLock, Weak};
 use std::time::{Duration, Instant};
 
 use nacre_fabric::Selection;
-use nacre_proto::bootstrap::{ClusterMap, Role, RoleKind, TargetState};
+use nacre_proto::bootstrap::{ClusterMap, Role, RoleKind};
 use nacre_proto::layout::StripedLayout;
 use nacre_proto::meta::{self, lock, LockRequest, ReplayKey, Reply, Request};
 
@@ -200,12 +200,17 @@ impl Client {
             .expect("mgs lock")
             .wait_map(version, wait);
         if let Ok(map) = got {
-            let mut cur = self.inner.map.write().expect("map lock");
-            if map.version > cur.version {
-                *cur = Arc::new(map);
-            }
+            self.adopt(map);
         }
         self.map()
+    }
+
+    /// Takes `map` as the client's map if it is newer than the one it has.
+    fn adopt(&self, map: ClusterMap) {
+        let mut cur = self.inner.map.write().expect("map lock");
+        if map.version > cur.version {
+            *cur = Arc::new(map);
+        }
     }
 
     /// Runs `f` on this thread's connection, recovering as [the module](super) says: a
@@ -234,6 +239,7 @@ impl Client {
                 std::thread::sleep(Duration::from_millis(50));
                 continue;
             }
+            let seen = self.on_conn(|c| Ok(c.map.version)).unwrap_or(0);
             let retry = match &err {
                 ClientError::Status(e) => *e == libc::ESTALE,
                 ClientError::Expired { .. }
@@ -242,10 +248,7 @@ impl Client {
                 | ClientError::ServerGone => idempotent,
                 // Scratch: a down OST fails its I/O at once, unless the connection's map
                 // is older than what the client knows now (it may be up again).
-                ClientError::TargetDown(_) => {
-                    let seen = self.on_conn(|c| Ok(c.map.version)).unwrap_or(0);
-                    self.map().version > seen
-                }
+                ClientError::TargetDown(_) => self.map().version > seen,
                 _ => false,
             };
             if !retry || Instant::now() >= deadline {
@@ -257,7 +260,6 @@ impl Client {
                 "retrying after {err} (attempt {attempt}, {:?} into recovery) on a newer map",
                 start.elapsed()
             );
-            let seen = self.on_conn(|c| Ok(c.map.version)).unwrap_or(0);
             // The old sessions may be dead: drop this thread's connection (its
             // registrations close, so no server transfers into them any more) before
             // waiting for the map, then rebuild it on the map.
@@ -395,13 +397,9 @@ impl Client {
             due
         };
         if due {
-            if let Ok(mut mgs) = self.inner.mgs.try_lock() {
-                if let Ok(map) = mgs.fetch_map() {
-                    let mut cur = self.inner.map.write().expect("map lock");
-                    if map.version > cur.version {
-                        *cur = Arc::new(map);
-                    }
-                }
+            let fetched = self.inner.mgs.try_lock().ok().map(|mut m| m.fetch_map());
+            if let Some(Ok(map)) = fetched {
+                self.adopt(map);
             }
         }
         self.map()
@@ -485,10 +483,7 @@ fn server_verdict(map: &ClusterMap, name: &[u8]) -> Option<ClientError> {
     else {
         return Some(ClientError::ServerGone);
     };
-    let down = map
-        .target(s.role)
-        .is_some_and(|t| t.state == TargetState::Down);
-    match s.role.kind == RoleKind::Oss && down {
+    match s.role.kind == RoleKind::Oss && map.target_down(s.role) {
         true => Some(ClientError::TargetDown(s.role.index)),
         false => None,
     }
@@ -502,11 +497,7 @@ impl Conn {
             kind: RoleKind::Oss,
             index: ost,
         };
-        if self
-            .map
-            .target(role)
-            .is_some_and(|t| t.state == TargetState::Down)
-        {
+        if self.map.target_down(role) {
             return Err(ClientError::TargetDown(ost));
         }
         OstRoute::in_map(&self.map, ost)
