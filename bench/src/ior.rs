@@ -52,6 +52,9 @@ pub struct IorArgs {
     /// Bytes per stripe of each new file.
     #[arg(long, default_value = "1m", value_parser = parse_size)]
     stripe_size: u64,
+    /// Copies of every byte of each new file (2: as a persistent file system keeps).
+    #[arg(long, default_value_t = 1)]
+    mirror_count: u32,
     /// The test file: a path in nacre, or a local path with --local.
     #[arg(short = 'o', default_value = "/ior.dat")]
     path: String,
@@ -238,7 +241,7 @@ pub fn run(args: &IorArgs) -> Result<(), BenchError> {
         wr => wr,
     };
     println!(
-        "ior: {} tasks={} t={} b={} s={} {} stripe_count={}",
+        "ior: {} tasks={} t={} b={} s={} {} stripe_count={} mirror_count={}",
         match (args.local, args.buffered) {
             (true, _) => "local O_DIRECT",
             (false, true) => "nacre O_BUFFERED",
@@ -253,7 +256,8 @@ pub fn run(args: &IorArgs) -> Result<(), BenchError> {
         } else {
             "shared-file"
         },
-        args.stripe_count
+        args.stripe_count,
+        args.mirror_count
     );
     let target = Arc::new(target);
     if write {
@@ -302,6 +306,7 @@ fn target(args: &IorArgs) -> Result<Target, BenchError> {
             stripe_size,
             count,
             first: FirstOst::Any,
+            mirrors: args.mirror_count,
         },
         buffered: if args.buffered { O_BUFFERED } else { 0 },
     })

@@ -153,6 +153,7 @@ pub fn run(a: &SoakArgs) -> Result<(), BenchError> {
             stripe_size: 64 << 10,
             count: StripeCount::Count(2),
             first: FirstOst::Any,
+            mirrors: 1,
         },
     )?;
     println!(

@@ -132,13 +132,16 @@ fn stat_of(a: &Attr) -> NacreStat {
     }
 }
 
-fn spec_of(l: &NacreLayout) -> io::Result<StripeSpec> {
+/// The template `l` asks for, with the file system's mirror count (the C layout has
+/// no field for it).
+fn spec_of(client: &Client, l: &NacreLayout) -> io::Result<StripeSpec> {
     let count = StripeCount::from_lfs(l.stripe_count.into()).ok_or_else(einval)?;
     let first = FirstOst::from_lfs(l.first_ost.into()).ok_or_else(einval)?;
     let spec = StripeSpec {
         stripe_size: l.stripe_size,
         count,
         first,
+        mirrors: client.map().layout.mirror_count,
     };
     spec.validate()
         .map_err(|_| io::Error::from_raw_os_error(libc::EINVAL))?;
@@ -154,6 +157,8 @@ fn layout_of(l: &Layout) -> NacreLayout {
     };
     match l {
         Layout::File(f) => {
+            // The first mirror's: every mirror has that geometry.
+            let f = f.geometry();
             out.stripe_count = f.objects.len() as i32;
             out.stripe_size = f.stripe_size;
             out.first_ost = f.objects.first().map_or(-1, |o| o.ost as i32);
@@ -225,7 +230,7 @@ pub unsafe extern "C" fn nacre_open(
         let mut opt = OpenOptions::read().flags(flags).mode(mode);
         // SAFETY: NULL or a valid nacre_layout per this function's contract.
         if let Some(l) = unsafe { layout.as_ref() } {
-            opt = opt.layout(spec_of(l)?);
+            opt = opt.layout(spec_of(client, l)?);
         }
         let file = client.open(path, &opt)?;
         // SAFETY: `out` is non-NULL and writable per this function's contract.
@@ -469,7 +474,7 @@ pub unsafe extern "C" fn nacre_set_layout(
         let (client, path) = unsafe { (fs_ref(fs)?, text(path)?) };
         // SAFETY: NULL or a valid nacre_layout per this function's contract.
         let l = unsafe { layout.as_ref() }.ok_or_else(einval)?;
-        client.set_layout(path, spec_of(l)?).map(|_| 0)
+        client.set_layout(path, spec_of(client, l)?).map(|_| 0)
     })
 }
 

@@ -3,7 +3,7 @@
 
 use nacre_client::{Client, Layout, OpenOptions};
 use nacre_mgc::{BootConfig, MgsClient};
-use nacre_proto::bootstrap::{TargetKind, TargetState};
+use nacre_proto::bootstrap::{Deployment, LayoutDefaults, TargetKind, TargetState};
 use nacre_proto::layout::{FirstOst, StripeCount, StripeSpec};
 use nacre_proto::meta::{Attr, FileKind};
 
@@ -214,7 +214,8 @@ pub fn mv(c: &Client, from: &str, to: &str) -> Result<(), CliError> {
         .map_err(|e| CliError::io(&format!("{from} -> {to}"), e))
 }
 
-/// `-c`, `-S`, `-i` as `lfs setstripe` takes them (for `setstripe` and `cp`).
+/// `-c`, `-S`, `-i` as `lfs setstripe` takes them, and `-N` as `lfs mirror create`
+/// (for `setstripe` and `cp`).
 #[derive(Debug, clap::Args)]
 pub struct StripeArgs {
     /// Stripe count (-1: every OST).
@@ -226,16 +227,36 @@ pub struct StripeArgs {
     /// The OST of the first stripe (-1: the MDS chooses).
     #[arg(short = 'i', long = "stripe-index", allow_hyphen_values = true)]
     index: Option<i64>,
+    /// Copies of every byte, each on other OSTs (1 to 4; a persistent file system's
+    /// default is 2, a scratch one's 1).
+    #[arg(short = 'N', long = "mirror-count")]
+    mirrors: Option<u32>,
 }
 
 impl StripeArgs {
     pub fn given(&self) -> bool {
-        self.count.is_some() || self.size.is_some() || self.index.is_some()
+        self.count.is_some()
+            || self.size.is_some()
+            || self.index.is_some()
+            || self.mirrors.is_some()
     }
 
-    /// A stripe template from the flags (what is not given keeps the default).
-    pub fn spec(&self) -> Result<StripeSpec, CliError> {
-        let mut spec = StripeSpec::default();
+    /// A stripe template from the flags; what is not given keeps the file system's
+    /// default (`fs`, from the cluster map).
+    pub fn spec(&self, fs: &LayoutDefaults) -> Result<StripeSpec, CliError> {
+        let mut spec = StripeSpec {
+            count: StripeCount::Count(fs.stripe_count),
+            mirrors: fs.mirror_count,
+            ..StripeSpec::default()
+        };
+        if let Ok(size) = u32::try_from(fs.stripe_size) {
+            if size > 0 && size % nacre_proto::layout::STRIPE_ALIGN == 0 {
+                spec.stripe_size = size;
+            }
+        }
+        if let Some(n) = self.mirrors {
+            spec.mirrors = n;
+        }
         if let Some(c) = self.count {
             spec.count = StripeCount::from_lfs(c)
                 .ok_or_else(|| CliError::msg(format!("stripe count {c}: give -1 or 1 and up")))?;
@@ -264,7 +285,7 @@ pub struct SetstripeArgs {
 
 pub fn setstripe(c: &Client, a: &SetstripeArgs) -> Result<(), CliError> {
     let path = fs_path(&a.path)?;
-    let spec = a.stripe.spec()?;
+    let spec = a.stripe.spec(&c.map().layout)?;
     match c.stat(path) {
         Ok(_) => c.set_layout(path, spec).map_err(|e| CliError::io(path, e)),
         // A new path becomes an empty file with that layout, as `lfs setstripe` does.
@@ -306,23 +327,41 @@ pub fn getstripe(c: &Client, paths: &[String]) -> Result<(), CliError> {
                     spec.stripe_size,
                     spec.first.lfs()
                 );
+                if spec.mirrors > 1 {
+                    println!("mirror_count:  {}", spec.mirrors);
+                }
             }
+            Layout::File(l) if l.mirrors.len() == 1 => print_stripes(&l.mirrors[0].stripes),
             Layout::File(l) => {
-                println!("lmm_stripe_count:  {}", l.objects.len());
-                println!("lmm_stripe_size:   {}", l.stripe_size);
-                println!("lmm_pattern:       raid0");
-                println!(
-                    "lmm_stripe_offset: {}",
-                    l.objects.first().map_or(0, |o| o.ost)
-                );
-                println!("\tobdidx\t\t objid\t\t objid");
-                for o in &l.objects {
-                    println!("\t{:>6}\t{:>14}\t{:>#14x}", o.ost, o.oid, o.oid);
+                // As `lfs getstripe` shows a mirrored (FLR) file: one component each.
+                println!("  lcm_mirror_count:  {}", l.mirrors.len());
+                for (k, m) in l.mirrors.iter().enumerate() {
+                    println!("  lcme_mirror_id:    {}", k + 1);
+                    println!(
+                        "  lcme_flags:        init{}",
+                        if m.stale { ",stale" } else { "" }
+                    );
+                    print_stripes(&m.stripes);
                 }
             }
         }
     }
     Ok(())
+}
+
+/// One RAID-0 layout's lines, as `lfs getstripe` prints them.
+fn print_stripes(l: &nacre_proto::layout::StripedLayout) {
+    println!("lmm_stripe_count:  {}", l.objects.len());
+    println!("lmm_stripe_size:   {}", l.stripe_size);
+    println!("lmm_pattern:       raid0");
+    println!(
+        "lmm_stripe_offset: {}",
+        l.objects.first().map_or(0, |o| o.ost)
+    );
+    println!("\tobdidx\t\t objid\t\t objid");
+    for o in &l.objects {
+        println!("\t{:>6}\t{:>14}\t{:>#14x}", o.ost, o.oid, o.oid);
+    }
 }
 
 #[derive(Debug, clap::Args)]
@@ -426,6 +465,16 @@ pub fn status(mgs: &str) -> Result<(), CliError> {
     println!(
         "file system {} (fsid {:#018x}), map version {}, default striping: count {} size {}",
         map.fsname, map.fsid, map.version, map.layout.stripe_count, map.layout.stripe_size
+    );
+    println!(
+        "deployment: {} ({} cop{} of every file)",
+        Deployment::of(&map.layout).name(),
+        map.layout.mirror_count,
+        if map.layout.mirror_count == 1 {
+            "y"
+        } else {
+            "ies"
+        }
     );
     println!(
         "{:<10} {:<6} {:<8} {:>6} {:>16} {:>16}  owner",

@@ -59,7 +59,7 @@ impl End {
 pub fn cp(c: &Client, a: &CpArgs) -> Result<(), CliError> {
     let striping = a.stripe.given();
     let spec = match striping {
-        true => Some(a.stripe.spec()?),
+        true => Some(a.stripe.spec(&c.map().layout)?),
         false => None,
     };
     let src_name = a

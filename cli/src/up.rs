@@ -52,6 +52,8 @@ pub struct MgsSection {
     /// HOST:PORT the MGS listens on.
     pub listen: Option<String>,
     pub fsname: Option<String>,
+    /// `scratch` (default) or `persistent`: set when the MGS is formatted.
+    pub deployment: Option<String>,
     pub stripe_count: Option<u32>,
     pub stripe_size: Option<u64>,
 }
@@ -128,6 +130,10 @@ pub struct UpArgs {
     /// Start, print the connect string, stop cleanly: a check that everything comes up.
     #[arg(long)]
     pub check: bool,
+    /// scratch (one copy of every byte, the default) or persistent (every file
+    /// mirrored on two OSTs of different OSSs): fixed when the file system is made.
+    #[arg(long)]
+    pub deployment: Option<nacre_proto::bootstrap::Deployment>,
 }
 
 /// A running server process and the lines it printed on stdout.
@@ -155,6 +161,9 @@ pub fn run(args: &UpArgs) -> Result<(), CliError> {
     }
     if let (Some(l), Some(m)) = (&args.listen, cfg.mgs.as_mut()) {
         m.listen = Some(l.clone());
+    }
+    if let (Some(d), Some(m)) = (args.deployment, cfg.mgs.as_mut()) {
+        m.deployment = Some(d.name().to_string());
     }
     // First, before any thread starts: see nacre_fabric::signals for why.
     let stop = nacre_fabric::signals::stop_on_signals()
@@ -244,6 +253,9 @@ impl Up {
                 .args(["--fsname", s.fsname.as_deref().unwrap_or("nacre")]);
             if let Some(c) = s.stripe_count {
                 cmd.args(["--stripe-count", &c.to_string()]);
+            }
+            if let Some(d) = &s.deployment {
+                cmd.args(["--deployment", d]);
             }
             if let Some(z) = s.stripe_size {
                 cmd.args(["--stripe-size", &z.to_string()]);
@@ -390,6 +402,7 @@ impl Up {
                 .fetch_map()
                 .map_err(|e| CliError::msg(format!("MGS {mgs}: {e}")))?;
             if serving(&map, want_mds, osts) {
+                self.say_deployment(&map);
                 return Ok(());
             }
             if Instant::now() > until || self.stop.load(Ordering::Relaxed) {
@@ -399,6 +412,21 @@ impl Up {
             }
             self.check_alive()?;
             let _ = client.wait_map(map.version, Duration::from_millis(500));
+        }
+    }
+
+    /// Says the file system's deployment type, and that a different one asked for does
+    /// not change a file system already made.
+    fn say_deployment(&self, map: &ClusterMap) {
+        let has = nacre_proto::bootstrap::Deployment::of(&map.layout).name();
+        println!("nacre up: {has} file system {}", map.fsname);
+        let asked = self.cfg.mgs.as_ref().and_then(|m| m.deployment.as_deref());
+        if let Some(asked) = asked.filter(|a| *a != has) {
+            println!(
+                "nacre up: note: {} was made {has}; --deployment {asked} applies when a \
+                 file system is made (an empty --dir)",
+                map.fsname
+            );
         }
     }
 

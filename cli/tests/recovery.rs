@@ -86,6 +86,7 @@ fn oss_killed_mid_stream(provider: &str) {
         stripe_size: MIB as u32,
         count: StripeCount::Count(4),
         first: FirstOst::Index(0),
+        mirrors: 1,
     };
     let file = Arc::new(
         client
@@ -170,6 +171,7 @@ fn oss_lost_fails_fast(provider: &str) {
         stripe_size: MIB as u32,
         count: StripeCount::Count(1),
         first: FirstOst::Index(ost),
+        mirrors: 1,
     };
     let data = pattern(31, MIB);
     let mut files = Vec::new();

@@ -21,6 +21,7 @@ fn spec(count: u32, size: u32) -> StripeSpec {
         stripe_size: size,
         count: StripeCount::Count(count),
         first: FirstOst::Any,
+        mirrors: 1,
     }
 }
 

@@ -236,7 +236,12 @@ impl Check<'_> {
     fn dangling(&self, scan: &Scan, osts: &[u32]) {
         let known: HashSet<u32> = osts.iter().copied().collect();
         for f in &scan.files {
-            for (stripe, o) in f.layout.objects.iter().enumerate() {
+            let stripes = f
+                .layout
+                .mirrors
+                .iter()
+                .flat_map(|m| m.stripes.objects.iter());
+            for (stripe, o) in stripes.enumerate() {
                 if !known.contains(&o.ost) {
                     self.board.found(
                         Finding::Dangling,
@@ -318,14 +323,17 @@ impl Check<'_> {
 
     fn sizes(&self, scan: &Scan, sizes: &HashMap<(u32, u64), u64>, open: &HashSet<u64>) {
         for f in scan.files.iter().filter(|f| !open.contains(&f.ino)) {
+            // A stale mirror may hold less than the file, never more than a mirror in
+            // sync: every mirror counts.
             let held = f
                 .layout
-                .objects
+                .mirrors
                 .iter()
-                .enumerate()
+                .flat_map(|m| m.stripes.objects.iter().enumerate())
                 .filter_map(|(k, o)| {
                     let size = *sizes.get(&(o.ost, o.oid))?;
-                    (size > 0).then(|| f.layout.file_size_from_object(k as u32, size))
+                    let g = f.layout.geometry();
+                    (size > 0).then(|| g.file_size_from_object(k as u32, size))
                 })
                 .max()
                 .unwrap_or(0);

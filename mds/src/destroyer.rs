@@ -18,7 +18,7 @@ use std::time::Duration;
 
 use nacre_fabric::Selection;
 use nacre_proto::bootstrap::ClusterMap;
-use nacre_proto::layout::StripedLayout;
+use nacre_proto::layout::FileLayout;
 use nacre_rpc::objects::OstRoute;
 use nacre_rpc::{ClientEndpoint, ClientError, RpcConfig};
 
@@ -162,12 +162,12 @@ fn pass(
 fn destroy_files(
     ep: &mut ClientEndpoint,
     map: &ClusterMap,
-    files: &[(u64, StripedLayout)],
+    files: &[(u64, FileLayout)],
 ) -> Result<(Vec<u64>, u64), ClientError> {
     let mut routes = std::collections::HashMap::new();
     let mut routable = Vec::new();
     for (_, layout) in files {
-        let ok = layout.objects.iter().all(|o| {
+        let ok = layout.objects().all(|o| {
             let route = routes
                 .entry(o.ost)
                 .or_insert_with(|| OstRoute::in_map(map, o.ost).ok());
@@ -179,7 +179,7 @@ fn destroy_files(
         .iter()
         .zip(&routable)
         .filter(|(_, &ok)| ok)
-        .flat_map(|((_, layout), _)| layout.objects.iter())
+        .flat_map(|((_, layout), _)| layout.objects())
         .map(|o| (routes[&o.ost].as_ref().expect("routable"), o.oid))
         .collect();
     let mut answers = ep.obj_destroy_all(&objects)?.into_iter();
@@ -189,7 +189,7 @@ fn destroy_files(
             continue;
         }
         let mut all = true;
-        for _ in &layout.objects {
+        for _ in layout.objects() {
             match answers.next().expect("one answer per object") {
                 Ok(was) => n += u64::from(was),
                 Err(e) => {

@@ -21,7 +21,8 @@ use nacre_proto::bootstrap::{
 };
 
 use crate::mdt::engine_service::{MdsService, MdtSlot};
-use crate::mdt::{Admin, Mdt, MdtConfig, MdtError, OstSpace, SyncMode};
+use crate::mdt::{Admin, Mdt, MdtConfig, MdtError, OstPlace, OstSpace, SyncMode};
+use nacre_proto::layout::{FirstOst, StripeCount, StripeSpec, MAX_MIRRORS};
 
 #[derive(Debug, Clone)]
 pub struct MdsServeConfig {
@@ -69,8 +70,12 @@ pub fn serve(cfg: &MdsServeConfig) -> Result<bool, MdsServeError> {
     let sent = Instant::now();
     let grant = mgs.claim(&req)?;
     let map = mgs.fetch_map()?;
-    let mut osts = ost_indices(&map);
+    let osts = ost_indices(&map);
+    let mut places = ost_places(&map);
     let mut mcfg = MdtConfig::new(&cfg.dir);
+    // A new MDT's root takes the file system's defaults (stripes, and mirrors in a
+    // persistent file system); directories pass them on.
+    mcfg.default_spec = default_spec(&map);
     mcfg.epoch = grant.epoch;
     mcfg.mode = cfg.mode;
     // A later epoch: an MDS served this MDT before, and its clients replay their opens
@@ -83,6 +88,10 @@ pub fn serve(cfg: &MdsServeConfig) -> Result<bool, MdsServeError> {
         mcfg.osts = osts.clone();
     }
     let mdt = Arc::new(Mdt::open(mcfg)?);
+    // Where each OST is, before any client request: mirrors go to other servers.
+    let _ = mdt
+        .submitter()
+        .submit_admin(0, Admin::SetOsts(places.clone()));
     mdt.set_ost_space(ost_space(&map));
     println!(
         "nacre-mds: serving MDT {} as {} (epoch {}) over {} on {} core(s), OSTs {:?}",
@@ -136,10 +145,10 @@ pub fn serve(cfg: &MdsServeConfig) -> Result<bool, MdsServeError> {
                 mdt.set_ost_space(ost_space(&map));
                 destroyer.set_map(map.clone());
                 checker.set_map(map.clone());
-                let now = ost_indices(&map);
-                if !now.is_empty() && now != osts {
+                let now = ost_places(&map);
+                if !now.is_empty() && now != places {
                     let _ = mdt.submitter().submit_admin(0, Admin::SetOsts(now.clone()));
-                    osts = now;
+                    places = now;
                 }
             }
         }
@@ -188,6 +197,45 @@ fn start_engine(cfg: &MdsServeConfig, slot: &MdtSlot) -> Result<Engine, MdsServe
     Ok(Engine::start(&ecfg, move |_, _| {
         MdsService::bound(slot.clone())
     })?)
+}
+
+/// Where each OST of `map` is and whether it serves, for placing new files.
+fn ost_places(map: &ClusterMap) -> Vec<OstPlace> {
+    map.targets
+        .iter()
+        .filter(|t| t.kind == TargetKind::Ost)
+        .map(|t| OstPlace {
+            index: t.index,
+            server: map
+                .server(t.role)
+                .and_then(|s| s.cores.first().cloned())
+                .unwrap_or_else(|| t.owner.as_bytes().to_vec()),
+            host: t.owner.split(':').next().unwrap_or_default().to_string(),
+            up: t.state != TargetState::Down,
+        })
+        .collect()
+}
+
+/// The striping of new files the file system was formatted with; Lustre's own default
+/// where the MGS's cannot be a stripe (a size not a multiple of 64 KiB).
+fn default_spec(map: &ClusterMap) -> StripeSpec {
+    let d = map.layout;
+    let spec = StripeSpec {
+        stripe_size: u32::try_from(d.stripe_size).unwrap_or(0),
+        count: StripeCount::Count(d.stripe_count),
+        first: FirstOst::Any,
+        mirrors: d.mirror_count,
+    };
+    match spec.validate() {
+        Ok(()) => spec,
+        Err(e) => {
+            tracing::warn!("the file system's default layout: {e}; using 1 MiB x 1");
+            StripeSpec {
+                mirrors: d.mirror_count.clamp(1, MAX_MIRRORS),
+                ..StripeSpec::default()
+            }
+        }
+    }
 }
 
 pub(crate) fn ost_indices(map: &ClusterMap) -> Vec<u32> {
@@ -252,10 +300,7 @@ mod tests {
             version: 3,
             fsname: "fs".into(),
             fsid: 1,
-            layout: LayoutDefaults {
-                stripe_count: 1,
-                stripe_size: 1 << 20,
-            },
+            layout: LayoutDefaults::default(),
             targets: vec![
                 target(TargetKind::Mdt, 0, TargetState::Up, 7, 7),
                 target(TargetKind::Ost, 0, TargetState::Up, 100, 40),

@@ -397,6 +397,7 @@ fn layouts_inherit_resolve_and_lock_after_first_write() {
         stripe_size: 4 << 20,
         count: StripeCount::All,
         first: FirstOst::Index(2),
+        mirrors: 1,
     };
     let d = t.mkdir(ROOT, "wide");
     assert_eq!(
@@ -424,6 +425,7 @@ fn layouts_inherit_resolve_and_lock_after_first_write() {
         stripe_size: 1 << 20,
         count: StripeCount::Count(2),
         first: FirstOst::Any,
+        mirrors: 1,
     };
     let c = Request::Create {
         parent: ROOT,
@@ -441,7 +443,7 @@ fn layouts_inherit_resolve_and_lock_after_first_write() {
     else {
         panic!()
     };
-    assert_eq!(l2.objects.len(), 2);
+    assert_eq!(l2.objects().count(), 2);
     // The same create again finds the file: its answer says it made nothing.
     assert!(matches!(
         t.call(c),
@@ -450,7 +452,7 @@ fn layouts_inherit_resolve_and_lock_after_first_write() {
     // Set on a file before its first write; refused after.
     let one = StripeSpec::default();
     assert!(
-        matches!(t.call(Request::SetLayout { ino: attr.ino, spec: one }), Ok(Reply::Layout(l)) if l.objects.len() == 1)
+        matches!(t.call(Request::SetLayout { ino: attr.ino, spec: one }), Ok(Reply::Layout(l)) if l.objects().count() == 1)
     );
     t.call(Request::ReportSize {
         ino: attr.ino,
@@ -681,7 +683,7 @@ fn orphans_survive_a_restart_until_reclaimed_and_destroys_are_listed() {
     // Forgotten but not yet checkpointed: not offered again.
     assert!(t.mdt.durable_destroys(10, None).unwrap().is_empty());
     // A new cluster map: new files go to the OSTs it names.
-    admin(&t, Admin::SetOsts(vec![9]));
+    admin(&t, Admin::SetOsts(vec![nacre_mds::mdt::OstPlace::alone(9)]));
     let g = t.create(ROOT, "g");
     assert_eq!(t.layout(g.ino).objects[0].ost, 9);
     admin(&t, Admin::SetOsts(vec![]));
@@ -697,4 +699,73 @@ fn several_mdts_live_side_by_side_in_one_process() {
     assert_eq!(b.lookup(ROOT, "only-in-a"), Err(ENOENT));
     assert_eq!(a.lookup(ROOT, "only-in-b"), Err(ENOENT));
     assert_eq!(a.lookup(ROOT, "only-in-a").unwrap(), fa);
+}
+
+#[test]
+fn mirrored_files_mark_stale_but_never_the_last_copy() {
+    let t = T::new("mirrors");
+    let spec = |mirrors| StripeSpec {
+        stripe_size: 1 << 20,
+        count: StripeCount::Count(2),
+        first: FirstOst::Any,
+        mirrors,
+    };
+    let create = |name: &str, mirrors| Request::Create {
+        parent: ROOT,
+        name: name.into(),
+        mode: 0o644,
+        flags: 0,
+        layout: Some(spec(mirrors)),
+    };
+    let Ok(Reply::Opened {
+        attr,
+        layout: Some(l),
+        ..
+    }) = t.call(create("m", 2))
+    else {
+        panic!("a mirrored create")
+    };
+    assert_eq!(l.mirrors.len(), 2);
+    for stripe in 0..2 {
+        assert_ne!(
+            l.mirrors[0].stripes.objects[stripe].ost, l.mirrors[1].stripes.objects[stripe].ost,
+            "two copies of one stripe on one OST: {l:?}"
+        );
+    }
+    let state = |mirror, stale| Request::MirrorState {
+        ino: attr.ino,
+        mirror,
+        stale,
+    };
+    let Ok(Reply::Layout(after)) = t.call(state(1, true)) else {
+        panic!("marking stale")
+    };
+    assert!(after.mirrors[1].stale && !after.mirrors[0].stale);
+    // Idempotent, and what a later open sees.
+    assert_eq!(t.call(state(1, true)), Ok(Reply::Layout(after.clone())));
+    assert!(matches!(
+        t.call(Request::GetLayout { ino: attr.ino }),
+        Ok(Reply::Layout(l)) if l == after
+    ));
+    // The last copy in sync stays in sync; a mirror the file lacks is refused.
+    assert_eq!(t.call(state(0, true)), Err(EIO));
+    assert_eq!(t.call(state(2, true)), Err(EINVAL));
+    let Ok(Reply::Layout(back)) = t.call(state(1, false)) else {
+        panic!("back in sync")
+    };
+    assert_eq!(back, l);
+    // Another user without write permission may not change it.
+    let other = Creds {
+        uid: 1000,
+        gid: 1000,
+        groups: vec![],
+    };
+    assert_eq!(
+        t.call_as(&other, state(1, true)),
+        Err(EACCES),
+        "a stranger marked a mirror stale"
+    );
+    // Four copies on four OSTs; five are more than a layout may have.
+    assert!(t.call(create("four", 4)).is_ok());
+    assert_eq!(t.call(create("five", 5)), Err(EINVAL));
 }

@@ -83,6 +83,11 @@ impl EmbeddedStore {
                 &layout.stripe_count.to_le_bytes(),
             )?;
             put(&mut meta, "stripe_size", &layout.stripe_size.to_le_bytes())?;
+            put(
+                &mut meta,
+                "mirror_count",
+                &layout.mirror_count.to_le_bytes(),
+            )?;
             put(&mut meta, "version", &1u64.to_le_bytes())?;
             txn.open_table(ROLES).map_err(backend)?;
         }
@@ -147,6 +152,11 @@ impl Store for EmbeddedStore {
             layout: LayoutDefaults {
                 stripe_count: u32::from_le_bytes(fixed("stripe_count", get("stripe_count")?)?),
                 stripe_size: u64::from_le_bytes(fixed("stripe_size", get("stripe_size")?)?),
+                // Absent in targets formatted before deployment types: scratch.
+                mirror_count: match get("mirror_count")? {
+                    None => 1,
+                    v => u32::from_le_bytes(fixed("mirror_count", v)?),
+                },
             },
         };
         let version = u64::from_le_bytes(fixed("version", get("version")?)?);

@@ -161,6 +161,11 @@ impl Etcd {
                 layout.stripe_size.to_le_bytes(),
                 None,
             ),
+            TxnOp::put(
+                key("meta/mirror_count"),
+                layout.mirror_count.to_le_bytes(),
+                None,
+            ),
             TxnOp::put(key("version"), 1u64.to_le_bytes(), None),
         ];
         // Only if nobody formatted it meanwhile.
@@ -536,6 +541,11 @@ impl Store for EtcdStore {
                     meta.remove("stripe_count"),
                 )?),
                 stripe_size: u64::from_le_bytes(fixed("stripe_size", meta.remove("stripe_size"))?),
+                // Absent in stores formatted before deployment types: scratch.
+                mirror_count: match meta.remove("mirror_count") {
+                    None => 1,
+                    v => u32::from_le_bytes(fixed("mirror_count", v)?),
+                },
             },
         };
         let version = u64::from_le_bytes(fixed("version", meta.remove("version"))?);

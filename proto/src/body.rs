@@ -85,6 +85,12 @@ impl<'a> BodyReader<'a> {
         Ok(out)
     }
 
+    pub fn u16(&mut self) -> Result<u16, BodyError> {
+        Ok(u16::from_le_bytes(
+            self.bytes(2)?.try_into().expect("2 bytes"),
+        ))
+    }
+
     pub fn u32(&mut self) -> Result<u32, BodyError> {
         Ok(u32::from_le_bytes(
             self.bytes(4)?.try_into().expect("4 bytes"),
@@ -110,6 +116,11 @@ impl<'a> BodyReader<'a> {
             });
         }
         Ok(desc)
+    }
+
+    /// What is not read yet, left unread.
+    pub fn left(&self) -> &'a [u8] {
+        &self.bytes[self.at..]
     }
 
     /// Everything not read yet.

@@ -349,6 +349,8 @@ pub enum BootReply {
 pub struct LayoutDefaults {
     pub stripe_count: u32,
     pub stripe_size: u64,
+    /// Copies of every file: 1 in a scratch file system, 2 in a persistent one.
+    pub mirror_count: u32,
 }
 
 impl Default for LayoutDefaults {
@@ -356,6 +358,54 @@ impl Default for LayoutDefaults {
         LayoutDefaults {
             stripe_count: 1,
             stripe_size: 1 << 20,
+            mirror_count: 1,
+        }
+    }
+}
+
+/// What a file system promises, as FSx for Lustre's deployment types: scratch keeps
+/// one copy of every byte; persistent keeps two, on OSTs of different servers.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum Deployment {
+    #[default]
+    Scratch,
+    Persistent,
+}
+
+impl Deployment {
+    /// The default mirror count of new files.
+    pub fn mirrors(self) -> u32 {
+        match self {
+            Deployment::Scratch => 1,
+            Deployment::Persistent => 2,
+        }
+    }
+
+    pub fn of(layout: &LayoutDefaults) -> Deployment {
+        match layout.mirror_count > 1 {
+            true => Deployment::Persistent,
+            false => Deployment::Scratch,
+        }
+    }
+
+    pub fn name(self) -> &'static str {
+        match self {
+            Deployment::Scratch => "scratch",
+            Deployment::Persistent => "persistent",
+        }
+    }
+}
+
+impl std::str::FromStr for Deployment {
+    type Err = String;
+
+    fn from_str(s: &str) -> Result<Deployment, String> {
+        match s {
+            "scratch" => Ok(Deployment::Scratch),
+            "persistent" => Ok(Deployment::Persistent),
+            _ => Err(format!(
+                "deployment type {s:?}: expected scratch or persistent"
+            )),
         }
     }
 }
@@ -436,6 +486,7 @@ impl ClusterMap {
         e.u64(self.fsid);
         e.u32(self.layout.stripe_count);
         e.u64(self.layout.stripe_size);
+        e.u32(self.layout.mirror_count);
         e.u32(self.targets.len() as u32);
         for t in &self.targets {
             t.encode_into(e);
@@ -453,6 +504,7 @@ impl ClusterMap {
         let layout = LayoutDefaults {
             stripe_count: d.u32()?,
             stripe_size: d.u64()?,
+            mirror_count: d.u32()?,
         };
         let n = d.count("targets", usize::MAX, Target::MIN_LEN)?;
         let targets = (0..n)

@@ -2,8 +2,10 @@
 //!
 //! Two forms share one encoding. A [`StripeSpec`] is a template (what `setstripe` sets on a
 //! directory or asks for at create): stripe size, stripe count (or "all OSTs"), first OST
-//! (or "any"). A [`StripedLayout`] is the resolved form a file carries: the stripe size and
-//! one `(ost, object id)` per stripe, RAID-0 in order.
+//! (or "any"), mirror count. A [`StripedLayout`] is one resolved RAID-0 copy: the stripe
+//! size and one `(ost, object id)` per stripe, in order. A [`FileLayout`] is what a file
+//! carries: one or more such copies (mirrors, as Lustre FLR's `lfs mirror create -N`),
+//! all of one geometry, each in sync or stale.
 //!
 //! Encoding (little-endian), room for mirrored and composite layouts later:
 //!
@@ -14,8 +16,12 @@
 //! | 4   | 4    | body length                                        |
 //! | 8   | len  | body of that kind                                  |
 //!
-//! Mirrored and composite layouts will be bodies made of length-prefixed nested layouts;
-//! this build refuses them (and any unknown kind or version) with [`LayoutError`].
+//! A RAID-0 spec body is stripe size (u32), count (i64, -1 for all), first OST (i64, -1
+//! for any) and, when more than one, the mirror count (u32). A file of one mirror in
+//! sync encodes as a bare RAID-0 layout (kind 2); a mirrored one as kind 3: mirror count
+//! (u16), reserved (u16), then per mirror its flags (u32, bit 0: stale) and its nested
+//! RAID-0 layout with its own header. Composite layouts (kind 4) and any unknown kind or
+//! version are refused with [`LayoutError`].
 
 use crate::body::BodyReader;
 
@@ -24,8 +30,14 @@ pub const LAYOUT_VERSION: u16 = 1;
 pub const STRIPE_ALIGN: u32 = 64 * 1024;
 /// Most stripes one file may have (Lustre's limit too).
 pub const MAX_STRIPES: u32 = 2000;
-/// The largest encoded layout: header plus a full resolved RAID-0 layout.
-pub const MAX_LAYOUT_BYTES: usize = 8 + 8 + MAX_STRIPES as usize * 12;
+/// Most mirrors (copies) one file may have.
+pub const MAX_MIRRORS: u32 = 4;
+/// Most objects one file may have over all its mirrors: its layout fits one MDS reply.
+pub const MAX_OBJECTS: u32 = 2 * MAX_STRIPES;
+/// The largest encoded layout: header, mirror table, and nested layouts of
+/// [`MAX_OBJECTS`] objects in all.
+pub const MAX_LAYOUT_BYTES: usize =
+    8 + 4 + MAX_MIRRORS as usize * (4 + 8 + 8) + MAX_OBJECTS as usize * 12;
 
 const KIND_RAID0_SPEC: u16 = 1;
 const KIND_RAID0: u16 = 2;
@@ -48,6 +60,14 @@ pub enum LayoutError {
     StripeCount(i64),
     #[error("layout body of {0} bytes exceeds the limit of {MAX_LAYOUT_BYTES}")]
     TooLong(usize),
+    #[error("mirror count {0} out of range (1..={MAX_MIRRORS})")]
+    MirrorCount(u32),
+    #[error("a file of {0} objects over its mirrors exceeds the limit of {MAX_OBJECTS}")]
+    TooManyObjects(u64),
+    #[error("mirrors of one file differ in geometry (stripe size or count)")]
+    MirrorGeometry,
+    #[error("every mirror of the layout is stale")]
+    NoMirrorInSync,
     #[error("{0} trailing bytes after the layout")]
     Trailing(usize),
     #[error("range at {offset} of {len} bytes overflows the file offset space")]
@@ -112,15 +132,18 @@ pub struct StripeSpec {
     pub stripe_size: u32,
     pub count: StripeCount,
     pub first: FirstOst,
+    /// Copies of every byte (1..=[`MAX_MIRRORS`]), each on other OSTs.
+    pub mirrors: u32,
 }
 
 impl Default for StripeSpec {
-    /// 1 MiB stripes on one OST chosen by the MDS (Lustre's default).
+    /// 1 MiB stripes on one OST chosen by the MDS, one copy (Lustre's default).
     fn default() -> Self {
         StripeSpec {
             stripe_size: 1 << 20,
             count: StripeCount::Count(1),
             first: FirstOst::Any,
+            mirrors: 1,
         }
     }
 }
@@ -170,11 +193,28 @@ fn check_count(count: u32) -> Result<(), LayoutError> {
     Ok(())
 }
 
+fn check_mirrors(mirrors: u32) -> Result<(), LayoutError> {
+    if mirrors == 0 || mirrors > MAX_MIRRORS {
+        return Err(LayoutError::MirrorCount(mirrors));
+    }
+    Ok(())
+}
+
+fn check_objects(stripes: u32, mirrors: u32) -> Result<(), LayoutError> {
+    let n = u64::from(stripes) * u64::from(mirrors);
+    if n > u64::from(MAX_OBJECTS) {
+        return Err(LayoutError::TooManyObjects(n));
+    }
+    Ok(())
+}
+
 impl StripeSpec {
     pub fn validate(&self) -> Result<(), LayoutError> {
         check_stripe_size(self.stripe_size)?;
+        check_mirrors(self.mirrors)?;
         if let StripeCount::Count(c) = self.count {
             check_count(c)?;
+            check_objects(c, self.mirrors)?;
         }
         Ok(())
     }
@@ -188,10 +228,15 @@ impl StripeSpec {
             FirstOst::Any => -1,
             FirstOst::Index(i) => i.into(),
         };
-        put_header(out, KIND_RAID0_SPEC, 4 + 8 + 8);
+        // One copy keeps the original 20-byte body.
+        let extra = if self.mirrors > 1 { 4 } else { 0 };
+        put_header(out, KIND_RAID0_SPEC, 4 + 8 + 8 + extra);
         out.extend_from_slice(&self.stripe_size.to_le_bytes());
         out.extend_from_slice(&count.to_le_bytes());
         out.extend_from_slice(&first.to_le_bytes());
+        if self.mirrors > 1 {
+            out.extend_from_slice(&self.mirrors.to_le_bytes());
+        }
     }
 
     /// Decodes a template that fills `bytes` exactly.
@@ -216,11 +261,16 @@ impl StripeSpec {
             -1 => FirstOst::Any,
             i => FirstOst::Index(u32::try_from(i).map_err(|_| LayoutError::StripeCount(i))?),
         };
+        let mirrors = match b.left().is_empty() {
+            true => 1,
+            false => b.u32()?,
+        };
         no_trailing(&mut b)?;
         let spec = StripeSpec {
             stripe_size,
             count,
             first,
+            mirrors,
         };
         spec.validate()?;
         Ok(spec)
@@ -403,6 +453,139 @@ impl StripedLayout {
     }
 }
 
+/// One copy of a file's bytes.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Mirror {
+    pub stripes: StripedLayout,
+    /// Missed writes (one of its OSTs was down when they were made): not read, not
+    /// written, until a resync or rebuild brings it back in sync.
+    pub stale: bool,
+}
+
+const MIRROR_STALE: u32 = 1;
+
+/// A file's layout: one or more mirrors of one geometry (stripe size and count), so a
+/// file range maps to the same object offsets in each.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct FileLayout {
+    pub mirrors: Vec<Mirror>,
+}
+
+impl From<StripedLayout> for FileLayout {
+    fn from(stripes: StripedLayout) -> FileLayout {
+        FileLayout {
+            mirrors: vec![Mirror {
+                stripes,
+                stale: false,
+            }],
+        }
+    }
+}
+
+impl FileLayout {
+    /// The geometry every mirror shares (that of the first).
+    pub fn geometry(&self) -> &StripedLayout {
+        &self.mirrors[0].stripes
+    }
+
+    /// Every object of every mirror, stale or not.
+    pub fn objects(&self) -> impl Iterator<Item = &ObjectRef> + '_ {
+        self.mirrors.iter().flat_map(|m| m.stripes.objects.iter())
+    }
+
+    /// The indices of the mirrors in sync, in order (the first is read first).
+    pub fn in_sync(&self) -> Vec<usize> {
+        (0..self.mirrors.len())
+            .filter(|&m| !self.mirrors[m].stale)
+            .collect()
+    }
+
+    /// The mirror (index) that holds `ost`, if any.
+    pub fn mirror_of(&self, ost: u32) -> Option<usize> {
+        self.mirrors
+            .iter()
+            .position(|m| m.stripes.objects.iter().any(|o| o.ost == ost))
+    }
+
+    pub fn validate(&self) -> Result<(), LayoutError> {
+        check_mirrors(self.mirrors.len() as u32)?;
+        let g = self.geometry();
+        for m in &self.mirrors {
+            m.stripes.validate()?;
+            if m.stripes.stripe_size != g.stripe_size || m.stripes.objects.len() != g.objects.len()
+            {
+                return Err(LayoutError::MirrorGeometry);
+            }
+        }
+        check_objects(g.stripe_count(), self.mirrors.len() as u32)?;
+        match self.mirrors.iter().all(|m| m.stale) {
+            true => Err(LayoutError::NoMirrorInSync),
+            false => Ok(()),
+        }
+    }
+
+    pub fn encode(&self, out: &mut Vec<u8>) {
+        if let [Mirror {
+            stripes,
+            stale: false,
+        }] = self.mirrors.as_slice()
+        {
+            return stripes.encode(out);
+        }
+        let at = out.len();
+        put_header(out, KIND_MIRROR, 0);
+        out.extend_from_slice(&(self.mirrors.len() as u16).to_le_bytes());
+        out.extend_from_slice(&0u16.to_le_bytes());
+        for m in &self.mirrors {
+            let flags = if m.stale { MIRROR_STALE } else { 0 };
+            out.extend_from_slice(&flags.to_le_bytes());
+            m.stripes.encode(out);
+        }
+        let body = (out.len() - at - 8) as u32;
+        out[at + 4..at + 8].copy_from_slice(&body.to_le_bytes());
+    }
+
+    pub fn to_bytes(&self) -> Vec<u8> {
+        let mut out = Vec::new();
+        self.encode(&mut out);
+        out
+    }
+
+    /// Decodes a file layout that fills `bytes` exactly.
+    pub fn decode(bytes: &[u8]) -> Result<FileLayout, LayoutError> {
+        let mut r = BodyReader::new(bytes);
+        let layout = Self::read(&mut r)?;
+        no_trailing(&mut r)?;
+        Ok(layout)
+    }
+
+    /// Reads one encoded file layout (bare RAID-0 or mirrored) off `r`.
+    pub fn read(r: &mut BodyReader<'_>) -> Result<FileLayout, LayoutError> {
+        let mut peek = BodyReader::new(r.left());
+        let head = peek.bytes(8)?;
+        if u16::from_le_bytes([head[2], head[3]]) != KIND_MIRROR {
+            return StripedLayout::read(r).map(FileLayout::from);
+        }
+        let body = read_header(r, KIND_MIRROR)?;
+        let mut b = BodyReader::new(body);
+        let count = u32::from(b.u16()?);
+        check_mirrors(count)?;
+        let _reserved = b.u16()?;
+        let mut mirrors = Vec::with_capacity(count as usize);
+        for _ in 0..count {
+            let flags = b.u32()?;
+            mirrors.push(Mirror {
+                stale: flags & MIRROR_STALE != 0,
+                stripes: StripedLayout::read(&mut b)?,
+            });
+        }
+        no_trailing(&mut b)?;
+        let layout = FileLayout { mirrors };
+        layout.validate()?;
+        Ok(layout)
+    }
+}
+
 fn put_header(out: &mut Vec<u8>, kind: u16, body_len: u32) {
     out.extend_from_slice(&LAYOUT_VERSION.to_le_bytes());
     out.extend_from_slice(&kind.to_le_bytes());
@@ -419,14 +602,13 @@ fn read_header<'a>(r: &mut BodyReader<'a>, expected: u16) -> Result<&'a [u8], La
         return Err(LayoutError::Version(version));
     }
     match kind {
-        KIND_RAID0_SPEC | KIND_RAID0 if kind == expected => {}
-        KIND_RAID0_SPEC | KIND_RAID0 => {
+        KIND_RAID0_SPEC | KIND_RAID0 | KIND_MIRROR if kind == expected => {}
+        KIND_RAID0_SPEC | KIND_RAID0 | KIND_MIRROR => {
             return Err(LayoutError::WrongKind {
                 found: kind,
                 expected,
             })
         }
-        KIND_MIRROR => return Err(LayoutError::UnsupportedKind(kind, "mirrored")),
         KIND_COMPOSITE => return Err(LayoutError::UnsupportedKind(kind, "composite")),
         _ => return Err(LayoutError::UnsupportedKind(kind, "unknown")),
     }
@@ -467,6 +649,7 @@ mod tests {
             stripe_size: 4 << 20,
             count: StripeCount::All,
             first: FirstOst::Index(7),
+            mirrors: 1,
         };
         let mut b = Vec::new();
         spec.encode(&mut b);
@@ -478,11 +661,11 @@ mod tests {
                 expected: 2
             })
         ));
-        let mut mirror = l.to_bytes();
-        mirror[2] = 3;
+        let mut composite = l.to_bytes();
+        composite[2] = 4;
         assert!(matches!(
-            StripedLayout::decode(&mirror),
-            Err(LayoutError::UnsupportedKind(3, "mirrored"))
+            FileLayout::decode(&composite),
+            Err(LayoutError::UnsupportedKind(4, "composite"))
         ));
         let mut v2 = l.to_bytes();
         v2[0] = 2;
@@ -491,6 +674,62 @@ mod tests {
         for cut in 0..bytes.len() {
             assert!(StripedLayout::decode(&bytes[..cut]).is_err());
         }
+    }
+
+    #[test]
+    fn mirrored_layouts_round_trip_and_one_copy_stays_raid0() {
+        let one = FileLayout::from(layout(2));
+        assert_eq!(
+            one.to_bytes(),
+            layout(2).to_bytes(),
+            "one mirror in sync is kind 2"
+        );
+        assert_eq!(FileLayout::decode(&layout(2).to_bytes()).unwrap(), one);
+        let mut two = one.clone();
+        let mut copy = layout(2);
+        copy.objects.iter_mut().for_each(|o| o.ost += 10);
+        two.mirrors.push(Mirror {
+            stripes: copy,
+            stale: true,
+        });
+        let bytes = two.to_bytes();
+        assert_eq!(u16::from_le_bytes([bytes[2], bytes[3]]), 3);
+        assert_eq!(FileLayout::decode(&bytes).unwrap(), two);
+        assert_eq!(two.in_sync(), vec![0]);
+        assert_eq!(two.mirror_of(11), Some(1));
+        assert_eq!(two.objects().count(), 4);
+        for cut in 0..bytes.len() {
+            assert!(FileLayout::decode(&bytes[..cut]).is_err());
+        }
+        // A mirror of another geometry, or every mirror stale, is refused.
+        let mut odd = two.clone();
+        odd.mirrors[1].stripes.objects.pop();
+        assert_eq!(
+            FileLayout::decode(&odd.to_bytes()),
+            Err(LayoutError::MirrorGeometry)
+        );
+        let mut dead = two.clone();
+        dead.mirrors[0].stale = true;
+        assert_eq!(
+            FileLayout::decode(&dead.to_bytes()),
+            Err(LayoutError::NoMirrorInSync)
+        );
+        // A template with mirrors keeps them; one without reads as one copy.
+        let spec = StripeSpec {
+            mirrors: 2,
+            ..StripeSpec::default()
+        };
+        let mut b = Vec::new();
+        spec.encode(&mut b);
+        assert_eq!(StripeSpec::decode(&b).unwrap(), spec);
+        let mut b = Vec::new();
+        StripeSpec::default().encode(&mut b);
+        assert_eq!(b.len(), 8 + 20);
+        let bad = StripeSpec {
+            mirrors: 5,
+            ..StripeSpec::default()
+        };
+        assert_eq!(bad.validate(), Err(LayoutError::MirrorCount(5)));
     }
 
     #[test]

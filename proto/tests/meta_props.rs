@@ -1,7 +1,9 @@
 //! Metadata bodies: every request and reply round-trips; every truncation, bad name and
 //! oversized field is an error, never a panic.
 
-use nacre_proto::layout::{FirstOst, ObjectRef, StripeCount, StripeSpec, StripedLayout};
+use nacre_proto::layout::{
+    FileLayout, FirstOst, Mirror, ObjectRef, StripeCount, StripeSpec, StripedLayout,
+};
 use nacre_proto::meta::*;
 use nacre_proto::Opcode;
 use proptest::prelude::*;
@@ -26,6 +28,7 @@ fn spec() -> impl Strategy<Value = StripeSpec> {
             stripe_size: units * 65536,
             count,
             first,
+            mirrors: 1,
         })
 }
 
@@ -118,6 +121,8 @@ fn request() -> impl Strategy<Value = Request> {
         any::<u64>().prop_map(|ino| Request::GetLayout { ino }),
         (any::<u64>(), spec()).prop_map(|(ino, spec)| Request::SetLayout { ino, spec }),
         (any::<u64>(), any::<u64>()).prop_map(|(ino, size)| Request::ReportSize { ino, size }),
+        (any::<u64>(), 0u32..4, any::<bool>())
+            .prop_map(|(ino, mirror, stale)| { Request::MirrorState { ino, mirror, stale } }),
         lock_request().prop_map(Request::Lock),
         (any::<[bool; 3]>(), any::<u32>()).prop_map(|([start, fix, keep_orphans], from)| {
             Request::Check {
@@ -223,10 +228,18 @@ proptest! {
 
 #[test]
 fn every_reply_shape_round_trips() {
-    let layout = StripedLayout {
+    let layout = FileLayout::from(StripedLayout {
         stripe_size: 1 << 20,
         objects: vec![ObjectRef { ost: 3, oid: 77 }],
-    };
+    });
+    let mut mirrored = layout.clone();
+    mirrored.mirrors.push(Mirror {
+        stripes: StripedLayout {
+            stripe_size: 1 << 20,
+            objects: vec![ObjectRef { ost: 5, oid: 78 }],
+        },
+        stale: true,
+    });
     for reply in [
         Reply::Done,
         Reply::Attr(attr(5)),
@@ -252,7 +265,12 @@ fn every_reply_shape_round_trips() {
             osts: 4,
         }),
         Reply::Layout(layout.clone()),
+        Reply::Layout(mirrored),
         Reply::DefaultLayout(StripeSpec::default()),
+        Reply::DefaultLayout(StripeSpec {
+            mirrors: 2,
+            ..StripeSpec::default()
+        }),
         Reply::Check(CheckReport {
             run: 3,
             state: CheckState::Done,

@@ -208,18 +208,18 @@ impl ClientEndpoint {
     ) -> Result<(), ClientError> {
         let flags = io_flags(opt, true);
         let reqs = split(extents);
-        if let Some(b) = opt.keys.filter(|b| reqs.len() as u64 > b.count) {
+        let last = reqs.iter().map(|r| r.key + 1).max().unwrap_or(0);
+        if let Some(b) = opt.keys.filter(|b| last > b.count) {
             return Err(ClientError::Protocol(format!(
-                "a write of {} requests under a block of {} keys",
-                reqs.len(),
+                "a write whose requests need {last} keys under a block of {}",
                 b.count
             )));
         }
-        let key = |i: usize| opt.keys.map(|b| b.key(i));
+        let key = |p: &Req<'_>| opt.keys.map(|b| b.key(p.key as usize));
         if data.len() <= self.object_inline_max() {
             let mut body = vec![0u8; 96 + data.len()];
             return self
-                .in_flight(&reqs, |c, i, p| {
+                .in_flight(&reqs, |c, _, p| {
                     let bytes = &data[p.at..p.at + p.len];
                     let req = WriteReq {
                         target: Self::target(p.route, p.object, flags),
@@ -227,7 +227,7 @@ impl ClientEndpoint {
                         len: p.len as u64,
                         crc: crc_of(opt, bytes),
                         data: Data::Inline(bytes),
-                        key: key(i),
+                        key: key(p),
                     };
                     let n = req.encode(&mut body).map_err(proto_err)?;
                     let sid = c.object_session(p.route, p.object)?;
@@ -239,14 +239,14 @@ impl ClientEndpoint {
         self.with_buffer(data, |c, desc| {
             // Every piece is answered before the buffer is given back (or the call
             // fails and its registration is closed).
-            let replies = c.in_flight(&reqs, |c, i, p| {
+            let replies = c.in_flight(&reqs, |c, _, p| {
                 let req = WriteReq {
                     target: Self::target(p.route, p.object, flags),
                     offset: p.offset,
                     len: p.len as u64,
                     crc: crc_of(opt, &data[p.at..p.at + p.len]),
                     data: Data::Bulk(sub(&desc, p.at, p.len)),
-                    key: key(i),
+                    key: key(p),
                 };
                 let mut body = [0u8; 128];
                 let n = req.encode(&mut body).map_err(proto_err)?;
@@ -492,6 +492,10 @@ pub struct Extent<'r> {
     /// Offset in the caller's buffer.
     pub at: usize,
     pub len: usize,
+    /// Under keys: the index in the call's [`KeyBlock`] of the extent's first request
+    /// (its others follow), so the same extent goes under the same keys in every try,
+    /// whichever other extents the try sends.
+    pub key: u64,
 }
 
 impl<'r> Extent<'r> {
@@ -502,6 +506,7 @@ impl<'r> Extent<'r> {
             offset,
             at: 0,
             len,
+            key: 0,
         }
     }
 }
@@ -509,6 +514,8 @@ impl<'r> Extent<'r> {
 /// One request: a piece of at most [`MAX_REQUEST`] bytes of an extent.
 struct Req<'r> {
     extent: usize,
+    /// Its key's index in the call's block.
+    key: u64,
     route: &'r OstRoute,
     object: u64,
     offset: u64,
@@ -520,10 +527,12 @@ fn split<'r>(extents: &[Extent<'r>]) -> Vec<Req<'r>> {
     let mut out = Vec::with_capacity(extents.len());
     for (i, e) in extents.iter().enumerate() {
         let mut done = 0;
+        let mut key = e.key;
         loop {
             let len = MAX_REQUEST.min(e.len - done);
             out.push(Req {
                 extent: i,
+                key,
                 route: e.route,
                 object: e.object,
                 offset: e.offset + done as u64,
@@ -531,6 +540,7 @@ fn split<'r>(extents: &[Extent<'r>]) -> Vec<Req<'r>> {
                 len,
             });
             done += len;
+            key += 1;
             if done >= e.len {
                 break;
             }

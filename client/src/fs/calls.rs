@@ -4,10 +4,11 @@
 use std::io;
 
 use nacre_proto::bootstrap::TargetKind;
-use nacre_proto::layout::{StripeSpec, StripedLayout};
+use nacre_proto::layout::{FileLayout, StripeSpec};
 use nacre_proto::meta::{self, Attr, CheckReport, Creds, DirEntry, Reply, Request, SetAttr};
 
 use super::errors::{attr_of, protocol};
+use super::mirrors::MirrorSet;
 use super::{target_name, Client, FsStat, Layout, TargetUsage};
 use crate::objects::OstStatfs;
 use crate::rpc::ClientError;
@@ -76,7 +77,7 @@ impl Client {
     fn trim_to(&self, ino: u64, attr: &SetAttr) -> io::Result<()> {
         if attr.mask & meta::set::SIZE != 0 {
             if let Some(layout) = self.file_layout(ino)? {
-                self.truncate_objects(&layout, attr.size)?;
+                self.truncate_objects(ino, &MirrorSet::new(layout), attr.size)?;
             }
         }
         Ok(())
@@ -91,26 +92,30 @@ impl Client {
         self.setattr(path, attr).map(|_| ())
     }
 
-    /// Sets each object's size so the file is `size` bytes long.
-    pub(super) fn truncate_objects(&self, layout: &StripedLayout, size: u64) -> io::Result<()> {
-        let count = layout.objects.len() as u64;
+    /// Sets each object's size, in every mirror in sync, so file `ino` is `size` bytes
+    /// long (a mirror with a down OST is marked stale).
+    pub(super) fn truncate_objects(&self, ino: u64, set: &MirrorSet, size: u64) -> io::Result<()> {
+        let per = set.geometry().objects.len();
+        let count = (per * set.mirrors()) as u64;
         self.change_objects(count, |c, keys| {
-            for (stripe, obj) in layout.objects.iter().enumerate() {
-                let route = c.route(obj.ost)?;
-                let osize = layout.object_size_for_file(stripe as u32, size);
-                let key = Some(keys.key(stripe));
-                match c.ns.ep.obj_truncate(&route, obj.oid, osize, key) {
-                    // Never written: an absent object reads as empty, which is what a
-                    // truncate to 0 asks; a longer size is the MDS's to record.
-                    Err(ClientError::Status(libc::ENOENT)) => {}
-                    other => other?,
+            c.each_mirror(ino, set, |c, m, layout| {
+                for (stripe, obj) in layout.objects.iter().enumerate() {
+                    let route = c.route(obj.ost)?;
+                    let osize = layout.object_size_for_file(stripe as u32, size);
+                    let key = Some(keys.key(m * per + stripe));
+                    match c.ns.ep.obj_truncate(&route, obj.oid, osize, key) {
+                        // Never written: an absent object reads as empty, which is what
+                        // a truncate to 0 asks; a longer size is the MDS's to record.
+                        Err(ClientError::Status(libc::ENOENT)) => {}
+                        other => other?,
+                    }
                 }
-            }
-            Ok(())
+                Ok(())
+            })
         })
     }
 
-    fn file_layout(&self, ino: u64) -> io::Result<Option<StripedLayout>> {
+    fn file_layout(&self, ino: u64) -> io::Result<Option<FileLayout>> {
         match self.meta(true, &Request::GetLayout { ino })? {
             Reply::Layout(l) => Ok(Some(l)),
             _ => Ok(None),

@@ -6,10 +6,11 @@ use std::ops::Range;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::Mutex;
 
-use nacre_proto::layout::StripedLayout;
+use nacre_proto::layout::{FileLayout, StripedLayout};
 use nacre_proto::meta::{self, Attr, Reply, Request, SetAttr};
 
 use super::errors::{attr_of, failure, protocol};
+use super::mirrors::MirrorSet;
 use super::{Client, O_BUFFERED};
 use crate::cache::{Backing, Cache};
 use crate::objects::{Extent, IoOptions, KeyBlock, OstRoute};
@@ -20,7 +21,7 @@ pub struct File {
     client: Client,
     ino: u64,
     handle: u64,
-    layout: Option<StripedLayout>,
+    layout: Option<MirrorSet>,
     flags: i32,
     /// The attributes the MDS gave at open.
     opened: Attr,
@@ -53,7 +54,7 @@ impl Client {
             client: self.clone(),
             ino,
             handle,
-            layout,
+            layout: layout.map(MirrorSet::new),
             flags,
             opened: attr,
             created,
@@ -71,8 +72,8 @@ impl Client {
         // file it just made has new objects with nothing in them (no request to every
         // OST a wide stripe spans, as `open(O_CREAT|O_TRUNC)` of a new file would cost).
         if flags & libc::O_TRUNC != 0 && !created {
-            if let Some(layout) = &file.layout {
-                self.truncate_objects(layout, 0)?;
+            if let Some(set) = &file.layout {
+                self.truncate_objects(ino, set, 0)?;
             }
         }
         Ok(file)
@@ -84,12 +85,12 @@ impl File {
         self.ino
     }
 
-    /// The file's objects (None for a file without a layout yet).
-    pub fn layout(&self) -> Option<&StripedLayout> {
-        self.layout.as_ref()
+    /// The file's objects (None for a file without a layout yet), as of the open.
+    pub fn layout(&self) -> Option<&FileLayout> {
+        self.layout.as_ref().map(MirrorSet::layout)
     }
 
-    fn layout_or_einval(&self) -> io::Result<&StripedLayout> {
+    fn layout_or_einval(&self) -> io::Result<&MirrorSet> {
         self.layout
             .as_ref()
             .ok_or_else(|| io::Error::from_raw_os_error(libc::EINVAL))
@@ -194,17 +195,20 @@ impl File {
             cache.flush(self)?;
             cache.forget_reads();
         }
-        if let Some(layout) = &self.layout {
+        if let Some(set) = &self.layout {
             self.client.with_conn(true, |c| {
-                for o in &layout.objects {
-                    let route = c.route(o.ost)?;
-                    match c.ns.ep.obj_sync(&route, o.oid) {
-                        // Never written: nothing of it to make durable.
-                        Err(ClientError::Status(libc::ENOENT)) => {}
-                        other => other?,
+                // A mirror that cannot be synced may not hold the writes: stale.
+                c.each_mirror(self.ino, set, |c, _, stripes| {
+                    for o in &stripes.objects {
+                        let route = c.route(o.ost)?;
+                        match c.ns.ep.obj_sync(&route, o.oid) {
+                            // Never written: nothing of it to make durable.
+                            Err(ClientError::Status(libc::ENOENT)) => {}
+                            other => other?,
+                        }
                     }
-                }
-                Ok(())
+                    Ok(())
+                })
             })?;
         }
         self.report_size()
@@ -296,26 +300,51 @@ impl Drop for File {
 
 /// A handle's transfers at the servers, under its cache.
 impl Backing for File {
+    /// Writes to every mirror in sync at once; a mirror with a down OST is marked stale
+    /// and the write goes on to the others (under the same keys: a piece a server
+    /// already applied is answered, not applied again).
     fn write_ranges(&self, window: &[u8], base: u64, ranges: &[Range<usize>]) -> io::Result<()> {
-        let layout = self.layout_or_einval()?;
+        let set = self.layout_or_einval()?;
         let mut pieces = Vec::new();
         for r in ranges {
             let at = base + r.start as u64;
             pieces.extend(
-                layout
+                set.geometry()
                     .pieces(at, r.len() as u64)
                     .map_err(|e| failure(libc::EINVAL, e.to_string()))?,
             );
         }
-        let count = KeyBlock::needed(pieces.iter().map(|p| p.len as usize));
-        self.client.change_objects(count, |c, keys| {
-            let routes = c.routes(layout)?;
-            let extents = extents(layout, &routes, &pieces, base);
+        let per = KeyBlock::needed(pieces.iter().map(|p| p.len as usize));
+        let count = per * set.mirrors() as u64;
+        self.client.change_objects(count, |c, keys| loop {
+            let mut routes = Vec::new();
+            let mut down = None;
+            for m in set.in_sync() {
+                match c.routes(set.stripes(m)) {
+                    Ok(r) => routes.push((m, r)),
+                    Err(e) => {
+                        down = Some(e);
+                        break;
+                    }
+                }
+            }
+            if let Some(e) = down {
+                c.drop_mirror(self.ino, set, e)?;
+                continue;
+            }
+            let mut all = Vec::new();
+            for (m, r) in &routes {
+                let key = *m as u64 * per;
+                all.extend(extents(set.stripes(*m), r, &pieces, base, key));
+            }
             let io = IoOptions {
                 keys: Some(*keys),
                 ..c.io
             };
-            c.ns.ep.write_extents(&extents, window, io)
+            match c.ns.ep.write_extents(&all, window, io) {
+                Err(e @ ClientError::TargetDown(_)) => c.drop_mirror(self.ino, set, e)?,
+                other => return other,
+            }
         })
     }
 
@@ -330,19 +359,22 @@ impl Backing for File {
             return Ok(0);
         }
         let n = (size - offset).min(buf.len() as u64) as usize;
-        let Some(layout) = self.layout.as_ref() else {
+        let Some(set) = self.layout.as_ref() else {
             buf[..n].fill(0);
             return Ok(n);
         };
-        let pieces = layout
+        let pieces = set
+            .geometry()
             .pieces(offset, n as u64)
             .map_err(|e| failure(libc::EINVAL, e.to_string()))?;
         let buf = &mut buf[..n];
         let got = self.client.with_conn(true, |c| {
-            let routes = c.routes(layout)?;
-            let extents = extents(layout, &routes, &pieces, offset);
-            let io = c.io;
-            c.ns.ep.read_extents(&extents, buf, io)
+            c.read_mirror(set, |c, stripes| {
+                let routes = c.routes(stripes)?;
+                let extents = extents(stripes, &routes, &pieces, offset, 0);
+                let io = c.io;
+                c.ns.ep.read_extents(&extents, buf, io)
+            })
         })?;
         // Below the file's size, what an object does not hold is a hole: zeros.
         for (p, got) in pieces.iter().zip(got) {
@@ -360,21 +392,28 @@ fn guard(cache: &Mutex<Cache>) -> std::sync::MutexGuard<'_, Cache> {
     cache.lock().unwrap_or_else(|e| e.into_inner())
 }
 
-/// The object extents of file `pieces` of a transfer starting at `offset`.
+/// The object extents of file `pieces` of a transfer starting at `offset`, their
+/// requests under keys `key..` of the call's block.
 fn extents<'r>(
     layout: &StripedLayout,
     routes: &'r [OstRoute],
     pieces: &[nacre_proto::layout::Piece],
     offset: u64,
+    mut key: u64,
 ) -> Vec<Extent<'r>> {
     pieces
         .iter()
-        .map(|p| Extent {
-            route: &routes[p.stripe as usize],
-            object: layout.objects[p.stripe as usize].oid,
-            offset: p.object_offset,
-            at: (p.file_offset - offset) as usize,
-            len: p.len as usize,
+        .map(|p| {
+            let e = Extent {
+                route: &routes[p.stripe as usize],
+                object: layout.objects[p.stripe as usize].oid,
+                offset: p.object_offset,
+                at: (p.file_offset - offset) as usize,
+                len: p.len as usize,
+                key,
+            };
+            key += KeyBlock::needed([e.len]);
+            e
         })
         .collect()
 }

@@ -24,12 +24,13 @@ mod calls;
 mod client;
 mod errors;
 mod file;
+mod mirrors;
 mod open;
 
 use std::time::Duration;
 
 use nacre_proto::bootstrap::{TargetKind, TargetState};
-use nacre_proto::layout::{StripeSpec, StripedLayout};
+use nacre_proto::layout::{FileLayout, StripeSpec};
 use nacre_proto::meta::{self, Creds};
 
 pub use client::Client;
@@ -97,7 +98,7 @@ pub fn process_creds() -> Creds {
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Layout {
     /// A file's objects.
-    File(StripedLayout),
+    File(FileLayout),
     /// A directory's default striping for new files.
     Dir(StripeSpec),
 }

@@ -10,7 +10,9 @@
 //! A create therefore costs no OSS round trip and, most of the time, no extra fsync.
 
 use super::store::{StoreError, View, WriteTables};
-use nacre_proto::layout::{FirstOst, ObjectRef, StripeCount, StripeSpec, StripedLayout};
+use nacre_proto::layout::{
+    FileLayout, FirstOst, Mirror, ObjectRef, StripeCount, StripeSpec, StripedLayout,
+};
 use nacre_proto::meta::errno;
 use std::collections::HashMap;
 
@@ -127,47 +129,110 @@ impl IdRanges {
     }
 }
 
+/// Where an OST is: the failure domains a mirror's copy should not share with the others.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct OstPlace {
+    pub index: u32,
+    /// The serving process (the fabric name of its first core; its node string when the
+    /// map shows no server for it).
+    pub server: Vec<u8>,
+    /// The host part of the owner's node string (`host:dir`).
+    pub host: String,
+    /// Up in the map: new files are placed only on OSTs that serve.
+    pub up: bool,
+}
+
+impl OstPlace {
+    /// An OST of its own server and host (tests, and MDTs given bare indices).
+    pub fn alone(index: u32) -> OstPlace {
+        OstPlace {
+            index,
+            server: index.to_le_bytes().to_vec(),
+            host: format!("ost{index}"),
+            up: true,
+        }
+    }
+}
+
 /// Picks the OSTs of a new file. The OST set is the caller's (the cluster map's), kept
-/// sorted; "any" first OST rotates round robin over it, so consecutive creates spread
-/// over all OSTs (a free-space-weighted choice can replace the cursor later without a
-/// format change). Stripe `i` goes to the `i`-th OST after the first in the sorted set.
+/// sorted; "any" first OST rotates round robin over the OSTs that serve, so consecutive
+/// creates spread over all of them (a free-space-weighted choice can replace the cursor
+/// later without a format change). Stripe `i` of the first mirror goes to the `i`-th OST
+/// after the first in that set; each further mirror's stripe `i` to another OST, on
+/// another host and server than the stripe's other copies wherever the set allows.
 #[derive(Debug, Default)]
 pub struct OstChooser {
-    osts: Vec<u32>,
+    places: Vec<OstPlace>,
     cursor: usize,
 }
 
 impl OstChooser {
-    pub fn new(mut osts: Vec<u32>) -> OstChooser {
-        osts.sort_unstable();
-        osts.dedup();
-        OstChooser { osts, cursor: 0 }
+    pub fn new(mut places: Vec<OstPlace>) -> OstChooser {
+        places.sort_unstable_by_key(|p| p.index);
+        places.dedup_by_key(|p| p.index);
+        OstChooser { places, cursor: 0 }
     }
 
-    pub fn osts(&self) -> &[u32] {
-        &self.osts
+    /// A chooser over `osts`, each its own server and host.
+    pub fn of_indices(osts: &[u32]) -> OstChooser {
+        OstChooser::new(osts.iter().map(|&i| OstPlace::alone(i)).collect())
     }
 
-    /// The OSTs for `spec`: a stripe count above the OST count is capped to it (as
-    /// Lustre does); an empty set is ENOSPC, an unknown first OST EINVAL.
-    pub fn choose(&mut self, spec: &StripeSpec) -> Result<Vec<u32>, i32> {
-        let n = self.osts.len();
-        if n == 0 {
+    pub fn osts(&self) -> Vec<u32> {
+        self.places.iter().map(|p| p.index).collect()
+    }
+
+    /// The OSTs for `spec`, one list per mirror: a stripe count above the count of OSTs
+    /// that serve is capped to it (as Lustre does). No OST serving is ENOSPC, an unknown
+    /// first OST EINVAL, fewer OSTs than mirrors ENOSPC (two copies never share an OST).
+    pub fn choose(&mut self, spec: &StripeSpec) -> Result<Vec<Vec<u32>>, i32> {
+        let up: Vec<&OstPlace> = self.places.iter().filter(|p| p.up).collect();
+        let n = up.len();
+        if n == 0 || (spec.mirrors as usize) > n {
             return Err(errno::ENOSPC);
         }
+        let max = (nacre_proto::layout::MAX_OBJECTS / spec.mirrors.max(1)) as usize;
         let count = match spec.count {
             StripeCount::All => n,
             StripeCount::Count(c) => (c as usize).min(n),
-        };
+        }
+        .min(max);
         let start = match spec.first {
-            FirstOst::Index(i) => self.osts.binary_search(&i).map_err(|_| errno::EINVAL)?,
+            FirstOst::Index(i) => up.iter().position(|p| p.index == i).ok_or(errno::EINVAL)?,
             FirstOst::Any => {
                 let s = self.cursor % n;
                 self.cursor = (self.cursor + 1) % n;
                 s
             }
         };
-        Ok((0..count).map(|k| self.osts[(start + k) % n]).collect())
+        let first: Vec<usize> = (0..count).map(|k| (start + k) % n).collect();
+        let mut mirrors = vec![first];
+        for m in 1..spec.mirrors as usize {
+            let used: Vec<usize> = mirrors.iter().flatten().copied().collect();
+            let mut this = Vec::with_capacity(count);
+            for stripe in 0..count {
+                let copies: Vec<&OstPlace> = mirrors.iter().map(|c| up[c[stripe]]).collect();
+                let scan = (start + m * count + stripe) % n;
+                let best = (0..n)
+                    .map(|k| (scan + k) % n)
+                    .filter(|&c| copies.iter().all(|p| p.index != up[c].index))
+                    .max_by_key(|&c| {
+                        let p = up[c];
+                        let host = copies.iter().all(|q| q.host != p.host);
+                        let server = copies.iter().all(|q| q.server != p.server);
+                        let fresh = !used.contains(&c) && !this.contains(&c);
+                        // Earlier in the scan wins ties (max_by_key keeps the last max).
+                        (host, server, fresh, std::cmp::Reverse((c + n - scan) % n))
+                    })
+                    .ok_or(errno::ENOSPC)?;
+                this.push(best);
+            }
+            mirrors.push(this);
+        }
+        Ok(mirrors
+            .into_iter()
+            .map(|c| c.into_iter().map(|k| up[k].index).collect())
+            .collect())
     }
 }
 
@@ -177,22 +242,29 @@ pub fn resolve(
     ids: &mut IdRanges,
     osts: &mut OstChooser,
     spec: &StripeSpec,
-) -> Result<Result<StripedLayout, i32>, StoreError> {
+) -> Result<Result<FileLayout, i32>, StoreError> {
     let chosen = match osts.choose(spec) {
         Ok(c) => c,
         Err(e) => return Ok(Err(e)),
     };
-    let mut objects = Vec::with_capacity(chosen.len());
-    for ost in chosen {
-        objects.push(ObjectRef {
-            ost,
-            oid: ids.take(w, IdSpace::Ost(ost))?,
+    let mut mirrors = Vec::with_capacity(chosen.len());
+    for copy in chosen {
+        let mut objects = Vec::with_capacity(copy.len());
+        for ost in copy {
+            objects.push(ObjectRef {
+                ost,
+                oid: ids.take(w, IdSpace::Ost(ost))?,
+            });
+        }
+        mirrors.push(Mirror {
+            stripes: StripedLayout {
+                stripe_size: spec.stripe_size,
+                objects,
+            },
+            stale: false,
         });
     }
-    Ok(Ok(StripedLayout {
-        stripe_size: spec.stripe_size,
-        objects,
-    }))
+    Ok(Ok(FileLayout { mirrors }))
 }
 
 #[cfg(test)]
@@ -239,29 +311,84 @@ mod tests {
 
     #[test]
     fn chooser_rotates_caps_and_refuses() {
-        let mut c = OstChooser::new(vec![5, 1, 3]);
+        let mut c = OstChooser::of_indices(&[5, 1, 3]);
         let spec = |count, first| StripeSpec {
             stripe_size: 1 << 20,
             count,
             first,
+            mirrors: 1,
         };
         let one = spec(StripeCount::Count(1), FirstOst::Any);
-        let firsts: Vec<_> = (0..4).map(|_| c.choose(&one).unwrap()[0]).collect();
+        let firsts: Vec<_> = (0..4).map(|_| c.choose(&one).unwrap()[0][0]).collect();
         assert_eq!(firsts, vec![1, 3, 5, 1]);
         assert_eq!(
             c.choose(&spec(StripeCount::All, FirstOst::Index(3)))
                 .unwrap(),
-            vec![3, 5, 1]
+            vec![vec![3, 5, 1]]
         );
         assert_eq!(
             c.choose(&spec(StripeCount::Count(9), FirstOst::Index(5)))
                 .unwrap(),
-            vec![5, 1, 3]
+            vec![vec![5, 1, 3]]
         );
         assert_eq!(
             c.choose(&spec(StripeCount::Count(1), FirstOst::Index(2))),
             Err(errno::EINVAL)
         );
         assert_eq!(OstChooser::new(vec![]).choose(&one), Err(errno::ENOSPC));
+    }
+
+    /// Two OSSs with two OSTs each (0, 1 on server a; 2, 3 on server b), on one host.
+    fn two_servers(down: &[u32]) -> OstChooser {
+        let place = |index: u32, server: &str| OstPlace {
+            index,
+            server: server.as_bytes().to_vec(),
+            host: "h".into(),
+            up: !down.contains(&index),
+        };
+        OstChooser::new(vec![
+            place(0, "a"),
+            place(1, "a"),
+            place(2, "b"),
+            place(3, "b"),
+        ])
+    }
+
+    #[test]
+    fn mirrors_go_to_other_servers_and_hosts() {
+        let spec = |count, mirrors| StripeSpec {
+            stripe_size: 1 << 20,
+            count: StripeCount::Count(count),
+            first: FirstOst::Any,
+            mirrors,
+        };
+        let mut c = two_servers(&[]);
+        for _ in 0..8 {
+            let m = c.choose(&spec(1, 2)).unwrap();
+            assert_eq!(m.len(), 2);
+            assert_ne!(m[0][0] / 2, m[1][0] / 2, "copies on one server: {m:?}");
+        }
+        let m = c.choose(&spec(2, 2)).unwrap();
+        for stripe in 0..2 {
+            assert_ne!(m[0][stripe] / 2, m[1][stripe] / 2, "{m:?}");
+        }
+        // Hosts weigh more than servers: with a second host, copies go there.
+        let mut places = vec![OstPlace::alone(0), OstPlace::alone(1), OstPlace::alone(2)];
+        places[0].host = "x".into();
+        places[1].host = "x".into();
+        places[2].host = "y".into();
+        let m = OstChooser::new(places).choose(&spec(1, 2)).unwrap();
+        assert!(m[0][0] == 2 || m[1][0] == 2, "one copy on host y: {m:?}");
+        // A server down: new files go to the OSTs that serve; two copies on one server
+        // rather than none (a lost OST is still survived).
+        let m = two_servers(&[2, 3]).choose(&spec(1, 2)).unwrap();
+        assert!(
+            m.iter().flatten().all(|&o| o < 2) && m[0][0] != m[1][0],
+            "{m:?}"
+        );
+        assert_eq!(
+            two_servers(&[1, 2, 3]).choose(&spec(1, 2)),
+            Err(errno::ENOSPC)
+        );
     }
 }

@@ -12,7 +12,7 @@
 use std::collections::{HashMap, HashSet};
 use std::sync::Mutex;
 
-use nacre_proto::layout::StripedLayout;
+use nacre_proto::layout::FileLayout;
 use nacre_proto::meta::{
     errno, CheckCounts, CheckReport, CheckState, Creds, FileKind, Reply, FINDING_MAX,
     READDIR_MAX_BYTES,
@@ -179,7 +179,7 @@ impl Board {
 pub struct ScannedFile {
     pub ino: u64,
     pub size: u64,
-    pub layout: StripedLayout,
+    pub layout: FileLayout,
 }
 
 /// An inode whose link count disagrees with the names pointing at it.
@@ -228,9 +228,9 @@ pub fn scan(tx: &ReadTransaction) -> Result<Scan, StoreError> {
         let i = Inode::decode(k.value(), v.value())?;
         scan.inodes += 1;
         check_links(&i, &names, &subdirs, &mut scan.links);
-        if let Some(layout) = i.striped() {
+        if let Some(layout) = i.file_layout() {
             let at = scan.files.len();
-            for o in &layout.objects {
+            for o in layout.objects() {
                 scan.named.insert((o.ost, o.oid), Some(at));
             }
             scan.files.push(ScannedFile {
@@ -242,9 +242,9 @@ pub fn scan(tx: &ReadTransaction) -> Result<Scan, StoreError> {
     }
     for row in tx.open_table(DESTROY)?.iter()? {
         let (_, v) = row?;
-        let layout = StripedLayout::decode(v.value())
-            .map_err(|_| StoreError::CorruptRecord("destroy row"))?;
-        for o in &layout.objects {
+        let layout =
+            FileLayout::decode(v.value()).map_err(|_| StoreError::CorruptRecord("destroy row"))?;
+        for o in layout.objects() {
             scan.named.entry((o.ost, o.oid)).or_insert(None);
         }
     }

@@ -267,8 +267,8 @@ impl Committer {
                 Some(key) if !req.is_read_only() => self.write_once(w, head, key, req, now),
                 _ => self.write(w, head, req, now),
             },
-            Op::Admin(Admin::SetOsts(osts)) => {
-                self.ns.osts = super::alloc::OstChooser::new(osts.clone());
+            Op::Admin(Admin::SetOsts(places)) => {
+                self.ns.osts = super::alloc::OstChooser::new(places.clone());
                 Ok(Reply::Done)
             }
             Op::Admin(admin @ (Admin::CheckStart | Admin::CheckOpens)) => {

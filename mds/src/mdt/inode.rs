@@ -11,7 +11,7 @@
 //! | 4+n  | layout: resolved (file) or default spec (dir), or empty |
 //! | 4+n  | symlink target, or empty                                |
 
-use nacre_proto::layout::{StripeSpec, StripedLayout};
+use nacre_proto::layout::{FileLayout, StripeSpec};
 use nacre_proto::meta::{Attr, FileKind};
 use nacre_proto::BodyReader;
 
@@ -68,9 +68,11 @@ impl Inode {
         self.kind == FileKind::Dir
     }
 
-    pub fn striped(&self) -> Option<StripedLayout> {
+    /// A file's layout (None for other kinds, a file without one, or one that does not
+    /// decode, which the checker reports).
+    pub fn file_layout(&self) -> Option<FileLayout> {
         (self.kind == FileKind::File && !self.layout.is_empty())
-            .then(|| StripedLayout::decode(&self.layout).ok())
+            .then(|| FileLayout::decode(&self.layout).ok())
             .flatten()
     }
 

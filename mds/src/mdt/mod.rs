@@ -37,7 +37,7 @@ mod syncer;
 
 pub mod engine_service;
 
-pub use alloc::{LOW_WATER, RANGE};
+pub use alloc::{OstPlace, LOW_WATER, RANGE};
 pub use ns::{LINK_MAX, ROOT_INO};
 pub use repair::LOST_FOUND;
 pub use service::{

@@ -115,7 +115,7 @@ pub fn read(v: &impl View, c: &Ctx<'_>, req: &Request) -> Res<Reply> {
         }
         Request::GetLayout { ino } => {
             let i = get(v, *ino)?;
-            match (i.striped(), i.default_spec()) {
+            match (i.file_layout(), i.default_spec()) {
                 (Some(l), _) => Ok(Reply::Layout(l)),
                 (None, Some(s)) => Ok(Reply::DefaultLayout(s)),
                 _ => Err(Fail::Errno(ENODATA)),
@@ -252,7 +252,7 @@ impl Namespace {
     pub fn new(osts: Vec<u32>, default_spec: StripeSpec, epoch: u64) -> Namespace {
         Namespace {
             ids: IdRanges::default(),
-            osts: OstChooser::new(osts),
+            osts: OstChooser::of_indices(&osts),
             default_spec,
             opens: Opens::for_epoch(epoch),
             recovering: false,
@@ -298,6 +298,9 @@ impl Namespace {
             Request::Setattr { ino, attr } => setattr(w, c, *ino, attr),
             Request::SetLayout { ino, spec } => self.set_layout(w, c, *ino, spec),
             Request::ReportSize { ino, size } => report_size(w, c, *ino, *size),
+            Request::MirrorState { ino, mirror, stale } => {
+                mirror_state(w, c, *ino, *mirror, *stale)
+            }
             read_only => read(&w.view, c, read_only),
         }
     }
@@ -385,7 +388,7 @@ impl Namespace {
             }
             return Ok(Reply::Opened {
                 attr: i.attr(),
-                layout: i.striped(),
+                layout: i.file_layout(),
                 handle: 0,
                 created: false,
             });
@@ -622,7 +625,7 @@ impl Namespace {
         let handle = self.opens.open(ino);
         Ok(Reply::Opened {
             attr: i.attr(),
-            layout: i.striped(),
+            layout: i.file_layout(),
             handle,
             created: false,
         })
@@ -844,6 +847,34 @@ fn report_size(w: &mut WriteTables<'_>, c: &Ctx<'_>, ino: u64, size: u64) -> Res
         w.put_inode(&i)?;
     }
     Ok(Reply::Attr(i.attr()))
+}
+
+/// A client could not write a mirror (stale), or a resync brought it back (in sync).
+/// Answers the layout as it is now; the last mirror in sync is never marked stale (EIO:
+/// the write that wanted it has nowhere left to go).
+fn mirror_state(
+    w: &mut WriteTables<'_>,
+    c: &Ctx<'_>,
+    ino: u64,
+    mirror: u32,
+    stale: bool,
+) -> Res<Reply> {
+    let mut i = get(&w.view, ino)?;
+    need(!i.is_dir(), EISDIR)?;
+    need(is_owner(c.creds, &i) || may(c.creds, &i, W), EACCES)?;
+    let mut layout = i.file_layout().ok_or(Fail::Errno(EINVAL))?;
+    let m = layout
+        .mirrors
+        .get_mut(mirror as usize)
+        .ok_or(Fail::Errno(EINVAL))?;
+    if m.stale != stale {
+        m.stale = stale;
+        need(layout.validate().is_ok(), EIO)?;
+        i.layout = layout.to_bytes();
+        i.ctime = c.now;
+        w.put_inode(&i)?;
+    }
+    Ok(Reply::Layout(layout))
 }
 
 /// The root directory of a new MDT: owned by root, 0755, its own parent.

@@ -23,7 +23,7 @@ use super::redo::{OpLog, Redo};
 use super::store::{StoreError, View, WriteTables, DESTROY};
 use super::submitter::{read_now, ReadCtx};
 use super::syncer::Syncer;
-use nacre_proto::layout::{StripeSpec, StripedLayout};
+use nacre_proto::layout::{FileLayout, StripeSpec};
 use nacre_proto::meta::{Head, Reply, Request};
 use redb::{Database, Durability, ReadableDatabase, ReadableTable};
 use std::path::{Path, PathBuf};
@@ -138,8 +138,9 @@ pub enum SubmitError {
 /// Operations that come from the server itself rather than from a client.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Admin {
-    /// The cluster map changed: new files use these OSTs.
-    SetOsts(Vec<u32>),
+    /// The cluster map changed: new files use these OSTs (where they are, whether they
+    /// serve).
+    SetOsts(Vec<super::alloc::OstPlace>),
     /// After the recovery window: destroy unlinked files that nobody re-opened.
     ReclaimOrphans,
     /// The OSTs removed these files' objects: forget them.
@@ -352,7 +353,7 @@ impl Mdt {
     }
 
     /// Files whose objects the OSTs should remove: (ino, layout), at most `max`.
-    pub fn pending_destroys(&self, max: usize) -> Result<Vec<(u64, StripedLayout)>, MdtError> {
+    pub fn pending_destroys(&self, max: usize) -> Result<Vec<(u64, FileLayout)>, MdtError> {
         let overlay = self.overlay.read().unwrap_or_else(|p| p.into_inner());
         let tx = self.db.begin_read().map_err(StoreError::from)?;
         let t = tx.open_table(DESTROY).map_err(StoreError::from)?;
@@ -374,8 +375,8 @@ impl Mdt {
         }
         let mut out = Vec::new();
         for (ino, row) in rows.into_iter().take(max) {
-            let layout = StripedLayout::decode(&row)
-                .map_err(|_| StoreError::CorruptRecord("destroy row"))?;
+            let layout =
+                FileLayout::decode(&row).map_err(|_| StoreError::CorruptRecord("destroy row"))?;
             out.push((ino, layout));
         }
         Ok(out)
@@ -390,7 +391,7 @@ impl Mdt {
         &self,
         max: usize,
         after: Option<u64>,
-    ) -> Result<Vec<(u64, StripedLayout)>, MdtError> {
+    ) -> Result<Vec<(u64, FileLayout)>, MdtError> {
         let overlay = self.overlay.read().unwrap_or_else(|p| p.into_inner());
         let changed = overlay.destroys();
         let tx = self.db.begin_read().map_err(StoreError::from)?;
@@ -409,7 +410,7 @@ impl Mdt {
             if changed.contains_key(&k.value()) {
                 continue;
             }
-            let layout = StripedLayout::decode(v.value())
+            let layout = FileLayout::decode(v.value())
                 .map_err(|_| StoreError::CorruptRecord("destroy row"))?;
             out.push((k.value(), layout));
         }

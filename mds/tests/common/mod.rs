@@ -123,7 +123,7 @@ impl T {
 
     pub fn layout(&self, ino: u64) -> StripedLayout {
         match self.call(Request::GetLayout { ino }) {
-            Ok(Reply::Layout(l)) => l,
+            Ok(Reply::Layout(l)) => l.geometry().clone(),
             other => panic!("expected a layout, got {other:?}"),
         }
     }

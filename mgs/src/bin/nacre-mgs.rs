@@ -14,7 +14,7 @@ use clap::{Parser, Subcommand};
 use nacre_mgs::etcd::{Etcd, EtcdStore};
 use nacre_mgs::follower::{Follower, LeaderAddr};
 use nacre_mgs::{EmbeddedStore, MgsConfig, MgsServer};
-use nacre_proto::bootstrap::LayoutDefaults;
+use nacre_proto::bootstrap::{Deployment, LayoutDefaults};
 
 #[derive(Parser)]
 #[command(
@@ -49,6 +49,10 @@ enum Cmd {
         /// Default stripe size of new files, bytes.
         #[arg(long, default_value_t = 1 << 20)]
         stripe_size: u64,
+        /// scratch (one copy of every byte) or persistent (every file mirrored on two
+        /// OSTs of different servers), as FSx for Lustre's deployment types.
+        #[arg(long, default_value = "scratch")]
+        deployment: Deployment,
     },
     /// Serve the management target over TCP.
     Serve {
@@ -114,6 +118,7 @@ fn run(cli: Cli, stop: &AtomicBool) -> Result<(), Error> {
             force,
             stripe_count,
             stripe_size,
+            deployment,
         } => {
             if stripe_count == 0 || stripe_size == 0 {
                 return Err("stripe count and size must not be 0".into());
@@ -121,6 +126,7 @@ fn run(cli: Cli, stop: &AtomicBool) -> Result<(), Error> {
             let layout = LayoutDefaults {
                 stripe_count,
                 stripe_size,
+                mirror_count: deployment.mirrors(),
             };
             let store = store.unwrap_or(cfg.store);
             let (fs, place) = if store == "embedded" {
@@ -134,8 +140,11 @@ fn run(cli: Cli, stop: &AtomicBool) -> Result<(), Error> {
                 )
             };
             println!(
-                "nacre-mgs: formatted {} in {} (fsid {:#018x})",
-                fs.fsname, place, fs.fsid
+                "nacre-mgs: formatted {} in {} (fsid {:#018x}, {} deployment)",
+                fs.fsname,
+                place,
+                fs.fsid,
+                deployment.name()
             );
             Ok(())
         }

@@ -6,7 +6,7 @@ use super::{
     FINDING_MAX, READDIR_MAX_ENTRIES,
 };
 use crate::body::BodyReader;
-use crate::layout::{StripeSpec, StripedLayout};
+use crate::layout::{FileLayout, StripeSpec};
 
 /// A successful reply body. The first u32 on the wire is the shape.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -20,7 +20,7 @@ pub enum Reply {
     /// was there: then its objects may hold data, and O_TRUNC must empty them).
     Opened {
         attr: Attr,
-        layout: Option<StripedLayout>,
+        layout: Option<FileLayout>,
         handle: u64,
         created: bool,
     },
@@ -32,7 +32,7 @@ pub enum Reply {
     Target(Vec<u8>),
     Statfs(MdtStatfs),
     /// A file's layout.
-    Layout(StripedLayout),
+    Layout(FileLayout),
     /// F_GETLK's answer: the first conflicting lock, or kind UNLOCK.
     Lock(LockDesc),
     /// A directory's default striping.
@@ -189,7 +189,7 @@ impl Reply {
                 handle: r.u64()?,
                 layout: match r.u32()? {
                     0 => None,
-                    1 => Some(StripedLayout::read(&mut r)?),
+                    1 => Some(FileLayout::read(&mut r)?),
                     value => {
                         return Err(MetaError::BadValue {
                             what: "layout flag",
@@ -218,7 +218,7 @@ impl Reply {
                 bytes_free: r.u64()?,
                 osts: r.u32()?,
             }),
-            R_LAYOUT => Reply::Layout(StripedLayout::read(&mut r)?),
+            R_LAYOUT => Reply::Layout(FileLayout::read(&mut r)?),
             R_DEFAULT_LAYOUT => Reply::DefaultLayout(StripeSpec::read(&mut r)?),
             R_LOCK => Reply::Lock(LockDesc {
                 kind: r.u32()?,

@@ -89,6 +89,14 @@ pub enum Request {
         ino: u64,
         spec: StripeSpec,
     },
+    /// Marks mirror `mirror` of a file stale (a client could not write it: one of its
+    /// OSTs is down) or, after a resync, in sync again. Idempotent. The MDS refuses
+    /// (EIO) to mark stale the last mirror in sync.
+    MirrorState {
+        ino: u64,
+        mirror: u32,
+        stale: bool,
+    },
     /// The end of a client's writes (at close or fsync): the MDS keeps the max.
     ReportSize {
         ino: u64,
@@ -130,6 +138,7 @@ impl Request {
             Request::GetLayout { .. } => Opcode::MDS_GET_LAYOUT,
             Request::SetLayout { .. } => Opcode::MDS_SET_LAYOUT,
             Request::ReportSize { .. } => Opcode::MDS_REPORT_SIZE,
+            Request::MirrorState { .. } => Opcode::MDS_MIRROR_STATE,
             Request::Lock(_) => Opcode::MDS_LOCK,
             Request::Check { .. } => Opcode::MDS_CHECK,
         }
@@ -247,6 +256,11 @@ impl Request {
             Request::ReportSize { ino, size } => {
                 put_u64(out, *ino);
                 put_u64(out, *size);
+            }
+            Request::MirrorState { ino, mirror, stale } => {
+                put_u64(out, *ino);
+                put_u32(out, *mirror);
+                put_u32(out, *stale as u32);
             }
             Request::Lock(l) => {
                 for v in [l.ino, l.client, l.owner, l.start, l.end] {
@@ -395,6 +409,20 @@ fn read_request(op: Opcode, r: &mut BodyReader<'_>) -> Result<Request, MetaError
         Opcode::MDS_REPORT_SIZE => Request::ReportSize {
             ino: r.u64()?,
             size: r.u64()?,
+        },
+        Opcode::MDS_MIRROR_STATE => Request::MirrorState {
+            ino: r.u64()?,
+            mirror: r.u32()?,
+            stale: match r.u32()? {
+                0 => false,
+                1 => true,
+                value => {
+                    return Err(MetaError::BadValue {
+                        what: "mirror state",
+                        value,
+                    })
+                }
+            },
         },
         Opcode::MDS_LOCK => {
             let l = LockRequest {
