@@ -49,6 +49,14 @@ impl<T> Outstanding<T> {
         self.by_id.get(&id).map(|(_, t)| t)
     }
 
+    /// The outstanding requests with an id of at least `first`, and their tokens.
+    pub fn iter_from(&self, first: u64) -> impl Iterator<Item = (u64, &T)> + '_ {
+        self.by_id
+            .iter()
+            .filter(move |(&id, _)| id >= first)
+            .map(|(&id, (_, t))| (id, t))
+    }
+
     /// Whether a request with an id of at least `first` is outstanding.
     pub fn any_from(&self, first: u64) -> bool {
         self.by_id.keys().any(|&id| id >= first)

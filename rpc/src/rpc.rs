@@ -287,9 +287,21 @@ impl ClientEndpoint {
             if looked.elapsed() >= PEER_LOOK_EVERY {
                 looked = Instant::now();
                 let sessions = &self.sessions;
-                self.late.retain(|&id, sid| {
-                    id < first || !nacre_fabric::shm_peer_gone(&sessions[sid.0 as usize].name)
-                });
+                let gone =
+                    |sid: &SessionId| nacre_fabric::shm_peer_gone(&sessions[sid.0 as usize].name);
+                self.late.retain(|&id, sid| id < first || !gone(sid));
+                // Still pending (not yet expired) to a server that exited: no answer
+                // will come, nor any transfer.
+                let dead: Vec<u64> = self
+                    .pending
+                    .iter_from(first)
+                    .filter(|(_, sid)| gone(sid))
+                    .map(|(id, _)| id)
+                    .collect();
+                for id in dead {
+                    self.pending.complete(id);
+                    self.pieces.forget(id);
+                }
             }
             let late = self.late.range(first..).count();
             if late == 0 && !self.pending.any_from(first) {
