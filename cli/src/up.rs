@@ -9,6 +9,11 @@
 //! `<dir>/logs/<name>.log`. Started again on the same directory, the MGS keeps its map,
 //! and the MDS and OSSs reclaim their roles by identity (host and target directory) and
 //! serve the same targets.
+//!
+//! A server that dies is started again (`--restart on-failure`, the default), after a
+//! back-off that doubles from 1 s to 30 s while it keeps dying and starts over once it
+//! ran a minute; each restart is said on the output and in the server's log. With
+//! `--restart never`, a server that dies stops every other one and `nacre up` fails.
 
 use std::fs::OpenOptions;
 use std::io::{BufRead, BufReader, Write};
@@ -134,7 +139,23 @@ pub struct UpArgs {
     /// mirrored on two OSTs of different OSSs): fixed when the file system is made.
     #[arg(long)]
     pub deployment: Option<nacre_proto::bootstrap::Deployment>,
+    /// on-failure: start a server that dies again, with back-off; never: stop every
+    /// server when one dies, and fail.
+    #[arg(long, value_enum, default_value_t = Restart::OnFailure)]
+    pub restart: Restart,
 }
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+pub enum Restart {
+    OnFailure,
+    Never,
+}
+
+/// The first wait before starting a dead server again, and the longest.
+const BACKOFF_FIRST: Duration = Duration::from_secs(1);
+const BACKOFF_MAX: Duration = Duration::from_secs(30);
+/// A server that ran this long before it died starts over at the first back-off.
+const BACKOFF_RESET: Duration = Duration::from_secs(60);
 
 /// A running server process and the lines it printed on stdout.
 struct Server {
@@ -142,6 +163,14 @@ struct Server {
     child: Child,
     lines: Receiver<String>,
     log: PathBuf,
+    /// How it was started, to start it again.
+    program: PathBuf,
+    args: Vec<std::ffi::OsString>,
+    started: Instant,
+    /// The wait before the next restart, and when a dead server is due to start again.
+    backoff: Duration,
+    due: Option<Instant>,
+    restarts: u32,
 }
 
 pub fn run(args: &UpArgs) -> Result<(), CliError> {
@@ -176,6 +205,7 @@ pub fn run(args: &UpArgs) -> Result<(), CliError> {
         servers: Vec::new(),
         stop,
         pin: args.pin,
+        restart: args.restart,
     };
     let started = up.start();
     let outcome = match started {
@@ -198,6 +228,7 @@ struct Up {
     servers: Vec<Server>,
     stop: Arc<AtomicBool>,
     pin: bool,
+    restart: Restart,
 }
 
 impl Up {
@@ -268,11 +299,19 @@ impl Up {
             .args(["--listen", &listen]);
         self.spawn("mgs", cmd)?;
         let line = self.wait_line("mgs", "nacre-mgs: serving")?;
-        line.split(" on ")
+        let addr = line
+            .split(" on ")
             .nth(1)
             .and_then(|s| s.split_whitespace().next())
             .map(str::to_string)
-            .ok_or_else(|| CliError::msg(format!("mgs: no address in {line:?}")))
+            .ok_or_else(|| CliError::msg(format!("mgs: no address in {line:?}")))?;
+        // Started again, it must listen where every server and client knows it (port 0
+        // would pick another).
+        let mgs = self.servers.last_mut().expect("just started");
+        if let Some(at) = mgs.args.iter().position(|a| a == "--listen") {
+            mgs.args[at + 1] = addr.clone().into();
+        }
+        Ok(addr)
     }
 
     fn start_oss(
@@ -319,9 +358,35 @@ impl Up {
         }
     }
 
-    /// Starts `cmd` in its own process group, stdout and stderr to its log; stdout lines
-    /// are also passed on so `up` can wait for the server's "ready".
-    fn spawn(&mut self, name: &str, mut cmd: Command) -> Result<(), CliError> {
+    /// Starts `cmd` (a program and its arguments) as server `name`.
+    fn spawn(&mut self, name: &str, cmd: Command) -> Result<(), CliError> {
+        let program = PathBuf::from(cmd.get_program());
+        let args: Vec<_> = cmd.get_args().map(|a| a.to_os_string()).collect();
+        let (child, lines, log) = self.launch(name, &program, &args)?;
+        self.servers.push(Server {
+            name: name.to_string(),
+            child,
+            lines,
+            log,
+            program,
+            args,
+            started: Instant::now(),
+            backoff: BACKOFF_FIRST,
+            due: None,
+            restarts: 0,
+        });
+        Ok(())
+    }
+
+    /// Runs `program args` in its own process group, stdout and stderr to the log of
+    /// server `name`; stdout lines are also passed on so `up` can wait for the server's
+    /// "ready".
+    fn launch(
+        &self,
+        name: &str,
+        program: &Path,
+        args: &[std::ffi::OsString],
+    ) -> Result<(Child, Receiver<String>, PathBuf), CliError> {
         use std::os::unix::process::CommandExt;
         let log = self.dir().join("logs").join(format!("{name}.log"));
         let open = || {
@@ -332,7 +397,9 @@ impl Up {
                 .map_err(|e| CliError::msg(format!("{}: {e}", log.display())))
         };
         let (err, mut out_log) = (open()?, open()?);
-        cmd.process_group(0)
+        let mut cmd = Command::new(program);
+        cmd.args(args)
+            .process_group(0)
             .stdin(Stdio::null())
             .stdout(Stdio::piped())
             .stderr(err);
@@ -352,13 +419,7 @@ impl Up {
             child.id(),
             log.display()
         );
-        self.servers.push(Server {
-            name: name.to_string(),
-            child,
-            lines,
-            log,
-        });
-        Ok(())
+        Ok((child, lines, log))
     }
 
     /// The first line of server `name` that contains `what`; an error if the server
@@ -443,14 +504,71 @@ impl Up {
         Ok(())
     }
 
-    /// Runs until a signal; a server that exits on its own ends the run (an error).
+    /// Runs until a signal. A server that exits on its own is started again after its
+    /// back-off, or with `--restart never` ends the run (an error).
     fn watch(&mut self) -> Result<(), CliError> {
         println!("nacre up: serving; Ctrl-C stops every server cleanly");
         let _ = std::io::stdout().flush();
         while !self.stop.load(Ordering::Relaxed) {
-            self.check_alive()?;
+            match self.restart {
+                Restart::Never => self.check_alive()?,
+                Restart::OnFailure => self.restart_dead()?,
+            }
+            let _ = std::io::stdout().flush();
             std::thread::sleep(Duration::from_millis(100));
         }
+        Ok(())
+    }
+
+    /// Notes servers that died (each restart waits its back-off) and starts again those
+    /// whose back-off has passed.
+    fn restart_dead(&mut self) -> Result<(), CliError> {
+        let now = Instant::now();
+        for i in 0..self.servers.len() {
+            let s = &mut self.servers[i];
+            // Lines of a running server are in its log already: drop them here.
+            while s.lines.try_recv().is_ok() {}
+            if s.due.is_none() {
+                let Ok(Some(st)) = s.child.try_wait() else {
+                    continue;
+                };
+                if s.started.elapsed() >= BACKOFF_RESET {
+                    s.backoff = BACKOFF_FIRST;
+                }
+                s.due = Some(now + s.backoff);
+                let line = format!(
+                    "nacre up: {} exited ({st}); starting it again in {:?} (see {})",
+                    s.name,
+                    s.backoff,
+                    s.log.display()
+                );
+                println!("{line}");
+                append_line(&s.log, &line);
+                s.backoff = (s.backoff * 2).min(BACKOFF_MAX);
+            }
+            if self.servers[i].due.is_some_and(|d| now >= d) {
+                self.relaunch(i)?;
+            }
+        }
+        Ok(())
+    }
+
+    /// Starts dead server `i` again as it was first started.
+    fn relaunch(&mut self, i: usize) -> Result<(), CliError> {
+        let (name, program, args) = {
+            let s = &self.servers[i];
+            (s.name.clone(), s.program.clone(), s.args.clone())
+        };
+        let (child, lines, _) = self.launch(&name, &program, &args)?;
+        let s = &mut self.servers[i];
+        s.restarts += 1;
+        let line = format!("nacre up: {name} restarted (restart {})", s.restarts);
+        println!("{line}");
+        append_line(&s.log, &line);
+        s.child = child;
+        s.lines = lines;
+        s.started = Instant::now();
+        s.due = None;
         Ok(())
     }
 
@@ -466,6 +584,13 @@ impl Up {
             stop_server(s);
         }
         println!("nacre up: stopped");
+    }
+}
+
+/// Adds `line` to a server's log (what `nacre up` did to it, among its own lines).
+fn append_line(log: &Path, line: &str) {
+    if let Ok(mut f) = OpenOptions::new().append(true).open(log) {
+        let _ = writeln!(f, "{line}");
     }
 }
 

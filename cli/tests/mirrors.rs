@@ -3,7 +3,9 @@
 //! B's OSS is killed with SIGKILL while a client streams a file and before it reads
 //! another whose first mirror is on B: no call fails, the longest pause stays within
 //! the lease and a little, the mirror on B is marked stale, and every byte reads back
-//! from the copy on A. Files made after the kill are mirrored on A's two OSTs.
+//! from the copy on A. Files made after the kill are mirrored on A's two OSTs. A write
+//! while B is down marks B's copy stale; once B's OSS is back (a new epoch), a reader
+//! that opened the file before all this reads the new bytes from A, not B's old copy.
 
 mod common;
 
@@ -54,7 +56,12 @@ fn hosts(provider: &str) -> Option<(PathBuf, Up, Up)> {
             a.mgs
         ),
     );
-    let b = Up::start(&dir.join("b"), provider, &["--config", &b]);
+    // Lost for good: its `nacre up` does not start it again.
+    let b = Up::start(
+        &dir.join("b"),
+        provider,
+        &["--config", &b, "--restart", "never"],
+    );
     Some((dir, a, b))
 }
 
@@ -144,7 +151,8 @@ fn persistent_survives_a_lost_oss(provider: &str) {
     let old = pattern(5, 8 * MIB);
     before.write_at(&old, 0).unwrap();
     before.fsync().unwrap();
-    drop(before);
+    // Opened before the kill: its layout knows no stale copy.
+    let r = client.open("/before", &OpenOptions::read()).unwrap();
     // Streamed across the kill, with the file system's default layout (2 copies).
     let stream_spec = StripeSpec {
         first: FirstOst::Any,
@@ -179,7 +187,6 @@ fn persistent_survives_a_lost_oss(provider: &str) {
     let killed = Instant::now();
     let at_kill = done.load(Ordering::Relaxed);
     // A read of the file whose first copy was on B: served by the copy on A.
-    let r = client.open("/before", &OpenOptions::read()).unwrap();
     let mut back = vec![0u8; old.len()];
     assert_eq!(r.read_at(&mut back, 0).unwrap(), back.len());
     let read_pause = killed.elapsed();
@@ -236,8 +243,52 @@ fn persistent_survives_a_lost_oss(provider: &str) {
     assert_eq!(after.read_at(&mut one, 0).unwrap(), MIB);
     assert!(one == old[..MIB]);
     drop(after);
-    drop(r);
+    // Written while B is down: B's copy goes stale. B's OSS comes back on its old
+    // directory (old bytes, a new epoch); the reader opened before the kill reads the
+    // new bytes.
+    let newer = pattern(7, 8 * MIB);
+    before.write_at(&newer, 0).unwrap();
+    before.fsync().unwrap();
+    let stale = layout_of(&client, "/before");
+    assert!(
+        stale.mirrors[0].stale && !stale.mirrors[1].stale,
+        "{stale:?}"
+    );
+    let old_epoch = epoch_of(&client, b_osts[0]);
+    let b = Up::start(
+        &dir.join("b"),
+        provider,
+        &[
+            "--config",
+            dir.join("b.toml").to_str().unwrap(),
+            "--restart",
+            "never",
+        ],
+    );
+    let until = Instant::now() + Duration::from_secs(30);
+    while epoch_of(&client, b_osts[0]) == old_epoch {
+        assert!(Instant::now() < until, "B's OSS never came back");
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    // From a thread of its own: a connection made now, on the map that shows B back.
+    let mut back = vec![0u8; newer.len()];
+    std::thread::scope(|s| {
+        s.spawn(|| assert_eq!(r.read_at(&mut back, 0).unwrap(), newer.len()));
+    });
+    assert!(back == newer, "an old handle read B's stale copy");
+    drop((r, before));
+    b.stop();
     a.stop();
+}
+
+/// The epoch of `ost`'s server in the map now (0: none serves it).
+fn epoch_of(client: &Client, ost: u32) -> u64 {
+    let map = client.refresh_map().unwrap();
+    let role = nacre_proto::bootstrap::Role {
+        kind: RoleKind::Oss,
+        index: ost,
+    };
+    map.server(role).map_or(0, |s| s.epoch)
 }
 
 #[test]
@@ -248,4 +299,100 @@ fn persistent_survives_a_lost_oss_on_tcp() {
 #[test]
 fn persistent_survives_a_lost_oss_on_shm() {
     persistent_survives_a_lost_oss("shm");
+}
+
+/// `nacre up --deployment persistent` on one machine (two OSSs of two OSTs each): kill
+/// -9 of one OSS while a client writes and reads. `nacre up` says so and starts it
+/// again after its back-off; no call fails, and everything written reads back.
+fn nacre_up_restarts_a_dead_oss(provider: &str) {
+    if !common::have(provider, "nacre up starting a dead OSS again") {
+        return;
+    }
+    let dir = tmp(&format!("restart-{}", provider.split(';').next().unwrap()));
+    let mut up = Up::start(&dir.join("data"), provider, &["--deployment", "persistent"]);
+    let client = Client::connect(&up.mgs, ClientConfig::default()).unwrap();
+    let f = client.open("/f", &OpenOptions::create()).unwrap();
+    let l = f.layout().unwrap().clone();
+    assert_eq!(l.mirrors.len(), 2, "persistent: two copies by default");
+    let data = pattern(3, CHUNKS * MIB);
+    f.write_at(&data[..MIB], 0).unwrap();
+    // The OSS of the first copy (nacre up's oss0 serves <dir>/oss0/...).
+    let map = client.refresh_map().unwrap();
+    let first = nacre_proto::bootstrap::Role {
+        kind: RoleKind::Oss,
+        index: l.mirrors[0].stripes.objects[0].ost,
+    };
+    let node = &map.server(first).unwrap().node;
+    let victim = if node.contains("/oss0/") {
+        "oss0"
+    } else {
+        "oss1"
+    };
+    nacre_fabric::testing::send_signal(up.pid_of(victim), "KILL").expect("kill -9");
+    let killed = Instant::now();
+    let mut longest = Duration::ZERO;
+    let mut back = vec![0u8; MIB];
+    for i in 1..CHUNKS {
+        let at = i * MIB;
+        let t = Instant::now();
+        f.write_at(&data[at..at + MIB], at as u64)
+            .unwrap_or_else(|e| panic!("write of chunk {i}: {e}"));
+        assert_eq!(f.read_at(&mut back, (at - MIB) as u64).unwrap(), MIB);
+        assert!(back == data[at - MIB..at], "chunk {} reads back", i - 1);
+        longest = longest.max(t.elapsed());
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    let exited = up.wait_for(
+        &format!("nacre up: {victim} exited"),
+        Duration::from_secs(30),
+    );
+    assert!(exited.contains("starting it again in 1s"), "{exited}");
+    up.wait_for(
+        &format!("nacre up: {victim} restarted"),
+        Duration::from_secs(30),
+    );
+    eprintln!(
+        "{provider}: {victim} killed; longest write and read {longest:?}, all done {:?} \
+         after the kill",
+        killed.elapsed()
+    );
+    assert!(longest <= LEASE + SLACK, "a call paused {longest:?}");
+    let log = std::fs::read_to_string(dir.join(format!("data/logs/{victim}.log"))).unwrap();
+    assert!(
+        log.contains(&format!("nacre up: {victim} restarted (restart 1)")),
+        "{log}"
+    );
+    // Back in the map, serving: every target up.
+    let until = Instant::now() + Duration::from_secs(30);
+    loop {
+        let status = up.ok(["status"].as_slice());
+        let down = status.lines().filter(|l| l.contains("DOWN")).count();
+        if down == 0 && status.matches("OST0").count() == 4 {
+            break;
+        }
+        assert!(
+            Instant::now() < until,
+            "not every target came back:\n{status}"
+        );
+        std::thread::sleep(Duration::from_millis(200));
+    }
+    f.fsync().unwrap();
+    let mut all = vec![0u8; data.len()];
+    assert_eq!(f.read_at(&mut all, 0).unwrap(), all.len());
+    assert!(
+        all == data,
+        "every byte written across the restart reads back"
+    );
+    drop(f);
+    up.stop();
+}
+
+#[test]
+fn nacre_up_restarts_a_dead_oss_on_shm() {
+    nacre_up_restarts_a_dead_oss("shm");
+}
+
+#[test]
+fn nacre_up_restarts_a_dead_oss_on_tcp() {
+    nacre_up_restarts_a_dead_oss("tcp;ofi_rxm");
 }

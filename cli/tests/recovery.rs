@@ -46,6 +46,12 @@ fn host_b(dir: &Path, mgs: &str) -> String {
     write_config(&dir.join("b.toml"), &text)
 }
 
+/// The flags of the host whose server the test kills: its `nacre up` stops with it
+/// (the test starts it again itself).
+fn b_args(config: &str) -> [&str; 4] {
+    ["--config", config, "--restart", "never"]
+}
+
 /// Hosts A (MGS, MDS, one OSS) and B (one OSS) up over `provider` under a directory
 /// named after `test`, with B's config file (to start B again); None (skipped, said
 /// why) when the provider is absent.
@@ -57,7 +63,7 @@ fn hosts_a_and_b(provider: &str, test: &str, what: &str) -> Option<(PathBuf, Up,
     let dir = tmp(&format!("{test}-{name}"));
     let a = Up::start(&dir.join("a"), provider, &["--config", &host_a(&dir)]);
     let b_config = host_b(&dir, &a.mgs);
-    let b = Up::start(&dir.join("b"), provider, &["--config", &b_config]);
+    let b = Up::start(&dir.join("b"), provider, &b_args(&b_config));
     Some((dir, a, b, b_config))
 }
 
@@ -114,7 +120,7 @@ fn oss_killed_mid_stream(provider: &str) {
         "the stream was still going when the OSS died"
     );
     std::thread::sleep(Duration::from_millis(500));
-    b = Up::start(&dir.join("b"), provider, &["--config", &b_config]);
+    b = Up::start(&dir.join("b"), provider, &b_args(&b_config));
     let restarted = Instant::now();
     writer.join().expect("the writer recovered");
     eprintln!(
@@ -355,7 +361,7 @@ fn mds_killed_mid_stream(provider: &str) {
         &["--config", &host_a_without_mds(&dir)],
     );
     let m_config = host_m(&dir, &a.mgs);
-    let mut m = Up::start(&dir.join("m"), provider, &["--config", &m_config]);
+    let mut m = Up::start(&dir.join("m"), provider, &b_args(&m_config));
     let client = Client::connect(&a.mgs, ClientConfig::default()).unwrap();
     let other = Client::connect(&a.mgs, ClientConfig::default()).unwrap();
     let ino = client.create("/locked", 0o644, None).unwrap().ino();
@@ -385,7 +391,7 @@ fn mds_killed_mid_stream(provider: &str) {
         at_kill < DIRS,
         "the stream was still going when the MDS died"
     );
-    m = Up::start(&dir.join("m"), provider, &["--config", &m_config]);
+    m = Up::start(&dir.join("m"), provider, &b_args(&m_config));
     worker.join().expect("every mkdir and rmdir succeeded once");
     let mut names: Vec<String> = client
         .readdir("/")

@@ -104,6 +104,30 @@ impl Up {
         }
     }
 
+    /// Waits up to `timeout` for a line of `nacre up` that contains `what`, noting the
+    /// servers it starts again on the way (so they are stopped with the others).
+    #[allow(dead_code)]
+    pub fn wait_for(&mut self, what: &str, timeout: Duration) -> String {
+        let until = Instant::now() + timeout;
+        loop {
+            let left = until
+                .checked_duration_since(Instant::now())
+                .unwrap_or_else(|| panic!("nacre up: no {what:?} within {timeout:?}"));
+            let line = self
+                .proc
+                .lines
+                .recv_timeout(left)
+                .unwrap_or_else(|_| panic!("nacre up: ended or silent before {what:?}"));
+            if let Some((name, pid)) = server_line(&line) {
+                self.servers.retain(|(n, _)| *n != name);
+                self.servers.push((name, pid));
+            }
+            if line.contains(what) {
+                return line;
+            }
+        }
+    }
+
     pub fn pid_of(&self, name: &str) -> u32 {
         self.servers
             .iter()

@@ -77,7 +77,8 @@ impl Client {
     fn trim_to(&self, ino: u64, attr: &SetAttr) -> io::Result<()> {
         if attr.mask & meta::set::SIZE != 0 {
             if let Some(layout) = self.file_layout(ino)? {
-                self.truncate_objects(ino, &MirrorSet::new(layout), attr.size)?;
+                let set = MirrorSet::new(layout, &self.map());
+                self.truncate_objects(ino, &set, attr.size)?;
             }
         }
         Ok(())

@@ -54,7 +54,7 @@ impl Client {
             client: self.clone(),
             ino,
             handle,
-            layout: layout.map(MirrorSet::new),
+            layout: layout.map(|l| MirrorSet::new(l, &self.map())),
             flags,
             opened: attr,
             created,
@@ -369,7 +369,7 @@ impl Backing for File {
             .map_err(|e| failure(libc::EINVAL, e.to_string()))?;
         let buf = &mut buf[..n];
         let got = self.client.with_conn(true, |c| {
-            c.read_mirror(set, |c, stripes| {
+            c.read_mirror(self.ino, set, |c, stripes| {
                 let routes = c.routes(stripes)?;
                 let extents = extents(stripes, &routes, &pieces, offset, 0);
                 let io = c.io;

@@ -3,8 +3,10 @@
 //! that answers, and a mirror one of whose OSTs the cluster map shows down is marked
 //! stale at the MDS before the change is acknowledged without it.
 
-use std::sync::atomic::{AtomicU32, Ordering};
+use std::sync::atomic::{AtomicU32, AtomicU64, Ordering};
+use std::sync::Mutex;
 
+use nacre_proto::bootstrap::{ClusterMap, Role, RoleKind};
 use nacre_proto::layout::{FileLayout, StripedLayout};
 use nacre_proto::meta::{Reply, Request};
 
@@ -17,16 +19,49 @@ use crate::rpc::ClientError;
 pub(crate) struct MirrorSet {
     layout: FileLayout,
     stale: AtomicU32,
+    /// The map version whose OST epochs `epochs` holds (0: none yet).
+    checked: AtomicU64,
+    /// The epoch of each OST of the layout, in object order, as of `checked`.
+    epochs: Mutex<Vec<u64>>,
 }
 
 impl MirrorSet {
-    pub(crate) fn new(layout: FileLayout) -> MirrorSet {
+    /// `layout` as the MDS just gave it, with the OST epochs of `map` (the client's
+    /// map when it asked).
+    pub(crate) fn new(layout: FileLayout, map: &ClusterMap) -> MirrorSet {
         let set = MirrorSet {
             layout,
             stale: AtomicU32::new(0),
+            checked: AtomicU64::new(0),
+            epochs: Mutex::new(Vec::new()),
         };
         set.learn(&set.layout.clone());
+        set.moved(map);
         set
+    }
+
+    /// Whether a server of one of the layout's OSTs changed (a new epoch: restarted or
+    /// replaced) since the last look; the first look only notes the epochs. Cheap when
+    /// the map did not change since.
+    fn moved(&self, map: &ClusterMap) -> bool {
+        if self.checked.swap(map.version, Ordering::AcqRel) == map.version {
+            return false;
+        }
+        let now: Vec<u64> = self
+            .layout
+            .objects()
+            .map(|o| {
+                let role = Role {
+                    kind: RoleKind::Oss,
+                    index: o.ost,
+                };
+                map.target(role).map_or(0, |t| t.epoch)
+            })
+            .collect();
+        let mut seen = self.epochs.lock().unwrap_or_else(|p| p.into_inner());
+        let moved = *seen != now && !seen.is_empty();
+        *seen = now;
+        moved
     }
 
     pub(crate) fn layout(&self) -> &FileLayout {
@@ -54,7 +89,7 @@ impl MirrorSet {
             .collect()
     }
 
-    /// Takes the stale marks of `layout` (the MDS's answer) as well.
+    /// Takes the stale marks of `layout` (the MDS's answer, the truth as of now).
     fn learn(&self, layout: &FileLayout) {
         let bits = layout
             .mirrors
@@ -62,7 +97,7 @@ impl MirrorSet {
             .enumerate()
             .filter(|(_, m)| m.stale)
             .fold(0u32, |b, (k, _)| b | 1 << k);
-        self.stale.fetch_or(bits, Ordering::AcqRel);
+        self.stale.store(bits, Ordering::Release);
     }
 
     /// The mirror in sync that holds `ost`.
@@ -103,16 +138,20 @@ impl Conn {
             stale: true,
         };
         // Marking twice leaves the same state: no replay key needed.
-        match self.ns.call(&req)? {
-            Reply::Layout(l) => set.learn(&l),
-            other => {
-                return Err(ClientError::Protocol(format!(
-                    "expected a layout, got {other:?}"
-                )))
+        self.learn_layout(set, &req)
+    }
+
+    /// Asks the MDS `req` (a layout request) and takes the stale marks it answers.
+    fn learn_layout(&mut self, set: &MirrorSet, req: &Request) -> Result<(), ClientError> {
+        match self.ns.call(req)? {
+            Reply::Layout(l) if l.mirrors.len() == set.mirrors() => {
+                set.learn(&l);
+                Ok(())
             }
+            other => Err(ClientError::Protocol(format!(
+                "expected the file's layout, got {other:?}"
+            ))),
         }
-        set.stale.fetch_or(1 << mirror, Ordering::AcqRel);
-        Ok(())
     }
 
     /// Runs `f` on every mirror in sync (its index and objects); a mirror whose OST is
@@ -133,11 +172,19 @@ impl Conn {
 
     /// Runs the read `f` on the first mirror in sync that answers: a mirror whose OST is
     /// down, whose server left, or whose connection failed, gives way to the next one.
+    ///
+    /// A mirror that was stale while its OSS was away is not read once it is back: when
+    /// an OST of the file changed epoch since the last read, the marks are asked of the
+    /// MDS again first (a writer marks a mirror stale before its write is acknowledged).
     pub(super) fn read_mirror<R>(
         &mut self,
+        ino: u64,
         set: &MirrorSet,
         mut f: impl FnMut(&mut Conn, &StripedLayout) -> Result<R, ClientError>,
     ) -> Result<R, ClientError> {
+        if set.mirrors() > 1 && set.moved(&self.map) {
+            self.learn_layout(set, &Request::GetLayout { ino })?;
+        }
         let live = set.in_sync();
         let mut last = None;
         for (k, &m) in live.iter().enumerate() {
