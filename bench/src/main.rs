@@ -7,6 +7,7 @@
 
 mod control;
 mod disk;
+mod failover;
 mod format;
 mod fusefloor;
 mod ior;
@@ -82,6 +83,9 @@ enum Command {
     /// Clients that come and go (some killed with SIGKILL) under mixed metadata and I/O,
     /// every byte checked; last line `ops=N lost_replies=N timeouts=N corrupt=N`.
     Soak(soak::SoakArgs),
+    /// A persistent file system of its own losing a server (kill -9) under a checked
+    /// workload; last line `pause_ms=N lost_ops=N corrupt=N rebuild_s=N`.
+    Failover(failover::FailoverArgs),
     /// One client process of `soak`.
     #[command(hide = true)]
     SoakClient(soak::SoakClientArgs),
@@ -198,6 +202,7 @@ fn main() {
         Command::Regcache(args) => regcache::run(args),
         Command::FuseFloor(args) => fusefloor::run(args),
         Command::Soak(args) => soak::run(args),
+        Command::Failover(args) => failover::run(args),
         Command::SoakClient(args) => soak::client(args),
         Command::Info { node } => info(node),
     };

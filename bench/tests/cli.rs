@@ -312,3 +312,55 @@ fn fuse_floor_serves_creates_until_unmounted() {
     assert!(out.status.success(), "{out:?}");
     finish_within(child, "fuse-floor");
 }
+
+/// `nacre-bench failover` on a file system of its own: kill -9 of an OSS, then of the
+/// MDS, under the checked workload; nothing acknowledged is lost, no read is wrong,
+/// and the last line has the four figures. (Its pause target is a benchmark's: the
+/// figures are printed, not timed here.)
+#[test]
+fn failover_loses_nothing() {
+    if !provider_available("shm") {
+        return;
+    }
+    for victim in ["oss", "mds"] {
+        let dir = std::path::PathBuf::from(env!("CARGO_TARGET_TMPDIR")).join("failover");
+        let child = Command::new(BIN)
+            .args(["failover", "--provider", "shm", "--kill", victim])
+            .args([
+                "--files",
+                "4",
+                "--file-mib",
+                "1",
+                "--before",
+                "1",
+                "--after",
+                "1",
+            ])
+            .arg("--dir")
+            .arg(&dir)
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .spawn()
+            .unwrap();
+        let out = finish_within(KillOnDrop::new(child), "nacre-bench failover");
+        let text = String::from_utf8_lossy(&out.stdout);
+        assert!(
+            out.status.success(),
+            "failover --kill {victim}: {text}{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        let last = text.lines().last().unwrap_or_default();
+        eprintln!("failover --kill {victim}: {last}");
+        let field = |k: &str| -> f64 {
+            last.split_whitespace()
+                .find_map(|f| f.strip_prefix(k)?.strip_prefix('=')?.parse().ok())
+                .unwrap_or_else(|| panic!("no {k} in {last:?}"))
+        };
+        assert_eq!(field("lost_ops"), 0.0, "{last}");
+        assert_eq!(field("corrupt"), 0.0, "{last}");
+        assert!(
+            field("pause_ms") > 0.0 && field("rebuild_s") >= 0.0,
+            "{last}"
+        );
+    }
+}

@@ -349,6 +349,28 @@ pub fn getstripe(c: &Client, paths: &[String]) -> Result<(), CliError> {
     Ok(())
 }
 
+#[derive(Debug, clap::Subcommand)]
+pub enum MirrorCmd {
+    /// Bring the stale copies of files back in sync (as `lfs mirror resync`); refused
+    /// while the file is open for writing. Prints `PATH: mirror K resynced` per copy.
+    Resync { paths: Vec<String> },
+}
+
+pub fn mirror(c: &Client, cmd: &MirrorCmd) -> Result<(), CliError> {
+    let MirrorCmd::Resync { paths } = cmd;
+    for p in paths {
+        let path = fs_path(p)?;
+        let done = c.resync(path).map_err(|e| CliError::io(path, e))?;
+        if done.is_empty() {
+            println!("{path}: no stale copy");
+        }
+        for m in done {
+            println!("{path}: mirror {} resynced", m + 1);
+        }
+    }
+    Ok(())
+}
+
 /// One RAID-0 layout's lines, as `lfs getstripe` prints them.
 fn print_stripes(l: &nacre_proto::layout::StripedLayout) {
     println!("lmm_stripe_count:  {}", l.objects.len());

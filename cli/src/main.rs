@@ -67,6 +67,10 @@ enum Cmd {
     Getstripe { paths: Vec<String> },
     /// Usage per target, as `lfs df` shows it.
     Df(commands::DfArgs),
+    /// Mirrored files, as `lfs mirror`: `resync` copies a copy in sync over the stale
+    /// ones.
+    #[command(subcommand)]
+    Mirror(commands::MirrorCmd),
     /// Check the namespace against the OSTs' objects (root; online) and, with --fix,
     /// repair it. Last line: `orphans=N dangling=N nlink=N size=N fixed=N`.
     Check(check::CheckArgs),
@@ -126,6 +130,7 @@ fn run(cli: Cli) -> Result<(), CliError> {
         Cmd::Setstripe(a) => commands::setstripe(&client, &a),
         Cmd::Getstripe { paths } => commands::getstripe(&client, &paths),
         Cmd::Df(a) => commands::df(&client, &a),
+        Cmd::Mirror(m) => commands::mirror(&client, &m),
         Cmd::Check(a) => check::check(&client, &a),
     }
 }

@@ -19,6 +19,7 @@ use nacre_client::{Client, ClientConfig, File, Layout, OpenOptions};
 use nacre_fabric::testing::pattern;
 use nacre_proto::bootstrap::RoleKind;
 use nacre_proto::layout::{FileLayout, FirstOst, StripeCount, StripeSpec};
+use nacre_proto::meta::{Creds, Request};
 
 const MIB: usize = 1 << 20;
 const CHUNKS: usize = 40;
@@ -276,7 +277,27 @@ fn persistent_survives_a_lost_oss(provider: &str) {
         s.spawn(|| assert_eq!(r.read_at(&mut back, 0).unwrap(), newer.len()));
     });
     assert!(back == newer, "an old handle read B's stale copy");
+    // The resync: refused while a handle may write the file; then B's copy holds the
+    // new bytes, which reads show once A's copy is set aside.
+    let busy = client.resync("/before").unwrap_err();
+    assert_eq!(busy.raw_os_error(), Some(libc::EBUSY), "{busy}");
     drop((r, before));
+    let said = a.ok(["mirror", "resync", "/before"].as_slice());
+    assert_eq!(said.trim(), "/before: mirror 1 resynced");
+    let shown = a.ok(["getstripe", "/before"].as_slice());
+    assert!(!shown.contains("stale"), "{shown}");
+    let ino = client.stat("/before").unwrap().ino;
+    let aside = Request::MirrorState {
+        ino,
+        mirror: 1,
+        stale: true,
+    };
+    client.request_as(&Creds::root(), &aside).unwrap();
+    let only_b = client.open("/before", &OpenOptions::read()).unwrap();
+    let mut back = vec![0u8; newer.len()];
+    assert_eq!(only_b.read_at(&mut back, 0).unwrap(), back.len());
+    assert!(back == newer, "B's resynced copy holds the new bytes");
+    drop(only_b);
     b.stop();
     a.stop();
 }

@@ -88,10 +88,13 @@ pub fn serve(cfg: &MdsServeConfig) -> Result<bool, MdsServeError> {
         mcfg.osts = osts.clone();
     }
     let mdt = Arc::new(Mdt::open(mcfg)?);
-    // Where each OST is, before any client request: mirrors go to other servers.
-    let _ = mdt
-        .submitter()
-        .submit_admin(0, Admin::SetOsts(places.clone()));
+    // Where each OST is, before any client request: mirrors go to other servers. (A
+    // map without OSTs leaves the MDT's configured set.)
+    if !places.is_empty() {
+        let _ = mdt
+            .submitter()
+            .submit_admin(0, Admin::SetOsts(places.clone()));
+    }
     mdt.set_ost_space(ost_space(&map));
     println!(
         "nacre-mds: serving MDT {} as {} (epoch {}) over {} on {} core(s), OSTs {:?}",

@@ -750,10 +750,53 @@ fn mirrored_files_mark_stale_but_never_the_last_copy() {
     // The last copy in sync stays in sync; a mirror the file lacks is refused.
     assert_eq!(t.call(state(0, true)), Err(EIO));
     assert_eq!(t.call(state(2, true)), Err(EINVAL));
+    // In sync again only through a resync that nothing could have disturbed: none
+    // started (EAGAIN); one spoiled by a write open or a truncate (EBUSY); none while
+    // a handle may write (EBUSY).
+    assert_eq!(t.call(state(1, false)), Err(EAGAIN));
+    let resync = Request::ResyncStart { ino: attr.ino };
+    assert!(matches!(t.call(resync.clone()), Ok(Reply::Attr(_))));
+    let Ok(Reply::Opened { handle, .. }) = t.call(Request::Open {
+        ino: attr.ino,
+        flags: O_RDWR,
+    }) else {
+        panic!("open for writing")
+    };
+    assert_eq!(t.call(state(1, false)), Err(EBUSY), "a writer came");
+    assert_eq!(t.call(resync.clone()), Err(EBUSY), "a writer holds it");
+    t.call(Request::Close {
+        ino: attr.ino,
+        handle,
+    })
+    .unwrap();
+    assert!(t.call(resync.clone()).is_ok());
+    t.call(Request::Setattr {
+        ino: attr.ino,
+        attr: SetAttr {
+            mask: set::SIZE,
+            size: 0,
+            ..Default::default()
+        },
+    })
+    .unwrap();
+    assert_eq!(t.call(state(1, false)), Err(EBUSY), "a truncate came");
+    // A reader does not disturb it.
+    assert!(t.call(resync).is_ok());
+    let Ok(Reply::Opened { handle, .. }) = t.call(Request::Open {
+        ino: attr.ino,
+        flags: O_RDONLY,
+    }) else {
+        panic!("open for reading")
+    };
     let Ok(Reply::Layout(back)) = t.call(state(1, false)) else {
         panic!("back in sync")
     };
     assert_eq!(back, l);
+    t.call(Request::Close {
+        ino: attr.ino,
+        handle,
+    })
+    .unwrap();
     // Another user without write permission may not change it.
     let other = Creds {
         uid: 1000,

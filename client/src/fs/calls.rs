@@ -100,18 +100,7 @@ impl Client {
         let count = (per * set.mirrors()) as u64;
         self.change_objects(count, |c, keys| {
             c.each_mirror(ino, set, |c, m, layout| {
-                for (stripe, obj) in layout.objects.iter().enumerate() {
-                    let route = c.route(obj.ost)?;
-                    let osize = layout.object_size_for_file(stripe as u32, size);
-                    let key = Some(keys.key(m * per + stripe));
-                    match c.ns.ep.obj_truncate(&route, obj.oid, osize, key) {
-                        // Never written: an absent object reads as empty, which is what
-                        // a truncate to 0 asks; a longer size is the MDS's to record.
-                        Err(ClientError::Status(libc::ENOENT)) => {}
-                        other => other?,
-                    }
-                }
-                Ok(())
+                c.truncate_stripes(layout, size, keys, m * per)
             })
         })
     }

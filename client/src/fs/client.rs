@@ -506,4 +506,27 @@ impl Conn {
     pub(super) fn routes(&self, layout: &StripedLayout) -> Result<Vec<OstRoute>, ClientError> {
         layout.objects.iter().map(|o| self.route(o.ost)).collect()
     }
+
+    /// Sets each object of one copy to its size for a file of `size` bytes, object `k`
+    /// under key `key + k` of `keys`.
+    pub(super) fn truncate_stripes(
+        &mut self,
+        layout: &StripedLayout,
+        size: u64,
+        keys: &KeyBlock,
+        key: usize,
+    ) -> Result<(), ClientError> {
+        for (stripe, obj) in layout.objects.iter().enumerate() {
+            let route = self.route(obj.ost)?;
+            let osize = layout.object_size_for_file(stripe as u32, size);
+            let key = Some(keys.key(key + stripe));
+            match self.ns.ep.obj_truncate(&route, obj.oid, osize, key) {
+                // Never written: an absent object reads as empty, which is what a
+                // truncate to 0 asks; a longer size is the MDS's to record.
+                Err(ClientError::Status(libc::ENOENT)) => {}
+                other => other?,
+            }
+        }
+        Ok(())
+    }
 }

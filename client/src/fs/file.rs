@@ -394,7 +394,7 @@ fn guard(cache: &Mutex<Cache>) -> std::sync::MutexGuard<'_, Cache> {
 
 /// The object extents of file `pieces` of a transfer starting at `offset`, their
 /// requests under keys `key..` of the call's block.
-fn extents<'r>(
+pub(super) fn extents<'r>(
     layout: &StripedLayout,
     routes: &'r [OstRoute],
     pieces: &[nacre_proto::layout::Piece],

@@ -10,7 +10,13 @@ use nacre_proto::bootstrap::{ClusterMap, Role, RoleKind};
 use nacre_proto::layout::{FileLayout, StripedLayout};
 use nacre_proto::meta::{Reply, Request};
 
+use std::io;
+
 use super::client::Conn;
+use super::errors::{attr_of, failure, protocol};
+use super::file::extents;
+use super::Client;
+use crate::objects::{IoOptions, KeyBlock};
 use crate::rpc::ClientError;
 
 /// A file's layout and the mirrors this client knows to be stale (bit `m` for mirror
@@ -210,4 +216,102 @@ fn elsewhere(e: &ClientError) -> bool {
             | ClientError::Timeout(_)
             | ClientError::Expired { .. }
     )
+}
+
+/// Bytes a resync copies per step.
+const RESYNC_CHUNK: u64 = 8 << 20;
+/// Copies a resync makes before it gives up on a file that keeps being written.
+const RESYNC_TRIES: usize = 3;
+
+impl Client {
+    /// Copies a mirrored file's first copy in sync over its stale ones and marks them
+    /// in sync (`lfs mirror resync`); returns the mirrors it brought back. EBUSY while a
+    /// handle may write the file, or when a write open or a truncate came during each
+    /// of its tries (the MDS refuses the mark then: the copy may have missed it).
+    pub fn resync(&self, path: &str) -> io::Result<Vec<usize>> {
+        let ino = self.with_conn(true, |c| c.ns.resolve(path))?;
+        for _ in 0..RESYNC_TRIES {
+            // Registered before the layout and size are read: whatever changes them
+            // after this spoils the resync.
+            let size = attr_of(self.meta(true, &Request::ResyncStart { ino })?)?.size;
+            let layout = match self.meta(true, &Request::GetLayout { ino })? {
+                Reply::Layout(l) => l,
+                other => return Err(protocol(format!("expected a layout, got {other:?}"))),
+            };
+            let stale: Vec<usize> = (0..layout.mirrors.len())
+                .filter(|&m| layout.mirrors[m].stale)
+                .collect();
+            let Some(&src) = layout.in_sync().first() else {
+                return Err(protocol("a layout with no copy in sync".into()));
+            };
+            for &m in &stale {
+                self.copy_mirror(
+                    &layout.mirrors[src].stripes,
+                    &layout.mirrors[m].stripes,
+                    size,
+                )?;
+            }
+            let mut spoiled = false;
+            for &m in &stale {
+                let req = Request::MirrorState {
+                    ino,
+                    mirror: m as u32,
+                    stale: false,
+                };
+                match self.meta(true, &req) {
+                    Ok(_) => {}
+                    Err(e) if matches!(e.raw_os_error(), Some(libc::EBUSY | libc::EAGAIN)) => {
+                        spoiled = true;
+                        break;
+                    }
+                    Err(e) => return Err(e),
+                }
+            }
+            if !spoiled {
+                return Ok(stale);
+            }
+        }
+        Err(io::Error::from_raw_os_error(libc::EBUSY))
+    }
+
+    /// Makes copy `to` hold what copy `from` holds of a file of `size` bytes: emptied
+    /// first, so that what `from` holds as holes stays holes, then every chunk that
+    /// is not all zeros, then each object set to its size.
+    fn copy_mirror(&self, from: &StripedLayout, to: &StripedLayout, size: u64) -> io::Result<()> {
+        let n = to.objects.len() as u64;
+        self.change_objects(n, |c, keys| c.truncate_stripes(to, 0, keys, 0))?;
+        let mut buf = vec![0u8; RESYNC_CHUNK.min(size) as usize];
+        let mut at = 0;
+        while at < size {
+            let len = (size - at).min(RESYNC_CHUNK);
+            let buf = &mut buf[..len as usize];
+            let pieces = from
+                .pieces(at, len)
+                .map_err(|e| failure(libc::EINVAL, e.to_string()))?;
+            let got = self.with_conn(true, |c| {
+                let routes = c.routes(from)?;
+                let ex = extents(from, &routes, &pieces, at, 0);
+                let io = c.io;
+                c.ns.ep.read_extents(&ex, buf, io)
+            })?;
+            for (p, got) in pieces.iter().zip(got) {
+                let s = (p.file_offset - at) as usize;
+                buf[s + got..s + p.len as usize].fill(0);
+            }
+            if buf.iter().any(|&b| b != 0) {
+                let count = KeyBlock::needed(pieces.iter().map(|p| p.len as usize));
+                self.change_objects(count, |c, keys| {
+                    let routes = c.routes(to)?;
+                    let ex = extents(to, &routes, &pieces, at, 0);
+                    let io = IoOptions {
+                        keys: Some(*keys),
+                        ..c.io
+                    };
+                    c.ns.ep.write_extents(&ex, buf, io)
+                })?;
+            }
+            at += len;
+        }
+        self.change_objects(n, |c, keys| c.truncate_stripes(to, size, keys, 0))
+    }
 }

@@ -15,7 +15,7 @@ use nacre_proto::meta::{
     Request, SetAttr, CREATE_EXCL, CREATE_OPEN, CREATE_OPEN_SHIFT, NAME_MAX, O_ACCMODE, O_RDONLY,
     O_RDWR, O_TRUNC, O_WRONLY, READDIR_MAX_BYTES, READDIR_MAX_ENTRIES, RENAME_NOREPLACE,
 };
-use std::collections::HashMap;
+use std::collections::{HashMap, HashSet};
 
 pub const ROOT_INO: u64 = 1;
 /// Most hard links to one file.
@@ -170,6 +170,11 @@ fn readdir(v: &impl View, c: &Ctx<'_>, dir: u64, cookie: u64, max: u32) -> Res<R
 /// closing another client's open that happened to get the same number. Clients name
 /// their handles of earlier runs again after a restart ([`Opens::reopen`], open
 /// replay), which keeps their numbers.
+///
+/// Opens also guard mirror resyncs: a resync may mark a copy in sync only if nobody
+/// could have written the file while it copied, since writers leave stale copies out.
+/// So the handles opened for writing are counted, and a write open, a replayed open
+/// (its mode is not known) or a size change of a file being resynced spoils that resync.
 #[derive(Debug, Default)]
 pub struct Opens {
     handles: HashMap<u64, u64>,
@@ -177,7 +182,16 @@ pub struct Opens {
     /// This run's first handle less one: every handle of an earlier run is below it.
     base: u64,
     next: u64,
+    /// Handles that may write, and how many each inode has.
+    writing: HashSet<u64>,
+    writers: HashMap<u64, u32>,
+    /// Inodes being resynced, and whether a write may have happened since the resync
+    /// started (then it may not mark its copy in sync).
+    resyncs: HashMap<u64, bool>,
 }
+
+/// Resyncs followed at once: past it, the oldest is forgotten (it then starts again).
+pub const MAX_RESYNCS: usize = 4096;
 
 /// Handles of epoch `e` start at `e << HANDLE_EPOCH_SHIFT` (2^40 opens per run).
 pub const HANDLE_EPOCH_SHIFT: u32 = 40;
@@ -201,7 +215,44 @@ impl Opens {
         need(handle != 0 && handle <= self.base, EBADF)?;
         self.handles.insert(handle, ino);
         *self.counts.entry(ino).or_default() += 1;
+        // Its mode was not kept across the restart: it may write.
+        self.add_writer(ino, handle);
         Ok(())
+    }
+
+    fn add_writer(&mut self, ino: u64, handle: u64) {
+        self.writing.insert(handle);
+        *self.writers.entry(ino).or_default() += 1;
+        self.touched(ino);
+    }
+
+    /// `ino` may be written (or was truncated): a resync of it must start again.
+    pub fn touched(&mut self, ino: u64) {
+        if let Some(spoiled) = self.resyncs.get_mut(&ino) {
+            *spoiled = true;
+        }
+    }
+
+    /// A resync of `ino` starts: EBUSY while a handle may write it.
+    fn resync_start(&mut self, ino: u64) -> Res<()> {
+        need(!self.writers.contains_key(&ino), EBUSY)?;
+        if self.resyncs.len() >= MAX_RESYNCS && !self.resyncs.contains_key(&ino) {
+            let any = *self.resyncs.keys().next().expect("full");
+            self.resyncs.remove(&any);
+        }
+        self.resyncs.insert(ino, false);
+        Ok(())
+    }
+
+    /// Whether the resync of `ino` may mark a copy in sync: it started in this run and
+    /// nothing could have written the file since (EBUSY: start again; EAGAIN: no resync
+    /// of it started in this run).
+    fn resync_clean(&self, ino: u64) -> Res<()> {
+        match self.resyncs.get(&ino) {
+            None => Err(Fail::Errno(EAGAIN)),
+            Some(true) => Err(Fail::Errno(EBUSY)),
+            Some(false) => need(!self.writers.contains_key(&ino), EBUSY),
+        }
     }
 
     pub fn is_open(&self, ino: u64) -> bool {
@@ -213,10 +264,13 @@ impl Opens {
         self.counts.keys().copied().collect()
     }
 
-    fn open(&mut self, ino: u64) -> u64 {
+    fn open(&mut self, ino: u64, writing: bool) -> u64 {
         self.next += 1;
         self.handles.insert(self.next, ino);
         *self.counts.entry(ino).or_default() += 1;
+        if writing {
+            self.add_writer(ino, self.next);
+        }
         self.next
     }
 
@@ -224,6 +278,13 @@ impl Opens {
     fn close(&mut self, ino: u64, handle: u64) -> Res<bool> {
         need(self.handles.get(&handle) == Some(&ino), EBADF)?;
         self.handles.remove(&handle);
+        if self.writing.remove(&handle) {
+            let w = self.writers.get_mut(&ino).expect("counted with its handle");
+            *w -= 1;
+            if *w == 0 {
+                self.writers.remove(&ino);
+            }
+        }
         let n = self.counts.get_mut(&ino).expect("counted with its handle");
         *n -= 1;
         if *n == 0 {
@@ -295,10 +356,19 @@ impl Namespace {
                 get(&w.view, *ino)?;
                 self.opens.reopen(*ino, *handle).map(|_| Reply::Done)
             }
-            Request::Setattr { ino, attr } => setattr(w, c, *ino, attr),
+            Request::Setattr { ino, attr } => {
+                if attr.mask & set::SIZE != 0 {
+                    self.opens.touched(*ino);
+                }
+                setattr(w, c, *ino, attr)
+            }
+            Request::ResyncStart { ino } => self.resync_start(w, c, *ino),
             Request::SetLayout { ino, spec } => self.set_layout(w, c, *ino, spec),
             Request::ReportSize { ino, size } => report_size(w, c, *ino, *size),
             Request::MirrorState { ino, mirror, stale } => {
+                if !*stale {
+                    self.opens.resync_clean(*ino)?;
+                }
                 mirror_state(w, c, *ino, *mirror, *stale)
             }
             read_only => read(&w.view, c, read_only),
@@ -403,14 +473,14 @@ impl Namespace {
         i.layout = layout.to_bytes();
         let open = flags & CREATE_OPEN != 0;
         let open_flags = flags >> CREATE_OPEN_SHIFT;
-        if open && (open_flags & O_ACCMODE != O_RDONLY || open_flags & O_TRUNC != 0) {
+        if open && writes(open_flags) {
             i.flags |= WRITTEN; // as open marks a file opened for writing
         }
         w.put_inode(&i)?;
         add_to_dir(w, c, parent, name, &i)?;
         // The new file's creator opens it whatever its mode says (POSIX).
         let handle = match open {
-            true => self.opens.open(i.ino),
+            true => self.opens.open(i.ino, writes(open_flags)),
             false => 0,
         };
         Ok(Reply::Opened {
@@ -622,7 +692,7 @@ impl Namespace {
             }
             w.put_inode(&i)?;
         }
-        let handle = self.opens.open(ino);
+        let handle = self.opens.open(ino, writing);
         Ok(Reply::Opened {
             attr: i.attr(),
             layout: i.file_layout(),
@@ -673,6 +743,16 @@ impl Namespace {
                 Ok(Reply::Layout(layout))
             }
         }
+    }
+
+    /// A client starts copying a file's copies in sync over its stale ones.
+    fn resync_start(&mut self, w: &mut WriteTables<'_>, c: &Ctx<'_>, ino: u64) -> Res<Reply> {
+        let i = get(&w.view, ino)?;
+        need(!i.is_dir(), EISDIR)?;
+        need(i.kind == FileKind::File, EINVAL)?;
+        need(is_owner(c.creds, &i) || may(c.creds, &i, W), EACCES)?;
+        self.opens.resync_start(ino)?;
+        Ok(Reply::Attr(i.attr()))
     }
 
     /// Ends the recovery window: destroys the orphans no client holds open (nor took
@@ -847,6 +927,11 @@ fn report_size(w: &mut WriteTables<'_>, c: &Ctx<'_>, ino: u64, size: u64) -> Res
         w.put_inode(&i)?;
     }
     Ok(Reply::Attr(i.attr()))
+}
+
+/// Whether an open with `flags` may write the file.
+fn writes(flags: u32) -> bool {
+    flags & O_ACCMODE != O_RDONLY || flags & O_TRUNC != 0
 }
 
 /// A client could not write a mirror (stale), or a resync brought it back (in sync).

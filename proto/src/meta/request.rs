@@ -91,11 +91,18 @@ pub enum Request {
     },
     /// Marks mirror `mirror` of a file stale (a client could not write it: one of its
     /// OSTs is down) or, after a resync, in sync again. Idempotent. The MDS refuses
-    /// (EIO) to mark stale the last mirror in sync.
+    /// (EIO) to mark stale the last mirror in sync, and a copy in sync unless a resync
+    /// of the file started in this MDS run and nothing could have written it since
+    /// (EBUSY, or EAGAIN when no resync started).
     MirrorState {
         ino: u64,
         mirror: u32,
         stale: bool,
+    },
+    /// A resync of a file's stale copies starts (`nacre mirror resync`): EBUSY while a
+    /// handle may write the file. Answers its attributes (the size to copy).
+    ResyncStart {
+        ino: u64,
     },
     /// The end of a client's writes (at close or fsync): the MDS keeps the max.
     ReportSize {
@@ -139,6 +146,7 @@ impl Request {
             Request::SetLayout { .. } => Opcode::MDS_SET_LAYOUT,
             Request::ReportSize { .. } => Opcode::MDS_REPORT_SIZE,
             Request::MirrorState { .. } => Opcode::MDS_MIRROR_STATE,
+            Request::ResyncStart { .. } => Opcode::MDS_RESYNC_START,
             Request::Lock(_) => Opcode::MDS_LOCK,
             Request::Check { .. } => Opcode::MDS_CHECK,
         }
@@ -205,9 +213,10 @@ impl Request {
                 put_u64(out, *ino);
                 put_u64(out, *handle);
             }
-            Request::Getattr { ino } | Request::Readlink { ino } | Request::GetLayout { ino } => {
-                put_u64(out, *ino)
-            }
+            Request::Getattr { ino }
+            | Request::Readlink { ino }
+            | Request::GetLayout { ino }
+            | Request::ResyncStart { ino } => put_u64(out, *ino),
             Request::Setattr { ino, attr } => {
                 put_u64(out, *ino);
                 put_setattr(out, attr);
@@ -410,6 +419,7 @@ fn read_request(op: Opcode, r: &mut BodyReader<'_>) -> Result<Request, MetaError
             ino: r.u64()?,
             size: r.u64()?,
         },
+        Opcode::MDS_RESYNC_START => Request::ResyncStart { ino: r.u64()? },
         Opcode::MDS_MIRROR_STATE => Request::MirrorState {
             ino: r.u64()?,
             mirror: r.u32()?,

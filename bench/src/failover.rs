@@ -1,0 +1,315 @@
+//! `nacre-bench failover`: a persistent file system losing a server under load. The
+//! bench brings up a file system of its own (`nacre up --deployment persistent` in a
+//! directory of its own), keeps a workload of whole-file writes and reads going, each
+//! read checked against the last write acknowledged, and kills one server (the first
+//! OSS, or the MDS) with SIGKILL. `nacre up` starts it again; once it serves, the
+//! workload stops, the copies that went stale are resynced (the rebuild), and every
+//! file is read back one last time.
+//!
+//! Last line: `pause_ms=N lost_ops=N corrupt=N rebuild_s=N`. `pause_ms` is the longest
+//! call (open, write, read, close) of the workload, which is the kill's pause;
+//! `lost_ops` counts writes acknowledged whose bytes the last read does not find;
+//! `corrupt` reads during the run that returned other bytes than the last write;
+//! `rebuild_s` the time the resync of every file took. The line before gives the
+//! counts of operations and errors. The exit status is 1 unless lost_ops, corrupt and
+//! the errors are all 0.
+
+use std::io::{BufRead, BufReader};
+use std::path::PathBuf;
+use std::process::{Child, Command, Stdio};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::mpsc::{channel, Receiver};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use nacre_client::{Client, ClientConfig, OpenOptions};
+use nacre_proto::bootstrap::{ClusterMap, RoleKind};
+
+use crate::BenchError;
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+pub enum Victim {
+    Oss,
+    Mds,
+}
+
+#[derive(clap::Args)]
+pub struct FailoverArgs {
+    /// libfabric provider of the file system.
+    #[arg(long, default_value = "shm")]
+    provider: String,
+    /// The server killed: the first OSS, or the MDS.
+    #[arg(long, value_enum, default_value_t = Victim::Oss)]
+    kill: Victim,
+    /// Files the workload writes and reads, in turn.
+    #[arg(long, default_value_t = 8)]
+    files: usize,
+    /// Size of each file, MiB.
+    #[arg(long, default_value_t = 4)]
+    file_mib: usize,
+    /// Seconds of workload before the kill.
+    #[arg(long, default_value_t = 3.0)]
+    before: f64,
+    /// Seconds of workload once the killed server serves again.
+    #[arg(long, default_value_t = 3.0)]
+    after: f64,
+    /// Where the file system lives (made fresh; on a disk, not tmpfs).
+    #[arg(long, default_value = "nacre-failover")]
+    dir: PathBuf,
+}
+
+/// `nacre up`, its servers' pids, and its output lines.
+struct Up {
+    child: Child,
+    lines: Receiver<String>,
+    mgs: String,
+    /// Each server's pid, from `nacre up: NAME (pid N) logs to ...`.
+    pids: std::collections::HashMap<String, u32>,
+}
+
+impl Up {
+    fn start(a: &FailoverArgs) -> Result<Up, BenchError> {
+        let nacre = sibling("nacre")?;
+        let mut child = Command::new(nacre)
+            .args(["up", "--dir"])
+            .arg(a.dir.join("fs"))
+            .args(["--provider", &a.provider, "--listen", "127.0.0.1:0"])
+            .args(["--deployment", "persistent"])
+            .stdin(Stdio::null())
+            .stdout(Stdio::piped())
+            .spawn()
+            .map_err(|e| BenchError::msg(format!("starting nacre up: {e}")))?;
+        let out = child.stdout.take().expect("piped");
+        let (tx, lines) = channel();
+        std::thread::spawn(move || {
+            for line in BufReader::new(out).lines().map_while(Result::ok) {
+                if tx.send(line).is_err() {
+                    break;
+                }
+            }
+        });
+        let mut up = Up {
+            child,
+            lines,
+            mgs: String::new(),
+            pids: Default::default(),
+        };
+        let line = up.wait_for("NACRE_MGS=", Duration::from_secs(120))?;
+        up.mgs = line["NACRE_MGS=".len()..].trim().to_string();
+        Ok(up)
+    }
+
+    /// The first line from now on that contains `what`; the pids of servers said on
+    /// the way go to `pids`.
+    fn wait_for(&mut self, what: &str, timeout: Duration) -> Result<String, BenchError> {
+        let until = Instant::now() + timeout;
+        loop {
+            let left = until.saturating_duration_since(Instant::now());
+            match self.lines.recv_timeout(left) {
+                Ok(l) => {
+                    let started = l
+                        .strip_prefix("nacre up: ")
+                        .and_then(|r| r.split_once(" (pid "))
+                        .and_then(|(n, r)| Some((n, r.split_once(')')?.0.parse().ok()?)));
+                    if let Some((name, pid)) = started {
+                        self.pids.insert(name.to_string(), pid);
+                    }
+                    if l.contains(what) {
+                        return Ok(l);
+                    }
+                }
+                Err(_) => {
+                    return Err(BenchError::msg(format!(
+                        "nacre up: no line with {what:?} within {timeout:?}"
+                    )))
+                }
+            }
+        }
+    }
+
+    /// The pid of server `name`, as `nacre up` last said it.
+    fn pid_of(&self, name: &str) -> Result<u32, BenchError> {
+        self.pids
+            .get(name)
+            .copied()
+            .ok_or_else(|| BenchError::msg(format!("nacre up started no {name}")))
+    }
+
+    fn stop(mut self) {
+        let _ = nacre_fabric::testing::send_signal(self.child.id(), "TERM");
+        let _ = self.child.wait();
+    }
+}
+
+/// A binary of the workspace beside this one.
+fn sibling(name: &str) -> Result<PathBuf, BenchError> {
+    let p = std::env::current_exe()
+        .ok()
+        .and_then(|p| p.parent().map(|d| d.join(name)))
+        .filter(|p| p.exists());
+    p.ok_or_else(|| BenchError::msg(format!("{name} not found beside nacre-bench")))
+}
+
+/// What the workload counted.
+#[derive(Default)]
+struct Counts {
+    ops: AtomicU64,
+    errors: AtomicU64,
+    corrupt: AtomicU64,
+    /// The longest call, nanoseconds.
+    longest: AtomicU64,
+}
+
+impl Counts {
+    fn timed<R>(&self, f: impl FnOnce() -> std::io::Result<R>) -> Option<R> {
+        let t = Instant::now();
+        let r = f();
+        let ns = t.elapsed().as_nanos() as u64;
+        self.longest.fetch_max(ns, Ordering::Relaxed);
+        self.ops.fetch_add(1, Ordering::Relaxed);
+        match r {
+            Ok(v) => Some(v),
+            Err(e) => {
+                eprintln!("failover: {e}");
+                self.errors.fetch_add(1, Ordering::Relaxed);
+                None
+            }
+        }
+    }
+}
+
+/// The bytes of version `v` of file `i`.
+fn content(i: usize, v: u64, len: usize) -> Vec<u8> {
+    let mut x =
+        (i as u64 + 1).wrapping_mul(0x9E37_79B9_7F4A_7C15) ^ v.wrapping_mul(0xD6E8_FEB8_6659_FD93);
+    (0..len)
+        .map(|_| {
+            x ^= x << 13;
+            x ^= x >> 7;
+            x ^= x << 17;
+            x as u8
+        })
+        .collect()
+}
+
+/// Writes and reads the files in turn until `stop`; returns the last version of each
+/// whose write was acknowledged.
+fn workload(client: &Client, a: &FailoverArgs, counts: &Counts, stop: &AtomicBool) -> Vec<u64> {
+    let len = a.file_mib << 20;
+    let mut acked = vec![0u64; a.files];
+    let mut v = 0;
+    while !stop.load(Ordering::Relaxed) {
+        v += 1;
+        for (i, last) in acked.iter_mut().enumerate() {
+            let path = format!("/failover/f{i}");
+            let data = content(i, v, len);
+            let wrote = counts.timed(|| {
+                let f = client.open(&path, &OpenOptions::create())?;
+                f.write_at(&data, 0)?;
+                f.close()
+            });
+            if wrote.is_some() {
+                *last = v;
+            }
+            let mut back = vec![0u8; len];
+            let read = counts.timed(|| {
+                let f = client.open(&path, &OpenOptions::read())?;
+                let n = f.read_at(&mut back, 0)?;
+                f.close()?;
+                Ok(n)
+            });
+            if read.is_some_and(|n| n != len || back != content(i, *last, len)) {
+                counts.corrupt.fetch_add(1, Ordering::Relaxed);
+            }
+        }
+    }
+    acked
+}
+
+/// Whether `map` shows a server for each OST and the MDS, every target up.
+fn all_serving(map: &ClusterMap) -> bool {
+    map.targets
+        .iter()
+        .all(|t| t.state == nacre_proto::bootstrap::TargetState::Up && map.server(t.role).is_some())
+        && map.servers.iter().any(|s| s.role.kind == RoleKind::Mds)
+}
+
+pub fn run(a: &FailoverArgs) -> Result<(), BenchError> {
+    let _ = std::fs::remove_dir_all(&a.dir);
+    std::fs::create_dir_all(&a.dir).map_err(|e| BenchError::msg(e.to_string()))?;
+    let mut up = Up::start(a)?;
+    let outcome = drive(a, &mut up);
+    up.stop();
+    outcome
+}
+
+fn drive(a: &FailoverArgs, up: &mut Up) -> Result<(), BenchError> {
+    let client = Client::connect(&up.mgs, ClientConfig::default())?;
+    client.mkdir("/failover", 0o755)?;
+    let counts = Arc::new(Counts::default());
+    let stop = Arc::new(AtomicBool::new(false));
+    let acked = std::thread::scope(|s| -> Result<Vec<u64>, BenchError> {
+        let w = s.spawn(|| workload(&client, a, &counts, &stop));
+        std::thread::sleep(Duration::from_secs_f64(a.before));
+        let name = match a.kill {
+            Victim::Oss => "oss0",
+            Victim::Mds => "mds",
+        };
+        let pid = up.pid_of(name)?;
+        let killed = Instant::now();
+        nacre_fabric::testing::send_signal(pid, "KILL")
+            .map_err(|e| BenchError::msg(format!("kill -9 {pid}: {e}")))?;
+        up.wait_for(
+            &format!("nacre up: {name} restarted"),
+            Duration::from_secs(60),
+        )?;
+        while !all_serving(&*client.refresh_map()?) {
+            if killed.elapsed() > Duration::from_secs(120) {
+                return Err(BenchError::msg("the file system did not serve again"));
+            }
+            std::thread::sleep(Duration::from_millis(100));
+        }
+        eprintln!(
+            "failover: {name} (pid {pid}) killed; every target serving again after {:.1} s",
+            killed.elapsed().as_secs_f64()
+        );
+        std::thread::sleep(Duration::from_secs_f64(a.after));
+        stop.store(true, Ordering::Relaxed);
+        Ok(w.join().expect("the workload thread"))
+    })?;
+    // The rebuild: every stale copy resynced.
+    let rebuild = Instant::now();
+    let mut resynced = 0;
+    for i in 0..a.files {
+        resynced += client.resync(&format!("/failover/f{i}"))?.len();
+    }
+    let rebuild_s = rebuild.elapsed().as_secs_f64();
+    let len = a.file_mib << 20;
+    let mut lost = 0;
+    for (i, &v) in acked.iter().enumerate() {
+        let f = client.open(&format!("/failover/f{i}"), &OpenOptions::read())?;
+        let mut back = vec![0u8; len];
+        let n = f.read_at(&mut back, 0)?;
+        if v > 0 && (n != len || back != content(i, v, len)) {
+            lost += 1;
+        }
+    }
+    let n = |c: &AtomicU64| c.load(Ordering::Relaxed);
+    println!(
+        "kill={:?} provider={} files={} ops={} errors={} copies_resynced={resynced}",
+        a.kill,
+        a.provider,
+        a.files,
+        n(&counts.ops),
+        n(&counts.errors)
+    );
+    println!(
+        "pause_ms={} lost_ops={lost} corrupt={} rebuild_s={rebuild_s:.2}",
+        n(&counts.longest) / 1_000_000,
+        n(&counts.corrupt)
+    );
+    if lost + n(&counts.corrupt) + n(&counts.errors) > 0 {
+        return Err(BenchError::msg("lost, corrupt or failed operations"));
+    }
+    Ok(())
+}
