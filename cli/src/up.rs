@@ -71,6 +71,8 @@ pub struct MdsSection {
     /// Reply only once an operation is committed (group commit).
     #[serde(default)]
     pub sync: bool,
+    /// MiB per second the rebuild of stale copies may copy (0: none) [default: 256].
+    pub rebuild_mib_s: Option<u64>,
 }
 
 #[derive(Debug, Clone, Deserialize, Default)]
@@ -344,6 +346,9 @@ impl Up {
             .args(["--mgs", mgs, "--provider", provider]);
         if s.sync {
             cmd.arg("--sync");
+        }
+        if let Some(r) = s.rebuild_mib_s {
+            cmd.args(["--rebuild-mib-s", &r.to_string()]);
         }
         self.server_flags(&mut cmd);
         self.spawn("mds", cmd)

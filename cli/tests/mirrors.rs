@@ -35,17 +35,19 @@ fn write_config(path: &Path, text: &str) -> String {
     path.to_str().unwrap().to_string()
 }
 
-/// Hosts A and B up over `provider`, A's MGS formatted persistent.
-fn hosts(provider: &str) -> Option<(PathBuf, Up, Up)> {
+/// Hosts A and B up over `provider`, A's MGS formatted persistent, its MDS rebuilding
+/// stale copies at `rebuild` MiB/s (0: never).
+fn hosts(provider: &str, test: &str, rebuild: u64) -> Option<(PathBuf, Up, Up)> {
     if !common::have(provider, "a persistent file system losing an OSS") {
         return None;
     }
-    let dir = tmp(&format!("mirrors-{}", provider.split(';').next().unwrap()));
+    let dir = tmp(&format!("{test}-{}", provider.split(';').next().unwrap()));
     let d = dir.display();
     let a = write_config(
         &dir.join("a.toml"),
         &format!(
-            "[mgs]\nlisten = \"127.0.0.1:0\"\ndeployment = \"persistent\"\n[mds]\n\
+            "[mgs]\nlisten = \"127.0.0.1:0\"\ndeployment = \"persistent\"\n\
+             [mds]\nrebuild_mib_s = {rebuild}\n\
              [[oss]]\nosts = [\"{d}/a/ost0\", \"{d}/a/ost1\"]\n"
         ),
     );
@@ -131,7 +133,8 @@ fn create_across(client: &Client, path: &str, spec: StripeSpec, b: &[u32]) -> Fi
 }
 
 fn persistent_survives_a_lost_oss(provider: &str) {
-    let Some((dir, a, mut b)) = hosts(provider) else {
+    // No rebuild: the resync is the test's to run.
+    let Some((dir, a, mut b)) = hosts(provider, "mirrors", 0) else {
         return;
     };
     let status = a.ok(["status"].as_slice());
@@ -416,4 +419,91 @@ fn nacre_up_restarts_a_dead_oss_on_shm() {
 #[test]
 fn nacre_up_restarts_a_dead_oss_on_tcp() {
     nacre_up_restarts_a_dead_oss("tcp;ofi_rxm");
+}
+
+/// The rebuild: B's OSS killed, files written while it is down (their copies on B go
+/// stale), B's OSS back on its directory: A's MDS copies them back in sync by itself,
+/// and B's copies then hold every byte written during the outage.
+fn rebuild_after_an_oss_came_back(provider: &str) {
+    let Some((dir, a, mut b)) = hosts(provider, "rebuild", 64) else {
+        return;
+    };
+    let client = Client::connect(&a.mgs, ClientConfig::default()).unwrap();
+    let b_osts = osts_of_b(&client, &dir);
+    let first_on_b = StripeSpec {
+        stripe_size: MIB as u32,
+        count: StripeCount::Count(2),
+        first: FirstOst::Index(b_osts[0]),
+        mirrors: 2,
+    };
+    const FILES: usize = 4;
+    for i in 0..FILES {
+        let f = create_across(&client, &format!("/r{i}"), first_on_b, &b_osts);
+        f.write_at(&pattern(i as u64, MIB), 0).unwrap();
+    }
+    nacre_fabric::testing::send_signal(b.pid_of("oss0"), "KILL").expect("kill -9 of B's OSS");
+    assert_ne!(b.proc.wait_exit(Duration::from_secs(30)), Some(0));
+    let new: Vec<Vec<u8>> = (0..FILES)
+        .map(|i| pattern(100 + i as u64, 3 * MIB))
+        .collect();
+    for (i, data) in new.iter().enumerate() {
+        let f = client
+            .open(&format!("/r{i}"), &OpenOptions::create())
+            .unwrap();
+        f.write_at(data, 0).unwrap();
+        f.close().unwrap();
+        let l = layout_of(&client, &format!("/r{i}"));
+        assert!(l.mirrors[0].stale && !l.mirrors[1].stale, "{l:?}");
+    }
+    let b = Up::start(
+        &dir.join("b"),
+        provider,
+        &[
+            "--config",
+            dir.join("b.toml").to_str().unwrap(),
+            "--restart",
+            "never",
+        ],
+    );
+    let back = Instant::now();
+    let until = back + Duration::from_secs(60);
+    for i in 0..FILES {
+        while layout_of(&client, &format!("/r{i}")).mirrors[0].stale {
+            assert!(Instant::now() < until, "/r{i} was never rebuilt");
+            std::thread::sleep(Duration::from_millis(200));
+        }
+    }
+    eprintln!(
+        "{provider}: {FILES} files of 3 MiB rebuilt {:?} after B's OSS was started again",
+        back.elapsed()
+    );
+    // B's copies alone: A's set aside by hand.
+    for (i, data) in new.iter().enumerate() {
+        let path = format!("/r{i}");
+        let aside = Request::MirrorState {
+            ino: client.stat(&path).unwrap().ino,
+            mirror: 1,
+            stale: true,
+        };
+        client.request_as(&Creds::root(), &aside).unwrap();
+        let f = client.open(&path, &OpenOptions::read()).unwrap();
+        let mut got = vec![0u8; data.len()];
+        assert_eq!(f.read_at(&mut got, 0).unwrap(), data.len());
+        assert!(
+            got == *data,
+            "{path}: B's rebuilt copy holds the bytes written without it"
+        );
+    }
+    b.stop();
+    a.stop();
+}
+
+#[test]
+fn rebuild_after_an_oss_came_back_on_tcp() {
+    rebuild_after_an_oss_came_back("tcp;ofi_rxm");
+}
+
+#[test]
+fn rebuild_after_an_oss_came_back_on_shm() {
+    rebuild_after_an_oss_came_back("shm");
 }

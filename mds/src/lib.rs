@@ -9,3 +9,4 @@ pub mod checker;
 pub mod destroyer;
 pub mod mds_serve;
 pub mod mdt;
+pub mod resyncer;

@@ -14,6 +14,7 @@ use nacre_fabric::Selection;
 
 use crate::checker::Checker;
 use crate::destroyer::Destroyer;
+use crate::resyncer::Resyncer;
 use nacre_mgc::{BootConfig, MgsClient, MgsError};
 use nacre_mgs::role::{node_identity, LeaseKeeper, RoleHolder};
 use nacre_proto::bootstrap::{
@@ -31,6 +32,8 @@ pub struct MdsServeConfig {
     pub provider: String,
     pub node: Option<String>,
     pub identity: Option<String>,
+    /// Bytes per second the rebuild of stale copies may copy (0: no rebuild).
+    pub rebuild_rate: u64,
     pub mode: SyncMode,
     pub engine: EngineConfig,
 }
@@ -45,7 +48,7 @@ pub enum MdsServeError {
     Mdt(#[from] MdtError),
     #[error("installing signal handlers: {0}")]
     Signals(std::io::Error),
-    #[error("starting the destroyer or checker thread: {0}")]
+    #[error("starting the destroyer, rebuild or checker thread: {0}")]
     Destroyer(std::io::Error),
 }
 
@@ -122,7 +125,14 @@ pub fn serve(cfg: &MdsServeConfig) -> Result<bool, MdsServeError> {
         Selection::toward(&cfg.provider, cfg.node.clone(), &cfg.mgs),
     )
     .map_err(MdsServeError::Destroyer)?;
+    let rebuild = Resyncer::start(
+        mdt.clone(),
+        Selection::toward(&cfg.provider, cfg.node.clone(), &cfg.mgs),
+        cfg.rebuild_rate,
+    )
+    .map_err(MdsServeError::Destroyer)?;
     destroyer.set_map(map.clone());
+    rebuild.set_map(map.clone());
     checker.set_map(map);
     println!("nacre-mds: ready");
     let mut last_map = Instant::now();
@@ -147,6 +157,7 @@ pub fn serve(cfg: &MdsServeConfig) -> Result<bool, MdsServeError> {
             if let Ok(map) = mgs.fetch_map() {
                 mdt.set_ost_space(ost_space(&map));
                 destroyer.set_map(map.clone());
+                rebuild.set_map(map.clone());
                 checker.set_map(map.clone());
                 let now = ost_places(&map);
                 if !now.is_empty() && now != places {

@@ -247,8 +247,9 @@ impl Client {
                 | ClientError::Fabric(_)
                 | ClientError::ServerGone => idempotent,
                 // Scratch: a down OST fails its I/O at once, unless the connection's map
-                // is older than what the client knows now (it may be up again).
-                ClientError::TargetDown(_) => self.map().version > seen,
+                // is older than the client's, fetched again if it is half a second old
+                // (the OST may be up again).
+                ClientError::TargetDown(_) => self.recent_map().version > seen,
                 _ => false,
             };
             if !retry || Instant::now() >= deadline {

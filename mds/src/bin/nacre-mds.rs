@@ -51,6 +51,10 @@ struct ServeArgs {
     /// This server's identity at the MGS [default: the host name].
     #[arg(long)]
     identity: Option<String>,
+    /// The rebuild of stale copies copies at most this many MiB per second (0: no
+    /// rebuild; `nacre mirror resync` still works).
+    #[arg(long, default_value_t = 256)]
+    rebuild_mib_s: u64,
 }
 
 fn main() -> ExitCode {
@@ -98,6 +102,7 @@ fn serve(a: ServeArgs) -> Result<ExitCode, Box<dyn std::error::Error>> {
         provider: a.provider,
         node: a.listen,
         identity: a.identity,
+        rebuild_rate: a.rebuild_mib_s << 20,
         mode: if a.sync {
             SyncMode::Sync
         } else {

@@ -275,6 +275,17 @@ impl Committer {
                 self.check_fence(w, admin == &Admin::CheckStart)
             }
             Op::Admin(Admin::Repair(r)) => self.repair(w, r, now),
+            Op::Admin(Admin::ResyncStart(ino)) => {
+                self.as_root(w, now, &Request::ResyncStart { ino: *ino })
+            }
+            Op::Admin(Admin::MirrorInSync { ino, mirror }) => {
+                let req = Request::MirrorState {
+                    ino: *ino,
+                    mirror: *mirror,
+                    stale: false,
+                };
+                self.as_root(w, now, &req)
+            }
             Op::Admin(Admin::ReclaimOrphans) => self.ns.reclaim_orphans(w).map(|_| Reply::Done),
             Op::Admin(Admin::ForgetDestroyed(inos)) => {
                 let mut r = Ok(Reply::Done);
@@ -325,6 +336,13 @@ impl Committer {
             self.board.set_open_now(open);
         }
         Ok(Reply::Done)
+    }
+
+    /// A request of the server itself (the rebuild), with root's rights.
+    fn as_root(&mut self, w: &mut WriteTables<'_>, now: i64, req: &Request) -> ns::Res<Reply> {
+        let root = nacre_proto::meta::Creds::root();
+        let c = Ctx { creds: &root, now };
+        self.ns.write(w, &c, req)
     }
 
     fn repair(&mut self, w: &mut WriteTables<'_>, r: &Repair, now: i64) -> ns::Res<Reply> {

@@ -307,6 +307,8 @@ pub struct Namespace {
     /// file losing its last link is kept as an orphan, since an open not replayed yet
     /// may hold it; [`Namespace::reclaim_orphans`] ends the window.
     pub recovering: bool,
+    /// Files with a stale copy (shared with the rebuild).
+    pub stale: super::service::StaleFiles,
 }
 
 impl Namespace {
@@ -317,6 +319,7 @@ impl Namespace {
             default_spec,
             opens: Opens::for_epoch(epoch),
             recovering: false,
+            stale: Default::default(),
         }
     }
 
@@ -369,7 +372,15 @@ impl Namespace {
                 if !*stale {
                     self.opens.resync_clean(*ino)?;
                 }
-                mirror_state(w, c, *ino, *mirror, *stale)
+                let reply = mirror_state(w, c, *ino, *mirror, *stale)?;
+                if let Reply::Layout(l) = &reply {
+                    let mut set = self.stale.lock().unwrap_or_else(|p| p.into_inner());
+                    match l.mirrors.iter().any(|m| m.stale) {
+                        true => set.insert(*ino),
+                        false => set.remove(ino),
+                    };
+                }
+                Ok(reply)
             }
             read_only => read(&w.view, c, read_only),
         }

@@ -35,6 +35,25 @@ use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 pub use super::submitter::Submitter;
 
+/// The files of `db` (as replayed) that have a stale copy.
+fn scan_stale(db: &Database) -> Result<std::collections::BTreeSet<u64>, MdtError> {
+    let tx = db.begin_read().map_err(StoreError::from)?;
+    let inodes = tx
+        .open_table(super::store::INODES)
+        .map_err(StoreError::from)?;
+    let mut out = std::collections::BTreeSet::new();
+    for row in inodes.iter().map_err(StoreError::from)? {
+        let (k, v) = row.map_err(StoreError::from)?;
+        let i = super::inode::Inode::decode(k.value(), v.value()).map_err(StoreError::from)?;
+        if i.file_layout()
+            .is_some_and(|l| l.mirrors.iter().any(|m| m.stale))
+        {
+            out.insert(i.ino);
+        }
+    }
+    Ok(out)
+}
+
 /// The on-disk format version in the `meta` table.
 pub const FORMAT_VERSION: u64 = 1;
 pub const DB_FILE: &str = "mdt.redb";
@@ -154,6 +173,10 @@ pub enum Admin {
     CheckOpens,
     /// A repair the checker found needed.
     Repair(Repair),
+    /// The rebuild starts copying a file's stale copies (a resync, as root).
+    ResyncStart(u64),
+    /// The rebuild copied mirror `mirror` of `ino`: in sync, if nothing spoiled it.
+    MirrorInSync { ino: u64, mirror: u32 },
 }
 
 /// The consistency checker's repairs (`mdt/repair.rs`).
@@ -214,7 +237,13 @@ pub struct Mdt {
     generation: Arc<AtomicU64>,
     /// The consistency checker's runs.
     board: Arc<CheckBoard>,
+    /// Files with a stale copy, for the rebuild (kept by the committer).
+    stale: StaleFiles,
 }
+
+/// The inodes of files with a stale copy: found by a scan at open, then kept by every
+/// change of a mirror's state.
+pub type StaleFiles = Arc<Mutex<std::collections::BTreeSet<u64>>>;
 
 /// Bytes over the OSTs that are up or degraded, as their servers last reported them.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
@@ -249,6 +278,7 @@ impl Mdt {
         let overlay: Arc<RwLock<Overlay>> = Arc::default();
         let generation: Arc<AtomicU64> = Arc::default();
         let board: Arc<CheckBoard> = Arc::default();
+        let stale: StaleFiles = Arc::new(Mutex::new(scan_stale(&db)?));
         let committer = Committer {
             board: board.clone(),
             syncer,
@@ -256,6 +286,7 @@ impl Mdt {
             db: db.clone(),
             ns: Namespace {
                 recovering: cfg.recovery,
+                stale: stale.clone(),
                 ..Namespace::new(cfg.osts.clone(), cfg.default_spec, cfg.epoch)
             },
             log,
@@ -291,7 +322,27 @@ impl Mdt {
             overlay,
             generation,
             board,
+            stale,
         })
+    }
+
+    /// The files with a stale copy now (at most `max`, in inode order from `from`).
+    pub fn stale_files(&self, from: u64, max: usize) -> Vec<u64> {
+        let set = self.stale.lock().unwrap_or_else(|p| p.into_inner());
+        set.range(from..).take(max).copied().collect()
+    }
+
+    /// How many files have a stale copy now.
+    pub fn stale_count(&self) -> usize {
+        self.stale.lock().unwrap_or_else(|p| p.into_inner()).len()
+    }
+
+    /// `ino` is gone or has no stale copy any more (the rebuild found out).
+    pub fn forget_stale(&self, ino: u64) {
+        self.stale
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .remove(&ino);
     }
 
     /// A submitter with its own completion queue (one per engine core or caller).
