@@ -507,3 +507,94 @@ fn rebuild_after_an_oss_came_back_on_tcp() {
 fn rebuild_after_an_oss_came_back_on_shm() {
     rebuild_after_an_oss_came_back("shm");
 }
+
+/// SIGSTOP of the OSS holding a file's first copy, under `nacre up --deployment
+/// persistent`: writes go on (the paused copy is marked stale once its lease lapsed),
+/// a reader that opened the file before reads the new bytes; resumed, the OSS finds
+/// its lease ended and steps down (the MGS does not take a lapsed lease up again at the
+/// same epoch), `nacre up` starts it again at a new epoch, and the rebuild brings its
+/// copy back in sync, holding every byte.
+fn paused_oss_steps_down_and_is_rebuilt(provider: &str) {
+    if !common::have(provider, "a paused OSS under a persistent nacre up") {
+        return;
+    }
+    let dir = tmp(&format!("paused-{}", provider.split(';').next().unwrap()));
+    let mut up = Up::start(&dir.join("data"), provider, &["--deployment", "persistent"]);
+    let client = Client::connect(&up.mgs, ClientConfig::default()).unwrap();
+    let f = client.open("/p", &OpenOptions::create()).unwrap();
+    let old = pattern(21, 2 * MIB);
+    f.write_at(&old, 0).unwrap();
+    let l = f.layout().unwrap().clone();
+    let map = client.refresh_map().unwrap();
+    let first = nacre_proto::bootstrap::Role {
+        kind: RoleKind::Oss,
+        index: l.mirrors[0].stripes.objects[0].ost,
+    };
+    let node = map.server(first).unwrap().node.clone();
+    let victim = if node.contains("/oss0/") {
+        "oss0"
+    } else {
+        "oss1"
+    };
+    let reader = client.open("/p", &OpenOptions::read()).unwrap();
+    let pid = up.pid_of(victim);
+    nacre_fabric::testing::send_signal(pid, "STOP").expect("SIGSTOP");
+    let paused = Instant::now();
+    let new = pattern(22, 2 * MIB);
+    f.write_at(&new, 0).unwrap();
+    let pause = paused.elapsed();
+    // Closed: the rebuild waits while a handle may write the file.
+    f.close().unwrap();
+    assert!(pause <= LEASE + SLACK, "the write paused {pause:?}");
+    assert!(
+        layout_of(&client, "/p").mirrors[0].stale,
+        "the paused copy is stale"
+    );
+    nacre_fabric::testing::send_signal(pid, "CONT").expect("SIGCONT");
+    up.wait_for(
+        &format!("nacre up: {victim} exited"),
+        Duration::from_secs(30),
+    );
+    up.wait_for(
+        &format!("nacre up: {victim} restarted"),
+        Duration::from_secs(30),
+    );
+    let until = Instant::now() + Duration::from_secs(60);
+    while layout_of(&client, "/p").mirrors[0].stale {
+        assert!(Instant::now() < until, "the paused copy was never rebuilt");
+        std::thread::sleep(Duration::from_millis(200));
+    }
+    eprintln!(
+        "{provider}: {victim} paused; the write took {pause:?}; rebuilt {:?} after the pause",
+        paused.elapsed()
+    );
+    // The reader from before, on a connection made now.
+    let mut back = vec![0u8; new.len()];
+    std::thread::scope(|s| {
+        s.spawn(|| assert_eq!(reader.read_at(&mut back, 0).unwrap(), new.len()));
+    });
+    assert!(back == new, "the old reader read the new bytes");
+    // The rebuilt copy alone.
+    drop(reader);
+    let aside = Request::MirrorState {
+        ino: client.stat("/p").unwrap().ino,
+        mirror: 1,
+        stale: true,
+    };
+    client.request_as(&Creds::root(), &aside).unwrap();
+    let only = client.open("/p", &OpenOptions::read()).unwrap();
+    assert_eq!(only.read_at(&mut back, 0).unwrap(), new.len());
+    assert!(back == new, "the rebuilt copy holds the new bytes");
+    drop(only);
+    up.stop();
+}
+
+#[test]
+fn paused_oss_steps_down_and_is_rebuilt_on_tcp() {
+    paused_oss_steps_down_and_is_rebuilt("tcp;ofi_rxm");
+}
+
+#[test]
+fn paused_oss_steps_down_and_is_rebuilt_on_shm() {
+    paused_oss_steps_down_and_is_rebuilt("shm");
+}

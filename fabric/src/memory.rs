@@ -123,7 +123,7 @@ impl Memory {
 }
 
 /// How a registration may be used.
-#[derive(Debug, Clone, Copy)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct Access(pub(crate) u64);
 
 impl Access {

@@ -12,6 +12,7 @@
 //! and is copied again on a later pass. This is what `nacre mirror resync` does from a
 //! client, run by the server for every file.
 
+use std::collections::HashMap;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::thread::JoinHandle;
@@ -52,7 +53,8 @@ pub struct Resyncer {
 
 struct Shared {
     stop: AtomicBool,
-    map: Mutex<Option<ClusterMap>>,
+    /// The newest map and when it was fetched.
+    map: Mutex<Option<(ClusterMap, Instant)>>,
     /// Bytes per second at most (0: the rebuild is off).
     rate: u64,
     stats: RebuildStats,
@@ -86,7 +88,7 @@ impl Resyncer {
 
     /// The cluster map to route copies by (the newest the server fetched).
     pub fn set_map(&self, map: ClusterMap) {
-        *self.shared.map.lock().unwrap_or_else(|p| p.into_inner()) = Some(map);
+        *self.shared.map.lock().unwrap_or_else(|p| p.into_inner()) = Some((map, Instant::now()));
     }
 
     pub fn stats(&self) -> &RebuildStats {
@@ -109,14 +111,24 @@ fn run(mdt: &Mdt, sel: &Selection, shared: &Shared) {
     }
     let mut ep: Option<ClientEndpoint> = None;
     let mut from = 0;
+    // When each file was first seen stale: it is rebuilt only on a map fetched after
+    // that, one at least as new as the map that showed its OST down (an older one may
+    // still show the OST up under the server that went away).
+    let mut seen: HashMap<u64, Instant> = HashMap::new();
     while !shared.stop.load(Ordering::SeqCst) {
         let map = shared.map.lock().unwrap_or_else(|p| p.into_inner()).clone();
         let files = mdt.stale_files(from, BATCH);
+        if from == 0 {
+            seen.retain(|ino, _| files.contains(ino) || mdt.is_stale(*ino));
+        }
         match (map, files.last()) {
-            (Some(map), Some(&last)) => {
+            (Some((map, fetched)), Some(&last)) => {
                 for ino in files {
                     if shared.stop.load(Ordering::SeqCst) {
                         return;
+                    }
+                    if *seen.entry(ino).or_insert_with(Instant::now) >= fetched {
+                        continue;
                     }
                     if let Err(e) = rebuild(mdt, sel, &mut ep, &map, shared, ino) {
                         // No answer: the next file starts on a fresh endpoint.

@@ -104,6 +104,8 @@ pub struct MgsState {
     roles: BTreeMap<Role, RoleRecord>,
     /// Live leases; a role absent here has lapsed (or was released).
     expiry: HashMap<Role, Instant>,
+    /// Roles whose lease this MGS saw end: their owner must claim them again.
+    lapsed: std::collections::HashSet<Role>,
     changes: Changes,
 }
 
@@ -119,6 +121,7 @@ impl MgsState {
             version: p.version,
             roles,
             expiry: HashMap::new(),
+            lapsed: Default::default(),
             changes: Changes::default(),
         };
         for role in &p.lease_lost {
@@ -156,6 +159,7 @@ impl MgsState {
             .collect();
         for role in &lapsed {
             self.expiry.remove(role);
+            self.lapsed.insert(*role);
             self.set_state(*role, TargetState::Down);
             self.changes.ended.push(*role);
         }
@@ -194,6 +198,7 @@ impl MgsState {
         };
         self.check_map_fits(&rec)?;
         self.expiry.insert(role, now + self.cfg.lease);
+        self.lapsed.remove(&role);
         self.roles.insert(role, rec.clone());
         self.bump();
         self.changes.roles.retain(|r| r.server.role != role);
@@ -213,6 +218,20 @@ impl MgsState {
     /// Extends the owner's lease, if `req.epoch` is the role's current epoch.
     pub fn renew(&mut self, now: Instant, req: &RenewRequest) -> Result<Renewed, Refusal> {
         self.check_epoch(req.role, req.epoch)?;
+        // A lease this MGS saw end is not taken up again at the same epoch: clients may
+        // have acted on the target being down (marked its copies stale), and tell a
+        // server that came back by its new epoch. The owner steps down and claims the
+        // role again. (Leases that ended while no MGS ran, found at a start, are taken
+        // up again: the owner may have served throughout.)
+        if self.lapsed.contains(&req.role) {
+            return Err(refuse(
+                errno::ESTALE,
+                format!(
+                    "{}: the lease of epoch {} ended (the target is down): claim it again",
+                    req.role, req.epoch
+                ),
+            ));
+        }
         match self.expiry.insert(req.role, now + self.cfg.lease) {
             Some(_) => self.changes.renewed.push(req.role),
             None => self.changes.granted.push(req.role),
@@ -476,7 +495,7 @@ mod tests {
     }
 
     #[test]
-    fn a_lapsed_lease_marks_the_target_down_and_a_renewal_brings_it_back() {
+    fn a_lapsed_lease_marks_the_target_down_and_its_owner_must_claim_again() {
         let t0 = Instant::now();
         let mut s = fresh(t0);
         let a = s.claim(t0, &claim(RoleKind::Oss, "a", None)).unwrap();
@@ -487,15 +506,26 @@ mod tests {
         assert_eq!(s.map().target(a.role).unwrap().state, TargetState::Down);
         assert_eq!(s.version(), v + 1);
         assert_eq!(s.take_changes().roles.len(), 1);
-        // Nobody took it: the owner's late renewal (same epoch) is accepted.
-        s.renew(t0 + 2 * LEASE, &renew(a.role, a.epoch)).unwrap();
+        // Nobody took it, but the owner's late renewal is refused: it claims the role
+        // again, at the next epoch.
+        let late = s
+            .renew(t0 + 2 * LEASE, &renew(a.role, a.epoch))
+            .unwrap_err();
+        assert_eq!(late.errno, errno::ESTALE, "{}", late.message);
+        let again = s
+            .claim(t0 + 2 * LEASE, &claim(RoleKind::Oss, "a", None))
+            .unwrap();
+        assert_eq!((again.role, again.epoch), (a.role, a.epoch + 1));
         assert_eq!(s.map().target(a.role).unwrap().state, TargetState::Up);
-        assert_eq!(s.version(), v + 2);
+        s.renew(t0 + 2 * LEASE, &renew(a.role, again.epoch))
+            .unwrap();
+        let v = s.version();
+        let a = again;
         // Space figures alone do not change the version.
         let mut r = renew(a.role, a.epoch);
         r.report.free = 1;
         s.renew(t0 + 2 * LEASE, &r).unwrap();
-        assert_eq!(s.version(), v + 2);
+        assert_eq!(s.version(), v);
         assert_eq!(s.map().target(a.role).unwrap().free, 1);
     }
 
@@ -562,10 +592,15 @@ mod tests {
         let c = s.take_changes();
         assert!(c.is_empty(), "a renewal commits nothing: {c:?}");
         assert_eq!(c.renewed, vec![a.role]);
-        // Lapsed, then back with the same epoch: ended, then granted again.
+        // Lapsed: ended; the late renewal is refused and grants nothing; claimed again
+        // by its owner, it is granted at the next epoch.
         s.tick(t0 + HB + 2 * LEASE);
         assert_eq!(s.take_changes().ended, vec![a.role]);
-        s.renew(t0 + 3 * LEASE, &renew(a.role, a.epoch)).unwrap();
+        assert!(s.renew(t0 + 3 * LEASE, &renew(a.role, a.epoch)).is_err());
+        assert!(s.take_changes().granted.is_empty());
+        let a = s
+            .claim(t0 + 3 * LEASE, &claim(RoleKind::Oss, "a", None))
+            .unwrap();
         assert_eq!(s.take_changes().granted, vec![a.role]);
         // A takeover in one claim: the old lease ends, the new one starts, one record.
         let t = t0 + 5 * LEASE;

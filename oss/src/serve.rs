@@ -1,10 +1,12 @@
 //! `nacre-oss serve`: an OSS process. It starts its engine, then claims an `oss` role at
 //! the MGS for each OST directory it is given (presenting every core's fabric address),
 //! formats a fresh target with the index the MGS grants, serves it under the granted
-//! epoch, and keeps each lease with a heartbeat. A lapsed lease stops that target's
-//! service until a renewal is acknowledged again; a fenced role (another owner took it)
-//! stops it for good. SIGINT or SIGTERM stops the server cleanly: the roles are released
-//! so that a successor need not wait for the leases to run out.
+//! epoch, and keeps each lease with a heartbeat. A lease that lapses on the server's
+//! clock stops that target's service until a renewal is acknowledged again; a fenced
+//! role (another owner took it, or the MGS saw its lease end) stops the whole server,
+//! which releases its other roles and exits for its supervisor to start it again.
+//! SIGINT or SIGTERM stops the server cleanly: the roles are released so that a
+//! successor need not wait for the leases to run out.
 
 use std::path::PathBuf;
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -69,8 +71,10 @@ struct Held {
     role: RoleHolder,
 }
 
-/// Runs the server until a signal, or until every role it held was fenced (returns
-/// false then, so the process can exit with an error).
+/// Runs the server until a signal, or until one of its roles is fenced (returns false
+/// then, so the process can exit with an error): its other roles are released, and a
+/// supervisor (`nacre up`) starts it again, which claims them all anew. Serving on with a
+/// target it lost would leave that target's copies unserved until a restart.
 pub fn serve(cfg: &ServeConfig) -> Result<bool, ServeError> {
     if cfg.osts.is_empty() {
         return Err(ServeError::NoOst);
@@ -89,7 +93,7 @@ pub fn serve(cfg: &ServeConfig) -> Result<bool, ServeError> {
         held.push(claim_and_serve(cfg, &mut mgs, dir, &cores, &registry)?);
     }
     println!("nacre-oss: ready");
-    let all_fenced = watch(&mut held, &stop);
+    let fenced = watch(&mut held, &stop);
     for h in held {
         let name = h.role.keeper.grant().role;
         if let Err(e) = h.role.release() {
@@ -100,7 +104,7 @@ pub fn serve(cfg: &ServeConfig) -> Result<bool, ServeError> {
         tracing::debug!("core {core} metrics:\n{}", m.prometheus(core));
     }
     println!("nacre-oss: stopped");
-    Ok(!all_fenced)
+    Ok(!fenced)
 }
 
 fn start_engine(cfg: &ServeConfig, registry: &OstRegistry) -> Result<Engine, ServeError> {
@@ -216,7 +220,7 @@ fn report(dir: &std::path::Path) -> TargetReport {
     }
 }
 
-/// Follows the leases until `stop`; returns whether every role was fenced.
+/// Follows the leases until `stop` or a role is fenced; returns whether one was.
 fn watch(held: &mut [Held], stop: &AtomicBool) -> bool {
     let mut last_report = Instant::now();
     while !stop.load(Ordering::Relaxed) {
@@ -225,7 +229,7 @@ fn watch(held: &mut [Held], stop: &AtomicBool) -> bool {
                 println!("nacre-oss: {line}");
             }
         }
-        if held.iter().all(|h| h.role.is_fenced()) {
+        if held.iter().any(|h| h.role.is_fenced()) {
             return true;
         }
         if last_report.elapsed() > Duration::from_millis(500) {

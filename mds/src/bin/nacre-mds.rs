@@ -117,7 +117,7 @@ fn serve(a: ServeArgs) -> Result<ExitCode, Box<dyn std::error::Error>> {
     if nacre_mds::mds_serve::serve(&cfg)? {
         Ok(ExitCode::SUCCESS)
     } else {
-        eprintln!("nacre-mds: the role was taken over by another server (fenced): stepped down");
+        eprintln!("nacre-mds: the role was fenced (taken over, or its lease ended): stepped down");
         Ok(ExitCode::from(3))
     }
 }

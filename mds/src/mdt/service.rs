@@ -332,6 +332,14 @@ impl Mdt {
         set.range(from..).take(max).copied().collect()
     }
 
+    /// Whether `ino` has a stale copy now.
+    pub fn is_stale(&self, ino: u64) -> bool {
+        self.stale
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .contains(&ino)
+    }
+
     /// How many files have a stale copy now.
     pub fn stale_count(&self) -> usize {
         self.stale.lock().unwrap_or_else(|p| p.into_inner()).len()

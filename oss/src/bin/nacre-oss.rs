@@ -148,7 +148,7 @@ fn serve(cfg: Config, a: ServeArgs) -> Result<(), Box<dyn std::error::Error>> {
         engine,
     };
     if !nacre_oss::serve::serve(&sc)? {
-        return Err("every role was taken over by another server (fenced): stepped down".into());
+        return Err("a role was fenced (taken over, or its lease ended): stepped down".into());
     }
     Ok(())
 }
