@@ -789,6 +789,18 @@ impl RpcClient {
     }
 }
 
+/// Whether a call that failed with `e`, having lent a buffer with `access`, must wait
+/// for its servers before it gives the buffer back (where keys are not checked). A
+/// buffer servers may only read (a write's source) need not wait for a server whose
+/// target the map shows down, or that left the map: its lease ended, so it checks its
+/// epoch and lease before a pulled byte reaches the disk and refuses; a late pull reads
+/// bytes nobody will keep. A buffer servers may write (a read's destination) always
+/// waits: a push posted before a pause could land after it.
+fn must_hold(e: &ClientError, access: Access) -> bool {
+    let fenced = matches!(e, ClientError::TargetDown(_) | ClientError::ServerGone);
+    !(fenced && access == Access::PEER_READ)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -810,16 +822,4 @@ mod tests {
         assert!(Slot::of(1 << 33).is_err(), "bits outside the layout");
         assert!(Slot::of(u64::MAX).is_err());
     }
-}
-
-/// Whether a call that failed with `e`, having lent a buffer with `access`, must wait
-/// for its servers before it gives the buffer back (where keys are not checked). A
-/// buffer servers may only read (a write's source) need not wait for a server whose
-/// target the map shows down, or that left the map: its lease ended, so it checks its
-/// epoch and lease before a pulled byte reaches the disk and refuses; a late pull reads
-/// bytes nobody will keep. A buffer servers may write (a read's destination) always
-/// waits: a push posted before a pause could land after it.
-fn must_hold(e: &ClientError, access: Access) -> bool {
-    let fenced = matches!(e, ClientError::TargetDown(_) | ClientError::ServerGone);
-    !(fenced && access == Access::PEER_READ)
 }
