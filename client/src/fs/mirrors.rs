@@ -3,14 +3,13 @@
 //! that answers, and a mirror one of whose OSTs the cluster map shows down is marked
 //! stale at the MDS before the change is acknowledged without it.
 
+use std::io;
 use std::sync::atomic::{AtomicU32, AtomicU64, Ordering};
 use std::sync::Mutex;
 
 use nacre_proto::bootstrap::{ClusterMap, Role, RoleKind};
 use nacre_proto::layout::{FileLayout, StripedLayout};
 use nacre_proto::meta::{Reply, Request};
-
-use std::io;
 
 use super::client::Conn;
 use super::errors::{attr_of, failure, protocol};

@@ -190,7 +190,8 @@ pub struct Opens {
     resyncs: HashMap<u64, bool>,
 }
 
-/// Resyncs followed at once: past it, the oldest is forgotten (it then starts again).
+/// Resyncs followed at once: past it, one of them is forgotten (its mark back in sync
+/// is then refused with EAGAIN, and it starts again).
 pub const MAX_RESYNCS: usize = 4096;
 
 /// Handles of epoch `e` start at `e << HANDLE_EPOCH_SHIFT` (2^40 opens per run).
@@ -377,7 +378,11 @@ impl Namespace {
                     let mut set = self.stale.lock().unwrap_or_else(|p| p.into_inner());
                     match l.mirrors.iter().any(|m| m.stale) {
                         true => set.insert(*ino),
-                        false => set.remove(ino),
+                        false => {
+                            // Every copy in sync: the resync is over.
+                            self.opens.resyncs.remove(ino);
+                            set.remove(ino)
+                        }
                     };
                 }
                 Ok(reply)
