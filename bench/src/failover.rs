@@ -226,6 +226,34 @@ fn workload(client: &Client, a: &FailoverArgs, counts: &Counts, stop: &AtomicBoo
     acked
 }
 
+/// Kills the victim with SIGKILL and waits until `nacre up` started it again and every
+/// target serves.
+fn kill_and_wait(a: &FailoverArgs, up: &mut Up, client: &Client) -> Result<(), BenchError> {
+    let name = match a.kill {
+        Victim::Oss => "oss0",
+        Victim::Mds => "mds",
+    };
+    let pid = up.pid_of(name)?;
+    let killed = Instant::now();
+    nacre_fabric::testing::send_signal(pid, "KILL")
+        .map_err(|e| BenchError::msg(format!("kill -9 {pid}: {e}")))?;
+    up.wait_for(
+        &format!("nacre up: {name} restarted"),
+        Duration::from_secs(60),
+    )?;
+    while !all_serving(&*client.refresh_map()?) {
+        if killed.elapsed() > Duration::from_secs(120) {
+            return Err(BenchError::msg("the file system did not serve again"));
+        }
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    eprintln!(
+        "failover: {name} (pid {pid}) killed; every target serving again after {:.1} s",
+        killed.elapsed().as_secs_f64()
+    );
+    Ok(())
+}
+
 /// Whether `map` shows a server for each OST and the MDS, every target up.
 fn all_serving(map: &ClusterMap) -> bool {
     map.targets
@@ -251,31 +279,14 @@ fn drive(a: &FailoverArgs, up: &mut Up) -> Result<(), BenchError> {
     let acked = std::thread::scope(|s| -> Result<Vec<u64>, BenchError> {
         let w = s.spawn(|| workload(&client, a, &counts, &stop));
         std::thread::sleep(Duration::from_secs_f64(a.before));
-        let name = match a.kill {
-            Victim::Oss => "oss0",
-            Victim::Mds => "mds",
-        };
-        let pid = up.pid_of(name)?;
-        let killed = Instant::now();
-        nacre_fabric::testing::send_signal(pid, "KILL")
-            .map_err(|e| BenchError::msg(format!("kill -9 {pid}: {e}")))?;
-        up.wait_for(
-            &format!("nacre up: {name} restarted"),
-            Duration::from_secs(60),
-        )?;
-        while !all_serving(&*client.refresh_map()?) {
-            if killed.elapsed() > Duration::from_secs(120) {
-                return Err(BenchError::msg("the file system did not serve again"));
-            }
-            std::thread::sleep(Duration::from_millis(100));
+        let outcome = kill_and_wait(a, up, &client);
+        if outcome.is_ok() {
+            std::thread::sleep(Duration::from_secs_f64(a.after));
         }
-        eprintln!(
-            "failover: {name} (pid {pid}) killed; every target serving again after {:.1} s",
-            killed.elapsed().as_secs_f64()
-        );
-        std::thread::sleep(Duration::from_secs_f64(a.after));
+        // Whatever happened, the workload stops before the scope ends.
         stop.store(true, Ordering::Relaxed);
-        Ok(w.join().expect("the workload thread"))
+        let acked = w.join().expect("the workload thread");
+        outcome.map(|()| acked)
     })?;
     // The rebuild: every stale copy resynced.
     let rebuild = Instant::now();
@@ -296,8 +307,11 @@ fn drive(a: &FailoverArgs, up: &mut Up) -> Result<(), BenchError> {
     }
     let n = |c: &AtomicU64| c.load(Ordering::Relaxed);
     println!(
-        "kill={:?} provider={} files={} ops={} errors={} copies_resynced={resynced}",
-        a.kill,
+        "kill={} provider={} files={} ops={} errors={} copies_resynced={resynced}",
+        match a.kill {
+            Victim::Oss => "oss",
+            Victim::Mds => "mds",
+        },
         a.provider,
         a.files,
         n(&counts.ops),

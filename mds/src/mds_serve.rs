@@ -48,6 +48,8 @@ pub enum MdsServeError {
     Mdt(#[from] MdtError),
     #[error("installing signal handlers: {0}")]
     Signals(std::io::Error),
+    #[error("the MDT directory: {0}")]
+    Dir(std::io::Error),
     #[error("starting the destroyer, rebuild or checker thread: {0}")]
     Destroyer(std::io::Error),
 }
@@ -63,6 +65,9 @@ pub fn serve(cfg: &MdsServeConfig) -> Result<bool, MdsServeError> {
         .iter()
         .map(|c| c.fabric_name.clone())
         .collect();
+    // Made before the claim: the identity names its canonical path, which a restart
+    // must find the same.
+    std::fs::create_dir_all(&cfg.dir).map_err(MdsServeError::Dir)?;
     let req = ClaimRequest {
         kind: RoleKind::Mds,
         want: None,

@@ -240,14 +240,18 @@ fn keep(addrs: &str, grant: &Grant, shared: &KeeperShared, events: &SyncSender<L
 
 /// A server's identity at the MGS for the target in `dir`: `host:canonical-directory`
 /// (`host` as given, else this machine's host name). One process serving several
-/// targets holds one role per target, and a restart on the same host reclaims them.
+/// targets holds one role per target, and a restart on the same host reclaims them. The
+/// directory should exist (a path is only canonical once it does: a relative one that
+/// does not is made absolute).
 pub fn node_identity(host: Option<&str>, dir: &std::path::Path) -> String {
     let host = host.map(str::to_string).unwrap_or_else(|| {
         std::fs::read_to_string("/proc/sys/kernel/hostname")
             .map(|h| h.trim().to_string())
             .unwrap_or_else(|_| "localhost".into())
     });
-    let dir = std::fs::canonicalize(dir).unwrap_or_else(|_| dir.to_path_buf());
+    let dir = std::fs::canonicalize(dir)
+        .or_else(|_| std::path::absolute(dir))
+        .unwrap_or_else(|_| dir.to_path_buf());
     format!("{host}:{}", dir.display())
 }
 
