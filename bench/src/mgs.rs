@@ -153,6 +153,7 @@ fn claim(addr: &str, req: &ClaimRequest) -> Result<Sim, BenchError> {
         return Err(BenchError::msg("a claim got no grant"));
     };
     let report = TargetReport {
+        rebuild: Vec::new(),
         state: TargetState::Up,
         capacity: 1 << 40,
         free: 1 << 39,

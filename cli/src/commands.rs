@@ -3,7 +3,9 @@
 
 use nacre_client::{Client, Layout, OpenOptions};
 use nacre_mgc::{BootConfig, MgsClient};
-use nacre_proto::bootstrap::{Deployment, LayoutDefaults, TargetKind, TargetState};
+use nacre_proto::bootstrap::{
+    ClusterMap, Deployment, LayoutDefaults, Target, TargetKind, TargetState,
+};
 use nacre_proto::layout::{FirstOst, StripeCount, StripeSpec};
 use nacre_proto::meta::{Attr, FileKind};
 
@@ -420,7 +422,7 @@ pub fn df(c: &Client, a: &DfArgs) -> Result<(), CliError> {
                     "-",
                     fsname,
                     t.index,
-                    state(t.state),
+                    health(t.state),
                     t.total - t.free,
                 );
                 continue;
@@ -438,7 +440,7 @@ pub fn df(c: &Client, a: &DfArgs) -> Result<(), CliError> {
             pct(tot - fr, tot),
             fsname,
             t.index,
-            state(t.state)
+            health(t.state)
         );
     }
     println!(
@@ -471,11 +473,34 @@ fn human(bytes: u64) -> String {
     format!("{v:.1}{}", units[i])
 }
 
-fn state(s: TargetState) -> &'static str {
+/// A target's state as `nacre status` shows it. An OST that is down while its files
+/// have other copies (a persistent file system, or stale copies the MDS counts on it)
+/// is `degraded`: its files are still served. One that serves again while the MDS
+/// copies its stale copies back is `rebuilding N%`. `FAILED` is a target whose device
+/// returned errors; `DOWN`, one whose files are unavailable.
+fn state(map: &ClusterMap, t: &Target) -> String {
+    let rebuild = match t.kind {
+        TargetKind::Ost => map.rebuild_of(t.index),
+        TargetKind::Mdt => None,
+    };
+    match (t.state, rebuild) {
+        (TargetState::Up, Some(r)) => format!("rebuilding {}%", r.percent()),
+        (TargetState::Up, None) => "up".into(),
+        (TargetState::Down, r)
+            if t.kind == TargetKind::Ost && (r.is_some() || map.layout.mirror_count > 1) =>
+        {
+            "degraded".into()
+        }
+        (s, _) => health(s).into(),
+    }
+}
+
+/// A target's state as its server reports it.
+fn health(s: TargetState) -> &'static str {
     match s {
         TargetState::Up => "up",
         TargetState::Down => "DOWN",
-        TargetState::Degraded => "DEGRADED",
+        TargetState::Degraded => "FAILED",
     }
 }
 
@@ -499,15 +524,15 @@ pub fn status(mgs: &str) -> Result<(), CliError> {
         }
     );
     println!(
-        "{:<10} {:<6} {:<8} {:>6} {:>16} {:>16}  owner",
+        "{:<10} {:<6} {:<15} {:>6} {:>16} {:>16}  owner",
         "target", "role", "state", "epoch", "capacity", "free"
     );
     for t in &map.targets {
         println!(
-            "{:<10} {:<6} {:<8} {:>6} {:>16} {:>16}  {}",
+            "{:<10} {:<6} {:<15} {:>6} {:>16} {:>16}  {}",
             nacre_client::fs::target_name(t.kind, t.index),
             t.role.to_string(),
-            state(t.state),
+            state(&map, t),
             t.epoch,
             t.capacity,
             t.free,

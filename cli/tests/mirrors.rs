@@ -407,7 +407,9 @@ fn nacre_up_restarts_a_dead_oss(provider: &str) {
         all == data,
         "every byte written across the restart reads back"
     );
+    // Closed, the file's stale copy is rebuilt: every OST up again.
     drop(f);
+    wait_states(&up, &[0, 1, 2, 3], "up", Duration::from_secs(60));
     up.stop();
 }
 
@@ -421,11 +423,50 @@ fn nacre_up_restarts_a_dead_oss_on_tcp() {
     nacre_up_restarts_a_dead_oss("tcp;ofi_rxm");
 }
 
+/// The state `nacre status` shows for each of `osts` (`rebuilding` without its figure).
+fn ost_states(status: &str, osts: &[u32]) -> Vec<String> {
+    osts.iter()
+        .map(|&o| {
+            let name = format!("OST{o:04x}");
+            let line = status
+                .lines()
+                .find(|l| l.starts_with(&name))
+                .unwrap_or_else(|| panic!("{name} in:\n{status}"));
+            line.split_whitespace().nth(2).unwrap().to_string()
+        })
+        .collect()
+}
+
+/// Polls `nacre status` until each of `osts` shows `want`; every state seen on the way.
+fn wait_states(up: &Up, osts: &[u32], want: &str, within: Duration) -> Vec<String> {
+    let until = Instant::now() + within;
+    let mut seen: Vec<String> = Vec::new();
+    loop {
+        let status = up.ok(["status"].as_slice());
+        let now = ost_states(&status, osts);
+        for s in &now {
+            if !seen.contains(s) {
+                seen.push(s.clone());
+            }
+        }
+        if now.iter().all(|s| s == want) {
+            return seen;
+        }
+        assert!(
+            Instant::now() < until,
+            "{osts:?} never all {want} (seen {seen:?}):\n{status}"
+        );
+        std::thread::sleep(Duration::from_millis(100));
+    }
+}
+
 /// The rebuild: B's OSS killed, files written while it is down (their copies on B go
 /// stale), B's OSS back on its directory: A's MDS copies them back in sync by itself,
-/// and B's copies then hold every byte written during the outage.
+/// at the bounded rate (4 MiB/s here, so that it takes seconds), and B's copies then
+/// hold every byte written during the outage. `nacre status` shows B's OSTs
+/// `degraded`, then `rebuilding N%`, then `up`.
 fn rebuild_after_an_oss_came_back(provider: &str) {
-    let Some((dir, a, mut b)) = hosts(provider, "rebuild", 64) else {
+    let Some((dir, a, mut b)) = hosts(provider, "rebuild", 4) else {
         return;
     };
     let client = Client::connect(&a.mgs, ClientConfig::default()).unwrap();
@@ -455,6 +496,16 @@ fn rebuild_after_an_oss_came_back(provider: &str) {
         let l = layout_of(&client, &format!("/r{i}"));
         assert!(l.mirrors[0].stale && !l.mirrors[1].stale, "{l:?}");
     }
+    wait_states(&a, &b_osts, "degraded", Duration::from_secs(30));
+    // The MDS's count of what is to rebuild reaches the MGS with its heartbeats.
+    let until = Instant::now() + Duration::from_secs(30);
+    while !b_osts
+        .iter()
+        .all(|&o| client.refresh_map().unwrap().rebuild_of(o).is_some())
+    {
+        assert!(Instant::now() < until, "no rebuild counted for B's OSTs");
+        std::thread::sleep(Duration::from_millis(100));
+    }
     let b = Up::start(
         &dir.join("b"),
         provider,
@@ -466,6 +517,11 @@ fn rebuild_after_an_oss_came_back(provider: &str) {
         ],
     );
     let back = Instant::now();
+    let seen = wait_states(&a, &b_osts, "up", Duration::from_secs(60));
+    assert!(
+        seen.iter().any(|s| s == "rebuilding"),
+        "B's OSTs shown rebuilding on the way: {seen:?}"
+    );
     let until = back + Duration::from_secs(60);
     for i in 0..FILES {
         while layout_of(&client, &format!("/r{i}")).mirrors[0].stale {

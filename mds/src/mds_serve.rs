@@ -117,8 +117,9 @@ pub fn serve(cfg: &MdsServeConfig) -> Result<bool, MdsServeError> {
         state: TargetState::Up,
         capacity: 0,
         free: 0,
+        rebuild: Vec::new(),
     };
-    let mut role = RoleHolder::new(LeaseKeeper::start(&cfg.mgs, grant, sent, report));
+    let mut role = RoleHolder::new(LeaseKeeper::start(&cfg.mgs, grant, sent, report.clone()));
     let _ = slot.set((mdt.clone(), role.epoch.clone()));
     let destroyer = Destroyer::start(
         mdt.clone(),
@@ -159,6 +160,10 @@ pub fn serve(cfg: &MdsServeConfig) -> Result<bool, MdsServeError> {
         // delays that).
         if last_map.elapsed() > Duration::from_secs(1) {
             last_map = Instant::now();
+            role.keeper.set_report(TargetReport {
+                rebuild: rebuild.progress(),
+                ..report.clone()
+            });
             if let Ok(map) = mgs.fetch_map() {
                 mdt.set_ost_space(ost_space(&map));
                 destroyer.set_map(map.clone());
@@ -316,6 +321,7 @@ mod tests {
     #[test]
     fn statfs_counts_the_osts_that_serve() {
         let map = ClusterMap {
+            rebuild: Vec::new(),
             version: 3,
             fsname: "fs".into(),
             fsid: 1,

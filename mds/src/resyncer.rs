@@ -12,14 +12,14 @@
 //! and is copied again on a later pass. This is what `nacre mirror resync` does from a
 //! client, run by the server for every file.
 
-use std::collections::HashMap;
+use std::collections::{BTreeMap, HashMap};
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
 
 use nacre_fabric::Selection;
-use nacre_proto::bootstrap::{ClusterMap, Role, RoleKind, TargetState};
+use nacre_proto::bootstrap::{ClusterMap, RebuildProgress, Role, RoleKind, TargetState};
 use nacre_proto::layout::{FileLayout, StripedLayout};
 use nacre_proto::meta::{Creds, Head, Reply, Request};
 use nacre_rpc::objects::{Extent, IoOptions, OstRoute};
@@ -58,7 +58,14 @@ struct Shared {
     /// Bytes per second at most (0: the rebuild is off).
     rate: u64,
     stats: RebuildStats,
+    progress: Mutex<Progress>,
     tags: AtomicU64,
+}
+
+impl Shared {
+    fn progress(&self) -> std::sync::MutexGuard<'_, Progress> {
+        self.progress.lock().unwrap_or_else(|p| p.into_inner())
+    }
 }
 
 impl Resyncer {
@@ -71,6 +78,7 @@ impl Resyncer {
             map: Mutex::new(None),
             rate,
             stats: RebuildStats::default(),
+            progress: Mutex::default(),
             // Tags of their own, far from the destroyer's and the checker's.
             tags: AtomicU64::new(3 << 60),
         });
@@ -94,6 +102,12 @@ impl Resyncer {
     pub fn stats(&self) -> &RebuildStats {
         &self.shared.stats
     }
+
+    /// Per OST with stale copies: bytes left to copy, out of how many (what `nacre
+    /// status` shows as `rebuilding N%`, through the MDS's heartbeats).
+    pub fn progress(&self) -> Vec<RebuildProgress> {
+        self.shared.progress().report()
+    }
 }
 
 impl Drop for Resyncer {
@@ -115,37 +129,146 @@ fn run(mdt: &Mdt, sel: &Selection, shared: &Shared) {
     // that, one at least as new as the map that showed its OST down (an older one may
     // still show the OST up under the server that went away).
     let mut seen: HashMap<u64, Instant> = HashMap::new();
+    // What this walk over the set found still stale, per OST.
+    let mut census: BTreeMap<u32, u64> = BTreeMap::new();
     while !shared.stop.load(Ordering::SeqCst) {
         let map = shared.map.lock().unwrap_or_else(|p| p.into_inner()).clone();
         let files = mdt.stale_files(from, BATCH);
         if from == 0 {
             seen.retain(|ino, _| files.contains(ino) || mdt.is_stale(*ino));
         }
-        match (map, files.last()) {
-            (Some((map, fetched)), Some(&last)) => {
-                for ino in files {
-                    if shared.stop.load(Ordering::SeqCst) {
-                        return;
-                    }
-                    if *seen.entry(ino).or_insert_with(Instant::now) >= fetched {
-                        continue;
-                    }
-                    if let Err(e) = rebuild(mdt, sel, &mut ep, &map, shared, ino) {
+        let Some(&last) = files.last() else {
+            // A walk ends: what it counted is what is left.
+            shared.progress().walked(std::mem::take(&mut census));
+            from = 0;
+            sleep_unless_stopped(shared, IDLE);
+            continue;
+        };
+        for ino in files {
+            if shared.stop.load(Ordering::SeqCst) {
+                return;
+            }
+            let Some(file) = survey(mdt, ino) else {
+                continue;
+            };
+            let first_seen = *seen.entry(ino).or_insert_with(Instant::now);
+            let rebuilt = match &map {
+                Some((map, fetched)) if first_seen < *fetched => {
+                    rebuild(mdt, sel, &mut ep, map, shared, ino, &file).unwrap_or_else(|e| {
                         // No answer: the next file starts on a fresh endpoint.
                         tracing::info!("rebuild: inode {ino}: {e} (tried again later)");
                         ep = None;
-                    }
+                        false
+                    })
                 }
-                from = last.saturating_add(1);
+                _ => false,
+            };
+            if rebuilt {
+                shared.progress().rebuilt(&file);
+            } else {
+                for (ost, bytes) in file.per_ost() {
+                    *census.entry(ost).or_default() += bytes;
+                }
             }
-            _ => from = 0,
         }
+        from = last.saturating_add(1);
         sleep_unless_stopped(shared, IDLE);
     }
 }
 
-/// Brings the stale copies of `ino` back in sync if every OST involved serves and no
-/// handle may write it; an error is a transfer without an answer.
+/// A file with stale copies, as a walk finds it.
+struct StaleFile {
+    layout: FileLayout,
+    size: u64,
+}
+
+impl StaleFile {
+    /// The bytes each OST of a stale copy is to receive.
+    fn per_ost(&self) -> impl Iterator<Item = (u32, u64)> + '_ {
+        self.layout
+            .mirrors
+            .iter()
+            .filter(|m| m.stale)
+            .flat_map(move |m| {
+                let s = &m.stripes;
+                s.objects
+                    .iter()
+                    .enumerate()
+                    .map(move |(k, o)| (o.ost, s.object_size_for_file(k as u32, self.size)))
+            })
+    }
+}
+
+/// `ino`'s layout and size if it still has a stale copy (else it leaves the set).
+fn survey(mdt: &Mdt, ino: u64) -> Option<StaleFile> {
+    let head = Head {
+        creds: Creds::root(),
+        epoch: mdt.epoch(),
+        replay: None,
+    };
+    let (Ok(Reply::Layout(layout)), Ok(Reply::Attr(attr))) = (
+        mdt.read(&head, &Request::GetLayout { ino }),
+        mdt.read(&head, &Request::Getattr { ino }),
+    ) else {
+        // Gone, or no longer a mirrored file.
+        mdt.forget_stale(ino);
+        return None;
+    };
+    if !layout.mirrors.iter().any(|m| m.stale) {
+        mdt.forget_stale(ino);
+        return None;
+    }
+    Some(StaleFile {
+        layout,
+        size: attr.size,
+    })
+}
+
+/// The rebuild's progress per OST, as the MDS's heartbeats report it.
+#[derive(Debug, Default)]
+struct Progress {
+    /// Per OST: bytes of stale copies left, and the total since it last had none.
+    osts: BTreeMap<u32, (u64, u64)>,
+}
+
+impl Progress {
+    /// A walk counted `census` still stale: more than was left is new work, less was
+    /// done otherwise (a client's resync, a file removed).
+    fn walked(&mut self, census: BTreeMap<u32, u64>) {
+        let old = std::mem::take(&mut self.osts);
+        for (ost, left) in census {
+            let (was, total) = old.get(&ost).copied().unwrap_or((0, 0));
+            self.osts
+                .insert(ost, (left, total + left.saturating_sub(was)));
+        }
+    }
+
+    /// `file`'s stale copies were brought in sync.
+    fn rebuilt(&mut self, file: &StaleFile) {
+        for (ost, bytes) in file.per_ost() {
+            if let Some((left, _)) = self.osts.get_mut(&ost) {
+                *left = left.saturating_sub(bytes);
+            }
+        }
+    }
+
+    fn report(&self) -> Vec<RebuildProgress> {
+        self.osts
+            .iter()
+            .filter(|(_, &(left, _))| left > 0)
+            .map(|(&ost, &(left, total))| RebuildProgress {
+                ost,
+                left,
+                total: total.max(left),
+            })
+            .collect()
+    }
+}
+
+/// Brings the stale copies of `file` (inode `ino`) back in sync if every OST involved
+/// serves and no handle may write it: whether they all are now. An error is a transfer
+/// without an answer.
+#[allow(clippy::too_many_arguments)]
 fn rebuild(
     mdt: &Mdt,
     sel: &Selection,
@@ -153,30 +276,15 @@ fn rebuild(
     map: &ClusterMap,
     shared: &Shared,
     ino: u64,
-) -> Result<(), ClientError> {
-    let head = Head {
-        creds: Creds::root(),
-        epoch: mdt.epoch(),
-        replay: None,
-    };
-    let layout = match mdt.read(&head, &Request::GetLayout { ino }) {
-        Ok(Reply::Layout(l)) => l,
-        // Gone, or no longer a mirrored file.
-        _ => {
-            mdt.forget_stale(ino);
-            return Ok(());
-        }
-    };
+    file: &StaleFile,
+) -> Result<bool, ClientError> {
+    let layout = &file.layout;
     let stale: Vec<usize> = (0..layout.mirrors.len())
         .filter(|&m| layout.mirrors[m].stale)
         .collect();
     let Some(&src) = layout.in_sync().first() else {
-        return Ok(());
+        return Ok(false);
     };
-    if stale.is_empty() {
-        mdt.forget_stale(ino);
-        return Ok(());
-    }
     // Degraded until every OST of the source and of the stale copies serves.
     let needed = |m: usize| layout.mirrors[m].stripes.objects.iter().map(|o| o.ost);
     if !stale
@@ -185,12 +293,12 @@ fn rebuild(
         .chain(needed(src))
         .all(|o| serves(map, o))
     {
-        return Ok(());
+        return Ok(false);
     }
     let size = match admin(mdt, shared, Admin::ResyncStart(ino)) {
         Some(Ok(Reply::Attr(a))) => a.size,
         // EBUSY: a handle may write it; the next pass tries again.
-        _ => return Ok(()),
+        _ => return Ok(false),
     };
     if ep.is_none() {
         let rpc = RpcConfig {
@@ -204,7 +312,7 @@ fn rebuild(
     let io = IoOptions::for_provider(provider);
     let mut pace = Pace::new(shared.rate);
     for &m in &stale {
-        copy(ep, map, &layout, src, m, size, io, &mut pace, shared)?;
+        copy(ep, map, layout, src, m, size, io, &mut pace, shared)?;
     }
     for &m in &stale {
         let done = admin(
@@ -223,11 +331,11 @@ fn rebuild(
             // Written or truncated during the copy: copied again on a later pass.
             other => {
                 tracing::debug!("rebuild: inode {ino} mirror {m}: {other:?}");
-                return Ok(());
+                return Ok(false);
             }
         }
     }
-    Ok(())
+    Ok(true)
 }
 
 /// Whether OST `ost` is up in `map` with a server.
@@ -368,5 +476,65 @@ fn sleep_unless_stopped(shared: &Shared, d: Duration) {
             return;
         }
         std::thread::sleep(left.min(Duration::from_millis(50)));
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use nacre_proto::layout::{Mirror, ObjectRef};
+
+    /// A file of `size` bytes striped 1 MiB over `osts`, with a stale copy there and an
+    /// in-sync one on OST 9.
+    fn stale_file(size: u64, osts: &[u32]) -> StaleFile {
+        let stripes = |osts: &[u32], stale| Mirror {
+            stripes: StripedLayout {
+                stripe_size: 1 << 20,
+                objects: osts.iter().map(|&ost| ObjectRef { ost, oid: 1 }).collect(),
+            },
+            stale,
+        };
+        StaleFile {
+            layout: FileLayout {
+                mirrors: vec![stripes(&[9], false), stripes(osts, true)],
+            },
+            size,
+        }
+    }
+
+    #[test]
+    fn progress_counts_what_is_left_of_what_there_was() {
+        let mut p = Progress::default();
+        let a = stale_file(3 << 20, &[0, 1]);
+        let b = stale_file(1 << 20, &[0]);
+        let census = |files: &[&StaleFile]| {
+            let mut c = BTreeMap::new();
+            for f in files {
+                for (ost, n) in f.per_ost() {
+                    *c.entry(ost).or_default() += n;
+                }
+            }
+            c
+        };
+        // OST 0 holds 2 MiB of a and 1 MiB of b; OST 1 1 MiB of a.
+        p.walked(census(&[&a, &b]));
+        let r = p.report();
+        assert_eq!((r[0].ost, r[0].left, r[0].total), (0, 3 << 20, 3 << 20));
+        assert_eq!((r[1].ost, r[1].left), (1, 1 << 20));
+        // b rebuilt: a third of OST 0 done at once, OST 1 untouched.
+        p.rebuilt(&b);
+        assert_eq!(p.report()[0].percent(), 33);
+        assert_eq!(p.report()[1].percent(), 0);
+        // The next walk finds a grown (new work) and b gone: the total grows too.
+        let a2 = stale_file(5 << 20, &[0, 1]);
+        p.walked(census(&[&a2]));
+        let r = p.report();
+        assert_eq!((r[0].left, r[0].total), (3 << 20, 4 << 20));
+        // Everything rebuilt: nothing reported, and a later outage starts from zero.
+        p.rebuilt(&a2);
+        assert!(p.report().is_empty());
+        p.walked(BTreeMap::new());
+        p.walked(census(&[&b]));
+        assert_eq!(p.report()[0].percent(), 0);
     }
 }

@@ -211,7 +211,7 @@ fn keep(addrs: &str, grant: &Grant, shared: &KeeperShared, events: &SyncSender<L
             continue;
         }
         next = now + heartbeat;
-        let report = *lock(&shared.report);
+        let report = lock(&shared.report).clone();
         let sent = Instant::now();
         match mgs.renew(grant.role, grant.epoch, report) {
             Ok(_) => {

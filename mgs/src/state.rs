@@ -14,8 +14,8 @@ use std::collections::{BTreeMap, HashMap};
 use std::time::{Duration, Instant};
 
 use nacre_proto::bootstrap::{
-    errno, ClaimRequest, ClusterMap, Grant, LayoutDefaults, RenewRequest, Renewed, Role, RoleKind,
-    ServerEntry, Target, TargetState, MAX_REPLY_BODY,
+    errno, ClaimRequest, ClusterMap, Grant, LayoutDefaults, RebuildProgress, RenewRequest, Renewed,
+    Role, RoleKind, ServerEntry, Target, TargetState, MAX_REPLY_BODY,
 };
 
 /// The file system this MGS manages (written once by `format`).
@@ -106,6 +106,8 @@ pub struct MgsState {
     expiry: HashMap<Role, Instant>,
     /// Roles whose lease this MGS saw end: their owner must claim them again.
     lapsed: std::collections::HashSet<Role>,
+    /// Each MDS's last rebuild report (in memory: it moves with every heartbeat).
+    rebuild: BTreeMap<Role, Vec<RebuildProgress>>,
     changes: Changes,
 }
 
@@ -122,6 +124,7 @@ impl MgsState {
             roles,
             expiry: HashMap::new(),
             lapsed: Default::default(),
+            rebuild: BTreeMap::new(),
             changes: Changes::default(),
         };
         for role in &p.lease_lost {
@@ -159,6 +162,7 @@ impl MgsState {
             .collect();
         for role in &lapsed {
             self.expiry.remove(role);
+            self.rebuild.remove(role);
             self.lapsed.insert(*role);
             self.set_state(*role, TargetState::Down);
             self.changes.ended.push(*role);
@@ -240,6 +244,9 @@ impl MgsState {
         // Space figures change on every heartbeat: kept in memory, not a map change.
         rec.target.capacity = req.report.capacity;
         rec.target.free = req.report.free;
+        if req.role.kind == RoleKind::Mds {
+            self.rebuild.insert(req.role, req.report.rebuild.clone());
+        }
         self.set_state(req.role, req.report.state);
         Ok(Renewed {
             lease_ms: ms(self.cfg.lease),
@@ -253,6 +260,7 @@ impl MgsState {
         if self.expiry.remove(&role).is_some() {
             self.changes.ended.push(role);
         }
+        self.rebuild.remove(&role);
         self.set_state(role, TargetState::Down);
         Ok(())
     }
@@ -265,7 +273,23 @@ impl MgsState {
             layout: self.fs.layout,
             targets: self.roles.values().map(|r| r.target.clone()).collect(),
             servers: self.roles.values().map(|r| r.server.clone()).collect(),
+            rebuild: self.rebuild_progress(),
         }
+    }
+
+    /// Every MDS's rebuild reports summed per OST.
+    fn rebuild_progress(&self) -> Vec<RebuildProgress> {
+        let mut per_ost: BTreeMap<u32, RebuildProgress> = BTreeMap::new();
+        for r in self.rebuild.values().flatten() {
+            let sum = per_ost.entry(r.ost).or_insert(RebuildProgress {
+                ost: r.ost,
+                left: 0,
+                total: 0,
+            });
+            sum.left = sum.left.saturating_add(r.left);
+            sum.total = sum.total.saturating_add(r.total);
+        }
+        per_ost.into_values().collect()
     }
 
     /// The role a claim gets, and whether it is new.
@@ -417,11 +441,38 @@ mod tests {
             role,
             epoch,
             report: TargetReport {
+                rebuild: Vec::new(),
                 state: TargetState::Up,
                 capacity: 10,
                 free: 5,
             },
         }
+    }
+
+    #[test]
+    fn the_mds_rebuild_report_shows_in_the_map_until_its_lease_ends() {
+        let t0 = Instant::now();
+        let mut s = fresh(t0);
+        let m = s.claim(t0, &claim(RoleKind::Mds, "m", None)).unwrap();
+        let o = s.claim(t0, &claim(RoleKind::Oss, "o", None)).unwrap();
+        let mut r = renew(m.role, m.epoch);
+        r.report.rebuild = vec![RebuildProgress {
+            ost: 0,
+            left: 3,
+            total: 4,
+        }];
+        s.renew(t0, &r).unwrap();
+        let version = s.version();
+        assert_eq!(s.map().rebuild_of(0).map(|p| p.percent()), Some(25));
+        assert_eq!(s.version(), version, "progress is not a map change");
+        // An OSS's report says nothing of the rebuild.
+        let mut o_r = renew(o.role, o.epoch);
+        o_r.report.rebuild = r.report.rebuild.clone();
+        s.renew(t0, &o_r).unwrap();
+        assert_eq!(s.map().rebuild.len(), 1);
+        // The MDS gone: nobody rebuilds.
+        s.tick(t0 + LEASE * 2);
+        assert!(s.map().rebuild.is_empty());
     }
 
     #[test]

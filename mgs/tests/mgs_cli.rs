@@ -97,13 +97,14 @@ fn roles_and_epochs_survive_kill9_and_restart_and_flags_override_the_config() {
     assert!(after.version >= before.version);
     // The owners renew with the epochs they hold; the stale one is refused.
     let up = TargetReport {
+        rebuild: Vec::new(),
         state: TargetState::Up,
         capacity: 100,
         free: 50,
     };
-    c.renew(o0.role, o0.epoch, up).unwrap();
-    c.renew(m0.role, m0.epoch, up).unwrap();
-    let stale = c.renew(o1.role, o1.epoch, up).unwrap_err();
+    c.renew(o0.role, o0.epoch, up.clone()).unwrap();
+    c.renew(m0.role, m0.epoch, up.clone()).unwrap();
+    let stale = c.renew(o1.role, o1.epoch, up.clone()).unwrap_err();
     assert_eq!(stale.errno(), Some(errno::ESTALE));
     // A restarted MGS gives roles that were up a grace lease: no takeover at once.
     let mut standby = claim(RoleKind::Oss, "z");
@@ -115,8 +116,8 @@ fn roles_and_epochs_survive_kill9_and_restart_and_flags_override_the_config() {
         match c.claim(&standby) {
             Ok(g) => break g,
             Err(_) if Instant::now() < until => {
-                c.renew(o0.role, o0.epoch, up).unwrap();
-                c.renew(m0.role, m0.epoch, up).unwrap();
+                c.renew(o0.role, o0.epoch, up.clone()).unwrap();
+                c.renew(m0.role, m0.epoch, up.clone()).unwrap();
                 std::thread::sleep(Duration::from_millis(50));
             }
             Err(e) => panic!("{e}"),

@@ -208,11 +208,13 @@ fn check_target(
 fn report(dir: &std::path::Path) -> TargetReport {
     match rustix::fs::statvfs(dir) {
         Ok(s) => TargetReport {
+            rebuild: Vec::new(),
             state: TargetState::Up,
             capacity: s.f_blocks * s.f_frsize,
             free: s.f_bavail * s.f_frsize,
         },
         Err(_) => TargetReport {
+            rebuild: Vec::new(),
             state: TargetState::Degraded,
             capacity: 0,
             free: 0,

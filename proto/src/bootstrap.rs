@@ -265,11 +265,38 @@ impl TargetState {
 }
 
 /// What a server says of its target in each heartbeat.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq, Eq)]
 pub struct TargetReport {
     pub state: TargetState,
     pub capacity: u64,
     pub free: u64,
+    /// The MDS's rebuild of stale copies, per OST that has any (empty from an OSS).
+    pub rebuild: Vec<RebuildProgress>,
+}
+
+/// Most OSTs a rebuild report names.
+pub const MAX_REBUILD_ENTRIES: usize = 4096;
+
+/// How far the rebuild of the stale copies on one OST has come: `left` bytes of files
+/// still to copy out of `total` since the OST last had none.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct RebuildProgress {
+    pub ost: u32,
+    pub left: u64,
+    pub total: u64,
+}
+
+impl RebuildProgress {
+    const LEN: usize = 4 + 8 + 8;
+
+    /// Whole per cent done, 99 at most while anything is left.
+    pub fn percent(&self) -> u64 {
+        let done = self.total.saturating_sub(self.left) as u128 * 100;
+        match self.total {
+            0 => 100,
+            t => ((done / t as u128) as u64).min(if self.left > 0 { 99 } else { 100 }),
+        }
+    }
 }
 
 /// Ask for a role of `kind`: the MGS gives back this node's own role if it has one, else
@@ -444,6 +471,9 @@ pub struct ClusterMap {
     pub layout: LayoutDefaults,
     pub targets: Vec<Target>,
     pub servers: Vec<ServerEntry>,
+    /// OSTs whose stale copies the MDS is rebuilding (not a map change: it moves with
+    /// every MDS heartbeat, as space figures do).
+    pub rebuild: Vec<RebuildProgress>,
 }
 
 impl ClusterMap {
@@ -459,6 +489,11 @@ impl ClusterMap {
 
     pub fn target(&self, role: Role) -> Option<&Target> {
         self.targets.iter().find(|t| t.role == role)
+    }
+
+    /// The rebuild of OST `ost`'s stale copies, if it has any.
+    pub fn rebuild_of(&self, ost: u32) -> Option<&RebuildProgress> {
+        self.rebuild.iter().find(|r| r.ost == ost)
     }
 
     /// Whether `epoch` is the current owner's epoch of `role` in this map: a peer that
@@ -495,6 +530,7 @@ impl ClusterMap {
         for s in &self.servers {
             s.encode_into(e);
         }
+        e.rebuild(&self.rebuild);
     }
 
     fn decode_from(d: &mut Dec<'_>) -> Result<ClusterMap, BootError> {
@@ -521,6 +557,7 @@ impl ClusterMap {
             layout,
             targets,
             servers,
+            rebuild: d.rebuild()?,
         })
     }
 }
@@ -652,6 +689,7 @@ impl BootRequest {
                 e.u32(r.report.state as u32);
                 e.u64(r.report.capacity);
                 e.u64(r.report.free);
+                e.rebuild(&r.report.rebuild);
             }
             BootRequest::Release { role, epoch } => {
                 e.role(*role);
@@ -693,6 +731,7 @@ impl BootRequest {
                     state: TargetState::from_u32(d.u32()?)?,
                     capacity: d.u64()?,
                     free: d.u64()?,
+                    rebuild: d.rebuild()?,
                 },
             }),
             BootOp::Release => BootRequest::Release {
@@ -824,6 +863,16 @@ impl Enc {
             self.bytes(c);
         }
     }
+    /// At most [`MAX_REBUILD_ENTRIES`]: a progress report is not worth a refusal.
+    fn rebuild(&mut self, list: &[RebuildProgress]) {
+        let list = &list[..list.len().min(MAX_REBUILD_ENTRIES)];
+        self.u32(list.len() as u32);
+        for r in list {
+            self.u32(r.ost);
+            self.u64(r.left);
+            self.u64(r.total);
+        }
+    }
 }
 
 /// A bounds-checked reader over a body.
@@ -911,6 +960,19 @@ impl<'a> Dec<'a> {
             .collect()
     }
 
+    fn rebuild(&mut self) -> Result<Vec<RebuildProgress>, BootError> {
+        let n = self.count("rebuild", MAX_REBUILD_ENTRIES, RebuildProgress::LEN)?;
+        (0..n)
+            .map(|_| {
+                Ok(RebuildProgress {
+                    ost: self.u32()?,
+                    left: self.u64()?,
+                    total: self.u64()?,
+                })
+            })
+            .collect()
+    }
+
     fn finish(&self) -> Result<(), BootError> {
         match self.left() {
             0 => Ok(()),
@@ -929,6 +991,7 @@ mod tests {
             index: 3,
         };
         ClusterMap {
+            rebuild: Vec::new(),
             version: 7,
             fsname: "scratch".into(),
             fsid: 0xfeed,
@@ -967,6 +1030,23 @@ mod tests {
         assert_eq!(Role::parse("oss3"), Some(role));
         assert_eq!(Role::parse("oss"), None);
         assert_eq!(Role::parse("mdsx"), None);
+    }
+
+    #[test]
+    fn rebuild_percent_never_says_done_while_bytes_are_left() {
+        let p = |left, total| {
+            RebuildProgress {
+                ost: 0,
+                left,
+                total,
+            }
+            .percent()
+        };
+        assert_eq!(p(4, 4), 0);
+        assert_eq!(p(1, 4), 75);
+        assert_eq!(p(1, 1000), 99);
+        assert_eq!(p(0, 0), 100);
+        assert_eq!(p(5, 4), 0);
     }
 
     #[test]

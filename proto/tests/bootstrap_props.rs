@@ -42,17 +42,26 @@ fn request() -> impl Strategy<Value = BootRequest> {
                     cores
                 }
             )),
-        (role(), any::<u64>(), state(), any::<u64>(), any::<u64>()).prop_map(
-            |(role, epoch, state, capacity, free)| BootRequest::Renew(RenewRequest {
-                role,
-                epoch,
-                report: TargetReport {
-                    state,
-                    capacity,
-                    free
-                }
-            })
-        ),
+        (
+            role(),
+            any::<u64>(),
+            state(),
+            any::<u64>(),
+            any::<u64>(),
+            rebuild()
+        )
+            .prop_map(
+                |(role, epoch, state, capacity, free, rebuild)| BootRequest::Renew(RenewRequest {
+                    role,
+                    epoch,
+                    report: TargetReport {
+                        rebuild,
+                        state,
+                        capacity,
+                        free
+                    }
+                })
+            ),
         (role(), any::<u64>()).prop_map(|(role, epoch)| BootRequest::Release { role, epoch }),
         Just(BootRequest::FetchMap),
         (any::<u64>(), any::<u32>()).prop_map(|(newer_than, wait_ms)| BootRequest::WaitMap {
@@ -101,15 +110,30 @@ fn map() -> impl Strategy<Value = ClusterMap> {
         any::<u64>(),
         proptest::collection::vec(target, 0..6),
         proptest::collection::vec(server, 0..6),
+        rebuild(),
     )
-        .prop_map(|(version, fsname, fsid, targets, servers)| ClusterMap {
-            version,
-            fsname,
-            fsid,
-            layout: LayoutDefaults::default(),
-            targets,
-            servers,
-        })
+        .prop_map(
+            |(version, fsname, fsid, targets, servers, rebuild)| ClusterMap {
+                rebuild,
+                version,
+                fsname,
+                fsid,
+                layout: LayoutDefaults::default(),
+                targets,
+                servers,
+            },
+        )
+}
+
+fn rebuild() -> impl Strategy<Value = Vec<RebuildProgress>> {
+    proptest::collection::vec(
+        (any::<u32>(), any::<u64>(), any::<u64>()).prop_map(|(ost, left, total)| RebuildProgress {
+            ost,
+            left,
+            total,
+        }),
+        0..4,
+    )
 }
 
 fn decode_request(frame: &[u8]) -> Result<BootRequest, BootError> {

@@ -233,6 +233,7 @@ fn paths_through_the_client_namespace() {
         return;
     };
     let map = ClusterMap {
+        rebuild: Vec::new(),
         servers: vec![ServerEntry {
             role: Role {
                 kind: RoleKind::Mds,

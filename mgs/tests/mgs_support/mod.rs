@@ -149,6 +149,7 @@ pub fn child_main() {
         .as_millis();
     println!("GRANTED {} epoch {} at_ms {at_ms}", grant.role, grant.epoch);
     let report = TargetReport {
+        rebuild: Vec::new(),
         state: TargetState::Up,
         capacity: 1 << 30,
         free: 1 << 29,
