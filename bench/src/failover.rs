@@ -6,6 +6,12 @@
 //! workload stops, the copies that went stale are resynced (the rebuild), and every
 //! file is read back one last time.
 //!
+//! With `--mgs ADDR` the workload runs against that file system instead, and the bench
+//! kills nothing: whoever runs it does (the tests across network namespaces kill,
+//! pause and cut off servers on other hosts). It runs until SIGINT or SIGTERM, or
+//! `--before` + `--after` seconds, then waits for the MDS's rebuild to bring every copy
+//! in sync (`rebuild_s`) and reads every file back.
+//!
 //! Last line: `pause_ms=N lost_ops=N corrupt=N rebuild_s=N`. `pause_ms` is the longest
 //! call (open, write, read, close) of the workload, which is the kill's pause;
 //! `lost_ops` counts writes acknowledged whose bytes the last read does not find;
@@ -22,7 +28,7 @@ use std::sync::mpsc::{channel, Receiver};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use nacre_client::{Client, ClientConfig, OpenOptions};
+use nacre_client::{Client, ClientConfig, Layout, OpenOptions};
 use nacre_proto::bootstrap::{ClusterMap, RoleKind};
 
 use crate::BenchError;
@@ -56,6 +62,10 @@ pub struct FailoverArgs {
     /// Where the file system lives (made fresh; on a disk, not tmpfs).
     #[arg(long, default_value = "nacre-failover")]
     dir: PathBuf,
+    /// Run the workload against this file system (its MGS's address) until SIGINT or
+    /// SIGTERM, or `--before` + `--after` seconds; the bench kills nothing.
+    #[arg(long)]
+    mgs: Option<String>,
 }
 
 /// `nacre up`, its servers' pids, and its output lines.
@@ -150,6 +160,9 @@ fn sibling(name: &str) -> Result<PathBuf, BenchError> {
     p.ok_or_else(|| BenchError::msg(format!("{name} not found beside nacre-bench")))
 }
 
+/// A call slower than this is said on stderr.
+const SLOW: Duration = Duration::from_secs(2);
+
 /// What the workload counted.
 #[derive(Default)]
 struct Counts {
@@ -161,10 +174,21 @@ struct Counts {
 }
 
 impl Counts {
-    fn timed<R>(&self, f: impl FnOnce() -> std::io::Result<R>) -> Option<R> {
+    fn timed<R>(&self, what: &str, f: impl FnOnce() -> std::io::Result<R>) -> Option<R> {
         let t = Instant::now();
         let r = f();
         let ns = t.elapsed().as_nanos() as u64;
+        if ns > SLOW.as_nanos() as u64 {
+            // When, to read beside the servers' logs.
+            let now = std::time::SystemTime::now()
+                .duration_since(std::time::UNIX_EPOCH)
+                .unwrap_or_default();
+            eprintln!(
+                "failover: {what} took {} ms, until {:.3} s past the minute",
+                ns / 1_000_000,
+                now.as_secs_f64() % 60.0
+            );
+        }
         self.longest.fetch_max(ns, Ordering::Relaxed);
         self.ops.fetch_add(1, Ordering::Relaxed);
         match r {
@@ -203,7 +227,7 @@ fn workload(client: &Client, a: &FailoverArgs, counts: &Counts, stop: &AtomicBoo
         for (i, last) in acked.iter_mut().enumerate() {
             let path = format!("/failover/f{i}");
             let data = content(i, v, len);
-            let wrote = counts.timed(|| {
+            let wrote = counts.timed(&format!("write of {path}"), || {
                 let f = client.open(&path, &OpenOptions::create())?;
                 f.write_at(&data, 0)?;
                 f.close()
@@ -212,7 +236,7 @@ fn workload(client: &Client, a: &FailoverArgs, counts: &Counts, stop: &AtomicBoo
                 *last = v;
             }
             let mut back = vec![0u8; len];
-            let read = counts.timed(|| {
+            let read = counts.timed(&format!("read of {path}"), || {
                 let f = client.open(&path, &OpenOptions::read())?;
                 let n = f.read_at(&mut back, 0)?;
                 f.close()?;
@@ -254,6 +278,26 @@ fn kill_and_wait(a: &FailoverArgs, up: &mut Up, client: &Client) -> Result<(), B
     Ok(())
 }
 
+/// Waits (two minutes at most) until no copy of the workload's files is stale: the
+/// MDS's background rebuild. Returns how many copies were stale at first.
+fn wait_in_sync(client: &Client, files: usize) -> Result<usize, BenchError> {
+    let stale = |i: usize| -> Result<usize, BenchError> {
+        Ok(match client.get_layout(&format!("/failover/f{i}"))? {
+            Layout::File(l) => l.mirrors.iter().filter(|m| m.stale).count(),
+            _ => 0,
+        })
+    };
+    let first = (0..files).map(stale).sum::<Result<usize, _>>()?;
+    let until = Instant::now() + Duration::from_secs(120);
+    while (0..files).map(stale).sum::<Result<usize, _>>()? > 0 {
+        if Instant::now() > until {
+            return Err(BenchError::msg("copies still stale two minutes on"));
+        }
+        std::thread::sleep(Duration::from_millis(200));
+    }
+    Ok(first)
+}
+
 /// Whether `map` shows a server for each OST and the MDS, every target up.
 fn all_serving(map: &ClusterMap) -> bool {
     map.targets
@@ -263,37 +307,77 @@ fn all_serving(map: &ClusterMap) -> bool {
 }
 
 pub fn run(a: &FailoverArgs) -> Result<(), BenchError> {
+    if let Some(mgs) = &a.mgs {
+        // Before any thread starts: the signals end the workload, not the process.
+        let stop = nacre_fabric::signals::stop_on_signals()
+            .map_err(|e| BenchError::msg(format!("taking SIGINT/SIGTERM: {e}")))?;
+        return drive(a, mgs, Killer::Outside(&stop));
+    }
     let _ = std::fs::remove_dir_all(&a.dir);
     std::fs::create_dir_all(&a.dir).map_err(|e| BenchError::msg(e.to_string()))?;
     let mut up = Up::start(a)?;
-    let outcome = drive(a, &mut up);
+    let mgs = up.mgs.clone();
+    let outcome = drive(a, &mgs, Killer::Bench(&mut up));
     up.stop();
     outcome
 }
 
-fn drive(a: &FailoverArgs, up: &mut Up) -> Result<(), BenchError> {
-    let client = Client::connect(&up.mgs, ClientConfig::default())?;
-    client.mkdir("/failover", 0o755)?;
+/// Who fails a server during the workload.
+enum Killer<'a> {
+    /// The bench, in the file system it brought up.
+    Bench(&'a mut Up),
+    /// Someone else; the workload ends when this flag rises (or after its time).
+    Outside(&'a AtomicBool),
+}
+
+fn drive(a: &FailoverArgs, mgs: &str, killer: Killer<'_>) -> Result<(), BenchError> {
+    let client = Client::connect(mgs, ClientConfig::default())?;
+    match client.mkdir("/failover", 0o755) {
+        Err(e) if e.raw_os_error() == Some(libc::EEXIST) && a.mgs.is_some() => {}
+        other => {
+            other?;
+        }
+    }
     let counts = Arc::new(Counts::default());
     let stop = Arc::new(AtomicBool::new(false));
+    let outside = matches!(killer, Killer::Outside(_));
     let acked = std::thread::scope(|s| -> Result<Vec<u64>, BenchError> {
         let w = s.spawn(|| workload(&client, a, &counts, &stop));
-        std::thread::sleep(Duration::from_secs_f64(a.before));
-        let outcome = kill_and_wait(a, up, &client);
-        if outcome.is_ok() {
-            std::thread::sleep(Duration::from_secs_f64(a.after));
-        }
+        let outcome = match killer {
+            Killer::Bench(up) => {
+                std::thread::sleep(Duration::from_secs_f64(a.before));
+                let outcome = kill_and_wait(a, up, &client);
+                if outcome.is_ok() {
+                    std::thread::sleep(Duration::from_secs_f64(a.after));
+                }
+                outcome
+            }
+            Killer::Outside(signalled) => {
+                let until = Instant::now() + Duration::from_secs_f64(a.before + a.after);
+                while !signalled.load(Ordering::Relaxed) && Instant::now() < until {
+                    std::thread::sleep(Duration::from_millis(50));
+                }
+                Ok(())
+            }
+        };
         // Whatever happened, the workload stops before the scope ends.
         stop.store(true, Ordering::Relaxed);
         let acked = w.join().expect("the workload thread");
         outcome.map(|()| acked)
     })?;
-    // The rebuild: every stale copy resynced.
+    // The rebuild: every stale copy resynced, by this client in a file system of the
+    // bench's own, by the MDS's background rebuild in another.
     let rebuild = Instant::now();
-    let mut resynced = 0;
-    for i in 0..a.files {
-        resynced += client.resync(&format!("/failover/f{i}"))?.len();
-    }
+    let resynced = match outside {
+        false => {
+            let mut n = 0;
+            for i in 0..a.files {
+                n += client.resync(&format!("/failover/f{i}"))?.len();
+            }
+            n
+        }
+        true => wait_in_sync(&client, a.files)?,
+    };
     let rebuild_s = rebuild.elapsed().as_secs_f64();
     let len = a.file_mib << 20;
     let mut lost = 0;
@@ -308,11 +392,20 @@ fn drive(a: &FailoverArgs, up: &mut Up) -> Result<(), BenchError> {
     let n = |c: &AtomicU64| c.load(Ordering::Relaxed);
     println!(
         "kill={} provider={} files={} ops={} errors={} copies_resynced={resynced}",
-        match a.kill {
-            Victim::Oss => "oss",
-            Victim::Mds => "mds",
+        match (outside, a.kill) {
+            (true, _) => "outside",
+            (false, Victim::Oss) => "oss",
+            (false, Victim::Mds) => "mds",
         },
-        a.provider,
+        match outside {
+            // The file system's own, as its map says.
+            true => client
+                .map()
+                .servers
+                .first()
+                .map_or("?".to_string(), |s| s.provider.clone()),
+            false => a.provider.clone(),
+        },
         a.files,
         n(&counts.ops),
         n(&counts.errors)

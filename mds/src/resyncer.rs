@@ -132,7 +132,6 @@ fn run(mdt: &Mdt, sel: &Selection, shared: &Shared) {
     // What this walk over the set found still stale, per OST.
     let mut census: BTreeMap<u32, u64> = BTreeMap::new();
     while !shared.stop.load(Ordering::SeqCst) {
-        let map = shared.map.lock().unwrap_or_else(|p| p.into_inner()).clone();
         let files = mdt.stale_files(from, BATCH);
         if from == 0 {
             seen.retain(|ino, _| files.contains(ino) || mdt.is_stale(*ino));
@@ -144,6 +143,7 @@ fn run(mdt: &Mdt, sel: &Selection, shared: &Shared) {
             sleep_unless_stopped(shared, IDLE);
             continue;
         };
+        from = last.saturating_add(1);
         for ino in files {
             if shared.stop.load(Ordering::SeqCst) {
                 return;
@@ -152,14 +152,24 @@ fn run(mdt: &Mdt, sel: &Selection, shared: &Shared) {
                 continue;
             };
             let first_seen = *seen.entry(ino).or_insert_with(Instant::now);
+            // The newest map for each file: a server may have come back elsewhere
+            // while the last one was copied.
+            let map = shared.map.lock().unwrap_or_else(|p| p.into_inner()).clone();
             let rebuilt = match &map {
                 Some((map, fetched)) if first_seen < *fetched => {
-                    rebuild(mdt, sel, &mut ep, map, shared, ino, &file).unwrap_or_else(|e| {
-                        // No answer: the next file starts on a fresh endpoint.
-                        tracing::info!("rebuild: inode {ino}: {e} (tried again later)");
-                        ep = None;
-                        false
-                    })
+                    match rebuild(mdt, sel, &mut ep, map, shared, ino, &file) {
+                        Ok(done) => done,
+                        Err(e) => {
+                            // No answer: an OST is gone, though the map does not say
+                            // so yet. The next pass starts from this file again, on
+                            // a fresh endpoint and a newer map, rather than waiting
+                            // out the same silence file after file.
+                            tracing::info!("rebuild: inode {ino}: {e} (tried again later)");
+                            ep = None;
+                            from = ino;
+                            break;
+                        }
+                    }
                 }
                 _ => false,
             };
@@ -171,7 +181,6 @@ fn run(mdt: &Mdt, sel: &Selection, shared: &Shared) {
                 }
             }
         }
-        from = last.saturating_add(1);
         sleep_unless_stopped(shared, IDLE);
     }
 }

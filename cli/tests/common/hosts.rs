@@ -33,7 +33,13 @@ fn ip(args: &[&str]) -> Result<(), String> {
 
 impl Hosts {
     /// Hosts a, b, c at 10.201.0.1..3/24 on a bridge, names tagged with `tag`.
+    #[allow(dead_code)]
     pub fn new(tag: &str) -> Result<Hosts, String> {
+        Hosts::named(tag, &["a", "b", "c"])
+    }
+
+    /// One host per name, at 10.201.0.1, .2... on a bridge, in that order.
+    pub fn named(tag: &str, names: &[&str]) -> Result<Hosts, String> {
         let bridge = format!("nbr-{tag}");
         let mut h = Hosts {
             bridge: bridge.clone(),
@@ -42,7 +48,7 @@ impl Hosts {
         ip(&["netns", "add", &bridge])?;
         ip(&["-n", &bridge, "link", "add", "br0", "type", "bridge"])?;
         ip(&["-n", &bridge, "link", "set", "br0", "up"])?;
-        for (i, host) in ["a", "b", "c"].iter().enumerate() {
+        for (i, host) in names.iter().enumerate() {
             let ns = format!("n{host}-{tag}");
             ip(&["netns", "add", &ns])?;
             h.hosts.push(ns.clone());
@@ -59,6 +65,17 @@ impl Hosts {
             ip(&["-n", &bridge, "link", "set", &port, "up"])?;
         }
         Ok(h)
+    }
+
+    /// Cuts host `i` off the bridge (`up`: false), as a failed switch port or a host
+    /// gone would: its packets and those sent to it are dropped, nobody is told.
+    #[allow(dead_code)]
+    pub fn link(&self, i: usize, up: bool) {
+        // Host "x" is namespace "nx-TAG", its bridge port "px".
+        let ns = &self.hosts[i];
+        let port = format!("p{}", &ns[1..ns.find('-').unwrap()]);
+        let state = if up { "up" } else { "down" };
+        ip(&["-n", &self.bridge, "link", "set", &port, state]).unwrap();
     }
 
     /// `ip netns exec` into host `i` (0 = a).

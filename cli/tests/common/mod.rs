@@ -27,6 +27,19 @@ pub fn nacre_bin() -> PathBuf {
     bin
 }
 
+/// The `nacre-bench` binary of this build (built by `cargo test --workspace`).
+#[allow(dead_code)]
+pub fn bench_bin() -> PathBuf {
+    let exe = std::env::current_exe().unwrap();
+    let bin = exe.parent().unwrap().parent().unwrap().join("nacre-bench");
+    assert!(
+        bin.exists(),
+        "{} is not built: run the suite with `cargo test --workspace` (scripts/test)",
+        bin.display()
+    );
+    bin
+}
+
 /// A fresh directory on the target disk (ext4: O_DIRECT works there, not on tmpfs).
 pub fn tmp(name: &str) -> PathBuf {
     let d = PathBuf::from(env!("CARGO_TARGET_TMPDIR")).join(format!("cli-{name}"));
