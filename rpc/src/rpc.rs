@@ -183,9 +183,12 @@ const YIELD_AFTER: u32 = 64;
 impl ClientEndpoint {
     /// Opens the endpoint and posts its receives; no session yet.
     pub fn open(sel: &Selection, cfg: RpcConfig) -> Result<ClientEndpoint, ClientError> {
-        // A post waits (progressing) no longer than a request may take.
+        // A post waits (progressing) a slice at a time: between slices the watchdog
+        // is asked about the peer (a send to a dead peer over tcp;ofi_rxm is refused
+        // with FI_EAGAIN until its connection is given up), up to the request's
+        // deadline.
         let ep_cfg = EndpointConfig {
-            post_timeout: cfg.timeout,
+            post_timeout: cfg.timeout.min(WATCH_EVERY),
             ..Default::default()
         };
         let mut ep = nacre_fabric::open(sel, &ep_cfg)?;
@@ -494,7 +497,7 @@ impl ClientEndpoint {
         self.pending
             .insert(id, now, self.cfg.timeout, sid)
             .map_err(|e| ClientError::Protocol(e.to_string()))?;
-        if let Err(e) = self.send_frame(peer, n) {
+        if let Err(e) = self.send_frame(sid, peer, n) {
             self.pending.complete(id);
             return Err(e);
         }
@@ -523,10 +526,43 @@ impl ClientEndpoint {
                 .map_err(|e| ClientError::Protocol(e.to_string()))?;
         }
         self.frame[..bytes.len()].copy_from_slice(bytes);
-        self.send_frame(peer, bytes.len())
+        self.send_frame(sid, peer, bytes.len())
     }
 
-    fn send_frame(&mut self, peer: PeerAddr, n: usize) -> Result<(), ClientError> {
+    /// Posts the frame's first `n` bytes to `peer` (of session `sid`). A post the
+    /// provider keeps refusing is tried again until the request's deadline, unless the
+    /// watchdog says the peer is gone: the request never left, so its caller may send
+    /// it again anywhere.
+    fn send_frame(&mut self, sid: SessionId, peer: PeerAddr, n: usize) -> Result<(), ClientError> {
+        let start = Instant::now();
+        loop {
+            match self.post_frame(peer, n) {
+                Err(ClientError::Fabric(e))
+                    if matches!(e.kind(), nacre_fabric::ErrorKind::Timeout { .. }) =>
+                {
+                    if start.elapsed() > self.cfg.timeout {
+                        let what = match e.kind() {
+                            nacre_fabric::ErrorKind::Timeout { what, .. } => *what,
+                            _ => "a post",
+                        };
+                        let secs = start.elapsed().as_secs_f64();
+                        let e = nacre_fabric::Error::from(nacre_fabric::ErrorKind::Timeout {
+                            what,
+                            secs,
+                        });
+                        return Err(e.into());
+                    }
+                    let name = &self.sessions[sid.0 as usize].name;
+                    if let Some(verdict) = self.watchdog.as_mut().and_then(|w| w(name)) {
+                        return Err(verdict);
+                    }
+                }
+                other => return other,
+            }
+        }
+    }
+
+    fn post_frame(&mut self, peer: PeerAddr, n: usize) -> Result<(), ClientError> {
         if n <= self.ep.inject_size() {
             return Ok(self.ep.inject(&self.frame[..n], peer)?);
         }
