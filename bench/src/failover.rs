@@ -21,7 +21,7 @@
 //! the errors are all 0.
 
 use std::io::{BufRead, BufReader};
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::mpsc::{channel, Receiver};
@@ -69,22 +69,22 @@ pub struct FailoverArgs {
 }
 
 /// `nacre up`, its servers' pids, and its output lines.
-struct Up {
+pub(crate) struct Up {
     child: Child,
     lines: Receiver<String>,
-    mgs: String,
+    pub(crate) mgs: String,
     /// Each server's pid, from `nacre up: NAME (pid N) logs to ...`.
     pids: std::collections::HashMap<String, u32>,
 }
 
 impl Up {
-    fn start(a: &FailoverArgs) -> Result<Up, BenchError> {
+    /// `nacre up --dir DIR` with `args`, once it said where its MGS is.
+    pub(crate) fn start(dir: &Path, args: &[&str]) -> Result<Up, BenchError> {
         let nacre = sibling("nacre")?;
         let mut child = Command::new(nacre)
             .args(["up", "--dir"])
-            .arg(a.dir.join("fs"))
-            .args(["--provider", &a.provider, "--listen", "127.0.0.1:0"])
-            .args(["--deployment", "persistent"])
+            .arg(dir)
+            .args(args)
             .stdin(Stdio::null())
             .stdout(Stdio::piped())
             .spawn()
@@ -111,7 +111,7 @@ impl Up {
 
     /// The first line from now on that contains `what`; the pids of servers said on
     /// the way go to `pids`.
-    fn wait_for(&mut self, what: &str, timeout: Duration) -> Result<String, BenchError> {
+    pub(crate) fn wait_for(&mut self, what: &str, timeout: Duration) -> Result<String, BenchError> {
         let until = Instant::now() + timeout;
         loop {
             let left = until.saturating_duration_since(Instant::now());
@@ -138,14 +138,14 @@ impl Up {
     }
 
     /// The pid of server `name`, as `nacre up` last said it.
-    fn pid_of(&self, name: &str) -> Result<u32, BenchError> {
+    pub(crate) fn pid_of(&self, name: &str) -> Result<u32, BenchError> {
         self.pids
             .get(name)
             .copied()
             .ok_or_else(|| BenchError::msg(format!("nacre up started no {name}")))
     }
 
-    fn stop(mut self) {
+    pub(crate) fn stop(mut self) {
         let _ = nacre_fabric::testing::send_signal(self.child.id(), "TERM");
         let _ = self.child.wait();
     }
@@ -315,7 +315,17 @@ pub fn run(a: &FailoverArgs) -> Result<(), BenchError> {
     }
     let _ = std::fs::remove_dir_all(&a.dir);
     std::fs::create_dir_all(&a.dir).map_err(|e| BenchError::msg(e.to_string()))?;
-    let mut up = Up::start(a)?;
+    let mut up = Up::start(
+        &a.dir.join("fs"),
+        &[
+            "--provider",
+            &a.provider,
+            "--listen",
+            "127.0.0.1:0",
+            "--deployment",
+            "persistent",
+        ],
+    )?;
     let mgs = up.mgs.clone();
     let outcome = drive(a, &mgs, Killer::Bench(&mut up));
     up.stop();

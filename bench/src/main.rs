@@ -15,6 +15,7 @@ mod mdtest;
 mod mgs;
 mod obj;
 mod pingpong;
+mod rebuild;
 mod regcache;
 mod rma;
 mod soak;
@@ -86,6 +87,9 @@ enum Command {
     /// A persistent file system of its own losing a server (kill -9) under a checked
     /// workload; last line `pause_ms=N lost_ops=N corrupt=N rebuild_s=N`.
     Failover(failover::FailoverArgs),
+    /// A client's write bandwidth before an OSS is lost and while the MDS rebuilds its
+    /// copies; last line `before_mib_s=N during_mib_s=N ratio=R rebuild_s=N`.
+    Rebuild(rebuild::RebuildArgs),
     /// One client process of `soak`.
     #[command(hide = true)]
     SoakClient(soak::SoakClientArgs),
@@ -203,6 +207,7 @@ fn main() {
         Command::FuseFloor(args) => fusefloor::run(args),
         Command::Soak(args) => soak::run(args),
         Command::Failover(args) => failover::run(args),
+        Command::Rebuild(args) => rebuild::run(args),
         Command::SoakClient(args) => soak::client(args),
         Command::Info { node } => info(node),
     };

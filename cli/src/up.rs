@@ -71,7 +71,7 @@ pub struct MdsSection {
     /// Reply only once an operation is committed (group commit).
     #[serde(default)]
     pub sync: bool,
-    /// MiB per second the rebuild of stale copies may copy (0: none) [default: 256].
+    /// MiB per second the rebuild of stale copies may copy (0: none) [default: 100].
     pub rebuild_mib_s: Option<u64>,
 }
 

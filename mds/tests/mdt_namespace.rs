@@ -812,3 +812,51 @@ fn mirrored_files_mark_stale_but_never_the_last_copy() {
     assert!(t.call(create("four", 4)).is_ok());
     assert_eq!(t.call(create("five", 5)), Err(EINVAL));
 }
+
+#[test]
+fn copies_placed_on_a_down_ost_are_born_stale() {
+    use nacre_mds::mdt::OstPlace;
+    let t = T::new("born-stale");
+    // Two OSTs on two servers, the second down: a file of two copies still gets both,
+    // the one on the OST that is down stale (the rebuild fills it once it is back).
+    let mut down = OstPlace::alone(1);
+    down.up = false;
+    admin(&t, nacre_mds::mdt::Admin::SetOsts(vec![OstPlace::alone(0), down]));
+    let spec = StripeSpec {
+        stripe_size: 1 << 20,
+        count: StripeCount::Count(1),
+        first: FirstOst::Any,
+        mirrors: 2,
+    };
+    let Ok(Reply::Opened {
+        attr,
+        layout: Some(l),
+        ..
+    }) = t.call(Request::Create {
+        parent: ROOT,
+        name: "f".into(),
+        mode: 0o644,
+        flags: 0,
+        layout: Some(spec),
+    })
+    else {
+        panic!("a mirrored create while an OST is down")
+    };
+    assert_eq!(l.mirrors[0].stripes.objects[0].ost, 0, "{l:?}");
+    assert!(!l.mirrors[0].stale, "{l:?}");
+    assert_eq!(l.mirrors[1].stripes.objects[0].ost, 1, "{l:?}");
+    assert!(l.mirrors[1].stale, "{l:?}");
+    assert!(t.mdt.is_stale(attr.ino), "the rebuild will find it");
+    // Three copies need three OSTs, up or down.
+    let three = StripeSpec { mirrors: 3, ..spec };
+    assert_eq!(
+        t.call(Request::Create {
+            parent: ROOT,
+            name: "g".into(),
+            mode: 0o644,
+            flags: 0,
+            layout: Some(three),
+        }),
+        Err(libc::ENOSPC)
+    );
+}

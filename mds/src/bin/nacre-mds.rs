@@ -53,7 +53,7 @@ struct ServeArgs {
     identity: Option<String>,
     /// The rebuild of stale copies copies at most this many MiB per second (0: no
     /// rebuild; `nacre mirror resync` still works).
-    #[arg(long, default_value_t = 256)]
+    #[arg(long, default_value_t = 100)]
     rebuild_mib_s: u64,
 }
 

@@ -184,11 +184,16 @@ impl OstChooser {
 
     /// The OSTs for `spec`, one list per mirror: a stripe count above the count of OSTs
     /// that serve is capped to it (as Lustre does). No OST serving is ENOSPC, an unknown
-    /// first OST EINVAL, fewer OSTs than mirrors ENOSPC (two copies never share an OST).
+    /// first OST EINVAL, fewer OSTs (up or down) than mirrors ENOSPC (two copies never
+    /// share an OST). The first copy goes to OSTs that serve; a further copy goes to an
+    /// OST that is down only when too few serve: that copy is born stale (see
+    /// [`OstChooser::is_up`]), and the rebuild fills it once its OST is back, so a
+    /// persistent file system keeps creating files with all their copies while a
+    /// server is away.
     pub fn choose(&mut self, spec: &StripeSpec) -> Result<Vec<Vec<u32>>, i32> {
         let up: Vec<&OstPlace> = self.places.iter().filter(|p| p.up).collect();
         let n = up.len();
-        if n == 0 || (spec.mirrors as usize) > n {
+        if n == 0 || (spec.mirrors as usize) > self.places.len() {
             return Err(errno::ENOSPC);
         }
         let max = (nacre_proto::layout::MAX_OBJECTS / spec.mirrors.max(1)) as usize;
@@ -205,24 +210,31 @@ impl OstChooser {
                 s
             }
         };
+        // Further copies choose among every OST, those that serve first.
+        let all: Vec<&OstPlace> = up
+            .iter()
+            .copied()
+            .chain(self.places.iter().filter(|p| !p.up))
+            .collect();
         let first: Vec<usize> = (0..count).map(|k| (start + k) % n).collect();
         let mut mirrors = vec![first];
         for m in 1..spec.mirrors as usize {
             let used: Vec<usize> = mirrors.iter().flatten().copied().collect();
             let mut this = Vec::with_capacity(count);
             for stripe in 0..count {
-                let copies: Vec<&OstPlace> = mirrors.iter().map(|c| up[c[stripe]]).collect();
+                let copies: Vec<&OstPlace> = mirrors.iter().map(|c| all[c[stripe]]).collect();
                 let scan = (start + m * count + stripe) % n;
-                let best = (0..n)
-                    .map(|k| (scan + k) % n)
-                    .filter(|&c| copies.iter().all(|p| p.index != up[c].index))
+                let best = (0..all.len())
+                    .map(|k| (scan + k) % all.len())
+                    .filter(|&c| copies.iter().all(|p| p.index != all[c].index))
                     .max_by_key(|&c| {
-                        let p = up[c];
+                        let p = all[c];
                         let host = copies.iter().all(|q| q.host != p.host);
                         let server = copies.iter().all(|q| q.server != p.server);
                         let fresh = !used.contains(&c) && !this.contains(&c);
                         // Earlier in the scan wins ties (max_by_key keeps the last max).
-                        (host, server, fresh, std::cmp::Reverse((c + n - scan) % n))
+                        let at = (c + all.len() - scan) % all.len();
+                        (p.up, host, server, fresh, std::cmp::Reverse(at))
                     })
                     .ok_or(errno::ENOSPC)?;
                 this.push(best);
@@ -231,8 +243,13 @@ impl OstChooser {
         }
         Ok(mirrors
             .into_iter()
-            .map(|c| c.into_iter().map(|k| up[k].index).collect())
+            .map(|c| c.into_iter().map(|k| all[k].index).collect())
             .collect())
+    }
+
+    /// Whether OST `ost` serves (a copy placed on one that does not is stale).
+    pub fn is_up(&self, ost: u32) -> bool {
+        self.places.iter().any(|p| p.index == ost && p.up)
     }
 }
 
@@ -256,12 +273,15 @@ pub fn resolve(
                 oid: ids.take(w, IdSpace::Ost(ost))?,
             });
         }
+        // A copy with an object on an OST that is down misses every write until the
+        // rebuild fills it.
+        let stale = !objects.iter().all(|o| osts.is_up(o.ost));
         mirrors.push(Mirror {
             stripes: StripedLayout {
                 stripe_size: spec.stripe_size,
                 objects,
             },
-            stale: false,
+            stale,
         });
     }
     Ok(Ok(FileLayout { mirrors }))
@@ -386,9 +406,15 @@ mod tests {
             m.iter().flatten().all(|&o| o < 2) && m[0][0] != m[1][0],
             "{m:?}"
         );
+        // Too few serve: the second copy goes to an OST that is down (born stale).
+        let mut c = two_servers(&[1, 2, 3]);
+        let m = c.choose(&spec(1, 2)).unwrap();
+        assert_eq!(m[0], vec![0], "the first copy where it serves: {m:?}");
+        assert!(!c.is_up(m[1][0]) && m[1][0] != 0, "{m:?}");
         assert_eq!(
-            two_servers(&[1, 2, 3]).choose(&spec(1, 2)),
-            Err(errno::ENOSPC)
+            two_servers(&[1, 2, 3]).choose(&spec(1, 5)),
+            Err(errno::ENOSPC),
+            "more copies than OSTs"
         );
     }
 }

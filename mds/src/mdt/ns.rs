@@ -487,6 +487,7 @@ impl Namespace {
         let layout = resolve(w, &mut self.ids, &mut self.osts, &spec)?.map_err(Fail::Errno)?;
         let mut i = self.new_inode(w, c, FileKind::File, mode, &p)?;
         i.layout = layout.to_bytes();
+        self.note_stale(i.ino, &layout);
         let open = flags & CREATE_OPEN != 0;
         let open_flags = flags >> CREATE_OPEN_SHIFT;
         if open && writes(open_flags) {
@@ -755,9 +756,19 @@ impl Namespace {
                 let layout =
                     resolve(w, &mut self.ids, &mut self.osts, spec)?.map_err(Fail::Errno)?;
                 i.layout = layout.to_bytes();
+                self.note_stale(ino, &layout);
                 w.put_inode(&i)?;
                 Ok(Reply::Layout(layout))
             }
+        }
+    }
+
+    /// A layout born with a stale copy (placed on an OST that is down) joins the set
+    /// the rebuild walks.
+    fn note_stale(&self, ino: u64, layout: &nacre_proto::layout::FileLayout) {
+        if layout.mirrors.iter().any(|m| m.stale) {
+            let mut set = self.stale.lock().unwrap_or_else(|p| p.into_inner());
+            set.insert(ino);
         }
     }
 
