@@ -133,8 +133,9 @@ pub fn run(args: &MdtestArgs) -> Result<(), BenchError> {
     let factory: Factory = match (&mgs, on_nacre) {
         (Some(mgs), true) => {
             let map = MgsClient::connect(mgs, BootConfig::default())?.fetch_map()?;
+            let mgs = mgs.clone();
             Arc::new(move || {
-                nacre_client(&map)
+                nacre_client(&map, &mgs)
                     .map(|n| Box::new(Nacre(n)) as Box<dyn Fs>)
                     .map_err(|e| e.0)
             })
@@ -216,7 +217,9 @@ pub fn run(args: &MdtestArgs) -> Result<(), BenchError> {
     }
 }
 
-fn nacre_client(map: &ClusterMap) -> Result<NamespaceClient, BenchError> {
+/// A namespace client of the MDS in `map`, serving from the address that routes to
+/// the MGS at `mgs` (`NACRE_SOURCE` when set), as the client library does.
+fn nacre_client(map: &ClusterMap, mgs: &str) -> Result<NamespaceClient, BenchError> {
     let role = Role {
         kind: RoleKind::Mds,
         index: 0,
@@ -230,7 +233,8 @@ fn nacre_client(map: &ClusterMap) -> Result<NamespaceClient, BenchError> {
         timeout: Duration::from_secs(30),
         ..Default::default()
     };
-    let ep = ClientEndpoint::open(&Selection::provider(&provider), cfg)?;
+    let source = std::env::var("NACRE_SOURCE").ok().filter(|s| !s.is_empty());
+    let ep = ClientEndpoint::open(&Selection::toward(&provider, source, mgs), cfg)?;
     Ok(NamespaceClient::connect(ep, map, Creds::root())?)
 }
 

@@ -86,7 +86,11 @@ pub fn run(args: &ObjArgs) -> Result<(), BenchError> {
         timeout: Duration::from_secs(30),
         ..Default::default()
     };
-    let mut c = ClientEndpoint::open(&Selection::provider(&server.provider), cfg)?;
+    // Served from the address that routes to the MGS (`NACRE_SOURCE` when set), as
+    // the client library's endpoints are: the OSS pushes reads there.
+    let source = std::env::var("NACRE_SOURCE").ok().filter(|s| !s.is_empty());
+    let sel = Selection::toward(&server.provider, source, &mgs);
+    let mut c = ClientEndpoint::open(&sel, cfg)?;
     let route = OstRoute {
         ost: args.ost,
         epoch: server.epoch,

@@ -821,7 +821,10 @@ fn copies_placed_on_a_down_ost_are_born_stale() {
     // the one on the OST that is down stale (the rebuild fills it once it is back).
     let mut down = OstPlace::alone(1);
     down.up = false;
-    admin(&t, nacre_mds::mdt::Admin::SetOsts(vec![OstPlace::alone(0), down]));
+    admin(
+        &t,
+        nacre_mds::mdt::Admin::SetOsts(vec![OstPlace::alone(0), down]),
+    );
     let spec = StripeSpec {
         stripe_size: 1 << 20,
         count: StripeCount::Count(1),
