@@ -58,6 +58,7 @@ pub fn run(args: &MgsArgs) -> Result<(), BenchError> {
             node: format!("bench-{}-{i}", std::process::id()),
             provider: "tcp".into(),
             cores: (0..args.cores).map(|c| vec![c as u8; 32]).collect(),
+            empty: false,
         })
         .collect();
     let groups = args.threads.clamp(1, args.servers);

@@ -654,3 +654,64 @@ fn paused_oss_steps_down_and_is_rebuilt_on_tcp() {
 fn paused_oss_steps_down_and_is_rebuilt_on_shm() {
     paused_oss_steps_down_and_is_rebuilt("shm");
 }
+
+/// An OSS started on an empty directory while B's OSS is lost does not take B's lapsed
+/// role (its data is in B's directories, not there): it gets a new OST, B's stay
+/// `degraded`, and B's files read whole from A.
+fn an_empty_oss_does_not_take_a_lost_role(provider: &str) {
+    let Some((dir, a, mut b)) = hosts(provider, "empty-oss", 0) else {
+        return;
+    };
+    let client = Client::connect(&a.mgs, ClientConfig::default()).unwrap();
+    let b_osts = osts_of_b(&client, &dir);
+    let spec = StripeSpec {
+        stripe_size: MIB as u32,
+        count: StripeCount::Count(1),
+        first: FirstOst::Index(b_osts[0]),
+        mirrors: 2,
+    };
+    let f = create_across(&client, "/e", spec, &b_osts);
+    let data = pattern(31, 2 * MIB);
+    f.write_at(&data, 0).unwrap();
+    f.close().unwrap();
+    nacre_fabric::testing::send_signal(b.pid_of("oss0"), "KILL").expect("kill -9 of B's OSS");
+    assert_ne!(b.proc.wait_exit(Duration::from_secs(30)), Some(0));
+    wait_states(&a, &b_osts, "degraded", Duration::from_secs(30));
+    let cfg = write_config(
+        &dir.join("c.toml"),
+        &format!(
+            "mgs_address = \"{}\"\n[[oss]]\nosts = [\"{}/c/ost0\"]\n",
+            a.mgs,
+            dir.display()
+        ),
+    );
+    let c = Up::start(
+        &dir.join("c"),
+        provider,
+        &["--config", &cfg, "--restart", "never"],
+    );
+    let until = Instant::now() + Duration::from_secs(30);
+    let new = loop {
+        let map = client.refresh_map().unwrap();
+        let c_dir = format!("{}/c/", dir.display());
+        if let Some(s) = map.servers.iter().find(|s| s.node.contains(&c_dir)) {
+            break s.role.index;
+        }
+        assert!(Instant::now() < until, "the new OSS never claimed");
+        std::thread::sleep(Duration::from_millis(100));
+    };
+    assert!(!b_osts.contains(&new), "OST{new} is one of B's {b_osts:?}");
+    wait_states(&a, &b_osts, "degraded", Duration::from_secs(5));
+    let f = client.open("/e", &OpenOptions::read()).unwrap();
+    let mut back = vec![0u8; data.len()];
+    assert_eq!(f.read_at(&mut back, 0).unwrap(), data.len());
+    assert!(back == data, "B's file reads whole from A");
+    drop(f);
+    c.stop();
+    a.stop();
+}
+
+#[test]
+fn an_empty_oss_does_not_take_a_lost_role_on_tcp() {
+    an_empty_oss_does_not_take_a_lost_role("tcp;ofi_rxm");
+}

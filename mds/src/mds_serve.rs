@@ -74,6 +74,8 @@ pub fn serve(cfg: &MdsServeConfig) -> Result<bool, MdsServeError> {
         node: node_identity(cfg.identity.as_deref(), &cfg.dir),
         provider: cfg.provider.clone(),
         cores: cores.clone(),
+        // No store yet: a new MDT, which must not take over an existing one's role.
+        empty: !cfg.dir.join(crate::mdt::DB_FILE).exists(),
     };
     let sent = Instant::now();
     let grant = mgs.claim(&req)?;

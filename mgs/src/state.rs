@@ -327,10 +327,27 @@ impl MgsState {
             };
         }
         if let Some(own) = of_kind().find(|r| r.server.node == req.node) {
+            if req.empty {
+                // Its directory held that target, and holds nothing now: serving the
+                // role from it would show every object there as missing.
+                return Err(refuse(
+                    errno::EEXIST,
+                    format!(
+                        "{} was served from {} but this server finds no target there: \
+                         restore the directory, or start the server on another one \
+                         (it then gets a new role)",
+                        own.server.role, req.node
+                    ),
+                ));
+            }
             return Ok((own.server.role, false));
         }
-        if let Some(lapsed) = of_kind().find(|r| !self.expiry.contains_key(&r.server.role)) {
-            return Ok((lapsed.server.role, false));
+        // A lapsed role goes to a server that brings a target, never to an empty one:
+        // the role's data is in its old directory, not here.
+        if !req.empty {
+            if let Some(lapsed) = of_kind().find(|r| !self.expiry.contains_key(&r.server.role)) {
+                return Ok((lapsed.server.role, false));
+            }
         }
         Ok((next, true))
     }
@@ -433,6 +450,7 @@ mod tests {
             node: node.into(),
             provider: "tcp".into(),
             cores: vec![node.as_bytes().to_vec()],
+            empty: false,
         }
     }
 
@@ -447,6 +465,28 @@ mod tests {
                 free: 5,
             },
         }
+    }
+
+    #[test]
+    fn an_empty_server_gets_a_new_role_never_one_with_data() {
+        let t0 = Instant::now();
+        let mut s = fresh(t0);
+        let a = s.claim(t0, &claim(RoleKind::Oss, "a", None)).unwrap();
+        // a's lease lapses: a server with a target of its own may take the role over,
+        // one that brings an empty directory gets a new one.
+        let later = t0 + LEASE * 2;
+        let mut empty = claim(RoleKind::Oss, "b", None);
+        empty.empty = true;
+        let b = s.claim(later, &empty).unwrap();
+        assert_eq!((b.role.index, b.fresh), (1, true));
+        assert!(s.map().target_down(a.role), "the lapsed role stays down");
+        // a's directory wiped: its own role is not given back to it empty.
+        let mut wiped = claim(RoleKind::Oss, "a", None);
+        wiped.empty = true;
+        assert_eq!(s.claim(later, &wiped).unwrap_err().errno, errno::EEXIST);
+        // With its target it is.
+        let back = s.claim(later, &claim(RoleKind::Oss, "a", None)).unwrap();
+        assert_eq!(back.role, a.role);
     }
 
     #[test]

@@ -18,6 +18,7 @@ fn claim(kind: RoleKind, node: &str) -> ClaimRequest {
         node: node.into(),
         provider: "tcp".into(),
         cores: vec![vec![7; 40], vec![8; 40]],
+        empty: false,
     }
 }
 

@@ -142,6 +142,7 @@ fn claim_and_serve(
         node: node_identity(cfg.identity.as_deref(), dir),
         provider: cfg.provider.clone(),
         cores: cores.to_vec(),
+        empty: existing.is_none(),
     };
     let sent = Instant::now();
     let grant = mgs.claim(&req)?;

@@ -50,6 +50,7 @@ pub mod errno {
     pub const ESTALE: i32 = 116;
     pub const EIO: i32 = 5;
     pub const ENOENT: i32 = 2;
+    pub const EEXIST: i32 = 17;
     /// This MGS cannot answer now (not the leader, no leader reachable): try again or
     /// try another MGS.
     pub const EAGAIN: i32 = 11;
@@ -312,6 +313,10 @@ pub struct ClaimRequest {
     pub provider: String,
     /// Every engine core's fabric address, in core order (opaque bytes).
     pub cores: Vec<Vec<u8>>,
+    /// The server brings no target (its directory is empty): only a new role fits it.
+    /// A role that exists has data this server does not hold, so it is neither given
+    /// a lapsed role nor its own (a wiped directory) back.
+    pub empty: bool,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -682,6 +687,7 @@ impl BootRequest {
                 e.str(&c.node);
                 e.str(&c.provider);
                 e.cores(&c.cores);
+                e.u32(c.empty.into());
             }
             BootRequest::Renew(r) => {
                 e.role(r.role);
@@ -722,6 +728,7 @@ impl BootRequest {
                     node: d.str("node", MAX_NODE_LEN)?,
                     provider: d.str("provider", MAX_PROVIDER_LEN)?,
                     cores: d.cores()?,
+                    empty: d.u32()? != 0,
                 })
             }
             BootOp::Renew => BootRequest::Renew(RenewRequest {
@@ -1057,6 +1064,7 @@ mod tests {
             node: "n".repeat(MAX_NODE_LEN + 1),
             provider: "tcp".into(),
             cores: vec![],
+            empty: false,
         };
         assert!(matches!(
             BootRequest::Claim(claim).encode(),

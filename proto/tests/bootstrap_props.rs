@@ -31,17 +31,19 @@ fn request() -> impl Strategy<Value = BootRequest> {
             proptest::option::of(0u32..1000),
             "[a-z0-9.-]{0,40}",
             "[a-z;_]{0,20}",
-            cores()
+            cores(),
+            any::<bool>()
         )
-            .prop_map(|(r, want, node, provider, cores)| BootRequest::Claim(
-                ClaimRequest {
+            .prop_map(
+                |(r, want, node, provider, cores, empty)| BootRequest::Claim(ClaimRequest {
                     kind: r.kind,
                     want,
                     node,
                     provider,
-                    cores
-                }
-            )),
+                    cores,
+                    empty
+                })
+            ),
         (
             role(),
             any::<u64>(),

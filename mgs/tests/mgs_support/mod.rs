@@ -126,6 +126,7 @@ pub fn child_main() {
         node: node.clone(),
         provider: "tcp".into(),
         cores,
+        empty: false,
     };
     let cfg = BootConfig {
         connect_timeout: Duration::from_millis(500),
