@@ -79,7 +79,9 @@ pub fn oss_command(provider: &str, mgs: &str, osts: &[PathBuf], flags: &[&str]) 
         "2",
         "--no-pin",
     ]);
-    cmd.args(["--identity", "test-oss"]);
+    if !flags.contains(&"--identity") {
+        cmd.args(["--identity", "test-oss"]);
+    }
     for d in osts {
         cmd.arg("--ost").arg(d);
     }
