@@ -204,16 +204,7 @@ impl Counts {
 
 /// The bytes of version `v` of file `i`.
 fn content(i: usize, v: u64, len: usize) -> Vec<u8> {
-    let mut x =
-        (i as u64 + 1).wrapping_mul(0x9E37_79B9_7F4A_7C15) ^ v.wrapping_mul(0xD6E8_FEB8_6659_FD93);
-    (0..len)
-        .map(|_| {
-            x ^= x << 13;
-            x ^= x >> 7;
-            x ^= x << 17;
-            x as u8
-        })
-        .collect()
+    nacre_fabric::testing::pattern((i as u64 + 1) ^ v.wrapping_mul(0xD6E8_FEB8_6659_FD93), len)
 }
 
 /// Writes and reads the files in turn until `stop`; returns the last version of each
@@ -300,9 +291,7 @@ fn wait_in_sync(client: &Client, files: usize) -> Result<usize, BenchError> {
 
 /// Whether `map` shows a server for each OST and the MDS, every target up.
 fn all_serving(map: &ClusterMap) -> bool {
-    map.targets
-        .iter()
-        .all(|t| t.state == nacre_proto::bootstrap::TargetState::Up && map.server(t.role).is_some())
+    map.targets.iter().all(|t| map.serves(t.role))
         && map.servers.iter().any(|s| s.role.kind == RoleKind::Mds)
 }
 

@@ -17,7 +17,7 @@ use std::path::PathBuf;
 use std::time::{Duration, Instant};
 
 use nacre_client::{Client, ClientConfig, OpenOptions};
-use nacre_proto::bootstrap::{ClusterMap, RoleKind, TargetState};
+use nacre_proto::bootstrap::{ClusterMap, RoleKind};
 
 use crate::failover::Up;
 use crate::BenchError;
@@ -103,7 +103,7 @@ fn drive(a: &RebuildArgs, up: &mut Up) -> Result<(), BenchError> {
     up.wait_for("nacre up: oss0 restarted", Duration::from_secs(60))?;
     let back = Instant::now();
     wait_until(&client, Duration::from_secs(60), |m| {
-        serving(m, ost) && m.rebuild_of(ost).is_some()
+        m.serves(oss_role(ost)) && m.rebuild_of(ost).is_some()
     })?;
     let during = probe(&client, a.probe_mib, "during")?;
     if client.refresh_map()?.rebuild_of(ost).is_none() {
@@ -174,13 +174,6 @@ fn ost_of(map: &ClusterMap, dir: &str) -> Result<u32, BenchError> {
         .find(|s| s.role.kind == RoleKind::Oss && s.node.contains(dir))
         .map(|s| s.role.index)
         .ok_or_else(|| BenchError::msg(format!("no OST served from {dir}")))
-}
-
-/// Whether `ost` is up in `map` with a server.
-fn serving(map: &ClusterMap, ost: u32) -> bool {
-    map.target(oss_role(ost))
-        .is_some_and(|t| t.state == TargetState::Up)
-        && map.server(oss_role(ost)).is_some()
 }
 
 fn wait_until(

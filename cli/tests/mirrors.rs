@@ -83,6 +83,20 @@ fn osts_of_b(client: &Client, dir: &Path) -> Vec<u32> {
     v
 }
 
+/// The `nacre up` server (`oss0` or `oss1`, serving `<dir>/ossN/...`) that holds the
+/// first copy of a file of layout `l`.
+fn first_copy_server(client: &Client, l: &FileLayout) -> &'static str {
+    let map = client.refresh_map().unwrap();
+    let first = nacre_proto::bootstrap::Role {
+        kind: RoleKind::Oss,
+        index: l.mirrors[0].stripes.objects[0].ost,
+    };
+    match map.server(first).unwrap().node.contains("/oss0/") {
+        true => "oss0",
+        false => "oss1",
+    }
+}
+
 fn layout_of(client: &Client, path: &str) -> FileLayout {
     match client.get_layout(path).unwrap() {
         Layout::File(l) => l,
@@ -340,18 +354,7 @@ fn nacre_up_restarts_a_dead_oss(provider: &str) {
     assert_eq!(l.mirrors.len(), 2, "persistent: two copies by default");
     let data = pattern(3, CHUNKS * MIB);
     f.write_at(&data[..MIB], 0).unwrap();
-    // The OSS of the first copy (nacre up's oss0 serves <dir>/oss0/...).
-    let map = client.refresh_map().unwrap();
-    let first = nacre_proto::bootstrap::Role {
-        kind: RoleKind::Oss,
-        index: l.mirrors[0].stripes.objects[0].ost,
-    };
-    let node = &map.server(first).unwrap().node;
-    let victim = if node.contains("/oss0/") {
-        "oss0"
-    } else {
-        "oss1"
-    };
+    let victim = first_copy_server(&client, &l);
     nacre_fabric::testing::send_signal(up.pid_of(victim), "KILL").expect("kill -9");
     let killed = Instant::now();
     let mut longest = Duration::ZERO;
@@ -581,17 +584,7 @@ fn paused_oss_steps_down_and_is_rebuilt(provider: &str) {
     let old = pattern(21, 2 * MIB);
     f.write_at(&old, 0).unwrap();
     let l = f.layout().unwrap().clone();
-    let map = client.refresh_map().unwrap();
-    let first = nacre_proto::bootstrap::Role {
-        kind: RoleKind::Oss,
-        index: l.mirrors[0].stripes.objects[0].ost,
-    };
-    let node = map.server(first).unwrap().node.clone();
-    let victim = if node.contains("/oss0/") {
-        "oss0"
-    } else {
-        "oss1"
-    };
+    let victim = first_copy_server(&client, &l);
     let reader = client.open("/p", &OpenOptions::read()).unwrap();
     let pid = up.pid_of(victim);
     nacre_fabric::testing::send_signal(pid, "STOP").expect("SIGSTOP");

@@ -256,11 +256,5 @@ pub(crate) fn rpc_config(timeout: Duration) -> RpcConfig {
 }
 
 fn sleep_unless_stopped(shared: &Shared, total: Duration) {
-    let step = Duration::from_millis(20);
-    let mut left = total;
-    while !left.is_zero() && !shared.stop.load(Ordering::SeqCst) {
-        let d = left.min(step);
-        std::thread::sleep(d);
-        left -= d;
-    }
+    crate::background::sleep_unless(&shared.stop, total);
 }

@@ -5,6 +5,7 @@
 //! frees the space of gone files on the OSTs ([`destroyer`]), checks the namespace
 //! against the OSTs when asked ([`checker`]), claims its role at the MGS
 //! (`nacre_mgs::role`) and serves on engine cores; it must never block one.
+mod background;
 pub mod checker;
 pub mod destroyer;
 pub mod mds_serve;

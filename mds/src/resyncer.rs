@@ -19,7 +19,7 @@ use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
 
 use nacre_fabric::Selection;
-use nacre_proto::bootstrap::{ClusterMap, RebuildProgress, Role, RoleKind, TargetState};
+use nacre_proto::bootstrap::{ClusterMap, RebuildProgress, Role, RoleKind};
 use nacre_proto::layout::{FileLayout, StripedLayout};
 use nacre_proto::meta::{Creds, Head, Reply, Request};
 use nacre_rpc::objects::{Extent, IoOptions, OstRoute};
@@ -349,11 +349,10 @@ fn rebuild(
 
 /// Whether OST `ost` is up in `map` with a server.
 fn serves(map: &ClusterMap, ost: u32) -> bool {
-    let role = Role {
+    map.serves(Role {
         kind: RoleKind::Oss,
         index: ost,
-    };
-    map.target(role).is_some_and(|t| t.state == TargetState::Up) && map.server(role).is_some()
+    })
 }
 
 /// Submits `op` and waits for its answer (None: no answer in time).
@@ -478,14 +477,7 @@ impl Pace {
 }
 
 fn sleep_unless_stopped(shared: &Shared, d: Duration) {
-    let until = Instant::now() + d;
-    while !shared.stop.load(Ordering::SeqCst) {
-        let left = until.saturating_duration_since(Instant::now());
-        if left.is_zero() {
-            return;
-        }
-        std::thread::sleep(left.min(Duration::from_millis(50)));
-    }
+    crate::background::sleep_unless(&shared.stop, d);
 }
 
 #[cfg(test)]

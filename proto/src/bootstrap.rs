@@ -496,6 +496,13 @@ impl ClusterMap {
         self.targets.iter().find(|t| t.role == role)
     }
 
+    /// Whether `role`'s target is up with a server in this map.
+    pub fn serves(&self, role: Role) -> bool {
+        self.target(role)
+            .is_some_and(|t| t.state == TargetState::Up)
+            && self.server(role).is_some()
+    }
+
     /// The rebuild of OST `ost`'s stale copies, if it has any.
     pub fn rebuild_of(&self, ost: u32) -> Option<&RebuildProgress> {
         self.rebuild.iter().find(|r| r.ost == ost)
