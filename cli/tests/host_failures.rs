@@ -16,7 +16,7 @@ use std::process::Command;
 use std::time::{Duration, Instant};
 
 use common::hosts::{write_config, Hosts, MGS};
-use common::{bench_bin, tmp, Up};
+use common::{bench_bin, shown_targets, tmp, Shown, Up};
 use nacre_fabric::testing::{send_signal, Proc};
 
 /// The MGS's default lease.
@@ -26,32 +26,11 @@ const LEASE: Duration = Duration::from_secs(5);
 /// four servers and the workload.
 const SLACK: Duration = Duration::from_secs(3);
 
-/// A target as `nacre status` shows it.
-struct Shown {
-    state: String,
-    epoch: u64,
-    owner: String,
-}
-
 /// Every target in `nacre status` from host C.
 fn targets(hosts: &Hosts) -> (Vec<Shown>, String) {
     let out = hosts.nacre(2, &["status"]);
     let status = String::from_utf8_lossy(&out.stdout).to_string();
-    let shown = status
-        .lines()
-        .filter(|l| l.starts_with("MDT") || l.starts_with("OST"))
-        .map(|l| {
-            let t: Vec<&str> = l.split_whitespace().collect();
-            // `rebuilding N%` is two words.
-            let at = if t[2] == "rebuilding" { 4 } else { 3 };
-            Shown {
-                state: t[2].to_string(),
-                epoch: t[at].parse().unwrap(),
-                owner: t.last().unwrap().to_string(),
-            }
-        })
-        .collect();
-    (shown, status)
+    (shown_targets(&status), status)
 }
 
 /// Waits until every target (the MDT and four OSTs) is `up` or, when `rebuilt` is

@@ -428,14 +428,14 @@ fn nacre_up_restarts_a_dead_oss_on_tcp() {
 
 /// The state `nacre status` shows for each of `osts` (`rebuilding` without its figure).
 fn ost_states(status: &str, osts: &[u32]) -> Vec<String> {
+    let shown = common::shown_targets(status);
     osts.iter()
         .map(|&o| {
             let name = format!("OST{o:04x}");
-            let line = status
-                .lines()
-                .find(|l| l.starts_with(&name))
-                .unwrap_or_else(|| panic!("{name} in:\n{status}"));
-            line.split_whitespace().nth(2).unwrap().to_string()
+            let t = shown.iter().find(|t| t.name == name);
+            t.unwrap_or_else(|| panic!("{name} in:\n{status}"))
+                .state
+                .clone()
         })
         .collect()
 }

@@ -27,6 +27,36 @@ pub fn nacre_bin() -> PathBuf {
     bin
 }
 
+/// A target as `nacre status` shows it: its name (`OST0002`), the first word of its
+/// state (`up`, `degraded`, `rebuilding`...), its epoch and its owner.
+#[allow(dead_code)]
+pub struct Shown {
+    pub name: String,
+    pub state: String,
+    pub epoch: u64,
+    pub owner: String,
+}
+
+/// Every target in the output of `nacre status`.
+#[allow(dead_code)]
+pub fn shown_targets(status: &str) -> Vec<Shown> {
+    status
+        .lines()
+        .filter(|l| l.starts_with("MDT") || l.starts_with("OST"))
+        .map(|l| {
+            let t: Vec<&str> = l.split_whitespace().collect();
+            // `rebuilding N%` is two words.
+            let at = if t[2] == "rebuilding" { 4 } else { 3 };
+            Shown {
+                name: t[0].to_string(),
+                state: t[2].to_string(),
+                epoch: t[at].parse().unwrap(),
+                owner: t.last().unwrap().to_string(),
+            }
+        })
+        .collect()
+}
+
 /// The `nacre-bench` binary of this build (built by `cargo test --workspace`).
 #[allow(dead_code)]
 pub fn bench_bin() -> PathBuf {
