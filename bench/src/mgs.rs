@@ -59,6 +59,7 @@ pub fn run(args: &MgsArgs) -> Result<(), BenchError> {
             provider: "tcp".into(),
             cores: (0..args.cores).map(|c| vec![c as u8; 32]).collect(),
             empty: false,
+            generation: 1,
         })
         .collect();
     let groups = args.threads.clamp(1, args.servers);
@@ -155,6 +156,7 @@ fn claim(addr: &str, req: &ClaimRequest) -> Result<Sim, BenchError> {
     };
     let report = TargetReport {
         rebuild: Vec::new(),
+        settled: Vec::new(),
         state: TargetState::Up,
         capacity: 1 << 40,
         free: 1 << 39,

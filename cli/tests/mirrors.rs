@@ -648,34 +648,47 @@ fn paused_oss_steps_down_and_is_rebuilt_on_shm() {
     paused_oss_steps_down_and_is_rebuilt("shm");
 }
 
-/// An OSS started on an empty directory while B's OSS is lost does not take B's lapsed
-/// role (its data is in B's directories, not there): it gets a new OST, B's stay
-/// `degraded`, and B's files read whole from A.
-fn an_empty_oss_does_not_take_a_lost_role(provider: &str) {
-    let Some((dir, a, mut b)) = hosts(provider, "empty-oss", 0) else {
+/// A replacement: B's OSS lost for good, a new OSS started on two empty directories
+/// (as on a new host) takes B's lapsed roles after the lease, at a new generation. The
+/// MDS marks every copy that was on B stale (the new OSTs hold none of them), the MGS
+/// then lets them serve, and the rebuild fills them from A: `nacre status` shows B's
+/// OSTs `degraded`, `rebuilding N%`, `up`, and the new OSS's copies alone read every
+/// byte, of files written before the loss and during it.
+fn an_empty_oss_replaces_a_lost_one(provider: &str) {
+    let Some((dir, a, mut b)) = hosts(provider, "replace", 4) else {
         return;
     };
     let client = Client::connect(&a.mgs, ClientConfig::default()).unwrap();
     let b_osts = osts_of_b(&client, &dir);
     let spec = StripeSpec {
         stripe_size: MIB as u32,
-        count: StripeCount::Count(1),
+        count: StripeCount::Count(2),
         first: FirstOst::Index(b_osts[0]),
         mirrors: 2,
     };
-    let f = create_across(&client, "/e", spec, &b_osts);
-    let data = pattern(31, 2 * MIB);
-    f.write_at(&data, 0).unwrap();
-    f.close().unwrap();
+    const FILES: usize = 3;
+    let mut data: Vec<Vec<u8>> = Vec::new();
+    for i in 0..FILES {
+        let f = create_across(&client, &format!("/e{i}"), spec, &b_osts);
+        data.push(pattern(40 + i as u64, 3 * MIB));
+        f.write_at(&data[i], 0).unwrap();
+        f.close().unwrap();
+    }
+    let epochs: Vec<u64> = b_osts.iter().map(|&o| epoch_of(&client, o)).collect();
     nacre_fabric::testing::send_signal(b.pid_of("oss0"), "KILL").expect("kill -9 of B's OSS");
     assert_ne!(b.proc.wait_exit(Duration::from_secs(30)), Some(0));
+    // Written while B is down: the copy on B goes stale.
+    data[0] = pattern(50, 2 * MIB);
+    let f = client.open("/e0", &OpenOptions::create()).unwrap();
+    f.write_at(&data[0], 0).unwrap();
+    f.close().unwrap();
     wait_states(&a, &b_osts, "degraded", Duration::from_secs(30));
     let cfg = write_config(
         &dir.join("c.toml"),
         &format!(
-            "mgs_address = \"{}\"\n[[oss]]\nosts = [\"{}/c/ost0\"]\n",
+            "mgs_address = \"{}\"\n[[oss]]\nosts = [\"{d}/c/ost0\", \"{d}/c/ost1\"]\n",
             a.mgs,
-            dir.display()
+            d = dir.display()
         ),
     );
     let c = Up::start(
@@ -683,28 +696,85 @@ fn an_empty_oss_does_not_take_a_lost_role(provider: &str) {
         provider,
         &["--config", &cfg, "--restart", "never"],
     );
+    let started = Instant::now();
+    let c_dir = format!("{}/c/", dir.display());
     let until = Instant::now() + Duration::from_secs(30);
-    let new = loop {
+    loop {
         let map = client.refresh_map().unwrap();
-        let c_dir = format!("{}/c/", dir.display());
-        if let Some(s) = map.servers.iter().find(|s| s.node.contains(&c_dir)) {
-            break s.role.index;
+        let taken: Vec<u32> = map
+            .servers
+            .iter()
+            .filter(|s| s.node.contains(&c_dir))
+            .map(|s| s.role.index)
+            .collect();
+        if taken.len() == 2 {
+            assert_eq!(
+                {
+                    let mut t = taken.clone();
+                    t.sort_unstable();
+                    t
+                },
+                b_osts,
+                "the new OSS took B's roles"
+            );
+            for &o in &b_osts {
+                let t = map.targets.iter().find(|t| t.index == o).unwrap();
+                assert_eq!(t.generation, 2, "OST{o} replaced: {t:?}");
+            }
+            break;
         }
-        assert!(Instant::now() < until, "the new OSS never claimed");
+        assert!(
+            Instant::now() < until,
+            "the new OSS never claimed B's roles"
+        );
         std::thread::sleep(Duration::from_millis(100));
-    };
-    assert!(!b_osts.contains(&new), "OST{new} is one of B's {b_osts:?}");
-    wait_states(&a, &b_osts, "degraded", Duration::from_secs(5));
-    let f = client.open("/e", &OpenOptions::read()).unwrap();
-    let mut back = vec![0u8; data.len()];
-    assert_eq!(f.read_at(&mut back, 0).unwrap(), data.len());
-    assert!(back == data, "B's file reads whole from A");
-    drop(f);
+    }
+    for (k, &o) in b_osts.iter().enumerate() {
+        assert!(epoch_of(&client, o) > epochs[k], "a new epoch for OST{o}");
+    }
+    let seen = wait_states(&a, &b_osts, "up", Duration::from_secs(90));
+    assert!(
+        seen.iter().any(|s| s == "rebuilding"),
+        "B's OSTs shown rebuilding on the way: {seen:?}"
+    );
+    for i in 0..FILES {
+        let until = Instant::now() + Duration::from_secs(60);
+        while layout_of(&client, &format!("/e{i}")).mirrors[0].stale {
+            assert!(Instant::now() < until, "/e{i} was never rebuilt");
+            std::thread::sleep(Duration::from_millis(200));
+        }
+    }
+    eprintln!(
+        "{provider}: B's OSTs replaced and rebuilt {:?} after the new OSS started",
+        started.elapsed()
+    );
+    // The new OSS's copies alone: A's set aside by hand.
+    for (i, want) in data.iter().enumerate() {
+        let path = format!("/e{i}");
+        let aside = Request::MirrorState {
+            ino: client.stat(&path).unwrap().ino,
+            mirror: 1,
+            stale: true,
+        };
+        client.request_as(&Creds::root(), &aside).unwrap();
+        let f = client.open(&path, &OpenOptions::read()).unwrap();
+        let mut got = vec![0u8; want.len() + 4096];
+        assert_eq!(f.read_at(&mut got, 0).unwrap(), want.len(), "{path}");
+        assert!(
+            got[..want.len()] == want[..],
+            "{path}: the replacement's copy holds every byte"
+        );
+    }
     c.stop();
     a.stop();
 }
 
 #[test]
-fn an_empty_oss_does_not_take_a_lost_role_on_tcp() {
-    an_empty_oss_does_not_take_a_lost_role("tcp;ofi_rxm");
+fn an_empty_oss_replaces_a_lost_one_on_tcp() {
+    an_empty_oss_replaces_a_lost_one("tcp;ofi_rxm");
+}
+
+#[test]
+fn an_empty_oss_replaces_a_lost_one_on_shm() {
+    an_empty_oss_replaces_a_lost_one("shm");
 }

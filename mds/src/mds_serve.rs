@@ -76,6 +76,7 @@ pub fn serve(cfg: &MdsServeConfig) -> Result<bool, MdsServeError> {
         cores: cores.clone(),
         // No store yet: a new MDT, which must not take over an existing one's role.
         empty: !cfg.dir.join(crate::mdt::DB_FILE).exists(),
+        generation: 0,
     };
     let sent = Instant::now();
     let grant = mgs.claim(&req)?;
@@ -120,6 +121,7 @@ pub fn serve(cfg: &MdsServeConfig) -> Result<bool, MdsServeError> {
         capacity: 0,
         free: 0,
         rebuild: Vec::new(),
+        settled: Vec::new(),
     };
     let mut role = RoleHolder::new(LeaseKeeper::start(&cfg.mgs, grant, sent, report.clone()));
     let _ = slot.set((mdt.clone(), role.epoch.clone()));
@@ -164,18 +166,21 @@ pub fn serve(cfg: &MdsServeConfig) -> Result<bool, MdsServeError> {
             last_map = Instant::now();
             role.keeper.set_report(TargetReport {
                 rebuild: rebuild.progress(),
+                settled: rebuild.settled(),
                 ..report.clone()
             });
             if let Ok(map) = mgs.fetch_map() {
-                mdt.set_ost_space(ost_space(&map));
-                destroyer.set_map(map.clone());
-                rebuild.set_map(map.clone());
-                checker.set_map(map.clone());
+                // The OSTs' states reach the MDT before the rebuild sees the map: it
+                // settles a replaced OST over a snapshot taken after them.
                 let now = ost_places(&map);
                 if !now.is_empty() && now != places {
                     let _ = mdt.submitter().submit_admin(0, Admin::SetOsts(now.clone()));
                     places = now;
                 }
+                mdt.set_ost_space(ost_space(&map));
+                destroyer.set_map(map.clone());
+                rebuild.set_map(map.clone());
+                checker.set_map(map.clone());
             }
         }
         std::thread::sleep(Duration::from_millis(10));
@@ -317,6 +322,8 @@ mod tests {
             state,
             capacity,
             free,
+            generation: 1,
+            settled: 1,
         }
     }
 

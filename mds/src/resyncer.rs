@@ -11,6 +11,15 @@
 //! a replayed open or a size change came during the copy; the file stays in the set
 //! and is copied again on a later pass. This is what `nacre mirror resync` does from a
 //! client, run by the server for every file.
+//!
+//! A replaced OST (the map shows its `generation` above its `settled`: a server on an
+//! empty directory took its role, or its own came back with data of a generation that
+//! was replaced meanwhile) holds none of its copies, or old ones. Before each walk the
+//! thread settles it: every in-sync copy with an object there is marked stale (not the
+//! last copy in sync of a file: that data is lost), over a snapshot taken after the
+//! MDT learned that the OST is down, so files made later are born stale there. The
+//! MDS's heartbeats then report the OST settled; the MGS lets it serve again, and the
+//! walk rebuilds its copies as any stale ones.
 
 use std::collections::{BTreeMap, HashMap};
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
@@ -19,7 +28,7 @@ use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
 
 use nacre_fabric::Selection;
-use nacre_proto::bootstrap::{ClusterMap, RebuildProgress, Role, RoleKind};
+use nacre_proto::bootstrap::{ClusterMap, RebuildProgress, Role, RoleKind, Settled, TargetKind};
 use nacre_proto::layout::{FileLayout, StripedLayout};
 use nacre_proto::meta::{Creds, Head, Reply, Request};
 use nacre_rpc::objects::{Extent, IoOptions, OstRoute};
@@ -60,6 +69,8 @@ struct Shared {
     stats: RebuildStats,
     progress: Mutex<Progress>,
     tags: AtomicU64,
+    /// Replaced OSTs settled in this run, with the generation they were settled for.
+    settled: Mutex<BTreeMap<u32, u64>>,
 }
 
 impl Shared {
@@ -81,6 +92,7 @@ impl Resyncer {
             progress: Mutex::default(),
             // Tags of their own, far from the destroyer's and the checker's.
             tags: AtomicU64::new(3 << 60),
+            settled: Mutex::default(),
         });
         let thread = {
             let shared = shared.clone();
@@ -108,6 +120,19 @@ impl Resyncer {
     pub fn progress(&self) -> Vec<RebuildProgress> {
         self.shared.progress().report()
     }
+
+    /// The replaced OSTs this MDS has settled (their lost copies marked stale), for
+    /// its heartbeats.
+    pub fn settled(&self) -> Vec<Settled> {
+        let done = self
+            .shared
+            .settled
+            .lock()
+            .unwrap_or_else(|p| p.into_inner());
+        done.iter()
+            .map(|(&ost, &generation)| Settled { ost, generation })
+            .collect()
+    }
 }
 
 impl Drop for Resyncer {
@@ -132,6 +157,9 @@ fn run(mdt: &Mdt, sel: &Selection, shared: &Shared) {
     // What this walk over the set found still stale, per OST.
     let mut census: BTreeMap<u32, u64> = BTreeMap::new();
     while !shared.stop.load(Ordering::SeqCst) {
+        if from == 0 {
+            settle_replaced(mdt, shared);
+        }
         let files = mdt.stale_files(from, BATCH);
         if from == 0 {
             seen.retain(|ino, _| files.contains(ino) || mdt.is_stale(*ino));
@@ -183,6 +211,60 @@ fn run(mdt: &Mdt, sel: &Selection, shared: &Shared) {
         }
         sleep_unless_stopped(shared, IDLE);
     }
+}
+
+/// Settles every replaced OST of the newest map not settled yet in this run.
+fn settle_replaced(mdt: &Mdt, shared: &Shared) {
+    let Some((map, _)) = shared.map.lock().unwrap_or_else(|p| p.into_inner()).clone() else {
+        return;
+    };
+    for t in &map.targets {
+        if t.kind != TargetKind::Ost || t.settled >= t.generation {
+            continue;
+        }
+        let done = shared.settled.lock().unwrap_or_else(|p| p.into_inner());
+        if done.get(&t.index).is_some_and(|&g| g >= t.generation) {
+            continue;
+        }
+        drop(done);
+        match settle(mdt, shared, t.index) {
+            Ok(marked) => {
+                tracing::warn!(
+                    "OST{:04x} replaced (generation {}): {marked} files had a copy in sync \
+                     there, marked stale for the rebuild",
+                    t.index,
+                    t.generation
+                );
+                let mut done = shared.settled.lock().unwrap_or_else(|p| p.into_inner());
+                done.insert(t.index, t.generation);
+            }
+            Err(e) => tracing::warn!("settling the replaced OST{:04x}: {e}", t.index),
+        }
+        if shared.stop.load(Ordering::SeqCst) {
+            return;
+        }
+    }
+}
+
+/// Marks stale the in-sync copies with an object on `ost`; of how many files.
+fn settle(mdt: &Mdt, shared: &Shared, ost: u32) -> Result<usize, String> {
+    // The server submits the map's OST states to the MDT before handing the map over:
+    // the snapshot sees every file placed while the MDT thought the OST served.
+    let tx = mdt.snapshot().map_err(|e| e.to_string())?;
+    let inos = crate::mdt::files_on_ost(&tx, ost).map_err(|e| e.to_string())?;
+    drop(tx);
+    let mut marked = 0;
+    for chunk in inos.chunks(BATCH) {
+        let op = Admin::CopiesLost {
+            ost,
+            inos: chunk.to_vec(),
+        };
+        match admin(mdt, shared, op) {
+            Some(Ok(_)) => marked += chunk.len(),
+            other => return Err(format!("marking copies stale: {other:?}")),
+        }
+    }
+    Ok(marked)
 }
 
 /// A file with stale copies, as a walk finds it.

@@ -14,8 +14,9 @@ use std::collections::{BTreeMap, HashMap};
 use std::time::{Duration, Instant};
 
 use nacre_proto::bootstrap::{
-    errno, ClaimRequest, ClusterMap, Grant, LayoutDefaults, RebuildProgress, RenewRequest, Renewed,
-    Role, RoleKind, ServerEntry, Target, TargetState, MAX_REPLY_BODY,
+    errno, ClaimRequest, ClusterMap, Deployment, Grant, LayoutDefaults, RebuildProgress,
+    RenewRequest, Renewed, Role, RoleKind, ServerEntry, Settled, Target, TargetKind, TargetState,
+    MAX_REPLY_BODY,
 };
 
 /// The file system this MGS manages (written once by `format`).
@@ -108,6 +109,8 @@ pub struct MgsState {
     lapsed: std::collections::HashSet<Role>,
     /// Each MDS's last rebuild report (in memory: it moves with every heartbeat).
     rebuild: BTreeMap<Role, Vec<RebuildProgress>>,
+    /// Each MDS's last report of the replaced OSTs whose lost copies it marked stale.
+    settled: BTreeMap<Role, Vec<Settled>>,
     changes: Changes,
 }
 
@@ -125,6 +128,7 @@ impl MgsState {
             expiry: HashMap::new(),
             lapsed: Default::default(),
             rebuild: BTreeMap::new(),
+            settled: BTreeMap::new(),
             changes: Changes::default(),
         };
         for role in &p.lease_lost {
@@ -179,8 +183,27 @@ impl MgsState {
             ));
         }
         self.tick(now);
-        let (role, fresh) = self.pick_role(req)?;
+        let Pick {
+            role,
+            fresh,
+            replaced,
+        } = self.pick_role(req)?;
+        let old = self.roles.get(&role).map(|r| &r.target);
         let epoch = self.roles.get(&role).map_or(0, |r| r.server.epoch) + 1;
+        // A replaced target holds none of its copies (or old ones) until the MDS marked
+        // them stale: down to clients until then.
+        let (generation, settled) = match (old, replaced) {
+            (Some(t), true) => (t.generation + 1, t.settled),
+            (Some(t), false) => (t.generation, t.settled),
+            (None, _) => (1, 1),
+        };
+        if replaced {
+            tracing::warn!(
+                "{role} replaced by {} at generation {generation}: its copies are rebuilt \
+                 from their mirrors",
+                req.node
+            );
+        }
         let rec = RoleRecord {
             server: ServerEntry {
                 role,
@@ -195,9 +218,14 @@ impl MgsState {
                 role,
                 owner: req.node.clone(),
                 epoch,
-                state: TargetState::Up,
+                state: match generation == settled {
+                    true => TargetState::Up,
+                    false => TargetState::Down,
+                },
                 capacity: self.roles.get(&role).map_or(0, |r| r.target.capacity),
                 free: self.roles.get(&role).map_or(0, |r| r.target.free),
+                generation,
+                settled,
             },
         };
         self.check_map_fits(&rec)?;
@@ -212,6 +240,7 @@ impl MgsState {
             role,
             epoch,
             fresh,
+            generation,
             heartbeat_ms: ms(self.cfg.heartbeat),
             lease_ms: ms(self.cfg.lease),
             fsname: self.fs.fsname.clone(),
@@ -244,10 +273,19 @@ impl MgsState {
         // Space figures change on every heartbeat: kept in memory, not a map change.
         rec.target.capacity = req.report.capacity;
         rec.target.free = req.report.free;
+        let unsettled = rec.target.generation != rec.target.settled;
         if req.role.kind == RoleKind::Mds {
             self.rebuild.insert(req.role, req.report.rebuild.clone());
+            self.settled.insert(req.role, req.report.settled.clone());
+            self.settle();
         }
-        self.set_state(req.role, req.report.state);
+        self.set_state(
+            req.role,
+            match unsettled {
+                true => TargetState::Down,
+                false => req.report.state,
+            },
+        );
         Ok(Renewed {
             lease_ms: ms(self.cfg.lease),
             map_version: self.version,
@@ -277,6 +315,49 @@ impl MgsState {
         }
     }
 
+    /// Replaced OSTs that every MDS has settled (marked the lost copies stale) serve
+    /// again: up if their server's lease is live.
+    fn settle(&mut self) {
+        let mdss: Vec<Role> = self
+            .roles
+            .keys()
+            .filter(|r| r.kind == RoleKind::Mds)
+            .copied()
+            .collect();
+        let done = |ost: u32, generation: u64| {
+            mdss.iter().all(|m| {
+                self.settled.get(m).is_some_and(|list| {
+                    list.iter()
+                        .any(|s| s.ost == ost && s.generation >= generation)
+                })
+            })
+        };
+        let ready: Vec<Role> = self
+            .roles
+            .values()
+            .filter(|r| r.target.kind == TargetKind::Ost)
+            .filter(|r| r.target.settled < r.target.generation)
+            .filter(|r| done(r.target.index, r.target.generation))
+            .map(|r| r.server.role)
+            .collect();
+        for role in ready {
+            let rec = self.roles.get_mut(&role).expect("listed");
+            rec.target.settled = rec.target.generation;
+            tracing::info!(
+                "{role}: the copies its generation {} lost are marked stale: it serves",
+                rec.target.generation
+            );
+            let live = self.expiry.contains_key(&role);
+            let rec = rec.clone();
+            self.changes.roles.retain(|r| r.server.role != role);
+            self.changes.roles.push(rec);
+            self.bump();
+            if live {
+                self.set_state(role, TargetState::Up);
+            }
+        }
+    }
+
     /// Every MDS's rebuild reports summed per OST.
     fn rebuild_progress(&self) -> Vec<RebuildProgress> {
         let mut per_ost: BTreeMap<u32, RebuildProgress> = BTreeMap::new();
@@ -292,8 +373,8 @@ impl MgsState {
         per_ost.into_values().collect()
     }
 
-    /// The role a claim gets, and whether it is new.
-    fn pick_role(&self, req: &ClaimRequest) -> Result<(Role, bool), Refusal> {
+    /// The role a claim gets, whether it is new, and whether it replaces the target.
+    fn pick_role(&self, req: &ClaimRequest) -> Result<Pick, Refusal> {
         let of_kind = || {
             self.roles
                 .values()
@@ -303,6 +384,18 @@ impl MgsState {
             kind: req.kind,
             index: of_kind().count() as u32,
         };
+        // A target whose data is not the role's: none (an empty directory), or of
+        // another generation (it was replaced while its server was away).
+        let replaces = |r: &RoleRecord| {
+            req.kind == RoleKind::Oss && (req.empty || req.generation != r.target.generation)
+        };
+        let pick = |r: &RoleRecord| Pick {
+            role: r.server.role,
+            fresh: false,
+            replaced: replaces(r),
+        };
+        // Only a persistent file system has copies to rebuild a replaced target from.
+        let replaceable = Deployment::of(&self.fs.layout) == Deployment::Persistent;
         if let Some(index) = req.want {
             let role = Role {
                 kind: req.kind,
@@ -310,7 +403,7 @@ impl MgsState {
             };
             return match self.roles.get(&role) {
                 Some(r) if r.server.node == req.node || !self.expiry.contains_key(&role) => {
-                    Ok((role, false))
+                    Ok(pick(r))
                 }
                 Some(r) => Err(refuse(
                     errno::EBUSY,
@@ -319,7 +412,7 @@ impl MgsState {
                         r.server.node, r.server.epoch
                     ),
                 )),
-                None if role == next => Ok((role, true)),
+                None if role == next => Ok(Pick::new(role)),
                 None => Err(refuse(
                     errno::ENOENT,
                     format!("{role} does not exist; the next new role is {next}"),
@@ -327,7 +420,7 @@ impl MgsState {
             };
         }
         if let Some(own) = of_kind().find(|r| r.server.node == req.node) {
-            if req.empty {
+            if req.empty && !replaceable {
                 // Its directory held that target, and holds nothing now: serving the
                 // role from it would show every object there as missing.
                 return Err(refuse(
@@ -340,16 +433,16 @@ impl MgsState {
                     ),
                 ));
             }
-            return Ok((own.server.role, false));
+            return Ok(pick(own));
         }
-        // A lapsed role goes to a server that brings a target, never to an empty one:
-        // the role's data is in its old directory, not here.
-        if !req.empty {
+        // A lapsed role goes to a server that brings a target; to an empty one only
+        // where the role's copies can be rebuilt from their mirrors.
+        if !req.empty || replaceable {
             if let Some(lapsed) = of_kind().find(|r| !self.expiry.contains_key(&r.server.role)) {
-                return Ok((lapsed.server.role, false));
+                return Ok(pick(lapsed));
             }
         }
-        Ok((next, true))
+        Ok(Pick::new(next))
     }
 
     fn check_epoch(&self, role: Role, epoch: u64) -> Result<(), Refusal> {
@@ -410,6 +503,23 @@ impl MgsState {
     }
 }
 
+/// What a claim gets: a role, whether it is new, whether its target is replaced.
+struct Pick {
+    role: Role,
+    fresh: bool,
+    replaced: bool,
+}
+
+impl Pick {
+    fn new(role: Role) -> Pick {
+        Pick {
+            role,
+            fresh: true,
+            replaced: false,
+        }
+    }
+}
+
 fn ms(d: Duration) -> u32 {
     d.as_millis().min(u32::MAX as u128) as u32
 }
@@ -451,6 +561,7 @@ mod tests {
             provider: "tcp".into(),
             cores: vec![node.as_bytes().to_vec()],
             empty: false,
+            generation: 1,
         }
     }
 
@@ -460,6 +571,7 @@ mod tests {
             epoch,
             report: TargetReport {
                 rebuild: Vec::new(),
+                settled: Vec::new(),
                 state: TargetState::Up,
                 capacity: 10,
                 free: 5,
@@ -487,6 +599,83 @@ mod tests {
         // With its target it is.
         let back = s.claim(later, &claim(RoleKind::Oss, "a", None)).unwrap();
         assert_eq!(back.role, a.role);
+    }
+
+    fn persistent(now: Instant) -> MgsState {
+        let mut s = fresh(now);
+        s.fs.layout.mirror_count = Deployment::Persistent.mirrors();
+        s
+    }
+
+    fn settled(mds: &Grant, ost: u32, generation: u64) -> RenewRequest {
+        let mut r = renew(mds.role, mds.epoch);
+        r.report.settled = vec![Settled { ost, generation }];
+        r
+    }
+
+    #[test]
+    fn in_a_persistent_fs_an_empty_server_replaces_a_lost_oss_at_a_new_generation() {
+        let t0 = Instant::now();
+        let mut s = persistent(t0);
+        let m = s.claim(t0, &claim(RoleKind::Mds, "m", None)).unwrap();
+        let a = s.claim(t0, &claim(RoleKind::Oss, "a", None)).unwrap();
+        assert_eq!(a.generation, 1);
+        // a lost; the MDS renews on.
+        let m_r = renew(m.role, m.epoch);
+        let later = t0 + LEASE + HB;
+        s.renew(later - LEASE / 2, &m_r).unwrap();
+        s.tick(later);
+        let mut empty = claim(RoleKind::Oss, "b", None);
+        empty.empty = true;
+        empty.generation = 0;
+        let b = s.claim(later, &empty).unwrap();
+        assert_eq!((b.role, b.fresh, b.generation), (a.role, false, 2));
+        // Down to clients, whatever its server says, until the MDS settled it.
+        s.renew(later, &renew(b.role, b.epoch)).unwrap();
+        s.renew(later, &m_r).unwrap();
+        let t = s.map().target(a.role).cloned().unwrap();
+        assert_eq!(
+            (t.state, t.generation, t.settled),
+            (TargetState::Down, 2, 1)
+        );
+        // Settled for an older generation: not enough.
+        s.renew(later, &settled(&m, a.role.index, 1)).unwrap();
+        assert!(s.map().target_down(a.role));
+        let version = s.version();
+        s.renew(later, &settled(&m, a.role.index, 2)).unwrap();
+        let t = s.map().target(a.role).cloned().unwrap();
+        assert_eq!((t.state, t.settled), (TargetState::Up, 2));
+        assert!(s.version() > version, "a map change");
+        let c = s.take_changes();
+        assert!(
+            c.roles.iter().any(|r| r.target.settled == 2),
+            "made durable"
+        );
+        // a back with its old directory while b serves: refused.
+        let old = claim(RoleKind::Oss, "a", Some(a.role.index));
+        assert_eq!(s.claim(later, &old).unwrap_err().errno, errno::EBUSY);
+        // b lost too: a takes the role back, but its data are of generation 1.
+        let much_later = later + LEASE + HB;
+        s.renew(much_later - LEASE / 2, &m_r).unwrap();
+        s.tick(much_later);
+        let back = s.claim(much_later, &old).unwrap();
+        assert_eq!((back.role, back.generation), (a.role, 3));
+        assert!(s.map().target_down(a.role));
+    }
+
+    #[test]
+    fn in_a_persistent_fs_a_wiped_directory_takes_its_own_role_back_replaced() {
+        let t0 = Instant::now();
+        let mut s = persistent(t0);
+        let a = s.claim(t0, &claim(RoleKind::Oss, "a", None)).unwrap();
+        let mut wiped = claim(RoleKind::Oss, "a", None);
+        wiped.empty = true;
+        wiped.generation = 0;
+        let back = s.claim(t0, &wiped).unwrap();
+        assert_eq!((back.role, back.generation), (a.role, 2));
+        // Unsettled with no MDS at all: it stays down.
+        s.renew(t0, &renew(back.role, back.epoch)).unwrap();
+        assert!(s.map().target_down(a.role));
     }
 
     #[test]

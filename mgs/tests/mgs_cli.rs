@@ -19,6 +19,7 @@ fn claim(kind: RoleKind, node: &str) -> ClaimRequest {
         provider: "tcp".into(),
         cores: vec![vec![7; 40], vec![8; 40]],
         empty: false,
+        generation: 1,
     }
 }
 
@@ -99,6 +100,7 @@ fn roles_and_epochs_survive_kill9_and_restart_and_flags_override_the_config() {
     // The owners renew with the epochs they hold; the stale one is refused.
     let up = TargetReport {
         rebuild: Vec::new(),
+        settled: Vec::new(),
         state: TargetState::Up,
         capacity: 100,
         free: 50,

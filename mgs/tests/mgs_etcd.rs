@@ -63,6 +63,7 @@ fn claims_leases_takeover_and_fencing_on_etcd() {
     assert!(m.is_current(oss0(), 2), "{m:?}");
     let up = TargetReport {
         rebuild: Vec::new(),
+        settled: Vec::new(),
         state: TargetState::Up,
         capacity: 1,
         free: 1,

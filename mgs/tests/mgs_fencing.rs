@@ -79,6 +79,7 @@ fn a_paused_owner_is_fenced_by_its_successor_and_steps_down() {
             1,
             TargetReport {
                 rebuild: Vec::new(),
+                settled: Vec::new(),
                 state: TargetState::Up,
                 capacity: 0,
                 free: 0,

@@ -71,6 +71,7 @@ fn main() {
             fsname: "bench".into(),
             index: 0,
             label: None,
+            generation: 1,
             force: false,
         },
     )

@@ -143,6 +143,7 @@ fn claim_and_serve(
         provider: cfg.provider.clone(),
         cores: cores.to_vec(),
         empty: existing.is_none(),
+        generation: existing.as_ref().map_or(0, |sb| sb.generation),
     };
     let sent = Instant::now();
     let grant = mgs.claim(&req)?;
@@ -186,6 +187,7 @@ fn check_target(
                 fsname: grant.fsname.clone(),
                 index: grant.role.index,
                 label: None,
+                generation: grant.generation,
                 force: false,
             };
             superblock::format(dir, &req)?;
@@ -201,6 +203,22 @@ fn check_target(
             have: sb.index,
             granted: grant.role.to_string(),
         }),
+        Some(sb) if sb.generation != grant.generation => {
+            // Replaced while this server was away: its objects may be old. The MDS
+            // marks every copy here stale and the rebuild rewrites them.
+            tracing::warn!(
+                "{}: generation {} replaced by {}: its copies are rebuilt",
+                show(),
+                sb.generation,
+                grant.generation
+            );
+            let sb = superblock::Superblock {
+                generation: grant.generation,
+                ..sb.clone()
+            };
+            superblock::write(dir, &sb)?;
+            Ok(())
+        }
         Some(_) => Ok(()),
     }
 }
@@ -210,12 +228,14 @@ fn report(dir: &std::path::Path) -> TargetReport {
     match rustix::fs::statvfs(dir) {
         Ok(s) => TargetReport {
             rebuild: Vec::new(),
+            settled: Vec::new(),
             state: TargetState::Up,
             capacity: s.f_blocks * s.f_frsize,
             free: s.f_bavail * s.f_frsize,
         },
         Err(_) => TargetReport {
             rebuild: Vec::new(),
+            settled: Vec::new(),
             state: TargetState::Degraded,
             capacity: 0,
             free: 0,

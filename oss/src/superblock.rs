@@ -27,6 +27,14 @@ pub struct Superblock {
     pub label: String,
     /// Seconds since the Unix epoch when the target was formatted.
     pub created: u64,
+    /// The generation of the target's data (the MGS raises it when the target is
+    /// replaced: see `Grant::generation`); 1 in superblocks written before it existed.
+    #[serde(default = "first_generation")]
+    pub generation: u64,
+}
+
+fn first_generation() -> u64 {
+    1
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -86,6 +94,8 @@ pub struct FormatRequest {
     pub index: u32,
     /// None: `<fsname>-OST<index as 4 hex digits>`, as Lustre names targets.
     pub label: Option<String>,
+    /// The generation the MGS serves the target at (1 when formatted by hand).
+    pub generation: u64,
     /// Format even over a target of another file system or index (its objects go).
     pub force: bool,
 }
@@ -152,6 +162,7 @@ pub fn format(dir: &Path, req: &FormatRequest) -> Result<Formatted, TargetError>
         created: std::time::SystemTime::now()
             .duration_since(std::time::UNIX_EPOCH)
             .map_or(0, |d| d.as_secs()),
+        generation: req.generation.max(1),
     };
     write(dir, &sb)?;
     probe_xattr(&dir.join(SUPERBLOCK_FILE))?;
@@ -231,6 +242,7 @@ mod tests {
             fsname: fsname.into(),
             index,
             label: None,
+            generation: 1,
             force: false,
         }
     }

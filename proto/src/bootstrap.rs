@@ -273,6 +273,21 @@ pub struct TargetReport {
     pub free: u64,
     /// The MDS's rebuild of stale copies, per OST that has any (empty from an OSS).
     pub rebuild: Vec<RebuildProgress>,
+    /// From an MDS: replaced OSTs whose lost copies it has marked stale, each with the
+    /// generation it did so for (empty from an OSS).
+    pub settled: Vec<Settled>,
+}
+
+/// An MDS has marked stale every copy it knows of on OST `ost` from before its
+/// `generation`: the copies the replaced target lost. The OST may serve again.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Settled {
+    pub ost: u32,
+    pub generation: u64,
+}
+
+impl Settled {
+    const LEN: usize = 4 + 8;
 }
 
 /// Most OSTs a rebuild report names.
@@ -314,9 +329,12 @@ pub struct ClaimRequest {
     /// Every engine core's fabric address, in core order (opaque bytes).
     pub cores: Vec<Vec<u8>>,
     /// The server brings no target (its directory is empty): only a new role fits it.
-    /// A role that exists has data this server does not hold, so it is neither given
-    /// a lapsed role nor its own (a wiped directory) back.
+    /// A role that exists has data this server does not hold: in a scratch file system
+    /// it is neither given a lapsed role nor its own (a wiped directory) back; in a
+    /// persistent one it may take either as a replacement (a new generation).
     pub empty: bool,
+    /// The generation of the target the server brings (0: none, or not an OSS).
+    pub generation: u64,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -351,6 +369,10 @@ pub struct Grant {
     pub epoch: u64,
     /// The role's target was never served: format it.
     pub fresh: bool,
+    /// The generation the role's target is served at: a target whose data was lost
+    /// (a replacement on an empty directory) or may be old (it was replaced while its
+    /// server was away) gets a new one, and holds nothing of the old until rebuilt.
+    pub generation: u64,
     pub heartbeat_ms: u32,
     pub lease_ms: u32,
     pub fsname: String,
@@ -454,6 +476,12 @@ pub struct Target {
     pub state: TargetState,
     pub capacity: u64,
     pub free: u64,
+    /// Grows each time the target is replaced (its data lost or possibly old); 1 at
+    /// first.
+    pub generation: u64,
+    /// The generation up to which the MDS has marked the copies the target lost stale.
+    /// Below `generation`, the target is down to clients whoever serves it.
+    pub settled: u64,
 }
 
 /// One server (the current owner of a role) and where its engine cores listen.
@@ -575,7 +603,7 @@ impl ClusterMap {
 }
 
 impl Target {
-    const MIN_LEN: usize = 4 * 4 + 4 + 8 + 4 + 16;
+    const MIN_LEN: usize = 4 * 4 + 4 + 8 + 4 + 16 + 16;
 
     /// Encoded alone (the MGS's store keeps records this way).
     pub fn encode(&self) -> Vec<u8> {
@@ -584,9 +612,14 @@ impl Target {
         e.0
     }
 
+    /// A stored record; one written before targets had generations is at its first.
     pub fn decode(bytes: &[u8]) -> Result<Target, BootError> {
         let mut d = Dec::new(bytes);
-        let t = Target::decode_from(&mut d)?;
+        let mut t = Target::decode_first(&mut d)?;
+        if d.left() > 0 {
+            t.generation = d.u64()?;
+            t.settled = d.u64()?;
+        }
         d.finish()?;
         Ok(t)
     }
@@ -600,9 +633,19 @@ impl Target {
         e.u32(self.state as u32);
         e.u64(self.capacity);
         e.u64(self.free);
+        e.u64(self.generation);
+        e.u64(self.settled);
     }
 
     fn decode_from(d: &mut Dec<'_>) -> Result<Target, BootError> {
+        let mut t = Target::decode_first(d)?;
+        t.generation = d.u64()?;
+        t.settled = d.u64()?;
+        Ok(t)
+    }
+
+    /// The fields targets had before generations; at generation 1.
+    fn decode_first(d: &mut Dec<'_>) -> Result<Target, BootError> {
         let kind = match d.u32()? {
             1 => TargetKind::Mdt,
             2 => TargetKind::Ost,
@@ -622,6 +665,8 @@ impl Target {
             state: TargetState::from_u32(d.u32()?)?,
             capacity: d.u64()?,
             free: d.u64()?,
+            generation: 1,
+            settled: 1,
         })
     }
 }
@@ -695,6 +740,7 @@ impl BootRequest {
                 e.str(&c.provider);
                 e.cores(&c.cores);
                 e.u32(c.empty.into());
+                e.u64(c.generation);
             }
             BootRequest::Renew(r) => {
                 e.role(r.role);
@@ -703,6 +749,7 @@ impl BootRequest {
                 e.u64(r.report.capacity);
                 e.u64(r.report.free);
                 e.rebuild(&r.report.rebuild);
+                e.settled(&r.report.settled);
             }
             BootRequest::Release { role, epoch } => {
                 e.role(*role);
@@ -736,6 +783,7 @@ impl BootRequest {
                     provider: d.str("provider", MAX_PROVIDER_LEN)?,
                     cores: d.cores()?,
                     empty: d.u32()? != 0,
+                    generation: d.u64()?,
                 })
             }
             BootOp::Renew => BootRequest::Renew(RenewRequest {
@@ -746,6 +794,7 @@ impl BootRequest {
                     capacity: d.u64()?,
                     free: d.u64()?,
                     rebuild: d.rebuild()?,
+                    settled: d.settled()?,
                 },
             }),
             BootOp::Release => BootRequest::Release {
@@ -772,6 +821,7 @@ impl BootReply {
                 e.role(g.role);
                 e.u64(g.epoch);
                 e.u32(g.fresh as u32);
+                e.u64(g.generation);
                 e.u32(g.heartbeat_ms);
                 e.u32(g.lease_ms);
                 e.str(&g.fsname);
@@ -816,6 +866,7 @@ impl BootReply {
                 role: d.role()?,
                 epoch: d.u64()?,
                 fresh: d.u32()? != 0,
+                generation: d.u64()?,
                 heartbeat_ms: d.u32()?,
                 lease_ms: d.u32()?,
                 fsname: d.str("fsname", MAX_FSNAME_LEN)?,
@@ -885,6 +936,15 @@ impl Enc {
             self.u32(r.ost);
             self.u64(r.left);
             self.u64(r.total);
+        }
+    }
+    /// At most [`MAX_REBUILD_ENTRIES`], as the rebuild report.
+    fn settled(&mut self, list: &[Settled]) {
+        let list = &list[..list.len().min(MAX_REBUILD_ENTRIES)];
+        self.u32(list.len() as u32);
+        for s in list {
+            self.u32(s.ost);
+            self.u64(s.generation);
         }
     }
 }
@@ -987,6 +1047,18 @@ impl<'a> Dec<'a> {
             .collect()
     }
 
+    fn settled(&mut self) -> Result<Vec<Settled>, BootError> {
+        let n = self.count("settled", MAX_REBUILD_ENTRIES, Settled::LEN)?;
+        (0..n)
+            .map(|_| {
+                Ok(Settled {
+                    ost: self.u32()?,
+                    generation: self.u64()?,
+                })
+            })
+            .collect()
+    }
+
     fn finish(&self) -> Result<(), BootError> {
         match self.left() {
             0 => Ok(()),
@@ -1019,6 +1091,8 @@ mod tests {
                 state: TargetState::Degraded,
                 capacity: 100,
                 free: 40,
+                generation: 3,
+                settled: 2,
             }],
             servers: vec![ServerEntry {
                 role,
@@ -1072,6 +1146,7 @@ mod tests {
             provider: "tcp".into(),
             cores: vec![],
             empty: false,
+            generation: 1,
         };
         assert!(matches!(
             BootRequest::Claim(claim).encode(),

@@ -32,38 +32,42 @@ fn request() -> impl Strategy<Value = BootRequest> {
             "[a-z0-9.-]{0,40}",
             "[a-z;_]{0,20}",
             cores(),
-            any::<bool>()
+            any::<bool>(),
+            any::<u64>()
         )
-            .prop_map(
-                |(r, want, node, provider, cores, empty)| BootRequest::Claim(ClaimRequest {
+            .prop_map(|(r, want, node, provider, cores, empty, generation)| {
+                BootRequest::Claim(ClaimRequest {
                     kind: r.kind,
                     want,
                     node,
                     provider,
                     cores,
-                    empty
+                    empty,
+                    generation,
                 })
-            ),
+            }),
         (
             role(),
             any::<u64>(),
             state(),
             any::<u64>(),
             any::<u64>(),
-            rebuild()
+            rebuild(),
+            settled()
         )
-            .prop_map(
-                |(role, epoch, state, capacity, free, rebuild)| BootRequest::Renew(RenewRequest {
+            .prop_map(|(role, epoch, state, capacity, free, rebuild, settled)| {
+                BootRequest::Renew(RenewRequest {
                     role,
                     epoch,
                     report: TargetReport {
                         rebuild,
+                        settled,
                         state,
                         capacity,
-                        free
-                    }
+                        free,
+                    },
                 })
-            ),
+            }),
         (role(), any::<u64>()).prop_map(|(role, epoch)| BootRequest::Release { role, epoch }),
         Just(BootRequest::FetchMap),
         (any::<u64>(), any::<u32>()).prop_map(|(newer_than, wait_ms)| BootRequest::WaitMap {
@@ -95,17 +99,22 @@ fn map() -> impl Strategy<Value = ClusterMap> {
         state(),
         any::<u64>(),
         any::<u64>(),
+        (any::<u64>(), any::<u64>()),
     )
-        .prop_map(|(role, owner, epoch, state, capacity, free)| Target {
-            kind: role.kind.target_kind(),
-            index: role.index,
-            role,
-            owner,
-            epoch,
-            state,
-            capacity,
-            free,
-        });
+        .prop_map(
+            |(role, owner, epoch, state, capacity, free, (generation, settled))| Target {
+                kind: role.kind.target_kind(),
+                index: role.index,
+                role,
+                owner,
+                epoch,
+                state,
+                capacity,
+                free,
+                generation,
+                settled,
+            },
+        );
     (
         any::<u64>(),
         "[a-z]{0,16}",
@@ -134,6 +143,13 @@ fn rebuild() -> impl Strategy<Value = Vec<RebuildProgress>> {
             left,
             total,
         }),
+        0..4,
+    )
+}
+
+fn settled() -> impl Strategy<Value = Vec<Settled>> {
+    proptest::collection::vec(
+        (any::<u32>(), any::<u64>()).prop_map(|(ost, generation)| Settled { ost, generation }),
         0..4,
     )
 }

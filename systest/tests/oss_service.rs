@@ -43,6 +43,7 @@ fn start(provider: &str, name: &str) -> Option<Oss> {
             fsname: "testfs".into(),
             index,
             label: None,
+            generation: 1,
             force: false,
         };
         format(&dir, &req).expect("format");

@@ -286,6 +286,9 @@ impl Committer {
                 };
                 self.as_root(w, now, &req)
             }
+            Op::Admin(Admin::CopiesLost { ost, inos }) => {
+                self.ns.copies_lost(w, *ost, inos, now).map(|_| Reply::Done)
+            }
             Op::Admin(Admin::ReclaimOrphans) => self.ns.reclaim_orphans(w).map(|_| Reply::Done),
             Op::Admin(Admin::ForgetDestroyed(inos)) => {
                 let mut r = Ok(Reply::Done);

@@ -772,6 +772,58 @@ impl Namespace {
         }
     }
 
+    /// OST `ost` was replaced: every in-sync copy of `inos` with an object there is
+    /// marked stale (the rebuild fills it again), but a file's last copy in sync,
+    /// whose data is lost with the old target. Returns how many copies were marked.
+    pub fn copies_lost(
+        &mut self,
+        w: &mut WriteTables<'_>,
+        ost: u32,
+        inos: &[u64],
+        now: i64,
+    ) -> Res<usize> {
+        let mut marked = 0;
+        for &ino in inos {
+            let Some(mut i) = w.view.inode(ino)? else {
+                continue;
+            };
+            let Some(mut layout) = i.file_layout() else {
+                continue;
+            };
+            let mut changed = false;
+            for m in 0..layout.mirrors.len() {
+                let there = layout.mirrors[m]
+                    .stripes
+                    .objects
+                    .iter()
+                    .any(|o| o.ost == ost);
+                if layout.mirrors[m].stale || !there {
+                    continue;
+                }
+                layout.mirrors[m].stale = true;
+                if layout.validate().is_ok() {
+                    changed = true;
+                    marked += 1;
+                } else {
+                    layout.mirrors[m].stale = false;
+                    tracing::error!(
+                        "inode {ino}: its last copy in sync was on OST{ost:04x}, which was \
+                         replaced: that data is lost"
+                    );
+                }
+            }
+            if changed {
+                i.layout = layout.to_bytes();
+                i.ctime = now;
+                w.put_inode(&i)?;
+                self.note_stale(ino, &layout);
+                // A resync under way may copy from the lost copy: it must not land.
+                self.opens.touched(ino);
+            }
+        }
+        Ok(marked)
+    }
+
     /// A client starts copying a file's copies in sync over its stale ones.
     fn resync_start(&mut self, w: &mut WriteTables<'_>, c: &Ctx<'_>, ino: u64) -> Res<Reply> {
         let i = get(&w.view, ino)?;

@@ -54,6 +54,27 @@ fn scan_stale(db: &Database) -> Result<std::collections::BTreeSet<u64>, MdtError
     Ok(out)
 }
 
+/// The files with an in-sync copy that has an object on OST `ost`, in inode order.
+pub fn files_on_ost(tx: &redb::ReadTransaction, ost: u32) -> Result<Vec<u64>, MdtError> {
+    let inodes = tx
+        .open_table(super::store::INODES)
+        .map_err(StoreError::from)?;
+    let mut out = Vec::new();
+    for row in inodes.iter().map_err(StoreError::from)? {
+        let (k, v) = row.map_err(StoreError::from)?;
+        let i = super::inode::Inode::decode(k.value(), v.value()).map_err(StoreError::from)?;
+        let on_ost = |l: nacre_proto::layout::FileLayout| {
+            l.mirrors
+                .iter()
+                .any(|m| !m.stale && m.stripes.objects.iter().any(|o| o.ost == ost))
+        };
+        if i.file_layout().is_some_and(on_ost) {
+            out.push(i.ino);
+        }
+    }
+    Ok(out)
+}
+
 /// The on-disk format version in the `meta` table.
 pub const FORMAT_VERSION: u64 = 1;
 pub const DB_FILE: &str = "mdt.redb";
@@ -177,6 +198,9 @@ pub enum Admin {
     ResyncStart(u64),
     /// The rebuild copied mirror `mirror` of `ino`: in sync, if nothing spoiled it.
     MirrorInSync { ino: u64, mirror: u32 },
+    /// OST `ost` was replaced: the copies of these files there are lost (or old), so
+    /// each in-sync copy with an object there is marked stale, but the last in sync.
+    CopiesLost { ost: u32, inos: Vec<u64> },
 }
 
 /// The consistency checker's repairs (`mdt/repair.rs`).
@@ -388,6 +412,19 @@ impl Mdt {
                 Some(Completion { result: Ok(_), .. }) => {}
                 _ => return Err(MdtError::Stopped),
             }
+        }
+        Ok(self.db.begin_read().map_err(StoreError::from)?)
+    }
+
+    /// A read transaction that sees every operation submitted before this call (made
+    /// durable first).
+    pub fn snapshot(&self) -> Result<redb::ReadTransaction, MdtError> {
+        let sub = self.submitter();
+        sub.submit_admin(1, Admin::Checkpoint)
+            .map_err(|_| MdtError::Stopped)?;
+        match sub.wait_for(1, Duration::from_secs(60)) {
+            Some(Completion { result: Ok(_), .. }) => {}
+            _ => return Err(MdtError::Stopped),
         }
         Ok(self.db.begin_read().map_err(StoreError::from)?)
     }

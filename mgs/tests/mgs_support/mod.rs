@@ -127,6 +127,7 @@ pub fn child_main() {
         provider: "tcp".into(),
         cores,
         empty: false,
+        generation: 1,
     };
     let cfg = BootConfig {
         connect_timeout: Duration::from_millis(500),
@@ -151,6 +152,7 @@ pub fn child_main() {
     println!("GRANTED {} epoch {} at_ms {at_ms}", grant.role, grant.epoch);
     let report = TargetReport {
         rebuild: Vec::new(),
+        settled: Vec::new(),
         state: TargetState::Up,
         capacity: 1 << 30,
         free: 1 << 29,

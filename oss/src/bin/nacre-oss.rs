@@ -167,6 +167,7 @@ fn format(cfg: Config, a: FormatArgs) -> Result<(), Box<dyn std::error::Error>> 
             .unwrap_or_else(|| "nacre".into()),
         index: a.index.or(cfg.ost.index).unwrap_or(0),
         label: a.label.or(cfg.ost.label),
+        generation: 1,
         force: a.force,
     };
     match superblock::format(&dir, &req)? {

@@ -55,6 +55,7 @@ pub fn format_target(dir: &Path) {
             fsname: "test".into(),
             index: 0,
             label: None,
+            generation: 1,
             force: false,
         },
     )
