@@ -60,6 +60,7 @@ pub fn run(args: &MgsArgs) -> Result<(), BenchError> {
             cores: (0..args.cores).map(|c| vec![c as u8; 32]).collect(),
             empty: false,
             generation: 1,
+            replication: String::new(),
         })
         .collect();
     let groups = args.threads.clamp(1, args.servers);
@@ -157,6 +158,7 @@ fn claim(addr: &str, req: &ClaimRequest) -> Result<Sim, BenchError> {
     let report = TargetReport {
         rebuild: Vec::new(),
         settled: Vec::new(),
+        standby: String::new(),
         state: TargetState::Up,
         capacity: 1 << 40,
         free: 1 << 39,

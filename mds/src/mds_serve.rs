@@ -77,6 +77,7 @@ pub fn serve(cfg: &MdsServeConfig) -> Result<bool, MdsServeError> {
         // No store yet: a new MDT, which must not take over an existing one's role.
         empty: !cfg.dir.join(crate::mdt::DB_FILE).exists(),
         generation: 0,
+        replication: String::new(),
     };
     let sent = Instant::now();
     let grant = mgs.claim(&req)?;
@@ -122,6 +123,7 @@ pub fn serve(cfg: &MdsServeConfig) -> Result<bool, MdsServeError> {
         free: 0,
         rebuild: Vec::new(),
         settled: Vec::new(),
+        standby: String::new(),
     };
     let mut role = RoleHolder::new(LeaseKeeper::start(&cfg.mgs, grant, sent, report.clone()));
     let _ = slot.set((mdt.clone(), role.epoch.clone()));

@@ -211,6 +211,7 @@ impl MgsState {
                 epoch,
                 provider: req.provider.clone(),
                 cores: req.cores.clone(),
+                replication: String::new(),
             },
             target: Target {
                 kind: role.kind.target_kind(),
@@ -562,6 +563,7 @@ mod tests {
             cores: vec![node.as_bytes().to_vec()],
             empty: false,
             generation: 1,
+            replication: String::new(),
         }
     }
 
@@ -572,6 +574,7 @@ mod tests {
             report: TargetReport {
                 rebuild: Vec::new(),
                 settled: Vec::new(),
+                standby: String::new(),
                 state: TargetState::Up,
                 capacity: 10,
                 free: 5,

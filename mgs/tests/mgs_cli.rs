@@ -20,6 +20,7 @@ fn claim(kind: RoleKind, node: &str) -> ClaimRequest {
         cores: vec![vec![7; 40], vec![8; 40]],
         empty: false,
         generation: 1,
+        replication: String::new(),
     }
 }
 
@@ -101,6 +102,7 @@ fn roles_and_epochs_survive_kill9_and_restart_and_flags_override_the_config() {
     let up = TargetReport {
         rebuild: Vec::new(),
         settled: Vec::new(),
+        standby: String::new(),
         state: TargetState::Up,
         capacity: 100,
         free: 50,

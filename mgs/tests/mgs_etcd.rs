@@ -64,6 +64,7 @@ fn claims_leases_takeover_and_fencing_on_etcd() {
     let up = TargetReport {
         rebuild: Vec::new(),
         settled: Vec::new(),
+        standby: String::new(),
         state: TargetState::Up,
         capacity: 1,
         free: 1,

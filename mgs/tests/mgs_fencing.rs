@@ -80,6 +80,7 @@ fn a_paused_owner_is_fenced_by_its_successor_and_steps_down() {
             TargetReport {
                 rebuild: Vec::new(),
                 settled: Vec::new(),
+                standby: String::new(),
                 state: TargetState::Up,
                 capacity: 0,
                 free: 0,

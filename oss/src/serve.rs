@@ -144,6 +144,7 @@ fn claim_and_serve(
         cores: cores.to_vec(),
         empty: existing.is_none(),
         generation: existing.as_ref().map_or(0, |sb| sb.generation),
+        replication: String::new(),
     };
     let sent = Instant::now();
     let grant = mgs.claim(&req)?;
@@ -229,6 +230,7 @@ fn report(dir: &std::path::Path) -> TargetReport {
         Ok(s) => TargetReport {
             rebuild: Vec::new(),
             settled: Vec::new(),
+            standby: String::new(),
             state: TargetState::Up,
             capacity: s.f_blocks * s.f_frsize,
             free: s.f_bavail * s.f_frsize,
@@ -236,6 +238,7 @@ fn report(dir: &std::path::Path) -> TargetReport {
         Err(_) => TargetReport {
             rebuild: Vec::new(),
             settled: Vec::new(),
+            standby: String::new(),
             state: TargetState::Degraded,
             capacity: 0,
             free: 0,

@@ -276,6 +276,9 @@ pub struct TargetReport {
     /// From an MDS: replaced OSTs whose lost copies it has marked stale, each with the
     /// generation it did so for (empty from an OSS).
     pub settled: Vec<Settled>,
+    /// From an MDS: the node of its standby that holds every operation it acknowledged
+    /// (empty: none). Only that node may take the role over once its lease lapses.
+    pub standby: String,
 }
 
 /// An MDS has marked stale every copy it knows of on OST `ost` from before its
@@ -335,6 +338,8 @@ pub struct ClaimRequest {
     pub empty: bool,
     /// The generation of the target the server brings (0: none, or not an OSS).
     pub generation: u64,
+    /// Where an MDS ships its redo log to a standby (`IP:PORT`, TCP; empty: nowhere).
+    pub replication: String,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -492,6 +497,8 @@ pub struct ServerEntry {
     pub epoch: u64,
     pub provider: String,
     pub cores: Vec<Vec<u8>>,
+    /// Where a standby follows this MDS's redo log (`IP:PORT`; empty: not an MDS).
+    pub replication: String,
 }
 
 /// Who serves what: every client and server decodes this.
@@ -672,7 +679,7 @@ impl Target {
 }
 
 impl ServerEntry {
-    const MIN_LEN: usize = 8 + 4 + 8 + 4 + 4;
+    const MIN_LEN: usize = 8 + 4 + 8 + 4 + 4 + 4;
 
     pub fn encode(&self) -> Vec<u8> {
         let mut e = Enc::default();
@@ -680,9 +687,20 @@ impl ServerEntry {
         e.0
     }
 
+    /// A stored record; one written before replication addresses has none.
     pub fn decode(bytes: &[u8]) -> Result<ServerEntry, BootError> {
         let mut d = Dec::new(bytes);
-        let s = ServerEntry::decode_from(&mut d)?;
+        let s = ServerEntry {
+            role: d.role()?,
+            node: d.str("node", MAX_NODE_LEN)?,
+            epoch: d.u64()?,
+            provider: d.str("provider", MAX_PROVIDER_LEN)?,
+            cores: d.cores()?,
+            replication: match d.left() {
+                0 => String::new(),
+                _ => d.str("replication", MAX_NODE_LEN)?,
+            },
+        };
         d.finish()?;
         Ok(s)
     }
@@ -693,6 +711,7 @@ impl ServerEntry {
         e.u64(self.epoch);
         e.str(&self.provider);
         e.cores(&self.cores);
+        e.str(&self.replication);
     }
 
     fn decode_from(d: &mut Dec<'_>) -> Result<ServerEntry, BootError> {
@@ -702,6 +721,7 @@ impl ServerEntry {
             epoch: d.u64()?,
             provider: d.str("provider", MAX_PROVIDER_LEN)?,
             cores: d.cores()?,
+            replication: d.str("replication", MAX_NODE_LEN)?,
         })
     }
 }
@@ -724,6 +744,7 @@ impl BootRequest {
             BootRequest::Claim(c) => {
                 check_len("node", c.node.len(), MAX_NODE_LEN)?;
                 check_len("provider", c.provider.len(), MAX_PROVIDER_LEN)?;
+                check_len("replication", c.replication.len(), MAX_NODE_LEN)?;
                 if c.cores.len() > MAX_CORES {
                     return Err(BootError::TooMany {
                         field: "cores",
@@ -741,6 +762,7 @@ impl BootRequest {
                 e.cores(&c.cores);
                 e.u32(c.empty.into());
                 e.u64(c.generation);
+                e.str(&c.replication);
             }
             BootRequest::Renew(r) => {
                 e.role(r.role);
@@ -750,6 +772,7 @@ impl BootRequest {
                 e.u64(r.report.free);
                 e.rebuild(&r.report.rebuild);
                 e.settled(&r.report.settled);
+                e.str(&r.report.standby);
             }
             BootRequest::Release { role, epoch } => {
                 e.role(*role);
@@ -784,6 +807,7 @@ impl BootRequest {
                     cores: d.cores()?,
                     empty: d.u32()? != 0,
                     generation: d.u64()?,
+                    replication: d.str("replication", MAX_NODE_LEN)?,
                 })
             }
             BootOp::Renew => BootRequest::Renew(RenewRequest {
@@ -795,6 +819,7 @@ impl BootRequest {
                     free: d.u64()?,
                     rebuild: d.rebuild()?,
                     settled: d.settled()?,
+                    standby: d.str("standby", MAX_NODE_LEN)?,
                 },
             }),
             BootOp::Release => BootRequest::Release {
@@ -1100,6 +1125,7 @@ mod tests {
                 epoch: 2,
                 provider: "tcp".into(),
                 cores: vec![vec![1, 2, 3], vec![]],
+                replication: String::new(),
             }],
         }
     }
@@ -1147,6 +1173,7 @@ mod tests {
             cores: vec![],
             empty: false,
             generation: 1,
+            replication: String::new(),
         };
         assert!(matches!(
             BootRequest::Claim(claim).encode(),

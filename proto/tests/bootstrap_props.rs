@@ -39,6 +39,7 @@ fn request() -> impl Strategy<Value = BootRequest> {
                 BootRequest::Claim(ClaimRequest {
                     kind: r.kind,
                     want,
+                    replication: provider.chars().rev().collect(),
                     node,
                     provider,
                     cores,
@@ -61,6 +62,7 @@ fn request() -> impl Strategy<Value = BootRequest> {
                     epoch,
                     report: TargetReport {
                         rebuild,
+                        standby: format!("node-{}", settled.len()),
                         settled,
                         state,
                         capacity,
@@ -87,6 +89,7 @@ fn map() -> impl Strategy<Value = ClusterMap> {
     )
         .prop_map(|(role, node, epoch, provider, cores)| ServerEntry {
             role,
+            replication: format!("{node}:7451"),
             node,
             epoch,
             provider,

@@ -243,6 +243,7 @@ fn paths_through_the_client_namespace() {
             epoch: EPOCH,
             provider: "tcp".into(),
             cores: vec![engine.cores()[0].fabric_name.clone()],
+            replication: String::new(),
         }],
         ..Default::default()
     };

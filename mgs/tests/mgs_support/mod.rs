@@ -128,6 +128,7 @@ pub fn child_main() {
         cores,
         empty: false,
         generation: 1,
+        replication: String::new(),
     };
     let cfg = BootConfig {
         connect_timeout: Duration::from_millis(500),
@@ -153,6 +154,7 @@ pub fn child_main() {
     let report = TargetReport {
         rebuild: Vec::new(),
         settled: Vec::new(),
+        standby: String::new(),
         state: TargetState::Up,
         capacity: 1 << 30,
         free: 1 << 29,
