@@ -4,10 +4,12 @@
 //! object ids, and the operation log that makes them durable with group commit. It
 //! frees the space of gone files on the OSTs ([`destroyer`]), checks the namespace
 //! against the OSTs when asked ([`checker`]), claims its role at the MGS
-//! (`nacre_mgs::role`) and serves on engine cores; it must never block one.
+//! (`nacre_mgs::role`), serves on engine cores (it must never block one), and ships
+//! its redo log to a standby MDS ([`standby`]).
 mod background;
 pub mod checker;
 pub mod destroyer;
 pub mod mds_serve;
 pub mod mdt;
 pub mod resyncer;
+pub mod standby;

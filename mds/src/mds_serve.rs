@@ -3,9 +3,13 @@
 //! epoch (formatting a fresh directory), and serves the namespace until SIGINT/SIGTERM,
 //! keeping its lease; new files use the OSTs the cluster map lists. A lapsed lease
 //! stops service until a renewal is acknowledged again; a fenced role stops it for good.
+//! With `--standby` (or when another server holds the role its MDT belongs to) it
+//! first follows the MDS that serves the role, and takes it over when that one's lease
+//! lapses (`crate::standby`).
 
+use std::net::{IpAddr, TcpListener};
 use std::path::PathBuf;
-use std::sync::atomic::Ordering;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, OnceLock};
 use std::time::{Duration, Instant};
 
@@ -15,10 +19,11 @@ use nacre_fabric::Selection;
 use crate::checker::Checker;
 use crate::destroyer::Destroyer;
 use crate::resyncer::Resyncer;
+use crate::standby::ship::Shipper;
 use nacre_mgc::{BootConfig, MgsClient, MgsError};
 use nacre_mgs::role::{node_identity, LeaseKeeper, RoleHolder};
 use nacre_proto::bootstrap::{
-    ClaimRequest, ClusterMap, RoleKind, TargetKind, TargetReport, TargetState,
+    errno, ClaimRequest, ClusterMap, Grant, RoleKind, TargetKind, TargetReport, TargetState,
 };
 
 use crate::mdt::engine_service::{MdsService, MdtSlot};
@@ -36,6 +41,9 @@ pub struct MdsServeConfig {
     pub rebuild_rate: u64,
     pub mode: SyncMode,
     pub engine: EngineConfig,
+    /// Follow the MDS that serves mds0 and take over when its lease lapses, instead of
+    /// claiming a role at once.
+    pub standby: bool,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -68,19 +76,27 @@ pub fn serve(cfg: &MdsServeConfig) -> Result<bool, MdsServeError> {
     // Made before the claim: the identity names its canonical path, which a restart
     // must find the same.
     std::fs::create_dir_all(&cfg.dir).map_err(MdsServeError::Dir)?;
+    let listener = replication_listener(cfg)?;
+    let has_mdt = cfg.dir.join(crate::mdt::DB_FILE).exists();
     let req = ClaimRequest {
         kind: RoleKind::Mds,
-        want: None,
+        // An MDT is mds0's (the one clients use); a standby waits for it too.
+        want: (has_mdt || cfg.standby).then_some(0),
         node: node_identity(cfg.identity.as_deref(), &cfg.dir),
         provider: cfg.provider.clone(),
         cores: cores.clone(),
         // No store yet: a new MDT, which must not take over an existing one's role.
-        empty: !cfg.dir.join(crate::mdt::DB_FILE).exists(),
+        empty: !has_mdt && !cfg.standby,
         generation: 0,
-        replication: String::new(),
+        replication: listener
+            .local_addr()
+            .map_err(MdsServeError::Dir)?
+            .to_string(),
     };
-    let sent = Instant::now();
-    let grant = mgs.claim(&req)?;
+    let Some((grant, sent)) = claim_or_follow(cfg, &mut mgs, &req, &stop)? else {
+        println!("nacre-mds: stopped");
+        return Ok(true);
+    };
     let map = mgs.fetch_map()?;
     let osts = ost_indices(&map);
     let mut places = ost_places(&map);
@@ -146,11 +162,34 @@ pub fn serve(cfg: &MdsServeConfig) -> Result<bool, MdsServeError> {
     destroyer.set_map(map.clone());
     rebuild.set_map(map.clone());
     checker.set_map(map);
+    let shipper = Shipper::start(listener, mdt.clone(), cfg.mode == SyncMode::Sync)
+        .map_err(MdsServeError::Destroyer)?;
     println!("nacre-mds: ready");
+    let repl = mdt.replication().clone();
+    // Sync mode: when the MGS last heard "no standby" (a dropped standby's replies
+    // wait for it).
+    let mut out_since: Option<Instant> = None;
     let mut last_map = Instant::now();
     while !stop.load(Ordering::Relaxed) && !role.is_fenced() {
         if let Some(line) = role.poll() {
             println!("nacre-mds: {line}");
+        }
+        if repl.out_asked() {
+            match out_since {
+                None => {
+                    role.keeper.set_report(TargetReport {
+                        standby: String::new(),
+                        ..role.keeper.report()
+                    });
+                    out_since = Some(role.keeper.renew_now());
+                }
+                Some(t) if role.keeper.renewed_since(t) => {
+                    println!("nacre-mds: the MGS knows the standby is out of sync");
+                    repl.confirm_out();
+                    out_since = None;
+                }
+                Some(_) => {}
+            }
         }
         if recovery_end.is_some_and(|end| Instant::now() >= end) {
             // Opens not replayed by now are gone with their clients: the orphans
@@ -169,6 +208,10 @@ pub fn serve(cfg: &MdsServeConfig) -> Result<bool, MdsServeError> {
             role.keeper.set_report(TargetReport {
                 rebuild: rebuild.progress(),
                 settled: rebuild.settled(),
+                standby: match repl.is_named() || cfg.mode == SyncMode::Default {
+                    true => shipper.standby(),
+                    false => String::new(),
+                },
                 ..report.clone()
             });
             if let Ok(map) = mgs.fetch_map() {
@@ -208,6 +251,7 @@ pub fn serve(cfg: &MdsServeConfig) -> Result<bool, MdsServeError> {
         n(&st.reconstructed)
     );
     tracing::debug!("{} objects of gone files destroyed", destroyer.destroyed());
+    drop(shipper);
     drop(checker);
     drop(destroyer);
     drop(slot);
@@ -216,6 +260,49 @@ pub fn serve(cfg: &MdsServeConfig) -> Result<bool, MdsServeError> {
     }
     println!("nacre-mds: stopped");
     Ok(!fenced)
+}
+
+/// The role to serve and when its claim was sent: claimed at once, or, for a standby
+/// (or an MDS whose role another server holds now: its MDT is the older copy), after
+/// following the MDS that serves it until its lease lapses. None: stopped first.
+fn claim_or_follow(
+    cfg: &MdsServeConfig,
+    mgs: &mut MgsClient,
+    req: &ClaimRequest,
+    stop: &AtomicBool,
+) -> Result<Option<(Grant, Instant)>, MdsServeError> {
+    if !cfg.standby {
+        let sent = Instant::now();
+        match mgs.claim(req) {
+            Ok(grant) => return Ok(Some((grant, sent))),
+            Err(e) if e.errno() == Some(errno::EBUSY) && req.want.is_some() => {
+                println!("nacre-mds: {e}: following it as a standby");
+            }
+            Err(e) => return Err(e.into()),
+        }
+    }
+    let got = crate::standby::follow::follow(mgs, &cfg.dir, req, stop)?;
+    if let Some((grant, _)) = &got {
+        println!(
+            "nacre-mds: took {} over at epoch {} from the copy in {}",
+            grant.role,
+            grant.epoch,
+            cfg.dir.display()
+        );
+    }
+    Ok(got)
+}
+
+/// The TCP listener a standby follows this MDS at: on the address the fabric serves
+/// from, else the one that routes to the MGS, on a port of the kernel's choosing.
+fn replication_listener(cfg: &MdsServeConfig) -> Result<TcpListener, MdsServeError> {
+    let ip = cfg
+        .node
+        .as_deref()
+        .and_then(|n| n.parse::<IpAddr>().ok())
+        .or_else(|| nacre_fabric::source_for(&cfg.mgs)?.parse().ok())
+        .unwrap_or(IpAddr::from([127, 0, 0, 1]));
+    TcpListener::bind((ip, 0)).map_err(MdsServeError::Dir)
 }
 
 fn start_engine(cfg: &MdsServeConfig, slot: &MdtSlot) -> Result<Engine, MdsServeError> {

@@ -96,6 +96,10 @@ struct KeeperShared {
     clock: Mutex<LeaseClock>,
     report: Mutex<TargetReport>,
     stop: AtomicBool,
+    /// Renew at once rather than at the next heartbeat.
+    urgent: AtomicBool,
+    /// When the last acknowledged renewal was sent.
+    renewed: Mutex<Option<Instant>>,
 }
 
 /// Renews a role's lease every heartbeat on its own thread and keeps the [`LeaseClock`].
@@ -120,6 +124,8 @@ impl LeaseKeeper {
             clock: Mutex::new(LeaseClock::new(claim_sent, lease)),
             report: Mutex::new(report),
             stop: AtomicBool::new(false),
+            urgent: AtomicBool::new(false),
+            renewed: Mutex::new(None),
         });
         let (tx, rx) = sync_channel(64);
         let thread = {
@@ -156,6 +162,25 @@ impl LeaseKeeper {
     /// What the next heartbeats say of the target.
     pub fn set_report(&self, report: TargetReport) {
         *lock(&self.shared.report) = report;
+    }
+
+    /// What the heartbeats say now.
+    pub fn report(&self) -> TargetReport {
+        lock(&self.shared.report).clone()
+    }
+
+    /// Renews now with the report as it is (not at the next heartbeat); the instant to
+    /// give [`LeaseKeeper::renewed_since`].
+    pub fn renew_now(&self) -> Instant {
+        let now = Instant::now();
+        self.shared.urgent.store(true, Ordering::SeqCst);
+        now
+    }
+
+    /// Whether the MGS acknowledged a renewal sent at or after `t` (so it holds the
+    /// report set before `t`).
+    pub fn renewed_since(&self, t: Instant) -> bool {
+        lock(&self.shared.renewed).is_some_and(|r| r >= t)
     }
 
     /// The keeper's events (once).
@@ -206,16 +231,20 @@ fn keep(addrs: &str, grant: &Grant, shared: &KeeperShared, events: &SyncSender<L
             troubled = true;
             let _ = events.try_send(LeaseEvent::Lapsed);
         }
-        if now < next {
-            std::thread::sleep((next - now).min(Duration::from_millis(20)));
+        let urgent = shared.urgent.swap(false, Ordering::SeqCst);
+        if now < next && !urgent {
+            std::thread::sleep((next - now).min(Duration::from_millis(5)));
             continue;
         }
         next = now + heartbeat;
-        let report = lock(&shared.report).clone();
+        // `sent` before the report is read: a renewal sent at or after an instant
+        // carries the report as set before that instant.
         let sent = Instant::now();
+        let report = lock(&shared.report).clone();
         match mgs.renew(grant.role, grant.epoch, report) {
             Ok(_) => {
                 lock(&shared.clock).on_renewed(sent);
+                *lock(&shared.renewed) = Some(sent);
                 lapsed = false;
                 if std::mem::take(&mut troubled) {
                     let _ = events.try_send(LeaseEvent::Restored);

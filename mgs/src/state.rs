@@ -111,6 +111,9 @@ pub struct MgsState {
     rebuild: BTreeMap<Role, Vec<RebuildProgress>>,
     /// Each MDS's last report of the replaced OSTs whose lost copies it marked stale.
     settled: BTreeMap<Role, Vec<Settled>>,
+    /// Each MDS's last named in-sync standby (in memory: an MGS restart forgets it,
+    /// and then any server with an MDT may take a lapsed MDS role, as before standbys).
+    standby: BTreeMap<Role, String>,
     changes: Changes,
 }
 
@@ -129,6 +132,7 @@ impl MgsState {
             lapsed: Default::default(),
             rebuild: BTreeMap::new(),
             settled: BTreeMap::new(),
+            standby: BTreeMap::new(),
             changes: Changes::default(),
         };
         for role in &p.lease_lost {
@@ -211,7 +215,7 @@ impl MgsState {
                 epoch,
                 provider: req.provider.clone(),
                 cores: req.cores.clone(),
-                replication: String::new(),
+                replication: req.replication.clone(),
             },
             target: Target {
                 kind: role.kind.target_kind(),
@@ -278,6 +282,7 @@ impl MgsState {
         if req.role.kind == RoleKind::Mds {
             self.rebuild.insert(req.role, req.report.rebuild.clone());
             self.settled.insert(req.role, req.report.settled.clone());
+            self.standby.insert(req.role, req.report.standby.clone());
             self.settle();
         }
         self.set_state(
@@ -402,10 +407,19 @@ impl MgsState {
                 kind: req.kind,
                 index,
             };
+            let named = self.standby.get(&role).filter(|s| !s.is_empty());
             return match self.roles.get(&role) {
-                Some(r) if r.server.node == req.node || !self.expiry.contains_key(&role) => {
-                    Ok(pick(r))
-                }
+                Some(r) if r.server.node == req.node => Ok(pick(r)),
+                // The owner named a standby holding every operation it acknowledged:
+                // only that one may take over, no server with an older copy.
+                Some(_) if named.is_some_and(|s| *s != req.node) => Err(refuse(
+                    errno::EBUSY,
+                    format!(
+                        "{role}: only its in-sync standby {} may take it over",
+                        named.map_or("", |s| s.as_str())
+                    ),
+                )),
+                Some(r) if !self.expiry.contains_key(&role) => Ok(pick(r)),
                 Some(r) => Err(refuse(
                     errno::EBUSY,
                     format!(
@@ -679,6 +693,33 @@ mod tests {
         // Unsettled with no MDS at all: it stays down.
         s.renew(t0, &renew(back.role, back.epoch)).unwrap();
         assert!(s.map().target_down(a.role));
+    }
+
+    #[test]
+    fn only_the_named_standby_takes_a_lapsed_mds_role_over() {
+        let t0 = Instant::now();
+        let mut s = fresh(t0);
+        let mut a_claim = claim(RoleKind::Mds, "a", None);
+        a_claim.replication = "127.0.0.1:9".into();
+        let a = s.claim(t0, &a_claim).unwrap();
+        let shown = s.map().server(a.role).cloned().unwrap();
+        assert_eq!(
+            shown.replication, "127.0.0.1:9",
+            "the map says where to follow"
+        );
+        let mut r = renew(a.role, a.epoch);
+        r.report.standby = "b".into();
+        s.renew(t0, &r).unwrap();
+        let later = t0 + LEASE * 2;
+        s.tick(later);
+        // c has an MDT too, but not every operation a acknowledged.
+        let c = s.claim(later, &claim(RoleKind::Mds, "c", Some(0)));
+        assert_eq!(c.unwrap_err().errno, errno::EBUSY);
+        let b = s.claim(later, &claim(RoleKind::Mds, "b", Some(0))).unwrap();
+        assert_eq!((b.role, b.epoch), (a.role, a.epoch + 1));
+        // a, back, finds its role held: it is the one to follow now.
+        let back = s.claim(later, &claim(RoleKind::Mds, "a", Some(0)));
+        assert_eq!(back.unwrap_err().errno, errno::EBUSY);
     }
 
     #[test]

@@ -55,6 +55,10 @@ struct ServeArgs {
     /// rebuild; `nacre mirror resync` still works).
     #[arg(long, default_value_t = 100)]
     rebuild_mib_s: u64,
+    /// Follow the MDS serving mds0 (a copy of its MDT in --dir, from its redo log) and
+    /// take the role over when its lease lapses.
+    #[arg(long)]
+    standby: bool,
 }
 
 fn main() -> ExitCode {
@@ -103,6 +107,7 @@ fn serve(a: ServeArgs) -> Result<ExitCode, Box<dyn std::error::Error>> {
         node: a.listen,
         identity: a.identity,
         rebuild_rate: a.rebuild_mib_s << 20,
+        standby: a.standby,
         mode: if a.sync {
             SyncMode::Sync
         } else {

@@ -5,6 +5,7 @@ use super::check::{CheckBoard, Fence};
 use super::ns::{self, Ctx, Fail, Namespace};
 use super::overlay::Overlay;
 use super::redo::{Change, OpLog};
+use super::replication::Replication;
 use super::replies::{SavedReply, SWEEP_EVERY};
 use super::service::{io_err, now_ns, Admin, Completion, Job, MdtError, Op, Repair, Stats};
 use super::store::{StoreError, WriteTables};
@@ -41,6 +42,10 @@ pub(super) struct Committer {
     pub(super) generation: Arc<AtomicU64>,
     /// Where the consistency checker's fences go.
     pub(super) board: Arc<CheckBoard>,
+    /// Where each batch's redo record goes for a standby.
+    pub(super) repl: Arc<Replication>,
+    /// The number of the last batch's redo record.
+    pub(super) last_seq: u64,
 }
 
 /// How long one write transaction stays open for more batches, at most.
@@ -215,6 +220,7 @@ impl Committer {
             self.log
                 .append(&redo.bytes)
                 .map_err(io_err(&self.log_path))?;
+            self.last_seq = self.repl.publish(&redo.bytes);
             self.dirty = true;
             let mut overlay = self.overlay.write().unwrap_or_else(|p| p.into_inner());
             for c in applied {
@@ -245,7 +251,10 @@ impl Committer {
     /// appended (a durable store commit also covers it; one more is harmless).
     fn dispatch(&self, replies: Replies) -> Result<(), MdtError> {
         match &self.syncer {
-            Some(s) => s.batches.send(replies).map_err(|_| MdtError::Stopped),
+            Some(s) => s
+                .batches
+                .send((self.last_seq, replies))
+                .map_err(|_| MdtError::Stopped),
             None => {
                 for (done, c) in replies {
                     let _ = done.send(c);

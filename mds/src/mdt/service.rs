@@ -20,6 +20,7 @@ use super::locks::LockTable;
 use super::ns::{root_inode, Namespace};
 use super::overlay::Overlay;
 use super::redo::{OpLog, Redo};
+use super::replication::Replication;
 use super::store::{StoreError, View, WriteTables, DESTROY};
 use super::submitter::{read_now, ReadCtx};
 use super::syncer::Syncer;
@@ -263,6 +264,8 @@ pub struct Mdt {
     board: Arc<CheckBoard>,
     /// Files with a stale copy, for the rebuild (kept by the committer).
     stale: StaleFiles,
+    /// Where each batch's redo record goes for a standby.
+    repl: Arc<Replication>,
 }
 
 /// The inodes of files with a stale copy: found by a scan at open, then kept by every
@@ -290,6 +293,7 @@ impl Mdt {
         let (tx, rx) = mpsc::sync_channel(cfg.queue_depth.max(1));
         let stats = Arc::new(Stats::default());
         let broken = Arc::new(std::sync::atomic::AtomicBool::new(false));
+        let repl: Arc<Replication> = Arc::default();
         let syncer = match cfg.mode {
             SyncMode::Default => None,
             SyncMode::Sync => Some(Syncer::start(
@@ -297,6 +301,7 @@ impl Mdt {
                 &log_path,
                 broken.clone(),
                 stats.clone(),
+                repl.clone(),
             )?),
         };
         let overlay: Arc<RwLock<Overlay>> = Arc::default();
@@ -324,6 +329,8 @@ impl Mdt {
             saved_since_sweep: 0,
             overlay: overlay.clone(),
             generation: generation.clone(),
+            repl: repl.clone(),
+            last_seq: 0,
         };
         let handle = std::thread::Builder::new()
             .name("mdt-committer".into())
@@ -347,7 +354,13 @@ impl Mdt {
             generation,
             board,
             stale,
+            repl,
         })
+    }
+
+    /// The standby's side of the MDT: records to ship, acknowledgements.
+    pub fn replication(&self) -> &Arc<Replication> {
+        &self.repl
     }
 
     /// The files with a stale copy now (at most `max`, in inode order from `from`).
@@ -580,7 +593,7 @@ fn format_if_new(db: &Database, spec: &StripeSpec) -> Result<(), MdtError> {
 }
 
 /// Applies the log's records to the store, commits durably, empties the log.
-fn replay(db: &Database, log: &mut OpLog, path: &Path) -> Result<(), MdtError> {
+pub(super) fn replay(db: &Database, log: &mut OpLog, path: &Path) -> Result<(), MdtError> {
     let (records, torn) = log.records().map_err(io_err(path))?;
     if torn > 0 {
         tracing::warn!(

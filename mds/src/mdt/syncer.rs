@@ -2,6 +2,7 @@
 //! replies of the batches each fdatasync covered.
 
 use super::redo::OpLog;
+use super::replication::Replication;
 use super::service::{io_err, Completion, MdtError, Stats};
 use nacre_proto::meta::errno;
 use std::path::Path;
@@ -18,7 +19,8 @@ pub(super) type Replies = Vec<(Sender<Completion>, Completion)>;
 /// this thread fdatasyncs batches up to k; one fdatasync covers every batch appended
 /// before it started, and their replies go out after it.
 pub(super) struct Syncer {
-    pub(super) batches: SyncSender<Replies>,
+    /// Each batch's replies with the number of its redo record.
+    pub(super) batches: SyncSender<(u64, Replies)>,
     pub(super) thread: JoinHandle<()>,
 }
 
@@ -28,9 +30,10 @@ impl Syncer {
         path: &Path,
         broken: Arc<std::sync::atomic::AtomicBool>,
         stats: Arc<Stats>,
+        repl: Arc<Replication>,
     ) -> Result<Syncer, MdtError> {
         let file = log.sync_handle().map_err(io_err(path))?;
-        let (batches, rx) = mpsc::sync_channel::<Replies>(64);
+        let (batches, rx) = mpsc::sync_channel::<(u64, Replies)>(64);
         let thread = std::thread::Builder::new()
             .name("mdt-syncer".into())
             .spawn(move || {
@@ -53,7 +56,10 @@ impl Syncer {
                         tracing::error!("MDT log fdatasync: {e}");
                         broken.store(true, Ordering::SeqCst);
                     }
-                    for (done, mut c) in all.into_iter().flatten() {
+                    // And on the standby's disk, if one is named.
+                    let seq = all.iter().map(|(seq, _)| *seq).max().unwrap_or(0);
+                    repl.wait_for_standby(seq);
+                    for (done, mut c) in all.into_iter().flat_map(|(_, r)| r) {
                         if synced.is_err() {
                             c.result = Err(errno::EIO);
                         }
