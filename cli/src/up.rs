@@ -73,6 +73,10 @@ pub struct MdsSection {
     pub sync: bool,
     /// MiB per second the rebuild of stale copies may copy (0: none) [default: 100].
     pub rebuild_mib_s: Option<u64>,
+    /// Run a standby: follow the MDS serving mds0 (on another host) and take over when
+    /// its lease lapses (`nacre-mds serve --standby`).
+    #[serde(default)]
+    pub standby: bool,
 }
 
 #[derive(Debug, Clone, Deserialize, Default)]
@@ -270,7 +274,11 @@ impl Up {
         }
         if let Some(mds) = self.cfg.mds.clone() {
             self.start_mds(&mds, &mgs, &provider)?;
-            self.wait_line("mds", "nacre-mds: ready")?;
+            let ready = match mds.standby {
+                true => "nacre-mds: standby for",
+                false => "nacre-mds: ready",
+            };
+            self.wait_line("mds", ready)?;
         }
         self.wait_map(&mgs, osts)?;
         Ok(mgs)
@@ -346,6 +354,9 @@ impl Up {
             .args(["--mgs", mgs, "--provider", provider]);
         if s.sync {
             cmd.arg("--sync");
+        }
+        if s.standby {
+            cmd.arg("--standby");
         }
         if let Some(r) = s.rebuild_mib_s {
             cmd.args(["--rebuild-mib-s", &r.to_string()]);

@@ -6,9 +6,10 @@
 //! test fails B's OSS and then D's MDS every way a server fails: kill -9, SIGSTOP past
 //! the lease and SIGCONT, and the host cut off the network for longer than the lease
 //! (its bridge port down: packets dropped, nobody told). `nacre up` on each host starts
-//! a dead or fenced server again. No call of the workload fails, nothing acknowledged
-//! is lost, no read returns other bytes, the MDS rebuilds B's stale copies, and every
-//! target ends up.
+//! a dead or fenced server again. Last, a standby MDS on host E (.5) follows D's, and
+//! D is cut off past the lease: E takes mds0 over, and D's MDS, back, follows E. No
+//! call of the workload fails, nothing acknowledged is lost, no read returns other
+//! bytes, the MDS rebuilds B's stale copies, and every target ends up.
 
 mod common;
 
@@ -154,10 +155,10 @@ fn servers_fail_on_other_hosts_and_nothing_is_lost() {
     if !common::have(provider, "servers failing on other hosts") {
         return;
     }
-    let hosts = match Hosts::named("fail", &["a", "b", "c", "d"]) {
+    let hosts = match Hosts::named("fail", &["a", "b", "c", "d", "e"]) {
         Ok(h) => h,
         Err(e) => {
-            nacre_fabric::testing::skip(&format!("four hosts: {e}"));
+            nacre_fabric::testing::skip(&format!("five hosts: {e}"));
             return;
         }
     };
@@ -210,9 +211,42 @@ fn servers_fail_on_other_hosts_and_nothing_is_lost() {
     }
     let pause = work.finish();
     assert!(pause <= LEASE * 4, "a call paused {pause:?} on a lost MDS");
+
+    // A standby on E follows D's MDS; D is cut off past the lease: E takes over.
+    let e_cfg = cfg(
+        "e.toml",
+        format!("mgs_address = \"{MGS}\"\n[mds]\ndir = \"{d}/e/mdt\"\nstandby = true\n"),
+    );
+    let eh = start(4, "e", &e_cfg);
+    let d_log = dir.join("d/logs/mds.log");
+    let until = Instant::now() + Duration::from_secs(60);
+    while !std::fs::read_to_string(&d_log).is_ok_and(|l| l.contains("/e/mdt in sync")) {
+        assert!(
+            Instant::now() < until,
+            "E's standby never in sync with D's MDS"
+        );
+        std::thread::sleep(Duration::from_millis(200));
+    }
+    // D's next heartbeat names E.
+    std::thread::sleep(Duration::from_secs(2));
+    let work = Workload::start(&hosts);
+    fail(&hosts, &mut dh, 3, &d_dir, "mds", "cut");
+    let (shown, status) = targets(&hosts);
+    let mdt = shown
+        .iter()
+        .find(|t| t.name.contains("MDT"))
+        .expect("the MDT");
+    assert!(mdt.owner.contains("/e/mdt"), "E serves mds0:\n{status}");
+    let pause = work.finish();
+    eprintln!("the active MDS's host cut off, the standby took over: longest call {pause:?}");
+    assert!(
+        pause <= LEASE * 4,
+        "a call paused {pause:?} on a lost MDS with a standby"
+    );
     // The MDS rebuilt every stale copy on B: every target up.
     serving(&hosts, true, "", 0, Duration::from_secs(120));
     dh.stop();
+    eh.stop();
     b.stop();
     a.stop();
 }
