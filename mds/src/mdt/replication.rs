@@ -22,6 +22,8 @@ pub type Record = (u64, Arc<Vec<u8>>);
 
 /// Where a standby builds the snapshot's store before it goes into place.
 const SNAPSHOT_FILE: &str = "mdt.redb.standby";
+/// A standby's log set aside while it is folded into the store (older than the log).
+pub(super) const FOLD_FILE: &str = "mdt.log.fold";
 
 /// How long a sync-mode reply waits for the standby's acknowledgement before the
 /// standby is dropped.
@@ -225,12 +227,20 @@ pub fn dump(
 /// A standby's copy of the MDT in its directory: the snapshot in the store, then the
 /// records after it in the operation log, exactly as an MDT that stopped leaves them,
 /// so that [`super::Mdt::open`] serves it after a takeover (replaying the log).
+///
+/// The log is folded into the store now and then, so that a takeover replays little:
+/// on a thread of its own, so that acknowledgements never wait for it. The log is
+/// renamed `mdt.log.fold` and a fresh one started; the thread applies the old one
+/// durably and removes it. An MDT that opens with a `mdt.log.fold` replays it first.
 pub struct StandbyStore {
-    db: redb::Database,
+    db: Arc<redb::Database>,
+    dir: PathBuf,
     log: OpLog,
     log_path: PathBuf,
-    /// Log bytes since the last fold into the store.
+    /// Log bytes since the last fold began, and how many start a fold.
     unfolded: usize,
+    fold_every: usize,
+    fold: Option<std::thread::JoinHandle<Result<(), MdtError>>>,
 }
 
 /// Fold the log into the store past this many bytes (keeps a takeover's replay short).
@@ -243,7 +253,7 @@ impl StandbyStore {
     pub fn create(dir: &Path) -> Result<StandbyStore, MdtError> {
         std::fs::create_dir_all(dir).map_err(io_err(dir))?;
         let aside = dir.join(SNAPSHOT_FILE);
-        for f in [DB_FILE, LOG_FILE, SNAPSHOT_FILE] {
+        for f in [DB_FILE, LOG_FILE, FOLD_FILE, SNAPSHOT_FILE] {
             match std::fs::remove_file(dir.join(f)) {
                 Err(e) if e.kind() != std::io::ErrorKind::NotFound => {
                     return Err(io_err(&dir.join(f))(e))
@@ -255,10 +265,13 @@ impl StandbyStore {
         let log_path = dir.join(LOG_FILE);
         let log = OpLog::open(&log_path).map_err(io_err(&log_path))?;
         Ok(StandbyStore {
-            db,
+            db: Arc::new(db),
+            dir: dir.to_path_buf(),
             log,
             log_path,
             unfolded: 0,
+            fold_every: FOLD_EVERY,
+            fold: None,
         })
     }
 
@@ -277,39 +290,131 @@ impl StandbyStore {
     }
 
     /// The snapshot is whole: the store goes into place, durably.
-    pub fn end_snapshot(&mut self, dir: &Path) -> Result<(), MdtError> {
+    pub fn end_snapshot(&mut self) -> Result<(), MdtError> {
         let mut tx = self.db.begin_write().map_err(StoreError::from)?;
         tx.set_durability(redb::Durability::Immediate)
             .map_err(StoreError::from)?;
         tx.commit().map_err(StoreError::from)?;
-        let (from, to) = (dir.join(SNAPSHOT_FILE), dir.join(DB_FILE));
+        let (from, to) = (self.dir.join(SNAPSHOT_FILE), self.dir.join(DB_FILE));
         std::fs::rename(&from, &to).map_err(io_err(&to))?;
-        std::fs::File::open(dir)
-            .and_then(|d| d.sync_all())
-            .map_err(io_err(dir))
+        sync_dir(&self.dir)
     }
 
-    /// One record after the snapshot, on disk (and on stable storage if `sync`).
-    pub fn append(&mut self, record: &[u8], sync: bool) -> Result<(), MdtError> {
+    /// One record after the snapshot, in the log (in the kernel's hands; see
+    /// [`StandbyStore::sync`]).
+    pub fn append(&mut self, record: &[u8]) -> Result<(), MdtError> {
         self.log.append(record).map_err(io_err(&self.log_path))?;
-        if sync {
-            self.log
-                .sync_handle()
-                .and_then(|f| f.sync_data())
-                .map_err(io_err(&self.log_path))?;
-        }
         self.unfolded += record.len();
-        if self.unfolded >= FOLD_EVERY {
-            replay(&self.db, &mut self.log, &self.log_path)?;
+        if self.unfolded >= self.fold_every && self.fold_done()? {
+            self.start_fold()?;
             self.unfolded = 0;
         }
         Ok(())
     }
+
+    /// Every record appended so far on stable storage (one fdatasync for a group).
+    pub fn sync(&mut self) -> Result<(), MdtError> {
+        self.log
+            .sync_handle()
+            .and_then(|f| f.sync_data())
+            .map_err(io_err(&self.log_path))
+    }
+
+    /// Whether no fold runs (the last one's error, if it failed).
+    fn fold_done(&mut self) -> Result<bool, MdtError> {
+        match &self.fold {
+            Some(t) if !t.is_finished() => Ok(false),
+            Some(_) => {
+                let t = self.fold.take().expect("just seen");
+                t.join().unwrap_or(Err(MdtError::Stopped))?;
+                Ok(true)
+            }
+            None => Ok(true),
+        }
+    }
+
+    /// The log so far goes aside to be folded; records go on in a fresh one.
+    fn start_fold(&mut self) -> Result<(), MdtError> {
+        self.sync()?;
+        let aside = self.dir.join(FOLD_FILE);
+        std::fs::rename(&self.log_path, &aside).map_err(io_err(&aside))?;
+        self.log = OpLog::open(&self.log_path).map_err(io_err(&self.log_path))?;
+        sync_dir(&self.dir)?;
+        let db = self.db.clone();
+        let thread = std::thread::Builder::new()
+            .name("mds-standby-fold".into())
+            .spawn(move || fold_aside(&db, &aside))
+            .map_err(io_err(&self.dir))?;
+        self.fold = Some(thread);
+        Ok(())
+    }
+}
+
+impl Drop for StandbyStore {
+    /// A takeover opens the MDT right after: the fold under way finishes first.
+    fn drop(&mut self) {
+        if let Some(t) = self.fold.take() {
+            if let Ok(Err(e)) = t.join() {
+                tracing::warn!("standby: folding the log: {e} (replayed at open)");
+            }
+        }
+    }
+}
+
+/// Applies a log set aside (`mdt.log.fold`) to the store durably and removes it.
+pub(super) fn fold_aside(db: &redb::Database, path: &Path) -> Result<(), MdtError> {
+    let mut log = OpLog::open(path).map_err(io_err(path))?;
+    replay(db, &mut log, path)?;
+    std::fs::remove_file(path).map_err(io_err(path))
+}
+
+fn sync_dir(dir: &Path) -> Result<(), MdtError> {
+    std::fs::File::open(dir)
+        .and_then(|d| d.sync_all())
+        .map_err(io_err(dir))
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    fn meta(db: &redb::Database, key: &str) -> Option<u64> {
+        use redb::ReadableDatabase;
+        let tx = db.begin_read().unwrap();
+        let t = tx.open_table(super::super::store::META).unwrap();
+        t.get(key).unwrap().map(|v| v.value())
+    }
+
+    fn record(key: &str, v: u64) -> Vec<u8> {
+        let mut r = Redo::default();
+        r.push(&Change::PutMeta(key.into(), v));
+        r.bytes
+    }
+
+    #[test]
+    fn a_standby_copy_folds_its_log_aside_and_keeps_what_came_after() {
+        let dir = std::path::Path::new(env!("CARGO_MANIFEST_DIR"))
+            .join("../target/mds-unit")
+            .join(format!("standby-fold-{}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&dir);
+        let mut st = StandbyStore::create(&dir).unwrap();
+        st.load(&record("snap", 1)).unwrap();
+        st.end_snapshot().unwrap();
+        assert!(dir.join(DB_FILE).exists() && !dir.join(SNAPSHOT_FILE).exists());
+        st.fold_every = 1;
+        st.append(&record("a", 2)).unwrap(); // set aside, folded on a thread
+        st.fold_every = usize::MAX;
+        st.append(&record("b", 3)).unwrap(); // in the fresh log
+        st.sync().unwrap();
+        drop(st); // the fold finishes
+        assert!(!dir.join(FOLD_FILE).exists());
+        let db = redb::Database::create(dir.join(DB_FILE)).unwrap();
+        assert_eq!((meta(&db, "snap"), meta(&db, "a")), (Some(1), Some(2)));
+        let mut log = OpLog::open(&dir.join(LOG_FILE)).unwrap();
+        let (records, torn) = log.records().unwrap();
+        assert_eq!((records.len(), torn), (1, 0), "b waits in the log");
+        std::fs::remove_dir_all(&dir).unwrap();
+    }
 
     #[test]
     fn records_are_numbered_and_reach_the_subscriber() {

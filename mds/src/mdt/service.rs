@@ -289,6 +289,11 @@ impl Mdt {
         format_if_new(&db, &cfg.default_spec)?;
         let log_path = cfg.dir.join(LOG_FILE);
         let mut log = OpLog::open(&log_path).map_err(io_err(&log_path))?;
+        // A standby's log set aside for folding holds older records than the log.
+        let fold = cfg.dir.join(super::replication::FOLD_FILE);
+        if fold.exists() {
+            super::replication::fold_aside(&db, &fold)?;
+        }
         replay(&db, &mut log, &log_path)?;
         let (tx, rx) = mpsc::sync_channel(cfg.queue_depth.max(1));
         let stats = Arc::new(Stats::default());

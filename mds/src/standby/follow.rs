@@ -160,7 +160,20 @@ fn receive(conn: &TcpStream, dir: &Path, copy: &Copy) -> Result<(), String> {
     let mut sync = false;
     let mut records: u64 = 0;
     let started = Instant::now();
+    // Group commit: the records that arrived together are synced once, and the last
+    // of them acknowledged.
+    let (mut unsynced, mut unacked) = (false, None);
     loop {
+        if input.buffer().is_empty() {
+            if std::mem::take(&mut unsynced) && sync {
+                store.sync().map_err(|e| e.to_string())?;
+            }
+            if let Some(seq) = unacked.take() {
+                Frame::Ack { seq }
+                    .write_to(&mut &*conn)
+                    .map_err(|e| e.to_string())?;
+            }
+        }
         let frame = Frame::read_from(&mut input).map_err(|e| e.to_string())?;
         if copy.stop.load(Ordering::SeqCst) {
             return Ok(());
@@ -168,7 +181,7 @@ fn receive(conn: &TcpStream, dir: &Path, copy: &Copy) -> Result<(), String> {
         match frame {
             Frame::Snap(chunk) => store.load(&chunk).map_err(|e| e.to_string())?,
             Frame::SnapEnd { sync: s } => {
-                store.end_snapshot(dir).map_err(|e| e.to_string())?;
+                store.end_snapshot().map_err(|e| e.to_string())?;
                 sync = s;
                 copy.whole.store(true, Ordering::SeqCst);
                 println!(
@@ -178,17 +191,12 @@ fn receive(conn: &TcpStream, dir: &Path, copy: &Copy) -> Result<(), String> {
                 );
             }
             Frame::Rec { seq, bytes } => {
-                store.append(&bytes, sync).map_err(|e| e.to_string())?;
+                store.append(&bytes).map_err(|e| e.to_string())?;
                 records += 1;
-                Frame::Ack { seq }
-                    .write_to(&mut &*conn)
-                    .map_err(|e| e.to_string())?;
+                unsynced = true;
+                unacked = Some(seq);
             }
-            Frame::Beat { seq } => {
-                Frame::Ack { seq }
-                    .write_to(&mut &*conn)
-                    .map_err(|e| e.to_string())?;
-            }
+            Frame::Beat { seq } => unacked = Some(unacked.unwrap_or(0).max(seq)),
             other => return Err(format!("unexpected {other:?} after {records} records")),
         }
     }
