@@ -146,6 +146,11 @@ impl Drop for Resyncer {
 
 fn run(mdt: &Mdt, sel: &Selection, shared: &Shared) {
     if shared.rate == 0 {
+        // No rebuild, but a replaced OST must still be settled to serve again.
+        while !shared.stop.load(Ordering::SeqCst) {
+            settle_replaced(mdt, shared);
+            sleep_unless_stopped(shared, IDLE);
+        }
         return;
     }
     let mut ep: Option<ClientEndpoint> = None;
