@@ -313,7 +313,17 @@ fn reap_sessions(provider: &str) {
         "refused at once: {over}"
     );
     // Both sessions go unused: within a few looks (one a second) the core reaps them.
+    // Both, before a third client takes a freed place: with one reaped and the other
+    // not yet, the third would take the only free place and `back`'s new HELLO below
+    // would find none (seen under CI load).
     let until = std::time::Instant::now() + Duration::from_secs(10);
+    while metrics(&engine, 0).sessions_reaped < 2 {
+        assert!(
+            std::time::Instant::now() < until,
+            "the two unused sessions were not reaped within 10 s"
+        );
+        std::thread::sleep(Duration::from_millis(100));
+    }
     let mut third = loop {
         match connect(never) {
             Ok(c) => break c,

@@ -115,6 +115,9 @@ fn serve(
     conn.set_nonblocking(false)?;
     conn.set_nodelay(true)?;
     conn.set_read_timeout(Some(Duration::from_secs(5)))?;
+    // A standby that stops reading (paused) must not hold this thread in a write: the
+    // next standby waits for it, and so does the server's stop.
+    conn.set_write_timeout(Some(LOADING))?;
     let node = match Frame::read_from(&mut &conn)? {
         Frame::Hello { node } => node,
         other => return Err(invalid(format!("expected a hello, got {other:?}"))),
@@ -171,6 +174,7 @@ fn serve(
             // Caught up with the snapshot and what followed it: from now on sync-mode
             // replies wait for the standby...
             Stage::Loading(target) if acks.heard() && repl.acked() >= target => {
+                conn.set_write_timeout(Some(SILENT))?;
                 repl.name();
                 Stage::Naming(repl.seq())
             }
