@@ -463,6 +463,37 @@ fn wait_states(up: &Up, osts: &[u32], want: &str, within: Duration) -> Vec<Strin
     }
 }
 
+/// Waits (a minute at most) until the first copy of each of `paths` is in sync.
+fn wait_rebuilt(client: &Client, paths: &[String]) {
+    let until = Instant::now() + Duration::from_secs(60);
+    for path in paths {
+        while layout_of(client, path).mirrors[0].stale {
+            assert!(Instant::now() < until, "{path} was never rebuilt");
+            std::thread::sleep(Duration::from_millis(200));
+        }
+    }
+}
+
+/// The first copy of each of `paths` alone (the second set aside by hand: marked
+/// stale) reads back `want`, to the byte and to its end.
+fn first_copies_hold(client: &Client, paths: &[String], want: &[Vec<u8>]) {
+    for (path, want) in paths.iter().zip(want) {
+        let aside = Request::MirrorState {
+            ino: client.stat(path).unwrap().ino,
+            mirror: 1,
+            stale: true,
+        };
+        client.request_as(&Creds::root(), &aside).unwrap();
+        let f = client.open(path, &OpenOptions::read()).unwrap();
+        let mut got = vec![0u8; want.len() + 4096];
+        assert_eq!(f.read_at(&mut got, 0).unwrap(), want.len(), "{path}");
+        assert!(
+            got[..want.len()] == want[..],
+            "{path}: the rebuilt copy holds every byte written without it"
+        );
+    }
+}
+
 /// The rebuild: B's OSS killed, files written while it is down (their copies on B go
 /// stale), B's OSS back on its directory: A's MDS copies them back in sync by itself,
 /// at the bounded rate (4 MiB/s here, so that it takes seconds), and B's copies then
@@ -525,34 +556,13 @@ fn rebuild_after_an_oss_came_back(provider: &str) {
         seen.iter().any(|s| s == "rebuilding"),
         "B's OSTs shown rebuilding on the way: {seen:?}"
     );
-    let until = back + Duration::from_secs(60);
-    for i in 0..FILES {
-        while layout_of(&client, &format!("/r{i}")).mirrors[0].stale {
-            assert!(Instant::now() < until, "/r{i} was never rebuilt");
-            std::thread::sleep(Duration::from_millis(200));
-        }
-    }
+    let paths: Vec<String> = (0..FILES).map(|i| format!("/r{i}")).collect();
+    wait_rebuilt(&client, &paths);
     eprintln!(
         "{provider}: {FILES} files of 3 MiB rebuilt {:?} after B's OSS was started again",
         back.elapsed()
     );
-    // B's copies alone: A's set aside by hand.
-    for (i, data) in new.iter().enumerate() {
-        let path = format!("/r{i}");
-        let aside = Request::MirrorState {
-            ino: client.stat(&path).unwrap().ino,
-            mirror: 1,
-            stale: true,
-        };
-        client.request_as(&Creds::root(), &aside).unwrap();
-        let f = client.open(&path, &OpenOptions::read()).unwrap();
-        let mut got = vec![0u8; data.len()];
-        assert_eq!(f.read_at(&mut got, 0).unwrap(), data.len());
-        assert!(
-            got == *data,
-            "{path}: B's rebuilt copy holds the bytes written without it"
-        );
-    }
+    first_copies_hold(&client, &paths, &new);
     b.stop();
     a.stop();
 }
@@ -737,34 +747,13 @@ fn an_empty_oss_replaces_a_lost_one(provider: &str) {
         seen.iter().any(|s| s == "rebuilding"),
         "B's OSTs shown rebuilding on the way: {seen:?}"
     );
-    for i in 0..FILES {
-        let until = Instant::now() + Duration::from_secs(60);
-        while layout_of(&client, &format!("/e{i}")).mirrors[0].stale {
-            assert!(Instant::now() < until, "/e{i} was never rebuilt");
-            std::thread::sleep(Duration::from_millis(200));
-        }
-    }
+    let paths: Vec<String> = (0..FILES).map(|i| format!("/e{i}")).collect();
+    wait_rebuilt(&client, &paths);
     eprintln!(
         "{provider}: B's OSTs replaced and rebuilt {:?} after the new OSS started",
         started.elapsed()
     );
-    // The new OSS's copies alone: A's set aside by hand.
-    for (i, want) in data.iter().enumerate() {
-        let path = format!("/e{i}");
-        let aside = Request::MirrorState {
-            ino: client.stat(&path).unwrap().ino,
-            mirror: 1,
-            stale: true,
-        };
-        client.request_as(&Creds::root(), &aside).unwrap();
-        let f = client.open(&path, &OpenOptions::read()).unwrap();
-        let mut got = vec![0u8; want.len() + 4096];
-        assert_eq!(f.read_at(&mut got, 0).unwrap(), want.len(), "{path}");
-        assert!(
-            got[..want.len()] == want[..],
-            "{path}: the replacement's copy holds every byte"
-        );
-    }
+    first_copies_hold(&client, &paths, &data);
     c.stop();
     a.stop();
 }

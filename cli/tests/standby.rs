@@ -30,6 +30,24 @@ fn mds(name: &str, mgs: &str, dir: &Path, provider: &str, extra: &[&str]) -> Pro
     Proc::spawn(name, cmd)
 }
 
+/// `nacre up` with the MGS and one OSS, no MDS: the test starts those.
+fn mgs_and_oss(dir: &Path, provider: &str) -> Up {
+    let cfg = dir.join("up.toml");
+    std::fs::write(
+        &cfg,
+        format!(
+            "[mgs]\nlisten = \"127.0.0.1:0\"\n[[oss]]\nosts = [\"{}/ost0\"]\n",
+            dir.display()
+        ),
+    )
+    .unwrap();
+    Up::start(
+        &dir.join("up"),
+        provider,
+        &["--config", cfg.to_str().unwrap()],
+    )
+}
+
 /// Files made by the workload: (name, seed, when acknowledged) of each the client was
 /// told exists.
 type Made = Arc<Mutex<Vec<(String, u64, Instant)>>>;
@@ -47,20 +65,7 @@ fn standby_takes_over(provider: &str, sync: bool) {
         "standby-{mode}-{}",
         provider.split(';').next().unwrap()
     ));
-    let cfg = dir.join("up.toml");
-    std::fs::write(
-        &cfg,
-        format!(
-            "[mgs]\nlisten = \"127.0.0.1:0\"\n[[oss]]\nosts = [\"{}/ost0\"]\n",
-            dir.display()
-        ),
-    )
-    .unwrap();
-    let up = Up::start(
-        &dir.join("up"),
-        provider,
-        &["--config", cfg.to_str().unwrap()],
-    );
+    let up = mgs_and_oss(&dir, provider);
     let sync_flag: &[&str] = if sync { &["--sync"] } else { &[] };
     let mut a = mds("mds-a", &up.mgs, &dir.join("a"), provider, sync_flag);
     a.expect("nacre-mds: ready", Duration::from_secs(60));
@@ -174,20 +179,7 @@ fn a_lost_standby_is_dropped_in_sync_mode_and_io_goes_on() {
         return;
     }
     let dir = tmp("standby-lost");
-    let cfg = dir.join("up.toml");
-    std::fs::write(
-        &cfg,
-        format!(
-            "[mgs]\nlisten = \"127.0.0.1:0\"\n[[oss]]\nosts = [\"{}/ost0\"]\n",
-            dir.display()
-        ),
-    )
-    .unwrap();
-    let up = Up::start(
-        &dir.join("up"),
-        provider,
-        &["--config", cfg.to_str().unwrap()],
-    );
+    let up = mgs_and_oss(&dir, provider);
     let a = mds("mds-a", &up.mgs, &dir.join("a"), provider, &["--sync"]);
     a.expect("nacre-mds: ready", Duration::from_secs(60));
     let mut b = mds(
