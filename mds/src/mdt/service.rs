@@ -423,26 +423,25 @@ impl Mdt {
     /// fence and the files open then go to the board), makes everything before it
     /// durable, then opens a read transaction, which sees all of it.
     pub fn check_snapshot(&self) -> Result<redb::ReadTransaction, MdtError> {
-        let sub = self.submitter();
-        for (tag, op) in [(1, Admin::CheckStart), (2, Admin::Checkpoint)] {
-            sub.submit_admin(tag, op).map_err(|_| MdtError::Stopped)?;
-            match sub.wait_for(tag, Duration::from_secs(60)) {
-                Some(Completion { result: Ok(_), .. }) => {}
-                _ => return Err(MdtError::Stopped),
-            }
-        }
-        Ok(self.db.begin_read().map_err(StoreError::from)?)
+        self.snapshot_after(Some(Admin::CheckStart))
     }
 
     /// A read transaction that sees every operation submitted before this call (made
     /// durable first).
     pub fn snapshot(&self) -> Result<redb::ReadTransaction, MdtError> {
+        self.snapshot_after(None)
+    }
+
+    /// `first` (if any) then a checkpoint, each answered, then a read transaction.
+    fn snapshot_after(&self, first: Option<Admin>) -> Result<redb::ReadTransaction, MdtError> {
         let sub = self.submitter();
-        sub.submit_admin(1, Admin::Checkpoint)
-            .map_err(|_| MdtError::Stopped)?;
-        match sub.wait_for(1, Duration::from_secs(60)) {
-            Some(Completion { result: Ok(_), .. }) => {}
-            _ => return Err(MdtError::Stopped),
+        for (tag, op) in first.into_iter().chain([Admin::Checkpoint]).enumerate() {
+            let tag = tag as u64 + 1;
+            sub.submit_admin(tag, op).map_err(|_| MdtError::Stopped)?;
+            match sub.wait_for(tag, Duration::from_secs(60)) {
+                Some(Completion { result: Ok(_), .. }) => {}
+                _ => return Err(MdtError::Stopped),
+            }
         }
         Ok(self.db.begin_read().map_err(StoreError::from)?)
     }

@@ -140,20 +140,10 @@ fn serve(
     let mut stage = Stage::Loading(repl.seq());
     while !shared.stop.load(Ordering::SeqCst) {
         match records.recv_timeout(BEAT_EVERY) {
-            Ok((seq, bytes)) => {
-                Frame::Rec {
-                    seq,
-                    bytes: bytes.to_vec(),
-                }
-                .write_to(&mut out)?;
-                sent = seq;
-                // More queued: send them in one go.
-                while let Ok((seq, bytes)) = records.try_recv() {
-                    Frame::Rec {
-                        seq,
-                        bytes: bytes.to_vec(),
-                    }
-                    .write_to(&mut out)?;
+            // With whatever else is queued, in one go.
+            Ok(first) => {
+                for (seq, bytes) in std::iter::once(first).chain(records.try_iter()) {
+                    Frame::write_record(&mut out, seq, &bytes)?;
                     sent = seq;
                 }
             }

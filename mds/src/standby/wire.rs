@@ -30,6 +30,15 @@ const REC: u8 = 4;
 const BEAT: u8 = 5;
 const ACK: u8 = 6;
 
+fn write_frame(w: &mut impl Write, kind: u8, n: u64, payload: &[u8]) -> std::io::Result<()> {
+    let mut head = [0u8; 13];
+    head[0] = kind;
+    head[1..9].copy_from_slice(&n.to_le_bytes());
+    head[9..].copy_from_slice(&(payload.len() as u32).to_le_bytes());
+    w.write_all(&head)?;
+    w.write_all(payload)
+}
+
 impl Frame {
     pub fn write_to(&self, w: &mut impl Write) -> std::io::Result<()> {
         let (kind, n, payload): (u8, u64, &[u8]) = match self {
@@ -40,12 +49,12 @@ impl Frame {
             Frame::Beat { seq } => (BEAT, *seq, &[]),
             Frame::Ack { seq } => (ACK, *seq, &[]),
         };
-        let mut head = [0u8; 13];
-        head[0] = kind;
-        head[1..9].copy_from_slice(&n.to_le_bytes());
-        head[9..].copy_from_slice(&(payload.len() as u32).to_le_bytes());
-        w.write_all(&head)?;
-        w.write_all(payload)
+        write_frame(w, kind, n, payload)
+    }
+
+    /// A `Rec` frame straight from the committer's shared record (no copy).
+    pub fn write_record(w: &mut impl Write, seq: u64, bytes: &[u8]) -> std::io::Result<()> {
+        write_frame(w, REC, seq, bytes)
     }
 
     pub fn read_from(r: &mut impl Read) -> std::io::Result<Frame> {
