@@ -56,6 +56,25 @@ impl Exchange<'_> {
     }
 }
 
+/// What a fabric HELLO's proofs cover: the client's fabric name (where answers go) and
+/// nonce, and in the server's proof the session id it gives (empty in the client's).
+pub fn hello<'a>(
+    fsname: &'a str,
+    principal: &'a Principal,
+    name: &'a [u8],
+    nonce: &'a [u8],
+    session: &'a [u8],
+) -> Exchange<'a> {
+    Exchange {
+        context: "hello",
+        fsname,
+        principal,
+        client_nonce: nonce,
+        server_nonce: session,
+        binding: name,
+    }
+}
+
 impl Key {
     /// This key's proof of the exchange, from `side`. The exchange must name this
     /// key's principal and file system (a bug otherwise: the proof would not verify).

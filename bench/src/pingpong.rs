@@ -99,6 +99,7 @@ impl Pingpong {
                 context: 0,
                 kind: OpKind::Send,
                 len: 0,
+                source: None,
             }; 2],
             arrived: [0; 2],
         };

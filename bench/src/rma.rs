@@ -63,6 +63,7 @@ pub fn run(args: &CommonArgs, op: RmaOp, window: usize, distinct: bool) -> Resul
         context: 0,
         kind: OpKind::Send,
         len: 0,
+        source: None,
     }; 32];
     for size in sizes {
         let size = size as usize;

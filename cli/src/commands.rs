@@ -505,10 +505,13 @@ fn health(s: TargetState) -> &'static str {
 }
 
 /// The cluster map as the MGS holds it now.
-pub fn status(mgs: &str) -> Result<(), CliError> {
-    let map = MgsClient::connect(mgs, BootConfig::default())
+pub fn status(mgs: &str, keys: nacre_auth::KeySource) -> Result<(), CliError> {
+    let map = MgsClient::connect_with(mgs, BootConfig::default(), keys)
         .and_then(|mut c| c.fetch_map())
-        .map_err(|e| CliError::msg(format!("MGS {mgs}: {e}")))?;
+        .map_err(|e| match e {
+            nacre_mgc::MgsError::Auth(_) => CliError::msg(e.to_string()),
+            e => CliError::msg(format!("MGS {mgs}: {e}")),
+        })?;
     println!(
         "file system {} (fsid {:#018x}), map version {}, default striping: count {} size {}",
         map.fsname, map.fsid, map.version, map.layout.stripe_count, map.layout.stripe_size
@@ -523,6 +526,10 @@ pub fn status(mgs: &str) -> Result<(), CliError> {
             "ies"
         }
     );
+    match map.root_squash {
+        Some((uid, gid)) => println!("root squash: {uid}:{gid}"),
+        None => println!("root squash: off"),
+    }
     println!(
         "{:<10} {:<6} {:<15} {:>6} {:>16} {:>16}  owner",
         "target", "role", "state", "epoch", "capacity", "free"

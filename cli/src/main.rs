@@ -39,6 +39,10 @@ struct Cli {
     /// to the MGS].
     #[arg(long, global = true)]
     source: Option<String>,
+    /// The key this client proves itself with [env: NACRE_KEY; default:
+    /// /etc/nacre/FSNAME.key].
+    #[arg(long, global = true)]
+    key: Option<std::path::PathBuf>,
     #[command(subcommand)]
     cmd: Cmd,
 }
@@ -99,7 +103,7 @@ fn main() -> ExitCode {
 
 fn run(cli: Cli) -> Result<(), CliError> {
     if let Cmd::Up(args) = &cli.cmd {
-        return up::run(args);
+        return up::run(args, cli.key.clone());
     }
     if let Cmd::Umount { mountpoint } = &cli.cmd {
         return mount::umount(mountpoint);
@@ -110,13 +114,13 @@ fn run(cli: Cli) -> Result<(), CliError> {
     if cli.source.is_some() {
         cfg.source = cli.source.clone();
     }
+    cfg.keys = nacre_auth::KeySource::new(cli.key.clone());
     match &cli.cmd {
-        Cmd::Status => return commands::status(&mgs),
+        Cmd::Status => return commands::status(&mgs, cfg.keys),
         Cmd::Mount(a) => return mount::mount(&mgs, a, cfg),
         _ => {}
     }
-    let client = nacre_client::Client::connect(&mgs, cfg)
-        .map_err(|e| CliError::io(&format!("connecting to {mgs}"), e))?;
+    let client = nacre_client::Client::connect(&mgs, cfg).map_err(|e| connect_error(&mgs, e))?;
     match cli.cmd {
         Cmd::Up(_) | Cmd::Status | Cmd::Mount(_) | Cmd::Umount { .. } => {
             unreachable!("handled above")
@@ -132,5 +136,15 @@ fn run(cli: Cli) -> Result<(), CliError> {
         Cmd::Df(a) => commands::df(&client, &a),
         Cmd::Mirror(m) => commands::mirror(&client, &m),
         Cmd::Check(a) => check::check(&client, &a),
+    }
+}
+
+/// A failed connection, said plainly: `authentication failed: ...` stands alone (the
+/// key, not the address, is what to fix).
+pub fn connect_error(mgs: &str, e: std::io::Error) -> CliError {
+    let text = e.to_string();
+    match text.starts_with("authentication failed") {
+        true => CliError::msg(text),
+        false => CliError::io(&format!("connecting to {mgs}"), e),
     }
 }

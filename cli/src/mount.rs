@@ -76,7 +76,7 @@ pub fn mount(mgs: &str, a: &MountArgs, cfg: ClientConfig) -> Result<(), CliError
     check_mountpoint(&a.mountpoint)?;
     match a.foreground {
         true => foreground(mgs, a, cfg),
-        false => daemon(mgs, a, cfg.source.as_deref()),
+        false => daemon(mgs, a, &cfg),
     }
 }
 
@@ -84,8 +84,8 @@ fn foreground(mgs: &str, a: &MountArgs, cfg: ClientConfig) -> Result<(), CliErro
     // First, before any thread starts (see nacre_fabric::signals).
     let stop = nacre_fabric::signals::stop_on_signals()
         .map_err(|e| CliError::msg(format!("taking SIGINT/SIGTERM: {e}")))?;
-    let client = nacre_client::Client::connect(mgs, cfg)
-        .map_err(|e| CliError::io(&format!("connecting to {mgs}"), e))?;
+    let client =
+        nacre_client::Client::connect(mgs, cfg).map_err(|e| crate::connect_error(mgs, e))?;
     let cfg = MountConfig {
         fsname: format!("nacre:{}", client.map().fsname),
         options: a.options.clone(),
@@ -105,7 +105,7 @@ fn foreground(mgs: &str, a: &MountArgs, cfg: ClientConfig) -> Result<(), CliErro
 
 /// Starts `nacre mount -f` in a session of its own, its output to a log; returns
 /// once the mount shows, or with the daemon's last words if it ended first.
-fn daemon(mgs: &str, a: &MountArgs, source: Option<&str>) -> Result<(), CliError> {
+fn daemon(mgs: &str, a: &MountArgs, cfg: &ClientConfig) -> Result<(), CliError> {
     let exe = std::env::current_exe().map_err(|e| CliError::msg(format!("nacre: {e}")))?;
     let log = std::env::temp_dir().join(format!(
         "nacre-mount-{}.log",
@@ -118,8 +118,11 @@ fn daemon(mgs: &str, a: &MountArgs, source: Option<&str>) -> Result<(), CliError
         .map_err(|e| CliError::msg(format!("{}: {e}", log.display())))?;
     let mut cmd = Command::new("setsid");
     cmd.arg(exe).args(["--mgs", mgs, "mount", "-f"]);
-    if let Some(src) = source {
+    if let Some(src) = &cfg.source {
         cmd.args(["--source", src]);
+    }
+    if let Some(key) = &cfg.keys.file {
+        cmd.arg("--key").arg(key);
     }
     if !a.options.is_empty() {
         cmd.arg("-o").arg(a.options.join(","));

@@ -1,7 +1,9 @@
 //! `nacre up`: start the servers one host runs (by default a whole file system on one
 //! machine: an MGS, an MDS and two OSSs with two OSTs each, on 127.0.0.1), wait until
-//! the cluster map shows them serving, print `NACRE_MGS=host:port`, and on SIGINT or
-//! SIGTERM stop them in order (MDS, then OSSs, then MGS), each cleanly.
+//! the cluster map shows them serving, print `NACRE_MGS=host:port` and on the next line
+//! `NACRE_KEY=PATH` (the file system key: `nacre-mgs format` writes it in the MGS's
+//! directory; a host without the MGS is given it), and on SIGINT or SIGTERM stop them
+//! in order (MDS, then OSSs, then MGS), each cleanly.
 //!
 //! The servers are the real binaries (`nacre-mgs`, `nacre-mds`, `nacre-oss`), found
 //! next to this executable or in PATH, each in its own process group (a Ctrl-C at the
@@ -42,6 +44,9 @@ pub struct HostConfig {
     pub mgs_address: Option<String>,
     /// The node address the MDS and OSS cores serve from (default: the provider's).
     pub listen: Option<String>,
+    /// The file system key file, for a host that runs no MGS (default: `--key`, else
+    /// NACRE_KEY, else /etc/nacre/FSNAME.key). With the MGS here: the one it made.
+    pub key: Option<PathBuf>,
     /// Run the MGS here.
     pub mgs: Option<MgsSection>,
     /// Run the MDS here.
@@ -105,6 +110,7 @@ impl HostConfig {
             provider: None,
             mgs_address: None,
             listen: None,
+            key: None,
             mgs: Some(MgsSection::default()),
             mds: Some(MdsSection::default()),
             oss: vec![oss(0), oss(1)],
@@ -179,7 +185,7 @@ struct Server {
     restarts: u32,
 }
 
-pub fn run(args: &UpArgs) -> Result<(), CliError> {
+pub fn run(args: &UpArgs, key: Option<PathBuf>) -> Result<(), CliError> {
     let dir = args
         .dir
         .clone()
@@ -206,8 +212,14 @@ pub fn run(args: &UpArgs) -> Result<(), CliError> {
     if matches!(cfg.provider.as_deref(), None | Some("auto")) {
         cfg.provider = Some(best_local_provider());
     }
+    let key = key.or_else(|| cfg.key.clone()).or_else(|| {
+        std::env::var_os(nacre_auth::KEY_ENV)
+            .filter(|v| !v.is_empty())
+            .map(PathBuf::from)
+    });
     let mut up = Up {
         cfg,
+        key,
         servers: Vec::new(),
         stop,
         pin: args.pin,
@@ -215,8 +227,9 @@ pub fn run(args: &UpArgs) -> Result<(), CliError> {
     };
     let started = up.start();
     let outcome = match started {
-        Ok(addr) => {
+        Ok((addr, key)) => {
             println!("NACRE_MGS={addr}");
+            println!("NACRE_KEY={}", key.display());
             let _ = std::io::stdout().flush();
             match args.check {
                 true => Ok(()),
@@ -231,6 +244,9 @@ pub fn run(args: &UpArgs) -> Result<(), CliError> {
 
 struct Up {
     cfg: HostConfig,
+    /// The file system key every server here proves itself with (NACRE_KEY in their
+    /// environment); None until known (the MGS here makes it).
+    key: Option<PathBuf>,
     servers: Vec<Server>,
     stop: Arc<AtomicBool>,
     pin: bool,
@@ -246,8 +262,9 @@ impl Up {
         self.cfg.provider.clone().expect("resolved by run")
     }
 
-    /// Starts every server this host runs; returns the MGS address once they serve.
-    fn start(&mut self) -> Result<String, CliError> {
+    /// Starts every server this host runs; returns the MGS address and the key file
+    /// once they serve.
+    fn start(&mut self) -> Result<(String, PathBuf), CliError> {
         let dir = self.dir();
         std::fs::create_dir_all(dir.join("logs"))
             .map_err(|e| CliError::msg(format!("{}: {e}", dir.display())))?;
@@ -280,8 +297,12 @@ impl Up {
             };
             self.wait_line("mds", ready)?;
         }
-        self.wait_map(&mgs, osts)?;
-        Ok(mgs)
+        let fsname = self.wait_map(&mgs, osts)?;
+        let key = self
+            .key
+            .clone()
+            .unwrap_or_else(|| Path::new(nacre_auth::key::KEY_DIR).join(format!("{fsname}.key")));
+        Ok((mgs, key))
     }
 
     fn start_mgs(&mut self, s: &MgsSection) -> Result<String, CliError> {
@@ -303,6 +324,7 @@ impl Up {
             }
             run_once(cmd, "nacre-mgs format")?;
         }
+        self.key = Some(mgs_key(&dir)?);
         let mut cmd = Command::new(binary("nacre-mgs")?);
         cmd.args(["serve", "--dir"])
             .arg(&dir)
@@ -414,6 +436,9 @@ impl Up {
         };
         let (err, mut out_log) = (open()?, open()?);
         let mut cmd = Command::new(program);
+        if let Some(key) = &self.key {
+            cmd.env(nacre_auth::KEY_ENV, key);
+        }
         cmd.args(args)
             .process_group(0)
             .stdin(Stdio::null())
@@ -468,10 +493,11 @@ impl Up {
     }
 
     /// Waits until the map shows this host's MDS (if it runs one) and `osts` OSTs of
-    /// this host's servers up.
-    fn wait_map(&mut self, mgs: &str, osts: usize) -> Result<(), CliError> {
+    /// this host's servers up; returns the file system's name.
+    fn wait_map(&mut self, mgs: &str, osts: usize) -> Result<String, CliError> {
         let until = Instant::now() + Duration::from_secs(60);
-        let mut client = MgsClient::connect(mgs, BootConfig::default())
+        let keys = nacre_auth::KeySource::new(self.key.clone());
+        let mut client = MgsClient::connect_with(mgs, BootConfig::default(), keys)
             .map_err(|e| CliError::msg(format!("MGS {mgs}: {e}")))?;
         let want_mds = self.cfg.mds.is_some();
         loop {
@@ -480,7 +506,7 @@ impl Up {
                 .map_err(|e| CliError::msg(format!("MGS {mgs}: {e}")))?;
             if serving(&map, want_mds, osts) {
                 self.say_deployment(&map);
-                return Ok(());
+                return Ok(map.fsname);
             }
             if Instant::now() > until || self.stop.load(Ordering::Relaxed) {
                 return Err(CliError::msg(
@@ -604,6 +630,30 @@ impl Up {
 }
 
 /// Adds `line` to a server's log (what `nacre up` did to it, among its own lines).
+/// The file system key in the MGS directory `dir` (`nacre-mgs format` writes one,
+/// FSNAME.key), as an absolute path: servers and clients run from elsewhere.
+fn mgs_key(dir: &Path) -> Result<PathBuf, CliError> {
+    let keys: Vec<PathBuf> = std::fs::read_dir(dir)
+        .map_err(|e| CliError::msg(format!("{}: {e}", dir.display())))?
+        .filter_map(|e| e.ok().map(|e| e.path()))
+        .filter(|p| p.extension().is_some_and(|x| x == "key"))
+        .collect();
+    match keys.as_slice() {
+        [one] => {
+            std::path::absolute(one).map_err(|e| CliError::msg(format!("{}: {e}", one.display())))
+        }
+        [] => Err(CliError::msg(format!(
+            "{}: no file system key (FSNAME.key): the MGS directory was made before keys; \
+             `nacre-mgs format --force` makes a new file system with one",
+            dir.display()
+        ))),
+        _ => Err(CliError::msg(format!(
+            "{}: more than one .key file: keep only the file system's",
+            dir.display()
+        ))),
+    }
+}
+
 fn append_line(log: &Path, line: &str) {
     if let Ok(mut f) = OpenOptions::new().append(true).open(log) {
         let _ = writeln!(f, "{line}");

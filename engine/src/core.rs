@@ -218,6 +218,11 @@ impl Core {
         self.sessions.peer(session)
     }
 
+    /// Who the client of `session` proved to be (its key's principal).
+    pub fn principal(&self, session: u32) -> Option<&nacre_auth::Principal> {
+        self.sessions.principal(session)
+    }
+
     /// Whether new requests should wait in their receive slots: replies or transfers
     /// are queued behind a full fabric queue, or the bulk table is nearly full.
     pub(crate) fn congested(&self) -> bool {

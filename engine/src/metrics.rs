@@ -11,7 +11,10 @@ pub struct CoreMetrics {
     pub requests: u64,
     pub replies: u64,
     pub malformed: u64,
+    /// Messages from unknown sessions, or from another address than the session's.
     pub unknown_session: u64,
+    /// HELLOs refused: no key, a wrong proof.
+    pub refused_hellos: u64,
     pub fabric_errors: u64,
     pub storage_completions: u64,
     pub replies_dropped: u64,
@@ -35,7 +38,7 @@ pub struct CoreMetrics {
 impl CoreMetrics {
     /// The counters in Prometheus text exposition format, labelled with the core index.
     pub fn prometheus(&self, core: usize) -> String {
-        let counters: [(&str, &str, u64); 18] = [
+        let counters: [(&str, &str, u64); 19] = [
             ("turns", "Turns of the core's loop", self.turns),
             ("idle_turns", "Turns that found no work", self.idle_turns),
             (
@@ -48,8 +51,13 @@ impl CoreMetrics {
             ("malformed", "Messages that did not decode", self.malformed),
             (
                 "unknown_session",
-                "Messages from unknown sessions",
+                "Messages from unknown sessions, or from another address than theirs",
                 self.unknown_session,
+            ),
+            (
+                "refused_hellos",
+                "HELLOs refused: no key or a wrong proof",
+                self.refused_hellos,
             ),
             (
                 "fabric_errors",

@@ -197,7 +197,7 @@ impl BufferPool {
             memory.pages()
         );
         let arena = match ep {
-            Some(ep) => Arena::Registered(ep.register(memory, Access::ALL)?),
+            Some(ep) => Arena::Registered(ep.register(memory, Access::LOCAL)?),
             None => {
                 let mut memory = memory;
                 let ptr = memory.as_mut_ptr();

@@ -10,11 +10,13 @@
 //! new messages in their receive slots until it catches up), one io_uring submission
 //! per turn, cross-core calls, and idle back-off.
 
-use std::collections::VecDeque;
+use std::collections::{HashSet, VecDeque};
 use std::time::{Duration, Instant};
 
 use crossbeam_channel::{Receiver, TryRecvError};
+use nacre_auth::{Key, Principal, Side};
 use nacre_fabric::{Access, Completion, ErrorKind, Memory, MemoryRegion, OpKind, PeerAddr};
+use nacre_proto::hello::{HelloReply, HelloReq, PROOF_LEN};
 use nacre_proto::{DecodeError, Frame, Header, Limits, Opcode};
 
 use crate::bulk::BulkDone;
@@ -25,8 +27,11 @@ use crate::storage::IoCompletion;
 const LOG_UNKNOWN_SESSION: u32 = 1;
 const LOG_BAD_NAME: u32 = 1 << 1;
 const LOG_SESSIONS: u32 = 1 << 2;
+const LOG_WRONG_SOURCE: u32 = 1 << 3;
 /// Decode errors take the bits from here up, one per kind of error.
-const LOG_DECODE: u32 = 1 << 3;
+const LOG_DECODE: u32 = 1 << 4;
+/// Clients whose refused HELLO was logged, at most (then refusals are only counted).
+const LOGGED_REFUSALS: usize = 1024;
 
 /// What an idle core does: poll for a while, then sleep between turns, each sleep
 /// twice the last up to a ceiling. A core is idle when a turn finds no work and it
@@ -111,6 +116,10 @@ pub struct ReactorConfig {
     /// timeout, so that a live client has given up (and closed its registration) first.
     pub bulk_timeout: Duration,
     pub idle: IdlePolicy,
+    /// The file system key: a HELLO must prove its client holds a key of the file
+    /// system (the file system key or a client key issued from it). None: every
+    /// client is taken for the file system key's holder (engines built by tests).
+    pub key: Option<Key>,
 }
 
 impl Default for ReactorConfig {
@@ -124,6 +133,7 @@ impl Default for ReactorConfig {
             bulk_ops: 256,
             bulk_timeout: DEFAULT_BULK_TIMEOUT,
             idle: IdlePolicy::default(),
+            key: None,
         }
     }
 }
@@ -179,8 +189,12 @@ pub struct Reactor<S: Service> {
     inbox: Receiver<CoreMsg>,
     rx: MemoryRegion,
     msg: Vec<u8>,
-    /// Messages left in their receive slots while the core was congested: (slot, len).
-    parked: VecDeque<(u32, usize)>,
+    /// Messages left in their receive slots while the core was congested: (slot, len,
+    /// source).
+    parked: VecDeque<(u32, usize, Option<PeerAddr>)>,
+    key: Option<Key>,
+    /// Clients (fabric names) whose refused HELLO was logged.
+    refusals_logged: HashSet<Vec<u8>>,
     idle: IdlePolicy,
     /// Since when the core has been idle, and how many sleeps it took since.
     idle_since: Option<Instant>,
@@ -220,6 +234,8 @@ impl<S: Service> Reactor<S> {
             rx,
             msg: vec![0; cfg.msg_size],
             parked: VecDeque::with_capacity(cfg.recv_slots),
+            key: cfg.key.clone(),
+            refusals_logged: HashSet::new(),
             idle: cfg.idle,
             idle_since: None,
             sleeps: 0,
@@ -228,7 +244,8 @@ impl<S: Service> Reactor<S> {
                 Completion {
                     context: 0,
                     kind: OpKind::Send,
-                    len: 0
+                    len: 0,
+                    source: None,
                 };
                 32
             ],
@@ -303,7 +320,7 @@ impl<S: Service> Reactor<S> {
             // A context that is no route (a provider's bug) is logged and skipped: the
             // rest of the batch goes on.
             match Route::decode(c.context) {
-                Ok(Route::Recv(slot)) => self.on_message(slot, c.len),
+                Ok(Route::Recv(slot)) => self.on_message(slot, c.len, c.source),
                 Ok(Route::Reply(slot)) => self.core.reply_sent(slot),
                 Ok(Route::Bulk { op, gen, .. }) => self.core.chunk_done(op, gen, None),
                 Err(e) => tracing::error!("completion with a bad route: {e}"),
@@ -364,30 +381,30 @@ impl<S: Service> Reactor<S> {
     /// A message arrived in receive slot `slot`: handled now, or left in its slot while
     /// the core is congested or the service busy (its sender waits; nothing is
     /// dropped).
-    fn on_message(&mut self, slot: u32, len: usize) {
+    fn on_message(&mut self, slot: u32, len: usize, source: Option<PeerAddr>) {
         if self.core.congested() || self.service.busy() || !self.parked.is_empty() {
             self.core.metrics.parked_messages += 1;
-            self.parked.push_back((slot, len));
+            self.parked.push_back((slot, len, source));
             return;
         }
-        self.take_message(slot, len);
+        self.take_message(slot, len, source);
     }
 
     /// Handles parked messages, oldest first, while the core is not congested.
     fn unpark(&mut self) -> bool {
         let mut moved = false;
         while !self.core.congested() && !self.service.busy() {
-            let Some((slot, len)) = self.parked.pop_front() else {
+            let Some((slot, len, source)) = self.parked.pop_front() else {
                 break;
             };
-            self.take_message(slot, len);
+            self.take_message(slot, len, source);
             moved = true;
         }
         moved
     }
 
     /// Copies the message out of its slot, reposts the slot, handles the message.
-    fn take_message(&mut self, slot: u32, len: usize) {
+    fn take_message(&mut self, slot: u32, len: usize, source: Option<PeerAddr>) {
         let len = len.min(self.msg.len());
         let copied = self
             .rx
@@ -397,11 +414,11 @@ impl<S: Service> Reactor<S> {
             return;
         }
         let msg = std::mem::take(&mut self.msg);
-        self.handle(&msg[..len]);
+        self.handle(&msg[..len], source);
         self.msg = msg;
     }
 
-    fn handle(&mut self, bytes: &[u8]) {
+    fn handle(&mut self, bytes: &[u8], source: Option<PeerAddr>) {
         let frame = match Frame::decode(bytes, &self.core.limits) {
             Ok(f) => f,
             Err(e) => return self.malformed(bytes, e),
@@ -410,11 +427,20 @@ impl<S: Service> Reactor<S> {
         if h.opcode == Opcode::HELLO {
             return self.hello(&h, frame.body);
         }
-        let Some(peer) = self.core.sessions.heard(h.session, self.core.clock) else {
+        let Some(peer) = self.core.sessions.heard(h.session, source, self.core.clock) else {
             self.core.metrics.unknown_session += 1;
-            self.log_once(LOG_UNKNOWN_SESSION, || {
-                format!("message from unknown session {}: dropped", h.session)
-            });
+            match self.core.sessions.peer(h.session) {
+                // A live id from another address: forged, replayed or guessed.
+                Some(_) => self.log_once(LOG_WRONG_SOURCE, || {
+                    format!(
+                        "session {:#x} used from another address than its client's: dropped",
+                        h.session
+                    )
+                }),
+                None => self.log_once(LOG_UNKNOWN_SESSION, || {
+                    format!("message from unknown session {:#x}: dropped", h.session)
+                }),
+            }
             return;
         };
         self.core.metrics.requests += 1;
@@ -430,15 +456,46 @@ impl<S: Service> Reactor<S> {
         self.service.on_request(&mut self.core, req);
     }
 
-    /// A client's first message: its fabric name. A client that says HELLO again (a
-    /// retry, or a refresh after a long pause) gets its session back while it lives.
-    fn hello(&mut self, h: &Header, name: &[u8]) {
+    /// A client's first message: its fabric name and its proof that it holds a key of
+    /// the file system. A client that says HELLO again (a retry, or a refresh after a
+    /// long pause) gets its session back while it lives; the proof is checked every
+    /// time (a copied HELLO names its sender's address, where the answer goes).
+    fn hello(&mut self, h: &Header, body: &[u8]) {
+        let hello = match HelloReq::decode(body) {
+            Ok(hello) => hello,
+            Err(e) => {
+                self.core.metrics.malformed += 1;
+                return self.log_once(LOG_BAD_NAME, || format!("bad HELLO: {e}"));
+            }
+        };
+        let principal = match self.authenticate(&hello) {
+            Ok(p) => p,
+            Err(why) => {
+                self.core.metrics.refused_hellos += 1;
+                if self.refusals_logged.len() < LOGGED_REFUSALS
+                    && self.refusals_logged.insert(hello.name.to_vec())
+                {
+                    tracing::warn!(
+                        "HELLO refused: authentication failed: {why} (further refusals of \
+                         this client are counted, not logged)"
+                    );
+                }
+                // Not answered where a session lives under that name: the answer's
+                // address-vector entry, removed after it, may be the session's.
+                if self.core.sessions.has_name(hello.name) {
+                    return;
+                }
+                return self.refuse_hello(h, hello.name, libc::EACCES);
+            }
+        };
+        let name = hello.name;
         let now = self.core.clock;
-        if let Some((session, peer)) = self.core.sessions.find(name, now) {
+        if let Some((session, peer)) = self.core.sessions.find(name, &principal, now) {
             let mut reply = *h;
             reply.session = session;
             self.core.heard_from(peer);
-            return self.core.reply(peer, &reply, 0, &session.to_le_bytes());
+            let body = self.welcome(&hello, &principal, session);
+            return self.core.reply(peer, &reply, 0, &body);
         }
         if self.core.sessions.full() {
             self.core.metrics.malformed += 1;
@@ -450,7 +507,7 @@ impl<S: Service> Reactor<S> {
         }
         match self.core.ep.insert_peer(name) {
             Ok(peer) => {
-                let session = match self.core.sessions.add(peer, name, now) {
+                let session = match self.core.sessions.add(peer, name, principal.clone(), now) {
                     Ok(session) => session,
                     Err(e) => {
                         // A bug (the table is bounded to what ids hold): said loudly,
@@ -465,7 +522,8 @@ impl<S: Service> Reactor<S> {
                 };
                 let mut reply = *h;
                 reply.session = session;
-                self.core.reply(peer, &reply, 0, &session.to_le_bytes());
+                let body = self.welcome(&hello, &principal, session);
+                self.core.reply(peer, &reply, 0, &body);
             }
             Err(e) => {
                 self.core.metrics.malformed += 1;
@@ -474,6 +532,37 @@ impl<S: Service> Reactor<S> {
                 });
             }
         }
+    }
+
+    /// Who a HELLO's client proved to be (the file system key's holder on a core
+    /// without a key: one built by tests).
+    fn authenticate(&self, hello: &HelloReq) -> Result<Principal, String> {
+        let Some(key) = &self.key else {
+            return Ok(Principal::FileSystem);
+        };
+        if hello.principal.is_empty() {
+            return Err("the client has no key".into());
+        }
+        let principal = match Principal::decode(hello.principal) {
+            Ok((p, [])) => p,
+            Ok(_) => return Err("trailing bytes after the principal".into()),
+            Err(e) => return Err(e.to_string()),
+        };
+        let ex = nacre_auth::proof::hello(key.fsname(), &principal, hello.name, &hello.nonce, &[]);
+        key.check(Side::Client, &ex, &hello.proof)
+            .map_err(|e| e.to_string())?;
+        Ok(principal)
+    }
+
+    /// The HELLO reply's body: the session id and this server's proof over it.
+    fn welcome(&self, hello: &HelloReq, principal: &Principal, session: u32) -> Vec<u8> {
+        let proof = self.key.as_ref().map_or([0; PROOF_LEN], |key| {
+            let id = session.to_le_bytes();
+            let ex =
+                nacre_auth::proof::hello(key.fsname(), principal, hello.name, &hello.nonce, &id);
+            key.prove_to(Side::Server, &ex).unwrap_or([0; PROOF_LEN])
+        });
+        HelloReply { session, proof }.encode().to_vec()
     }
 
     /// Answers a HELLO this core cannot admit with `errno` and no session, at once, so

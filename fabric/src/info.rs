@@ -20,7 +20,10 @@ pub const MR_MODE_SUPPORTED: u64 = sys::FI_MR_LOCAL
     | sys::FI_MR_ENDPOINT;
 
 /// Capabilities every nacre endpoint needs: messages both ways and RMA both ways.
+/// FI_SOURCE: a received message says who sent it, so a server checks the session a
+/// message names against the peer it was issued to.
 pub const CAPS: u64 = sys::FI_MSG
+    | sys::FI_SOURCE
     | sys::FI_RMA
     | sys::FI_SEND
     | sys::FI_RECV
@@ -156,6 +159,15 @@ impl Info {
     pub fn mr_mode(&self) -> u64 {
         // SAFETY: fi_getinfo always fills domain_attr for a returned entry.
         unsafe { (*self.get().domain_attr).mr_mode as u64 }
+    }
+
+    /// Bytes of a memory key the provider takes (8 when it does not say).
+    pub fn mr_key_size(&self) -> usize {
+        // SAFETY: fi_getinfo always fills domain_attr for a returned entry.
+        match unsafe { (*self.get().domain_attr).mr_key_size } {
+            0 => 8,
+            n => n.min(8),
+        }
     }
 
     pub fn inject_size(&self) -> usize {

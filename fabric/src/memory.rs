@@ -141,6 +141,9 @@ impl Access {
         Access(nacre_sys::FI_SEND | nacre_sys::FI_RECV | nacre_sys::FI_READ | nacre_sys::FI_WRITE);
     /// Local use, and peers may read it (never write): what a write's data is lent as.
     pub const PEER_READ: Access = Access(Access::LOCAL.0 | nacre_sys::FI_REMOTE_READ);
+    /// Local use, and peers may write it (never read): what a read's destination is
+    /// lent as.
+    pub const PEER_WRITE: Access = Access(Access::LOCAL.0 | nacre_sys::FI_REMOTE_WRITE);
 
     /// Whether a registration made with `self` allows everything `other` does.
     pub fn covers(self, other: Access) -> bool {

@@ -186,6 +186,7 @@ fn rma_between(owner: &mut nacre_fabric::Endpoint, initiator: &mut nacre_fabric:
             context: 0,
             kind: nacre_fabric::OpKind::Send,
             len: 0,
+            source: None,
         }; 4];
         let start = std::time::Instant::now();
         loop {

@@ -69,6 +69,7 @@ fn peer_killed_mid_transfer_gives_an_error_not_a_hang() {
             context: 0,
             kind: OpKind::Send,
             len: 0,
+            source: None,
         }; 32];
         let (mut posted, mut done) = (0u64, 0u64);
         let mut killed_at: Option<Instant> = None;

@@ -28,7 +28,6 @@ use std::sync::{Arc, Mutex};
 use std::thread::JoinHandle;
 use std::time::Duration;
 
-use nacre_fabric::Selection;
 use nacre_proto::bootstrap::ClusterMap;
 use nacre_proto::meta::{Creds, FileKind, Head, Reply, Request};
 use nacre_proto::object::{ListedObject, OBJECT_DIRS};
@@ -58,7 +57,7 @@ struct Shared {
 
 impl Checker {
     /// Serves `mdt`'s check board; talks to the OSSs over the fabric `sel` names.
-    pub fn start(mdt: Arc<Mdt>, sel: Selection) -> std::io::Result<Checker> {
+    pub fn start(mdt: Arc<Mdt>, sel: crate::reach::Reach) -> std::io::Result<Checker> {
         let shared = Arc::new(Shared {
             stop: AtomicBool::new(false),
             map: Mutex::new(None),
@@ -90,7 +89,7 @@ impl Drop for Checker {
     }
 }
 
-fn run(mdt: &Mdt, sel: &Selection, shared: &Shared) {
+fn run(mdt: &Mdt, sel: &crate::reach::Reach, shared: &Shared) {
     let board = mdt.check_board().clone();
     while !shared.stop.load(Ordering::SeqCst) {
         let Some((run, opts)) = board.take_request() else {
@@ -138,12 +137,13 @@ struct Listing {
 }
 
 impl Check<'_> {
-    fn run(&mut self, sel: &Selection, map: &ClusterMap) -> Result<(), String> {
+    fn run(&mut self, sel: &crate::reach::Reach, map: &ClusterMap) -> Result<(), String> {
         let tx = self.mdt.check_snapshot().map_err(|e| e.to_string())?;
         let fence = self.board.take_fence().unwrap_or_default();
         let scan = crate::mdt::check::scan(&tx).map_err(|e| e.to_string())?;
         drop(tx);
-        let mut ep = ClientEndpoint::open(sel, rpc_config(TIMEOUT))
+        let mut ep = sel
+            .open(rpc_config(TIMEOUT))
             .map_err(|e| format!("opening an endpoint: {e}"))?;
         let osts = ost_indices(map);
         let mut listing = Listing::default();

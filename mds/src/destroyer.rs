@@ -16,7 +16,6 @@ use std::sync::{Arc, Mutex};
 use std::thread::JoinHandle;
 use std::time::Duration;
 
-use nacre_fabric::Selection;
 use nacre_proto::bootstrap::ClusterMap;
 use nacre_proto::layout::FileLayout;
 use nacre_rpc::objects::OstRoute;
@@ -49,7 +48,7 @@ struct Shared {
 impl Destroyer {
     /// Starts draining `mdt`'s destroy table over the fabric `sel` names (the provider
     /// the OSSs serve on). Nothing is sent before the first [`Destroyer::set_map`].
-    pub fn start(mdt: Arc<Mdt>, sel: Selection) -> std::io::Result<Destroyer> {
+    pub fn start(mdt: Arc<Mdt>, sel: crate::reach::Reach) -> std::io::Result<Destroyer> {
         let shared = Arc::new(Shared {
             stop: AtomicBool::new(false),
             map: Mutex::new(None),
@@ -88,7 +87,7 @@ impl Drop for Destroyer {
     }
 }
 
-fn run(mdt: &Mdt, sel: &Selection, shared: &Shared) {
+fn run(mdt: &Mdt, sel: &crate::reach::Reach, shared: &Shared) {
     let submitter = mdt.submitter();
     let mut ep: Option<ClientEndpoint> = None;
     // Where the next pass starts: after the last file of a full batch, so that files
@@ -112,7 +111,7 @@ fn run(mdt: &Mdt, sel: &Selection, shared: &Shared) {
 fn pass(
     mdt: &Mdt,
     submitter: &crate::mdt::Submitter,
-    sel: &Selection,
+    sel: &crate::reach::Reach,
     slot: &mut Option<ClientEndpoint>,
     map: &ClusterMap,
     shared: &Shared,
@@ -127,7 +126,7 @@ fn pass(
         }
     };
     if slot.is_none() {
-        match ClientEndpoint::open(sel, rpc_config(TIMEOUT)) {
+        match sel.open(rpc_config(TIMEOUT)) {
             Ok(opened) => *slot = Some(opened),
             Err(e) => {
                 tracing::warn!("destroyer: opening an endpoint: {e}");

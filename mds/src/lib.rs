@@ -11,5 +11,6 @@ pub mod checker;
 pub mod destroyer;
 pub mod mds_serve;
 pub mod mdt;
+pub mod reach;
 pub mod resyncer;
 pub mod standby;

@@ -28,6 +28,7 @@ use nacre_proto::bootstrap::{
 
 use crate::mdt::engine_service::{MdsService, MdtSlot};
 use crate::mdt::{Admin, Mdt, MdtConfig, MdtError, OstPlace, OstSpace, SyncMode};
+use crate::reach::Reach;
 use nacre_proto::layout::{FirstOst, StripeCount, StripeSpec, MAX_MIRRORS};
 
 #[derive(Debug, Clone)]
@@ -44,6 +45,8 @@ pub struct MdsServeConfig {
     /// Follow the MDS that serves mds0 and take over when its lease lapses, instead of
     /// claiming a role at once.
     pub standby: bool,
+    /// The file system key file (else `NACRE_KEY`, else `/etc/nacre/FSNAME.key`).
+    pub key: Option<PathBuf>,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -65,9 +68,15 @@ pub enum MdsServeError {
 /// Runs until a signal (Ok(true)) or until the role is fenced (Ok(false)).
 pub fn serve(cfg: &MdsServeConfig) -> Result<bool, MdsServeError> {
     let stop = nacre_fabric::signals::stop_on_signals().map_err(MdsServeError::Signals)?;
-    let mut mgs = MgsClient::connect(&cfg.mgs, BootConfig::default())?;
+    let keys = nacre_auth::KeySource::new(cfg.key.clone());
+    let mut mgs = MgsClient::connect_with(&cfg.mgs, BootConfig::default(), keys)?;
+    let key = mgs.server_key()?;
     let slot: MdtSlot = Arc::new(OnceLock::new());
-    let engine = start_engine(cfg, &slot)?;
+    let engine = start_engine(cfg, &slot, key.clone())?;
+    let reach = Reach {
+        sel: Selection::toward(&cfg.provider, cfg.node.clone(), &cfg.mgs),
+        key,
+    };
     let cores: Vec<Vec<u8>> = engine
         .cores()
         .iter()
@@ -141,24 +150,13 @@ pub fn serve(cfg: &MdsServeConfig) -> Result<bool, MdsServeError> {
         settled: Vec::new(),
         standby: String::new(),
     };
-    let mut role = RoleHolder::new(LeaseKeeper::start(&cfg.mgs, grant, sent, report.clone()));
+    let mut role = RoleHolder::new(LeaseKeeper::start(&mgs, grant, sent, report.clone()));
     let _ = slot.set((mdt.clone(), role.epoch.clone()));
-    let destroyer = Destroyer::start(
-        mdt.clone(),
-        Selection::toward(&cfg.provider, cfg.node.clone(), &cfg.mgs),
-    )
-    .map_err(MdsServeError::Destroyer)?;
-    let checker = Checker::start(
-        mdt.clone(),
-        Selection::toward(&cfg.provider, cfg.node.clone(), &cfg.mgs),
-    )
-    .map_err(MdsServeError::Destroyer)?;
-    let rebuild = Resyncer::start(
-        mdt.clone(),
-        Selection::toward(&cfg.provider, cfg.node.clone(), &cfg.mgs),
-        cfg.rebuild_rate,
-    )
-    .map_err(MdsServeError::Destroyer)?;
+    let destroyer =
+        Destroyer::start(mdt.clone(), reach.clone()).map_err(MdsServeError::Destroyer)?;
+    let checker = Checker::start(mdt.clone(), reach.clone()).map_err(MdsServeError::Destroyer)?;
+    let rebuild =
+        Resyncer::start(mdt.clone(), reach, cfg.rebuild_rate).map_err(MdsServeError::Destroyer)?;
     destroyer.set_map(map.clone());
     rebuild.set_map(map.clone());
     checker.set_map(map);
@@ -305,11 +303,16 @@ fn replication_listener(cfg: &MdsServeConfig) -> Result<TcpListener, MdsServeErr
     TcpListener::bind((ip, 0)).map_err(MdsServeError::Dir)
 }
 
-fn start_engine(cfg: &MdsServeConfig, slot: &MdtSlot) -> Result<Engine, MdsServeError> {
+fn start_engine(
+    cfg: &MdsServeConfig,
+    slot: &MdtSlot,
+    key: Option<nacre_auth::Key>,
+) -> Result<Engine, MdsServeError> {
     let mut ecfg = cfg.engine.clone();
     ecfg.fabric = Selection::toward(&cfg.provider, cfg.node.clone(), &cfg.mgs);
     ecfg.reactor = ReactorConfig {
         msg_size: nacre_proto::meta::MSG_SIZE,
+        key,
         ..ecfg.reactor
     };
     ecfg.storage_paths = vec![cfg.dir.clone()];
@@ -424,6 +427,7 @@ mod tests {
             fsname: "fs".into(),
             fsid: 1,
             layout: LayoutDefaults::default(),
+            root_squash: None,
             targets: vec![
                 target(TargetKind::Mdt, 0, TargetState::Up, 7, 7),
                 target(TargetKind::Ost, 0, TargetState::Up, 100, 40),

@@ -27,7 +27,6 @@ use std::sync::{Arc, Mutex};
 use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
 
-use nacre_fabric::Selection;
 use nacre_proto::bootstrap::{ClusterMap, RebuildProgress, Role, RoleKind, Settled, TargetKind};
 use nacre_proto::layout::{FileLayout, StripedLayout};
 use nacre_proto::meta::{Creds, Head, Reply, Request};
@@ -83,7 +82,7 @@ impl Resyncer {
     /// Starts rebuilding `mdt`'s stale copies over the fabric `sel` names, at most
     /// `rate` bytes per second (0: never). Nothing is copied before the first
     /// [`Resyncer::set_map`].
-    pub fn start(mdt: Arc<Mdt>, sel: Selection, rate: u64) -> std::io::Result<Resyncer> {
+    pub fn start(mdt: Arc<Mdt>, sel: crate::reach::Reach, rate: u64) -> std::io::Result<Resyncer> {
         let shared = Arc::new(Shared {
             stop: AtomicBool::new(false),
             map: Mutex::new(None),
@@ -144,7 +143,7 @@ impl Drop for Resyncer {
     }
 }
 
-fn run(mdt: &Mdt, sel: &Selection, shared: &Shared) {
+fn run(mdt: &Mdt, sel: &crate::reach::Reach, shared: &Shared) {
     if shared.rate == 0 {
         // No rebuild, but a replaced OST must still be settled to serve again.
         while !shared.stop.load(Ordering::SeqCst) {
@@ -367,7 +366,7 @@ impl Progress {
 #[allow(clippy::too_many_arguments)]
 fn rebuild(
     mdt: &Mdt,
-    sel: &Selection,
+    sel: &crate::reach::Reach,
     ep: &mut Option<ClientEndpoint>,
     map: &ClusterMap,
     shared: &Shared,
@@ -401,7 +400,7 @@ fn rebuild(
             timeout: TIMEOUT,
             ..RpcConfig::default()
         };
-        *ep = Some(ClientEndpoint::open(sel, rpc)?);
+        *ep = Some(sel.open(rpc)?);
     }
     let ep = ep.as_mut().expect("just opened");
     let provider = map.servers.first().map_or("", |s| s.provider.as_str());

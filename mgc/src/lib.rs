@@ -6,12 +6,18 @@
 //! (`nacre_mgs::role`) is built on. Every call has a deadline, and an MGS that cannot be
 //! reached is an error naming its address.
 //!
+//! Every connection first authenticates (`nacre_auth`): the MGS names the file system,
+//! the client proves it holds a key of it (from [`KeySource`]) and the MGS proves it
+//! holds the file system key. An MGS without a key (built so by tests) says so, and a
+//! client that was given a key refuses to trust it.
+//!
 //! It must stay light: no engine, no fabric, no store; the client library links it.
 
 use std::io::{self, Read, Write};
 use std::net::{SocketAddr, TcpStream, ToSocketAddrs};
 use std::time::{Duration, Instant};
 
+use nacre_auth::{Key, KeySource, Side};
 use nacre_proto::bootstrap::{
     errno, BootError, BootHeader, BootOp, BootReply, BootRequest, ClaimRequest, ClusterMap, Grant,
     RenewRequest, Renewed, Role, TargetReport, BOOT_HEADER_LEN, MAX_REPLY_BODY,
@@ -35,6 +41,8 @@ pub enum MgsError {
     Malformed { addr: String, source: BootError },
     #[error("request not sent: {0}")]
     Request(BootError),
+    #[error("authentication failed: {0}")]
+    Auth(String),
 }
 
 impl MgsError {
@@ -42,6 +50,7 @@ impl MgsError {
     pub fn errno(&self) -> Option<i32> {
         match self {
             MgsError::Refused { errno, .. } => Some(*errno),
+            MgsError::Auth(_) => Some(errno::EACCES),
             _ => None,
         }
     }
@@ -77,6 +86,9 @@ pub struct MgsClient {
     /// Which address to try first: moves on after a failure, so that a paused MGS
     /// (whose kernel still accepts connections) is not tried first forever.
     first: usize,
+    keys: KeySource,
+    /// The key the MGS accepted (None until then, or with an MGS without a key).
+    key: Option<Key>,
 }
 
 impl MgsClient {
@@ -87,6 +99,65 @@ impl MgsClient {
             cfg,
             conn: None,
             first: 0,
+            keys: KeySource::new(None),
+            key: None,
+        }
+    }
+
+    /// Authenticates with the key `keys` finds (default: `NACRE_KEY`, else the
+    /// installed `/etc/nacre/FSNAME.key`).
+    pub fn with_keys(mut self, keys: KeySource) -> MgsClient {
+        self.keys = keys;
+        self.key = None;
+        self
+    }
+
+    /// Connects now with the key `keys` finds.
+    pub fn connect_with(
+        addrs: &str,
+        cfg: BootConfig,
+        keys: KeySource,
+    ) -> Result<MgsClient, MgsError> {
+        let mut c = MgsClient::new(addrs, cfg).with_keys(keys);
+        c.open()?;
+        Ok(c)
+    }
+
+    /// The key the MGS accepted: what this process proves itself with to the other
+    /// servers too. None before the first call, or with an MGS that has no key.
+    pub fn key(&self) -> Option<&Key> {
+        self.key.as_ref()
+    }
+
+    /// The key a server serves with: the one the MGS accepted, which must be the file
+    /// system key (a client key may not serve). None with an MGS that has no key.
+    pub fn server_key(&mut self) -> Result<Option<Key>, MgsError> {
+        if self.conn.is_none() {
+            self.open()?;
+        }
+        match &self.key {
+            Some(k) if !k.principal().is_server() => Err(MgsError::Auth(format!(
+                "a server needs the file system key, not {}",
+                k.principal()
+            ))),
+            k => Ok(k.clone()),
+        }
+    }
+
+    /// Another client of the same MGS with the same key (for a thread of its own).
+    pub fn sibling(&self, cfg: BootConfig) -> MgsClient {
+        let keys = match &self.key {
+            Some(k) => KeySource::key(k.clone()),
+            None => self.keys.clone(),
+        };
+        MgsClient::new(&self.addrs, cfg).with_keys(keys)
+    }
+
+    /// Sets (or clears, None) root squash: needs the file system key.
+    pub fn set_root_squash(&mut self, squash: Option<(u32, u32)>) -> Result<(), MgsError> {
+        match self.call(&BootRequest::SetRootSquash(squash), Duration::ZERO)? {
+            BootReply::Set => Ok(()),
+            other => Err(self.unexpected(other)),
         }
     }
 
@@ -246,12 +317,21 @@ impl MgsClient {
             .filter(|a| !a.is_empty())
             .collect();
         let start = self.first % all.len().max(1);
-        for one in all[start..].iter().chain(&all[..start]).copied() {
-            match connect_one(one, self.cfg.connect_timeout) {
+        let order: Vec<String> = all[start..]
+            .iter()
+            .chain(&all[..start])
+            .map(|a| a.to_string())
+            .collect();
+        for one in order.iter().map(String::as_str) {
+            let conn = connect_one(one, self.cfg.connect_timeout)
+                .and_then(|mut s| self.authenticate(&mut s, one).map(|()| s));
+            match conn {
                 Ok(s) => {
                     self.conn = Some((s, one.to_string()));
                     return Ok(());
                 }
+                // The same key would fail at every MGS of the file system.
+                Err(e @ MgsError::Auth(_)) => return Err(e),
                 Err(e) => last = Some(e),
             }
         }
@@ -259,6 +339,103 @@ impl MgsClient {
             addr: self.addrs.clone(),
             source: io::Error::new(io::ErrorKind::InvalidInput, "no address given"),
         }))
+    }
+}
+
+impl MgsClient {
+    /// The challenge and response on a new connection to `addr`.
+    fn authenticate(&mut self, s: &mut TcpStream, addr: &str) -> Result<(), MgsError> {
+        let client_nonce = nacre_auth::random_bytes().map_err(|e| MgsError::Auth(e.to_string()))?;
+        let (fsname, server_nonce) =
+            match self.step(s, addr, &BootRequest::AuthBegin { client_nonce })? {
+                BootReply::Challenge {
+                    required: false, ..
+                } => {
+                    return match self.keys == KeySource::default() {
+                        true => Ok(()),
+                        false => Err(MgsError::Auth(format!(
+                            "the MGS at {addr} has no key: it cannot prove it serves the \
+                             file system this key is for"
+                        ))),
+                    };
+                }
+                BootReply::Challenge {
+                    fsname,
+                    server_nonce,
+                    ..
+                } => (fsname, server_nonce),
+                other => return Err(self.refusal(addr, other)),
+            };
+        if self.key.as_ref().is_none_or(|k| k.fsname() != fsname) {
+            self.key = Some(
+                self.keys
+                    .load(&fsname)
+                    .map_err(|e| MgsError::Auth(e.to_string()))?,
+            );
+        }
+        let key = self.key.clone().expect("just loaded");
+        let ex = nacre_auth::Exchange {
+            context: "mgs",
+            fsname: &fsname,
+            principal: key.principal(),
+            client_nonce: &client_nonce,
+            server_nonce: &server_nonce,
+            binding: b"",
+        };
+        let prove = BootRequest::AuthProve {
+            principal: key.principal().encode(),
+            proof: key.prove(Side::Client, &ex),
+        };
+        match self.step(s, addr, &prove)? {
+            BootReply::Proven { proof } => key
+                .check_server(&ex, &proof)
+                .map_err(|e| MgsError::Auth(format!("the MGS at {addr}: {e}"))),
+            BootReply::Failed {
+                errno: errno::EACCES,
+                message,
+            } => Err(MgsError::Auth(format!(
+                "the MGS at {addr} refused {}: {}",
+                key.principal(),
+                message.trim_start_matches("authentication failed: ")
+            ))),
+            other => Err(self.refusal(addr, other)),
+        }
+    }
+
+    fn step(
+        &self,
+        s: &mut TcpStream,
+        addr: &str,
+        req: &BootRequest,
+    ) -> Result<BootReply, MgsError> {
+        let frame = req.encode().map_err(MgsError::Request)?;
+        send_and_read(s, req.op(), &frame, self.cfg.request_timeout).map_err(|e| match e {
+            Exchange::Io(source) => MgsError::Lost {
+                addr: addr.to_string(),
+                source,
+            },
+            Exchange::Frame(source) => MgsError::Malformed {
+                addr: addr.to_string(),
+                source,
+            },
+        })
+    }
+
+    fn refusal(&self, addr: &str, reply: BootReply) -> MgsError {
+        match reply {
+            BootReply::Failed { errno, message } => MgsError::Refused {
+                addr: addr.to_string(),
+                errno,
+                message,
+            },
+            _ => MgsError::Malformed {
+                addr: addr.to_string(),
+                source: BootError::BadValue {
+                    field: "unexpected reply to authentication",
+                    value: 0,
+                },
+            },
+        }
     }
 }
 

@@ -29,6 +29,13 @@ pub struct MgsConfig {
     pub idle_timeout_ms: u64,
     /// etcd store: the TTL of the leader's etcd lease (etcd's minimum is 2 s).
     pub leader_ttl_ms: u64,
+    /// The file system key file (else `NACRE_KEY`, else `DIR/FSNAME.key`, else
+    /// `/etc/nacre/FSNAME.key`).
+    pub key_file: Option<PathBuf>,
+    /// The key loaded (not a setting: `nacre-mgs serve` loads it). None: the MGS
+    /// serves without authentication (only tests build one so).
+    #[serde(skip)]
+    pub key: Option<nacre_auth::Key>,
 }
 
 impl Default for MgsConfig {
@@ -43,6 +50,8 @@ impl Default for MgsConfig {
             request_deadline_ms: 2000,
             idle_timeout_ms: 60_000,
             leader_ttl_ms: 2000,
+            key_file: None,
+            key: None,
         }
     }
 }

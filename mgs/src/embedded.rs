@@ -66,6 +66,7 @@ impl EmbeddedStore {
             fsname: fsname.to_string(),
             fsid: random_u64()?,
             layout,
+            root_squash: None,
         };
         let db = Database::create(&path).map_err(backend)?;
         let txn = db.begin_write().map_err(backend)?;
@@ -117,6 +118,19 @@ pub(crate) fn random_u64() -> Result<u64, StoreError> {
     Ok(u64::from_le_bytes(b))
 }
 
+/// A root squash setting as stored: uid, gid.
+pub(crate) fn squash_bytes((uid, gid): (u32, u32)) -> [u8; 8] {
+    let mut b = [0u8; 8];
+    b[..4].copy_from_slice(&uid.to_le_bytes());
+    b[4..].copy_from_slice(&gid.to_le_bytes());
+    b
+}
+
+pub(crate) fn squash_of(b: [u8; 8]) -> (u32, u32) {
+    let word = |at: usize| u32::from_le_bytes(b[at..at + 4].try_into().expect("4 bytes"));
+    (word(0), word(4))
+}
+
 fn fixed<const N: usize>(key: &str, v: Option<Vec<u8>>) -> Result<[u8; N], StoreError> {
     v.and_then(|v| v.try_into().ok())
         .ok_or(StoreError::Corrupt {
@@ -158,6 +172,9 @@ impl Store for EmbeddedStore {
                     v => u32::from_le_bytes(fixed("mirror_count", v)?),
                 },
             },
+            root_squash: get("root_squash")?
+                .map(|v| fixed::<8>("root_squash", Some(v)).map(squash_of))
+                .transpose()?,
         };
         let version = u64::from_le_bytes(fixed("version", get("version")?)?);
         let roles_table = txn.open_table(ROLES).map_err(backend)?;
@@ -190,10 +207,18 @@ impl Store for EmbeddedStore {
                     .insert(role_key(r.server.role), encode_record(r).as_slice())
                     .map_err(backend)?;
             }
+            let mut meta = txn.open_table(META).map_err(backend)?;
             if let Some(v) = changes.version {
-                let mut meta = txn.open_table(META).map_err(backend)?;
                 meta.insert("version", v.to_le_bytes().as_slice())
                     .map_err(backend)?;
+            }
+            match changes.root_squash {
+                None => {}
+                Some(None) => drop(meta.remove("root_squash").map_err(backend)?),
+                Some(Some(sq)) => drop(
+                    meta.insert("root_squash", squash_bytes(sq).as_slice())
+                        .map_err(backend)?,
+                ),
             }
         }
         txn.commit().map_err(backend)

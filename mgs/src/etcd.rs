@@ -115,6 +115,13 @@ impl Etcd {
     }
 
     /// Creates the management target in etcd; refuses to replace one unless `force`.
+    /// The name of the file system formatted in this store, if one is.
+    pub fn fsname(&self) -> Result<Option<String>, StoreError> {
+        Ok(self
+            .get(&key("meta/fsname"))?
+            .map(|v| String::from_utf8_lossy(&v).into_owned()))
+    }
+
     pub fn format(
         &self,
         fsname: &str,
@@ -142,6 +149,7 @@ impl Etcd {
             fsname: fsname.to_string(),
             fsid: super::embedded::random_u64()?,
             layout,
+            root_squash: None,
         };
         let puts = vec![
             TxnOp::put(
@@ -547,6 +555,10 @@ impl Store for EtcdStore {
                     v => u32::from_le_bytes(fixed("mirror_count", v)?),
                 },
             },
+            root_squash: meta
+                .remove("root_squash")
+                .map(|v| fixed::<8>("root_squash", Some(v)).map(super::embedded::squash_of))
+                .transpose()?,
         };
         let version = u64::from_le_bytes(fixed("version", meta.remove("version"))?);
         roles.sort_by_key(|r| r.server.role);
@@ -581,6 +593,15 @@ impl Store for EtcdStore {
             .collect();
         if let Some(v) = changes.version {
             ops.push(TxnOp::put(key("version"), v.to_le_bytes(), None));
+        }
+        match changes.root_squash {
+            None => {}
+            Some(None) => ops.push(TxnOp::delete(key("meta/root_squash"), None)),
+            Some(Some(sq)) => ops.push(TxnOp::put(
+                key("meta/root_squash"),
+                super::embedded::squash_bytes(sq),
+                None,
+            )),
         }
         let mut when = vec![Compare::create_revision(
             key("leader"),

@@ -111,12 +111,14 @@ fn relay(
         match forward(&mut upstream, target.as_deref(), &frame, wait) {
             Ok(reply) => s.write_all(&reply)?,
             Err(why) => {
-                upstream = None;
                 let reply = BootReply::Failed {
                     errno: errno::EAGAIN,
                     message: format!("this MGS follows; the leader is not reachable: {why}"),
                 };
                 s.write_all(&reply.encode(h.op))?;
+                // The client's authentication was with the lost upstream: it connects
+                // (and proves itself) again.
+                return Ok(());
             }
         }
     }

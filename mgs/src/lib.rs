@@ -26,5 +26,5 @@ pub mod store;
 pub use config::MgsConfig;
 pub use embedded::EmbeddedStore;
 pub use server::{MgsServer, ServerHandle};
-pub use state::{FsIdent, LeaseConfig, MgsState, Persisted, RoleRecord};
+pub use state::{Changes, FsIdent, LeaseConfig, MgsState, Persisted, RoleRecord};
 pub use store::{Store, StoreError};

@@ -106,15 +106,16 @@ struct KeeperShared {
 pub struct LeaseKeeper {
     shared: Arc<KeeperShared>,
     grant: Grant,
-    addrs: String,
+    /// A client of the MGS the grant came from, with its key (for the release).
+    mgs: MgsClient,
     thread: Option<JoinHandle<()>>,
     events: Option<Receiver<LeaseEvent>>,
 }
 
 impl LeaseKeeper {
-    /// Starts keeping `grant`, whose claim was sent at `claim_sent`.
+    /// Starts keeping `grant`, whose claim was sent at `claim_sent` through `mgs`.
     pub fn start(
-        addrs: &str,
+        mgs: &MgsClient,
         grant: Grant,
         claim_sent: Instant,
         report: TargetReport,
@@ -130,17 +131,23 @@ impl LeaseKeeper {
         let (tx, rx) = sync_channel(64);
         let thread = {
             let shared = shared.clone();
-            let addrs = addrs.to_string();
+            let heartbeat = Duration::from_millis(grant.heartbeat_ms.max(1).into());
+            // A renewal that takes longer than a heartbeat is as good as lost.
+            let cfg = BootConfig {
+                connect_timeout: heartbeat,
+                request_timeout: heartbeat,
+            };
+            let renewer = mgs.sibling(cfg);
             let grant = grant.clone();
             std::thread::Builder::new()
                 .name(format!("lease-{}", grant.role))
-                .spawn(move || keep(&addrs, &grant, &shared, &tx))
+                .spawn(move || keep(renewer, &grant, &shared, &tx))
                 .ok()
         };
         LeaseKeeper {
             shared,
             grant,
-            addrs: addrs.to_string(),
+            mgs: mgs.sibling(BootConfig::default()),
             thread,
             events: Some(rx),
         }
@@ -191,8 +198,8 @@ impl LeaseKeeper {
     /// Stops renewing and gives the role up at the MGS (so a successor needs not wait).
     pub fn release(mut self) -> Result<(), MgsError> {
         self.halt();
-        let mut c = MgsClient::new(&self.addrs, BootConfig::default());
-        c.release(self.grant.role, self.grant.epoch)
+        let (role, epoch) = (self.grant.role, self.grant.epoch);
+        self.mgs.release(role, epoch)
     }
 
     fn halt(&mut self) {
@@ -213,14 +220,8 @@ fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
     m.lock().unwrap_or_else(|p| p.into_inner())
 }
 
-fn keep(addrs: &str, grant: &Grant, shared: &KeeperShared, events: &SyncSender<LeaseEvent>) {
+fn keep(mut mgs: MgsClient, grant: &Grant, shared: &KeeperShared, events: &SyncSender<LeaseEvent>) {
     let heartbeat = Duration::from_millis(grant.heartbeat_ms.max(1).into());
-    // A renewal that takes longer than a heartbeat is as good as lost.
-    let cfg = BootConfig {
-        connect_timeout: heartbeat,
-        request_timeout: heartbeat,
-    };
-    let mut mgs = MgsClient::new(addrs, cfg);
     let mut troubled = false;
     let mut lapsed = false;
     let mut next = Instant::now() + heartbeat;

@@ -13,6 +13,7 @@
 use std::io::{self, Read};
 use std::net::{SocketAddr, TcpListener, TcpStream};
 
+mod auth;
 mod event_loop;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard};
@@ -60,6 +61,7 @@ struct Shared {
     waker: Arc<mio::Waker>,
     stop: AtomicBool,
     cfg: MgsConfig,
+    gate: auth::Gate,
 }
 
 impl Shared {
@@ -174,6 +176,7 @@ impl MgsServer {
                 inner: Mutex::new(Inner { state, store }),
                 stop: AtomicBool::new(false),
                 cfg: cfg.clone(),
+                gate: auth::Gate::new(cfg.key.clone()),
             }),
         })
     }
@@ -278,6 +281,21 @@ fn answer(shared: &Shared, req: BootRequest) -> BootReply {
         BootRequest::Release { role, epoch } => shared
             .mutate(|s, _| s.release(role, epoch))
             .map(|()| BootReply::Released),
+        BootRequest::SetRootSquash(squash) => shared
+            .mutate(|s, _| {
+                s.set_root_squash(squash);
+                Ok(())
+            })
+            .inspect(|()| match squash {
+                Some((uid, gid)) => tracing::info!("mgs: root squashed to {uid}:{gid}"),
+                None => tracing::info!("mgs: root squash off"),
+            })
+            .map(|()| BootReply::Set),
+        // (The event loop answers these itself, through the gate.)
+        BootRequest::AuthBegin { .. } | BootRequest::AuthProve { .. } => Err(Refusal {
+            errno: errno::EINVAL,
+            message: "authentication out of place".into(),
+        }),
     };
     done.unwrap_or_else(|r| BootReply::Failed {
         errno: r.errno,

@@ -25,6 +25,8 @@ pub struct FsIdent {
     pub fsname: String,
     pub fsid: u64,
     pub layout: LayoutDefaults,
+    /// What root of a client acts as (None: root stays root).
+    pub root_squash: Option<(u32, u32)>,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -74,6 +76,8 @@ pub struct Changes {
     /// Roles whose live lease was renewed (nothing durable: a store may keep its own
     /// lease alive on it).
     pub renewed: Vec<Role>,
+    /// A new root squash setting to store.
+    pub root_squash: Option<Option<(u32, u32)>>,
 }
 
 impl Changes {
@@ -83,6 +87,7 @@ impl Changes {
             && self.roles.is_empty()
             && self.granted.is_empty()
             && self.ended.is_empty()
+            && self.root_squash.is_none()
     }
 }
 
@@ -315,6 +320,7 @@ impl MgsState {
             fsname: self.fs.fsname.clone(),
             fsid: self.fs.fsid,
             layout: self.fs.layout,
+            root_squash: self.fs.root_squash,
             targets: self.roles.values().map(|r| r.target.clone()).collect(),
             servers: self.roles.values().map(|r| r.server.clone()).collect(),
             rebuild: self.rebuild_progress(),
@@ -507,6 +513,15 @@ impl MgsState {
         self.bump();
     }
 
+    /// Sets what root of a client acts as (None: root stays root).
+    pub fn set_root_squash(&mut self, squash: Option<(u32, u32)>) {
+        if self.fs.root_squash != squash {
+            self.fs.root_squash = squash;
+            self.changes.root_squash = Some(squash);
+            self.bump();
+        }
+    }
+
     fn bump(&mut self) {
         self.version += 1;
         self.changes.version = Some(self.version);
@@ -552,6 +567,7 @@ mod tests {
             fsname: "t".into(),
             fsid: 9,
             layout: LayoutDefaults::default(),
+            root_squash: None,
         };
         MgsState::new(
             Persisted {

@@ -42,6 +42,8 @@ pub struct ServerConfig {
     pub cpus: Option<Vec<usize>>,
     pub identity: Option<String>,
     pub bulk_timeout: Option<f64>,
+    /// The file system key file.
+    pub key: Option<PathBuf>,
 }
 
 #[derive(Debug, Clone, Default, Deserialize, PartialEq, Eq)]

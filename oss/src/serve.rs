@@ -35,6 +35,8 @@ pub struct ServeConfig {
     pub node: Option<String>,
     /// This server's identity at the MGS, stable across restarts; None: the host name.
     pub identity: Option<String>,
+    /// The file system key file (else `NACRE_KEY`, else `/etc/nacre/FSNAME.key`).
+    pub key: Option<PathBuf>,
     pub engine: EngineConfig,
 }
 
@@ -80,9 +82,10 @@ pub fn serve(cfg: &ServeConfig) -> Result<bool, ServeError> {
         return Err(ServeError::NoOst);
     }
     let stop = nacre_fabric::signals::stop_on_signals().map_err(ServeError::Signals)?;
-    let mut mgs = MgsClient::connect(&cfg.mgs, BootConfig::default())?;
+    let keys = nacre_auth::KeySource::new(cfg.key.clone());
+    let mut mgs = MgsClient::connect_with(&cfg.mgs, BootConfig::default(), keys)?;
     let registry = OstRegistry::default();
-    let engine = start_engine(cfg, &registry)?;
+    let engine = start_engine(cfg, &registry, mgs.server_key()?)?;
     let cores: Vec<Vec<u8>> = engine
         .cores()
         .iter()
@@ -107,9 +110,14 @@ pub fn serve(cfg: &ServeConfig) -> Result<bool, ServeError> {
     Ok(!fenced)
 }
 
-fn start_engine(cfg: &ServeConfig, registry: &OstRegistry) -> Result<Engine, ServeError> {
+fn start_engine(
+    cfg: &ServeConfig,
+    registry: &OstRegistry,
+    key: Option<nacre_auth::Key>,
+) -> Result<Engine, ServeError> {
     let mut base = cfg.engine.clone();
     base.fabric = Selection::toward(&cfg.provider, cfg.node.clone(), &cfg.mgs);
+    base.reactor.key = key;
     let specs: Vec<OstSpec> = cfg
         .osts
         .iter()
@@ -158,7 +166,7 @@ fn claim_and_serve(
         cfg.provider,
         cores.len()
     );
-    let keeper = LeaseKeeper::start(&cfg.mgs, grant, sent, report(dir));
+    let keeper = LeaseKeeper::start(mgs, grant, sent, report(dir));
     let role = RoleHolder::new(keeper);
     let health = OstHealth::default();
     registry.add(OstSpec {

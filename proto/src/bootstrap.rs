@@ -54,7 +54,15 @@ pub mod errno {
     /// This MGS cannot answer now (not the leader, no leader reachable): try again or
     /// try another MGS.
     pub const EAGAIN: i32 = 11;
+    /// Not authenticated, or not as what the request needs (a server's key).
+    pub const EACCES: i32 = 13;
 }
+
+/// Bytes of a nonce and of a proof in the authentication exchange.
+pub const NONCE_LEN: usize = 32;
+pub const PROOF_LEN: usize = 32;
+/// Longest encoded principal (`nacre_auth::Principal`).
+pub const MAX_PRINCIPAL_LEN: usize = 128;
 
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 pub enum BootError {
@@ -107,6 +115,13 @@ pub enum BootOp {
     Release = 3,
     FetchMap = 4,
     WaitMap = 5,
+    /// Authentication, step 1: the client's nonce; the MGS answers its own and the
+    /// file system's name (which key to use).
+    AuthBegin = 6,
+    /// Step 2: who the client says it is and its proof; the MGS answers its own proof.
+    AuthProve = 7,
+    /// Sets (or clears) root squash: needs the file system key.
+    SetRootSquash = 8,
 }
 
 impl BootOp {
@@ -117,6 +132,9 @@ impl BootOp {
             3 => BootOp::Release,
             4 => BootOp::FetchMap,
             5 => BootOp::WaitMap,
+            6 => BootOp::AuthBegin,
+            7 => BootOp::AuthProve,
+            8 => BootOp::SetRootSquash,
             _ => return Err(BootError::UnknownOp(v)),
         })
     }
@@ -364,6 +382,16 @@ pub enum BootRequest {
         newer_than: u64,
         wait_ms: u32,
     },
+    AuthBegin {
+        client_nonce: [u8; NONCE_LEN],
+    },
+    AuthProve {
+        /// The principal as `nacre_auth::Principal::encode` wrote it.
+        principal: Vec<u8>,
+        proof: [u8; PROOF_LEN],
+    },
+    /// `Some((uid, gid))`: root of clients (but the file system key's) acts as it.
+    SetRootSquash(Option<(u32, u32)>),
 }
 
 /// The MGS's answer to a claim.
@@ -396,6 +424,18 @@ pub enum BootReply {
     Renewed(Renewed),
     Released,
     Map(ClusterMap),
+    Challenge {
+        fsname: String,
+        server_nonce: [u8; NONCE_LEN],
+        /// Whether this MGS serves only authenticated connections (it has a key).
+        required: bool,
+    },
+    /// The MGS's proof: it holds the file system key too.
+    Proven {
+        proof: [u8; PROOF_LEN],
+    },
+    /// A setting changed (the map's new version carries it).
+    Set,
     /// Refused: a positive errno and why.
     Failed {
         errno: i32,
@@ -509,6 +549,9 @@ pub struct ClusterMap {
     pub fsname: String,
     pub fsid: u64,
     pub layout: LayoutDefaults,
+    /// The uid and gid that root of a client acts as (Lustre's root squash); the file
+    /// system key's holders are not squashed.
+    pub root_squash: Option<(u32, u32)>,
     pub targets: Vec<Target>,
     pub servers: Vec<ServerEntry>,
     /// OSTs whose stale copies the MDS is rebuilding (not a map change: it moves with
@@ -569,6 +612,7 @@ impl ClusterMap {
         e.u32(self.layout.stripe_count);
         e.u64(self.layout.stripe_size);
         e.u32(self.layout.mirror_count);
+        e.squash(self.root_squash);
         e.u32(self.targets.len() as u32);
         for t in &self.targets {
             t.encode_into(e);
@@ -589,6 +633,7 @@ impl ClusterMap {
             stripe_size: d.u64()?,
             mirror_count: d.u32()?,
         };
+        let root_squash = d.squash()?;
         let n = d.count("targets", usize::MAX, Target::MIN_LEN)?;
         let targets = (0..n)
             .map(|_| Target::decode_from(d))
@@ -602,6 +647,7 @@ impl ClusterMap {
             fsname,
             fsid,
             layout,
+            root_squash,
             targets,
             servers,
             rebuild: d.rebuild()?,
@@ -734,6 +780,9 @@ impl BootRequest {
             BootRequest::Release { .. } => BootOp::Release,
             BootRequest::FetchMap => BootOp::FetchMap,
             BootRequest::WaitMap { .. } => BootOp::WaitMap,
+            BootRequest::AuthBegin { .. } => BootOp::AuthBegin,
+            BootRequest::AuthProve { .. } => BootOp::AuthProve,
+            BootRequest::SetRootSquash(_) => BootOp::SetRootSquash,
         }
     }
 
@@ -786,6 +835,13 @@ impl BootRequest {
                 e.u64(*newer_than);
                 e.u32(*wait_ms);
             }
+            BootRequest::AuthBegin { client_nonce } => e.0.extend_from_slice(client_nonce),
+            BootRequest::AuthProve { principal, proof } => {
+                check_len("principal", principal.len(), MAX_PRINCIPAL_LEN)?;
+                e.bytes(principal);
+                e.0.extend_from_slice(proof);
+            }
+            BootRequest::SetRootSquash(squash) => e.squash(*squash),
         }
         check_body(e.0.len(), MAX_REQUEST_BODY)?;
         Ok(encode_frame(self.op(), 0, &e.0))
@@ -831,6 +887,14 @@ impl BootRequest {
                 newer_than: d.u64()?,
                 wait_ms: d.u32()?,
             },
+            BootOp::AuthBegin => BootRequest::AuthBegin {
+                client_nonce: d.fixed()?,
+            },
+            BootOp::AuthProve => BootRequest::AuthProve {
+                principal: d.bytes("principal", MAX_PRINCIPAL_LEN)?.to_vec(),
+                proof: d.fixed()?,
+            },
+            BootOp::SetRootSquash => BootRequest::SetRootSquash(d.squash()?),
         };
         d.finish()?;
         Ok(req)
@@ -858,7 +922,21 @@ impl BootReply {
                 e.u64(r.map_version);
                 0
             }
-            BootReply::Released => 0,
+            BootReply::Released | BootReply::Set => 0,
+            BootReply::Challenge {
+                fsname,
+                server_nonce,
+                required,
+            } => {
+                e.str(fsname);
+                e.0.extend_from_slice(server_nonce);
+                e.u32((*required).into());
+                0
+            }
+            BootReply::Proven { proof } => {
+                e.0.extend_from_slice(proof);
+                0
+            }
             BootReply::Map(m) => {
                 m.encode_into(&mut e);
                 0
@@ -903,6 +981,13 @@ impl BootReply {
             }),
             BootOp::Release => BootReply::Released,
             BootOp::FetchMap | BootOp::WaitMap => BootReply::Map(ClusterMap::decode_from(&mut d)?),
+            BootOp::AuthBegin => BootReply::Challenge {
+                fsname: d.str("fsname", MAX_FSNAME_LEN)?,
+                server_nonce: d.fixed()?,
+                required: d.u32()? != 0,
+            },
+            BootOp::AuthProve => BootReply::Proven { proof: d.fixed()? },
+            BootOp::SetRootSquash => BootReply::Set,
         };
         d.finish()?;
         Ok(reply)
@@ -951,6 +1036,16 @@ impl Enc {
         self.u32(cores.len() as u32);
         for c in cores {
             self.bytes(c);
+        }
+    }
+    fn squash(&mut self, squash: Option<(u32, u32)>) {
+        match squash {
+            None => self.u32(0),
+            Some((uid, gid)) => {
+                self.u32(1);
+                self.u32(uid);
+                self.u32(gid);
+            }
         }
     }
     /// At most [`MAX_REBUILD_ENTRIES`]: a progress report is not worth a refusal.
@@ -1020,6 +1115,21 @@ impl<'a> Dec<'a> {
         let len = self.u32()? as usize;
         check_len(field, len, max)?;
         self.take(len)
+    }
+
+    fn fixed<const N: usize>(&mut self) -> Result<[u8; N], BootError> {
+        Ok(self.take(N)?.try_into().expect("took N bytes"))
+    }
+
+    fn squash(&mut self) -> Result<Option<(u32, u32)>, BootError> {
+        match self.u32()? {
+            0 => Ok(None),
+            1 => Ok(Some((self.u32()?, self.u32()?))),
+            v => Err(BootError::BadValue {
+                field: "root squash",
+                value: v.into(),
+            }),
+        }
     }
 
     fn str(&mut self, field: &'static str, max: usize) -> Result<String, BootError> {
@@ -1107,6 +1217,7 @@ mod tests {
             fsname: "scratch".into(),
             fsid: 0xfeed,
             layout: LayoutDefaults::default(),
+            root_squash: Some((65534, 65534)),
             targets: vec![Target {
                 kind: TargetKind::Ost,
                 index: 3,

@@ -16,6 +16,7 @@
 mod body;
 pub mod bootstrap;
 mod frame;
+pub mod hello;
 pub mod layout;
 pub mod locks;
 pub mod meta;

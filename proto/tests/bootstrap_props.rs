@@ -76,6 +76,13 @@ fn request() -> impl Strategy<Value = BootRequest> {
             newer_than,
             wait_ms
         }),
+        any::<[u8; 32]>().prop_map(|client_nonce| BootRequest::AuthBegin { client_nonce }),
+        (
+            proptest::collection::vec(any::<u8>(), 0..128),
+            any::<[u8; 32]>()
+        )
+            .prop_map(|(principal, proof)| BootRequest::AuthProve { principal, proof }),
+        proptest::option::of((any::<u32>(), any::<u32>())).prop_map(BootRequest::SetRootSquash),
     ]
 }
 
@@ -125,14 +132,16 @@ fn map() -> impl Strategy<Value = ClusterMap> {
         proptest::collection::vec(target, 0..6),
         proptest::collection::vec(server, 0..6),
         rebuild(),
+        proptest::option::of((any::<u32>(), any::<u32>())),
     )
         .prop_map(
-            |(version, fsname, fsid, targets, servers, rebuild)| ClusterMap {
+            |(version, fsname, fsid, targets, servers, rebuild, root_squash)| ClusterMap {
                 rebuild,
                 version,
                 fsname,
                 fsid,
                 layout: LayoutDefaults::default(),
+                root_squash,
                 targets,
                 servers,
             },

@@ -12,6 +12,13 @@
 //! cannot see memory being unmapped and mapped again, while libfabric's own MR cache
 //! can (its memory monitor); there each call registers and releases, and libfabric's
 //! cache makes that cheap.
+//!
+//! By default it keeps nothing anywhere ([`RegCacheMode::Off`]): a buffer is exposed to
+//! servers for the one request that lends it, under a random key closed when the call
+//! returns. [`RegCacheMode::Auto`] keeps registrations on software providers, where the
+//! measured gain is at most a few tenths at some sizes (docs/performance.md), at the
+//! cost of buffers that stay reachable (by servers that learned their key) after their
+//! request.
 
 use nacre_fabric::{Access, BulkDesc, Endpoint, ExternalRegion};
 
@@ -20,7 +27,7 @@ use nacre_fabric::{Access, BulkDesc, Endpoint, ExternalRegion};
 pub enum RegCacheMode {
     /// Keep them, unless the provider pins pages.
     Auto,
-    /// Register and release on every call.
+    /// Register and release on every call: a buffer is exposed for its request only.
     Off,
 }
 
@@ -35,7 +42,7 @@ pub struct RegCacheConfig {
 impl Default for RegCacheConfig {
     fn default() -> Self {
         RegCacheConfig {
-            mode: RegCacheMode::Auto,
+            mode: RegCacheMode::Off,
             max_bytes: 1 << 30,
             max_entries: 256,
         }

@@ -8,6 +8,7 @@
 //! progress runs whenever the caller waits, so RMA that servers drive against our
 //! registrations advances while requests are outstanding.
 
+use nacre_proto::hello::{HelloReply, HelloReq, NONCE_LEN, PROOF_LEN};
 use std::collections::{BTreeMap, VecDeque};
 use std::time::{Duration, Instant};
 
@@ -25,6 +26,10 @@ use crate::regcache::{RegCache, RegCacheConfig};
 pub enum ClientError {
     #[error(transparent)]
     Fabric(#[from] nacre_fabric::Error),
+    /// A server refused this client's key, or could not prove it holds the file
+    /// system's (HELLO).
+    #[error("authentication failed: {0}")]
+    Auth(String),
     #[error("malformed reply: {0}")]
     Decode(#[from] DecodeError),
     #[error("no reply within {0:?}")]
@@ -61,6 +66,8 @@ pub struct RpcConfig {
     /// A session unused for this long says HELLO again before its next request: a
     /// server reaps sessions unused for twice the default (engine's sessions module).
     pub session_refresh: Duration,
+    /// The key HELLO proves this client holds (None: no key, for servers without one).
+    pub key: Option<nacre_auth::Key>,
 }
 
 impl Default for RpcConfig {
@@ -71,6 +78,7 @@ impl Default for RpcConfig {
             timeout: Duration::from_secs(30),
             reg_cache: RegCacheConfig::default(),
             session_refresh: nacre_proto::SESSION_REFRESH,
+            key: None,
         }
     }
 }
@@ -240,13 +248,13 @@ impl ClientEndpoint {
     }
 
     /// Runs `f` with a descriptor through which servers may write `buf` (a read's
-    /// destination) and read it.
+    /// destination).
     pub fn with_buffer_mut<R>(
         &mut self,
         buf: &mut [u8],
         f: impl FnOnce(&mut Self, BulkDesc) -> Result<R, ClientError>,
     ) -> Result<R, ClientError> {
-        self.with_range(buf.as_mut_ptr(), buf.len(), Access::ALL, f)
+        self.with_range(buf.as_mut_ptr(), buf.len(), Access::PEER_WRITE, f)
     }
 
     fn with_range<R>(
@@ -257,7 +265,7 @@ impl ClientEndpoint {
         f: impl FnOnce(&mut Self, BulkDesc) -> Result<R, ClientError>,
     ) -> Result<R, ClientError> {
         // SAFETY: the caller's buffer is borrowed (shared for PEER_READ, exclusively for
-        // ALL) for this whole call; peers reach it only through the descriptor given to
+        // PEER_WRITE) for this whole call; peers reach it only through the descriptor given to
         // `f`, whose requests are answered before it returns Ok. When `f` fails, a server
         // might still pull or push: the registration is closed (its key dies) before the
         // borrow ends, and where keys are not checked (shm) the call first waits until
@@ -352,24 +360,53 @@ impl ClientEndpoint {
         Ok(sid)
     }
 
-    /// Says HELLO on `sid` and keeps the session id the server answers: the same one
-    /// while the server keeps the session, a new one after it reaped it.
+    /// Says HELLO on `sid` (with the proof that this client holds its key) and keeps
+    /// the session id the server answers: the same one while the server keeps the
+    /// session, a new one after it reaped it. The server's answer must prove it holds
+    /// the file system key too.
     fn hello(&mut self, sid: SessionId) -> Result<(), ClientError> {
         let name = self.ep.name().to_vec();
-        let reply = self.request(sid, Opcode::HELLO, &name)?;
-        if reply.header.status < 0 {
-            // Refused (no room for another session): the server's reason.
-            return Err(ClientError::Status(-reply.header.status));
+        let nonce: [u8; NONCE_LEN] =
+            nacre_auth::random_bytes().map_err(|e| ClientError::Auth(e.to_string()))?;
+        let (principal, proof) = match &self.cfg.key {
+            Some(k) => {
+                let ex = nacre_auth::proof::hello(k.fsname(), k.principal(), &name, &nonce, &[]);
+                (
+                    k.principal().encode(),
+                    k.prove(nacre_auth::Side::Client, &ex),
+                )
+            }
+            None => (Vec::new(), [0; PROOF_LEN]),
+        };
+        let body = HelloReq {
+            name: &name,
+            principal: &principal,
+            nonce,
+            proof,
         }
-        let remote: [u8; 4] = reply
-            .body
-            .get(..4)
-            .and_then(|b| b.try_into().ok())
-            .filter(|_| reply.header.status == 0)
-            .ok_or_else(|| {
-                ClientError::Protocol(format!("bad HELLO reply (status {})", reply.header.status))
-            })?;
-        self.sessions[sid.0 as usize].remote = u32::from_le_bytes(remote);
+        .encode()
+        .map_err(|e| ClientError::Protocol(e.to_string()))?;
+        let reply = self.request(sid, Opcode::HELLO, &body)?;
+        match -reply.header.status {
+            0 => {}
+            libc::EACCES => {
+                return Err(ClientError::Auth(match &self.cfg.key {
+                    Some(k) => format!("the server refused {}", k.principal()),
+                    None => "the server serves only clients with a key (NACRE_KEY)".into(),
+                }))
+            }
+            // Refused (no room for another session): the server's reason.
+            errno => return Err(ClientError::Status(errno)),
+        }
+        let welcome = HelloReply::decode(&reply.body)
+            .map_err(|e| ClientError::Protocol(format!("bad HELLO reply: {e}")))?;
+        if let Some(k) = &self.cfg.key {
+            let id = welcome.session.to_le_bytes();
+            let ex = nacre_auth::proof::hello(k.fsname(), k.principal(), &name, &nonce, &id);
+            k.check_server(&ex, &welcome.proof)
+                .map_err(|e| ClientError::Auth(e.to_string()))?;
+        }
+        self.sessions[sid.0 as usize].remote = welcome.session;
         Ok(())
     }
 
@@ -651,6 +688,7 @@ impl ClientEndpoint {
             context: 0,
             kind: OpKind::Send,
             len: 0,
+            source: None,
         }; 16];
         let n = match self.ep.poll(&mut done) {
             Ok(n) => n,

@@ -19,6 +19,22 @@ pub unsafe fn cq_read(cq: *mut fid_cq, buf: *mut c_void, count: usize) -> isize 
     unsafe { ((*(*cq).ops).read.unwrap_unchecked())(cq, buf, count) }
 }
 
+/// `fi_cq_readfrom`: as [`cq_read`], and each entry's source address in `src` (with
+/// FI_SOURCE; `FI_ADDR_NOTAVAIL` for a peer not in the address vector).
+///
+/// # Safety
+/// As for `fi_cq_readfrom`: as [`cq_read`], and `src` has room for `count` addresses.
+#[inline(always)]
+pub unsafe fn cq_readfrom(
+    cq: *mut fid_cq,
+    buf: *mut c_void,
+    count: usize,
+    src: *mut fi_addr_t,
+) -> isize {
+    // SAFETY: the caller's promise; as in cq_read.
+    unsafe { ((*(*cq).ops).readfrom.unwrap_unchecked())(cq, buf, count, src) }
+}
+
 /// `fi_recv`.
 ///
 /// # Safety
@@ -76,8 +92,17 @@ mod tests {
         unsafe extern "C" fn read(_: *mut fid_cq, _: *mut c_void, count: usize) -> isize {
             count as isize * 10
         }
+        unsafe extern "C" fn readfrom(
+            _: *mut fid_cq,
+            _: *mut c_void,
+            count: usize,
+            _: *mut fi_addr_t,
+        ) -> isize {
+            count as isize * 7
+        }
         let mut ops = crate::fi_ops_cq {
             read: Some(read),
+            readfrom: Some(readfrom),
             ..Default::default()
         };
         let mut cq = fid_cq {
@@ -92,5 +117,13 @@ mod tests {
             )
         };
         assert_eq!((a, b), (30, 30));
+        // SAFETY: as above; readfrom ignores its address array too.
+        let (c, d) = unsafe {
+            (
+                cq_readfrom(&mut cq, ptr::null_mut(), 3, ptr::null_mut()),
+                crate::fi_cq_readfrom(&mut cq, ptr::null_mut(), 3, ptr::null_mut()),
+            )
+        };
+        assert_eq!((c, d), (21, 21));
     }
 }

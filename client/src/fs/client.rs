@@ -45,6 +45,8 @@ pub(crate) struct Inner {
     keeping: std::sync::atomic::AtomicBool,
     /// Requests whose answer did not come within the request timeout.
     unanswered: AtomicU64,
+    /// The key the MGS accepted: every HELLO proves it (None: an MGS without a key).
+    key: Option<nacre_auth::Key>,
 }
 
 /// What makes changing namespace requests safe to retry: a random client id for the
@@ -152,7 +154,10 @@ static NEXT_ID: AtomicU64 = AtomicU64::new(1);
 impl Client {
     /// Connects to the file system whose MGS listens at `mgs` (`host:port[,host:port]`).
     pub fn connect(mgs: &str, cfg: ClientConfig) -> io::Result<Client> {
-        let mut boot = MgsClient::connect(mgs, BootConfig::default()).map_err(mgs_err)?;
+        let keys = cfg.keys.clone();
+        let mut boot =
+            MgsClient::connect_with(mgs, BootConfig::default(), keys).map_err(mgs_err)?;
+        let key = boot.key().cloned();
         let map = boot.fetch_map().map_err(mgs_err)?;
         let client = Client {
             inner: Arc::new(Inner {
@@ -171,6 +176,7 @@ impl Client {
                 opens: HeldOpens::default(),
                 keeping: Default::default(),
                 unanswered: AtomicU64::new(0),
+                key,
             }),
         };
         // Reach the MDS once now, so a bad address fails here and not at first use.
@@ -348,6 +354,7 @@ impl Client {
             depth: cfg.depth,
             msg_size: meta::MSG_SIZE,
             timeout: cfg.timeout,
+            key: self.inner.key.clone(),
             ..Default::default()
         };
         let sel = Selection::toward(&mds.provider, cfg.source.clone(), &self.inner.mgs_addr);

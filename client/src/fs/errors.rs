@@ -30,6 +30,7 @@ pub fn errno_of(e: &ClientError) -> i32 {
         ClientError::Decode(_) | ClientError::Protocol(_) => libc::EPROTO,
         ClientError::UnknownSession(_) => libc::EBADF,
         ClientError::Fabric(_) => libc::EIO,
+        ClientError::Auth(_) => libc::EACCES,
     }
 }
 

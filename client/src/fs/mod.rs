@@ -55,6 +55,9 @@ pub struct ClientConfig {
     /// the providers addressed by IP: by default `NACRE_SOURCE`, else the address that
     /// routes to the MGS (loopback when the MGS is on loopback).
     pub source: Option<String>,
+    /// Where the key this client proves itself with comes from: by default
+    /// `NACRE_KEY`, else `/etc/nacre/FSNAME.key`.
+    pub keys: nacre_auth::KeySource,
 }
 
 impl Default for ClientConfig {
@@ -66,6 +69,7 @@ impl Default for ClientConfig {
             depth: 64,
             checksum: None,
             source: std::env::var("NACRE_SOURCE").ok().filter(|s| !s.is_empty()),
+            keys: nacre_auth::KeySource::new(None),
         }
     }
 }

@@ -34,6 +34,7 @@ impl Endpoint {
             context: 0,
             kind: OpKind::Send,
             len: 0,
+            source: None,
         }; CQ_BATCH];
         let mut n = 0;
         let failed = self.read_batch(CQ_BATCH, |i, c| {
@@ -63,14 +64,27 @@ impl Endpoint {
         // Uninitialised: this runs on every spin of a poll loop, and zeroing the batch
         // each time would cost more than the call.
         let mut raw = [MaybeUninit::<sys::fi_cq_msg_entry>::uninit(); CQ_BATCH];
-        // SAFETY: cq is open and was opened with FI_CQ_FORMAT_MSG; raw has room for
-        // `want` entries, of which the provider initialises as many as it returns.
-        let rc = unsafe { sys::hot::cq_read(self.cq, raw.as_mut_ptr() as *mut c_void, want) };
+        let mut src = [MaybeUninit::<sys::fi_addr_t>::uninit(); CQ_BATCH];
+        // SAFETY: cq is open and was opened with FI_CQ_FORMAT_MSG on an endpoint with
+        // FI_SOURCE; raw and src have room for `want` entries, of which the provider
+        // initialises as many as it returns.
+        let rc = unsafe {
+            sys::hot::cq_readfrom(
+                self.cq,
+                raw.as_mut_ptr() as *mut c_void,
+                want,
+                src.as_mut_ptr() as *mut sys::fi_addr_t,
+            )
+        };
         match rc {
             n if n > 0 => {
-                for (i, entry) in raw[..n as usize].iter().enumerate() {
-                    // SAFETY: fi_cq_read initialised the first n entries.
-                    let done = self.finish(unsafe { entry.assume_init_ref() });
+                for (i, (entry, from)) in raw.iter().zip(&src).take(n as usize).enumerate() {
+                    // SAFETY: fi_cq_readfrom initialised the first n entries and sources.
+                    let (entry, from) = unsafe { (entry.assume_init_ref(), from.assume_init()) };
+                    let mut done = self.finish(entry);
+                    if done.kind == OpKind::Recv {
+                        done.source = peer_of(from);
+                    }
                     sink(i, done);
                 }
                 Ok(None)
@@ -118,6 +132,7 @@ impl Endpoint {
             context,
             kind,
             len: entry.len,
+            source: None,
         }
     }
 
@@ -192,4 +207,10 @@ fn kind_of_flags(flags: u64) -> OpKind {
     } else {
         OpKind::Send
     }
+}
+
+/// A source address as a peer: none for `FI_ADDR_NOTAVAIL` (not in the address vector)
+/// or anything past what a [`PeerAddr`] holds.
+fn peer_of(addr: sys::fi_addr_t) -> Option<super::PeerAddr> {
+    u32::try_from(addr).ok().map(super::PeerAddr::from_index)
 }

@@ -53,6 +53,9 @@ pub struct Completion {
     pub kind: OpKind,
     /// Bytes received (receives); the posted length otherwise.
     pub len: usize,
+    /// Who sent a received message, if it is in the address vector (FI_SOURCE): a
+    /// server checks it against the peer a session was issued to.
+    pub source: Option<PeerAddr>,
 }
 
 /// A peer inserted in this endpoint's address vector.
@@ -109,6 +112,8 @@ pub(crate) struct Domain {
     fabric: *mut sys::fid_fabric,
     domain: *mut sys::fid_domain,
     mr_mode: u64,
+    /// The bits of a key we choose (providers without FI_MR_PROV_KEY).
+    key_mask: u64,
 }
 
 impl Domain {
@@ -118,6 +123,10 @@ impl Domain {
             fabric: ptr::null_mut(),
             domain: ptr::null_mut(),
             mr_mode: info.mr_mode() | (force_mr_mode & forceable),
+            key_mask: match info.mr_key_size() {
+                8 => u64::MAX,
+                n => (1u64 << (8 * n)) - 1,
+            },
         };
         // SAFETY: info is a valid fi_info; the out-pointers receive objects we close in Drop.
         unsafe {

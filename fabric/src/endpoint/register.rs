@@ -3,7 +3,6 @@
 use std::ffi::c_void;
 use std::ptr;
 use std::rc::Rc;
-use std::sync::atomic::{AtomicU64, Ordering};
 
 use nacre_sys as sys;
 
@@ -12,8 +11,8 @@ use crate::error::{call_error, check, ErrorKind, Result};
 use crate::info::mr_mode_names;
 use crate::memory::{Access, ExternalRegion, Memory, MemoryRegion, MrInner};
 
-/// Keys for providers that do not pick their own (no FI_MR_PROV_KEY): unique per process.
-static NEXT_KEY: AtomicU64 = AtomicU64::new(1);
+/// Registrations tried with a fresh random key when the provider says the key is taken.
+const KEY_TRIES: usize = 8;
 
 impl Endpoint {
     /// Registers `memory` for local use and, with `Access::ALL`, for peers' RMA. Obeys the
@@ -65,25 +64,34 @@ impl Endpoint {
         access: Access,
     ) -> Result<Rc<MrInner>> {
         let mode = self.domain.mr_mode;
-        let requested_key = NEXT_KEY.fetch_add(1, Ordering::Relaxed);
         let mut mr: *mut sys::fid_mr = ptr::null_mut();
-        // SAFETY: ptr/len describe memory that `memory` owns (and the registration will
-        // outlive), or the caller's memory under register_external's contract; the
-        // domain is open; mr receives the new registration.
-        let rc = unsafe {
-            sys::fi_mr_reg(
-                self.domain.domain,
-                ptr as *const c_void,
-                len,
-                access.0,
-                0,
-                requested_key,
-                0,
-                &mut mr,
-                ptr::null_mut(),
-            )
-        };
-        check("fi_mr_reg", rc as isize)?;
+        // Where we choose keys (no FI_MR_PROV_KEY), random ones: a peer that learned one
+        // registration's key cannot guess the next (counting keys from 1 let it).
+        let mut requested_key = 0;
+        for tries in 1.. {
+            requested_key = random_key() & self.domain.key_mask;
+            // SAFETY: ptr/len describe memory that `memory` owns (and the registration
+            // will outlive), or the caller's memory under register_external's contract;
+            // the domain is open; mr receives the new registration.
+            let rc = unsafe {
+                sys::fi_mr_reg(
+                    self.domain.domain,
+                    ptr as *const c_void,
+                    len,
+                    access.0,
+                    0,
+                    requested_key,
+                    0,
+                    &mut mr,
+                    ptr::null_mut(),
+                )
+            };
+            if rc == -(sys::FI_ENOKEY as i32) && tries < KEY_TRIES {
+                continue; // the key is in use: draw another
+            }
+            check("fi_mr_reg", rc as isize)?;
+            break;
+        }
         if mode & sys::FI_MR_ENDPOINT != 0 {
             // Bound and enabled before its key and descriptor are read: a provider may
             // only know them once the registration is enabled.
@@ -144,5 +152,16 @@ impl Endpoint {
         }
         self.registrations.retain(|r| !Rc::ptr_eq(r, &region.inner));
         Ok(())
+    }
+}
+
+/// A key from the OS's random generator (a clock-derived one should it fail).
+fn random_key() -> u64 {
+    let mut b = [0u8; 8];
+    match getrandom::fill(&mut b) {
+        Ok(()) => u64::from_le_bytes(b),
+        Err(_) => std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map_or(1, |d| d.as_nanos() as u64),
     }
 }

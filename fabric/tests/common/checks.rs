@@ -12,6 +12,7 @@ const EMPTY: Completion = Completion {
     context: 0,
     kind: OpKind::Send,
     len: 0,
+    source: None,
 };
 
 /// Collects `n` completions, panicking on an error completion or on timeout.

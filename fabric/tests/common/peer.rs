@@ -63,6 +63,7 @@ pub fn run(provider: &str, input: Receiver<String>, output: Sender<String>) {
         context: 0,
         kind: OpKind::Send,
         len: 0,
+        source: None,
     }; 16];
     let mut spins = 0u32;
     loop {

@@ -59,6 +59,9 @@ struct ServeArgs {
     /// take the role over when its lease lapses.
     #[arg(long)]
     standby: bool,
+    /// The file system key [default: NACRE_KEY, else /etc/nacre/FSNAME.key].
+    #[arg(long)]
+    key: Option<PathBuf>,
 }
 
 fn main() -> ExitCode {
@@ -108,6 +111,7 @@ fn serve(a: ServeArgs) -> Result<ExitCode, Box<dyn std::error::Error>> {
         identity: a.identity,
         rebuild_rate: a.rebuild_mib_s << 20,
         standby: a.standby,
+        key: a.key,
         mode: if a.sync {
             SyncMode::Sync
         } else {

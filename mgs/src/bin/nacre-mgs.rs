@@ -2,18 +2,22 @@
 //!
 //! `nacre-mgs format --dir D --fsname NAME [--force]` creates it;
 //! `nacre-mgs serve --dir D --listen HOST:PORT` serves it. Settings come from an optional
-//! TOML file (`--config`), flags override it.
+//! TOML file (`--config`), flags override it. `format` also writes the file system key
+//! (DIR/FSNAME.key, mode 0600); `issue-key` derives client keys from it and
+//! `root-squash` changes root squash on a running MGS.
 
 use std::io::Write;
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::process::ExitCode;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Duration;
 
 use clap::{Parser, Subcommand};
+use nacre_auth::{IdMap, Key, KeySource};
+use nacre_mgc::{BootConfig, MgsClient};
 use nacre_mgs::etcd::{Etcd, EtcdStore};
 use nacre_mgs::follower::{Follower, LeaderAddr};
-use nacre_mgs::{EmbeddedStore, MgsConfig, MgsServer};
+use nacre_mgs::{Changes, EmbeddedStore, MgsConfig, MgsServer, Store};
 use nacre_proto::bootstrap::{Deployment, LayoutDefaults};
 
 #[derive(Parser)]
@@ -53,6 +57,42 @@ enum Cmd {
         /// OSTs of different servers), as FSx for Lustre's deployment types.
         #[arg(long, default_value = "scratch")]
         deployment: Deployment,
+        /// The file system key file: written (mode 0600) if absent or with --force,
+        /// else used as it is (several MGS processes share one). Default:
+        /// DIR/FSNAME.key.
+        #[arg(long)]
+        key: Option<PathBuf>,
+        /// Root of clients acts as UID:GID (Lustre's root squash); holders of the
+        /// file system key are not squashed. `nacre-mgs root-squash` changes it later.
+        #[arg(long)]
+        root_squash: Option<IdMap>,
+    },
+    /// Sets root squash on a running MGS (`off` clears it); needs the file system key.
+    RootSquash {
+        /// The MGS, HOST:PORT (default: NACRE_MGS).
+        #[arg(long)]
+        mgs: Option<String>,
+        /// The file system key file (default: NACRE_KEY, then /etc/nacre/FSNAME.key).
+        #[arg(long)]
+        key: Option<PathBuf>,
+        /// UID:GID, or `off`.
+        squash: String,
+    },
+    /// Issues a client key from the file system key: its holder uses the file system
+    /// (never as a server), as UID:GID only when --map is given (Lustre's nodemap).
+    IssueKey {
+        /// The file system key file.
+        #[arg(long)]
+        key: PathBuf,
+        /// The client's name (A-Z a-z 0-9 - _ . @), in logs and refusals.
+        #[arg(long)]
+        name: String,
+        /// Every user of this key acts as UID:GID.
+        #[arg(long)]
+        map: Option<IdMap>,
+        /// Where to write the client key (mode 0600).
+        #[arg(long)]
+        out: PathBuf,
     },
     /// Serve the management target over TCP.
     Serve {
@@ -74,6 +114,10 @@ enum Cmd {
         request_deadline_ms: Option<u64>,
         #[arg(long)]
         idle_timeout_ms: Option<u64>,
+        /// The file system key file (default: NACRE_KEY, then DIR/FSNAME.key, then
+        /// /etc/nacre/FSNAME.key).
+        #[arg(long)]
+        key: Option<PathBuf>,
     },
 }
 
@@ -119,6 +163,8 @@ fn run(cli: Cli, stop: &AtomicBool) -> Result<(), Error> {
             stripe_count,
             stripe_size,
             deployment,
+            key,
+            root_squash,
         } => {
             if stripe_count == 0 || stripe_size == 0 {
                 return Err("stripe count and size must not be 0".into());
@@ -129,22 +175,68 @@ fn run(cli: Cli, stop: &AtomicBool) -> Result<(), Error> {
                 mirror_count: deployment.mirrors(),
             };
             let store = store.unwrap_or(cfg.store);
+            let dir = dir.or(cfg.dir);
+            let key_path = key
+                .or_else(|| dir.as_ref().map(|d| d.join(format!("{fsname}.key"))))
+                .ok_or("--key FILE is required with an etcd store: where the key goes")?;
+            let squash = Changes {
+                root_squash: Some(root_squash.map(|m| (m.uid, m.gid))),
+                ..Default::default()
+            };
             let (fs, place) = if store == "embedded" {
-                let dir = dir.or(cfg.dir).ok_or("--dir is required")?;
+                let dir = dir.ok_or("--dir is required")?;
                 let fs = EmbeddedStore::format(&dir, &fsname, layout, force)?;
+                EmbeddedStore::open(&dir)?.commit(&squash)?;
                 (fs, dir.display().to_string())
             } else {
-                (
-                    Etcd::connect(&store)?.format(&fsname, layout, force)?,
-                    store,
-                )
+                let fs = Etcd::connect(&store)?.format(&fsname, layout, force)?;
+                (fs, store)
             };
+            let made = file_system_key(&key_path, &fsname, force)?;
             println!(
                 "nacre-mgs: formatted {} in {} (fsid {:#018x}, {} deployment)",
                 fs.fsname,
                 place,
                 fs.fsid,
                 deployment.name()
+            );
+            println!(
+                "nacre-mgs: file system key {} ({})",
+                key_path.display(),
+                if made { "new" } else { "kept" }
+            );
+            if let Some(m) = root_squash {
+                println!("nacre-mgs: root squashed to {m}");
+            }
+            Ok(())
+        }
+        Cmd::RootSquash { mgs, key, squash } => {
+            let squash = match squash.as_str() {
+                "off" => None,
+                s => Some(s.parse::<IdMap>()?),
+            };
+            let mgs = nacre_mgc::mgs_address(mgs).ok_or("--mgs or NACRE_MGS is required")?;
+            let mut c = MgsClient::new(&mgs, BootConfig::default()).with_keys(KeySource::new(key));
+            c.set_root_squash(squash.map(|m| (m.uid, m.gid)))?;
+            match squash {
+                Some(m) => println!("nacre-mgs: root squashed to {m}"),
+                None => println!("nacre-mgs: root squash off"),
+            }
+            Ok(())
+        }
+        Cmd::IssueKey {
+            key,
+            name,
+            map,
+            out,
+        } => {
+            let fs = Key::load(&key)?;
+            let client = fs.issue_client(&name, map)?;
+            client.save(&out)?;
+            println!(
+                "nacre-mgs: issued {} in {}",
+                client.principal(),
+                out.display()
             );
             Ok(())
         }
@@ -157,6 +249,7 @@ fn run(cli: Cli, stop: &AtomicBool) -> Result<(), Error> {
             max_connections,
             request_deadline_ms,
             idle_timeout_ms,
+            key,
         } => {
             cfg.dir = dir.or(cfg.dir);
             cfg.listen = listen.unwrap_or(cfg.listen);
@@ -166,11 +259,18 @@ fn run(cli: Cli, stop: &AtomicBool) -> Result<(), Error> {
             cfg.max_connections = max_connections.unwrap_or(cfg.max_connections);
             cfg.request_deadline_ms = request_deadline_ms.unwrap_or(cfg.request_deadline_ms);
             cfg.idle_timeout_ms = idle_timeout_ms.unwrap_or(cfg.idle_timeout_ms);
+            cfg.key_file = key.or(cfg.key_file);
             cfg.validate()?;
             if cfg.store != "embedded" {
+                let fsname = Etcd::connect(&cfg.store)?
+                    .fsname()?
+                    .ok_or_else(|| format!("{} holds no file system: format it", cfg.store))?;
+                cfg.key = Some(serving_key(&cfg, &fsname)?);
                 return serve_etcd(&cfg, stop);
             }
             let dir = cfg.dir.clone().ok_or("--dir is required")?;
+            let fsname = EmbeddedStore::open(&dir)?.load()?.fs.fsname;
+            cfg.key = Some(serving_key(&cfg, &fsname)?);
             let store = EmbeddedStore::open(&dir)?;
             let server = MgsServer::bind(&cfg, Box::new(store))?;
             // Tests and scripts read the address from this line (port 0 picks one).
@@ -241,6 +341,54 @@ fn serve_etcd(cfg: &MgsConfig, stop: &AtomicBool) -> Result<(), Error> {
     }
     eprintln!("nacre-mgs: lost the leadership in etcd; exiting");
     std::process::exit(2);
+}
+
+/// Writes a new file system key at `path`, or keeps the one there (unless `force`);
+/// true if it made one.
+fn file_system_key(path: &Path, fsname: &str, force: bool) -> Result<bool, Error> {
+    if path.exists() && !force {
+        let kept = Key::load(path)?;
+        if kept.fsname() != fsname || !kept.principal().is_server() {
+            return Err(format!(
+                "{} holds {} of file system `{}`: not a file system key of `{fsname}` \
+                 (remove it, or --force)",
+                path.display(),
+                kept.principal(),
+                kept.fsname()
+            )
+            .into());
+        }
+        return Ok(false);
+    }
+    if path.exists() {
+        std::fs::remove_file(path)?;
+    }
+    if let Some(parent) = path.parent().filter(|p| !p.as_os_str().is_empty()) {
+        std::fs::create_dir_all(parent)?;
+    }
+    Key::generate(fsname)?.save(path)?;
+    Ok(true)
+}
+
+/// The key an MGS serves with: --key (or the config's), NACRE_KEY, DIR/FSNAME.key,
+/// /etc/nacre/FSNAME.key, in that order. It must be the file system key.
+fn serving_key(cfg: &MgsConfig, fsname: &str) -> Result<Key, Error> {
+    let mut source = KeySource::new(cfg.key_file.clone());
+    if source.file.is_none() {
+        let in_dir = cfg.dir.as_ref().map(|d| d.join(format!("{fsname}.key")));
+        source.file = in_dir.filter(|p| p.exists());
+    }
+    let key = source.load(fsname).map_err(|e| {
+        format!("{e}: an MGS serves only with its file system key (`nacre-mgs format` writes DIR/FSNAME.key)")
+    })?;
+    if !key.principal().is_server() {
+        return Err(format!(
+            "an MGS serves with the file system key, not {}",
+            key.principal()
+        )
+        .into());
+    }
+    Ok(key)
 }
 
 /// Waits until a stop signal came or `go_on` says no more.

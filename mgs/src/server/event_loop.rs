@@ -19,6 +19,7 @@ use nacre_proto::bootstrap::{
     BootHeader, BootOp, BootReply, BootRequest, BOOT_HEADER_LEN, MAX_REQUEST_BODY, MAX_WAIT_MS,
 };
 
+use super::auth::Standing;
 use super::{answer, Shared};
 
 const LISTENER: Token = Token(usize::MAX - 1);
@@ -40,6 +41,8 @@ struct Conn {
     last_seen: Instant,
     /// A map long poll waiting for a version above `.0` until `.1`.
     parked: Option<(u64, Instant)>,
+    peer: Option<std::net::IpAddr>,
+    standing: Standing,
 }
 
 impl Conn {
@@ -101,7 +104,7 @@ fn accept(
     next: &mut usize,
 ) {
     loop {
-        let (mut stream, _) = match listener.accept() {
+        let (mut stream, from) = match listener.accept() {
             Ok(s) => s,
             Err(e) if e.kind() == io::ErrorKind::WouldBlock => return,
             Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
@@ -137,6 +140,8 @@ fn accept(
                 started: None,
                 last_seen: Instant::now(),
                 parked: None,
+                peer: Some(from.ip()),
+                standing: Standing::Stranger,
             },
         );
     }
@@ -193,7 +198,17 @@ fn answer_ready(c: &mut Conn, shared: &Shared) -> Result<(), ()> {
         if c.rbuf.len() < end {
             break;
         }
-        match BootRequest::decode(h.op, &c.rbuf[BOOT_HEADER_LEN..end]) {
+        let req = BootRequest::decode(h.op, &c.rbuf[BOOT_HEADER_LEN..end]);
+        let gated = req.as_ref().ok().and_then(|r| {
+            let gate = &shared.gate;
+            gate.exchange(&mut c.standing, c.peer, r)
+                .or_else(|| gate.refuse(&c.standing, r))
+        });
+        match req {
+            _ if gated.is_some() => {
+                let reply = gated.expect("checked");
+                c.wbuf.extend_from_slice(&reply.encode(h.op));
+            }
             Ok(BootRequest::FetchMap) => c.wbuf.extend_from_slice(&shared.map_frame()),
             Ok(BootRequest::WaitMap {
                 newer_than,

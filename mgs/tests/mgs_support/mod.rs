@@ -160,7 +160,7 @@ pub fn child_main() {
         free: 1 << 29,
     };
     let heartbeat = Duration::from_millis(grant.heartbeat_ms.into());
-    let mut keeper = LeaseKeeper::start(&mgs, grant.clone(), sent, report);
+    let mut keeper = LeaseKeeper::start(&c, grant.clone(), sent, report);
     let events = keeper.events().unwrap();
     loop {
         while let Ok(ev) = events.try_recv() {

@@ -63,6 +63,9 @@ struct ServeArgs {
     /// evicted and the slabs of its pushes are taken back [default: 60].
     #[arg(long, value_name = "SECONDS")]
     bulk_timeout: Option<f64>,
+    /// The file system key [default: NACRE_KEY, else /etc/nacre/FSNAME.key].
+    #[arg(long)]
+    key: Option<PathBuf>,
 }
 
 #[derive(Args)]
@@ -145,6 +148,7 @@ fn serve(cfg: Config, a: ServeArgs) -> Result<(), Box<dyn std::error::Error>> {
         provider: a.provider.or(s.provider).unwrap_or_else(|| "tcp".into()),
         node: a.listen.or(s.listen),
         identity: a.identity.or(s.identity),
+        key: a.key.or(s.key),
         engine,
     };
     if !nacre_oss::serve::serve(&sc)? {
