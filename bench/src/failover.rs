@@ -73,6 +73,8 @@ pub(crate) struct Up {
     child: Child,
     lines: Receiver<String>,
     pub(crate) mgs: String,
+    /// The file system key it printed (`NACRE_KEY=`).
+    pub(crate) key: std::path::PathBuf,
     /// Each server's pid, from `nacre up: NAME (pid N) logs to ...`.
     pids: std::collections::HashMap<String, u32>,
 }
@@ -102,11 +104,22 @@ impl Up {
             child,
             lines,
             mgs: String::new(),
+            key: Default::default(),
             pids: Default::default(),
         };
         let line = up.wait_for("NACRE_MGS=", Duration::from_secs(120))?;
         up.mgs = line["NACRE_MGS=".len()..].trim().to_string();
+        let line = up.wait_for("NACRE_KEY=", Duration::from_secs(10))?;
+        up.key = line["NACRE_KEY=".len()..].trim().into();
         Ok(up)
+    }
+
+    /// A library client's configuration for this file system (its key).
+    pub(crate) fn client_config(&self) -> ClientConfig {
+        ClientConfig {
+            keys: nacre_auth::KeySource::new(Some(self.key.clone())),
+            ..Default::default()
+        }
     }
 
     /// The first line from now on that contains `what`; the pids of servers said on
@@ -300,7 +313,7 @@ pub fn run(a: &FailoverArgs) -> Result<(), BenchError> {
         // Before any thread starts: the signals end the workload, not the process.
         let stop = nacre_fabric::signals::stop_on_signals()
             .map_err(|e| BenchError::msg(format!("taking SIGINT/SIGTERM: {e}")))?;
-        return drive(a, mgs, Killer::Outside(&stop));
+        return drive(a, mgs, ClientConfig::default(), Killer::Outside(&stop));
     }
     let _ = std::fs::remove_dir_all(&a.dir);
     std::fs::create_dir_all(&a.dir).map_err(|e| BenchError::msg(e.to_string()))?;
@@ -316,7 +329,8 @@ pub fn run(a: &FailoverArgs) -> Result<(), BenchError> {
         ],
     )?;
     let mgs = up.mgs.clone();
-    let outcome = drive(a, &mgs, Killer::Bench(&mut up));
+    let cfg = up.client_config();
+    let outcome = drive(a, &mgs, cfg, Killer::Bench(&mut up));
     up.stop();
     outcome
 }
@@ -329,8 +343,13 @@ enum Killer<'a> {
     Outside(&'a AtomicBool),
 }
 
-fn drive(a: &FailoverArgs, mgs: &str, killer: Killer<'_>) -> Result<(), BenchError> {
-    let client = Client::connect(mgs, ClientConfig::default())?;
+fn drive(
+    a: &FailoverArgs,
+    mgs: &str,
+    cfg: ClientConfig,
+    killer: Killer<'_>,
+) -> Result<(), BenchError> {
+    let client = Client::connect(mgs, cfg)?;
     match client.mkdir("/failover", 0o755) {
         Err(e) if e.raw_os_error() == Some(libc::EEXIST) && a.mgs.is_some() => {}
         other => {

@@ -132,10 +132,11 @@ pub fn run(args: &MdtestArgs) -> Result<(), BenchError> {
     let on_nacre = mgs.is_some() && !args.local;
     let factory: Factory = match (&mgs, on_nacre) {
         (Some(mgs), true) => {
-            let map = MgsClient::connect(mgs, BootConfig::default())?.fetch_map()?;
+            let mut boot = MgsClient::connect(mgs, BootConfig::default())?;
+            let (map, key) = (boot.fetch_map()?, boot.key().cloned());
             let mgs = mgs.clone();
             Arc::new(move || {
-                nacre_client(&map, &mgs)
+                nacre_client(&map, &mgs, key.clone())
                     .map(|n| Box::new(Nacre(n)) as Box<dyn Fs>)
                     .map_err(|e| e.0)
             })
@@ -219,7 +220,11 @@ pub fn run(args: &MdtestArgs) -> Result<(), BenchError> {
 
 /// A namespace client of the MDS in `map`, serving from the address that routes to
 /// the MGS at `mgs` (`NACRE_SOURCE` when set), as the client library does.
-fn nacre_client(map: &ClusterMap, mgs: &str) -> Result<NamespaceClient, BenchError> {
+fn nacre_client(
+    map: &ClusterMap,
+    mgs: &str,
+    key: Option<nacre_auth::Key>,
+) -> Result<NamespaceClient, BenchError> {
     let role = Role {
         kind: RoleKind::Mds,
         index: 0,
@@ -231,6 +236,7 @@ fn nacre_client(map: &ClusterMap, mgs: &str) -> Result<NamespaceClient, BenchErr
     let cfg = RpcConfig {
         msg_size: nacre_proto::meta::MSG_SIZE,
         timeout: Duration::from_secs(30),
+        key,
         ..Default::default()
     };
     let source = std::env::var("NACRE_SOURCE").ok().filter(|s| !s.is_empty());

@@ -72,7 +72,8 @@ pub fn run(args: &ObjArgs) -> Result<(), BenchError> {
             "--bs and --depth must be positive, --size at least --bs, --runtime > 0",
         ));
     }
-    let map = MgsClient::connect(&mgs, BootConfig::default())?.fetch_map()?;
+    let mut boot = MgsClient::connect(&mgs, BootConfig::default())?;
+    let (map, key) = (boot.fetch_map()?, boot.key().cloned());
     let role = Role {
         kind: RoleKind::Oss,
         index: args.ost,
@@ -84,6 +85,7 @@ pub fn run(args: &ObjArgs) -> Result<(), BenchError> {
         depth: args.depth.max(16),
         msg_size: 8192,
         timeout: Duration::from_secs(30),
+        key,
         ..Default::default()
     };
     // Served from the address that routes to the MGS (`NACRE_SOURCE` when set), as
@@ -248,6 +250,7 @@ fn drive(
                 flags,
                 epoch: t.route.epoch,
                 object,
+                cap: None,
             };
             let desc = bufs.remote(slot * job.bs, job.bs)?;
             let (op, n) = if job.writes() {

@@ -16,7 +16,7 @@
 use std::path::PathBuf;
 use std::time::{Duration, Instant};
 
-use nacre_client::{Client, ClientConfig, OpenOptions};
+use nacre_client::{Client, OpenOptions};
 use nacre_proto::bootstrap::{ClusterMap, RoleKind};
 
 use crate::failover::Up;
@@ -75,7 +75,7 @@ pub fn run(a: &RebuildArgs) -> Result<(), BenchError> {
 }
 
 fn drive(a: &RebuildArgs, up: &mut Up) -> Result<(), BenchError> {
-    let client = Client::connect(&up.mgs, ClientConfig::default())?;
+    let client = Client::connect(&up.mgs, up.client_config())?;
     client.mkdir("/stale", 0o755)?;
     let files = a.stale_mib.div_ceil(FILE_MIB);
     write_set(&client, files, 1)?;

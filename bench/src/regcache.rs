@@ -26,7 +26,8 @@ pub struct RegCacheArgs {
 pub fn run(args: &RegCacheArgs) -> Result<(), BenchError> {
     let mgs = nacre_mgc::mgs_address(args.mgs.clone())
         .ok_or_else(|| BenchError::msg("no MGS: give --mgs HOST:PORT or set NACRE_MGS"))?;
-    let map = MgsClient::connect(&mgs, BootConfig::default())?.fetch_map()?;
+    let mut boot = MgsClient::connect(&mgs, BootConfig::default())?;
+    let (map, key) = (boot.fetch_map()?, boot.key().cloned());
     let role = Role {
         kind: RoleKind::Oss,
         index: 0,
@@ -47,7 +48,17 @@ pub fn run(args: &RegCacheArgs) -> Result<(), BenchError> {
         let (mut cache, mut per_call) = (Vec::new(), Vec::new());
         for round in 0..3 {
             for mode in [RegCacheMode::Auto, RegCacheMode::Off] {
-                let mib_s = writes(&server.provider, &route, mode, &buf, args.count, round, opt)?;
+                let cfg = RpcConfig {
+                    msg_size: 8192,
+                    timeout: Duration::from_secs(30),
+                    reg_cache: RegCacheConfig {
+                        mode,
+                        ..Default::default()
+                    },
+                    key: key.clone(),
+                    ..Default::default()
+                };
+                let mib_s = writes(&server.provider, &route, cfg, &buf, args.count, round, opt)?;
                 match mode {
                     RegCacheMode::Auto => cache.push(mib_s),
                     RegCacheMode::Off => per_call.push(mib_s),
@@ -66,21 +77,13 @@ pub fn run(args: &RegCacheArgs) -> Result<(), BenchError> {
 fn writes(
     provider: &str,
     route: &OstRoute,
-    mode: RegCacheMode,
+    cfg: RpcConfig,
     buf: &[u8],
     count: usize,
     round: usize,
     opt: IoOptions,
 ) -> Result<f64, BenchError> {
-    let cfg = RpcConfig {
-        msg_size: 8192,
-        timeout: Duration::from_secs(30),
-        reg_cache: RegCacheConfig {
-            mode,
-            ..Default::default()
-        },
-        ..Default::default()
-    };
+    let mode = cfg.reg_cache.mode;
     let mut c = ClientEndpoint::open(&Selection::provider(provider), cfg)?;
     // A fresh object per run: every run extends its object the same way.
     let object =

@@ -107,6 +107,7 @@ fn run_beside(up: &Up, prog: &[&str]) -> String {
         .args(["-t", &up.proc.pid().to_string(), "-n", "--"])
         .args(prog)
         .env("NACRE_MGS", &up.mgs)
+        .env("NACRE_KEY", &up.key)
         .output()
         .expect("nsenter");
     let stdout = String::from_utf8_lossy(&out.stdout).to_string();
@@ -187,6 +188,7 @@ fn mpi_example_on_a_client_host() {
         .args(MPIRUN)
         .arg(&mpi_prog)
         .env("NACRE_MGS", common::hosts::MGS)
+        .env("NACRE_KEY", common::key_of(common::hosts::MGS))
         .env_remove("NACRE_SOURCE")
         .output()
         .expect("nsenter");
@@ -218,6 +220,8 @@ const MPIRUN: &[&str] = &[
     "self,vader",
     "-x",
     "NACRE_MGS",
+    "-x",
+    "NACRE_KEY",
 ];
 
 /// Root can make a network namespace (unshare -n) and enter it (nsenter).

@@ -68,13 +68,16 @@ fn size_of(up: &Up, path: &str) -> u64 {
 /// Writes `data` at `offset` of object `oid` on `ost` through its OSS and reports no
 /// size to the MDS: what a writer that died before its close or fsync leaves.
 fn write_unreported(mgs: &str, ost: u32, oid: u64, offset: u64, data: &[u8]) {
-    let map = nacre_mgc::MgsClient::connect(mgs, Default::default())
+    let key = nacre_auth::Key::load(common::key_of(mgs).as_ref()).unwrap();
+    let keys = nacre_auth::KeySource::key(key.clone());
+    let map = nacre_mgc::MgsClient::connect_with(mgs, Default::default(), keys)
         .unwrap()
         .fetch_map()
         .unwrap();
     let route = OstRoute::in_map(&map, ost).unwrap();
     let cfg = RpcConfig {
         msg_size: nacre_proto::object::MSG_SIZE,
+        key: Some(key),
         ..Default::default()
     };
     let mut ep = ClientEndpoint::open(&Selection::provider("tcp"), cfg).unwrap();

@@ -163,7 +163,7 @@ fn what_one_mount_syncs_the_other_and_the_library_see() {
     up.ok(&["setstripe", "-c", "2", "-S", "64k", "/coh"]);
     let m1 = Mount::new(&up, work.join("m1"));
     let m2 = Mount::new(&up, work.join("m2"));
-    let c = Client::connect(&up.mgs, Default::default()).unwrap();
+    let c = Client::connect(&up.mgs, common::client_config(&up.mgs)).unwrap();
     run(&m1, &m2, &c, 0x5eed_0001);
     run(&m2, &m1, &c, 0x5eed_0002);
     drop((m1, m2));

@@ -75,6 +75,7 @@ impl Workload {
             .arg(bench_bin())
             .args(["failover", "--mgs", MGS, "--files", "6", "--file-mib", "2"])
             .args(["--before", "600", "--after", "0"])
+            .env("NACRE_KEY", common::key_of(MGS))
             .env("NACRE_LOG", "warn");
         let w = Workload(Proc::spawn("failover", cmd));
         eprintln!("{} workload started", clock());

@@ -15,7 +15,7 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use common::{tmp, Up};
-use nacre_client::{Client, ClientConfig, File, Layout, OpenOptions};
+use nacre_client::{Client, File, Layout, OpenOptions};
 use nacre_fabric::testing::pattern;
 use nacre_proto::bootstrap::RoleKind;
 use nacre_proto::layout::{FileLayout, FirstOst, StripeCount, StripeSpec};
@@ -156,7 +156,7 @@ fn persistent_survives_a_lost_oss(provider: &str) {
         status.contains("deployment: persistent (2 copies of every file)"),
         "{status}"
     );
-    let client = Client::connect(&a.mgs, ClientConfig::default()).unwrap();
+    let client = Client::connect(&a.mgs, common::client_config(&a.mgs)).unwrap();
     let b_osts = osts_of_b(&client, &dir);
     // Written whole before the kill, its first mirror (the one read) on B.
     let first_on_b = StripeSpec {
@@ -348,7 +348,7 @@ fn nacre_up_restarts_a_dead_oss(provider: &str) {
     }
     let dir = tmp(&format!("restart-{}", provider.split(';').next().unwrap()));
     let mut up = Up::start(&dir.join("data"), provider, &["--deployment", "persistent"]);
-    let client = Client::connect(&up.mgs, ClientConfig::default()).unwrap();
+    let client = Client::connect(&up.mgs, common::client_config(&up.mgs)).unwrap();
     let f = client.open("/f", &OpenOptions::create()).unwrap();
     let l = f.layout().unwrap().clone();
     assert_eq!(l.mirrors.len(), 2, "persistent: two copies by default");
@@ -503,7 +503,7 @@ fn rebuild_after_an_oss_came_back(provider: &str) {
     let Some((dir, a, mut b)) = hosts(provider, "rebuild", 4) else {
         return;
     };
-    let client = Client::connect(&a.mgs, ClientConfig::default()).unwrap();
+    let client = Client::connect(&a.mgs, common::client_config(&a.mgs)).unwrap();
     let b_osts = osts_of_b(&client, &dir);
     let first_on_b = StripeSpec {
         stripe_size: MIB as u32,
@@ -589,7 +589,7 @@ fn paused_oss_steps_down_and_is_rebuilt(provider: &str) {
     }
     let dir = tmp(&format!("paused-{}", provider.split(';').next().unwrap()));
     let mut up = Up::start(&dir.join("data"), provider, &["--deployment", "persistent"]);
-    let client = Client::connect(&up.mgs, ClientConfig::default()).unwrap();
+    let client = Client::connect(&up.mgs, common::client_config(&up.mgs)).unwrap();
     let f = client.open("/p", &OpenOptions::create()).unwrap();
     let old = pattern(21, 2 * MIB);
     f.write_at(&old, 0).unwrap();
@@ -668,7 +668,7 @@ fn an_empty_oss_replaces_a_lost_one(provider: &str) {
     let Some((dir, a, mut b)) = hosts(provider, "replace", 4) else {
         return;
     };
-    let client = Client::connect(&a.mgs, ClientConfig::default()).unwrap();
+    let client = Client::connect(&a.mgs, common::client_config(&a.mgs)).unwrap();
     let b_osts = osts_of_b(&client, &dir);
     let spec = StripeSpec {
         stripe_size: MIB as u32,

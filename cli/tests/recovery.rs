@@ -17,7 +17,7 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use common::{tmp, Up};
-use nacre_client::{Client, ClientConfig, OpenOptions};
+use nacre_client::{Client, OpenOptions};
 use nacre_fabric::testing::pattern;
 use nacre_proto::bootstrap::RoleKind;
 use nacre_proto::layout::{FirstOst, StripeCount, StripeSpec};
@@ -87,7 +87,7 @@ fn oss_killed_mid_stream(provider: &str) {
         return;
     };
 
-    let client = Client::connect(&a.mgs, ClientConfig::default()).unwrap();
+    let client = Client::connect(&a.mgs, common::client_config(&a.mgs)).unwrap();
     let spec = StripeSpec {
         stripe_size: MIB as u32,
         count: StripeCount::Count(4),
@@ -154,7 +154,7 @@ fn oss_lost_fails_fast(provider: &str) {
     let Some((dir, a, mut b, _)) = hosts_a_and_b(provider, "lost-oss", "OSS lost for good") else {
         return;
     };
-    let client = Client::connect(&a.mgs, ClientConfig::default()).unwrap();
+    let client = Client::connect(&a.mgs, common::client_config(&a.mgs)).unwrap();
     // B's OSTs: those served from B's directories (a server's node names its target).
     let map = client.refresh_map().unwrap();
     let b_dir = format!("{}/b/", dir.display());
@@ -362,8 +362,8 @@ fn mds_killed_mid_stream(provider: &str) {
     );
     let m_config = host_m(&dir, &a.mgs);
     let mut m = Up::start(&dir.join("m"), provider, &b_args(&m_config));
-    let client = Client::connect(&a.mgs, ClientConfig::default()).unwrap();
-    let other = Client::connect(&a.mgs, ClientConfig::default()).unwrap();
+    let client = Client::connect(&a.mgs, common::client_config(&a.mgs)).unwrap();
+    let other = Client::connect(&a.mgs, common::client_config(&a.mgs)).unwrap();
     let ino = client.create("/locked", 0o644, None).unwrap().ino();
     client.lock(write_lock(ino, 0, 9)).unwrap();
     let open = open_before_the_restart(&client);

@@ -26,7 +26,8 @@ fn soak(provider: &str) {
         "--minutes",
         "0.4",
     ])
-    .args(["--kill-every", "3", "--seed", "12345"]);
+    .args(["--kill-every", "3", "--seed", "12345"])
+    .env("NACRE_KEY", &up.key);
     let mut run = KillOnDrop::new(cmd.stdout(std::process::Stdio::piped()).spawn().unwrap());
     let mut pipe = run.child().stdout.take().unwrap();
     let reader = std::thread::spawn(move || {

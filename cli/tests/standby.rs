@@ -15,7 +15,7 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use common::{tmp, Up};
-use nacre_client::{Client, ClientConfig, OpenOptions};
+use nacre_client::{Client, OpenOptions};
 use nacre_fabric::testing::{pattern, workspace_bin, Proc};
 
 /// The MGS's default lease.
@@ -26,7 +26,8 @@ fn mds(name: &str, mgs: &str, dir: &Path, provider: &str, extra: &[&str]) -> Pro
     cmd.args(["serve", "--no-pin", "--mgs", mgs, "--provider", provider])
         .arg("--dir")
         .arg(dir)
-        .args(extra);
+        .args(extra)
+        .env("NACRE_KEY", common::key_of(mgs));
     Proc::spawn(name, cmd)
 }
 
@@ -76,7 +77,7 @@ fn standby_takes_over(provider: &str, sync: bool) {
     // The next heartbeat names B to the MGS.
     std::thread::sleep(Duration::from_millis(1500));
 
-    let client = Client::connect(&up.mgs, ClientConfig::default()).unwrap();
+    let client = Client::connect(&up.mgs, common::client_config(&up.mgs)).unwrap();
     client.mkdir("/d", 0o755).unwrap();
     let made: Made = Arc::default();
     let stop = Arc::new(AtomicBool::new(false));
@@ -190,7 +191,7 @@ fn a_lost_standby_is_dropped_in_sync_mode_and_io_goes_on() {
         &["--standby", "--sync"],
     );
     a.expect("in sync", Duration::from_secs(30));
-    let client = Client::connect(&up.mgs, ClientConfig::default()).unwrap();
+    let client = Client::connect(&up.mgs, common::client_config(&up.mgs)).unwrap();
     let mut longest = Duration::ZERO;
     let mut lost_at = None;
     for i in 0..400u64 {

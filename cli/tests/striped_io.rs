@@ -9,7 +9,7 @@ mod common;
 use std::sync::Arc;
 
 use common::{tmp, Up};
-use nacre_client::{errno, Client, ClientConfig, OpenOptions, O_BUFFERED};
+use nacre_client::{errno, Client, OpenOptions, O_BUFFERED};
 use nacre_fabric::testing::pattern;
 use nacre_proto::bootstrap::TargetKind;
 use nacre_proto::layout::{FirstOst, StripeCount, StripeSpec};
@@ -124,7 +124,7 @@ fn read_in_pieces(f: &nacre_client::File, len: usize, piece: usize) -> Vec<u8> {
 /// client after fsync, and after a drop; a buffered reader sees another client's
 /// synced overwrite once it syncs itself; a truncate drops gathered bytes past it.
 fn buffered_handles(mgs: &str, client: &Client) {
-    let other = Client::connect(mgs, ClientConfig::default()).unwrap();
+    let other = Client::connect(mgs, common::client_config(mgs)).unwrap();
     let buffered = OpenOptions::create()
         .flags(CREATE | O_BUFFERED)
         .layout(spec(2, 1 << 20));
@@ -231,7 +231,7 @@ fn truncating_opens(client: &Client) {
 /// one file (block i by writer i % writers); then every client reads it all back.
 fn shared_file(mgs: &str, clients: usize, threads: usize, block: usize, blocks: usize, flags: i32) {
     let path = format!("/shared-{block}-{flags:x}");
-    let first = Client::connect(mgs, ClientConfig::default()).unwrap();
+    let first = Client::connect(mgs, common::client_config(mgs)).unwrap();
     first
         .open(&path, &OpenOptions::create().layout(spec(4, 1 << 20)))
         .unwrap()
@@ -243,7 +243,7 @@ fn shared_file(mgs: &str, clients: usize, threads: usize, block: usize, blocks: 
         .map(|c| {
             let (mgs, path, want) = (mgs.to_string(), path.clone(), want.clone());
             std::thread::spawn(move || {
-                let client = Client::connect(&mgs, ClientConfig::default()).unwrap();
+                let client = Client::connect(&mgs, common::client_config(&mgs)).unwrap();
                 let rw = OpenOptions::read().flags(libc::O_RDWR | flags);
                 let file = Arc::new(client.open(&path, &rw).unwrap());
                 std::thread::scope(|s| {
@@ -305,7 +305,7 @@ fn striped_io(provider: &str) {
     }
     let name = provider.split(';').next().unwrap();
     let up = Up::start(&tmp(&format!("io-{name}")), provider, &[]);
-    let client = Client::connect(&up.mgs, ClientConfig::default()).unwrap();
+    let client = Client::connect(&up.mgs, common::client_config(&up.mgs)).unwrap();
     matches_the_model(&client, "/model", CREATE);
     matches_the_model(&client, "/model-buffered", CREATE | O_BUFFERED);
     holes_read_as_zeros(&client);

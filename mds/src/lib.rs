@@ -9,6 +9,8 @@
 mod background;
 pub mod checker;
 pub mod destroyer;
+pub mod grants;
+pub mod identity;
 pub mod mds_serve;
 pub mod mdt;
 pub mod reach;

@@ -26,6 +26,7 @@ use nacre_proto::bootstrap::{
     errno, ClaimRequest, ClusterMap, Grant, RoleKind, TargetKind, TargetReport, TargetState,
 };
 
+use crate::grants::Sealer;
 use crate::mdt::engine_service::{MdsService, MdtSlot};
 use crate::mdt::{Admin, Mdt, MdtConfig, MdtError, OstPlace, OstSpace, SyncMode};
 use crate::reach::Reach;
@@ -47,6 +48,8 @@ pub struct MdsServeConfig {
     pub standby: bool,
     /// The file system key file (else `NACRE_KEY`, else `/etc/nacre/FSNAME.key`).
     pub key: Option<PathBuf>,
+    /// How long the capabilities handed with layouts hold.
+    pub capability_lifetime: Duration,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -133,6 +136,7 @@ pub fn serve(cfg: &MdsServeConfig) -> Result<bool, MdsServeError> {
             .submit_admin(0, Admin::SetOsts(places.clone()));
     }
     mdt.set_ost_space(ost_space(&map));
+    mdt.root_squash().set(map.root_squash);
     println!(
         "nacre-mds: serving MDT {} as {} (epoch {}) over {} on {} core(s), OSTs {:?}",
         cfg.dir.display(),
@@ -221,6 +225,7 @@ pub fn serve(cfg: &MdsServeConfig) -> Result<bool, MdsServeError> {
                     places = now;
                 }
                 mdt.set_ost_space(ost_space(&map));
+                mdt.root_squash().set(map.root_squash);
                 destroyer.set_map(map.clone());
                 rebuild.set_map(map.clone());
                 checker.set_map(map.clone());
@@ -317,8 +322,14 @@ fn start_engine(
     };
     ecfg.storage_paths = vec![cfg.dir.clone()];
     let slot = slot.clone();
+    let sealer = ecfg
+        .reactor
+        .key
+        .as_ref()
+        .and_then(nacre_auth::CapabilityKey::of)
+        .map(|k| Sealer::new(k, cfg.capability_lifetime));
     Ok(Engine::start(&ecfg, move |_, _| {
-        MdsService::bound(slot.clone())
+        MdsService::bound(slot.clone()).sealing(sealer.clone())
     })?)
 }
 

@@ -8,7 +8,7 @@ use std::process::Command;
 use std::time::{Duration, Instant};
 
 use mgs_support::*;
-use nacre_mgc::{BootConfig, MgsClient};
+use nacre_mgc::BootConfig;
 use nacre_proto::bootstrap::{errno, ClaimRequest, RoleKind, TargetReport, TargetState};
 
 fn claim(kind: RoleKind, node: &str) -> ClaimRequest {
@@ -145,7 +145,7 @@ fn a_long_poll_wakes_on_a_change_and_returns_at_its_deadline_otherwise() {
 
     let addr = mgs.addr.clone();
     let waiter = std::thread::spawn(move || {
-        let mut w = MgsClient::connect(&addr, BootConfig::default()).unwrap();
+        let mut w = client(&addr, BootConfig::default());
         let t = Instant::now();
         let m = w.wait_map(v, Duration::from_secs(10)).unwrap();
         (m, t.elapsed())

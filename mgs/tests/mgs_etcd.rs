@@ -95,7 +95,11 @@ fn two_mgs_on_one_etcd_and_one_killed_clients_and_servers_carry_on() {
     // leads (it watches the election key: under load that takes a moment).
     let until = Instant::now() + Duration::from_secs(10);
     let mut via_second = loop {
-        match MgsClient::connect(&second.addr, BootConfig::default()) {
+        match MgsClient::connect_with(
+            &second.addr,
+            BootConfig::default(),
+            nacre_auth::KeySource::new(Some(key_of(&second.addr))),
+        ) {
             Ok(c) => break c,
             Err(e) if Instant::now() < until => {
                 eprintln!("follower not ready yet: {e}");
@@ -119,7 +123,7 @@ fn two_mgs_on_one_etcd_and_one_killed_clients_and_servers_carry_on() {
     // New servers and clients given both addresses use the one that is there.
     let t = server(TEST, &both, "node-t", None, false);
     t.expect("GRANTED oss1 epoch 1", Duration::from_secs(20));
-    let mut c = MgsClient::connect(&both, BootConfig::default()).unwrap();
+    let mut c = client(&both, BootConfig::default());
     assert_eq!(c.fetch_map().unwrap().servers.len(), 2);
 }
 
@@ -164,7 +168,7 @@ fn a_paused_leader_is_deposed_and_exits_when_resumed_while_servers_carry_on() {
     first.proc.signal("STOP");
     let stopped = std::time::Instant::now();
     second.proc.expect("leader on", Duration::from_secs(10));
-    let mut c = MgsClient::connect(&second.addr, BootConfig::default()).unwrap();
+    let mut c = client(&second.addr, BootConfig::default());
     wait_for_map(&mut c, Duration::from_secs(5), |m| {
         m.is_current(oss0(), 1) && m.target(oss0()).unwrap().state == TargetState::Up
     });

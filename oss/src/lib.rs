@@ -6,6 +6,7 @@
 //! network filled straight to disk, unaligned edges by read-modify-write under a
 //! per-object block-range lock ([`rangelock`]). See docs/oss.md.
 
+pub mod access;
 pub mod checksum;
 pub mod config;
 pub mod errno;

@@ -113,8 +113,14 @@ impl OstRegistry {
 pub fn start(cfg: &EngineConfig, osts: OstRegistry) -> Result<Engine, EngineError> {
     let cores = cfg.cpus.as_ref().map_or(cfg.cores.max(1), Vec::len);
     let max_files = cfg.storage.max_files as usize;
+    let caps = cfg
+        .reactor
+        .key
+        .as_ref()
+        .and_then(nacre_auth::CapabilityKey::of);
     Engine::start(cfg, move |core, c| {
         OssService::new(core, cores, osts.clone(), max_files, c.reply_body_max())
+            .checking(caps.clone())
     })
 }
 

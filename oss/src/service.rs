@@ -23,6 +23,7 @@ use nacre_proto::object::{
 };
 use nacre_proto::{BulkDesc, Header, Opcode, HEADER_LEN};
 
+use crate::access::Access;
 use crate::replay::{Admit, Answer, Replays};
 use crate::server::{open_store, OstHealth, OstRegistry};
 use crate::{
@@ -139,6 +140,8 @@ pub struct OssService {
     /// Largest inline reply body, and the buffer inline replies are built in.
     inline_max: usize,
     scratch: Vec<u8>,
+    /// The capability check of every object request.
+    access: Access,
 }
 
 impl OssService {
@@ -169,9 +172,16 @@ impl OssService {
             replays: Replays::default(),
             inline_max: reply_max - 16,
             scratch: Vec::with_capacity(reply_max + HEADER_LEN),
+            access: Access::default(),
         };
         s.open_new_osts();
         s
+    }
+
+    /// Object requests must carry capabilities sealed with `key` (None: checks nothing).
+    pub fn checking(mut self, key: Option<nacre_auth::CapabilityKey>) -> OssService {
+        self.access = Access::new(key);
+        self
     }
 
     /// Opens this core's store of every OST added to the registry since the last look.
@@ -223,7 +233,7 @@ impl OssService {
     /// A decoded request on an OST this core may serve, or None once the request was
     /// answered with why not (malformed, not served here, stale epoch, other core).
     fn admit_decoded<T>(
-        &self,
+        &mut self,
         core: &mut Core,
         peer: PeerAddr,
         h: &Header,
@@ -231,9 +241,13 @@ impl OssService {
         target: impl FnOnce(&T) -> &ObjTarget,
         needs_object: bool,
     ) -> Option<(T, usize)> {
-        let checked = decoded
-            .map_err(|e| e.errno())
-            .and_then(|r| Ok((self.admit(target(&r), needs_object)?, r)));
+        let checked = decoded.map_err(|e| e.errno()).and_then(|r| {
+            let t = target(&r);
+            let store = self.admit(t, needs_object)?;
+            let principal = core.principal(h.session);
+            self.access.check(principal, h.session, h.opcode, t)?;
+            Ok((store, r))
+        });
         match checked {
             Ok((store, r)) => Some((r, store)),
             Err(errno) => {

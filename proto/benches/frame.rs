@@ -15,6 +15,7 @@ fn request() -> ReadReq {
             flags: ObjFlags::BULK,
             epoch: 7,
             object: 0x1234_5678,
+            cap: None,
         },
         offset: 1 << 20,
         len: 1 << 20,

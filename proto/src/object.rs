@@ -2,7 +2,9 @@
 //! server core, with the fencing epoch the client believes in.
 //!
 //! Every request opens with the same 24 bytes ([`ObjTarget`]): the OST index, flags,
-//! the OSS role's epoch from the cluster map, and the object id. Data travels inline
+//! the OSS role's epoch from the cluster map, and the object id; with flag
+//! [`ObjFlags::CAPABILITY`], the 32 bytes of the object's capability follow (what the
+//! MDS sealed for the client: `nacre_auth::capability`). Data travels inline
 //! (small writes and reads: the bytes follow the fixed fields) or by a bulk descriptor
 //! (flag [`ObjFlags::BULK`]): the server pulls a write's data from it and pushes a
 //! read's data into it. With [`ObjFlags::CHECKSUM`] the sender puts a crc32c of the data
@@ -49,7 +51,9 @@ impl ObjFlags {
     /// A write, punch or truncate carries an [`IoKey`] after its target: the server
     /// applies it at most once.
     pub const KEYED: ObjFlags = ObjFlags(16);
-    const KNOWN: u32 = 31;
+    /// The object's capability follows the target ([`ObjTarget::cap`]).
+    pub const CAPABILITY: ObjFlags = ObjFlags(32);
+    const KNOWN: u32 = 63;
 
     pub fn has(self, f: ObjFlags) -> bool {
         self.0 & f.0 == f.0
@@ -166,16 +170,31 @@ pub struct ObjTarget {
     /// The OSS role's epoch as the client's map says (fencing token).
     pub epoch: u64,
     pub object: u64,
+    /// The object's capability (flag [`ObjFlags::CAPABILITY`] on the wire).
+    pub cap: Option<[u8; CAP_LEN]>,
 }
 
+/// Bytes of a capability after the target.
+pub const CAP_LEN: usize = 32;
+
 impl ObjTarget {
+    /// Bytes of a target without a capability.
     pub const LEN: usize = 24;
+    /// Bytes of a target at most (with its capability).
+    pub const MAX_LEN: usize = ObjTarget::LEN + CAP_LEN;
 
     fn write(&self, w: &mut BodyWriter<'_>) -> Result<(), BodyError> {
+        let flags = match self.cap {
+            Some(_) => self.flags.with(ObjFlags::CAPABILITY),
+            None => self.flags.without(ObjFlags::CAPABILITY),
+        };
         w.u32(self.ost)?
-            .u32(self.flags.0)?
+            .u32(flags.0)?
             .u64(self.epoch)?
             .u64(self.object)?;
+        if let Some(cap) = &self.cap {
+            w.bytes(cap)?;
+        }
         Ok(())
     }
 
@@ -185,11 +204,17 @@ impl ObjTarget {
         if flags & !ObjFlags::KNOWN != 0 {
             return Err(ObjError::Flags(flags));
         }
+        let (epoch, object) = (r.u64()?, r.u64()?);
+        let cap = match flags & ObjFlags::CAPABILITY.0 != 0 {
+            true => Some(r.bytes(CAP_LEN)?.try_into().expect("took CAP_LEN bytes")),
+            false => None,
+        };
         Ok(ObjTarget {
             ost,
             flags: ObjFlags(flags),
-            epoch: r.u64()?,
-            object: r.u64()?,
+            epoch,
+            object,
+            cap,
         })
     }
 }
@@ -594,6 +619,7 @@ mod tests {
             flags,
             epoch: 7,
             object: 0xabc,
+            cap: None,
         }
     }
 

@@ -12,12 +12,14 @@
 //! The file client (nacre-client) builds on it, and so does the MDS, which destroys the
 //! objects of unlinked files. It never depends on the server engine.
 
+pub mod caps;
 mod meta;
 pub mod objects;
 mod pieces;
 pub mod regcache;
 pub mod rpc;
 
+pub use caps::Capabilities;
 pub use regcache::{RegCache, RegCacheConfig, RegCacheMode, RegCacheStats};
 pub use rpc::{
     ClientEndpoint, ClientError, RpcClient, RpcConfig, RpcReply, SessionId, Watchdog, WATCH_EVERY,

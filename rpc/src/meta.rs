@@ -19,6 +19,17 @@ impl ClientEndpoint {
         if reply.header.status != 0 {
             return Err(ClientError::Status(-reply.header.status));
         }
-        Reply::decode(&reply.body).map_err(|e| ClientError::Protocol(e.to_string()))
+        let (reply, grants) =
+            Reply::decode_granted(&reply.body).map_err(|e| ClientError::Protocol(e.to_string()))?;
+        if let (Some(caps), Some(g)) = (self.capabilities(), &grants) {
+            match &reply {
+                Reply::Opened {
+                    layout: Some(l), ..
+                }
+                | Reply::Layout(l) => caps.grant(l, g),
+                _ => {}
+            }
+        }
+        Ok(reply)
     }
 }

@@ -140,18 +140,21 @@ impl ClientEndpoint {
         self.connect(&route.cores[core])
     }
 
-    fn target(route: &OstRoute, object: u64, flags: ObjFlags) -> ObjTarget {
+    /// A request's target, with the object's capability if this endpoint holds one.
+    fn target(&self, route: &OstRoute, object: u64, flags: ObjFlags) -> ObjTarget {
         ObjTarget {
             ost: route.ost,
             flags,
             epoch: route.epoch,
             object,
+            cap: self.capabilities().and_then(|c| c.get(route.ost, object)),
         }
     }
 
     /// The largest payload that travels inline in a request.
     pub fn inline_max(&self) -> usize {
-        self.msg_size() - HEADER_LEN - 64
+        // The fixed fields of a keyed write with its capability, and room to spare.
+        self.msg_size() - HEADER_LEN - 128
     }
 
     /// The largest read answered inline: what fits a reply (16 bytes of reply header
@@ -217,12 +220,12 @@ impl ClientEndpoint {
         }
         let key = |p: &Req<'_>| opt.keys.map(|b| b.key(p.key as usize));
         if data.len() <= self.object_inline_max() {
-            let mut body = vec![0u8; 96 + data.len()];
+            let mut body = vec![0u8; 128 + data.len()];
             return self
                 .in_flight(&reqs, |c, _, p| {
                     let bytes = &data[p.at..p.at + p.len];
                     let req = WriteReq {
-                        target: Self::target(p.route, p.object, flags),
+                        target: c.target(p.route, p.object, flags),
                         offset: p.offset,
                         len: p.len as u64,
                         crc: crc_of(opt, bytes),
@@ -241,7 +244,7 @@ impl ClientEndpoint {
             // fails and its registration is closed).
             let replies = c.in_flight(&reqs, |c, _, p| {
                 let req = WriteReq {
-                    target: Self::target(p.route, p.object, flags),
+                    target: c.target(p.route, p.object, flags),
                     offset: p.offset,
                     len: p.len as u64,
                     crc: crc_of(opt, &data[p.at..p.at + p.len]),
@@ -272,12 +275,12 @@ impl ClientEndpoint {
         let got = if buf.len() <= self.reply_inline_max() {
             let replies = self.in_flight(&reqs, |c, _, p| {
                 let req = ReadReq {
-                    target: Self::target(p.route, p.object, flags),
+                    target: c.target(p.route, p.object, flags),
                     offset: p.offset,
                     len: p.len as u64,
                     bulk: None,
                 };
-                let mut body = [0u8; 64];
+                let mut body = [0u8; 128];
                 let n = req.encode(&mut body).map_err(proto_err)?;
                 let sid = c.object_session(p.route, p.object)?;
                 c.send(sid, Opcode::OBJ_READ, &body[..n])
@@ -298,7 +301,7 @@ impl ClientEndpoint {
             self.with_buffer_mut(buf, |c, desc| {
                 let replies = c.in_flight(&reqs, |c, _, p| {
                     let req = ReadReq {
-                        target: Self::target(p.route, p.object, flags),
+                        target: c.target(p.route, p.object, flags),
                         offset: p.offset,
                         len: p.len as u64,
                         bulk: Some(sub(&desc, p.at, p.len)),
@@ -386,7 +389,7 @@ impl ClientEndpoint {
     ) -> Result<(), ClientError> {
         let sid = self.object_session(route, object)?;
         let req = RangeReq {
-            target: Self::target(route, object, ObjFlags::default()),
+            target: self.target(route, object, ObjFlags::default()),
             offset,
             len,
             key,
@@ -420,8 +423,8 @@ impl ClientEndpoint {
         objects: &[(&OstRoute, u64)],
     ) -> Result<Vec<Result<bool, ClientError>>, ClientError> {
         let replies = self.in_flight(objects, |c, _, &(route, object)| {
-            let t = Self::target(route, object, ObjFlags::default());
-            let mut body = [0u8; 32];
+            let t = c.target(route, object, ObjFlags::default());
+            let mut body = [0u8; ObjTarget::MAX_LEN];
             let n = encode_target(&t, &mut body).map_err(proto_err)?;
             let sid = c.object_session(route, object)?;
             c.send(sid, Opcode::OBJ_DESTROY, &body[..n])
@@ -447,11 +450,11 @@ impl ClientEndpoint {
         let sid = self.object_session(route, u64::from(dir))?;
         let room = self.msg_size().min(OSS_MSG_SIZE).saturating_sub(HEADER_LEN);
         let req = ListReq {
-            target: Self::target(route, after, ObjFlags::default()),
+            target: self.target(route, after, ObjFlags::default()),
             dir,
             max: ListReply::room(room) as u32,
         };
-        let mut body = [0u8; 64];
+        let mut body = [0u8; 128];
         let n = req.encode(&mut body).map_err(proto_err)?;
         let reply = self.request(sid, Opcode::OBJ_LIST, &body[..n])?;
         check(&reply)?;
@@ -472,8 +475,8 @@ impl ClientEndpoint {
         flags: ObjFlags,
     ) -> Result<RpcReply, ClientError> {
         let sid = self.object_session(route, object)?;
-        let t = Self::target(route, object, flags);
-        let mut body = [0u8; 32];
+        let t = self.target(route, object, flags);
+        let mut body = [0u8; ObjTarget::MAX_LEN];
         let n = encode_target(&t, &mut body).map_err(proto_err)?;
         debug_assert!(decode_target(&body[..n]).is_ok());
         let reply = self.request(sid, op, &body[..n])?;

@@ -68,6 +68,9 @@ pub struct RpcConfig {
     pub session_refresh: Duration,
     /// The key HELLO proves this client holds (None: no key, for servers without one).
     pub key: Option<nacre_auth::Key>,
+    /// Where the capabilities granted with layouts go, and object requests take theirs
+    /// from (shared by a client's endpoints). None: requests carry none (servers).
+    pub caps: Option<std::sync::Arc<crate::caps::Capabilities>>,
 }
 
 impl Default for RpcConfig {
@@ -79,6 +82,7 @@ impl Default for RpcConfig {
             reg_cache: RegCacheConfig::default(),
             session_refresh: nacre_proto::SESSION_REFRESH,
             key: None,
+            caps: None,
         }
     }
 }
@@ -411,6 +415,11 @@ impl ClientEndpoint {
     }
 
     /// Requests this endpoint keeps in flight at most.
+    /// The capabilities this endpoint's requests carry, if it keeps any.
+    pub fn capabilities(&self) -> Option<&crate::caps::Capabilities> {
+        self.cfg.caps.as_deref()
+    }
+
     pub fn depth(&self) -> usize {
         self.cfg.depth
     }

@@ -23,7 +23,8 @@ fn mds(provider: &str, mgs: &str, dir: &std::path::Path) -> Proc {
     cmd.args(["serve", "--mgs", mgs, "--provider", provider, "--no-pin"])
         .args(["--identity", "test-mds", "--dir"])
         .arg(dir)
-        .env("RUST_LOG", "warn");
+        .env("RUST_LOG", "warn")
+        .env(nacre_auth::KEY_ENV, key_of(mgs));
     let p = Proc::spawn("mds", cmd);
     p.expect("nacre-mds: ready", Duration::from_secs(30));
     p
@@ -48,10 +49,11 @@ fn mds_in_map(mgs: &Mgs, after: u64) -> (u64, Vec<u8>) {
     }
 }
 
-fn client(provider: &str, core: &[u8]) -> (ClientEndpoint, SessionId) {
+fn client(provider: &str, mgs: &Mgs, core: &[u8]) -> (ClientEndpoint, SessionId) {
     let cfg = RpcConfig {
         msg_size: nacre_proto::meta::MSG_SIZE,
         timeout: Duration::from_secs(5),
+        key: Some(nacre_auth::Key::load(&key_of(&mgs.addr)).unwrap()),
         ..Default::default()
     };
     let mut c = ClientEndpoint::open(&Selection::provider(provider), cfg).unwrap();
@@ -78,7 +80,7 @@ fn creates_survive_kill9(provider: &str) {
     let mdt = dir.join("mdt");
     let mut server = mds(provider, &mgs.addr, &mdt);
     let (epoch, core) = mds_in_map(&mgs, 0);
-    let (mut c, s) = client(provider, &core);
+    let (mut c, s) = client(provider, &mgs, &core);
     let killed = Arc::new(AtomicBool::new(false));
     let (pid, mut killer, mut acked) = (server.pid(), None, Vec::new());
     for i in 0..1_000_000u32 {
@@ -108,7 +110,7 @@ fn creates_survive_kill9(provider: &str) {
     server.kill9();
     let _server = mds(provider, &mgs.addr, &mdt);
     let (fresh, core) = mds_in_map(&mgs, epoch);
-    let (mut c, s) = client(provider, &core);
+    let (mut c, s) = client(provider, &mgs, &core);
     let lookup = |name: &[u8]| Request::Lookup {
         parent: ROOT_INO,
         name: name.to_vec(),

@@ -98,6 +98,7 @@ fn flood(provider: &str) {
                     flags: ObjFlags::BULK,
                     epoch: route.epoch,
                     object,
+                    cap: None,
                 },
                 offset: 0,
                 len: LEN as u64,

@@ -62,6 +62,7 @@ fn send_read(
         flags,
         epoch: route.epoch,
         object,
+        cap: None,
     };
     let len = len as u64;
     let req = ReadReq {

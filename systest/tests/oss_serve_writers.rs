@@ -181,6 +181,7 @@ fn corrupted_bulk(provider: &str) {
         flags: ObjFlags::CHECKSUM.with(ObjFlags::BULK),
         epoch: route.epoch,
         object,
+        cap: None,
     };
     let req = WriteReq {
         target,

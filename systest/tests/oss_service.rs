@@ -286,6 +286,7 @@ fn refusals_are_clear_errors_and_the_core_keeps_serving() {
         flags: ObjFlags::CHECKSUM,
         epoch: good.epoch,
         object: 2,
+        cap: None,
     };
     let write = |target: ObjTarget, crc: u32| {
         let req = WriteReq {
@@ -357,6 +358,7 @@ fn a_vanished_client_leaves_nothing_held() {
                     flags: ObjFlags::BULK,
                     epoch: route.epoch,
                     object: 2 * (i + 1), // core 0
+                    cap: None,
                 },
                 offset: 0,
                 len: len as u64,

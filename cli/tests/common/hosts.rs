@@ -90,6 +90,7 @@ impl Hosts {
             .arg(nacre_bin())
             .args(args)
             .env("NACRE_MGS", MGS)
+            .env("NACRE_KEY", super::key_of(MGS))
             .env_remove("NACRE_SOURCE")
             .output()
             .expect("running nacre")

@@ -89,10 +89,58 @@ pub fn have(provider: &str, what: &str) -> bool {
     }
 }
 
+/// The file system key of each MGS (by address) that a `nacre up` of this test process
+/// printed: what `nacre` and the other clients run against it prove themselves with.
+static KEYS: std::sync::Mutex<Vec<(String, String)>> = std::sync::Mutex::new(Vec::new());
+
+/// The key of the file system whose MGS is at `mgs`.
+pub fn key_of(mgs: &str) -> String {
+    let keys = KEYS.lock().unwrap_or_else(|p| p.into_inner());
+    keys.iter()
+        .rev()
+        .find(|(m, _)| m == mgs)
+        .map(|(_, k)| k.clone())
+        .unwrap_or_else(|| panic!("no key known for the MGS at {mgs}"))
+}
+
+/// Notes that the file system at `mgs` has the key `key` (a file).
+pub fn remember_key(mgs: &str, key: &str) {
+    let mut keys = KEYS.lock().unwrap_or_else(|p| p.into_inner());
+    keys.push((mgs.to_string(), key.to_string()));
+}
+
+/// A library client's configuration against the file system whose MGS is at `mgs`
+/// (its key).
+#[allow(dead_code)]
+pub fn client_config(mgs: &str) -> nacre_client::ClientConfig {
+    nacre_client::ClientConfig {
+        keys: nacre_auth::KeySource::new(Some(key_of(mgs).into())),
+        ..Default::default()
+    }
+}
+
+/// The `NACRE_KEY` of a `nacre up --config` run by a test: the key of the MGS its
+/// `mgs_address` names, when it names one this process knows.
+fn config_key(extra: &[&str]) -> Option<String> {
+    let at = extra.iter().position(|a| *a == "--config")?;
+    let text = std::fs::read_to_string(extra.get(at + 1)?).ok()?;
+    let line = text
+        .lines()
+        .find(|l| l.trim_start().starts_with("mgs_address"))?;
+    let mgs = line.split('"').nth(1)?;
+    let keys = KEYS.lock().unwrap_or_else(|p| p.into_inner());
+    keys.iter()
+        .rev()
+        .find(|(m, _)| m == mgs)
+        .map(|(_, k)| k.clone())
+}
+
 /// A running `nacre up`, stopped (SIGTERM) by [`Up::stop`] or killed on drop.
 pub struct Up {
     pub proc: Proc,
     pub mgs: String,
+    /// The file system key it printed (`NACRE_KEY=`).
+    pub key: String,
     /// (server name, pid) as `nacre up` printed them.
     pub servers: Vec<(String, u32)>,
 }
@@ -102,6 +150,9 @@ impl Up {
     pub fn start(dir: &Path, provider: &str, extra: &[&str]) -> Up {
         let mut cmd = Command::new(nacre_bin());
         cmd.args(up_args(dir, provider, extra));
+        if let Some(key) = config_key(extra) {
+            cmd.env("NACRE_KEY", key);
+        }
         Up::spawn(cmd)
     }
 
@@ -110,6 +161,9 @@ impl Up {
         let mut cmd = Command::new(prefix[0]);
         cmd.args(&prefix[1..]).arg(nacre_bin());
         cmd.args(up_args(dir, provider, extra));
+        if let Some(key) = config_key(extra) {
+            cmd.env("NACRE_KEY", key);
+        }
         Up::spawn(cmd)
     }
 
@@ -135,8 +189,23 @@ impl Up {
                 .recv_timeout(left)
                 .expect("nacre up: ended or silent before NACRE_MGS=");
             if let Some(addr) = line.strip_prefix("NACRE_MGS=") {
+                // The key comes on the next line.
+                let next = proc
+                    .lines
+                    .recv_timeout(Duration::from_secs(10))
+                    .expect("nacre up: no line after NACRE_MGS=");
+                let key = next
+                    .strip_prefix("NACRE_KEY=")
+                    .unwrap_or_else(|| {
+                        panic!("nacre up: {next:?} after NACRE_MGS=, not NACRE_KEY=")
+                    })
+                    .trim()
+                    .to_string();
+                let mgs = addr.trim().to_string();
+                remember_key(&mgs, &key);
                 return Up {
-                    mgs: addr.trim().to_string(),
+                    mgs,
+                    key,
                     proc,
                     servers,
                 };
@@ -263,6 +332,7 @@ pub fn nacre(mgs: &str, args: &[&str]) -> Output {
     Command::new(nacre_bin())
         .args(args)
         .env("NACRE_MGS", mgs)
+        .env("NACRE_KEY", key_of(mgs))
         .output()
         .expect("running nacre")
 }

@@ -12,7 +12,7 @@ use nacre_proto::bootstrap::{ClusterMap, Role, RoleKind};
 use nacre_proto::layout::StripedLayout;
 use nacre_proto::meta::{self, lock, LockRequest, ReplayKey, Reply, Request};
 
-use super::errors::{mgs_err, to_io};
+use super::errors::{errno, mgs_err, to_io};
 use super::ClientConfig;
 use crate::locks::HeldLocks;
 use crate::namespace::NamespaceClient;
@@ -20,6 +20,10 @@ use crate::objects::{checksum_by_default, IoOptions, KeyBlock, OstRoute};
 use crate::opens::HeldOpens;
 use crate::rpc::{ClientEndpoint, ClientError, RpcConfig, Watchdog, WATCH_EVERY};
 use nacre_mgc::{BootConfig, MgsClient};
+use nacre_rpc::Capabilities;
+
+/// What an OSS answers a request whose capability ran out (renew and resend).
+const EKEYEXPIRED: i32 = 127;
 
 /// A connection to one file system, shared by every thread of the process.
 #[derive(Clone)]
@@ -47,6 +51,8 @@ pub(crate) struct Inner {
     unanswered: AtomicU64,
     /// The key the MGS accepted: every HELLO proves it (None: an MGS without a key).
     key: Option<nacre_auth::Key>,
+    /// The capabilities the MDS granted with layouts, shared by every connection.
+    caps: Arc<Capabilities>,
 }
 
 /// What makes changing namespace requests safe to retry: a random client id for the
@@ -177,6 +183,7 @@ impl Client {
                 keeping: Default::default(),
                 unanswered: AtomicU64::new(0),
                 key,
+                caps: Arc::default(),
             }),
         };
         // Reach the MDS once now, so a bad address fails here and not at first use.
@@ -238,6 +245,12 @@ impl Client {
             };
             if matches!(err, ClientError::Expired { .. } | ClientError::Timeout(_)) {
                 self.inner.unanswered.fetch_add(1, Ordering::Relaxed);
+            }
+            if matches!(err, ClientError::Status(EKEYEXPIRED)) && attempt < 3 {
+                // A capability ran out (the process held a file longer than it holds):
+                // renewed, and the request sent again; the server applied nothing.
+                self.renew_capabilities()?;
+                continue;
             }
             if matches!(err, ClientError::Status(libc::EINPROGRESS)) && Instant::now() < deadline {
                 // A resent change whose first copy the server is still running: ask
@@ -355,6 +368,7 @@ impl Client {
             msg_size: meta::MSG_SIZE,
             timeout: cfg.timeout,
             key: self.inner.key.clone(),
+            caps: Some(self.inner.caps.clone()),
             ..Default::default()
         };
         let sel = Selection::toward(&mds.provider, cfg.source.clone(), &self.inner.mgs_addr);
@@ -411,6 +425,21 @@ impl Client {
             }
         }
         self.map()
+    }
+
+    /// Asks the layout (and so fresh capabilities) again of every file whose
+    /// capabilities expire within a minute.
+    fn renew_capabilities(&self) -> io::Result<()> {
+        let before = nacre_auth::capability::now_secs() + 60;
+        for ino in self.inner.caps.expiring(before) {
+            match self.meta(true, &Request::GetLayout { ino }) {
+                // A file gone since: nothing to renew.
+                Err(e) if errno(&e) == libc::ENOENT => {}
+                Err(e) => return Err(e),
+                Ok(_) => {}
+            }
+        }
+        Ok(())
     }
 
     pub(super) fn meta(&self, idempotent: bool, req: &Request) -> io::Result<Reply> {

@@ -75,7 +75,7 @@ impl Default for ClientConfig {
 }
 
 /// The calling process's effective uid, gid and supplementary groups (from
-/// /proc/self/status; root if it cannot be read).
+/// /proc/self/status; nobody (65534) if it cannot be read, never root).
 pub fn process_creds() -> Creds {
     let status = std::fs::read_to_string("/proc/self/status").unwrap_or_default();
     let field = |name: &str| -> Vec<u32> {
@@ -91,8 +91,9 @@ pub fn process_creds() -> Creds {
             .unwrap_or_default()
     };
     // Uid: and Gid: list real, effective, saved and file-system ids.
-    let uid = field("Uid:").get(1).copied().unwrap_or(0);
-    let gid = field("Gid:").get(1).copied().unwrap_or(0);
+    const NOBODY: u32 = 65534;
+    let uid = field("Uid:").get(1).copied().unwrap_or(NOBODY);
+    let gid = field("Gid:").get(1).copied().unwrap_or(NOBODY);
     let mut groups = field("Groups:");
     groups.truncate(meta::MAX_GROUPS);
     Creds { uid, gid, groups }

@@ -62,6 +62,9 @@ struct ServeArgs {
     /// The file system key [default: NACRE_KEY, else /etc/nacre/FSNAME.key].
     #[arg(long)]
     key: Option<PathBuf>,
+    /// Seconds the capabilities handed with layouts hold (clients renew them before).
+    #[arg(long, default_value_t = nacre_mds::grants::DEFAULT_LIFETIME.as_secs())]
+    capability_lifetime: u64,
 }
 
 fn main() -> ExitCode {
@@ -112,6 +115,7 @@ fn serve(a: ServeArgs) -> Result<ExitCode, Box<dyn std::error::Error>> {
         rebuild_rate: a.rebuild_mib_s << 20,
         standby: a.standby,
         key: a.key,
+        capability_lifetime: std::time::Duration::from_secs(a.capability_lifetime.max(1)),
         mode: if a.sync {
             SyncMode::Sync
         } else {

@@ -26,7 +26,7 @@ mod inode;
 mod locks;
 mod ns;
 mod overlay;
-mod perm;
+pub mod perm;
 mod redo;
 mod repair;
 mod replies;

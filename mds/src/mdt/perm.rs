@@ -2,7 +2,7 @@
 //! uid 0, which bypasses read and write checks and needs one execute bit for files.
 
 use super::inode::Inode;
-use nacre_proto::meta::Creds;
+use nacre_proto::meta::{Attr, Creds, FileKind};
 
 pub const R: u32 = 4;
 pub const W: u32 = 2;
@@ -13,15 +13,24 @@ pub const S_ISVTX: u32 = 0o1000;
 
 /// Whether `c` may access `i` for `want` (a mix of R, W, X).
 pub fn may(c: &Creds, i: &Inode, want: u32) -> bool {
+    may_mode(c, i.uid, i.gid, i.mode, i.is_dir(), want)
+}
+
+/// [`may`] on a file's attributes (as a reply carries them).
+pub fn may_attr(c: &Creds, a: &Attr, want: u32) -> bool {
+    may_mode(c, a.uid, a.gid, a.mode, a.kind == FileKind::Dir, want)
+}
+
+fn may_mode(c: &Creds, uid: u32, gid: u32, mode: u32, dir: bool, want: u32) -> bool {
     if c.uid == 0 {
-        return want & X == 0 || i.is_dir() || i.mode & 0o111 != 0;
+        return want & X == 0 || dir || mode & 0o111 != 0;
     }
-    let bits = if c.uid == i.uid {
-        i.mode >> 6
-    } else if c.in_group(i.gid) {
-        i.mode >> 3
+    let bits = if c.uid == uid {
+        mode >> 6
+    } else if c.in_group(gid) {
+        mode >> 3
     } else {
-        i.mode
+        mode
     };
     bits & want == want
 }

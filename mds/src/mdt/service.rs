@@ -266,6 +266,8 @@ pub struct Mdt {
     stale: StaleFiles,
     /// Where each batch's redo record goes for a standby.
     repl: Arc<Replication>,
+    /// What root of a client acts as (from the cluster map).
+    root_squash: Arc<crate::identity::RootSquash>,
 }
 
 /// The inodes of files with a stale copy: found by a scan at open, then kept by every
@@ -355,6 +357,7 @@ impl Mdt {
                 (cfg.epoch > 1).then_some(nacre_proto::meta::lock::RECOVERY),
             ))),
             ost_space: Arc::default(),
+            root_squash: Arc::default(),
             overlay,
             generation,
             board,
@@ -457,6 +460,11 @@ impl Mdt {
             ost_space: &self.ost_space,
         };
         read_now(&ctx, head, req)
+    }
+
+    /// The root squash setting requests are admitted under.
+    pub fn root_squash(&self) -> &crate::identity::RootSquash {
+        &self.root_squash
     }
 
     /// What statfs reports of the OSTs from now on (the server calls this with every

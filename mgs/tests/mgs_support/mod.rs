@@ -3,9 +3,13 @@
 //! acts as a server), read their stdout line by line with deadlines.
 #![allow(dead_code)]
 
-use std::path::PathBuf;
+use std::collections::HashMap;
+use std::path::{Path, PathBuf};
 use std::process::Command;
+use std::sync::Mutex;
 use std::time::{Duration, Instant};
+
+use nacre_auth::KeySource;
 
 use nacre_mgc::{BootConfig, MgsClient};
 use nacre_mgs::role::{LeaseEvent, LeaseKeeper, LeaseStatus};
@@ -31,6 +35,37 @@ pub fn tmpdir(name: &str) -> PathBuf {
 
 pub use nacre_fabric::testing::Proc;
 
+/// The file system key of each MGS (by address) and etcd store (by URL) the tests of
+/// this process made: what their clients and servers prove themselves with.
+static KEYS: Mutex<Keys> = Mutex::new(Keys(None));
+
+struct Keys(Option<HashMap<String, PathBuf>>);
+
+fn remember_key(at: &str, key: PathBuf) {
+    let mut k = KEYS.lock().unwrap_or_else(|p| p.into_inner());
+    k.0.get_or_insert_with(HashMap::new)
+        .insert(at.to_string(), key);
+}
+
+/// The key of the MGS at `mgs` (the first of a list of addresses), or of the etcd store
+/// at that URL.
+pub fn key_of(mgs: &str) -> PathBuf {
+    let first = mgs.split(',').next().unwrap_or(mgs);
+    let k = KEYS.lock().unwrap_or_else(|p| p.into_inner());
+    k.0.as_ref()
+        .and_then(|m| m.get(first))
+        .cloned()
+        .unwrap_or_else(|| panic!("no key known for {mgs}"))
+}
+
+/// The one `.key` file `nacre-mgs format` wrote in `dir`.
+pub fn key_in(dir: &Path) -> Option<PathBuf> {
+    std::fs::read_dir(dir)
+        .ok()?
+        .filter_map(|e| e.ok().map(|e| e.path()))
+        .find(|p| p.extension().is_some_and(|x| x == "key"))
+}
+
 pub fn format(dir: &std::path::Path, fsname: &str) {
     let out = Command::new(mgs_bin())
         .args(["format", "--dir"])
@@ -43,6 +78,11 @@ pub fn format(dir: &std::path::Path, fsname: &str) {
         "{}",
         String::from_utf8_lossy(&out.stderr)
     );
+}
+
+/// A client of the MGS at `mgs` with its key.
+pub fn client(mgs: &str, cfg: BootConfig) -> MgsClient {
+    MgsClient::connect_with(mgs, cfg, KeySource::new(Some(key_of(mgs)))).unwrap()
 }
 
 /// A running `nacre-mgs serve`, and the address it printed.
@@ -67,11 +107,20 @@ impl Mgs {
             .and_then(|s| s.split_whitespace().next())
             .expect("an address")
             .to_string();
+        let store = extra
+            .iter()
+            .position(|a| *a == "--store")
+            .map(|i| extra[i + 1]);
+        let key = match store {
+            Some(url) => key_of(url),
+            None => key_in(dir).expect("nacre-mgs format wrote a key"),
+        };
+        remember_key(&addr, key);
         Mgs { proc, addr }
     }
 
     pub fn client(&self) -> MgsClient {
-        MgsClient::connect(&self.addr, BootConfig::default()).unwrap()
+        client(&self.addr, BootConfig::default())
     }
 }
 
@@ -89,6 +138,7 @@ pub fn server(test: &str, mgs: &str, node: &str, want: Option<u32>, engine: bool
         "--test-threads=1",
     ])
     .env("NACRE_T_MGS", mgs)
+    .env(nacre_auth::KEY_ENV, key_of(mgs))
     .env("NACRE_T_NODE", node)
     .env("NACRE_T_ENGINE", if engine { "1" } else { "0" });
     if let Some(w) = want {
@@ -134,7 +184,7 @@ pub fn child_main() {
         connect_timeout: Duration::from_millis(500),
         request_timeout: Duration::from_millis(500),
     };
-    let mut c = MgsClient::new(&mgs, cfg);
+    let mut c = MgsClient::new(&mgs, cfg).with_keys(KeySource::new(None));
     let until = Instant::now() + Duration::from_secs(60);
     let (grant, sent) = loop {
         let sent = Instant::now();
@@ -254,6 +304,7 @@ pub fn free_port() -> u16 {
 pub struct EtcdProc {
     pub proc: Proc,
     pub url: String,
+    dir: PathBuf,
 }
 
 impl EtcdProc {
@@ -304,7 +355,7 @@ impl EtcdProc {
             );
             std::thread::sleep(Duration::from_millis(50));
         }
-        Some(EtcdProc { proc, url })
+        Some(EtcdProc { proc, url, dir })
     }
 
     /// The keys under `prefix` now (etcdctl, from scripts/deps' etcd-client).
@@ -344,14 +395,20 @@ impl EtcdProc {
         );
     }
 
-    /// `nacre-mgs format` into this etcd.
+    /// `nacre-mgs format` into this etcd (the key next to its data).
     pub fn format(&self, fsname: &str, force: bool) -> std::process::Output {
+        let key = self.dir.join(format!("{fsname}.key"));
         let mut cmd = Command::new(mgs_bin());
-        cmd.args(["format", "--store", &self.url, "--fsname", fsname]);
+        cmd.args(["format", "--store", &self.url, "--fsname", fsname, "--key"])
+            .arg(&key);
         if force {
             cmd.arg("--force");
         }
-        cmd.output().unwrap()
+        let out = cmd.output().unwrap();
+        if out.status.success() {
+            remember_key(&self.url, key);
+        }
+        out
     }
 }
 
@@ -359,7 +416,8 @@ impl Mgs {
     /// `nacre-mgs serve` on the etcd store; returns once it printed where it listens.
     pub fn serve_etcd(url: &str, extra: &[&str]) -> Mgs {
         let dir = tmpdir("unused");
-        let mut args = vec!["--store", url];
+        let key = key_of(url).display().to_string();
+        let mut args = vec!["--store", url, "--key", &key];
         args.extend_from_slice(extra);
         Mgs::serve(&dir, "127.0.0.1:0", &args)
     }

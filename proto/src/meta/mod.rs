@@ -13,11 +13,13 @@
 //! Here: limits, flags, errno values and [`MetaError`]. The values bodies carry are in
 //! `types`, the request in `request`, the reply in `reply`, shared encoding in `wire`.
 
+mod grants;
 mod reply;
 mod request;
 mod types;
 mod wire;
 
+pub use grants::{Grants, MAX_GRANTS, SEAL_LEN};
 pub use reply::Reply;
 pub use request::Request;
 pub use types::{

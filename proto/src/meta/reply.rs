@@ -2,8 +2,8 @@
 
 use super::wire::{no_trailing, put_bytes, put_u32, put_u64, read_name, read_string, read_target};
 use super::{
-    Attr, CheckCounts, CheckReport, CheckState, DirEntry, FileKind, LockDesc, MdtStatfs, MetaError,
-    FINDING_MAX, READDIR_MAX_ENTRIES,
+    Attr, CheckCounts, CheckReport, CheckState, DirEntry, FileKind, Grants, LockDesc, MdtStatfs,
+    MetaError, FINDING_MAX, READDIR_MAX_ENTRIES,
 };
 use crate::body::BodyReader;
 use crate::layout::{FileLayout, StripeSpec};
@@ -179,17 +179,38 @@ impl Reply {
         }
     }
 
+    /// Decodes a reply body, and the capabilities that may follow one with a layout.
+    pub fn decode_granted(body: &[u8]) -> Result<(Reply, Option<Grants>), MetaError> {
+        let mut r = BodyReader::new(body);
+        let reply = Reply::read(&mut r)?;
+        let grants = match &reply {
+            Reply::Opened {
+                layout: Some(_), ..
+            }
+            | Reply::Layout(_) => Grants::read(&mut r)?,
+            _ => None,
+        };
+        no_trailing(&mut r)?;
+        Ok((reply, grants))
+    }
+
     pub fn decode(body: &[u8]) -> Result<Reply, MetaError> {
         let mut r = BodyReader::new(body);
+        let reply = Reply::read(&mut r)?;
+        no_trailing(&mut r)?;
+        Ok(reply)
+    }
+
+    fn read(r: &mut BodyReader<'_>) -> Result<Reply, MetaError> {
         let reply = match r.u32()? {
             R_DONE => Reply::Done,
-            R_ATTR => Reply::Attr(read_attr(&mut r)?),
+            R_ATTR => Reply::Attr(read_attr(r)?),
             R_OPENED => Reply::Opened {
-                attr: read_attr(&mut r)?,
+                attr: read_attr(r)?,
                 handle: r.u64()?,
                 layout: match r.u32()? {
                     0 => None,
-                    1 => Some(FileLayout::read(&mut r)?),
+                    1 => Some(FileLayout::read(r)?),
                     value => {
                         return Err(MetaError::BadValue {
                             what: "layout flag",
@@ -208,8 +229,8 @@ impl Reply {
                     }
                 },
             },
-            R_DIR => read_dir(&mut r)?,
-            R_TARGET => Reply::Target(read_target(&mut r)?),
+            R_DIR => read_dir(r)?,
+            R_TARGET => Reply::Target(read_target(r)?),
             R_STATFS => Reply::Statfs(MdtStatfs {
                 inodes_used: r.u64()?,
                 inodes_free: r.u64()?,
@@ -218,15 +239,15 @@ impl Reply {
                 bytes_free: r.u64()?,
                 osts: r.u32()?,
             }),
-            R_LAYOUT => Reply::Layout(FileLayout::read(&mut r)?),
-            R_DEFAULT_LAYOUT => Reply::DefaultLayout(StripeSpec::read(&mut r)?),
+            R_LAYOUT => Reply::Layout(FileLayout::read(r)?),
+            R_DEFAULT_LAYOUT => Reply::DefaultLayout(StripeSpec::read(r)?),
             R_LOCK => Reply::Lock(LockDesc {
                 kind: r.u32()?,
                 start: r.u64()?,
                 end: r.u64()?,
                 pid: r.u32()?,
             }),
-            R_CHECK => Reply::Check(read_check(&mut r)?),
+            R_CHECK => Reply::Check(read_check(r)?),
             value => {
                 return Err(MetaError::BadValue {
                     what: "reply shape",
@@ -234,7 +255,6 @@ impl Reply {
                 })
             }
         };
-        no_trailing(&mut r)?;
         Ok(reply)
     }
 }

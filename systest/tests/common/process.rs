@@ -18,11 +18,26 @@ pub fn tmp(name: &str) -> PathBuf {
     d
 }
 
+/// The file system key every MGS of this test process is formatted with (all are
+/// `ossfs`): its servers and clients prove themselves with it.
+pub fn key() -> &'static (PathBuf, nacre_auth::Key) {
+    static KEY: std::sync::OnceLock<(PathBuf, nacre_auth::Key)> = std::sync::OnceLock::new();
+    KEY.get_or_init(|| {
+        let path = PathBuf::from(env!("CARGO_TARGET_TMPDIR"))
+            .join(format!("ossfs-{}.key", std::process::id()));
+        let _ = std::fs::remove_file(&path);
+        let key = nacre_auth::Key::generate("ossfs").unwrap();
+        key.save(&path).unwrap();
+        (path, key)
+    })
+}
+
 pub fn mgs(bin: &Path, dir: &Path) -> (Proc, String) {
     let out = Command::new(bin)
         .args(["format", "--dir"])
         .arg(dir)
-        .args(["--fsname", "ossfs"])
+        .args(["--fsname", "ossfs", "--key"])
+        .arg(&key().0)
         .output()
         .unwrap();
     assert!(
@@ -31,6 +46,7 @@ pub fn mgs(bin: &Path, dir: &Path) -> (Proc, String) {
         String::from_utf8_lossy(&out.stderr)
     );
     let mut cmd = Command::new(bin);
+    cmd.env(nacre_auth::KEY_ENV, &key().0);
     cmd.args(["serve", "--dir"]).arg(dir).args([
         "--listen",
         "127.0.0.1:0",
@@ -87,6 +103,7 @@ pub fn oss_command(provider: &str, mgs: &str, osts: &[PathBuf], flags: &[&str]) 
     }
     cmd.args(flags);
     cmd.env("RUST_LOG", "warn");
+    cmd.env(nacre_auth::KEY_ENV, &key().0);
     cmd
 }
 
@@ -116,7 +133,8 @@ pub fn map_with_osts(addr: &str, after: u64) -> ClusterMap {
 
 /// The first map that satisfies `ready`, fetched every 50 ms for at most 20 s.
 pub fn wait_map(addr: &str, what: &str, ready: impl Fn(&ClusterMap) -> bool) -> ClusterMap {
-    let mut c = MgsClient::connect(addr, BootConfig::default()).unwrap();
+    let keys = nacre_auth::KeySource::key(key().1.clone());
+    let mut c = MgsClient::connect_with(addr, BootConfig::default(), keys).unwrap();
     let until = Instant::now() + Duration::from_secs(20);
     loop {
         let m = c.fetch_map().unwrap();
@@ -145,6 +163,7 @@ pub fn client(provider: &str) -> ClientEndpoint {
     let cfg = RpcConfig {
         msg_size: nacre_oss::server::MSG_SIZE,
         timeout: Duration::from_secs(5),
+        key: Some(key().1.clone()),
         ..Default::default()
     };
     ClientEndpoint::open(&Selection::provider(provider), cfg).unwrap()
