@@ -82,6 +82,8 @@ pub struct MdsSection {
     /// its lease lapses (`nacre-mds serve --standby`).
     #[serde(default)]
     pub standby: bool,
+    /// Seconds the object capabilities handed with layouts hold [default: 3600].
+    pub capability_lifetime: Option<u64>,
 }
 
 #[derive(Debug, Clone, Deserialize, Default)]
@@ -382,6 +384,9 @@ impl Up {
         }
         if let Some(r) = s.rebuild_mib_s {
             cmd.args(["--rebuild-mib-s", &r.to_string()]);
+        }
+        if let Some(t) = s.capability_lifetime {
+            cmd.args(["--capability-lifetime", &t.to_string()]);
         }
         self.server_flags(&mut cmd);
         self.spawn("mds", cmd)

@@ -21,6 +21,6 @@ pub use fs::{
     errno, Client, ClientConfig, File, FsStat, Layout, OpenOptions, TargetUsage, O_BUFFERED,
 };
 pub use nacre_rpc::{
-    ClientEndpoint, ClientError, RegCache, RegCacheConfig, RegCacheMode, RegCacheStats, RpcClient,
-    RpcConfig, RpcReply, SessionId,
+    Capabilities, ClientEndpoint, ClientError, RegCache, RegCacheConfig, RegCacheMode,
+    RegCacheStats, RpcClient, RpcConfig, RpcReply, SessionId,
 };

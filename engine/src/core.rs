@@ -149,7 +149,10 @@ pub struct Core {
     /// bulk transfers to them are refused.
     evicted: HashSet<PeerAddr>,
     /// Peers told their HELLO cannot be admitted, to remove from the address vector.
-    refused: Vec<PeerAddr>,
+    /// (With their fabric names: a client refused and then admitted, say once it has
+    /// the key, gets the same entry back. Two entries of one address confuse providers
+    /// that say who sent a message, rxm: they name the first.)
+    refused: Vec<(PeerAddr, Vec<u8>)>,
 }
 
 impl Core {
@@ -820,8 +823,25 @@ impl Core {
 
     /// A peer put in the address vector only to be told it cannot be admitted: removed
     /// on a later reap, once that answer left.
-    pub(crate) fn refused(&mut self, peer: PeerAddr) {
-        self.refused.push(peer);
+    pub(crate) fn refused(&mut self, peer: PeerAddr, name: &[u8]) {
+        if !self.refused.iter().any(|(p, _)| *p == peer) {
+            self.refused.push((peer, name.to_vec()));
+        }
+    }
+
+    /// The address-vector entry of a client told no, if it has one still.
+    pub(crate) fn refused_peer(&self, name: &[u8]) -> Option<PeerAddr> {
+        self.refused
+            .iter()
+            .find(|(_, n)| n == name)
+            .map(|(p, _)| *p)
+    }
+
+    /// As [`Core::refused_peer`], and the entry is no longer to be removed (the client
+    /// is admitted now).
+    pub(crate) fn take_refused(&mut self, name: &[u8]) -> Option<PeerAddr> {
+        let at = self.refused.iter().position(|(_, n)| n == name)?;
+        Some(self.refused.swap_remove(at).0)
     }
 
     pub(crate) fn refused_waiting(&self) -> usize {
@@ -834,9 +854,9 @@ impl Core {
         }
         let replying = self.replying_to();
         let mut left = Vec::new();
-        for peer in std::mem::take(&mut self.refused) {
+        for (peer, name) in std::mem::take(&mut self.refused) {
             if self.in_use(peer, &replying) {
-                left.push(peer);
+                left.push((peer, name));
             } else if let Err(e) = self.ep.remove_peer(peer) {
                 tracing::warn!("removing a refused peer failed: {e}");
             }

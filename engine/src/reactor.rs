@@ -431,10 +431,15 @@ impl<S: Service> Reactor<S> {
             self.core.metrics.unknown_session += 1;
             match self.core.sessions.peer(h.session) {
                 // A live id from another address: forged, replayed or guessed.
-                Some(_) => self.log_once(LOG_WRONG_SOURCE, || {
+                Some(peer) => self.log_once(LOG_WRONG_SOURCE, || {
                     format!(
-                        "session {:#x} used from another address than its client's: dropped",
-                        h.session
+                        "session {:#x} of peer {} used from {}: dropped",
+                        h.session,
+                        peer.index(),
+                        source.map_or("an unknown address".into(), |s| format!(
+                            "peer {}",
+                            s.index()
+                        ))
                     )
                 }),
                 None => self.log_once(LOG_UNKNOWN_SESSION, || {
@@ -505,7 +510,11 @@ impl<S: Service> Reactor<S> {
             });
             return self.refuse_hello(h, name, libc::EUSERS);
         }
-        match self.core.ep.insert_peer(name) {
+        let inserted = match self.core.take_refused(name) {
+            Some(peer) => Ok(peer),
+            None => self.core.ep.insert_peer(name),
+        };
+        match inserted {
             Ok(peer) => {
                 let session = match self.core.sessions.add(peer, name, principal.clone(), now) {
                     Ok(session) => session,
@@ -572,11 +581,15 @@ impl<S: Service> Reactor<S> {
         if self.core.refused_waiting() >= MAX_REFUSED {
             return; // a flood of HELLOs: the first of each second are answered
         }
-        let Ok(peer) = self.core.ep.insert_peer(name) else {
-            return;
+        let peer = match self.core.refused_peer(name) {
+            Some(peer) => peer,
+            None => match self.core.ep.insert_peer(name) {
+                Ok(peer) => peer,
+                Err(_) => return,
+            },
         };
         self.core.reply(peer, h, -errno, &[]);
-        self.core.refused(peer);
+        self.core.refused(peer, name);
     }
 
     /// Answers a bad message with an errno when its sender is known, else drops it.

@@ -83,7 +83,7 @@ impl Endpoint {
                     let (entry, from) = unsafe { (entry.assume_init_ref(), from.assume_init()) };
                     let mut done = self.finish(entry);
                     if done.kind == OpKind::Recv {
-                        done.source = peer_of(from);
+                        done.source = self.source_peer(from);
                     }
                     sink(i, done);
                 }
@@ -207,10 +207,4 @@ fn kind_of_flags(flags: u64) -> OpKind {
     } else {
         OpKind::Send
     }
-}
-
-/// A source address as a peer: none for `FI_ADDR_NOTAVAIL` (not in the address vector)
-/// or anything past what a [`PeerAddr`] holds.
-fn peer_of(addr: sys::fi_addr_t) -> Option<super::PeerAddr> {
-    u32::try_from(addr).ok().map(super::PeerAddr::from_index)
 }

@@ -157,6 +157,10 @@ pub struct Endpoint {
     av: *mut sys::fid_av,
     name: Vec<u8>,
     peers: Vec<sys::fi_addr_t>,
+    /// The other way: by the provider's address (an index, FI_AV_TABLE), our peer's
+    /// index + 1 (0: none), for the source a completion names. The provider reuses
+    /// the addresses of removed peers; our indexes are never reused.
+    sources: Vec<u32>,
     backlog: VecDeque<Result<Completion, Box<CompletionError>>>,
     slots: OpSlots,
     /// Flags of RMA writes: see [`write_flags`].
@@ -221,6 +225,7 @@ impl Endpoint {
             av: ptr::null_mut(),
             name: Vec::new(),
             peers: Vec::with_capacity(cfg.av_size),
+            sources: Vec::with_capacity(cfg.av_size),
             backlog: VecDeque::with_capacity(max_tx + max_rx),
             slots: OpSlots::new(max_tx + max_rx),
             write_flags: write_flags(in_order),

@@ -8,6 +8,11 @@ use nacre_sys as sys;
 use super::{Endpoint, PeerAddr, MAX_NAME};
 use crate::error::{check, strerror, ErrorKind, Result};
 
+/// Provider addresses beyond which sources are not mapped (AV_TABLE indexes count from
+/// 0; a provider that hands out other values names no source, and messages from it
+/// are taken for a stranger's).
+const MAX_SOURCES: usize = 1 << 20;
+
 impl Endpoint {
     /// Inserts a peer's name (from its [`Endpoint::name`]) into the address vector.
     pub fn insert_peer(&mut self, name: &[u8]) -> Result<PeerAddr> {
@@ -48,7 +53,26 @@ impl Endpoint {
             .into());
         }
         self.peers.push(addr);
-        Ok(PeerAddr((self.peers.len() - 1) as u32))
+        let peer = PeerAddr((self.peers.len() - 1) as u32);
+        if let Ok(at) = usize::try_from(addr) {
+            if at < MAX_SOURCES {
+                if self.sources.len() <= at {
+                    self.sources.resize(at + 1, 0);
+                }
+                self.sources[at] = peer.0 + 1;
+            }
+        }
+        Ok(peer)
+    }
+
+    /// The peer behind a provider's source address (a completion's, with FI_SOURCE).
+    #[inline]
+    pub(super) fn source_peer(&self, addr: sys::fi_addr_t) -> Option<PeerAddr> {
+        let at = usize::try_from(addr).ok()?;
+        match self.sources.get(at).copied()? {
+            0 => None,
+            n => Some(PeerAddr(n - 1)),
+        }
     }
 
     pub(super) fn fi_addr(&self, peer: PeerAddr) -> Result<sys::fi_addr_t> {
@@ -69,6 +93,12 @@ impl Endpoint {
         let rc = unsafe { sys::fi_av_remove(self.av, &mut addr, 1, 0) };
         check("fi_av_remove", rc as isize)?;
         self.peers[peer.0 as usize] = sys::FI_ADDR_UNSPEC;
+        if let Some(s) = usize::try_from(addr)
+            .ok()
+            .and_then(|a| self.sources.get_mut(a))
+        {
+            *s = 0;
+        }
         Ok(())
     }
 }

@@ -40,7 +40,7 @@ impl Grants {
 
     /// The grants at `r`'s position, if any follow.
     pub(super) fn read(r: &mut BodyReader<'_>) -> Result<Option<Grants>, MetaError> {
-        if r.rest().is_empty() {
+        if r.left().is_empty() {
             return Ok(None);
         }
         match r.u32()? {
@@ -68,5 +68,62 @@ impl Grants {
             rights,
             seals,
         }))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use crate::layout::{FileLayout, ObjectRef, StripedLayout};
+    use crate::meta::{Attr, FileKind, Grants, Reply};
+
+    #[test]
+    fn grants_follow_a_layout_reply_and_nothing_else() {
+        let layout = FileLayout::from(StripedLayout {
+            stripe_size: 1 << 20,
+            objects: vec![ObjectRef { ost: 0, oid: 7 }, ObjectRef { ost: 1, oid: 9 }],
+        });
+        let g = Grants {
+            ino: 5,
+            expiry: 99,
+            rights: 3,
+            seals: vec![[1; 16], [2; 16]],
+        };
+        let reply = Reply::Layout(layout.clone());
+        let mut body = Vec::new();
+        reply.encode(&mut body);
+        assert_eq!(Reply::decode_granted(&body).unwrap(), (reply.clone(), None));
+        g.encode(&mut body);
+        assert_eq!(
+            Reply::decode_granted(&body).unwrap(),
+            (reply, Some(g.clone()))
+        );
+        assert!(
+            Reply::decode(&body).is_err(),
+            "a plain decode takes no trailer"
+        );
+        for cut in 1..g.seals.len() * 16 + 28 {
+            let short = &body[..body.len() - cut];
+            let ok = Reply::decode_granted(short).is_ok();
+            assert_eq!(ok, cut == g.seals.len() * 16 + 28, "cut {cut}");
+        }
+        let attr = Attr {
+            ino: 5,
+            kind: FileKind::File,
+            mode: 0o644,
+            uid: 0,
+            gid: 0,
+            nlink: 1,
+            size: 0,
+            atime: 0,
+            mtime: 0,
+            ctime: 0,
+        };
+        let mut done = Vec::new();
+        Reply::Attr(attr).encode(&mut done);
+        g.encode(&mut done);
+        assert!(
+            Reply::decode_granted(&done).is_err(),
+            "only layouts take grants"
+        );
     }
 }
