@@ -337,8 +337,8 @@ fn capabilities(provider: &str) {
     let (l1, l2) = (layout(&admin, "/caps/f1"), layout(&admin, "/caps/f2"));
     let ck = CapabilityKey::of(&fs_key).unwrap();
     let map = map_of(&up);
-    let o1 = l1.objects().next().unwrap().clone();
-    let o2 = l2.objects().next().unwrap().clone();
+    let o1 = *l1.objects().next().unwrap();
+    let o2 = *l2.objects().next().unwrap();
     let route = |ost: u32| OstRoute::in_map(&map, ost).unwrap();
     let later = now_secs() + 600;
     let rw = Rights::READ.with(Rights::WRITE);
