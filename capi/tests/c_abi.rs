@@ -188,7 +188,7 @@ fn mpi_example_on_a_client_host() {
         .args(MPIRUN)
         .arg(&mpi_prog)
         .env("NACRE_MGS", common::hosts::MGS)
-        .env("NACRE_KEY", common::key_of(common::hosts::MGS))
+        .env("NACRE_KEY", hosts.key())
         .env_remove("NACRE_SOURCE")
         .output()
         .expect("nsenter");

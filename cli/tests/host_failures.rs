@@ -75,7 +75,7 @@ impl Workload {
             .arg(bench_bin())
             .args(["failover", "--mgs", MGS, "--files", "6", "--file-mib", "2"])
             .args(["--before", "600", "--after", "0"])
-            .env("NACRE_KEY", common::key_of(MGS))
+            .env("NACRE_KEY", hosts.key())
             .env("NACRE_LOG", "warn");
         let w = Workload(Proc::spawn("failover", cmd));
         eprintln!("{} workload started", clock());
@@ -173,14 +173,6 @@ fn servers_fail_on_other_hosts_and_nothing_is_lost() {
              [[oss]]\nosts = [\"{d}/a/ost0\", \"{d}/a/ost1\"]\n"
         ),
     );
-    let b_cfg = cfg(
-        "b.toml",
-        format!("mgs_address = \"{MGS}\"\n[[oss]]\nosts = [\"{d}/b/ost0\", \"{d}/b/ost1\"]\n"),
-    );
-    let d_cfg = cfg(
-        "d.toml",
-        format!("mgs_address = \"{MGS}\"\n[mds]\ndir = \"{d}/d/mdt\"\n"),
-    );
     let start = |host: usize, name: &str, cfg: &str| {
         Up::start_via(
             &hosts.prefix(host),
@@ -190,6 +182,20 @@ fn servers_fail_on_other_hosts_and_nothing_is_lost() {
         )
     };
     let a = start(0, "a", &a_cfg);
+    // The other hosts are given the key A's MGS made.
+    hosts.set_key(&a.key);
+    let key = &a.key;
+    let b_cfg = cfg(
+        "b.toml",
+        format!(
+            "mgs_address = \"{MGS}\"\nkey = \"{key}\"\n\
+             [[oss]]\nosts = [\"{d}/b/ost0\", \"{d}/b/ost1\"]\n"
+        ),
+    );
+    let d_cfg = cfg(
+        "d.toml",
+        format!("mgs_address = \"{MGS}\"\nkey = \"{key}\"\n[mds]\ndir = \"{d}/d/mdt\"\n"),
+    );
     let mut b = start(1, "b", &b_cfg);
     let mut dh = start(3, "d", &d_cfg);
     serving(&hosts, true, "", 0, Duration::from_secs(60));
@@ -216,7 +222,9 @@ fn servers_fail_on_other_hosts_and_nothing_is_lost() {
     // A standby on E follows D's MDS; D is cut off past the lease: E takes over.
     let e_cfg = cfg(
         "e.toml",
-        format!("mgs_address = \"{MGS}\"\n[mds]\ndir = \"{d}/e/mdt\"\nstandby = true\n"),
+        format!(
+            "mgs_address = \"{MGS}\"\nkey = \"{key}\"\n[mds]\ndir = \"{d}/e/mdt\"\nstandby = true\n"
+        ),
     );
     let eh = start(4, "e", &e_cfg);
     let d_log = dir.join("d/logs/mds.log");

@@ -72,7 +72,7 @@ fn three_hosts(provider: &str) {
         .arg(nacre_bin())
         .args(["mount", mnt.to_str().unwrap()])
         .env("NACRE_MGS", MGS)
-        .env("NACRE_KEY", common::key_of(MGS))
+        .env("NACRE_KEY", hosts.key())
         .env_remove("NACRE_SOURCE")
         .output()
         .unwrap();

@@ -136,6 +136,6 @@ mod tests {
         assert!(text.contains("# TYPE nacre_core_requests_total counter\n"));
         assert!(text.contains("nacre_core_requests_total{core=\"3\"} 7\n"));
         assert!(text.contains("nacre_core_backoff_sleeps_total{core=\"3\"} 2\n"));
-        assert_eq!(text.lines().filter(|l| !l.starts_with('#')).count(), 18);
+        assert_eq!(text.lines().filter(|l| !l.starts_with('#')).count(), 19);
     }
 }

@@ -76,6 +76,7 @@ pub fn serve(cfg: &MdsServeConfig) -> Result<bool, MdsServeError> {
     let key = mgs.server_key()?;
     let slot: MdtSlot = Arc::new(OnceLock::new());
     let engine = start_engine(cfg, &slot, key.clone())?;
+    let server_key = key.clone();
     let reach = Reach {
         sel: Selection::toward(&cfg.provider, cfg.node.clone(), &cfg.mgs),
         key,
@@ -164,8 +165,13 @@ pub fn serve(cfg: &MdsServeConfig) -> Result<bool, MdsServeError> {
     destroyer.set_map(map.clone());
     rebuild.set_map(map.clone());
     checker.set_map(map);
-    let shipper = Shipper::start(listener, mdt.clone(), cfg.mode == SyncMode::Sync)
-        .map_err(MdsServeError::Destroyer)?;
+    let shipper = Shipper::start(
+        listener,
+        mdt.clone(),
+        cfg.mode == SyncMode::Sync,
+        server_key,
+    )
+    .map_err(MdsServeError::Destroyer)?;
     println!("nacre-mds: ready");
     let repl = mdt.replication().clone();
     // Sync mode: when the MGS last heard "no standby" (a dropped standby's replies

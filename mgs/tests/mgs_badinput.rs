@@ -23,6 +23,39 @@ fn connect(m: &Mgs) -> TcpStream {
     s
 }
 
+/// A connection that proved it holds `m`'s key (the challenge and response by hand).
+fn authenticated(m: &Mgs) -> TcpStream {
+    let mut s = connect(m);
+    let key = nacre_auth::Key::load(&key_of(&m.addr)).unwrap();
+    let client_nonce = [7u8; NONCE_LEN];
+    s.write_all(&BootRequest::AuthBegin { client_nonce }.encode().unwrap())
+        .unwrap();
+    let (status, body) = reply(&mut s).unwrap();
+    let BootReply::Challenge {
+        fsname,
+        server_nonce,
+        required: true,
+    } = BootReply::decode(BootOp::AuthBegin, status, &body).unwrap()
+    else {
+        panic!("no challenge");
+    };
+    let ex = nacre_auth::Exchange {
+        context: "mgs",
+        fsname: &fsname,
+        principal: key.principal(),
+        client_nonce: &client_nonce,
+        server_nonce: &server_nonce,
+        binding: b"",
+    };
+    let prove = BootRequest::AuthProve {
+        principal: key.principal().encode(),
+        proof: key.prove(nacre_auth::Side::Client, &ex),
+    };
+    s.write_all(&prove.encode().unwrap()).unwrap();
+    assert_eq!(reply(&mut s).unwrap().0, 0, "authenticated");
+    s
+}
+
 /// The reply to what was sent: Some((status, body)), or None if the MGS closed.
 fn reply(s: &mut TcpStream) -> Option<(i32, Vec<u8>)> {
     let mut head = [0u8; BOOT_HEADER_LEN];
@@ -74,8 +107,33 @@ fn malformed_truncated_and_oversized_frames_get_an_error_or_a_close() {
     let mut s = connect(&m);
     s.write_all(&f).unwrap();
     assert!(closed(&mut s));
-    // A well-framed but malformed body: an error reply, and the connection serves on.
+    // Nothing is served before the connection authenticated, nor after a wrong proof.
     let mut s = connect(&m);
+    s.write_all(&BootRequest::FetchMap.encode().unwrap())
+        .unwrap();
+    let (status, msg) = reply(&mut s).expect("a refusal");
+    assert_eq!(status, -errno::EACCES);
+    assert!(String::from_utf8_lossy(&msg).contains("authentication required"));
+    s.write_all(
+        &BootRequest::AuthBegin {
+            client_nonce: [1; NONCE_LEN],
+        }
+        .encode()
+        .unwrap(),
+    )
+    .unwrap();
+    assert_eq!(reply(&mut s).unwrap().0, 0, "a challenge");
+    let wrong = BootRequest::AuthProve {
+        principal: nacre_auth::Principal::FileSystem.encode(),
+        proof: [0; PROOF_LEN],
+    };
+    s.write_all(&wrong.encode().unwrap()).unwrap();
+    assert_eq!(reply(&mut s).unwrap().0, -errno::EACCES);
+    s.write_all(&BootRequest::FetchMap.encode().unwrap())
+        .unwrap();
+    assert_eq!(reply(&mut s).unwrap().0, -errno::EACCES, "still a stranger");
+    // A well-framed but malformed body: an error reply, and the connection serves on.
+    let mut s = authenticated(&m);
     s.write_all(&encode_frame(BootOp::Claim, 0, &[1, 2, 3]))
         .unwrap();
     let (status, msg) = reply(&mut s).expect("an error reply");
@@ -100,7 +158,7 @@ fn malformed_truncated_and_oversized_frames_get_an_error_or_a_close() {
     // Random frames with a valid header and random bodies, for every opcode.
     let mut x = 0x9e3779b97f4a7c15u64;
     for i in 0..300u32 {
-        let op = BootOp::from_u16((i % 5 + 1) as u16).unwrap();
+        let op = BootOp::from_u16((i % 8 + 1) as u16).unwrap();
         let len = (i % 97) as usize;
         let body: Vec<u8> = (0..len)
             .map(|_| {

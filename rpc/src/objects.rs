@@ -194,9 +194,10 @@ impl ClientEndpoint {
     }
 
     /// The largest payload that travels inline to and from an OSS core: the message
-    /// less a keyed write's fixed fields (72 bytes) and room to spare.
+    /// less a keyed write's fixed fields with its capability (104 bytes) and room to
+    /// spare.
     fn object_inline_max(&self) -> usize {
-        self.inline_max().min(OSS_MSG_SIZE - HEADER_LEN - 96)
+        self.inline_max().min(OSS_MSG_SIZE - HEADER_LEN - 128)
     }
 
     /// Writes `data` to the objects `extents` name, every piece in flight at once (up to

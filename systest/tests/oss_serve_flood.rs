@@ -70,6 +70,7 @@ fn flood(provider: &str) {
         depth: DEPTH,
         msg_size: nacre_oss::server::MSG_SIZE,
         timeout: Duration::from_secs(60),
+        key: Some(key().1.clone()),
         ..Default::default()
     };
     // Every flooder says HELLO first: once the flood holds the core (over tcp a pull

@@ -131,7 +131,8 @@ fn killed_reader_test(provider: &str, inline: bool) {
         let mut cmd = Command::new(std::env::current_exe().unwrap());
         cmd.args(["--exact", "child_reader", "--ignored", "--nocapture"])
             .env("VANISH_PROVIDER", provider)
-            .env("VANISH_MGS", &addr);
+            .env("VANISH_MGS", &addr)
+            .env(CHILD_KEY, &key().0);
         if inline {
             cmd.env("VANISH_INLINE", "1");
         }

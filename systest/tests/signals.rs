@@ -34,7 +34,8 @@ fn mds_and_oss_stop_cleanly_on_sigint_and_sigterm_with_sigint_ignored() {
         mds.args(["serve", "--mgs", &addr, "--provider", "tcp", "--no-pin"])
             .args(["--identity", "test-mds", "--dir"])
             .arg(dir.join("mdt"))
-            .env("RUST_LOG", "warn");
+            .env("RUST_LOG", "warn")
+            .env(nacre_auth::KEY_ENV, &key().0);
         stops_on("nacre-mds", &mds, sig);
     }
 }

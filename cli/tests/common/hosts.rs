@@ -14,6 +14,10 @@ pub const MGS: &str = "10.201.0.1:7450";
 pub struct Hosts {
     bridge: String,
     pub hosts: Vec<String>,
+    /// The file system key of the cluster on these hosts, once its MGS made one: tests
+    /// of other clusters on the same private addresses run beside, so the MGS address
+    /// alone does not say which key.
+    pub key: std::sync::Mutex<Option<String>>,
 }
 
 fn ip(args: &[&str]) -> Result<(), String> {
@@ -44,6 +48,7 @@ impl Hosts {
         let mut h = Hosts {
             bridge: bridge.clone(),
             hosts: Vec::new(),
+            key: std::sync::Mutex::new(None),
         };
         ip(&["netns", "add", &bridge])?;
         ip(&["-n", &bridge, "link", "add", "br0", "type", "bridge"])?;
@@ -90,10 +95,21 @@ impl Hosts {
             .arg(nacre_bin())
             .args(args)
             .env("NACRE_MGS", MGS)
-            .env("NACRE_KEY", super::key_of(MGS))
+            .env("NACRE_KEY", self.key())
             .env_remove("NACRE_SOURCE")
             .output()
             .expect("running nacre")
+    }
+
+    /// The key of the cluster on these hosts (set by [`servers`], or by a test that
+    /// brings its servers up itself with [`Hosts::set_key`]).
+    pub fn key(&self) -> String {
+        let k = self.key.lock().unwrap_or_else(|p| p.into_inner());
+        k.clone().expect("no file system on these hosts yet")
+    }
+
+    pub fn set_key(&self, key: &str) {
+        *self.key.lock().unwrap_or_else(|p| p.into_inner()) = Some(key.to_string());
     }
 
     pub fn ok(&self, i: usize, args: &[&str]) -> String {
@@ -130,15 +146,19 @@ pub fn servers(hosts: &Hosts, dir: &Path, provider: &str) -> (Up, Up) {
         &dir.join("a.toml"),
         &format!("[mgs]\nlisten = \"{MGS}\"\n[mds]\ndir = \"{d}/a/mdt\"\n"),
     );
-    let b_cfg = write_config(
-        &dir.join("b.toml"),
-        &format!("mgs_address = \"{MGS}\"\n[[oss]]\nosts = [\"{d}/b/ost0\", \"{d}/b/ost1\"]\n"),
-    );
     let a = Up::start_via(
         &hosts.prefix(0),
         &dir.join("a"),
         provider,
         &["--config", &a_cfg],
+    );
+    hosts.set_key(&a.key);
+    let b_cfg = write_config(
+        &dir.join("b.toml"),
+        &format!(
+            "mgs_address = \"{MGS}\"\nkey = \"{}\"\n[[oss]]\nosts = [\"{d}/b/ost0\", \"{d}/b/ost1\"]\n",
+            a.key
+        ),
     );
     let b = Up::start_via(
         &hosts.prefix(1),

@@ -88,7 +88,7 @@ pub fn follow(
                 .map(|s| s.replication.clone())
                 .filter(|a| !a.is_empty())
             {
-                match Receiver::start(&addr, dir, &claim.node) {
+                match Receiver::start(&addr, dir, &claim.node, mgs.key()) {
                     Ok(r) => {
                         println!("nacre-mds: standby: following {role} at {addr}");
                         receiver = Some(r);
@@ -113,7 +113,12 @@ struct Receiver {
 }
 
 impl Receiver {
-    fn start(addr: &str, dir: &Path, node: &str) -> std::io::Result<Receiver> {
+    fn start(
+        addr: &str,
+        dir: &Path,
+        node: &str,
+        key: Option<&nacre_auth::Key>,
+    ) -> std::io::Result<Receiver> {
         let sock = addr
             .parse::<std::net::SocketAddr>()
             .map_err(|e| std::io::Error::new(std::io::ErrorKind::InvalidInput, e))?;
@@ -123,6 +128,11 @@ impl Receiver {
             node: node.to_string(),
         }
         .write_to(&mut &conn)?;
+        if let Some(key) = key {
+            conn.set_read_timeout(Some(Duration::from_secs(5)))?;
+            super::auth::prove_standby(&mut &conn, key, node)?;
+            conn.set_read_timeout(None)?;
+        }
         let copy = Arc::new(Copy::default());
         let thread = {
             let (copy, conn, dir) = (copy.clone(), conn.try_clone()?, dir.to_path_buf());

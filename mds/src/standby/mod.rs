@@ -2,6 +2,7 @@
 //! ([`ship`]); the standby keeps a copy in its own directory and takes the role over
 //! when the active MDS's lease lapses ([`follow`]). See docs/mds.md, "Standby MDS".
 
+mod auth;
 pub mod follow;
 pub mod ship;
 pub mod wire;

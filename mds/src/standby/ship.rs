@@ -34,16 +34,29 @@ struct Shared {
     stop: AtomicBool,
     /// The standby that caught up (empty: none), for the MDS's heartbeats.
     standby: Mutex<String>,
+    /// The file system key a standby must prove it holds (None: servers built without
+    /// one, by tests).
+    key: Option<nacre_auth::Key>,
+    /// Standby addresses whose refusal was logged (once each).
+    refused: Mutex<std::collections::HashSet<std::net::IpAddr>>,
 }
 
 impl Shipper {
-    /// Serves standbys that connect to `listener`; `sync`: the MDT's sync mode (each
-    /// record on the standby's stable storage before it is acknowledged).
-    pub fn start(listener: TcpListener, mdt: Arc<Mdt>, sync: bool) -> std::io::Result<Shipper> {
+    /// Serves standbys that connect to `listener` and prove they hold `key`; `sync`:
+    /// the MDT's sync mode (each record on the standby's stable storage before it is
+    /// acknowledged).
+    pub fn start(
+        listener: TcpListener,
+        mdt: Arc<Mdt>,
+        sync: bool,
+        key: Option<nacre_auth::Key>,
+    ) -> std::io::Result<Shipper> {
         listener.set_nonblocking(true)?;
         let shared = Arc::new(Shared {
             stop: AtomicBool::new(false),
             standby: Mutex::default(),
+            key,
+            refused: Mutex::default(),
         });
         let thread = {
             let shared = shared.clone();
@@ -84,6 +97,12 @@ fn accept(listener: &TcpListener, mdt: &Mdt, shared: &Shared, sync: bool) {
                 let repl = mdt.replication();
                 match serve(conn, peer, mdt, shared, sync) {
                     Ok(()) => {}
+                    Err(e) if e.kind() == std::io::ErrorKind::PermissionDenied => {
+                        let mut logged = shared.refused.lock().unwrap_or_else(|p| p.into_inner());
+                        if logged.len() < 1024 && logged.insert(peer.ip()) {
+                            tracing::warn!("standby at {peer} refused: {e} (logged once)");
+                        }
+                    }
                     Err(e) => tracing::warn!("standby at {peer}: {e}"),
                 }
                 repl.unsubscribe();
@@ -122,6 +141,9 @@ fn serve(
         Frame::Hello { node } => node,
         other => return Err(invalid(format!("expected a hello, got {other:?}"))),
     };
+    if let Some(key) = &shared.key {
+        super::auth::check_standby(&mut &conn, key, &node)?;
+    }
     println!("nacre-mds: standby {node} ({peer}) follows: sending a snapshot");
     let repl: &Arc<Replication> = mdt.replication();
     // Subscribed before the snapshot: every record after it reaches the standby, and

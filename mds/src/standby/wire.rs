@@ -1,5 +1,11 @@
 //! Frames between an MDS and its standby, over one TCP connection:
 //! `[u8 kind][u64 number][u32 length][length bytes]`, little-endian.
+//!
+//! The standby says who it is (`Hello`), the MDS challenges it (`Challenge`: a nonce),
+//! the standby proves it holds the file system key (`Proof`: its nonce and its proof
+//! over both nonces and its node), the MDS proves the same (`Welcome`), and only then
+//! does the snapshot start: the MDT goes to no one without the key (docs/security.md).
+//! Between servers built without a key (tests), the exchange is skipped by both.
 
 use std::io::{Read, Write};
 
@@ -10,6 +16,12 @@ pub const MAX_PAYLOAD: usize = 64 << 20;
 pub enum Frame {
     /// Standby to MDS, first: who follows (its node identity, as the MGS knows it).
     Hello { node: String },
+    /// MDS to standby: the MDS's nonce.
+    Challenge { nonce: [u8; 32] },
+    /// Standby to MDS: its nonce and its proof.
+    Proof { nonce: [u8; 32], proof: [u8; 32] },
+    /// MDS to standby: the MDS's proof; the snapshot follows.
+    Welcome { proof: [u8; 32] },
     /// MDS to standby: a chunk of the snapshot (redo records of puts).
     Snap(Vec<u8>),
     /// The snapshot is whole; records follow. `sync`: put each on stable storage
@@ -29,6 +41,9 @@ const SNAP_END: u8 = 3;
 const REC: u8 = 4;
 const BEAT: u8 = 5;
 const ACK: u8 = 6;
+const CHALLENGE: u8 = 7;
+const PROOF: u8 = 8;
+const WELCOME: u8 = 9;
 
 fn write_frame(w: &mut impl Write, kind: u8, n: u64, payload: &[u8]) -> std::io::Result<()> {
     let mut head = [0u8; 13];
@@ -41,8 +56,18 @@ fn write_frame(w: &mut impl Write, kind: u8, n: u64, payload: &[u8]) -> std::io:
 
 impl Frame {
     pub fn write_to(&self, w: &mut impl Write) -> std::io::Result<()> {
+        let both: [u8; 64];
         let (kind, n, payload): (u8, u64, &[u8]) = match self {
             Frame::Hello { node } => (HELLO, 0, node.as_bytes()),
+            Frame::Challenge { nonce } => (CHALLENGE, 0, nonce),
+            Frame::Proof { nonce, proof } => {
+                let mut b = [0u8; 64];
+                b[..32].copy_from_slice(nonce);
+                b[32..].copy_from_slice(proof);
+                both = b;
+                (PROOF, 0, &both)
+            }
+            Frame::Welcome { proof } => (WELCOME, 0, proof),
             Frame::Snap(b) => (SNAP, 0, b),
             Frame::SnapEnd { sync } => (SNAP_END, *sync as u64, &[]),
             Frame::Rec { seq, bytes } => (REC, *seq, bytes),
@@ -75,6 +100,16 @@ impl Frame {
                 node: String::from_utf8(payload)
                     .map_err(|_| bad("a node name not in UTF-8".into()))?,
             },
+            CHALLENGE => Frame::Challenge {
+                nonce: fixed(&payload)?,
+            },
+            PROOF if payload.len() == 64 => Frame::Proof {
+                nonce: fixed(&payload[..32])?,
+                proof: fixed(&payload[32..])?,
+            },
+            WELCOME => Frame::Welcome {
+                proof: fixed(&payload)?,
+            },
             SNAP => Frame::Snap(payload),
             SNAP_END => Frame::SnapEnd { sync: n != 0 },
             REC => Frame::Rec {
@@ -86,6 +121,15 @@ impl Frame {
             k => return Err(bad(format!("unknown frame kind {k}"))),
         })
     }
+}
+
+fn fixed(b: &[u8]) -> std::io::Result<[u8; 32]> {
+    b.try_into().map_err(|_| {
+        std::io::Error::new(
+            std::io::ErrorKind::InvalidData,
+            format!("a nonce or proof of {} bytes, not 32", b.len()),
+        )
+    })
 }
 
 #[cfg(test)]
@@ -106,6 +150,12 @@ mod tests {
             },
             Frame::Beat { seq: 10 },
             Frame::Ack { seq: 11 },
+            Frame::Challenge { nonce: [3; 32] },
+            Frame::Proof {
+                nonce: [4; 32],
+                proof: [5; 32],
+            },
+            Frame::Welcome { proof: [6; 32] },
         ];
         let mut buf = Vec::new();
         for f in &all {

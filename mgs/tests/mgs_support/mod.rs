@@ -94,6 +94,17 @@ pub struct Mgs {
 impl Mgs {
     /// Serves `dir` on `listen` ("127.0.0.1:0" picks a port) with `extra` flags.
     pub fn serve(dir: &std::path::Path, listen: &str, extra: &[&str]) -> Mgs {
+        let store = extra
+            .iter()
+            .position(|a| *a == "--store")
+            .map(|i| extra[i + 1]);
+        if let Some(url) = store.filter(|_| !extra.contains(&"--key")) {
+            // An MGS on an etcd store is given the key its format wrote.
+            let mut with_key: Vec<String> = extra.iter().map(|s| s.to_string()).collect();
+            with_key.extend(["--key".to_string(), key_of(url).display().to_string()]);
+            let with_key: Vec<&str> = with_key.iter().map(String::as_str).collect();
+            return Mgs::serve(dir, listen, &with_key);
+        }
         let mut cmd = Command::new(mgs_bin());
         cmd.args(["serve", "--dir"])
             .arg(dir)
@@ -107,10 +118,6 @@ impl Mgs {
             .and_then(|s| s.split_whitespace().next())
             .expect("an address")
             .to_string();
-        let store = extra
-            .iter()
-            .position(|a| *a == "--store")
-            .map(|i| extra[i + 1]);
         let key = match store {
             Some(url) => key_of(url),
             None => key_in(dir).expect("nacre-mgs format wrote a key"),
@@ -416,8 +423,7 @@ impl Mgs {
     /// `nacre-mgs serve` on the etcd store; returns once it printed where it listens.
     pub fn serve_etcd(url: &str, extra: &[&str]) -> Mgs {
         let dir = tmpdir("unused");
-        let key = key_of(url).display().to_string();
-        let mut args = vec!["--store", url, "--key", &key];
+        let mut args = vec!["--store", url];
         args.extend_from_slice(extra);
         Mgs::serve(&dir, "127.0.0.1:0", &args)
     }

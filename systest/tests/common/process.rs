@@ -18,11 +18,19 @@ pub fn tmp(name: &str) -> PathBuf {
     d
 }
 
+/// Where a child test process finds its parent's key (see [`key`]).
+pub const CHILD_KEY: &str = "NACRE_TEST_KEY";
+
 /// The file system key every MGS of this test process is formatted with (all are
 /// `ossfs`): its servers and clients prove themselves with it.
 pub fn key() -> &'static (PathBuf, nacre_auth::Key) {
     static KEY: std::sync::OnceLock<(PathBuf, nacre_auth::Key)> = std::sync::OnceLock::new();
     KEY.get_or_init(|| {
+        // A child this test process started (a reader to kill, say) uses its parent's.
+        if let Some(path) = std::env::var_os(CHILD_KEY).map(PathBuf::from) {
+            let key = nacre_auth::Key::load(&path).unwrap();
+            return (path, key);
+        }
         let path = PathBuf::from(env!("CARGO_TARGET_TMPDIR"))
             .join(format!("ossfs-{}.key", std::process::id()));
         let _ = std::fs::remove_file(&path);
