@@ -228,7 +228,10 @@ fn connections_are_bounded() {
     drop(held);
     // Slots come back once the held ones go.
     let until = Instant::now() + Duration::from_secs(5);
-    while m.client().fetch_map().is_err() {
+    while try_client(&m.addr, nacre_mgc::BootConfig::default())
+        .and_then(|mut c| c.fetch_map())
+        .is_err()
+    {
         assert!(Instant::now() < until, "slots never came back");
         std::thread::sleep(Duration::from_millis(50));
     }

@@ -82,7 +82,12 @@ pub fn format(dir: &std::path::Path, fsname: &str) {
 
 /// A client of the MGS at `mgs` with its key.
 pub fn client(mgs: &str, cfg: BootConfig) -> MgsClient {
-    MgsClient::connect_with(mgs, cfg, KeySource::new(Some(key_of(mgs)))).unwrap()
+    try_client(mgs, cfg).unwrap()
+}
+
+/// [`client`], or why it could not connect and authenticate.
+pub fn try_client(mgs: &str, cfg: BootConfig) -> Result<MgsClient, nacre_mgc::MgsError> {
+    MgsClient::connect_with(mgs, cfg, KeySource::new(Some(key_of(mgs))))
 }
 
 /// A running `nacre-mgs serve`, and the address it printed.
