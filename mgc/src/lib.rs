@@ -18,6 +18,12 @@ use std::net::{SocketAddr, TcpStream, ToSocketAddrs};
 use std::time::{Duration, Instant};
 
 use nacre_auth::{Key, KeySource, Side};
+pub use tls::{
+    provider as tls_provider, Stream, EXPORTER_LABEL as TLS_EXPORTER_LABEL,
+    EXPORTER_LEN as TLS_EXPORTER_LEN,
+};
+
+mod tls;
 use nacre_proto::bootstrap::{
     errno, BootError, BootHeader, BootOp, BootReply, BootRequest, ClaimRequest, ClusterMap, Grant,
     RenewRequest, Renewed, Role, TargetReport, BOOT_HEADER_LEN, MAX_REPLY_BODY,
@@ -82,7 +88,7 @@ impl Default for BootConfig {
 pub struct MgsClient {
     addrs: String,
     cfg: BootConfig,
-    conn: Option<(TcpStream, String)>,
+    conn: Option<(Stream, String)>,
     /// Which address to try first: moves on after a failure, so that a paused MGS
     /// (whose kernel still accepts connections) is not tried first forever.
     first: usize,
@@ -324,7 +330,7 @@ impl MgsClient {
             .collect();
         for one in order.iter().map(String::as_str) {
             let conn = connect_one(one, self.cfg.connect_timeout)
-                .and_then(|mut s| self.authenticate(&mut s, one).map(|()| s));
+                .and_then(|s| self.authenticate(Stream::Plain(s), one));
             match conn {
                 Ok(s) => {
                     self.conn = Some((s, one.to_string()));
@@ -344,15 +350,15 @@ impl MgsClient {
 
 impl MgsClient {
     /// The challenge and response on a new connection to `addr`.
-    fn authenticate(&mut self, s: &mut TcpStream, addr: &str) -> Result<(), MgsError> {
+    fn authenticate(&mut self, mut s: Stream, addr: &str) -> Result<Stream, MgsError> {
         let client_nonce = nacre_auth::random_bytes().map_err(|e| MgsError::Auth(e.to_string()))?;
-        let (fsname, server_nonce) =
-            match self.step(s, addr, &BootRequest::AuthBegin { client_nonce })? {
+        let (fsname, server_nonce, tls) =
+            match self.step(&mut s, addr, &BootRequest::AuthBegin { client_nonce })? {
                 BootReply::Challenge {
                     required: false, ..
                 } => {
                     return match self.keys == KeySource::default() {
-                        true => Ok(()),
+                        true => Ok(s),
                         false => Err(MgsError::Auth(format!(
                             "the MGS at {addr} has no key: it cannot prove it serves the \
                              file system this key is for"
@@ -362,10 +368,21 @@ impl MgsClient {
                 BootReply::Challenge {
                     fsname,
                     server_nonce,
+                    tls,
                     ..
-                } => (fsname, server_nonce),
+                } => (fsname, server_nonce, tls),
                 other => return Err(self.refusal(addr, other)),
             };
+        // Over TLS, the proofs bind the session (its exporter) too.
+        let mut binding = Vec::new();
+        if tls {
+            let (tls_stream, exporter) = s.start_tls().map_err(|source| MgsError::Lost {
+                addr: addr.to_string(),
+                source,
+            })?;
+            s = tls_stream;
+            binding = exporter.to_vec();
+        }
         if self.key.as_ref().is_none_or(|k| k.fsname() != fsname) {
             self.key = Some(
                 self.keys
@@ -380,15 +397,16 @@ impl MgsClient {
             principal: key.principal(),
             client_nonce: &client_nonce,
             server_nonce: &server_nonce,
-            binding: b"",
+            binding: &binding,
         };
         let prove = BootRequest::AuthProve {
             principal: key.principal().encode(),
             proof: key.prove(Side::Client, &ex),
         };
-        match self.step(s, addr, &prove)? {
+        match self.step(&mut s, addr, &prove)? {
             BootReply::Proven { proof } => key
                 .check_server(&ex, &proof)
+                .map(|()| s)
                 .map_err(|e| MgsError::Auth(format!("the MGS at {addr}: {e}"))),
             BootReply::Failed {
                 errno: errno::EACCES,
@@ -402,12 +420,7 @@ impl MgsClient {
         }
     }
 
-    fn step(
-        &self,
-        s: &mut TcpStream,
-        addr: &str,
-        req: &BootRequest,
-    ) -> Result<BootReply, MgsError> {
+    fn step(&self, s: &mut Stream, addr: &str, req: &BootRequest) -> Result<BootReply, MgsError> {
         let frame = req.encode().map_err(MgsError::Request)?;
         send_and_read(s, req.op(), &frame, self.cfg.request_timeout).map_err(|e| match e {
             Exchange::Io(source) => MgsError::Lost {
@@ -464,13 +477,15 @@ enum Exchange {
 }
 
 fn send_and_read(
-    s: &mut TcpStream,
+    s: &mut Stream,
     op: BootOp,
     frame: &[u8],
     timeout: Duration,
 ) -> Result<BootReply, Exchange> {
     let until = Instant::now() + timeout;
-    s.set_write_timeout(Some(timeout)).map_err(Exchange::Io)?;
+    s.tcp()
+        .set_write_timeout(Some(timeout))
+        .map_err(Exchange::Io)?;
     s.write_all(frame).map_err(Exchange::Io)?;
     let mut head = [0u8; BOOT_HEADER_LEN];
     read_full(s, &mut head, until).map_err(Exchange::Io)?;
@@ -486,14 +501,14 @@ fn send_and_read(
     BootReply::decode(op, h.status, &body).map_err(Exchange::Frame)
 }
 
-fn read_full(s: &mut TcpStream, buf: &mut [u8], until: Instant) -> io::Result<()> {
+fn read_full(s: &mut Stream, buf: &mut [u8], until: Instant) -> io::Result<()> {
     let mut at = 0;
     while at < buf.len() {
         let left = until
             .checked_duration_since(Instant::now())
             .filter(|d| !d.is_zero())
             .ok_or_else(|| io::Error::from(io::ErrorKind::TimedOut))?;
-        s.set_read_timeout(Some(left))?;
+        s.tcp().set_read_timeout(Some(left))?;
         match s.read(&mut buf[at..]) {
             Ok(0) => return Err(io::ErrorKind::UnexpectedEof.into()),
             Ok(n) => at += n,

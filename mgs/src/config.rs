@@ -36,6 +36,8 @@ pub struct MgsConfig {
     /// serves without authentication (only tests build one so).
     #[serde(skip)]
     pub key: Option<nacre_auth::Key>,
+    /// TLS on the bootstrap: `on`, `off`, or `auto` (on unless listening on loopback).
+    pub tls: super::server::tls::TlsMode,
 }
 
 impl Default for MgsConfig {
@@ -52,6 +54,7 @@ impl Default for MgsConfig {
             leader_ttl_ms: 2000,
             key_file: None,
             key: None,
+            tls: Default::default(),
         }
     }
 }

@@ -86,6 +86,9 @@ fn relay(
     let deadline = Duration::from_millis(cfg.request_deadline_ms);
     s.set_write_timeout(Some(deadline))?;
     let mut upstream: Option<TcpStream> = None;
+    // Over TLS the client's proof binds its session with whoever terminates it: a relay
+    // would break it. Clients are sent to the leader (they hold every MGS address).
+    let tls = cfg.key.is_some() && cfg.tls.applies(s.local_addr()?);
     loop {
         let mut head = [0u8; BOOT_HEADER_LEN];
         let idle = Instant::now() + Duration::from_millis(cfg.idle_timeout_ms);
@@ -105,6 +108,17 @@ fn relay(
         let mut target = leader.lock().unwrap_or_else(|p| p.into_inner()).clone();
         if target.as_deref() == Some(me.as_str()) {
             target = None; // our own key from a previous run, not expired yet
+        }
+        if tls {
+            let reply = BootReply::Failed {
+                errno: errno::EAGAIN,
+                message: format!(
+                    "this MGS follows, and relays no TLS: connect to the leader ({})",
+                    target.as_deref().unwrap_or("not known yet")
+                ),
+            };
+            s.write_all(&reply.encode(h.op))?;
+            return Ok(());
         }
         // A long poll may wait up to its own deadline at the leader.
         let wait = Duration::from_secs(61);

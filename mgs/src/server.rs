@@ -15,6 +15,7 @@ use std::net::{SocketAddr, TcpListener, TcpStream};
 
 mod auth;
 mod event_loop;
+pub mod tls;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::thread::JoinHandle;
@@ -62,6 +63,8 @@ struct Shared {
     stop: AtomicBool,
     cfg: MgsConfig,
     gate: auth::Gate,
+    /// TLS on the bootstrap (docs/security.md), when this MGS runs it.
+    tls: Option<Arc<rustls::ServerConfig>>,
 }
 
 impl Shared {
@@ -166,6 +169,11 @@ impl MgsServer {
         let version = AtomicU64::new(state.version());
         let poll = mio::Poll::new()?;
         let waker = Arc::new(mio::Waker::new(poll.registry(), event_loop::WAKER)?);
+        // TLS only with a key: its exporter is bound by the key's proofs.
+        let tls = match cfg.key.is_some() && cfg.tls.applies(listener.local_addr()?) {
+            true => Some(tls::server_config()?),
+            false => None,
+        };
         Ok(MgsServer {
             listener,
             poll,
@@ -176,7 +184,8 @@ impl MgsServer {
                 inner: Mutex::new(Inner { state, store }),
                 stop: AtomicBool::new(false),
                 cfg: cfg.clone(),
-                gate: auth::Gate::new(cfg.key.clone()),
+                gate: auth::Gate::new(cfg.key.clone(), tls.is_some()),
+                tls,
             }),
         })
     }
@@ -190,11 +199,16 @@ impl MgsServer {
         let g = self.shared.lock();
         let m = g.state.map();
         format!(
-            "{} (fsid {:#018x}), {} role(s), map version {}",
+            "{} (fsid {:#018x}), {} role(s), map version {}{}",
             m.fsname,
             m.fsid,
             m.servers.len(),
-            m.version
+            m.version,
+            if self.shared.tls.is_some() {
+                ", bootstrap over TLS"
+            } else {
+                ""
+            }
         )
     }
 

@@ -35,6 +35,7 @@ fn authenticated(m: &Mgs) -> TcpStream {
         fsname,
         server_nonce,
         required: true,
+        tls: false,
     } = BootReply::decode(BootOp::AuthBegin, status, &body).unwrap()
     else {
         panic!("no challenge");

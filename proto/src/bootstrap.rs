@@ -429,6 +429,9 @@ pub enum BootReply {
         server_nonce: [u8; NONCE_LEN],
         /// Whether this MGS serves only authenticated connections (it has a key).
         required: bool,
+        /// The rest of the connection is TLS: the client starts its handshake next,
+        /// and its proof binds the session's exporter (docs/security.md).
+        tls: bool,
     },
     /// The MGS's proof: it holds the file system key too.
     Proven {
@@ -902,6 +905,31 @@ impl BootRequest {
 }
 
 impl BootReply {
+    /// A challenge's flags (bit 0: authentication required, bit 1: TLS follows).
+    fn with_flags(self, flags: u32) -> Result<BootReply, BootError> {
+        if flags > 3 {
+            return Err(BootError::BadValue {
+                field: "challenge flags",
+                value: flags.into(),
+            });
+        }
+        Ok(match self {
+            BootReply::Challenge {
+                fsname,
+                server_nonce,
+                ..
+            } => BootReply::Challenge {
+                fsname,
+                server_nonce,
+                required: flags & 1 != 0,
+                tls: flags & 2 != 0,
+            },
+            other => other,
+        })
+    }
+}
+
+impl BootReply {
     /// The whole frame answering a request of `op`.
     pub fn encode(&self, op: BootOp) -> Vec<u8> {
         let mut e = Enc::default();
@@ -927,10 +955,11 @@ impl BootReply {
                 fsname,
                 server_nonce,
                 required,
+                tls,
             } => {
                 e.str(fsname);
                 e.0.extend_from_slice(server_nonce);
-                e.u32((*required).into());
+                e.u32(u32::from(*required) | u32::from(*tls) << 1);
                 0
             }
             BootReply::Proven { proof } => {
@@ -984,8 +1013,10 @@ impl BootReply {
             BootOp::AuthBegin => BootReply::Challenge {
                 fsname: d.str("fsname", MAX_FSNAME_LEN)?,
                 server_nonce: d.fixed()?,
-                required: d.u32()? != 0,
-            },
+                required: false,
+                tls: false,
+            }
+            .with_flags(d.u32()?)?,
             BootOp::AuthProve => BootReply::Proven { proof: d.fixed()? },
             BootOp::SetRootSquash => BootReply::Set,
         };

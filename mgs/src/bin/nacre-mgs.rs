@@ -118,6 +118,9 @@ enum Cmd {
         /// /etc/nacre/FSNAME.key).
         #[arg(long)]
         key: Option<PathBuf>,
+        /// TLS on the bootstrap: on, off, or auto (on unless listening on loopback).
+        #[arg(long)]
+        tls: Option<nacre_mgs::server::tls::TlsMode>,
     },
 }
 
@@ -250,6 +253,7 @@ fn run(cli: Cli, stop: &AtomicBool) -> Result<(), Error> {
             request_deadline_ms,
             idle_timeout_ms,
             key,
+            tls,
         } => {
             cfg.dir = dir.or(cfg.dir);
             cfg.listen = listen.unwrap_or(cfg.listen);
@@ -260,6 +264,7 @@ fn run(cli: Cli, stop: &AtomicBool) -> Result<(), Error> {
             cfg.request_deadline_ms = request_deadline_ms.unwrap_or(cfg.request_deadline_ms);
             cfg.idle_timeout_ms = idle_timeout_ms.unwrap_or(cfg.idle_timeout_ms);
             cfg.key_file = key.or(cfg.key_file);
+            cfg.tls = tls.unwrap_or(cfg.tls);
             cfg.validate()?;
             if cfg.store != "embedded" {
                 let fsname = Etcd::connect(&cfg.store)?

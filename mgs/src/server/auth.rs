@@ -33,28 +33,33 @@ pub(super) enum Standing {
 /// one in-process may) and the refusals already logged.
 pub(super) struct Gate {
     key: Option<Key>,
+    /// Connections turn TLS after the challenge, and proofs bind the session.
+    tls: bool,
     logged: Mutex<HashSet<IpAddr>>,
 }
 
 impl Gate {
-    pub fn new(key: Option<Key>) -> Gate {
+    pub fn new(key: Option<Key>, tls: bool) -> Gate {
         Gate {
             key,
+            tls,
             logged: Mutex::new(HashSet::new()),
         }
     }
 
     /// Answers the two authentication steps; None for any other request.
+    /// `binding`: the connection's TLS exporter (empty: not TLS).
     pub fn exchange(
         &self,
         st: &mut Standing,
         peer: Option<IpAddr>,
+        binding: &[u8],
         req: &BootRequest,
     ) -> Option<BootReply> {
         match req {
             BootRequest::AuthBegin { client_nonce } => Some(self.begin(st, *client_nonce)),
             BootRequest::AuthProve { principal, proof } => {
-                let reply = self.prove(st, principal, proof);
+                let reply = self.prove(st, principal, proof, binding);
                 if let (BootReply::Failed { message, .. }, Some(ip)) = (&reply, peer) {
                     self.log_refusal(ip, message);
                 }
@@ -70,6 +75,7 @@ impl Gate {
                 fsname: String::new(),
                 server_nonce: [0; NONCE_LEN],
                 required: false,
+                tls: false,
             };
         };
         let server_nonce = match nacre_auth::random_bytes() {
@@ -84,10 +90,17 @@ impl Gate {
             fsname: key.fsname().to_string(),
             server_nonce,
             required: true,
+            tls: self.tls,
         }
     }
 
-    fn prove(&self, st: &mut Standing, principal: &[u8], proof: &[u8]) -> BootReply {
+    fn prove(
+        &self,
+        st: &mut Standing,
+        principal: &[u8],
+        proof: &[u8],
+        binding: &[u8],
+    ) -> BootReply {
         let Some(key) = &self.key else {
             return failed(
                 errno::EACCES,
@@ -104,6 +117,12 @@ impl Gate {
                 "authentication failed: no challenge asked".into(),
             );
         };
+        if self.tls && binding.is_empty() {
+            return failed(
+                errno::EACCES,
+                "authentication failed: this MGS needs TLS".into(),
+            );
+        }
         let principal = match Principal::decode(principal) {
             Ok((p, [])) => p,
             Ok(_) => return failed(errno::EACCES, "authentication failed: bad principal".into()),
@@ -115,7 +134,7 @@ impl Gate {
             principal: &principal,
             client_nonce: &client_nonce,
             server_nonce: &server_nonce,
-            binding: b"",
+            binding,
         };
         if let Err(e) = key.check(Side::Client, &ex, proof) {
             return failed(errno::EACCES, format!("authentication failed: {e}"));

@@ -43,6 +43,11 @@ struct Conn {
     parked: Option<(u64, Instant)>,
     peer: Option<std::net::IpAddr>,
     standing: Standing,
+    /// The challenge said TLS follows: once it is written, the connection turns TLS.
+    start_tls: bool,
+    /// The TLS configuration when this MGS runs TLS (taken when the session starts).
+    tls_config: Option<Arc<rustls::ServerConfig>>,
+    tls: Option<Box<rustls::ServerConnection>>,
 }
 
 impl Conn {
@@ -142,6 +147,9 @@ fn accept(
                 parked: None,
                 peer: Some(from.ip()),
                 standing: Standing::Stranger,
+                start_tls: false,
+                tls_config: shared.tls.clone(),
+                tls: None,
             },
         );
     }
@@ -167,6 +175,9 @@ fn service(c: &mut Conn, shared: &Shared) -> Result<(), ()> {
 
 /// Reads what is there, up to one whole request ahead. Ok(true): something came.
 fn fill(c: &mut Conn) -> Result<bool, ()> {
+    if c.tls.is_some() {
+        return fill_tls(c);
+    }
     let mut got = false;
     let mut chunk = [0u8; 16 * 1024];
     while c.rbuf.len() < READ_LIMIT && c.parked.is_none() && c.pending_write() < WRITE_LIMIT {
@@ -189,9 +200,36 @@ fn fill(c: &mut Conn) -> Result<bool, ()> {
     Ok(got)
 }
 
-/// Answers every whole request in the read buffer (stops at a parked long poll).
+/// [`fill`] through the connection's TLS session.
+fn fill_tls(c: &mut Conn) -> Result<bool, ()> {
+    let mut got = false;
+    while c.rbuf.len() < READ_LIMIT && c.parked.is_none() && c.pending_write() < WRITE_LIMIT {
+        let tls = c.tls.as_mut().expect("checked");
+        let room = READ_LIMIT - c.rbuf.len();
+        let was_empty = c.rbuf.is_empty();
+        match super::tls::read(tls, &mut c.stream, &mut c.rbuf, room) {
+            Ok(Some(0)) | Err(_) => return Err(()),
+            Ok(Some(_)) => {
+                if was_empty {
+                    c.started = Some(Instant::now());
+                }
+                c.last_seen = Instant::now();
+                got = true;
+            }
+            Ok(None) => break,
+        }
+    }
+    Ok(got)
+}
+
+/// Answers every whole request in the read buffer (stops at a parked long poll, and
+/// after a challenge that starts TLS: what follows is the client's handshake).
 fn answer_ready(c: &mut Conn, shared: &Shared) -> Result<(), ()> {
-    while c.parked.is_none() && c.pending_write() < WRITE_LIMIT && c.rbuf.len() >= BOOT_HEADER_LEN {
+    while c.parked.is_none()
+        && !c.start_tls
+        && c.pending_write() < WRITE_LIMIT
+        && c.rbuf.len() >= BOOT_HEADER_LEN
+    {
         // A bad header loses the framing: close.
         let h = BootHeader::decode(&c.rbuf[..BOOT_HEADER_LEN], MAX_REQUEST_BODY).map_err(|_| ())?;
         let end = BOOT_HEADER_LEN + h.body_len as usize;
@@ -199,14 +237,27 @@ fn answer_ready(c: &mut Conn, shared: &Shared) -> Result<(), ()> {
             break;
         }
         let req = BootRequest::decode(h.op, &c.rbuf[BOOT_HEADER_LEN..end]);
+        // Over TLS, a proof binds the session's exporter.
+        let binding = match &c.tls {
+            Some(tls) => tls
+                .export_keying_material(
+                    [0u8; nacre_mgc::TLS_EXPORTER_LEN],
+                    nacre_mgc::TLS_EXPORTER_LABEL,
+                    None,
+                )
+                .map_err(|_| ())?
+                .to_vec(),
+            None => Vec::new(),
+        };
         let gated = req.as_ref().ok().and_then(|r| {
             let gate = &shared.gate;
-            gate.exchange(&mut c.standing, c.peer, r)
+            gate.exchange(&mut c.standing, c.peer, &binding, r)
                 .or_else(|| gate.refuse(&c.standing, r))
         });
         match req {
             _ if gated.is_some() => {
                 let reply = gated.expect("checked");
+                c.start_tls = matches!(reply, BootReply::Challenge { tls: true, .. });
                 c.wbuf.extend_from_slice(&reply.encode(h.op));
             }
             Ok(BootRequest::FetchMap) => c.wbuf.extend_from_slice(&shared.map_frame()),
@@ -246,6 +297,19 @@ fn push_wait_reply(c: &mut Conn, shared: &Shared) {
 
 /// Writes what is pending. Ok(true): something went.
 fn flush(c: &mut Conn) -> Result<bool, ()> {
+    if let Some(tls) = c.tls.as_mut() {
+        let (taken, wrote) =
+            super::tls::write(tls, &mut c.stream, &c.wbuf[c.wpos..]).map_err(|_| ())?;
+        c.wpos += taken;
+        if c.wpos == c.wbuf.len() {
+            c.wbuf.clear();
+            c.wpos = 0;
+        }
+        if wrote {
+            c.last_seen = Instant::now();
+        }
+        return Ok(wrote || taken > 0);
+    }
     let mut wrote = false;
     while c.pending_write() > 0 {
         match c.stream.write(&c.wbuf[c.wpos..]) {
@@ -263,8 +327,26 @@ fn flush(c: &mut Conn) -> Result<bool, ()> {
     if c.wpos == c.wbuf.len() {
         c.wbuf.clear();
         c.wpos = 0;
+        if c.start_tls {
+            start_tls(c)?;
+            wrote = true;
+        }
     }
     Ok(wrote)
+}
+
+/// The challenge that said so is written: the connection turns TLS (bytes the client
+/// sent after it already are the start of its handshake).
+fn start_tls(c: &mut Conn) -> Result<(), ()> {
+    c.start_tls = false;
+    let cfg = c.tls_config.take().ok_or(())?;
+    let mut tls = rustls::ServerConnection::new(cfg).map_err(|_| ())?;
+    let early = std::mem::take(&mut c.rbuf);
+    if !early.is_empty() {
+        tls.read_tls(&mut early.as_slice()).map_err(|_| ())?;
+    }
+    c.tls = Some(Box::new(tls));
+    Ok(())
 }
 
 /// Answers long polls whose map is there or whose time is up; closes connections past
