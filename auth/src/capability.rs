@@ -8,8 +8,8 @@
 //! key the client authenticated with: another file's objects, or another key's holder,
 //! get nothing from it.
 
-use crate::key::{Key, Principal, SECRET_LEN};
-use crate::mac::{mac, verify};
+use crate::key::{Key, Principal};
+use crate::mac::Keyed;
 
 /// What a capability allows.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Default)]
@@ -87,7 +87,7 @@ pub enum CapError {
 /// The key capabilities are sealed with: derived from the file system key, so the MDS
 /// and every OSS have it and no client does.
 #[derive(Clone)]
-pub struct CapabilityKey([u8; SECRET_LEN]);
+pub struct CapabilityKey(Keyed);
 
 impl std::fmt::Debug for CapabilityKey {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
@@ -100,7 +100,7 @@ impl CapabilityKey {
     pub fn of(key: &Key) -> Option<CapabilityKey> {
         key.principal()
             .is_server()
-            .then(|| CapabilityKey(key.derive("capability")))
+            .then(|| CapabilityKey(Keyed::new(&key.derive("capability"))))
     }
 
     fn parts<'a>(
@@ -122,14 +122,26 @@ impl CapabilityKey {
         expiry: u64,
         holder: &Principal,
     ) -> Capability {
-        let holder = holder.encode();
+        self.seal_for(ost, object, rights, expiry, &holder.encode())
+    }
+
+    /// [`CapabilityKey::seal`] for a holder already encoded (`Principal::encode`):
+    /// the MDS seals every object of a layout for one holder.
+    pub fn seal_for(
+        &self,
+        ost: u32,
+        object: u64,
+        rights: Rights,
+        expiry: u64,
+        holder: &[u8],
+    ) -> Capability {
         let (o, id, r, e) = (
             ost.to_le_bytes(),
             object.to_le_bytes(),
             rights.0.to_le_bytes(),
             expiry.to_le_bytes(),
         );
-        let full = mac(&self.0, &Self::parts(&o, &id, &r, &e, &holder));
+        let full = self.0.mac(&Self::parts(&o, &id, &r, &e, holder));
         Capability {
             rights,
             expiry,
@@ -153,7 +165,10 @@ impl CapabilityKey {
             cap.rights.0.to_le_bytes(),
             cap.expiry.to_le_bytes(),
         );
-        if !verify(&self.0, &Self::parts(&o, &id, &r, &e, holder), &cap.tag) {
+        if !self
+            .0
+            .verify(&Self::parts(&o, &id, &r, &e, holder), &cap.tag)
+        {
             return Err(CapError::Seal);
         }
         Self::allows(cap, need, now)

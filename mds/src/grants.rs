@@ -40,9 +40,10 @@ impl Sealer {
     ) -> Grants {
         let rights = rights_for(creds, attr, created);
         let expiry = now_secs() + self.lifetime.as_secs().max(1);
+        let holder = holder.encode();
         let seals = layout
             .objects()
-            .map(|o| self.key.seal(o.ost, o.oid, rights, expiry, holder).tag)
+            .map(|o| self.key.seal_for(o.ost, o.oid, rights, expiry, &holder).tag)
             .collect();
         Grants {
             ino: attr.ino,

@@ -155,13 +155,32 @@ impl Endpoint {
     }
 }
 
-/// A key from the OS's random generator (a clock-derived one should it fail).
+/// A key from the OS's random generator (a clock-derived one should it fail), drawn a
+/// batch at a time: one system call per 64 registrations, not one each (a client
+/// registers a buffer per request).
 fn random_key() -> u64 {
-    let mut b = [0u8; 8];
-    match getrandom::fill(&mut b) {
-        Ok(()) => u64::from_le_bytes(b),
-        Err(_) => std::time::SystemTime::now()
-            .duration_since(std::time::UNIX_EPOCH)
-            .map_or(1, |d| d.as_nanos() as u64),
+    thread_local! {
+        static BATCH: std::cell::RefCell<(Vec<u64>, usize)> = const {
+            std::cell::RefCell::new((Vec::new(), 0))
+        };
     }
+    BATCH.with(|b| {
+        let mut b = b.borrow_mut();
+        if b.1 >= b.0.len() {
+            let mut bytes = [0u8; 64 * 8];
+            let keys: Vec<u64> = match getrandom::fill(&mut bytes) {
+                Ok(()) => bytes
+                    .chunks_exact(8)
+                    .map(|c| u64::from_le_bytes(c.try_into().expect("8 bytes")))
+                    .collect(),
+                Err(_) => vec![std::time::SystemTime::now()
+                    .duration_since(std::time::UNIX_EPOCH)
+                    .map_or(1, |d| d.as_nanos() as u64)],
+            };
+            *b = (keys, 0);
+        }
+        let at = b.1;
+        b.1 += 1;
+        b.0[at]
+    })
 }
