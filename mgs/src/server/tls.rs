@@ -58,8 +58,10 @@ pub fn server_config() -> io::Result<Arc<ServerConfig>> {
     Ok(Arc::new(cfg))
 }
 
-/// Reads what the socket has into the session and the session's plaintext into `out`
-/// (at most `room` bytes). Ok(None): nothing now; Ok(Some(0)): closed.
+/// Reads what the socket has into the session, until the socket has no more (the loop
+/// is edge-triggered: bytes left unread would wake nobody) or `room` bytes of plaintext
+/// came, and the session's plaintext into `out`. Ok(None): nothing now; Ok(Some(0)):
+/// closed.
 pub fn read(
     tls: &mut ServerConnection,
     sock: &mut impl Read,
@@ -67,23 +69,31 @@ pub fn read(
     room: usize,
 ) -> io::Result<Option<usize>> {
     let mut got = 0;
-    match tls.read_tls(sock) {
-        Ok(0) => return Ok(Some(0)),
-        Ok(_) => {}
-        Err(e) if e.kind() == io::ErrorKind::WouldBlock => {}
-        Err(e) => return Err(e),
-    }
-    tls.process_new_packets().map_err(io::Error::other)?;
     let mut chunk = [0u8; 16 * 1024];
-    while got < room {
-        let n = (room - got).min(chunk.len());
-        match tls.reader().read(&mut chunk[..n]) {
+    loop {
+        // Plaintext first: rustls takes no more records while its buffer is full.
+        while got < room {
+            let n = (room - got).min(chunk.len());
+            match tls.reader().read(&mut chunk[..n]) {
+                Ok(0) => return Ok(Some(0)),
+                Ok(n) => {
+                    out.extend_from_slice(&chunk[..n]);
+                    got += n;
+                }
+                Err(e) if e.kind() == io::ErrorKind::WouldBlock => break,
+                Err(e) => return Err(e),
+            }
+        }
+        if got >= room {
+            break;
+        }
+        match tls.read_tls(sock) {
             Ok(0) => return Ok(Some(0)),
-            Ok(n) => {
-                out.extend_from_slice(&chunk[..n]);
-                got += n;
+            Ok(_) => {
+                tls.process_new_packets().map_err(io::Error::other)?;
             }
             Err(e) if e.kind() == io::ErrorKind::WouldBlock => break,
+            Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
             Err(e) => return Err(e),
         }
     }
