@@ -188,6 +188,7 @@ fn connect_fabric(
         node: Some(node),
         service: None,
         domain: domain.map(str::to_string),
+        sources: false,
     };
     let mut ep = nacre_fabric::open(&sel, cfg)?;
     let peer_name = if ctl.is_server {

@@ -228,7 +228,12 @@ fn build_core(cfg: &EngineConfig, cpu: Option<usize>) -> Result<Core, String> {
         post_timeout: std::time::Duration::ZERO,
         ..cfg.endpoint.clone()
     };
-    let mut ep = nacre_fabric::open(&cfg.fabric, &endpoint).map_err(|e| e.to_string())?;
+    // A core takes a session's messages only from its peer: it needs their sources.
+    let sel = nacre_fabric::Selection {
+        sources: true,
+        ..cfg.fabric.clone()
+    };
+    let mut ep = nacre_fabric::open(&sel, &endpoint).map_err(|e| e.to_string())?;
     let pool = BufferPool::new(&cfg.pool, Some(&mut ep)).map_err(|e| e.to_string())?;
     let storage = Storage::new(&cfg.storage, Some(&pool)).map_err(|e| e.to_string())?;
     Core::new(ep, pool, storage, &cfg.reactor).map_err(|e| e.to_string())

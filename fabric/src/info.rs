@@ -20,10 +20,7 @@ pub const MR_MODE_SUPPORTED: u64 = sys::FI_MR_LOCAL
     | sys::FI_MR_ENDPOINT;
 
 /// Capabilities every nacre endpoint needs: messages both ways and RMA both ways.
-/// FI_SOURCE: a received message says who sent it, so a server checks the session a
-/// message names against the peer it was issued to.
 pub const CAPS: u64 = sys::FI_MSG
-    | sys::FI_SOURCE
     | sys::FI_RMA
     | sys::FI_SEND
     | sys::FI_RECV
@@ -44,6 +41,11 @@ pub struct Selection {
     pub service: Option<String>,
     /// Domain name filter (`-d`), as fi_pingpong takes it.
     pub domain: Option<String>,
+    /// Ask for FI_SOURCE: every received message says who sent it. Servers do (they
+    /// take a session's messages only from the peer it was issued to); clients do not
+    /// (replies are matched by request id), and spare its cost: on shm it took a sixth
+    /// of a metadata server's rate (docs/fabric.md).
+    pub sources: bool,
 }
 
 impl Selection {
@@ -156,6 +158,11 @@ impl Info {
         ProviderSummary::of(self.get())
     }
 
+    /// Whether received messages say who sent them (FI_SOURCE was asked and given).
+    pub fn sources(&self) -> bool {
+        self.get().caps & sys::FI_SOURCE != 0
+    }
+
     pub fn mr_mode(&self) -> u64 {
         // SAFETY: fi_getinfo always fills domain_attr for a returned entry.
         unsafe { (*self.get().domain_attr).mr_mode as u64 }
@@ -205,7 +212,7 @@ struct InfoList {
 
 impl InfoList {
     fn query(sel: &Selection, provider: Option<&str>) -> Result<InfoList> {
-        let hints = Hints::new(provider, sel.domain.as_deref())?;
+        let hints = Hints::new(provider, sel.domain.as_deref(), sel.sources)?;
         // shm names its shared-memory region after the source node: given an IP address,
         // every process on the host would claim the same region (fi_enable: EBUSY). Its
         // addresses are local names, so the node the caller serves from does not apply.
@@ -276,7 +283,7 @@ struct Hints {
 }
 
 impl Hints {
-    fn new(provider: Option<&str>, domain: Option<&str>) -> Result<Hints> {
+    fn new(provider: Option<&str>, domain: Option<&str>, sources: bool) -> Result<Hints> {
         // SAFETY: fi_allocinfo returns a zeroed fi_info with all attr structs allocated.
         let raw = unsafe { sys::fi_allocinfo() };
         if raw.is_null() {
@@ -287,7 +294,10 @@ impl Hints {
         // are strdup'ed because fi_freeinfo frees them.
         unsafe {
             let h = &mut *raw;
-            h.caps = CAPS;
+            h.caps = match sources {
+                true => CAPS | sys::FI_SOURCE,
+                false => CAPS,
+            };
             // Every operation has a slot that starts with a struct fi_context2, so providers
             // that need context storage (FI_CONTEXT, FI_CONTEXT2) match too.
             h.mode = sys::FI_CONTEXT | sys::FI_CONTEXT2;

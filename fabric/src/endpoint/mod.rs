@@ -161,6 +161,9 @@ pub struct Endpoint {
     /// index + 1 (0: none), for the source a completion names. The provider reuses
     /// the addresses of removed peers; our indexes are never reused.
     sources: Vec<u32>,
+    /// Whether the endpoint asked for FI_SOURCE (a server's): completions are read
+    /// with their sources then.
+    with_sources: bool,
     backlog: VecDeque<Result<Completion, Box<CompletionError>>>,
     slots: OpSlots,
     /// Flags of RMA writes: see [`write_flags`].
@@ -226,6 +229,7 @@ impl Endpoint {
             name: Vec::new(),
             peers: Vec::with_capacity(cfg.av_size),
             sources: Vec::with_capacity(cfg.av_size),
+            with_sources: info.sources(),
             backlog: VecDeque::with_capacity(max_tx + max_rx),
             slots: OpSlots::new(max_tx + max_rx),
             write_flags: write_flags(in_order),
