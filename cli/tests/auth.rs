@@ -323,15 +323,17 @@ fn capabilities(provider: &str) {
     }
 
     // Renewed without the application noticing: a handle held past the capabilities'
-    // three seconds keeps writing and reading.
+    // three seconds keeps writing and reading, the client's keeper renewing them ahead
+    // of their expiry (no request met an expired one).
     let f = client.open("/caps/f1", &OpenOptions::create()).unwrap();
     f.write_at(&data[..1 << 20], 0).unwrap();
-    std::thread::sleep(Duration::from_secs(5));
+    std::thread::sleep(Duration::from_secs(7));
     f.write_at(&data, 0).unwrap();
     let mut back = vec![0u8; data.len()];
     assert_eq!(f.read_at(&mut back, 0).unwrap(), data.len());
     assert!(back == data, "bytes after the renewal");
     f.close().unwrap();
+    assert_eq!(client.renewed_on_expiry(), 0, "renewed ahead of expiry");
 
     // Raw object requests as node7, with capabilities the test seals itself.
     let (l1, l2) = (layout(&admin, "/caps/f1"), layout(&admin, "/caps/f2"));

@@ -2,7 +2,9 @@
 //! must not forget: every [`lock::RENEW_EVERY`] it renews the client's locks or, with
 //! none, reaches the MDS with a getattr of the root. Either way a restarted MDS is
 //! met within a few seconds, and the new connection replays the client's opens and
-//! locks inside the MDS's recovery window, even when the application is idle.
+//! locks inside the MDS's recovery window, even when the application is idle. It also
+//! renews the object capabilities of open files ahead of their expiry
+//! (docs/security.md), so their I/O does not meet an expired one.
 
 use std::sync::Weak;
 
@@ -22,6 +24,9 @@ pub fn start(inner: Weak<Inner>) {
             let Some(client) = Client::from_inner(&inner) else {
                 return;
             };
+            if let Err(e) = client.renew_open_capabilities() {
+                tracing::warn!("renewing the capabilities of open files: {e}");
+            }
             if !client.held_locks().is_empty() {
                 crate::locks::renew(&client);
             } else if !client.held_opens().is_empty() {

@@ -51,6 +51,14 @@ impl HeldOpens {
         self.table().handles.is_empty()
     }
 
+    /// The files open now (each once).
+    pub fn inos(&self) -> Vec<u64> {
+        let mut inos: Vec<u64> = self.table().handles.values().copied().collect();
+        inos.sort_unstable();
+        inos.dedup();
+        inos
+    }
+
     /// Takes back at the MDS of epoch `mds_epoch`, reached through `ns`, every handle
     /// of an earlier MDS run (once per epoch). One the MDS no longer has the file of
     /// (destroyed after its recovery window) is lost, and said; a connection error is

@@ -16,6 +16,8 @@ use nacre_proto::object::CAP_LEN;
 
 /// Objects whose capabilities a client keeps at most.
 pub const MAX_HELD: usize = 1 << 20;
+/// Seconds before their expiry that an open file's capabilities are renewed at least.
+pub const RENEW_AHEAD: u64 = 10;
 
 #[derive(Debug, Clone, Copy)]
 struct Held {
@@ -27,11 +29,28 @@ struct Held {
 #[derive(Debug, Default)]
 pub struct Capabilities {
     held: RwLock<HashMap<(u32, u64), Held>>,
+    /// When each file's capabilities are due for renewal: a quarter of their lifetime
+    /// before they expire, and at least [`RENEW_AHEAD`] before (the keeper looks every
+    /// few seconds), as the client's clock counts it.
+    renew_at: RwLock<HashMap<u64, u64>>,
 }
 
 impl Capabilities {
     /// Takes the capabilities granted with `layout` (one per object, in order).
     pub fn grant(&self, layout: &FileLayout, grants: &Grants) {
+        let now = nacre_auth::capability::now_secs();
+        let left = grants.expiry.saturating_sub(now);
+        let due = grants
+            .expiry
+            .saturating_sub((left / 4).max(RENEW_AHEAD))
+            .max(now);
+        {
+            let mut renew = self.renew_at.write().unwrap_or_else(|p| p.into_inner());
+            if renew.len() >= MAX_HELD {
+                renew.retain(|_, at| *at > now);
+            }
+            renew.insert(grants.ino, due);
+        }
         let mut held = self.held.write().unwrap_or_else(|p| p.into_inner());
         if held.len() + grants.seals.len() > MAX_HELD {
             let now = nacre_auth::capability::now_secs();
@@ -59,6 +78,15 @@ impl Capabilities {
     pub fn get(&self, ost: u32, object: u64) -> Option<[u8; CAP_LEN]> {
         let held = self.held.read().unwrap_or_else(|p| p.into_inner());
         held.get(&(ost, object)).map(|h| h.cap)
+    }
+
+    /// Which of `inos` (the files open) are due for renewal at `now`.
+    pub fn due(&self, inos: &[u64], now: u64) -> Vec<u64> {
+        let renew = self.renew_at.read().unwrap_or_else(|p| p.into_inner());
+        inos.iter()
+            .copied()
+            .filter(|ino| renew.get(ino).is_some_and(|&at| at <= now))
+            .collect()
     }
 
     /// Files with a capability that expires before `before` (seconds since the epoch):

@@ -53,6 +53,8 @@ pub(crate) struct Inner {
     key: Option<nacre_auth::Key>,
     /// The capabilities the MDS granted with layouts, shared by every connection.
     caps: Arc<Capabilities>,
+    /// Requests an OSS refused for an expired capability (renewed and resent).
+    renewed_on_expiry: AtomicU64,
 }
 
 /// What makes changing namespace requests safe to retry: a random client id for the
@@ -184,6 +186,7 @@ impl Client {
                 unanswered: AtomicU64::new(0),
                 key,
                 caps: Arc::default(),
+                renewed_on_expiry: AtomicU64::new(0),
             }),
         };
         // Reach the MDS once now, so a bad address fails here and not at first use.
@@ -247,6 +250,7 @@ impl Client {
                 self.inner.unanswered.fetch_add(1, Ordering::Relaxed);
             }
             if matches!(err, ClientError::Status(EKEYEXPIRED)) && attempt < 3 {
+                self.inner.renewed_on_expiry.fetch_add(1, Ordering::Relaxed);
                 // A capability ran out (the process held a file longer than it holds):
                 // renewed, and the request sent again; the server applied nothing.
                 self.renew_capabilities()?;
@@ -427,6 +431,24 @@ impl Client {
         self.map()
     }
 
+    /// Asks the layout (and so fresh capabilities) again of the open files whose
+    /// capabilities are due (`nacre_rpc::caps`): the keeper's, ahead of their expiry.
+    pub(crate) fn renew_open_capabilities(&self) -> io::Result<()> {
+        let open = self.held_opens().inos();
+        if open.is_empty() {
+            return Ok(());
+        }
+        let now = nacre_auth::capability::now_secs();
+        for ino in self.inner.caps.due(&open, now) {
+            match self.meta(true, &Request::GetLayout { ino }) {
+                Err(e) if errno(&e) == libc::ENOENT => {}
+                Err(e) => return Err(e),
+                Ok(_) => {}
+            }
+        }
+        Ok(())
+    }
+
     /// Asks the layout (and so fresh capabilities) again of every file whose
     /// capabilities expire within a minute.
     fn renew_capabilities(&self) -> io::Result<()> {
@@ -444,6 +466,12 @@ impl Client {
 
     pub(super) fn meta(&self, idempotent: bool, req: &Request) -> io::Result<Reply> {
         self.with_conn(idempotent, |c| c.ns.call(req))
+    }
+
+    /// Requests an OSS refused because their capability had expired (each renewed and
+    /// sent again): the keeper renews open files' ahead of that.
+    pub fn renewed_on_expiry(&self) -> u64 {
+        self.inner.renewed_on_expiry.load(Ordering::Relaxed)
     }
 
     /// Requests so far whose answer did not come within the request timeout (each try
