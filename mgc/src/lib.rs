@@ -10,7 +10,7 @@
 //! the client proves it holds a key of it (from [`KeySource`]) and the MGS proves it
 //! holds the file system key. An MGS without a key (built so by tests) says so, and a
 //! client that was given a key refuses to trust it. An MGS that runs TLS says so in its
-//! challenge: the connection turns TLS there, and the proofs bind the session ([`tls`]).
+//! challenge: the connection turns TLS there, and the proofs bind the session (`tls.rs`).
 //!
 //! It must stay light: no engine, no fabric, no store; the client library links it.
 
