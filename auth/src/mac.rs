@@ -9,13 +9,7 @@ use crate::AuthError;
 type HmacSha256 = Hmac<Sha256>;
 
 fn keyed(secret: &[u8], parts: &[&[u8]]) -> HmacSha256 {
-    let mut m = HmacSha256::new_from_slice(secret).expect("HMAC takes a key of any length");
-    // Each part behind its length: ("ab", "c") and ("a", "bc") must not prove alike.
-    for p in parts {
-        m.update(&(p.len() as u32).to_le_bytes());
-        m.update(p);
-    }
-    m
+    Keyed::new(secret).with(parts)
 }
 
 /// An HMAC-SHA256 key with its key schedule done once: what a key used for every
@@ -31,6 +25,7 @@ impl Keyed {
 
     fn with(&self, parts: &[&[u8]]) -> HmacSha256 {
         let mut m = self.0.clone();
+        // Each part behind its length: ("ab", "c") and ("a", "bc") must not prove alike.
         for p in parts {
             m.update(&(p.len() as u32).to_le_bytes());
             m.update(p);

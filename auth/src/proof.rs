@@ -75,6 +75,25 @@ pub fn hello<'a>(
     }
 }
 
+/// What the MGS bootstrap's proofs cover: both nonces, and over TLS the session's
+/// exporter (`binding`; empty in the clear).
+pub fn mgs<'a>(
+    fsname: &'a str,
+    principal: &'a Principal,
+    client_nonce: &'a [u8],
+    server_nonce: &'a [u8],
+    binding: &'a [u8],
+) -> Exchange<'a> {
+    Exchange {
+        context: "mgs",
+        fsname,
+        principal,
+        client_nonce,
+        server_nonce,
+        binding,
+    }
+}
+
 impl Key {
     /// This key's proof of the exchange, from `side`. The exchange must name this
     /// key's principal and file system (a bug otherwise: the proof would not verify).

@@ -73,8 +73,7 @@ fn map_of(up: &Up) -> ClusterMap {
         .unwrap()
 }
 
-fn rpc(provider: &str, key: Option<Key>, timeout: Duration) -> RpcConfig {
-    let _ = provider;
+fn rpc(key: Option<Key>, timeout: Duration) -> RpcConfig {
     RpcConfig {
         msg_size: nacre_proto::object::MSG_SIZE,
         timeout,
@@ -85,7 +84,7 @@ fn rpc(provider: &str, key: Option<Key>, timeout: Duration) -> RpcConfig {
 
 /// A fabric client of one server core (its fabric name), or why not.
 fn hello(provider: &str, core: &[u8], key: Option<Key>) -> Result<RpcClient, ClientError> {
-    let cfg = rpc(provider, key, Duration::from_secs(5));
+    let cfg = rpc(key, Duration::from_secs(5));
     RpcClient::connect(&Selection::provider(provider), core, cfg)
 }
 
@@ -217,7 +216,7 @@ fn keys_sessions_and_roles(provider: &str) {
     // A session id is good only from the peer it was issued to.
     let core = &map.server(oss0).unwrap().cores[0];
     let mut a = hello(provider, core, Some(fs_key.clone())).unwrap();
-    let cfg = rpc(provider, Some(fs_key.clone()), Duration::from_secs(2));
+    let cfg = rpc(Some(fs_key.clone()), Duration::from_secs(2));
     let mut b = RpcClient::connect(&Selection::provider(provider), core, cfg).unwrap();
     let ping = |session: u32, id: u64| {
         let mut frame = vec![0u8; HEADER_LEN + 4];
@@ -349,7 +348,7 @@ fn capabilities(provider: &str) {
     let read = |caps: Option<Arc<Capabilities>>, ost: u32, oid: u64| {
         let cfg = RpcConfig {
             caps,
-            ..rpc(provider, Some(node7.clone()), Duration::from_secs(5))
+            ..rpc(Some(node7.clone()), Duration::from_secs(5))
         };
         let mut ep = ClientEndpoint::open(&Selection::provider(provider), cfg).unwrap();
         let mut buf = vec![0u8; 4096];
@@ -395,7 +394,7 @@ fn capabilities(provider: &str) {
     let ro = table(&ck, &l1, &l1, who, Rights::READ, later);
     let cfg = RpcConfig {
         caps: Some(ro),
-        ..rpc(provider, Some(node7.clone()), Duration::from_secs(5))
+        ..rpc(Some(node7.clone()), Duration::from_secs(5))
     };
     let mut ep = ClientEndpoint::open(&Selection::provider(provider), cfg).unwrap();
     let mut buf = vec![0u8; 4096];

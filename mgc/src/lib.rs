@@ -392,14 +392,13 @@ impl MgsClient {
             );
         }
         let key = self.key.clone().expect("just loaded");
-        let ex = nacre_auth::Exchange {
-            context: "mgs",
-            fsname: &fsname,
-            principal: key.principal(),
-            client_nonce: &client_nonce,
-            server_nonce: &server_nonce,
-            binding: &binding,
-        };
+        let ex = nacre_auth::proof::mgs(
+            &fsname,
+            key.principal(),
+            &client_nonce,
+            &server_nonce,
+            &binding,
+        );
         let prove = BootRequest::AuthProve {
             principal: key.principal().encode(),
             proof: key.prove(Side::Client, &ex),

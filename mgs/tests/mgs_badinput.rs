@@ -40,14 +40,7 @@ fn authenticated(m: &Mgs) -> TcpStream {
     else {
         panic!("no challenge");
     };
-    let ex = nacre_auth::Exchange {
-        context: "mgs",
-        fsname: &fsname,
-        principal: key.principal(),
-        client_nonce: &client_nonce,
-        server_nonce: &server_nonce,
-        binding: b"",
-    };
+    let ex = nacre_auth::proof::mgs(&fsname, key.principal(), &client_nonce, &server_nonce, b"");
     let prove = BootRequest::AuthProve {
         principal: key.principal().encode(),
         proof: key.prove(nacre_auth::Side::Client, &ex),

@@ -439,21 +439,19 @@ impl Client {
             return Ok(());
         }
         let now = nacre_auth::capability::now_secs();
-        for ino in self.inner.caps.due(&open, now) {
-            match self.meta(true, &Request::GetLayout { ino }) {
-                Err(e) if errno(&e) == libc::ENOENT => {}
-                Err(e) => return Err(e),
-                Ok(_) => {}
-            }
-        }
-        Ok(())
+        self.renew_layouts(self.inner.caps.due(&open, now))
     }
 
     /// Asks the layout (and so fresh capabilities) again of every file whose
     /// capabilities expire within a minute.
     fn renew_capabilities(&self) -> io::Result<()> {
         let before = nacre_auth::capability::now_secs() + 60;
-        for ino in self.inner.caps.expiring(before) {
+        self.renew_layouts(self.inner.caps.expiring(before))
+    }
+
+    /// Asks the layouts of `inos` again: their new capabilities come with them.
+    fn renew_layouts(&self, inos: Vec<u64>) -> io::Result<()> {
+        for ino in inos {
             match self.meta(true, &Request::GetLayout { ino }) {
                 // A file gone since: nothing to renew.
                 Err(e) if errno(&e) == libc::ENOENT => {}

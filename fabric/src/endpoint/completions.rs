@@ -64,7 +64,8 @@ impl Endpoint {
         // Uninitialised: this runs on every spin of a poll loop, and zeroing the batch
         // each time would cost more than the call.
         let mut raw = [MaybeUninit::<sys::fi_cq_msg_entry>::uninit(); CQ_BATCH];
-        let mut src = [sys::FI_ADDR_UNSPEC; CQ_BATCH];
+        // Uninitialised too: filled by the provider only for an endpoint with sources.
+        let mut src = [MaybeUninit::<sys::fi_addr_t>::uninit(); CQ_BATCH];
         // SAFETY: cq is open and was opened with FI_CQ_FORMAT_MSG (with FI_SOURCE when
         // `with_sources`); raw and src have room for `want` entries, of which the
         // provider initialises as many as it returns.
@@ -74,18 +75,20 @@ impl Endpoint {
                     self.cq,
                     raw.as_mut_ptr() as *mut c_void,
                     want,
-                    src.as_mut_ptr(),
+                    src.as_mut_ptr() as *mut sys::fi_addr_t,
                 ),
                 false => sys::hot::cq_read(self.cq, raw.as_mut_ptr() as *mut c_void, want),
             }
         };
         match rc {
             n if n > 0 => {
-                for (i, (entry, &from)) in raw.iter().zip(&src).take(n as usize).enumerate() {
+                for (i, (entry, from)) in raw.iter().zip(&src).take(n as usize).enumerate() {
                     // SAFETY: the provider initialised the first n entries.
                     let mut done = self.finish(unsafe { entry.assume_init_ref() });
                     if done.kind == OpKind::Recv && self.with_sources {
-                        done.source = self.source_peer(from);
+                        // SAFETY: fi_cq_readfrom (with_sources) initialised the first n
+                        // sources too.
+                        done.source = self.source_peer(unsafe { from.assume_init() });
                     }
                     sink(i, done);
                 }

@@ -10,7 +10,7 @@ use std::collections::HashSet;
 use std::net::IpAddr;
 use std::sync::Mutex;
 
-use nacre_auth::{Exchange, Key, Principal, Side};
+use nacre_auth::{Key, Principal, Side};
 use nacre_proto::bootstrap::{errno, BootReply, BootRequest, NONCE_LEN};
 
 /// Peer addresses whose refusal was logged, at most.
@@ -128,14 +128,13 @@ impl Gate {
             Ok(_) => return failed(errno::EACCES, "authentication failed: bad principal".into()),
             Err(e) => return failed(errno::EACCES, format!("authentication failed: {e}")),
         };
-        let ex = Exchange {
-            context: "mgs",
-            fsname: key.fsname(),
-            principal: &principal,
-            client_nonce: &client_nonce,
-            server_nonce: &server_nonce,
+        let ex = nacre_auth::proof::mgs(
+            key.fsname(),
+            &principal,
+            &client_nonce,
+            &server_nonce,
             binding,
-        };
+        );
         if let Err(e) = key.check(Side::Client, &ex, proof) {
             return failed(errno::EACCES, format!("authentication failed: {e}"));
         }

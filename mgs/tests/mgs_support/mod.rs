@@ -37,13 +37,11 @@ pub use nacre_fabric::testing::Proc;
 
 /// The file system key of each MGS (by address) and etcd store (by URL) the tests of
 /// this process made: what their clients and servers prove themselves with.
-static KEYS: Mutex<Keys> = Mutex::new(Keys(None));
-
-struct Keys(Option<HashMap<String, PathBuf>>);
+static KEYS: Mutex<Option<HashMap<String, PathBuf>>> = Mutex::new(None);
 
 fn remember_key(at: &str, key: PathBuf) {
     let mut k = KEYS.lock().unwrap_or_else(|p| p.into_inner());
-    k.0.get_or_insert_with(HashMap::new)
+    k.get_or_insert_with(HashMap::new)
         .insert(at.to_string(), key);
 }
 
@@ -52,7 +50,7 @@ fn remember_key(at: &str, key: PathBuf) {
 pub fn key_of(mgs: &str) -> PathBuf {
     let first = mgs.split(',').next().unwrap_or(mgs);
     let k = KEYS.lock().unwrap_or_else(|p| p.into_inner());
-    k.0.as_ref()
+    k.as_ref()
         .and_then(|m| m.get(first))
         .cloned()
         .unwrap_or_else(|| panic!("no key known for {mgs}"))
