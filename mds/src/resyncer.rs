@@ -584,6 +584,7 @@ mod tests {
         StaleFile {
             layout: FileLayout {
                 mirrors: vec![stripes(&[9], false), stripes(osts, true)],
+                released: false,
             },
             size,
         }

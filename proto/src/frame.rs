@@ -68,10 +68,11 @@ impl Opcode {
     pub const MDS_REOPEN: Opcode = Opcode(0x114);
     pub const MDS_MIRROR_STATE: Opcode = Opcode(0x115);
     pub const MDS_RESYNC_START: Opcode = Opcode(0x116);
+    pub const MDS_HSM: Opcode = Opcode(0x117);
 
     /// Whether the opcode is in the metadata block.
     pub fn is_meta(self) -> bool {
-        (0x100..=0x116).contains(&self.0)
+        (0x100..=0x117).contains(&self.0)
     }
 }
 

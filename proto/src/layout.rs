@@ -52,6 +52,8 @@ pub enum LayoutError {
     Version(u16),
     #[error("layout kind {0} ({1}) not supported by this build")]
     UnsupportedKind(u16, &'static str),
+    #[error("layout flags {0:#x} not supported by this build")]
+    Flags(u16),
     #[error("layout kind {found}, expected {expected}")]
     WrongKind { found: u16, expected: u16 },
     #[error("stripe size {0} is not a non-zero multiple of 64 KiB")]
@@ -463,12 +465,19 @@ pub struct Mirror {
 }
 
 const MIRROR_STALE: u32 = 1;
+/// Layout flag (the mirrored form's u16 after the count): the file's data is in its
+/// data repository only (see `released`).
+const LAYOUT_RELEASED: u16 = 1;
 
 /// A file's layout: one or more mirrors of one geometry (stripe size and count), so a
 /// file range maps to the same object offsets in each.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct FileLayout {
     pub mirrors: Vec<Mirror>,
+    /// The file's data is in its data repository, not (or not all) in its objects, as
+    /// Lustre's released layouts: a reader asks the MDS to load the ranges it needs
+    /// first, a writer the whole file (see docs/repositories.md).
+    pub released: bool,
 }
 
 impl From<StripedLayout> for FileLayout {
@@ -478,6 +487,7 @@ impl From<StripedLayout> for FileLayout {
                 stripes,
                 stale: false,
             }],
+            released: false,
         }
     }
 }
@@ -525,17 +535,21 @@ impl FileLayout {
     }
 
     pub fn encode(&self, out: &mut Vec<u8>) {
-        if let [Mirror {
-            stripes,
-            stale: false,
-        }] = self.mirrors.as_slice()
+        if let (
+            [Mirror {
+                stripes,
+                stale: false,
+            }],
+            false,
+        ) = (self.mirrors.as_slice(), self.released)
         {
             return stripes.encode(out);
         }
         let at = out.len();
         put_header(out, KIND_MIRROR, 0);
         out.extend_from_slice(&(self.mirrors.len() as u16).to_le_bytes());
-        out.extend_from_slice(&0u16.to_le_bytes());
+        let flags = if self.released { LAYOUT_RELEASED } else { 0 };
+        out.extend_from_slice(&flags.to_le_bytes());
         for m in &self.mirrors {
             let flags = if m.stale { MIRROR_STALE } else { 0 };
             out.extend_from_slice(&flags.to_le_bytes());
@@ -570,7 +584,10 @@ impl FileLayout {
         let mut b = BodyReader::new(body);
         let count = u32::from(b.u16()?);
         check_mirrors(count)?;
-        let _reserved = b.u16()?;
+        let flags = b.u16()?;
+        if flags & !LAYOUT_RELEASED != 0 {
+            return Err(LayoutError::Flags(flags));
+        }
         let mut mirrors = Vec::with_capacity(count as usize);
         for _ in 0..count {
             let flags = b.u32()?;
@@ -580,7 +597,10 @@ impl FileLayout {
             });
         }
         no_trailing(&mut b)?;
-        let layout = FileLayout { mirrors };
+        let layout = FileLayout {
+            mirrors,
+            released: flags & LAYOUT_RELEASED != 0,
+        };
         layout.validate()?;
         Ok(layout)
     }
@@ -730,6 +750,18 @@ mod tests {
             ..StripeSpec::default()
         };
         assert_eq!(bad.validate(), Err(LayoutError::MirrorCount(5)));
+    }
+
+    #[test]
+    fn released_layouts_keep_their_flag_and_unknown_flags_are_refused() {
+        let mut one = FileLayout::from(layout(2));
+        one.released = true;
+        let bytes = one.to_bytes();
+        assert_eq!(u16::from_le_bytes([bytes[2], bytes[3]]), KIND_MIRROR);
+        assert_eq!(FileLayout::decode(&bytes).unwrap(), one);
+        let mut odd = bytes.clone();
+        odd[10] |= 2;
+        assert_eq!(FileLayout::decode(&odd), Err(LayoutError::Flags(3)));
     }
 
     #[test]

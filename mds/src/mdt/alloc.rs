@@ -284,7 +284,10 @@ pub fn resolve(
             stale,
         });
     }
-    Ok(Ok(FileLayout { mirrors }))
+    Ok(Ok(FileLayout {
+        mirrors,
+        released: false,
+    }))
 }
 
 #[cfg(test)]

@@ -14,6 +14,7 @@
 //! `types`, the request in `request`, the reply in `reply`, shared encoding in `wire`.
 
 mod grants;
+pub mod hsm;
 mod reply;
 mod request;
 mod types;

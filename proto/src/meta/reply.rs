@@ -39,6 +39,8 @@ pub enum Reply {
     DefaultLayout(StripeSpec),
     /// A consistency check's report.
     Check(CheckReport),
+    /// A data repository operation's answer.
+    Hsm(super::hsm::HsmReply),
 }
 
 const R_DONE: u32 = 0;
@@ -51,6 +53,7 @@ const R_LAYOUT: u32 = 6;
 const R_DEFAULT_LAYOUT: u32 = 7;
 const R_LOCK: u32 = 8;
 const R_CHECK: u32 = 9;
+const R_HSM: u32 = 10;
 
 impl Reply {
     /// Shortens a readdir page to at most `max` encoded bytes (at least one entry):
@@ -176,6 +179,10 @@ impl Reply {
                     put_bytes(out, f);
                 }
             }
+            Reply::Hsm(h) => {
+                put_u32(out, R_HSM);
+                h.encode(out);
+            }
         }
     }
 
@@ -248,6 +255,7 @@ impl Reply {
                 pid: r.u32()?,
             }),
             R_CHECK => Reply::Check(read_check(r)?),
+            R_HSM => Reply::Hsm(super::hsm::HsmReply::read(r)?),
             value => {
                 return Err(MetaError::BadValue {
                     what: "reply shape",

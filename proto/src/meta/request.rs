@@ -121,6 +121,8 @@ pub enum Request {
         keep_orphans: bool,
         from: u32,
     },
+    /// Data repositories (`nacre repo`): see [`super::hsm`].
+    Hsm(super::hsm::HsmRequest),
 }
 
 impl Request {
@@ -149,6 +151,7 @@ impl Request {
             Request::ResyncStart { .. } => Opcode::MDS_RESYNC_START,
             Request::Lock(_) => Opcode::MDS_LOCK,
             Request::Check { .. } => Opcode::MDS_CHECK,
+            Request::Hsm(_) => Opcode::MDS_HSM,
         }
     }
 
@@ -294,6 +297,7 @@ impl Request {
                 );
                 put_u32(out, *from);
             }
+            Request::Hsm(h) => h.encode(out),
         }
     }
 
@@ -483,6 +487,7 @@ fn read_request(op: Opcode, r: &mut BodyReader<'_>) -> Result<Request, MetaError
                 })
             }
         },
+        Opcode::MDS_HSM => Request::Hsm(super::hsm::HsmRequest::read(r)?),
         other => return Err(MetaError::NotMeta(other.0)),
     })
 }

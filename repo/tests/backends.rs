@@ -1,0 +1,135 @@
+//! The same scenario against a local directory and a real S3 server (`s3s-fs`, which
+//! `scripts/deps` installs) on loopback: writes with metadata, ordered listings that
+//! resume, ranged reads that notice a replaced object, deletes, and the errors a link
+//! must report at once.
+
+use std::net::TcpListener;
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+use nacre_repo::{Access, PosixMeta, RepoError, Repository, PART_SIZE};
+
+/// Kills and reaps the server when the test ends, however it ends.
+struct Server(Child);
+
+impl Drop for Server {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
+fn free_port() -> u16 {
+    TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port()
+}
+
+/// s3s-fs serving `root` (buckets are its subdirectories) with key "nacre"/"secret",
+/// or None (printed) when it is not installed.
+fn s3s_fs(root: &std::path::Path) -> Option<(Server, String)> {
+    let port = free_port();
+    let child = Command::new("s3s-fs")
+        .args(["--host", "127.0.0.1", "--port", &port.to_string()])
+        .args(["--access-key", "nacre", "--secret-key", "secret"])
+        .arg(root)
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn();
+    let Ok(child) = child else {
+        eprintln!("SKIP s3s-fs: not installed (scripts/deps installs it)");
+        return None;
+    };
+    let server = Server(child);
+    let until = Instant::now() + Duration::from_secs(20);
+    while std::net::TcpStream::connect(("127.0.0.1", port)).is_err() {
+        assert!(Instant::now() < until, "s3s-fs did not listen on {port}");
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    Some((server, format!("http://127.0.0.1:{port}")))
+}
+
+fn access(endpoint: &str, secret: &str) -> Access {
+    Access {
+        endpoint: Some(endpoint.into()),
+        region: Some("us-east-1".into()),
+        access_key_id: Some("nacre".into()),
+        secret_access_key: Some(secret.into()),
+    }
+}
+
+fn pattern(at: u64, buf: &mut [u8]) {
+    for (i, b) in buf.iter_mut().enumerate() {
+        *b = ((at + i as u64) % 251) as u8;
+    }
+}
+
+fn scenario(repo: &Repository) {
+    repo.check().unwrap();
+    let meta = PosixMeta {
+        mode: Some(0o100640),
+        uid: Some(0),
+        gid: Some(0),
+        mtime_ns: Some(1_600_000_000_000_000_000),
+    };
+    let big = PART_SIZE as u64 + 3 * 65536 + 7;
+    for (key, size) in [("d/big", big), ("d/e/small", 5), ("a", 0), ("z", 1)] {
+        let o = repo
+            .write(key, size, |at, buf| Ok(pattern(at, buf)), &meta)
+            .unwrap();
+        assert_eq!((o.key.as_str(), o.size), (key, size));
+        assert_eq!(o.meta, meta, "{key}");
+    }
+    let all = repo.list_after(None, 100).unwrap();
+    let keys: Vec<&str> = all.iter().map(|o| o.key.as_str()).collect();
+    assert_eq!(keys.len(), 4, "{keys:?}");
+    for (i, k) in keys.iter().enumerate() {
+        let rest = repo.list_after(Some(k), 100).unwrap();
+        assert_eq!(rest.len(), 3 - i, "after {k}");
+        let page = repo.list_after(Some(k), 1).unwrap();
+        assert_eq!(page.first().map(|o| o.key.as_str()), keys.get(i + 1).copied());
+    }
+    let o = all.iter().find(|o| o.key == "d/big").unwrap();
+    let got = repo.read("d/big", big - 10..big, &o.etag).unwrap();
+    let mut want = vec![0; 10];
+    pattern(big - 10, &mut want);
+    assert_eq!(&got[..], &want[..]);
+    // Replaced: the old tag no longer reads.
+    repo.write("d/big", 3, |at, buf| Ok(pattern(at, buf)), &meta)
+        .unwrap();
+    match repo.read("d/big", 0..3, &o.etag) {
+        Err(RepoError::Changed { .. }) => {}
+        other => panic!("a replaced object read as {other:?}"),
+    }
+    repo.delete("d/big").unwrap();
+    repo.delete("d/big").unwrap();
+    assert_eq!(repo.head("d/big").unwrap(), None);
+}
+
+#[test]
+fn a_local_directory() {
+    let d = tempfile::tempdir().unwrap();
+    let url = format!("file://{}", d.path().join("repo").display());
+    scenario(&Repository::open(&url, &Access::default()).unwrap());
+}
+
+#[test]
+fn an_s3_server() {
+    let d = tempfile::tempdir().unwrap();
+    let Some((_server, endpoint)) = s3s_fs(d.path()) else {
+        return;
+    };
+    std::fs::create_dir(d.path().join("bucket")).unwrap();
+    let repo = Repository::open("s3://bucket/some/prefix", &access(&endpoint, "secret")).unwrap();
+    scenario(&repo);
+
+    // The errors a link reports at once.
+    let missing = Repository::open("s3://nobucket/p", &access(&endpoint, "secret")).unwrap();
+    let e = missing.check().unwrap_err();
+    assert!(matches!(e, RepoError::NotFound { .. }), "{e}");
+    let wrong = Repository::open("s3://bucket/p", &access(&endpoint, "wrong")).unwrap();
+    let e = wrong.check().unwrap_err();
+    assert!(matches!(e, RepoError::Denied { .. }), "{e}");
+    let gone = Repository::open("s3://bucket/p", &access("http://127.0.0.1:1", "secret"));
+    let started = Instant::now();
+    assert!(gone.unwrap().check().is_err());
+    assert!(started.elapsed() < Duration::from_secs(60));
+}
