@@ -18,6 +18,7 @@ use nacre_fabric::Selection;
 
 use crate::checker::Checker;
 use crate::destroyer::Destroyer;
+use crate::hsm::Hsm;
 use crate::resyncer::Resyncer;
 use crate::standby::ship::Shipper;
 use nacre_mgc::{BootConfig, MgsClient, MgsError};
@@ -64,7 +65,7 @@ pub enum MdsServeError {
     Signals(std::io::Error),
     #[error("the MDT directory: {0}")]
     Dir(std::io::Error),
-    #[error("starting the destroyer, rebuild or checker thread: {0}")]
+    #[error("starting the destroyer, rebuild, checker or data mover thread: {0}")]
     Destroyer(std::io::Error),
 }
 
@@ -160,8 +161,10 @@ pub fn serve(cfg: &MdsServeConfig) -> Result<bool, MdsServeError> {
     let destroyer =
         Destroyer::start(mdt.clone(), reach.clone()).map_err(MdsServeError::Destroyer)?;
     let checker = Checker::start(mdt.clone(), reach.clone()).map_err(MdsServeError::Destroyer)?;
+    let hsm = Hsm::start(mdt.clone(), reach.clone()).map_err(MdsServeError::Destroyer)?;
     let rebuild =
         Resyncer::start(mdt.clone(), reach, cfg.rebuild_rate).map_err(MdsServeError::Destroyer)?;
+    hsm.set_map(map.clone());
     destroyer.set_map(map.clone());
     rebuild.set_map(map.clone());
     checker.set_map(map);
@@ -233,6 +236,7 @@ pub fn serve(cfg: &MdsServeConfig) -> Result<bool, MdsServeError> {
                 mdt.set_ost_space(ost_space(&map));
                 mdt.root_squash().set(map.root_squash);
                 destroyer.set_map(map.clone());
+                hsm.set_map(map.clone());
                 rebuild.set_map(map.clone());
                 checker.set_map(map.clone());
             }
@@ -261,6 +265,7 @@ pub fn serve(cfg: &MdsServeConfig) -> Result<bool, MdsServeError> {
     );
     tracing::debug!("{} objects of gone files destroyed", destroyer.destroyed());
     drop(shipper);
+    drop(hsm);
     drop(checker);
     drop(destroyer);
     drop(slot);

@@ -298,6 +298,7 @@ impl Committer {
             Op::Admin(Admin::CopiesLost { ost, inos }) => {
                 self.ns.copies_lost(w, *ost, inos, now).map(|_| Reply::Done)
             }
+            Op::Admin(Admin::Hsm(op)) => self.ns.hsm_admin(w, now, op),
             Op::Admin(Admin::ReclaimOrphans) => self.ns.reclaim_orphans(w).map(|_| Reply::Done),
             Op::Admin(Admin::ForgetDestroyed(inos)) => {
                 let mut r = Ok(Reply::Done);

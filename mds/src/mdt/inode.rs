@@ -1,8 +1,9 @@
-//! The inode record as stored in the `inodes` table (format version 1).
+//! The inode record as stored in the `inodes` table (record version 1, or 2 for an
+//! inode with a data repository record).
 //!
 //! | size | field                                                   |
 //! |------|---------------------------------------------------------|
-//! | 1    | record version (1)                                      |
+//! | 1    | record version (1 or 2)                                 |
 //! | 1    | kind (1 file, 2 dir, 3 symlink)                         |
 //! | 1    | flags: 1 WRITTEN (opened for write or sized), 2 ORPHAN  |
 //! | 1    | reserved                                                |
@@ -10,12 +11,17 @@
 //! | 8×6  | size, atime, mtime, ctime (ns), parent (dirs), next_seq |
 //! | 4+n  | layout: resolved (file) or default spec (dir), or empty |
 //! | 4+n  | symlink target, or empty                                |
+//! | 4+n  | version 2 only: its [`HsmRecord`] (data repositories)   |
 
 use nacre_proto::layout::{FileLayout, StripeSpec};
 use nacre_proto::meta::{Attr, FileKind};
 use nacre_proto::BodyReader;
 
+use super::hsm::HsmRecord;
+
 const RECORD_VERSION: u8 = 1;
+/// A record with an HSM record after the symlink target.
+const RECORD_VERSION_HSM: u8 = 2;
 pub const WRITTEN: u8 = 1;
 pub const ORPHAN: u8 = 2;
 
@@ -39,6 +45,9 @@ pub struct Inode {
     /// Encoded layout: a file's resolved layout or a directory's default spec.
     pub layout: Vec<u8>,
     pub target: Vec<u8>,
+    /// Where a file or directory below a linked directory stands with its data
+    /// repository (None elsewhere).
+    pub hsm: Option<HsmRecord>,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -84,7 +93,11 @@ impl Inode {
 
     pub fn encode(&self) -> Vec<u8> {
         let mut out = Vec::with_capacity(80 + self.layout.len() + self.target.len());
-        out.extend_from_slice(&[RECORD_VERSION, self.kind as u8, self.flags, 0]);
+        let version = match self.hsm {
+            Some(_) => RECORD_VERSION_HSM,
+            None => RECORD_VERSION,
+        };
+        out.extend_from_slice(&[version, self.kind as u8, self.flags, 0]);
         for v in [self.mode, self.uid, self.gid, self.nlink] {
             out.extend_from_slice(&v.to_le_bytes());
         }
@@ -102,6 +115,11 @@ impl Inode {
             out.extend_from_slice(&(b.len() as u32).to_le_bytes());
             out.extend_from_slice(b);
         }
+        if let Some(h) = &self.hsm {
+            let b = h.encode();
+            out.extend_from_slice(&(b.len() as u32).to_le_bytes());
+            out.extend_from_slice(&b);
+        }
         out
     }
 
@@ -109,11 +127,11 @@ impl Inode {
         let bad = |why: String| CorruptInode { ino, why };
         let mut r = BodyReader::new(bytes);
         let head = r.bytes(4).map_err(|e| bad(e.to_string()))?;
-        if head[0] != RECORD_VERSION {
+        if head[0] != RECORD_VERSION && head[0] != RECORD_VERSION_HSM {
             return Err(bad(format!("record version {}", head[0])));
         }
         let kind = FileKind::from_u32(head[1].into()).map_err(|e| bad(e.to_string()))?;
-        let mut read = || -> Result<Inode, nacre_proto::BodyError> {
+        let mut read = || -> Result<(Inode, Option<&[u8]>), nacre_proto::BodyError> {
             let (mode, uid, gid, nlink) = (r.u32()?, r.u32()?, r.u32()?, r.u32()?);
             let (size, atime, mtime, ctime) = (r.u64()?, r.u64()?, r.u64()?, r.u64()?);
             let (parent, next_seq) = (r.u64()?, r.u64()?);
@@ -121,7 +139,14 @@ impl Inode {
             let layout = r.bytes(n)?.to_vec();
             let n = r.u32()? as usize;
             let target = r.bytes(n)?.to_vec();
-            Ok(Inode {
+            let hsm = match head[0] {
+                RECORD_VERSION_HSM => {
+                    let n = r.u32()? as usize;
+                    Some(r.bytes(n)?)
+                }
+                _ => None,
+            };
+            let inode = Inode {
                 ino,
                 kind,
                 flags: head[2],
@@ -137,9 +162,15 @@ impl Inode {
                 next_seq,
                 layout,
                 target,
-            })
+                hsm: None,
+            };
+            Ok((inode, hsm))
         };
-        read().map_err(|e| bad(e.to_string()))
+        let (mut inode, hsm) = read().map_err(|e| bad(e.to_string()))?;
+        if let Some(b) = hsm {
+            inode.hsm = Some(HsmRecord::decode(b).map_err(|why| bad(why.to_string()))?);
+        }
+        Ok(inode)
     }
 }
 
@@ -194,9 +225,27 @@ mod tests {
             next_seq: 0,
             layout: vec![],
             target: b"/a/b".to_vec(),
+            hsm: None,
         };
         let bytes = ino.encode();
         assert_eq!(Inode::decode(9, &bytes).unwrap(), ino);
+        for cut in 0..bytes.len() {
+            assert!(Inode::decode(9, &bytes[..cut]).is_err());
+        }
+        let with = Inode {
+            hsm: Some(HsmRecord {
+                repo: 3,
+                flags: super::super::hsm::DIRTY,
+                version: 4,
+                key: "a/b".into(),
+                stored: "a/c".into(),
+                etag: "\"e\"".into(),
+            }),
+            ..ino
+        };
+        let bytes = with.encode();
+        assert_eq!(bytes[0], RECORD_VERSION_HSM);
+        assert_eq!(Inode::decode(9, &bytes).unwrap(), with);
         for cut in 0..bytes.len() {
             assert!(Inode::decode(9, &bytes[..cut]).is_err());
         }

@@ -22,6 +22,7 @@
 mod alloc;
 pub mod check;
 mod committer;
+pub mod hsm;
 mod inode;
 mod locks;
 mod ns;
@@ -39,11 +40,12 @@ pub mod engine_service;
 
 pub use alloc::{OstPlace, LOW_WATER, RANGE};
 pub use ns::{LINK_MAX, ROOT_INO};
+pub use inode::Inode;
 pub use repair::LOST_FOUND;
 pub use service::files_on_ost;
 pub mod replication;
 pub use service::{
-    Admin, Completion, Mdt, MdtConfig, MdtError, OstSpace, Repair, Stats, SubmitError, Submitter,
+    Admin, Completion, HsmJob, Mdt, MdtConfig, MdtError, OstSpace, Repair, Stats, SubmitError, Submitter,
     SyncMode, DB_FILE, FORMAT_VERSION, LOG_FILE,
 };
 pub use store::StoreError;

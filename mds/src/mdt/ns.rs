@@ -5,6 +5,7 @@
 //! any [`View`] (a read transaction, or the batch's write transaction).
 
 use super::alloc::{resolve, IdRanges, IdSpace, OstChooser};
+use super::hsm;
 use super::inode::{Dentry, Inode, ORPHAN, WRITTEN};
 use super::perm::{is_owner, may, sticky_allows, R, S_ISGID, S_ISUID, W, X};
 use super::redo::Change;
@@ -256,6 +257,11 @@ impl Opens {
         }
     }
 
+    /// Whether a handle that may write `ino` is open.
+    pub fn has_writer(&self, ino: u64) -> bool {
+        self.writers.contains_key(&ino)
+    }
+
     pub fn is_open(&self, ino: u64) -> bool {
         self.counts.contains_key(&ino)
     }
@@ -446,11 +452,12 @@ impl Namespace {
             next_seq: 1,
             layout: Vec::new(),
             target: Vec::new(),
+            hsm: None,
         })
     }
 
     #[allow(clippy::too_many_arguments)]
-    fn create(
+    pub(super) fn create(
         &mut self,
         w: &mut WriteTables<'_>,
         c: &Ctx<'_>,
@@ -486,6 +493,7 @@ impl Namespace {
         spec.validate().map_err(|_| Fail::Errno(EINVAL))?;
         let layout = resolve(w, &mut self.ids, &mut self.osts, &spec)?.map_err(Fail::Errno)?;
         let mut i = self.new_inode(w, c, FileKind::File, mode, &p)?;
+        i.hsm = hsm::inherit(&p, name, FileKind::File);
         i.layout = layout.to_bytes();
         self.note_stale(i.ino, &layout);
         let open = flags & CREATE_OPEN != 0;
@@ -519,6 +527,7 @@ impl Namespace {
         let p = self.new_entry_parent(w, c, parent, name)?;
         let mut i = self.new_inode(w, c, FileKind::Dir, mode, &p)?;
         i.layout = p.layout.clone(); // the default striping is inherited
+        i.hsm = hsm::inherit(&p, name, FileKind::Dir);
         w.put_inode(&i)?;
         add_to_dir(w, c, parent, name, &i)?;
         Ok(Reply::Attr(i.attr()))
@@ -622,6 +631,7 @@ impl Namespace {
         if parent == new_parent && name == new_name {
             return Ok(Reply::Done);
         }
+        let moved_hsm = hsm::renamed(&sp, &dp, &src, new_name)?;
         if src.is_dir() && parent != new_parent {
             need(may(c.creds, &src, W), EACCES)?; // its ".." changes
             need(!is_ancestor_or_self(&w.view, src.ino, new_parent)?, EINVAL)?;
@@ -659,6 +669,7 @@ impl Namespace {
         if src.is_dir() {
             src.parent = new_parent;
         }
+        src.hsm = moved_hsm;
         w.put_inode(&src)?;
         add_to_dir(w, c, new_parent, new_name, &src)?;
         if moved_dir == 0 && src.is_dir() {
@@ -700,6 +711,16 @@ impl Namespace {
         }
         need(may(c.creds, &i, want), EACCES)?;
         let truncate = flags & O_TRUNC != 0 && i.size != 0;
+        if writing && hsm::is_released(&i) {
+            // A writer needs the data loaded first (the client asks and opens
+            // again), unless it empties the file.
+            need(flags & O_TRUNC != 0, ENODATA)?;
+            hsm::unrelease(&mut i);
+        }
+        if writing && i.hsm.is_some() {
+            hsm::touch_data(&mut i);
+            w.put_inode(&i)?;
+        }
         if (writing && i.flags & WRITTEN == 0) || truncate {
             i.flags |= WRITTEN;
             if truncate {
@@ -892,7 +913,7 @@ fn touch_dir(w: &mut WriteTables<'_>, c: &Ctx<'_>, dir: u64, links: i64) -> Res<
     Ok(())
 }
 
-fn is_empty_dir(v: &impl View, dir: u64) -> Res<bool> {
+pub(super) fn is_empty_dir(v: &impl View, dir: u64) -> Res<bool> {
     Ok(v.entries_after(dir, 0, 1)?.0.is_empty())
 }
 
@@ -938,6 +959,8 @@ fn setattr(w: &mut WriteTables<'_>, c: &Ctx<'_>, ino: u64, a: &SetAttr) -> Res<R
         need(i.kind == FileKind::File, EINVAL)?;
         need(a.size <= i64::MAX as u64, EFBIG)?;
         need(may(cr, &i, W), EACCES)?;
+        // A released file is loaded before any size but 0 (the client does it).
+        need(a.size == 0 || !hsm::is_released(&i), ENODATA)?;
     }
     need(
         !(has(set::ATIME) || has(set::MTIME) || has(set::CTIME)) || owner,
@@ -970,6 +993,8 @@ fn setattr(w: &mut WriteTables<'_>, c: &Ctx<'_>, ino: u64, a: &SetAttr) -> Res<R
         }
     }
     if has(set::SIZE) {
+        hsm::unrelease(&mut i);
+        hsm::touch_data(&mut i);
         i.size = a.size;
         i.mtime = c.now;
         if a.size > 0 {
@@ -998,7 +1023,8 @@ fn report_size(w: &mut WriteTables<'_>, c: &Ctx<'_>, ino: u64, size: u64) -> Res
     need(i.kind == FileKind::File, EINVAL)?;
     need(is_owner(c.creds, &i) || may(c.creds, &i, W), EACCES)?;
     need(size <= i64::MAX as u64, EFBIG)?;
-    if size > i.size || i.flags & WRITTEN == 0 {
+    if size > i.size || i.flags & WRITTEN == 0 || i.hsm.is_some() {
+        hsm::touch_data(&mut i);
         i.size = i.size.max(size);
         i.flags |= WRITTEN;
         i.mtime = c.now;
@@ -1061,5 +1087,6 @@ pub fn root_inode(now: i64, default_spec: &StripeSpec) -> Inode {
         next_seq: 1,
         layout,
         target: Vec::new(),
+        hsm: None,
     }
 }

@@ -48,7 +48,9 @@ impl Overlay {
             Change::PutOrphan(_)
             | Change::DelOrphan(_)
             | Change::PutReply(..)
-            | Change::DelReply(..) => {}
+            | Change::DelReply(..)
+            | Change::PutRepo(..)
+            | Change::DelRepo(_) => {}
         }
     }
 

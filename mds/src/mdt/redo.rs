@@ -33,6 +33,9 @@ pub enum Change {
     /// (client, tag, saved reply row).
     PutReply(u64, u32, Vec<u8>),
     DelReply(u64, u32),
+    /// A data repository association (id, `hsm::RepoRecord`).
+    PutRepo(u32, Vec<u8>),
+    DelRepo(u32),
 }
 
 /// Encoded changes, in order.
@@ -95,6 +98,11 @@ impl Redo {
                 u64s(out, 13, &[*client]);
                 out.extend_from_slice(&tag.to_le_bytes());
             }
+            Change::PutRepo(id, rec) => {
+                u64s(out, 14, &[u64::from(*id)]);
+                put_bytes(out, rec);
+            }
+            Change::DelRepo(id) => u64s(out, 15, &[u64::from(*id)]),
         }
     }
 
@@ -145,6 +153,11 @@ impl Redo {
                     Change::PutReply(client, tag, read_blob(&mut r)?)
                 }
                 13 => Change::DelReply(r.u64().map_err(e)?, r.u32().map_err(e)?),
+                14 => {
+                    let id = u32::try_from(r.u64().map_err(e)?).map_err(|_| "repo id")?;
+                    Change::PutRepo(id, read_blob(&mut r)?)
+                }
+                15 => Change::DelRepo(u32::try_from(r.u64().map_err(e)?).map_err(|_| "repo id")?),
                 _ => return Err("unknown redo tag"),
             };
             out.push(c);

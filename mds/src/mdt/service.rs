@@ -202,6 +202,8 @@ pub enum Admin {
     /// OST `ost` was replaced: the copies of these files there are lost (or old), so
     /// each in-sync copy with an object there is marked stale, but the last in sync.
     CopiesLost { ost: u32, inos: Vec<u64> },
+    /// The data mover's changes (data repositories).
+    Hsm(super::hsm::HsmAdmin),
 }
 
 /// The consistency checker's repairs (`mdt/repair.rs`).
@@ -268,6 +270,31 @@ pub struct Mdt {
     repl: Arc<Replication>,
     /// What root of a client acts as (from the cluster map).
     root_squash: Arc<crate::identity::RootSquash>,
+    /// Where data repository requests go (the server's data mover), once it runs.
+    hsm: HsmInbox,
+}
+
+/// The data mover's request queue, shared with every submitter.
+pub(super) type HsmInbox = Arc<Mutex<Option<Sender<HsmJob>>>>;
+
+/// A data repository request on its way to the server's data mover, which answers it
+/// on the submitter's completion queue when it is done (a load may take a while; the
+/// engine core does not wait for it).
+#[derive(Debug)]
+pub struct HsmJob {
+    pub tag: u64,
+    pub creds: nacre_proto::meta::Creds,
+    pub req: nacre_proto::meta::hsm::HsmRequest,
+    pub done: Sender<Completion>,
+}
+
+impl HsmJob {
+    pub fn answer(self, result: Result<Reply, i32>) {
+        let _ = self.done.send(Completion {
+            tag: self.tag,
+            result,
+        });
+    }
 }
 
 /// The inodes of files with a stale copy: found by a scan at open, then kept by every
@@ -358,6 +385,7 @@ impl Mdt {
             ))),
             ost_space: Arc::default(),
             root_squash: Arc::default(),
+            hsm: Arc::default(),
             overlay,
             generation,
             board,
@@ -413,6 +441,7 @@ impl Mdt {
             generation: self.generation.clone(),
             cache: Default::default(),
             board: self.board.clone(),
+            hsm: self.hsm.clone(),
         }
     }
 
@@ -460,6 +489,42 @@ impl Mdt {
             ost_space: &self.ost_space,
         };
         read_now(&ctx, head, req)
+    }
+
+    /// Sends data repository requests to `inbox` (None: answered ENOSYS).
+    pub fn set_hsm(&self, inbox: Option<Sender<HsmJob>>) {
+        *self.hsm.lock().unwrap_or_else(|p| p.into_inner()) = inbox;
+    }
+
+    /// Inode `ino` as the last operation left it.
+    pub fn inode(&self, ino: u64) -> Result<Option<super::Inode>, i32> {
+        let ctx = ReadCtx {
+            db: &self.db,
+            overlay: &self.overlay,
+            generation: &self.generation,
+            cache: None,
+            epoch: self.epoch,
+            ost_space: &self.ost_space,
+        };
+        super::submitter::read_inode(&ctx, ino)
+    }
+
+    /// The data repository associations, as of the last commit.
+    pub fn repos(&self) -> Result<Vec<(u32, super::hsm::RepoRecord)>, MdtError> {
+        let tx = self.db.begin_read().map_err(StoreError::from)?;
+        let table = match tx.open_table(super::store::REPOS) {
+            Ok(t) => t,
+            Err(redb::TableError::TableDoesNotExist(_)) => return Ok(Vec::new()),
+            Err(e) => return Err(StoreError::from(e).into()),
+        };
+        let mut out = Vec::new();
+        for row in table.iter().map_err(StoreError::from)? {
+            let (k, v) = row.map_err(StoreError::from)?;
+            let rec = super::hsm::RepoRecord::decode(v.value())
+                .map_err(|_| StoreError::CorruptRecord("repository association"))?;
+            out.push((k.value(), rec));
+        }
+        Ok(out)
     }
 
     /// The root squash setting requests are admitted under.

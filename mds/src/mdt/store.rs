@@ -7,7 +7,8 @@
 //! | `dirseq`   | (dir ino, seq)      | ino u64, kind u8, name (readdir order) |
 //! | `meta`     | &str                | u64: `format`, `inodes`, `hwm.ino`, `hwm.ost.<i>` |
 //! | `orphans`  | ino u64             | (): unlinked while open                |
-//! | `destroy`  | ino u64             | layout of a destroyed file, objects to remove on the OSTs |
+//! | `destroy`  | ino u64             | layout of a destroyed file, objects to remove on the OSTs (or a fresh id: a released file's old objects) |
+//! | `repos`    | id u32              | a data repository association (`hsm::RepoRecord`) |
 //!
 //! Every change goes through [`WriteTables`], which also records it in a redo buffer:
 //! the operation log holds these physical records, so replaying them after a crash
@@ -24,6 +25,7 @@ pub const DIRSEQ: TableDefinition<(u64, u64), &[u8]> = TableDefinition::new("dir
 pub const META: TableDefinition<&str, u64> = TableDefinition::new("meta");
 pub const ORPHANS: TableDefinition<u64, ()> = TableDefinition::new("orphans");
 pub const DESTROY: TableDefinition<u64, &[u8]> = TableDefinition::new("destroy");
+pub const REPOS: TableDefinition<u32, &[u8]> = TableDefinition::new("repos");
 /// (client, tag) -> the saved reply of its last changing request (see `replies`).
 pub const REPLIES: TableDefinition<(u64, u32), &[u8]> = TableDefinition::new("replies");
 
@@ -194,6 +196,7 @@ pub struct WriteTables<'t> {
     orphans: redb::Table<'t, u64, ()>,
     destroy: redb::Table<'t, u64, &'static [u8]>,
     replies: redb::Table<'t, (u64, u32), &'static [u8]>,
+    repos: redb::Table<'t, u32, &'static [u8]>,
     pub redo: Redo,
     /// The changes applied since the caller last took them (for the readers' overlay).
     pub applied: Vec<Change>,
@@ -211,6 +214,7 @@ impl<'t> WriteTables<'t> {
             orphans: tx.open_table(ORPHANS)?,
             destroy: tx.open_table(DESTROY)?,
             replies: tx.open_table(REPLIES)?,
+            repos: tx.open_table(REPOS)?,
             redo: Redo::default(),
             applied: Vec::new(),
         })
@@ -237,6 +241,8 @@ impl<'t> WriteTables<'t> {
                 drop(self.replies.insert((*client, *tag), row.as_slice())?)
             }
             Change::DelReply(client, tag) => drop(self.replies.remove((*client, *tag))?),
+            Change::PutRepo(id, rec) => drop(self.repos.insert(*id, rec.as_slice())?),
+            Change::DelRepo(id) => drop(self.repos.remove(*id)?),
         }
         self.redo.push(&c);
         self.applied.push(c);
@@ -284,6 +290,16 @@ impl<'t> WriteTables<'t> {
             }
         }
         Ok(out)
+    }
+
+    /// Association `id`, if any.
+    pub fn repo(&self, id: u32) -> Result<Option<super::hsm::RepoRecord>, StoreError> {
+        match self.repos.get(id)? {
+            None => Ok(None),
+            Some(v) => super::hsm::RepoRecord::decode(v.value())
+                .map(Some)
+                .map_err(|_| StoreError::CorruptRecord("repository association")),
+        }
     }
 
     pub fn orphans(&self) -> Result<Vec<u64>, StoreError> {

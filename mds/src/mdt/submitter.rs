@@ -10,7 +10,7 @@ use super::store::{ReadTables, StoreError};
 use nacre_proto::meta::{errno, Head, MdtStatfs, Reply, Request};
 use redb::{Database, ReadableDatabase};
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::mpsc::{Receiver, Sender, SyncSender, TrySendError};
+use std::sync::mpsc::{self, Receiver, Sender, SyncSender, TrySendError};
 use std::sync::{Arc, Mutex, RwLock};
 use std::time::Duration;
 
@@ -27,6 +27,7 @@ pub struct Submitter {
     pub(super) generation: Arc<AtomicU64>,
     pub(super) cache: TablesCache,
     pub(super) board: Arc<CheckBoard>,
+    pub(super) hsm: super::service::HsmInbox,
 }
 
 impl Submitter {
@@ -68,6 +69,27 @@ impl Submitter {
                 false => Err(errno::ESTALE),
             };
             let _ = self.done.send(Completion { tag, result });
+            return Ok(());
+        }
+        if let Request::Hsm(h) = req {
+            // The data mover's: answered when it is done, on this queue.
+            let job = super::service::HsmJob {
+                tag,
+                creds: head.creds,
+                req: h,
+                done: self.done.clone(),
+            };
+            let inbox = self.hsm.lock().unwrap_or_else(|p| p.into_inner());
+            match inbox.as_ref().map(|tx| tx.send(job)) {
+                Some(Ok(())) => {}
+                Some(Err(mpsc::SendError(job))) => job.answer(Err(errno::ENOSYS)),
+                None => {
+                    let _ = self.done.send(Completion {
+                        tag,
+                        result: Err(errno::ENOSYS),
+                    });
+                }
+            }
             return Ok(());
         }
         if let Request::Lock(l) = &req {
@@ -202,6 +224,27 @@ pub(super) fn read_now(r: &ReadCtx<'_>, head: &Head, req: &Request) -> Result<Re
             })
         }
         other => other,
+    })
+}
+
+/// Inode `ino` as the last operation left it (the overlay, then the last commit).
+pub(super) fn read_inode(
+    r: &ReadCtx<'_>,
+    ino: u64,
+) -> Result<Option<super::inode::Inode>, i32> {
+    use super::store::View;
+    let overlay = r.overlay.read().unwrap_or_else(|p| p.into_inner());
+    let tables = read_tables(r).map_err(|e| {
+        tracing::error!("MDT read: {e}");
+        errno::EIO
+    })?;
+    let view = Layered {
+        overlay: &overlay,
+        base: &*tables,
+    };
+    view.inode(ino).map_err(|e| {
+        tracing::error!("MDT read: {e}");
+        errno::EIO
     })
 }
 

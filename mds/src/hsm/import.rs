@@ -1,0 +1,132 @@
+//! Import: a listing of the repository, page by page, each applied by the MDT in one
+//! operation that also keeps the listing's position in the association's record. A
+//! pass cut short (a restart, a repository that stopped answering) resumes after the
+//! last key applied; memory holds one page whatever the repository's size.
+
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use super::work::Work;
+use super::{lock, Shared};
+use crate::mdt::hsm::{HsmAdmin, ImportEntry};
+
+/// Objects listed and applied at a time.
+pub const PAGE: usize = 512;
+/// A failed pass is tried again after this long.
+const RETRY: Duration = Duration::from_secs(5);
+
+/// Queues a pass of association `id` (none if one is queued or running).
+pub(crate) fn queue(shared: &Shared, id: u32) {
+    if lock(&shared.importing).insert(id) {
+        shared.queue.push_back(Work::Import(id));
+    }
+}
+
+/// Starts a new pass from the first key (automatic import), unless one runs.
+pub(crate) fn start_pass(shared: &Shared, id: u32) {
+    if lock(&shared.importing).contains(&id) {
+        return;
+    }
+    let Ok(records) = shared.mdt.repos() else {
+        return;
+    };
+    let Some((_, mut rec)) = records.into_iter().find(|(i, _)| *i == id) else {
+        return;
+    };
+    if !rec.importing {
+        rec.importing = true;
+        rec.cursor.clear();
+        let put = HsmAdmin::PutRepo { id, rec, new: false };
+        if shared.admin(put).is_err() {
+            return;
+        }
+    }
+    queue(shared, id);
+}
+
+/// Runs association `id`'s pass from where its record says to its end.
+pub(crate) fn pass(shared: &Arc<Shared>, id: u32) {
+    let result = run(shared, id);
+    lock(&shared.importing).remove(&id);
+    if let Err(why) = result {
+        tracing::warn!("import of association {id}: {why} (tried again in {RETRY:?})");
+        // Resumed from its cursor by the auto thread, not holding a mover meanwhile.
+        lock(&shared.retries).insert(id, Instant::now() + RETRY);
+    }
+}
+
+/// Queues the passes whose retry time has come.
+pub(crate) fn retry_due(shared: &Shared) {
+    let due: Vec<u32> = {
+        let mut r = lock(&shared.retries);
+        let now = Instant::now();
+        let due = r.iter().filter(|(_, t)| **t <= now).map(|(id, _)| *id).collect();
+        r.retain(|_, t| *t > now);
+        due
+    };
+    for id in due.into_iter().filter(|id| shared.linked(*id).is_some()) {
+        queue(shared, id);
+    }
+}
+
+fn run(shared: &Arc<Shared>, id: u32) -> Result<(), String> {
+    let Some(linked) = shared.linked(id) else {
+        return Ok(()); // unlinked meanwhile
+    };
+    let records = shared.mdt.repos().map_err(|e| e.to_string())?;
+    let Some((_, rec)) = records.into_iter().find(|(i, _)| *i == id) else {
+        return Ok(());
+    };
+    if !rec.importing {
+        return Ok(());
+    }
+    let task = shared
+        .tasks
+        .start("import", linked.repo.url().to_string(), 0);
+    let mut cursor = rec.cursor;
+    loop {
+        if shared.stopping() {
+            task.finish(Some("stopped".into()));
+            return Ok(());
+        }
+        let after = (!cursor.is_empty()).then_some(cursor.as_str());
+        let page = linked.repo.list_after(after, PAGE).map_err(|e| {
+            linked.note_error(&e);
+            task.finish(Some(e.to_string()));
+            e.to_string()
+        })?;
+        let finished = page.len() < PAGE;
+        if let Some(last) = page.last() {
+            cursor = last.key.clone();
+        }
+        let n = page.len() as u64;
+        let entries = page
+            .into_iter()
+            .map(|o| ImportEntry {
+                key: o.key,
+                size: o.size,
+                mtime_ns: o.meta.mtime_ns.unwrap_or(o.mtime_ns),
+                etag: o.etag,
+                mode: o.meta.mode,
+                uid: o.meta.uid,
+                gid: o.meta.gid,
+            })
+            .collect();
+        let op = HsmAdmin::Import {
+            repo: id,
+            entries,
+            cursor: cursor.clone(),
+            finished,
+        };
+        shared.admin(op).map_err(|e| {
+            let why = format!("the MDT refused a page (errno {e})");
+            task.finish(Some(why.clone()));
+            why
+        })?;
+        task.add(n);
+        if finished {
+            task.finish(None);
+            return Ok(());
+        }
+    }
+}
