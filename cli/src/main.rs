@@ -7,6 +7,7 @@ mod check;
 mod commands;
 mod copy;
 mod mount;
+mod repo;
 mod up;
 
 use std::process::ExitCode;
@@ -78,6 +79,10 @@ enum Cmd {
     /// Check the namespace against the OSTs' objects (root; online) and, with --fix,
     /// repair it. Last line: `orphans=N dangling=N nlink=N size=N fixed=N`.
     Check(check::CheckArgs),
+    /// Data repositories: link a directory to S3 or a local directory, import,
+    /// export, release, restore, status.
+    #[command(subcommand)]
+    Repo(repo::RepoCmd),
     /// Mount the file system through FUSE (a daemon; -f stays in the foreground).
     Mount(mount::MountArgs),
     /// Unmount a nacre mount (also one whose process died).
@@ -136,6 +141,7 @@ fn run(cli: Cli) -> Result<(), CliError> {
         Cmd::Df(a) => commands::df(&client, &a),
         Cmd::Mirror(m) => commands::mirror(&client, &m),
         Cmd::Check(a) => check::check(&client, &a),
+        Cmd::Repo(r) => repo::run(&client, &r),
     }
 }
 

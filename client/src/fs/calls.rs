@@ -68,7 +68,7 @@ impl Client {
     /// objects longer than the size, which reads never pass.
     pub(super) fn setattr_ino(&self, ino: u64, attr: SetAttr) -> io::Result<Attr> {
         let req = Request::Setattr { ino, attr };
-        let out = attr_of(self.modify(|c| c.ns.call(&req))?)?;
+        let out = attr_of(self.loaded_first(|| Ok(ino), || self.modify(|c| c.ns.call(&req)))?)?;
         self.trim_to(ino, &attr)?;
         Ok(out)
     }

@@ -33,6 +33,9 @@ pub struct File {
     written_end: AtomicU64,
     reported: AtomicU64,
     closed: AtomicBool,
+    /// The file's data is in its repository: reads ask the MDS to load their range
+    /// first (until it answers that all of the file is in).
+    released: AtomicBool,
     /// Write-behind and read-ahead, on a handle opened with [`O_BUFFERED`].
     cache: Option<Box<Mutex<Cache>>>,
 }
@@ -50,6 +53,7 @@ impl Client {
             } => (attr, layout, handle, created),
             other => return Err(protocol(format!("expected an open handle, got {other:?}"))),
         };
+        let released = layout.as_ref().is_some_and(|l| l.released);
         let file = File {
             client: self.clone(),
             ino,
@@ -62,6 +66,7 @@ impl Client {
             written_end: AtomicU64::new(0),
             reported: AtomicU64::new(0),
             closed: AtomicBool::new(false),
+            released: AtomicBool::new(released),
             cache: (flags & O_BUFFERED != 0).then(Box::default),
         };
         if handle != 0 {
@@ -359,6 +364,9 @@ impl Backing for File {
             return Ok(0);
         }
         let n = (size - offset).min(buf.len() as u64) as usize;
+        if self.released.load(Ordering::Acquire) && self.client.load(self.ino, offset, n as u64)? {
+            self.released.store(false, Ordering::Release);
+        }
         let Some(set) = self.layout.as_ref() else {
             buf[..n].fill(0);
             return Ok(n);

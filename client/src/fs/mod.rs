@@ -18,7 +18,7 @@
 //!
 //! Here: the configuration and the public types of the API. [`Client`] and its
 //! connections are in `client`, its namespace calls in `calls`, opening files in `open`,
-//! an open [`File`] in `file`, errors in `errors`.
+//! an open [`File`] in `file`, data repositories in `repo`, errors in `errors`.
 
 mod calls;
 mod client;
@@ -26,6 +26,7 @@ mod errors;
 mod file;
 mod mirrors;
 mod open;
+mod repo;
 
 use std::time::Duration;
 

@@ -19,10 +19,13 @@ impl Client {
         }
         // Created and opened in one request: the creator may write a file whose new
         // mode denies it (POSIX), and nothing is left behind by a refused open.
-        let opened = self.modify(|c| {
-            let (parent, name) = c.ns.parent_of(path)?;
-            let req = create_open_request(parent, &name, opt.mode, flags, opt.layout);
-            c.ns.call(&req)
+        let ino_of = || self.with_conn(true, |c| c.ns.resolve(path));
+        let opened = self.loaded_first(ino_of, || {
+            self.modify(|c| {
+                let (parent, name) = c.ns.parent_of(path)?;
+                let req = create_open_request(parent, &name, opt.mode, flags, opt.layout);
+                c.ns.call(&req)
+            })
         })?;
         let ino = match &opened {
             Reply::Opened { attr, .. } => attr.ino,
@@ -35,13 +38,19 @@ impl Client {
     /// with open `flags`; O_TRUNC empties it.
     pub fn open_ino(&self, ino: u64, flags: i32) -> io::Result<File> {
         // Under a replay key: a retried open must not leave a second handle behind.
-        let opened = self.modify(|c| c.ns.call(&open_request(ino, flags)))?;
+        let opened = self.loaded_first(
+            || Ok(ino),
+            || self.modify(|c| c.ns.call(&open_request(ino, flags))),
+        )?;
         self.file_from(ino, flags, opened)
     }
 
     /// As [`Client::open_ino`], as `creds` (a mount's caller).
     pub fn open_ino_as(&self, creds: &Creds, ino: u64, flags: i32) -> io::Result<File> {
-        let opened = self.request_as(creds, &open_request(ino, flags))?;
+        let opened = self.loaded_first(
+            || Ok(ino),
+            || self.request_as(creds, &open_request(ino, flags)),
+        )?;
         self.file_from(ino, flags, opened)
     }
 
@@ -59,7 +68,15 @@ impl Client {
         layout: Option<StripeSpec>,
     ) -> io::Result<File> {
         let req = create_open_request(parent, name, mode, flags, layout);
-        let opened = self.request_as(creds, &req)?;
+        let lookup = Request::Lookup {
+            parent,
+            name: name.to_vec(),
+        };
+        let ino_of = || match self.request_as(creds, &lookup)? {
+            Reply::Attr(a) => Ok(a.ino),
+            other => Err(protocol(format!("expected attributes, got {other:?}"))),
+        };
+        let opened = self.loaded_first(ino_of, || self.request_as(creds, &req))?;
         let ino = match &opened {
             Reply::Opened { attr, .. } => attr.ino,
             other => return Err(protocol(format!("expected an open handle, got {other:?}"))),

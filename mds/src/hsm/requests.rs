@@ -48,6 +48,7 @@ fn link(shared: &Arc<Shared>, creds: &Creds, dir: u64, spec: &RepoSpec) -> Resul
     }
     let mut rec = RepoRecord {
         dir,
+        path: spec.path.clone(),
         url: spec.url.clone(),
         endpoint: spec.endpoint.clone(),
         region: spec.region.clone(),
@@ -120,6 +121,7 @@ pub(crate) fn list(shared: &Shared) -> Result<Reply, i32> {
         .map(|(id, r)| RepoInfo {
             id,
             dir: r.dir,
+            path: r.path,
             url: r.url,
             auto_import: r.auto_import,
             auto_export: r.auto_export,

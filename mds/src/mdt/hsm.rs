@@ -187,6 +187,8 @@ pub fn renamed(sp: &Inode, dp: &Inode, src: &Inode, new_name: &[u8]) -> Res<Opti
 #[derive(Debug, Clone, PartialEq, Eq, Default)]
 pub struct RepoRecord {
     pub dir: u64,
+    /// The path the linker named (for listings; the directory may be renamed since).
+    pub path: String,
     pub url: String,
     pub endpoint: String,
     pub region: String,
@@ -208,6 +210,7 @@ impl RepoRecord {
         let mut out = Vec::new();
         out.extend_from_slice(&self.dir.to_le_bytes());
         for s in [
+            &self.path,
             &self.url,
             &self.endpoint,
             &self.region,
@@ -236,10 +239,11 @@ impl RepoRecord {
             let bytes = r.bytes(n).map_err(short)?;
             String::from_utf8(bytes.to_vec()).map_err(|_| CorruptHsm("association text"))
         };
-        let (url, endpoint, region) = (text()?, text()?, text()?);
+        let (path, url, endpoint, region) = (text()?, text()?, text()?, text()?);
         let (access_key_id, secret_access_key, cursor) = (text()?, text()?, text()?);
         Ok(RepoRecord {
             dir,
+            path,
             url,
             endpoint,
             region,

@@ -26,6 +26,8 @@ pub struct Overlay {
     meta: HashMap<String, u64>,
     /// Files whose objects await removal on the OSTs.
     destroy: BTreeMap<u64, Option<Vec<u8>>>,
+    /// Data repository associations.
+    repos: BTreeMap<u32, Option<Vec<u8>>>,
 }
 
 impl Overlay {
@@ -45,12 +47,12 @@ impl Overlay {
             Change::PutMeta(key, val) => drop(self.meta.insert(key, val)),
             Change::PutDestroy(ino, layout) => drop(self.destroy.insert(ino, Some(layout))),
             Change::DelDestroy(ino) => drop(self.destroy.insert(ino, None)),
+            Change::PutRepo(id, rec) => drop(self.repos.insert(id, Some(rec))),
+            Change::DelRepo(id) => drop(self.repos.insert(id, None)),
             Change::PutOrphan(_)
             | Change::DelOrphan(_)
             | Change::PutReply(..)
-            | Change::DelReply(..)
-            | Change::PutRepo(..)
-            | Change::DelRepo(_) => {}
+            | Change::DelReply(..) => {}
         }
     }
 
@@ -60,6 +62,12 @@ impl Overlay {
         self.dirseq.clear();
         self.meta.clear();
         self.destroy.clear();
+        self.repos.clear();
+    }
+
+    /// The association rows written (Some) or removed (None) since the last commit.
+    pub fn repos(&self) -> &BTreeMap<u32, Option<Vec<u8>>> {
+        &self.repos
     }
 
     /// The destroy rows written (Some) or removed (None) since the last commit.

@@ -509,22 +509,35 @@ impl Mdt {
         super::submitter::read_inode(&ctx, ino)
     }
 
-    /// The data repository associations, as of the last commit.
+    /// The data repository associations, as the last operation left them.
     pub fn repos(&self) -> Result<Vec<(u32, super::hsm::RepoRecord)>, MdtError> {
+        // The overlay first, then the transaction (see `overlay`).
+        let overlay = self.overlay.read().unwrap_or_else(|p| p.into_inner());
         let tx = self.db.begin_read().map_err(StoreError::from)?;
-        let table = match tx.open_table(super::store::REPOS) {
-            Ok(t) => t,
-            Err(redb::TableError::TableDoesNotExist(_)) => return Ok(Vec::new()),
+        let mut rows: std::collections::BTreeMap<u32, Vec<u8>> = Default::default();
+        match tx.open_table(super::store::REPOS) {
+            Ok(table) => {
+                for row in table.iter().map_err(StoreError::from)? {
+                    let (k, v) = row.map_err(StoreError::from)?;
+                    rows.insert(k.value(), v.value().to_vec());
+                }
+            }
+            Err(redb::TableError::TableDoesNotExist(_)) => {}
             Err(e) => return Err(StoreError::from(e).into()),
-        };
-        let mut out = Vec::new();
-        for row in table.iter().map_err(StoreError::from)? {
-            let (k, v) = row.map_err(StoreError::from)?;
-            let rec = super::hsm::RepoRecord::decode(v.value())
-                .map_err(|_| StoreError::CorruptRecord("repository association"))?;
-            out.push((k.value(), rec));
         }
-        Ok(out)
+        for (id, row) in overlay.repos() {
+            match row {
+                Some(r) => drop(rows.insert(*id, r.clone())),
+                None => drop(rows.remove(id)),
+            }
+        }
+        rows.into_iter()
+            .map(|(id, r)| {
+                super::hsm::RepoRecord::decode(&r)
+                    .map(|rec| (id, rec))
+                    .map_err(|_| StoreError::CorruptRecord("repository association").into())
+            })
+            .collect()
     }
 
     /// The root squash setting requests are admitted under.

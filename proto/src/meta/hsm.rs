@@ -52,6 +52,8 @@ pub const LIST_MAX: usize = 64;
 pub struct RepoSpec {
     /// `s3://bucket/prefix` or `file:///dir`.
     pub url: String,
+    /// The linked directory's path as the linker named it (shown by listings).
+    pub path: String,
     pub endpoint: String,
     pub region: String,
     pub access_key_id: String,
@@ -101,6 +103,7 @@ impl HsmRequest {
                 put_u64(out, *dir);
                 for s in [
                     &spec.url,
+                    &spec.path,
                     &spec.endpoint,
                     &spec.region,
                     &spec.access_key_id,
@@ -139,8 +142,8 @@ impl HsmRequest {
             OP_LINK => {
                 let dir = r.u64()?;
                 let mut s = || read_text(r);
-                let (url, endpoint, region, access_key_id, secret_access_key) =
-                    (s()?, s()?, s()?, s()?, s()?);
+                let (url, path, endpoint) = (s()?, s()?, s()?);
+                let (region, access_key_id, secret_access_key) = (s()?, s()?, s()?);
                 let import_now = match r.u32()? {
                     v @ (0 | 1) => v == 1,
                     value => return Err(bad("import flag", value)),
@@ -150,6 +153,7 @@ impl HsmRequest {
                     dir,
                     spec: RepoSpec {
                         url,
+                        path,
                         endpoint,
                         region,
                         access_key_id,
@@ -258,6 +262,7 @@ pub struct FileHsm {
 pub struct RepoInfo {
     pub id: u32,
     pub dir: u64,
+    pub path: String,
     pub url: String,
     pub auto_import: u32,
     pub auto_export: u32,
@@ -323,6 +328,7 @@ impl HsmReply {
                 for r in repos {
                     put_u32(out, r.id);
                     put_u64(out, r.dir);
+                    put_bytes(out, r.path.as_bytes());
                     put_bytes(out, r.url.as_bytes());
                     for v in [r.auto_import, r.auto_export, r.interval_secs] {
                         put_u32(out, v);
@@ -367,6 +373,7 @@ impl HsmReply {
                     repos.push(RepoInfo {
                         id: r.u32()?,
                         dir: r.u64()?,
+                        path: read_text(r)?,
                         url: read_text(r)?,
                         auto_import: r.u32()?,
                         auto_export: r.u32()?,
@@ -438,6 +445,7 @@ mod tests {
             repos: vec![RepoInfo {
                 id: 1,
                 dir: 2,
+                path: "/data".into(),
                 url: "file:///x".into(),
                 auto_import: 1,
                 auto_export: 7,
