@@ -108,8 +108,12 @@ fn said(what: &str, e: std::io::Error, verb: &str) -> CliError {
         ("export", libc::EEXIST) => "conflict: the repository's object changed since this file \
                                      was imported or exported; nothing was overwritten"
             .into(),
-        ("export", libc::EAGAIN) => "the file changed while it was exported: export it again".into(),
-        ("release", libc::EBUSY) => "not exported since it changed, or open: export it first".into(),
+        ("export", libc::EAGAIN) => {
+            "the file changed while it was exported: export it again".into()
+        }
+        ("release", libc::EBUSY) => {
+            "not exported since it changed, or open: export it first".into()
+        }
         ("release", libc::ESTALE) => {
             "the repository's copy changed or is gone: export it first".into()
         }
@@ -133,7 +137,11 @@ fn list(c: &Client) -> Result<(), CliError> {
             r.url,
             policy::show(r.auto_import),
             policy::show(r.auto_export),
-            if r.interval_secs == 0 { 60 } else { r.interval_secs },
+            if r.interval_secs == 0 {
+                60
+            } else {
+                r.interval_secs
+            },
             r.imported,
             r.exported,
             match r.error.is_empty() {
@@ -233,7 +241,11 @@ fn print_tasks(tasks: &[TaskInfo]) {
 fn bar(done: u64, total: u64) -> String {
     let pct = (done.min(total) * 100 / total.max(1)) as usize;
     let filled = pct / 5;
-    format!("[{}{}] {pct:>3}%", "#".repeat(filled), ".".repeat(20 - filled))
+    format!(
+        "[{}{}] {pct:>3}%",
+        "#".repeat(filled),
+        ".".repeat(20 - filled)
+    )
 }
 
 #[cfg(test)]

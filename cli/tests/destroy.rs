@@ -4,49 +4,8 @@
 
 mod common;
 
-use std::path::Path;
-use std::time::{Duration, Instant};
-
 use common::*;
 use nacre_fabric::testing::pattern;
-
-/// Object files on every OST under `data` (`ossN/targetM/O/hh/<id>`).
-fn objects(data: &Path) -> usize {
-    let mut n = 0;
-    let dirs = |p: &Path| -> Vec<std::path::PathBuf> {
-        std::fs::read_dir(p)
-            .map(|d| d.filter_map(Result::ok).map(|e| e.path()).collect())
-            .unwrap_or_default()
-    };
-    let is_oss = |p: &std::path::PathBuf| {
-        p.file_name()
-            .and_then(|n| n.to_str())
-            .is_some_and(|n| n.starts_with("oss"))
-    };
-    for oss in dirs(data).into_iter().filter(is_oss) {
-        for target in dirs(&oss) {
-            for hh in dirs(&target.join("O")) {
-                n += dirs(&hh).len();
-            }
-        }
-    }
-    n
-}
-
-fn wait_for_objects(data: &Path, want: usize, what: &str) {
-    let until = Instant::now() + Duration::from_secs(10);
-    loop {
-        let n = objects(data);
-        if n == want {
-            return;
-        }
-        assert!(
-            Instant::now() < until,
-            "{what}: {n} objects on the OSTs after 10 s, want {want}"
-        );
-        std::thread::sleep(Duration::from_millis(100));
-    }
-}
 
 fn space_comes_back(provider: &str) {
     if !have(provider, "destroys") {

@@ -178,12 +178,12 @@ impl Repository {
         let keys = match &self.url {
             // object_store lists a local directory in no set order: walked here, in
             // order, so that a cursor means the same after a restart.
-            RepoUrl::File { dir } => local::keys_after(dir, after, max).map_err(|e| {
-                RepoError::Failed {
+            RepoUrl::File { dir } => {
+                local::keys_after(dir, after, max).map_err(|e| RepoError::Failed {
                     what: dir.display().to_string(),
                     why: e.to_string(),
-                }
-            })?,
+                })?
+            }
             RepoUrl::S3 { .. } => self.s3_keys_after(after, max)?,
         };
         // The user metadata is not in a listing: one HEAD per object, in parallel. An

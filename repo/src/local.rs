@@ -134,7 +134,10 @@ mod tests {
         assert_eq!(all, ["a/b", "a/c/d", "a.b", "b", "z/y"]);
         for (i, k) in all.iter().enumerate() {
             assert_eq!(keys_after(d.path(), Some(k), 100).unwrap(), all[i + 1..]);
-            assert_eq!(keys_after(d.path(), Some(k), 1).unwrap(), all[i + 1..].iter().take(1).cloned().collect::<Vec<_>>());
+            assert_eq!(
+                keys_after(d.path(), Some(k), 1).unwrap(),
+                all[i + 1..].iter().take(1).cloned().collect::<Vec<_>>()
+            );
         }
         // A cursor whose object is gone still resumes after it.
         assert_eq!(keys_after(d.path(), Some("a/bb"), 100).unwrap(), all[1..]);

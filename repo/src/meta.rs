@@ -67,7 +67,9 @@ mod tests {
         };
         let a = m.to_attributes();
         assert_eq!(
-            a.get(&Attribute::Metadata(PERMISSIONS.into())).unwrap().as_ref(),
+            a.get(&Attribute::Metadata(PERMISSIONS.into()))
+                .unwrap()
+                .as_ref(),
             "0100640"
         );
         assert_eq!(PosixMeta::from_attributes(&a), m);

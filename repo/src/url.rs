@@ -93,9 +93,7 @@ impl Access {
             .with_connect_timeout(CONNECT_TIMEOUT);
         if let Some(e) = &endpoint {
             client = client.with_allow_http(e.starts_with("http://"));
-            b = b
-                .with_endpoint(e)
-                .with_virtual_hosted_style_request(false);
+            b = b.with_endpoint(e).with_virtual_hosted_style_request(false);
         }
         if let Some(r) = &self.region {
             b = b.with_region(r);
@@ -106,13 +104,14 @@ impl Access {
         if let Some(s) = &self.secret_access_key {
             b = b.with_secret_access_key(s);
         }
-        b.with_client_options(client).with_retry(RetryConfig {
-            max_retries: MAX_RETRIES,
-            retry_timeout: RETRY_TIMEOUT,
-            ..RetryConfig::default()
-        })
-        .build()
-        .map_err(|e| RepoError::Config(format!("s3://{bucket}: {e}")))
+        b.with_client_options(client)
+            .with_retry(RetryConfig {
+                max_retries: MAX_RETRIES,
+                retry_timeout: RETRY_TIMEOUT,
+                ..RetryConfig::default()
+            })
+            .build()
+            .map_err(|e| RepoError::Config(format!("s3://{bucket}: {e}")))
     }
 }
 
@@ -142,7 +141,13 @@ mod tests {
                 dir: "/srv/data".into()
             }
         );
-        for bad in ["s3:///x", "file://rel", "http://x", "s3://b/a/../c", "file:///a/../b"] {
+        for bad in [
+            "s3:///x",
+            "file://rel",
+            "http://x",
+            "s3://b/a/../c",
+            "file:///a/../b",
+        ] {
             assert!(RepoUrl::parse(bad).is_err(), "{bad}");
         }
     }

@@ -20,7 +20,11 @@ impl Drop for Server {
 }
 
 fn free_port() -> u16 {
-    TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port()
+    TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port()
 }
 
 /// s3s-fs serving `root` (buckets are its subdirectories) with key "nacre"/"secret",
@@ -85,7 +89,10 @@ fn scenario(repo: &Repository) {
         let rest = repo.list_after(Some(k), 100).unwrap();
         assert_eq!(rest.len(), 3 - i, "after {k}");
         let page = repo.list_after(Some(k), 1).unwrap();
-        assert_eq!(page.first().map(|o| o.key.as_str()), keys.get(i + 1).copied());
+        assert_eq!(
+            page.first().map(|o| o.key.as_str()),
+            keys.get(i + 1).copied()
+        );
     }
     let o = all.iter().find(|o| o.key == "d/big").unwrap();
     let got = repo.read("d/big", big - 10..big, &o.etag).unwrap();

@@ -32,7 +32,9 @@ impl Client {
         };
         match reply {
             Reply::Hsm(h) => Ok(h),
-            other => Err(protocol(format!("expected a repository reply, got {other:?}"))),
+            other => Err(protocol(format!(
+                "expected a repository reply, got {other:?}"
+            ))),
         }
     }
 
@@ -43,8 +45,11 @@ impl Client {
     /// Links directory `path` (empty) to the repository `spec` names (root only).
     pub fn repo_link(&self, path: &str, spec: RepoSpec) -> io::Result<()> {
         let dir = self.ino_of(path)?;
-        self.hsm(HsmRequest::Link { dir, spec }, Some(Duration::from_secs(120)))
-            .map(drop)
+        self.hsm(
+            HsmRequest::Link { dir, spec },
+            Some(Duration::from_secs(120)),
+        )
+        .map(drop)
     }
 
     /// Forgets the association of directory `path` (root only).

@@ -36,7 +36,11 @@ pub(crate) fn start_pass(shared: &Shared, id: u32) {
     if !rec.importing {
         rec.importing = true;
         rec.cursor.clear();
-        let put = HsmAdmin::PutRepo { id, rec, new: false };
+        let put = HsmAdmin::PutRepo {
+            id,
+            rec,
+            new: false,
+        };
         if shared.admin(put).is_err() {
             return;
         }
@@ -60,7 +64,11 @@ pub(crate) fn retry_due(shared: &Shared) {
     let due: Vec<u32> = {
         let mut r = lock(&shared.retries);
         let now = Instant::now();
-        let due = r.iter().filter(|(_, t)| **t <= now).map(|(id, _)| *id).collect();
+        let due = r
+            .iter()
+            .filter(|(_, t)| **t <= now)
+            .map(|(id, _)| *id)
+            .collect();
         r.retain(|_, t| *t > now);
         due
     };

@@ -181,7 +181,10 @@ impl Hsm {
         threads.push(spawn("hsm-inbox".into(), Box::new(move || inbox(&s, rx)))?);
         for n in 0..MOVERS {
             let s = shared.clone();
-            threads.push(spawn(format!("hsm-mover-{n}"), Box::new(move || mover(&s)))?);
+            threads.push(spawn(
+                format!("hsm-mover-{n}"),
+                Box::new(move || mover(&s)),
+            )?);
         }
         let s = shared.clone();
         threads.push(spawn("hsm-auto".into(), Box::new(move || auto(&s)))?);

@@ -3,7 +3,7 @@
 use std::sync::Arc;
 
 use nacre_proto::meta::hsm::{policy, FileHsm, HsmReply, HsmRequest, RepoInfo, RepoSpec};
-use nacre_proto::meta::{Creds, FileKind, Reply};
+use nacre_proto::meta::{Creds, FileKind, Head, Reply, Request};
 use nacre_repo::{PosixMeta, RepoError};
 use nacre_rpc::ClientEndpoint;
 
@@ -43,8 +43,29 @@ fn link(shared: &Arc<Shared>, creds: &Creds, dir: u64, spec: &RepoSpec) -> Resul
     if creds.uid != 0 {
         return Err(libc::EPERM);
     }
-    if inode(shared, dir)?.kind != FileKind::Dir {
+    let d = inode(shared, dir)?;
+    if d.kind != FileKind::Dir {
         return Err(libc::ENOTDIR);
+    }
+    // Checked here first, so no repository is asked for a link that cannot be made
+    // (the MDT checks again when it makes it).
+    if d.hsm.is_some() {
+        return Err(libc::EEXIST);
+    }
+    let head = Head {
+        creds: creds.clone(),
+        epoch: shared.mdt.epoch(),
+        replay: None,
+    };
+    let first = Request::Readdir {
+        dir,
+        cookie: 0,
+        max: 1,
+    };
+    if let Ok(Reply::Dir { entries, .. }) = shared.mdt.read(&head, &first) {
+        if !entries.is_empty() {
+            return Err(libc::ENOTEMPTY);
+        }
     }
     let mut rec = RepoRecord {
         dir,
@@ -219,7 +240,12 @@ pub(crate) fn export(
         key: h.key.clone(),
         etag: object.etag,
     });
-    task.finish(marked.as_ref().err().map(|e| format!("changed while exported (errno {e})")));
+    task.finish(
+        marked
+            .as_ref()
+            .err()
+            .map(|e| format!("changed while exported (errno {e})")),
+    );
     marked?;
     // Renamed since its last export: the old object goes if deletions propagate.
     if !h.stored.is_empty() && h.stored != h.key && linked.auto_export & policy::DELETED != 0 {

@@ -85,7 +85,15 @@ pub(crate) fn ask(shared: &Arc<Shared>, job: HsmJob, ino: u64, offset: u64, len:
     };
     if load.chunks() == 0 {
         // Nothing to load: an empty file.
-        return finish(shared, &load, vec![Waiter { job, first: 0, last: 0 }]);
+        return finish(
+            shared,
+            &load,
+            vec![Waiter {
+                job,
+                first: 0,
+                last: 0,
+            }],
+        );
     }
     let end = match len {
         0 => load.size,
@@ -255,7 +263,8 @@ fn finish(shared: &Arc<Shared>, load: &Arc<Load>, waiters: Vec<Waiter>) {
         }
         // The file changed meanwhile (imported anew, or emptied): ask again.
         Err(e) => {
-            load.task.finish(Some(format!("not marked loaded: errno {e}")));
+            load.task
+                .finish(Some(format!("not marked loaded: errno {e}")));
             Err(libc::EAGAIN)
         }
     };

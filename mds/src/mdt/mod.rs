@@ -39,13 +39,13 @@ mod syncer;
 pub mod engine_service;
 
 pub use alloc::{OstPlace, LOW_WATER, RANGE};
-pub use ns::{LINK_MAX, ROOT_INO};
 pub use inode::Inode;
+pub use ns::{LINK_MAX, ROOT_INO};
 pub use repair::LOST_FOUND;
 pub use service::files_on_ost;
 pub mod replication;
 pub use service::{
-    Admin, Completion, HsmJob, Mdt, MdtConfig, MdtError, OstSpace, Repair, Stats, SubmitError, Submitter,
-    SyncMode, DB_FILE, FORMAT_VERSION, LOG_FILE,
+    Admin, Completion, HsmJob, Mdt, MdtConfig, MdtError, OstSpace, Repair, Stats, SubmitError,
+    Submitter, SyncMode, DB_FILE, FORMAT_VERSION, LOG_FILE,
 };
 pub use store::StoreError;

@@ -228,10 +228,7 @@ pub(super) fn read_now(r: &ReadCtx<'_>, head: &Head, req: &Request) -> Result<Re
 }
 
 /// Inode `ino` as the last operation left it (the overlay, then the last commit).
-pub(super) fn read_inode(
-    r: &ReadCtx<'_>,
-    ino: u64,
-) -> Result<Option<super::inode::Inode>, i32> {
+pub(super) fn read_inode(r: &ReadCtx<'_>, ino: u64) -> Result<Option<super::inode::Inode>, i32> {
     use super::store::View;
     let overlay = r.overlay.read().unwrap_or_else(|p| p.into_inner());
     let tables = read_tables(r).map_err(|e| {

@@ -294,7 +294,9 @@ pub enum HsmReply {
     Done,
     /// Restore: the ranges asked are in the objects; `whole` says the file is not
     /// released any more (its readers need ask no more).
-    Loaded { whole: bool },
+    Loaded {
+        whole: bool,
+    },
     State(FileHsm),
     List {
         repos: Vec<RepoInfo>,

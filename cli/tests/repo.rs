@@ -1,0 +1,352 @@
+//! Data repositories end to end, against a local directory (`file://`) and a real S3
+//! server (`s3s-fs`, which `scripts/deps` installs) on loopback: link with import,
+//! lazy loads (a range, then the whole file), writes to a released file, export with
+//! POSIX metadata, release freeing the OSTs' objects, conflicts, and the errors a user
+//! must see at once.
+
+mod common;
+
+use std::io::Read;
+use std::path::Path;
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+use common::*;
+use nacre_client::{Client, OpenOptions};
+use nacre_fabric::testing::pattern;
+use nacre_repo::{Access, PosixMeta, Repository};
+
+/// 2.5 chunks of the MDS's loads: a read in the middle waits only for its own.
+const BIG: usize = 20 * 1024 * 1024 + 7;
+
+/// The state `nacre repo status` prints for `path`.
+fn state(up: &Up, path: &str) -> String {
+    let out = up.ok(&["repo", "status", path]);
+    let line = out
+        .lines()
+        .find(|l| l.ends_with(path) || l.contains(&format!("{path}\t")))
+        .unwrap_or_else(|| panic!("no status line for {path}: {out}"));
+    line.split('\t').next().unwrap().to_string()
+}
+
+/// Waits until `nacre repo list` shows `imported=N` and no import running.
+fn wait_imported(up: &Up, n: u64) {
+    let until = Instant::now() + Duration::from_secs(60);
+    loop {
+        let out = up.ok(&["repo", "list"]);
+        let running = out
+            .lines()
+            .any(|l| l.starts_with("task import") && l.ends_with("running"));
+        if out.contains(&format!("imported={n} ")) && !running {
+            return;
+        }
+        assert!(Instant::now() < until, "import not over after 60 s: {out}");
+        std::thread::sleep(Duration::from_millis(100));
+    }
+}
+
+fn read_all(c: &Client, path: &str) -> Vec<u8> {
+    let f = c.open(path, &OpenOptions::read()).unwrap();
+    let size = f.stat().unwrap().size as usize;
+    let mut buf = vec![0; size];
+    let mut at = 0;
+    while at < size {
+        let n = f.read_at(&mut buf[at..], at as u64).unwrap();
+        assert!(n > 0, "{path}: short read at {at} of {size}");
+        at += n;
+    }
+    f.close().unwrap();
+    buf
+}
+
+/// What the repositories hold before the link.
+fn seed(repo: &Repository) {
+    let meta = |mode: u32, uid: u32| PosixMeta {
+        mode: Some(libc::S_IFREG | mode),
+        uid: Some(uid),
+        gid: Some(100),
+        mtime_ns: Some(1_500_000_000_000_000_000),
+    };
+    let put = |key: &str, data: Vec<u8>, m: PosixMeta| {
+        repo.write(
+            key,
+            data.len() as u64,
+            |at, buf| {
+                let at = at as usize;
+                buf.copy_from_slice(&data[at..at + buf.len()]);
+                Ok(())
+            },
+            &m,
+        )
+        .unwrap();
+    };
+    put("a.txt", b"hello repository\n".to_vec(), meta(0o600, 1000));
+    put("sub/big.bin", pattern(7, BIG), meta(0o644, 0));
+    put("deep/x/y.txt", b"y".to_vec(), meta(0o640, 0));
+}
+
+/// The scenario both backends go through; `direct` edits the repository behind the
+/// file system's back.
+fn scenario(up: &Up, data: &Path, url: &str, link_extra: &[&str], direct: &Repository) {
+    let c = Client::connect(&up.mgs, client_config(&up.mgs)).unwrap();
+    up.ok(&["mkdir", "/data"]);
+    let before = objects(data);
+    let mut link = vec!["repo", "link", "/data", url, "--import-metadata"];
+    link.extend_from_slice(link_extra);
+    assert!(up.ok(&link).contains("linked /data"));
+    wait_imported(up, 3);
+
+    // Imported: listed with the objects' sizes and POSIX metadata, released, and
+    // nothing on the OSTs.
+    let a = c.stat("/data/a.txt").unwrap();
+    assert_eq!(
+        (a.size, a.mode & 0o7777, a.uid, a.gid),
+        (17, 0o600, 1000, 100)
+    );
+    assert_eq!(a.mtime, 1_500_000_000_000_000_000);
+    assert_eq!(c.stat("/data/sub/big.bin").unwrap().size, BIG as u64);
+    assert_eq!(c.stat("/data/deep/x/y.txt").unwrap().size, 1);
+    assert_eq!(state(up, "/data/sub/big.bin"), "released");
+    assert_eq!(objects(data), before, "an import writes no data");
+
+    // Lazy load: one byte in the middle, then all of it.
+    let want = pattern(7, BIG);
+    let f = c.open("/data/sub/big.bin", &OpenOptions::read()).unwrap();
+    let mut one = [0u8; 1];
+    assert_eq!(f.read_at(&mut one, 12 << 20).unwrap(), 1);
+    assert_eq!(one[0], want[12 << 20]);
+    f.close().unwrap();
+    assert_eq!(read_all(&c, "/data/sub/big.bin"), want);
+    assert_eq!(state(up, "/data/sub/big.bin"), "cached");
+    assert!(objects(data) > before);
+
+    // A write to a released file loads it first; the rest of the file is kept.
+    let f = c
+        .open("/data/a.txt", &OpenOptions::read().flags(libc::O_RDWR))
+        .unwrap();
+    f.write_at(b"J", 0).unwrap();
+    f.close().unwrap();
+    assert_eq!(read_all(&c, "/data/a.txt"), b"Jello repository\n");
+    assert_eq!(state(up, "/data/a.txt"), "dirty");
+    // A file made here is dirty (new) until exported.
+    let new = dir_of(data).join("new.bin");
+    std::fs::write(&new, pattern(9, 3 << 20)).unwrap();
+    up.ok(&["cp", new.to_str().unwrap(), "nacre:/data/sub/new.bin"]);
+    assert_eq!(state(up, "/data/sub/new.bin"), "dirty");
+    // Not exported: not released.
+    let err = up.fails(&["repo", "release", "/data/a.txt"]);
+    assert!(err.contains("export it first"), "{err}");
+
+    // Export writes both back, with their metadata.
+    up.ok(&["repo", "export", "/data"]);
+    assert_eq!(state(up, "/data/a.txt"), "exported");
+    assert_eq!(state(up, "/data/sub/new.bin"), "exported");
+    let got = direct.read("a.txt", 0..17, "").unwrap();
+    assert_eq!(&got[..], b"Jello repository\n");
+    let o = direct.head("sub/new.bin").unwrap().unwrap();
+    assert_eq!(o.size, 3 << 20);
+    assert_eq!(o.meta.mode.map(|m| m & 0o7777), Some(0o644));
+    assert_eq!(o.meta.uid, Some(0));
+
+    // Release frees the objects; the next read loads them again.
+    let loaded = objects(data);
+    let freed = objects_of(&c, "/data/sub/big.bin") + objects_of(&c, "/data/sub/new.bin");
+    up.ok(&["repo", "release", "/data/sub/big.bin", "/data/sub/new.bin"]);
+    assert_eq!(state(up, "/data/sub/big.bin"), "released");
+    wait_for_objects(data, loaded - freed, "after release");
+    assert_eq!(read_all(&c, "/data/sub/new.bin"), pattern(9, 3 << 20));
+    assert_eq!(read_all(&c, "/data/sub/big.bin"), want);
+
+    // Changed in the repository while dirty here: a conflict, nothing overwritten.
+    up.ok(&["cp", new.to_str().unwrap(), "nacre:/data/deep/x/y.txt"]);
+    direct
+        .write(
+            "deep/x/y.txt",
+            2,
+            |_, b| Ok(b.copy_from_slice(b"zz")),
+            &PosixMeta::default(),
+        )
+        .unwrap();
+    let err = up.fails(&["repo", "export", "/data/deep/x/y.txt"]);
+    assert!(err.contains("conflict"), "{err}");
+    assert!(up
+        .ok(&["repo", "status", "/data/deep"])
+        .contains("conflict"));
+    assert_eq!(&direct.read("deep/x/y.txt", 0..2, "").unwrap()[..], b"zz");
+
+    // Gone from the repository: a released file's read fails, it does not hang.
+    up.ok(&["repo", "release", "/data/a.txt"]);
+    direct.delete("a.txt").unwrap();
+    let started = Instant::now();
+    let f = c.open("/data/a.txt", &OpenOptions::read()).unwrap();
+    let e = f.read_at(&mut [0u8; 4], 0).unwrap_err();
+    assert_eq!(e.raw_os_error(), Some(libc::EIO), "{e}");
+    assert!(started.elapsed() < Duration::from_secs(60));
+    f.close().unwrap();
+    // ... and cached files are unaffected.
+    assert_eq!(read_all(&c, "/data/sub/new.bin"), pattern(9, 3 << 20));
+
+    // Directories do not move within a linked tree (mv copies them).
+    let e = c.rename("/data/deep", "/data/deeper").unwrap_err();
+    assert_eq!(e.raw_os_error(), Some(libc::EXDEV));
+    // Bad links say why in one line.
+    up.ok(&["mkdir", "/other"]);
+    let err = up.fails(&["repo", "link", "/other", "http://x"]);
+    assert!(err.contains("not a repository URL"), "{err}");
+    let mut again = vec!["repo", "link", "/data/sub", url];
+    again.extend_from_slice(link_extra);
+    let err = up.fails(&again);
+    assert!(
+        err.contains("not empty") || err.contains("linked already"),
+        "{err}"
+    );
+    up.ok(&["repo", "unlink", "/data"]);
+    assert!(up.ok(&["repo", "list"]).contains("no associations"));
+}
+
+fn dir_of(data: &Path) -> std::path::PathBuf {
+    data.parent().unwrap().to_path_buf()
+}
+
+/// How many objects a file's layout names.
+fn objects_of(c: &Client, path: &str) -> usize {
+    c.get_layout(path).map_or(0, |l| match l {
+        nacre_client::Layout::File(f) => f.objects().count(),
+        _ => 0,
+    })
+}
+
+#[test]
+fn a_local_directory_over_tcp() {
+    if !have("tcp", "data repositories") {
+        return;
+    }
+    let dir = tmp("repo-file");
+    let repo_dir = dir.join("repo");
+    let direct = Repository::open(
+        &format!("file://{}", repo_dir.display()),
+        &Access::default(),
+    )
+    .unwrap();
+    seed(&direct);
+    let up = Up::start(&dir.join("data"), "tcp", &[]);
+    let url = format!("file://{}", repo_dir.display());
+    scenario(&up, &dir.join("data"), &url, &[], &direct);
+    up.stop();
+}
+
+/// s3s-fs on a free loopback port, killed when dropped.
+struct S3 {
+    child: Child,
+    endpoint: String,
+}
+
+impl Drop for S3 {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+fn s3s_fs(root: &Path) -> Option<S3> {
+    let port = std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port();
+    let child = Command::new("s3s-fs")
+        .args(["--host", "127.0.0.1", "--port", &port.to_string()])
+        .args(["--access-key", "nacre", "--secret-key", "secret"])
+        .arg(root)
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn();
+    let Ok(child) = child else {
+        nacre_fabric::testing::skip("S3 repositories: s3s-fs is not installed (scripts/deps)");
+        return None;
+    };
+    let s3 = S3 {
+        child,
+        endpoint: format!("http://127.0.0.1:{port}"),
+    };
+    let until = Instant::now() + Duration::from_secs(20);
+    while std::net::TcpStream::connect(("127.0.0.1", port)).is_err() {
+        assert!(Instant::now() < until, "s3s-fs did not listen");
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    Some(s3)
+}
+
+#[test]
+fn an_s3_server_over_shm() {
+    if !have("shm", "data repositories") {
+        return;
+    }
+    let dir = tmp("repo-s3");
+    std::fs::create_dir_all(dir.join("s3/bucket")).unwrap();
+    let Some(mut s3) = s3s_fs(&dir.join("s3")) else {
+        return;
+    };
+    let access = |secret: &str| Access {
+        endpoint: Some(s3.endpoint.clone()),
+        region: Some("us-east-1".into()),
+        access_key_id: Some("nacre".into()),
+        secret_access_key: Some(secret.into()),
+    };
+    let direct = Repository::open("s3://bucket/fsx", &access("secret")).unwrap();
+    seed(&direct);
+    let up = Up::start(&dir.join("data"), "shm", &[]);
+    let flags = [
+        "--endpoint",
+        s3.endpoint.as_str(),
+        "--region",
+        "us-east-1",
+        "--access-key-id",
+        "nacre",
+        "--secret-access-key",
+        "secret",
+    ];
+    // The errors a link must report at once.
+    up.ok(&["mkdir", "/bad"]);
+    let mut wrong = vec!["repo", "link", "/bad", "s3://nobucket/p"];
+    wrong.extend_from_slice(&flags);
+    let err = up.fails(&wrong);
+    assert!(err.contains("no such bucket"), "{err}");
+    let mut wrong = vec!["repo", "link", "/bad", "s3://bucket/p"];
+    wrong.extend_from_slice(&flags[..6]);
+    wrong.extend_from_slice(&["--secret-access-key", "wrong"]);
+    let err = up.fails(&wrong);
+    assert!(err.contains("refused the credentials"), "{err}");
+
+    scenario(&up, &dir.join("data"), "s3://bucket/fsx", &flags, &direct);
+
+    // The repository gone: a released file's read fails within the bounded retries.
+    let mut link = vec![
+        "repo",
+        "link",
+        "/bad",
+        "s3://bucket/fsx",
+        "--import-metadata",
+    ];
+    link.extend_from_slice(&flags);
+    up.ok(&link);
+    wait_imported(&up, 3);
+    let _ = s3.child.kill();
+    let _ = s3.child.wait();
+    let started = Instant::now();
+    let out = up.nacre(&[
+        "cp",
+        "nacre:/bad/sub/new.bin",
+        dir.join("out").to_str().unwrap(),
+    ]);
+    assert!(!out.status.success());
+    assert!(
+        started.elapsed() < Duration::from_secs(90),
+        "{:?}",
+        started.elapsed()
+    );
+    let mut err = String::new();
+    (&out.stderr[..]).read_to_string(&mut err).unwrap();
+    assert!(err.contains("Input/output error"), "{err}");
+    up.stop();
+}
