@@ -350,3 +350,91 @@ fn an_s3_server_over_shm() {
     assert!(err.contains("Input/output error"), "{err}");
     up.stop();
 }
+
+/// Waits up to 20 s for `f` to hold.
+fn eventually(what: &str, mut f: impl FnMut() -> bool) {
+    let until = Instant::now() + Duration::from_secs(20);
+    while !f() {
+        assert!(Instant::now() < until, "{what}: not after 20 s");
+        std::thread::sleep(Duration::from_millis(100));
+    }
+}
+
+#[test]
+fn automatic_import_and_export_keep_both_sides_in_step() {
+    if !have("tcp", "data repositories") {
+        return;
+    }
+    let dir = tmp("repo-auto");
+    let repo = dir.join("repo");
+    std::fs::create_dir_all(repo.join("in")).unwrap();
+    std::fs::write(repo.join("in/first"), b"1").unwrap();
+    let up = Up::start(&dir.join("data"), "tcp", &[]);
+    let c = Client::connect(&up.mgs, client_config(&up.mgs)).unwrap();
+    up.ok(&["mkdir", "/auto"]);
+    let url = format!("file://{}", repo.display());
+    up.ok(&[
+        "repo",
+        "link",
+        "/auto",
+        &url,
+        "--import-metadata",
+        "--auto-import",
+        "new,changed,deleted",
+        "--auto-export",
+        "new,changed,deleted",
+        "--interval",
+        "1",
+    ]);
+    let list = up.ok(&["repo", "list"]);
+    assert!(
+        list.contains("import=new,changed,deleted export=new,changed,deleted interval=1s"),
+        "{list}"
+    );
+    eventually("the first import", || c.stat("/auto/in/first").is_ok());
+
+    // Repository -> file system: new, changed, deleted.
+    std::fs::write(repo.join("in/second"), b"two").unwrap();
+    eventually("a new object imported", || {
+        c.stat("/auto/in/second").is_ok()
+    });
+    assert_eq!(read_all(&c, "/auto/in/second"), b"two");
+    std::fs::write(repo.join("in/second"), b"second!").unwrap();
+    eventually("a changed object imported", || {
+        c.stat("/auto/in/second").is_ok_and(|a| a.size == 7)
+    });
+    assert_eq!(read_all(&c, "/auto/in/second"), b"second!");
+    std::fs::remove_file(repo.join("in/first")).unwrap();
+    eventually("a deleted object's file removed", || {
+        c.stat("/auto/in/first")
+            .is_err_and(|e| e.raw_os_error() == Some(libc::ENOENT))
+    });
+
+    // File system -> repository: new (at its last close), changed, renamed, deleted.
+    let f = c.open("/auto/out.txt", &OpenOptions::create()).unwrap();
+    f.write_at(b"made here", 0).unwrap();
+    f.close().unwrap();
+    eventually("a new file exported", || {
+        std::fs::read(repo.join("out.txt")).is_ok_and(|d| d == b"made here")
+    });
+    let f = c
+        .open("/auto/out.txt", &OpenOptions::read().flags(libc::O_RDWR))
+        .unwrap();
+    f.write_at(b"M", 0).unwrap();
+    f.close().unwrap();
+    eventually("a changed file exported", || {
+        std::fs::read(repo.join("out.txt")).is_ok_and(|d| d == b"Made here")
+    });
+    c.rename("/auto/out.txt", "/auto/in/moved.txt").unwrap();
+    eventually("a renamed file exported under its new name", || {
+        std::fs::read(repo.join("in/moved.txt")).is_ok_and(|d| d == b"Made here")
+            && !repo.join("out.txt").exists()
+    });
+    c.unlink("/auto/in/moved.txt").unwrap();
+    eventually("a deleted file's object removed", || {
+        !repo.join("in/moved.txt").exists()
+    });
+    // Its own export did not come back as an import of something new.
+    assert!(c.stat("/auto/out.txt").is_err());
+    up.stop();
+}

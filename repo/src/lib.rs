@@ -218,6 +218,29 @@ impl Repository {
             .collect())
     }
 
+    /// The names of the objects directly below `dir` (a key prefix ending in '/', or
+    /// "" for the top), as a listing with a delimiter gives them: one directory's
+    /// worth in memory. A missing directory has none.
+    pub fn names_in(&self, dir: &str) -> Result<std::collections::HashSet<String>, RepoError> {
+        if let RepoUrl::File { dir: root } = &self.url {
+            return local::names_in(&root.join(dir)).map_err(|e| RepoError::Failed {
+                what: format!("{}{dir}", self.url),
+                why: e.to_string(),
+            });
+        }
+        let full = format!("{}{dir}", self.prefix);
+        let prefix = (!full.is_empty()).then(|| Path::from(full.trim_end_matches('/')));
+        let listed = self
+            .rt
+            .block_on(self.store.list_with_delimiter(prefix.as_ref()))
+            .map_err(|e| RepoError::of(&format!("{}{dir}", self.url), e))?;
+        Ok(listed
+            .objects
+            .iter()
+            .filter_map(|m| m.location.filename().map(str::to_string))
+            .collect())
+    }
+
     /// The object at `key`, or None.
     pub fn head(&self, key: &str) -> Result<Option<Object>, RepoError> {
         self.rt.block_on(self.head_async(key))

@@ -67,6 +67,25 @@ fn walk(
     Ok(())
 }
 
+/// The regular files directly in `dir` (none if it does not exist).
+pub fn names_in(dir: &Path) -> io::Result<std::collections::HashSet<String>> {
+    let mut out = std::collections::HashSet::new();
+    let entries = match fs::read_dir(dir) {
+        Ok(e) => e,
+        Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(out),
+        Err(e) => return Err(e),
+    };
+    for e in entries {
+        let e = e?;
+        if let Ok(name) = e.file_name().into_string() {
+            if e.file_type()?.is_file() && !is_staging(&name) {
+                out.insert(name);
+            }
+        }
+    }
+    Ok(out)
+}
+
 /// object_store's local multipart uploads stage parts as `name#N`.
 fn is_staging(name: &str) -> bool {
     name.rsplit_once('#')

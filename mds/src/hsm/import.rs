@@ -6,8 +6,11 @@
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
+use nacre_proto::meta::hsm::policy;
+use nacre_proto::meta::{Creds, FileKind, Head, Reply, Request};
+
 use super::work::Work;
-use super::{lock, Shared};
+use super::{lock, Linked, Shared};
 use crate::mdt::hsm::{HsmAdmin, ImportEntry};
 
 /// Objects listed and applied at a time.
@@ -133,8 +136,92 @@ fn run(shared: &Arc<Shared>, id: u32) -> Result<(), String> {
         })?;
         task.add(n);
         if finished {
-            task.finish(None);
-            return Ok(());
+            break;
         }
     }
+    if linked.auto_import & policy::DELETED != 0 {
+        let gone = sweep(shared, &linked, rec.dir).map_err(|why| {
+            task.finish(Some(why.clone()));
+            why
+        })?;
+        if gone > 0 {
+            tracing::info!(
+                "import of {}: {gone} deleted object(s) seen",
+                linked.repo.url()
+            );
+        }
+    }
+    task.finish(None);
+    Ok(())
+}
+
+/// Deletions: a walk of the linked tree, each directory's files against the names
+/// its repository prefix holds (one directory's listing in memory at a time); a clean
+/// file whose object is gone goes too.
+fn sweep(shared: &Shared, linked: &Linked, root: u64) -> Result<u64, String> {
+    let head = Head {
+        creds: Creds::default(),
+        epoch: shared.mdt.epoch(),
+        replay: None,
+    };
+    let mut gone = 0;
+    let mut dirs = vec![(root, String::new())];
+    while let Some((dir, prefix)) = dirs.pop() {
+        if shared.stopping() {
+            break;
+        }
+        let names = linked.repo.names_in(&prefix).map_err(|e| {
+            linked.note_error(&e);
+            e.to_string()
+        })?;
+        let mut cookie = 0;
+        loop {
+            let page = Request::Readdir {
+                dir,
+                cookie,
+                max: 1024,
+            };
+            let (entries, next, eof) = match shared.mdt.read(&head, &page) {
+                Ok(Reply::Dir {
+                    entries,
+                    next_cookie,
+                    eof,
+                }) => (entries, next_cookie, eof),
+                Ok(_) | Err(libc::ENOENT) => break, // removed meanwhile
+                Err(e) => return Err(format!("reading directory {dir}: errno {e}")),
+            };
+            for e in entries {
+                let Ok(name) = std::str::from_utf8(&e.name) else {
+                    continue;
+                };
+                match e.kind {
+                    FileKind::Dir => dirs.push((e.ino, format!("{prefix}{name}/"))),
+                    FileKind::File if !names.contains(name) => {
+                        let key = format!("{prefix}{name}");
+                        let Ok(Some(i)) = shared.mdt.inode(e.ino) else {
+                            continue;
+                        };
+                        let Some(h) = i.hsm.filter(|h| h.stored == key) else {
+                            continue; // never in the repository: new here
+                        };
+                        let op = HsmAdmin::Vanished {
+                            dir,
+                            name: e.name.clone(),
+                            ino: e.ino,
+                            etag: h.etag,
+                        };
+                        if shared.admin(op).is_ok() {
+                            gone += 1;
+                        }
+                    }
+                    _ => {}
+                }
+            }
+            if eof {
+                break;
+            }
+            cookie = next;
+        }
+    }
+    Ok(gone)
 }

@@ -31,13 +31,14 @@ use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
 
 use nacre_proto::bootstrap::ClusterMap;
-use nacre_proto::meta::hsm::HsmRequest;
-use nacre_proto::meta::Reply;
+use nacre_proto::meta::hsm::{policy, HsmRequest};
+use nacre_proto::meta::{Creds, Reply};
 use nacre_repo::{Access, RepoError, Repository};
 use nacre_rpc::ClientEndpoint;
 
+use crate::mdt::hsm::Noted;
 use crate::mdt::hsm::{HsmAdmin, RepoRecord};
-use crate::mdt::{Admin, HsmJob, Mdt};
+use crate::mdt::{Admin, HsmEvent, Mdt};
 use crate::reach::Reach;
 use work::{Tasks, Work, WorkQueue};
 
@@ -210,10 +211,14 @@ impl Drop for Hsm {
 }
 
 /// Takes the requests: quick ones answered here, the rest handed on.
-fn inbox(shared: &Arc<Shared>, rx: Receiver<HsmJob>) {
+fn inbox(shared: &Arc<Shared>, rx: Receiver<HsmEvent>) {
     while !shared.stopping() {
         let job = match rx.recv_timeout(Duration::from_millis(200)) {
-            Ok(job) => job,
+            Ok(HsmEvent::Request(job)) => job,
+            Ok(HsmEvent::Noted(n)) => {
+                noted(shared, n);
+                continue;
+            }
             Err(RecvTimeoutError::Timeout) => continue,
             Err(RecvTimeoutError::Disconnected) => return,
         };
@@ -232,6 +237,22 @@ fn inbox(shared: &Arc<Shared>, rx: Receiver<HsmJob>) {
     }
 }
 
+/// Automatic export: a dirty file's last close, a deleted file's repository copy,
+/// as the association's policy says (checked by the mover).
+fn noted(shared: &Shared, n: Noted) {
+    match n {
+        Noted::Closed(ino) => shared.queue.push_back(Work::AutoExport(ino)),
+        Noted::Deleted { repo, key } => {
+            let wanted = shared
+                .linked(repo)
+                .is_some_and(|l| l.auto_export & policy::DELETED != 0);
+            if wanted {
+                shared.queue.push_back(Work::Delete(repo, key));
+            }
+        }
+    }
+}
+
 /// One mover: chunks to load first, then requests and imports, in order.
 fn mover(shared: &Arc<Shared>) {
     let mut ep: Option<ClientEndpoint> = None;
@@ -240,6 +261,21 @@ fn mover(shared: &Arc<Shared>) {
             Work::Chunk(load, chunk) => restore::load_chunk(shared, &mut ep, &load, chunk),
             Work::Request(job) => requests::run(shared, &mut ep, job),
             Work::Import(id) => import::pass(shared, id),
+            Work::AutoExport(ino) => {
+                let root = Creds::default();
+                match requests::export(shared, &mut ep, &root, ino, true) {
+                    Ok(()) | Err(libc::ENOENT) | Err(libc::EINVAL) => {}
+                    Err(e) => tracing::warn!("automatic export of inode {ino}: errno {e}"),
+                }
+            }
+            Work::Delete(repo, key) => {
+                if let Some(l) = shared.linked(repo) {
+                    match l.repo.delete(&key) {
+                        Ok(()) => tracing::debug!("{key} deleted from {}", l.repo.url()),
+                        Err(e) => l.note_error(&e),
+                    }
+                }
+            }
         }
     }
 }

@@ -19,6 +19,10 @@ pub(crate) enum Work {
     Request(HsmJob),
     /// An import pass of an association.
     Import(u32),
+    /// The export a dirty file's last close asks for (if the policy wants it).
+    AutoExport(u64),
+    /// A repository copy whose file is gone (deletions propagate).
+    Delete(u32, String),
 }
 
 #[derive(Default)]

@@ -46,6 +46,8 @@ pub(super) struct Committer {
     pub(super) repl: Arc<Replication>,
     /// The number of the last batch's redo record.
     pub(super) last_seq: u64,
+    /// Where the namespace's notes for the data mover go.
+    pub(super) hsm: super::service::HsmInbox,
 }
 
 /// How long one write transaction stays open for more batches, at most.
@@ -249,7 +251,15 @@ impl Committer {
     /// Sends a batch's replies: at once in default mode (the batch is in the log, in
     /// the kernel's hands); in sync mode after an fdatasync that started after it was
     /// appended (a durable store commit also covers it; one more is harmless).
-    fn dispatch(&self, replies: Replies) -> Result<(), MdtError> {
+    fn dispatch(&mut self, replies: Replies) -> Result<(), MdtError> {
+        if !self.ns.noted.is_empty() {
+            let inbox = self.hsm.lock().unwrap_or_else(|p| p.into_inner());
+            for n in self.ns.noted.drain(..) {
+                if let Some(tx) = inbox.as_ref() {
+                    let _ = tx.send(super::service::HsmEvent::Noted(n));
+                }
+            }
+        }
         match &self.syncer {
             Some(s) => s
                 .batches

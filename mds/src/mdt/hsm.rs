@@ -183,6 +183,26 @@ pub fn renamed(sp: &Inode, dp: &Inode, src: &Inode, new_name: &[u8]) -> Res<Opti
     }
 }
 
+/// What the namespace tells the data mover after a batch: a dirty file's last
+/// close (automatic export), a repository copy whose file is gone (deletions).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Noted {
+    Closed(u64),
+    Deleted { repo: u32, key: String },
+}
+
+/// Notes what the mover may act on when `i` loses its last name.
+pub fn note_gone(noted: &mut Vec<Noted>, i: &Inode) {
+    if let Some(h) = i.hsm.as_ref().filter(|h| !h.stored.is_empty()) {
+        if i.kind == FileKind::File {
+            noted.push(Noted::Deleted {
+                repo: h.repo,
+                key: h.stored.clone(),
+            });
+        }
+    }
+}
+
 /// One association as the `repos` table keeps it.
 #[derive(Debug, Clone, PartialEq, Eq, Default)]
 pub struct RepoRecord {
@@ -301,6 +321,15 @@ pub enum HsmAdmin {
     Release { ino: u64 },
     /// The repository's object of a dirty file changed: a conflict.
     Conflict { ino: u64 },
+    /// An automatic import found the object of file `ino` (named `name` in `dir`,
+    /// imported or exported with tag `etag`) deleted from the repository: the file
+    /// goes too if it is clean and closed; a dirty one is a conflict.
+    Vanished {
+        dir: u64,
+        name: Vec<u8>,
+        ino: u64,
+        etag: String,
+    },
 }
 
 const ROOT: Creds = Creds {
@@ -388,6 +417,29 @@ impl Namespace {
                 Ok(Reply::Done)
             }
             HsmAdmin::Release { ino } => self.release(w, *ino),
+            HsmAdmin::Vanished {
+                dir,
+                name,
+                ino,
+                etag,
+            } => {
+                if w.view.dentry(*dir, name)?.map(|d| d.ino) != Some(*ino) {
+                    return Ok(Reply::Done); // renamed or gone meanwhile
+                }
+                let mut i = get(&w.view, *ino)?;
+                let Some(h) = i.hsm.as_mut() else {
+                    return Ok(Reply::Done);
+                };
+                if h.flags & DIRTY != 0 {
+                    h.flags |= CONFLICT;
+                    w.put_inode(&i)?;
+                    return Ok(Reply::Done);
+                }
+                if h.etag != *etag || self.opens.is_open(*ino) {
+                    return Ok(Reply::Done); // changed since, or in use: next pass
+                }
+                self.unlink(w, &c, *dir, name)
+            }
             HsmAdmin::Conflict { ino } => {
                 let mut i = get(&w.view, *ino)?;
                 if let Some(h) = i.hsm.as_mut() {

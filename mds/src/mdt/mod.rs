@@ -45,7 +45,7 @@ pub use repair::LOST_FOUND;
 pub use service::files_on_ost;
 pub mod replication;
 pub use service::{
-    Admin, Completion, HsmJob, Mdt, MdtConfig, MdtError, OstSpace, Repair, Stats, SubmitError,
-    Submitter, SyncMode, DB_FILE, FORMAT_VERSION, LOG_FILE,
+    Admin, Completion, HsmEvent, HsmJob, Mdt, MdtConfig, MdtError, OstSpace, Repair, Stats,
+    SubmitError, Submitter, SyncMode, DB_FILE, FORMAT_VERSION, LOG_FILE,
 };
 pub use store::StoreError;

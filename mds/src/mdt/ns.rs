@@ -316,6 +316,8 @@ pub struct Namespace {
     pub recovering: bool,
     /// Files with a stale copy (shared with the rebuild).
     pub stale: super::service::StaleFiles,
+    /// For the data mover, sent after the batch (`hsm::Noted`).
+    pub noted: Vec<hsm::Noted>,
 }
 
 impl Namespace {
@@ -327,6 +329,7 @@ impl Namespace {
             opens: Opens::for_epoch(epoch),
             recovering: false,
             stale: Default::default(),
+            noted: Vec::new(),
         }
     }
 
@@ -570,7 +573,7 @@ impl Namespace {
         Ok(Reply::Attr(i.attr()))
     }
 
-    fn unlink(
+    pub(super) fn unlink(
         &mut self,
         w: &mut WriteTables<'_>,
         c: &Ctx<'_>,
@@ -670,6 +673,12 @@ impl Namespace {
             src.parent = new_parent;
         }
         src.hsm = moved_hsm;
+        // A file renamed in a linked tree is exported under its new name (if the
+        // policy wants it) once nobody has it open.
+        let renamed_dirty = src.hsm.as_ref().is_some_and(|h| h.flags & hsm::DIRTY != 0);
+        if renamed_dirty && src.kind == FileKind::File && !self.opens.is_open(src.ino) {
+            self.noted.push(hsm::Noted::Closed(src.ino));
+        }
         w.put_inode(&src)?;
         add_to_dir(w, c, new_parent, new_name, &src)?;
         if moved_dir == 0 && src.is_dir() {
@@ -682,6 +691,9 @@ impl Namespace {
     fn drop_link(&mut self, w: &mut WriteTables<'_>, c: &Ctx<'_>, mut i: Inode) -> Res<()> {
         i.nlink -= 1;
         i.ctime = c.now;
+        if i.nlink == 0 {
+            hsm::note_gone(&mut self.noted, &i);
+        }
         if i.nlink > 0 {
             w.put_inode(&i)?;
         } else if self.opens.is_open(i.ino) || self.recovering {
@@ -745,6 +757,8 @@ impl Namespace {
                 if i.flags & ORPHAN != 0 {
                     w.apply(Change::DelOrphan(ino))?;
                     destroy(w, &i)?;
+                } else if i.hsm.as_ref().is_some_and(|h| h.flags & hsm::DIRTY != 0) {
+                    self.noted.push(hsm::Noted::Closed(ino));
                 }
             }
         }

@@ -274,8 +274,15 @@ pub struct Mdt {
     hsm: HsmInbox,
 }
 
-/// The data mover's request queue, shared with every submitter.
-pub(super) type HsmInbox = Arc<Mutex<Option<Sender<HsmJob>>>>;
+/// The data mover's queue, shared with every submitter and the committer.
+pub(super) type HsmInbox = Arc<Mutex<Option<Sender<HsmEvent>>>>;
+
+/// What reaches the data mover: clients' requests, and what the namespace noted.
+#[derive(Debug)]
+pub enum HsmEvent {
+    Request(HsmJob),
+    Noted(super::hsm::Noted),
+}
 
 /// A data repository request on its way to the server's data mover, which answers it
 /// on the submitter's completion queue when it is done (a load may take a while; the
@@ -342,7 +349,9 @@ impl Mdt {
         let generation: Arc<AtomicU64> = Arc::default();
         let board: Arc<CheckBoard> = Arc::default();
         let stale: StaleFiles = Arc::new(Mutex::new(scan_stale(&db)?));
+        let hsm: HsmInbox = Arc::default();
         let committer = Committer {
+            hsm: hsm.clone(),
             board: board.clone(),
             syncer,
             broken,
@@ -385,7 +394,7 @@ impl Mdt {
             ))),
             ost_space: Arc::default(),
             root_squash: Arc::default(),
-            hsm: Arc::default(),
+            hsm,
             overlay,
             generation,
             board,
@@ -492,7 +501,7 @@ impl Mdt {
     }
 
     /// Sends data repository requests to `inbox` (None: answered ENOSYS).
-    pub fn set_hsm(&self, inbox: Option<Sender<HsmJob>>) {
+    pub fn set_hsm(&self, inbox: Option<Sender<HsmEvent>>) {
         *self.hsm.lock().unwrap_or_else(|p| p.into_inner()) = inbox;
     }
 

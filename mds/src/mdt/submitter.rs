@@ -5,7 +5,7 @@ use super::check::{CheckBoard, CheckOptions};
 use super::locks::LockTable;
 use super::ns::{self, Ctx, Fail};
 use super::overlay::{Layered, Overlay};
-use super::service::{now_ns, Admin, Completion, Job, Op, OstSpace, SubmitError};
+use super::service::{now_ns, Admin, Completion, HsmEvent, Job, Op, OstSpace, SubmitError};
 use super::store::{ReadTables, StoreError};
 use nacre_proto::meta::{errno, Head, MdtStatfs, Reply, Request};
 use redb::{Database, ReadableDatabase};
@@ -80,9 +80,12 @@ impl Submitter {
                 done: self.done.clone(),
             };
             let inbox = self.hsm.lock().unwrap_or_else(|p| p.into_inner());
-            match inbox.as_ref().map(|tx| tx.send(job)) {
+            match inbox.as_ref().map(|tx| tx.send(HsmEvent::Request(job))) {
                 Some(Ok(())) => {}
-                Some(Err(mpsc::SendError(job))) => job.answer(Err(errno::ENOSYS)),
+                Some(Err(mpsc::SendError(HsmEvent::Request(job)))) => {
+                    job.answer(Err(errno::ENOSYS))
+                }
+                Some(Err(_)) => {}
                 None => {
                     let _ = self.done.send(Completion {
                         tag,
