@@ -438,3 +438,59 @@ fn automatic_import_and_export_keep_both_sides_in_step() {
     assert!(c.stat("/auto/out.txt").is_err());
     up.stop();
 }
+
+/// `sh -c CMD`, which must succeed; its stdout.
+fn sh(cmd: &str) -> String {
+    let out = Command::new("sh").args(["-c", cmd]).output().unwrap();
+    assert!(
+        out.status.success(),
+        "{cmd}: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    String::from_utf8(out.stdout).unwrap()
+}
+
+#[test]
+fn released_files_through_the_mount() {
+    if !Path::new("/dev/fuse").exists() || !sh("command -v getfattr || true").contains("getfattr")
+    {
+        nacre_fabric::testing::skip("repositories through the mount: no /dev/fuse or getfattr");
+        return;
+    }
+    if !have("tcp", "data repositories through the mount") {
+        return;
+    }
+    let dir = tmp("repo-mount");
+    let repo = dir.join("repo");
+    std::fs::create_dir_all(repo.join("d")).unwrap();
+    std::fs::write(repo.join("d/log.txt"), b"line 1\n").unwrap();
+    std::fs::write(repo.join("big.bin"), pattern(3, 9 << 20)).unwrap();
+    let up = Up::start(&dir.join("data"), "tcp", &[]);
+    up.ok(&["mkdir", "/r"]);
+    let url = format!("file://{}", repo.display());
+    up.ok(&["repo", "link", "/r", &url, "--import-metadata"]);
+    wait_imported(&up, 2);
+    let m = Mount::new(&up, dir.join("mnt"));
+    let hsm = |rel: &str| sh(&format!("getfattr --only-values -n nacre.hsm {}", m.path(rel)));
+    assert_eq!(hsm("r/big.bin"), "released");
+    sh(&format!("cmp {} {}", repo.join("big.bin").display(), m.path("r/big.bin")));
+    assert_eq!(hsm("r/big.bin"), "cached");
+    // An append to a released file loads it first: the old line stays.
+    sh(&format!("echo 'line 2' >> {}", m.path("r/d/log.txt")));
+    assert_eq!(sh(&format!("cat {}", m.path("r/d/log.txt"))), "line 1\nline 2\n");
+    assert_eq!(hsm("r/d/log.txt"), "dirty");
+    // The attribute is read-only, and a file outside linked trees has none.
+    let out = Command::new("setfattr")
+        .args(["-n", "nacre.hsm", "-v", "cached", &m.path("r/d/log.txt")])
+        .output()
+        .unwrap();
+    assert!(!out.status.success());
+    sh(&format!("echo x > {}", m.path("plain")));
+    let out = Command::new("getfattr")
+        .args(["-n", "nacre.hsm", &m.path("plain")])
+        .output()
+        .unwrap();
+    assert!(String::from_utf8_lossy(&out.stderr).contains("No such attribute"), "{out:?}");
+    drop(m);
+    up.stop();
+}

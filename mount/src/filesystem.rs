@@ -618,9 +618,11 @@ impl fuser::Filesystem for NacreFs {
         name: &OsStr,
         reply: ReplyEmpty,
     ) {
-        reply.error(match name.as_bytes() == xattr::LAYOUT {
-            true => libc::EPERM,
-            false => libc::ENODATA,
-        })
+        reply.error(
+            match name.as_bytes() == xattr::LAYOUT || name.as_bytes() == xattr::HSM {
+                true => libc::EPERM,
+                false => libc::ENODATA,
+            },
+        )
     }
 }

@@ -3,13 +3,20 @@
 //! `setfattr -n nacre.layout -v "stripe_count=4 stripe_size=1048576" DIR` sets a
 //! directory's default striping (or a file's, before its first write), with
 //! `mirror_count=N` for mirrored files.
+//!
+//! `getfattr -n nacre.hsm FILE` shows a file's data repository state (`released`,
+//! `cached`, `dirty` or `exported`, then ` conflict` if there is one), as
+//! `lfs hsm_state` does; a file outside linked directories has none (ENODATA). It is
+//! read-only and not listed (listxattr would have to ask the MDS for every file).
 
 use fuser::ReplyXattr;
 use nacre_client::{errno, Client};
 use nacre_proto::layout::{FirstOst, StripeCount, StripeSpec};
+use nacre_proto::meta::hsm::FileState;
 use nacre_proto::meta::{Creds, Reply, Request};
 
 pub const LAYOUT: &[u8] = b"nacre.layout";
+pub const HSM: &[u8] = b"nacre.hsm";
 /// What listxattr shows: NUL-terminated names.
 pub const LIST: &[u8] = b"nacre.layout\0";
 
@@ -17,6 +24,9 @@ pub const LIST: &[u8] = b"nacre.layout\0";
 /// mirrored file adds ` mirror_count=M mirror_osts=a,b;c,d` and ` stale=k,...` when a
 /// mirror is stale.
 pub fn get(client: &Client, creds: &Creds, ino: u64, name: &[u8]) -> Result<Vec<u8>, i32> {
+    if name == HSM {
+        return hsm_state(client, ino);
+    }
     if name != LAYOUT {
         return Err(libc::ENODATA);
     }
@@ -58,6 +68,18 @@ pub fn get(client: &Client, creds: &Creds, ino: u64, name: &[u8]) -> Result<Vec<
     Ok(text.into_bytes())
 }
 
+fn hsm_state(client: &Client, ino: u64) -> Result<Vec<u8>, i32> {
+    let s = client.repo_state_ino(ino).map_err(|e| errno(&e))?;
+    if s.state == FileState::None {
+        return Err(libc::ENODATA);
+    }
+    let mut text = s.state.name().to_string();
+    if s.conflict {
+        text += " conflict";
+    }
+    Ok(text.into_bytes())
+}
+
 fn spec_text(s: &StripeSpec) -> String {
     let mut text = format!(
         "stripe_count={} stripe_size={} stripe_offset={}",
@@ -95,6 +117,9 @@ pub fn parse(value: &[u8], mirrors: u32) -> Result<StripeSpec, i32> {
 }
 
 pub fn set(client: &Client, creds: &Creds, ino: u64, name: &[u8], value: &[u8]) -> Result<(), i32> {
+    if name == HSM {
+        return Err(libc::EPERM); // the state changes by export, release and loads
+    }
     if name != LAYOUT {
         // No other attributes are stored.
         return Err(libc::ENOTSUP);

@@ -216,7 +216,8 @@ impl Client {
     /// Sets inode `ino`'s attributes as `creds` (a mount's caller); a new size then
     /// trims or extends the objects, as [`Client::setattr`] does.
     pub fn setattr_as(&self, creds: &Creds, ino: u64, attr: SetAttr) -> io::Result<Attr> {
-        let out = attr_of(self.request_as(creds, &Request::Setattr { ino, attr })?)?;
+        let req = Request::Setattr { ino, attr };
+        let out = attr_of(self.loaded_first(|| Ok(ino), || self.request_as(creds, &req))?)?;
         self.trim_to(ino, &attr)?;
         Ok(out)
     }
