@@ -494,3 +494,46 @@ fn released_files_through_the_mount() {
     drop(m);
     up.stop();
 }
+
+/// kill -9 of the MDS (which loads) while a released file loads: after `nacre up`
+/// starts it again, the file is still released unless every chunk was in, and the
+/// reader that waited gets the right bytes.
+#[test]
+fn a_load_cut_by_kill_9_finishes_after_the_restart() {
+    if !have("tcp", "data repositories") {
+        return;
+    }
+    const SIZE: usize = 96 << 20;
+    let dir = tmp("repo-kill");
+    let repo = dir.join("repo");
+    std::fs::create_dir_all(&repo).unwrap();
+    let want = pattern(11, SIZE);
+    std::fs::write(repo.join("big"), &want).unwrap();
+    let mut up = Up::start(&dir.join("data"), "tcp", &[]);
+    up.ok(&["mkdir", "/k"]);
+    let url = format!("file://{}", repo.display());
+    up.ok(&["repo", "link", "/k", &url, "--import-metadata"]);
+    wait_imported(&up, 1);
+    let c = Client::connect(&up.mgs, client_config(&up.mgs)).unwrap();
+    // The first chunk's answer starts the whole file loading behind it.
+    let f = c.open("/k/big", &OpenOptions::read()).unwrap();
+    let mut one = [0u8; 1];
+    assert_eq!(f.read_at(&mut one, 0).unwrap(), 1);
+    nacre_fabric::testing::send_signal(up.pid_of("mds"), "KILL").expect("kill -9 of the MDS");
+    let reader = std::thread::spawn(move || {
+        let mut buf = vec![0u8; SIZE];
+        let mut at = 0;
+        while at < SIZE {
+            let n = f.read_at(&mut buf[at..], at as u64).unwrap();
+            assert!(n > 0);
+            at += n;
+        }
+        buf
+    });
+    up.wait_for("mds restarted", Duration::from_secs(60));
+    let got = reader.join().unwrap();
+    assert!(got == want, "the bytes read after the restart differ");
+    assert_eq!(read_all(&c, "/k/big"), want);
+    assert_eq!(state(&up, "/k/big"), "cached");
+    up.stop();
+}
