@@ -17,6 +17,7 @@ mod obj;
 mod pingpong;
 mod rebuild;
 mod regcache;
+mod repo;
 mod rma;
 mod soak;
 mod wire;
@@ -90,6 +91,9 @@ enum Command {
     /// A client's write bandwidth before an OSS is lost and while the MDS rebuilds its
     /// copies; last line `before_mib_s=N during_mib_s=N ratio=R rebuild_s=N`.
     Rebuild(rebuild::RebuildArgs),
+    /// A data repository's lazy load, export and import against the repository's own
+    /// GET and PUT rates; last line `import_objs_per_s=N load_ratio=R export_ratio=R`.
+    Repo(repo::RepoArgs),
     /// One client process of `soak`.
     #[command(hide = true)]
     SoakClient(soak::SoakClientArgs),
@@ -208,6 +212,7 @@ fn main() {
         Command::Soak(args) => soak::run(args),
         Command::Failover(args) => failover::run(args),
         Command::Rebuild(args) => rebuild::run(args),
+        Command::Repo(args) => repo::run(args),
         Command::SoakClient(args) => soak::client(args),
         Command::Info { node } => info(node),
     };

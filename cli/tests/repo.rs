@@ -452,8 +452,7 @@ fn sh(cmd: &str) -> String {
 
 #[test]
 fn released_files_through_the_mount() {
-    if !Path::new("/dev/fuse").exists() || !sh("command -v getfattr || true").contains("getfattr")
-    {
+    if !Path::new("/dev/fuse").exists() || !sh("command -v getfattr || true").contains("getfattr") {
         nacre_fabric::testing::skip("repositories through the mount: no /dev/fuse or getfattr");
         return;
     }
@@ -471,13 +470,25 @@ fn released_files_through_the_mount() {
     up.ok(&["repo", "link", "/r", &url, "--import-metadata"]);
     wait_imported(&up, 2);
     let m = Mount::new(&up, dir.join("mnt"));
-    let hsm = |rel: &str| sh(&format!("getfattr --only-values -n nacre.hsm {}", m.path(rel)));
+    let hsm = |rel: &str| {
+        sh(&format!(
+            "getfattr --only-values -n nacre.hsm {}",
+            m.path(rel)
+        ))
+    };
     assert_eq!(hsm("r/big.bin"), "released");
-    sh(&format!("cmp {} {}", repo.join("big.bin").display(), m.path("r/big.bin")));
+    sh(&format!(
+        "cmp {} {}",
+        repo.join("big.bin").display(),
+        m.path("r/big.bin")
+    ));
     assert_eq!(hsm("r/big.bin"), "cached");
     // An append to a released file loads it first: the old line stays.
     sh(&format!("echo 'line 2' >> {}", m.path("r/d/log.txt")));
-    assert_eq!(sh(&format!("cat {}", m.path("r/d/log.txt"))), "line 1\nline 2\n");
+    assert_eq!(
+        sh(&format!("cat {}", m.path("r/d/log.txt"))),
+        "line 1\nline 2\n"
+    );
     assert_eq!(hsm("r/d/log.txt"), "dirty");
     // The attribute is read-only, and a file outside linked trees has none.
     let out = Command::new("setfattr")
@@ -490,7 +501,10 @@ fn released_files_through_the_mount() {
         .args(["-n", "nacre.hsm", &m.path("plain")])
         .output()
         .unwrap();
-    assert!(String::from_utf8_lossy(&out.stderr).contains("No such attribute"), "{out:?}");
+    assert!(
+        String::from_utf8_lossy(&out.stderr).contains("No such attribute"),
+        "{out:?}"
+    );
     drop(m);
     up.stop();
 }

@@ -376,6 +376,24 @@ impl Repository {
         result.map(drop)
     }
 
+    /// Removes every object below the repository's prefix (batched where the store
+    /// can: S3's multi-object delete).
+    pub fn delete_all(&self) -> Result<(), RepoError> {
+        let prefix = (!self.prefix.is_empty()).then(|| Path::from(self.prefix.as_str()));
+        self.rt.block_on(async {
+            let locations = self
+                .store
+                .list(prefix.as_ref())
+                .map_ok(|m| m.location)
+                .boxed();
+            self.store
+                .delete_stream(locations)
+                .try_for_each(|_| async { Ok(()) })
+                .await
+                .map_err(|e| RepoError::of(&self.url.to_string(), e))
+        })
+    }
+
     /// Removes the object at `key` (gone already counts as done).
     pub fn delete(&self, key: &str) -> Result<(), RepoError> {
         let p = self.path(key);
