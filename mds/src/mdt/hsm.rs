@@ -467,7 +467,7 @@ impl Namespace {
         };
         let mut dir = root;
         for part in parts {
-            if nacre_proto::meta::validate_name(part.as_bytes()).is_err() || part == "." {
+            if !importable(part) {
                 return Ok(false); // "a//b", "..": no such path here
             }
             dir = match w.view.dentry(dir, part.as_bytes())? {
@@ -479,7 +479,7 @@ impl Namespace {
                 },
             };
         }
-        if nacre_proto::meta::validate_name(name.as_bytes()).is_err() || name == "." {
+        if !importable(name) {
             return Ok(false);
         }
         if let Some(d) = w.view.dentry(dir, name.as_bytes())? {
@@ -584,6 +584,11 @@ impl Namespace {
         .to_bytes();
         Ok(())
     }
+}
+
+/// Whether a key's component can be a name here.
+fn importable(part: &str) -> bool {
+    nacre_proto::meta::validate_name(part.as_bytes()).is_ok() && part != "." && part != ".."
 }
 
 fn h_repo(i: &Inode) -> u32 {
