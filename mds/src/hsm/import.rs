@@ -53,12 +53,17 @@ pub(crate) fn start_pass(shared: &Shared, id: u32) {
 
 /// Runs association `id`'s pass from where its record says to its end.
 pub(crate) fn pass(shared: &Arc<Shared>, id: u32) {
-    let result = run(shared, id);
-    lock(&shared.importing).remove(&id);
-    if let Err(why) = result {
-        tracing::warn!("import of association {id}: {why} (tried again in {RETRY:?})");
-        // Resumed from its cursor by the auto thread, not holding a mover meanwhile.
-        lock(&shared.retries).insert(id, Instant::now() + RETRY);
+    match page(shared, id) {
+        // More to list: the next page waits behind the work queued meanwhile, so a
+        // long import never holds a mover from the loads readers wait for.
+        Ok(false) => shared.queue.push_back(Work::Import(id)),
+        Ok(true) => drop(lock(&shared.importing).remove(&id)),
+        Err(why) => {
+            lock(&shared.importing).remove(&id);
+            tracing::warn!("import of association {id}: {why} (tried again in {RETRY:?})");
+            // Resumed from its cursor by the auto thread, not holding a mover meanwhile.
+            lock(&shared.retries).insert(id, Instant::now() + RETRY);
+        }
     }
 }
 
@@ -80,79 +85,92 @@ pub(crate) fn retry_due(shared: &Shared) {
     }
 }
 
-fn run(shared: &Arc<Shared>, id: u32) -> Result<(), String> {
+/// Applies one page of association `id`'s pass; whether the pass is over.
+fn page(shared: &Arc<Shared>, id: u32) -> Result<bool, String> {
     let Some(linked) = shared.linked(id) else {
-        return Ok(()); // unlinked meanwhile
+        return Ok(true); // unlinked meanwhile
     };
     let records = shared.mdt.repos().map_err(|e| e.to_string())?;
     let Some((_, rec)) = records.into_iter().find(|(i, _)| *i == id) else {
-        return Ok(());
+        return Ok(true);
     };
-    if !rec.importing {
-        return Ok(());
+    if !rec.importing || shared.stopping() {
+        return Ok(true);
     }
-    let task = shared
-        .tasks
-        .start("import", linked.repo.url().to_string(), 0);
-    let mut cursor = rec.cursor;
-    loop {
-        if shared.stopping() {
-            task.finish(Some("stopped".into()));
-            return Ok(());
-        }
-        let after = (!cursor.is_empty()).then_some(cursor.as_str());
-        let page = linked.repo.list_after(after, PAGE).map_err(|e| {
-            linked.note_error(&e);
-            task.finish(Some(e.to_string()));
-            e.to_string()
-        })?;
-        let finished = page.len() < PAGE;
-        if let Some(last) = page.last() {
-            cursor = last.key.clone();
-        }
-        let n = page.len() as u64;
-        let entries = page
-            .into_iter()
-            .map(|o| ImportEntry {
-                key: o.key,
-                size: o.size,
-                mtime_ns: o.meta.mtime_ns.unwrap_or(o.mtime_ns),
-                etag: o.etag,
-                mode: o.meta.mode,
-                uid: o.meta.uid,
-                gid: o.meta.gid,
-            })
-            .collect();
-        let op = HsmAdmin::Import {
-            repo: id,
-            entries,
-            cursor: cursor.clone(),
-            finished,
-        };
-        shared.admin(op).map_err(|e| {
-            let why = format!("the MDT refused a page (errno {e})");
-            task.finish(Some(why.clone()));
-            why
-        })?;
-        task.add(n);
-        if finished {
-            break;
-        }
+    let task = lock(&shared.import_tasks)
+        .entry(id)
+        .or_insert_with(|| {
+            shared
+                .tasks
+                .start("import", linked.repo.url().to_string(), 0)
+        })
+        .clone();
+    let fail = |why: String| {
+        lock(&shared.import_tasks).remove(&id);
+        task.finish(Some(why.clone()));
+        why
+    };
+    let after = (!rec.cursor.is_empty()).then_some(rec.cursor.as_str());
+    let page = linked.repo.list_after(after, PAGE).map_err(|e| {
+        linked.note_error(&e);
+        fail(e.to_string())
+    })?;
+    let finished = page.len() < PAGE;
+    let cursor = page.last().map_or(rec.cursor.clone(), |o| o.key.clone());
+    let n = page.len() as u64;
+    let entries = page
+        .into_iter()
+        .map(|o| ImportEntry {
+            key: o.key,
+            size: o.size,
+            mtime_ns: o.meta.mtime_ns.unwrap_or(o.mtime_ns),
+            etag: o.etag,
+            mode: o.meta.mode,
+            uid: o.meta.uid,
+            gid: o.meta.gid,
+        })
+        .collect();
+    let op = HsmAdmin::Import {
+        repo: id,
+        entries,
+        cursor,
+        finished: finished && linked.auto_import & policy::DELETED == 0,
+    };
+    shared
+        .admin(op)
+        .map_err(|e| fail(format!("the MDT refused a page (errno {e})")))?;
+    task.add(n);
+    if !finished {
+        return Ok(false);
     }
     if linked.auto_import & policy::DELETED != 0 {
-        let gone = sweep(shared, &linked, rec.dir).map_err(|why| {
-            task.finish(Some(why.clone()));
-            why
-        })?;
+        let gone = sweep(shared, &linked, rec.dir).map_err(fail)?;
         if gone > 0 {
             tracing::info!(
                 "import of {}: {gone} deleted object(s) seen",
                 linked.repo.url()
             );
         }
+        // The pass is over only now: a restart during the sweep runs it again.
+        let records = shared.mdt.repos().map_err(|e| fail(e.to_string()))?;
+        let Some((_, mut rec)) = records.into_iter().find(|(i, _)| *i == id) else {
+            lock(&shared.import_tasks).remove(&id);
+            task.finish(Some("unlinked during the pass".into()));
+            return Ok(true);
+        };
+        rec.importing = false;
+        let put = HsmAdmin::PutRepo {
+            id,
+            rec,
+            new: false,
+        };
+        shared
+            .admin(put)
+            .map_err(|e| fail(format!("the MDT refused the pass's end (errno {e})")))?;
     }
+    lock(&shared.import_tasks).remove(&id);
     task.finish(None);
-    Ok(())
+    Ok(true)
 }
 
 /// Deletions: a walk of the linked tree, each directory's files against the names

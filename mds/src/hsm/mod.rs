@@ -100,6 +100,8 @@ pub(crate) struct Shared {
     pub importing: Mutex<HashSet<u32>>,
     /// Passes that failed, and when to resume them.
     pub retries: Mutex<HashMap<u32, Instant>>,
+    /// The task entry of each pass under way.
+    pub import_tasks: Mutex<HashMap<u32, work::Task>>,
     pub queue: WorkQueue,
     pub tasks: Tasks,
     tags: AtomicU64,
@@ -155,6 +157,7 @@ impl Hsm {
             loads: Mutex::default(),
             importing: Mutex::default(),
             retries: Mutex::default(),
+            import_tasks: Mutex::default(),
             queue: WorkQueue::default(),
             tasks: Tasks::default(),
             tags: AtomicU64::new(1),
