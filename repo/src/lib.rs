@@ -101,6 +101,14 @@ pub struct Object {
     pub meta: PosixMeta,
 }
 
+/// A listing under way, kept between pages.
+pub struct Lister(Listing);
+
+enum Listing {
+    Local(local::Walk),
+    S3(futures::stream::BoxStream<'static, object_store::Result<ObjectMeta>>),
+}
+
 /// A linked repository.
 pub struct Repository {
     url: RepoUrl,
@@ -175,16 +183,53 @@ impl Repository {
     /// repository's key order, with their POSIX metadata; fewer than `max` means the
     /// listing is over. Keys that name directories (ending in '/') are left out.
     pub fn list_after(&self, after: Option<&str>, max: usize) -> Result<Vec<Object>, RepoError> {
-        let keys = match &self.url {
+        let mut lister = self.lister(after)?;
+        self.next_page(&mut lister, max)
+    }
+
+    /// A listing from after key `after`, kept between pages ([`Repository::next_page`]):
+    /// one continuous listing (S3: one paginated request stream; a local directory: one
+    /// walk), not one started again per page.
+    pub fn lister(&self, after: Option<&str>) -> Result<Lister, RepoError> {
+        Ok(Lister(match &self.url {
             // object_store lists a local directory in no set order: walked here, in
             // order, so that a cursor means the same after a restart.
             RepoUrl::File { dir } => {
-                local::keys_after(dir, after, max).map_err(|e| RepoError::Failed {
-                    what: dir.display().to_string(),
-                    why: e.to_string(),
-                })?
+                Listing::Local(local::Walk::new(dir, after).map_err(|e| self.failed(e))?)
             }
-            RepoUrl::S3 { .. } => self.s3_keys_after(after, max)?,
+            RepoUrl::S3 { .. } => {
+                let prefix = (!self.prefix.is_empty()).then(|| Path::from(self.prefix.as_str()));
+                let _rt = self.rt.enter();
+                Listing::S3(match after {
+                    Some(a) => self.store.list_with_offset(prefix.as_ref(), &self.path(a)),
+                    None => self.store.list(prefix.as_ref()),
+                })
+            }
+        }))
+    }
+
+    /// The next `max` objects of `lister` at most, with their POSIX metadata (fewer:
+    /// the listing is over).
+    pub fn next_page(&self, lister: &mut Lister, max: usize) -> Result<Vec<Object>, RepoError> {
+        let keys = match &mut lister.0 {
+            Listing::Local(walk) => walk.next_keys(max).map_err(|e| self.failed(e))?,
+            Listing::S3(stream) => self.rt.block_on(async {
+                let mut keys = Vec::new();
+                while keys.len() < max {
+                    match stream.next().await {
+                        None => break,
+                        Some(Err(e)) => return Err(RepoError::of(&self.url.to_string(), e)),
+                        Some(Ok(m)) => {
+                            if let Some(k) = self.relative(&m.location) {
+                                if !k.is_empty() && !k.ends_with('/') {
+                                    keys.push(k);
+                                }
+                            }
+                        }
+                    }
+                }
+                Ok(keys)
+            })?,
         };
         // The user metadata is not in a listing: one HEAD per object, in parallel. An
         // object deleted meanwhile is left out.
@@ -198,24 +243,11 @@ impl Repository {
         })
     }
 
-    fn s3_keys_after(&self, after: Option<&str>, max: usize) -> Result<Vec<String>, RepoError> {
-        let prefix = (!self.prefix.is_empty()).then(|| Path::from(self.prefix.as_str()));
-        let metas: Vec<ObjectMeta> = self.rt.block_on(async {
-            let stream = match after {
-                Some(a) => self.store.list_with_offset(prefix.as_ref(), &self.path(a)),
-                None => self.store.list(prefix.as_ref()),
-            };
-            stream
-                .take(max)
-                .try_collect()
-                .await
-                .map_err(|e| RepoError::of(&self.url.to_string(), e))
-        })?;
-        Ok(metas
-            .iter()
-            .filter_map(|m| self.relative(&m.location))
-            .filter(|k| !k.is_empty() && !k.ends_with('/'))
-            .collect())
+    fn failed(&self, e: std::io::Error) -> RepoError {
+        RepoError::Failed {
+            what: self.url.to_string(),
+            why: e.to_string(),
+        }
     }
 
     /// The names of the objects directly below `dir` (a key prefix ending in '/', or

@@ -1,70 +1,115 @@
 //! A local directory as a repository: listing in order, and POSIX metadata kept on the
 //! files themselves. Reads and writes go through object_store's `LocalFileSystem`.
 
+use std::collections::VecDeque;
 use std::fs;
 use std::io;
 use std::os::unix::fs::{MetadataExt, PermissionsExt};
-use std::path::Path;
+use std::path::{Path, PathBuf};
 use std::time::{Duration, UNIX_EPOCH};
 
 use crate::PosixMeta;
 
-/// Up to `max` keys of regular files below `root` that come after `after`, in order:
-/// a depth-first walk with each directory's names sorted, so keys compare component
-/// by component ("a/b" before "a.b", unlike S3's byte order; a cursor is only ever
-/// compared by the walk that made it). Names that are not UTF-8, and object_store's
-/// staging files (`name#N`), are skipped.
-pub fn keys_after(root: &Path, after: Option<&str>, max: usize) -> io::Result<Vec<String>> {
-    let after: Option<Vec<&str>> = after.map(|a| a.split('/').collect());
-    let mut out = Vec::new();
-    walk(root, "", after.as_deref(), max, &mut out)?;
-    Ok(out)
+/// A walk over the regular files below a directory, in order, that a listing keeps
+/// between pages: depth first, each directory's names sorted, so keys compare
+/// component by component ("a/b" before "a.b", unlike S3's byte order; a cursor is
+/// only ever compared by the walk that made it). It holds the names left of each
+/// directory on the way down, never the whole tree. Names that are not UTF-8, and
+/// object_store's staging files (`name#N`), are skipped.
+pub struct Walk {
+    stack: Vec<Level>,
 }
 
-fn walk(
-    dir: &Path,
-    prefix: &str,
-    mut after: Option<&[&str]>,
-    max: usize,
-    out: &mut Vec<String>,
-) -> io::Result<()> {
-    let mut names: Vec<(String, fs::FileType)> = Vec::new();
+struct Level {
+    dir: PathBuf,
+    prefix: String,
+    /// Names still to visit, and whether each is a directory.
+    names: VecDeque<(String, bool)>,
+}
+
+impl Walk {
+    /// A walk that starts after key `after` (None: at the beginning).
+    pub fn new(root: &Path, after: Option<&str>) -> io::Result<Walk> {
+        let comps: Vec<&str> = after.map_or_else(Vec::new, |a| a.split('/').collect());
+        let mut stack = Vec::new();
+        let (mut dir, mut prefix) = (root.to_path_buf(), String::new());
+        let mut rest: &[&str] = &comps;
+        loop {
+            let mut names = sorted_names(&dir)?;
+            let Some((first, more)) = rest.split_first() else {
+                stack.push(Level { dir, prefix, names });
+                break;
+            };
+            while names.front().is_some_and(|(n, _)| n.as_str() < *first) {
+                names.pop_front();
+            }
+            // The cursor's own entry is done, unless it is a directory it goes into.
+            let descend = match names.front() {
+                Some((n, is_dir)) if n == first => {
+                    let d = *is_dir && !more.is_empty();
+                    names.pop_front();
+                    d
+                }
+                _ => false,
+            };
+            stack.push(Level {
+                dir: dir.clone(),
+                prefix: prefix.clone(),
+                names,
+            });
+            if !descend {
+                break;
+            }
+            dir = dir.join(first);
+            prefix = format!("{prefix}{first}/");
+            rest = more;
+        }
+        Ok(Walk { stack })
+    }
+
+    /// The next `max` keys at most (fewer: the walk is over).
+    pub fn next_keys(&mut self, max: usize) -> io::Result<Vec<String>> {
+        let mut out = Vec::new();
+        while out.len() < max {
+            let Some(top) = self.stack.last_mut() else {
+                break;
+            };
+            match top.names.pop_front() {
+                None => drop(self.stack.pop()),
+                Some((name, false)) => out.push(format!("{}{name}", top.prefix)),
+                Some((name, true)) => {
+                    let dir = top.dir.join(&name);
+                    let prefix = format!("{}{name}/", top.prefix);
+                    let names = match sorted_names(&dir) {
+                        Ok(n) => n,
+                        // Removed since it was listed: nothing below it.
+                        Err(e) if e.kind() == io::ErrorKind::NotFound => VecDeque::new(),
+                        Err(e) => return Err(e),
+                    };
+                    self.stack.push(Level { dir, prefix, names });
+                }
+            }
+        }
+        Ok(out)
+    }
+}
+
+/// The directories and regular files in `dir`, sorted by name.
+fn sorted_names(dir: &Path) -> io::Result<VecDeque<(String, bool)>> {
+    let mut names: Vec<(String, bool)> = Vec::new();
     for e in fs::read_dir(dir)? {
         let e = e?;
         let Ok(name) = e.file_name().into_string() else {
             tracing::warn!("{}: a name that is not UTF-8, skipped", dir.display());
             continue;
         };
-        if is_staging(&name) {
-            continue;
+        let kind = e.file_type()?;
+        if (kind.is_dir() || kind.is_file()) && !is_staging(&name) {
+            names.push((name, kind.is_dir()));
         }
-        names.push((name, e.file_type()?));
     }
     names.sort_by(|a, b| a.0.as_bytes().cmp(b.0.as_bytes()));
-    for (name, kind) in names {
-        if out.len() >= max {
-            return Ok(());
-        }
-        let below = match after {
-            Some([first, rest @ ..]) => match name.as_str().cmp(first) {
-                std::cmp::Ordering::Less => continue,
-                std::cmp::Ordering::Equal if kind.is_dir() && !rest.is_empty() => Some(rest),
-                std::cmp::Ordering::Equal => continue,
-                std::cmp::Ordering::Greater => {
-                    after = None;
-                    None
-                }
-            },
-            _ => None,
-        };
-        let key = format!("{prefix}{name}");
-        if kind.is_dir() {
-            walk(&dir.join(&name), &format!("{key}/"), below, max, out)?;
-        } else if kind.is_file() {
-            out.push(key);
-        }
-    }
-    Ok(())
+    Ok(names.into())
 }
 
 /// The regular files directly in `dir` (none if it does not exist).
@@ -140,6 +185,10 @@ fn store_err(key: &str, e: io::Error) -> object_store::Error {
 mod tests {
     use super::*;
 
+    fn keys_after(root: &Path, after: Option<&str>, max: usize) -> io::Result<Vec<String>> {
+        Walk::new(root, after)?.next_keys(max)
+    }
+
     #[test]
     fn keys_come_in_walk_order_and_resume_after_a_cursor() {
         let d = tempfile::tempdir().unwrap();
@@ -160,5 +209,16 @@ mod tests {
         }
         // A cursor whose object is gone still resumes after it.
         assert_eq!(keys_after(d.path(), Some("a/bb"), 100).unwrap(), all[1..]);
+        // One walk, page by page, gives the same keys.
+        let mut w = Walk::new(d.path(), None).unwrap();
+        let mut paged = Vec::new();
+        loop {
+            let page = w.next_keys(2).unwrap();
+            paged.extend(page.iter().cloned());
+            if page.len() < 2 {
+                break;
+            }
+        }
+        assert_eq!(paged, all);
     }
 }

@@ -14,7 +14,7 @@ use super::{lock, Linked, Shared};
 use crate::mdt::hsm::{HsmAdmin, ImportEntry};
 
 /// Objects listed and applied at a time.
-pub const PAGE: usize = 512;
+pub const PAGE: usize = 1000;
 /// A failed pass is tried again after this long.
 const RETRY: Duration = Duration::from_secs(5);
 
@@ -110,8 +110,20 @@ fn page(shared: &Arc<Shared>, id: u32) -> Result<bool, String> {
         task.finish(Some(why.clone()));
         why
     };
-    let after = (!rec.cursor.is_empty()).then_some(rec.cursor.as_str());
-    let page = linked.repo.list_after(after, PAGE).map_err(|e| {
+    // The listing goes on from one page to the next; a new one (after a restart, a
+    // failure, an unlink and link) starts after the last key applied.
+    let kept = lock(&shared.listers).remove(&id);
+    let mut lister = match kept {
+        Some(l) => l,
+        None => {
+            let after = (!rec.cursor.is_empty()).then_some(rec.cursor.as_str());
+            linked.repo.lister(after).map_err(|e| {
+                linked.note_error(&e);
+                fail(e.to_string())
+            })?
+        }
+    };
+    let page = linked.repo.next_page(&mut lister, PAGE).map_err(|e| {
         linked.note_error(&e);
         fail(e.to_string())
     })?;
@@ -141,6 +153,7 @@ fn page(shared: &Arc<Shared>, id: u32) -> Result<bool, String> {
         .map_err(|e| fail(format!("the MDT refused a page (errno {e})")))?;
     task.add(n);
     if !finished {
+        lock(&shared.listers).insert(id, lister);
         return Ok(false);
     }
     if linked.auto_import & policy::DELETED != 0 {

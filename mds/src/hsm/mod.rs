@@ -102,6 +102,8 @@ pub(crate) struct Shared {
     pub retries: Mutex<HashMap<u32, Instant>>,
     /// The task entry of each pass under way.
     pub import_tasks: Mutex<HashMap<u32, work::Task>>,
+    /// The listing of each pass under way, between its pages.
+    pub listers: Mutex<HashMap<u32, nacre_repo::Lister>>,
     pub queue: WorkQueue,
     pub tasks: Tasks,
     tags: AtomicU64,
@@ -158,6 +160,7 @@ impl Hsm {
             importing: Mutex::default(),
             retries: Mutex::default(),
             import_tasks: Mutex::default(),
+            listers: Mutex::default(),
             queue: WorkQueue::default(),
             tasks: Tasks::default(),
             tags: AtomicU64::new(1),

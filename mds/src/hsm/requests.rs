@@ -118,6 +118,7 @@ fn unlink(shared: &Arc<Shared>, creds: &Creds, dir: u64) -> Result<(), i32> {
         .ok_or(libc::ENOENT)?;
     shared.admin(HsmAdmin::DelRepo { id })?;
     lock(&shared.repos).remove(&id);
+    lock(&shared.listers).remove(&id);
     tracing::info!("directory {dir} unlinked (association {id})");
     Ok(())
 }
