@@ -166,6 +166,9 @@ pub struct ClientEndpoint {
     cache: RegCache,
     /// Polls in a row that found nothing (see `idle`).
     empty_polls: u32,
+    /// Waiting on an answer known to be slow: past a while of empty polls, naps
+    /// between them (see `idle`).
+    patient: bool,
     /// Asked about a request's server while its answer is slow (see [`Watchdog`]).
     watchdog: Option<Watchdog>,
 }
@@ -191,6 +194,10 @@ const HOLD_REPORT_EVERY: Duration = Duration::from_secs(10);
 
 /// Empty polls in a row after which a waiting client yields the CPU between polls.
 const YIELD_AFTER: u32 = 64;
+/// Empty polls in a row (some milliseconds of them) after which a patient wait naps
+/// [`PATIENT_NAP`] between polls.
+const PATIENT_AFTER: u32 = 4096;
+const PATIENT_NAP: Duration = Duration::from_micros(200);
 
 impl ClientEndpoint {
     /// Opens the endpoint and posts its receives; no session yet.
@@ -231,6 +238,7 @@ impl ClientEndpoint {
             cache: RegCache::new(cfg.reg_cache.clone()),
             cfg,
             empty_polls: 0,
+            patient: false,
             watchdog: None,
         })
     }
@@ -503,6 +511,12 @@ impl ClientEndpoint {
         std::mem::replace(&mut self.cfg.timeout, timeout)
     }
 
+    /// Waits that follow nap between polls once they have lasted (for answers known to
+    /// be slow); returns the previous setting.
+    pub fn set_patient(&mut self, patient: bool) -> bool {
+        std::mem::replace(&mut self.patient, patient)
+    }
+
     /// Sends a request without waiting (inject when it fits, else from a transmit slot)
     /// and returns its id. Its reply must come within the configured timeout, or
     /// [`ClientEndpoint::next_reply`] reports it expired.
@@ -726,7 +740,12 @@ impl ClientEndpoint {
             false => self.empty_polls = 0,
             true => {
                 self.empty_polls = self.empty_polls.saturating_add(1);
-                if self.empty_polls >= YIELD_AFTER {
+                if self.patient && self.empty_polls >= PATIENT_AFTER {
+                    // An answer that takes long anyway (a load from a data
+                    // repository): a poll loop would take the CPU the servers
+                    // preparing it need, on a machine they share.
+                    std::thread::sleep(PATIENT_NAP);
+                } else if self.empty_polls >= YIELD_AFTER {
                     std::thread::yield_now();
                 }
             }

@@ -515,6 +515,20 @@ impl Client {
         })
     }
 
+    /// As [`Client::call_within`], for an answer known to be slow (a load or an
+    /// export of a data repository): the wait naps between polls once it has lasted,
+    /// leaving the CPU to the servers that prepare the answer.
+    pub(crate) fn call_patiently(&self, req: &Request, timeout: Duration) -> io::Result<Reply> {
+        self.with_conn(true, |c| {
+            let before = c.ns.ep.set_timeout(timeout);
+            let was = c.ns.ep.set_patient(true);
+            let r = c.ns.call(req);
+            c.ns.ep.set_patient(was);
+            c.ns.ep.set_timeout(before);
+            r
+        })
+    }
+
     pub(crate) fn held_locks(&self) -> &HeldLocks {
         &self.inner.locks
     }

@@ -27,7 +27,7 @@ impl Client {
     fn hsm(&self, req: HsmRequest, timeout: Option<Duration>) -> io::Result<HsmReply> {
         let req = Request::Hsm(req);
         let reply = match timeout {
-            Some(t) => self.call_within(&req, t)?,
+            Some(t) => self.call_patiently(&req, t)?,
             None => self.meta(true, &req)?,
         };
         match reply {

@@ -24,7 +24,11 @@ pub fn endpoint<'e>(
             timeout: TIMEOUT,
             ..RpcConfig::default()
         };
-        *slot = Some(reach.open(cfg)?);
+        let mut ep = reach.open(cfg)?;
+        // Nothing here is in a hurry next to the repository: a long wait naps
+        // between polls rather than take the CPU the OSSs and the repository need.
+        ep.set_patient(true);
+        *slot = Some(ep);
     }
     Ok(slot.as_mut().expect("just opened"))
 }
