@@ -37,7 +37,8 @@ pub struct CpArgs {
 /// One end of a copy.
 enum End {
     Local(LocalFile),
-    Nacre(File),
+    // Boxed: an open nacre file is much larger than a local one.
+    Nacre(Box<File>),
 }
 
 impl End {
@@ -134,7 +135,7 @@ fn open_source(c: &Client, src: &str) -> Result<(End, u64), CliError> {
             .open(path, &OpenOptions::read())
             .map_err(|e| CliError::io(path, e))?;
         let len = f.stat().map_err(|e| CliError::io(path, e))?.size;
-        return Ok((End::Nacre(f), len));
+        return Ok((End::Nacre(Box::new(f)), len));
     }
     let f = LocalFile::open(src).map_err(|e| CliError::io(src, e))?;
     let meta = f.metadata().map_err(|e| CliError::io(src, e))?;
@@ -160,7 +161,7 @@ fn open_dest(
         let mut opt = OpenOptions::create().flags(libc::O_WRONLY | libc::O_CREAT | libc::O_TRUNC);
         opt.layout = spec;
         let f = c.open(&path, &opt).map_err(|e| CliError::io(&path, e))?;
-        return Ok(End::Nacre(f));
+        return Ok(End::Nacre(Box::new(f)));
     }
     if spec.is_some() {
         return Err(CliError::msg(

@@ -163,7 +163,10 @@ fn scenario(up: &Up, data: &Path, url: &str, link_extra: &[&str], direct: &Repos
         .write(
             "deep/x/y.txt",
             2,
-            |_, b| Ok(b.copy_from_slice(b"zz")),
+            |_, b| {
+                b.copy_from_slice(b"zz");
+                Ok(())
+            },
             &PosixMeta::default(),
         )
         .unwrap();

@@ -458,7 +458,7 @@ fn reading(key: &str, e: std::io::Error) -> RepoError {
 fn object_of(key: String, m: &ObjectMeta, meta: PosixMeta) -> Object {
     Object {
         key,
-        size: m.size as u64,
+        size: m.size,
         mtime_ns: m.last_modified.timestamp_nanos_opt().unwrap_or(0),
         etag: m.e_tag.clone().unwrap_or_default(),
         meta,

@@ -60,10 +60,12 @@ fn access(endpoint: &str, secret: &str) -> Access {
     }
 }
 
-fn pattern(at: u64, buf: &mut [u8]) {
+/// Fills `buf` as the bytes at `at` of a known pattern (a write's source).
+fn pattern(at: u64, buf: &mut [u8]) -> std::io::Result<()> {
     for (i, b) in buf.iter_mut().enumerate() {
         *b = ((at + i as u64) % 251) as u8;
     }
+    Ok(())
 }
 
 fn scenario(repo: &Repository) {
@@ -76,9 +78,7 @@ fn scenario(repo: &Repository) {
     };
     let big = PART_SIZE as u64 + 3 * 65536 + 7;
     for (key, size) in [("d/big", big), ("d/e/small", 5), ("a", 0), ("z", 1)] {
-        let o = repo
-            .write(key, size, |at, buf| Ok(pattern(at, buf)), &meta)
-            .unwrap();
+        let o = repo.write(key, size, pattern, &meta).unwrap();
         assert_eq!((o.key.as_str(), o.size), (key, size));
         assert_eq!(o.meta, meta, "{key}");
     }
@@ -94,14 +94,23 @@ fn scenario(repo: &Repository) {
             keys.get(i + 1).copied()
         );
     }
+    // One directory's names, as the automatic import's deletions sweep reads them.
+    let names = |d: &str| {
+        let mut v: Vec<String> = repo.names_in(d).unwrap().into_iter().collect();
+        v.sort();
+        v
+    };
+    assert_eq!(names(""), ["a", "z"]);
+    assert_eq!(names("d/"), ["big"]);
+    assert_eq!(names("d/e/"), ["small"]);
+    assert!(names("nowhere/").is_empty());
     let o = all.iter().find(|o| o.key == "d/big").unwrap();
     let got = repo.read("d/big", big - 10..big, &o.etag).unwrap();
     let mut want = vec![0; 10];
-    pattern(big - 10, &mut want);
+    pattern(big - 10, &mut want).unwrap();
     assert_eq!(&got[..], &want[..]);
     // Replaced: the old tag no longer reads.
-    repo.write("d/big", 3, |at, buf| Ok(pattern(at, buf)), &meta)
-        .unwrap();
+    repo.write("d/big", 3, pattern, &meta).unwrap();
     match repo.read("d/big", 0..3, &o.etag) {
         Err(RepoError::Changed { .. }) => {}
         other => panic!("a replaced object read as {other:?}"),

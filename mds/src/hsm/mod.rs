@@ -220,7 +220,7 @@ impl Drop for Hsm {
 fn inbox(shared: &Arc<Shared>, rx: Receiver<HsmEvent>) {
     while !shared.stopping() {
         let job = match rx.recv_timeout(Duration::from_millis(200)) {
-            Ok(HsmEvent::Request(job)) => job,
+            Ok(HsmEvent::Request(job)) => *job,
             Ok(HsmEvent::Noted(n)) => {
                 noted(shared, n);
                 continue;
@@ -248,12 +248,12 @@ fn inbox(shared: &Arc<Shared>, rx: Receiver<HsmEvent>) {
 fn noted(shared: &Shared, n: Noted) {
     match n {
         Noted::Closed(ino) => shared.queue.push_back(Work::AutoExport(ino)),
-        Noted::Deleted { repo, key } => {
+        Noted::Deleted { repo, key, etag } => {
             let wanted = shared
                 .linked(repo)
                 .is_some_and(|l| l.auto_export & policy::DELETED != 0);
             if wanted {
-                shared.queue.push_back(Work::Delete(repo, key));
+                shared.queue.push_back(Work::Delete(repo, key, etag));
             }
         }
     }
@@ -274,15 +274,28 @@ fn mover(shared: &Arc<Shared>) {
                     Err(e) => tracing::warn!("automatic export of inode {ino}: errno {e}"),
                 }
             }
-            Work::Delete(repo, key) => {
+            Work::Delete(repo, key, etag) => {
                 if let Some(l) = shared.linked(repo) {
-                    match l.repo.delete(&key) {
-                        Ok(()) => tracing::debug!("{key} deleted from {}", l.repo.url()),
-                        Err(e) => l.note_error(&e),
-                    }
+                    delete_copy(&l, &key, &etag);
                 }
             }
         }
+    }
+}
+
+/// Deletes the repository's object at `key` if it is still the copy tagged `etag`.
+pub(crate) fn delete_copy(l: &Linked, key: &str, etag: &str) {
+    let result = match l.repo.head(key) {
+        Ok(Some(o)) if o.etag == etag => l.repo.delete(key),
+        Ok(_) => {
+            tracing::debug!("{key}: not the deleted file's copy any more, kept");
+            Ok(())
+        }
+        Err(e) => Err(e),
+    };
+    match result {
+        Ok(()) => tracing::debug!("{key} deleted from {}", l.repo.url()),
+        Err(e) => l.note_error(&e),
     }
 }
 

@@ -250,9 +250,7 @@ pub(crate) fn export(
     marked?;
     // Renamed since its last export: the old object goes if deletions propagate.
     if !h.stored.is_empty() && h.stored != h.key && linked.auto_export & policy::DELETED != 0 {
-        if let Err(e) = linked.repo.delete(&h.stored) {
-            linked.note_error(&e);
-        }
+        super::delete_copy(&linked, &h.stored, &h.etag);
     }
     Ok(())
 }

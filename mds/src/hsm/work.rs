@@ -21,8 +21,9 @@ pub(crate) enum Work {
     Import(u32),
     /// The export a dirty file's last close asks for (if the policy wants it).
     AutoExport(u64),
-    /// A repository copy whose file is gone (deletions propagate).
-    Delete(u32, String),
+    /// A repository copy whose file is gone (deletions propagate): association, key,
+    /// the copy's tag.
+    Delete(u32, String, String),
 }
 
 #[derive(Default)]

@@ -188,7 +188,13 @@ pub fn renamed(sp: &Inode, dp: &Inode, src: &Inode, new_name: &[u8]) -> Res<Opti
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Noted {
     Closed(u64),
-    Deleted { repo: u32, key: String },
+    /// The copy at `key` with tag `etag`: deleted only if it is still that copy (an
+    /// export of another file to the same key may have replaced it meanwhile).
+    Deleted {
+        repo: u32,
+        key: String,
+        etag: String,
+    },
 }
 
 /// Notes what the mover may act on when `i` loses its last name.
@@ -198,6 +204,7 @@ pub fn note_gone(noted: &mut Vec<Noted>, i: &Inode) {
             noted.push(Noted::Deleted {
                 repo: h.repo,
                 key: h.stored.clone(),
+                etag: h.etag.clone(),
             });
         }
     }

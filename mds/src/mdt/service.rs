@@ -280,7 +280,7 @@ pub(super) type HsmInbox = Arc<Mutex<Option<Sender<HsmEvent>>>>;
 /// What reaches the data mover: clients' requests, and what the namespace noted.
 #[derive(Debug)]
 pub enum HsmEvent {
-    Request(HsmJob),
+    Request(Box<HsmJob>),
     Noted(super::hsm::Noted),
 }
 

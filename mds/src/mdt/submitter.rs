@@ -80,7 +80,10 @@ impl Submitter {
                 done: self.done.clone(),
             };
             let inbox = self.hsm.lock().unwrap_or_else(|p| p.into_inner());
-            match inbox.as_ref().map(|tx| tx.send(HsmEvent::Request(job))) {
+            match inbox
+                .as_ref()
+                .map(|tx| tx.send(HsmEvent::Request(Box::new(job))))
+            {
                 Some(Ok(())) => {}
                 Some(Err(mpsc::SendError(HsmEvent::Request(job)))) => {
                     job.answer(Err(errno::ENOSYS))
