@@ -554,3 +554,59 @@ fn a_load_cut_by_kill_9_finishes_after_the_restart() {
     assert_eq!(state(&up, "/k/big"), "cached");
     up.stop();
 }
+
+/// kill -9 of the MDS while it imports: the restarted MDS finishes the pass from the
+/// last page it applied (or from the start, if the kill came first), and every
+/// object is a file exactly once.
+#[test]
+fn an_import_cut_by_kill_9_finishes_after_the_restart() {
+    if !have("tcp", "data repositories") {
+        return;
+    }
+    const DIRS: usize = 20;
+    const PER_DIR: usize = 1000;
+    let dir = tmp("repo-import-kill");
+    let repo = dir.join("repo");
+    for d in 0..DIRS {
+        let sub = repo.join(format!("d{d:02}"));
+        std::fs::create_dir_all(&sub).unwrap();
+        for f in 0..PER_DIR {
+            std::fs::write(sub.join(format!("f{f:04}")), b"").unwrap();
+        }
+    }
+    let mut up = Up::start(&dir.join("data"), "tcp", &[]);
+    up.ok(&["mkdir", "/i"]);
+    let url = format!("file://{}", repo.display());
+    up.ok(&["repo", "link", "/i", &url, "--import-metadata"]);
+    nacre_fabric::testing::send_signal(up.pid_of("mds"), "KILL").expect("kill -9 of the MDS");
+    up.wait_for("mds restarted", Duration::from_secs(60));
+    let total = (DIRS * PER_DIR) as u64;
+    let until = Instant::now() + Duration::from_secs(120);
+    loop {
+        let out = up.nacre(&["repo", "list"]);
+        let text = String::from_utf8_lossy(&out.stdout);
+        let running = text
+            .lines()
+            .any(|l| l.starts_with("task import") && l.ends_with("running"));
+        if text.contains(&format!("imported={total} ")) && !running {
+            break;
+        }
+        assert!(
+            Instant::now() < until,
+            "import not over 120 s after the restart: {text}"
+        );
+        std::thread::sleep(Duration::from_millis(200));
+    }
+    let c = Client::connect(&up.mgs, client_config(&up.mgs)).unwrap();
+    let dirs = c.readdir("/i").unwrap();
+    assert_eq!(
+        dirs.iter().filter(|e| !e.name.starts_with(b".")).count(),
+        DIRS
+    );
+    for d in 0..DIRS {
+        let names = c.readdir(&format!("/i/d{d:02}")).unwrap();
+        let files = names.iter().filter(|e| !e.name.starts_with(b".")).count();
+        assert_eq!(files, PER_DIR, "d{d:02}");
+    }
+    up.stop();
+}

@@ -117,6 +117,9 @@ fn page(shared: &Arc<Shared>, id: u32) -> Result<bool, String> {
         Some(l) => l,
         None => {
             let after = (!rec.cursor.is_empty()).then_some(rec.cursor.as_str());
+            if let Some(key) = after {
+                tracing::info!("import of {} resumes after {key}", linked.repo.url());
+            }
             linked.repo.lister(after).map_err(|e| {
                 linked.note_error(&e);
                 fail(e.to_string())
