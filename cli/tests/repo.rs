@@ -8,12 +8,13 @@ mod common;
 
 use std::io::Read;
 use std::path::Path;
-use std::process::{Child, Command, Stdio};
+use std::process::Command;
 use std::time::{Duration, Instant};
 
 use common::*;
 use nacre_client::{Client, OpenOptions};
 use nacre_fabric::testing::pattern;
+use nacre_repo::testing::S3Server;
 use nacre_repo::{Access, PosixMeta, Repository};
 
 /// 2.5 chunks of the MDS's loads: a read in the middle waits only for its own.
@@ -238,48 +239,6 @@ fn a_local_directory_over_tcp() {
     up.stop();
 }
 
-/// s3s-fs on a free loopback port, killed when dropped.
-struct S3 {
-    child: Child,
-    endpoint: String,
-}
-
-impl Drop for S3 {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
-}
-
-fn s3s_fs(root: &Path) -> Option<S3> {
-    let port = std::net::TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port();
-    let child = Command::new("s3s-fs")
-        .args(["--host", "127.0.0.1", "--port", &port.to_string()])
-        .args(["--access-key", "nacre", "--secret-key", "secret"])
-        .arg(root)
-        .stdout(Stdio::null())
-        .stderr(Stdio::null())
-        .spawn();
-    let Ok(child) = child else {
-        nacre_fabric::testing::skip("S3 repositories: s3s-fs is not installed (scripts/deps)");
-        return None;
-    };
-    let s3 = S3 {
-        child,
-        endpoint: format!("http://127.0.0.1:{port}"),
-    };
-    let until = Instant::now() + Duration::from_secs(20);
-    while std::net::TcpStream::connect(("127.0.0.1", port)).is_err() {
-        assert!(Instant::now() < until, "s3s-fs did not listen");
-        std::thread::sleep(Duration::from_millis(50));
-    }
-    Some(s3)
-}
-
 #[test]
 fn an_s3_server_over_shm() {
     if !have("shm", "data repositories") {
@@ -287,16 +246,11 @@ fn an_s3_server_over_shm() {
     }
     let dir = tmp("repo-s3");
     std::fs::create_dir_all(dir.join("s3/bucket")).unwrap();
-    let Some(mut s3) = s3s_fs(&dir.join("s3")) else {
-        return;
+    let mut s3 = match S3Server::start(&dir.join("s3")) {
+        Ok(s) => s,
+        Err(why) => return nacre_fabric::testing::skip(&format!("S3 repositories: {why}")),
     };
-    let access = |secret: &str| Access {
-        endpoint: Some(s3.endpoint.clone()),
-        region: Some("us-east-1".into()),
-        access_key_id: Some("nacre".into()),
-        secret_access_key: Some(secret.into()),
-    };
-    let direct = Repository::open("s3://bucket/fsx", &access("secret")).unwrap();
+    let direct = Repository::open("s3://bucket/fsx", &s3.access(S3Server::SECRET)).unwrap();
     seed(&direct);
     let up = Up::start(&dir.join("data"), "shm", &[]);
     let flags = [
@@ -305,9 +259,9 @@ fn an_s3_server_over_shm() {
         "--region",
         "us-east-1",
         "--access-key-id",
-        "nacre",
+        nacre_repo::testing::ACCESS_KEY_ID,
         "--secret-access-key",
-        "secret",
+        S3Server::SECRET,
     ];
     // The errors a link must report at once.
     up.ok(&["mkdir", "/bad"]);
@@ -334,8 +288,7 @@ fn an_s3_server_over_shm() {
     link.extend_from_slice(&flags);
     up.ok(&link);
     wait_imported(&up, 3);
-    let _ = s3.child.kill();
-    let _ = s3.child.wait();
+    s3.stop();
     let started = Instant::now();
     let out = up.nacre(&[
         "cp",

@@ -464,13 +464,8 @@ fn copy(
     shared: &Shared,
 ) -> Result<(), ClientError> {
     let (src, dst) = (&layout.mirrors[from].stripes, &layout.mirrors[to].stripes);
-    let routes = |l: &StripedLayout| -> Result<Vec<OstRoute>, ClientError> {
-        l.objects
-            .iter()
-            .map(|o| OstRoute::in_map(map, o.ost))
-            .collect()
-    };
-    let (src_routes, dst_routes) = (routes(src)?, routes(dst)?);
+    let src_routes = OstRoute::each_in_map(map, src)?;
+    let dst_routes = OstRoute::each_in_map(map, dst)?;
     truncate(ep, dst, &dst_routes, 0)?;
     let mut buf = vec![0u8; CHUNK.min(size) as usize];
     let mut at = 0;
@@ -483,40 +478,27 @@ fn copy(
         let pieces = src
             .pieces(at, len)
             .map_err(|e| ClientError::Protocol(e.to_string()))?;
-        let got = ep.read_extents(&extents(src, &src_routes, &pieces, at), buf, io)?;
+        let got = ep.read_extents(
+            &Extent::of_pieces(src, &src_routes, &pieces, at, 0),
+            buf,
+            io,
+        )?;
         for (p, got) in pieces.iter().zip(got) {
             let s = (p.file_offset - at) as usize;
             buf[s + got..s + p.len as usize].fill(0);
         }
         if buf.iter().any(|&b| b != 0) {
-            ep.write_extents(&extents(dst, &dst_routes, &pieces, at), buf, io)?;
+            ep.write_extents(
+                &Extent::of_pieces(dst, &dst_routes, &pieces, at, 0),
+                buf,
+                io,
+            )?;
             shared.stats.bytes.fetch_add(len, Ordering::Relaxed);
             pace.spent(len, shared);
         }
         at += len;
     }
     truncate(ep, dst, &dst_routes, size)
-}
-
-/// The extents of copy `l` (routed by `routes`) that file `pieces` of a chunk at `at`
-/// touch.
-fn extents<'r>(
-    l: &StripedLayout,
-    routes: &'r [OstRoute],
-    pieces: &[nacre_proto::layout::Piece],
-    at: u64,
-) -> Vec<Extent<'r>> {
-    pieces
-        .iter()
-        .map(|p| Extent {
-            route: &routes[p.stripe as usize],
-            object: l.objects[p.stripe as usize].oid,
-            offset: p.object_offset,
-            at: (p.file_offset - at) as usize,
-            len: p.len as usize,
-            key: 0,
-        })
-        .collect()
 }
 
 /// Sets each object of `l` to its size for a file of `size` bytes.

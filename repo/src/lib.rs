@@ -13,6 +13,7 @@
 
 mod local;
 mod meta;
+pub mod testing;
 mod url;
 
 use std::ops::Range;

@@ -3,62 +3,10 @@
 //! resume, ranged reads that notice a replaced object, deletes, and the errors a link
 //! must report at once.
 
-use std::net::TcpListener;
-use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
+use nacre_repo::testing::S3Server;
 use nacre_repo::{Access, PosixMeta, RepoError, Repository, PART_SIZE};
-
-/// Kills and reaps the server when the test ends, however it ends.
-struct Server(Child);
-
-impl Drop for Server {
-    fn drop(&mut self) {
-        let _ = self.0.kill();
-        let _ = self.0.wait();
-    }
-}
-
-fn free_port() -> u16 {
-    TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port()
-}
-
-/// s3s-fs serving `root` (buckets are its subdirectories) with key "nacre"/"secret",
-/// or None (printed) when it is not installed.
-fn s3s_fs(root: &std::path::Path) -> Option<(Server, String)> {
-    let port = free_port();
-    let child = Command::new("s3s-fs")
-        .args(["--host", "127.0.0.1", "--port", &port.to_string()])
-        .args(["--access-key", "nacre", "--secret-key", "secret"])
-        .arg(root)
-        .stdout(Stdio::null())
-        .stderr(Stdio::null())
-        .spawn();
-    let Ok(child) = child else {
-        eprintln!("SKIP s3s-fs: not installed (scripts/deps installs it)");
-        return None;
-    };
-    let server = Server(child);
-    let until = Instant::now() + Duration::from_secs(20);
-    while std::net::TcpStream::connect(("127.0.0.1", port)).is_err() {
-        assert!(Instant::now() < until, "s3s-fs did not listen on {port}");
-        std::thread::sleep(Duration::from_millis(50));
-    }
-    Some((server, format!("http://127.0.0.1:{port}")))
-}
-
-fn access(endpoint: &str, secret: &str) -> Access {
-    Access {
-        endpoint: Some(endpoint.into()),
-        region: Some("us-east-1".into()),
-        access_key_id: Some("nacre".into()),
-        secret_access_key: Some(secret.into()),
-    }
-}
 
 /// Fills `buf` as the bytes at `at` of a known pattern (a write's source).
 fn pattern(at: u64, buf: &mut [u8]) -> std::io::Result<()> {
@@ -130,21 +78,27 @@ fn a_local_directory() {
 #[test]
 fn an_s3_server() {
     let d = tempfile::tempdir().unwrap();
-    let Some((_server, endpoint)) = s3s_fs(d.path()) else {
-        return;
+    let server = match S3Server::start(d.path()) {
+        Ok(s) => s,
+        Err(why) => return nacre_fabric::testing::skip(&why),
     };
+    let access = |secret: &str| server.access(secret);
     std::fs::create_dir(d.path().join("bucket")).unwrap();
-    let repo = Repository::open("s3://bucket/some/prefix", &access(&endpoint, "secret")).unwrap();
+    let repo = Repository::open("s3://bucket/some/prefix", &access(S3Server::SECRET)).unwrap();
     scenario(&repo);
 
     // The errors a link reports at once.
-    let missing = Repository::open("s3://nobucket/p", &access(&endpoint, "secret")).unwrap();
+    let missing = Repository::open("s3://nobucket/p", &access(S3Server::SECRET)).unwrap();
     let e = missing.check().unwrap_err();
     assert!(matches!(e, RepoError::NotFound { .. }), "{e}");
-    let wrong = Repository::open("s3://bucket/p", &access(&endpoint, "wrong")).unwrap();
+    let wrong = Repository::open("s3://bucket/p", &access("wrong")).unwrap();
     let e = wrong.check().unwrap_err();
     assert!(matches!(e, RepoError::Denied { .. }), "{e}");
-    let gone = Repository::open("s3://bucket/p", &access("http://127.0.0.1:1", "secret"));
+    let unreachable = Access {
+        endpoint: Some("http://127.0.0.1:1".into()),
+        ..access(S3Server::SECRET)
+    };
+    let gone = Repository::open("s3://bucket/p", &unreachable);
     let started = Instant::now();
     assert!(gone.unwrap().check().is_err());
     assert!(started.elapsed() < Duration::from_secs(60));

@@ -11,6 +11,7 @@
 //! read's reply carries the crc32c the server computed; a mismatch is an error (EILSEQ).
 
 use nacre_proto::bootstrap::{ClusterMap, Role, RoleKind};
+use nacre_proto::layout::{Piece, StripedLayout};
 use nacre_proto::object::{
     decode_target, encode_target, Data, IoKey, IoReply, ListReply, ListReq, ObjFlags, ObjTarget,
     RangeReq, ReadReq, WriteReq, MSG_SIZE as OSS_MSG_SIZE,
@@ -48,6 +49,18 @@ impl OstRoute {
             epoch: s.epoch,
             cores: s.cores.clone(),
         })
+    }
+
+    /// The route of each stripe of `layout`, in stripe order, as `map` names them.
+    pub fn each_in_map(
+        map: &ClusterMap,
+        layout: &StripedLayout,
+    ) -> Result<Vec<OstRoute>, ClientError> {
+        layout
+            .objects
+            .iter()
+            .map(|o| OstRoute::in_map(map, o.ost))
+            .collect()
     }
 }
 
@@ -503,6 +516,33 @@ pub struct Extent<'r> {
 }
 
 impl<'r> Extent<'r> {
+    /// The extents of copy `layout` (routed by `routes`, one per stripe) that file
+    /// `pieces` of a transfer starting at file offset `offset` touch, their requests
+    /// under keys `key..` of the call's [`KeyBlock`] (ignored by calls without one).
+    pub fn of_pieces(
+        layout: &StripedLayout,
+        routes: &'r [OstRoute],
+        pieces: &[Piece],
+        offset: u64,
+        mut key: u64,
+    ) -> Vec<Extent<'r>> {
+        pieces
+            .iter()
+            .map(|p| {
+                let e = Extent {
+                    route: &routes[p.stripe as usize],
+                    object: layout.objects[p.stripe as usize].oid,
+                    offset: p.object_offset,
+                    at: (p.file_offset - offset) as usize,
+                    len: p.len as usize,
+                    key,
+                };
+                key += KeyBlock::needed([e.len]);
+                e
+            })
+            .collect()
+    }
+
     fn whole(route: &'r OstRoute, object: u64, offset: u64, len: usize) -> Extent<'r> {
         Extent {
             route,

@@ -6,14 +6,14 @@ use std::ops::Range;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::Mutex;
 
-use nacre_proto::layout::{FileLayout, StripedLayout};
+use nacre_proto::layout::FileLayout;
 use nacre_proto::meta::{self, Attr, Reply, Request, SetAttr};
 
 use super::errors::{attr_of, failure, protocol};
 use super::mirrors::MirrorSet;
 use super::{Client, O_BUFFERED};
 use crate::cache::{Backing, Cache};
-use crate::objects::{Extent, IoOptions, KeyBlock, OstRoute};
+use crate::objects::{Extent, IoOptions, KeyBlock};
 use crate::rpc::ClientError;
 
 /// An open file. Reads and writes take `&self`: many threads may use one `File`.
@@ -340,7 +340,7 @@ impl Backing for File {
             let mut all = Vec::new();
             for (m, r) in &routes {
                 let key = *m as u64 * per;
-                all.extend(extents(set.stripes(*m), r, &pieces, base, key));
+                all.extend(Extent::of_pieces(set.stripes(*m), r, &pieces, base, key));
             }
             let io = IoOptions {
                 keys: Some(*keys),
@@ -379,7 +379,7 @@ impl Backing for File {
         let got = self.client.with_conn(true, |c| {
             c.read_mirror(self.ino, set, |c, stripes| {
                 let routes = c.routes(stripes)?;
-                let extents = extents(stripes, &routes, &pieces, offset, 0);
+                let extents = Extent::of_pieces(stripes, &routes, &pieces, offset, 0);
                 let io = c.io;
                 c.ns.ep.read_extents(&extents, buf, io)
             })
@@ -398,30 +398,4 @@ impl Backing for File {
 /// the panic was reported).
 fn guard(cache: &Mutex<Cache>) -> std::sync::MutexGuard<'_, Cache> {
     cache.lock().unwrap_or_else(|e| e.into_inner())
-}
-
-/// The object extents of file `pieces` of a transfer starting at `offset`, their
-/// requests under keys `key..` of the call's block.
-pub(super) fn extents<'r>(
-    layout: &StripedLayout,
-    routes: &'r [OstRoute],
-    pieces: &[nacre_proto::layout::Piece],
-    offset: u64,
-    mut key: u64,
-) -> Vec<Extent<'r>> {
-    pieces
-        .iter()
-        .map(|p| {
-            let e = Extent {
-                route: &routes[p.stripe as usize],
-                object: layout.objects[p.stripe as usize].oid,
-                offset: p.object_offset,
-                at: (p.file_offset - offset) as usize,
-                len: p.len as usize,
-                key,
-            };
-            key += KeyBlock::needed([e.len]);
-            e
-        })
-        .collect()
 }

@@ -13,9 +13,8 @@ use nacre_proto::meta::{Reply, Request};
 
 use super::client::Conn;
 use super::errors::{attr_of, failure, protocol};
-use super::file::extents;
 use super::Client;
-use crate::objects::{IoOptions, KeyBlock};
+use crate::objects::{Extent, IoOptions, KeyBlock};
 use crate::rpc::ClientError;
 
 /// A file's layout and the mirrors this client knows to be stale (bit `m` for mirror
@@ -289,7 +288,7 @@ impl Client {
                 .map_err(|e| failure(libc::EINVAL, e.to_string()))?;
             let got = self.with_conn(true, |c| {
                 let routes = c.routes(from)?;
-                let ex = extents(from, &routes, &pieces, at, 0);
+                let ex = Extent::of_pieces(from, &routes, &pieces, at, 0);
                 let io = c.io;
                 c.ns.ep.read_extents(&ex, buf, io)
             })?;
@@ -301,7 +300,7 @@ impl Client {
                 let count = KeyBlock::needed(pieces.iter().map(|p| p.len as usize));
                 self.change_objects(count, |c, keys| {
                     let routes = c.routes(to)?;
-                    let ex = extents(to, &routes, &pieces, at, 0);
+                    let ex = Extent::of_pieces(to, &routes, &pieces, at, 0);
                     let io = IoOptions {
                         keys: Some(*keys),
                         ..c.io

@@ -119,6 +119,9 @@ fn unlink(shared: &Arc<Shared>, creds: &Creds, dir: u64) -> Result<(), i32> {
     shared.admin(HsmAdmin::DelRepo { id })?;
     lock(&shared.repos).remove(&id);
     lock(&shared.listers).remove(&id);
+    if let Some(task) = lock(&shared.import_tasks).remove(&id) {
+        task.finish(Some("unlinked".into()));
+    }
     tracing::info!("directory {dir} unlinked (association {id})");
     Ok(())
 }

@@ -83,7 +83,7 @@ pub(crate) fn ask(shared: &Arc<Shared>, job: HsmJob, ino: u64, offset: u64, len:
     let Some(load) = start(shared, &inode) else {
         return job.answer(Err(libc::EIO));
     };
-    if load.chunks() == 0 {
+    if load.size == 0 {
         // Nothing to load: an empty file.
         return finish(
             shared,
@@ -164,12 +164,6 @@ fn start(shared: &Arc<Shared>, inode: &crate::mdt::Inode) -> Option<Arc<Load>> {
     }
     loads.insert(inode.ino, load.clone());
     Some(load)
-}
-
-impl Load {
-    fn chunks(&self) -> usize {
-        lock(&self.state).chunks.len()
-    }
 }
 
 /// Loads one chunk (if nobody has yet), then answers whoever it completes.

@@ -37,14 +37,8 @@ fn io(map: &ClusterMap) -> IoOptions {
     IoOptions::for_provider(map.servers.first().map_or("", |s| s.provider.as_str()))
 }
 
-fn routes(map: &ClusterMap, l: &StripedLayout) -> Result<Vec<OstRoute>, ClientError> {
-    l.objects
-        .iter()
-        .map(|o| OstRoute::in_map(map, o.ost))
-        .collect()
-}
-
-/// The extents of copy `l` that a range of `len` bytes at file offset `at` touches.
+/// The extents of copy `l` (routed by `routes`) that `len` bytes at file offset `at`
+/// touch.
 fn extents<'r>(
     l: &StripedLayout,
     routes: &'r [OstRoute],
@@ -54,17 +48,7 @@ fn extents<'r>(
     let pieces = l
         .pieces(at, len)
         .map_err(|e| ClientError::Protocol(e.to_string()))?;
-    Ok(pieces
-        .iter()
-        .map(|p| Extent {
-            route: &routes[p.stripe as usize],
-            object: l.objects[p.stripe as usize].oid,
-            offset: p.object_offset,
-            at: (p.file_offset - at) as usize,
-            len: p.len as usize,
-            key: 0,
-        })
-        .collect())
+    Ok(Extent::of_pieces(l, routes, &pieces, at, 0))
 }
 
 /// Writes `data` at file offset `at` into every mirror of `layout` in sync.
@@ -77,7 +61,7 @@ pub fn write(
 ) -> Result<(), ClientError> {
     for m in layout.in_sync() {
         let l = &layout.mirrors[m].stripes;
-        let routes = routes(map, l)?;
+        let routes = OstRoute::each_in_map(map, l)?;
         ep.write_extents(&extents(l, &routes, at, data.len() as u64)?, data, io(map))?;
     }
     Ok(())
@@ -95,7 +79,7 @@ pub fn read(
         return Err(ClientError::Protocol("no copy in sync".into()));
     };
     let l = &layout.mirrors[m].stripes;
-    let routes = routes(map, l)?;
+    let routes = OstRoute::each_in_map(map, l)?;
     let ext = extents(l, &routes, at, buf.len() as u64)?;
     let spans: Vec<(usize, usize)> = ext.iter().map(|e| (e.at, e.len)).collect();
     let got = ep.read_extents(&ext, buf, io(map))?;

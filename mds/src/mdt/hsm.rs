@@ -116,14 +116,19 @@ pub fn touch_data(i: &mut Inode) {
     }
 }
 
+/// Whether `i` is a released file. Only files of linked trees can be: the layout is
+/// decoded for those alone, not on every write open of every file.
 pub fn is_released(i: &Inode) -> bool {
-    i.file_layout().is_some_and(|l| l.released)
+    i.hsm.is_some() && i.file_layout().is_some_and(|l| l.released)
 }
 
 /// Clears a released file's mark when its data is about to be replaced whole (a
 /// truncate to 0, O_TRUNC): its objects were never written or were emptied on
 /// release, so nothing needs loading.
 pub fn unrelease(i: &mut Inode) {
+    if i.hsm.is_none() {
+        return;
+    }
     if let Some(mut l) = i.file_layout().filter(|l| l.released) {
         l.released = false;
         i.layout = l.to_bytes();

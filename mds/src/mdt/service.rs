@@ -489,15 +489,19 @@ impl Mdt {
 
     /// Answers a read-only request on the calling thread.
     pub fn read(&self, head: &Head, req: &Request) -> Result<Reply, i32> {
-        let ctx = ReadCtx {
+        read_now(&self.read_ctx(), head, req)
+    }
+
+    /// What a read on the calling thread needs (no cached tables).
+    fn read_ctx(&self) -> ReadCtx<'_> {
+        ReadCtx {
             db: &self.db,
             overlay: &self.overlay,
             generation: &self.generation,
             cache: None,
             epoch: self.epoch,
             ost_space: &self.ost_space,
-        };
-        read_now(&ctx, head, req)
+        }
     }
 
     /// Sends data repository requests to `inbox` (None: answered ENOSYS).
@@ -507,15 +511,7 @@ impl Mdt {
 
     /// Inode `ino` as the last operation left it.
     pub fn inode(&self, ino: u64) -> Result<Option<super::Inode>, i32> {
-        let ctx = ReadCtx {
-            db: &self.db,
-            overlay: &self.overlay,
-            generation: &self.generation,
-            cache: None,
-            epoch: self.epoch,
-            ost_space: &self.ost_space,
-        };
-        super::submitter::read_inode(&ctx, ino)
+        super::submitter::read_inode(&self.read_ctx(), ino)
     }
 
     /// The data repository associations, as the last operation left them.
