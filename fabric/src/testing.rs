@@ -197,3 +197,27 @@ impl Drop for KillOnDrop {
         }
     }
 }
+
+/// Ends the whole test process, with a message naming the test, when a test runs past
+/// `limit`: a provider call that never returns (seen once in CI, inside a peer-killed
+/// test) would otherwise hold the suite until CI's own deadline. Disarmed on drop.
+pub struct Watchdog {
+    _disarm: std::sync::mpsc::Sender<()>,
+}
+
+impl Watchdog {
+    pub fn arm(test: &'static str, limit: Duration) -> Watchdog {
+        let (tx, rx) = channel::<()>();
+        std::thread::spawn(move || {
+            // Ok or Disconnected: the test ended (the guard dropped) in time.
+            if let Err(std::sync::mpsc::RecvTimeoutError::Timeout) = rx.recv_timeout(limit) {
+                eprintln!(
+                    "WATCHDOG {test}: still running after {} s; ending the test process",
+                    limit.as_secs()
+                );
+                std::process::abort();
+            }
+        });
+        Watchdog { _disarm: tx }
+    }
+}

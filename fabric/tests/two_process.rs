@@ -9,6 +9,7 @@ use std::time::{Duration, Instant};
 use common::checks::*;
 use common::peer::{process_main, spawn_process};
 use common::*;
+use nacre_fabric::testing::Watchdog;
 use nacre_fabric::{Access, Completion, EndpointConfig, Error, Memory, OpKind};
 
 /// Not a test of its own: the body of the peer process (a no-op when run by the harness).
@@ -27,6 +28,7 @@ fn config() -> EndpointConfig {
 
 #[test]
 fn transfers_between_two_processes() {
+    let _watchdog = Watchdog::arm("transfers_between_two_processes", Duration::from_secs(240));
     for provider in PROVIDERS {
         if available(provider, "transfers_between_two_processes").is_none() {
             continue;
@@ -44,6 +46,10 @@ fn transfers_between_two_processes() {
 
 #[test]
 fn peer_killed_mid_transfer_gives_an_error_not_a_hang() {
+    let _watchdog = Watchdog::arm(
+        "peer_killed_mid_transfer_gives_an_error_not_a_hang",
+        Duration::from_secs(300),
+    );
     for provider in PROVIDERS {
         if available(
             provider,
@@ -112,8 +118,10 @@ fn peer_killed_mid_transfer_gives_an_error_not_a_hang() {
         );
         println!("{provider}: peer killed after {done} reads; {after:.2} s later: {outcome}");
         // The endpoint stays usable for other work: drain what is left without panicking.
+        // shm never completes the reads that were in flight to the dead peer (they stay
+        // counted; the engine's own deadlines end such operations), hence the bound.
         let drain_start = Instant::now();
-        while ep.in_flight() > 0 && drain_start.elapsed() < Duration::from_secs(30) {
+        while ep.in_flight() > 0 && drain_start.elapsed() < Duration::from_secs(5) {
             let _ = ep.poll(&mut out);
         }
     }

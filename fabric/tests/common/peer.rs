@@ -175,27 +175,19 @@ pub fn spawn_process(provider: &str) -> ProcessPeer {
         .spawn()
         .expect("start the peer process");
     let stdin = child.stdin.take().unwrap();
-    let mut lines = BufReader::new(child.stdout.take().unwrap()).lines();
-    let info = read_info(|| loop {
-        match lines.next()? {
-            // The harness may have printed "test peer_process_main ... " on the same line.
-            Ok(l) if l.contains("NACRE ") => {
-                return Some(l[l.find("NACRE ").unwrap() + 6..].to_string())
-            }
-            Ok(_) => continue, // the test harness's own lines
-            Err(_) => return None,
-        }
-    });
-    // Keep draining the child's stdout (its last lines must never meet a closed pipe),
-    // passing on what it says.
+    // Every line the child prints, read by a thread of its own: its last lines must never
+    // meet a closed pipe, and a peer that hangs while starting fails the test, not holds it.
     let (tx, rx) = channel();
+    let stdout = BufReader::new(child.stdout.take().unwrap());
     std::thread::spawn(move || {
-        for line in lines.map_while(Result::ok) {
+        // The harness may have printed "test peer_process_main ... " on the same line.
+        for line in stdout.lines().map_while(Result::ok) {
             if let Some(at) = line.find("NACRE ") {
                 let _ = tx.send(line[at + 6..].to_string());
             }
         }
     });
+    let info = read_info(|| rx.recv_timeout(Duration::from_secs(30)).ok());
     ProcessPeer {
         info,
         child,
