@@ -33,6 +33,10 @@ typedef struct nacre_file nacre_file;
 #define NACRE_KIND_FILE 1
 #define NACRE_KIND_DIR 2
 #define NACRE_KIND_SYMLINK 3
+#define NACRE_KIND_FIFO 4
+#define NACRE_KIND_SOCKET 5
+#define NACRE_KIND_CHARDEV 6
+#define NACRE_KIND_BLOCKDEV 7
 
 typedef struct nacre_stat {
     uint64_t ino;
@@ -46,6 +50,7 @@ typedef struct nacre_stat {
     int64_t atime_ns; /* nanoseconds since the epoch */
     int64_t mtime_ns;
     int64_t ctime_ns;
+    uint64_t rdev; /* device nodes: the device number, as stat's st_rdev */
 } nacre_stat_t;
 
 /* RAID-0 striping, as Lustre's `lfs setstripe -c COUNT -S SIZE -i INDEX`. */

@@ -36,6 +36,7 @@ pub struct NacreStat {
     pub atime_ns: i64,
     pub mtime_ns: i64,
     pub ctime_ns: i64,
+    pub rdev: u64,
 }
 
 /// The most bytes one nacre_pread / nacre_pwrite moves (Linux's limit for read/write).
@@ -129,6 +130,7 @@ fn stat_of(a: &Attr) -> NacreStat {
         atime_ns: a.atime,
         mtime_ns: a.mtime,
         ctime_ns: a.ctime,
+        rdev: a.rdev,
     }
 }
 

@@ -83,13 +83,23 @@ fn mode_string(a: &Attr) -> String {
         FileKind::Dir => 'd',
         FileKind::Symlink => 'l',
         FileKind::File => '-',
+        FileKind::Fifo => 'p',
+        FileKind::Socket => 's',
+        FileKind::CharDevice => 'c',
+        FileKind::BlockDevice => 'b',
     };
     let mut s = String::from(t);
-    for shift in [6, 3, 0] {
+    // setuid, setgid and sticky show in the execute column, as ls shows them.
+    for (shift, special, letter) in [(6, 0o4000, 's'), (3, 0o2000, 's'), (0, 0o1000, 't')] {
         let bits = (a.mode >> shift) & 7;
         s.push(if bits & 4 != 0 { 'r' } else { '-' });
         s.push(if bits & 2 != 0 { 'w' } else { '-' });
-        s.push(if bits & 1 != 0 { 'x' } else { '-' });
+        s.push(match (a.mode & special != 0, bits & 1 != 0) {
+            (true, true) => letter,
+            (true, false) => letter.to_ascii_uppercase(),
+            (false, true) => 'x',
+            (false, false) => '-',
+        });
     }
     s
 }
@@ -100,9 +110,16 @@ pub fn stat(c: &Client, paths: &[String]) -> Result<(), CliError> {
         let a = c.stat(path).map_err(|e| CliError::io(path, e))?;
         println!("  File: {path}");
         println!(
-            "  Size: {:<12} Type: {:?}  Inode: {}  Links: {}",
-            a.size, a.kind, a.ino, a.nlink
+            "  Size: {:<12} Type: {}  Inode: {}  Links: {}",
+            a.size,
+            a.kind.name(),
+            a.ino,
+            a.nlink
         );
+        if matches!(a.kind, FileKind::CharDevice | FileKind::BlockDevice) {
+            let (major, minor) = (libc::major(a.rdev), libc::minor(a.rdev));
+            println!("Device type: {major},{minor}");
+        }
         println!(
             "Access: ({:04o}/{})  Uid: {}  Gid: {}",
             a.mode & 0o7777,

@@ -196,7 +196,7 @@ fn walk(
         match e.kind {
             FileKind::Dir => walk(c, &child, f)?,
             FileKind::File => f(&child)?,
-            FileKind::Symlink => {}
+            _ => {} // symlinks and special files hold no data
         }
     }
     Ok(())

@@ -15,8 +15,8 @@ use std::time::{Duration, Instant};
 use nacre_proto::bootstrap::{ClusterMap, Role, RoleKind};
 use nacre_proto::layout::StripeSpec;
 use nacre_proto::meta::{
-    Attr, Creds, DirEntry, Head, ReplayKey, Reply, Request, CREATE_EXCL, NAME_MAX, PATH_MAX,
-    READDIR_MAX_ENTRIES,
+    Attr, Creds, DirEntry, FileKind, Head, ReplayKey, Reply, Request, CREATE_EXCL, NAME_MAX,
+    PATH_MAX, READDIR_MAX_ENTRIES,
 };
 
 use crate::rpc::{ClientEndpoint, ClientError, SessionId};
@@ -206,6 +206,28 @@ impl NamespaceClient {
             target: target.to_vec(),
         };
         attr_of(self.call(&req)?)
+    }
+
+    /// A FIFO, socket or device node at `path` (`kind` one of the special kinds; `rdev`
+    /// the device number of a device node). Device nodes need root, as on Linux.
+    pub fn mknod(
+        &mut self,
+        path: &str,
+        kind: FileKind,
+        mode: u32,
+        rdev: u64,
+    ) -> Result<Attr, ClientError> {
+        let (parent, name) = self.parent(path)?;
+        let req = Request::Mknod {
+            parent,
+            name: name.clone(),
+            kind,
+            mode,
+            rdev,
+        };
+        let attr = attr_of(self.call(&req)?)?;
+        self.remember(parent, name, attr.ino);
+        Ok(attr)
     }
 
     pub fn readlink(&mut self, path: &str) -> Result<Vec<u8>, ClientError> {

@@ -277,11 +277,7 @@ impl Check<'_> {
 
     fn links(&self, scan: &Scan) {
         for m in &scan.links {
-            let what = match m.kind {
-                FileKind::Dir => "directory",
-                FileKind::File => "file",
-                FileKind::Symlink => "symlink",
-            };
+            let what = m.kind.name();
             let line = match m.unnamed {
                 true => format!(
                     "nlink: {what} inode {} has link count {} and no name",

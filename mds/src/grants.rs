@@ -84,6 +84,7 @@ mod tests {
             atime: 0,
             mtime: 0,
             ctime: 0,
+            rdev: 0,
         };
         let rw = Rights::READ.with(Rights::WRITE).with(Rights::TRUNCATE);
         assert_eq!(rights_for(&Creds::user(1000, 1), &a, false), rw);

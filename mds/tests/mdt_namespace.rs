@@ -863,3 +863,154 @@ fn copies_placed_on_a_down_ost_are_born_stale() {
         Err(libc::ENOSPC)
     );
 }
+
+/// A directory everyone may write, in the root.
+fn open_dir(t: &T, name: &str) -> u64 {
+    let d = t.mkdir(ROOT, name);
+    let all = SetAttr {
+        mask: set::MODE,
+        mode: 0o777,
+        ..SetAttr::default()
+    };
+    t.call(Request::Setattr {
+        ino: d.ino,
+        attr: all,
+    })
+    .unwrap();
+    d.ino
+}
+
+fn mknod(parent: u64, name: &str, kind: FileKind, rdev: u64) -> Request {
+    Request::Mknod {
+        parent,
+        name: name.into(),
+        kind,
+        mode: 0o640,
+        rdev,
+    }
+}
+
+#[test]
+fn special_files_are_inodes_with_their_device_kept_across_a_restart() {
+    let dir = fresh_dir("mknod");
+    let user = Creds::user(1000, 1000);
+    let (fifo, dev) = {
+        let t = T::open(config(&dir, nacre_mds::mdt::SyncMode::Default));
+        let d = t.getattr(open_dir(&t, "d")).unwrap();
+        // FIFOs and sockets for anyone who may write the directory; devices for root.
+        let fifo = t
+            .attr_as(&user, mknod(d.ino, "p", FileKind::Fifo, 7))
+            .unwrap();
+        assert_eq!((fifo.kind, fifo.rdev, fifo.uid), (FileKind::Fifo, 0, 1000));
+        let sock = t.attr_as(&user, mknod(d.ino, "s", FileKind::Socket, 0));
+        assert_eq!(sock.unwrap().kind, FileKind::Socket);
+        let denied = t.attr_as(&user, mknod(d.ino, "c", FileKind::CharDevice, 0x103));
+        assert_eq!(denied, Err(EPERM));
+        let dev = t
+            .attr_as(
+                &Creds::root(),
+                mknod(d.ino, "b", FileKind::BlockDevice, 0x801),
+            )
+            .unwrap();
+        assert_eq!(
+            (dev.kind, dev.rdev, dev.mode),
+            (FileKind::BlockDevice, 0x801, 0o640)
+        );
+        assert_eq!(t.call(mknod(d.ino, "b", FileKind::Fifo, 0)), Err(EEXIST));
+        // No nacre handle opens them (the kernel does), and they take no layout.
+        let open = Request::Open {
+            ino: fifo.ino,
+            flags: O_RDONLY,
+        };
+        assert_eq!(t.call(open), Err(ENXIO));
+        let spec = StripeSpec::default();
+        let set_layout = Request::SetLayout { ino: dev.ino, spec };
+        assert_eq!(t.call(set_layout), Err(EINVAL));
+        (fifo, dev)
+    };
+    let t = T::open(config(&dir, nacre_mds::mdt::SyncMode::Default));
+    let d = t.lookup(ROOT, "d").unwrap();
+    assert_eq!(t.lookup(d.ino, "p").unwrap(), fifo);
+    assert_eq!(t.lookup(d.ino, "b").unwrap(), dev);
+    let names = t.list(d.ino, 100);
+    assert_eq!(names, ["p", "s", "b"]);
+    t.call(Request::Unlink {
+        parent: d.ino,
+        name: "b".into(),
+    })
+    .unwrap();
+    assert_eq!(t.getattr(dev.ino), Err(ENOENT));
+}
+
+#[test]
+fn writes_and_truncates_by_others_than_root_drop_setuid_and_setgid() {
+    let t = T::new("killpriv");
+    let user = Creds::user(1000, 1000);
+    let w = open_dir(&t, "w");
+    let f = t.create_as(&user, w, "f", 0o6775).unwrap();
+    let g = t.create_as(&user, w, "g", 0o2644).unwrap();
+    assert_eq!((f.mode, g.mode), (0o6775, 0o2644));
+    let kill = SetAttr {
+        mask: set::KILL_PRIV,
+        ..SetAttr::default()
+    };
+    // setgid without group execute is mandatory locking, not a privilege: it stays.
+    let f2 = t
+        .attr_as(
+            &user,
+            Request::Setattr {
+                ino: f.ino,
+                attr: kill,
+            },
+        )
+        .unwrap();
+    let g2 = t
+        .attr_as(
+            &user,
+            Request::Setattr {
+                ino: g.ino,
+                attr: kill,
+            },
+        )
+        .unwrap();
+    assert_eq!((f2.mode, g2.mode), (0o0775, 0o2644));
+    // Root keeps them (CAP_FSETID); a truncate by the owner drops them.
+    let h = t.create_as(&user, w, "h", 0o4755).unwrap();
+    let by_root = t
+        .attr_as(
+            &Creds::root(),
+            Request::Setattr {
+                ino: h.ino,
+                attr: kill,
+            },
+        )
+        .unwrap();
+    assert_eq!(by_root.mode, 0o4755);
+    let trunc = SetAttr {
+        mask: set::SIZE,
+        size: 10,
+        ..SetAttr::default()
+    };
+    let h2 = t
+        .attr_as(
+            &user,
+            Request::Setattr {
+                ino: h.ino,
+                attr: trunc,
+            },
+        )
+        .unwrap();
+    assert_eq!((h2.mode, h2.size), (0o0755, 10));
+    // Killing needs write access, as a write does.
+    let other = Creds::user(2000, 2000);
+    assert_eq!(
+        t.attr_as(
+            &other,
+            Request::Setattr {
+                ino: g.ino,
+                attr: kill
+            }
+        ),
+        Err(EACCES)
+    );
+}

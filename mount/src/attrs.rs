@@ -4,8 +4,10 @@ use std::collections::HashMap;
 use std::sync::Mutex;
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
-use fuser::{FileAttr, FileType};
+use fuser::FileAttr;
 use nacre_proto::meta::{Attr, FileKind};
+
+use crate::convert::kind_of;
 
 use crate::lock;
 
@@ -35,16 +37,14 @@ pub fn fuse_attr(a: &Attr) -> FileAttr {
         mtime: time_of(a.mtime),
         ctime: time_of(a.ctime),
         crtime: time_of(a.ctime),
-        kind: match a.kind {
-            FileKind::File => FileType::RegularFile,
-            FileKind::Dir => FileType::Directory,
-            FileKind::Symlink => FileType::Symlink,
-        },
+        kind: kind_of(a.kind),
         perm: (a.mode & 0o7777) as u16,
         nlink: a.nlink,
         uid: a.uid,
         gid: a.gid,
-        rdev: 0,
+        // FUSE carries the kernel's 32-bit encoding, the low half of the stat one for
+        // every major below 4096 and minor below 2^20.
+        rdev: a.rdev as u32,
         blksize: BLKSIZE,
         flags: 0,
     }
@@ -130,6 +130,7 @@ mod tests {
             atime: t,
             mtime: t,
             ctime: t,
+            rdev: 0,
         }
     }
 

@@ -12,7 +12,7 @@ use fuser::{
     ReplyLock, ReplyOpen, ReplyStatfs, ReplyWrite, ReplyXattr, TimeOrNow,
 };
 use nacre_client::{errno, File};
-use nacre_proto::meta::{self, Creds, LockRequest, Reply, Request, SetAttr};
+use nacre_proto::meta::{self, Creds, FileKind, LockRequest, Reply, Request, SetAttr};
 
 use crate::convert::{
     kernel_offsets, kind_of, lock_kind, lock_request, name_of, new_mode, time_ns, unlock_all,
@@ -72,9 +72,16 @@ impl fuser::Filesystem for NacreFs {
         reply: ReplyAttr,
     ) {
         let mut s = SetAttr::default();
-        if let Some(m) = mode {
-            s.mask |= meta::set::MODE;
-            s.mode = m & 0o7777;
+        match (mode, size) {
+            // A mode with a size is the kernel dropping setuid/setgid for a truncate
+            // (a chmod never comes with a size): the MDS does that itself, for anyone
+            // who may write, where a mode change needs the owner.
+            (Some(_), Some(_)) => s.mask |= meta::set::KILL_PRIV,
+            (Some(m), None) => {
+                s.mask |= meta::set::MODE;
+                s.mode = m & 0o7777;
+            }
+            _ => {}
         }
         if let Some(u) = uid {
             s.mask |= meta::set::UID;
@@ -229,7 +236,7 @@ impl fuser::Filesystem for NacreFs {
             ino,
             kernel_offsets(flags),
         ) {
-            Ok(f) => reply.opened(sh.add_file(f), fuser::consts::FOPEN_DIRECT_IO),
+            Ok(f) => reply.opened(sh.add_file(f, creds), fuser::consts::FOPEN_DIRECT_IO),
             Err(e) => reply.error(errno(&e)),
         };
         // O_TRUNC empties the objects on the OSTs.
@@ -259,7 +266,7 @@ impl fuser::Filesystem for NacreFs {
                         sh.dirs.entry_added(parent, &f.attr());
                     }
                     let attr = fuse_attr(&f.attr());
-                    let fh = sh.add_file(f);
+                    let fh = sh.add_file(f, creds);
                     reply.created(&ATTR_TTL, &attr, 0, fh, fuser::consts::FOPEN_DIRECT_IO)
                 }
                 Err(e) => reply.error(errno(&e)),
@@ -269,9 +276,9 @@ impl fuser::Filesystem for NacreFs {
         self.inline_unless_osts(req, flags & libc::O_TRUNC != 0, op);
     }
 
-    /// A regular file made without opening it (mknod(2), and what some tools use
-    /// for an empty file); nacre has no device, FIFO or socket files: EPERM, as
-    /// Linux answers on a file system that does not support them.
+    /// A regular file made without opening it (mknod(2), and what some tools use for
+    /// an empty file), or a FIFO, socket or device node: inodes only, which the kernel
+    /// opens itself (a FIFO's pipe lives in the kernel of the host that opens it).
     fn mknod(
         &mut self,
         req: &fuser::Request<'_>,
@@ -279,18 +286,27 @@ impl fuser::Filesystem for NacreFs {
         name: &OsStr,
         mode: u32,
         umask: u32,
-        _rdev: u32,
+        rdev: u32,
         reply: ReplyEntry,
     ) {
-        if mode & libc::S_IFMT != libc::S_IFREG && mode & libc::S_IFMT != 0 {
-            return reply.error(libc::EPERM);
-        }
-        let r = Request::Create {
-            parent,
-            name: name_of(name),
-            mode: new_mode(mode, umask),
-            flags: meta::CREATE_EXCL,
-            layout: None,
+        let r = match mode & libc::S_IFMT {
+            0 | libc::S_IFREG => Request::Create {
+                parent,
+                name: name_of(name),
+                mode: new_mode(mode, umask),
+                flags: meta::CREATE_EXCL,
+                layout: None,
+            },
+            _ => match FileKind::special_from_mode(mode) {
+                Some(kind) => Request::Mknod {
+                    parent,
+                    name: name_of(name),
+                    kind,
+                    mode: new_mode(mode, umask),
+                    rdev: rdev.into(),
+                },
+                None => return reply.error(libc::EINVAL),
+            },
         };
         self.inline(req, |sh, creds| {
             sh.new_entry(reply, parent, sh.client.request_as(creds, &r))
@@ -328,7 +344,7 @@ impl fuser::Filesystem for NacreFs {
     fn write(
         &mut self,
         _req: &fuser::Request<'_>,
-        _ino: u64,
+        ino: u64,
         fh: u64,
         offset: i64,
         data: &[u8],
@@ -346,7 +362,10 @@ impl fuser::Filesystem for NacreFs {
         buf.copy_from_slice(data);
         let sh = self.sh.clone();
         self.offload(move || {
-            match file.write_at(&buf, offset.max(0) as u64) {
+            match sh
+                .before_write(fh, ino)
+                .and_then(|_| file.write_at(&buf, offset.max(0) as u64))
+            {
                 Ok(n) => reply.written(n as u32),
                 Err(e) => reply.error(errno(&e)),
             }
@@ -499,7 +518,7 @@ impl fuser::Filesystem for NacreFs {
         _flush: bool,
         reply: ReplyEmpty,
     ) {
-        let Some(file) = lock(&self.sh.files).remove(&fh) else {
+        let Some(file) = self.sh.forget_file(fh) else {
             return reply.error(libc::EBADF);
         };
         // Here on the session thread, as namespace requests are (the kernel does not

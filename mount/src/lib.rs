@@ -75,6 +75,7 @@ impl NacreFs {
             files: Mutex::new(HashMap::new()),
             next_fh: AtomicU64::new(1),
             locked: Mutex::new(HashSet::new()),
+            kill_privs: Mutex::new(HashMap::new()),
             dirs: DirAttrs::default(),
         });
         NacreFs {

@@ -8,7 +8,10 @@ use std::sync::{Arc, Mutex};
 
 use fuser::{ReplyAttr, ReplyEmpty, ReplyEntry};
 use nacre_client::{errno, Client, File};
-use nacre_proto::meta::{self, Attr, Creds, Reply, Request, SetAttr};
+use nacre_proto::meta::{self, Attr, Creds, FileKind, Reply, Request, SetAttr};
+
+const S_ISUID: u32 = 0o4000;
+const S_ISGID: u32 = 0o2000;
 
 use crate::convert::attr_of;
 use crate::{fuse_attr, lock, DirAttrs, ATTR_TTL, MAX_IO, WORKERS};
@@ -21,6 +24,10 @@ pub struct Shared {
     pub next_fh: AtomicU64,
     /// Inodes this mount has taken locks on: only their closes need an unlock sent.
     pub locked: Mutex<HashSet<u64>>,
+    /// Handles whose first write must drop setuid/setgid first, with their opener's
+    /// credentials: FUSE sends direct writes without killing privileges itself, and
+    /// Linux drops them at a write by a process without CAP_FSETID.
+    pub kill_privs: Mutex<HashMap<u64, Creds>>,
     pub dirs: DirAttrs,
 }
 
@@ -53,10 +60,35 @@ impl Shared {
         lock(&self.files).get(&fh).cloned().ok_or(libc::EBADF)
     }
 
-    pub fn add_file(&self, f: File) -> u64 {
+    pub fn add_file(&self, f: File, creds: &Creds) -> u64 {
         let fh = self.next_fh.fetch_add(1, Ordering::Relaxed);
+        let a = f.attr();
+        let privileged = a.mode & S_ISUID != 0 || a.mode & (S_ISGID | 0o010) == S_ISGID | 0o010;
+        if privileged && creds.uid != 0 && a.kind == FileKind::File {
+            lock(&self.kill_privs).insert(fh, creds.clone());
+        }
         lock(&self.files).insert(fh, Arc::new(f));
         fh
+    }
+
+    pub fn forget_file(&self, fh: u64) -> Option<Arc<File>> {
+        lock(&self.kill_privs).remove(&fh);
+        lock(&self.files).remove(&fh)
+    }
+
+    /// Before the first write through `fh`: drops setuid/setgid if its opener is not
+    /// root (see [`Shared::kill_privs`]).
+    pub fn before_write(&self, fh: u64, ino: u64) -> io::Result<()> {
+        let Some(creds) = lock(&self.kill_privs).remove(&fh) else {
+            return Ok(());
+        };
+        let s = SetAttr {
+            mask: meta::set::KILL_PRIV,
+            ..SetAttr::default()
+        };
+        self.client
+            .request_as(&creds, &Request::Setattr { ino, attr: s })
+            .map(|_| ())
     }
 
     pub fn is_locked(&self, ino: u64) -> bool {

@@ -110,6 +110,15 @@ fn request() -> impl Strategy<Value = Request> {
                 target
             }),
         any::<u64>().prop_map(|ino| Request::Readlink { ino }),
+        (any::<u64>(), name(), 4u32..=7, any::<u32>(), any::<u64>()).prop_map(
+            |(parent, name, kind, mode, rdev)| Request::Mknod {
+                parent,
+                name,
+                kind: FileKind::from_u32(kind).unwrap(),
+                mode,
+                rdev,
+            }
+        ),
         (any::<u64>(), any::<u64>(), name()).prop_map(|(ino, new_parent, new_name)| {
             Request::Link {
                 ino,
@@ -171,6 +180,7 @@ fn attr(ino: u64) -> Attr {
         atime: -1,
         mtime: 2,
         ctime: 3,
+        rdev: 0x0801,
     }
 }
 
@@ -357,6 +367,17 @@ fn names_and_limits_are_enforced() {
             .errno(),
         errno::ENAMETOOLONG
     );
+    // mknod makes special files only: a regular file or directory kind is refused.
+    for kind in [FileKind::File, FileKind::Dir, FileKind::Symlink] {
+        let req = Request::Mknod {
+            parent: 1,
+            name: b"n".to_vec(),
+            kind,
+            mode: 0o644,
+            rdev: 0,
+        };
+        assert!(Request::decode(Opcode::MDS_MKNOD, &enc(&req)).is_err());
+    }
     let many = Head {
         creds: Creds {
             uid: 1,

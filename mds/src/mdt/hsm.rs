@@ -97,7 +97,7 @@ pub fn inherit(p: &Inode, name: &[u8], kind: FileKind) -> Option<HsmRecord> {
     let key = match kind {
         FileKind::Dir => format!("{}{name}/", dir.key),
         FileKind::File => format!("{}{name}", dir.key),
-        FileKind::Symlink => return None,
+        _ => return None, // symlinks and special files: no data to keep in a repository
     };
     Some(HsmRecord {
         repo: dir.repo,

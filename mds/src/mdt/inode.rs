@@ -1,10 +1,10 @@
-//! The inode record as stored in the `inodes` table (record version 1, or 2 for an
-//! inode with a data repository record).
+//! The inode record as stored in the `inodes` table (record version 1, 2 for an
+//! inode with a data repository record, 3 for a device node).
 //!
 //! | size | field                                                   |
 //! |------|---------------------------------------------------------|
-//! | 1    | record version (1 or 2)                                 |
-//! | 1    | kind (1 file, 2 dir, 3 symlink)                         |
+//! | 1    | record version (1, 2 or 3)                              |
+//! | 1    | kind (1 file, 2 dir, 3 symlink, 4 FIFO, 5 socket, 6 char device, 7 block device) |
 //! | 1    | flags: 1 WRITTEN (opened for write or sized), 2 ORPHAN  |
 //! | 1    | reserved                                                |
 //! | 4×4  | mode, uid, gid, nlink                                   |
@@ -12,6 +12,7 @@
 //! | 4+n  | layout: resolved (file) or default spec (dir), or empty |
 //! | 4+n  | symlink target, or empty                                |
 //! | 4+n  | version 2 only: its [`HsmRecord`] (data repositories)   |
+//! | 8    | version 3 only: the device number (rdev)                |
 
 use nacre_proto::layout::{FileLayout, StripeSpec};
 use nacre_proto::meta::{Attr, FileKind};
@@ -22,6 +23,9 @@ use super::hsm::HsmRecord;
 const RECORD_VERSION: u8 = 1;
 /// A record with an HSM record after the symlink target.
 const RECORD_VERSION_HSM: u8 = 2;
+/// A record with a device number after the symlink target (device nodes only, which
+/// never have an HSM record).
+const RECORD_VERSION_RDEV: u8 = 3;
 pub const WRITTEN: u8 = 1;
 pub const ORPHAN: u8 = 2;
 
@@ -48,6 +52,8 @@ pub struct Inode {
     /// Where a file or directory below a linked directory stands with its data
     /// repository (None elsewhere).
     pub hsm: Option<HsmRecord>,
+    /// A device node's device number (0 for other kinds).
+    pub rdev: u64,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -70,6 +76,7 @@ impl Inode {
             atime: self.atime,
             mtime: self.mtime,
             ctime: self.ctime,
+            rdev: self.rdev,
         }
     }
 
@@ -93,9 +100,10 @@ impl Inode {
 
     pub fn encode(&self) -> Vec<u8> {
         let mut out = Vec::with_capacity(80 + self.layout.len() + self.target.len());
-        let version = match self.hsm {
-            Some(_) => RECORD_VERSION_HSM,
-            None => RECORD_VERSION,
+        let version = match (&self.hsm, self.rdev) {
+            (Some(_), _) => RECORD_VERSION_HSM,
+            (None, 0) => RECORD_VERSION,
+            (None, _) => RECORD_VERSION_RDEV,
         };
         out.extend_from_slice(&[version, self.kind as u8, self.flags, 0]);
         for v in [self.mode, self.uid, self.gid, self.nlink] {
@@ -119,6 +127,8 @@ impl Inode {
             let b = h.encode();
             out.extend_from_slice(&(b.len() as u32).to_le_bytes());
             out.extend_from_slice(&b);
+        } else if self.rdev != 0 {
+            out.extend_from_slice(&self.rdev.to_le_bytes());
         }
         out
     }
@@ -127,7 +137,7 @@ impl Inode {
         let bad = |why: String| CorruptInode { ino, why };
         let mut r = BodyReader::new(bytes);
         let head = r.bytes(4).map_err(|e| bad(e.to_string()))?;
-        if head[0] != RECORD_VERSION && head[0] != RECORD_VERSION_HSM {
+        if !(RECORD_VERSION..=RECORD_VERSION_RDEV).contains(&head[0]) {
             return Err(bad(format!("record version {}", head[0])));
         }
         let kind = FileKind::from_u32(head[1].into()).map_err(|e| bad(e.to_string()))?;
@@ -146,6 +156,10 @@ impl Inode {
                 }
                 _ => None,
             };
+            let rdev = match head[0] {
+                RECORD_VERSION_RDEV => r.u64()?,
+                _ => 0,
+            };
             let inode = Inode {
                 ino,
                 kind,
@@ -163,6 +177,7 @@ impl Inode {
                 layout,
                 target,
                 hsm: None,
+                rdev,
             };
             Ok((inode, hsm))
         };
@@ -226,6 +241,7 @@ mod tests {
             layout: vec![],
             target: b"/a/b".to_vec(),
             hsm: None,
+            rdev: 0,
         };
         let bytes = ino.encode();
         assert_eq!(Inode::decode(9, &bytes).unwrap(), ino);
@@ -241,11 +257,23 @@ mod tests {
                 stored: "a/c".into(),
                 etag: "\"e\"".into(),
             }),
-            ..ino
+            ..ino.clone()
         };
         let bytes = with.encode();
         assert_eq!(bytes[0], RECORD_VERSION_HSM);
         assert_eq!(Inode::decode(9, &bytes).unwrap(), with);
+        for cut in 0..bytes.len() {
+            assert!(Inode::decode(9, &bytes[..cut]).is_err());
+        }
+        let dev = Inode {
+            kind: FileKind::BlockDevice,
+            target: vec![],
+            rdev: 0x0803,
+            ..ino.clone()
+        };
+        let bytes = dev.encode();
+        assert_eq!(bytes[0], RECORD_VERSION_RDEV);
+        assert_eq!(Inode::decode(9, &bytes).unwrap(), dev);
         for cut in 0..bytes.len() {
             assert!(Inode::decode(9, &bytes[..cut]).is_err());
         }

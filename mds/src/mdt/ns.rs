@@ -72,6 +72,7 @@ pub fn validate(req: &Request) -> Result<(), i32> {
         Request::Lookup { name: n, .. }
         | Request::Create { name: n, .. }
         | Request::Mkdir { name: n, .. }
+        | Request::Mknod { name: n, .. }
         | Request::Rmdir { name: n, .. }
         | Request::Unlink { name: n, .. }
         | Request::Link { new_name: n, .. } => name(n),
@@ -349,6 +350,13 @@ impl Namespace {
                 name,
                 target,
             } => self.symlink(w, c, *parent, name, target),
+            Request::Mknod {
+                parent,
+                name,
+                kind,
+                mode,
+                rdev,
+            } => self.mknod(w, c, (*parent, name), *kind, *mode, *rdev),
             Request::Link {
                 ino,
                 new_parent,
@@ -456,6 +464,7 @@ impl Namespace {
             layout: Vec::new(),
             target: Vec::new(),
             hsm: None,
+            rdev: 0,
         })
     }
 
@@ -548,6 +557,28 @@ impl Namespace {
         let mut i = self.new_inode(w, c, FileKind::Symlink, 0o777, &p)?;
         i.target = target.to_vec();
         i.size = target.len() as u64;
+        w.put_inode(&i)?;
+        add_to_dir(w, c, parent, name, &i)?;
+        Ok(Reply::Attr(i.attr()))
+    }
+
+    /// A FIFO, socket or device node: an inode and a name, no data. Making a device
+    /// node needs root, as on Linux (CAP_MKNOD); FIFOs and sockets do not.
+    fn mknod(
+        &mut self,
+        w: &mut WriteTables<'_>,
+        c: &Ctx<'_>,
+        (parent, name): (u64, &[u8]),
+        kind: FileKind,
+        mode: u32,
+        rdev: u64,
+    ) -> Res<Reply> {
+        need(kind.is_special(), EINVAL)?;
+        let device = matches!(kind, FileKind::CharDevice | FileKind::BlockDevice);
+        need(!device || c.creds.uid == 0, EPERM)?;
+        let p = self.new_entry_parent(w, c, parent, name)?;
+        let mut i = self.new_inode(w, c, kind, mode, &p)?;
+        i.rdev = if device { rdev } else { 0 };
         w.put_inode(&i)?;
         add_to_dir(w, c, parent, name, &i)?;
         Ok(Reply::Attr(i.attr()))
@@ -711,6 +742,8 @@ impl Namespace {
         let acc = flags & O_ACCMODE;
         need(acc != O_ACCMODE, EINVAL)?;
         need(i.kind != FileKind::Symlink, EINVAL)?;
+        // The kernel opens FIFOs, sockets and devices itself: no nacre handle serves them.
+        need(!i.kind.is_special(), ENXIO)?;
         let writing = acc != O_RDONLY || flags & O_TRUNC != 0;
         need(!(i.is_dir() && writing), EISDIR)?;
         let mut want = if acc == O_RDONLY || acc == O_RDWR {
@@ -777,7 +810,6 @@ impl Namespace {
         spec.validate().map_err(|_| Fail::Errno(EINVAL))?;
         i.ctime = c.now;
         match i.kind {
-            FileKind::Symlink => Err(Fail::Errno(EINVAL)),
             FileKind::Dir => {
                 let mut bytes = Vec::new();
                 spec.encode(&mut bytes);
@@ -795,6 +827,7 @@ impl Namespace {
                 w.put_inode(&i)?;
                 Ok(Reply::Layout(layout))
             }
+            _ => Err(Fail::Errno(EINVAL)), // symlinks and special files hold no data
         }
     }
 
@@ -968,6 +1001,7 @@ fn setattr(w: &mut WriteTables<'_>, c: &Ctx<'_>, ino: u64, a: &SetAttr) -> Res<R
     need(!has(set::UID) || a.uid == i.uid || cr.uid == 0, EPERM)?;
     let gid_ok = cr.uid == 0 || (cr.uid == i.uid && cr.in_group(a.gid));
     need(!has(set::GID) || a.gid == i.gid || gid_ok, EPERM)?;
+    need(!has(set::KILL_PRIV) || owner || may(cr, &i, W), EACCES)?;
     if has(set::SIZE) {
         need(!i.is_dir(), EISDIR)?;
         need(i.kind == FileKind::File, EINVAL)?;
@@ -999,8 +1033,10 @@ fn setattr(w: &mut WriteTables<'_>, c: &Ctx<'_>, ino: u64, a: &SetAttr) -> Res<R
     if has(set::GID) {
         i.gid = a.gid;
     }
-    if chown && !i.is_dir() {
-        // As Linux: chown drops setuid, and setgid when it means "group executable".
+    // As Linux: chown drops setuid, and setgid when it means "group executable"; so
+    // do a write and a truncate by a process without CAP_FSETID (here: not root).
+    let unprivileged_write = (has(set::SIZE) || has(set::KILL_PRIV)) && cr.uid != 0;
+    if (chown && !i.is_dir()) || (unprivileged_write && i.kind == FileKind::File) {
         i.mode &= !S_ISUID;
         if i.mode & 0o010 != 0 {
             i.mode &= !S_ISGID;
@@ -1102,5 +1138,6 @@ pub fn root_inode(now: i64, default_spec: &StripeSpec) -> Inode {
         layout,
         target: Vec::new(),
         hsm: None,
+        rdev: 0,
     }
 }

@@ -84,6 +84,7 @@ mod tests {
             atime: 3,
             mtime: 4,
             ctime: 5,
+            rdev: 0,
         };
         for result in [Ok(Reply::Attr(attr)), Ok(Reply::Done), Err(17)] {
             let s = SavedReply {

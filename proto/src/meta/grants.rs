@@ -117,6 +117,7 @@ mod tests {
             atime: 0,
             mtime: 0,
             ctime: 0,
+            rdev: 0,
         };
         let mut done = Vec::new();
         Reply::Attr(attr).encode(&mut done);

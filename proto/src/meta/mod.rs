@@ -50,6 +50,7 @@ pub mod errno {
     pub const EPERM: i32 = 1;
     pub const ENOENT: i32 = 2;
     pub const EIO: i32 = 5;
+    pub const ENXIO: i32 = 6;
     pub const EBADF: i32 = 9;
     pub const EAGAIN: i32 = 11;
     pub const EACCES: i32 = 13;
@@ -101,7 +102,11 @@ pub mod set {
     /// Set atime / mtime to the server's now (`touch` without a time: needs only write access).
     pub const ATIME_NOW: u32 = 128;
     pub const MTIME_NOW: u32 = 256;
-    pub const ALL: u32 = 511;
+    /// Drop setuid, and setgid when it means "group executable", as a write by an
+    /// unprivileged process does on Linux: needs only write access (a mount asks it
+    /// before such a writer's first write; a size change by one implies it).
+    pub const KILL_PRIV: u32 = 512;
+    pub const ALL: u32 = 1023;
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]

@@ -349,6 +349,7 @@ fn put_attr(out: &mut Vec<u8>, a: &Attr) {
     put_u64(out, a.atime as u64);
     put_u64(out, a.mtime as u64);
     put_u64(out, a.ctime as u64);
+    put_u64(out, a.rdev);
 }
 
 fn read_attr(r: &mut BodyReader<'_>) -> Result<Attr, MetaError> {
@@ -363,5 +364,6 @@ fn read_attr(r: &mut BodyReader<'_>) -> Result<Attr, MetaError> {
         atime: r.u64()? as i64,
         mtime: r.u64()? as i64,
         ctime: r.u64()? as i64,
+        rdev: r.u64()?,
     })
 }

@@ -2,7 +2,9 @@
 //! common head.
 
 use super::wire::{no_trailing, put_bytes, put_name_at, put_u32, put_u64, read_name, read_target};
-use super::{lock, set, Creds, Head, LockRequest, MetaError, ReplayKey, SetAttr, MAX_GROUPS};
+use super::{
+    lock, set, Creds, FileKind, Head, LockRequest, MetaError, ReplayKey, SetAttr, MAX_GROUPS,
+};
 use crate::body::BodyReader;
 use crate::frame::Opcode;
 use crate::layout::StripeSpec;
@@ -76,6 +78,15 @@ pub enum Request {
     Readlink {
         ino: u64,
     },
+    /// A FIFO, socket or device node (`kind` one of the special kinds; `rdev` for
+    /// devices).
+    Mknod {
+        parent: u64,
+        name: Vec<u8>,
+        kind: FileKind,
+        mode: u32,
+        rdev: u64,
+    },
     Link {
         ino: u64,
         new_parent: u64,
@@ -142,6 +153,7 @@ impl Request {
             Request::Rename { .. } => Opcode::MDS_RENAME,
             Request::Symlink { .. } => Opcode::MDS_SYMLINK,
             Request::Readlink { .. } => Opcode::MDS_READLINK,
+            Request::Mknod { .. } => Opcode::MDS_MKNOD,
             Request::Link { .. } => Opcode::MDS_LINK,
             Request::Statfs => Opcode::MDS_STATFS,
             Request::GetLayout { .. } => Opcode::MDS_GET_LAYOUT,
@@ -251,6 +263,18 @@ impl Request {
             } => {
                 put_name_at(out, *parent, name);
                 put_bytes(out, target);
+            }
+            Request::Mknod {
+                parent,
+                name,
+                kind,
+                mode,
+                rdev,
+            } => {
+                put_name_at(out, *parent, name);
+                put_u32(out, *kind as u32);
+                put_u32(out, *mode);
+                put_u64(out, *rdev);
             }
             Request::Link {
                 ino,
@@ -408,6 +432,13 @@ fn read_request(op: Opcode, r: &mut BodyReader<'_>) -> Result<Request, MetaError
             target: read_target(r)?,
         },
         Opcode::MDS_READLINK => Request::Readlink { ino: r.u64()? },
+        Opcode::MDS_MKNOD => Request::Mknod {
+            parent: r.u64()?,
+            name: read_name(r)?,
+            kind: read_special_kind(r)?,
+            mode: r.u32()?,
+            rdev: r.u64()?,
+        },
         Opcode::MDS_LINK => Request::Link {
             ino: r.u64()?,
             new_parent: r.u64()?,
@@ -521,4 +552,16 @@ fn put_setattr(out: &mut Vec<u8>, a: &SetAttr) {
     put_u64(out, a.atime as u64);
     put_u64(out, a.mtime as u64);
     put_u64(out, a.ctime as u64);
+}
+
+/// A mknod's kind: only the special kinds (files come by create, directories by mkdir).
+fn read_special_kind(r: &mut BodyReader<'_>) -> Result<FileKind, MetaError> {
+    let v = r.u32()?;
+    match FileKind::from_u32(v)? {
+        k if k.is_special() => Ok(k),
+        _ => Err(MetaError::BadValue {
+            what: "mknod kind",
+            value: v,
+        }),
+    }
 }

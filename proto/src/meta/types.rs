@@ -56,14 +56,55 @@ pub enum FileKind {
     File = 1,
     Dir = 2,
     Symlink = 3,
+    /// The special files (mknod): only metadata in nacre; the kernel opens them.
+    Fifo = 4,
+    Socket = 5,
+    CharDevice = 6,
+    BlockDevice = 7,
 }
 
 impl FileKind {
+    /// A FIFO, socket or device node: an inode with no data of its own.
+    pub fn is_special(self) -> bool {
+        matches!(
+            self,
+            FileKind::Fifo | FileKind::Socket | FileKind::CharDevice | FileKind::BlockDevice
+        )
+    }
+
+    /// The kind in words, as messages and `nacre stat` name it.
+    pub fn name(self) -> &'static str {
+        match self {
+            FileKind::File => "file",
+            FileKind::Dir => "directory",
+            FileKind::Symlink => "symlink",
+            FileKind::Fifo => "fifo",
+            FileKind::Socket => "socket",
+            FileKind::CharDevice => "character device",
+            FileKind::BlockDevice => "block device",
+        }
+    }
+
+    /// The kind of an `S_IFMT` file type, for mknod (regular files come by create).
+    pub fn special_from_mode(mode: u32) -> Option<FileKind> {
+        match mode & 0o170000 {
+            0o010000 => Some(FileKind::Fifo),
+            0o140000 => Some(FileKind::Socket),
+            0o020000 => Some(FileKind::CharDevice),
+            0o060000 => Some(FileKind::BlockDevice),
+            _ => None,
+        }
+    }
+
     pub fn from_u32(v: u32) -> Result<FileKind, MetaError> {
         match v {
             1 => Ok(FileKind::File),
             2 => Ok(FileKind::Dir),
             3 => Ok(FileKind::Symlink),
+            4 => Ok(FileKind::Fifo),
+            5 => Ok(FileKind::Socket),
+            6 => Ok(FileKind::CharDevice),
+            7 => Ok(FileKind::BlockDevice),
             value => Err(MetaError::BadValue {
                 what: "file kind",
                 value,
@@ -86,6 +127,9 @@ pub struct Attr {
     pub atime: i64,
     pub mtime: i64,
     pub ctime: i64,
+    /// The device a character or block device node names (Linux's encoding of
+    /// major and minor, as `stat` shows it); 0 for other kinds.
+    pub rdev: u64,
 }
 
 /// Setattr values; only the fields named in `mask` (see [`set`](super::set)) are used.
