@@ -53,6 +53,16 @@ typedef struct nacre_stat {
     uint64_t rdev; /* device nodes: the device number, as stat's st_rdev */
 } nacre_stat_t;
 
+/* The file system's totals (df): bytes over its OSTs, inodes of its MDT. */
+typedef struct nacre_statfs {
+    uint64_t bytes_total;
+    uint64_t bytes_free;
+    uint64_t files_total;
+    uint64_t files_free;
+    uint32_t name_max;
+    uint32_t pad;
+} nacre_statfs_t;
+
 /* RAID-0 striping, as Lustre's `lfs setstripe -c COUNT -S SIZE -i INDEX`. */
 typedef struct nacre_layout {
     int32_t stripe_count; /* number of OSTs; -1 = all of them */
@@ -104,6 +114,7 @@ int nacre_ftruncate(nacre_file *file, uint64_t size);
 int nacre_fstat(nacre_file *file, nacre_stat_t *st);
 
 int nacre_stat(nacre_fs *fs, const char *path, nacre_stat_t *st);
+int nacre_statfs(nacre_fs *fs, nacre_statfs_t *st);
 int nacre_mkdir(nacre_fs *fs, const char *path, mode_t mode);
 int nacre_rmdir(nacre_fs *fs, const char *path);
 int nacre_unlink(nacre_fs *fs, const char *path);

@@ -39,6 +39,18 @@ pub struct NacreStat {
     pub rdev: u64,
 }
 
+/// `struct nacre_statfs` of nacre.h.
+#[repr(C)]
+#[derive(Debug, Default, Clone, Copy)]
+pub struct NacreStatfs {
+    pub bytes_total: u64,
+    pub bytes_free: u64,
+    pub files_total: u64,
+    pub files_free: u64,
+    pub name_max: u32,
+    pub pad: u32,
+}
+
 /// The most bytes one nacre_pread / nacre_pwrite moves (Linux's limit for read/write).
 const MAX_IO: usize = 0x7fff_f000;
 
@@ -341,6 +353,27 @@ pub unsafe extern "C" fn nacre_fstat(file: *const NacreFile, st: *mut NacreStat)
         // SAFETY: `st` is NULL or writable per this function's contract.
         let st = unsafe { st.as_mut() }.ok_or_else(einval)?;
         *st = stat_of(&attr);
+        Ok(0)
+    })
+}
+
+/// # Safety
+/// `fs` is a live handle; `st` writable.
+#[no_mangle]
+pub unsafe extern "C" fn nacre_statfs(fs: *const NacreFs, st: *mut NacreStatfs) -> c_int {
+    guard_int(|| {
+        // SAFETY: per this function's contract.
+        let s = unsafe { fs_ref(fs)? }.statfs()?;
+        // SAFETY: `st` is NULL or writable per this function's contract.
+        let st = unsafe { st.as_mut() }.ok_or_else(einval)?;
+        *st = NacreStatfs {
+            bytes_total: s.bytes_total,
+            bytes_free: s.bytes_free,
+            files_total: s.files_total,
+            files_free: s.files_free,
+            name_max: s.name_max,
+            pad: 0,
+        };
         Ok(0)
     })
 }

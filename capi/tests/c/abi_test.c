@@ -154,6 +154,11 @@ int main(int argc, char **argv) {
     CHECK(nacre_unlink(fs, "/c/sub/moved") == 0);
     CHECK(nacre_rmdir(fs, "/c/sub") == 0);
     CHECK(nacre_rmdir(fs, "/c") == 0);
+
+    nacre_statfs_t sf;
+    CHECK(nacre_statfs(fs, &sf) == 0 && sf.bytes_total > 0 && sf.bytes_free <= sf.bytes_total);
+    CHECK(sf.files_total > 0 && sf.name_max == 255);
+    CHECK(nacre_statfs(fs, NULL) == -EINVAL);
     free(back);
     nacre_disconnect(fs);
     printf("abi_test: ok\n");
