@@ -241,3 +241,102 @@ fn c_abi_and_mpi_example_on_tcp() {
 fn c_abi_and_mpi_example_on_shm() {
     c_programs("shm");
 }
+
+/// nacre's IOR backend (bench/io500/aiori-NACRE.c): IOR, mdtest and io500 built with
+/// it by bench/io500/build, then a small IOR (2 ranks, a file each, written, read back
+/// and checked) and a small mdtest through it, on shm.
+#[test]
+fn ior_and_mdtest_through_the_nacre_backend() {
+    let provider = "shm";
+    if !common::have(provider, "IOR backend") {
+        return;
+    }
+    if !nix_root() {
+        skip("IOR backend: need root for a private network namespace");
+        return;
+    }
+    let script = Path::new(CRATE).join("../bench/io500/build");
+    let out = Command::new(&script)
+        .arg("--debug")
+        .output()
+        .expect("bench/io500/build");
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    if out.status.code() == Some(2) {
+        // Neither the vendored tarballs nor the network: nothing to build from.
+        skip(&format!(
+            "IOR backend: no IOR sources here: {}",
+            stderr.trim()
+        ));
+        return;
+    }
+    assert!(out.status.success(), "bench/io500/build: {stderr}");
+    let bin = PathBuf::from(
+        String::from_utf8(out.stdout)
+            .unwrap()
+            .trim()
+            .lines()
+            .last()
+            .unwrap(),
+    );
+    let work = tmp("ior-backend");
+    let up = Up::start_in_netns(&work.join("data"), provider);
+    let ior = bin.join("ior").display().to_string();
+    let mut run = MPIRUN.to_vec();
+    run[4] = "2";
+    let ior_args = [
+        &ior,
+        "-a",
+        "NACRE",
+        "-t",
+        "1m",
+        "-b",
+        "4m",
+        "-F",
+        "-w",
+        "-r",
+        "-W",
+        "-R",
+        "-C",
+        "-k",
+        "-o",
+        "/ior/test",
+    ];
+    let nacre = common::nacre_bin().display().to_string();
+    let cli = |args: &[&str]| run_beside(&up, &[&[nacre.as_str()][..], args].concat());
+    cli(&["mkdir", "/ior"]);
+    let out = run_beside(&up, &[run.as_slice(), &ior_args].concat());
+    assert!(out.contains("api                 : NACRE"), "{out}");
+    for op in ["write", "read"] {
+        assert!(
+            out.lines()
+                .any(|l| l.starts_with(op) && l.contains("NACRE")),
+            "no {op} summary: {out}"
+        );
+    }
+    assert!(!out.contains("ERROR"), "{out}");
+    // The files are in the file system, with the bytes IOR wrote (-k kept them).
+    for rank in 0..2 {
+        let stat = cli(&["stat", &format!("/ior/test.0000000{rank}")]);
+        assert!(stat.contains("Size: 4194304"), "{stat}");
+    }
+    let mdtest = bin.join("mdtest").display().to_string();
+    let md_args = [&mdtest, "-a", "NACRE", "-n", "50", "-d", "/md", "-u"];
+    let out = run_beside(&up, &[run.as_slice(), &md_args].concat());
+    for phase in [
+        "File creation",
+        "File stat",
+        "File removal",
+        "Directory creation",
+    ] {
+        let line = out.lines().find(|l| l.trim_start().starts_with(phase));
+        let rate: f64 = line
+            .and_then(|l| l.split_whitespace().nth(phase.split(' ').count()))
+            .and_then(|v| v.parse().ok())
+            .unwrap_or_else(|| panic!("no {phase} rate: {out}"));
+        assert!(rate > 0.0, "{phase}: {rate}");
+    }
+    // mdtest removed what it made, its directory too.
+    let left = cli(&["ls", "/"]);
+    assert!(!left.lines().any(|l| l.ends_with(" md")), "{left}");
+    up.stop();
+}

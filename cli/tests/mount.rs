@@ -201,8 +201,13 @@ fn shell_round_trips(m: &Mount, other: &Mount, work: &Path) {
          assert a.st_mtime_ns > before.st_mtime_ns and a.st_nlink == before.st_nlink + 1\n\
          n = os.stat(os.path.join(here, 'n'))\n\
          assert stat.S_ISREG(n.st_mode) and stat.S_IMODE(n.st_mode) == 0o640, n\n\
-         try:\n    os.mkfifo(os.path.join(here, 'fifo'))\n    sys.exit('a FIFO was made')\n\
-         except OSError as e:\n    assert e.errno == errno.EPERM, e\n\
+         os.mkfifo(os.path.join(here, 'fifo'))\n\
+         assert stat.S_ISFIFO(os.stat(os.path.join(there, 'fifo')).st_mode)\n\
+         r = os.open(os.path.join(here, 'fifo'), os.O_RDONLY | os.O_NONBLOCK)\n\
+         w = os.open(os.path.join(here, 'fifo'), os.O_WRONLY)\n\
+         os.write(w, b'through the pipe')\n\
+         assert os.read(r, 64) == b'through the pipe'\n\
+         os.close(w); os.close(r); os.unlink(os.path.join(there, 'fifo'))\n\
          time.sleep(0.01)\n\
          os.unlink(os.path.join(here, 'x'))\n\
          assert os.stat(here).st_mtime_ns > a.st_mtime_ns\n\
