@@ -1,7 +1,8 @@
 //! `nacre-bench fuse-floor MOUNTPOINT`: the fastest a FUSE file system can create files
 //! on this machine. It mounts a file system that keeps its namespace in memory and
-//! answers every request on the session thread at once, with the options a nacre mount
-//! uses (`default_permissions`, `allow_other`), and serves until it is unmounted
+//! answers every request on its session threads at once, with the options and the
+//! threads a nacre mount uses (`default_permissions`, `allow_other`,
+//! [`nacre_mount::session_threads`] threads), and serves until it is unmounted
 //! (`fusermount3 -u MOUNTPOINT`). A create workload run on it pays the kernel's FUSE
 //! round trips (getattr of the directory, lookup, create, flush, release) and nothing
 //! else: `bench/compare-mount` runs the same workload on it beside the nacre mount, so
@@ -10,14 +11,16 @@
 use std::collections::HashMap;
 use std::ffi::{OsStr, OsString};
 use std::path::PathBuf;
+use std::sync::{Mutex, MutexGuard};
 use std::time::{Duration, SystemTime};
 
 use clap::Args;
 
 use crate::BenchError;
 use fuser::{
-    FileAttr, FileType, MountOption, ReplyAttr, ReplyCreate, ReplyDirectory, ReplyEmpty,
-    ReplyEntry, ReplyOpen, Request,
+    Errno, FileAttr, FileHandle, FileType, FopenFlags, Generation, INodeNo, LockOwner,
+    MountOption, OpenFlags, ReplyAttr, ReplyCreate, ReplyDirectory, ReplyEmpty, ReplyEntry,
+    ReplyOpen, Request,
 };
 
 #[derive(Args)]
@@ -30,41 +33,48 @@ pub struct FuseFloorArgs {
 const TTL: Duration = Duration::from_secs(1);
 
 /// Directories and empty files, by inode (the root is 1).
-struct MemFs {
+struct Tree {
     attrs: HashMap<u64, FileAttr>,
     names: HashMap<(u64, OsString), u64>,
     next: u64,
 }
 
+/// The tree behind one lock: the session threads take turns.
+struct MemFs(Mutex<Tree>);
+
 impl MemFs {
     fn new() -> MemFs {
-        let mut fs = MemFs {
+        let mut t = Tree {
             attrs: HashMap::new(),
             names: HashMap::new(),
             next: 2,
         };
-        fs.attrs
-            .insert(1, attr(1, FileType::Directory, 0o777, 0, 0));
-        fs
+        t.attrs.insert(1, attr(1, FileType::Directory, 0o777, 0, 0));
+        MemFs(Mutex::new(t))
+    }
+
+    fn tree(&self) -> MutexGuard<'_, Tree> {
+        self.0.lock().unwrap_or_else(|p| p.into_inner())
     }
 
     /// Adds `name` under `parent`; EEXIST if it is there.
     fn add(
-        &mut self,
-        req: &Request<'_>,
+        &self,
+        req: &Request,
         parent: u64,
         name: &OsStr,
         kind: FileType,
         mode: u32,
-    ) -> Result<FileAttr, i32> {
-        if self.names.contains_key(&(parent, name.to_owned())) {
-            return Err(libc::EEXIST);
+    ) -> Result<FileAttr, Errno> {
+        let mut t = self.tree();
+        if t.names.contains_key(&(parent, name.to_owned())) {
+            return Err(Errno::EEXIST);
         }
-        let a = attr(self.next, kind, mode, req.uid(), req.gid());
-        self.next += 1;
-        self.names.insert((parent, name.to_owned()), a.ino);
-        self.attrs.insert(a.ino, a);
-        if let Some(p) = self.attrs.get_mut(&parent) {
+        let a = attr(t.next, kind, mode, req.uid(), req.gid());
+        t.next += 1;
+        t.names.insert((parent, name.to_owned()), a.ino.0);
+        t.attrs.insert(a.ino.0, a);
+        if let Some(p) = t.attrs.get_mut(&parent) {
             (p.mtime, p.ctime) = (a.ctime, a.ctime);
         }
         Ok(a)
@@ -74,7 +84,7 @@ impl MemFs {
 fn attr(ino: u64, kind: FileType, mode: u32, uid: u32, gid: u32) -> FileAttr {
     let now = SystemTime::now();
     FileAttr {
-        ino,
+        ino: INodeNo(ino),
         size: 0,
         blocks: 0,
         atime: now,
@@ -93,95 +103,111 @@ fn attr(ino: u64, kind: FileType, mode: u32, uid: u32, gid: u32) -> FileAttr {
 }
 
 impl fuser::Filesystem for MemFs {
-    fn lookup(&mut self, _req: &Request<'_>, parent: u64, name: &OsStr, reply: ReplyEntry) {
-        match self.names.get(&(parent, name.to_owned())) {
-            Some(ino) => reply.entry(&TTL, &self.attrs[ino], 0),
-            None => reply.error(libc::ENOENT),
+    fn lookup(&self, _req: &Request, parent: INodeNo, name: &OsStr, reply: ReplyEntry) {
+        let t = self.tree();
+        match t.names.get(&(parent.0, name.to_owned())) {
+            Some(ino) => reply.entry(&TTL, &t.attrs[ino], Generation(0)),
+            None => reply.error(Errno::ENOENT),
         }
     }
 
-    fn getattr(&mut self, _req: &Request<'_>, ino: u64, _fh: Option<u64>, reply: ReplyAttr) {
-        match self.attrs.get(&ino) {
+    fn getattr(&self, _req: &Request, ino: INodeNo, _fh: Option<FileHandle>, reply: ReplyAttr) {
+        match self.tree().attrs.get(&ino.0) {
             Some(a) => reply.attr(&TTL, a),
-            None => reply.error(libc::ENOENT),
+            None => reply.error(Errno::ENOENT),
         }
     }
 
     fn mkdir(
-        &mut self,
-        req: &Request<'_>,
-        parent: u64,
+        &self,
+        req: &Request,
+        parent: INodeNo,
         name: &OsStr,
         mode: u32,
         umask: u32,
         reply: ReplyEntry,
     ) {
-        match self.add(req, parent, name, FileType::Directory, mode & !umask) {
-            Ok(a) => reply.entry(&TTL, &a, 0),
+        match self.add(req, parent.0, name, FileType::Directory, mode & !umask) {
+            Ok(a) => reply.entry(&TTL, &a, Generation(0)),
             Err(e) => reply.error(e),
         }
     }
 
     #[allow(clippy::too_many_arguments)]
     fn create(
-        &mut self,
-        req: &Request<'_>,
-        parent: u64,
+        &self,
+        req: &Request,
+        parent: INodeNo,
         name: &OsStr,
         mode: u32,
         umask: u32,
         _flags: i32,
         reply: ReplyCreate,
     ) {
-        match self.add(req, parent, name, FileType::RegularFile, mode & !umask) {
-            Ok(a) => reply.created(&TTL, &a, 0, 0, fuser::consts::FOPEN_DIRECT_IO),
+        match self.add(req, parent.0, name, FileType::RegularFile, mode & !umask) {
+            Ok(a) => reply.created(
+                &TTL,
+                &a,
+                Generation(0),
+                FileHandle(0),
+                FopenFlags::FOPEN_DIRECT_IO,
+            ),
             Err(e) => reply.error(e),
         }
     }
 
-    fn open(&mut self, _req: &Request<'_>, _ino: u64, _flags: i32, reply: ReplyOpen) {
-        reply.opened(0, fuser::consts::FOPEN_DIRECT_IO)
+    fn open(&self, _req: &Request, _ino: INodeNo, _flags: OpenFlags, reply: ReplyOpen) {
+        reply.opened(FileHandle(0), FopenFlags::FOPEN_DIRECT_IO)
     }
 
-    fn flush(&mut self, _req: &Request<'_>, _ino: u64, _fh: u64, _owner: u64, reply: ReplyEmpty) {
+    fn flush(
+        &self,
+        _req: &Request,
+        _ino: INodeNo,
+        _fh: FileHandle,
+        _owner: LockOwner,
+        reply: ReplyEmpty,
+    ) {
         reply.ok()
     }
 
     #[allow(clippy::too_many_arguments)]
     fn release(
-        &mut self,
-        _req: &Request<'_>,
-        _ino: u64,
-        _fh: u64,
-        _flags: i32,
-        _owner: Option<u64>,
+        &self,
+        _req: &Request,
+        _ino: INodeNo,
+        _fh: FileHandle,
+        _flags: OpenFlags,
+        _owner: Option<LockOwner>,
         _flush: bool,
         reply: ReplyEmpty,
     ) {
         reply.ok()
     }
 
-    fn unlink(&mut self, _req: &Request<'_>, parent: u64, name: &OsStr, reply: ReplyEmpty) {
-        match self.names.remove(&(parent, name.to_owned())) {
+    fn unlink(&self, _req: &Request, parent: INodeNo, name: &OsStr, reply: ReplyEmpty) {
+        let mut t = self.tree();
+        match t.names.remove(&(parent.0, name.to_owned())) {
             Some(ino) => {
-                self.attrs.remove(&ino);
+                t.attrs.remove(&ino);
                 reply.ok()
             }
-            None => reply.error(libc::ENOENT),
+            None => reply.error(Errno::ENOENT),
         }
     }
 
     fn readdir(
-        &mut self,
-        _req: &Request<'_>,
-        ino: u64,
-        _fh: u64,
-        offset: i64,
+        &self,
+        _req: &Request,
+        ino: INodeNo,
+        _fh: FileHandle,
+        offset: u64,
         mut reply: ReplyDirectory,
     ) {
-        let children = self.names.iter().filter(|((p, _), _)| *p == ino);
+        let t = self.tree();
+        let children = t.names.iter().filter(|((p, _), _)| *p == ino.0);
         for (i, ((_, name), child)) in children.enumerate().skip(offset as usize) {
-            if reply.add(*child, i as i64 + 1, self.attrs[child].kind, name) {
+            if reply.add(INodeNo(*child), i as u64 + 1, t.attrs[child].kind, name) {
                 break;
             }
         }
@@ -190,13 +216,16 @@ impl fuser::Filesystem for MemFs {
 }
 
 pub fn run(args: &FuseFloorArgs) -> Result<(), BenchError> {
-    let options = [
+    let mut config = fuser::Config::default();
+    config.mount_options = vec![
         MountOption::FSName("nacre-fuse-floor".into()),
         MountOption::DefaultPermissions,
-        MountOption::AllowOther,
         MountOption::RW,
     ];
+    config.acl = fuser::SessionACL::All;
+    config.n_threads = Some(nacre_mount::session_threads());
+    config.clone_fd = true;
     // Serves until the file system is unmounted.
-    fuser::mount2(MemFs::new(), &args.mountpoint, &options)?;
+    fuser::mount(MemFs::new(), &args.mountpoint, &config)?;
     Ok(())
 }

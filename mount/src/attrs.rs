@@ -30,7 +30,7 @@ fn time_of(ns: i64) -> SystemTime {
 
 pub fn fuse_attr(a: &Attr) -> FileAttr {
     FileAttr {
-        ino: a.ino,
+        ino: fuser::INodeNo(a.ino),
         size: a.size,
         blocks: a.size.div_ceil(512),
         atime: time_of(a.atime),

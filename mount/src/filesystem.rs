@@ -8,8 +8,10 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use fuser::{
-    KernelConfig, ReplyAttr, ReplyCreate, ReplyData, ReplyDirectory, ReplyEmpty, ReplyEntry,
-    ReplyLock, ReplyOpen, ReplyStatfs, ReplyWrite, ReplyXattr, TimeOrNow,
+    BsdFileFlags, Errno, FileHandle, FopenFlags, Generation, INodeNo, InitFlags, KernelConfig,
+    LockOwner, OpenFlags, RenameFlags, ReplyAttr, ReplyCreate, ReplyData, ReplyDirectory,
+    ReplyEmpty, ReplyEntry, ReplyLock, ReplyOpen, ReplyStatfs, ReplyWrite, ReplyXattr,
+    TimeOrNow, WriteFlags,
 };
 use nacre_client::{errno, File};
 use nacre_proto::meta::{self, Creds, FileKind, LockRequest, Reply, Request, SetAttr};
@@ -21,20 +23,31 @@ use crate::shared::Shared;
 use crate::{fuse_attr, lock, xattr, NacreFs, ATTR_TTL, MAX_IO, READDIR_BATCH};
 
 impl fuser::Filesystem for NacreFs {
-    fn init(&mut self, _req: &fuser::Request<'_>, config: &mut KernelConfig) -> Result<(), i32> {
+    fn init(&mut self, _req: &fuser::Request, config: &mut KernelConfig) -> std::io::Result<()> {
         // Large requests, so big reads and writes reach the striped path whole.
         let _ = config.set_max_write(MAX_IO);
         let _ = config.set_max_readahead(MAX_IO);
-        let _ = config.add_capabilities(fuser::consts::FUSE_BIG_WRITES);
-        let _ = config.add_capabilities(fuser::consts::FUSE_PARALLEL_DIROPS);
+        let _ = config.add_capabilities(InitFlags::FUSE_BIG_WRITES);
+        let _ = config.add_capabilities(InitFlags::FUSE_PARALLEL_DIROPS);
         // fcntl and flock locks come to us and go to the MDS, so they hold across
         // mounts (the kernel would otherwise keep them per mount).
-        let _ = config.add_capabilities(fuser::consts::FUSE_POSIX_LOCKS);
-        let _ = config.add_capabilities(fuser::consts::FUSE_FLOCK_LOCKS);
+        let _ = config.add_capabilities(InitFlags::FUSE_POSIX_LOCKS);
+        let _ = config.add_capabilities(InitFlags::FUSE_FLOCK_LOCKS);
+        // Files are opened with direct I/O (no page cache between two mounts); this
+        // lets the kernel map them shared all the same (Linux 6.6): a mapping's pages
+        // are read and written back through us, and written through the same mount
+        // they stay coherent with read(2) and write(2). Older kernels refuse (ENODEV).
+        if config
+            .add_capabilities(InitFlags::FUSE_DIRECT_IO_ALLOW_MMAP)
+            .is_err()
+        {
+            tracing::info!("this kernel cannot map direct-I/O files shared: mmap(MAP_SHARED) is refused");
+        }
         Ok(())
     }
 
-    fn lookup(&mut self, req: &fuser::Request<'_>, parent: u64, name: &OsStr, reply: ReplyEntry) {
+    fn lookup(&self, req: &fuser::Request, parent: INodeNo, name: &OsStr, reply: ReplyEntry) {
+        let parent = parent.0;
         let r = Request::Lookup {
             parent,
             name: name_of(name),
@@ -44,7 +57,8 @@ impl fuser::Filesystem for NacreFs {
         });
     }
 
-    fn getattr(&mut self, req: &fuser::Request<'_>, ino: u64, _fh: Option<u64>, reply: ReplyAttr) {
+    fn getattr(&self, req: &fuser::Request, ino: INodeNo, _fh: Option<FileHandle>, reply: ReplyAttr) {
+        let ino = ino.0;
         // A directory's attributes may come from this mount's cache (`DirAttrs`).
         self.inline(req, |sh, creds| match sh.dirs.get(ino) {
             Some(a) => reply.attr(&ATTR_TTL, &fuse_attr(&a)),
@@ -54,9 +68,9 @@ impl fuser::Filesystem for NacreFs {
 
     #[allow(clippy::too_many_arguments)]
     fn setattr(
-        &mut self,
-        req: &fuser::Request<'_>,
-        ino: u64,
+        &self,
+        req: &fuser::Request,
+        ino: INodeNo,
         mode: Option<u32>,
         uid: Option<u32>,
         gid: Option<u32>,
@@ -64,13 +78,15 @@ impl fuser::Filesystem for NacreFs {
         atime: Option<TimeOrNow>,
         mtime: Option<TimeOrNow>,
         _ctime: Option<std::time::SystemTime>,
-        fh: Option<u64>,
+        fh: Option<FileHandle>,
         _crtime: Option<std::time::SystemTime>,
         _chgtime: Option<std::time::SystemTime>,
         _bkuptime: Option<std::time::SystemTime>,
-        _flags: Option<u32>,
+        _flags: Option<BsdFileFlags>,
         reply: ReplyAttr,
     ) {
+        let ino = ino.0;
+        let fh = fh.map(|f| f.0);
         let mut s = SetAttr::default();
         match (mode, size) {
             // A mode with a size is the kernel dropping setuid/setgid for a truncate
@@ -111,25 +127,27 @@ impl fuser::Filesystem for NacreFs {
         self.inline_unless_osts(req, s.mask & meta::set::SIZE != 0, op);
     }
 
-    fn readlink(&mut self, req: &fuser::Request<'_>, ino: u64, reply: ReplyData) {
+    fn readlink(&self, req: &fuser::Request, ino: INodeNo, reply: ReplyData) {
+        let ino = ino.0;
         self.inline(req, |sh, creds| {
             match sh.client.request_as(creds, &Request::Readlink { ino }) {
                 Ok(Reply::Target(t)) => reply.data(&t),
-                Ok(_) => reply.error(libc::EIO),
-                Err(e) => reply.error(errno(&e)),
+                Ok(_) => reply.error(Errno::from_i32(libc::EIO)),
+                Err(e) => reply.error(Errno::from_i32(errno(&e))),
             }
         });
     }
 
     fn mkdir(
-        &mut self,
-        req: &fuser::Request<'_>,
-        parent: u64,
+        &self,
+        req: &fuser::Request,
+        parent: INodeNo,
         name: &OsStr,
         mode: u32,
         umask: u32,
         reply: ReplyEntry,
     ) {
+        let parent = parent.0;
         let r = Request::Mkdir {
             parent,
             name: name_of(name),
@@ -140,7 +158,8 @@ impl fuser::Filesystem for NacreFs {
         });
     }
 
-    fn unlink(&mut self, req: &fuser::Request<'_>, parent: u64, name: &OsStr, reply: ReplyEmpty) {
+    fn unlink(&self, req: &fuser::Request, parent: INodeNo, name: &OsStr, reply: ReplyEmpty) {
+        let parent = parent.0;
         let r = Request::Unlink {
             parent,
             name: name_of(name),
@@ -151,7 +170,8 @@ impl fuser::Filesystem for NacreFs {
         });
     }
 
-    fn rmdir(&mut self, req: &fuser::Request<'_>, parent: u64, name: &OsStr, reply: ReplyEmpty) {
+    fn rmdir(&self, req: &fuser::Request, parent: INodeNo, name: &OsStr, reply: ReplyEmpty) {
+        let parent = parent.0;
         let r = Request::Rmdir {
             parent,
             name: name_of(name),
@@ -164,13 +184,14 @@ impl fuser::Filesystem for NacreFs {
     }
 
     fn symlink(
-        &mut self,
-        req: &fuser::Request<'_>,
-        parent: u64,
+        &self,
+        req: &fuser::Request,
+        parent: INodeNo,
         link_name: &OsStr,
         target: &Path,
         reply: ReplyEntry,
     ) {
+        let parent = parent.0;
         let r = Request::Symlink {
             parent,
             name: name_of(link_name),
@@ -182,18 +203,21 @@ impl fuser::Filesystem for NacreFs {
     }
 
     fn rename(
-        &mut self,
-        req: &fuser::Request<'_>,
-        parent: u64,
+        &self,
+        req: &fuser::Request,
+        parent: INodeNo,
         name: &OsStr,
-        newparent: u64,
+        newparent: INodeNo,
         newname: &OsStr,
-        flags: u32,
+        flags: RenameFlags,
         reply: ReplyEmpty,
     ) {
+        let parent = parent.0;
+        let newparent = newparent.0;
+        let flags = flags.bits();
         // RENAME_NOREPLACE is the MDS's; RENAME_EXCHANGE and WHITEOUT are not offered.
         if flags & !libc::RENAME_NOREPLACE != 0 {
-            return reply.error(libc::EINVAL);
+            return reply.error(Errno::from_i32(libc::EINVAL));
         }
         let r = Request::Rename {
             parent,
@@ -213,13 +237,15 @@ impl fuser::Filesystem for NacreFs {
     }
 
     fn link(
-        &mut self,
-        req: &fuser::Request<'_>,
-        ino: u64,
-        newparent: u64,
+        &self,
+        req: &fuser::Request,
+        ino: INodeNo,
+        newparent: INodeNo,
         newname: &OsStr,
         reply: ReplyEntry,
     ) {
+        let ino = ino.0;
+        let newparent = newparent.0;
         let r = Request::Link {
             ino,
             new_parent: newparent,
@@ -230,29 +256,32 @@ impl fuser::Filesystem for NacreFs {
         });
     }
 
-    fn open(&mut self, req: &fuser::Request<'_>, ino: u64, flags: i32, reply: ReplyOpen) {
+    fn open(&self, req: &fuser::Request, ino: INodeNo, flags: OpenFlags, reply: ReplyOpen) {
+        let ino = ino.0;
+        let flags = flags.0;
         let op = move |sh: &Shared, creds: &Creds| match sh.client.open_ino_as(
             creds,
             ino,
             kernel_offsets(flags),
         ) {
-            Ok(f) => reply.opened(sh.add_file(f, creds), fuser::consts::FOPEN_DIRECT_IO),
-            Err(e) => reply.error(errno(&e)),
+            Ok(f) => reply.opened(FileHandle(sh.add_file(f, creds)), FopenFlags::FOPEN_DIRECT_IO),
+            Err(e) => reply.error(Errno::from_i32(errno(&e))),
         };
         // O_TRUNC empties the objects on the OSTs.
         self.inline_unless_osts(req, flags & libc::O_TRUNC != 0, op);
     }
 
     fn create(
-        &mut self,
-        req: &fuser::Request<'_>,
-        parent: u64,
+        &self,
+        req: &fuser::Request,
+        parent: INodeNo,
         name: &OsStr,
         mode: u32,
         umask: u32,
         flags: i32,
         reply: ReplyCreate,
     ) {
+        let parent = parent.0;
         let name = name_of(name);
         let (mode, flags) = (new_mode(mode, umask), kernel_offsets(flags));
         let op = move |sh: &Shared, creds: &Creds| {
@@ -267,9 +296,15 @@ impl fuser::Filesystem for NacreFs {
                     }
                     let attr = fuse_attr(&f.attr());
                     let fh = sh.add_file(f, creds);
-                    reply.created(&ATTR_TTL, &attr, 0, fh, fuser::consts::FOPEN_DIRECT_IO)
+                    reply.created(
+                        &ATTR_TTL,
+                        &attr,
+                        Generation(0),
+                        FileHandle(fh),
+                        FopenFlags::FOPEN_DIRECT_IO,
+                    )
                 }
-                Err(e) => reply.error(errno(&e)),
+                Err(e) => reply.error(Errno::from_i32(errno(&e))),
             }
         };
         // O_TRUNC of an existing file empties its objects on the OSTs.
@@ -280,15 +315,16 @@ impl fuser::Filesystem for NacreFs {
     /// an empty file), or a FIFO, socket or device node: inodes only, which the kernel
     /// opens itself (a FIFO's pipe lives in the kernel of the host that opens it).
     fn mknod(
-        &mut self,
-        req: &fuser::Request<'_>,
-        parent: u64,
+        &self,
+        req: &fuser::Request,
+        parent: INodeNo,
         name: &OsStr,
         mode: u32,
         umask: u32,
         rdev: u32,
         reply: ReplyEntry,
     ) {
+        let parent = parent.0;
         let r = match mode & libc::S_IFMT {
             0 | libc::S_IFREG => Request::Create {
                 parent,
@@ -305,7 +341,7 @@ impl fuser::Filesystem for NacreFs {
                     mode: new_mode(mode, umask),
                     rdev: rdev.into(),
                 },
-                None => return reply.error(libc::EINVAL),
+                None => return reply.error(Errno::from_i32(libc::EINVAL)),
             },
         };
         self.inline(req, |sh, creds| {
@@ -315,26 +351,27 @@ impl fuser::Filesystem for NacreFs {
 
     #[allow(clippy::too_many_arguments)]
     fn read(
-        &mut self,
-        _req: &fuser::Request<'_>,
-        _ino: u64,
-        fh: u64,
-        offset: i64,
+        &self,
+        _req: &fuser::Request,
+        _ino: INodeNo,
+        fh: FileHandle,
+        offset: u64,
         size: u32,
-        _flags: i32,
-        _lock_owner: Option<u64>,
+        _flags: OpenFlags,
+        _lock_owner: Option<LockOwner>,
         reply: ReplyData,
     ) {
+        let fh = fh.0;
         let file = match self.sh.file(fh) {
             Ok(f) => f,
-            Err(e) => return reply.error(e),
+            Err(e) => return reply.error(Errno::from_i32(e)),
         };
         let sh = self.sh.clone();
         self.offload(move || {
             let mut buf = sh.bufs.take(size as usize);
-            match file.read_at(&mut buf, offset.max(0) as u64) {
+            match file.read_at(&mut buf, offset) {
                 Ok(n) => reply.data(&buf[..n]),
-                Err(e) => reply.error(errno(&e)),
+                Err(e) => reply.error(Errno::from_i32(errno(&e))),
             }
             sh.bufs.give(buf);
         });
@@ -342,20 +379,22 @@ impl fuser::Filesystem for NacreFs {
 
     #[allow(clippy::too_many_arguments)]
     fn write(
-        &mut self,
-        _req: &fuser::Request<'_>,
-        ino: u64,
-        fh: u64,
-        offset: i64,
+        &self,
+        _req: &fuser::Request,
+        ino: INodeNo,
+        fh: FileHandle,
+        offset: u64,
         data: &[u8],
-        _write_flags: u32,
-        _flags: i32,
-        _lock_owner: Option<u64>,
+        _write_flags: WriteFlags,
+        _flags: OpenFlags,
+        _lock_owner: Option<LockOwner>,
         reply: ReplyWrite,
     ) {
+        let ino = ino.0;
+        let fh = fh.0;
         let file = match self.sh.file(fh) {
             Ok(f) => f,
-            Err(e) => return reply.error(e),
+            Err(e) => return reply.error(Errno::from_i32(e)),
         };
         // The kernel's buffer lives for this call only: copied into a pooled one.
         let mut buf = self.sh.bufs.take(data.len());
@@ -364,28 +403,31 @@ impl fuser::Filesystem for NacreFs {
         self.offload(move || {
             match sh
                 .before_write(fh, ino)
-                .and_then(|_| file.write_at(&buf, offset.max(0) as u64))
+                .and_then(|_| file.write_at(&buf, offset))
             {
                 Ok(n) => reply.written(n as u32),
-                Err(e) => reply.error(errno(&e)),
+                Err(e) => reply.error(Errno::from_i32(errno(&e))),
             }
             sh.bufs.give(buf);
         });
     }
 
     fn flush(
-        &mut self,
-        _req: &fuser::Request<'_>,
-        ino: u64,
-        fh: u64,
-        lock_owner: u64,
+        &self,
+        _req: &fuser::Request,
+        ino: INodeNo,
+        fh: FileHandle,
+        lock_owner: LockOwner,
         reply: ReplyEmpty,
     ) {
+        let ino = ino.0;
+        let fh = fh.0;
+        let lock_owner = lock_owner.0;
         // close(2) of a descriptor: its size becomes visible to other clients, and
         // the closing owner's POSIX locks on the file go (POSIX: any close drops them).
         let file = match self.sh.file(fh) {
             Ok(f) => f,
-            Err(e) => return reply.error(e),
+            Err(e) => return reply.error(Errno::from_i32(e)),
         };
         let client = self.sh.is_locked(ino).then(|| self.sh.client.clone());
         if client.is_none() && !file.unreported() {
@@ -401,7 +443,7 @@ impl fuser::Filesystem for NacreFs {
             };
             match file.report_size().and_then(|_| unlocked()) {
                 Ok(()) => reply.ok(),
-                Err(e) => reply.error(errno(&e)),
+                Err(e) => reply.error(Errno::from_i32(errno(&e))),
             }
         });
     }
@@ -409,38 +451,41 @@ impl fuser::Filesystem for NacreFs {
     /// fsync(2): every write of the handle durable on the OSTs and its size at the MDS,
     /// so that other mounts and clients see both once it returns.
     fn fsync(
-        &mut self,
-        _req: &fuser::Request<'_>,
-        _ino: u64,
-        fh: u64,
+        &self,
+        _req: &fuser::Request,
+        _ino: INodeNo,
+        fh: FileHandle,
         _datasync: bool,
         reply: ReplyEmpty,
     ) {
+        let fh = fh.0;
         let file = match self.sh.file(fh) {
             Ok(f) => f,
-            Err(e) => return reply.error(e),
+            Err(e) => return reply.error(Errno::from_i32(e)),
         };
         self.offload(move || match file.fsync() {
             Ok(()) => reply.ok(),
-            Err(e) => reply.error(errno(&e)),
+            Err(e) => reply.error(Errno::from_i32(errno(&e))),
         });
     }
 
     #[allow(clippy::too_many_arguments)]
     fn getlk(
-        &mut self,
-        _req: &fuser::Request<'_>,
-        ino: u64,
-        _fh: u64,
-        lock_owner: u64,
+        &self,
+        _req: &fuser::Request,
+        ino: INodeNo,
+        _fh: FileHandle,
+        lock_owner: LockOwner,
         start: u64,
         end: u64,
         typ: i32,
         pid: u32,
         reply: ReplyLock,
     ) {
+        let ino = ino.0;
+        let lock_owner = lock_owner.0;
         let Some(kind) = lock_kind(typ) else {
-            return reply.error(libc::EINVAL);
+            return reply.error(Errno::from_i32(libc::EINVAL));
         };
         let test = LockRequest {
             test: true,
@@ -448,18 +493,18 @@ impl fuser::Filesystem for NacreFs {
         };
         match self.sh.client.lock(test) {
             Ok(Reply::Lock(d)) => reply.locked(d.start, d.end, d.kind as i32, d.pid),
-            Ok(_) => reply.error(libc::EIO),
-            Err(e) => reply.error(errno(&e)),
+            Ok(_) => reply.error(Errno::from_i32(libc::EIO)),
+            Err(e) => reply.error(Errno::from_i32(errno(&e))),
         }
     }
 
     #[allow(clippy::too_many_arguments)]
     fn setlk(
-        &mut self,
-        _req: &fuser::Request<'_>,
-        ino: u64,
-        _fh: u64,
-        lock_owner: u64,
+        &self,
+        _req: &fuser::Request,
+        ino: INodeNo,
+        _fh: FileHandle,
+        lock_owner: LockOwner,
         start: u64,
         end: u64,
         typ: i32,
@@ -467,15 +512,17 @@ impl fuser::Filesystem for NacreFs {
         sleep: bool,
         reply: ReplyEmpty,
     ) {
+        let ino = ino.0;
+        let lock_owner = lock_owner.0;
         let Some(kind) = lock_kind(typ) else {
-            return reply.error(libc::EINVAL);
+            return reply.error(Errno::from_i32(libc::EINVAL));
         };
         let l = lock_request(ino, lock_owner, start, end, kind, pid);
         lock(&self.sh.locked).insert(ino);
         if !sleep {
             return match self.sh.client.lock(l) {
                 Ok(_) => reply.ok(),
-                Err(e) => reply.error(errno(&e)),
+                Err(e) => reply.error(Errno::from_i32(errno(&e))),
             };
         }
         // F_SETLKW: wait on a thread of its own (never on the data workers, which the
@@ -494,12 +541,12 @@ impl fuser::Filesystem for NacreFs {
                         Ok(_) => return reply.ok(),
                         Err(e) if errno(&e) == libc::EAGAIN => {
                             if pid != 0 && !Path::new(&format!("/proc/{pid}")).exists() {
-                                return reply.error(libc::EINTR);
+                                return reply.error(Errno::from_i32(libc::EINTR));
                             }
                             std::thread::sleep(pause);
                             pause = (pause * 2).min(Duration::from_millis(50));
                         }
-                        Err(e) => return reply.error(errno(&e)),
+                        Err(e) => return reply.error(Errno::from_i32(errno(&e))),
                     }
                 }
             });
@@ -509,17 +556,20 @@ impl fuser::Filesystem for NacreFs {
     }
 
     fn release(
-        &mut self,
-        _req: &fuser::Request<'_>,
-        ino: u64,
-        fh: u64,
-        _flags: i32,
-        lock_owner: Option<u64>,
+        &self,
+        _req: &fuser::Request,
+        ino: INodeNo,
+        fh: FileHandle,
+        _flags: OpenFlags,
+        lock_owner: Option<LockOwner>,
         _flush: bool,
         reply: ReplyEmpty,
     ) {
+        let ino = ino.0;
+        let fh = fh.0;
+        let lock_owner = lock_owner.map(|o| o.0);
         let Some(file) = self.sh.forget_file(fh) else {
-            return reply.error(libc::EBADF);
+            return reply.error(Errno::from_i32(libc::EBADF));
         };
         // Here on the session thread, as namespace requests are (the kernel does not
         // wait for a release). The last reference closes the MDS handle (a worker may
@@ -531,22 +581,23 @@ impl fuser::Filesystem for NacreFs {
             }
         }
         match Arc::into_inner(file).map(File::close) {
-            Some(Err(e)) => reply.error(errno(&e)),
+            Some(Err(e)) => reply.error(Errno::from_i32(errno(&e))),
             _ => reply.ok(),
         }
     }
 
     fn readdir(
-        &mut self,
-        req: &fuser::Request<'_>,
-        ino: u64,
-        _fh: u64,
-        offset: i64,
+        &self,
+        req: &fuser::Request,
+        ino: INodeNo,
+        _fh: FileHandle,
+        offset: u64,
         mut reply: ReplyDirectory,
     ) {
+        let ino = ino.0;
         // FUSE offsets are nacre's readdir cookies: each entry carries the cookie that
         // resumes after it, stable while entries come and go.
-        let mut cookie = offset as u64;
+        let mut cookie = offset;
         let creds = self.creds(req);
         loop {
             let r = Request::Readdir {
@@ -556,12 +607,12 @@ impl fuser::Filesystem for NacreFs {
             };
             let (entries, eof) = match self.sh.client.request_as(&creds, &r) {
                 Ok(Reply::Dir { entries, eof, .. }) => (entries, eof),
-                Ok(_) => return reply.error(libc::EIO),
-                Err(e) => return reply.error(errno(&e)),
+                Ok(_) => return reply.error(Errno::from_i32(libc::EIO)),
+                Err(e) => return reply.error(Errno::from_i32(errno(&e))),
             };
             for e in &entries {
                 let name = OsStr::from_bytes(&e.name);
-                if reply.add(e.ino, e.cookie as i64, kind_of(e.kind), name) {
+                if reply.add(INodeNo(e.ino), e.cookie, kind_of(e.kind), name) {
                     return reply.ok();
                 }
                 cookie = e.cookie;
@@ -572,7 +623,7 @@ impl fuser::Filesystem for NacreFs {
         }
     }
 
-    fn statfs(&mut self, _req: &fuser::Request<'_>, _ino: u64, reply: ReplyStatfs) {
+    fn statfs(&self, _req: &fuser::Request, _ino: INodeNo, reply: ReplyStatfs) {
         const BSIZE: u64 = 4096;
         match self.sh.client.statfs() {
             Ok(s) => reply.statfs(
@@ -585,34 +636,36 @@ impl fuser::Filesystem for NacreFs {
                 s.name_max,
                 BSIZE as u32,
             ),
-            Err(e) => reply.error(errno(&e)),
+            Err(e) => reply.error(Errno::from_i32(errno(&e))),
         }
     }
 
     fn getxattr(
-        &mut self,
-        req: &fuser::Request<'_>,
-        ino: u64,
+        &self,
+        req: &fuser::Request,
+        ino: INodeNo,
         name: &OsStr,
         size: u32,
         reply: ReplyXattr,
     ) {
+        let ino = ino.0;
         match xattr::get(&self.sh.client, &self.creds(req), ino, name.as_bytes()) {
             Ok(value) => xattr::answer(reply, size, &value),
-            Err(e) => reply.error(e),
+            Err(e) => reply.error(Errno::from_i32(e)),
         }
     }
 
     fn setxattr(
-        &mut self,
-        req: &fuser::Request<'_>,
-        ino: u64,
+        &self,
+        req: &fuser::Request,
+        ino: INodeNo,
         name: &OsStr,
         value: &[u8],
         _flags: i32,
         _position: u32,
         reply: ReplyEmpty,
     ) {
+        let ino = ino.0;
         self.sh.dirs.forget(ino);
         match xattr::set(
             &self.sh.client,
@@ -622,26 +675,26 @@ impl fuser::Filesystem for NacreFs {
             value,
         ) {
             Ok(()) => reply.ok(),
-            Err(e) => reply.error(e),
+            Err(e) => reply.error(Errno::from_i32(e)),
         }
     }
 
-    fn listxattr(&mut self, _req: &fuser::Request<'_>, _ino: u64, size: u32, reply: ReplyXattr) {
+    fn listxattr(&self, _req: &fuser::Request, _ino: INodeNo, size: u32, reply: ReplyXattr) {
         xattr::answer(reply, size, xattr::LIST)
     }
 
     fn removexattr(
-        &mut self,
-        _req: &fuser::Request<'_>,
-        _ino: u64,
+        &self,
+        _req: &fuser::Request,
+        _ino: INodeNo,
         name: &OsStr,
         reply: ReplyEmpty,
     ) {
-        reply.error(
+        reply.error(Errno::from_i32(
             match name.as_bytes() == xattr::LAYOUT || name.as_bytes() == xattr::HSM {
                 true => libc::EPERM,
                 false => libc::ENODATA,
             },
-        )
+        ))
     }
 }

@@ -58,7 +58,7 @@ pub struct NacreFs {
     /// Supplementary groups by caller pid, read from /proc at most once per
     /// [`ATTR_TTL`] (a read of /proc/PID/status per request costs more than the
     /// request's own work in the daemon).
-    groups: std::cell::RefCell<HashMap<u32, (std::time::Instant, Vec<u32>)>>,
+    groups: Mutex<HashMap<u32, (std::time::Instant, Vec<u32>)>>,
     jobs: Sender<Job>,
     workers: Vec<std::thread::JoinHandle<()>>,
 }
@@ -96,8 +96,8 @@ impl NacreFs {
 
     /// The caller's credentials: uid and gid from FUSE, supplementary groups from
     /// /proc/PID/status (cached by pid for [`ATTR_TTL`]; none if the process is gone).
-    fn creds(&self, req: &fuser::Request<'_>) -> Creds {
-        let mut cache = self.groups.borrow_mut();
+    fn creds(&self, req: &fuser::Request) -> Creds {
+        let mut cache = lock(&self.groups);
         let fresh = |at: &std::time::Instant| at.elapsed() < ATTR_TTL;
         let groups = match cache.get(&req.pid()) {
             Some((at, g)) if fresh(at) => g.clone(),
@@ -118,7 +118,7 @@ impl NacreFs {
     }
 
     /// Runs `op` on a worker with the shared state and the caller's credentials.
-    fn run(&self, req: &fuser::Request<'_>, op: impl FnOnce(&Shared, &Creds) + Send + 'static) {
+    fn run(&self, req: &fuser::Request, op: impl FnOnce(&Shared, &Creds) + Send + 'static) {
         let (sh, creds) = (self.sh.clone(), self.creds(req));
         self.offload(move || op(&sh, &creds));
     }
@@ -126,7 +126,7 @@ impl NacreFs {
     /// Runs `op` here, on the session thread: for one MDS request, a hand-off to a
     /// worker (a futex wake and a switch each way) costs more than the request, and
     /// the MDS serves one request at a time anyway (docs/mount.md, "Threads").
-    fn inline(&self, req: &fuser::Request<'_>, op: impl FnOnce(&Shared, &Creds)) {
+    fn inline(&self, req: &fuser::Request, op: impl FnOnce(&Shared, &Creds)) {
         op(&self.sh, &self.creds(req))
     }
 
@@ -134,7 +134,7 @@ impl NacreFs {
     /// changes objects on the OSTs (a truncate), as data does.
     fn inline_unless_osts(
         &self,
-        req: &fuser::Request<'_>,
+        req: &fuser::Request,
         touches_osts: bool,
         op: impl FnOnce(&Shared, &Creds) + Send + 'static,
     ) {
@@ -200,42 +200,65 @@ pub fn mount_options(cfg: &MountConfig) -> Vec<MountOption> {
         MountOption::FSName(cfg.fsname.clone()),
         MountOption::Subtype("nacre".into()),
         MountOption::DefaultPermissions,
-        MountOption::AllowOther,
         MountOption::RW,
     ];
     o.extend(cfg.options.iter().map(|s| MountOption::CUSTOM(s.clone())));
     o
 }
 
-/// Mounts `client`'s file system at `mountpoint` until the returned session drops.
+/// Mounts `client`'s file system at `mountpoint` until the returned session drops:
+/// open to every user (`allow_other`), served by [`session_threads`] threads, each
+/// reading its own clone of the FUSE device.
 pub fn mount(
     client: Client,
     mountpoint: &Path,
     cfg: &MountConfig,
 ) -> io::Result<fuser::BackgroundSession> {
-    fuser::spawn_mount2(NacreFs::new(client), mountpoint, &mount_options(cfg))
+    let mut config = fuser::Config::default();
+    config.mount_options = mount_options(cfg);
+    config.acl = fuser::SessionACL::All;
+    config.n_threads = Some(session_threads());
+    config.clone_fd = true;
+    fuser::spawn_mount(NacreFs::new(client), mountpoint, &config)
+}
+
+/// FUSE session threads: one per CPU, up to 4. Namespace requests run on them (each
+/// waits for its MDS answer), so several processes' creates, lookups and stats are in
+/// flight at once; data goes on to the workers.
+pub fn session_threads() -> usize {
+    std::thread::available_parallelism().map_or(2, |n| n.get().min(4))
 }
 
 /// Serves until `stop` (a signal) or until the mount goes away (`nacre umount`). On
 /// a stop it unmounts and waits for the session to end, which closes every open file
 /// (their sizes reach the MDS). A mount still in use refuses to go (EBUSY): it then
-/// says so and keeps serving until its files are closed and it is unmounted.
+/// says so and keeps serving, trying again every second, until its files are closed
+/// (or it is unmounted from outside).
 pub fn serve_until(session: fuser::BackgroundSession, stop: &AtomicBool, mountpoint: &Path) {
     while !stop.load(Ordering::Relaxed) && !session.guard.is_finished() {
         std::thread::sleep(Duration::from_millis(50));
     }
-    let (done, ended) = crossbeam_channel::bounded::<()>(1);
-    std::thread::spawn(move || {
-        // join() unmounts, then waits for the session thread (it panics if the session
-        // ended in an error, which was logged already).
-        let _ = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| session.join()));
-        let _ = done.send(());
-    });
-    if ended.recv_timeout(Duration::from_secs(5)).is_err() {
-        eprintln!(
-            "nacre mount: {} is busy: still serving; close its files, then nacre umount {0}",
-            mountpoint.display()
-        );
-        let _ = ended.recv();
+    let mut said = false;
+    while !session.guard.is_finished() && !unmount(mountpoint) {
+        if !said {
+            eprintln!(
+                "nacre mount: {} is busy: still serving; close its files, then nacre umount {0}",
+                mountpoint.display()
+            );
+            said = true;
+        }
+        std::thread::sleep(Duration::from_secs(1));
     }
+    // Unmounted: the session threads see the device go and end (join panics only if
+    // the session ended in an error, which was logged already).
+    let _ = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| session.join()));
+}
+
+/// `fusermount3 -u`: works for root and for the user who mounted; false while busy.
+fn unmount(mountpoint: &Path) -> bool {
+    std::process::Command::new("fusermount3")
+        .arg("-uq")
+        .arg(mountpoint)
+        .status()
+        .is_ok_and(|s| s.success())
 }

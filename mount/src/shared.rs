@@ -110,9 +110,9 @@ impl Shared {
                 if let Some(size) = self.local_size(a.ino) {
                     a.size = a.size.max(size);
                 }
-                reply.entry(&ATTR_TTL, &fuse_attr(&a), 0)
+                reply.entry(&ATTR_TTL, &fuse_attr(&a), fuser::Generation(0))
             }
-            Err(e) => reply.error(errno(&e)),
+            Err(e) => reply.error(fuser::Errno::from_i32(errno(&e))),
         }
     }
 
@@ -123,14 +123,14 @@ impl Shared {
                 self.dirs.entry_added(parent, &a);
                 self.entry(reply, Ok(Reply::Attr(a)))
             }
-            Err(e) => reply.error(errno(&e)),
+            Err(e) => reply.error(fuser::Errno::from_i32(errno(&e))),
         }
     }
 
     pub fn done(&self, reply: ReplyEmpty, r: io::Result<Reply>) {
         match r {
             Ok(_) => reply.ok(),
-            Err(e) => reply.error(errno(&e)),
+            Err(e) => reply.error(fuser::Errno::from_i32(errno(&e))),
         }
     }
 
@@ -156,7 +156,7 @@ impl Shared {
     pub fn reply_attr(&self, reply: ReplyAttr, r: io::Result<Attr>) {
         match r {
             Ok(a) => reply.attr(&ATTR_TTL, &fuse_attr(&a)),
-            Err(e) => reply.error(errno(&e)),
+            Err(e) => reply.error(fuser::Errno::from_i32(errno(&e))),
         }
     }
 
