@@ -110,3 +110,35 @@ fn the_mount_answers_as_ext4_does() {
     drop(m);
     up.stop();
 }
+
+/// Shared and private mmap on the mount, coherent with read(2) and write(2) through the
+/// same mount and, after msync and close, read through another; SQLite in WAL mode
+/// (which maps its shared-memory index) writing, reading from a second connection, and
+/// read through the other mount (tests/posix/mmap_sqlite.py).
+#[test]
+fn shared_mmap_and_sqlite_wal_on_the_mount() {
+    if !can_run() {
+        return;
+    }
+    let work = tmp("posix-mmap");
+    let up = Up::start(&work.join("data"), "tcp;ofi_rxm", &[]);
+    let (m1, m2) = (
+        Mount::new(&up, work.join("m1")),
+        Mount::new(&up, work.join("m2")),
+    );
+    let script = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/posix/mmap_sqlite.py");
+    let out = Command::new("python3")
+        .arg(&script)
+        .arg(&m1.dir)
+        .arg(&m2.dir)
+        .output()
+        .expect("python3");
+    assert!(
+        out.status.success() && String::from_utf8_lossy(&out.stdout).trim() == "ok",
+        "mmap_sqlite.py: {}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    drop((m1, m2));
+    up.stop();
+}

@@ -10,8 +10,8 @@ use std::time::Duration;
 use fuser::{
     BsdFileFlags, Errno, FileHandle, FopenFlags, Generation, INodeNo, InitFlags, KernelConfig,
     LockOwner, OpenFlags, RenameFlags, ReplyAttr, ReplyCreate, ReplyData, ReplyDirectory,
-    ReplyEmpty, ReplyEntry, ReplyLock, ReplyOpen, ReplyStatfs, ReplyWrite, ReplyXattr,
-    TimeOrNow, WriteFlags,
+    ReplyEmpty, ReplyEntry, ReplyLock, ReplyOpen, ReplyStatfs, ReplyWrite, ReplyXattr, TimeOrNow,
+    WriteFlags,
 };
 use nacre_client::{errno, File};
 use nacre_proto::meta::{self, Creds, FileKind, LockRequest, Reply, Request, SetAttr};
@@ -41,7 +41,9 @@ impl fuser::Filesystem for NacreFs {
             .add_capabilities(InitFlags::FUSE_DIRECT_IO_ALLOW_MMAP)
             .is_err()
         {
-            tracing::info!("this kernel cannot map direct-I/O files shared: mmap(MAP_SHARED) is refused");
+            tracing::info!(
+                "this kernel cannot map direct-I/O files shared: mmap(MAP_SHARED) is refused"
+            );
         }
         Ok(())
     }
@@ -57,7 +59,13 @@ impl fuser::Filesystem for NacreFs {
         });
     }
 
-    fn getattr(&self, req: &fuser::Request, ino: INodeNo, _fh: Option<FileHandle>, reply: ReplyAttr) {
+    fn getattr(
+        &self,
+        req: &fuser::Request,
+        ino: INodeNo,
+        _fh: Option<FileHandle>,
+        reply: ReplyAttr,
+    ) {
         let ino = ino.0;
         // A directory's attributes may come from this mount's cache (`DirAttrs`).
         self.inline(req, |sh, creds| match sh.dirs.get(ino) {
@@ -264,7 +272,10 @@ impl fuser::Filesystem for NacreFs {
             ino,
             kernel_offsets(flags),
         ) {
-            Ok(f) => reply.opened(FileHandle(sh.add_file(f, creds)), FopenFlags::FOPEN_DIRECT_IO),
+            Ok(f) => reply.opened(
+                FileHandle(sh.add_file(f, creds)),
+                FopenFlags::FOPEN_DIRECT_IO,
+            ),
             Err(e) => reply.error(Errno::from_i32(errno(&e))),
         };
         // O_TRUNC empties the objects on the OSTs.
@@ -683,13 +694,7 @@ impl fuser::Filesystem for NacreFs {
         xattr::answer(reply, size, xattr::LIST)
     }
 
-    fn removexattr(
-        &self,
-        _req: &fuser::Request,
-        _ino: INodeNo,
-        name: &OsStr,
-        reply: ReplyEmpty,
-    ) {
+    fn removexattr(&self, _req: &fuser::Request, _ino: INodeNo, name: &OsStr, reply: ReplyEmpty) {
         reply.error(Errno::from_i32(
             match name.as_bytes() == xattr::LAYOUT || name.as_bytes() == xattr::HSM {
                 true => libc::EPERM,
