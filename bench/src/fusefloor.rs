@@ -1,8 +1,9 @@
 //! `nacre-bench fuse-floor MOUNTPOINT`: the fastest a FUSE file system can create files
 //! on this machine. It mounts a file system that keeps its namespace in memory and
-//! answers every request on its session threads at once, with the options and the
-//! threads a nacre mount uses (`default_permissions`, `allow_other`,
-//! [`nacre_mount::session_threads`] threads), and serves until it is unmounted
+//! answers every request at once, with the options a nacre mount uses
+//! (`default_permissions`, `allow_other`) on one session thread (`--threads` for more:
+//! one is the floor of a FUSE file system as most run, and the reference issue 27's
+//! target names), and serves until it is unmounted
 //! (`fusermount3 -u MOUNTPOINT`). A create workload run on it pays the kernel's FUSE
 //! round trips (getattr of the directory, lookup, create, flush, release) and nothing
 //! else: `bench/compare-mount` runs the same workload on it beside the nacre mount, so
@@ -26,6 +27,9 @@ use fuser::{
 pub struct FuseFloorArgs {
     /// Where to mount (an empty directory).
     pub mountpoint: PathBuf,
+    /// FUSE session threads (a nacre mount runs one per CPU, up to 4).
+    #[arg(long, default_value_t = 1)]
+    pub threads: usize,
 }
 
 /// As long as a nacre mount keeps attributes.
@@ -222,8 +226,8 @@ pub fn run(args: &FuseFloorArgs) -> Result<(), BenchError> {
         MountOption::RW,
     ];
     config.acl = fuser::SessionACL::All;
-    config.n_threads = Some(nacre_mount::session_threads());
-    config.clone_fd = true;
+    config.n_threads = Some(args.threads.max(1));
+    config.clone_fd = args.threads > 1;
     // Serves until the file system is unmounted.
     fuser::mount(MemFs::new(), &args.mountpoint, &config)?;
     Ok(())
