@@ -26,6 +26,10 @@ pub struct MountArgs {
     /// Stay in the foreground (Ctrl-C unmounts).
     #[arg(short = 'f', long)]
     pub foreground: bool,
+    /// FUSE session threads, which serve namespace requests [default: one per CPU, up
+    /// to 4].
+    #[arg(long)]
+    pub threads: Option<usize>,
 }
 
 /// Whether `dir` is a mount point now (from /proc/self/mountinfo).
@@ -89,6 +93,7 @@ fn foreground(mgs: &str, a: &MountArgs, cfg: ClientConfig) -> Result<(), CliErro
     let cfg = MountConfig {
         fsname: format!("nacre:{}", client.map().fsname),
         options: a.options.clone(),
+        threads: a.threads.unwrap_or_else(nacre_mount::session_threads).max(1),
     };
     let session = nacre_mount::mount(client, &a.mountpoint, &cfg)
         .map_err(|e| CliError::io(&format!("mounting on {}", a.mountpoint.display()), e))?;

@@ -192,6 +192,8 @@ pub struct MountConfig {
     pub fsname: String,
     /// Extra `-o` options, passed to FUSE as they are.
     pub options: Vec<String>,
+    /// FUSE session threads ([`session_threads`] is the default `nacre mount` takes).
+    pub threads: usize,
 }
 
 /// The FUSE options of a nacre mount.
@@ -207,7 +209,7 @@ pub fn mount_options(cfg: &MountConfig) -> Vec<MountOption> {
 }
 
 /// Mounts `client`'s file system at `mountpoint` until the returned session drops:
-/// open to every user (`allow_other`), served by [`session_threads`] threads, each
+/// open to every user (`allow_other`), served by `cfg.threads` session threads, each
 /// reading its own clone of the FUSE device.
 pub fn mount(
     client: Client,
@@ -217,8 +219,8 @@ pub fn mount(
     let mut config = fuser::Config::default();
     config.mount_options = mount_options(cfg);
     config.acl = fuser::SessionACL::All;
-    config.n_threads = Some(session_threads());
-    config.clone_fd = true;
+    config.n_threads = Some(cfg.threads.max(1));
+    config.clone_fd = cfg.threads > 1;
     fuser::spawn_mount(NacreFs::new(client), mountpoint, &config)
 }
 
