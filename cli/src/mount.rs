@@ -93,7 +93,10 @@ fn foreground(mgs: &str, a: &MountArgs, cfg: ClientConfig) -> Result<(), CliErro
     let cfg = MountConfig {
         fsname: format!("nacre:{}", client.map().fsname),
         options: a.options.clone(),
-        threads: a.threads.unwrap_or_else(nacre_mount::session_threads).max(1),
+        threads: a
+            .threads
+            .unwrap_or_else(nacre_mount::session_threads)
+            .max(1),
     };
     let session = nacre_mount::mount(client, &a.mountpoint, &cfg)
         .map_err(|e| CliError::io(&format!("mounting on {}", a.mountpoint.display()), e))?;

@@ -114,9 +114,11 @@ fn the_mount_answers_as_ext4_does() {
 /// Shared and private mmap on the mount, coherent with read(2) and write(2) through the
 /// same mount and, after msync and close, read through another; SQLite in WAL mode
 /// (which maps its shared-memory index) writing, reading from a second connection, and
-/// read through the other mount (tests/posix/mmap_sqlite.py).
+/// read through the other mount (tests/posix/mmap_sqlite.py); negative entries cached
+/// for the attribute timeout and never hiding this mount's own creates
+/// (tests/posix/negative.py).
 #[test]
-fn shared_mmap_and_sqlite_wal_on_the_mount() {
+fn shared_mmap_sqlite_wal_and_negative_entries_on_two_mounts() {
     if !can_run() {
         return;
     }
@@ -126,19 +128,23 @@ fn shared_mmap_and_sqlite_wal_on_the_mount() {
         Mount::new(&up, work.join("m1")),
         Mount::new(&up, work.join("m2")),
     );
-    let script = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/posix/mmap_sqlite.py");
-    let out = Command::new("python3")
-        .arg(&script)
-        .arg(&m1.dir)
-        .arg(&m2.dir)
-        .output()
-        .expect("python3");
-    assert!(
-        out.status.success() && String::from_utf8_lossy(&out.stdout).trim() == "ok",
-        "mmap_sqlite.py: {}{}",
-        String::from_utf8_lossy(&out.stdout),
-        String::from_utf8_lossy(&out.stderr)
-    );
+    for name in ["mmap_sqlite.py", "negative.py"] {
+        let script = Path::new(env!("CARGO_MANIFEST_DIR"))
+            .join("tests/posix")
+            .join(name);
+        let out = Command::new("python3")
+            .arg(&script)
+            .arg(&m1.dir)
+            .arg(&m2.dir)
+            .output()
+            .expect("python3");
+        assert!(
+            out.status.success() && String::from_utf8_lossy(&out.stdout).trim() == "ok",
+            "{name}: {}{}",
+            String::from_utf8_lossy(&out.stdout),
+            String::from_utf8_lossy(&out.stderr)
+        );
+    }
     drop((m1, m2));
     up.stop();
 }

@@ -33,6 +33,9 @@ impl fuser::Filesystem for NacreFs {
         // mounts (the kernel would otherwise keep them per mount).
         let _ = config.add_capabilities(InitFlags::FUSE_POSIX_LOCKS);
         let _ = config.add_capabilities(InitFlags::FUSE_FLOCK_LOCKS);
+        self.no_opendir = config
+            .add_capabilities(InitFlags::FUSE_NO_OPENDIR_SUPPORT)
+            .is_ok();
         // Files are opened with direct I/O (no page cache between two mounts); this
         // lets the kernel map them shared all the same (Linux 6.6): a mapping's pages
         // are read and written back through us, and written through the same mount
@@ -54,9 +57,29 @@ impl fuser::Filesystem for NacreFs {
             parent,
             name: name_of(name),
         };
-        self.inline(req, |sh, creds| {
-            sh.entry(reply, sh.client.request_as(creds, &r))
+        self.inline(req, |sh, creds| match sh.client.request_as(creds, &r) {
+            // A negative entry: the kernel remembers the name is missing for ATTR_TTL
+            // (as it remembers attributes), so a search along PATH, an import path or
+            // a build's probes ask the MDS once per name, not once per call. A create
+            // through this mount replaces it at once; another mount's shows within
+            // ATTR_TTL.
+            Err(e) if errno(&e) == libc::ENOENT => {
+                let mut none = fuse_attr(&negative());
+                none.ino = INodeNo(0);
+                reply.entry(&ATTR_TTL, &none, Generation(0))
+            }
+            r => sh.entry(reply, r),
         });
+    }
+
+    /// nacre keeps no state for an open directory (readdir goes by cookie): with
+    /// FUSE_NO_OPENDIR_SUPPORT the kernel stops asking after this first ENOSYS, which
+    /// saves a round trip per `ls`, `find` step or `opendir(3)`.
+    fn opendir(&self, _req: &fuser::Request, _ino: INodeNo, _flags: OpenFlags, reply: ReplyOpen) {
+        match self.no_opendir {
+            true => reply.error(Errno::ENOSYS),
+            false => reply.opened(FileHandle(0), FopenFlags::empty()),
+        }
     }
 
     fn getattr(
@@ -701,5 +724,22 @@ impl fuser::Filesystem for NacreFs {
                 false => libc::ENODATA,
             },
         ))
+    }
+}
+
+/// The attributes a negative entry carries (the kernel reads only its inode number, 0).
+fn negative() -> nacre_proto::meta::Attr {
+    nacre_proto::meta::Attr {
+        ino: 0,
+        kind: FileKind::File,
+        mode: 0,
+        uid: 0,
+        gid: 0,
+        nlink: 0,
+        size: 0,
+        atime: 0,
+        mtime: 0,
+        ctime: 0,
+        rdev: 0,
     }
 }

@@ -61,6 +61,8 @@ pub struct NacreFs {
     groups: Mutex<HashMap<u32, (std::time::Instant, Vec<u32>)>>,
     jobs: Sender<Job>,
     workers: Vec<std::thread::JoinHandle<()>>,
+    /// The kernel took FUSE_NO_OPENDIR_SUPPORT (see `opendir`).
+    no_opendir: bool,
 }
 
 impl NacreFs {
@@ -83,6 +85,7 @@ impl NacreFs {
             groups: Default::default(),
             jobs,
             workers,
+            no_opendir: false,
         }
     }
 
