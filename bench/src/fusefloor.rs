@@ -27,7 +27,7 @@ use fuser::{
 pub struct FuseFloorArgs {
     /// Where to mount (an empty directory).
     pub mountpoint: PathBuf,
-    /// FUSE session threads (a nacre mount runs one per CPU, up to 4).
+    /// FUSE session threads (a nacre mount runs one per two CPUs, 1 to 4).
     #[arg(long, default_value_t = 1)]
     pub threads: usize,
 }

@@ -26,8 +26,8 @@ pub struct MountArgs {
     /// Stay in the foreground (Ctrl-C unmounts).
     #[arg(short = 'f', long)]
     pub foreground: bool,
-    /// FUSE session threads, which serve namespace requests [default: one per CPU, up
-    /// to 4].
+    /// FUSE session threads, which serve namespace requests [default: one per two
+    /// CPUs, 1 to 4].
     #[arg(long)]
     pub threads: Option<usize>,
 }

@@ -1,4 +1,4 @@
-//! The FUSE operations: namespace requests on the session thread, data and anything
+//! The FUSE operations: namespace requests on the session threads, data and anything
 //! that touches the OSTs on the workers.
 
 use std::ffi::OsStr;

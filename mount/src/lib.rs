@@ -6,7 +6,7 @@
 //! calling process), so the MDS applies POSIX permissions and new files belong to
 //! their creator; the kernel checks them too (`default_permissions`), and the mount
 //! is open to every user (`allow_other`), as a shared file system must be. Namespace
-//! requests and closes, one MDS request each, run on the FUSE session thread. Data
+//! requests and closes, one MDS request each, run on the FUSE session threads. Data
 //! goes through the client library's striped parallel path: reads, writes, fsyncs and
 //! whatever else touches the OSTs run on a pool of worker threads, and files are
 //! opened with direct I/O, so no page cache sits between two mounts (see
@@ -49,10 +49,10 @@ const READDIR_BATCH: u32 = 256;
 
 type Job = Box<dyn FnOnce() + Send>;
 
-/// The file system a mount serves. FUSE calls it on one session thread, which serves
-/// namespace requests itself (the MDS answers them one at a time anyway) and hands
-/// data and anything that touches the OSTs to a pool of workers, so that the I/O of
-/// many processes runs side by side.
+/// The file system a mount serves. FUSE calls it on its session threads, which serve
+/// namespace requests themselves (one MDS request each) and hand data and anything
+/// that touches the OSTs to a pool of workers, so that the I/O of many processes runs
+/// side by side.
 pub struct NacreFs {
     sh: Arc<Shared>,
     /// Supplementary groups by caller pid, read from /proc at most once per
@@ -227,11 +227,14 @@ pub fn mount(
     fuser::spawn_mount(NacreFs::new(client), mountpoint, &config)
 }
 
-/// FUSE session threads: one per CPU, up to 4. Namespace requests run on them (each
-/// waits for its MDS answer), so several processes' creates, lookups and stats are in
-/// flight at once; data goes on to the workers.
+/// FUSE session threads: one per two CPUs, 1 to 4. Namespace requests run on them
+/// (each waits for its MDS answer), so several processes' creates, lookups and stats
+/// are in flight at once; data goes on to the workers. Not one per CPU: the threads
+/// spin on the MDS's answers beside the application's own processes, and on this
+/// project's 2-CPU machines a second thread made mdtest through the mount slower
+/// (creates 4.0-5.1k/s against 5.4-6.7k/s with one; docs/performance.md).
 pub fn session_threads() -> usize {
-    std::thread::available_parallelism().map_or(2, |n| n.get().min(4))
+    std::thread::available_parallelism().map_or(1, |n| (n.get() / 2).clamp(1, 4))
 }
 
 /// Serves until `stop` (a signal) or until the mount goes away (`nacre umount`). On

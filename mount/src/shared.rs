@@ -10,11 +10,11 @@ use fuser::{ReplyAttr, ReplyEmpty, ReplyEntry};
 use nacre_client::{errno, Client, File};
 use nacre_proto::meta::{self, Attr, Creds, FileKind, Reply, Request, SetAttr};
 
-const S_ISUID: u32 = 0o4000;
-const S_ISGID: u32 = 0o2000;
-
 use crate::convert::attr_of;
 use crate::{fuse_attr, lock, DirAttrs, ATTR_TTL, MAX_IO, WORKERS};
+
+const S_ISUID: u32 = 0o4000;
+const S_ISGID: u32 = 0o2000;
 
 /// What the workers share.
 pub struct Shared {
