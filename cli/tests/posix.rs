@@ -116,7 +116,7 @@ fn the_mount_answers_as_ext4_does() {
 /// (which maps its shared-memory index) writing, reading from a second connection, and
 /// read through the other mount (tests/posix/mmap_sqlite.py); negative entries cached
 /// for the attribute timeout and never hiding this mount's own creates
-/// (tests/posix/negative.py).
+/// (tests/posix/entries.py).
 #[test]
 fn shared_mmap_sqlite_wal_and_negative_entries_on_two_mounts() {
     if !can_run() {
@@ -128,7 +128,7 @@ fn shared_mmap_sqlite_wal_and_negative_entries_on_two_mounts() {
         Mount::new(&up, work.join("m1")),
         Mount::new(&up, work.join("m2")),
     );
-    for name in ["mmap_sqlite.py", "negative.py"] {
+    for name in ["mmap_sqlite.py", "entries.py"] {
         let script = Path::new(env!("CARGO_MANIFEST_DIR"))
             .join("tests/posix")
             .join(name);

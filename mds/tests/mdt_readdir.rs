@@ -103,3 +103,77 @@ fn big_pages_respect_the_reply_byte_budget() {
     assert!(body.len() <= 64 * 1024);
     assert_eq!(t.list(ROOT, 1024).len(), 400);
 }
+
+/// ReaddirPlus pages hold the same entries as Readdir pages, each with the attributes
+/// getattr gives, and page by cookie the same way.
+#[test]
+fn readdir_plus_gives_each_entry_its_attributes() {
+    let t = T::new("readdirplus");
+    let d = t.mkdir(ROOT, "d");
+    let sub = t.mkdir(d.ino, "sub");
+    for i in 0..40 {
+        t.create(d.ino, &format!("f{i}"));
+    }
+    let (mut cookie, mut seen) = (0, 0);
+    loop {
+        let plain = t.call(Request::Readdir {
+            dir: d.ino,
+            cookie,
+            max: 9,
+        });
+        let Ok(Reply::DirPlus {
+            entries,
+            next_cookie,
+            eof,
+        }) = t.call(Request::ReaddirPlus {
+            dir: d.ino,
+            cookie,
+            max: 9,
+        })
+        else {
+            panic!("not a readdirplus page")
+        };
+        let Ok(Reply::Dir {
+            entries: names,
+            next_cookie: plain_next,
+            eof: plain_eof,
+        }) = plain
+        else {
+            panic!("not a readdir page")
+        };
+        assert_eq!((next_cookie, eof), (plain_next, plain_eof));
+        assert_eq!(
+            entries.iter().map(|(e, _)| e.clone()).collect::<Vec<_>>(),
+            names
+        );
+        for (e, a) in &entries {
+            assert_eq!(*a, t.getattr(e.ino).unwrap());
+            assert_eq!(a.kind, e.kind);
+        }
+        seen += entries.len();
+        cookie = next_cookie;
+        if eof {
+            break;
+        }
+    }
+    assert_eq!(seen, 41);
+    assert!(t.getattr(sub.ino).unwrap().nlink == 2);
+    // Permissions as readdir's: a directory the caller may not read.
+    let private = nacre_proto::meta::SetAttr {
+        mask: nacre_proto::meta::set::MODE,
+        mode: 0o700,
+        ..Default::default()
+    };
+    t.call(Request::Setattr {
+        ino: d.ino,
+        attr: private,
+    })
+    .unwrap();
+    let user = nacre_proto::meta::Creds::user(1000, 1000);
+    let req = Request::ReaddirPlus {
+        dir: d.ino,
+        cookie: 0,
+        max: 10,
+    };
+    assert_eq!(t.call_as(&user, req), Err(nacre_proto::meta::errno::EACCES));
+}

@@ -10,8 +10,8 @@ use std::time::Duration;
 use fuser::{
     BsdFileFlags, Errno, FileHandle, FopenFlags, Generation, INodeNo, InitFlags, KernelConfig,
     LockOwner, OpenFlags, RenameFlags, ReplyAttr, ReplyCreate, ReplyData, ReplyDirectory,
-    ReplyEmpty, ReplyEntry, ReplyLock, ReplyOpen, ReplyStatfs, ReplyWrite, ReplyXattr, TimeOrNow,
-    WriteFlags,
+    ReplyDirectoryPlus, ReplyEmpty, ReplyEntry, ReplyLock, ReplyOpen, ReplyStatfs, ReplyWrite,
+    ReplyXattr, TimeOrNow, WriteFlags,
 };
 use nacre_client::{errno, File};
 use nacre_proto::meta::{self, Creds, FileKind, LockRequest, Reply, Request, SetAttr};
@@ -33,6 +33,9 @@ impl fuser::Filesystem for NacreFs {
         // mounts (the kernel would otherwise keep them per mount).
         let _ = config.add_capabilities(InitFlags::FUSE_POSIX_LOCKS);
         let _ = config.add_capabilities(InitFlags::FUSE_FLOCK_LOCKS);
+        // Listings carry attributes (readdirplus), when the kernel judges it pays.
+        let _ = config.add_capabilities(InitFlags::FUSE_DO_READDIRPLUS);
+        let _ = config.add_capabilities(InitFlags::FUSE_READDIRPLUS_AUTO);
         self.no_opendir = config
             .add_capabilities(InitFlags::FUSE_NO_OPENDIR_SUPPORT)
             .is_ok();
@@ -647,6 +650,58 @@ impl fuser::Filesystem for NacreFs {
             for e in &entries {
                 let name = OsStr::from_bytes(&e.name);
                 if reply.add(INodeNo(e.ino), e.cookie, kind_of(e.kind), name) {
+                    return reply.ok();
+                }
+                cookie = e.cookie;
+            }
+            if eof || entries.is_empty() {
+                return reply.ok();
+            }
+        }
+    }
+
+    /// readdir with attributes (the kernel asks for it when a listing is followed by
+    /// lookups, as `ls -l` and `find` do): one MDS page gives the entries and their
+    /// attributes, which the kernel caches for ATTR_TTL as a lookup's, so the stats
+    /// that follow cost no request.
+    fn readdirplus(
+        &self,
+        req: &fuser::Request,
+        ino: INodeNo,
+        _fh: FileHandle,
+        offset: u64,
+        mut reply: ReplyDirectoryPlus,
+    ) {
+        let ino = ino.0;
+        let mut cookie = offset;
+        let creds = self.creds(req);
+        tracing::debug!(ino, cookie, "readdirplus");
+        loop {
+            let r = Request::ReaddirPlus {
+                dir: ino,
+                cookie,
+                max: READDIR_BATCH,
+            };
+            let (entries, eof) = match self.sh.client.request_as(&creds, &r) {
+                Ok(Reply::DirPlus { entries, eof, .. }) => (entries, eof),
+                Ok(_) => return reply.error(Errno::EIO),
+                Err(e) => return reply.error(Errno::from_i32(errno(&e))),
+            };
+            for (e, mut a) in entries.iter().cloned() {
+                self.sh.dirs.fetched(&a);
+                if let Some(size) = self.sh.local_size(a.ino) {
+                    a.size = a.size.max(size);
+                }
+                let name = OsStr::from_bytes(&e.name);
+                let attr = fuse_attr(&a);
+                if reply.add(
+                    INodeNo(e.ino),
+                    e.cookie,
+                    name,
+                    &ATTR_TTL,
+                    &attr,
+                    Generation(0),
+                ) {
                     return reply.ok();
                 }
                 cookie = e.cookie;

@@ -89,6 +89,8 @@ fn request() -> impl Strategy<Value = Request> {
         (any::<u64>(), name()).prop_map(|(parent, name)| Request::Rmdir { parent, name }),
         (any::<u64>(), any::<u64>(), any::<u32>())
             .prop_map(|(dir, cookie, max)| Request::Readdir { dir, cookie, max }),
+        (any::<u64>(), any::<u64>(), any::<u32>())
+            .prop_map(|(dir, cookie, max)| Request::ReaddirPlus { dir, cookie, max }),
         (any::<u64>(), name()).prop_map(|(parent, name)| Request::Unlink { parent, name }),
         (any::<u64>(), name(), any::<u64>(), name(), any::<u32>()).prop_map(
             |(parent, name, new_parent, new_name, flags)| Request::Rename {
@@ -198,7 +200,7 @@ proptest! {
     }
 
     #[test]
-    fn any_bytes_decode_without_panic(op in 0x100u16..0x112, bytes in proptest::collection::vec(any::<u8>(), 0..300)) {
+    fn any_bytes_decode_without_panic(op in 0x100u16..0x11a, bytes in proptest::collection::vec(any::<u8>(), 0..300)) {
         let _ = Request::decode(Opcode(op), &bytes);
         let _ = Reply::decode(&bytes);
     }
@@ -211,6 +213,35 @@ proptest! {
         let mut body = Vec::new();
         reply.encode(&mut body);
         prop_assert_eq!(Reply::decode(&body).unwrap(), reply);
+    }
+
+    #[test]
+    fn a_trimmed_readdirplus_page_fits_and_keeps_each_entry_with_its_attributes(
+        names in proptest::collection::vec(name(), 1..40), max in 20usize..6000, eof in any::<bool>()
+    ) {
+        let entries: Vec<_> = names.into_iter().enumerate().map(|(i, name)| (DirEntry {
+            name, ino: i as u64 + 2, kind: FileKind::File, cookie: i as u64 + 1 }, attr(i as u64 + 2))).collect();
+        let whole = Reply::DirPlus { entries: entries.clone(), next_cookie: entries.len() as u64, eof };
+        let mut body = Vec::new();
+        whole.encode(&mut body);
+        prop_assert_eq!(Reply::decode(&body).unwrap(), whole.clone());
+        for cut in 0..body.len() {
+            prop_assert!(Reply::decode(&body[..cut]).is_err());
+        }
+        let mut page = whole.clone();
+        page.trim_to(max);
+        let mut body = Vec::new();
+        page.encode(&mut body);
+        let Reply::DirPlus { entries: kept, next_cookie, eof: page_eof } = &page else { unreachable!() };
+        prop_assert!(!kept.is_empty());
+        prop_assert!(body.len() <= max || kept.len() == 1, "{} > {max}", body.len());
+        prop_assert_eq!(&entries[..kept.len()], &kept[..]);
+        if kept.len() < entries.len() {
+            prop_assert_eq!(*next_cookie, kept.last().unwrap().0.cookie);
+            prop_assert!(!page_eof);
+        } else {
+            prop_assert_eq!(&page, &whole);
+        }
     }
 
     #[test]

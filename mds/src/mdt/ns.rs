@@ -100,6 +100,7 @@ pub fn read(v: &impl View, c: &Ctx<'_>, req: &Request) -> Res<Reply> {
         Request::Lookup { parent, name } => Ok(Reply::Attr(lookup(v, c, *parent, name)?.attr())),
         Request::Getattr { ino } => Ok(Reply::Attr(get(v, *ino)?.attr())),
         Request::Readdir { dir, cookie, max } => readdir(v, c, *dir, *cookie, *max),
+        Request::ReaddirPlus { dir, cookie, max } => readdir_plus(v, c, *dir, *cookie, *max),
         Request::Readlink { ino } => {
             let i = get(v, *ino)?;
             need(i.kind == FileKind::Symlink, EINVAL)?;
@@ -161,6 +162,29 @@ fn readdir(v: &impl View, c: &Ctx<'_>, dir: u64, cookie: u64, max: u32) -> Res<R
         entries,
         next_cookie,
         eof: !more,
+    };
+    page.trim_to(READDIR_MAX_BYTES);
+    Ok(page)
+}
+
+/// A readdir page with each entry's attributes, read in the same view as the entries.
+fn readdir_plus(v: &impl View, c: &Ctx<'_>, dir: u64, cookie: u64, max: u32) -> Res<Reply> {
+    let Reply::Dir {
+        entries,
+        next_cookie,
+        eof,
+    } = readdir(v, c, dir, cookie, max)?
+    else {
+        return Err(Fail::Errno(EIO));
+    };
+    let entries = entries
+        .into_iter()
+        .map(|e| get(v, e.ino).map(|i| (e, i.attr())))
+        .collect::<Res<Vec<_>>>()?;
+    let mut page = Reply::DirPlus {
+        entries,
+        next_cookie,
+        eof,
     };
     page.trim_to(READDIR_MAX_BYTES);
     Ok(page)

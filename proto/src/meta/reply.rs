@@ -29,6 +29,12 @@ pub enum Reply {
         next_cookie: u64,
         eof: bool,
     },
+    /// A readdir page with each entry's attributes (`ReaddirPlus`).
+    DirPlus {
+        entries: Vec<(DirEntry, Attr)>,
+        next_cookie: u64,
+        eof: bool,
+    },
     Target(Vec<u8>),
     Statfs(MdtStatfs),
     /// A file's layout.
@@ -54,6 +60,9 @@ const R_DEFAULT_LAYOUT: u32 = 7;
 const R_LOCK: u32 = 8;
 const R_CHECK: u32 = 9;
 const R_HSM: u32 = 10;
+const R_DIR_PLUS: u32 = 11;
+/// An attribute's bytes on the wire (`put_attr`).
+const ATTR_WIRE_LEN: usize = 8 + 5 * 4 + 5 * 8;
 
 impl Reply {
     /// Shortens a readdir page to at most `max` encoded bytes (at least one entry):
@@ -73,6 +82,20 @@ impl Reply {
             r.findings.truncate(keep);
             return;
         }
+        if let Reply::DirPlus {
+            entries,
+            next_cookie,
+            eof,
+        } = self
+        {
+            let keep = keep_within(entries.iter().map(|(e, _)| e), ATTR_WIRE_LEN, max);
+            if keep < entries.len() {
+                entries.truncate(keep);
+                *next_cookie = entries[keep - 1].0.cookie;
+                *eof = false;
+            }
+            return;
+        }
         let Reply::Dir {
             entries,
             next_cookie,
@@ -81,14 +104,7 @@ impl Reply {
         else {
             return;
         };
-        let mut len = 4 + 8 + 4 + 4;
-        let keep = entries
-            .iter()
-            .position(|e| {
-                len += dir_entry_wire_len(&e.name);
-                len > max
-            })
-            .map_or(entries.len(), |i| i.max(1));
+        let keep = keep_within(entries.iter(), 0, max);
         if keep < entries.len() {
             entries.truncate(keep);
             *next_cookie = entries[keep - 1].cookie;
@@ -131,10 +147,21 @@ impl Reply {
                 put_u32(out, u32::from(*eof));
                 put_u32(out, entries.len() as u32);
                 for e in entries {
-                    put_u64(out, e.ino);
-                    put_u32(out, e.kind as u32);
-                    put_u64(out, e.cookie);
-                    put_bytes(out, &e.name);
+                    put_dir_entry(out, e);
+                }
+            }
+            Reply::DirPlus {
+                entries,
+                next_cookie,
+                eof,
+            } => {
+                put_u32(out, R_DIR_PLUS);
+                put_u64(out, *next_cookie);
+                put_u32(out, u32::from(*eof));
+                put_u32(out, entries.len() as u32);
+                for (e, a) in entries {
+                    put_dir_entry(out, e);
+                    put_attr(out, a);
                 }
             }
             Reply::Target(t) => {
@@ -237,6 +264,7 @@ impl Reply {
                 },
             },
             R_DIR => read_dir(r)?,
+            R_DIR_PLUS => read_dir_plus(r)?,
             R_TARGET => Reply::Target(read_target(r)?),
             R_STATFS => Reply::Statfs(MdtStatfs {
                 inodes_used: r.u64()?,
@@ -267,7 +295,8 @@ impl Reply {
     }
 }
 
-fn read_dir(r: &mut BodyReader<'_>) -> Result<Reply, MetaError> {
+/// A readdir page's head: the next cookie, eof, and the entry count (bounded).
+fn read_page_head(r: &mut BodyReader<'_>) -> Result<(u64, bool, u32), MetaError> {
     let next_cookie = r.u64()?;
     let eof = match r.u32()? {
         0 => false,
@@ -286,20 +315,67 @@ fn read_dir(r: &mut BodyReader<'_>) -> Result<Reply, MetaError> {
             value: n,
         });
     }
+    Ok((next_cookie, eof, n))
+}
+
+fn read_dir(r: &mut BodyReader<'_>) -> Result<Reply, MetaError> {
+    let (next_cookie, eof, n) = read_page_head(r)?;
     let mut entries = Vec::with_capacity(n as usize);
     for _ in 0..n {
-        entries.push(DirEntry {
-            ino: r.u64()?,
-            kind: FileKind::from_u32(r.u32()?)?,
-            cookie: r.u64()?,
-            name: read_name(r)?,
-        });
+        entries.push(read_dir_entry(r)?);
     }
     Ok(Reply::Dir {
         entries,
         next_cookie,
         eof,
     })
+}
+
+fn read_dir_plus(r: &mut BodyReader<'_>) -> Result<Reply, MetaError> {
+    let (next_cookie, eof, n) = read_page_head(r)?;
+    let mut entries = Vec::with_capacity(n as usize);
+    for _ in 0..n {
+        entries.push((read_dir_entry(r)?, read_attr(r)?));
+    }
+    Ok(Reply::DirPlus {
+        entries,
+        next_cookie,
+        eof,
+    })
+}
+
+fn put_dir_entry(out: &mut Vec<u8>, e: &DirEntry) {
+    put_u64(out, e.ino);
+    put_u32(out, e.kind as u32);
+    put_u64(out, e.cookie);
+    put_bytes(out, &e.name);
+}
+
+fn read_dir_entry(r: &mut BodyReader<'_>) -> Result<DirEntry, MetaError> {
+    Ok(DirEntry {
+        ino: r.u64()?,
+        kind: FileKind::from_u32(r.u32()?)?,
+        cookie: r.u64()?,
+        name: read_name(r)?,
+    })
+}
+
+/// How many of `entries` fit in a page of `max` bytes, each taking `extra` bytes beside
+/// its entry (at least one, so that a page always moves on).
+fn keep_within<'a>(
+    entries: impl ExactSizeIterator<Item = &'a DirEntry>,
+    extra: usize,
+    max: usize,
+) -> usize {
+    let n = entries.len();
+    let mut len = 4 + 8 + 4 + 4;
+    entries
+        .enumerate()
+        .find_map(|(i, e)| {
+            len += dir_entry_wire_len(&e.name) + extra;
+            (len > max).then_some(i.max(1))
+        })
+        .unwrap_or(n)
 }
 
 fn read_check(r: &mut BodyReader<'_>) -> Result<CheckReport, MetaError> {

@@ -78,6 +78,13 @@ pub enum Request {
     Readlink {
         ino: u64,
     },
+    /// A readdir page with each entry's attributes (a mount's readdirplus, `ls -l`):
+    /// answered [`Reply::DirPlus`](super::Reply::DirPlus).
+    ReaddirPlus {
+        dir: u64,
+        cookie: u64,
+        max: u32,
+    },
     /// A FIFO, socket or device node (`kind` one of the special kinds; `rdev` for
     /// devices).
     Mknod {
@@ -149,6 +156,7 @@ impl Request {
             Request::Mkdir { .. } => Opcode::MDS_MKDIR,
             Request::Rmdir { .. } => Opcode::MDS_RMDIR,
             Request::Readdir { .. } => Opcode::MDS_READDIR,
+            Request::ReaddirPlus { .. } => Opcode::MDS_READDIR_PLUS,
             Request::Unlink { .. } => Opcode::MDS_UNLINK,
             Request::Rename { .. } => Opcode::MDS_RENAME,
             Request::Symlink { .. } => Opcode::MDS_SYMLINK,
@@ -174,6 +182,7 @@ impl Request {
             Request::Lookup { .. }
                 | Request::Getattr { .. }
                 | Request::Readdir { .. }
+                | Request::ReaddirPlus { .. }
                 | Request::Readlink { .. }
                 | Request::Statfs
                 | Request::GetLayout { .. }
@@ -240,7 +249,7 @@ impl Request {
                 put_name_at(out, *parent, name);
                 put_u32(out, *mode);
             }
-            Request::Readdir { dir, cookie, max } => {
+            Request::Readdir { dir, cookie, max } | Request::ReaddirPlus { dir, cookie, max } => {
                 put_u64(out, *dir);
                 put_u64(out, *cookie);
                 put_u32(out, *max);
@@ -409,6 +418,11 @@ fn read_request(op: Opcode, r: &mut BodyReader<'_>) -> Result<Request, MetaError
         Opcode::MDS_RMDIR => Request::Rmdir {
             parent: r.u64()?,
             name: read_name(r)?,
+        },
+        Opcode::MDS_READDIR_PLUS => Request::ReaddirPlus {
+            dir: r.u64()?,
+            cookie: r.u64()?,
+            max: r.u32()?,
         },
         Opcode::MDS_READDIR => Request::Readdir {
             dir: r.u64()?,
