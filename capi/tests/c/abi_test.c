@@ -155,8 +155,9 @@ int main(int argc, char **argv) {
     CHECK(nacre_rmdir(fs, "/c/sub") == 0);
     CHECK(nacre_rmdir(fs, "/c") == 0);
 
+    /* The OSTs' bytes come with their servers' lease renewals: 0 until the first. */
     nacre_statfs_t sf;
-    CHECK(nacre_statfs(fs, &sf) == 0 && sf.bytes_total > 0 && sf.bytes_free <= sf.bytes_total);
+    CHECK(nacre_statfs(fs, &sf) == 0 && sf.bytes_free <= sf.bytes_total);
     CHECK(sf.files_total > 0 && sf.name_max == 255);
     CHECK(nacre_statfs(fs, NULL) == -EINVAL);
     free(back);
