@@ -166,7 +166,7 @@ impl fuser::Filesystem for NacreFs {
         self.inline(req, |sh, creds| {
             match sh.client.request_as(creds, &Request::Readlink { ino }) {
                 Ok(Reply::Target(t)) => reply.data(&t),
-                Ok(_) => reply.error(Errno::from_i32(libc::EIO)),
+                Ok(_) => reply.error(Errno::EIO),
                 Err(e) => reply.error(Errno::from_i32(errno(&e))),
             }
         });
@@ -251,7 +251,7 @@ impl fuser::Filesystem for NacreFs {
         let flags = flags.bits();
         // RENAME_NOREPLACE is the MDS's; RENAME_EXCHANGE and WHITEOUT are not offered.
         if flags & !libc::RENAME_NOREPLACE != 0 {
-            return reply.error(Errno::from_i32(libc::EINVAL));
+            return reply.error(Errno::EINVAL);
         }
         let r = Request::Rename {
             parent,
@@ -378,7 +378,7 @@ impl fuser::Filesystem for NacreFs {
                     mode: new_mode(mode, umask),
                     rdev: rdev.into(),
                 },
-                None => return reply.error(Errno::from_i32(libc::EINVAL)),
+                None => return reply.error(Errno::EINVAL),
             },
         };
         self.inline(req, |sh, creds| {
@@ -522,7 +522,7 @@ impl fuser::Filesystem for NacreFs {
         let ino = ino.0;
         let lock_owner = lock_owner.0;
         let Some(kind) = lock_kind(typ) else {
-            return reply.error(Errno::from_i32(libc::EINVAL));
+            return reply.error(Errno::EINVAL);
         };
         let test = LockRequest {
             test: true,
@@ -530,7 +530,7 @@ impl fuser::Filesystem for NacreFs {
         };
         match self.sh.client.lock(test) {
             Ok(Reply::Lock(d)) => reply.locked(d.start, d.end, d.kind as i32, d.pid),
-            Ok(_) => reply.error(Errno::from_i32(libc::EIO)),
+            Ok(_) => reply.error(Errno::EIO),
             Err(e) => reply.error(Errno::from_i32(errno(&e))),
         }
     }
@@ -552,7 +552,7 @@ impl fuser::Filesystem for NacreFs {
         let ino = ino.0;
         let lock_owner = lock_owner.0;
         let Some(kind) = lock_kind(typ) else {
-            return reply.error(Errno::from_i32(libc::EINVAL));
+            return reply.error(Errno::EINVAL);
         };
         let l = lock_request(ino, lock_owner, start, end, kind, pid);
         lock(&self.sh.locked).insert(ino);
@@ -578,7 +578,7 @@ impl fuser::Filesystem for NacreFs {
                         Ok(_) => return reply.ok(),
                         Err(e) if errno(&e) == libc::EAGAIN => {
                             if pid != 0 && !Path::new(&format!("/proc/{pid}")).exists() {
-                                return reply.error(Errno::from_i32(libc::EINTR));
+                                return reply.error(Errno::EINTR);
                             }
                             std::thread::sleep(pause);
                             pause = (pause * 2).min(Duration::from_millis(50));
@@ -606,7 +606,7 @@ impl fuser::Filesystem for NacreFs {
         let fh = fh.0;
         let lock_owner = lock_owner.map(|o| o.0);
         let Some(file) = self.sh.forget_file(fh) else {
-            return reply.error(Errno::from_i32(libc::EBADF));
+            return reply.error(Errno::EBADF);
         };
         // Here on the session thread, as namespace requests are (the kernel does not
         // wait for a release). The last reference closes the MDS handle (a worker may
@@ -644,7 +644,7 @@ impl fuser::Filesystem for NacreFs {
             };
             let (entries, eof) = match self.sh.client.request_as(&creds, &r) {
                 Ok(Reply::Dir { entries, eof, .. }) => (entries, eof),
-                Ok(_) => return reply.error(Errno::from_i32(libc::EIO)),
+                Ok(_) => return reply.error(Errno::EIO),
                 Err(e) => return reply.error(Errno::from_i32(errno(&e))),
             };
             for e in &entries {
@@ -687,9 +687,10 @@ impl fuser::Filesystem for NacreFs {
                 Ok(_) => return reply.error(Errno::EIO),
                 Err(e) => return reply.error(Errno::from_i32(errno(&e))),
             };
-            for (e, mut a) in entries.iter().cloned() {
+            let (done, local) = (eof || entries.is_empty(), self.sh.local_sizes());
+            for (e, mut a) in entries {
                 self.sh.dirs.fetched(&a);
-                if let Some(size) = self.sh.local_size(a.ino) {
+                if let Some(&size) = local.get(&a.ino) {
                     a.size = a.size.max(size);
                 }
                 let name = OsStr::from_bytes(&e.name);
@@ -706,7 +707,7 @@ impl fuser::Filesystem for NacreFs {
                 }
                 cookie = e.cookie;
             }
-            if eof || entries.is_empty() {
+            if done {
                 return reply.ok();
             }
         }
@@ -773,12 +774,12 @@ impl fuser::Filesystem for NacreFs {
     }
 
     fn removexattr(&self, _req: &fuser::Request, _ino: INodeNo, name: &OsStr, reply: ReplyEmpty) {
-        reply.error(Errno::from_i32(
+        reply.error(
             match name.as_bytes() == xattr::LAYOUT || name.as_bytes() == xattr::HSM {
-                true => libc::EPERM,
-                false => libc::ENODATA,
+                true => Errno::EPERM,
+                false => Errno::ENODATA,
             },
-        ))
+        )
     }
 }
 

@@ -144,6 +144,17 @@ impl Shared {
             .max()
     }
 
+    /// [`Shared::local_size`] of every inode open here, in one pass (for a listing,
+    /// whose entries would each walk the open files).
+    pub fn local_sizes(&self) -> HashMap<u64, u64> {
+        let mut sizes = HashMap::new();
+        for f in lock(&self.files).values() {
+            let size = sizes.entry(f.ino()).or_insert(0);
+            *size = f.attr().size.max(*size);
+        }
+        sizes
+    }
+
     pub fn attr(&self, creds: &Creds, ino: u64) -> io::Result<Attr> {
         let mut a = attr_of(self.client.request_as(creds, &Request::Getattr { ino })?)?;
         self.dirs.fetched(&a);

@@ -136,7 +136,7 @@ pub fn set(client: &Client, creds: &Creds, ino: u64, name: &[u8], value: &[u8]) 
 pub fn answer(reply: ReplyXattr, size: u32, value: &[u8]) {
     match size {
         0 => reply.size(value.len() as u32),
-        n if (n as usize) < value.len() => reply.error(fuser::Errno::from_i32(libc::ERANGE)),
+        n if (n as usize) < value.len() => reply.error(fuser::Errno::ERANGE),
         _ => reply.data(value),
     }
 }
