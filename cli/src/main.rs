@@ -8,6 +8,7 @@ mod commands;
 mod copy;
 mod mount;
 mod repo;
+mod run;
 mod up;
 
 use std::process::ExitCode;
@@ -85,6 +86,9 @@ enum Cmd {
     Repo(repo::RepoCmd),
     /// Mount the file system through FUSE (a daemon; -f stays in the foreground).
     Mount(mount::MountArgs),
+    /// Run a command with the interception library: its calls on paths under the
+    /// nacre mounts go from the process straight to the servers (docs/preload.md).
+    Run(run::RunArgs),
     /// Unmount a nacre mount (also one whose process died).
     Umount { mountpoint: std::path::PathBuf },
 }
@@ -123,11 +127,12 @@ fn run(cli: Cli) -> Result<(), CliError> {
     match &cli.cmd {
         Cmd::Status => return commands::status(&mgs, cfg.keys),
         Cmd::Mount(a) => return mount::mount(&mgs, a, cfg),
+        Cmd::Run(a) => return run::run(&mgs, a, cli.key.as_deref(), cli.source.as_deref()),
         _ => {}
     }
     let client = nacre_client::Client::connect(&mgs, cfg).map_err(|e| connect_error(&mgs, e))?;
     match cli.cmd {
-        Cmd::Up(_) | Cmd::Status | Cmd::Mount(_) | Cmd::Umount { .. } => {
+        Cmd::Up(_) | Cmd::Status | Cmd::Mount(_) | Cmd::Run(_) | Cmd::Umount { .. } => {
             unreachable!("handled above")
         }
         Cmd::Ls(a) => commands::ls(&client, &a),

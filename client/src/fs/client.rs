@@ -350,6 +350,17 @@ impl Client {
         })
     }
 
+    /// In the child of a fork: forgets this thread's connections without closing
+    /// them. They are the parent's endpoints, copied; closing them here would shut
+    /// the parent's sockets and shared-memory regions under it.
+    pub fn abandon_thread_connections() {
+        let _ = CONNS.try_with(|conns| {
+            if let Ok(mut c) = conns.try_borrow_mut() {
+                std::mem::forget(std::mem::take(&mut *c));
+            }
+        });
+    }
+
     fn drop_conn(&self) {
         CONNS.with(|conns| {
             conns

@@ -1,0 +1,172 @@
+//! Names: unlink, mkdir, rmdir and rename on paths we serve.
+
+use std::ffi::{c_char, c_int, c_uint};
+use std::io;
+
+use crate::files::{errno_of, fail, for_kernel};
+use crate::paths::{resolve, Target};
+use crate::real;
+use crate::state::{self, enter, Served};
+
+/// Runs `op` on the path if it is ours: Some(0 or -1), None for the kernel.
+///
+/// # Safety
+/// `path` is NULL or NUL-terminated.
+unsafe fn on_path(
+    dirfd: c_int,
+    path: *const c_char,
+    op: impl FnOnce(&Served, &Target) -> io::Result<()>,
+) -> Option<c_int> {
+    let _b = enter()?;
+    // SAFETY: per this function's contract.
+    let (served, t) = unsafe { resolve(dirfd, path) }?;
+    match op(served, &t) {
+        Ok(()) => Some(0),
+        Err(e) if for_kernel(errno_of(&e)) => None,
+        Err(e) => Some(fail(errno_of(&e))),
+    }
+}
+
+fn unlink_op(s: &Served, t: &Target) -> io::Result<()> {
+    s.client.unlink(&t.fs)
+}
+
+fn rmdir_op(s: &Served, t: &Target) -> io::Result<()> {
+    s.client.rmdir(&t.fs)
+}
+
+fn mkdir_op(mode: libc::mode_t) -> impl FnOnce(&Served, &Target) -> io::Result<()> {
+    move |s, t| {
+        s.client
+            .mkdir(&t.fs, mode & 0o7777 & !state::umask())
+            .map(drop)
+    }
+}
+
+/// # Safety
+/// As unlink(2).
+#[no_mangle]
+pub unsafe extern "C" fn unlink(path: *const c_char) -> c_int {
+    // SAFETY: the caller's arguments, as given.
+    unsafe { on_path(libc::AT_FDCWD, path, unlink_op).unwrap_or_else(|| real::unlink(path)) }
+}
+
+/// # Safety
+/// As unlinkat(2).
+#[no_mangle]
+pub unsafe extern "C" fn unlinkat(dirfd: c_int, path: *const c_char, flags: c_int) -> c_int {
+    // SAFETY: the caller's arguments, as given.
+    unsafe {
+        let r = match flags {
+            0 => on_path(dirfd, path, unlink_op),
+            libc::AT_REMOVEDIR => on_path(dirfd, path, rmdir_op),
+            _ => None,
+        };
+        r.unwrap_or_else(|| real::unlinkat(dirfd, path, flags))
+    }
+}
+
+/// # Safety
+/// As rmdir(2).
+#[no_mangle]
+pub unsafe extern "C" fn rmdir(path: *const c_char) -> c_int {
+    // SAFETY: the caller's arguments, as given.
+    unsafe { on_path(libc::AT_FDCWD, path, rmdir_op).unwrap_or_else(|| real::rmdir(path)) }
+}
+
+/// # Safety
+/// As mkdir(2).
+#[no_mangle]
+pub unsafe extern "C" fn mkdir(path: *const c_char, mode: libc::mode_t) -> c_int {
+    // SAFETY: the caller's arguments, as given.
+    unsafe {
+        on_path(libc::AT_FDCWD, path, mkdir_op(mode)).unwrap_or_else(|| real::mkdir(path, mode))
+    }
+}
+
+/// # Safety
+/// As mkdirat(2).
+#[no_mangle]
+pub unsafe extern "C" fn mkdirat(dirfd: c_int, path: *const c_char, mode: libc::mode_t) -> c_int {
+    // SAFETY: the caller's arguments, as given.
+    unsafe {
+        on_path(dirfd, path, mkdir_op(mode)).unwrap_or_else(|| real::mkdirat(dirfd, path, mode))
+    }
+}
+
+/// A rename within one mount we serve: Some(0 or -1), None for the kernel (across
+/// mounts it answers EXDEV itself; RENAME_EXCHANGE and whiteouts are its too).
+///
+/// # Safety
+/// Both paths are NULL or NUL-terminated.
+unsafe fn rename_ours(
+    fd1: c_int,
+    from: *const c_char,
+    fd2: c_int,
+    to: *const c_char,
+    flags: c_uint,
+) -> Option<c_int> {
+    if flags & !libc::RENAME_NOREPLACE != 0 {
+        return None;
+    }
+    let _b = enter()?;
+    // SAFETY: per this function's contract.
+    let (served, a) = unsafe { resolve(fd1, from) }?;
+    // SAFETY: as above.
+    let (_, b) = unsafe { resolve(fd2, to) }?;
+    if a.dev != b.dev {
+        return None;
+    }
+    let r = match flags {
+        0 => served.client.rename(&a.fs, &b.fs),
+        _ => served.client.rename_noreplace(&a.fs, &b.fs),
+    };
+    match r {
+        Ok(()) => Some(0),
+        Err(e) if for_kernel(errno_of(&e)) => None,
+        Err(e) => Some(fail(errno_of(&e))),
+    }
+}
+
+/// # Safety
+/// As rename(2).
+#[no_mangle]
+pub unsafe extern "C" fn rename(from: *const c_char, to: *const c_char) -> c_int {
+    // SAFETY: the caller's arguments, as given.
+    unsafe {
+        rename_ours(libc::AT_FDCWD, from, libc::AT_FDCWD, to, 0)
+            .unwrap_or_else(|| real::rename(from, to))
+    }
+}
+
+/// # Safety
+/// As renameat(2).
+#[no_mangle]
+pub unsafe extern "C" fn renameat(
+    fd1: c_int,
+    from: *const c_char,
+    fd2: c_int,
+    to: *const c_char,
+) -> c_int {
+    // SAFETY: the caller's arguments, as given.
+    unsafe {
+        rename_ours(fd1, from, fd2, to, 0).unwrap_or_else(|| real::renameat(fd1, from, fd2, to))
+    }
+}
+
+/// # Safety
+/// As renameat2(2).
+#[no_mangle]
+pub unsafe extern "C" fn renameat2(
+    fd1: c_int,
+    from: *const c_char,
+    fd2: c_int,
+    to: *const c_char,
+    flags: c_uint,
+) -> c_int {
+    // SAFETY: the caller's arguments, as given.
+    unsafe {
+        rename_ours(fd1, from, fd2, to, flags)
+            .unwrap_or_else(|| real::renameat2(fd1, from, fd2, to, flags))
+    }
+}
