@@ -10,10 +10,10 @@ use libc::{dirent64, DIR};
 use nacre_proto::meta::FileKind;
 use parking_lot::Mutex;
 
-use crate::files::{errno_of, for_kernel, set_errno};
+use crate::files::{errno_of, for_kernel, kernel, set_errno};
 use crate::paths::resolve;
 use crate::real;
-use crate::state::{enter, Served};
+use crate::state::{self, enter, Count, Served};
 
 struct Entry {
     name: Vec<u8>,
@@ -108,9 +108,10 @@ unsafe fn opendir_ours(path: *const c_char) -> Option<*mut DIR> {
     let _b = enter()?;
     // SAFETY: per this function's contract.
     let (served, t) = unsafe { resolve(libc::AT_FDCWD, path) }?;
+    state::count(Count::Dir);
     let entries = match list(served, &t.fs) {
         Ok(v) => v,
-        Err(e) if for_kernel(errno_of(&e)) => return None,
+        Err(e) if for_kernel(errno_of(&e)) => return kernel(),
         Err(e) => {
             set_errno(errno_of(&e));
             return Some(std::ptr::null_mut());

@@ -10,9 +10,9 @@ use nacre_client::OpenOptions;
 use nacre_proto::meta::FileKind;
 
 use crate::fds::{self, Open};
-use crate::paths::resolve;
+use crate::paths::{resolve, Target};
 use crate::real;
-use crate::state::{self, enter};
+use crate::state::{self, enter, Count, Served};
 use crate::stats::fill_stat;
 
 /// The most bytes one read or write moves (Linux's limit).
@@ -31,6 +31,12 @@ pub fn fail<T: From<i8>>(e: c_int) -> T {
 
 pub fn errno_of(e: &std::io::Error) -> c_int {
     nacre_client::errno(e)
+}
+
+/// A call on our path handed to the kernel (counted for the report).
+pub fn kernel<T>() -> Option<T> {
+    state::count(Count::Kernel);
+    None
 }
 
 /// Errors on which the kernel is asked instead: names the client cannot walk (a
@@ -53,13 +59,13 @@ unsafe fn open_ours(
     flags: c_int,
     mode: c_uint,
 ) -> Option<c_int> {
-    // Directories, O_PATH and O_TMPFILE (which has O_DIRECTORY's bit) are the kernel's.
-    if flags & (libc::O_DIRECTORY | libc::O_PATH) != 0 {
-        return None;
-    }
     let _b = enter()?;
     // SAFETY: per this function's contract.
     let (served, t) = unsafe { resolve(dirfd, path) }?;
+    // Directories, O_PATH and O_TMPFILE (which has O_DIRECTORY's bit) are the kernel's.
+    if flags & (libc::O_DIRECTORY | libc::O_PATH) != 0 {
+        return probe(served, &t, flags);
+    }
     let keep = libc::O_ACCMODE | libc::O_CREAT | libc::O_EXCL | libc::O_TRUNC | libc::O_APPEND;
     let opt = OpenOptions {
         flags: flags & keep,
@@ -68,12 +74,15 @@ unsafe fn open_ours(
     };
     let file = match served.client.open(&t.fs, &opt) {
         Ok(f) => f,
-        Err(e) if for_kernel(errno_of(&e)) => return None,
+        // EINVAL: the MDS opens no symbolic link; the kernel follows it (or says
+        // EINVAL itself for flags that are wrong).
+        Err(e) if for_kernel(errno_of(&e)) || errno_of(&e) == libc::EINVAL => return kernel(),
         Err(e) => return Some(fail(errno_of(&e))),
     };
     if file.attr().kind != FileKind::File {
-        return None; // a directory, or a link to follow: the kernel's (the File closes)
+        return kernel(); // a directory, or a link to follow (the File closes)
     }
+    state::count(Count::Open);
     let fd = fds::placeholder(flags & libc::O_CLOEXEC != 0);
     if fd < 0 {
         return Some(fail(fds::errno()));
@@ -90,6 +99,28 @@ unsafe fn open_ours(
     };
     fds::insert(fd, Arc::new(open));
     Some(fd)
+}
+
+/// An open the kernel makes (O_DIRECTORY, O_PATH), of a name the library sees as
+/// missing or as no directory: answered here. The kernel would otherwise remember the
+/// missing name for the mount's entry timeout, and hide from every kernel path for
+/// that long the file the program creates through the library next (as `cp` does
+/// after probing whether its target is a directory).
+fn probe(served: &Served, t: &Target, flags: c_int) -> Option<c_int> {
+    state::count(Count::Stat);
+    match served.client.stat(&t.fs) {
+        Err(e) if errno_of(&e) == libc::ENOENT && flags & libc::O_CREAT == 0 => {
+            Some(fail(libc::ENOENT))
+        }
+        Ok(a)
+            if flags & libc::O_DIRECTORY != 0
+                && a.kind != FileKind::Dir
+                && a.kind != FileKind::Symlink =>
+        {
+            Some(fail(libc::ENOTDIR))
+        }
+        _ => kernel(),
+    }
 }
 
 macro_rules! open_fn {
@@ -195,6 +226,7 @@ fn ours(fd: c_int) -> Option<(Arc<Open>, state::Busy)> {
 /// # Safety
 /// `buf` is valid for writes of `n` bytes.
 unsafe fn read_at(o: &Open, buf: *mut c_void, n: size_t, off: u64) -> Result<usize, c_int> {
+    state::count(Count::Read);
     if n == 0 {
         return Ok(0);
     }
@@ -219,6 +251,7 @@ unsafe fn write_at(
         0 => &[],
         _ => unsafe { std::slice::from_raw_parts(buf.cast::<u8>(), n.min(MAX_IO)) },
     };
+    state::count(Count::Write);
     let flags = o.flags.load(Ordering::Acquire);
     let k = o.file.write_at(b, off).map_err(|e| errno_of(&e))?;
     if flags & (libc::O_SYNC | libc::O_DSYNC) != 0 && k > 0 {
@@ -513,6 +546,7 @@ fn seek(o: &Open, off: i64, whence: c_int) -> Result<u64, c_int> {
 
 /// fstat of one of ours.
 pub fn fstat_ours(o: &Open, st: *mut libc::stat64) -> c_int {
+    state::count(Count::Stat);
     if st.is_null() {
         return fail(libc::EFAULT);
     }
@@ -624,6 +658,7 @@ pub extern "C" fn close_all() {
     if state::is_forked() {
         return;
     }
+    state::report();
     let Some(_b) = enter() else { return };
     for (fd, _) in fds::all() {
         if let Some(o) = fds::remove(fd) {

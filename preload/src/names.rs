@@ -3,10 +3,10 @@
 use std::ffi::{c_char, c_int, c_uint};
 use std::io;
 
-use crate::files::{errno_of, fail, for_kernel};
+use crate::files::{errno_of, fail, for_kernel, kernel};
 use crate::paths::{resolve, Target};
 use crate::real;
-use crate::state::{self, enter, Served};
+use crate::state::{self, enter, Count, Served};
 
 /// Runs `op` on the path if it is ours: Some(0 or -1), None for the kernel.
 ///
@@ -20,9 +20,10 @@ unsafe fn on_path(
     let _b = enter()?;
     // SAFETY: per this function's contract.
     let (served, t) = unsafe { resolve(dirfd, path) }?;
+    state::count(Count::Name);
     match op(served, &t) {
         Ok(()) => Some(0),
-        Err(e) if for_kernel(errno_of(&e)) => None,
+        Err(e) if for_kernel(errno_of(&e)) => kernel(),
         Err(e) => Some(fail(errno_of(&e))),
     }
 }
@@ -117,13 +118,14 @@ unsafe fn rename_ours(
     if a.dev != b.dev {
         return None;
     }
+    state::count(Count::Name);
     let r = match flags {
         0 => served.client.rename(&a.fs, &b.fs),
         _ => served.client.rename_noreplace(&a.fs, &b.fs),
     };
     match r {
         Ok(()) => Some(0),
-        Err(e) if for_kernel(errno_of(&e)) => None,
+        Err(e) if for_kernel(errno_of(&e)) => kernel(),
         Err(e) => Some(fail(errno_of(&e))),
     }
 }

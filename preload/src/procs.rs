@@ -15,6 +15,7 @@ use crate::state::{self, enter};
 /// Demotes `fd` if it is ours (its size told to the MDS first when we can).
 fn kernel_fd(fd: c_int) {
     if let Some(o) = fds::get(fd) {
+        state::count(state::Count::Kernel);
         let tell = enter();
         fds::demote(&o, tell.is_some());
     }
@@ -234,11 +235,34 @@ kernel_fn!(fstatfs => fstatfs64(fd: c_int, buf: *mut libc::statfs64) -> c_int);
 kernel_fn!(fstatfs64 => fstatfs64(fd: c_int, buf: *mut libc::statfs64) -> c_int);
 kernel_fn!(fstatvfs => fstatvfs64(fd: c_int, buf: *mut libc::statvfs64) -> c_int);
 kernel_fn!(fstatvfs64 => fstatvfs64(fd: c_int, buf: *mut libc::statvfs64) -> c_int);
-kernel_fn!(fgetxattr => fgetxattr(fd: c_int, name: *const c_char, value: *mut c_void, size: size_t) -> ssize_t);
 kernel_fn!(fsetxattr => fsetxattr(fd: c_int, name: *const c_char, value: *const c_void, size: size_t, flags: c_int) -> c_int);
 kernel_fn!(flistxattr => flistxattr(fd: c_int, list: *mut c_char, size: size_t) -> ssize_t);
 kernel_fn!(fremovexattr => fremovexattr(fd: c_int, name: *const c_char) -> c_int);
 kernel_fn!(fdopen => fdopen(fd: c_int, mode: *const c_char) -> *mut libc::FILE);
+
+/// fgetxattr: nacre's own attributes through the mount; no other (ENODATA, as the
+/// mount answers), without a trip through it.
+///
+/// # Safety
+/// As fgetxattr(2).
+#[no_mangle]
+pub unsafe extern "C" fn fgetxattr(
+    fd: c_int,
+    name: *const c_char,
+    value: *mut c_void,
+    size: size_t,
+) -> ssize_t {
+    if fds::get(fd).is_some() {
+        // SAFETY: the caller's name, NULL or NUL-terminated.
+        let theirs = unsafe { state::bytes(name) }.is_some_and(|n| !n.starts_with(b"nacre."));
+        if theirs {
+            return fail(libc::ENODATA);
+        }
+        kernel_fd(fd);
+    }
+    // SAFETY: the caller's arguments, as given.
+    unsafe { real::fgetxattr(fd, name, value, size) }
+}
 
 /// # Safety
 /// As sendfile(2).

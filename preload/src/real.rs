@@ -106,6 +106,8 @@ real! {
     fn futimens(fd: c_int, times: *const libc::timespec) -> c_int;
     fn fstatfs64(fd: c_int, buf: *mut libc::statfs64) -> c_int;
     fn fstatvfs64(fd: c_int, buf: *mut libc::statvfs64) -> c_int;
+    fn getxattr(path: *const c_char, name: *const c_char, value: *mut c_void, size: size_t) -> ssize_t;
+    fn lgetxattr(path: *const c_char, name: *const c_char, value: *mut c_void, size: size_t) -> ssize_t;
     fn fgetxattr(fd: c_int, name: *const c_char, value: *mut c_void, size: size_t) -> ssize_t;
     fn fsetxattr(fd: c_int, name: *const c_char, value: *const c_void, size: size_t, flags: c_int) -> c_int;
     fn flistxattr(fd: c_int, list: *mut c_char, size: size_t) -> ssize_t;

@@ -5,7 +5,7 @@
 
 use std::cell::Cell;
 use std::ffi::{c_char, CStr, CString};
-use std::sync::atomic::{AtomicBool, AtomicU32, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicI32, AtomicU32, AtomicU64, Ordering};
 use std::sync::OnceLock;
 
 use nacre_client::{Client, ClientConfig};
@@ -33,6 +33,61 @@ static SERVED: OnceLock<Option<Served>> = OnceLock::new();
 /// Set in the child of a fork: every call goes to the kernel from then on.
 static FORKED: AtomicBool = AtomicBool::new(false);
 static UMASK: AtomicU32 = AtomicU32::new(0o022);
+
+/// What the library did, by kind of call, for NACRE_PRELOAD_REPORT (as DAOS's
+/// D_IL_REPORT): served opens, reads, writes, attribute calls, directory streams,
+/// namespace changes, and calls on our paths or descriptors handed to the kernel.
+#[derive(Clone, Copy)]
+pub enum Count {
+    Open,
+    Read,
+    Write,
+    Stat,
+    Dir,
+    Name,
+    Kernel,
+}
+
+const COUNTS: usize = 7;
+const NAMES: [&str; COUNTS] = [
+    "opens", "reads", "writes", "stats", "dirs", "names", "kernel",
+];
+static COUNTERS: [AtomicU64; COUNTS] = [const { AtomicU64::new(0) }; COUNTS];
+
+pub fn count(c: Count) {
+    COUNTERS[c as usize].fetch_add(1, Ordering::Relaxed);
+}
+
+/// With NACRE_PRELOAD_REPORT set (not "0"), one line on stderr at exit of a process
+/// that touched a nacre path:
+/// `nacre preload: pid=N opens=N reads=N writes=N stats=N dirs=N names=N kernel=N`.
+pub fn report() {
+    let fd = REPORT_FD.load(Ordering::Relaxed);
+    // A process that never touched a nacre path has nothing to say.
+    let touched = COUNTERS.iter().any(|c| c.load(Ordering::Relaxed) > 0);
+    if fd >= 0 && touched {
+        let mut line = format!("nacre preload: pid={}", std::process::id());
+        for (name, c) in NAMES.iter().zip(&COUNTERS) {
+            line += &format!(" {name}={}", c.load(Ordering::Relaxed));
+        }
+        line.push('\n');
+        // SAFETY: writes a buffer of ours to our own descriptor.
+        unsafe { real::write(fd, line.as_ptr().cast(), line.len()) };
+    }
+}
+
+/// Where the report goes: a copy of stderr taken at load, as programs (coreutils)
+/// close stderr in their own exit handlers, which run before ours.
+static REPORT_FD: AtomicI32 = AtomicI32::new(-1);
+
+fn keep_stderr_for_report() {
+    if std::env::var("NACRE_PRELOAD_REPORT").is_ok_and(|v| !v.is_empty() && v != "0") {
+        // SAFETY: duplicates stderr (close-on-exec) to a descriptor of our own, high
+        // (under the usual limit of 1024) where programs rarely dup2 to.
+        let fd = unsafe { real::fcntl(2, libc::F_DUPFD_CLOEXEC, 1000) };
+        REPORT_FD.store(fd, Ordering::Relaxed);
+    }
+}
 
 thread_local! {
     /// Set while this thread runs our code: the calls the client library itself
@@ -94,6 +149,9 @@ pub fn load_mounts() {
             _ => dir,
         };
         mounts.push(Mount { dir, fsname });
+    }
+    if !mounts.is_empty() {
+        keep_stderr_for_report();
     }
     let _ = MOUNTS.set(mounts);
     // SAFETY: umask(2) only swaps the process's mask; it is put back at once.

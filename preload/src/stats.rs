@@ -6,10 +6,10 @@ use std::ffi::{c_char, c_int, c_uint};
 use nacre_proto::meta::{Attr, Creds, FileKind};
 
 use crate::fds;
-use crate::files::{errno_of, fail, for_kernel, fstat_ours};
+use crate::files::{errno_of, fail, for_kernel, fstat_ours, kernel};
 use crate::paths::resolve;
 use crate::real;
-use crate::state::{bytes, enter};
+use crate::state::{self, bytes, enter, Count};
 
 /// The block size the mount reports: one that suits striped I/O.
 const BLKSIZE: i64 = 1 << 20;
@@ -87,10 +87,11 @@ unsafe fn attr_of(
 ) -> Option<(Result<Attr, c_int>, u64)> {
     // SAFETY: per this function's contract.
     let (served, t) = unsafe { resolve(dirfd, path) }?;
+    state::count(Count::Stat);
     match served.client.stat(&t.fs) {
-        Ok(a) if follow && a.kind == FileKind::Symlink => None,
+        Ok(a) if follow && a.kind == FileKind::Symlink => kernel(),
         Ok(a) => Some((Ok(a), t.dev)),
-        Err(e) if for_kernel(errno_of(&e)) => None,
+        Err(e) if for_kernel(errno_of(&e)) => kernel(),
         Err(e) => Some((Err(errno_of(&e)), t.dev)),
     }
 }
@@ -278,5 +279,61 @@ pub unsafe extern "C" fn faccessat(
             Some(r) => r,
             None => real::faccessat(dirfd, path, mode, flags),
         }
+    }
+}
+
+/// Extended attributes other than nacre's own (`nacre.layout`, `nacre.hsm`, which the
+/// mount serves): nacre keeps none, so a file that exists has no such attribute
+/// (ENODATA), as the mount answers. `ls -l` asks two per file (an ACL, a security
+/// label); answering here saves a trip through FUSE each, and leaves no entry in the
+/// kernel's cache to go stale.
+///
+/// # Safety
+/// `path` and `name` are NULL or NUL-terminated.
+unsafe fn getxattr_ours(
+    path: *const c_char,
+    name: *const c_char,
+    follow: bool,
+) -> Option<libc::ssize_t> {
+    // SAFETY: per this function's contract.
+    if unsafe { bytes(name) }.is_none_or(|n| n.starts_with(b"nacre.")) {
+        return None;
+    }
+    let _b = enter()?;
+    // SAFETY: per this function's contract.
+    let (attr, _) = unsafe { attr_of(libc::AT_FDCWD, path, follow) }?;
+    Some(match attr {
+        Ok(_) => fail(libc::ENODATA),
+        Err(e) => fail(e),
+    })
+}
+
+/// # Safety
+/// As getxattr(2).
+#[no_mangle]
+pub unsafe extern "C" fn getxattr(
+    path: *const c_char,
+    name: *const c_char,
+    value: *mut std::ffi::c_void,
+    size: libc::size_t,
+) -> libc::ssize_t {
+    // SAFETY: the caller's arguments, as given.
+    unsafe {
+        getxattr_ours(path, name, true).unwrap_or_else(|| real::getxattr(path, name, value, size))
+    }
+}
+
+/// # Safety
+/// As lgetxattr(2).
+#[no_mangle]
+pub unsafe extern "C" fn lgetxattr(
+    path: *const c_char,
+    name: *const c_char,
+    value: *mut std::ffi::c_void,
+    size: libc::size_t,
+) -> libc::ssize_t {
+    // SAFETY: the caller's arguments, as given.
+    unsafe {
+        getxattr_ours(path, name, false).unwrap_or_else(|| real::lgetxattr(path, name, value, size))
     }
 }
