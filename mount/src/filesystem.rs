@@ -14,7 +14,7 @@ use fuser::{
     ReplyXattr, TimeOrNow, WriteFlags,
 };
 use nacre_client::{errno, File};
-use nacre_proto::meta::{self, Creds, FileKind, LockRequest, Reply, Request, SetAttr};
+use nacre_proto::meta::{self, Attr, Creds, FileKind, LockRequest, Reply, Request, SetAttr};
 
 use crate::convert::{
     kernel_offsets, kind_of, lock_kind, lock_request, name_of, new_mode, time_ns, unlock_all,
@@ -632,10 +632,19 @@ impl fuser::Filesystem for NacreFs {
         mut reply: ReplyDirectory,
     ) {
         let ino = ino.0;
-        // FUSE offsets are nacre's readdir cookies: each entry carries the cookie that
-        // resumes after it, stable while entries come and go.
-        let mut cookie = offset;
         let creds = self.creds(req);
+        let dots = match self.dots(&creds, ino, offset) {
+            Ok(d) => d,
+            Err(e) => return reply.error(Errno::from_i32(e)),
+        };
+        for (dino, off, name) in dots {
+            if reply.add(INodeNo(dino), off, fuser::FileType::Directory, name) {
+                return reply.ok();
+            }
+        }
+        // Past the dots, FUSE offsets are nacre's readdir cookies plus DOTS: each entry
+        // carries the cookie that resumes after it, stable while entries come and go.
+        let mut cookie = offset.saturating_sub(DOTS);
         loop {
             let r = Request::Readdir {
                 dir: ino,
@@ -649,7 +658,7 @@ impl fuser::Filesystem for NacreFs {
             };
             for e in &entries {
                 let name = OsStr::from_bytes(&e.name);
-                if reply.add(INodeNo(e.ino), e.cookie, kind_of(e.kind), name) {
+                if reply.add(INodeNo(e.ino), e.cookie + DOTS, kind_of(e.kind), name) {
                     return reply.ok();
                 }
                 cookie = e.cookie;
@@ -673,9 +682,24 @@ impl fuser::Filesystem for NacreFs {
         mut reply: ReplyDirectoryPlus,
     ) {
         let ino = ino.0;
-        let mut cookie = offset;
         let creds = self.creds(req);
-        tracing::debug!(ino, cookie, "readdirplus");
+        tracing::debug!(ino, offset, "readdirplus");
+        let dots = match self.dots(&creds, ino, offset) {
+            Ok(d) => d,
+            Err(e) => return reply.error(Errno::from_i32(e)),
+        };
+        for (dino, off, name) in dots {
+            // The kernel links no entry for the dots: their attributes go unused.
+            let attr = fuse_attr(&Attr {
+                ino: dino,
+                kind: FileKind::Dir,
+                ..negative()
+            });
+            if reply.add(INodeNo(dino), off, name, &ATTR_TTL, &attr, Generation(0)) {
+                return reply.ok();
+            }
+        }
+        let mut cookie = offset.saturating_sub(DOTS);
         loop {
             let r = Request::ReaddirPlus {
                 dir: ino,
@@ -697,7 +721,7 @@ impl fuser::Filesystem for NacreFs {
                 let attr = fuse_attr(&a);
                 if reply.add(
                     INodeNo(e.ino),
-                    e.cookie,
+                    e.cookie + DOTS,
                     name,
                     &ATTR_TTL,
                     &attr,
@@ -784,6 +808,36 @@ impl fuser::Filesystem for NacreFs {
 }
 
 /// The attributes a negative entry carries (the kernel reads only its inode number, 0).
+/// FUSE offsets 1 and 2 are "." and ".." (listed first, as ext4 lists them); the
+/// MDS's readdir cookies follow, shifted by this.
+const DOTS: u64 = 2;
+
+impl NacreFs {
+    /// The dots a listing from FUSE `offset` starts with: (ino, offset after, name).
+    /// ".." costs one lookup, made only when a listing starts.
+    fn dots(
+        &self,
+        creds: &Creds,
+        ino: u64,
+        offset: u64,
+    ) -> Result<Vec<(u64, u64, &'static str)>, i32> {
+        if offset >= DOTS {
+            return Ok(Vec::new());
+        }
+        let up = Request::Lookup {
+            parent: ino,
+            name: b"..".to_vec(),
+        };
+        let parent = match self.sh.client.request_as(creds, &up) {
+            Ok(Reply::Attr(a)) => a.ino,
+            Ok(_) => return Err(libc::EIO),
+            Err(e) => return Err(errno(&e)),
+        };
+        let all = [(ino, 1, "."), (parent, 2, "..")];
+        Ok(all[offset as usize..].to_vec())
+    }
+}
+
 fn negative() -> nacre_proto::meta::Attr {
     nacre_proto::meta::Attr {
         ino: 0,
