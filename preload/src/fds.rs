@@ -118,6 +118,13 @@ pub fn demote(open: &Arc<Open>, tell: bool) -> c_int {
         if kfd < 0 {
             return errno();
         }
+        // The path may name another file by now (ours renamed or unlinked, another
+        // made there): never put that one in its place.
+        let mut st: libc::stat64 = std::mem::zeroed();
+        if real::fstat64(kfd, &mut st) != 0 || st.st_ino != open.file.ino() {
+            real::close(kfd);
+            return libc::ESTALE;
+        }
         real::lseek64(kfd, open.pos.load(Ordering::Acquire) as i64, libc::SEEK_SET);
         let fds: Vec<c_int> = all()
             .into_iter()
