@@ -8,6 +8,7 @@
 
 mod common;
 
+use std::os::unix::fs::PermissionsExt;
 use std::path::Path;
 use std::process::{Command, Output};
 
@@ -35,13 +36,13 @@ fn can_run() -> bool {
 }
 
 /// `nacre run -- args...` against `up`, with the report asked for.
-fn run(up: &Up, args: &[&str]) -> Output {
+fn run(up: &Up, key: &str, args: &[&str]) -> Output {
     Command::new(nacre_bin())
         .arg("run")
         .arg("--")
         .args(args)
         .env("NACRE_MGS", &up.mgs)
-        .env("NACRE_KEY", &up.key)
+        .env("NACRE_KEY", key)
         .env("NACRE_PRELOAD_REPORT", "1")
         .output()
         .expect("nacre run")
@@ -49,7 +50,11 @@ fn run(up: &Up, args: &[&str]) -> Output {
 
 /// The output of a run that must succeed.
 fn ok(up: &Up, args: &[&str]) -> (Vec<u8>, Report) {
-    let out = run(up, args);
+    ok_with_key(up, &up.key, args)
+}
+
+fn ok_with_key(up: &Up, key: &str, args: &[&str]) -> (Vec<u8>, Report) {
+    let out = run(up, key, args);
     let err = String::from_utf8_lossy(&out.stderr).into_owned();
     assert!(out.status.success(), "nacre run -- {args:?}: {err}");
     (out.stdout, Report::of(&err))
@@ -175,6 +180,29 @@ fn coreutils_a_c_program_and_python_through_the_interception_library() {
         r.opens >= 10 && r.names >= 5 && r.dirs >= 1,
         "posix_io.py: {r:?}"
     );
+
+    // A write by another uid drops setuid, and setgid with group execute, as Linux does
+    // (the library asks the MDS before its first write). That user gets a copy of the
+    // key of its own (a key must be readable by its owner only).
+    let f = at("suid");
+    std::fs::write(&f, b"").unwrap();
+    std::fs::set_permissions(&f, std::fs::Permissions::from_mode(0o6777)).unwrap();
+    let key = work.join("user.key");
+    std::fs::copy(&up.key, &key).unwrap();
+    std::os::unix::fs::chown(&key, Some(1000), Some(1000)).unwrap();
+    std::fs::set_permissions(&key, std::fs::Permissions::from_mode(0o600)).unwrap();
+    let write_as_user = "import os, sys\n\
+        os.setgid(1000); os.setuid(1000)\n\
+        fd = os.open(sys.argv[1], os.O_WRONLY); os.write(fd, b'x'); os.close(fd)";
+    let (_, r) = ok_with_key(
+        &up,
+        key.to_str().unwrap(),
+        &["python3", "-c", write_as_user, &f],
+    );
+    assert!(r.writes >= 1, "write as uid 1000: {r:?}");
+    std::thread::sleep(std::time::Duration::from_millis(1100));
+    let mode = std::fs::metadata(&f).unwrap().permissions().mode() & 0o7777;
+    assert_eq!(mode, 0o777, "after a write by uid 1000: {mode:o}");
 
     drop(m);
     up.stop();

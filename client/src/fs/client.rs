@@ -350,6 +350,11 @@ impl Client {
         })
     }
 
+    /// Who this client acts as.
+    pub(super) fn creds(&self) -> &nacre_proto::meta::Creds {
+        &self.inner.cfg.creds
+    }
+
     /// In the child of a fork: forgets this thread's connections without closing
     /// them. They are the parent's endpoints, copied; closing them here would shut
     /// the parent's sockets and shared-memory regions under it.

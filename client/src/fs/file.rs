@@ -7,7 +7,7 @@ use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::Mutex;
 
 use nacre_proto::layout::FileLayout;
-use nacre_proto::meta::{self, Attr, Reply, Request, SetAttr};
+use nacre_proto::meta::{self, Attr, FileKind, Reply, Request, SetAttr};
 
 use super::errors::{attr_of, failure, protocol};
 use super::mirrors::MirrorSet;
@@ -38,6 +38,10 @@ pub struct File {
     released: AtomicBool,
     /// Write-behind and read-ahead, on a handle opened with [`O_BUFFERED`].
     cache: Option<Box<Mutex<Cache>>>,
+    /// The first write must drop setuid and setgid first: the file has them and this
+    /// client is not root (Linux drops them at a write by a process without
+    /// CAP_FSETID; the MDS does it for a KILL_PRIV setattr).
+    kill_priv: AtomicBool,
 }
 
 impl Client {
@@ -54,6 +58,12 @@ impl Client {
             other => return Err(protocol(format!("expected an open handle, got {other:?}"))),
         };
         let released = layout.as_ref().is_some_and(|l| l.released);
+        let writer = flags & libc::O_ACCMODE != libc::O_RDONLY;
+        let sgid_exec = (libc::S_ISGID | 0o010) as u32;
+        let privileged =
+            attr.mode & libc::S_ISUID as u32 != 0 || attr.mode & sgid_exec == sgid_exec;
+        let kill_priv =
+            writer && privileged && attr.kind == FileKind::File && self.creds().uid != 0;
         let file = File {
             client: self.clone(),
             ino,
@@ -68,6 +78,7 @@ impl Client {
             closed: AtomicBool::new(false),
             released: AtomicBool::new(released),
             cache: (flags & O_BUFFERED != 0).then(Box::default),
+            kill_priv: AtomicBool::new(kill_priv),
         };
         if handle != 0 {
             self.held_opens().opened(handle, ino);
@@ -126,6 +137,16 @@ impl File {
             return Ok(0);
         }
         self.layout_or_einval()?;
+        if self.kill_priv.swap(false, Ordering::AcqRel) {
+            let attr = SetAttr {
+                mask: meta::set::KILL_PRIV,
+                ..Default::default()
+            };
+            if let Err(e) = self.client.setattr_ino(self.ino, attr) {
+                self.kill_priv.store(true, Ordering::Release);
+                return Err(e);
+            }
+        }
         match &self.cache {
             Some(cache) => guard(cache).write(self, data, offset)?,
             None => self.write_direct(data, offset)?,
