@@ -59,7 +59,7 @@ impl Client {
         };
         let released = layout.as_ref().is_some_and(|l| l.released);
         let writer = flags & libc::O_ACCMODE != libc::O_RDONLY;
-        let sgid_exec = (libc::S_ISGID | 0o010) as u32;
+        let sgid_exec = libc::S_ISGID | 0o010;
         let privileged =
             attr.mode & libc::S_ISUID as u32 != 0 || attr.mode & sgid_exec == sgid_exec;
         let kill_priv =
