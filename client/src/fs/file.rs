@@ -60,8 +60,7 @@ impl Client {
         let released = layout.as_ref().is_some_and(|l| l.released);
         let writer = flags & libc::O_ACCMODE != libc::O_RDONLY;
         let sgid_exec = libc::S_ISGID | 0o010;
-        let privileged =
-            attr.mode & libc::S_ISUID as u32 != 0 || attr.mode & sgid_exec == sgid_exec;
+        let privileged = attr.mode & libc::S_ISUID != 0 || attr.mode & sgid_exec == sgid_exec;
         let kill_priv =
             writer && privileged && attr.kind == FileKind::File && self.creds().uid != 0;
         let file = File {
