@@ -536,6 +536,84 @@ fn size_reports_merge_with_max_and_truncate_sets_exactly() {
     );
 }
 
+/// A close after writes carries the size: one request reports it and closes, allowed
+/// by the handle (open for writing), never by a read-only one.
+#[test]
+fn a_sized_close_reports_and_closes_in_one_request() {
+    let t = T::new("close-sized");
+    let f = t.create(ROOT, "f");
+    let open = |flags| match t.call(Request::Open { ino: f.ino, flags }).unwrap() {
+        Reply::Opened { handle, .. } => handle,
+        other => panic!("{other:?}"),
+    };
+    let w = open(O_RDWR);
+    let sized = |handle, size| Request::CloseSized {
+        ino: f.ino,
+        handle,
+        size,
+    };
+    assert_eq!(t.call(sized(w, 3901)), Ok(Reply::Done));
+    assert_eq!(t.getattr(f.ino).unwrap().size, 3901);
+    assert_eq!(t.call(sized(w, 9999)), Err(EBADF), "closed already");
+    assert_eq!(
+        t.getattr(f.ino).unwrap().size,
+        3901,
+        "a refused close reports nothing"
+    );
+    let r = open(O_RDONLY);
+    assert_eq!(
+        t.call(sized(r, 5000)),
+        Err(EBADF),
+        "a read-only handle reports no size"
+    );
+    assert_eq!(t.getattr(f.ino).unwrap().size, 3901);
+    assert_eq!(
+        t.call(Request::Close {
+            ino: f.ino,
+            handle: r
+        }),
+        Ok(Reply::Done)
+    );
+    // A file whose mode denies its writer: the writer's handle still reports.
+    let nobody = Creds {
+        uid: 1000,
+        gid: 1000,
+        groups: vec![],
+    };
+    let public = t.mkdir(ROOT, "public");
+    let all = SetAttr {
+        mask: set::MODE,
+        mode: 0o777,
+        ..Default::default()
+    };
+    t.call(Request::Setattr {
+        ino: public.ino,
+        attr: all,
+    })
+    .unwrap();
+    let ro = match t.call_as(
+        &nobody,
+        Request::Create {
+            parent: public.ino,
+            name: b"ro".to_vec(),
+            mode: 0o444,
+            flags: nacre_proto::meta::CREATE_OPEN
+                | (O_RDWR << nacre_proto::meta::CREATE_OPEN_SHIFT),
+            layout: None,
+        },
+    ) {
+        Ok(Reply::Opened { attr, handle, .. }) => (attr.ino, handle),
+        other => panic!("{other:?}"),
+    };
+    let close = Request::CloseSized {
+        ino: ro.0,
+        handle: ro.1,
+        size: 7,
+    };
+    assert_eq!(t.call_as(&nobody, close), Ok(Reply::Done));
+    assert_eq!(t.getattr(ro.0).unwrap().size, 7);
+}
+
 #[test]
 fn unlinked_open_file_lives_until_last_close() {
     let t = T::new("orphan");

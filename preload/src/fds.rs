@@ -142,14 +142,16 @@ pub fn demote(open: &Arc<Open>, tell: bool) -> c_int {
     0
 }
 
-/// Demotes every descriptor that survives exec (before exec and posix_spawn).
-pub fn demote_inherited() {
+/// Demotes every descriptor that survives exec (before exec, system and popen), or
+/// with `all` every one (before posix_spawn, whose file actions may dup2 any of them
+/// into the child, close-on-exec or not).
+pub fn demote_inherited(all_of_them: bool) {
     if COUNT.load(Ordering::Acquire) == 0 {
         return;
     }
     let tell = state::enter();
     for (fd, open) in all() {
-        if !cloexec(fd) && get(fd).is_some() {
+        if (all_of_them || !cloexec(fd)) && get(fd).is_some() {
             demote(&open, tell.is_some());
         }
     }

@@ -1,14 +1,16 @@
-//! Descriptors across dup, fcntl, fork, exec and spawn, and the calls we do not serve
-//! on a descriptor of ours: those turn it into a kernel descriptor of the same file
-//! first (fds.rs, "demotes" it), so they act on the file through the mount.
+//! Descriptors across dup, fcntl, fork, exec and spawn; fchmod, fchown and futimens
+//! by inode; and the calls we do not serve on a descriptor of ours: those turn it into
+//! a kernel descriptor of the same file first (fds.rs, "demotes" it), so they act on
+//! the file through the mount.
 
 use std::ffi::{c_char, c_int, c_uint, c_ulong, c_void};
 use std::sync::atomic::Ordering;
 
 use libc::{off64_t, size_t, ssize_t};
+use nacre_proto::meta::{self, SetAttr};
 
 use crate::fds;
-use crate::files::{fail, set_errno};
+use crate::files::{errno_of, fail, set_errno};
 use crate::real;
 use crate::state::{self, enter};
 
@@ -223,14 +225,11 @@ macro_rules! kernel_fn {
         }
     };
 }
-kernel_fn!(fchmod => fchmod(fd: c_int, mode: libc::mode_t) -> c_int);
-kernel_fn!(fchown => fchown(fd: c_int, uid: libc::uid_t, gid: libc::gid_t) -> c_int);
 kernel_fn!(flock => flock(fd: c_int, op: c_int) -> c_int);
 kernel_fn!(fallocate => fallocate64(fd: c_int, mode: c_int, off: off64_t, len: off64_t) -> c_int);
 kernel_fn!(fallocate64 => fallocate64(fd: c_int, mode: c_int, off: off64_t, len: off64_t) -> c_int);
 kernel_fn!(posix_fallocate => posix_fallocate64(fd: c_int, off: off64_t, len: off64_t) -> c_int);
 kernel_fn!(posix_fallocate64 => posix_fallocate64(fd: c_int, off: off64_t, len: off64_t) -> c_int);
-kernel_fn!(futimens => futimens(fd: c_int, times: *const libc::timespec) -> c_int);
 kernel_fn!(fstatfs => fstatfs64(fd: c_int, buf: *mut libc::statfs64) -> c_int);
 kernel_fn!(fstatfs64 => fstatfs64(fd: c_int, buf: *mut libc::statfs64) -> c_int);
 kernel_fn!(fstatvfs => fstatvfs64(fd: c_int, buf: *mut libc::statvfs64) -> c_int);
@@ -361,25 +360,149 @@ pub unsafe extern "C" fn vfork() -> libc::pid_t {
 }
 
 macro_rules! exec_fn {
-    ($name:ident ( $($a:ident : $t:ty),* ) -> $r:ty) => {
+    ($all:expr, $name:ident ( $($a:ident : $t:ty),* ) -> $r:ty) => {
         /// What survives exec is a kernel descriptor: the new program may not be ours.
         ///
         /// # Safety
         /// As the C library's function of this name.
         #[no_mangle]
         pub unsafe extern "C" fn $name($($a: $t),*) -> $r {
-            fds::demote_inherited();
+            fds::demote_inherited($all);
             // SAFETY: the caller's arguments, as given.
             unsafe { real::$name($($a),*) }
         }
     };
 }
-exec_fn!(execve(path: *const c_char, argv: *const *const c_char, envp: *const *const c_char) -> c_int);
-exec_fn!(execv(path: *const c_char, argv: *const *const c_char) -> c_int);
-exec_fn!(execvp(file: *const c_char, argv: *const *const c_char) -> c_int);
-exec_fn!(execvpe(file: *const c_char, argv: *const *const c_char, envp: *const *const c_char) -> c_int);
-exec_fn!(fexecve(fd: c_int, argv: *const *const c_char, envp: *const *const c_char) -> c_int);
-exec_fn!(posix_spawn(pid: *mut libc::pid_t, path: *const c_char, acts: *const libc::posix_spawn_file_actions_t, attr: *const libc::posix_spawnattr_t, argv: *const *mut c_char, envp: *const *mut c_char) -> c_int);
-exec_fn!(posix_spawnp(pid: *mut libc::pid_t, file: *const c_char, acts: *const libc::posix_spawn_file_actions_t, attr: *const libc::posix_spawnattr_t, argv: *const *mut c_char, envp: *const *mut c_char) -> c_int);
-exec_fn!(system(cmd: *const c_char) -> c_int);
-exec_fn!(popen(cmd: *const c_char, mode: *const c_char) -> *mut libc::FILE);
+exec_fn!(false, execve(path: *const c_char, argv: *const *const c_char, envp: *const *const c_char) -> c_int);
+exec_fn!(false, execv(path: *const c_char, argv: *const *const c_char) -> c_int);
+exec_fn!(false, execvp(file: *const c_char, argv: *const *const c_char) -> c_int);
+exec_fn!(false, execvpe(file: *const c_char, argv: *const *const c_char, envp: *const *const c_char) -> c_int);
+exec_fn!(false, fexecve(fd: c_int, argv: *const *const c_char, envp: *const *const c_char) -> c_int);
+exec_fn!(true, posix_spawn(pid: *mut libc::pid_t, path: *const c_char, acts: *const libc::posix_spawn_file_actions_t, attr: *const libc::posix_spawnattr_t, argv: *const *mut c_char, envp: *const *mut c_char) -> c_int);
+exec_fn!(true, posix_spawnp(pid: *mut libc::pid_t, file: *const c_char, acts: *const libc::posix_spawn_file_actions_t, attr: *const libc::posix_spawnattr_t, argv: *const *mut c_char, envp: *const *mut c_char) -> c_int);
+exec_fn!(false, system(cmd: *const c_char) -> c_int);
+exec_fn!(false, popen(cmd: *const c_char, mode: *const c_char) -> *mut libc::FILE);
+
+/// Closes the files of ours among descriptors `first..=last` (close_range and
+/// closefrom close descriptors without close(3), and a number we still listed could
+/// be given to another file later).
+fn forget_range(first: c_uint, last: c_uint) {
+    for (fd, _) in fds::all() {
+        if (first..=last).contains(&(fd as c_uint)) {
+            if let Some(o) = fds::remove(fd) {
+                if let Ok(open) = std::sync::Arc::try_unwrap(o) {
+                    let _b = enter();
+                    let _ = open.file.close();
+                }
+            }
+        }
+    }
+}
+
+/// # Safety
+/// As close_range(2).
+#[no_mangle]
+pub unsafe extern "C" fn close_range(first: c_uint, last: c_uint, flags: c_int) -> c_int {
+    // CLOSE_RANGE_CLOEXEC only marks them; the files stay open.
+    if flags & libc::CLOSE_RANGE_CLOEXEC as c_int == 0 && first <= last {
+        forget_range(first, last);
+    }
+    // SAFETY: the caller's arguments, as given.
+    unsafe { real::close_range(first, last, flags) }
+}
+
+/// # Safety
+/// As closefrom(3).
+#[no_mangle]
+pub unsafe extern "C" fn closefrom(first: c_int) {
+    forget_range(first.max(0) as c_uint, c_uint::MAX);
+    // SAFETY: the caller's arguments, as given.
+    unsafe { real::closefrom(first) }
+}
+
+/// A setattr on one of ours, by its inode (fchmod, fchown, futimens: tar and cp -p
+/// make one per file): Some(0 or -1), None if `fd` is not ours.
+fn setattr_ours(fd: c_int, attr: SetAttr) -> Option<c_int> {
+    let o = fds::get(fd)?;
+    let _b = enter()?;
+    state::count(state::Count::Stat);
+    if attr.mask == 0 {
+        return Some(0);
+    }
+    Some(match o.file.setattr(attr) {
+        Ok(_) => 0,
+        Err(e) => fail(errno_of(&e)),
+    })
+}
+
+/// # Safety
+/// As fchmod(2).
+#[no_mangle]
+pub unsafe extern "C" fn fchmod(fd: c_int, mode: libc::mode_t) -> c_int {
+    let attr = SetAttr {
+        mask: meta::set::MODE,
+        mode: mode & 0o7777,
+        ..Default::default()
+    };
+    // SAFETY: the caller's arguments, as given.
+    setattr_ours(fd, attr).unwrap_or_else(|| unsafe { real::fchmod(fd, mode) })
+}
+
+/// # Safety
+/// As fchown(2): -1 leaves an id as it is.
+#[no_mangle]
+pub unsafe extern "C" fn fchown(fd: c_int, uid: libc::uid_t, gid: libc::gid_t) -> c_int {
+    let mut attr = SetAttr::default();
+    if uid != libc::uid_t::MAX {
+        (attr.mask, attr.uid) = (attr.mask | meta::set::UID, uid);
+    }
+    if gid != libc::gid_t::MAX {
+        (attr.mask, attr.gid) = (attr.mask | meta::set::GID, gid);
+    }
+    // SAFETY: the caller's arguments, as given.
+    setattr_ours(fd, attr).unwrap_or_else(|| unsafe { real::fchown(fd, uid, gid) })
+}
+
+/// One time of futimens: its mask bits, and nanoseconds since the epoch.
+fn time_of(t: &libc::timespec, set: u32, now: u32) -> Result<(u32, i64), c_int> {
+    match t.tv_nsec {
+        libc::UTIME_OMIT => Ok((0, 0)),
+        libc::UTIME_NOW => Ok((now, 0)),
+        ns if (0..1_000_000_000).contains(&ns) => Ok((set, t.tv_sec * 1_000_000_000 + ns)),
+        _ => Err(libc::EINVAL),
+    }
+}
+
+/// # Safety
+/// As futimens(3): NULL sets both times to now.
+#[no_mangle]
+pub unsafe extern "C" fn futimens(fd: c_int, times: *const libc::timespec) -> c_int {
+    if fds::get(fd).is_none() {
+        // SAFETY: the caller's arguments, as given.
+        return unsafe { real::futimens(fd, times) };
+    }
+    let now = [libc::timespec {
+        tv_sec: 0,
+        tv_nsec: libc::UTIME_NOW,
+    }; 2];
+    let t: &[libc::timespec] = match times.is_null() {
+        true => &now,
+        // SAFETY: a non-NULL futimens argument is two timespecs.
+        false => unsafe { std::slice::from_raw_parts(times, 2) },
+    };
+    let (a, m) = match (
+        time_of(&t[0], meta::set::ATIME, meta::set::ATIME_NOW),
+        time_of(&t[1], meta::set::MTIME, meta::set::MTIME_NOW),
+    ) {
+        (Ok(a), Ok(m)) => (a, m),
+        _ => return fail(libc::EINVAL),
+    };
+    let attr = SetAttr {
+        mask: a.0 | m.0,
+        atime: a.1,
+        mtime: m.1,
+        ..Default::default()
+    };
+    // SAFETY: the caller's arguments, as given.
+    setattr_ours(fd, attr).unwrap_or_else(|| unsafe { real::futimens(fd, times) })
+}

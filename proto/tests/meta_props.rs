@@ -132,6 +132,8 @@ fn request() -> impl Strategy<Value = Request> {
         any::<u64>().prop_map(|ino| Request::GetLayout { ino }),
         (any::<u64>(), spec()).prop_map(|(ino, spec)| Request::SetLayout { ino, spec }),
         (any::<u64>(), any::<u64>()).prop_map(|(ino, size)| Request::ReportSize { ino, size }),
+        (any::<u64>(), any::<u64>(), any::<u64>())
+            .prop_map(|(ino, handle, size)| Request::CloseSized { ino, handle, size }),
         any::<u64>().prop_map(|ino| Request::ResyncStart { ino }),
         (any::<u64>(), 0u32..4, any::<bool>())
             .prop_map(|(ino, mirror, stale)| { Request::MirrorState { ino, mirror, stale } }),

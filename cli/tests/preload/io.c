@@ -8,6 +8,7 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/file.h>
 #include <sys/mman.h>
 #include <sys/stat.h>
 #include <sys/uio.h>
@@ -72,6 +73,18 @@ static void files(void) {
   struct iovec riov[2] = {{a, 6}, {b, 5}};
   CHECK(lseek(fd, 0, SEEK_SET) == 0 && readv(fd, riov, 2) == 11);
   CHECK(memcmp(a, "hello ", 6) == 0 && memcmp(b, "world", 5) == 0);
+  /* attributes by descriptor */
+  struct timespec ts[2] = {{1000, 5}, {2000, 7}};
+  CHECK(futimens(fd, ts) == 0 && fstat(fd, &st) == 0);
+  CHECK(st.st_atim.tv_sec == 1000 && st.st_mtim.tv_sec == 2000 && st.st_mtim.tv_nsec == 7);
+  struct timespec omit_now[2] = {{0, UTIME_OMIT}, {0, UTIME_NOW}};
+  CHECK(futimens(fd, omit_now) == 0 && fstat(fd, &st) == 0);
+  CHECK(st.st_atim.tv_sec == 1000 && st.st_mtim.tv_sec > 2000);
+  CHECK(fchown(fd, -1, -1) == 0);
+  if (geteuid() == 0) {
+    CHECK(fchown(fd, 1000, 1000) == 0 && fstat(fd, &st) == 0 && st.st_uid == 1000 && st.st_gid == 1000);
+    CHECK(fchown(fd, 0, 0) == 0);
+  }
   CHECK(close(fd) == 0);
   CHECK(close(fd) == -1 && errno == EBADF);
 
@@ -102,6 +115,7 @@ static void handed_over(void) {
   CHECK(fchmod(fd, 0600) == 0);
   struct stat st;
   CHECK(fstat(fd, &st) == 0 && (st.st_mode & 0777) == 0600);
+  CHECK(flock(fd, LOCK_EX) == 0 && flock(fd, LOCK_UN) == 0);
   CHECK(close(fd) == 0);
 
   /* A child inherits a descriptor: it reads on from the shared offset. */

@@ -239,6 +239,16 @@ impl File {
         self.report_size()
     }
 
+    /// Changes the attributes `attr.mask` names but the size (fchmod, fchown,
+    /// futimens: [`File::set_len`] changes the size); the MDS checks the client's
+    /// permission, as for a path.
+    pub fn setattr(&self, attr: SetAttr) -> io::Result<Attr> {
+        if attr.mask & meta::set::SIZE != 0 {
+            return Err(io::Error::from_raw_os_error(libc::EINVAL));
+        }
+        self.client.setattr_ino(self.ino, attr)
+    }
+
     /// Sets the file's size (ftruncate).
     pub fn set_len(&self, size: u64) -> io::Result<()> {
         self.may(true)?;
@@ -286,7 +296,8 @@ impl File {
         Ok(())
     }
 
-    /// Reports the size and closes the handle at the MDS.
+    /// Closes the handle at the MDS, telling it the size this handle's writes reached
+    /// in the same request.
     pub fn close(self) -> io::Result<()> {
         self.close_inner()
     }
@@ -295,23 +306,36 @@ impl File {
         if self.closed.swap(true, Ordering::AcqRel) {
             return Ok(());
         }
-        let reported = self.report_size();
+        let flushed = self.flush();
+        let end = self.written_end.load(Ordering::Acquire);
+        let unreported = end > self.reported.load(Ordering::Acquire);
         self.client.held_opens().closing(self.handle);
-        let req = Request::Close {
-            ino: self.ino,
-            handle: self.handle,
+        // The size rides on the close when there is one to tell: one MDS exchange.
+        let req = match unreported {
+            true => Request::CloseSized {
+                ino: self.ino,
+                handle: self.handle,
+                size: end,
+            },
+            false => Request::Close {
+                ino: self.ino,
+                handle: self.handle,
+            },
         };
         // Under a replay key: a retry whose first try was applied is answered from the
         // reply cache. A handle of an earlier MDS run that the restarted MDS did not
         // take back (its replay missed the recovery window) gets EBADF: nothing is
-        // left to close.
-        match self.client.modify(|c| c.ns.call(&req)) {
-            Err(e) if e.raw_os_error() == Some(libc::EBADF) => {}
-            other => {
-                other?;
+        // left to close, but the size is still told.
+        let closed = match self.client.modify(|c| c.ns.call(&req)) {
+            Ok(_) => {
+                self.reported.fetch_max(end, Ordering::AcqRel);
+                Ok(())
             }
-        }
-        reported
+            Err(e) if e.raw_os_error() == Some(libc::EBADF) && unreported => self.report_size(),
+            Err(e) if e.raw_os_error() == Some(libc::EBADF) => Ok(()),
+            Err(e) => Err(e),
+        };
+        flushed.and(closed)
     }
 }
 

@@ -282,6 +282,11 @@ impl Opens {
         }
     }
 
+    /// Whether `handle` is open on `ino` and may write it.
+    pub fn is_writer(&self, ino: u64, handle: u64) -> bool {
+        self.handles.get(&handle) == Some(&ino) && self.writing.contains(&handle)
+    }
+
     /// Whether a handle that may write `ino` is open.
     pub fn has_writer(&self, ino: u64) -> bool {
         self.writers.contains_key(&ino)
@@ -397,6 +402,14 @@ impl Namespace {
             } => self.rename(w, c, (*parent, name), (*new_parent, new_name), *flags),
             Request::Open { ino, flags } => self.open(w, c, *ino, *flags),
             Request::Close { ino, handle } => self.close(w, *ino, *handle),
+            Request::CloseSized { ino, handle, size } => {
+                // The handle's writes are what it may report: checked as a handle
+                // open for writing, not against the mode now (a creator may write a
+                // file whose mode denies it).
+                need(self.opens.is_writer(*ino, *handle), EBADF)?;
+                report_size_checked(w, c, *ino, *size)?;
+                self.close(w, *ino, *handle)
+            }
             Request::Reopen { ino, handle } => {
                 get(&w.view, *ino)?;
                 self.opens.reopen(*ino, *handle).map(|_| Reply::Done)
@@ -1092,10 +1105,16 @@ fn setattr(w: &mut WriteTables<'_>, c: &Ctx<'_>, ino: u64, a: &SetAttr) -> Res<R
 
 /// A client reports where its writes ended: the size becomes the larger of the two.
 fn report_size(w: &mut WriteTables<'_>, c: &Ctx<'_>, ino: u64, size: u64) -> Res<Reply> {
+    let i = get(&w.view, ino)?;
+    need(is_owner(c.creds, &i) || may(c.creds, &i, W), EACCES)?;
+    report_size_checked(w, c, ino, size)
+}
+
+/// A size report the caller is known to be allowed (a handle open for writing).
+fn report_size_checked(w: &mut WriteTables<'_>, c: &Ctx<'_>, ino: u64, size: u64) -> Res<Reply> {
     let mut i = get(&w.view, ino)?;
     need(!i.is_dir(), EISDIR)?;
     need(i.kind == FileKind::File, EINVAL)?;
-    need(is_owner(c.creds, &i) || may(c.creds, &i, W), EACCES)?;
     need(size <= i64::MAX as u64, EFBIG)?;
     if size > i.size || i.flags & WRITTEN == 0 || i.hsm.is_some() {
         hsm::touch_data(&mut i);
