@@ -1,5 +1,5 @@
 //! The interception library (libnacre_preload.so) through `nacre run -- CMD`, under
-//! unmodified programs: coreutils (cp, cat, ls, stat, mv, rm), a C program
+//! unmodified programs: coreutils (cp, cat, ls, stat, mv, rm), bash, a C program
 //! (tests/preload/io.c: every call it serves, and what it hands to the kernel: mmap,
 //! fchmod, a forked child) and a Python script (tests/preload/posix_io.py: file
 //! objects, scandir, walk, a spawned child writing to an inherited descriptor, fork,
@@ -147,6 +147,27 @@ fn coreutils_a_c_program_and_python_through_the_interception_library() {
     // timeout (1 s), as for a change made by another client (docs/mount.md).
     std::thread::sleep(std::time::Duration::from_millis(1100));
     assert!(!Path::new(&at("z")).exists(), "rm, seen through the mount");
+
+    // A shell: redirections onto descriptors it picks (3-9, which the library's own
+    // must not sit on), builtins writing through stdio to a file of ours, a pipeline,
+    // and a file left open at exit (closed, its size told, by the library).
+    let script = format!(
+        "cd {}\n\
+         exec 3>out.txt; echo one >&3; echo two | cat >&3; exec 3>&-\n\
+         exec 4>>out.txt 5<out.txt; echo three >&4; read -u 5 first; exec 4>&- 5<&-\n\
+         echo \"first=$first\"; cat out.txt; echo builtin > b.txt; cat b.txt\n\
+         exec 7>left-open; echo kept >&7",
+        dir.display()
+    );
+    let (out, r) = ok(&up, &["bash", "-c", &script]);
+    assert_eq!(
+        String::from_utf8_lossy(&out),
+        "first=one\none\ntwo\nthree\nbuiltin\n",
+        "bash: {r:?}"
+    );
+    assert!(r.opens >= 4, "bash: {r:?}");
+    std::thread::sleep(std::time::Duration::from_millis(1100));
+    assert_eq!(std::fs::read(at("left-open")).unwrap(), b"kept\n");
 
     // A C program.
     let io = work.join("io");

@@ -10,6 +10,7 @@ use nacre_client::OpenOptions;
 use nacre_proto::meta::FileKind;
 
 use crate::fds::{self, Open};
+use crate::inner;
 use crate::paths::{resolve, Target};
 use crate::real;
 use crate::state::{self, enter, Count, Served};
@@ -66,27 +67,45 @@ unsafe fn open_ours(
     if flags & (libc::O_DIRECTORY | libc::O_PATH) != 0 {
         return probe(served, &t, flags);
     }
+    // The number first: 0, 1 and 2 are the standard streams, which stdio writes and
+    // reads through the C library's internal calls, never ours: the kernel's.
+    let fd = fds::placeholder(flags & libc::O_CLOEXEC != 0);
+    if fd < 0 {
+        return Some(fail(fds::errno()));
+    }
+    if fd <= 2 {
+        // SAFETY: the placeholder just made.
+        unsafe { real::close(fd) };
+        return kernel();
+    }
     let keep = libc::O_ACCMODE | libc::O_CREAT | libc::O_EXCL | libc::O_TRUNC | libc::O_APPEND;
     let opt = OpenOptions {
         flags: flags & keep,
         mode: mode & 0o7777 & !state::umask(),
         layout: None,
     };
+    let drop_fd = || {
+        // SAFETY: the placeholder just made, not handed out.
+        unsafe { real::close(fd) };
+    };
     let file = match served.client.open(&t.fs, &opt) {
         Ok(f) => f,
         // EINVAL: the MDS opens no symbolic link; the kernel follows it (or says
         // EINVAL itself for flags that are wrong).
-        Err(e) if for_kernel(errno_of(&e)) || errno_of(&e) == libc::EINVAL => return kernel(),
-        Err(e) => return Some(fail(errno_of(&e))),
+        Err(e) if for_kernel(errno_of(&e)) || errno_of(&e) == libc::EINVAL => {
+            drop_fd();
+            return kernel();
+        }
+        Err(e) => {
+            drop_fd();
+            return Some(fail(errno_of(&e)));
+        }
     };
     if file.attr().kind != FileKind::File {
+        drop_fd();
         return kernel(); // a directory, or a link to follow (the File closes)
     }
     state::count(Count::Open);
-    let fd = fds::placeholder(flags & libc::O_CLOEXEC != 0);
-    if fd < 0 {
-        return Some(fail(fds::errno()));
-    }
     let shown =
         flags & !(libc::O_CREAT | libc::O_EXCL | libc::O_TRUNC | libc::O_NOCTTY | libc::O_CLOEXEC);
     let open = Open {
@@ -133,7 +152,7 @@ macro_rules! open_fn {
             unsafe {
                 match open_ours(libc::AT_FDCWD, path, flags, mode) {
                     Some(r) => r,
-                    None => real::open64(path, flags, mode),
+                    None => inner::lift(real::open64(path, flags, mode)),
                 }
             }
         }
@@ -157,7 +176,7 @@ macro_rules! openat_fn {
             unsafe {
                 match open_ours(dirfd, path, flags, mode) {
                     Some(r) => r,
-                    None => real::openat64(dirfd, path, flags, mode),
+                    None => inner::lift(real::openat64(dirfd, path, flags, mode)),
                 }
             }
         }
@@ -653,18 +672,32 @@ macro_rules! ftruncate_fn {
 ftruncate_fn!(ftruncate);
 ftruncate_fn!(ftruncate64);
 
-/// At exit: the files the program left open are closed (their sizes told).
+/// At exit: the files the program left open are closed (their sizes told). On a
+/// thread of its own: the exiting thread's thread-locals (its connections among them)
+/// may be gone already, as the C library destroys them before it runs exit handlers.
 pub extern "C" fn close_all() {
     if state::is_forked() {
         return;
     }
     state::report();
-    let Some(_b) = enter() else { return };
+    let mut left = Vec::new();
     for (fd, _) in fds::all() {
         if let Some(o) = fds::remove(fd) {
+            left.push(o);
+        }
+    }
+    if left.is_empty() {
+        return;
+    }
+    let closer = std::thread::Builder::new().spawn(move || {
+        state::mark_library_thread();
+        for o in left {
             if let Ok(open) = Arc::try_unwrap(o) {
                 let _ = open.file.close();
             }
         }
+    });
+    if let Ok(t) = closer {
+        let _ = t.join();
     }
 }

@@ -19,6 +19,7 @@
 mod dirs;
 mod fds;
 mod files;
+mod inner;
 mod names;
 mod paths;
 mod procs;
@@ -33,6 +34,7 @@ extern "C" fn init() {
     if state::mounts().is_empty() {
         return;
     }
+    inner::init();
     // SAFETY: registers handlers that are plain functions of this library, which
     // stays loaded for the life of the process.
     unsafe {

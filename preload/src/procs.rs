@@ -38,7 +38,16 @@ fn shared(fd: c_int, nfd: c_int) -> c_int {
 #[no_mangle]
 pub unsafe extern "C" fn dup(fd: c_int) -> c_int {
     // SAFETY: the caller's arguments, as given.
-    shared(fd, unsafe { real::dup(fd) })
+    let nfd = unsafe { real::dup(fd) };
+    if (0..=2).contains(&nfd) && fds::get(fd).is_some() {
+        // A standard stream (see dup_to): the kernel's, and so the file.
+        // SAFETY: the descriptor just made.
+        unsafe { real::close(nfd) };
+        kernel_fd(fd);
+        // SAFETY: the caller's arguments, as given.
+        return unsafe { real::dup(fd) };
+    }
+    shared(fd, nfd)
 }
 
 /// dup2 and dup3: a descriptor of ours that `to` named is closed first (its file
@@ -55,6 +64,12 @@ unsafe fn dup_to(fd: c_int, to: c_int, flags: Option<c_int>) -> c_int {
                 Some(f) => real::dup3(fd, to, f),
             }
         };
+    }
+    // The standard streams are written and read by stdio through the C library's
+    // internal calls, which never reach us: a file of ours going there goes to the
+    // kernel first (a shell's `echo >&3`).
+    if to <= 2 {
+        kernel_fd(fd);
     }
     if fds::get(to).is_some() {
         if let Some(o) = fds::remove(to) {
@@ -106,6 +121,12 @@ unsafe fn fcntl_any(fd: c_int, cmd: c_int, arg: c_ulong) -> c_int {
         return unsafe { real::fcntl(fd, cmd, arg) };
     };
     match cmd {
+        libc::F_DUPFD | libc::F_DUPFD_CLOEXEC if arg <= 2 => {
+            // It may land on a standard stream (see dup_to).
+            kernel_fd(fd);
+            // SAFETY: the caller's arguments, as given.
+            unsafe { real::fcntl(fd, cmd, arg) }
+        }
         libc::F_DUPFD | libc::F_DUPFD_CLOEXEC => {
             // SAFETY: the caller's arguments, as given.
             shared(fd, unsafe { real::fcntl(fd, cmd, arg) })

@@ -117,6 +117,16 @@ pub fn enter() -> Option<Busy> {
     }
 }
 
+/// Whether this thread is in our code, or is one of the library's threads.
+pub fn busy() -> bool {
+    BUSY.try_with(|b| b.get()).unwrap_or(true)
+}
+
+/// This thread is one the client library started: it never leaves our code.
+pub fn mark_library_thread() {
+    let _ = BUSY.try_with(|b| b.set(true));
+}
+
 pub fn forked() {
     FORKED.store(true, Ordering::Relaxed);
 }

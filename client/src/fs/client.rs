@@ -332,6 +332,12 @@ impl Client {
         &self,
         f: impl FnOnce(&mut Conn) -> Result<R, ClientError>,
     ) -> Result<R, ClientError> {
+        // A thread that is ending (its thread-locals gone: a File closed from an exit
+        // handler) gets a connection for this one call.
+        if CONNS.try_with(|_| ()).is_err() {
+            let mut conn = self.open_conn()?;
+            return f(&mut conn);
+        }
         CONNS.with(|conns| {
             let mut conns = conns.borrow_mut();
             conns.retain(|(w, _)| w.strong_count() > 0);
