@@ -1,5 +1,5 @@
 //! The interception library (libnacre_preload.so) through `nacre run -- CMD`, under
-//! unmodified programs: coreutils (cp, cat, ls, stat, mv, rm), bash, a C program
+//! unmodified programs: coreutils (cp, cat, ls, stat, mv, rm), bash, git, a C program
 //! (tests/preload/io.c: every call it serves, and what it hands to the kernel: mmap,
 //! fchmod, a forked child) and a Python script (tests/preload/posix_io.py: file
 //! objects, scandir, walk, a spawned child writing to an inherited descriptor, fork,
@@ -168,6 +168,27 @@ fn coreutils_a_c_program_and_python_through_the_interception_library() {
     assert!(r.opens >= 4, "bash: {r:?}");
     std::thread::sleep(std::time::Duration::from_millis(1100));
     assert_eq!(std::fs::read(at("left-open")).unwrap(), b"kept\n");
+
+    // git: lock files, renames over config, mmap of objects and packs, temporary
+    // files, fsck after a gc (where git is installed; scripts/deps does not need it).
+    let git = Command::new("sh")
+        .args(["-c", "command -v git"])
+        .output()
+        .is_ok_and(|o| o.status.success());
+    match git {
+        true => {
+            let script = format!(
+                "set -e; mkdir {0}; cd {0}; git init -q; git config user.email a@b\n\
+                 git config user.name n; for i in 1 2 3 4 5; do echo $i > f$i; done\n\
+                 git add .; git commit -qm one; echo x > f1; git commit -qam two\n\
+                 git gc -q; git fsck >/dev/null; git log --oneline | wc -l",
+                at("repo")
+            );
+            let (out, r) = ok(&up, &["bash", "-c", &script]);
+            assert_eq!(String::from_utf8_lossy(&out).trim(), "2", "git: {r:?}");
+        }
+        false => skip("preload: git is not installed here; its run is skipped"),
+    }
 
     // A C program.
     let io = work.join("io");

@@ -16,6 +16,7 @@ use fuser::{
 use nacre_client::{errno, File};
 use nacre_proto::meta::{self, Attr, Creds, FileKind, LockRequest, Reply, Request, SetAttr};
 
+use crate::byino;
 use crate::convert::{
     kernel_offsets, kind_of, lock_kind, lock_request, name_of, new_mode, time_ns, unlock_all,
 };
@@ -56,6 +57,15 @@ impl fuser::Filesystem for NacreFs {
 
     fn lookup(&self, req: &fuser::Request, parent: INodeNo, name: &OsStr, reply: ReplyEntry) {
         let parent = parent.0;
+        let byname = name.as_bytes();
+        if byino::is_virtual(parent) || (parent == 1 && byname == b".nacre") {
+            let creds = self.creds(req);
+            // Ours entirely (the one MDS request, a getattr, is short).
+            if let Some(reply) = byino::lookup(&self.sh, &creds, parent, byname, reply) {
+                reply.error(Errno::ENOENT);
+            }
+            return;
+        }
         let r = Request::Lookup {
             parent,
             name: name_of(name),
@@ -93,6 +103,9 @@ impl fuser::Filesystem for NacreFs {
         reply: ReplyAttr,
     ) {
         let ino = ino.0;
+        if byino::is_virtual(ino) {
+            return reply.attr(&ATTR_TTL, &byino::dir_attr(ino));
+        }
         // A directory's attributes may come from this mount's cache (`DirAttrs`).
         self.inline(req, |sh, creds| match sh.dirs.get(ino) {
             Some(a) => reply.attr(&ATTR_TTL, &fuse_attr(&a)),
@@ -632,6 +645,9 @@ impl fuser::Filesystem for NacreFs {
         mut reply: ReplyDirectory,
     ) {
         let ino = ino.0;
+        if byino::is_virtual(ino) {
+            return reply.ok(); // not listed
+        }
         let creds = self.creds(req);
         let dots = match self.dots(&creds, ino, offset) {
             Ok(d) => d,
@@ -682,6 +698,9 @@ impl fuser::Filesystem for NacreFs {
         mut reply: ReplyDirectoryPlus,
     ) {
         let ino = ino.0;
+        if byino::is_virtual(ino) {
+            return reply.ok(); // not listed
+        }
         let creds = self.creds(req);
         tracing::debug!(ino, offset, "readdirplus");
         let dots = match self.dots(&creds, ino, offset) {

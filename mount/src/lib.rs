@@ -13,6 +13,7 @@
 //! docs/mount.md for the threads and the caching trade-offs).
 
 mod attrs;
+mod byino;
 mod convert;
 mod filesystem;
 mod shared;

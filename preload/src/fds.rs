@@ -23,8 +23,10 @@ use crate::state;
 /// One open file description we serve.
 pub struct Open {
     pub file: File,
-    /// Its path through the mount (for a demotion).
+    /// Its path through the mount, and `MOUNT/.nacre/ino/INO` (the mount opens an
+    /// inode by number there, whatever its names are now): for a demotion.
     pub kpath: CString,
+    pub byino: CString,
     /// `st_dev` of its mount.
     pub dev: u64,
     /// O_ACCMODE, O_APPEND, O_NONBLOCK, O_SYNC... as F_GETFL shows them.
@@ -112,19 +114,24 @@ pub fn demote(open: &Arc<Open>, tell: bool) -> c_int {
     }
     let keep = libc::O_ACCMODE | libc::O_APPEND | libc::O_NONBLOCK | libc::O_SYNC | libc::O_DSYNC;
     let flags = open.flags.load(Ordering::Acquire) & keep;
-    // SAFETY: a NUL-terminated path; the descriptor is ours until dup3 moves it.
+    // By number first (never stale, and the file may have no name left), else by the
+    // path it was opened by (the mount gives numbers to root and owners only).
+    let mut kfd = -1;
+    let mut err = libc::ESTALE;
+    for path in [&open.byino, &open.kpath] {
+        match reopen(path, flags, open.file.ino()) {
+            Ok(fd) => {
+                kfd = fd;
+                break;
+            }
+            Err(e) => err = e,
+        }
+    }
+    if kfd < 0 {
+        return err;
+    }
+    // SAFETY: the descriptor is ours until dup3 moves it.
     unsafe {
-        let kfd = real::open64(open.kpath.as_ptr(), flags | libc::O_CLOEXEC, 0);
-        if kfd < 0 {
-            return errno();
-        }
-        // The path may name another file by now (ours renamed or unlinked, another
-        // made there): never put that one in its place.
-        let mut st: libc::stat64 = std::mem::zeroed();
-        if real::fstat64(kfd, &mut st) != 0 || st.st_ino != open.file.ino() {
-            real::close(kfd);
-            return libc::ESTALE;
-        }
         real::lseek64(kfd, open.pos.load(Ordering::Acquire) as i64, libc::SEEK_SET);
         let fds: Vec<c_int> = all()
             .into_iter()
@@ -140,6 +147,25 @@ pub fn demote(open: &Arc<Open>, tell: bool) -> c_int {
         real::close(kfd);
     }
     0
+}
+
+/// `path` opened by the kernel with `flags`, if it is inode `ino`.
+fn reopen(path: &CString, flags: c_int, ino: u64) -> Result<c_int, c_int> {
+    // SAFETY: a NUL-terminated path; the descriptor is closed unless returned.
+    unsafe {
+        let fd = real::open64(path.as_ptr(), flags | libc::O_CLOEXEC, 0);
+        if fd < 0 {
+            return Err(errno());
+        }
+        // The path may name another file by now (ours renamed or unlinked, another
+        // made there): never put that one in its place.
+        let mut st: libc::stat64 = std::mem::zeroed();
+        if real::fstat64(fd, &mut st) != 0 || st.st_ino != ino {
+            real::close(fd);
+            return Err(libc::ESTALE);
+        }
+        Ok(fd)
+    }
 }
 
 /// Demotes every descriptor that survives exec (before exec, system and popen), or

@@ -54,7 +54,7 @@ pub fn for_kernel(e: c_int) -> bool {
 ///
 /// # Safety
 /// `path` is NULL or NUL-terminated.
-unsafe fn open_ours(
+pub unsafe fn open_ours(
     dirfd: c_int,
     path: *const c_char,
     flags: c_int,
@@ -64,8 +64,9 @@ unsafe fn open_ours(
     // SAFETY: per this function's contract.
     let (served, t) = unsafe { resolve(dirfd, path) }?;
     // Directories, O_PATH and O_TMPFILE (which has O_DIRECTORY's bit) are the kernel's.
-    if flags & (libc::O_DIRECTORY | libc::O_PATH) != 0 {
-        return probe(served, &t, flags);
+    if flags & (libc::O_DIRECTORY | libc::O_PATH) != 0 || t.dir_only {
+        let dir = if t.dir_only { libc::O_DIRECTORY } else { 0 };
+        return probe(served, &t, flags | dir);
     }
     // The number first: 0, 1 and 2 are the standard streams, which stdio writes and
     // reads through the C library's internal calls, never ours: the kernel's.
@@ -108,7 +109,10 @@ unsafe fn open_ours(
     state::count(Count::Open);
     let shown =
         flags & !(libc::O_CREAT | libc::O_EXCL | libc::O_TRUNC | libc::O_NOCTTY | libc::O_CLOEXEC);
+    let mut byino = t.mount_dir.to_vec();
+    byino.extend_from_slice(format!("/.nacre/ino/{}", file.ino()).as_bytes());
     let open = Open {
+        byino: std::ffi::CString::new(byino).unwrap_or_default(),
         file,
         kpath: t.kpath,
         dev: t.dev,
@@ -672,25 +676,28 @@ macro_rules! ftruncate_fn {
 ftruncate_fn!(ftruncate);
 ftruncate_fn!(ftruncate64);
 
-/// At exit: the files the program left open are closed (their sizes told). On a
-/// thread of its own: the exiting thread's thread-locals (its connections among them)
-/// may be gone already, as the C library destroys them before it runs exit handlers.
+/// At exit: the streams of ours are flushed and the files the program left open are
+/// closed (their sizes told). On a thread of its own: the exiting thread's
+/// thread-locals (its connections among them) may be gone already, as the C library
+/// destroys them before it runs exit handlers.
 pub extern "C" fn close_all() {
     if state::is_forked() {
         return;
     }
     state::report();
-    let mut left = Vec::new();
-    for (fd, _) in fds::all() {
-        if let Some(o) = fds::remove(fd) {
-            left.push(o);
+    if fds::all().is_empty() {
+        return; // every stream of ours has a descriptor of ours: none either
+    }
+    let closer = std::thread::Builder::new().spawn(|| {
+        // stdio flushes its streams after the exit handlers: ours first, while their
+        // descriptors still write.
+        crate::stdio::flush_ours();
+        let mut left = Vec::new();
+        for (fd, _) in fds::all() {
+            if let Some(o) = fds::remove(fd) {
+                left.push(o);
+            }
         }
-    }
-    if left.is_empty() {
-        return;
-    }
-    let closer = std::thread::Builder::new().spawn(move || {
-        state::mark_library_thread();
         for o in left {
             if let Ok(open) = Arc::try_unwrap(o) {
                 let _ = open.file.close();

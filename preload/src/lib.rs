@@ -24,8 +24,11 @@ mod names;
 mod paths;
 mod procs;
 mod real;
+mod setattrs;
 mod state;
 mod stats;
+mod stdio;
+mod temps;
 
 /// Runs when the library loads: finds the nacre mounts; with none, every call goes
 /// straight to the C library.

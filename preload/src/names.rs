@@ -29,7 +29,11 @@ unsafe fn on_path(
 }
 
 fn unlink_op(s: &Served, t: &Target) -> io::Result<()> {
-    s.client.unlink(&t.fs)
+    match t.dir_only {
+        // "name/": the kernel's EISDIR or ENOTDIR.
+        true => Err(io::Error::from_raw_os_error(libc::ENOTDIR)),
+        false => s.client.unlink(&t.fs),
+    }
 }
 
 fn rmdir_op(s: &Served, t: &Target) -> io::Result<()> {
@@ -75,6 +79,15 @@ pub unsafe extern "C" fn rmdir(path: *const c_char) -> c_int {
     unsafe { on_path(libc::AT_FDCWD, path, rmdir_op).unwrap_or_else(|| real::rmdir(path)) }
 }
 
+/// mkdir of a path of ours (mkdtemp's too): Some(0 or -1), None for the kernel.
+///
+/// # Safety
+/// `path` is NULL or NUL-terminated.
+pub unsafe fn mkdir_ours(path: *const c_char, mode: libc::mode_t) -> Option<c_int> {
+    // SAFETY: per this function's contract.
+    unsafe { on_path(libc::AT_FDCWD, path, mkdir_op(mode)) }
+}
+
 /// # Safety
 /// As mkdir(2).
 #[no_mangle]
@@ -115,7 +128,7 @@ unsafe fn rename_ours(
     let (served, a) = unsafe { resolve(fd1, from) }?;
     // SAFETY: as above.
     let (_, b) = unsafe { resolve(fd2, to) }?;
-    if a.dev != b.dev {
+    if a.dev != b.dev || a.dir_only || b.dir_only {
         return None;
     }
     state::count(Count::Name);
@@ -171,4 +184,136 @@ pub unsafe extern "C" fn renameat2(
         rename_ours(fd1, from, fd2, to, flags)
             .unwrap_or_else(|| real::renameat2(fd1, from, fd2, to, flags))
     }
+}
+
+/// readlink of a path of ours: Some(count or -1), None for the kernel.
+///
+/// # Safety
+/// `path` is NULL or NUL-terminated; `buf` holds `size` bytes.
+unsafe fn readlink_ours(
+    dirfd: c_int,
+    path: *const c_char,
+    buf: *mut c_char,
+    size: libc::size_t,
+) -> Option<libc::ssize_t> {
+    let _b = enter()?;
+    // SAFETY: per this function's contract.
+    let (served, t) = unsafe { resolve(dirfd, path) }?;
+    if t.dir_only {
+        return None;
+    }
+    state::count(Count::Stat);
+    match served.client.readlink(&t.fs) {
+        Ok(target) => {
+            let n = target.len().min(size);
+            // SAFETY: `buf` holds `size` bytes, and n <= size.
+            unsafe { std::ptr::copy_nonoverlapping(target.as_ptr(), buf.cast::<u8>(), n) };
+            Some(n as libc::ssize_t)
+        }
+        Err(e) if for_kernel(errno_of(&e)) => kernel(),
+        Err(e) => Some(fail(errno_of(&e))),
+    }
+}
+
+/// # Safety
+/// As readlink(2).
+#[no_mangle]
+pub unsafe extern "C" fn readlink(
+    path: *const c_char,
+    buf: *mut c_char,
+    size: libc::size_t,
+) -> libc::ssize_t {
+    // SAFETY: the caller's arguments, as given.
+    unsafe {
+        readlink_ours(libc::AT_FDCWD, path, buf, size)
+            .unwrap_or_else(|| real::readlink(path, buf, size))
+    }
+}
+
+/// # Safety
+/// As readlinkat(2).
+#[no_mangle]
+pub unsafe extern "C" fn readlinkat(
+    dirfd: c_int,
+    path: *const c_char,
+    buf: *mut c_char,
+    size: libc::size_t,
+) -> libc::ssize_t {
+    // SAFETY: the caller's arguments, as given.
+    unsafe {
+        readlink_ours(dirfd, path, buf, size)
+            .unwrap_or_else(|| real::readlinkat(dirfd, path, buf, size))
+    }
+}
+
+fn symlink_op(target: String) -> impl FnOnce(&Served, &Target) -> io::Result<()> {
+    move |s, t| s.client.symlink(&target, &t.fs).map(drop)
+}
+
+/// # Safety
+/// As symlinkat(2).
+#[no_mangle]
+pub unsafe extern "C" fn symlinkat(
+    target: *const c_char,
+    dirfd: c_int,
+    path: *const c_char,
+) -> c_int {
+    // SAFETY: the caller's arguments, as given.
+    unsafe {
+        let text = crate::state::bytes(target).and_then(|b| String::from_utf8(b.to_vec()).ok());
+        let ours = match text {
+            Some(text) if !text.is_empty() => on_path(dirfd, path, symlink_op(text)),
+            _ => None,
+        };
+        ours.unwrap_or_else(|| real::symlinkat(target, dirfd, path))
+    }
+}
+
+/// # Safety
+/// As symlink(2).
+#[no_mangle]
+pub unsafe extern "C" fn symlink(target: *const c_char, path: *const c_char) -> c_int {
+    // SAFETY: the caller's arguments, as given.
+    unsafe { symlinkat(target, libc::AT_FDCWD, path) }
+}
+
+/// # Safety
+/// As linkat(2) (AT_SYMLINK_FOLLOW and AT_EMPTY_PATH: the kernel's).
+#[no_mangle]
+pub unsafe extern "C" fn linkat(
+    fd1: c_int,
+    from: *const c_char,
+    fd2: c_int,
+    to: *const c_char,
+    flags: c_int,
+) -> c_int {
+    // SAFETY: the caller's arguments, as given.
+    unsafe {
+        let ours = || -> Option<c_int> {
+            if flags != 0 {
+                return None;
+            }
+            let _b = enter()?;
+            let (served, a) = resolve(fd1, from)?;
+            let (_, b) = resolve(fd2, to)?;
+            if a.dev != b.dev || a.dir_only || b.dir_only {
+                return None;
+            }
+            state::count(Count::Name);
+            match served.client.link(&a.fs, &b.fs) {
+                Ok(_) => Some(0),
+                Err(e) if for_kernel(errno_of(&e)) => kernel(),
+                Err(e) => Some(fail(errno_of(&e))),
+            }
+        };
+        ours().unwrap_or_else(|| real::linkat(fd1, from, fd2, to, flags))
+    }
+}
+
+/// # Safety
+/// As link(2).
+#[no_mangle]
+pub unsafe extern "C" fn link(from: *const c_char, to: *const c_char) -> c_int {
+    // SAFETY: the caller's arguments, as given.
+    unsafe { linkat(libc::AT_FDCWD, from, libc::AT_FDCWD, to, 0) }
 }

@@ -18,6 +18,10 @@ pub struct Target {
     pub kpath: CString,
     /// `st_dev` of its mount.
     pub dev: u64,
+    /// The path ended in a slash: it must name a directory (or a link to one).
+    pub dir_only: bool,
+    /// Its mount's directory ("" for "/").
+    pub mount_dir: &'static [u8],
 }
 
 /// The working directory, as the kernel gave it last (chdir and fchdir forget it).
@@ -47,12 +51,8 @@ fn fd_path(fd: c_int) -> Option<Vec<u8>> {
     (p.starts_with(b"/") && !p.ends_with(b" (deleted)")).then_some(p)
 }
 
-/// `path` without empty and `.` components; None if it has `..` or ends in a slash
-/// (which the kernel checks for a directory).
+/// `path` without empty and `.` components; None if it has `..`.
 fn normalize(path: &[u8]) -> Option<Vec<u8>> {
-    if path.len() > 1 && path.ends_with(b"/") {
-        return None;
-    }
     let mut out = Vec::with_capacity(path.len());
     for part in path.split(|&c| c == b'/') {
         match part {
@@ -90,6 +90,9 @@ pub unsafe fn resolve(dirfd: c_int, path: *const c_char) -> Option<(&'static Ser
     if p.is_empty() {
         return None;
     }
+    // "dir/" and "dir/." name a directory; a missing one must not go to the kernel
+    // (it would remember it missing for the entry timeout, hiding our mkdir).
+    let dir_only = p.len() > 1 && (p.ends_with(b"/") || p.ends_with(b"/."));
     let abs = match p[0] == b'/' {
         true => normalize(p)?,
         false => {
@@ -121,6 +124,8 @@ pub unsafe fn resolve(dirfd: c_int, path: *const c_char) -> Option<(&'static Ser
             fs,
             kpath,
             dev: served.devs[i],
+            dir_only,
+            mount_dir: &state::mounts()[i].dir,
         },
     ))
 }

@@ -485,7 +485,7 @@ pub unsafe extern "C" fn fchown(fd: c_int, uid: libc::uid_t, gid: libc::gid_t) -
 }
 
 /// One time of futimens: its mask bits, and nanoseconds since the epoch.
-fn time_of(t: &libc::timespec, set: u32, now: u32) -> Result<(u32, i64), c_int> {
+pub fn time_of(t: &libc::timespec, set: u32, now: u32) -> Result<(u32, i64), c_int> {
     match t.tv_nsec {
         libc::UTIME_OMIT => Ok((0, 0)),
         libc::UTIME_NOW => Ok((now, 0)),

@@ -23,6 +23,8 @@ pub struct Mount {
 /// The client and which mounts it serves (those of its file system).
 pub struct Served {
     pub client: Client,
+    /// Who the process is (its effective ids), as the client acts.
+    pub creds: nacre_proto::meta::Creds,
     pub serves: Vec<bool>,
     /// `st_dev` of each mount, as the kernel shows it.
     pub devs: Vec<u64>,
@@ -228,6 +230,7 @@ fn connect() -> Option<Served> {
     let devs = mounts().iter().map(|m| dev_of(&m.dir)).collect();
     Some(Served {
         client,
+        creds: nacre_client::fs::process_creds(),
         serves,
         devs,
     })

@@ -80,7 +80,7 @@ fn fill_statx(a: &Attr, dev: u64, stx: &mut libc::statx) {
 ///
 /// # Safety
 /// `path` is NULL or NUL-terminated.
-unsafe fn attr_of(
+pub unsafe fn attr_of(
     dirfd: c_int,
     path: *const c_char,
     follow: bool,
@@ -89,7 +89,8 @@ unsafe fn attr_of(
     let (served, t) = unsafe { resolve(dirfd, path) }?;
     state::count(Count::Stat);
     match served.client.stat(&t.fs) {
-        Ok(a) if follow && a.kind == FileKind::Symlink => kernel(),
+        Ok(a) if (follow || t.dir_only) && a.kind == FileKind::Symlink => kernel(),
+        Ok(a) if t.dir_only && a.kind != FileKind::Dir => Some((Err(libc::ENOTDIR), t.dev)),
         Ok(a) => Some((Ok(a), t.dev)),
         Err(e) if for_kernel(errno_of(&e)) => kernel(),
         Err(e) => Some((Err(errno_of(&e)), t.dev)),

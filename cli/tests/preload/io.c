@@ -178,6 +178,28 @@ static void names(void) {
   fd = open(at("link"), O_RDONLY);
   char c[6];
   CHECK(fd >= 0 && read(fd, c, 6) == 6 && memcmp(c, "parent", 6) == 0 && close(fd) == 0);
+  char lbuf[64];
+  CHECK(readlink(at("link"), lbuf, sizeof lbuf) == 2 && memcmp(lbuf, "f2", 2) == 0);
+  /* attributes by path, hard links, temporary files, stdio */
+  char tmpl[4200];
+  snprintf(tmpl, sizeof tmpl, "%s/tmpXXXXXX", dir);
+  fd = mkstemp(tmpl);
+  CHECK(fd >= 0 && write(fd, "t", 1) == 1 && close(fd) == 0);
+  CHECK(chmod(tmpl, 0640) == 0 && stat(tmpl, &st) == 0 && (st.st_mode & 0777) == 0640);
+  CHECK(truncate(tmpl, 10) == 0 && stat(tmpl, &st) == 0 && st.st_size == 10);
+  struct timespec t2[2] = {{100, 0}, {200, 0}};
+  CHECK(utimensat(AT_FDCWD, tmpl, t2, 0) == 0 && stat(tmpl, &st) == 0 && st.st_mtim.tv_sec == 200);
+  CHECK(link(tmpl, at("hard")) == 0 && stat(at("hard"), &st) == 0 && st.st_nlink == 2);
+  CHECK(unlink(tmpl) == 0 && unlink(at("hard")) == 0);
+  char dtmpl[4200];
+  snprintf(dtmpl, sizeof dtmpl, "%s/dXXXXXX", dir);
+  CHECK(mkdtemp(dtmpl) != NULL && stat(dtmpl, &st) == 0 && S_ISDIR(st.st_mode) && rmdir(dtmpl) == 0);
+  FILE *f = fopen(at("stdio"), "w");
+  CHECK(f != NULL && fprintf(f, "x=%d\n", 7) > 0 && fileno(f) > 2 && fclose(f) == 0);
+  f = fopen(at("stdio"), "r");
+  char line[16];
+  CHECK(f != NULL && fgets(line, sizeof line, f) != NULL && strcmp(line, "x=7\n") == 0);
+  CHECK(fclose(f) == 0);
 }
 
 int main(int argc, char **argv) {

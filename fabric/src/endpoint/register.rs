@@ -164,7 +164,17 @@ fn random_key() -> u64 {
             std::cell::RefCell::new((Vec::new(), 0))
         };
     }
-    BATCH.with(|b| {
+    // A thread whose thread-locals are gone (one in its exit handlers) draws one.
+    let one = || {
+        let mut bytes = [0u8; 8];
+        match getrandom::fill(&mut bytes) {
+            Ok(()) => u64::from_le_bytes(bytes),
+            Err(_) => std::time::SystemTime::now()
+                .duration_since(std::time::UNIX_EPOCH)
+                .map_or(1, |d| d.as_nanos() as u64),
+        }
+    };
+    let drawn = BATCH.try_with(|b| {
         let mut b = b.borrow_mut();
         if b.1 >= b.0.len() {
             let mut bytes = [0u8; 64 * 8];
@@ -182,5 +192,6 @@ fn random_key() -> u64 {
         let at = b.1;
         b.1 += 1;
         b.0[at]
-    })
+    });
+    drawn.unwrap_or_else(|_| one())
 }
