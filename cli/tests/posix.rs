@@ -67,19 +67,8 @@ fn can_run() -> bool {
         skip("posix conformance: no /dev/fuse");
         return false;
     }
-    for tool in ["python3", "fusermount3"] {
-        let found = Command::new("sh")
-            .args(["-c", &format!("command -v {tool}")])
-            .output()
-            .is_ok_and(|o| o.status.success());
-        if !found {
-            skip(&format!(
-                "posix conformance: {tool} missing (scripts/deps installs it)"
-            ));
-            return false;
-        }
-    }
-    common::have("tcp;ofi_rxm", "posix conformance")
+    common::have_tools("posix conformance", &["python3", "fusermount3"])
+        && common::have("tcp;ofi_rxm", "posix conformance")
 }
 
 #[test]

@@ -20,19 +20,8 @@ fn can_run() -> bool {
         skip("preload: no /dev/fuse");
         return false;
     }
-    for tool in ["python3", "fusermount3", "cc"] {
-        let found = Command::new("sh")
-            .args(["-c", &format!("command -v {tool}")])
-            .output()
-            .is_ok_and(|o| o.status.success());
-        if !found {
-            skip(&format!(
-                "preload: {tool} missing (scripts/deps installs it)"
-            ));
-            return false;
-        }
-    }
-    common::have("tcp;ofi_rxm", "preload")
+    common::have_tools("preload", &["python3", "fusermount3", "cc"])
+        && common::have("tcp;ofi_rxm", "preload")
 }
 
 /// `nacre run -- args...` against `up`, with the report asked for.

@@ -46,22 +46,19 @@ pub fn dir_attr(ino: u64) -> FileAttr {
     a
 }
 
-/// A lookup this module answers, or the reply back if it is not one of ours.
-pub fn lookup(
-    sh: &Shared,
-    creds: &Creds,
-    parent: u64,
-    name: &[u8],
-    reply: ReplyEntry,
-) -> Option<ReplyEntry> {
+/// Whether a lookup of `name` in `parent` is this module's to answer.
+pub fn answers(parent: u64, name: &[u8]) -> bool {
+    is_virtual(parent) || (parent == ROOT && name == b".nacre")
+}
+
+/// Answers a lookup [`answers`] says is ours.
+pub fn lookup(sh: &Shared, creds: &Creds, parent: u64, name: &[u8], reply: ReplyEntry) {
     match (parent, name) {
-        (ROOT, b".nacre") => reply.entry(&ATTR_TTL, &dir_attr(NACRE_DIR), fuser::Generation(0)),
+        (ROOT, _) => reply.entry(&ATTR_TTL, &dir_attr(NACRE_DIR), fuser::Generation(0)),
         (NACRE_DIR, b"ino") => reply.entry(&ATTR_TTL, &dir_attr(INO_DIR), fuser::Generation(0)),
-        (NACRE_DIR, _) => reply.error(fuser::Errno::ENOENT),
         (INO_DIR, n) => by_ino(sh, creds, n, reply),
-        _ => return Some(reply),
+        _ => reply.error(fuser::Errno::ENOENT),
     }
-    None
 }
 
 fn by_ino(sh: &Shared, creds: &Creds, name: &[u8], reply: ReplyEntry) {

@@ -57,14 +57,9 @@ impl fuser::Filesystem for NacreFs {
 
     fn lookup(&self, req: &fuser::Request, parent: INodeNo, name: &OsStr, reply: ReplyEntry) {
         let parent = parent.0;
-        let byname = name.as_bytes();
-        if byino::is_virtual(parent) || (parent == 1 && byname == b".nacre") {
-            let creds = self.creds(req);
-            // Ours entirely (the one MDS request, a getattr, is short).
-            if let Some(reply) = byino::lookup(&self.sh, &creds, parent, byname, reply) {
-                reply.error(Errno::ENOENT);
-            }
-            return;
+        if byino::answers(parent, name.as_bytes()) {
+            // Answered here (the one MDS request, a getattr, is short).
+            return byino::lookup(&self.sh, &self.creds(req), parent, name.as_bytes(), reply);
         }
         let r = Request::Lookup {
             parent,

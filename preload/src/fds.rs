@@ -86,6 +86,14 @@ pub fn remove(fd: c_int) -> Option<Arc<Open>> {
     Some(o)
 }
 
+/// Drops a descriptor's hold on `open`: the last one closes the file (not one a dup
+/// still shares). None while another descriptor holds it.
+pub fn release(open: Arc<Open>) -> Option<std::io::Result<()>> {
+    let open = Arc::try_unwrap(open).ok()?;
+    let _b = state::enter();
+    Some(open.file.close())
+}
+
 /// Every descriptor and its entry.
 pub fn all() -> Vec<(c_int, Arc<Open>)> {
     TABLE.lock().clone()

@@ -614,16 +614,9 @@ pub unsafe extern "C" fn close(fd: c_int) -> c_int {
     };
     // SAFETY: the placeholder descriptor, ours to close.
     unsafe { real::close(fd) };
-    // The last descriptor of the description closes the file (not one a dup shares).
-    match Arc::try_unwrap(o) {
-        Ok(open) => {
-            let _b = enter();
-            match open.file.close() {
-                Ok(()) => 0,
-                Err(e) => fail(errno_of(&e)),
-            }
-        }
-        Err(_) => 0,
+    match fds::release(o) {
+        Some(Err(e)) => fail(errno_of(&e)),
+        _ => 0,
     }
 }
 
@@ -699,9 +692,7 @@ pub extern "C" fn close_all() {
             }
         }
         for o in left {
-            if let Ok(open) = Arc::try_unwrap(o) {
-                let _ = open.file.close();
-            }
+            let _ = fds::release(o);
         }
     });
     if let Ok(t) = closer {

@@ -73,10 +73,7 @@ unsafe fn dup_to(fd: c_int, to: c_int, flags: Option<c_int>) -> c_int {
     }
     if fds::get(to).is_some() {
         if let Some(o) = fds::remove(to) {
-            if let Ok(open) = std::sync::Arc::try_unwrap(o) {
-                let _b = enter();
-                let _ = open.file.close();
-            }
+            let _ = fds::release(o);
         }
     }
     // SAFETY: the caller's arguments, as given.
@@ -411,10 +408,7 @@ fn forget_range(first: c_uint, last: c_uint) {
     for (fd, _) in fds::all() {
         if (first..=last).contains(&(fd as c_uint)) {
             if let Some(o) = fds::remove(fd) {
-                if let Ok(open) = std::sync::Arc::try_unwrap(o) {
-                    let _b = enter();
-                    let _ = open.file.close();
-                }
+                let _ = fds::release(o);
             }
         }
     }
@@ -485,13 +479,37 @@ pub unsafe extern "C" fn fchown(fd: c_int, uid: libc::uid_t, gid: libc::gid_t) -
 }
 
 /// One time of futimens: its mask bits, and nanoseconds since the epoch.
-pub fn time_of(t: &libc::timespec, set: u32, now: u32) -> Result<(u32, i64), c_int> {
+fn time_of(t: &libc::timespec, set: u32, now: u32) -> Result<(u32, i64), c_int> {
     match t.tv_nsec {
         libc::UTIME_OMIT => Ok((0, 0)),
         libc::UTIME_NOW => Ok((now, 0)),
         ns if (0..1_000_000_000).contains(&ns) => Ok((set, t.tv_sec * 1_000_000_000 + ns)),
         _ => Err(libc::EINVAL),
     }
+}
+
+/// The setattr of futimens and utimensat times (NULL: both now); EINVAL for a bad one.
+///
+/// # Safety
+/// `times` is NULL or points to two timespecs.
+pub unsafe fn times_attr(times: *const libc::timespec) -> Result<SetAttr, c_int> {
+    let now = [libc::timespec {
+        tv_sec: 0,
+        tv_nsec: libc::UTIME_NOW,
+    }; 2];
+    let t: &[libc::timespec] = match times.is_null() {
+        true => &now,
+        // SAFETY: per this function's contract.
+        false => unsafe { std::slice::from_raw_parts(times, 2) },
+    };
+    let a = time_of(&t[0], meta::set::ATIME, meta::set::ATIME_NOW)?;
+    let m = time_of(&t[1], meta::set::MTIME, meta::set::MTIME_NOW)?;
+    Ok(SetAttr {
+        mask: a.0 | m.0,
+        atime: a.1,
+        mtime: m.1,
+        ..Default::default()
+    })
 }
 
 /// # Safety
@@ -502,27 +520,10 @@ pub unsafe extern "C" fn futimens(fd: c_int, times: *const libc::timespec) -> c_
         // SAFETY: the caller's arguments, as given.
         return unsafe { real::futimens(fd, times) };
     }
-    let now = [libc::timespec {
-        tv_sec: 0,
-        tv_nsec: libc::UTIME_NOW,
-    }; 2];
-    let t: &[libc::timespec] = match times.is_null() {
-        true => &now,
-        // SAFETY: a non-NULL futimens argument is two timespecs.
-        false => unsafe { std::slice::from_raw_parts(times, 2) },
-    };
-    let (a, m) = match (
-        time_of(&t[0], meta::set::ATIME, meta::set::ATIME_NOW),
-        time_of(&t[1], meta::set::MTIME, meta::set::MTIME_NOW),
-    ) {
-        (Ok(a), Ok(m)) => (a, m),
-        _ => return fail(libc::EINVAL),
-    };
-    let attr = SetAttr {
-        mask: a.0 | m.0,
-        atime: a.1,
-        mtime: m.1,
-        ..Default::default()
+    // SAFETY: the caller's times, NULL or two.
+    let attr = match unsafe { times_attr(times) } {
+        Ok(a) => a,
+        Err(e) => return fail(e),
     };
     // SAFETY: the caller's arguments, as given.
     setattr_ours(fd, attr).unwrap_or_else(|| unsafe { real::futimens(fd, times) })

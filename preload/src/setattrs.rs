@@ -8,7 +8,7 @@ use std::ffi::{c_char, c_int};
 use nacre_proto::meta::{self, SetAttr};
 
 use crate::files::{errno_of, fail};
-use crate::procs::time_of;
+use crate::procs::times_attr;
 use crate::real;
 use crate::state::{self, enter, Count};
 use crate::stats::attr_of;
@@ -141,26 +141,9 @@ pub unsafe extern "C" fn utimensat(
         if path.is_null() {
             return crate::procs::futimens(dirfd, times);
         }
-        let now = [libc::timespec {
-            tv_sec: 0,
-            tv_nsec: libc::UTIME_NOW,
-        }; 2];
-        let t: &[libc::timespec] = match times.is_null() {
-            true => &now,
-            false => std::slice::from_raw_parts(times, 2),
-        };
-        let (a, m) = match (
-            time_of(&t[0], meta::set::ATIME, meta::set::ATIME_NOW),
-            time_of(&t[1], meta::set::MTIME, meta::set::MTIME_NOW),
-        ) {
-            (Ok(a), Ok(m)) => (a, m),
-            _ => return fail(libc::EINVAL),
-        };
-        let attr = SetAttr {
-            mask: a.0 | m.0,
-            atime: a.1,
-            mtime: m.1,
-            ..Default::default()
+        let attr = match times_attr(times) {
+            Ok(a) => a,
+            Err(e) => return fail(e),
         };
         let ours = match flags {
             0 => set_at(dirfd, path, true, attr),

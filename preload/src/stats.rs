@@ -243,11 +243,11 @@ unsafe fn access_ours(
     let follow = flags & libc::AT_SYMLINK_NOFOLLOW == 0;
     // SAFETY: per this function's contract.
     let (attr, _) = unsafe { attr_of(dirfd, path, follow) }?;
-    let creds = nacre_client::fs::process_creds();
+    let creds = &state::served()?.creds;
     Some(match attr {
         Err(e) => fail(e),
         Ok(_) if mode & !7 != 0 => fail(libc::EINVAL),
-        Ok(a) if mode == libc::F_OK || may(&a, &creds, mode) => 0,
+        Ok(a) if mode == libc::F_OK || may(&a, creds, mode) => 0,
         Ok(_) => fail(libc::EACCES),
     })
 }

@@ -78,6 +78,24 @@ pub fn tmp(name: &str) -> PathBuf {
     d
 }
 
+/// Whether every one of `tools` is on PATH; says which is missing (printed, never
+/// silent) when one is not.
+pub fn have_tools(what: &str, tools: &[&str]) -> bool {
+    for tool in tools {
+        let found = Command::new("sh")
+            .args(["-c", &format!("command -v {tool}")])
+            .output()
+            .is_ok_and(|o| o.status.success());
+        if !found {
+            skip(&format!(
+                "{what}: {tool} missing (scripts/deps installs it)"
+            ));
+            return false;
+        }
+    }
+    true
+}
+
 /// Whether `provider` works here; says why not (printed, never silent) when it does not.
 pub fn have(provider: &str, what: &str) -> bool {
     match nacre_fabric::Info::find(&Selection::provider(provider)) {
