@@ -3,6 +3,12 @@
 //! Most of libfabric's API is `static inline` (fi_domain, fi_send, fi_cq_read...), so
 //! bindgen also writes C wrappers for those, which we compile and link with `cc`.
 //! A missing dependency stops the build with one line that names the package.
+//!
+//! Nothing links libfabric: its few exported functions are looked up when a process
+//! first opens a fabric (src/dynamic.rs), so a process that never does (`nacre status`,
+//! any program under the interception library that never touches a nacre path) does not
+//! pay for loading it and the libraries it pulls in. Those are left out of the bindings
+//! here, and so are the inline functions that call them (fi_allocinfo).
 
 use std::env;
 use std::panic;
@@ -10,12 +16,18 @@ use std::path::PathBuf;
 
 const MIN_LIBFABRIC: &str = "1.17";
 
+/// libfabric's exported functions (src/dynamic.rs provides the ones nacre calls) and
+/// the inline ones that call them, which would need the library at link time.
+const EXPORTED: &str = "fi_(getinfo|freeinfo|dupinfo|allocinfo|fabric|fabric2|open|strerror|\
+                        version|tostr|tostr_r|getparams|freeparams|param_.*|log.*)";
+
 fn main() {
     println!("cargo:rerun-if-changed=wrapper.h");
     println!("cargo:rerun-if-changed=build.rs");
 
     let lib = pkg_config::Config::new()
         .atleast_version(MIN_LIBFABRIC)
+        .cargo_metadata(false)
         .probe("libfabric")
         .unwrap_or_else(|e| {
             fail(&format!(
@@ -25,6 +37,13 @@ fn main() {
                 first_line(&e.to_string())
             ))
         });
+
+    // Where the libfabric we compiled against lives: tried after the soname at run time.
+    let dir = lib.link_paths.first().map(|p| p.display().to_string());
+    println!(
+        "cargo:rustc-env=NACRE_LIBFABRIC_DIR={}",
+        dir.unwrap_or_default()
+    );
 
     let out = PathBuf::from(env::var("OUT_DIR").expect("cargo sets OUT_DIR"));
     let wrappers = out.join("fabric_static_wrappers");
@@ -57,6 +76,7 @@ fn generate(lib: &pkg_config::Library, wrappers: &std::path::Path) -> bindgen::B
         .allowlist_function("fi_.*")
         .allowlist_type("fi_.*|fid.*")
         .allowlist_var("FI_.*")
+        .blocklist_function(EXPORTED)
         .wrap_static_fns(true)
         .wrap_static_fns_path(wrappers)
         .parse_callbacks(Box::new(IntTypes))

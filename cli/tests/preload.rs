@@ -110,6 +110,19 @@ fn coreutils_a_c_program_and_python_through_the_interception_library() {
     );
     let (out, r) = ok(&up, &["cat", &at("x")]);
     assert!(out == data && r.reads >= 1, "cat: {r:?}");
+    // libfabric is loaded by a process's first call on a nacre path, not by the library:
+    // a process that touches none never pays for it (docs/fabric.md).
+    let has_fabric = |maps: &[u8]| String::from_utf8_lossy(maps).contains("libfabric.so");
+    let (maps, _) = ok(&up, &["cat", "/proc/self/maps"]);
+    assert!(
+        !has_fabric(&maps),
+        "libfabric loaded by a process off nacre"
+    );
+    let (out, _) = ok(&up, &["cat", &at("x"), "/proc/self/maps"]);
+    assert!(
+        has_fabric(&out[data.len()..]),
+        "libfabric not loaded after a nacre read"
+    );
     let (out, r) = ok(&up, &["stat", "-c", "%s %F %a", &at("x")]);
     assert_eq!(
         String::from_utf8_lossy(&out).trim(),

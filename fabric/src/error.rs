@@ -46,6 +46,9 @@ pub enum ErrorKind {
     /// An operation completed with an error (read from fi_cq_readerr).
     #[error(transparent)]
     Completion(Box<CompletionError>),
+    /// The system libfabric could not be loaded (nacre opens it at first use).
+    #[error("{0}")]
+    Library(&'static str),
     /// fi_getinfo found nothing that fits the request.
     #[error("no libfabric provider matches {wanted}: {reason}")]
     NoProvider { wanted: String, reason: String },

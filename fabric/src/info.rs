@@ -284,6 +284,8 @@ struct Hints {
 
 impl Hints {
     fn new(provider: Option<&str>, domain: Option<&str>, sources: bool) -> Result<Hints> {
+        // Every use of a fabric starts here: the first one loads libfabric.
+        sys::dynamic::load().map_err(ErrorKind::Library)?;
         // SAFETY: fi_allocinfo returns a zeroed fi_info with all attr structs allocated.
         let raw = unsafe { sys::fi_allocinfo() };
         if raw.is_null() {
