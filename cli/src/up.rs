@@ -84,6 +84,8 @@ pub struct MdsSection {
     pub standby: bool,
     /// Seconds the object capabilities handed with layouts hold [default: 3600].
     pub capability_lifetime: Option<u64>,
+    /// Seconds a silent client's open files stay open [default: 60; at least 5].
+    pub open_lease: Option<u64>,
 }
 
 #[derive(Debug, Clone, Deserialize, Default)]
@@ -387,6 +389,9 @@ impl Up {
         }
         if let Some(t) = s.capability_lifetime {
             cmd.args(["--capability-lifetime", &t.to_string()]);
+        }
+        if let Some(t) = s.open_lease {
+            cmd.args(["--open-lease", &t.to_string()]);
         }
         self.server_flags(&mut cmd);
         self.spawn("mds", cmd)

@@ -63,7 +63,13 @@ impl HeldOpens {
     /// of an earlier MDS run (once per epoch). One the MDS no longer has the file of
     /// (destroyed after its recovery window) is lost, and said; a connection error is
     /// returned, for the caller's retry.
-    pub fn replay(&self, ns: &mut NamespaceClient, mds_epoch: u64) -> Result<(), ClientError> {
+    /// `client` is this client's id: the handles are its again at the MDS.
+    pub fn replay(
+        &self,
+        ns: &mut NamespaceClient,
+        mds_epoch: u64,
+        client: u64,
+    ) -> Result<(), ClientError> {
         let stale: Vec<(u64, u64)> = {
             let t = self.table();
             if t.replayed >= mds_epoch {
@@ -82,7 +88,11 @@ impl HeldOpens {
             );
         }
         for (handle, ino) in stale {
-            match ns.call(&Request::Reopen { ino, handle }) {
+            match ns.call(&Request::Reopen {
+                ino,
+                handle,
+                client,
+            }) {
                 Ok(_) => {
                     // Closed while its replay was on its way: close what we took back.
                     if !self.table().handles.contains_key(&handle) {

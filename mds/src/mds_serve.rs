@@ -33,6 +33,9 @@ use crate::mdt::{Admin, Mdt, MdtConfig, MdtError, OstPlace, OstSpace, SyncMode};
 use crate::reach::Reach;
 use nacre_proto::layout::{FirstOst, StripeCount, StripeSpec, MAX_MIRRORS};
 
+/// How often the server looks for clients silent past the open lease.
+const EVICT_EVERY: Duration = Duration::from_secs(1);
+
 #[derive(Debug, Clone)]
 pub struct MdsServeConfig {
     pub mgs: String,
@@ -51,6 +54,9 @@ pub struct MdsServeConfig {
     pub key: Option<PathBuf>,
     /// How long the capabilities handed with layouts hold.
     pub capability_lifetime: Duration,
+    /// How long the open handles of a client not heard from are kept
+    /// (`nacre_proto::meta::OPEN_LEASE` by default).
+    pub open_lease: Duration,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -181,6 +187,7 @@ pub fn serve(cfg: &MdsServeConfig) -> Result<bool, MdsServeError> {
     // wait for it).
     let mut out_since: Option<Instant> = None;
     let mut last_map = Instant::now();
+    let mut last_evict = Instant::now();
     while !stop.load(Ordering::Relaxed) && !role.is_fenced() {
         if let Some(line) = role.poll() {
             println!("nacre-mds: {line}");
@@ -209,6 +216,17 @@ pub fn serve(cfg: &MdsServeConfig) -> Result<bool, MdsServeError> {
             match mdt.submitter().submit_admin(0, Admin::ReclaimOrphans) {
                 Ok(()) => println!("nacre-mds: open recovery window closed"),
                 Err(e) => tracing::error!("reclaiming orphans: {e:?}"),
+            }
+        }
+        // Clients that fell silent for the open lease lose their handles: a killed
+        // process's unlinked files are destroyed (not held until the next restart).
+        if last_evict.elapsed() >= EVICT_EVERY {
+            last_evict = Instant::now();
+            if let Err(e) = mdt
+                .submitter()
+                .submit_admin(0, Admin::EvictSilent(cfg.open_lease))
+            {
+                tracing::error!("evicting silent clients: {e:?}");
             }
         }
         // New OSTs in the map become available to new files, and statfs reports their

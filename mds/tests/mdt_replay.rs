@@ -221,7 +221,13 @@ fn opens_replayed_after_a_restart_keep_unlinked_files_alive() {
     assert_eq!(getattr(g.ino).unwrap().nlink, 0);
     // f's opener names its handle again, twice (a retry); a handle this run did not
     // give, another inode's, or a file that is gone is refused.
-    let reopen = |ino, handle| at(Request::Reopen { ino, handle });
+    let reopen = |ino, handle| {
+        at(Request::Reopen {
+            ino,
+            handle,
+            client: 7,
+        })
+    };
     assert_eq!(reopen(f.ino, hf), Ok(Reply::Done));
     assert_eq!(reopen(f.ino, hf), Ok(Reply::Done));
     assert_eq!(reopen(h.ino, hf), Err(errno::EBADF));
@@ -249,4 +255,76 @@ fn opens_replayed_after_a_restart_keep_unlinked_files_alive() {
     assert_eq!(close(h.ino, hh), Ok(Reply::Done));
     at(unlink("h")).unwrap();
     assert_eq!(getattr(h.ino), Err(errno::ENOENT));
+}
+
+/// The open lease: the handles of a client the MDS has not heard from (no keyed
+/// request, lock request or ping) for the lease are closed, so a killed client's
+/// unlinked file goes; a client that pings keeps its files, and handles opened without
+/// a client id (the server's own) are never taken.
+#[test]
+fn a_silent_clients_opens_are_closed_after_the_open_lease() {
+    use nacre_mds::mdt::Admin;
+    use nacre_proto::meta::O_RDWR;
+    use std::time::Duration;
+    let dir = fresh_dir("mdt-open-lease");
+    let t = T::open(config(&dir, SyncMode::Default));
+    let (dead, alive) = (0xdead_u64, 0xa11e_u64);
+    let (f, g, h) = (
+        t.create(ROOT_INO, "f"),
+        t.create(ROOT_INO, "g"),
+        t.create(ROOT_INO, "h"),
+    );
+    let open =
+        |client, tag, ino| match keyed(&t, client, tag, 1, Request::Open { ino, flags: O_RDWR }) {
+            Ok(Reply::Opened { handle, .. }) => handle,
+            other => panic!("{other:?}"),
+        };
+    let hf = open(dead, 1, f.ino);
+    let hg = open(alive, 1, g.ino);
+    let hh = match t_open(&t, h.ino, O_RDWR) {
+        Reply::Opened { handle, .. } => handle,
+        other => panic!("{other:?}"),
+    };
+    for name in ["f", "g", "h"] {
+        t.call(unlink(name)).unwrap();
+    }
+    let lease = Duration::from_millis(300);
+    let evicted = || t.mdt.stats().evicted.load(Ordering::Relaxed);
+    // Within the lease nothing goes.
+    t.admin(Admin::EvictSilent(lease)).unwrap();
+    assert_eq!(evicted(), 0);
+    assert_eq!(t.getattr(f.ino).unwrap().nlink, 0, "still open: an orphan");
+    // Past it, the client that pinged keeps its file; the silent one's is closed,
+    // and as its last close it destroys the unlinked file.
+    std::thread::sleep(lease + Duration::from_millis(100));
+    assert_eq!(t.call(Request::Ping { client: alive }), Ok(Reply::Done));
+    t.admin(Admin::EvictSilent(lease)).unwrap();
+    assert_eq!(evicted(), 1);
+    assert_eq!(
+        t.getattr(f.ino),
+        Err(errno::ENOENT),
+        "the silent client's file"
+    );
+    assert_eq!(t.getattr(g.ino).unwrap().nlink, 0, "the live client's file");
+    assert_eq!(
+        t.getattr(h.ino).unwrap().nlink,
+        0,
+        "a handle without a client"
+    );
+    // The evicted client's close finds nothing to close.
+    let close = |ino, handle| t.call(Request::Close { ino, handle });
+    assert_eq!(close(f.ino, hf), Err(errno::EBADF));
+    // Any request under a client's replay key says it lives too.
+    std::thread::sleep(lease + Duration::from_millis(100));
+    keyed(&t, alive, 2, 1, mkdir("d")).unwrap();
+    t.admin(Admin::EvictSilent(lease)).unwrap();
+    assert_eq!(evicted(), 1);
+    // Silent in turn: its file goes; the handle without a client stays.
+    std::thread::sleep(lease + Duration::from_millis(100));
+    t.admin(Admin::EvictSilent(lease)).unwrap();
+    assert_eq!(evicted(), 2);
+    assert_eq!(t.getattr(g.ino), Err(errno::ENOENT));
+    assert_eq!(close(g.ino, hg), Err(errno::EBADF));
+    assert_eq!(close(h.ino, hh), Ok(Reply::Done));
+    assert_eq!(t.getattr(h.ino), Err(errno::ENOENT));
 }

@@ -43,7 +43,7 @@ impl Opcode {
     pub const HELLO: Opcode = Opcode(4);
 }
 
-/// The metadata (MDS) opcodes, 0x100..=0x11a: bodies in [`crate::meta`].
+/// The metadata (MDS) opcodes, 0x100..=0x11b: bodies in [`crate::meta`].
 impl Opcode {
     pub const MDS_LOOKUP: Opcode = Opcode(0x100);
     pub const MDS_CREATE: Opcode = Opcode(0x101);
@@ -72,10 +72,11 @@ impl Opcode {
     pub const MDS_MKNOD: Opcode = Opcode(0x118);
     pub const MDS_READDIR_PLUS: Opcode = Opcode(0x119);
     pub const MDS_CLOSE_SIZED: Opcode = Opcode(0x11a);
+    pub const MDS_PING: Opcode = Opcode(0x11b);
 
     /// Whether the opcode is in the metadata block.
     pub fn is_meta(self) -> bool {
-        (0x100..=0x11a).contains(&self.0)
+        (0x100..=0x11b).contains(&self.0)
     }
 }
 

@@ -78,7 +78,14 @@ fn request() -> impl Strategy<Value = Request> {
             }),
         (any::<u64>(), any::<u32>()).prop_map(|(ino, flags)| Request::Open { ino, flags }),
         (any::<u64>(), any::<u64>()).prop_map(|(ino, handle)| Request::Close { ino, handle }),
-        (any::<u64>(), any::<u64>()).prop_map(|(ino, handle)| Request::Reopen { ino, handle }),
+        (any::<u64>(), any::<u64>(), any::<u64>()).prop_map(|(ino, handle, client)| {
+            Request::Reopen {
+                ino,
+                handle,
+                client,
+            }
+        }),
+        any::<u64>().prop_map(|client| Request::Ping { client }),
         any::<u64>().prop_map(|ino| Request::Getattr { ino }),
         (any::<u64>(), setattr).prop_map(|(ino, attr)| Request::Setattr { ino, attr }),
         (any::<u64>(), name(), any::<u32>()).prop_map(|(parent, name, mode)| Request::Mkdir {
@@ -202,7 +209,7 @@ proptest! {
     }
 
     #[test]
-    fn any_bytes_decode_without_panic(op in 0x100u16..0x11a, bytes in proptest::collection::vec(any::<u8>(), 0..300)) {
+    fn any_bytes_decode_without_panic(op in 0x100u16..=0x11b, bytes in proptest::collection::vec(any::<u8>(), 0..300)) {
         let _ = Request::decode(Opcode(op), &bytes);
         let _ = Reply::decode(&bytes);
     }

@@ -405,7 +405,9 @@ impl Client {
             .unwrap_or_else(|| checksum_by_default(&mds.provider));
         let mut ns = NamespaceClient::connect(ep, &map, cfg.creds.clone())?;
         // A restarted MDS (a new epoch) forgot this client's opens: name them again.
-        self.inner.opens.replay(&mut ns, mds.epoch)?;
+        self.inner
+            .opens
+            .replay(&mut ns, mds.epoch, self.inner.replay.client)?;
         Ok(Conn {
             ns,
             io: IoOptions {

@@ -65,6 +65,10 @@ struct ServeArgs {
     /// Seconds the capabilities handed with layouts hold (clients renew them before).
     #[arg(long, default_value_t = nacre_mds::grants::DEFAULT_LIFETIME.as_secs())]
     capability_lifetime: u64,
+    /// Seconds the files a client holds open stay open once the MDS stops hearing
+    /// from it (a killed or cut-off client; live ones say so every 2.5 s).
+    #[arg(long, default_value_t = nacre_proto::meta::OPEN_LEASE.as_secs())]
+    open_lease: u64,
 }
 
 fn main() -> ExitCode {
@@ -103,6 +107,21 @@ fn format(dir: PathBuf, force: bool) -> Result<ExitCode, Box<dyn std::error::Err
     Ok(ExitCode::SUCCESS)
 }
 
+/// The open lease, at least twice the clients' ping interval: a shorter one would
+/// close the files of live clients between two of their pings.
+fn open_lease(secs: u64) -> Result<std::time::Duration, String> {
+    let lease = std::time::Duration::from_secs(secs);
+    let least = 2 * nacre_proto::meta::lock::RENEW_EVERY;
+    match lease >= least {
+        true => Ok(lease),
+        false => Err(format!(
+            "--open-lease {secs}: at least {} s (twice the {:?} between a client's pings)",
+            least.as_secs(),
+            nacre_proto::meta::lock::RENEW_EVERY
+        )),
+    }
+}
+
 fn serve(a: ServeArgs) -> Result<ExitCode, Box<dyn std::error::Error>> {
     let mgs =
         nacre_mgc::mgs_address(a.mgs).ok_or("no MGS: give --mgs HOST:PORT or set NACRE_MGS")?;
@@ -116,6 +135,7 @@ fn serve(a: ServeArgs) -> Result<ExitCode, Box<dyn std::error::Error>> {
         standby: a.standby,
         key: a.key,
         capability_lifetime: std::time::Duration::from_secs(a.capability_lifetime.max(1)),
+        open_lease: open_lease(a.open_lease)?,
         mode: if a.sync {
             SyncMode::Sync
         } else {

@@ -48,6 +48,8 @@ pub(super) struct Committer {
     pub(super) last_seq: u64,
     /// Where the namespace's notes for the data mover go.
     pub(super) hsm: super::service::HsmInbox,
+    /// When each client was last heard from (the open lease).
+    pub(super) heard: Arc<super::heard::Heard>,
 }
 
 /// How long one write transaction stays open for more batches, at most.
@@ -310,6 +312,7 @@ impl Committer {
             }
             Op::Admin(Admin::Hsm(op)) => self.ns.hsm_admin(w, now, op),
             Op::Admin(Admin::ReclaimOrphans) => self.ns.reclaim_orphans(w).map(|_| Reply::Done),
+            Op::Admin(Admin::EvictSilent(lease)) => self.evict_silent(w, *lease),
             Op::Admin(Admin::ForgetDestroyed(inos)) => {
                 let mut r = Ok(Reply::Done);
                 for ino in inos {
@@ -343,6 +346,7 @@ impl Committer {
         let ctx = Ctx {
             creds: &head.creds,
             now,
+            client: head.replay.map_or(0, |k| k.client),
         };
         self.ns.write(w, &ctx, req)
     }
@@ -361,16 +365,50 @@ impl Committer {
         Ok(Reply::Done)
     }
 
+    /// Closes the handles of the clients silent for `lease`, as Lustre evicts a client
+    /// that stopped pinging: a killed client's opens would otherwise keep its unlinked
+    /// files (and their space) until the next restart.
+    fn evict_silent(&mut self, w: &mut WriteTables<'_>, lease: Duration) -> ns::Res<Reply> {
+        let now = Instant::now();
+        let silent: Vec<u64> = self
+            .ns
+            .opens
+            .holders()
+            .filter(|&c| self.heard.silent(c, lease, now))
+            .collect();
+        for client in silent {
+            let closed = self.ns.evict(w, client)?;
+            self.stats
+                .evicted
+                .fetch_add(closed as u64, Ordering::Relaxed);
+            tracing::warn!(
+                "client {client:#x} silent for over {lease:?}: its {closed} open file(s) closed"
+            );
+        }
+        let holding: std::collections::HashSet<u64> = self.ns.opens.holders().collect();
+        self.heard
+            .forget_silent(lease, now, |c| holding.contains(&c));
+        Ok(Reply::Done)
+    }
+
     /// A request of the server itself (the rebuild), with root's rights.
     fn as_root(&mut self, w: &mut WriteTables<'_>, now: i64, req: &Request) -> ns::Res<Reply> {
         let root = nacre_proto::meta::Creds::root();
-        let c = Ctx { creds: &root, now };
+        let c = Ctx {
+            creds: &root,
+            now,
+            client: 0,
+        };
         self.ns.write(w, &c, req)
     }
 
     fn repair(&mut self, w: &mut WriteTables<'_>, r: &Repair, now: i64) -> ns::Res<Reply> {
         let root = nacre_proto::meta::Creds::root();
-        let c = Ctx { creds: &root, now };
+        let c = Ctx {
+            creds: &root,
+            now,
+            client: 0,
+        };
         match *r {
             Repair::SetLinks { ino, from, to } => self.ns.set_links(w, ino, from, to),
             Repair::Adopt { ino, nlink } => self.ns.adopt(w, &c, ino, nlink),

@@ -357,7 +357,11 @@ impl Namespace {
         now: i64,
         op: &HsmAdmin,
     ) -> Res<Reply> {
-        let c = Ctx { creds: &ROOT, now };
+        let c = Ctx {
+            creds: &ROOT,
+            now,
+            client: 0,
+        };
         match op {
             HsmAdmin::PutRepo { id, rec, new } => {
                 let mut dir = super::ns::get_dir(&w.view, rec.dir)?;

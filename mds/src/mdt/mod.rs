@@ -14,6 +14,7 @@
 //! - `perm`: POSIX permission rules;
 //! - `ns`: the namespace operations;
 //! - `locks`: POSIX advisory locks, in memory;
+//! - `heard`: when each client was last heard from (the open lease);
 //! - `service`: the [`Mdt`] itself: opening, formatting, log replay, durability modes;
 //! - `submitter`: submit and complete, and reads answered from the last commit;
 //! - `committer`: the committer thread (group commit); `syncer`: sync mode's fdatasyncs;
@@ -22,6 +23,7 @@
 mod alloc;
 pub mod check;
 mod committer;
+mod heard;
 pub mod hsm;
 mod inode;
 mod locks;

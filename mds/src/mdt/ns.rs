@@ -92,6 +92,9 @@ pub fn validate(req: &Request) -> Result<(), i32> {
 pub struct Ctx<'a> {
     pub creds: &'a Creds,
     pub now: i64,
+    /// The asking client's id (its replay key's), 0 when unknown or the server itself:
+    /// the owner of the handles it opens.
+    pub client: u64,
 }
 
 /// Answers a read-only request from `v`.
@@ -124,6 +127,8 @@ pub fn read(v: &impl View, c: &Ctx<'_>, req: &Request) -> Res<Reply> {
                 _ => Err(Fail::Errno(ENODATA)),
             }
         }
+        // The submitter noted who said it lives; nothing to read.
+        Request::Ping { .. } => Ok(Reply::Done),
         _ => Err(Fail::Errno(EINVAL)),
     }
 }
@@ -214,6 +219,10 @@ pub struct Opens {
     /// Inodes being resynced, and whether a write may have happened since the resync
     /// started (then it may not mark its copy in sync).
     resyncs: HashMap<u64, bool>,
+    /// The handles of each client that said who it is, for [`Namespace::evict`].
+    held_by: HashMap<u64, HashSet<u64>>,
+    /// The owner of each such handle.
+    owners: HashMap<u64, u64>,
 }
 
 /// Resyncs followed at once: past it, one of them is forgotten (its mark back in sync
@@ -235,16 +244,38 @@ impl Opens {
 
     /// Takes back `handle` of `ino`, opened in an earlier run. A handle already here
     /// is a retry (the same inode) or a mistake (EBADF), as is one of this run.
-    fn reopen(&mut self, ino: u64, handle: u64) -> Res<()> {
+    fn reopen(&mut self, ino: u64, handle: u64, client: u64) -> Res<()> {
         if let Some(&held) = self.handles.get(&handle) {
             return need(held == ino, EBADF);
         }
         need(handle != 0 && handle <= self.base, EBADF)?;
         self.handles.insert(handle, ino);
+        self.own(handle, client);
         *self.counts.entry(ino).or_default() += 1;
         // Its mode was not kept across the restart: it may write.
         self.add_writer(ino, handle);
         Ok(())
+    }
+
+    fn own(&mut self, handle: u64, client: u64) {
+        if client != 0 {
+            self.owners.insert(handle, client);
+            self.held_by.entry(client).or_default().insert(handle);
+        }
+    }
+
+    /// The clients that hold handles under their id.
+    pub fn holders(&self) -> impl Iterator<Item = u64> + '_ {
+        self.held_by.keys().copied()
+    }
+
+    /// The handles `client` holds, with their inodes.
+    fn held(&self, client: u64) -> Vec<(u64, u64)> {
+        self.held_by.get(&client).map_or(Vec::new(), |hs| {
+            hs.iter()
+                .filter_map(|h| self.handles.get(h).map(|&ino| (*h, ino)))
+                .collect()
+        })
     }
 
     fn add_writer(&mut self, ino: u64, handle: u64) {
@@ -301,9 +332,10 @@ impl Opens {
         self.counts.keys().copied().collect()
     }
 
-    fn open(&mut self, ino: u64, writing: bool) -> u64 {
+    fn open(&mut self, ino: u64, writing: bool, client: u64) -> u64 {
         self.next += 1;
         self.handles.insert(self.next, ino);
+        self.own(self.next, client);
         *self.counts.entry(ino).or_default() += 1;
         if writing {
             self.add_writer(ino, self.next);
@@ -315,6 +347,16 @@ impl Opens {
     fn close(&mut self, ino: u64, handle: u64) -> Res<bool> {
         need(self.handles.get(&handle) == Some(&ino), EBADF)?;
         self.handles.remove(&handle);
+        if let Some(client) = self.owners.remove(&handle) {
+            let held = self
+                .held_by
+                .get_mut(&client)
+                .expect("owned with its handle");
+            held.remove(&handle);
+            if held.is_empty() {
+                self.held_by.remove(&client);
+            }
+        }
         if self.writing.remove(&handle) {
             let w = self.writers.get_mut(&ino).expect("counted with its handle");
             *w -= 1;
@@ -410,9 +452,15 @@ impl Namespace {
                 report_size_checked(w, c, *ino, *size)?;
                 self.close(w, *ino, *handle)
             }
-            Request::Reopen { ino, handle } => {
+            Request::Reopen {
+                ino,
+                handle,
+                client,
+            } => {
                 get(&w.view, *ino)?;
-                self.opens.reopen(*ino, *handle).map(|_| Reply::Done)
+                self.opens
+                    .reopen(*ino, *handle, *client)
+                    .map(|_| Reply::Done)
             }
             Request::Setattr { ino, attr } => {
                 if attr.mask & set::SIZE != 0 {
@@ -554,7 +602,7 @@ impl Namespace {
         add_to_dir(w, c, parent, name, &i)?;
         // The new file's creator opens it whatever its mode says (POSIX).
         let handle = match open {
-            true => self.opens.open(i.ino, writes(open_flags)),
+            true => self.opens.open(i.ino, writes(open_flags), c.client),
             false => 0,
         };
         Ok(Reply::Opened {
@@ -812,7 +860,7 @@ impl Namespace {
             }
             w.put_inode(&i)?;
         }
-        let handle = self.opens.open(ino, writing);
+        let handle = self.opens.open(ino, writing, c.client);
         Ok(Reply::Opened {
             attr: i.attr(),
             layout: i.file_layout(),
@@ -937,6 +985,16 @@ impl Namespace {
         need(is_owner(c.creds, &i) || may(c.creds, &i, W), EACCES)?;
         self.opens.resync_start(ino)?;
         Ok(Reply::Attr(i.attr()))
+    }
+
+    /// Closes every handle `client` holds, as its closes would (the last close of an
+    /// unlinked file destroys it); the number closed.
+    pub fn evict(&mut self, w: &mut WriteTables<'_>, client: u64) -> Res<usize> {
+        let held = self.opens.held(client);
+        for &(handle, ino) in &held {
+            self.close(w, ino, handle)?;
+        }
+        Ok(held.len())
     }
 
     /// Ends the recovery window: destroys the orphans no client holds open (nor took

@@ -184,6 +184,9 @@ pub enum Admin {
     SetOsts(Vec<super::alloc::OstPlace>),
     /// After the recovery window: destroy unlinked files that nobody re-opened.
     ReclaimOrphans,
+    /// Close the handles of every client not heard from for this long (the open
+    /// lease, `nacre_proto::meta::OPEN_LEASE`); submitted every second by the server.
+    EvictSilent(Duration),
     /// The OSTs removed these files' objects: forget them.
     ForgetDestroyed(Vec<u64>),
     /// Make everything so far durable now.
@@ -244,6 +247,8 @@ pub struct Stats {
     pub checkpoints: AtomicU64,
     /// Retried requests answered from the reply cache instead of applied again.
     pub reconstructed: AtomicU64,
+    /// Handles closed because their client fell silent for the open lease.
+    pub evicted: AtomicU64,
 }
 
 /// An open MDT: reads from any thread, writes through [`Submitter`]s.
@@ -255,6 +260,8 @@ pub struct Mdt {
     stats: Arc<Stats>,
     /// POSIX advisory locks of every client, shared by the submitters of all cores.
     locks: Arc<Mutex<LockTable>>,
+    /// When each client was last heard from, noted by the submitters of all cores.
+    heard: Arc<super::heard::Heard>,
     /// The OSTs' space as the server last saw it in the cluster map, for statfs.
     ost_space: Arc<Mutex<OstSpace>>,
     /// What the committer's open transaction holds, for readers.
@@ -348,6 +355,7 @@ impl Mdt {
         let overlay: Arc<RwLock<Overlay>> = Arc::default();
         let generation: Arc<AtomicU64> = Arc::default();
         let board: Arc<CheckBoard> = Arc::default();
+        let heard: Arc<super::heard::Heard> = Arc::default();
         let stale: StaleFiles = Arc::new(Mutex::new(scan_stale(&db)?));
         let hsm: HsmInbox = Arc::default();
         let committer = Committer {
@@ -374,6 +382,7 @@ impl Mdt {
             generation: generation.clone(),
             repl: repl.clone(),
             last_seq: 0,
+            heard: heard.clone(),
         };
         let handle = std::thread::Builder::new()
             .name("mdt-committer".into())
@@ -400,6 +409,7 @@ impl Mdt {
             board,
             stale,
             repl,
+            heard,
         })
     }
 
@@ -451,6 +461,7 @@ impl Mdt {
             cache: Default::default(),
             board: self.board.clone(),
             hsm: self.hsm.clone(),
+            heard: self.heard.clone(),
         }
     }
 

@@ -28,6 +28,7 @@ pub struct Submitter {
     pub(super) cache: TablesCache,
     pub(super) board: Arc<CheckBoard>,
     pub(super) hsm: super::service::HsmInbox,
+    pub(super) heard: Arc<super::heard::Heard>,
 }
 
 impl Submitter {
@@ -35,6 +36,7 @@ impl Submitter {
     /// it is durable per the sync mode. Read-only requests are answered at once from a
     /// read transaction (readers never wait for the writer in redb).
     pub fn submit(&self, tag: u64, head: Head, req: Request) -> Result<(), SubmitError> {
+        self.heard.note_request(&head, &req);
         if let Err(e) = ns::validate(&req) {
             let _ = self.done.send(Completion {
                 tag,
@@ -208,6 +210,7 @@ pub(super) fn read_now(r: &ReadCtx<'_>, head: &Head, req: &Request) -> Result<Re
             &Ctx {
                 creds: &head.creds,
                 now: now_ns(),
+                client: 0,
             },
             req,
         )

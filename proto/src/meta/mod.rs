@@ -175,6 +175,14 @@ pub mod lock {
 /// (Lustre's recovery window is minutes); new locks wait only [`lock::RECOVERY`].
 pub const OPEN_RECOVERY: std::time::Duration = std::time::Duration::from_secs(60);
 
+/// How long the MDS keeps the open handles of a client it does not hear from (no
+/// request under its replay key, no lock request, no [`Request::Ping`]) before it
+/// closes them, as Lustre evicts a client that stops pinging: a client holding files
+/// open says it lives every [`lock::RENEW_EVERY`], so only a dead, paused or cut-off
+/// client lapses. As long as the open recovery window: a client that lives through a
+/// partition shorter than that keeps its files.
+pub const OPEN_LEASE: std::time::Duration = OPEN_RECOVERY;
+
 /// Checks a directory entry name: 1..=255 bytes, no '/' and no NUL.
 pub fn validate_name(name: &[u8]) -> Result<(), MetaError> {
     if name.len() > NAME_MAX {

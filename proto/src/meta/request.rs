@@ -45,6 +45,17 @@ pub enum Request {
     Reopen {
         ino: u64,
         handle: u64,
+        /// The client's id (as in its replay keys): the handle is its again, and goes
+        /// when the client falls silent (see [`Request::Ping`]).
+        client: u64,
+    },
+    /// A client that holds files open says it lives: the MDS closes the handles of a
+    /// client it has not heard from for [`OPEN_LEASE`](super::OPEN_LEASE) (any request
+    /// under its replay key, a lock request or this counts), as Lustre evicts a client
+    /// that stops pinging, so a killed process's opens (an unlinked file's space) do not
+    /// stay until the next MDS restart.
+    Ping {
+        client: u64,
     },
     Getattr {
         ino: u64,
@@ -160,6 +171,7 @@ impl Request {
             Request::Close { .. } => Opcode::MDS_CLOSE,
             Request::CloseSized { .. } => Opcode::MDS_CLOSE_SIZED,
             Request::Reopen { .. } => Opcode::MDS_REOPEN,
+            Request::Ping { .. } => Opcode::MDS_PING,
             Request::Getattr { .. } => Opcode::MDS_GETATTR,
             Request::Setattr { .. } => Opcode::MDS_SETATTR,
             Request::Mkdir { .. } => Opcode::MDS_MKDIR,
@@ -195,6 +207,7 @@ impl Request {
                 | Request::Readlink { .. }
                 | Request::Statfs
                 | Request::GetLayout { .. }
+                | Request::Ping { .. }
         )
     }
 
@@ -242,10 +255,20 @@ impl Request {
                 put_u64(out, *ino);
                 put_u32(out, *flags);
             }
-            Request::Close { ino, handle } | Request::Reopen { ino, handle } => {
+            Request::Close { ino, handle } => {
                 put_u64(out, *ino);
                 put_u64(out, *handle);
             }
+            Request::Reopen {
+                ino,
+                handle,
+                client,
+            } => {
+                put_u64(out, *ino);
+                put_u64(out, *handle);
+                put_u64(out, *client);
+            }
+            Request::Ping { client } => put_u64(out, *client),
             Request::CloseSized { ino, handle, size } => {
                 put_u64(out, *ino);
                 put_u64(out, *handle);
@@ -423,7 +446,9 @@ fn read_request(op: Opcode, r: &mut BodyReader<'_>) -> Result<Request, MetaError
         Opcode::MDS_REOPEN => Request::Reopen {
             ino: r.u64()?,
             handle: r.u64()?,
+            client: r.u64()?,
         },
+        Opcode::MDS_PING => Request::Ping { client: r.u64()? },
         Opcode::MDS_GETATTR => Request::Getattr { ino: r.u64()? },
         Opcode::MDS_SETATTR => Request::Setattr {
             ino: r.u64()?,
