@@ -20,8 +20,11 @@ pub struct CoreMetrics {
     pub replies_dropped: u64,
     /// Replies sent in pieces (each piece is counted in `replies`).
     pub replies_in_pieces: u64,
-    /// Sessions reaped after going unused for the session idle time.
+    /// Sessions reaped: unused for the session idle time, their shm peer gone, or
+    /// after their client's BYE.
     pub sessions_reaped: u64,
+    /// BYEs taken (clients whose endpoint closed).
+    pub byes: u64,
     /// Posts that met FI_EAGAIN or a full queue and were queued for a later turn.
     pub deferred_posts: u64,
     /// Messages held in their receive slot because the core was congested
@@ -38,7 +41,7 @@ pub struct CoreMetrics {
 impl CoreMetrics {
     /// The counters in Prometheus text exposition format, labelled with the core index.
     pub fn prometheus(&self, core: usize) -> String {
-        let counters: [(&str, &str, u64); 19] = [
+        let counters: [(&str, &str, u64); 20] = [
             ("turns", "Turns of the core's loop", self.turns),
             ("idle_turns", "Turns that found no work", self.idle_turns),
             (
@@ -81,8 +84,13 @@ impl CoreMetrics {
             ),
             (
                 "sessions_reaped",
-                "Sessions reaped after going unused for the session idle time",
+                "Sessions reaped: unused for the idle time, their peer gone or said BYE",
                 self.sessions_reaped,
+            ),
+            (
+                "byes",
+                "BYEs taken from clients whose endpoint closed",
+                self.byes,
             ),
             (
                 "deferred_posts",
@@ -136,6 +144,6 @@ mod tests {
         assert!(text.contains("# TYPE nacre_core_requests_total counter\n"));
         assert!(text.contains("nacre_core_requests_total{core=\"3\"} 7\n"));
         assert!(text.contains("nacre_core_backoff_sleeps_total{core=\"3\"} 2\n"));
-        assert_eq!(text.lines().filter(|l| !l.starts_with('#')).count(), 19);
+        assert_eq!(text.lines().filter(|l| !l.starts_with('#')).count(), 20);
     }
 }

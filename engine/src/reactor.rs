@@ -448,6 +448,11 @@ impl<S: Service> Reactor<S> {
             }
             return;
         };
+        if h.opcode == Opcode::BYE {
+            // The client's endpoint closes: its session goes at the next reap.
+            self.core.metrics.byes += 1;
+            return self.core.sessions.leave(h.session);
+        }
         self.core.metrics.requests += 1;
         self.core.heard_from(peer);
         if h.opcode == Opcode::PING {

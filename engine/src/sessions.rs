@@ -11,6 +11,8 @@
 //! cannot be counted through. An id is only good from the peer it was issued to: every
 //! message's source address (FI_SOURCE) must be the session's peer. Clients say HELLO
 //! again after half that idle time without a request (`RpcConfig::session_refresh`).
+//! A client whose endpoint closes says BYE: its session is reaped at the next look, not
+//! at the idle time (providers other than shm cannot tell that a peer process exited).
 //!
 //! A session also keeps who its client proved to be (the principal of its key): the
 //! services ask for it (the MDS maps identities with it, the OSS binds capabilities).
@@ -35,6 +37,8 @@ struct Session {
     /// When a message last came on this session (the core's coarse clock).
     heard: Instant,
     principal: Principal,
+    /// Its client said BYE: reaped at the next look.
+    leaving: bool,
 }
 
 pub(crate) struct Sessions {
@@ -108,6 +112,7 @@ impl Sessions {
         let slot = *self.by_name.get(name)?;
         let s = self.slots[slot].as_mut()?;
         s.heard = now;
+        s.leaving = false;
         if s.principal != *principal {
             s.principal = principal.clone();
         }
@@ -153,6 +158,7 @@ impl Sessions {
             name: name.to_vec(),
             heard: now,
             principal,
+            leaving: false,
         });
         self.by_name.insert(name.to_vec(), slot);
         Ok(id)
@@ -166,14 +172,25 @@ impl Sessions {
         idle: Duration,
         gone: impl Fn(&[u8]) -> bool,
     ) -> Vec<(u32, PeerAddr)> {
-        let reapable =
-            |s: &&Session| now.saturating_duration_since(s.heard) > idle || gone(&s.name);
+        let reapable = |s: &&Session| {
+            s.leaving || now.saturating_duration_since(s.heard) > idle || gone(&s.name)
+        };
         self.slots
             .iter()
             .flatten()
             .filter(reapable)
             .map(|s| (s.id, s.peer))
             .collect()
+    }
+
+    /// Session `id`'s client said BYE (the caller checked the message's source): it is
+    /// reaped at the next look, once nothing of the core's is under way towards it.
+    pub fn leave(&mut self, id: u32) {
+        if let Some(slot) = self.slot(id) {
+            if let Some(s) = self.slots[slot].as_mut() {
+                s.leaving = true;
+            }
+        }
     }
 
     /// Ends session `id`: its slot is free, under the next generation.

@@ -280,6 +280,58 @@ fn a_full_core_refuses_at_once() {
     }
 }
 
+/// A client whose endpoint closes says BYE, and the core ends its session at its next
+/// look, long before the idle time (10 min here): on a core with room for one client,
+/// clients that come and go one after another are all admitted. (Not over shm here: a
+/// client says no BYE to an shm server of its own process, whose region it maps; shm
+/// sessions of exited processes are reaped by the peer-gone look, tested above.)
+#[test]
+fn a_closing_client_says_bye_and_its_place_is_free_at_once() {
+    for provider in ["tcp", "sockets"] {
+        let one = ReactorConfig {
+            max_sessions: 1,
+            ..Default::default()
+        };
+        let Some(engine) = one_core(provider, one) else {
+            continue;
+        };
+        let fabric = Selection::provider(provider);
+        let name = engine.cores()[0].fabric_name.clone();
+        let cfg = RpcConfig {
+            timeout: Duration::from_secs(10),
+            ..Default::default()
+        };
+        for round in 1..=3u64 {
+            let start = std::time::Instant::now();
+            let mut c = loop {
+                match RpcClient::connect(&fabric, &name, cfg.clone()) {
+                    Ok(c) => break c,
+                    Err(ClientError::Status(libc::EUSERS))
+                        if start.elapsed() < Duration::from_secs(5) =>
+                    {
+                        std::thread::sleep(Duration::from_millis(100))
+                    }
+                    Err(e) => panic!("{provider}: client {round} not admitted: {e}"),
+                }
+            };
+            let r = c.request(Opcode::PING, b"hello").unwrap();
+            assert_eq!(&r.body[..], b"hello");
+            drop(c);
+            let until = std::time::Instant::now() + Duration::from_secs(5);
+            while metrics(&engine, 0).sessions_reaped < round {
+                assert!(
+                    std::time::Instant::now() < until,
+                    "{provider}: session {round} not reaped 5 s after its BYE: {:?}",
+                    metrics(&engine, 0)
+                );
+                std::thread::sleep(Duration::from_millis(50));
+            }
+            assert_eq!(metrics(&engine, 0).byes, round, "{provider}");
+        }
+        engine.stop();
+    }
+}
+
 fn reap_sessions(provider: &str) {
     let reactor = ReactorConfig {
         max_sessions: 2,

@@ -25,7 +25,7 @@ pub use info::{
 };
 pub use memory::{Access, ExternalRegion, LocalSlice, Memory, MemoryRegion, Pages};
 pub use nacre_proto::BulkDesc;
-pub use shm_sweep::shm_peer_gone;
+pub use shm_sweep::{shm_peer_gone, shm_peer_pid};
 
 /// Opens an endpoint on the first provider that matches `sel`.
 pub fn open(sel: &Selection, cfg: &EndpointConfig) -> Result<Endpoint> {

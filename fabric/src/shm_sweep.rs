@@ -44,14 +44,14 @@ fn sweep() {
 /// process runs. shm peers share this host, and nacre's processes one pid namespace.
 pub fn shm_peer_gone(name: &[u8]) -> bool {
     // Called once a second per session on a polling core: no allocation.
-    let Ok(text) = std::str::from_utf8(name) else {
-        return false;
-    };
-    let text = text.trim_end_matches('\0');
-    match region_pid(text.strip_prefix("fi_shm://").unwrap_or(text)) {
-        Some(pid) => process_gone(pid),
-        None => false,
-    }
+    shm_peer_pid(name).is_some_and(process_gone)
+}
+
+/// The process behind an shm fabric name (as [`shm_peer_gone`] reads it); None for any
+/// other name.
+pub fn shm_peer_pid(name: &[u8]) -> Option<u32> {
+    let text = std::str::from_utf8(name).ok()?.trim_end_matches('\0');
+    region_pid(text.strip_prefix("fi_shm://").unwrap_or(text))
 }
 
 /// Whether process `pid` has exited: no longer in /proc, or a zombie whose parent has

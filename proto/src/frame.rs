@@ -41,6 +41,9 @@ impl Opcode {
     /// First message of a client to a server core: the body is the client's fabric
     /// name; the reply's body is the session id (u32) to put in every later header.
     pub const HELLO: Opcode = Opcode(4);
+    /// A client's endpoint closes (its process exits, or its thread): the server core
+    /// may end the session at once instead of at its idle time. No reply.
+    pub const BYE: Opcode = Opcode(5);
 }
 
 /// The metadata (MDS) opcodes, 0x100..=0x11b: bodies in [`crate::meta`].

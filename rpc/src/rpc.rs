@@ -171,6 +171,8 @@ pub struct ClientEndpoint {
     patient: bool,
     /// Asked about a request's server while its answer is slow (see [`Watchdog`]).
     watchdog: Option<Watchdog>,
+    /// The process that opened the endpoint: only it says BYE (see `Drop`).
+    pid: u32,
 }
 
 /// Asked every [`WATCH_EVERY`] while a request waits for its answer, with the fabric
@@ -179,6 +181,9 @@ pub struct ClientEndpoint {
 /// that looks at the cluster map, so a request to a dead server ends within a lease
 /// and not a whole request timeout.
 pub type Watchdog = Box<dyn FnMut(&[u8]) -> Option<ClientError> + Send>;
+
+/// How long a closing endpoint progresses so that its BYEs leave.
+const BYE_FLUSH: Duration = Duration::from_millis(2);
 
 /// How often a waiting request's [`Watchdog`] is asked.
 pub const WATCH_EVERY: Duration = Duration::from_millis(500);
@@ -240,6 +245,7 @@ impl ClientEndpoint {
             empty_polls: 0,
             patient: false,
             watchdog: None,
+            pid: std::process::id(),
         })
     }
 
@@ -835,6 +841,49 @@ impl ClientEndpoint {
     /// Messages dropped because they were malformed or answered nothing pending.
     pub fn dropped(&self) -> u64 {
         self.dropped
+    }
+}
+
+impl ClientEndpoint {
+    /// Says BYE on every session, so that each server core ends it at its next look
+    /// instead of at its idle time (10 min): a tcp or sockets server cannot otherwise
+    /// tell that a client process exited, and short-lived clients would hold its
+    /// sessions and address-vector entries meanwhile. Best effort and bounded: one
+    /// inject per session, never waiting on a full queue or a dead server, then a
+    /// moment of progress so that the messages leave before the endpoint closes. Not to
+    /// shm peers of this process or gone.
+    fn say_bye(&mut self) {
+        self.ep.set_post_timeout(Duration::ZERO);
+        let mut said = false;
+        for i in 0..self.sessions.len() {
+            let (peer, remote) = (self.sessions[i].peer, self.sessions[i].remote);
+            // An shm peer maps its region into ours: a server of this very process (a
+            // test's) may have unmapped it already, and a dead one's is reaped anyway.
+            let name = &self.sessions[i].name;
+            let shm_skip = nacre_fabric::shm_peer_pid(name).is_some_and(|pid| pid == self.pid)
+                || nacre_fabric::shm_peer_gone(name);
+            if remote == 0 || shm_skip {
+                continue;
+            }
+            let mut h = Header::request(Opcode::BYE, 0, 0);
+            h.session = remote;
+            let Some(n) = h.encode_frame(&[], &mut self.frame) else {
+                continue;
+            };
+            said |= n <= self.ep.inject_size() && self.ep.inject(&self.frame[..n], peer).is_ok();
+        }
+        if said {
+            let _ = self.poll_for(BYE_FLUSH);
+        }
+    }
+}
+
+impl Drop for ClientEndpoint {
+    fn drop(&mut self) {
+        // A forked child's copy of the endpoint must not end its parent's sessions.
+        if std::process::id() == self.pid {
+            self.say_bye();
+        }
     }
 }
 

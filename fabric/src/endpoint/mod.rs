@@ -337,6 +337,12 @@ impl Endpoint {
         self.info.summary()
     }
 
+    /// How long a post refused with FI_EAGAIN is tried again, progressing, before it
+    /// fails (zero: once more after one progress).
+    pub fn set_post_timeout(&mut self, timeout: Duration) {
+        self.post_timeout = timeout;
+    }
+
     /// Largest message sent with [`Endpoint::inject`] (no completion, buffer reusable at once).
     pub fn inject_size(&self) -> usize {
         self.inject_size
